@@ -1,0 +1,3 @@
+"""mergerscan: survey-scale galaxy-merger scoring."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Catalog edges of the house: read, validate, schema, write."""

@@ -1,0 +1,36 @@
+"""The output schema: columns, dtypes, units, UCDs and the status codes.
+
+``p_merger`` is non-null exactly when ``status`` is one of ``SCORED``; every other status says
+why a row has no score.  Nothing is dropped: every input row appears once, with a status.
+"""
+
+from __future__ import annotations
+
+# status -> meaning (docs/output.md is generated from this table's text)
+STATUS = {
+    "ok": "scored",
+    "edge": "scored; the stamp ran off the frame edge and the missing pixels were filled with sky (0)",
+    "bad_coords": "ra/dec missing, NaN or out of range (ra not in [0,360), dec not in [-90,90]): not scored",
+    "duplicate_id": "the same id already appeared earlier in the same sky partition: not scored again",
+    "no_image": "no image file for this object (stamps source): not scored",
+    "bad_image": "the image exists but cannot be decoded or has the wrong shape: not scored",
+    "outside_footprint": "no survey frame covers this position (frames source): not scored",
+    "corrupt_frame": "every frame covering this position is unreadable (e.g. corrupt bz2): not scored",
+    "fetch_failed": "the cutout service failed after retries (HTTP error, timeout, oversize, bad body): not scored",
+    "inference_failed": "the engine raised on this row's batch: not scored",
+}
+SCORED = ("ok", "edge")
+STATUS_WIDTH = max(len(s) for s in STATUS)
+
+# science columns written by the pipeline (after the kept input columns)
+OUTPUT_COLUMNS = {
+    # name: (dtype, unit, ucd, description)
+    "objid": ("int64", None, "meta.id;meta.main", "object identifier from the input catalog"),
+    "ra": ("float64", "deg", "pos.eq.ra;meta.main", "right ascension (J2000) from the input catalog"),
+    "dec": ("float64", "deg", "pos.eq.dec;meta.main", "declination (J2000) from the input catalog"),
+    "p_merger": ("float32", None, "stat.probability;src.morph", "calibrated probability of being a merger"),
+    "is_merger": ("bool", None, "meta.code.class", "p_merger >= the engine's threshold"),
+    "status": ("str", None, "meta.code.status", "'ok' or why the row has no score (see docs)"),
+    "input_row": ("int64", None, "meta.record", "0-based row number in the input catalog"),
+    "healpix29": ("int64", None, "pos.healpix", "HEALPix nested index at order 29 (hats convention)"),
+}

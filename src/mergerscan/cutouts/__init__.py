@@ -1,0 +1,1 @@
+"""Image sources (stamps, frames, HTTP service) and the one shared preprocessing."""

@@ -1,0 +1,99 @@
+"""The ONE preprocessing shared by training and inference.
+
+A *stamp* is a uint8 RGB image (H, W, 3) of the sky around an object, in the
+SDSS SkyServer convention: R=i, G=r, B=g, SDSS asinh colour stretch, north up,
+``stamp_pixels`` square at ``pixel_scale`` arcsec/px.  Every image source
+(pre-cut files, survey frames, HTTP cutout service) produces stamps; training
+reads stamps from JPEGs.  :func:`prepare_batch` turns stamps into the model's
+input tensor.  Its parameters travel inside the engine file (``PreprocessSpec``),
+so the pipeline cannot run a model with the wrong preprocessing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+# ImageNet statistics (0..1 scale): used by every architecture in the factory so
+# that ImageNet-initialised models see the inputs they were trained on.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    stamp_pixels: int = 256          # side of the stamp an image source must deliver
+    pixel_scale: float = 0.396       # arcsec/px of that stamp (SDSS native)
+    input_size: int = 128            # side of the model input after resampling
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    channels: str = "irg"            # bands in R, G, B order (SkyServer colour JPEGs)
+    stretch: dict = field(default_factory=lambda: dict(STRETCH_DEFAULT))
+
+    def __post_init__(self):
+        if self.stamp_pixels <= 0 or self.input_size <= 0:
+            raise ValueError("stamp_pixels and input_size must be positive")
+        if self.input_size > self.stamp_pixels:
+            raise ValueError("input_size larger than stamp_pixels would upsample")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    @property
+    def fov_arcsec(self) -> float:
+        return self.stamp_pixels * self.pixel_scale
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PreprocessSpec":
+        return cls(**json.loads(text))
+
+
+# Parameters of the SDSS-style Lupton et al. (2004) asinh composite made from
+# calibrated frames (nanomaggies).  Chosen once by matching frame cutouts to
+# SkyServer JPEGs of the same objects (benchmarks/calibrate_stretch.py); stored in
+# the engine spec so a frame source renders what the model was trained on.
+STRETCH_DEFAULT = {"scales": [1.0, 1.0, 1.0], "Q": 8.0, "stretch": 0.4, "minimum": 0.0}
+
+
+def _block_mean(x: np.ndarray, factor: int) -> np.ndarray:
+    n, h, w, c = x.shape
+    return x.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+
+def prepare_batch(stamps: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Stamps (N, H, W, 3) uint8 or float in 0..255 -> float32 (N, 3, S, S) model input.
+
+    Resampling to ``spec.input_size`` is an exact block mean when the size ratio is
+    an integer (area-preserving, no aliasing) and antialiased bilinear otherwise.
+    """
+    x = np.asarray(stamps)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"stamps must be (N, H, W, 3), got {x.shape}")
+    n, h, w, _ = x.shape
+    if h != w:
+        raise ValueError(f"stamps must be square, got {h}x{w}")
+    if h != spec.stamp_pixels:
+        raise ValueError(f"stamp is {h} px but the engine expects {spec.stamp_pixels} px "
+                         f"at {spec.pixel_scale}\"/px")
+    x = x.astype(np.float32, copy=False)
+    s = spec.input_size
+    if h % s == 0:
+        if h != s:
+            x = _block_mean(x, h // s)
+        x = x.transpose(0, 3, 1, 2)
+    else:
+        import torch
+        import torch.nn.functional as F
+
+        t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        x = F.interpolate(t, size=(s, s), mode="bilinear", antialias=True,
+                          align_corners=False).numpy()
+    mean = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1) * 255.0
+    std = np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1) * 255.0
+    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)

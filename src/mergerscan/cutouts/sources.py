@@ -1,0 +1,57 @@
+"""The image-source protocol.  A source turns catalog rows into stamps; it never knows the engine.
+
+``fetch(rows)`` receives a DataFrame with columns ``id`` (str), ``ra``, ``dec`` (float64, deg,
+already validated) and, for the stamps source, optionally ``path``; it returns
+``(stamps, status)``: uint8 ``(N, S, S, 3)`` stamps in the SkyServer convention described in
+:mod:`mergerscan.cutouts.preprocess` (S = spec.stamp_pixels at spec.pixel_scale) and an
+object array of status strings from :data:`mergerscan.catalogs.schema.STATUS`.  Rows whose
+status is not scored get an all-zero stamp.  A source is created per partition task (so its
+caches are bounded by the partition) and closed after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from .preprocess import PreprocessSpec
+
+
+class ImageSource(Protocol):
+    name: str
+
+    def fetch(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """What the pipeline knows about the image source: picklable, sent to workers."""
+    kind: str                      # "stamps" | "frames" | "service"
+    location: str                  # directory or URL
+    options: tuple = ()            # extra (key, value) pairs, e.g. (("timeout", 10.0),)
+
+    def fingerprint(self) -> str:
+        return f"{self.kind}:{self.location}:{sorted(self.options)}"
+
+
+def open_source(config: SourceConfig, spec: PreprocessSpec) -> ImageSource:
+    opts = dict(config.options)
+    if config.kind == "stamps":
+        from .stamps import StampSource
+        return StampSource(config.location, spec, **opts)
+    if config.kind == "frames":
+        from .frames import FrameSource
+        return FrameSource(config.location, spec, **opts)
+    if config.kind == "service":
+        from .service import ServiceSource
+        return ServiceSource(config.location, spec, **opts)
+    raise ValueError(f"unknown image source kind {config.kind!r}")
+
+
+def empty_stamps(n: int, spec: PreprocessSpec) -> np.ndarray:
+    return np.zeros((n, spec.stamp_pixels, spec.stamp_pixels, 3), np.uint8)

@@ -1,0 +1,97 @@
+"""The engine interface: a model file in, probabilities out.
+
+An engine file is an ONNX graph ``stamps-normalised (N,3,S,S) float32 -> logit (N,)`` whose
+metadata carries the preprocessing spec and the model card (``mergerscan.spec``,
+``mergerscan.card``).  Every backend (ONNX Runtime CPU/CUDA, PyTorch, TensorRT) is built from
+that one file, so a backend only has to implement ``_logits`` on a prepared batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..cutouts.preprocess import PreprocessSpec, prepare_batch
+
+SPEC_KEY, CARD_KEY = "mergerscan.spec", "mergerscan.card"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class EngineInfo:
+    """What a model file says about itself."""
+    path: str
+    sha256: str
+    spec: PreprocessSpec
+    card: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.card.get("name") or Path(self.path).stem
+
+    @property
+    def threshold(self) -> float:
+        return float(self.card.get("threshold", 0.5))
+
+    @property
+    def temperature(self) -> float:
+        return float(self.card.get("temperature", 1.0))
+
+    @classmethod
+    def from_metadata(cls, path, meta: dict) -> "EngineInfo":
+        if SPEC_KEY not in meta:
+            raise ValueError(f"{path}: not a mergerscan engine (no '{SPEC_KEY}' metadata)")
+        card = json.loads(meta.get(CARD_KEY, "{}"))
+        return cls(str(path), file_sha256(path), PreprocessSpec.from_json(meta[SPEC_KEY]), card)
+
+
+def read_engine_info(path: str | Path) -> EngineInfo:
+    """Read spec + card from an ONNX engine file without building a session."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return EngineInfo.from_metadata(path, {p.key: p.value for p in m.metadata_props})
+
+
+class Engine:
+    """Base class: subclasses implement ``_logits(x)`` for a prepared float32 batch."""
+
+    backend = "abstract"
+    max_batch = 256
+
+    def __init__(self, info: EngineInfo):
+        self.info = info
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return self.info.spec
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Raw logits for an already prepared batch, chunked to ``max_batch``."""
+        out = [np.asarray(self._logits(x[i:i + self.max_batch]), np.float32).reshape(-1)
+               for i in range(0, len(x), self.max_batch)]
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def predict(self, stamps: np.ndarray) -> np.ndarray:
+        """uint8 stamps (N, H, W, 3) -> calibrated p_merger (N,) float32."""
+        if len(stamps) == 0:
+            return np.zeros(0, np.float32)
+        z = self.logits(prepare_batch(stamps, self.spec)).astype(np.float64)
+        return (1.0 / (1.0 + np.exp(-np.clip(z / self.info.temperature, -60, 60)))).astype(np.float32)
+
+    def close(self):
+        pass

@@ -1,0 +1,1 @@
+"""Produces engines: data, models, the E1/E2 experiments, metrics, export."""
