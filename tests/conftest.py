@@ -1,0 +1,42 @@
+"""Shared fixtures: paths to ../shared data (skip with a reason where absent), one Dask cluster."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MERGERSCAN_SHARED", REPO.parent / "shared")) / "data"
+GZ = SHARED / "sdss-gz-mergers"
+FRAMES = SHARED / "sdss-frames"
+
+
+def _need(path: Path):
+    if not path.exists():
+        pytest.skip(f"needs real SDSS data at {path} (../shared/data is absent in this checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gz_dir() -> Path:
+    return _need(GZ)
+
+
+@pytest.fixture(scope="session")
+def frames_dir() -> Path:
+    return _need(FRAMES)
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """One real distributed LocalCluster for the whole test session (2 workers x 1 thread)."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                           memory_limit="4GiB")
+    client = Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
