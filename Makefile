@@ -1,0 +1,39 @@
+# mergerscan: `make demo` runs the pipeline on a synthetic field; `make test` runs the tests.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup system-deps demo test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch pinned to the CPU build on purpose (a looser pin pulls GBs of CUDA wheels)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[train,slurm,fast,dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Debian tools the tests use for real: STILTS (TOPCAT's command-line twin), SLURM, Chromium.
+system-deps:
+	@missing=""; \
+	command -v stilts >/dev/null || missing="$$missing stilts"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: missing$$missing (tests that need them will skip)"; fi; fi
+
+demo: setup
+	$(BIN)/python -m mergerscan.demo demo-out/field
+	$(BIN)/process-catalog demo-out/field/demo-catalog.fits --frames demo-out/field -o demo-out/run \
+	    --keep-columns truth,mag_r,redshift --overwrite
+
+test: setup system-deps
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf demo-out .pytest_cache

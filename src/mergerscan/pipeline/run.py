@@ -1,0 +1,198 @@
+"""Orchestration of a process-catalog run: claim -> plan -> split -> score -> finalize."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..catalogs.read import CatalogError, CatalogReader
+from ..catalogs.validate import resolve_columns
+from ..catalogs.write import write_fits_table, write_metadata
+from ..engines import read_engine_info, resolve_engine_path
+from .arguments import ArgumentError, ProcessArguments
+from .cluster import dask_client
+from .plan import Plan, chunk_histogram, make_partitions, split_chunk, stage_csv
+from .resume import check_or_claim, file_identity, read_marker
+from .task import dataset_path, marker_path, score_partition
+
+log = logging.getLogger("mergerscan")
+
+
+def _resolve_keep(keep: list[str], available: list[str], path: str) -> list[str]:
+    if keep == ["*"]:
+        return list(available)
+    lower = {c.lower(): c for c in available}
+    out = []
+    for k in keep:
+        if k.lower() not in lower:
+            raise CatalogError(f"{path}: --keep-columns names {k!r}, which is not a column "
+                               f"(columns: {', '.join(available[:12])}{' ...' if len(available) > 12 else ''})")
+        out.append(lower[k.lower()])
+    return list(dict.fromkeys(out))
+
+
+def _id_kind(reader: CatalogReader, id_col: str) -> str:
+    sample = reader.read_rows(0, min(reader.nrows, 1000), [id_col])[id_col]
+    return "int" if np.issubdtype(sample.dtype, np.integer) else "str"
+
+
+def inspect_catalog(args: ProcessArguments) -> dict:
+    """Columns, size and id type of the input catalog (reads a few rows only)."""
+    reader = CatalogReader(args.catalog, chunk_rows=args.chunk_rows)
+    try:
+        if reader.nrows == 0:
+            raise CatalogError(f"{args.catalog}: catalog has no rows")
+        cols = resolve_columns(reader.columns, args.id_column, args.ra_column, args.dec_column, path=args.catalog)
+        keep = _resolve_keep(args.keep_columns, reader.columns, args.catalog)
+        return {"format": reader.format, "nrows": reader.nrows, "columns": cols, "keep": keep,
+                "id_kind": _id_kind(reader, cols["id"]), "chunks": reader.chunk_ranges()}
+    finally:
+        reader.close()
+
+
+def fingerprint(args: ProcessArguments, cat: dict, engine_sha: str) -> dict:
+    return {"catalog": file_identity(args.catalog), "columns": cat["columns"], "keep": cat["keep"],
+            "engine_sha256": engine_sha, "backend_family": "onnx", "source": args.source.fingerprint(),
+            "partition_rows": args.partition_rows, "chunk_rows": args.chunk_rows,
+            "hist_order": args.hist_order, "mergerscan": __version__.split(".")[0]}
+
+
+class _Progress:
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.bar = None
+        if enabled and total:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit="obj", unit_scale=True, dynamic_ncols=True)
+
+    def update(self, n):
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _drain(client, futures, progress, weight) -> list:
+    """Wait for futures in completion order; collect results and failures, never stop early."""
+    from distributed import as_completed
+
+    results, errors = [], []
+    for fut in as_completed(futures):
+        try:
+            r = fut.result()
+            results.append(r)
+            progress.update(weight(r))
+        except Exception as exc:  # noqa: BLE001 - reported after the rest finished
+            errors.append(f"{fut.key}: {type(exc).__name__}: {exc}")
+    progress.close()
+    if errors:
+        raise RuntimeError(f"{len(errors)} task(s) failed (re-run the same command to resume): {errors[0]}")
+    return results
+
+
+def make_plan(args: ProcessArguments, cat: dict, client, work: Path) -> Plan:
+    plan_file = work / "plan.json"
+    if plan_file.is_file():
+        return Plan.load(plan_file)
+    path = args.catalog
+    chunks = cat["chunks"]
+    if cat["format"] == "csv":
+        path = stage_csv(args.catalog, work, args.chunk_rows)
+        chunks = CatalogReader(path, chunk_rows=args.chunk_rows).chunk_ranges()
+    futs = client.map(chunk_histogram, [path] * len(chunks), [s for s, _ in chunks], [e for _, e in chunks],
+                      [cat["columns"]] * len(chunks), [args.hist_order] * len(chunks), pure=False)
+    res = client.gather(futs)
+    pixels = np.concatenate([r[0] for r in res]) if res else np.zeros(0, np.int64)
+    counts = np.concatenate([r[1] for r in res]) if res else np.zeros(0, np.int64)
+    parts = make_partitions(pixels, counts, sum(r[2] for r in res), args.hist_order, args.partition_rows)
+    plan = Plan(catalog=path, source_catalog=args.catalog, nrows=cat["nrows"], columns=cat["columns"],
+                keep=cat["keep"], id_kind=cat["id_kind"], chunks=[tuple(c) for c in chunks],
+                hist_order=args.hist_order, partitions=parts)
+    plan.save(plan_file)
+    return plan
+
+
+def run_meta(args: ProcessArguments, info) -> dict:
+    """Provenance stored in every output file (no timestamps: partitions stay byte-identical)."""
+    return {"engine_name": info.name, "engine_sha256": info.sha256, "threshold": info.threshold,
+            "mergerscan_version": __version__, "source": args.source.kind,
+            "model_card": json.dumps(info.card, sort_keys=True)}
+
+
+def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = None) -> dict:
+    out = Path(args.output)
+    markers = [read_marker(marker_path(out, p)) for p in plan.partitions]
+    rows = sum(m["rows"] for m in markers)
+    if rows != plan.nrows:
+        raise RuntimeError(f"row count mismatch: input has {plan.nrows} rows, partitions hold {rows}")
+    files = [dataset_path(out, p) for p, m in zip(plan.partitions, markers) if m["rows"]]
+    write_metadata(out / "parquet", files)
+    meta = run_meta(args, info)
+    write_fits_table(files, out / "mergers.fits", meta)
+    status: dict = {}
+    for m in markers:
+        for k, v in m["status"].items():
+            status[k] = status.get(k, 0) + v
+    t0 = min((m["started"] for m in markers), default=time.time())
+    t1 = max((m["finished"] for m in markers), default=t0)
+    wall = seconds if seconds is not None else t1 - t0
+    scored = sum(v for k, v in status.items() if k in ("ok", "edge"))
+    summary = {"rows": rows, "scored": scored, "flagged": rows - scored,
+               "status": dict(sorted(status.items(), key=lambda kv: -kv[1])),
+               "mergers": sum(m["mergers"] for m in markers), "threshold": info.threshold,
+               "partitions": len(plan.partitions), "seconds": round(wall, 2),
+               "objects_per_s": round(rows / wall, 1) if wall > 0 else None,
+               "engine": info.name, "engine_sha256": info.sha256, "mergerscan_version": __version__,
+               "catalog": args.catalog, "command": args.command,
+               "fits": str(out / "mergers.fits"), "parquet": str(out / "parquet")}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"process-catalog: {s['rows']} rows in {s['seconds']:.1f} s "
+             f"({s['objects_per_s']} objects/s), {s['partitions']} sky partitions",
+             f"  scored            {s['scored']}",
+             f"  flagged           {s['flagged']}" + (" (" + ", ".join(
+                 f"{k} {v}" for k, v in s["status"].items() if k not in ("ok",)) + ")" if s["flagged"] or
+                 s["status"].get("edge") else ""),
+             f"  mergers           {s['mergers']} with p_merger >= {s['threshold']:.3f} ({s['engine']})",
+             f"  output            {s['fits']}  and  {s['parquet']}/"]
+    return "\n".join(lines)
+
+
+def run(args: ProcessArguments, client=None) -> dict:
+    """Run (or resume) a whole process-catalog job.  ``client``: an existing Dask client (tests)."""
+    t_start = time.time()
+    engine_path = resolve_engine_path(args.engine)
+    info = read_engine_info(engine_path)
+    cat = inspect_catalog(args)
+    out = Path(args.output)
+    work = out / "_work"
+    check_or_claim(out, fingerprint(args, cat, info.sha256), args.overwrite)
+    ctx = contextlib.nullcontext(client) if client is not None else dask_client(
+        args.workers, args.threads_per_worker, args.scheduler, args.memory_limit)
+    with ctx as client:
+        plan = make_plan(args, cat, client, work)
+        pplan = client.scatter(plan, broadcast=True)
+        todo = [i for i in range(len(plan.chunks))]
+        futs = client.map(split_chunk, [pplan] * len(todo), todo, [str(work)] * len(todo), pure=False, retries=2)
+        _drain(client, futs, _Progress(0, "split", False), lambda r: r)
+        parts = [p for p in plan.partitions if not marker_path(out, p).is_file()]
+        skipped = sum(p.rows for p in plan.partitions) - sum(p.rows for p in parts)
+        threads = args.threads_per_worker
+        futs = client.map(score_partition, [pplan] * len(parts), parts, [str(out)] * len(parts),
+                          [args.source] * len(parts), [str(engine_path)] * len(parts),
+                          [args.backend] * len(parts), [threads] * len(parts), [args.batch_size] * len(parts),
+                          [run_meta(args, info)] * len(parts), pure=False, retries=2)
+        bar = _Progress(plan.nrows, "scoring", args.progress)
+        bar.update(skipped)
+        _drain(client, futs, bar, lambda r: r["rows"])
+    return finalize(args, plan, info, seconds=time.time() - t_start)

@@ -1,0 +1,138 @@
+"""The per-partition task: rows -> stamps -> p_merger -> one Parquet file + done marker.
+
+A pure function of (the partition's shards, the image source, the engine): writing it twice
+gives the same bytes.  Image fetching for batch k+1 overlaps inference on batch k.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..catalogs.schema import SCORED, STATUS
+from ..catalogs.validate import flag_duplicates
+from ..catalogs.write import write_partition
+from ..cutouts.sources import SourceConfig, open_source
+from ..engines import load_engine
+from .plan import Partition, Plan, shard_dir
+from .resume import done, mark_done
+
+_ENGINES: dict = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def worker_engine(path: str | None, backend: str, threads: int):
+    """One engine per worker process (loading a session per partition would waste seconds)."""
+    key = (path, backend, threads)
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            _ENGINES[key] = load_engine(path, backend=backend, threads=threads)
+        return _ENGINES[key]
+
+
+def dataset_path(output: Path, part: Partition) -> Path:
+    return Path(output) / "parquet" / f"{part.name}.parquet"
+
+
+def marker_path(output: Path, part: Partition) -> Path:
+    return Path(output) / "_work" / "scored" / f"part-{part.pid:06d}.json"
+
+
+def read_partition_rows(work: Path, part: Partition) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    files = sorted(shard_dir(work, part.pid).glob("chunk-*.parquet"))
+    if not files:
+        return pd.DataFrame()
+    df = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+    return df.sort_values("_input_row", kind="stable").reset_index(drop=True)
+
+
+def output_table(df: pd.DataFrame, plan: Plan, p: np.ndarray, status: np.ndarray, threshold: float) -> pd.DataFrame:
+    c = plan.columns
+    ids = df[c["id"]]
+    out = {("objid" if plan.id_kind == "int" else "id"): ids.to_numpy(np.int64) if plan.id_kind == "int"
+           else ids.astype(str).to_numpy(object),
+           "ra": df[c["ra"]].to_numpy(np.float64), "dec": df[c["dec"]].to_numpy(np.float64),
+           "p_merger": p.astype(np.float32),
+           "is_merger": np.nan_to_num(p, nan=-1.0) >= threshold,
+           "status": status.astype(object),
+           "input_row": df["_input_row"].to_numpy(np.int64),
+           "healpix29": df["_healpix29"].to_numpy(np.int64)}
+    for k in plan.keep:
+        if k in (c["id"], c["ra"], c["dec"]):
+            continue
+        out[k if k not in out else f"in_{k}"] = df[k].to_numpy()
+    return pd.DataFrame(out)
+
+
+def score_partition(plan: Plan, part: Partition, output: str, source: SourceConfig, engine_path: str | None,
+                    backend: str, threads: int, batch_size: int, run_meta: dict) -> dict:
+    """Task: score one sky partition.  Returns its summary (also stored in the done marker)."""
+    output = Path(output)
+    marker = marker_path(output, part)
+    if done(marker):
+        import json
+        return json.loads(marker.read_text())
+    t0 = time.time()
+    engine = worker_engine(engine_path, backend, threads)
+    df = read_partition_rows(output / "_work", part)
+    n = len(df)
+    c = plan.columns
+    status = np.full(n, "", dtype=object)
+    valid = df["_healpix29"].to_numpy() >= 0 if n else np.zeros(0, bool)
+    status[~valid] = "bad_coords"
+    ids = df[c["id"]].astype(str).to_numpy() if n else np.zeros(0, object)
+    dup = flag_duplicates(ids) & valid
+    status[dup] = "duplicate_id"
+    p = np.full(n, np.nan, np.float32)
+    todo = np.flatnonzero(status == "")
+    rows = pd.DataFrame({"id": ids, "ra": df[c["ra"]].to_numpy(np.float64) if n else [],
+                         "dec": df[c["dec"]].to_numpy(np.float64) if n else []})
+    if plan.keep and "path" in [k.lower() for k in plan.keep] and source.kind == "stamps":
+        rows["path"] = df[next(k for k in plan.keep if k.lower() == "path")].astype(str).to_numpy()
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    t_fetch = t_infer = 0.0
+    if batches:
+        src = open_source(source, engine.spec)
+        try:
+            def fetch(idx):
+                t = time.time()
+                stamps, st = src.fetch(rows.iloc[idx].reset_index(drop=True))
+                return stamps, st, time.time() - t
+            with ThreadPoolExecutor(1) as pool:   # prefetch the next batch while inferring
+                fut = pool.submit(fetch, batches[0])
+                for k, idx in enumerate(batches):
+                    stamps, st, dt = fut.result()
+                    t_fetch += dt
+                    if k + 1 < len(batches):
+                        fut = pool.submit(fetch, batches[k + 1])
+                    status[idx] = st
+                    ok = np.isin(st, SCORED)
+                    t = time.time()
+                    try:
+                        p[idx[ok]] = engine.predict(stamps[ok])
+                    except Exception:  # noqa: BLE001 - one bad batch must not lose the partition
+                        status[idx[ok]] = "inference_failed"
+                    t_infer += time.time() - t
+        finally:
+            src.close()
+    unknown = set(status) - set(STATUS)
+    if unknown:
+        raise RuntimeError(f"image source returned unknown status {sorted(unknown)}")
+    table = output_table(df, plan, p, status, engine.info.threshold) if n else None
+    counts = pd.Series(status).value_counts().to_dict() if n else {}
+    if table is not None:
+        write_partition(table, dataset_path(output, part), run_meta)
+    info = {"pid": part.pid, "name": part.name, "rows": n, "status": {k: int(v) for k, v in counts.items()},
+            "mergers": int(np.sum(p >= engine.info.threshold)), "seconds": round(time.time() - t0, 3),
+            "fetch_seconds": round(t_fetch, 3), "infer_seconds": round(t_infer, 3),
+            "finished": time.time(), "started": t0, "file": str(dataset_path(output, part).relative_to(output))
+            if n else None}
+    mark_done(marker, info)
+    return info
