@@ -206,7 +206,7 @@ def run(args: TrainArguments) -> dict:
     (out / "metrics.json").write_text(json.dumps(result, indent=1, default=float))
     (out / "card.json").write_text(json.dumps(card, indent=1))
     ev.plot_all(labels[te], pt, m_test, out, title=name)
-    np.savez(out / "test_scores.npz", id=data.table["id"].to_numpy()[te], y=labels[te], p=pt, logit=zt)
+    np.savez(out / "test_scores.npz", id=data.table["id"].to_numpy()[te].astype(str), y=labels[te], p=pt, logit=zt)
     (out / "table1.md").write_text(f"## {name} (test split, threshold {thr:.3f} from val)\n\n"
                                    + ev.table1(m_test) + "\n")
     print(ev.table1(m_test))

@@ -1,0 +1,322 @@
+"""Image source for an HTTP cutout service in the shape of SDSS SkyServer's ImgCutout.
+
+``GET {url}?ra=..&dec=..&scale=..&width=..&height=..`` returns a colour JPEG of
+``width`` x ``height`` px at ``scale`` arcsec/px; we ask for ``spec.stamp_pixels`` at
+``spec.pixel_scale``.  Standard library only (http.client), one persistent connection per
+pool thread and host.  A row whose cutout cannot be had gets status ``fetch_failed`` and a
+zero stamp; why is counted in ``self.stats["failures"]``.
+
+Safety and robustness:
+
+* only http(s) URLs, also for redirects (a redirect to ``file://`` or any other scheme fails
+  the row; nothing local is ever opened); at most ``MAX_REDIRECTS`` hops;
+* each HTTP request has a deadline of ``timeout`` s covering connect, headers and body (a
+  server that trickles bytes cannot hold a thread longer);
+* connection errors, timeouts, 5xx and 429 are retried ``retries`` times with exponential
+  backoff and jitter (``Retry-After`` is honoured up to ``RETRY_AFTER_MAX`` s; a longer one
+  ends the retries); other 4xx, oversize and undecodable bodies are not retried;
+* at most ``max_concurrency`` requests in flight per source (a thread pool of that size);
+* bodies over ``max_bytes`` are aborted while streaming, whatever Content-Length says;
+* the body must decode completely (a JPEG must end with its EOI marker) to an RGB image of
+  ``stamp_pixels`` square.  A square image of another size between half and four times that is
+  resampled to ``stamp_pixels`` (PIL bilinear, antialiased when shrinking), assuming the
+  service returned the requested field of view; anything else fails the row.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import random
+import ssl
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .preprocess import PreprocessSpec
+from .sources import empty_stamps
+
+SCHEMES = ("http", "https")
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 5
+RETRY_AFTER_MAX = 10.0        # s; a longer Retry-After gives the row up
+BACKOFF_MAX = 30.0            # s; cap of one backoff sleep
+DRAIN_MAX = 64 * 1024         # bytes of a redirect body read to keep the connection
+CHUNK = 64 * 1024
+HEADERS = {"User-Agent": "mergerscan (cutout fetch)", "Accept": "image/jpeg, image/*;q=0.8"}
+# a dropped keep-alive connection shows up as one of these on the next request
+_STALE = (http.client.BadStatusLine, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
+class _Fail(Exception):
+    """One attempt failed for ``reason``; ``retry``: another attempt may help."""
+
+    def __init__(self, reason: str, retry: bool = False, after: float | None = None):
+        super().__init__(reason)
+        self.reason, self.retry, self.after = reason, retry, after
+
+
+def _io_fail(e: BaseException) -> _Fail:
+    if isinstance(e, TimeoutError):              # socket.timeout is TimeoutError (3.10+)
+        return _Fail("timeout", retry=True)
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return _Fail("tls")
+    return _Fail("connection", retry=True)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date); None if absent/bad."""
+    if not value:
+        return None
+    v = value.strip()
+    if v.isdigit():
+        return float(v)
+    try:
+        return max(0.0, parsedate_to_datetime(v).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _valid_url(url: str):
+    parts = urlsplit(url)
+    try:
+        ok = parts.scheme.lower() in SCHEMES and bool(parts.hostname) and (parts.port or 1) > 0
+    except ValueError:                           # bad port
+        ok = False
+    return parts if ok else None
+
+
+class ServiceSource:
+    name = "service"
+
+    def __init__(self, url: str, spec: PreprocessSpec, *, timeout: float = 10.0, retries: int = 3,
+                 backoff: float = 0.5, max_concurrency: int = 8, max_bytes: int = 2_000_000,
+                 **ignored_known):
+        # ignored_known: options meant for other sources (SourceConfig.options) are accepted and unused
+        if _valid_url(str(url)) is None:
+            raise ValueError(f"cutout service {url!r}: only http(s) URLs with a host are allowed")
+        if timeout <= 0 or retries < 0 or backoff < 0 or max_concurrency < 1 or max_bytes < 1:
+            raise ValueError("timeout, max_concurrency and max_bytes must be positive; retries, backoff >= 0")
+        self.url, self.spec = str(url), spec
+        self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
+        self.max_concurrency, self.max_bytes = int(max_concurrency), int(max_bytes)
+        self.stats = {"rows": 0, "ok": 0, "requests": 0, "retries": 0, "redirects": 0, "bytes": 0,
+                      "failures": Counter()}
+        self._lock = threading.Lock()
+        self._local = threading.local()          # per pool thread: {(scheme, netloc): connection}
+        self._conns: set = set()                 # every open connection, for close()
+        self._rng = random.Random()
+        self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="cutout-service")
+
+    # -- protocol -------------------------------------------------------------------------
+    def fetch(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        n = len(rows)
+        stamps = empty_stamps(n, self.spec)
+        status = np.full(n, "fetch_failed", dtype=object)
+        ra = rows["ra"].to_numpy(np.float64)
+        dec = rows["dec"].to_numpy(np.float64)
+
+        def one(i: int) -> None:                 # each thread writes its own row
+            img = self._fetch_one(float(ra[i]), float(dec[i]))
+            if img is not None:
+                stamps[i] = img
+                status[i] = "ok"
+
+        list(self._pool.map(one, range(n)))
+        self._count("rows", n)
+        return stamps, status
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for c in conns:
+            c.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- one row --------------------------------------------------------------------------
+    def query_url(self, ra: float, dec: float) -> str:
+        s = self.spec.stamp_pixels
+        q = urlencode({"ra": f"{ra:.8f}", "dec": f"{dec:.8f}", "scale": repr(float(self.spec.pixel_scale)),
+                       "width": s, "height": s})
+        sep = "" if self.url.endswith(("?", "&")) else ("&" if "?" in self.url else "?")
+        return f"{self.url}{sep}{q}"
+
+    def _fetch_one(self, ra: float, dec: float) -> np.ndarray | None:
+        url = self.query_url(ra, dec)
+        for attempt in range(self.retries + 1):
+            try:
+                img = self._get(url)
+                self._count("ok")
+                return img
+            except _Fail as e:
+                fail = e
+            except Exception as e:               # unexpected: fail the row, never the partition
+                fail = _Fail(f"error_{type(e).__name__}")
+            if not fail.retry or attempt == self.retries:
+                break
+            delay = min(BACKOFF_MAX, self.backoff * 2 ** attempt) * (0.5 + self._rng.random())
+            if fail.after is not None:
+                if fail.after > RETRY_AFTER_MAX:
+                    break
+                delay = max(delay, fail.after)
+            self._count("retries")
+            time.sleep(delay)
+        with self._lock:
+            self.stats["failures"][fail.reason] += 1
+        return None
+
+    def _get(self, url: str) -> np.ndarray:
+        """GET following http(s) redirects; the decoded stamp or _Fail."""
+        for _ in range(MAX_REDIRECTS + 1):
+            parts = _valid_url(url)
+            if parts is None:                    # file://, ftp://, data:, ... : never followed
+                raise _Fail("bad_redirect")
+            code, location, body = self._request(parts)
+            if code in REDIRECTS:
+                if not location:
+                    raise _Fail("bad_redirect")
+                url = urljoin(url, location.strip())
+                self._count("redirects")
+                continue
+            try:
+                return self._decode(body)
+            except _Fail:                        # e.g. a lying Content-Length: don't reuse that stream
+                self._drop((parts.scheme.lower(), parts.netloc))
+                raise
+        raise _Fail("too_many_redirects")
+
+    # -- HTTP -----------------------------------------------------------------------------
+    def _connection(self, key, parts, fresh: bool):
+        conns = self._local.__dict__.setdefault("conns", {})
+        conn = conns.get(key)
+        if conn is not None and not fresh:
+            return conn, conn.sock is not None   # reused only if still connected
+        self._drop(key)
+        cls = http.client.HTTPSConnection if key[0] == "https" else http.client.HTTPConnection
+        conn = cls(parts.hostname, parts.port, timeout=self.timeout)
+        conns[key] = conn
+        with self._lock:
+            self._conns.add(conn)
+        return conn, False
+
+    def _drop(self, key) -> None:
+        conn = self._local.__dict__.get("conns", {}).pop(key, None)
+        if conn is not None:
+            conn.close()
+            with self._lock:
+                self._conns.discard(conn)
+
+    def _request(self, parts) -> tuple[int, str | None, bytes | None]:
+        key = (parts.scheme.lower(), parts.netloc)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        for fresh in (False, True):
+            conn, reused = self._connection(key, parts, fresh)
+            deadline = time.monotonic() + self.timeout
+            try:
+                if conn.sock is None:
+                    conn.timeout = self.timeout
+                    conn.connect()
+                sock = conn.sock
+                self._count("requests")
+                conn.request("GET", target, headers=HEADERS)
+                sock.settimeout(self._remaining(deadline))
+                resp = conn.getresponse()
+            except _Fail:
+                self._drop(key)
+                raise
+            except (OSError, http.client.HTTPException) as e:
+                self._drop(key)
+                if reused and isinstance(e, _STALE):
+                    continue                     # server closed the idle connection: reconnect once
+                raise _io_fail(e) from None
+            try:
+                return self._response(resp, sock, deadline, key)
+            except _Fail:
+                self._drop(key)
+                raise
+            except (OSError, http.client.HTTPException) as e:
+                self._drop(key)
+                raise _io_fail(e) from None
+        raise _Fail("connection", retry=True)    # not reached
+
+    def _response(self, resp, sock, deadline, key):
+        code = resp.status
+        if code == 200:
+            return code, None, self._read_body(resp, sock, deadline)
+        if code in REDIRECTS:
+            try:
+                self._read_body(resp, sock, deadline, limit=DRAIN_MAX)
+            except _Fail:
+                self._drop(key)                  # big redirect body: just drop the connection
+            return code, resp.getheader("Location"), None
+        if code == 429 or 500 <= code <= 599:
+            raise _Fail(f"http_{code}", retry=True, after=_retry_after(resp.getheader("Retry-After")))
+        raise _Fail(f"http_{code}")                  # other 4xx, 1xx/2xx/3xx we don't handle: no retry
+
+    def _read_body(self, resp, sock, deadline, limit: int | None = None) -> bytes:
+        """Stream the body, aborting over ``limit`` bytes or past the deadline."""
+        limit = self.max_bytes if limit is None else limit
+        cl = (resp.getheader("Content-Length") or "").strip()
+        declared = int(cl) if cl.isdigit() else None
+        if declared is not None and declared > limit:
+            raise _Fail("oversize")
+        buf = bytearray()
+        while declared is None or len(buf) < declared:
+            sock.settimeout(self._remaining(deadline))
+            chunk = resp.read1(CHUNK)            # at most one recv: the deadline stays exact
+            if not chunk:
+                break
+            buf += chunk
+            if len(buf) > limit:                 # no or lying Content-Length
+                raise _Fail("oversize")
+        if declared is not None and len(buf) < declared:
+            raise _Fail("connection", retry=True)    # connection closed mid-body
+        resp.close()                             # marks the response done, keeps the connection
+        self._count("bytes", len(buf))
+        return bytes(buf)
+
+    @staticmethod
+    def _remaining(deadline: float) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Fail("timeout", retry=True)
+        return left
+
+    # -- body -> stamp --------------------------------------------------------------------
+    def _decode(self, body: bytes) -> np.ndarray:
+        s = self.spec.stamp_pixels
+        try:
+            with Image.open(io.BytesIO(body)) as im:
+                w, h = im.size                   # header only: checked before decoding pixels
+                if im.mode != "RGB" or w != h or not s / 2 <= w <= 4 * s:
+                    raise _Fail("bad_image")
+                if im.format == "JPEG" and not body.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
+                    raise _Fail("bad_body")      # truncated (also if LOAD_TRUNCATED_IMAGES is set)
+                im.load()
+                if w != s:
+                    im = im.resize((s, s), Image.Resampling.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+        except _Fail:
+            raise
+        except Exception:                        # not an image, truncated, corrupt
+            raise _Fail("bad_body") from None
+        if arr.shape != (s, s, 3):
+            raise _Fail("bad_image")
+        return arr
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[key] += n

@@ -1,0 +1,243 @@
+"""process-catalog end to end on catalogs and stamps the tests make themselves (no ../shared)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fitsio
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from mergerscan.catalogs.read import CatalogError
+from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
+from mergerscan.pipeline.plan import ORDER29, assign_partitions, healpix29, make_partitions
+from mergerscan.pipeline.resume import FingerprintMismatch
+from mergerscan.pipeline.run import run
+
+SCIENCE = ["objid", "ra", "dec", "p_merger", "is_merger", "status", "input_row"]
+BIG = 588018055654998067  # a real SDSS objid: must survive exactly (not via float64)
+
+
+def make_stamps(directory: Path, ids, seed=0, size=256):
+    """Galaxy-like stamps: an elliptical blob (sometimes two) on a dark noisy sky."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:size, :size] - size / 2
+    for i in ids:
+        img = rng.normal(8, 3, (size, size, 3))
+        for _ in range(1 + (rng.random() < 0.3)):
+            cx, cy = rng.normal(0, 20, 2)
+            r = np.hypot(xx - cx, (yy - cy) * rng.uniform(1, 2))
+            img += np.exp(-r / rng.uniform(4, 12))[..., None] * rng.uniform(120, 220, 3)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(directory / f"{i}.jpg", quality=92)
+
+
+def write_fits_catalog(path: Path, df: pd.DataFrame):
+    fitsio.write(str(path), df.to_records(index=False), clobber=True)
+
+
+@pytest.fixture(scope="module")
+def small_field(tmp_path_factory):
+    """300 objects on two patches of sky plus a few bad rows."""
+    d = tmp_path_factory.mktemp("field")
+    rng = np.random.default_rng(42)
+    n = 300
+    ra = np.r_[rng.uniform(150, 150.5, n // 2), rng.uniform(210, 210.5, n // 2)]
+    dec = np.r_[rng.uniform(2, 2.5, n // 2), rng.uniform(-1, -0.5, n // 2)]
+    objid = BIG + np.arange(n, dtype=np.int64) * 7
+    dec[3] = np.nan          # bad coordinates
+    dec[4] = 95.0
+    ra[5] = -1.0
+    objid[11] = objid[10]; ra[11], dec[11] = ra[10], dec[10]   # duplicated object
+    df = pd.DataFrame({"objID": objid, "RAdeg": ra, "DEdeg": dec, "mag_r": rng.uniform(14, 17.7, n).astype(np.float32)})
+    make_stamps(d / "stamps", [o for k, o in enumerate(objid) if k not in (20, 21)])   # 20, 21: no image
+    (d / "stamps" / f"{objid[22]}.jpg").write_bytes((d / "stamps" / f"{objid[23]}.jpg").read_bytes()[:300])  # truncated
+    write_fits_catalog(d / "cat.fits", df)
+    return d, df
+
+
+def args_for(d, out, **kw):
+    base = dict(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps"), partition_rows=40,
+                keep_columns=["mag_r"], progress=False, command="test")
+    base.update(kw)
+    return ProcessArguments(**base)
+
+
+def read_out(out: Path) -> pd.DataFrame:
+    return pq.read_table(out / "parquet").to_pandas().sort_values("input_row").reset_index(drop=True)
+
+
+def test_partitions_bounded_and_cover_every_row():
+    rng = np.random.default_rng(0)
+    ra, dec = rng.uniform(0, 360, 20000), np.degrees(np.arcsin(rng.uniform(-1, 1, 20000)))
+    ra[:3000] = rng.normal(180, 0.01, 3000); dec[:3000] = rng.normal(0, 0.01, 3000)  # a dense clump
+    dec[5] = np.nan
+    valid = np.isfinite(dec)
+    hpx = healpix29(ra, dec, valid)
+    pix, counts = np.unique(hpx[valid] >> (2 * (ORDER29 - 6)), return_counts=True)
+    parts = make_partitions(pix, counts, int((~valid).sum()), 6, max_rows=500)
+    pid = assign_partitions(hpx, np.arange(len(ra)), parts)
+    sizes = np.bincount(pid, minlength=len(parts))
+    assert sizes.sum() == len(ra) and (pid >= 0).all()
+    assert sizes.max() <= 500 + 1                 # sub-partitions split by row number
+    assert {p.order for p in parts} >= {-1, 6}    # invalid rows have their own partition
+    assert len({p.name for p in parts}) == len(parts)
+
+
+def test_end_to_end_rows_conserved_and_flagged(small_field, dask_client, tmp_path):
+    d, df = small_field
+    out = tmp_path / "out"
+    s = run(args_for(d, out), client=dask_client)
+    got = read_out(out)
+    assert len(got) == len(df) == s["rows"]
+    assert got["input_row"].tolist() == list(range(len(df)))
+    assert got["objid"].dtype == np.int64 and got["objid"].tolist() == df["objID"].tolist()
+    st = dict(zip(got["input_row"], got["status"]))
+    assert st[3] == st[4] == st[5] == "bad_coords"
+    assert st[11] == "duplicate_id" and st[10] == "ok"
+    assert st[20] == st[21] == "no_image" and st[22] == "bad_image"
+    ok = got["status"] == "ok"
+    assert ok.sum() == len(df) - 7
+    assert got.loc[ok, "p_merger"].between(0, 1).all() and got.loc[~ok, "p_merger"].isna().all()
+    assert np.allclose(got["mag_r"], df["mag_r"])
+    assert s["status"]["ok"] == ok.sum() and s["flagged"] == 7
+    fits = fitsio.read(str(out / "mergers.fits"))
+    assert len(fits) == len(df) and sorted(fits["objid"].tolist()) == sorted(df["objID"].tolist())
+
+
+def test_rerun_resumes_and_is_identical(small_field, dask_client, tmp_path):
+    d, _ = small_field
+    out = tmp_path / "out"
+    run(args_for(d, out), client=dask_client)
+    files = sorted((out / "parquet").rglob("*.parquet"))
+    before = {f: f.read_bytes() for f in files}
+    markers = {f: f.stat().st_mtime_ns for f in (out / "_work" / "scored").glob("*.json")}
+    run(args_for(d, out), client=dask_client)   # everything done: nothing recomputed
+    assert {f: f.stat().st_mtime_ns for f in (out / "_work" / "scored").glob("*.json")} == markers
+    # delete two partitions + markers: they are recomputed byte for byte
+    for m in sorted((out / "_work" / "scored").glob("*.json"))[:2]:
+        m.unlink()
+    run(args_for(d, out), client=dask_client)
+    assert {f: f.read_bytes() for f in files} == before
+
+
+def test_different_engine_or_input_refuses_to_resume(small_field, dask_client, tmp_path):
+    d, df = small_field
+    out = tmp_path / "out"
+    run(args_for(d, out), client=dask_client)
+    with pytest.raises(FingerprintMismatch, match="partition_rows"):
+        run(args_for(d, out, partition_rows=41), client=dask_client)
+    s = run(args_for(d, out, partition_rows=41, overwrite=True), client=dask_client)
+    assert s["rows"] == len(df)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_parquet_and_csv_inputs(small_field, dask_client, tmp_path, fmt):
+    d, df = small_field
+    path = tmp_path / f"cat.{fmt}"
+    if fmt == "csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_parquet(path, row_group_size=64)
+    out = tmp_path / "out"
+    run(args_for(d, out, catalog=str(path), chunk_rows=100), client=dask_client)
+    got = read_out(out)
+    assert got["objid"].tolist() == df["objID"].tolist()
+    ref = tmp_path / "ref"
+    run(args_for(d, ref), client=dask_client)
+    assert np.allclose(read_out(ref)["p_merger"], got["p_merger"], equal_nan=True)
+
+
+# ---------------------------------------------------------------- bad input: one-line errors
+def _cli(*argv, timeout=120):
+    return subprocess.run([sys.executable, "-m", "mergerscan.pipeline.cli", *map(str, argv)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _assert_one_line_error(r, *needles):
+    assert r.returncode == 2, r.stderr
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_error_truncated_fits(small_field, tmp_path):
+    d, _ = small_field
+    bad = tmp_path / "trunc.fits"
+    bad.write_bytes((d / "cat.fits").read_bytes()[:4000])
+    _assert_one_line_error(_cli(bad, "--images", d / "stamps", "-o", tmp_path / "o"), "trunc.fits")
+
+
+def test_error_missing_ra_column(small_field, tmp_path):
+    d, df = small_field
+    p = tmp_path / "nora.fits"
+    write_fits_catalog(p, df.drop(columns="RAdeg"))
+    _assert_one_line_error(_cli(p, "--images", d / "stamps", "-o", tmp_path / "o"), "nora.fits", "ra")
+
+
+def test_error_non_numeric_dec(small_field, tmp_path):
+    d, df = small_field
+    p = tmp_path / "strdec.csv"
+    df.assign(DEdeg=["x"] + [str(v) for v in df["DEdeg"][1:]]).to_csv(p, index=False)
+    _assert_one_line_error(_cli(p, "--images", d / "stamps", "-o", tmp_path / "o"), "strdec.csv", "DEdeg")
+
+
+def test_error_empty_catalog(small_field, tmp_path):
+    d, df = small_field
+    p = tmp_path / "empty.fits"
+    write_fits_catalog(p, df.iloc[:0])
+    _assert_one_line_error(_cli(p, "--images", d / "stamps", "-o", tmp_path / "o"), "empty.fits", "no rows")
+
+
+def test_error_explicit_column_absent(small_field, tmp_path):
+    d, _ = small_field
+    _assert_one_line_error(_cli(d / "cat.fits", "--images", d / "stamps", "--ra-column", "alpha", "-o", tmp_path / "o"),
+                           "cat.fits", "alpha")
+
+
+def test_error_unknown_keep_column_and_two_sources(small_field, tmp_path):
+    d, _ = small_field
+    _assert_one_line_error(_cli(d / "cat.fits", "--images", d / "stamps", "--keep-columns", "nope", "-o", tmp_path / "o"),
+                           "nope")
+    _assert_one_line_error(_cli(d / "cat.fits", "--images", d / "stamps", "--frames", d, "-o", tmp_path / "o2"),
+                           "exactly one")
+    with pytest.raises(ArgumentError, match="http"):
+        ProcessArguments(catalog=str(d / "cat.fits"), output=str(tmp_path / "x"), cutout_service="file:///etc/passwd")
+
+
+# ---------------------------------------------------------------- killed mid-run, then resumed
+def test_killed_run_resumes_without_duplicates(small_field, tmp_path):
+    d, df = small_field
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    common = ["--images", d / "stamps", "--partition-rows", "20", "--workers", "1", "--threads-per-worker", "1",
+              "--keep-columns", "mag_r", "--no-progress", "--batch-size", "8"]
+    assert _cli(d / "cat.fits", "-o", ref, *common, timeout=600).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "mergerscan.pipeline.cli", str(d / "cat.fits"), "-o", str(out),
+                             *map(str, common)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    scored = out / "_work" / "scored"
+    while time.time() < deadline and len(list(scored.glob("*.json"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)      # the whole process group: client, scheduler, workers
+    proc.wait()
+    n_done = len(list(scored.glob("*.json")))
+    total = len(list((ref / "_work" / "scored").glob("*.json")))
+    assert 0 < n_done < total, "the kill must land mid-run"
+    assert not (out / "mergers.fits").exists()
+    r = _cli(d / "cat.fits", "-o", out, *common, timeout=600)
+    assert r.returncode == 0, r.stderr
+    a, b = read_out(ref), read_out(out)
+    assert len(b) == len(df) and b["input_row"].is_unique
+    pd.testing.assert_frame_equal(a[SCIENCE + ["mag_r"]], b[SCIENCE + ["mag_r"]])
+    fa, fb = fitsio.read(str(ref / "mergers.fits")), fitsio.read(str(out / "mergers.fits"))
+    assert np.array_equal(fa["objid"], fb["objid"]) and np.allclose(fa["p_merger"], fb["p_merger"], equal_nan=True)
