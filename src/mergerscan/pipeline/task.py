@@ -88,7 +88,7 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
     valid = df["_healpix29"].to_numpy() >= 0 if n else np.zeros(0, bool)
     status[~valid] = "bad_coords"
     ids = df[c["id"]].astype(str).to_numpy() if n else np.zeros(0, object)
-    dup = flag_duplicates(ids) & valid
+    dup = flag_duplicates(df[c["id"]].to_numpy() if n else ids) & valid   # missing ids are never duplicates
     status[dup] = "duplicate_id"
     p = np.full(n, np.nan, np.float32)
     todo = np.flatnonzero(status == "")
