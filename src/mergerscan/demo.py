@@ -1,13 +1,13 @@
 """A synthetic SDSS-like field for the demo (``make demo``) and tests that need frames.
 
 :func:`make_demo_field` writes, per field, ``frame-[gri]-RRRRRR-C-FFFF.fits.bz2`` files that
-imitate SDSS DR17 corrected frames (HDU0 float32 nanomaggies, rotated TAN WCS, each band with
-its own slightly offset WCS, Moffat PSF, sky + shot noise, floats truncated like SDSS
-FLOATCOMPRESS) and ``demo-catalog.fits`` (objid, ra, dec, truth, mag_r, redshift).  The sky
-holds stars, bulge+disc galaxies and merging pairs whose discs are test particles of a
-restricted three-body encounter (Toomre & Toomre 1972), so tails, bridges and lopsided discs
-arise from the dynamics.  Consecutive fields of the made-up run overlap by ``OVERLAP`` rows,
-and a few catalog rows lie outside every frame.  Deterministic given ``seed``.
+imitate SDSS DR17 corrected frames (HDU0 float32 nanomaggies, rotated TAN WCS, each band with its
+own slightly offset WCS, double-Gaussian PSF with wings, sky + shot noise, floats truncated like
+SDSS FLOATCOMPRESS) and ``demo-catalog.fits`` (objid, ra, dec, truth, mag_r, redshift).  The sky
+holds stars, bulge+disc galaxies, faint background sources and merging pairs whose discs are test
+particles of a restricted three-body encounter (Toomre & Toomre 1972), so tails, bridges and
+lopsided discs arise from the dynamics.  Consecutive fields of the made-up run overlap by
+``OVERLAP`` rows, and 5 catalog rows lie outside every frame.  Deterministic given ``seed``.
 
     python -m mergerscan.demo OUT_DIR
 """
@@ -28,7 +28,7 @@ SHAPE = (745, 1024)                   # (rows, cols): half an SDSS frame in each
 OVERLAP = 100                         # rows shared by consecutive fields
 RUN, CAMCOL, FIELD0, RERUN = 900001, 1, 11, "301"
 RA0, DEC0 = 185.25, 15.5              # made-up run start, in the SDSS North Galactic Cap
-SKY_SIGMA = np.array([0.017, 0.025, 0.040])       # nanomaggies/px, as measured on DR17 frames
+SKY_SIGMA = np.array([0.017, 0.025, 0.038])       # nanomaggies/px, as measured on DR17 frames
 SHOT = np.array([0.0040, 0.0050, 0.0070]) / 4.7   # nmgy per electron (NMGY / gain)
 PSF_BAND = np.array([1.05, 1.0, 0.95])            # seeing in g, r, i relative to r
 CAMROW = {"r": 1, "i": 2, "u": 3, "z": 4, "g": 5}
@@ -152,13 +152,15 @@ def _encounter(rng, n1=4000):
             rot = rot @ np.diag([1.0, -1.0, -1.0])
         pos.append(p @ rot.T + cen[k]); vel.append(v @ rot.T + vcen[k])
         gal.append(np.full(n, k)); rad.append(r / size)
-    pos, vel, gal, rad = np.concatenate(pos), np.concatenate(vel), np.concatenate(gal), np.concatenate(rad)
+    gal, rad = np.concatenate(gal), np.concatenate(rad)
+    pos, vel = np.concatenate(pos).T.copy(), np.concatenate(vel).T.copy()   # (3, N): fast rows
 
     def acc(x, c):
         a = np.zeros_like(x)
         for k in range(2):
-            d = c[k] - x
-            a += mass[k] * d / ((d * d).sum(1) + eps * eps)[:, None] ** 1.5
+            d = c[k][:, None] - x
+            r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2] + eps * eps
+            a += d * (mass[k] / (r2 * np.sqrt(r2)))
         return a
 
     def acc_c(c):
@@ -180,7 +182,7 @@ def _encounter(rng, n1=4000):
             t_peri = t
         sep_prev = sep
         if t_peri is not None and t - t_peri >= 0.5 + 0.3 * len(snaps) - 1e-9:
-            snaps.append((pos.copy(), cen.copy()))
+            snaps.append((pos.T.copy(), cen.copy()))
             if len(snaps) == 13:
                 break
     return snaps, gal, rad, mass
@@ -254,12 +256,18 @@ def _header(band, field, crval, cd, crpix):
     return h
 
 
-def _psf_fft(shape, fwhm, smooth=0.0, beta=3.0, rad=20):
-    """rFFT of a normalised Moffat PSF (times a Gaussian of sigma ``smooth`` px) on ``shape``."""
-    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+def _psf(r2, fwhm):
+    """SDSS-like PSF (unnormalised) at squared radius r2 px^2: double Gaussian + power-law wings."""
+    s2 = (fwhm / 2.3548) ** 2
+    return (0.88 * np.exp(-0.5 * r2 / s2) + 0.1 / 4 * np.exp(-0.125 * r2 / s2)
+            + 0.02 / 4.5 * (1 + r2 / (9 * s2)) ** -2.5) / s2
+
+
+def _psf_fft(shape, fwhm, smooth=0.0, rad=20):
+    """rFFT of the normalised PSF (times a Gaussian of sigma ``smooth`` px) on ``shape``."""
     s = (np.arange(-rad * 3 - 1, rad * 3 + 2) + 0.5) / 3 - 1 / 6   # 3x oversampled pixel grid
     y, x = np.meshgrid(s, s, indexing="ij")
-    k = (1 + (x * x + y * y) / alpha ** 2) ** -beta
+    k = _psf(x * x + y * y, fwhm)
     k = k.reshape(2 * rad + 1, 3, 2 * rad + 1, 3).sum((1, 3))
     pad = np.zeros(shape)
     pad[:2 * rad + 1, :2 * rad + 1] = k / k.sum()
@@ -279,10 +287,11 @@ def _add(img, stamp, x0, y0):
         img[ya:yb, xa:xb] += stamp[ya - y0:yb - y0, xa - x0:xb - x0]
 
 
-def _sersic_stamp(c, xc, yc, jac, os=3):
+def _sersic_stamp(c, xc, yc, jac):
     """Normalised, pixel-integrated image of a Sersic component centred at pixel (xc, yc)."""
     re_px = c.re / PIXSCALE
     half = int(np.clip((8 if c.n > 2 else 5) * re_px, 6, 150))
+    os = 3 if half < 40 else 1                # sub-pixel sampling matters for small ones only
     x0, y0 = int(np.floor(xc)) - half, int(np.floor(yc)) - half
     s = (np.arange((2 * half + 1) * os) + 0.5) / os
     dy, dx = np.meshgrid(y0 + s - 0.5 - yc, x0 + s - 0.5 - xc, indexing="ij")
@@ -331,20 +340,19 @@ def _render(objs, wcs, shape, b, fwhm, rng):
     img = np.fft.irfft2(np.fft.rfft2(layers[0]) * _psf_fft(big, fwhm)
                         + np.fft.rfft2(layers[1]) * _psf_fft(big, fwhm, smooth=1.0), big)
     img = img[rad:-rad, rad:-rad]
-    # stars: oversampled Moffat at their sub-pixel position, faint spikes along the CCD axes
-    alpha = fwhm / (2 * np.sqrt(2 ** (1 / 3) - 1))
+    # stars: oversampled PSF at their sub-pixel position, faint spikes along the CCD axes
     for o, xc, yc in stars:
         half = 30 if o.flux[1] > 400 else 14
         x0, y0 = int(np.floor(xc)) - half, int(np.floor(yc)) - half
         s = (np.arange((2 * half + 1) * 3) + 0.5) / 3
         dy, dx = np.meshgrid(y0 + s - 0.5 - yc, x0 + s - 0.5 - xc, indexing="ij")
         r2 = dx * dx + dy * dy
-        st = (1 + r2 / alpha ** 2) ** -3.0 + 0.02 * (1 + r2 / (2.5 * alpha) ** 2) ** -1.6  # core + wings
+        st = _psf(r2, fwhm)
         if o.flux[1] > 400:
-            st += 0.004 * (np.exp(-0.5 * dx ** 2 / 0.36) + np.exp(-0.5 * dy ** 2 / 0.36)) / (1 + r2 / 40)
+            st += 2e-3 * (np.exp(-0.5 * dx ** 2 / 0.36) + np.exp(-0.5 * dy ** 2 / 0.36)) / (1 + r2 / 40)
         st = st.reshape(2 * half + 1, 3, 2 * half + 1, 3).mean((1, 3))
         _add(img, st / st.sum() * o.flux[b], x0, y0)
-    sigma = np.sqrt(SKY_SIGMA[b] ** 2 * rng.uniform(0.85, 1.2) ** 2 + np.maximum(img, 0) * SHOT[b])
+    sigma = np.sqrt(SKY_SIGMA[b] ** 2 * rng.uniform(0.85, 1.15) ** 2 + np.maximum(img, 0) * SHOT[b])
     img = img + rng.normal(0, 1, shape) * sigma + rng.normal(0, 0.002)
     # SDSS FLOATCOMPRESS: keep 10 mantissa bits
     bits = img.astype(np.float32).view(np.uint32) & np.uint32(0xFFFFE000)
@@ -429,19 +437,19 @@ def make_demo_field(out_dir, n_fields=2, seed=0, galaxies_per_field=40, mergers_
         rows.append((ra, dec, "galaxy", r_obj.uniform(15, 17.7), r_obj.uniform(0.02, 0.1)))
 
     # uncatalogued faint background galaxies and stars (SDSS frames are full of them)
-    area = SHAPE[1] * ymax / (SHAPE[0] * SHAPE[1])
+    area = ymax / SHAPE[0]                   # in frames
     for _ in range(int(160 * area)):
         ra, dec = to_sky(r_bg.uniform(-20, SHAPE[1] + 20), r_bg.uniform(-20, ymax + 20))
         mag = 23.0 - 3.5 * r_bg.random() ** 2
         red = r_bg.random() < 0.4
+        colour = _colour(mag, r_bg.normal(1.3 if red else 0.5, 0.15), r_bg.normal(0.5 if red else 0.25, 0.1))
         objs.append(Sersic(ra, dec, r_bg.choice([1.0, 4.0]), r_bg.uniform(0.3, 1.3) * 10 ** (-0.1 * (mag - 21)),
-                           r_bg.uniform(0.3, 1.0), r_bg.uniform(0, 180),
-                           _colour(mag, r_bg.normal(1.3 if red else 0.5, 0.15), r_bg.normal(0.5 if red else 0.25, 0.1))))
+                           r_bg.uniform(0.3, 1.0), r_bg.uniform(0, 180), colour))
     for _ in range(int(50 * area)):
         ra, dec = to_sky(r_bg.uniform(-20, SHAPE[1] + 20), r_bg.uniform(-20, ymax + 20))
         objs.append(_star(r_bg, ra, dec, r_bg.uniform(19.5, 22.5)))
 
-    seeing = r_geo.uniform(1.2, 1.6, n_fields)    # r-band FWHM, arcsec
+    seeing = r_geo.uniform(1.05, 1.4, n_fields)    # r-band FWHM of the PSF core, arcsec
     frames = []
     for k, bands in enumerate(geo):
         for b, (band, (crval, cd, crpix)) in enumerate(zip(BANDS, bands)):
