@@ -234,28 +234,30 @@ def _node_weights(s: int, n: int):
     return j, (u - j).astype(np.float32)
 
 
-def _bilinear(img: np.ndarray, px: np.ndarray, py: np.ndarray):
-    """Bilinear samples of img at float32 (px, py) (0-based); points without 4 neighbours -> 0.
-
-    Returns (values, valid).  Arrays are reused in place: ~10 passes over the output."""
+def _bilinear(img: np.ndarray, px: np.ndarray, py: np.ndarray, check: bool = True):
+    """Bilinear samples of img at float32 (px, py) (0-based, modified in place).  With ``check``,
+    points without all 4 neighbours in img are 0 and ``valid`` says which; without, the caller
+    guarantees every point is inside.  Returns (values, valid or None)."""
     h, w = img.shape
-    out_shape = px.shape
-    if h < 2 or w < 2:
-        return np.zeros(out_shape, np.float32), np.zeros(out_shape, bool)
     x0, y0 = np.floor(px), np.floor(py)
-    fx, fy = px - x0, py - y0
+    px -= x0
+    py -= y0                                          # now the fractions
     ix, iy = x0.astype(np.int32), y0.astype(np.int32)
-    valid = (ix >= 0) & (ix < w - 1) & (iy >= 0) & (iy < h - 1)
-    i = iy * np.int32(w) + ix
-    full = bool(valid.all())
-    if not full:
-        i[~valid] = 0
+    valid = None
+    if check:
+        valid = (ix >= 0) & (ix < w - 1) & (iy >= 0) & (iy < h - 1)
+        if h < 2 or w < 2:
+            return np.zeros(px.shape, np.float32), valid
+    iy *= np.int32(w)
+    iy += ix
+    if check:
+        iy[~valid] = 0
     flat = img.ravel()
-    a, b, c, d = flat.take(i), flat.take(i + 1), flat.take(i + w), flat.take(i + (w + 1))
-    b -= a; b *= fx; a += b                           # top row
-    d -= c; d *= fx; c += d                           # bottom row
-    c -= a; c *= fy; a += c
-    if not full:
+    a, b, c, d = flat.take(iy), flat.take(iy + 1), flat.take(iy + w), flat.take(iy + (w + 1))
+    b -= a; b *= px; a += b                           # top row
+    d -= c; d *= px; c += d                           # bottom row
+    c -= a; c *= py; a += c
+    if check:
         a[~valid] = 0
     return a, valid
 
@@ -287,12 +289,12 @@ def composite(bands, stretch: dict) -> np.ndarray:
     i = x[0] + x[1]
     i += x[2]
     i /= np.float32(3)
-    f = i * np.float32(q / st)
+    np.maximum(i, 0, out=i)                              # f(I)/I := 0 where I <= 0 (branch-free:
+    f = i * np.float32(q / st)                           # 0 / tiny = 0)
     np.arcsinh(f, out=f)
     f *= np.float32(0.1 / np.arcsinh(0.1 * q))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f /= i
-    f = np.where(i > 0, f, np.float32(0))
+    np.maximum(i, np.float32(1e-30), out=i)
+    f /= i
     x *= f
     np.maximum(x, 0, out=x)
     g = np.maximum(np.maximum(x[0], x[1]), x[2])
@@ -359,6 +361,7 @@ class FrameSource:
         self._design = np.stack([np.tile(t, N_NODES), np.repeat(t, N_NODES), np.ones(N_NODES ** 2)])
         self._pinv = np.linalg.pinv(self._design)                     # (n*n, 3)
         self._pix = np.arange(n, dtype=np.float64)
+        self._corners = np.array([[0, n - 1, 0, n - 1], [0, 0, n - 1, n - 1], [1, 1, 1, 1]], float)
         self._nodew = _node_weights(n, N_NODES)
 
     # -- protocol -------------------------------------------------------------------------
@@ -440,36 +443,60 @@ class FrameSource:
     def _cut(self, field: _Field, images, ra, dec):
         """Stamps (k, S, S, 3) uint8 and an edge flag per object for objects of one field."""
         k, s = len(ra), self.spec.stamp_pixels
+        out, edge = self._resample(field, images, ra, dec)
+        rgb = composite([o.reshape(k * s, s) for o in out], self.spec.stretch)   # one call per chunk
+        return rgb.reshape(k, s, s, 3), edge
+
+    def _resample(self, field: _Field, images, ra, dec):
+        """Band stamps (3, k, S, S) float32 (nanomaggies, channel order) and edge flags (k,)."""
+        k, s = len(ra), self.spec.stamp_pixels
         nra, ndec = stamp_nodes(ra, dec, self.spec)
         out = np.empty((len(images), k, s, s), np.float32)
         edge = np.zeros(k, bool)
         for b, (w, img) in enumerate(zip(field.wcs, images)):
             px, py = w.wcs_world2pix(nra.ravel(), ndec.ravel(), 0)
-            for j in range(k):
-                bx, by = self._band_coords(px.reshape(k, -1)[j], py.reshape(k, -1)[j])
-                # crop a window around the needed pixels (cache-friendly gathers)
-                x0 = max(int(np.floor(bx.min())), 0)
-                y0 = max(int(np.floor(by.min())), 0)
-                x1 = max(x0, min(int(bx.max()) + 2, img.shape[1]))
-                y1 = max(y0, min(int(by.max()) + 2, img.shape[0]))
-                bx -= x0
-                by -= y0
-                out[b, j], valid = _bilinear(np.ascontiguousarray(img[y0:y1, x0:x1]), bx, by)
-                edge[j] |= not valid.all()
-        rgb = composite([o.reshape(k * s, s) for o in out], self.spec.stretch)   # one call per chunk
-        return rgb.reshape(k, s, s, 3), edge
+            for j, (nx, ny) in enumerate(zip(px.reshape(k, -1), py.reshape(k, -1))):
+                out[b, j], inside = self._sample(img, nx, ny)
+                edge[j] |= not inside
+        return out, edge
 
-    def _band_coords(self, px, py):
-        """Band pixel coords (S, S) float32 from the exact N_NODES^2 node coords: an affine fit
-        when it reproduces the nodes to 1e-3 px (always, for TAN frames), else node interpolation."""
-        nodes = np.stack([px, py])                                    # (2, n*n)
-        coef = nodes @ self._pinv                                     # (2, 3): c*col + r*row + 1
-        if np.abs(coef @ self._design - nodes).max() < 1e-3:
-            t = self._pix
-            return [(cf[0] * t[None, :] + (cf[1] * t + cf[2])[:, None]).astype(np.float32) for cf in coef]
-        j, f = self._nodew
-        res = []
-        for c in nodes.reshape(2, N_NODES, N_NODES).astype(np.float32):
-            c = c[:, j] * (1 - f) + c[:, j + 1] * f                   # along columns: (n, S)
-            res.append(c[j] * (1 - f)[:, None] + c[j + 1] * f[:, None])
-        return res
+    def band_stamps(self, ra: float, dec: float):
+        """Diagnostics/calibration: (3, S, S) float32 band stamps (channel order, nanomaggies) of
+        one position from its best readable field, with the field key and edge flag; None if none."""
+        for key in self.locate(ra, dec)[0]:
+            fi = next(i for i, f in enumerate(self.fields) if f.key == key)
+            images = self._load(fi)
+            if images is not None:
+                out, edge = self._resample(self.fields[fi], images, np.array([ra], float), np.array([dec], float))
+                return out[:, 0], key, bool(edge[0])
+        return None
+
+    def _sample(self, img, nx, ny):
+        """One band's (S, S) stamp from the exact pixel coords (nx, ny) of the N_NODES^2 nodes, and
+        whether it lies wholly inside the frame.  The full grid is an affine map of the nodes when
+        that reproduces them to 1e-3 px (always, for TAN frames), else node interpolation."""
+        h, w = img.shape
+        nodes = np.stack([nx, ny])
+        coef = np.einsum("cn,nk->ck", nodes, self._pinv)                # (2, 3): col, row, 1
+        affine = np.abs(coef @ self._design - nodes).max() < 1e-3
+        if affine:
+            corners = coef @ self._corners                            # (2, 4) stamp corners
+            lo, hi = np.floor(corners.min(1)), np.floor(corners.max(1)) + 2
+        else:
+            lo, hi = np.floor(nodes.min(1)) - 1, np.floor(nodes.max(1)) + 3
+        inside = affine and lo[0] >= 0 and lo[1] >= 0 and hi[0] <= w and hi[1] <= h
+        x0, y0 = int(min(max(lo[0], 0), w)), int(min(max(lo[1], 0), h))
+        x1, y1 = int(min(max(hi[0], x0), w)), int(min(max(hi[1], y0), h))
+        win = np.ascontiguousarray(img[y0:y1, x0:x1])               # compact: cache/TLB-friendly
+        t = self._pix
+        if affine:                                                   # window-relative float32 coords
+            bx = (coef[0, 0] * t)[None, :] + (coef[0, 1] * t + (coef[0, 2] - x0))[:, None]
+            by = (coef[1, 0] * t)[None, :] + (coef[1, 1] * t + (coef[1, 2] - y0))[:, None]
+            bx, by = bx.astype(np.float32), by.astype(np.float32)
+        else:
+            j, f = self._nodew
+            bx, by = [(c[j] * (1 - f)[:, None] + c[j + 1] * f[:, None]) for c in
+                      ((c[:, j] * (1 - f) + c[:, j + 1] * f) for c in
+                       (nodes.reshape(2, N_NODES, N_NODES) - np.array([x0, y0])[:, None, None]).astype(np.float32))]
+        v, valid = _bilinear(win, bx, by, check=not inside)
+        return v, inside or bool(valid.all())

@@ -150,7 +150,10 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
                "partitions": len(plan.partitions), "seconds": round(wall, 2),
                "objects_per_s": round(rows / wall, 1) if wall > 0 else None,
                "engine": info.name, "engine_sha256": info.sha256, "mergerscan_version": __version__,
-               "catalog": args.catalog, "command": args.command,
+               "catalog": args.catalog, "command": args.command, "engine_path": info.path,
+               "source": {"kind": args.source.kind, "location": args.source.location,
+                          "options": dict(args.source.options)},
+               "id_column": "objid" if plan.id_kind == "int" else "id", "keep": plan.keep,
                "fits": str(out / "mergers.fits"), "parquet": str(out / "parquet")}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
