@@ -20,7 +20,8 @@ def dask_client(workers: int = 1, threads_per_worker: int = 1, scheduler: str | 
         return
     logging.getLogger("distributed").setLevel(logging.WARNING)
     cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                           dashboard_address=None, memory_limit=memory_limit, silence_logs=logging.WARNING)
+                           dashboard_address=":0", memory_limit=memory_limit,
+                           silence_logs=logging.CRITICAL)   # task errors are reported by the run itself
     client = Client(cluster)
     try:
         yield client

@@ -86,20 +86,22 @@ def healpix29(ra: np.ndarray, dec: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_positions(path: str, start: int, stop: int, columns: dict, extra: list | None = None) -> pd.DataFrame:
+def read_positions(path: str, start: int, stop: int, columns: dict, extra: list | None = None,
+                   label: str | None = None) -> pd.DataFrame:
+    """Rows [start, stop) with id/ra/dec (+ extra) columns; errors name ``label`` (the user's file)."""
     r = CatalogReader(path)
     try:
         cols = list(dict.fromkeys([columns["id"], columns["ra"], columns["dec"], *(extra or [])]))
         df = r.read_rows(start, stop, cols)
     finally:
         r.close()
-    check_numeric(df, [columns["ra"], columns["dec"]], path, row_offset=start)
+    check_numeric(df, [columns["ra"], columns["dec"]], label or path, row_offset=start)
     return df
 
 
-def chunk_histogram(path: str, start: int, stop: int, columns: dict, hist_order: int):
+def chunk_histogram(path: str, start: int, stop: int, columns: dict, hist_order: int, label: str | None = None):
     """Task: sparse (pixels, counts) of valid rows at ``hist_order`` and the count of invalid rows."""
-    df = read_positions(path, start, stop, columns)
+    df = read_positions(path, start, stop, columns, label=label)
     ra = df[columns["ra"]].to_numpy(np.float64)
     dec = df[columns["dec"]].to_numpy(np.float64)
     valid = coord_status(ra, dec)
@@ -174,7 +176,7 @@ def split_chunk(plan: Plan, chunk_id: int, work: str) -> int:
     if done(marker):
         return 0
     start, stop = plan.chunks[chunk_id]
-    df = read_positions(plan.catalog, start, stop, plan.columns, plan.keep)
+    df = read_positions(plan.catalog, start, stop, plan.columns, plan.keep, label=plan.source_catalog)
     ra = df[plan.columns["ra"]].to_numpy(np.float64)
     dec = df[plan.columns["dec"]].to_numpy(np.float64)
     valid = coord_status(ra, dec)

@@ -79,22 +79,27 @@ class _Progress:
             self.bar.close()
 
 
-def _drain(client, futures, progress, weight) -> list:
-    """Wait for futures in completion order; collect results and failures, never stop early."""
+def _drain(client, futures, progress, weight, ordered: bool = False) -> list:
+    """Wait for all futures (completion order); collect results and failures, never stop early.
+    Input errors (CatalogError) are re-raised as they are: they are the user's one-line message."""
     from distributed import as_completed
 
-    results, errors = [], []
+    results, errors = {}, []
     for fut in as_completed(futures):
         try:
             r = fut.result()
-            results.append(r)
+            results[fut.key] = r
             progress.update(weight(r))
+        except CatalogError:
+            progress.close()
+            client.cancel(futures)
+            raise
         except Exception as exc:  # noqa: BLE001 - reported after the rest finished
             errors.append(f"{fut.key}: {type(exc).__name__}: {exc}")
     progress.close()
     if errors:
         raise RuntimeError(f"{len(errors)} task(s) failed (re-run the same command to resume): {errors[0]}")
-    return results
+    return [results[f.key] for f in futures] if ordered else list(results.values())
 
 
 def make_plan(args: ProcessArguments, cat: dict, client, work: Path) -> Plan:
@@ -107,8 +112,9 @@ def make_plan(args: ProcessArguments, cat: dict, client, work: Path) -> Plan:
         path = stage_csv(args.catalog, work, args.chunk_rows)
         chunks = CatalogReader(path, chunk_rows=args.chunk_rows).chunk_ranges()
     futs = client.map(chunk_histogram, [path] * len(chunks), [s for s, _ in chunks], [e for _, e in chunks],
-                      [cat["columns"]] * len(chunks), [args.hist_order] * len(chunks), pure=False)
-    res = client.gather(futs)
+                      [cat["columns"]] * len(chunks), [args.hist_order] * len(chunks),
+                      [args.catalog] * len(chunks), pure=False)
+    res = _drain(client, futs, _Progress(0, "plan", False), lambda r: 0, ordered=True)
     pixels = np.concatenate([r[0] for r in res]) if res else np.zeros(0, np.int64)
     counts = np.concatenate([r[1] for r in res]) if res else np.zeros(0, np.int64)
     parts = make_partitions(pixels, counts, sum(r[2] for r in res), args.hist_order, args.partition_rows)
