@@ -20,6 +20,7 @@ setup: $(VENV)/.installed
 system-deps:
 	@missing=""; \
 	command -v stilts >/dev/null || missing="$$missing stilts"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "note: missing$$missing (tests that need them will skip)"; fi; fi

@@ -241,3 +241,19 @@ def test_killed_run_resumes_without_duplicates(small_field, tmp_path):
     pd.testing.assert_frame_equal(a[SCIENCE + ["mag_r"]], b[SCIENCE + ["mag_r"]])
     fa, fb = fitsio.read(str(ref / "mergers.fits")), fitsio.read(str(out / "mergers.fits"))
     assert np.array_equal(fa["objid"], fb["objid"]) and np.allclose(fa["p_merger"], fb["p_merger"], equal_nan=True)
+
+
+def test_array_mode_plan_shards_finalize_matches_single_run(small_field, dask_client, tmp_path):
+    d, df = small_field
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    run(args_for(d, ref), client=dask_client)
+    p = run(args_for(d, out, mode="plan"), client=dask_client)
+    assert p["partitions"] > 2 and (out / "_work" / "plan.json").is_file()
+    with pytest.raises(ArgumentError, match="not scored yet"):
+        run(args_for(d, out, mode="finalize"), client=dask_client)
+    for i in range(3):
+        run(args_for(d, out, mode="shard", shard=(i, 3)), client=dask_client)
+    s = run(args_for(d, out, mode="finalize"), client=dask_client)
+    assert s["rows"] == len(df)
+    a, b = read_out(ref), read_out(out)
+    pd.testing.assert_frame_equal(a[SCIENCE], b[SCIENCE])

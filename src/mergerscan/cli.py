@@ -30,11 +30,37 @@ def _train_parser(sub):
     return p
 
 
+def _report_parser(sub):
+    p = sub.add_parser("report", help="HTML report of a process-catalog run (summary.json) or a training run (metrics.json)")
+    p.add_argument("run", help="run directory: process-catalog OUT or a training --out")
+    p.add_argument("--top-n", type=int, default=24, help="mergers in the top gallery")
+    p.add_argument("--borderline-n", type=int, default=12, help="objects near the threshold in the borderline gallery")
+    return p
+
+
+def _report(ap, a):
+    from pathlib import Path
+    d = Path(a.run)
+    if (d / "summary.json").is_file():
+        from .report import build_report
+        path = build_report(d, top_n=a.top_n, borderline_n=a.borderline_n)
+    elif (d / "metrics.json").is_file():
+        from .report import build_training_report
+        path = build_training_report(d)
+    else:
+        ap.exit(2, f"mergerscan report: error: {d} has neither summary.json (process-catalog run) "
+                   "nor metrics.json (training run)\n")
+    print(path)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="mergerscan")
     sub = ap.add_subparsers(dest="verb", required=True)
     _train_parser(sub)
+    _report_parser(sub)
     a = ap.parse_args(argv)
+    if a.verb == "report":
+        _report(ap, a)
     if a.verb == "train":
         from .training.train import TrainArguments, run
         kw = {k: v for k, v in vars(a).items() if k != "verb"}

@@ -12,16 +12,23 @@
   none left -> ``corrupt_frame``.
 * **Frame cache**: each needed field is read and decompressed once per source instance (a source
   lives for one partition) and kept in a small LRU (``max_fields`` fields of 3 float32 images).
-  bz2 is decompressed with ``indexed_bzip2`` when importable (``decompress_threads`` = its
-  parallelisation), else with :mod:`bz2`; HDU0 is parsed from memory with astropy.
-* **Cutout**: each band is resampled with its own WCS onto a north-up, east-left TAN grid of
-  ``spec.stamp_pixels`` square at ``spec.pixel_scale`` centred on the object (bilinear).  The band
-  pixel coordinates are computed exactly on a 9x9 grid of nodes and linearly interpolated between
-  them (TAN->TAN is a projective map: the error is < 1e-3 px for a 100" stamp).  Output pixels
-  that fall off the band's frame are 0 (frames are sky-subtracted) and the row gets ``edge``.
-* **Colour**: ``make_lupton_rgb(i*s_i, r*s_r, g*s_g, Q, stretch, minimum)`` with
-  ``spec.stretch = {"scales": [s_R, s_G, s_B], "Q", "stretch", "minimum"}`` (scales in
-  ``spec.channels`` order, i.e. i, r, g) -> uint8 RGB in the SkyServer convention.
+  bz2 is decompressed with ``indexed_bzip2`` when importable (option ``threads`` = its
+  parallelisation, default 1: a Dask worker thread should not oversubscribe its cores), else with
+  :mod:`bz2`; HDU0 is parsed from memory with astropy (~8 ms a frame; fitsio via a temporary file
+  measured ~60 ms).
+* **Cutout**: each band is resampled with its own WCS onto a north-up (row 0 = north), east-left
+  TAN grid of ``spec.stamp_pixels`` square at ``spec.pixel_scale`` centred on the object (pixel
+  ((S-1)/2, (S-1)/2)), by bilinear interpolation.  The band pixel coordinates are computed exactly
+  (SIP-aware ``all_world2pix``) on a 9x9 grid of nodes; the full grid is the affine map fitted to
+  them when that reproduces every node to 1e-3 px (always for pure TAN: TAN->TAN is projective and
+  its curvature over a 100" stamp is ~1e-5 px), else linear interpolation between the nodes.
+  Output pixels without 4 neighbours in the band's frame are 0 (frames are sky-subtracted) and the
+  row gets ``edge``.
+* **Colour**: astropy ``make_lupton_rgb(i*s_i, r*s_r, g*s_g, Q=, stretch=, minimum=)`` -> uint8
+  RGB (R=i, G=r, B=g), with ``spec.stretch = {"scales": [s_i, s_r, s_g], "Q", "stretch",
+  "minimum"}`` (scales in ``spec.channels`` order).  :func:`composite` computes exactly that (tested
+  to 1 count against :func:`composite_reference`) in float32, ~3x faster, and pinned to astropy
+  8's formula so stamps do not change with the astropy version.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import io
 import json
 import os
 import re
+import stat
 import warnings
 from collections import Counter, OrderedDict
 from pathlib import Path
@@ -137,19 +145,39 @@ def _header_entry(path: Path) -> dict:
         raise ValueError("no celestial WCS")
     px = np.array([(nx - 1) / 2, 0, nx - 1, 0, nx - 1], float)
     py = np.array([(ny - 1) / 2, 0, 0, ny - 1, ny - 1], float)
-    ra, dec = w.wcs_pix2world(px, py, 0)
+    ra, dec = w.all_pix2world(px, py, 0)
     u = _unit(ra, dec)
     radius = float(np.degrees(np.arccos(np.clip(u[1:] @ u[0], -1, 1))).max())
     return {"shape": [ny, nx], "wcs": cards, "centre": [float(ra[0]), float(dec[0])], "radius": radius}
 
 
 # ---------------------------------------------------------------------------- footprint index
+def _writable(directory: Path) -> bool:
+    """Writable for us *and* meant to be: root passes os.access on a read-only (r-x) data
+    directory, so its permission bits must allow writing too."""
+    try:
+        mode = directory.stat().st_mode
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
 def _default_cache(directory: Path) -> Path:
-    if os.access(directory, os.W_OK):
+    if _writable(directory):
         return directory / INDEX_NAME
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mergerscan"
     key = hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:16]
     return base / f"frames-index-{key}.json"
+
+
+def _frame_files(directory: Path) -> list[str]:
+    """Frame file names, relative to directory, also in subdirectories (SDSS: RERUN/RUN/CAMCOL/)."""
+    out = []
+    for root, dirs, names in os.walk(directory):
+        dirs.sort()
+        rel = Path(root).relative_to(directory)
+        out += [str(rel / n) if rel.parts else n for n in sorted(names) if FRAME_RE.match(n)]
+    return out
 
 
 def build_frame_index(directory, cache="auto") -> dict:
@@ -171,11 +199,12 @@ def build_frame_index(directory, cache="auto") -> dict:
         except (OSError, ValueError, KeyError):
             old = {}
     files, changed = {}, False
-    for name in sorted(os.listdir(directory)):
-        m = FRAME_RE.match(name)
-        if not m:
+    for name in _frame_files(directory):
+        m = FRAME_RE.match(Path(name).name)
+        try:
+            st = (directory / name).stat()
+        except OSError:                               # vanished while listing
             continue
-        st = (directory / name).stat()
         prev = old.get(name)
         if prev and prev["size"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns:
             files[name] = prev                        # unchanged file: reuse its entry
@@ -251,14 +280,14 @@ def _bilinear(img: np.ndarray, px: np.ndarray, py: np.ndarray, check: bool = Tru
     iy *= np.int32(w)
     iy += ix
     if check:
-        iy[~valid] = 0
+        iy *= valid                                   # outside -> pixel 0 (zeroed below)
     flat = img.ravel()
-    a, b, c, d = flat.take(iy), flat.take(iy + 1), flat.take(iy + w), flat.take(iy + (w + 1))
+    a, b, c, d = flat.take(iy), flat[1:].take(iy), flat[w:].take(iy), flat[w + 1:].take(iy)   # 4 neighbours
     b -= a; b *= px; a += b                           # top row
     d -= c; d *= px; c += d                           # bottom row
     c -= a; c *= py; a += c
     if check:
-        a[~valid] = 0
+        a *= valid
     return a, valid
 
 
@@ -309,51 +338,54 @@ def composite(bands, stretch: dict) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- the source
 class _Field:
-    def __init__(self, key: str, entry: dict, files: dict, bands: str, ref_band: str):
+    """One field: its bands' WCS (channel order; None where missing/unreadable) and the footprint
+    of its reference band."""
+
+    def __init__(self, key: str, entry: dict, files: dict, bands: str, ref: str):
         self.key = key
-        names = [entry["bands"].get(b) for b in bands]
-        self.paths = names
-        self.complete = all(n is not None for n in names)
-        ref = entry["bands"].get(ref_band) or next((n for n in names if n), None)
-        if ref is None:
-            ref = next(iter(entry["bands"].values()), None)
-        self.usable = ref is not None                 # has at least one readable header
-        if not self.usable:
-            return
-        e = files[ref]
-        self.ref_wcs = _make_wcs(e["wcs"])
-        self.ref_shape = tuple(e["shape"])
-        self.centre = _unit(*e["centre"])
-        self.cos_radius = np.cos(np.radians(min(e["radius"] * 1.05 + 0.01, 90.0)))
-        self.wcs = [None if n is None else _make_wcs(files[n]["wcs"]) for n in names]
-        self.shapes = [None if n is None else tuple(files[n]["shape"]) for n in names]
+        self.paths = [entry["bands"].get(b) for b in bands]
+        self.complete = all(n is not None for n in self.paths)
+        self.ref_wcs = _make_wcs(files[ref]["wcs"])
+        self.ref_shape = tuple(files[ref]["shape"])
+        self.wcs = [None if n is None else _make_wcs(files[n]["wcs"]) for n in self.paths]
+        self.shapes = [None if n is None else tuple(files[n]["shape"]) for n in self.paths]
 
     def edge_distance(self, ra, dec) -> np.ndarray:
-        """Distance (px) of each position from the reference frame's edge; -inf when outside."""
-        d = np.full(len(ra), -np.inf)
-        near = _unit(ra, dec) @ self.centre > self.cos_radius
-        if near.any():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                x, y = self.ref_wcs.wcs_world2pix(ra[near], dec[near], 0)
-            h, w = self.ref_shape
-            e = np.minimum(np.minimum(x + 0.5, w - 0.5 - x), np.minimum(y + 0.5, h - 0.5 - y))
-            d[near] = np.where(np.isfinite(e) & (e > 0), e, -np.inf)
-        return d
+        """Distance (px) of each position from the reference frame's edge; <= 0 when outside."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            x, y = self.ref_wcs.all_world2pix(ra, dec, 0, quiet=True)
+        h, w = self.ref_shape
+        e = np.minimum(np.minimum(x + 0.5, w - 0.5 - x), np.minimum(y + 0.5, h - 0.5 - y))
+        return np.where(np.isfinite(e), e, -np.inf)
 
 
 class FrameSource:
     name = "frames"
 
     def __init__(self, directory, spec: PreprocessSpec, *, index_cache="auto", max_fields: int = 4,
-                 decompress_threads: int = 1, ref_band: str = "r", chunk: int = 16, **ignored_known):
+                 threads: int = 1, ref_band: str = "r", chunk: int = 16, **ignored_known):
         # ignored_known: options meant for other sources (SourceConfig.options) are accepted and unused
+        from scipy.spatial import cKDTree
+
         self.directory, self.spec = Path(directory), spec
         self.index = build_frame_index(self.directory, cache=index_cache)
-        self.max_fields, self.threads, self.chunk = max(1, int(max_fields)), int(decompress_threads), int(chunk)
-        self.fields = [f for k, e in sorted(self.index["fields"].items())
-                       if (f := _Field(k, e, self.index["files"], spec.channels, ref_band)).usable]
-        self._cache: OrderedDict = OrderedDict()      # field number -> list of band images
+        self.max_fields, self.threads, self.chunk = max(1, int(max_fields)), max(1, int(threads)), int(chunk)
+        files = self.index["files"]
+        self.field_keys, self._ref, centres, radii = [], [], [], []
+        for key, e in sorted(self.index["fields"].items()):
+            ref = e["bands"].get(ref_band) or next(iter(sorted(e["bands"].values())), None)
+            if ref is None:                            # no readable header at all: unknown footprint
+                continue
+            self.field_keys.append(key)
+            self._ref.append(ref)
+            centres.append(_unit(*files[ref]["centre"]))
+            radii.append(files[ref]["radius"])
+        # footprint search: field centres in a KD-tree of unit vectors; WCS built only when needed
+        self._tree = cKDTree(np.array(centres)) if centres else None
+        self._chord = 2 * np.sin(np.radians(min(max(radii, default=0) * 1.05 + 0.01, 90.0)) / 2)
+        self._fields: dict = {}                        # field number -> _Field, built lazily
+        self._cache: OrderedDict = OrderedDict()      # field number -> list of band images (LRU)
         self._bad: dict = {}                          # field number -> error (never retried)
         self.stats = Counter()
         n = spec.stamp_pixels                        # node geometry, shared by every stamp
@@ -371,15 +403,11 @@ class FrameSource:
         status = np.full(n, "outside_footprint", dtype=object)
         ra = rows["ra"].to_numpy(np.float64)
         dec = rows["dec"].to_numpy(np.float64)
-        if n == 0 or not self.fields:
-            return stamps, status
-        dist = np.stack([f.edge_distance(ra, dec) for f in self.fields], axis=1)   # (n, F)
-        order = np.argsort(-dist, axis=1, kind="stable")                             # best first
-        ncand = np.isfinite(dist).sum(axis=1)
+        cand, start, ncand = self._candidates(ra, dec)
         rank = np.zeros(n, int)
         pending = np.flatnonzero(ncand > 0)
         while pending.size:
-            best = order[pending, rank[pending]]
+            best = cand[start[pending] + rank[pending]]
             for fi in np.unique(best):
                 idx = pending[best == fi]
                 images = self._load(int(fi))
@@ -388,7 +416,7 @@ class FrameSource:
                     continue
                 for j in range(0, len(idx), self.chunk):
                     part = idx[j:j + self.chunk]
-                    stamps[part], edge = self._cut(self.fields[fi], images, ra[part], dec[part])
+                    stamps[part], edge = self._cut(self.field(fi), images, ra[part], dec[part])
                     status[part] = np.where(edge, "edge", "ok")
             exhausted = rank[pending] >= ncand[pending]
             status[pending[exhausted]] = "corrupt_frame"
@@ -405,22 +433,54 @@ class FrameSource:
     def __exit__(self, *exc):
         self.close()
 
-    # -- frames ---------------------------------------------------------------------------
+    # -- footprint ------------------------------------------------------------------------
+    def field(self, fi) -> _Field:
+        """Field by number or key (WCS objects are built on first use)."""
+        if isinstance(fi, str):
+            fi = self.field_keys.index(fi)
+        fi = int(fi)
+        if fi not in self._fields:
+            key = self.field_keys[fi]
+            self._fields[fi] = _Field(key, self.index["fields"][key], self.index["files"], self.spec.channels,
+                                      self._ref[fi])
+        return self._fields[fi]
+
+    def _candidates(self, ra, dec):
+        """Fields containing each position, best (farthest from the edge) first, flattened:
+        row i's are ``cand[start[i]:start[i] + ncand[i]]``."""
+        n = len(ra)
+        if self._tree is None or n == 0:
+            return np.zeros(0, int), np.zeros(n, int), np.zeros(n, int)
+        near = self._tree.query_ball_point(_unit(ra, dec), self._chord)
+        pairs = [(i, fi) for i, fs in enumerate(near) for fi in fs]
+        if not pairs:
+            return np.zeros(0, int), np.zeros(n, int), np.zeros(n, int)
+        rows, fis = np.array(pairs).T
+        dist = np.empty(len(rows))
+        for fi in np.unique(fis):
+            m = fis == fi
+            dist[m] = self.field(fi).edge_distance(ra[rows[m]], dec[rows[m]])
+        keep = dist > 0
+        rows, fis, dist = rows[keep], fis[keep], dist[keep]
+        o = np.lexsort((fis, -dist, rows))             # by row, then farthest from the edge
+        ncand = np.bincount(rows, minlength=n)
+        start = np.concatenate([[0], np.cumsum(ncand)[:-1]])
+        return fis[o], start, ncand
+
     def locate(self, ra, dec) -> list[list[str]]:
         """Field keys containing each position, best (farthest from the edge) first."""
         ra, dec = np.atleast_1d(np.asarray(ra, float)), np.atleast_1d(np.asarray(dec, float))
-        if not self.fields:
-            return [[] for _ in ra]
-        dist = np.stack([f.edge_distance(ra, dec) for f in self.fields], axis=1)
-        return [[self.fields[j].key for j in np.argsort(-d, kind="stable") if np.isfinite(d[j])] for d in dist]
+        cand, start, ncand = self._candidates(ra, dec)
+        return [[self.field_keys[f] for f in cand[s:s + k]] for s, k in zip(start, ncand)]
 
+    # -- frames ---------------------------------------------------------------------------
     def _load(self, fi: int):
         if fi in self._cache:
             self._cache.move_to_end(fi)
             return self._cache[fi]
         if fi in self._bad:
             return None
-        f = self.fields[fi]
+        f = self.field(fi)
         try:
             if not f.complete:
                 raise ValueError("a band is missing or its header is unreadable")
@@ -454,7 +514,7 @@ class FrameSource:
         out = np.empty((len(images), k, s, s), np.float32)
         edge = np.zeros(k, bool)
         for b, (w, img) in enumerate(zip(field.wcs, images)):
-            px, py = w.wcs_world2pix(nra.ravel(), ndec.ravel(), 0)
+            px, py = w.all_world2pix(nra.ravel(), ndec.ravel(), 0, quiet=True)   # SIP-aware
             for j, (nx, ny) in enumerate(zip(px.reshape(k, -1), py.reshape(k, -1))):
                 out[b, j], inside = self._sample(img, nx, ny)
                 edge[j] |= not inside
@@ -464,10 +524,10 @@ class FrameSource:
         """Diagnostics/calibration: (3, S, S) float32 band stamps (channel order, nanomaggies) of
         one position from its best readable field, with the field key and edge flag; None if none."""
         for key in self.locate(ra, dec)[0]:
-            fi = next(i for i, f in enumerate(self.fields) if f.key == key)
+            fi = self.field_keys.index(key)
             images = self._load(fi)
             if images is not None:
-                out, edge = self._resample(self.fields[fi], images, np.array([ra], float), np.array([dec], float))
+                out, edge = self._resample(self.field(fi), images, np.array([ra], float), np.array([dec], float))
                 return out[:, 0], key, bool(edge[0])
         return None
 
@@ -479,20 +539,17 @@ class FrameSource:
         nodes = np.stack([nx, ny])
         coef = np.einsum("cn,nk->ck", nodes, self._pinv)                # (2, 3): col, row, 1
         affine = np.abs(coef @ self._design - nodes).max() < 1e-3
-        if affine:
-            corners = coef @ self._corners                            # (2, 4) stamp corners
-            lo, hi = np.floor(corners.min(1)), np.floor(corners.max(1)) + 2
-        else:
-            lo, hi = np.floor(nodes.min(1)) - 1, np.floor(nodes.max(1)) + 3
+        ext = coef @ self._corners if affine else nodes              # stamp corners / nodes: the hull
+        lo, hi = np.floor(ext.min(1)) - 1, np.floor(ext.max(1)) + 3  # 1 px margin for float32 rounding
         inside = affine and lo[0] >= 0 and lo[1] >= 0 and hi[0] <= w and hi[1] <= h
         x0, y0 = int(min(max(lo[0], 0), w)), int(min(max(lo[1], 0), h))
         x1, y1 = int(min(max(hi[0], x0), w)), int(min(max(hi[1], y0), h))
         win = np.ascontiguousarray(img[y0:y1, x0:x1])               # compact: cache/TLB-friendly
         t = self._pix
         if affine:                                                   # window-relative float32 coords
-            bx = (coef[0, 0] * t)[None, :] + (coef[0, 1] * t + (coef[0, 2] - x0))[:, None]
-            by = (coef[1, 0] * t)[None, :] + (coef[1, 1] * t + (coef[1, 2] - y0))[:, None]
-            bx, by = bx.astype(np.float32), by.astype(np.float32)
+            cx, cy = (coef[0, 0] * t).astype(np.float32), (coef[1, 0] * t).astype(np.float32)
+            bx = cx[None, :] + (coef[0, 1] * t + (coef[0, 2] - x0)).astype(np.float32)[:, None]
+            by = cy[None, :] + (coef[1, 1] * t + (coef[1, 2] - y0)).astype(np.float32)[:, None]
         else:
             j, f = self._nodew
             bx, by = [(c[j] * (1 - f)[:, None] + c[j + 1] * f[:, None]) for c in

@@ -56,7 +56,7 @@ class PreprocessSpec:
 # calibrated frames (nanomaggies).  Chosen once by matching frame cutouts to
 # SkyServer JPEGs of the same objects (benchmarks/calibrate_stretch.py); stored in
 # the engine spec so a frame source renders what the model was trained on.
-STRETCH_DEFAULT = {"scales": [1.0, 1.0, 1.0], "Q": 8.0, "stretch": 0.4, "minimum": 0.0}
+STRETCH_DEFAULT = {"scales": [0.8159, 1.0, 1.376], "Q": 8.413, "stretch": 0.4217, "minimum": 0.00192}
 
 
 def _block_mean(x: np.ndarray, factor: int) -> np.ndarray:

@@ -38,6 +38,8 @@ class ProcessArguments:
     batch_size: int = 128                  # stamps per engine call
     overwrite: bool = False
     progress: bool = True
+    mode: str = "all"                      # all | plan | shard | finalize (SLURM array jobs)
+    shard: tuple | None = None             # (i, n) with mode="shard"
     service_options: dict = field(default_factory=dict)
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
 
@@ -60,6 +62,12 @@ class ProcessArguments:
             raise ArgumentError("--partition-rows, --chunk-rows and --batch-size must be positive")
         if not 0 <= self.hist_order <= 12:
             raise ArgumentError("--hist-order must be in 0..12")
+        if self.mode not in ("all", "plan", "shard", "finalize"):
+            raise ArgumentError(f"unknown mode {self.mode!r}")
+        if (self.mode == "shard") != (self.shard is not None):
+            raise ArgumentError("--shard i/N goes with shard mode only")
+        if self.shard is not None and not (len(self.shard) == 2 and 0 <= self.shard[0] < self.shard[1]):
+            raise ArgumentError(f"--shard {self.shard}: need i/N with 0 <= i < N")
         if self.threads_per_worker == 0:
             self.threads_per_worker = max(1, (os.cpu_count() or 1) // self.workers)
         self.catalog = str(Path(self.catalog).resolve())

@@ -41,9 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
     dk.add_argument("--partition-rows", type=int, default=5000, help="max rows per sky partition")
     dk.add_argument("--chunk-rows", type=int, default=200_000, help="input rows read per task")
     dk.add_argument("--batch-size", type=int, default=128, help="stamps per engine call")
+    arr = p.add_argument_group("array jobs (see slurm/)")
+    m = arr.add_mutually_exclusive_group()
+    m.add_argument("--plan", action="store_true", help="only plan and split the catalog into partitions, then exit")
+    m.add_argument("--shard", metavar="I/N", help="score partitions with pid %% N == I of an existing plan")
+    m.add_argument("--finalize", action="store_true", help="write _metadata, the FITS table and the summary")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, different run in OUT")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _parse_shard(text):
+    if not text:
+        return None
+    try:
+        i, n = (int(v) for v in text.replace("%", "/").split("/"))
+    except ValueError:
+        raise ArgumentError(f"--shard {text}: expected I/N, e.g. 3/16") from None
+    return (i, n)
 
 
 def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
@@ -57,6 +72,8 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
         workers=ns.workers, threads_per_worker=ns.threads_per_worker, scheduler=ns.scheduler,
         memory_limit=ns.memory_limit, partition_rows=ns.partition_rows, chunk_rows=ns.chunk_rows,
         batch_size=ns.batch_size, overwrite=ns.overwrite, progress=not ns.no_progress,
+        mode="plan" if ns.plan else "shard" if ns.shard else "finalize" if ns.finalize else "all",
+        shard=_parse_shard(ns.shard),
         service_options={"timeout": ns.service_timeout, "retries": ns.service_retries,
                          "max_concurrency": ns.service_concurrency},
         command="process-catalog " + " ".join(argv))
@@ -69,6 +86,9 @@ def main(argv=None) -> int:
     from .run import format_summary, run
     try:
         summary = run(arguments_from(ns, argv))
+        if "rows" not in summary or "scored" not in summary:     # --plan / --shard
+            print("process-catalog: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+            return 0
     except (ArgumentError, CatalogError, FingerprintMismatch, FileNotFoundError) as exc:
         print(f"process-catalog: error: {exc}", file=sys.stderr)
         return 2

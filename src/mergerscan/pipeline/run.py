@@ -177,8 +177,43 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def _plan_and_split(args, cat, client, work: Path) -> Plan:
+    plan = make_plan(args, cat, client, work)
+    todo = list(range(len(plan.chunks)))
+    pplan = client.scatter(plan, broadcast=True, hash=False)
+    futs = client.map(split_chunk, [pplan] * len(todo), todo, [str(work)] * len(todo), pure=False, retries=2)
+    _drain(client, futs, _Progress(0, "split", False), lambda r: r)
+    return plan
+
+
+def shard_partitions(plan: Plan, shard: tuple[int, int] | None):
+    """Partitions of shard i of n (round-robin over the spatially ordered plan)."""
+    if shard is None:
+        return list(plan.partitions)
+    i, n = shard
+    return [p for p in plan.partitions if p.pid % n == i]
+
+
+def _score(args, plan: Plan, client, engine_path, info, parts):
+    out = Path(args.output)
+    pplan = client.scatter(plan, broadcast=True, hash=False)
+    todo = [p for p in parts if not marker_path(out, p).is_file()]
+    skipped = sum(p.rows for p in parts) - sum(p.rows for p in todo)
+    futs = client.map(score_partition, [pplan] * len(todo), todo, [str(out)] * len(todo),
+                      [args.source] * len(todo), [str(engine_path)] * len(todo),
+                      [args.backend] * len(todo), [args.threads_per_worker] * len(todo),
+                      [args.batch_size] * len(todo), [run_meta(args, info)] * len(todo), pure=False, retries=2)
+    bar = _Progress(sum(p.rows for p in parts), "scoring", args.progress)
+    bar.update(skipped)
+    _drain(client, futs, bar, lambda r: r["rows"])
+
+
 def run(args: ProcessArguments, client=None) -> dict:
-    """Run (or resume) a whole process-catalog job.  ``client``: an existing Dask client (tests)."""
+    """Run (or resume) a process-catalog job.  ``client``: an existing Dask client (tests).
+
+    ``args.mode``: "all" (plan, score, finalize), "plan" (plan + split only, for array jobs),
+    "shard" (score partitions ``pid % n == i`` of an existing plan), "finalize" (needs every
+    partition done)."""
     t_start = time.time()
     engine_path = resolve_engine_path(args.engine)
     info = read_engine_info(engine_path)
@@ -186,22 +221,29 @@ def run(args: ProcessArguments, client=None) -> dict:
     out = Path(args.output)
     work = out / "_work"
     check_or_claim(out, fingerprint(args, cat, info.sha256), args.overwrite)
+    if args.mode == "finalize":
+        plan = _existing_plan(work)
+        missing = [p.name for p in plan.partitions if not marker_path(out, p).is_file()]
+        if missing:
+            raise ArgumentError(f"{out}: {len(missing)} partition(s) not scored yet (e.g. {missing[0]}); "
+                                "run the missing shards first")
+        return finalize(args, plan, info)
+    if args.mode == "shard":
+        _existing_plan(work)
     ctx = contextlib.nullcontext(client) if client is not None else dask_client(
         args.workers, args.threads_per_worker, args.scheduler, args.memory_limit)
     with ctx as client:
-        plan = make_plan(args, cat, client, work)
-        pplan = client.scatter(plan, broadcast=True)
-        todo = [i for i in range(len(plan.chunks))]
-        futs = client.map(split_chunk, [pplan] * len(todo), todo, [str(work)] * len(todo), pure=False, retries=2)
-        _drain(client, futs, _Progress(0, "split", False), lambda r: r)
-        parts = [p for p in plan.partitions if not marker_path(out, p).is_file()]
-        skipped = sum(p.rows for p in plan.partitions) - sum(p.rows for p in parts)
-        threads = args.threads_per_worker
-        futs = client.map(score_partition, [pplan] * len(parts), parts, [str(out)] * len(parts),
-                          [args.source] * len(parts), [str(engine_path)] * len(parts),
-                          [args.backend] * len(parts), [threads] * len(parts), [args.batch_size] * len(parts),
-                          [run_meta(args, info)] * len(parts), pure=False, retries=2)
-        bar = _Progress(plan.nrows, "scoring", args.progress)
-        bar.update(skipped)
-        _drain(client, futs, bar, lambda r: r["rows"])
+        plan = _plan_and_split(args, cat, client, work)
+        if args.mode == "plan":
+            return {"plan": str(work / "plan.json"), "partitions": len(plan.partitions), "rows": plan.nrows}
+        _score(args, plan, client, engine_path, info, shard_partitions(plan, args.shard))
+    if args.mode == "shard":
+        return {"shard": list(args.shard), "partitions": len(shard_partitions(plan, args.shard)),
+                "seconds": round(time.time() - t_start, 2)}
     return finalize(args, plan, info, seconds=time.time() - t_start)
+
+
+def _existing_plan(work: Path) -> Plan:
+    if not (work / "plan.json").is_file():
+        raise ArgumentError(f"{work.parent}: no plan yet; run process-catalog --plan with the same arguments first")
+    return Plan.load(work / "plan.json")
