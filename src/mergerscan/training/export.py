@@ -78,3 +78,23 @@ def quantize_int8(onnx_path: str | Path, calib: np.ndarray, out_path: str | Path
         e = m.metadata_props.add(); e.key, e.value = k, v
     onnx.save(m, str(out_path))
     return out_path
+
+
+def update_metadata(path: str | Path, out_path: str | Path, spec: PreprocessSpec | None = None,
+                    card_updates: dict | None = None) -> Path:
+    """Rewrite an engine's spec and/or card (e.g. after calibrating the frame colour stretch,
+    which describes how the training stamps were rendered, not the weights)."""
+    import onnx
+
+    m = onnx.load(str(path))
+    meta = {p.key: p.value for p in m.metadata_props}
+    card = json.loads(meta.get(CARD_KEY, "{}"))
+    card.update(card_updates or {})
+    meta[CARD_KEY] = json.dumps(card, sort_keys=True)
+    if spec is not None:
+        meta[SPEC_KEY] = spec.to_json()
+    del m.metadata_props[:]
+    for k, v in sorted(meta.items()):
+        e = m.metadata_props.add(); e.key, e.value = k, v
+    onnx.save(m, str(out_path))
+    return Path(out_path)
