@@ -66,7 +66,7 @@ def small_field(tmp_path_factory):
 
 def args_for(d, out, **kw):
     base = dict(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps"), partition_rows=40,
-                keep_columns=["mag_r"], progress=False, command="test")
+                keep_columns=["mag_r"], progress=False, command="test", report=False)
     base.update(kw)
     return ProcessArguments(**base)
 
@@ -219,7 +219,7 @@ def test_killed_run_resumes_without_duplicates(small_field, tmp_path):
     d, df = small_field
     ref, out = tmp_path / "ref", tmp_path / "out"
     common = ["--images", d / "stamps", "--partition-rows", "20", "--workers", "1", "--threads-per-worker", "1",
-              "--keep-columns", "mag_r", "--no-progress", "--batch-size", "8"]
+              "--keep-columns", "mag_r", "--no-progress", "--no-report", "--batch-size", "8"]
     assert _cli(d / "cat.fits", "-o", ref, *common, timeout=600).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "mergerscan.pipeline.cli", str(d / "cat.fits"), "-o", str(out),
                              *map(str, common)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -38,6 +38,7 @@ class ProcessArguments:
     batch_size: int = 128                  # stamps per engine call
     overwrite: bool = False
     progress: bool = True
+    report: bool = True                    # write OUT/report/index.html at the end
     mode: str = "all"                      # all | plan | shard | finalize (SLURM array jobs)
     shard: tuple | None = None             # (i, n) with mode="shard"
     service_options: dict = field(default_factory=dict)

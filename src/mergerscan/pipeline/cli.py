@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--finalize", action="store_true", help="write _metadata, the FITS table and the summary")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, different run in OUT")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML run report (OUT/report/)")
     return p
 
 
@@ -71,7 +72,7 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
         id_column=ns.id_column, ra_column=ns.ra_column, dec_column=ns.dec_column, keep_columns=keep,
         workers=ns.workers, threads_per_worker=ns.threads_per_worker, scheduler=ns.scheduler,
         memory_limit=ns.memory_limit, partition_rows=ns.partition_rows, chunk_rows=ns.chunk_rows,
-        batch_size=ns.batch_size, overwrite=ns.overwrite, progress=not ns.no_progress,
+        batch_size=ns.batch_size, overwrite=ns.overwrite, progress=not ns.no_progress, report=not ns.no_report,
         mode="plan" if ns.plan else "shard" if ns.shard else "finalize" if ns.finalize else "all",
         shard=_parse_shard(ns.shard),
         service_options={"timeout": ns.service_timeout, "retries": ns.service_retries,

@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import __version__
 from ..catalogs.read import CatalogError, CatalogReader
+from ..catalogs.schema import SCORED
 from ..catalogs.validate import resolve_columns
 from ..catalogs.write import write_fits_table, write_metadata
 from ..engines import read_engine_info, resolve_engine_path
@@ -162,6 +163,12 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
                "id_column": "objid" if plan.id_kind == "int" else "id", "keep": plan.keep,
                "fits": str(out / "mergers.fits"), "parquet": str(out / "parquet")}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if args.report:
+        try:
+            from ..report import build_report
+            summary["report"] = str(build_report(out))
+        except Exception as exc:  # noqa: BLE001 - the catalog is done; a report failure must not hide it
+            summary["report_error"] = f"{type(exc).__name__}: {exc}"
     return summary
 
 
@@ -170,10 +177,13 @@ def format_summary(s: dict) -> str:
              f"({s['objects_per_s']} objects/s), {s['partitions']} sky partitions",
              f"  scored            {s['scored']}",
              f"  flagged           {s['flagged']}" + (" (" + ", ".join(
-                 f"{k} {v}" for k, v in s["status"].items() if k not in ("ok",)) + ")" if s["flagged"] or
-                 s["status"].get("edge") else ""),
+                 f"{k} {v}" for k, v in s["status"].items() if k not in SCORED) + ")" if s["flagged"] else ""),
+             *([f"  near frame edge   {s['status']['edge']} (scored; stamp partly filled with sky)"]
+               if s["status"].get("edge") else []),
              f"  mergers           {s['mergers']} with p_merger >= {s['threshold']:.3f} ({s['engine']})",
-             f"  output            {s['fits']}  and  {s['parquet']}/"]
+             f"  output            {s['fits']}  and  {s['parquet']}/",
+             *([f"  report            {s['report']}"] if s.get("report") else []),
+             *([f"  report failed     {s['report_error']}"] if s.get("report_error") else [])]
     return "\n".join(lines)
 
 
