@@ -257,3 +257,15 @@ def test_array_mode_plan_shards_finalize_matches_single_run(small_field, dask_cl
     assert s["rows"] == len(df)
     a, b = read_out(ref), read_out(out)
     pd.testing.assert_frame_equal(a[SCIENCE], b[SCIENCE])
+
+
+def test_error_csv_column_changes_type_late(small_field, tmp_path):
+    """A bad value far down a CSV (after the first chunk) is still a one-line error naming the file."""
+    d, df = small_field
+    p = tmp_path / "late.csv"
+    bad = df.copy()
+    bad["mag_r"] = bad["mag_r"].astype(object)
+    bad.loc[250, "mag_r"] = "bright"
+    bad.to_csv(p, index=False)
+    _assert_one_line_error(_cli(p, "--images", d / "stamps", "--chunk-rows", "100", "--keep-columns", "mag_r",
+                                "-o", tmp_path / "o"), "late.csv")

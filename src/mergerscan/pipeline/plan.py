@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..catalogs.read import CatalogReader
+from ..catalogs.read import CatalogError, CatalogReader
 from ..catalogs.validate import check_numeric, coord_status
 from .resume import atomic_write_bytes, done, mark_done
 
@@ -205,11 +205,17 @@ def stage_csv(path: str, work: Path, chunk_rows: int) -> str:
     tmp = out.with_suffix(".tmp")
     writer = None
     r = CatalogReader(path, chunk_rows=chunk_rows)
-    for _, chunk in r.iter_chunks():
+    for start, chunk in r.iter_chunks():
         t = pa.Table.from_pandas(chunk, preserve_index=False)
         if writer is None:
             writer = pq.ParquetWriter(str(tmp), t.schema)
-        writer.write_table(t.cast(writer.schema), row_group_size=chunk_rows)
+        try:
+            writer.write_table(t.cast(writer.schema), row_group_size=chunk_rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
+            writer.close()
+            tmp.unlink(missing_ok=True)
+            raise CatalogError(f"{path}: a column changes type in the chunk starting at row {start} "
+                               f"({str(exc).splitlines()[0]})") from None
     if writer is None:
         raise ValueError(f"{path}: catalog has no rows")
     writer.close()
