@@ -5,10 +5,10 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from .base import Engine, EngineInfo, read_engine_info
+from .base import BackendUnavailable, Engine, EngineInfo, read_engine_info
 
 DEFAULT_ENGINE = "default.onnx"
-BACKENDS = ("onnxruntime", "onnxruntime-cuda", "torch", "tensorrt")
+BACKENDS = ("onnxruntime", "onnxruntime-cuda", "torch", "torch-cuda", "tensorrt")
 
 
 def default_engine_path() -> Path:
@@ -22,17 +22,56 @@ def resolve_engine_path(path: str | Path | None) -> Path:
     return p
 
 
-def load_engine(path: str | Path | None = None, backend: str = "onnxruntime", threads: int = 1) -> Engine:
-    """Load an engine file with a backend.  Backends other than ONNX Runtime CPU import lazily."""
+def available_backends() -> dict[str, str | None]:
+    """{backend: None if it can run here, else the reason it cannot}.  Imports nothing heavy
+    beyond what each check needs (tensorrt itself is only looked up, not imported)."""
+    from .onnxruntime import cuda_unavailable_reason as ort_cuda
+    from .tensorrt import unavailable_reason as trt_why
+    from .torch import cuda_unavailable_reason as torch_cuda
+
+    try:
+        import torch  # noqa: F401
+        torch_why = None
+    except ImportError:
+        torch_why = "torch is not installed (pip install mergerscan[train])"
+    return {"onnxruntime": None, "onnxruntime-cuda": ort_cuda(), "torch": torch_why,
+            "torch-cuda": torch_why or torch_cuda(), "tensorrt": trt_why()}
+
+
+def parse_backend(backend: str) -> tuple[str, dict]:
+    """``name[:precision]``, e.g. ``torch-cuda:fp16``, ``tensorrt:fp32`` -> (name, options)."""
+    name, _, precision = backend.partition(":")
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    return name, ({"precision": precision} if precision else {})
+
+
+def load_engine(path: str | Path | None = None, backend: str = "onnxruntime", threads: int = 1,
+                **options) -> Engine:
+    """Load an engine file with a backend; every backend but ONNX Runtime CPU imports lazily.
+
+    ``options`` go to the backend: torch/torch-cuda ``precision`` (fp32|bf16|fp16), ``compile``,
+    ``compile_mode``, ``cuda_graphs``, ``max_batch``; tensorrt ``precision`` (fp16|fp32|int8),
+    ``max_batch``, ``opt_batch``, ``cache_dir``.  A backend that cannot run here raises
+    :class:`BackendUnavailable` (no silent fallback to another device).
+    """
     p = resolve_engine_path(path)
-    if backend == "onnxruntime":
+    name, opts = parse_backend(backend)
+    opts |= options
+    if name == "onnxruntime":
         from .onnxruntime import OnnxRuntimeEngine
         return OnnxRuntimeEngine(p, threads=threads)
-    if backend == "onnxruntime-cuda":
+    if name == "onnxruntime-cuda":
         from .onnxruntime import OnnxRuntimeEngine
         return OnnxRuntimeEngine(p, threads=threads, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    raise ValueError(f"unknown or unavailable backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if name in ("torch", "torch-cuda"):
+        from .torch import TorchEngine
+        if name == "torch-cuda":
+            opts = {"precision": "bf16", "compile": True} | opts
+        return TorchEngine(p, device="cuda" if name == "torch-cuda" else "cpu", threads=threads, **opts)
+    from .tensorrt import TensorRTEngine
+    return TensorRTEngine(p, **opts)
 
 
-__all__ = ["Engine", "EngineInfo", "load_engine", "read_engine_info", "default_engine_path",
-           "resolve_engine_path", "BACKENDS"]
+__all__ = ["Engine", "EngineInfo", "BackendUnavailable", "load_engine", "read_engine_info",
+           "default_engine_path", "resolve_engine_path", "available_backends", "parse_backend", "BACKENDS"]

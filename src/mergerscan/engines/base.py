@@ -20,6 +20,10 @@ from ..cutouts.preprocess import PreprocessSpec, prepare_batch
 SPEC_KEY, CARD_KEY = "mergerscan.spec", "mergerscan.card"
 
 
+class BackendUnavailable(RuntimeError):
+    """The asked-for backend cannot run here (package, driver or device missing); never a silent fallback."""
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

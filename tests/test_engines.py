@@ -1,0 +1,216 @@
+"""Engines: one interface, every backend that can run here checked against ONNX Runtime CPU.
+
+The test engine is a small EfficientNet-Lite0 (64 px input) exported here, so nothing depends on
+the packaged model.  ImageNet weights are used when installed (realistic activations); the last
+layer is scaled so the logits spread over a few units and probability tolerances mean something.
+Backends that cannot run here are skipped with the reason from ``available_backends()``.
+
+Tolerances on probabilities over 16 real SDSS stamps, (max |dp|, mean |dp|):
+  fp32 (torch CPU/CUDA, ORT CUDA)       (1e-4, 1e-5)  measured here (torch CPU): 1.6e-6, 7.7e-7
+  bf16 (torch autocast)                 (0.1, 0.03)   8-bit mantissa; measured 0.042, 0.016 (the
+                                        trained default engine: 0.061, 0.007 over 128 stamps)
+  fp16 (ORT-converted graph, TensorRT)  (1e-2, 2e-3)  measured (graph in ORT CPU) 1.9e-3, 8.6e-4;
+                                        default engine 4.8e-3 max over 128 stamps
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mergerscan.cutouts.preprocess import PreprocessSpec, prepare_batch
+from mergerscan.engines import (BACKENDS, BackendUnavailable, available_backends, load_engine,
+                                parse_backend)
+from mergerscan.engines import tensorrt as trtb
+
+TOL = {"fp32": (1e-4, 1e-5), "bf16": (0.1, 0.03), "fp16": (1e-2, 2e-3)}
+
+
+def _close(p, ref, precision):
+    d = np.abs(np.asarray(p, np.float64) - ref)
+    mx, mean = TOL[precision]
+    assert d.max() <= mx and d.mean() <= mean, f"{precision}: max {d.max():.2e}, mean {d.mean():.2e}"
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))
+
+
+def _with_card(src, dst, **changes):
+    """Copy an engine file with card entries changed (None deletes)."""
+    import onnx
+    from mergerscan.engines.base import CARD_KEY
+    m = onnx.load(str(src))
+    for p in m.metadata_props:
+        if p.key == CARD_KEY:
+            card = json.loads(p.value)
+            for k, v in changes.items():
+                card.pop(k, None) if v is None else card.__setitem__(k, v)
+            p.value = json.dumps(card)
+    onnx.save(m, str(dst))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def engine_path(tmp_path_factory):
+    import torch
+    from mergerscan.training.export import export_onnx
+    from mergerscan.training.models import MissingWeightsError, create_model
+
+    torch.manual_seed(0)
+    try:
+        net = create_model("efficientnet_lite0", init="imagenet")
+    except MissingWeightsError:
+        net = create_model("efficientnet_lite0")
+    with torch.no_grad():
+        net.top[4].weight.mul_(10.0)          # logits of ~1 instead of ~0.1
+    card = {"arch": "efficientnet_lite0", "name": "test-lite0-64", "temperature": 1.0}
+    return export_onnx(net.eval(), PreprocessSpec(input_size=64), card,
+                       tmp_path_factory.mktemp("engine") / "lite0.onnx")
+
+
+@pytest.fixture(scope="session")
+def stamps(gz_dir):
+    from mergerscan.training.data import decode_stamps
+    files = sorted(gz_dir.glob("images/*.jpg"))[:16]
+    if len(files) < 16:
+        pytest.skip(f"needs 16 JPEGs in {gz_dir}/images")
+    return decode_stamps([str(f) for f in files])
+
+
+@pytest.fixture(scope="session")
+def reference(engine_path, stamps):
+    eng = load_engine(engine_path, threads=2)
+    return eng, eng.predict(stamps)
+
+
+# ----------------------------------------------------------------- registry
+def test_available_backends_reports_every_backend():
+    av = available_backends()
+    assert set(av) == set(BACKENDS)
+    assert av["onnxruntime"] is None
+    assert all(v is None or (isinstance(v, str) and v) for v in av.values())
+
+
+def test_backend_names():
+    assert parse_backend("torch-cuda:fp16") == ("torch-cuda", {"precision": "fp16"})
+    assert parse_backend("onnxruntime") == ("onnxruntime", {})
+    with pytest.raises(ValueError, match="unknown backend"):
+        parse_backend("tflite")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime-cuda", "torch-cuda", "tensorrt"])
+def test_unavailable_backend_fails_clearly(engine_path, backend):
+    why = available_backends()[backend]
+    if why is None:
+        pytest.skip(f"{backend} is available here")
+    with pytest.raises(BackendUnavailable, match=backend):
+        load_engine(engine_path, backend=backend)
+
+
+# ----------------------------------------------------------------- interface
+def test_predict_shape_range_and_empty(reference, stamps):
+    eng, p = reference
+    assert p.shape == (len(stamps),) and p.dtype == np.float32
+    assert np.all((p >= 0) & (p <= 1)) and p.std() > 0.05   # the scaled head spreads scores
+    assert eng.predict(stamps[:0]).shape == (0,)
+    assert eng.logits(np.zeros((0, 3, 64, 64), np.float32)).shape == (0,)
+
+
+def test_temperature_applied(engine_path, stamps, reference):
+    eng = load_engine(engine_path, threads=2)
+    z = eng.logits(prepare_batch(stamps, eng.spec))
+    eng.info.card["temperature"] = 2.0
+    np.testing.assert_allclose(eng.predict(stamps), _sigmoid(z / 2.0), atol=1e-6)
+
+
+def test_max_batch_chunking(engine_path, stamps, reference):
+    eng = load_engine(engine_path, threads=2)
+    sizes, inner = [], eng._logits
+    eng._logits = lambda x: (sizes.append(len(x)), inner(x))[1]
+    eng.max_batch = 5
+    np.testing.assert_allclose(eng.predict(stamps), reference[1], atol=1e-6)
+    assert sizes == [5, 5, 5, 1]
+
+
+# ----------------------------------------------------------------- parity vs ORT CPU
+PARITY = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime-cuda", "fp32"), ("torch-cuda", "fp32"),
+          ("torch-cuda", "bf16"), ("tensorrt", "fp16"), ("tensorrt", "fp32")]
+
+
+@pytest.mark.parametrize("backend,precision", PARITY, ids=[f"{b}-{p}" for b, p in PARITY])
+def test_parity_with_onnxruntime_cpu(engine_path, stamps, reference, backend, precision):
+    if (why := available_backends()[backend]):
+        pytest.skip(f"{backend}: {why}")
+    opts = {} if backend == "onnxruntime-cuda" else {"precision": precision}
+    if backend == "torch-cuda":
+        opts["compile"] = False       # eager + CUDA graphs here; compiled runs in the benchmark
+    eng = load_engine(engine_path, backend=backend, threads=2, **opts)
+    p = eng.predict(stamps)
+    assert p.shape == reference[1].shape
+    _close(p, reference[1], precision)
+
+
+def test_torch_compile_parity(engine_path, stamps, reference):
+    from mergerscan.engines.torch import compile_unavailable_reason
+    if (why := compile_unavailable_reason()):
+        pytest.skip(why)
+    eng = load_engine(engine_path, backend="torch", threads=2, compile=True)
+    p = eng.predict(stamps[:4])
+    _close(p, reference[1][:4], "fp32")
+
+
+def test_torch_rebuild_folds_batchnorm_like_the_exporter(engine_path):
+    from torch import nn
+    from mergerscan.engines.torch import rebuild_model
+    net, info = rebuild_model(engine_path)
+    assert info.card["arch"] == "efficientnet_lite0"
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())   # all conv->BN folded
+
+
+def test_torch_rebuild_refuses_what_it_cannot_rebuild(engine_path, tmp_path):
+    from mergerscan.engines.torch import rebuild_model
+    with pytest.raises(ValueError, match="arch"):
+        rebuild_model(_with_card(engine_path, tmp_path / "noarch.onnx", arch=None))
+    with pytest.raises(ValueError, match="int8"):
+        rebuild_model(_with_card(engine_path, tmp_path / "q.onnx", precision="int8"))
+
+
+# ----------------------------------------------------------------- TensorRT parts that run without it
+def test_trt_profile_shapes():
+    assert trtb.profile_shapes(64, 256) == {"min": (1, 3, 64, 64), "opt": (256, 3, 64, 64),
+                                            "max": (256, 3, 64, 64)}
+    assert trtb.profile_shapes(224, 512, opt_batch=128)["opt"] == (128, 3, 224, 224)
+    with pytest.raises(ValueError):
+        trtb.profile_shapes(64, 16, opt_batch=32)
+
+
+def test_trt_cache_key_and_path():
+    prof = trtb.profile_shapes(64, 256)
+    base = dict(onnx_sha256="a" * 64, gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
+                trt_version="10.13.0", precision="fp16", profile=prof)
+    k = trtb.cache_key(**base)
+    assert k == trtb.cache_key(**base) and len(k) == 24
+    for change in ({"onnx_sha256": "b" * 64}, {"gpu_name": "NVIDIA H200"}, {"compute_capability": "8.0"},
+                   {"trt_version": "11.0.0"}, {"precision": "fp32"},
+                   {"profile": trtb.profile_shapes(64, 512)}):
+        assert trtb.cache_key(**(base | change)) != k, change
+    p = trtb.engine_cache_path("/c", "NVIDIA H100 80GB HBM3", "9.0", "10.13.0", k)
+    assert str(p) == f"/c/nvidia-h100-80gb-hbm3-sm90/trt-10.13.0/{k}.engine"
+    assert trtb.timing_cache_path("/c", "NVIDIA H100 80GB HBM3", "9.0", "10.13.0").name == "timing.cache"
+
+
+def test_trt_fp16_graph_parity_in_onnxruntime(engine_path, stamps, reference, tmp_path):
+    """The fp16 graph TensorRT is built from, run in ORT CPU: fp32 I/O, metadata kept, close scores."""
+    import onnx
+    from onnx import TensorProto
+    f16 = trtb.fp16_onnx(engine_path, tmp_path / "lite0.fp16.onnx")
+    m = onnx.load(str(f16))
+    assert m.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert m.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert any(i.data_type == TensorProto.FLOAT16 for i in m.graph.initializer)
+    eng = load_engine(f16, threads=2)
+    assert eng.info.card["precision"] == "fp16" and eng.spec == reference[0].spec
+    _close(eng.predict(stamps), reference[1], "fp16")
