@@ -59,9 +59,16 @@ class PreprocessSpec:
 STRETCH_DEFAULT = {"scales": [0.8159, 1.0, 1.376], "Q": 8.413, "stretch": 0.4217, "minimum": 0.00192}
 
 
-def _block_mean(x: np.ndarray, factor: int) -> np.ndarray:
-    n, h, w, c = x.shape
-    return x.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+def _block_sum(x: np.ndarray, factor: int) -> np.ndarray:
+    """Sum of factor x factor pixel blocks (exact integer sums for uint8 input): f^2 strided adds,
+    several times faster than a reshape-mean."""
+    acc_t = np.float32 if x.dtype.kind == "f" else (np.uint16 if factor * factor * 255 < 65536 else np.uint32)
+    acc = x[:, ::factor, ::factor].astype(acc_t)
+    for i in range(factor):
+        for j in range(factor):
+            if i or j:
+                acc += x[:, i::factor, j::factor]
+    return acc
 
 
 def prepare_batch(stamps: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -81,19 +88,18 @@ def prepare_batch(stamps: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if h != spec.stamp_pixels:
         raise ValueError(f"stamp is {h} px but the engine expects {spec.stamp_pixels} px "
                          f"at {spec.pixel_scale}\"/px")
-    x = x.astype(np.float32, copy=False)
     s = spec.input_size
+    mean = np.asarray(spec.mean, np.float32) * 255.0
+    std = np.asarray(spec.std, np.float32) * 255.0
     if h % s == 0:
-        if h != s:
-            x = _block_mean(x, h // s)
-        x = x.transpose(0, 3, 1, 2)
-    else:
-        import torch
-        import torch.nn.functional as F
+        f = h // s
+        x = _block_sum(x, f) if f > 1 else x
+        scale = (1.0 / (f * f * std)).astype(np.float32)     # block mean and normalisation in one pass
+        y = x.astype(np.float32) * scale - (mean / std).astype(np.float32)
+        return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+    import torch
+    import torch.nn.functional as F
 
-        t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-        x = F.interpolate(t, size=(s, s), mode="bilinear", antialias=True,
-                          align_corners=False).numpy()
-    mean = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1) * 255.0
-    std = np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1) * 255.0
-    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32))
+    y = F.interpolate(t, size=(s, s), mode="bilinear", antialias=True, align_corners=False).numpy()
+    return np.ascontiguousarray((y - mean.reshape(1, 3, 1, 1)) / std.reshape(1, 3, 1, 1), dtype=np.float32)
