@@ -21,6 +21,8 @@ system-deps:
 	@missing=""; \
 	command -v stilts >/dev/null || missing="$$missing stilts"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v slurmctld >/dev/null || [ -x /usr/sbin/slurmctld ] || missing="$$missing slurm-wlm"; \
+	command -v munged >/dev/null || [ -x /usr/sbin/munged ] || missing="$$missing munge"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "note: missing$$missing (tests that need them will skip)"; fi; fi

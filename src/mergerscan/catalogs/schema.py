@@ -18,6 +18,9 @@ STATUS = {
     "corrupt_frame": "every frame covering this position is unreadable (e.g. corrupt bz2): not scored",
     "fetch_failed": "the cutout service failed after retries (HTTP error, timeout, oversize, bad body): not scored",
     "inference_failed": "the engine raised on this row's batch: not scored",
+    "out_of_memory": "ran out of memory (MemoryError even alone, or the worker scoring its partition was killed "
+                     "repeatedly, e.g. by the Dask nanny's memory limit, even with smaller batches): not scored; "
+                     "re-running the same command scores it again",
 }
 SCORED = ("ok", "edge")
 STATUS_WIDTH = max(len(s) for s in STATUS)

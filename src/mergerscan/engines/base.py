@@ -72,7 +72,7 @@ class Engine:
     """Base class: subclasses implement ``_logits(x)`` for a prepared float32 batch."""
 
     backend = "abstract"
-    max_batch = 256
+    max_batch = 64                   # CPU engines peak at batches of 8-64 (docs/performance.md)
 
     def __init__(self, info: EngineInfo):
         self.info = info

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cutouts.sources import SourceConfig
+from .slurm import GPU_BACKENDS, SlurmOptions, is_slurm_task, slurm_cpus
 
 
 class ArgumentError(ValueError):
@@ -28,9 +29,12 @@ class ProcessArguments:
     ra_column: str | None = None
     dec_column: str | None = None
     keep_columns: list[str] = field(default_factory=list)   # ["*"] keeps all
-    workers: int = 1
-    threads_per_worker: int = 0            # 0 = cores // workers
+    workers: int = 1                       # local worker processes; SLURM worker jobs with cluster="slurm"
+    threads_per_worker: int = 0            # 0 = cores // workers (SLURM: the task's/job's cores)
     scheduler: str | None = None           # address of a running Dask scheduler
+    cluster: str = "local"                 # local | slurm (workers as SLURM jobs) | slurm-runner (in an allocation)
+    gpus: int = 0                          # GPUs per worker (0 or 1); tasks then need the Dask resource GPU
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
     memory_limit: str = "auto"
     partition_rows: int = 5000             # upper bound on rows per sky partition
     chunk_rows: int = 200_000              # rows per input chunk read by one task
@@ -69,8 +73,30 @@ class ProcessArguments:
             raise ArgumentError("--shard i/N goes with shard mode only")
         if self.shard is not None and not (len(self.shard) == 2 and 0 <= self.shard[0] < self.shard[1]):
             raise ArgumentError(f"--shard {self.shard}: need i/N with 0 <= i < N")
+        if self.cluster not in ("local", "slurm", "slurm-runner"):
+            raise ArgumentError(f"--cluster {self.cluster}: choose local, slurm or slurm-runner")
+        if self.cluster != "local" and self.scheduler:
+            raise ArgumentError("--scheduler joins a running scheduler: it does not go with --cluster slurm/slurm-runner")
+        if self.cluster == "slurm-runner" and not is_slurm_task():
+            raise ArgumentError("--cluster slurm-runner runs under srun inside a SLURM allocation "
+                                "(see slurm/process-catalog.sbatch)")
+        if self.gpus not in (0, 1):
+            raise ArgumentError("--gpus: 0 (CPU) or 1 (one GPU per worker)")
+        if self.gpus and self.backend.partition(":")[0] not in GPU_BACKENDS:
+            raise ArgumentError(f"--gpus 1 needs a GPU backend ({', '.join(GPU_BACKENDS)}), not --backend {self.backend}")
+        if self.cluster == "slurm":
+            if self.gpus and self.slurm.processes != 1:
+                raise ArgumentError("--gpus 1 with --cluster slurm: one worker per job (--slurm-processes 1)")
+            try:
+                self.slurm.validate()
+            except ValueError as exc:
+                raise ArgumentError(str(exc)) from None
+            if self.threads_per_worker == 0:
+                self.threads_per_worker = self.slurm.cores // self.slurm.processes
         if self.threads_per_worker == 0:
-            self.threads_per_worker = max(1, (os.cpu_count() or 1) // self.workers)
+            cores = slurm_cpus() or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                     else os.cpu_count() or 1)
+            self.threads_per_worker = max(1, cores // self.workers)
         self.catalog = str(Path(self.catalog).resolve())
         self.output = str(Path(self.output).resolve())
 

@@ -8,6 +8,7 @@ import sys
 from ..catalogs.read import CatalogError
 from .arguments import ArgumentError, ProcessArguments
 from .resume import FingerprintMismatch
+from .slurm import SlurmOptions
 
 EPILOG = """\
 Output: OUT/mergers.fits (one FITS table for TOPCAT), OUT/parquet/ (HEALPix-partitioned Parquet
@@ -29,18 +30,39 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--service-retries", type=int, default=3)
     src.add_argument("--service-concurrency", type=int, default=8)
     p.add_argument("--engine", help="engine file (.onnx); default: the packaged model")
-    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (CPU), onnxruntime-cuda, torch, tensorrt")
+    p.add_argument("--backend", help="onnxruntime (CPU, the default), onnxruntime-cuda (the default with --gpus 1), "
+                                     "torch, torch-cuda, tensorrt")
     cols = p.add_argument_group("columns")
     cols.add_argument("--id-column"); cols.add_argument("--ra-column"); cols.add_argument("--dec-column")
     cols.add_argument("--keep-columns", default="", help="comma-separated input columns to carry through, or '*'")
     dk = p.add_argument_group("Dask")
-    dk.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    dk.add_argument("--workers", type=int, default=1,
+                    help="local worker processes (default 1); with --cluster slurm: SLURM worker jobs")
     dk.add_argument("--threads-per-worker", type=int, default=0, help="default: cores / workers")
     dk.add_argument("--scheduler", metavar="ADDRESS", help="join a running Dask scheduler instead")
     dk.add_argument("--memory-limit", default="auto", help="per local worker, e.g. 4GiB")
     dk.add_argument("--partition-rows", type=int, default=5000, help="max rows per sky partition")
     dk.add_argument("--chunk-rows", type=int, default=200_000, help="input rows read per task")
     dk.add_argument("--batch-size", type=int, default=128, help="stamps per engine call")
+    dk.add_argument("--gpus", type=int, default=0, choices=(0, 1),
+                    help="GPUs per worker: 1 = one GPU each (--gres=gpu:1, Dask resource GPU=1)")
+    sl = p.add_argument_group("SLURM (see slurm/ and README 'Running on a SLURM cluster')")
+    sl.add_argument("--cluster", default="local", choices=("local", "slurm", "slurm-runner"),
+                    help="local (default); slurm: start workers as SLURM jobs from this (login) node; "
+                         "slurm-runner: inside one allocation under srun (slurm/process-catalog.sbatch)")
+    sl.add_argument("--slurm-cores", type=int, default=4, help="cores per worker job (default 4)")
+    sl.add_argument("--slurm-memory", default="16GB", help="memory per worker job (default 16GB)")
+    sl.add_argument("--slurm-processes", type=int, default=1, help="Dask worker processes per job (default 1)")
+    sl.add_argument("--slurm-walltime", default="01:00:00", help="per worker job (default 01:00:00); workers "
+                    "retire before it (--lifetime) and are replaced by new jobs")
+    sl.add_argument("--slurm-lifetime", help="worker --lifetime (default: walltime minus max(2 min, 15%%))")
+    sl.add_argument("--slurm-account", help="sbatch --account")
+    sl.add_argument("--slurm-partition", help="sbatch --partition")
+    sl.add_argument("--slurm-prologue", action="append", default=[], metavar="CMD",
+                    help="shell line run before each worker starts, e.g. 'module load cuda' (repeatable)")
+    sl.add_argument("--slurm-directive", action="append", default=[], metavar="OPT",
+                    help="extra #SBATCH option for worker jobs, e.g. --slurm-directive=--qos=long (repeatable)")
+    sl.add_argument("--slurm-interface", help="network interface for scheduler and workers, e.g. ib0")
     arr = p.add_argument_group("array jobs (see slurm/)")
     m = arr.add_mutually_exclusive_group()
     m.add_argument("--plan", action="store_true", help="only plan and split the catalog into partitions, then exit")
@@ -66,11 +88,17 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
     from pathlib import Path
     output = ns.output or str(Path(ns.catalog).name.split(".")[0] + "-mergers")
     keep = [k.strip() for k in ns.keep_columns.split(",") if k.strip()]
+    backend = ns.backend or ("onnxruntime-cuda" if ns.gpus else "onnxruntime")
+    slurm = SlurmOptions(cores=ns.slurm_cores, memory=ns.slurm_memory, processes=ns.slurm_processes,
+                         walltime=ns.slurm_walltime, lifetime=ns.slurm_lifetime, account=ns.slurm_account,
+                         partition=ns.slurm_partition, prologue=list(ns.slurm_prologue),
+                         directives=list(ns.slurm_directive), interface=ns.slurm_interface)
     return ProcessArguments(
         catalog=ns.catalog, output=output, images=ns.images, frames=ns.frames,
-        cutout_service=ns.cutout_service, engine=ns.engine, backend=ns.backend,
+        cutout_service=ns.cutout_service, engine=ns.engine, backend=backend,
         id_column=ns.id_column, ra_column=ns.ra_column, dec_column=ns.dec_column, keep_columns=keep,
         workers=ns.workers, threads_per_worker=ns.threads_per_worker, scheduler=ns.scheduler,
+        cluster=ns.cluster, gpus=ns.gpus, slurm=slurm,
         memory_limit=ns.memory_limit, partition_rows=ns.partition_rows, chunk_rows=ns.chunk_rows,
         batch_size=ns.batch_size, overwrite=ns.overwrite, progress=not ns.no_progress, report=not ns.no_report,
         mode="plan" if ns.plan else "shard" if ns.shard else "finalize" if ns.finalize else "all",
@@ -86,7 +114,15 @@ def main(argv=None) -> int:
     ns = parser.parse_args(argv)
     from .run import format_summary, run
     try:
-        summary = run(arguments_from(ns, argv))
+        args = arguments_from(ns, argv)
+        if args.cluster == "slurm-runner":
+            # every task of the srun step gets here; only the client task (1) returns from entering
+            from .cluster import slurm_runner
+            with slurm_runner(args.threads_per_worker, args.memory_limit, args.gpus) as address:
+                args.scheduler = address
+                summary = run(args)
+        else:
+            summary = run(args)
         if "rows" not in summary or "scored" not in summary:     # --plan / --shard
             print("process-catalog: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
             return 0

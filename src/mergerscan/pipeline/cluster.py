@@ -1,19 +1,37 @@
-"""The one place that creates a Dask client: a LocalCluster, or a running scheduler."""
+"""The one place that creates Dask clusters and clients.
+
+* local: a LocalCluster of worker processes (each under a nanny: a killed worker is restarted and
+  its tasks rescheduled);
+* ``--scheduler ADDRESS``: join a running scheduler;
+* ``--cluster slurm``: dask-jobqueue's SLURMCluster starts the workers as SLURM jobs from here (a
+  login node); it adapts back to ``--workers`` jobs, so retired (``--lifetime``) or killed worker
+  jobs are replaced during the run;
+* ``--cluster slurm-runner``: inside one allocation, dask-jobqueue's SLURMRunner turns the tasks of
+  one ``srun`` step into scheduler (task 0), client (task 1) and workers (tasks 2..):
+  :func:`slurm_runner`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("mergerscan")
 
 
 @contextlib.contextmanager
 def dask_client(workers: int = 1, threads_per_worker: int = 1, scheduler: str | None = None,
-                memory_limit: str = "auto"):
+                memory_limit: str = "auto", wait_for_workers: int = 0):
     from distributed import Client, LocalCluster
 
     if scheduler:
         client = Client(scheduler)
         try:
+            if wait_for_workers:
+                client.wait_for_workers(wait_for_workers)
             yield client
         finally:
             client.close()
@@ -28,3 +46,77 @@ def dask_client(workers: int = 1, threads_per_worker: int = 1, scheduler: str | 
     finally:
         client.close()
         cluster.close()
+
+
+@contextlib.contextmanager
+def client_for(args):
+    """The Dask client for a process-catalog run (``args``: ProcessArguments)."""
+    if args.cluster == "slurm":
+        with slurm_cluster_client(args) as client:
+            yield client
+        return
+    with dask_client(args.workers, args.threads_per_worker, args.scheduler, args.memory_limit,
+                     wait_for_workers=1 if args.cluster == "slurm-runner" else 0) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def slurm_cluster_client(args):
+    """Workers as SLURM jobs (dask-jobqueue SLURMCluster), from a login node."""
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    from .slurm import cluster_kwargs
+
+    logs = Path(args.output) / "_work" / "slurm-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    kw = cluster_kwargs(args.slurm, args.gpus, python=sys.executable, log_directory=logs)
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    cluster = SLURMCluster(**kw)
+    # min = max: jobs that end (worker --lifetime, walltime, scancel, node failure) are resubmitted
+    cluster.adapt(minimum_jobs=args.workers, maximum_jobs=args.workers)
+    client = Client(cluster)
+    try:
+        if args.progress:
+            print(f"process-catalog: waiting for SLURM worker jobs (squeue -u {os.environ.get('USER', '$USER')}); "
+                  f"worker logs in {logs}", file=sys.stderr, flush=True)
+        client.wait_for_workers(1)
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+@contextlib.contextmanager
+def slurm_runner(threads: int, memory_limit: str = "auto", gpus: int = 0):
+    """Scheduler, client and workers in the tasks of one srun step (dask-jobqueue SLURMRunner).
+
+    Every task enters; task 0 runs the scheduler and task 2.. a worker (under a nanny) until the
+    client closes the runner, then they *exit the process* (SLURMRunner's own behaviour) - so this
+    must be entered before the client does anything else.  Task 1 gets the scheduler address and
+    runs the pipeline; leaving the block shuts the scheduler and the workers down."""
+    from .slurm import pick_gpu, runner_worker_options, scheduler_file
+
+    sched_file = scheduler_file()
+    sched_file.parent.mkdir(parents=True, exist_ok=True)
+    rank = int(os.environ["SLURM_PROCID"])
+    if rank >= 2:
+        gpu = pick_gpu() if gpus else None
+        if gpu is not None:                    # before the nanny spawns the worker process
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    # quiet job logs: warnings and errors only, also in the worker processes the nannies spawn
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    from dask_jobqueue.slurm import SLURMRunner
+
+    runner = SLURMRunner(scheduler_file=str(sched_file), worker_class="distributed.Nanny",
+                         worker_options=runner_worker_options(threads, memory_limit, gpus),
+                         scheduler_options={"dashboard_address": ":0"})
+    # only the client task gets here
+    try:
+        yield runner.scheduler_address
+    finally:
+        with contextlib.suppress(Exception):   # nannies (and their workers) first: no lost-scheduler noise
+            runner.sync(runner.scheduler_comm.broadcast, msg={"op": "close", "reason": "mergerscan-done"},
+                        nanny=True)
+        runner.close()      # the scheduler task removes its scheduler file itself

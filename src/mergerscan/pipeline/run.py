@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -17,10 +18,10 @@ from ..catalogs.validate import resolve_columns
 from ..catalogs.write import write_fits_table, write_metadata
 from ..engines import read_engine_info, resolve_engine_path
 from .arguments import ArgumentError, ProcessArguments
-from .cluster import dask_client
+from .cluster import client_for
 from .plan import Plan, chunk_histogram, make_partitions, split_chunk, stage_csv
 from .resume import check_or_claim, file_identity, read_marker
-from .task import dataset_path, marker_path, score_partition
+from .task import dataset_path, marker_path, retry_path, score_partition
 
 log = logging.getLogger("mergerscan")
 
@@ -140,6 +141,8 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
     if rows != plan.nrows:
         raise RuntimeError(f"row count mismatch: input has {plan.nrows} rows, partitions hold {rows}")
     files = [dataset_path(out, p) for p, m in zip(plan.partitions, markers) if m["rows"]]
+    for tmp in (out / "parquet").rglob(".*.tmp"):   # left by tasks killed mid-write; never part of the dataset
+        tmp.unlink(missing_ok=True)
     write_metadata(out / "parquet", files)
     meta = run_meta(args, info)
     write_fits_table(files, out / "mergers.fits", meta)
@@ -187,10 +190,17 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def _plan_future(client, work: Path):
+    """The plan as a Dask *task* result, not scattered data: when the worker holding it dies (killed
+    for memory, scancel'ed worker job), Dask recomputes it from plan.json instead of failing every
+    task that needs it.  ``pure=False``: a fresh key per run (no stale plan from an earlier run)."""
+    return client.submit(Plan.load, str(work / "plan.json"), pure=False)
+
+
 def _plan_and_split(args, cat, client, work: Path) -> Plan:
     plan = make_plan(args, cat, client, work)
     todo = list(range(len(plan.chunks)))
-    pplan = client.scatter(plan, broadcast=True, hash=False)
+    pplan = _plan_future(client, work)
     futs = client.map(split_chunk, [pplan] * len(todo), todo, [str(work)] * len(todo), pure=False, retries=2)
     _drain(client, futs, _Progress(0, "split", False), lambda r: r)
     return plan
@@ -204,18 +214,75 @@ def shard_partitions(plan: Plan, shard: tuple[int, int] | None):
     return [p for p in plan.partitions if p.pid % n == i]
 
 
+# A partition whose task keeps killing its worker (Dask reschedules it up to
+# distributed.scheduler.allowed-failures times, then reports KilledWorker) or raises MemoryError is
+# retried with these batch sizes (fraction of --batch-size; frames: one field cached at a time), then
+# written with its rows flagged out_of_memory - never lost, and scored again by a later re-run.
+OOM_BATCH_DIVISORS = (8, 10 ** 9)
+
+
+def _listing(directory: Path) -> set:
+    """File names in a directory (one listdir instead of a stat per partition: ~10^5 at survey scale)."""
+    try:
+        return set(os.listdir(directory))
+    except FileNotFoundError:
+        return set()
+
+
 def _score(args, plan: Plan, client, engine_path, info, parts):
+    from distributed import KilledWorker, as_completed
+
     out = Path(args.output)
-    pplan = client.scatter(plan, broadcast=True, hash=False)
-    todo = [p for p in parts if not marker_path(out, p).is_file()]
+    pplan = _plan_future(client, out / "_work")
+    scored = _listing(out / "_work" / "scored")
+    retry = _listing(out / "_work" / "retry")
+    todo = [p for p in parts if marker_path(out, p).name not in scored or retry_path(out, p).name in retry]
     skipped = sum(p.rows for p in parts) - sum(p.rows for p in todo)
-    futs = client.map(score_partition, [pplan] * len(todo), todo, [str(out)] * len(todo),
-                      [args.source] * len(todo), [str(engine_path)] * len(todo),
-                      [args.backend] * len(todo), [args.threads_per_worker] * len(todo),
-                      [args.batch_size] * len(todo), [run_meta(args, info)] * len(todo), pure=False, retries=2)
+    meta = run_meta(args, info)
+    # GPU backends: tasks need the GPU resource that GPU workers advertise (GPU=1): CPU-only workers
+    # of the same scheduler never get them, a GPU worker runs up to its threads' worth at once
+    resources = {"GPU": 1.0 / max(1, args.threads_per_worker)} if args.gpus else None
+
+    def submit(part, batch_size, source=args.source, flag=None, retries=2):
+        return client.submit(score_partition, pplan, part, str(out), source, str(engine_path), args.backend,
+                             args.threads_per_worker, batch_size, meta, flag, pure=False, retries=retries,
+                             resources=resources)
+
+    futs = {submit(p, args.batch_size): (p, 0) for p in todo}
     bar = _Progress(sum(p.rows for p in parts), "scoring", args.progress)
     bar.update(skipped)
-    _drain(client, futs, bar, lambda r: r["rows"])
+    errors = []
+    pending = as_completed(list(futs))
+    for fut in pending:
+        part, level = futs.pop(fut)
+        try:
+            r = fut.result()
+            bar.update(r["rows"])
+            if r.get("status", {}).get("out_of_memory"):
+                log.warning("partition %s: %d row(s) flagged out_of_memory", part.name, r["status"]["out_of_memory"])
+        except CatalogError:
+            bar.close()
+            client.cancel(list(futs))
+            raise
+        except (KilledWorker, MemoryError) as exc:
+            if level < len(OOM_BATCH_DIVISORS):
+                b = max(1, args.batch_size // OOM_BATCH_DIVISORS[level])
+                src = args.source
+                if src.kind == "frames":
+                    src = type(src)(src.kind, src.location, tuple(dict(src.options, max_fields=1).items()))
+                log.warning("partition %s: %s; retrying with batch size %d", part.name, type(exc).__name__, b)
+                new = submit(part, b, source=src, retries=0)
+            else:
+                log.warning("partition %s: %s at batch size 1; its rows are flagged out_of_memory",
+                            part.name, type(exc).__name__)
+                new = submit(part, 1, flag="out_of_memory", retries=0)
+            futs[new] = (part, level + 1)
+            pending.add(new)
+        except Exception as exc:  # noqa: BLE001 - reported after the rest finished
+            errors.append(f"{fut.key}: {type(exc).__name__}: {exc}")
+    bar.close()
+    if errors:
+        raise RuntimeError(f"{len(errors)} task(s) failed (re-run the same command to resume): {errors[0]}")
 
 
 def run(args: ProcessArguments, client=None) -> dict:
@@ -240,8 +307,7 @@ def run(args: ProcessArguments, client=None) -> dict:
         return finalize(args, plan, info)
     if args.mode == "shard":
         _existing_plan(work)
-    ctx = contextlib.nullcontext(client) if client is not None else dask_client(
-        args.workers, args.threads_per_worker, args.scheduler, args.memory_limit)
+    ctx = contextlib.nullcontext(client) if client is not None else client_for(args)
     with ctx as client:
         plan = _plan_and_split(args, cat, client, work)
         if args.mode == "plan":

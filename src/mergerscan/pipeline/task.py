@@ -6,6 +6,7 @@ gives the same bytes.  Image fetching for batch k+1 overlaps inference on batch 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -71,12 +72,51 @@ def output_table(df: pd.DataFrame, plan: Plan, p: np.ndarray, status: np.ndarray
     return pd.DataFrame(out)
 
 
+def retry_path(output: Path, part: Partition) -> Path:
+    """Present while a partition's done marker records rows flagged ``out_of_memory``: a re-run
+    (more memory, smaller batches) scores the partition again instead of skipping it."""
+    return Path(output) / "_work" / "retry" / f"part-{part.pid:06d}"
+
+
+def _inject_fault(part: Partition, batch_size: int):
+    """Fault injection for the fault tests only (no effect unless MERGERSCAN_INJECT_FAULT is set):
+    ``oom:PID:MINBATCH`` makes partition PID really allocate memory (64 MiB steps, up to 16 GiB)
+    while its batch size is >= MINBATCH, until the Dask nanny kills the worker for memory;
+    ``memoryerror:PID:MINBATCH`` raises MemoryError instead; ``sleep:PID:SECONDS`` slows partition
+    PID (-1: every partition) down, so that a kill reliably lands mid-run on a fast machine."""
+    spec = os.environ.get("MERGERSCAN_INJECT_FAULT")
+    if not spec:
+        return
+    kind, pid, arg = spec.split(":")
+    if kind == "sleep":
+        if int(pid) in (-1, part.pid):
+            time.sleep(float(arg))
+        return
+    if int(pid) != part.pid or batch_size < int(arg):
+        return
+    if kind == "memoryerror":
+        raise MemoryError(f"injected: partition {part.pid} at batch size {batch_size}")
+    hog = []
+    for _ in range(256):
+        hog.append(np.ones(8 * 2 ** 20))       # 64 MiB, touched
+        time.sleep(0.02)
+    raise MemoryError(f"injected: partition {part.pid} allocated 16 GiB and was not killed")
+
+
 def score_partition(plan: Plan, part: Partition, output: str, source: SourceConfig, engine_path: str | None,
-                    backend: str, threads: int, batch_size: int, run_meta: dict) -> dict:
-    """Task: score one sky partition.  Returns its summary (also stored in the done marker)."""
+                    backend: str, threads: int, batch_size: int, run_meta: dict,
+                    flag_status: str | None = None) -> dict:
+    """Task: score one sky partition.  Returns its summary (also stored in the done marker).
+
+    Memory: a batch that raises MemoryError is retried in halves, down to single rows; a row that
+    still fails is flagged ``out_of_memory``.  ``flag_status`` (set by the run after the worker
+    running this partition was killed repeatedly, e.g. for memory): write the partition without
+    fetching or scoring, every row not otherwise flagged gets that status, and a retry marker makes
+    a later re-run score it again."""
     output = Path(output)
     marker = marker_path(output, part)
-    if done(marker):
+    retry = retry_path(output, part)
+    if done(marker) and not retry.exists():
         import json
         return json.loads(marker.read_text())
     t0 = time.time()
@@ -92,6 +132,14 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
     status[dup] = "duplicate_id"
     p = np.full(n, np.nan, np.float32)
     todo = np.flatnonzero(status == "")
+    if flag_status is not None:
+        status[todo] = flag_status
+        todo = todo[:0]
+    elif n:
+        _inject_fault(part, batch_size)
+        # spatial order (nested HEALPix): consecutive batches share survey frames, so a frame source's
+        # small per-partition frame cache is reused instead of re-reading frames for every batch
+        todo = todo[np.argsort(df["_healpix29"].to_numpy()[todo], kind="stable")]
     rows = pd.DataFrame({"id": ids, "ra": df[c["ra"]].to_numpy(np.float64) if n else [],
                          "dec": df[c["dec"]].to_numpy(np.float64) if n else []})
     if plan.keep and "path" in [k.lower() for k in plan.keep] and source.kind == "stamps":
@@ -105,21 +153,44 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
                 t = time.time()
                 stamps, st = src.fetch(rows.iloc[idx].reset_index(drop=True))
                 return stamps, st, time.time() - t
-            with ThreadPoolExecutor(1) as pool:   # prefetch the next batch while inferring
-                fut = pool.submit(fetch, batches[0])
-                for k, idx in enumerate(batches):
-                    stamps, st, dt = fut.result()
+
+            def score(idx, fetched=None):
+                """Fetch (unless prefetched) and score rows ``idx``; on MemoryError, in halves."""
+                nonlocal t_fetch, t_infer
+                try:
+                    stamps, st, dt = fetched if fetched is not None else fetch(idx)
                     t_fetch += dt
-                    if k + 1 < len(batches):
-                        fut = pool.submit(fetch, batches[k + 1])
                     status[idx] = st
                     ok = np.isin(st, SCORED)
                     t = time.time()
                     try:
                         p[idx[ok]] = engine.predict(stamps[ok])
+                    except MemoryError:
+                        raise
                     except Exception:  # noqa: BLE001 - one bad batch must not lose the partition
                         status[idx[ok]] = "inference_failed"
                     t_infer += time.time() - t
+                except MemoryError:
+                    stamps = fetched = None
+                    p[idx] = np.nan
+                    if len(idx) == 1:
+                        status[idx] = "out_of_memory"
+                        return
+                    h = len(idx) // 2
+                    score(idx[:h])
+                    score(idx[h:])
+
+            with ThreadPoolExecutor(1) as pool:   # prefetch the next batch while inferring
+                fut = pool.submit(fetch, batches[0])
+                for k, idx in enumerate(batches):
+                    try:
+                        fetched = fut.result()
+                    except MemoryError:
+                        fetched = None            # fetched again (in halves) by score()
+                    if k + 1 < len(batches):
+                        fut = pool.submit(fetch, batches[k + 1])
+                    score(idx, fetched)
+                    fetched = None
         finally:
             src.close()
     unknown = set(status) - set(STATUS)
@@ -131,8 +202,13 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
         write_partition(table, dataset_path(output, part), run_meta)
     info = {"pid": part.pid, "name": part.name, "rows": n, "status": {k: int(v) for k, v in counts.items()},
             "mergers": int(np.sum(p >= engine.info.threshold)), "seconds": round(time.time() - t0, 3),
-            "fetch_seconds": round(t_fetch, 3), "infer_seconds": round(t_infer, 3),
+            "fetch_seconds": round(t_fetch, 3), "infer_seconds": round(t_infer, 3), "batch_size": batch_size,
             "finished": time.time(), "started": t0, "file": str(dataset_path(output, part).relative_to(output))
             if n else None}
+    if counts.get("out_of_memory"):
+        info["retry"] = True
+        mark_done(retry, {"status": "out_of_memory", "rows": int(counts["out_of_memory"])})
     mark_done(marker, info)
+    if not info.get("retry"):
+        retry.unlink(missing_ok=True)
     return info
