@@ -135,6 +135,69 @@ def test_max_batch_chunking(engine_path, stamps, reference):
     assert sizes == [5, 5, 5, 1]
 
 
+# ----------------------------------------------------------------- batches shared across partitions
+def test_shared_batch_engine_merges_concurrent_batches(engine_path, stamps, reference):
+    """Threads (the partitions a GPU worker runs at once) get their own rows' scores back, from
+    fewer, larger engine calls than they made."""
+    import threading
+    from mergerscan.engines.batching import SharedBatchEngine
+
+    inner = load_engine(engine_path, threads=1)
+    sizes, raw = [], inner._logits
+    inner._logits = lambda x: (sizes.append(len(x)), raw(x))[1]
+    eng = SharedBatchEngine(inner, batch=64, max_wait_s=0.05)
+    slices = [slice(0, 3), slice(3, 4), slice(4, 9), slice(9, 16)] * 2
+    got, barrier = {}, threading.Barrier(len(slices))
+
+    def work(k, sl):
+        barrier.wait()
+        got[k] = eng.predict(stamps[sl])
+
+    ts = [threading.Thread(target=work, args=(k, sl)) for k, sl in enumerate(slices)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    eng.close()
+    for k, sl in enumerate(slices):
+        np.testing.assert_allclose(got[k], reference[1][sl], atol=1e-5)
+    assert eng.requests == len(slices) and sum(sizes) == 32
+    assert eng.calls < len(slices) and max(sizes) > 7, sizes
+
+
+def test_shared_batch_engine_isolates_a_failing_merged_batch(engine_path, stamps, reference):
+    """A merged call that fails (here: out of memory above 8 rows) is re-run request by request, so
+    each caller gets its own result or its own error - never another partition's."""
+    import threading
+    from mergerscan.engines.batching import SharedBatchEngine
+
+    inner = load_engine(engine_path, threads=1)
+    raw = inner._logits
+
+    def limited(x):
+        if len(x) > 8:
+            raise MemoryError(f"{len(x)} rows")
+        return raw(x)
+    inner._logits = limited
+    inner.max_batch = 1 << 30
+    eng = SharedBatchEngine(inner, batch=64, max_wait_s=0.05)
+    slices = [slice(0, 6), slice(6, 12), slice(0, 16)]
+    got, barrier = {}, threading.Barrier(3)
+
+    def work(k, sl):
+        barrier.wait()
+        try:
+            got[k] = eng.predict(stamps[sl])
+        except MemoryError as exc:
+            got[k] = exc
+
+    ts = [threading.Thread(target=work, args=(k, sl)) for k, sl in enumerate(slices)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    eng.close()
+    np.testing.assert_allclose(got[0], reference[1][:6], atol=1e-5)
+    np.testing.assert_allclose(got[1], reference[1][6:12], atol=1e-5)
+    assert isinstance(got[2], MemoryError)
+
+
 # ----------------------------------------------------------------- parity vs ORT CPU
 PARITY = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime-cuda", "fp32"), ("torch-cuda", "fp32"),
           ("torch-cuda", "bf16"), ("tensorrt", "fp16"), ("tensorrt", "fp32")]

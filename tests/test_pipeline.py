@@ -129,12 +129,26 @@ def test_rerun_resumes_and_is_identical(small_field, dask_client, tmp_path):
     assert {f: f.read_bytes() for f in files} == before
 
 
+def test_shared_batches_give_the_same_catalog(small_field, dask_client, tmp_path):
+    """--shared-batch (the GPU default): partitions of a worker share merged engine calls; the
+    catalog is the same as with one engine call per partition batch."""
+    d, _ = small_field
+    a = read_out(tmp_path / "a") if run(args_for(d, tmp_path / "a"), client=dask_client) else None
+    b = read_out(tmp_path / "b") if run(args_for(d, tmp_path / "b", shared_batch=True, batch_size=8),
+                                         client=dask_client) else None
+    assert a["status"].tolist() == b["status"].tolist() and a["objid"].tolist() == b["objid"].tolist()
+    np.testing.assert_allclose(a["p_merger"], b["p_merger"], atol=1e-5)
+
+
 def test_different_engine_or_input_refuses_to_resume(small_field, dask_client, tmp_path):
     d, df = small_field
     out = tmp_path / "out"
     run(args_for(d, out), client=dask_client)
     with pytest.raises(FingerprintMismatch, match="partition_rows"):
         run(args_for(d, out, partition_rows=41), client=dask_client)
+    # another precision moves scores by up to a few percent: never mixed into one output
+    with pytest.raises(FingerprintMismatch, match="precision"):
+        run(args_for(d, out, backend="torch:bf16"), client=dask_client)
     s = run(args_for(d, out, partition_rows=41, overwrite=True), client=dask_client)
     assert s["rows"] == len(df)
 

@@ -46,6 +46,19 @@ def parse_backend(backend: str) -> tuple[str, dict]:
     return name, ({"precision": precision} if precision else {})
 
 
+# the numerics a backend runs at when no ":precision" is given (load_engine's defaults)
+DEFAULT_PRECISION = {"onnxruntime": "fp32", "onnxruntime-cuda": "fp32", "torch": "fp32",
+                     "torch-cuda": "bf16", "tensorrt": "fp16"}
+
+
+def backend_precision(backend: str) -> str:
+    """The arithmetic a backend spec computes in (``tensorrt`` -> fp16, ``torch-cuda:fp32`` -> fp32).
+    Backends at the same precision give the same scores to ~1e-5; a different precision moves
+    them by up to a few percent (docs/performance.md), so a run must not mix them."""
+    name, opts = parse_backend(backend)
+    return opts.get("precision", DEFAULT_PRECISION[name])
+
+
 def load_engine(path: str | Path | None = None, backend: str = "onnxruntime", threads: int = 1,
                 **options) -> Engine:
     """Load an engine file with a backend; every backend but ONNX Runtime CPU imports lazily.
@@ -74,4 +87,4 @@ def load_engine(path: str | Path | None = None, backend: str = "onnxruntime", th
 
 
 __all__ = ["Engine", "EngineInfo", "BackendUnavailable", "load_engine", "read_engine_info",
-           "default_engine_path", "resolve_engine_path", "available_backends", "parse_backend", "BACKENDS"]
+           "default_engine_path", "resolve_engine_path", "available_backends", "parse_backend", "backend_precision", "BACKENDS"]

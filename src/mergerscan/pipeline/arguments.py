@@ -35,6 +35,7 @@ class ProcessArguments:
     cluster: str = "local"                 # local | slurm (workers as SLURM jobs) | slurm-runner (in an allocation)
     gpus: int = 0                          # GPUs per worker (0 or 1); tasks then need the Dask resource GPU
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    shared_batch: bool | None = None       # merge the batches of a worker's concurrent partitions (None: GPU backends)
     memory_limit: str = "auto"
     partition_rows: int = 5000             # upper bound on rows per sky partition
     chunk_rows: int = 200_000              # rows per input chunk read by one task
@@ -82,6 +83,15 @@ class ProcessArguments:
                                 "(see slurm/process-catalog.sbatch)")
         if self.gpus not in (0, 1):
             raise ArgumentError("--gpus: 0 (CPU) or 1 (one GPU per worker)")
+        from ..engines import parse_backend
+        try:
+            _, opts = parse_backend(self.backend)
+        except ValueError as exc:
+            raise ArgumentError(f"--backend: {exc}") from None
+        if opts.get("precision", "fp32") not in ("fp32", "bf16", "fp16", "int8"):
+            raise ArgumentError(f"--backend {self.backend}: precision must be fp32, bf16, fp16 or int8")
+        if self.shared_batch is None:
+            self.shared_batch = self.backend.partition(":")[0] in GPU_BACKENDS
         if self.gpus and self.backend.partition(":")[0] not in GPU_BACKENDS:
             raise ArgumentError(f"--gpus 1 needs a GPU backend ({', '.join(GPU_BACKENDS)}), not --backend {self.backend}")
         if self.cluster == "slurm":
@@ -99,6 +109,11 @@ class ProcessArguments:
             self.threads_per_worker = max(1, cores // self.workers)
         self.catalog = str(Path(self.catalog).resolve())
         self.output = str(Path(self.output).resolve())
+
+    @property
+    def shared_batch_rows(self) -> int:
+        """Rows per merged engine call when batches are shared across partitions (0: not shared)."""
+        return 4 * self.batch_size if self.shared_batch else 0
 
     @property
     def source(self) -> SourceConfig:

@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--service-concurrency", type=int, default=8)
     p.add_argument("--engine", help="engine file (.onnx); default: the packaged model")
     p.add_argument("--backend", help="onnxruntime (CPU, the default), onnxruntime-cuda (the default with --gpus 1), "
-                                     "torch, torch-cuda, tensorrt")
+                                     "torch, torch-cuda, tensorrt; NAME:PRECISION picks the arithmetic, e.g. torch-cuda:fp16, "
+                                     "tensorrt:fp32 (defaults: fp32; torch-cuda bf16; tensorrt fp16). A run resumes only "
+                                     "at the precision it started with")
     cols = p.add_argument_group("columns")
     cols.add_argument("--id-column"); cols.add_argument("--ra-column"); cols.add_argument("--dec-column")
     cols.add_argument("--keep-columns", default="", help="comma-separated input columns to carry through, or '*'")
@@ -44,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     dk.add_argument("--partition-rows", type=int, default=5000, help="max rows per sky partition")
     dk.add_argument("--chunk-rows", type=int, default=200_000, help="input rows read per task")
     dk.add_argument("--batch-size", type=int, default=128, help="stamps per engine call")
+    dk.add_argument("--shared-batch", action=argparse.BooleanOptionalAction, default=None,
+                    help="merge the batches of the partitions a worker scores at once into one engine call "
+                         "(default: on for GPU backends)")
     dk.add_argument("--gpus", type=int, default=0, choices=(0, 1),
                     help="GPUs per worker: 1 = one GPU each (--gres=gpu:1, Dask resource GPU=1)")
     sl = p.add_argument_group("SLURM (see slurm/ and README 'Running on a SLURM cluster')")
@@ -98,7 +103,7 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
         cutout_service=ns.cutout_service, engine=ns.engine, backend=backend,
         id_column=ns.id_column, ra_column=ns.ra_column, dec_column=ns.dec_column, keep_columns=keep,
         workers=ns.workers, threads_per_worker=ns.threads_per_worker, scheduler=ns.scheduler,
-        cluster=ns.cluster, gpus=ns.gpus, slurm=slurm,
+        cluster=ns.cluster, gpus=ns.gpus, slurm=slurm, shared_batch=ns.shared_batch,
         memory_limit=ns.memory_limit, partition_rows=ns.partition_rows, chunk_rows=ns.chunk_rows,
         batch_size=ns.batch_size, overwrite=ns.overwrite, progress=not ns.no_progress, report=not ns.no_report,
         mode="plan" if ns.plan else "shard" if ns.shard else "finalize" if ns.finalize else "all",

@@ -16,7 +16,7 @@ from ..catalogs.read import CatalogError, CatalogReader
 from ..catalogs.schema import SCORED
 from ..catalogs.validate import resolve_columns
 from ..catalogs.write import write_fits_table, write_metadata
-from ..engines import read_engine_info, resolve_engine_path
+from ..engines import backend_precision, read_engine_info, resolve_engine_path
 from .arguments import ArgumentError, ProcessArguments
 from .cluster import client_for
 from .plan import Plan, chunk_histogram, make_partitions, split_chunk, stage_csv
@@ -60,7 +60,7 @@ def inspect_catalog(args: ProcessArguments) -> dict:
 
 def fingerprint(args: ProcessArguments, cat: dict, engine_sha: str) -> dict:
     return {"catalog": file_identity(args.catalog), "columns": cat["columns"], "keep": cat["keep"],
-            "engine_sha256": engine_sha, "backend_family": "onnx", "source": args.source.fingerprint(),
+            "engine_sha256": engine_sha, "precision": backend_precision(args.backend), "source": args.source.fingerprint(),
             "partition_rows": args.partition_rows, "chunk_rows": args.chunk_rows,
             "hist_order": args.hist_order, "mergerscan": __version__.split(".")[0]}
 
@@ -245,7 +245,8 @@ def _score(args, plan: Plan, client, engine_path, info, parts):
 
     def submit(part, batch_size, source=args.source, flag=None, retries=2):
         return client.submit(score_partition, pplan, part, str(out), source, str(engine_path), args.backend,
-                             args.threads_per_worker, batch_size, meta, flag, pure=False, retries=retries,
+                             args.threads_per_worker, batch_size, meta, flag, args.shared_batch_rows,
+                             pure=False, retries=retries,
                              resources=resources)
 
     futs = {submit(p, args.batch_size): (p, 0) for p in todo}

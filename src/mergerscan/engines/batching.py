@@ -1,0 +1,94 @@
+"""One engine shared by the partitions a worker scores at once, with their batches merged.
+
+A GPU worker runs several partitions in parallel threads (``--threads-per-worker``): each thread
+fetches and cuts its stamps and preprocesses them on the CPU, then hands the prepared batch to
+:class:`SharedBatchEngine`.  One dispatcher thread merges whatever is waiting (up to ``batch`` rows,
+waiting at most ``max_wait_s`` for more) into one engine call, so the accelerator sees big batches
+even when a partition's last batch is small, and the CPU threads keep cutting while it infers.
+The queue is bounded by construction: each calling thread waits for its own result, so at most
+one batch per thread is in flight.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+
+import numpy as np
+
+from .base import Engine
+
+
+class SharedBatchEngine(Engine):
+    def __init__(self, inner: Engine, batch: int = 256, max_wait_s: float = 0.003):
+        super().__init__(inner.info)
+        self.inner, self.batch, self.max_wait_s = inner, max(1, int(batch)), max_wait_s
+        self.backend = inner.backend
+        self.max_batch = 1 << 30             # callers' batches are queued whole; the inner engine chunks
+        self.calls = self.requests = self.rows = 0
+        self._q: queue.Queue = queue.Queue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="mergerscan-batcher", daemon=True)
+        self._thread.start()
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros(0, np.float32)
+        if self._closed:
+            raise RuntimeError("engine closed")
+        fut: Future = Future()
+        self._q.put((np.ascontiguousarray(x, np.float32), fut))
+        return fut.result()
+
+    def _loop(self):
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            items, n = [item], len(item[0])
+            deadline = time.monotonic() + self.max_wait_s
+            while n < self.batch:
+                try:
+                    nxt = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._q.put(None)        # finish this batch, then stop
+                    break
+                items.append(nxt)
+                n += len(nxt[0])
+            self._run(items)
+
+    def _run(self, items):
+        self.calls += 1
+        self.requests += len(items)
+        self.rows += sum(len(x) for x, _ in items)
+        try:
+            z = self.inner.logits(np.concatenate([x for x, _ in items]) if len(items) > 1 else items[0][0])
+        except BaseException as exc:         # noqa: BLE001 - isolate: each request alone gets its own outcome
+            if len(items) == 1:
+                items[0][1].set_exception(exc)
+                return
+            for x, fut in items:
+                self._settle(fut, lambda x=x: self.inner.logits(x))
+            return
+        at = 0
+        for x, fut in items:
+            fut.set_result(z[at:at + len(x)])
+            at += len(x)
+
+    @staticmethod
+    def _settle(fut: Future, fn):
+        try:
+            fut.set_result(fn())
+        except BaseException as exc:         # noqa: BLE001 - handed to the calling thread
+            fut.set_exception(exc)
+
+    def close(self):
+        if not self._closed:
+            self._closed = True
+            self._q.put(None)
+            self._thread.join(timeout=10)
+            self.inner.close()
