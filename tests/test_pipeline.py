@@ -140,6 +140,34 @@ def test_shared_batches_give_the_same_catalog(small_field, dask_client, tmp_path
     np.testing.assert_allclose(a["p_merger"], b["p_merger"], atol=1e-5)
 
 
+def test_kept_nullable_int_column_has_one_type_in_every_partition(dask_client, tmp_path):
+    """A Parquet int64 column with nulls in only some rows stays int64 (nulls kept, TNULL in the
+    FITS table) instead of becoming float64 in the partitions that happen to hold a null - which
+    made the partitions' schemas differ and finalize fail; big values stay exact."""
+    import pyarrow as pa
+
+    n = 240
+    rng = np.random.default_rng(1)
+    ra = np.concatenate([rng.uniform(10, 10.3, n // 2), rng.uniform(200, 200.3, n // 2)])
+    dec = np.concatenate([rng.uniform(0, 0.3, n // 2), rng.uniform(30, 30.3, n // 2)])
+    big = [None if (i >= n // 2 and i % 7 == 0) else 2 ** 62 + i for i in range(n)]
+    pq.write_table(pa.table({"objid": np.arange(n, dtype=np.int64) + 1, "ra": ra, "dec": dec,
+                             "nchild": pa.array(big, pa.int64())}), tmp_path / "cat.parquet", row_group_size=50)
+    (tmp_path / "none").mkdir()
+    out = tmp_path / "out"
+    run(ProcessArguments(catalog=str(tmp_path / "cat.parquet"), output=str(out), images=str(tmp_path / "none"),
+                         partition_rows=40, chunk_rows=50, keep_columns=["nchild"], progress=False,
+                         command="test", report=False), client=dask_client)
+    t = pq.read_table(out / "parquet")
+    assert t.schema.field("nchild").type == pa.int64() and t.column("nchild").null_count == big.count(None)
+    got = dict(zip(t.column("input_row").to_pylist(), t.column("nchild").to_pylist()))
+    assert [got[i] for i in range(n)] == big
+    fits = fitsio.read(str(out / "mergers.fits"))
+    hdr = fitsio.read_header(str(out / "mergers.fits"), 1)
+    k = [i for i in range(1, 40) if hdr.get(f"TTYPE{i}") == "nchild"][0]
+    assert fits["nchild"].dtype.kind == "i" and hdr[f"TNULL{k}"] == np.iinfo(np.int64).min
+
+
 def test_different_engine_or_input_refuses_to_resume(small_field, dask_client, tmp_path):
     d, df = small_field
     out = tmp_path / "out"

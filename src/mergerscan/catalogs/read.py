@@ -92,7 +92,10 @@ class CatalogReader:
                            low_memory=False)
 
     # ---- reading
-    def read_rows(self, start: int, stop: int, columns: list[str] | None = None) -> pd.DataFrame:
+    def read_rows(self, start: int, stop: int, columns: list[str] | None = None,
+                  nullable: tuple | list | set = ()) -> pd.DataFrame:
+        """Rows [start, stop).  Parquet integer/boolean columns named in ``nullable`` keep their type
+        when they hold nulls (pandas nullable dtypes; see :func:`arrow_to_pandas`)."""
         columns = list(columns or self.columns)
         stop = min(stop, self.nrows)
         if start >= stop:
@@ -101,7 +104,7 @@ class CatalogReader:
             data = self._fits[self._ext].read(rows=np.arange(start, stop), columns=columns)
             return pd.DataFrame({c: _native(data[c]) for c in columns})
         if self.format == "parquet":
-            return self._parquet_rows(start, stop, columns)
+            return self._parquet_rows(start, stop, columns, nullable)
         parts, pos = [], 0
         for chunk in self._csv_chunks(usecols=columns):
             lo, hi = max(start - pos, 0), min(stop - pos, len(chunk))
@@ -112,11 +115,11 @@ class CatalogReader:
                 break
         return pd.concat(parts, ignore_index=True)[columns]
 
-    def _parquet_rows(self, start, stop, columns):
+    def _parquet_rows(self, start, stop, columns, nullable=()):
         import pyarrow as pa
         if self._pq is None:
             tab = self._ds.to_table(columns=columns)  # datasets: read then slice (small inputs)
-            return tab.slice(start, stop - start).to_pandas()
+            return arrow_to_pandas(tab.slice(start, stop - start), nullable)
         pieces, pos = [], 0
         md = self._pq.metadata
         for rg in range(md.num_row_groups):
@@ -127,7 +130,7 @@ class CatalogReader:
             pos += n
             if pos >= stop:
                 break
-        return pa.concat_tables(pieces).to_pandas()
+        return arrow_to_pandas(pa.concat_tables(pieces), nullable)
 
     def iter_chunks(self, columns: list[str] | None = None) -> Iterator[tuple[int, pd.DataFrame]]:
         columns = list(columns or self.columns)
@@ -155,3 +158,19 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFra
         return r.read_rows(0, r.nrows, columns)
     finally:
         r.close()
+
+
+def arrow_to_pandas(table, nullable=()) -> pd.DataFrame:
+    """Arrow -> pandas, where the integer/boolean columns named in ``nullable`` become pandas
+    nullable dtypes (Int64, boolean...) instead of pyarrow's default float64/object *in the chunks
+    that happen to hold a null*: a carried-through column then has one type in every partition,
+    and 64-bit integers never pass through float64."""
+    import pyarrow as pa
+    df = table.to_pandas()
+    for name in nullable:
+        if name in table.column_names:
+            t = table.schema.field(name).type
+            if pa.types.is_integer(t) or pa.types.is_boolean(t):
+                df[name] = table.select([name]).to_pandas(types_mapper=pd.ArrowDtype)[name].astype(
+                    pd.BooleanDtype() if pa.types.is_boolean(t) else str(t).replace("int", "Int").replace("uInt", "UInt"))
+    return df

@@ -91,8 +91,9 @@ def read_positions(path: str, start: int, stop: int, columns: dict, extra: list 
     """Rows [start, stop) with id/ra/dec (+ extra) columns; errors name ``label`` (the user's file)."""
     r = CatalogReader(path)
     try:
-        cols = list(dict.fromkeys([columns["id"], columns["ra"], columns["dec"], *(extra or [])]))
-        df = r.read_rows(start, stop, cols)
+        core = [columns["id"], columns["ra"], columns["dec"]]
+        cols = list(dict.fromkeys([*core, *(extra or [])]))
+        df = r.read_rows(start, stop, cols, nullable=[c for c in cols if c not in core])
     finally:
         r.close()
     check_numeric(df, [columns["ra"], columns["dec"]], label or path, row_offset=start)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..catalogs.read import arrow_to_pandas
 from ..catalogs.schema import SCORED, STATUS
 from ..catalogs.validate import flag_duplicates
 from ..catalogs.write import write_partition
@@ -50,13 +51,13 @@ def marker_path(output: Path, part: Partition) -> Path:
     return Path(output) / "_work" / "scored" / f"part-{part.pid:06d}.json"
 
 
-def read_partition_rows(work: Path, part: Partition) -> pd.DataFrame:
+def read_partition_rows(work: Path, part: Partition, nullable=()) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     files = sorted(shard_dir(work, part.pid).glob("chunk-*.parquet"))
     if not files:
         return pd.DataFrame()
-    df = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+    df = pd.concat([arrow_to_pandas(pq.read_table(f), nullable) for f in files], ignore_index=True)
     return df.sort_values("_input_row", kind="stable").reset_index(drop=True)
 
 
@@ -74,7 +75,9 @@ def output_table(df: pd.DataFrame, plan: Plan, p: np.ndarray, status: np.ndarray
     for k in plan.keep:
         if k in (c["id"], c["ra"], c["dec"]):
             continue
-        out[k if k not in out else f"in_{k}"] = df[k].to_numpy()
+        col = df[k]   # nullable (extension) dtypes stay as they are: one column type in every partition
+        out[k if k not in out else f"in_{k}"] = col.array if isinstance(col.dtype, pd.api.extensions.ExtensionDtype) \
+            else col.to_numpy()
     return pd.DataFrame(out)
 
 
@@ -127,7 +130,8 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
         return json.loads(marker.read_text())
     t0 = time.time()
     engine = worker_engine(engine_path, backend, threads, shared_batch)
-    df = read_partition_rows(output / "_work", part)
+    core = (plan.columns["id"], plan.columns["ra"], plan.columns["dec"])
+    df = read_partition_rows(output / "_work", part, [k for k in plan.keep if k not in core])
     n = len(df)
     c = plan.columns
     status = np.full(n, "", dtype=object)
