@@ -126,6 +126,29 @@ def test_temperature_applied(engine_path, stamps, reference):
     np.testing.assert_allclose(eng.predict(stamps), _sigmoid(z / 2.0), atol=1e-6)
 
 
+def test_test_time_views(engine_path, stamps, tmp_path):
+    """views=N: mean logit over N dihedral views of the prepared batch, with the temperature and
+    threshold the card holds for N views; a count the card has no calibration for is refused."""
+    from mergerscan.engines.base import dihedral_views
+
+    path = _with_card(engine_path, tmp_path / "tta.onnx", views=4, temperature=1.3, threshold=0.6,
+                      by_views={"1": {"temperature": 1.0, "threshold": 0.5},
+                                "4": {"temperature": 1.3, "threshold": 0.6}})
+    eng = load_engine(path, threads=2)
+    assert eng.info.views == 4 and eng.info.threshold == 0.6
+    x = prepare_batch(stamps, eng.spec)
+    z = np.stack([eng.logits(np.ascontiguousarray(v)) for v in
+                  (x, x[..., ::-1], np.rot90(x, 2, axes=(2, 3)), np.rot90(x, 2, axes=(2, 3))[..., ::-1])])
+    np.testing.assert_allclose(eng.predict(stamps), _sigmoid(z.mean(0) / 1.3), atol=1e-5)
+    assert np.abs(z[0] - z[1]).max() > 1e-3          # the views really differ
+    np.testing.assert_allclose(dihedral_views(x, 4).reshape(4, *x.shape)[2], np.rot90(x, 2, axes=(2, 3)))
+    one = load_engine(path, threads=2, views=1)
+    assert one.info.threshold == 0.5
+    np.testing.assert_allclose(one.predict(stamps), _sigmoid(z[0]), atol=1e-5)
+    with pytest.raises(ValueError, match="not 8"):
+        load_engine(path, views=8)
+
+
 def test_max_batch_chunking(engine_path, stamps, reference):
     eng = load_engine(engine_path, threads=2)
     sizes, inner = [], eng._logits

@@ -33,7 +33,7 @@ VOTABLE_NS = "http://www.ivoa.net/xml/VOTable/v1.3"
 FITS_EXTNAME = "MERGERS"
 # run metadata key -> FITS keyword (other keys, e.g. the model card, stay in the Parquet files only)
 FITS_KEYWORDS = {"engine_name": "ENGINE", "engine_sha256": "ENGSHA", "mergerscan_version": "MSVERSN",
-                 "threshold": "THRESH", "source": "IMGSRC", "command": "COMMAND"}
+                 "threshold": "THRESH", "views": "TTAVIEWS", "source": "IMGSRC", "command": "COMMAND"}
 
 
 # ---------------------------------------------------------------- column metadata

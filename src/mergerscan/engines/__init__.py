@@ -60,15 +60,22 @@ def backend_precision(backend: str) -> str:
 
 
 def load_engine(path: str | Path | None = None, backend: str = "onnxruntime", threads: int = 1,
-                **options) -> Engine:
+                views: int | None = None, **options) -> Engine:
     """Load an engine file with a backend; every backend but ONNX Runtime CPU imports lazily.
 
     ``options`` go to the backend: torch/torch-cuda ``precision`` (fp32|bf16|fp16), ``compile``,
     ``compile_mode``, ``cuda_graphs``, ``max_batch``; tensorrt ``precision`` (fp16|fp32|int8),
     ``max_batch``, ``opt_batch``, ``cache_dir``.  A backend that cannot run here raises
-    :class:`BackendUnavailable` (no silent fallback to another device).
+    :class:`BackendUnavailable` (no silent fallback to another device).  ``views``: average the
+    logits over 1, 2, 4 or 8 dihedral views (default: what the engine's card says).
     """
-    p = resolve_engine_path(path)
+    engine = _load(resolve_engine_path(path), backend, threads, options)
+    if views is not None:                  # test-time views other than the card's default
+        engine.info = engine.info.with_views(views)
+    return engine
+
+
+def _load(p: Path, backend: str, threads: int, options: dict) -> Engine:
     name, opts = parse_backend(backend)
     opts |= options
     if name == "onnxruntime":

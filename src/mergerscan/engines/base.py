@@ -19,6 +19,21 @@ from ..cutouts.preprocess import PreprocessSpec, prepare_batch
 
 SPEC_KEY, CARD_KEY = "mergerscan.spec", "mergerscan.card"
 
+# test-time augmentation: the dihedral views averaged (mean logit) for 1, 2, 4 or 8 views, as
+# (number of 90-degree rotations, horizontal flip); the model card says how many to use and
+# carries the temperature and threshold fitted on validation for each count ("by_views")
+VIEWS = {1: ((0, False),), 2: ((0, False), (0, True)), 4: ((0, False), (0, True), (2, False), (2, True)),
+         8: tuple((k, f) for k in range(4) for f in (False, True))}
+
+
+def dihedral_views(x: np.ndarray, views: int) -> np.ndarray:
+    """(N, C, H, W) -> (views * N, C, H, W): the batch under each view, view-major."""
+    out = []
+    for k, flip in VIEWS[views]:
+        v = np.rot90(x, k, axes=(2, 3))
+        out.append(v[..., ::-1] if flip else v)
+    return np.ascontiguousarray(np.concatenate(out)) if views > 1 else x
+
 
 class BackendUnavailable(RuntimeError):
     """The asked-for backend cannot run here (package, driver or device missing); never a silent fallback."""
@@ -39,18 +54,33 @@ class EngineInfo:
     sha256: str
     spec: PreprocessSpec
     card: dict = field(default_factory=dict)
+    views: int | None = None          # None: the card's default ("views", else 1)
+
+    def __post_init__(self):
+        if self.views is None:
+            self.views = int(self.card.get("views", 1))
+        allowed = {int(k) for k in self.card.get("by_views", {})} | {int(self.card.get("views", 1))}
+        if self.views not in allowed:
+            raise ValueError(f"{self.path}: engine {self.name} has a threshold and temperature for "
+                             f"{', '.join(map(str, sorted(allowed)))} view(s), not {self.views}")
+
+    def with_views(self, views: int | None) -> "EngineInfo":
+        return EngineInfo(self.path, self.sha256, self.spec, self.card, views)
 
     @property
     def name(self) -> str:
         return self.card.get("name") or Path(self.path).stem
 
+    def _calibration(self) -> dict:
+        return self.card.get("by_views", {}).get(str(self.views)) or self.card
+
     @property
     def threshold(self) -> float:
-        return float(self.card.get("threshold", 0.5))
+        return float(self._calibration().get("threshold", 0.5))
 
     @property
     def temperature(self) -> float:
-        return float(self.card.get("temperature", 1.0))
+        return float(self._calibration().get("temperature", 1.0))
 
     @classmethod
     def from_metadata(cls, path, meta: dict) -> "EngineInfo":
@@ -94,7 +124,9 @@ class Engine:
         """uint8 stamps (N, H, W, 3) -> calibrated p_merger (N,) float32."""
         if len(stamps) == 0:
             return np.zeros(0, np.float32)
-        z = self.logits(prepare_batch(stamps, self.spec)).astype(np.float64)
+        v = self.info.views
+        z = self.logits(dihedral_views(prepare_batch(stamps, self.spec), v)).astype(np.float64)
+        z = z.reshape(v, len(stamps)).mean(0)      # mean logit over the views
         return (1.0 / (1.0 + np.exp(-np.clip(z / self.info.temperature, -60, 60)))).astype(np.float32)
 
     def close(self):

@@ -35,6 +35,7 @@ class ProcessArguments:
     cluster: str = "local"                 # local | slurm (workers as SLURM jobs) | slurm-runner (in an allocation)
     gpus: int = 0                          # GPUs per worker (0 or 1); tasks then need the Dask resource GPU
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    views: int | None = None               # test-time views (1, 2, 4, 8); None: the engine card's default
     shared_batch: bool | None = None       # merge the batches of a worker's concurrent partitions (None: GPU backends)
     memory_limit: str = "auto"
     partition_rows: int = 5000             # upper bound on rows per sky partition
@@ -90,6 +91,8 @@ class ProcessArguments:
             raise ArgumentError(f"--backend: {exc}") from None
         if opts.get("precision", "fp32") not in ("fp32", "bf16", "fp16", "int8"):
             raise ArgumentError(f"--backend {self.backend}: precision must be fp32, bf16, fp16 or int8")
+        if self.views is not None and self.views not in (1, 2, 4, 8):
+            raise ArgumentError(f"--views {self.views}: choose 1, 2, 4 or 8")
         if self.shared_batch is None:
             self.shared_batch = self.backend.partition(":")[0] in GPU_BACKENDS
         if self.gpus and self.backend.partition(":")[0] not in GPU_BACKENDS:

@@ -58,9 +58,9 @@ def inspect_catalog(args: ProcessArguments) -> dict:
         reader.close()
 
 
-def fingerprint(args: ProcessArguments, cat: dict, engine_sha: str) -> dict:
+def fingerprint(args: ProcessArguments, cat: dict, engine_sha: str, views: int = 1) -> dict:
     return {"catalog": file_identity(args.catalog), "columns": cat["columns"], "keep": cat["keep"],
-            "engine_sha256": engine_sha, "precision": backend_precision(args.backend), "source": args.source.fingerprint(),
+            "engine_sha256": engine_sha, "precision": backend_precision(args.backend), "views": views, "source": args.source.fingerprint(),
             "partition_rows": args.partition_rows, "chunk_rows": args.chunk_rows,
             "hist_order": args.hist_order, "mergerscan": __version__.split(".")[0]}
 
@@ -129,7 +129,7 @@ def make_plan(args: ProcessArguments, cat: dict, client, work: Path) -> Plan:
 
 def run_meta(args: ProcessArguments, info) -> dict:
     """Provenance stored in every output file (no timestamps: partitions stay byte-identical)."""
-    return {"engine_name": info.name, "engine_sha256": info.sha256, "threshold": info.threshold,
+    return {"engine_name": info.name, "engine_sha256": info.sha256, "threshold": info.threshold, "views": info.views,
             "mergerscan_version": __version__, "source": args.source.kind,
             "model_card": json.dumps(info.card, sort_keys=True)}
 
@@ -245,7 +245,7 @@ def _score(args, plan: Plan, client, engine_path, info, parts):
 
     def submit(part, batch_size, source=args.source, flag=None, retries=2):
         return client.submit(score_partition, pplan, part, str(out), source, str(engine_path), args.backend,
-                             args.threads_per_worker, batch_size, meta, flag, args.shared_batch_rows,
+                             args.threads_per_worker, batch_size, meta, flag, args.shared_batch_rows, info.views,
                              pure=False, retries=retries,
                              resources=resources)
 
@@ -294,11 +294,14 @@ def run(args: ProcessArguments, client=None) -> dict:
     partition done)."""
     t_start = time.time()
     engine_path = resolve_engine_path(args.engine)
-    info = read_engine_info(engine_path)
+    try:
+        info = read_engine_info(engine_path).with_views(args.views)
+    except ValueError as exc:
+        raise ArgumentError(f"--views {args.views}: {exc}") from None
     cat = inspect_catalog(args)
     out = Path(args.output)
     work = out / "_work"
-    check_or_claim(out, fingerprint(args, cat, info.sha256), args.overwrite)
+    check_or_claim(out, fingerprint(args, cat, info.sha256, info.views), args.overwrite)
     if args.mode == "finalize":
         plan = _existing_plan(work)
         missing = [p.name for p in plan.partitions if not marker_path(out, p).is_file()]

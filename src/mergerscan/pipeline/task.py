@@ -28,14 +28,14 @@ _ENGINES: dict = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-def worker_engine(path: str | None, backend: str, threads: int, shared_batch: int = 0):
+def worker_engine(path: str | None, backend: str, threads: int, shared_batch: int = 0, views: int | None = None):
     """One engine per worker process (loading a session per partition would waste seconds).
     ``shared_batch`` > 0: the partitions this worker runs at once share it through a
     :class:`SharedBatchEngine` that merges their batches up to that many rows (GPU backends)."""
-    key = (path, backend, threads, shared_batch)
+    key = (path, backend, threads, shared_batch, views)
     with _ENGINES_LOCK:
         if key not in _ENGINES:
-            engine = load_engine(path, backend=backend, threads=threads)
+            engine = load_engine(path, backend=backend, threads=threads, views=views)
             if shared_batch:
                 from ..engines.batching import SharedBatchEngine
                 engine = SharedBatchEngine(engine, batch=shared_batch)
@@ -114,7 +114,7 @@ def _inject_fault(part: Partition, batch_size: int):
 
 def score_partition(plan: Plan, part: Partition, output: str, source: SourceConfig, engine_path: str | None,
                     backend: str, threads: int, batch_size: int, run_meta: dict,
-                    flag_status: str | None = None, shared_batch: int = 0) -> dict:
+                    flag_status: str | None = None, shared_batch: int = 0, views: int | None = None) -> dict:
     """Task: score one sky partition.  Returns its summary (also stored in the done marker).
 
     Memory: a batch that raises MemoryError is retried in halves, down to single rows; a row that
@@ -129,7 +129,7 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
         import json
         return json.loads(marker.read_text())
     t0 = time.time()
-    engine = worker_engine(engine_path, backend, threads, shared_batch)
+    engine = worker_engine(engine_path, backend, threads, shared_batch, views)
     core = (plan.columns["id"], plan.columns["ra"], plan.columns["dec"])
     df = read_partition_rows(output / "_work", part, [k for k in plan.keep if k not in core])
     n = len(df)

@@ -1,0 +1,78 @@
+"""process-catalog with --images on a FITS catalog of all 9,520 shared sdss-gz-mergers objects,
+scored with the packaged default engine at its own (validation-chosen) threshold.
+
+Reports precision/recall/F1 per class on all rows (they include the engine's training data, so
+these are not a generalisation measure) and on the object-disjoint test split alone.
+
+    .venv/bin/python benchmarks/score_shared_images.py [--engine FILE] [--workers 2]
+Writes benchmarks/results/shared_images.json.  Needs ../shared/data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import fitsio
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+HERE = Path(__file__).resolve().parent
+GZ = HERE.parent.parent / "shared" / "data" / "sdss-gz-mergers"
+
+
+def main():
+    from mergerscan.catalogs.read import read_table
+    from mergerscan.pipeline.arguments import ProcessArguments
+    from mergerscan.pipeline.run import run
+    from mergerscan.training import evaluate as ev
+    from mergerscan.training import data as D
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--engine")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", default=str(HERE / "results" / "shared_images.json"))
+    a = ap.parse_args()
+    cat = read_table(GZ / "catalog.csv")
+    objid = cat["objid"].to_numpy(np.int64).copy()
+    objid[objid < 0] = 9_000_000_000_000_000_000 + np.flatnonzero(objid < 0)
+    df = pd.DataFrame({"objID": objid, "ra": cat["ra"].to_numpy(float), "dec": cat["dec"].to_numpy(float),
+                       "label": cat["is_merger"].to_numpy(np.int16), "path": cat["image"].astype(str)})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gz.fits"
+        fitsio.write(str(path), df.to_records(index=False), clobber=True)
+        t = time.perf_counter()
+        s = run(ProcessArguments(catalog=str(path), output=str(Path(tmp) / "out"), images=str(GZ), engine=a.engine,
+                                 workers=a.workers, threads_per_worker=1, keep_columns=["label", "path"],
+                                 progress=False, command="score_shared_images", report=False))
+        wall = time.perf_counter() - t
+        got = pq.read_table(Path(tmp) / "out" / "parquet").to_pandas().sort_values("input_row")
+    assert len(got) == len(df) == s["rows"]
+    y, p = got["label"].to_numpy(), got["p_merger"].to_numpy()
+    # the training module's object-disjoint split (seed 0), recomputed without decoding images
+    t = D.read_labelled_catalog(GZ / "catalog.csv")
+    links = []
+    if "companion_objid" in t:
+        idx = {o: i for i, o in enumerate(t["objid"]) if o > 0}
+        links = [(i, idx[c]) for i, c in enumerate(t["companion_objid"]) if c > 0 and c in idx]
+    groups = D.object_groups(t["ra"].to_numpy(), t["dec"].to_numpy(), 100.0, links)
+    split_of = dict(zip(t["id"], D.assign_splits(groups, t["label"].to_numpy(), (0.7, 0.15, 0.15), 0)))
+    split = np.array([split_of.get(i) for i in cat["id"]]) if "id" in cat else None
+    res = {"engine": s.get("engine"), "threshold": s["threshold"], "rows": s["rows"], "scored": s["scored"],
+           "wall_s": round(wall, 1), "all": ev.summarize(y, p, s["threshold"])}
+    if split is not None:
+        test = split == "test"
+        res["test"] = ev.summarize(y[test], p[test], s["threshold"])
+    Path(a.out).write_text(json.dumps(res, indent=1, default=float))
+    for k in ("all", "test"):
+        if k in res:
+            m = res[k]
+            print(f"{k}: n={int(m['n'])} threshold {s['threshold']:.4f}\n{ev.table1(m)}\nROC-AUC {m['roc_auc']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
