@@ -53,14 +53,9 @@ def main():
         got = pq.read_table(Path(tmp) / "out" / "parquet").to_pandas().sort_values("input_row")
     assert len(got) == len(df) == s["rows"]
     y, p = got["label"].to_numpy(), got["p_merger"].to_numpy()
-    # the training module's object-disjoint split (seed 0), recomputed without decoding images
-    t = D.read_labelled_catalog(GZ / "catalog.csv")
-    links = []
-    if "companion_objid" in t:
-        idx = {o: i for i, o in enumerate(t["objid"]) if o > 0}
-        links = [(i, idx[c]) for i, c in enumerate(t["companion_objid"]) if c > 0 and c in idx]
-    groups = D.object_groups(t["ra"].to_numpy(), t["dec"].to_numpy(), 100.0, links)
-    split_of = dict(zip(t["id"], D.assign_splits(groups, t["label"].to_numpy(), (0.7, 0.15, 0.15), 0)))
+    # the training module's object-disjoint split (seed 0), without decoding images
+    t = D.with_splits(D.read_labelled_catalog(GZ / "catalog.csv"))
+    split_of = dict(zip(t["id"], t["split"]))
     split = np.array([split_of.get(i) for i in cat["id"]]) if "id" in cat else None
     res = {"engine": s.get("engine"), "threshold": s["threshold"], "rows": s["rows"], "scored": s["scored"],
            "wall_s": round(wall, 1), "all": ev.summarize(y, p, s["threshold"])}

@@ -124,16 +124,22 @@ def decode_stamps(paths: list[str], cache: str | Path | None = None, threads: in
     return out
 
 
-def build_labelled_set(catalog: str | Path, *, seed: int = 0, fractions=(0.7, 0.15, 0.15),
-                       cache: str | Path | None = None, limit_per_class: int | None = None,
-                       group_radius_arcsec: float = 100.0, **read_kw) -> LabelledSet:
-    t = read_labelled_catalog(catalog, **read_kw)
+def with_splits(t: pd.DataFrame, seed: int = 0, fractions=(0.7, 0.15, 0.15),
+                group_radius_arcsec: float = 100.0) -> pd.DataFrame:
+    """Add the object-disjoint ``group`` and ``split`` columns to a labelled catalog (no images read)."""
     links = []
     if "companion_objid" in t:
         idx = {o: i for i, o in enumerate(t["objid"]) if o > 0}
         links = [(i, idx[c]) for i, c in enumerate(t["companion_objid"]) if c > 0 and c in idx]
     t["group"] = object_groups(t["ra"].to_numpy(), t["dec"].to_numpy(), group_radius_arcsec, links)
     t["split"] = assign_splits(t["group"].to_numpy(), t["label"].to_numpy(), fractions, seed)
+    return t
+
+
+def build_labelled_set(catalog: str | Path, *, seed: int = 0, fractions=(0.7, 0.15, 0.15),
+                       cache: str | Path | None = None, limit_per_class: int | None = None,
+                       group_radius_arcsec: float = 100.0, **read_kw) -> LabelledSet:
+    t = with_splits(read_labelled_catalog(catalog, **read_kw), seed, fractions, group_radius_arcsec)
     if limit_per_class:  # small, still group-disjoint subsets for smoke tests
         rng = np.random.default_rng(seed)
         keep = np.concatenate([rng.permutation(np.flatnonzero((t["label"] == lab) & (t["split"] == s)))
