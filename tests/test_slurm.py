@@ -164,7 +164,8 @@ def test_slurmcluster_worker_job_script(tmp_path):
     with SLURMCluster(**S.cluster_kwargs(opts, gpus=1, python=PY, log_directory=tmp_path)) as cluster:
         text = cluster.job_script()
     for line in ("#SBATCH -A abc123", "#SBATCH -p gpu", "#SBATCH --cpus-per-task=8", "#SBATCH -t 02:00:00",
-                 "#SBATCH --gres=gpu:1", "#SBATCH --qos=long", "module load cuda/12"):
+                 "#SBATCH --gres=gpu:1", "#SBATCH --qos=long", "module load cuda/12",
+                 "export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False"):   # a paused worker would hang the run
         assert line in text, line
     worker = next(l for l in text.splitlines() if "dask_worker" in l)
     assert worker.startswith(PY) and "--nthreads 8" in worker and "--resources GPU=1" in worker
@@ -394,7 +395,7 @@ def slurm(tmp_path_factory):
 def _jobs(tmp_path: Path, **directives) -> dict:
     """The slurm/ scripts rendered for this 2-core machine: this venv's Python, 1 CPU per task, and
     --overcommit for the single allocation (3 tasks: scheduler, client, one worker)."""
-    base = {"cpus-per-task": 1, "mem-per-cpu": None, "mem": "3G", "time": "00:15:00",
+    base = {"cpus-per-task": 1, "mem-per-cpu": None, "mem": "4G", "time": "00:15:00",
             "output": str(tmp_path / "slurm-%x-%j.out")}
     single = {"ntasks": 3, "overcommit": True}
     return S.render_all(tmp_path / "jobs", python=PY, directives=dict(base, **directives),

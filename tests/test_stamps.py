@@ -113,3 +113,22 @@ def test_real_gz_jpeg(gz_dir):
         st, status = src.fetch(rows)
     assert (status == "ok").all()
     assert np.array_equal(st[0], np.asarray(Image.open(gz_dir / cat["image"][0])))
+
+
+@pytest.mark.parametrize("size", [160, 224, 100])
+def test_prepare_batch_resize_matches_torch_antialias(size):
+    """Non-integer ratios: the numpy separable resampling (no torch in the workers) computes what
+    torch's antialiased bilinear interpolate computes, which the engines were trained with."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+    from mergerscan.cutouts.preprocess import PreprocessSpec, prepare_batch
+
+    spec = PreprocessSpec(input_size=size)
+    x = np.random.default_rng(size).integers(0, 256, (4, 256, 256, 3), dtype=np.uint8)
+    t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32))
+    ref = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False).numpy()
+    mean = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1) * 255
+    std = np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1) * 255
+    got = prepare_batch(x, spec)
+    assert got.shape == (4, 3, size, size) and got.dtype == np.float32 and got.flags["C_CONTIGUOUS"]
+    np.testing.assert_allclose(got, (ref - mean) / std, atol=2e-4)

@@ -124,9 +124,12 @@ class Engine:
         """uint8 stamps (N, H, W, 3) -> calibrated p_merger (N,) float32."""
         if len(stamps) == 0:
             return np.zeros(0, np.float32)
-        v = self.info.views
-        z = self.logits(dihedral_views(prepare_batch(stamps, self.spec), v)).astype(np.float64)
-        z = z.reshape(v, len(stamps)).mean(0)      # mean logit over the views
+        x = prepare_batch(stamps, self.spec)
+        z = np.zeros(len(stamps), np.float64)
+        for k, flip in VIEWS[self.info.views]:     # one view at a time: memory stays that of one batch
+            v = np.rot90(x, k, axes=(2, 3))
+            z += self.logits(np.ascontiguousarray(v[..., ::-1] if flip else v))
+        z /= self.info.views                       # mean logit over the views
         return (1.0 / (1.0 + np.exp(-np.clip(z / self.info.temperature, -60, 60)))).astype(np.float32)
 
     def close(self):

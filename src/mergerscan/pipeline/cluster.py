@@ -21,12 +21,23 @@ from pathlib import Path
 
 log = logging.getLogger("mergerscan")
 
+# Dask pauses a worker at 80 % of its memory limit so that spilling managed data can catch up.
+# Our tasks hold no managed data (stamps and the engine are unmanaged), so a paused worker never
+# resumes and the run hangs; without the pause, a worker that really runs out is restarted by its
+# nanny at 95 % and the partition is retried with smaller batches (run._score).
+from .slurm import NO_PAUSE_ENV  # noqa: E402 - pure module, no Dask import
+
+NO_PAUSE = {"distributed.worker.memory.pause": False}
+
 
 @contextlib.contextmanager
 def dask_client(workers: int = 1, threads_per_worker: int = 1, scheduler: str | None = None,
                 memory_limit: str = "auto", wait_for_workers: int = 0):
+    import dask
     from distributed import Client, LocalCluster
 
+    dask.config.set(NO_PAUSE)
+    os.environ[NO_PAUSE_ENV] = "False"             # worker processes spawned by the nannies
     if scheduler:
         client = Client(scheduler)
         try:
@@ -106,6 +117,9 @@ def slurm_runner(threads: int, memory_limit: str = "auto", gpus: int = 0):
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     # quiet job logs: warnings and errors only, also in the worker processes the nannies spawn
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    os.environ[NO_PAUSE_ENV] = "False"
+    import dask
+    dask.config.set(NO_PAUSE)
     logging.getLogger("distributed").setLevel(logging.WARNING)
     from dask_jobqueue.slurm import SLURMRunner
 

@@ -30,6 +30,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+NO_PAUSE_ENV = "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE"   # =False: see pipeline/cluster.py
 TEMPLATES = ("process-catalog.sbatch", "plan.sbatch", "shard.sbatch", "finalize.sbatch", "submit-array.sh")
 GPU_BACKENDS = ("onnxruntime-cuda", "torch-cuda", "tensorrt")     # backend names before any ":precision"
 
@@ -128,7 +129,7 @@ def cluster_kwargs(opts: SlurmOptions, gpus: int, python: str, log_directory: st
         extra += ["--resources", f"GPU={gpus}"]
     kw = dict(cores=opts.cores, processes=opts.processes, memory=opts.memory, walltime=format_walltime(wall),
               account=opts.account, queue=opts.partition, job_extra_directives=directives,
-              job_script_prologue=list(opts.prologue), worker_extra_args=extra, python=python,
+              job_script_prologue=[f"export {NO_PAUSE_ENV}=False"] + list(opts.prologue), worker_extra_args=extra, python=python,
               log_directory=str(log_directory), job_name="mergerscan-worker",
               scheduler_options={"dashboard_address": ":0"})
     if opts.interface:
