@@ -99,15 +99,14 @@ def prepare_batch(stamps: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         y = x.astype(np.float32) * scale - (mean / std).astype(np.float32)
         return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
     a = _resample_matrix(h, s)                                # (s, h): rows sum to 1
-    # separable: out[c] = A @ img[c] @ A.T, as two matrix products over the whole batch (BLAS)
-    # as two large 2-D GEMMs: columns first on (n, h, h, 3) rows, then rows
+    # separable: out[c] = A @ img[c] @ A.T, as two large 2-D GEMMs over the whole batch
     t = x.astype(np.float32).transpose(0, 3, 1, 2).reshape(-1, h)          # (n*3*h, h): rows of each band
     y = (t @ a.T).reshape(n, 3, h, s).transpose(0, 1, 3, 2).reshape(-1, h)  # (n*3*s, h)
     y = (y @ a.T).reshape(n, 3, s, s).transpose(0, 1, 3, 2)                # (n, 3, s, s)
-    y = np.array(y, dtype=np.float32)
+    y = np.ascontiguousarray(y, dtype=np.float32)                           # one C-order copy
     y -= mean.reshape(1, 3, 1, 1)
     y /= std.reshape(1, 3, 1, 1)
-    return np.ascontiguousarray(y, dtype=np.float32)
+    return y
 
 
 @functools.lru_cache(maxsize=16)

@@ -26,13 +26,16 @@ VIEWS = {1: ((0, False),), 2: ((0, False), (0, True)), 4: ((0, False), (0, True)
          8: tuple((k, f) for k in range(4) for f in (False, True))}
 
 
-def dihedral_views(x: np.ndarray, views: int) -> np.ndarray:
-    """(N, C, H, W) -> (views * N, C, H, W): the batch under each view, view-major."""
-    out = []
+def iter_views(x: np.ndarray, views: int):
+    """The batch (N, C, H, W) under each of ``views`` dihedral views, one contiguous array at a time."""
     for k, flip in VIEWS[views]:
         v = np.rot90(x, k, axes=(2, 3))
-        out.append(v[..., ::-1] if flip else v)
-    return np.ascontiguousarray(np.concatenate(out)) if views > 1 else x
+        yield np.ascontiguousarray(v[..., ::-1] if flip else v)
+
+
+def dihedral_views(x: np.ndarray, views: int) -> np.ndarray:
+    """(N, C, H, W) -> (views * N, C, H, W): the batch under each view, view-major."""
+    return np.concatenate(list(iter_views(x, views))) if views > 1 else x
 
 
 class BackendUnavailable(RuntimeError):
@@ -126,9 +129,8 @@ class Engine:
             return np.zeros(0, np.float32)
         x = prepare_batch(stamps, self.spec)
         z = np.zeros(len(stamps), np.float64)
-        for k, flip in VIEWS[self.info.views]:     # one view at a time: memory stays that of one batch
-            v = np.rot90(x, k, axes=(2, 3))
-            z += self.logits(np.ascontiguousarray(v[..., ::-1] if flip else v))
+        for v in iter_views(x, self.info.views):    # one view at a time: memory stays that of one batch
+            z += self.logits(v)
         z /= self.info.views                       # mean logit over the views
         return (1.0 / (1.0 + np.exp(-np.clip(z / self.info.temperature, -60, 60)))).astype(np.float32)
 

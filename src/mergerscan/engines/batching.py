@@ -27,7 +27,7 @@ class SharedBatchEngine(Engine):
         self.inner, self.batch, self.max_wait_s = inner, max(1, int(batch)), max_wait_s
         self.backend = inner.backend
         self.max_batch = 1 << 30             # callers' batches are queued whole; the inner engine chunks
-        self.calls = self.requests = self.rows = 0
+        self.calls = self.requests = 0      # engine calls made, batches asked for
         self._q: queue.Queue = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="mergerscan-batcher", daemon=True)
@@ -64,7 +64,6 @@ class SharedBatchEngine(Engine):
     def _run(self, items):
         self.calls += 1
         self.requests += len(items)
-        self.rows += sum(len(x) for x, _ in items)
         try:
             z = self.inner.logits(np.concatenate([x for x, _ in items]) if len(items) > 1 else items[0][0])
         except BaseException as exc:         # noqa: BLE001 - isolate: each request alone gets its own outcome

@@ -85,17 +85,18 @@ class ProcessArguments:
         if self.gpus not in (0, 1):
             raise ArgumentError("--gpus: 0 (CPU) or 1 (one GPU per worker)")
         from ..engines import parse_backend
+        from ..engines.base import VIEWS
         try:
-            _, opts = parse_backend(self.backend)
+            backend_name, opts = parse_backend(self.backend)
         except ValueError as exc:
             raise ArgumentError(f"--backend: {exc}") from None
         if opts.get("precision", "fp32") not in ("fp32", "bf16", "fp16", "int8"):
             raise ArgumentError(f"--backend {self.backend}: precision must be fp32, bf16, fp16 or int8")
-        if self.views is not None and self.views not in (1, 2, 4, 8):
-            raise ArgumentError(f"--views {self.views}: choose 1, 2, 4 or 8")
+        if self.views is not None and self.views not in VIEWS:
+            raise ArgumentError(f"--views {self.views}: choose {', '.join(map(str, VIEWS))}")
         if self.shared_batch is None:
-            self.shared_batch = self.backend.partition(":")[0] in GPU_BACKENDS
-        if self.gpus and self.backend.partition(":")[0] not in GPU_BACKENDS:
+            self.shared_batch = backend_name in GPU_BACKENDS
+        if self.gpus and backend_name not in GPU_BACKENDS:
             raise ArgumentError(f"--gpus 1 needs a GPU backend ({', '.join(GPU_BACKENDS)}), not --backend {self.backend}")
         if self.cluster == "slurm":
             if self.gpus and self.slurm.processes != 1:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..catalogs.read import CatalogError
+from ..engines.base import VIEWS
 from .arguments import ArgumentError, ProcessArguments
 from .resume import FingerprintMismatch
 from .slurm import SlurmOptions
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "torch, torch-cuda, tensorrt; NAME:PRECISION picks the arithmetic, e.g. torch-cuda:fp16, "
                                      "tensorrt:fp32 (defaults: fp32; torch-cuda bf16; tensorrt fp16). A run resumes only "
                                      "at the precision it started with")
-    p.add_argument("--views", type=int, choices=(1, 2, 4, 8),
+    p.add_argument("--views", type=int, choices=tuple(VIEWS),
                    help="test-time augmentation: mean logit over this many flips/rotations of each stamp, with "
                         "the threshold and temperature fitted on validation for that count (default: the engine "
                         "card's; the packaged engine uses 8 - use 1 for 8x faster CPU inference)")
