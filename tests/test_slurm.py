@@ -378,6 +378,7 @@ def slurm(tmp_path_factory):
                     "apt-get install -y slurm-wlm munge (make system-deps does it as root)")
     if not (SLURM_LOCAL / "start.sh").is_file():
         pytest.skip(f"needs {SLURM_LOCAL}/start.sh (../shared/tools/slurm-local)")
+    _wait_daemons_gone()     # a previous session's stop.sh signals the daemons but does not wait
     state = tmp_path_factory.mktemp("slurm")
     r = subprocess.run(["bash", str(SLURM_LOCAL / "start.sh"), str(state)], capture_output=True, text=True,
                        timeout=180)
@@ -390,6 +391,17 @@ def slurm(tmp_path_factory):
     subprocess.run(["scancel", "--user", "root"], env=env, capture_output=True)
     time.sleep(2)
     subprocess.run(["bash", str(SLURM_LOCAL / "stop.sh"), str(state)], capture_output=True)
+    _wait_daemons_gone()
+
+
+def _wait_daemons_gone(timeout: float = 30) -> None:
+    """Wait for exiting slurmctld/slurmd/munged: start.sh keeps a munged that is still shutting down
+    (pgrep finds it) and then nothing answers on the munge socket."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(
+            subprocess.run(["pgrep", "-x", d], capture_output=True).returncode == 0
+            for d in ("slurmctld", "slurmd", "munged")):
+        time.sleep(0.5)
 
 
 def _jobs(tmp_path: Path, **directives) -> dict:

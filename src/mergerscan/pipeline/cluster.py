@@ -98,6 +98,28 @@ def slurm_cluster_client(args):
         cluster.close()
 
 
+async def _terminate_nannies(scheduler_comm) -> None:
+    """Ask every nanny to close (its handler is "terminate"; "close" only closes the comm): it
+    stops its worker through the stop queue and waits for the process.  Called from the client,
+    so a nanny that closes its comm before replying raises here, silently, not in the scheduler."""
+    import asyncio
+
+    from distributed.core import rpc
+
+    info = await scheduler_comm.identity()
+    nannies = [w["nanny"] for w in info.get("workers", {}).values() if w.get("nanny")]
+
+    async def terminate(address):
+        nanny = rpc(address)
+        try:
+            with contextlib.suppress(Exception):
+                await nanny.terminate(reason="mergerscan-done")
+        finally:
+            await nanny.close_rpc()
+
+    await asyncio.gather(*map(terminate, nannies))
+
+
 @contextlib.contextmanager
 def slurm_runner(threads: int, memory_limit: str = "auto", gpus: int = 0):
     """Scheduler, client and workers in the tasks of one srun step (dask-jobqueue SLURMRunner).
@@ -130,7 +152,9 @@ def slurm_runner(threads: int, memory_limit: str = "auto", gpus: int = 0):
     try:
         yield runner.scheduler_address
     finally:
-        with contextlib.suppress(Exception):   # nannies (and their workers) first: no lost-scheduler noise
-            runner.sync(runner.scheduler_comm.broadcast, msg={"op": "close", "reason": "mergerscan-done"},
-                        nanny=True)
+        # Nannies (and through them their workers) first, so no worker is closed by the scheduler:
+        # that races distributed's stop-queue watcher thread at exit and can print "Worker process
+        # died unexpectedly" with a TypeError traceback into the job log.
+        with contextlib.suppress(Exception):
+            runner.sync(_terminate_nannies, runner.scheduler_comm)
         runner.close()      # the scheduler task removes its scheduler file itself
