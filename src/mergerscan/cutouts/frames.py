@@ -263,6 +263,9 @@ def _node_weights(s: int, n: int):
     return j, (u - j).astype(np.float32)
 
 
+COMPOSITE_STAMPS = 2     # stamps per composite() call in FrameSource._cut
+
+
 def _bilinear(img: np.ndarray, px: np.ndarray, py: np.ndarray, check: bool = True):
     """Bilinear samples of img at float32 (px, py) (0-based, modified in place).  With ``check``,
     points without all 4 neighbours in img are 0 and ``valid`` says which; without, the caller
@@ -501,11 +504,15 @@ class FrameSource:
         return images
 
     def _cut(self, field: _Field, images, ra, dec):
-        """Stamps (k, S, S, 3) uint8 and an edge flag per object for objects of one field."""
+        """Stamps (k, S, S, 3) uint8 and an edge flag per object for objects of one field.  The
+        composite goes a few stamps at a time so its float32 temporaries stay in the core's cache
+        (0.44 ms/stamp at 2 stamps a call, 0.63 at 16, on this machine)."""
         k, s = len(ra), self.spec.stamp_pixels
         out, edge = self._resample(field, images, ra, dec)
-        rgb = composite([o.reshape(k * s, s) for o in out], self.spec.stretch)   # one call per chunk
-        return rgb.reshape(k, s, s, 3), edge
+        rgb = np.empty((k, s, s, 3), np.uint8)
+        for j in range(0, k, COMPOSITE_STAMPS):
+            rgb[j:j + COMPOSITE_STAMPS] = composite([o[j:j + COMPOSITE_STAMPS] for o in out], self.spec.stretch)
+        return rgb, edge
 
     def _resample(self, field: _Field, images, ra, dec):
         """Band stamps (3, k, S, S) float32 (nanomaggies, channel order) and edge flags (k,)."""
