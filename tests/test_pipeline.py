@@ -198,6 +198,32 @@ def test_parquet_and_csv_inputs(small_field, dask_client, tmp_path, fmt):
     assert np.allclose(read_out(ref)["p_merger"], got["p_merger"], equal_nan=True)
 
 
+def test_csv_with_string_ids(small_field, dask_client, tmp_path):
+    """A CSV whose id column holds names (pandas 3 reads them as its ``str`` dtype, not object),
+    like ../shared's catalog.csv with ids M0001...: stamps named by them, ids kept as text."""
+    d, df = small_field
+    names = [f"G{k:04d}" for k in range(len(df))]
+    names[11] = names[10]                                    # the fixture's duplicated object
+    stamps = tmp_path / "named"
+    stamps.mkdir()
+    for name, o in zip(names, df["objID"]):
+        if (d / "stamps" / f"{o}.jpg").exists() and not (stamps / f"{name}.jpg").exists():
+            (stamps / f"{name}.jpg").symlink_to(d / "stamps" / f"{o}.jpg")
+    path = tmp_path / "named.csv"
+    df.drop(columns="objID").assign(name=names).to_csv(path, index=False)
+    out = tmp_path / "out"
+    run(args_for(d, out, catalog=str(path), images=str(stamps), id_column="name"), client=dask_client)
+    got = read_out(out)
+    assert got["id"].tolist() == names                   # text ids come out as "id", integers as "objid"
+    ref = tmp_path / "ref"
+    run(args_for(d, ref), client=dask_client)
+    want = read_out(ref)
+    assert got["status"].tolist() == want["status"].tolist()
+    assert np.allclose(want["p_merger"], got["p_merger"], equal_nan=True)
+    fits = fitsio.read(str(out / "mergers.fits"), columns=["id", "input_row"])
+    assert fits["id"][np.argsort(fits["input_row"])].tolist() == names
+
+
 # ---------------------------------------------------------------- bad input: one-line errors
 def _cli(*argv, timeout=120):
     return subprocess.run([sys.executable, "-m", "mergerscan.pipeline.cli", *map(str, argv)],

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from .. import __version__
 from ..catalogs.read import CatalogError, CatalogReader
@@ -41,7 +42,7 @@ def _resolve_keep(keep: list[str], available: list[str], path: str) -> list[str]
 
 def _id_kind(reader: CatalogReader, id_col: str) -> str:
     sample = reader.read_rows(0, min(reader.nrows, 1000), [id_col])[id_col]
-    return "int" if np.issubdtype(sample.dtype, np.integer) else "str"
+    return "int" if pd.api.types.is_integer_dtype(sample.dtype) else "str"
 
 
 def inspect_catalog(args: ProcessArguments) -> dict:
