@@ -29,6 +29,7 @@ class ProcessArguments:
     ra_column: str | None = None
     dec_column: str | None = None
     keep_columns: list[str] = field(default_factory=list)   # ["*"] keeps all
+    path_column: str | None = None         # with images: column of stamp file paths (carried through)
     workers: int = 1                       # local worker processes; SLURM worker jobs with cluster="slurm"
     threads_per_worker: int = 0            # 0 = cores // workers (SLURM: the task's/job's cores)
     scheduler: str | None = None           # address of a running Dask scheduler
@@ -56,6 +57,8 @@ class ProcessArguments:
         sources = [s for s in (self.images, self.frames, self.cutout_service) if s]
         if len(sources) != 1:
             raise ArgumentError("give exactly one image source: --images DIR, --frames DIR or --cutout-service URL")
+        if self.path_column and not self.images:
+            raise ArgumentError("--path-column names stamp files: it goes with --images DIR only")
         for flag, d in (("--images", self.images), ("--frames", self.frames)):
             if d and not Path(d).is_dir():
                 raise ArgumentError(f"{flag} {d}: not a directory")

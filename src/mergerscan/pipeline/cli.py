@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("catalog", help="input catalog: FITS binary table, Parquet or CSV")
     p.add_argument("-o", "--output", help="output directory (default: <catalog stem>-mergers)")
     src = p.add_argument_group("image source (exactly one)")
-    src.add_argument("--images", metavar="DIR", help="pre-cut stamps named <id>.jpg/.png/.fits (or a 'path' column)")
+    src.add_argument("--images", metavar="DIR", help="pre-cut stamps named <id>.jpg/.png/.fits (or see --path-column)")
     src.add_argument("--frames", metavar="DIR", help="survey frames with WCS (SDSS frame-[gri]-*.fits.bz2)")
     src.add_argument("--cutout-service", metavar="URL", help="HTTP cutout service (SkyServer ImgCutout shape)")
     src.add_argument("--service-timeout", type=float, default=10.0, help="seconds per request")
@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     cols = p.add_argument_group("columns")
     cols.add_argument("--id-column"); cols.add_argument("--ra-column"); cols.add_argument("--dec-column")
     cols.add_argument("--keep-columns", default="", help="comma-separated input columns to carry through, or '*'")
+    cols.add_argument("--path-column", metavar="NAME",
+                      help="with --images: the column holding each row's stamp file (relative to DIR, or "
+                           "absolute); rows with it empty fall back to DIR/<id>.jpg|png|fits (default: a column "
+                           "named 'path' if it is kept)")
     dk = p.add_argument_group("Dask")
     dk.add_argument("--workers", type=int, default=1,
                     help="local worker processes (default 1); with --cluster slurm: SLURM worker jobs")
@@ -107,6 +111,7 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
         catalog=ns.catalog, output=output, images=ns.images, frames=ns.frames,
         cutout_service=ns.cutout_service, engine=ns.engine, backend=backend,
         id_column=ns.id_column, ra_column=ns.ra_column, dec_column=ns.dec_column, keep_columns=keep,
+        path_column=ns.path_column,
         workers=ns.workers, threads_per_worker=ns.threads_per_worker, scheduler=ns.scheduler,
         cluster=ns.cluster, gpus=ns.gpus, slurm=slurm, shared_batch=ns.shared_batch, views=ns.views,
         memory_limit=ns.memory_limit, partition_rows=ns.partition_rows, chunk_rows=ns.chunk_rows,

@@ -53,6 +53,12 @@ def inspect_catalog(args: ProcessArguments) -> dict:
             raise CatalogError(f"{args.catalog}: catalog has no rows")
         cols = resolve_columns(reader.columns, args.id_column, args.ra_column, args.dec_column, path=args.catalog)
         keep = _resolve_keep(args.keep_columns, reader.columns, args.catalog)
+        if args.path_column:                       # read into the partitions and carried through
+            lower = {c.lower(): c for c in reader.columns}
+            if args.path_column.lower() not in lower:
+                raise CatalogError(f"{args.catalog}: --path-column names {args.path_column!r}, which is not a column")
+            cols["path"] = lower[args.path_column.lower()]
+            keep = list(dict.fromkeys([*keep, cols["path"]]))
         return {"format": reader.format, "nrows": reader.nrows, "columns": cols, "keep": keep,
                 "id_kind": _id_kind(reader, cols["id"]), "chunks": reader.chunk_ranges()}
     finally:

@@ -152,8 +152,10 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
         todo = todo[np.argsort(df["_healpix29"].to_numpy()[todo], kind="stable")]
     rows = pd.DataFrame({"id": ids, "ra": df[c["ra"]].to_numpy(np.float64) if n else [],
                          "dec": df[c["dec"]].to_numpy(np.float64) if n else []})
-    if plan.keep and "path" in [k.lower() for k in plan.keep] and source.kind == "stamps":
-        rows["path"] = df[next(k for k in plan.keep if k.lower() == "path")].astype(str).to_numpy()
+    path_col = c.get("path") or next((k for k in plan.keep if k.lower() == "path"), None)
+    if path_col and source.kind == "stamps":                # else files are named by the id
+        rows["path"] = df[path_col].astype(object).where(df[path_col].notna(), "").astype(str).to_numpy() \
+            if n else []                                     # empty: DIR/<id>.* instead
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     t_fetch = t_infer = 0.0
     if batches:
