@@ -49,12 +49,23 @@ class Plan:
     catalog: str                 # file the tasks read (a Parquet staging copy for CSV input)
     source_catalog: str          # what the user gave
     nrows: int
-    columns: dict                # {"id": name, "ra": name, "dec": name} in the file's spelling
+    columns: dict                # {"id": name, "ra": name, "dec": name[, "path": name]} in the file's spelling
     keep: list                   # input columns carried through
     id_kind: str                 # "int" or "str"
     chunks: list                 # [(start, stop)]
     hist_order: int
     partitions: list = field(default_factory=list)
+
+    @property
+    def carried(self) -> list:
+        """Kept columns other than id/ra/dec (those have output columns of their own)."""
+        core = (self.columns["id"], self.columns["ra"], self.columns["dec"])
+        return [k for k in self.keep if k not in core]
+
+    @property
+    def path_column(self) -> str | None:
+        """The column naming each row's stamp file: ``--path-column``, else a kept column 'path'."""
+        return self.columns.get("path") or next((k for k in self.keep if k.lower() == "path"), None)
 
     def to_json(self) -> str:
         d = asdict(self)

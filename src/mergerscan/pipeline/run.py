@@ -28,13 +28,16 @@ log = logging.getLogger("mergerscan")
 
 
 def _resolve_keep(keep: list[str], available: list[str], path: str) -> list[str]:
-    if keep == ["*"]:
-        return list(available)
+    return list(available) if keep == ["*"] else _named_columns(keep, available, path, "--keep-columns")
+
+
+def _named_columns(names: list[str], available: list[str], path: str, flag: str) -> list[str]:
+    """Input columns named (case-insensitively) by ``flag``, in the file's spelling."""
     lower = {c.lower(): c for c in available}
     out = []
-    for k in keep:
+    for k in names:
         if k.lower() not in lower:
-            raise CatalogError(f"{path}: --keep-columns names {k!r}, which is not a column "
+            raise CatalogError(f"{path}: {flag} names {k!r}, which is not a column "
                                f"(columns: {', '.join(available[:12])}{' ...' if len(available) > 12 else ''})")
         out.append(lower[k.lower()])
     return list(dict.fromkeys(out))
@@ -54,10 +57,7 @@ def inspect_catalog(args: ProcessArguments) -> dict:
         cols = resolve_columns(reader.columns, args.id_column, args.ra_column, args.dec_column, path=args.catalog)
         keep = _resolve_keep(args.keep_columns, reader.columns, args.catalog)
         if args.path_column:                       # read into the partitions and carried through
-            lower = {c.lower(): c for c in reader.columns}
-            if args.path_column.lower() not in lower:
-                raise CatalogError(f"{args.catalog}: --path-column names {args.path_column!r}, which is not a column")
-            cols["path"] = lower[args.path_column.lower()]
+            cols["path"], = _named_columns([args.path_column], reader.columns, args.catalog, "--path-column")
             keep = list(dict.fromkeys([*keep, cols["path"]]))
         return {"format": reader.format, "nrows": reader.nrows, "columns": cols, "keep": keep,
                 "id_kind": _id_kind(reader, cols["id"]), "chunks": reader.chunk_ranges()}

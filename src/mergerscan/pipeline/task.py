@@ -72,9 +72,7 @@ def output_table(df: pd.DataFrame, plan: Plan, p: np.ndarray, status: np.ndarray
            "status": status.astype(object),
            "input_row": df["_input_row"].to_numpy(np.int64),
            "healpix29": df["_healpix29"].to_numpy(np.int64)}
-    for k in plan.keep:
-        if k in (c["id"], c["ra"], c["dec"]):
-            continue
+    for k in plan.carried:
         col = df[k]   # nullable (extension) dtypes stay as they are: one column type in every partition
         out[k if k not in out else f"in_{k}"] = col.array if isinstance(col.dtype, pd.api.extensions.ExtensionDtype) \
             else col.to_numpy()
@@ -130,8 +128,7 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
         return json.loads(marker.read_text())
     t0 = time.time()
     engine = worker_engine(engine_path, backend, threads, shared_batch, views)
-    core = (plan.columns["id"], plan.columns["ra"], plan.columns["dec"])
-    df = read_partition_rows(output / "_work", part, [k for k in plan.keep if k not in core])
+    df = read_partition_rows(output / "_work", part, plan.carried)
     n = len(df)
     c = plan.columns
     status = np.full(n, "", dtype=object)
@@ -152,7 +149,7 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
         todo = todo[np.argsort(df["_healpix29"].to_numpy()[todo], kind="stable")]
     rows = pd.DataFrame({"id": ids, "ra": df[c["ra"]].to_numpy(np.float64) if n else [],
                          "dec": df[c["dec"]].to_numpy(np.float64) if n else []})
-    path_col = c.get("path") or next((k for k in plan.keep if k.lower() == "path"), None)
+    path_col = plan.path_column
     if path_col and source.kind == "stamps":                # else files are named by the id
         rows["path"] = df[path_col].astype(object).where(df[path_col].notna(), "").astype(str).to_numpy() \
             if n else []                                     # empty: DIR/<id>.* instead
