@@ -19,25 +19,27 @@ import os
 import sys
 from pathlib import Path
 
-log = logging.getLogger("mergerscan")
+from .slurm import NO_PAUSE_ENV
 
-# Dask pauses a worker at 80 % of its memory limit so that spilling managed data can catch up.
-# Our tasks hold no managed data (stamps and the engine are unmanaged), so a paused worker never
-# resumes and the run hangs; without the pause, a worker that really runs out is restarted by its
-# nanny at 95 % and the partition is retried with smaller batches (run._score).
-from .slurm import NO_PAUSE_ENV  # noqa: E402 - pure module, no Dask import
 
-NO_PAUSE = {"distributed.worker.memory.pause": False}
+def _no_memory_pause() -> None:
+    """Dask pauses a worker at 80 % of its memory limit so that spilling managed data can catch up.
+    Our tasks hold no managed data (stamps and the engine are unmanaged), so a paused worker never
+    resumes and the run hangs; without the pause, a worker that really runs out is restarted by its
+    nanny at 95 % and the partition is retried with smaller batches (run._score).  Set here and in
+    the environment, for the worker processes the nannies spawn."""
+    import dask
+
+    dask.config.set({"distributed.worker.memory.pause": False})
+    os.environ[NO_PAUSE_ENV] = "False"
 
 
 @contextlib.contextmanager
 def dask_client(workers: int = 1, threads_per_worker: int = 1, scheduler: str | None = None,
                 memory_limit: str = "auto", wait_for_workers: int = 0):
-    import dask
     from distributed import Client, LocalCluster
 
-    dask.config.set(NO_PAUSE)
-    os.environ[NO_PAUSE_ENV] = "False"             # worker processes spawned by the nannies
+    _no_memory_pause()
     if scheduler:
         client = Client(scheduler)
         try:
@@ -139,9 +141,7 @@ def slurm_runner(threads: int, memory_limit: str = "auto", gpus: int = 0):
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     # quiet job logs: warnings and errors only, also in the worker processes the nannies spawn
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    os.environ[NO_PAUSE_ENV] = "False"
-    import dask
-    dask.config.set(NO_PAUSE)
+    _no_memory_pause()
     logging.getLogger("distributed").setLevel(logging.WARNING)
     from dask_jobqueue.slurm import SLURMRunner
 

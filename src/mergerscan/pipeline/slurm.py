@@ -197,9 +197,9 @@ def pick_gpu(env=None) -> str | None:
 def runner_worker_options(threads: int, memory_limit: str, gpus: int, env=None) -> dict:
     """Options of the Dask worker (nanny) in a worker task of the single-allocation mode."""
     env = os.environ if env is None else env
-    opts = {"nthreads": slurm_cpus(env) or threads, "memory_limit": memory_limit}
-    if memory_limit == "auto" and task_memory_bytes(env):
-        opts["memory_limit"] = task_memory_bytes(env)   # "auto" would see the whole node's memory
+    task_memory = task_memory_bytes(env) if memory_limit == "auto" else None
+    opts = {"nthreads": slurm_cpus(env) or threads,
+            "memory_limit": task_memory or memory_limit}   # "auto" would see the whole node's memory
     if gpus:
         opts["resources"] = {"GPU": gpus}
     return opts
