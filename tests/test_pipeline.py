@@ -44,20 +44,28 @@ def write_fits_catalog(path: Path, df: pd.DataFrame):
     fitsio.write(str(path), df.to_records(index=False), clobber=True)
 
 
+def two_patch_catalog(n: int, seed: int, width: float, id_step: int) -> pd.DataFrame:
+    """n objects (objID, RAdeg, DEdeg, mag_r) on two width x width deg patches of sky, near
+    (150, 2) and (210, -1); objids of real SDSS size."""
+    rng = np.random.default_rng(seed)
+    ra = np.r_[rng.uniform(150, 150 + width, n // 2), rng.uniform(210, 210 + width, n // 2)]
+    dec = np.r_[rng.uniform(2, 2 + width, n // 2), rng.uniform(-1, -1 + width, n // 2)]
+    objid = BIG + np.arange(n, dtype=np.int64) * id_step
+    return pd.DataFrame({"objID": objid, "RAdeg": ra, "DEdeg": dec,
+                         "mag_r": rng.uniform(14, 17.7, n).astype(np.float32)})
+
+
 @pytest.fixture(scope="module")
 def small_field(tmp_path_factory):
     """300 objects on two patches of sky plus a few bad rows."""
     d = tmp_path_factory.mktemp("field")
-    rng = np.random.default_rng(42)
-    n = 300
-    ra = np.r_[rng.uniform(150, 150.5, n // 2), rng.uniform(210, 210.5, n // 2)]
-    dec = np.r_[rng.uniform(2, 2.5, n // 2), rng.uniform(-1, -0.5, n // 2)]
-    objid = BIG + np.arange(n, dtype=np.int64) * 7
-    dec[3] = np.nan          # bad coordinates
-    dec[4] = 95.0
-    ra[5] = -1.0
-    objid[11] = objid[10]; ra[11], dec[11] = ra[10], dec[10]   # duplicated object
-    df = pd.DataFrame({"objID": objid, "RAdeg": ra, "DEdeg": dec, "mag_r": rng.uniform(14, 17.7, n).astype(np.float32)})
+    df = two_patch_catalog(300, seed=42, width=0.5, id_step=7)
+    df.loc[3, "DEdeg"] = np.nan          # bad coordinates
+    df.loc[4, "DEdeg"] = 95.0
+    df.loc[5, "RAdeg"] = -1.0
+    for c in ("objID", "RAdeg", "DEdeg"):                   # duplicated object (per column: a row
+        df.loc[11, c] = df.loc[10, c]                       # Series would pass objID through float64)
+    objid = df["objID"].to_numpy()
     make_stamps(d / "stamps", [o for k, o in enumerate(objid) if k not in (20, 21)])   # 20, 21: no image
     (d / "stamps" / f"{objid[22]}.jpg").write_bytes((d / "stamps" / f"{objid[23]}.jpg").read_bytes()[:300])  # truncated
     write_fits_catalog(d / "cat.fits", df)

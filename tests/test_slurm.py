@@ -30,7 +30,7 @@ import pytest
 
 from mergerscan.pipeline import slurm as S
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
-from test_pipeline import BIG, SCIENCE, make_stamps, write_fits_catalog
+from test_pipeline import SCIENCE, make_stamps, two_patch_catalog, write_fits_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_LOCAL = Path(os.environ.get("MERGERSCAN_SHARED", REPO.parent / "shared")) / "tools" / "slurm-local"
@@ -43,15 +43,9 @@ COLS = SCIENCE + ["mag_r"]
 def field(tmp_path_factory):
     """240 objects on two patches of sky (3 of them flagged: bad coords, no image)."""
     d = tmp_path_factory.mktemp("slurmfield")
-    rng = np.random.default_rng(7)
-    n = 240
-    ra = np.r_[rng.uniform(150, 150.4, n // 2), rng.uniform(210, 210.4, n // 2)]
-    dec = np.r_[rng.uniform(2, 2.4, n // 2), rng.uniform(-1, -0.6, n // 2)]
-    dec[3] = np.nan
-    objid = BIG + np.arange(n, dtype=np.int64) * 3
-    df = pd.DataFrame({"objID": objid, "RAdeg": ra, "DEdeg": dec,
-                       "mag_r": rng.uniform(14, 17.7, n).astype(np.float32)})
-    make_stamps(d / "stamps", [o for k, o in enumerate(objid) if k not in (20, 21)], seed=1, size=128)
+    df = two_patch_catalog(240, seed=7, width=0.4, id_step=3)
+    df.loc[3, "DEdeg"] = np.nan
+    make_stamps(d / "stamps", [o for k, o in enumerate(df["objID"]) if k not in (20, 21)], seed=1, size=128)
     write_fits_catalog(d / "cat.fits", df)
     return d, df
 
