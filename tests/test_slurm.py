@@ -30,7 +30,7 @@ import pytest
 
 from mergerscan.pipeline import slurm as S
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
-from test_pipeline import SCIENCE, make_stamps, two_patch_catalog, write_fits_catalog
+from test_pipeline import SCIENCE, make_stamps, read_out, two_patch_catalog, write_fits_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_LOCAL = Path(os.environ.get("MERGERSCAN_SHARED", REPO.parent / "shared")) / "tools" / "slurm-local"
@@ -60,10 +60,6 @@ def cli_args(d: Path, out: Path, *extra) -> list[str]:
 def run_cli(*argv, env=None, timeout=600):
     return subprocess.run([PY, "-m", "mergerscan.pipeline.cli", *map(str, argv)], capture_output=True, text=True,
                           timeout=timeout, env=env)
-
-
-def read_out(out: Path) -> pd.DataFrame:
-    return pq.read_table(out / "parquet").to_pandas().sort_values("input_row").reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
