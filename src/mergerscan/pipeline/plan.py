@@ -1,12 +1,14 @@
 """Planning: the catalog -> bounded-size HEALPix sky partitions, without holding the catalog.
 
-1. *histogram* (one task per input chunk): rows per HEALPix pixel at ``hist_order`` (sparse).
+1. *scan* (one task per input chunk, the only read of the catalog; :mod:`.split`): the HEALPix
+   index of every row, once; the rows sorted on the sky into a run file; the chunk's sparse
+   histogram at ``hist_order``.
 2. *partitions* (driver, small): the coarsest pixels holding <= ``partition_rows`` rows, found
    top-down over the summed histogram (the hats "alignment" idea); a pixel still too dense at
    ``hist_order`` is cut into row-number sub-partitions.  Rows with bad coordinates form their
    own partitions (they are flagged, never dropped).
-3. *split* (one task per input chunk): route each row to its partition and write one small
-   Parquet shard per (chunk, partition), atomically, with a done marker.
+3. *split* (one task per bucket of consecutive partitions; :mod:`.split`): one Parquet file per
+   bucket, one row group per partition.
 The plan is a JSON file in the work directory (also the unit of work for SLURM array jobs).
 """
 
@@ -20,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from ..catalogs.read import CatalogError, CatalogReader
-from ..catalogs.validate import check_numeric, coord_status
-from .resume import atomic_write_bytes, done, mark_done
+from ..catalogs.validate import check_numeric
+from .resume import atomic_write_bytes
 
 ORDER29 = 29
 
@@ -55,6 +57,7 @@ class Plan:
     chunks: list                 # [(start, stop)]
     hist_order: int
     partitions: list = field(default_factory=list)
+    split: dict = field(default_factory=dict)   # buckets and run ranges (split.plan_split)
 
     @property
     def carried(self) -> list:
@@ -111,17 +114,6 @@ def read_positions(path: str, start: int, stop: int, columns: dict, extra: list 
     return df
 
 
-def chunk_histogram(path: str, start: int, stop: int, columns: dict, hist_order: int, label: str | None = None):
-    """Task: sparse (pixels, counts) of valid rows at ``hist_order`` and the count of invalid rows."""
-    df = read_positions(path, start, stop, columns, label=label)
-    ra = df[columns["ra"]].to_numpy(np.float64)
-    dec = df[columns["dec"]].to_numpy(np.float64)
-    valid = coord_status(ra, dec)
-    pix = healpix29(ra, dec, valid)[valid] >> (2 * (ORDER29 - hist_order))
-    pixels, counts = np.unique(pix, return_counts=True)
-    return pixels, counts, int((~valid).sum())
-
-
 def make_partitions(pixels: np.ndarray, counts: np.ndarray, n_invalid: int, hist_order: int,
                     max_rows: int) -> list[Partition]:
     """Coarsest HEALPix pixels with <= max_rows rows (top-down), dense pixels cut by row number."""
@@ -149,61 +141,31 @@ def make_partitions(pixels: np.ndarray, counts: np.ndarray, n_invalid: int, hist
 
 def assign_partitions(hpx29: np.ndarray, input_row: np.ndarray, partitions: list[Partition]) -> np.ndarray:
     """Partition id for each row (pure): valid rows by their HEALPix ancestor, dense pixels and
-    invalid rows split into sub-partitions by ``input_row % nsub``."""
+    invalid rows split into sub-partitions by ``input_row % nsub``.  Vectorised per HEALPix
+    order (a loop over partitions per row made the split quadratic at survey scale)."""
     out = np.full(len(hpx29), -1, np.int64)
     valid = hpx29 >= 0
-    by_order: dict[int, dict[int, list[Partition]]] = {}
+    units: dict[tuple[int, int], list[Partition]] = {}
     for p in partitions:
-        by_order.setdefault(p.order, {}).setdefault(p.pixel, []).append(p)
-    for order, pixmap in by_order.items():
+        units.setdefault((p.order, p.pixel), []).append(p)
+    for order in sorted({o for o, _ in units}):
+        keys = sorted(px for o, px in units if o == order)
+        subs = [sorted(units[(order, k)], key=lambda q: q.sub) for k in keys]
+        nsub = np.array([len(s) for s in subs], np.int64)
+        first = np.r_[0, np.cumsum(nsub)[:-1]]
+        flat = np.array([q.pid for s in subs for q in s], np.int64)
         if order < 0:
-            subs = sorted(pixmap[0], key=lambda q: q.sub)
-            m = ~valid
-            out[m] = np.asarray([q.pid for q in subs])[input_row[m] % len(subs)]
-            continue
-        keys = np.array(sorted(pixmap), np.int64)
-        anc = hpx29 >> (2 * (ORDER29 - order))
-        idx = np.searchsorted(keys, anc)
-        hit = valid & (idx < len(keys)) & (keys[np.minimum(idx, len(keys) - 1)] == anc)
-        for k_i in np.unique(idx[hit]):
-            subs = sorted(pixmap[int(keys[k_i])], key=lambda q: q.sub)
-            m = hit & (idx == k_i)
-            out[m] = np.asarray([q.pid for q in subs])[input_row[m] % len(subs)]
+            hit, k = ~valid, np.zeros(len(hpx29), np.int64)
+        else:
+            keys = np.array(keys, np.int64)
+            anc = hpx29 >> (2 * (ORDER29 - order))
+            k = np.minimum(np.searchsorted(keys, anc), len(keys) - 1)
+            hit = valid & (keys[k] == anc)
+        k = k[hit]
+        out[hit] = flat[first[k] + input_row[hit] % nsub[k]]
     if (out < 0).any():
         raise RuntimeError(f"{int((out < 0).sum())} rows fell outside the plan: the catalog changed since planning")
     return out
-
-
-def shard_dir(work: Path, pid: int) -> Path:
-    return Path(work) / "split" / f"part-{pid:06d}"
-
-
-def split_chunk(plan: Plan, chunk_id: int, work: str) -> int:
-    """Task: route one input chunk's rows to partition shards (atomic, idempotent)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    work = Path(work)
-    marker = work / "split" / "_done" / f"chunk-{chunk_id:06d}"
-    if done(marker):
-        return 0
-    start, stop = plan.chunks[chunk_id]
-    df = read_positions(plan.catalog, start, stop, plan.columns, plan.keep, label=plan.source_catalog)
-    ra = df[plan.columns["ra"]].to_numpy(np.float64)
-    dec = df[plan.columns["dec"]].to_numpy(np.float64)
-    valid = coord_status(ra, dec)
-    rows = np.arange(start, start + len(df), dtype=np.int64)
-    hpx = healpix29(ra, dec, valid)
-    pid = assign_partitions(hpx, rows, plan.partitions)
-    df = df.assign(_input_row=rows, _healpix29=hpx, _pid=pid)
-    for p, g in df.groupby("_pid", sort=True):
-        out = shard_dir(work, int(p)) / f"chunk-{chunk_id:06d}.parquet"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pandas(g.drop(columns="_pid"), preserve_index=False), sink)
-        atomic_write_bytes(out, sink.getvalue().to_pybytes())
-    mark_done(marker, {"rows": len(df)})
-    return len(df)
 
 
 def stage_csv(path: str, work: Path, chunk_rows: int) -> str:

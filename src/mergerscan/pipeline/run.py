@@ -20,7 +20,8 @@ from ..catalogs.write import write_fits_table, write_metadata
 from ..engines import backend_precision, read_engine_info, resolve_engine_path
 from .arguments import ArgumentError, ProcessArguments
 from .cluster import client_for
-from .plan import Plan, chunk_histogram, make_partitions, split_chunk, stage_csv
+from .plan import Plan, make_partitions, stage_csv
+from . import split
 from .resume import check_or_claim, file_identity, read_marker
 from .task import dataset_path, marker_path, retry_path, score_partition
 
@@ -73,11 +74,11 @@ def fingerprint(args: ProcessArguments, cat: dict, engine_sha: str, views: int =
 
 
 class _Progress:
-    def __init__(self, total: int, desc: str, enabled: bool):
+    def __init__(self, total: int, desc: str, enabled: bool, unit: str = "obj"):
         self.bar = None
         if enabled and total:
             from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, desc=desc, unit="obj", unit_scale=True, dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True)
 
     def update(self, n):
         if self.bar is not None:
@@ -88,48 +89,64 @@ class _Progress:
             self.bar.close()
 
 
-def _drain(client, futures, progress, weight, ordered: bool = False) -> list:
-    """Wait for all futures (completion order); collect results and failures, never stop early.
-    Input errors (CatalogError) are re-raised as they are: they are the user's one-line message."""
+def _stream(client, futures, progress, weight):
+    """Results in completion order, each future released once read (the driver never holds all
+    results at once); never stops early on a failure.  Input errors (CatalogError) are re-raised
+    as they are: they are the user's one-line message."""
     from distributed import as_completed
 
-    results, errors = {}, []
-    for fut in as_completed(futures):
+    errors = []
+    pending = as_completed(futures)
+    del futures
+    for fut in pending:
         try:
             r = fut.result()
-            results[fut.key] = r
-            progress.update(weight(r))
         except CatalogError:
             progress.close()
-            client.cancel(futures)
+            client.cancel(list(pending.futures))
             raise
         except Exception as exc:  # noqa: BLE001 - reported after the rest finished
             errors.append(f"{fut.key}: {type(exc).__name__}: {exc}")
+            continue
+        finally:
+            fut.release()
+        progress.update(weight(r))
+        yield r
     progress.close()
     if errors:
         raise RuntimeError(f"{len(errors)} task(s) failed (re-run the same command to resume): {errors[0]}")
-    return [results[f.key] for f in futures] if ordered else list(results.values())
 
 
 def make_plan(args: ProcessArguments, cat: dict, client, work: Path) -> Plan:
+    """Scan every input chunk once (runs + histogram, :func:`split.scan_chunk`), then partitions
+    and buckets.  A plan.json from an earlier (killed) run is kept as it is."""
     plan_file = work / "plan.json"
     if plan_file.is_file():
-        return Plan.load(plan_file)
+        plan = Plan.load(plan_file)
+        if plan.split.get("format") != split.SPLIT_FORMAT:
+            raise ArgumentError(f"{args.output}: planned by an older mergerscan (another split layout); "
+                                "use --overwrite to plan it again")
+        return plan
     path = args.catalog
     chunks = cat["chunks"]
     if cat["format"] == "csv":
         path = stage_csv(args.catalog, work, args.chunk_rows)
         chunks = CatalogReader(path, chunk_rows=args.chunk_rows).chunk_ranges()
-    futs = client.map(chunk_histogram, [path] * len(chunks), [s for s, _ in chunks], [e for _, e in chunks],
-                      [cat["columns"]] * len(chunks), [args.hist_order] * len(chunks),
-                      [args.catalog] * len(chunks), pure=False)
-    res = _drain(client, futs, _Progress(0, "plan", False), lambda r: 0, ordered=True)
-    pixels = np.concatenate([r[0] for r in res]) if res else np.zeros(0, np.int64)
-    counts = np.concatenate([r[1] for r in res]) if res else np.zeros(0, np.int64)
-    parts = make_partitions(pixels, counts, sum(r[2] for r in res), args.hist_order, args.partition_rows)
+    spec = {"catalog": path, "source_catalog": args.catalog, "columns": cat["columns"], "keep": cat["keep"],
+            "hist_order": args.hist_order}
+    futs = client.map(split.scan_chunk, [spec] * len(chunks), range(len(chunks)), [tuple(c) for c in chunks],
+                      [str(work)] * len(chunks), pure=False, retries=2)
+    hist, ranges = split.Histogram(), [None] * len(chunks)
+    bar = _Progress(cat["nrows"], "plan: scan", args.progress, unit="rows")
+    for r in _stream(client, futs, bar, lambda r: r["rows"]):
+        hist.add(r)
+        ranges[r["chunk"]] = r["range"]
+    pixels, counts, n_invalid = hist.result()
+    parts = make_partitions(pixels, counts, n_invalid, args.hist_order, args.partition_rows)
     plan = Plan(catalog=path, source_catalog=args.catalog, nrows=cat["nrows"], columns=cat["columns"],
                 keep=cat["keep"], id_kind=cat["id_kind"], chunks=[tuple(c) for c in chunks],
-                hist_order=args.hist_order, partitions=parts)
+                hist_order=args.hist_order, partitions=parts,
+                split=split.plan_split(parts, ranges, max(args.chunk_rows, args.partition_rows)))
     plan.save(plan_file)
     return plan
 
@@ -206,11 +223,23 @@ def _plan_future(client, work: Path):
 
 def _plan_and_split(args, cat, client, work: Path) -> Plan:
     plan = make_plan(args, cat, client, work)
-    todo = list(range(len(plan.chunks)))
-    pplan = _plan_future(client, work)
-    futs = client.map(split_chunk, [pplan] * len(todo), todo, [str(work)] * len(todo), pure=False, retries=2)
-    _drain(client, futs, _Progress(0, "split", False), lambda r: r)
+    todo = split.missing_buckets(work, plan)
+    if todo:
+        pplan = _plan_future(client, work)
+        futs = client.map(split.gather_bucket, [pplan] * len(todo), todo, [str(work)] * len(todo),
+                          pure=False, retries=2)
+        bar = _Progress(plan.nrows, "plan: split", args.progress, unit="rows")
+        done_rows = plan.nrows - sum(_bucket_rows(plan, b) for b in todo)
+        bar.update(done_rows)
+        for _ in _stream(client, futs, bar, lambda r: r):
+            pass
+    split.remove_runs(work)
     return plan
+
+
+def _bucket_rows(plan: Plan, b: int) -> int:
+    _, _, pid0, pid1 = plan.split["buckets"][b]
+    return sum(p.rows for p in plan.partitions[pid0:pid1])
 
 
 def shard_partitions(plan: Plan, shard: tuple[int, int] | None):

@@ -1,6 +1,6 @@
 """The per-partition task: rows -> stamps -> p_merger -> one Parquet file + done marker.
 
-A pure function of (the partition's shards, the image source, the engine): writing it twice
+A pure function of (the partition's rows in the split, the image source, the engine): writing it twice
 gives the same bytes.  Image fetching for batch k+1 overlaps inference on batch k.
 """
 
@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..catalogs.read import arrow_to_pandas
 from ..catalogs.schema import SCORED, STATUS
 from ..catalogs.validate import flag_duplicates
 from ..catalogs.write import write_partition
 from ..cutouts.sources import SourceConfig, open_source
 from ..engines import load_engine
-from .plan import Partition, Plan, shard_dir
+from .plan import Partition, Plan
+from .split import read_partition
 from .resume import done, mark_done
 
 _ENGINES: dict = {}
@@ -49,16 +49,6 @@ def dataset_path(output: Path, part: Partition) -> Path:
 
 def marker_path(output: Path, part: Partition) -> Path:
     return Path(output) / "_work" / "scored" / f"part-{part.pid:06d}.json"
-
-
-def read_partition_rows(work: Path, part: Partition, nullable=()) -> pd.DataFrame:
-    import pyarrow.parquet as pq
-
-    files = sorted(shard_dir(work, part.pid).glob("chunk-*.parquet"))
-    if not files:
-        return pd.DataFrame()
-    df = pd.concat([arrow_to_pandas(pq.read_table(f), nullable) for f in files], ignore_index=True)
-    return df.sort_values("_input_row", kind="stable").reset_index(drop=True)
 
 
 def output_table(df: pd.DataFrame, plan: Plan, p: np.ndarray, status: np.ndarray, threshold: float) -> pd.DataFrame:
@@ -128,7 +118,7 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
         return json.loads(marker.read_text())
     t0 = time.time()
     engine = worker_engine(engine_path, backend, threads, shared_batch, views)
-    df = read_partition_rows(output / "_work", part, plan.carried)
+    df = read_partition(output / "_work", plan, part, plan.carried)
     n = len(df)
     c = plan.columns
     status = np.full(n, "", dtype=object)

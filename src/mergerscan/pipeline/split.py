@@ -1,0 +1,298 @@
+"""The split: input chunks -> sorted runs -> one Parquet file per *bucket* of sky partitions.
+
+The catalog is read once.  File count grows with chunks + buckets, never chunks x partitions:
+
+1. :func:`scan_chunk` (one task per input chunk; the only read of the catalog): the needed
+   columns, the HEALPix order-29 index computed once per row, the rows sorted by
+   (healpix29, input_row) and written as one uncompressed Arrow IPC *run* file; returns the
+   chunk's histogram for planning (an existing run is re-summarised from its index column).
+2. the plan (driver): partitions (:func:`plan.make_partitions`), then :func:`make_buckets` groups
+   consecutive partitions into buckets of about ``bucket_rows`` rows.  A partition is a nested
+   HEALPix pixel, i.e. a contiguous range of healpix29, so a bucket is one too.
+3. :func:`gather_bucket` (one task per bucket): in every sorted run the bucket's rows are one
+   contiguous slice, found by binary search on the memory-mapped index column, so a bucket reads
+   only its own bytes; its rows, assigned to partitions, are written as one Parquet file with one
+   row group per partition (and the pid -> row group index in the file's metadata).
+4. the runs are removed (:func:`remove_runs`) once every bucket exists.
+
+A scoring task reads its partition as one row group (:func:`read_partition`).  Every file is
+written atomically (temporary name, rename), so a killed split resumes: finished runs and
+buckets are kept and the same plan comes out.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..catalogs.read import arrow_to_pandas
+from ..catalogs.validate import coord_status
+from .plan import ORDER29, Partition, Plan, assign_partitions, healpix29, read_positions
+
+SPLIT_FORMAT = 2                  # 1 was one Parquet file per (partition, chunk) under split/part-*/
+INDEX_KEY = b"mergerscan.partitions"
+
+
+def runs_dir(work: Path) -> Path:
+    return Path(work) / "split" / "runs"
+
+
+def run_path(work: Path, chunk_id: int) -> Path:
+    return runs_dir(work) / f"chunk-{chunk_id:06d}.arrow"
+
+
+def bucket_path(work: Path, bucket_id: int) -> Path:
+    return Path(work) / "split" / f"bucket-{bucket_id:06d}.parquet"
+
+
+def _tmp(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _commit(tmp: Path, path: Path):
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _inject_fault(stage: str, index: int):
+    """Fault injection for the kill tests only (no effect unless MERGERSCAN_INJECT_FAULT is set):
+    ``sleep-scan:CHUNK:SECONDS`` / ``sleep-gather:BUCKET:SECONDS`` (-1: every task) slow the
+    split down so that a kill reliably lands in it."""
+    spec = os.environ.get("MERGERSCAN_INJECT_FAULT", "")
+    if spec.startswith(f"sleep-{stage}:"):
+        _, idx, sec = spec.split(":")
+        if int(idx) in (-1, index):
+            time.sleep(float(sec))
+
+
+def _summary(hpx: np.ndarray, hist_order: int, chunk_id: int) -> dict:
+    """Histogram at ``hist_order`` of a sorted healpix29 column (-1 = invalid rows, sorted first)."""
+    n_invalid = int(np.searchsorted(hpx, 0))
+    pix = hpx[n_invalid:] >> (2 * (ORDER29 - hist_order))
+    starts = np.flatnonzero(np.r_[True, pix[1:] != pix[:-1]]) if len(pix) else np.zeros(0, np.int64)
+    counts = np.diff(np.r_[starts, len(pix)])
+    lo, hi = (int(hpx[n_invalid]), int(hpx[-1])) if len(pix) else (-1, -1)
+    return {"pixels": pix[starts], "counts": counts.astype(np.int64), "n_invalid": n_invalid,
+            "range": [lo, hi, n_invalid], "rows": len(hpx), "chunk": chunk_id}
+
+
+def _read_run(path: Path):
+    """The run as a zero-copy table over a memory map: slicing it reads only the touched pages."""
+    import pyarrow as pa
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
+def scan_chunk(spec: dict, chunk_id: int, rows: tuple[int, int], work: str) -> dict:
+    """Task: input rows [start, stop) = ``rows`` -> sorted run file; returns its histogram.
+
+    ``spec``: catalog, source_catalog (for error messages), columns, keep, hist_order."""
+    import pyarrow as pa
+
+    path = run_path(Path(work), chunk_id)
+    if path.is_file():                                  # finished before a kill: keep it
+        hpx = _read_run(path).column("_healpix29").to_numpy()
+        return _summary(hpx, spec["hist_order"], chunk_id)
+    _inject_fault("scan", chunk_id)
+    start, stop = rows
+    c = spec["columns"]
+    df = read_positions(spec["catalog"], start, stop, c, spec["keep"], label=spec["source_catalog"])
+    ra = df[c["ra"]].to_numpy(np.float64)
+    dec = df[c["dec"]].to_numpy(np.float64)
+    hpx = healpix29(ra, dec, coord_status(ra, dec))
+    order = np.argsort(hpx, kind="stable")              # stable: input order within a pixel
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.append_column("_input_row", pa.array(np.arange(start, start + len(df), dtype=np.int64)))
+    table = table.append_column("_healpix29", pa.array(hpx)).take(order)
+    tmp = _tmp(path)
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max(1, len(table)))
+    _commit(tmp, path)
+    return _summary(hpx[order], spec["hist_order"], chunk_id)
+
+
+class Histogram:
+    """Sums the chunks' sparse histograms on the driver in memory bounded by the number of
+    distinct pixels (<= 12 * 4**hist_order), whatever the number of chunks."""
+
+    def __init__(self):
+        self.pixels = np.zeros(0, np.int64)
+        self.counts = np.zeros(0, np.int64)
+        self.n_invalid = 0
+        self._pending: list = []
+        self._pending_len = 0
+
+    def add(self, summary: dict):
+        self._pending.append((summary["pixels"], summary["counts"]))
+        self._pending_len += len(summary["pixels"])
+        self.n_invalid += summary["n_invalid"]
+        if self._pending_len > max(1_000_000, len(self.pixels)):
+            self._compact()
+
+    def _compact(self):
+        if not self._pending:
+            return
+        pix = np.concatenate([self.pixels, *(p for p, _ in self._pending)])
+        cnt = np.concatenate([self.counts, *(c for _, c in self._pending)])
+        self.pixels, inv = np.unique(pix, return_inverse=True)
+        self.counts = np.bincount(inv, weights=cnt, minlength=len(self.pixels)).astype(np.int64)
+        self._pending, self._pending_len = [], 0
+
+    def result(self):
+        self._compact()
+        return self.pixels, self.counts, self.n_invalid
+
+
+def _unit_range(p: Partition) -> tuple[int, int]:
+    """[lo, hi) of healpix29 covered by a partition (-1 for rows with bad coordinates)."""
+    if p.order < 0:
+        return -1, 0
+    shift = 2 * (ORDER29 - p.order)
+    return p.pixel << shift, (p.pixel + 1) << shift
+
+
+def make_buckets(partitions: list[Partition], bucket_rows: int) -> list[list[int]]:
+    """Consecutive partitions in groups of about ``bucket_rows`` rows: ``[[lo, hi, pid0, pid1]]``
+    (healpix29 range [lo, hi), partitions pid0 <= pid < pid1).  Sub-partitions of one pixel share
+    its range, so a dense pixel may be cut into several buckets over the same range (each keeps its
+    own sub-partitions); rows with bad coordinates get buckets of their own."""
+    buckets: list[list[int]] = []
+    units: list[list[Partition]] = []
+    for p in partitions:                       # pixel units: the sub-partitions of one pixel
+        if units and (units[-1][0].order, units[-1][0].pixel) == (p.order, p.pixel):
+            units[-1].append(p)
+        else:
+            units.append([p])
+    cur, cur_rows = None, 0
+    for unit in units:
+        lo, hi = _unit_range(unit[0])
+        rows = sum(p.rows for p in unit)
+        if len(unit) > 1 and rows > bucket_rows:          # a dense pixel: buckets of its own
+            if cur:
+                buckets.append(cur)
+            cur, cur_rows = None, 0
+            per = max(1, bucket_rows // max(1, max(p.rows for p in unit)))
+            for k in range(0, len(unit), per):
+                buckets.append([lo, hi, unit[k].pid, unit[min(k + per, len(unit)) - 1].pid + 1])
+            continue
+        if cur and (cur_rows + rows > bucket_rows or (lo < 0) != (cur[0] < 0)):
+            buckets.append(cur)
+            cur, cur_rows = None, 0
+        if cur is None:
+            cur = [lo, hi, unit[0].pid, unit[-1].pid + 1]
+        else:
+            cur[1], cur[3] = hi, unit[-1].pid + 1
+        cur_rows += rows
+    if cur:
+        buckets.append(cur)
+    return buckets
+
+
+def plan_split(partitions: list[Partition], run_ranges: list, bucket_rows: int) -> dict:
+    """The split part of the plan: buckets and each run's healpix29 range (to skip runs that hold
+    no row of a bucket; a catalog already sorted on the sky then reads each run about once)."""
+    return {"format": SPLIT_FORMAT, "bucket_rows": int(bucket_rows),
+            "buckets": make_buckets(partitions, bucket_rows),
+            "runs": [list(r) for r in run_ranges]}
+
+
+def _unit_bounds(partitions: list[Partition], pid0: int, pid1: int) -> tuple[int, int]:
+    """[pid0, pid1) widened to whole pixel units (all sub-partitions of the pixels involved)."""
+    key = lambda p: (p.order, p.pixel)   # noqa: E731
+    while pid0 > 0 and key(partitions[pid0 - 1]) == key(partitions[pid0]):
+        pid0 -= 1
+    while pid1 < len(partitions) and key(partitions[pid1]) == key(partitions[pid1 - 1]):
+        pid1 += 1
+    return pid0, pid1
+
+
+def gather_bucket(plan: Plan, bucket_id: int, work: str) -> int:
+    """Task: bucket ``bucket_id``'s rows from every run -> one Parquet file, one row group per
+    partition (rows in input order), atomically.  Returns the bucket's row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    work = Path(work)
+    out = bucket_path(work, bucket_id)
+    if out.is_file():
+        return int(pq.ParquetFile(str(out)).metadata.num_rows)
+    _inject_fault("gather", bucket_id)
+    lo, hi, pid0, pid1 = plan.split["buckets"][bucket_id]
+    pieces = []
+    for chunk_id, (rlo, rhi, n_invalid) in enumerate(plan.split["runs"]):
+        if (lo < 0 and not n_invalid) or (lo >= 0 and (rlo < 0 or rhi < lo or rlo >= hi)):
+            continue                                     # this run holds none of the bucket's rows
+        run = _read_run(run_path(work, chunk_id))
+        hpx = run.column("_healpix29").to_numpy()
+        a, b = np.searchsorted(hpx, [lo, hi])
+        if b > a:
+            pieces.append(run.slice(a, b - a))
+    if pieces:
+        table = pa.concat_tables(pieces, promote_options="permissive").combine_chunks()
+    else:   # a partition that lost all its rows is not possible unless the runs changed
+        raise RuntimeError(f"split bucket {bucket_id}: no rows in the runs; the split is damaged, "
+                           "re-run with --overwrite")
+    hpx = table.column("_healpix29").to_numpy()
+    rows = table.column("_input_row").to_numpy()
+    u0, u1 = _unit_bounds(plan.partitions, pid0, pid1)
+    pid = assign_partitions(hpx, rows, plan.partitions[u0:u1])
+    keep = np.flatnonzero((pid >= pid0) & (pid < pid1))
+    keep = keep[np.lexsort((rows[keep], pid[keep]))]     # by partition, then input order
+    table, pid = table.take(keep), pid[keep]
+    starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]]) if len(pid) else np.zeros(0, np.int64)
+    index = [[int(pid[s]), int(n)] for s, n in zip(starts, np.diff(np.r_[starts, len(pid)]))]
+    schema = table.schema.with_metadata({**(table.schema.metadata or {}), INDEX_KEY: json.dumps(index).encode()})
+    tmp = _tmp(out)
+    with pq.ParquetWriter(str(tmp), schema) as writer:
+        for (p, n), s in zip(index, starts):
+            writer.write_table(table.slice(int(s), n), row_group_size=max(1, n))
+    _commit(tmp, out)
+    return len(table)
+
+
+def missing_buckets(work: Path, plan: Plan) -> list[int]:
+    try:
+        have = set(os.listdir(Path(work) / "split"))
+    except FileNotFoundError:
+        have = set()
+    return [b for b in range(len(plan.split["buckets"])) if bucket_path(work, b).name not in have]
+
+
+def remove_runs(work: Path):
+    """The runs once every bucket is written (mergerscan's own files only: chunk-*.arrow and
+    temporaries left by killed tasks)."""
+    d = runs_dir(work)
+    if not d.is_dir():
+        return
+    for f in d.iterdir():
+        if f.name.startswith(("chunk-", ".chunk-")) and f.name.endswith((".arrow", ".tmp")):
+            f.unlink(missing_ok=True)
+    try:
+        d.rmdir()
+    except OSError:
+        pass          # something else is in there: not ours to remove
+
+
+def bucket_of(plan: Plan, pid: int) -> int:
+    starts = [b[2] for b in plan.split["buckets"]]
+    return bisect.bisect_right(starts, pid) - 1
+
+
+def read_partition(work: Path, plan: Plan, part: Partition, nullable=()) -> pd.DataFrame:
+    """Partition ``part``'s rows (input columns + _input_row, _healpix29), in input order."""
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(str(bucket_path(work, bucket_of(plan, part.pid))))
+    index = json.loads(f.schema_arrow.metadata[INDEX_KEY])
+    rg = next((i for i, (p, _) in enumerate(index) if p == part.pid), None)
+    if rg is None:                          # a sub-partition that no row fell into
+        return pd.DataFrame()
+    return arrow_to_pandas(f.read_row_group(rg), nullable)
