@@ -144,6 +144,19 @@ class CatalogReader:
             yield start, self.read_rows(start, start + self.chunk_rows, columns)
 
     def chunk_ranges(self) -> list[tuple[int, int]]:
+        """Row ranges of about ``chunk_rows``.  A Parquet file's are whole row groups (one alone
+        when larger): a row group is decoded whole to read any of its rows, so a chunk cut out of
+        one would decode it once per chunk (5x the work for pyarrow's 1 Mi-row default)."""
+        if self.format == "parquet" and getattr(self, "_pq", None) is not None:
+            md, out, start, pos = self._pq.metadata, [], 0, 0
+            for rg in range(md.num_row_groups):
+                pos += md.row_group(rg).num_rows
+                if pos - start >= self.chunk_rows:
+                    out.append((start, pos))
+                    start = pos
+            if pos > start:
+                out.append((start, pos))
+            return out
         return [(s, min(s + self.chunk_rows, self.nrows)) for s in range(0, self.nrows, self.chunk_rows)]
 
     def close(self):
