@@ -387,3 +387,41 @@ def test_error_csv_column_changes_type_late(small_field, tmp_path):
     bad.to_csv(p, index=False)
     _assert_one_line_error(_cli(p, "--images", d / "stamps", "--chunk-rows", "100", "--keep-columns", "mag_r",
                                 "-o", tmp_path / "o"), "late.csv")
+
+
+@pytest.mark.parametrize("stage", ["scan", "gather"])
+def test_killed_plan_rerun_finishes_with_the_same_plan(small_field, tmp_path, stage):
+    """--plan killed while scanning the catalog (some runs written, no plan.json yet) or while
+    gathering buckets (plan.json and some buckets written): the re-run gives the same plan.json
+    and the same bucket files, byte for byte, and leaves no run or temporary behind."""
+    d, _ = small_field
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    common = ["--images", d / "stamps", "--partition-rows", "20", "--chunk-rows", "40", "--workers", "1",
+              "--threads-per-worker", "1", "--keep-columns", "mag_r", "--no-progress", "--plan"]
+    assert _cli(d / "cat.fits", "-o", ref, *common).returncode == 0
+    split_ref = ref / "_work" / "split"
+    buckets = sorted(f.name for f in split_ref.iterdir())
+    assert len(buckets) > 3 and all(b.startswith("bucket-") for b in buckets)
+    env = dict(os.environ, MERGERSCAN_INJECT_FAULT=f"sleep-{stage}:-1:0.5")
+    proc = subprocess.Popen([sys.executable, "-m", "mergerscan.pipeline.cli", str(d / "cat.fits"), "-o", str(out),
+                             *map(str, common)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env=env)
+    runs, split_out, plan_file = out / "_work" / "split" / "runs", out / "_work" / "split", out / "_work" / "plan.json"
+    written = (lambda: len(list(runs.glob("chunk-*.arrow")))) if stage == "scan" else \
+        (lambda: len(list(split_out.glob("bucket-*.arrow"))))
+    deadline = time.time() + 300
+    while time.time() < deadline and written() < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if stage == "scan":
+        assert not plan_file.exists() and 2 <= written() < 300 // 40 + 1, "the kill must land mid-scan"
+    else:
+        assert plan_file.exists() and 2 <= written() < len(buckets), "the kill must land mid-gather"
+        assert len(list(runs.glob("chunk-*.arrow"))) == 300 // 40 + 1      # runs kept until every bucket is in
+    r = _cli(d / "cat.fits", "-o", out, *common)
+    assert r.returncode == 0, r.stderr
+    assert plan_file.read_bytes() == (ref / "_work" / "plan.json").read_bytes()
+    assert sorted(f.name for f in split_out.iterdir()) == buckets           # no runs, no temporaries
+    for b in buckets:
+        assert (split_out / b).read_bytes() == (split_ref / b).read_bytes(), b

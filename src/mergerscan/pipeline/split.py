@@ -296,8 +296,10 @@ def missing_buckets(work: Path, plan: Plan) -> list[int]:
 
 
 def remove_runs(work: Path):
-    """The runs once every bucket is written (mergerscan's own files only: chunk-*.arrow and
-    temporaries left by killed tasks)."""
+    """The runs once every bucket is written, and temporaries left by killed tasks (mergerscan's
+    own files only: chunk-*.arrow, .chunk-*.tmp, .bucket-*.tmp)."""
+    for f in (Path(work) / "split").glob(".bucket-*.tmp"):
+        f.unlink(missing_ok=True)
     d = runs_dir(work)
     if not d.is_dir():
         return
