@@ -74,13 +74,23 @@ def fingerprint(args: ProcessArguments, cat: dict, engine_sha: str, views: int =
 
 
 class _Progress:
-    def __init__(self, total: int, desc: str, enabled: bool, unit: str = "obj"):
+    """A tqdm bar (rate and time left).  ``lazy``: shown from the first finished task on, so that
+    input that fails at once gets its one-line error and no bar."""
+
+    def __init__(self, total: int, desc: str, enabled: bool, unit: str = "obj", lazy: bool = False):
         self.bar = None
-        if enabled and total:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True)
+        self._args = dict(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True) \
+            if enabled and total else None
+        if self._args and not lazy:
+            self._open()
+
+    def _open(self):
+        from tqdm.auto import tqdm
+        self.bar, self._args = tqdm(**self._args), None
 
     def update(self, n):
+        if self.bar is None and self._args and n:
+            self._open()
         if self.bar is not None:
             self.bar.update(n)
 
@@ -159,7 +169,7 @@ def make_plan(args: ProcessArguments, cat: dict, tasks: _Tasks, work: Path) -> P
     spec = {"catalog": path, "source_catalog": args.catalog, "columns": cat["columns"], "keep": cat["keep"],
             "hist_order": args.hist_order}
     hist, ranges = split.Histogram(), [None] * len(chunks)
-    bar = _Progress(cat["nrows"], "plan: scan", args.progress, unit="rows")
+    bar = _Progress(cat["nrows"], "plan: scan", args.progress, unit="rows", lazy=True)
     for r in tasks.map(split.scan_chunk, [spec] * len(chunks), range(len(chunks)), [tuple(c) for c in chunks],
                        [str(work)] * len(chunks), progress=bar, weight=lambda r: r["rows"]):
         hist.add(r)
@@ -248,7 +258,7 @@ def _plan_and_split(args, cat, tasks: _Tasks, work: Path) -> Plan:
     plan = make_plan(args, cat, tasks, work)
     todo = split.missing_buckets(work, plan)
     if todo:
-        bar = _Progress(plan.nrows, "plan: split", args.progress, unit="rows")
+        bar = _Progress(plan.nrows, "plan: split", args.progress, unit="rows", lazy=True)
         bar.update(plan.nrows - sum(_bucket_rows(plan, b) for b in todo))
         pplan = tasks.plan_arg(work)
         for _ in tasks.map(split.gather_bucket, [pplan] * len(todo), todo, [str(work)] * len(todo),
