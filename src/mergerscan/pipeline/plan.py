@@ -22,6 +22,7 @@ import pandas as pd
 from ..catalogs.read import CatalogError, CatalogReader
 from ..catalogs.validate import check_numeric, coord_status
 from .resume import atomic_write_bytes, done, mark_done
+from .select import mark_selected
 
 ORDER29 = 29
 
@@ -55,6 +56,9 @@ class Plan:
     chunks: list                 # [(start, stop)]
     hist_order: int
     partitions: list = field(default_factory=list)
+    select: str | None = None    # --select EXPR (see select.py)
+    select_columns: dict = field(default_factory=dict)   # {name in EXPR: column in the file's spelling}
+    hats: dict | None = None     # HATS input: partitions are its pixels, read directly (hats_plan.py)
 
     @property
     def carried(self) -> list:
@@ -188,7 +192,9 @@ def split_chunk(plan: Plan, chunk_id: int, work: str) -> int:
     if done(marker):
         return 0
     start, stop = plan.chunks[chunk_id]
-    df = read_positions(plan.catalog, start, stop, plan.columns, plan.keep, label=plan.source_catalog)
+    df = read_positions(plan.catalog, start, stop, plan.columns, [*plan.keep, *plan.select_columns.values()],
+                        label=plan.source_catalog)
+    df = mark_selected(plan, df, start)
     ra = df[plan.columns["ra"]].to_numpy(np.float64)
     dec = df[plan.columns["dec"]].to_numpy(np.float64)
     valid = coord_status(ra, dec)
