@@ -161,6 +161,13 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 130
     print(format_summary(summary))
+    if args.samp:                                  # the catalog is done either way: a SAMP problem is a message
+        from ..samp import SampError, send_table
+        try:
+            print(f"  sent to           {', '.join(send_table(summary['fits']))} (SAMP)")
+        except SampError as exc:
+            print(f"process-catalog: --samp: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 
