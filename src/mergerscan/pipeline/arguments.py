@@ -137,6 +137,9 @@ class ProcessArguments:
             d = default_source()
         except ValueError as exc:
             raise ArgumentError(str(exc)) from None
+        for flag, path in (("--images", d.images), ("--frames", d.frames)):
+            if path and not Path(path).is_dir():
+                raise ArgumentError(f"default image source in {d.origin}: {flag} {path}: not a directory")
         self.images, self.frames, self.cutout_service = d.images, d.frames, d.cutout_service
         if d.cutout_service:
             self.service_options = {**d.options, **self.service_options}
