@@ -97,3 +97,23 @@ def test_hub_without_a_table_client_says_so(hub, tmp_path):
 def test_not_a_run_directory(tmp_path):
     with pytest.raises(SampError, match="no such file"):
         send_table(tmp_path)
+
+
+def test_process_catalog_samp_sends_the_finished_table(hub, dask_client, tmp_path, capsys):
+    from mergerscan.pipeline.cli import main as process_catalog
+    from test_pipeline import make_stamps, two_patch_catalog, write_fits_catalog
+
+    df = two_patch_catalog(12, seed=4, width=0.2, id_step=1)
+    write_fits_catalog(tmp_path / "cat.fits", df)
+    make_stamps(tmp_path / "stamps", df["objID"].tolist())
+    rx = Receiver()
+    try:
+        rc = process_catalog([str(tmp_path / "cat.fits"), "--images", str(tmp_path / "stamps"), "-o",
+                              str(tmp_path / "out"), "--no-progress", "--no-report", "--views", "1", "--samp",
+                              "--scheduler", dask_client.scheduler.address])
+        assert rc == 0 and rx.event.wait(10)
+    finally:
+        rx.close()
+    (params, rows), = rx.got
+    assert params["url"] == (tmp_path / "out" / "mergers.fits").resolve().as_uri() and rows == len(df)
+    assert "sent to           topcat-like (SAMP)" in capsys.readouterr().out
