@@ -26,6 +26,7 @@ lsdb = pytest.importorskip("lsdb", reason="needs the lsdb package (pip install -
 hats_import = pytest.importorskip("hats_import", reason="needs hats-import (pip install -e '.[dev]')")
 
 N = 80
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "output.md"
 
 
 def hats_import_csv(df: pd.DataFrame, tmp: Path, name: str, client, ra="ra", dec="dec", threshold=1000) -> Path:
@@ -100,13 +101,13 @@ def test_lsdb_opens_output_and_crossmatches_with_a_hats_import_catalog(field, sc
     gz.loc[len(gz)] = [999, -1, 20.0, 20.0, 0.5]
     gz_dir = hats_import_csv(gz, tmp_path, "gz", dask_client)
 
-    # --- the example
-    mergers = lsdb.open_catalog(out / "parquet")
-    zoo = lsdb.open_catalog(gz_dir)
-    matched = mergers.crossmatch(zoo, radius_arcsec=1.0, suffixes=("", "_gz"),
-                                 suffix_method="overlapping_columns").compute()
-    candidates = mergers.query("status == 'ok' and p_merger >= 0.5").compute()
-    # ---
+    # the example exactly as docs/output.md shows it, on these two catalogs
+    example = DOCS.read_text().split("## With LSDB", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "lsdb.open_catalog(\"dr7-mergers/parquet\")" in example
+    env: dict = {}
+    exec(example.replace('"dr7-mergers/parquet"', repr(str(out / "parquet"))).replace('"gz1-hats"', repr(str(gz_dir))),
+         env)
+    mergers, matched, candidates = env["mergers"], env["matched"], env["candidates"]
     assert len(matched) == len(gz) - 1                                   # all but the one far away
     assert (matched["objid"].to_numpy() == matched["objid_gz"].to_numpy()).all()
     assert matched["_dist_arcsec"].between(0.25, 0.35).all()
