@@ -104,6 +104,9 @@ def test_lsdb_opens_output_and_crossmatches_with_a_hats_import_catalog(field, sc
     # the example exactly as docs/output.md shows it, on these two catalogs
     example = DOCS.read_text().split("## With LSDB", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     assert "lsdb.open_catalog(\"dr7-mergers/parquet\")" in example
+    readme = (DOCS.parents[1] / "README.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    assert [ln.split("#")[0].strip() for ln in readme.splitlines()] == \
+        [ln.split("#")[0].strip() for ln in example.splitlines() if ln.strip()]      # README shows the same code
     env: dict = {}
     exec(example.replace('"dr7-mergers/parquet"', repr(str(out / "parquet"))).replace('"gz1-hats"', repr(str(gz_dir))),
          env)
@@ -126,8 +129,8 @@ def test_hats_catalog_as_input_rows_in_equal_rows_out(field, dask_client, tmp_pa
     assert len(pixels) > 1
     out = tmp_path / "out"
     s = run(ProcessArguments(catalog=str(src), output=str(out), images=str(d / "stamps"), partition_rows=15,
-                             keep_columns=["mag_r"], progress=False, views=1, command="test", report=False),
-            client=dask_client)
+                             keep_columns=["mag_r"], progress=False, views=1, command="test", report=False,
+                             select="MAG_R < 16.5"), client=dask_client)
     plan = json.loads((out / "_work" / "plan.json").read_text())
     assert plan["chunks"] == [] and not (out / "_work" / "split").exists()          # no histogram, no split
     assert {(p["order"], p["pixel"]) for p in plan["partitions"]} == {(p.order, p.pixel) for p in pixels}
@@ -135,5 +138,8 @@ def test_hats_catalog_as_input_rows_in_equal_rows_out(field, dask_client, tmp_pa
     assert s["rows"] == len(got) == len(good)
     assert sorted(got["objid"]) == sorted(good["objID"]) and got["input_row"].is_unique
     assert np.allclose(got.set_index("objid").loc[good["objID"], "mag_r"], good["mag_r"])
-    assert (got["status"] == "ok").all()
+    bright = got["mag_r"] < 16.5                                  # --select, evaluated per pixel
+    assert 0 < bright.sum() < len(got)
+    assert (got.loc[bright, "status"] == "ok").all() and (got.loc[~bright, "status"] == "not_selected").all()
+    assert s["scored"] + s["flagged"] + s["not_selected"] == s["rows"]
     assert hats.read_hats(out / "parquet").catalog_info.total_rows == len(good)

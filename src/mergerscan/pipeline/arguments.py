@@ -61,7 +61,7 @@ class ProcessArguments:
         if not sources:
             self._use_default_source()
         elif len(sources) != 1:
-            raise ArgumentError("give one image source: --images DIR, --frames DIR or --cutout-service URL "
+            raise ArgumentError("give exactly one image source: --images DIR, --frames DIR or --cutout-service URL "
                                 "(or none for the default)")
         if self.select is not None:
             from .select import SelectError, expression_names

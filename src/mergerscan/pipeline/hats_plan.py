@@ -31,20 +31,22 @@ def inspect_hats(args, named_columns, select_columns) -> dict:
     o, p = next(op for op in h.pixels if h.rows[op])
     ids = read_pixel(h.path, o, p, [cols["id"]], h.npix_suffix).column(0).slice(0, 1000).to_pandas()
     kind = "int" if pd.api.types.is_integer_dtype(ids.dtype) else "str"
+    sel = select_columns(h.columns)
+    if sel:                                         # a type error stops the run here, not in a task
+        from .select import evaluate
+        t = read_pixel(h.path, o, p, list(dict.fromkeys(sel.values())), h.npix_suffix).slice(0, 1000)
+        evaluate(args.select, sel, arrow_to_pandas(t), args.catalog)
     return {"format": "hats", "nrows": h.nrows, "columns": cols, "keep": keep, "id_kind": kind, "chunks": [],
-            "hats": h, "select_columns": select_columns(h.columns)}
+            "hats": h, "select_columns": sel}
 
 
 def make_hats_plan(args, cat: dict) -> Plan:
     h: HatsInput = cat["hats"]
-    parts = []
-    for op in h.pixels:
-        n = h.rows[op]
+    pieces = []                                     # (order, pixel, sub, nsub, rows), pixels in nested order
+    for (o, p), n in ((op, h.rows[op]) for op in h.pixels):
         nsub = max(1, -(-n // args.partition_rows))
-        parts += [Partition(len(parts) + s, op[0], op[1], s, nsub, len(sub_rows(n, s, nsub))) for s in range(nsub)
-                  if n]
-    parts = [Partition(i, *[getattr(p, k) for k in ("order", "pixel", "sub", "nsub", "rows")])
-             for i, p in enumerate(parts)]
+        pieces += [(o, p, s, nsub, len(sub_rows(n, s, nsub))) for s in range(nsub) if n]
+    parts = [Partition(i, *t) for i, t in enumerate(pieces)]
     return Plan(catalog=str(h.path), source_catalog=args.catalog, nrows=h.nrows, columns=cat["columns"],
                 keep=cat["keep"], id_kind=cat["id_kind"], chunks=[], hist_order=args.hist_order,
                 partitions=parts, select=args.select, select_columns=cat.get("select_columns") or {},
