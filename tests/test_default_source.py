@@ -133,3 +133,16 @@ def test_rate_limit_spaces_requests(server):
         _, status = src.fetch(rows)
     assert (status == "ok").all()
     assert time.monotonic() - t0 >= 5 / 20.0 * 0.99             # 6 request starts at <= 20/s (a lower bound)
+
+
+def test_start_lines_name_the_source_and_hint_for_large_catalogs(site, catalog, tmp_path, capsys):
+    from mergerscan.pipeline.run import _source_notices
+
+    cat, _ = catalog
+    a = ProcessArguments(catalog=str(cat), output=str(tmp_path / "out"))        # built-in SkyServer default
+    _source_notices(a, 150_000)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and defaults.SKYSERVER in err[0]
+    assert err[1].startswith("process-catalog: hint: 150,000 rows") and "--frames DIR" in err[1]
+    _source_notices(a, defaults.LARGE_FOR_SERVICE)
+    assert len(capsys.readouterr().err.splitlines()) == 1                       # no hint at 100 k rows
