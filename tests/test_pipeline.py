@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from mergerscan.catalogs.hats import output_files
 from mergerscan.catalogs.read import CatalogError
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
 from mergerscan.pipeline.plan import ORDER29, assign_partitions, healpix29, make_partitions
@@ -80,7 +81,9 @@ def args_for(d, out, **kw):
 
 
 def read_out(out: Path) -> pd.DataFrame:
-    return pq.read_table(out / "parquet").to_pandas().sort_values("input_row").reset_index(drop=True)
+    """Every output row: the HATS dataset and the bad-coordinate rows beside it."""
+    files = [str(f) for f in output_files(out / "parquet")]
+    return pq.read_table(files).to_pandas().sort_values("input_row").reset_index(drop=True)
 
 
 def test_partitions_bounded_and_cover_every_row():
@@ -166,7 +169,7 @@ def test_kept_nullable_int_column_has_one_type_in_every_partition(dask_client, t
     run(ProcessArguments(catalog=str(tmp_path / "cat.parquet"), output=str(out), images=str(tmp_path / "none"),
                          partition_rows=40, chunk_rows=50, keep_columns=["nchild"], progress=False,
                          command="test", report=False), client=dask_client)
-    t = pq.read_table(out / "parquet")
+    t = pq.read_table(out / "parquet" / "dataset")
     assert t.schema.field("nchild").type == pa.int64() and t.column("nchild").null_count == big.count(None)
     got = dict(zip(t.column("input_row").to_pylist(), t.column("nchild").to_pylist()))
     assert [got[i] for i in range(n)] == big

@@ -66,7 +66,7 @@ def run_dir(tmp_path_factory):
         df = pd.DataFrame({"objid": BIG + np.arange(k * n_part, (k + 1) * n_part, dtype=np.int64) * 3,
                            "ra": ra, "dec": dec, "p_merger": p, "is_merger": np.nan_to_num(p, nan=-1) >= thr,
                            "status": status, "input_row": np.arange(k * n_part, (k + 1) * n_part, dtype=np.int64),
-                           "healpix29": healpix29(np.nan_to_num(ra), np.nan_to_num(dec), valid),
+                           "_healpix_29": healpix29(np.nan_to_num(ra), np.nan_to_num(dec), valid),
                            "redshift": rng.gamma(3, 0.03, n_part).astype(np.float32),
                            "mag_r": rng.uniform(14, 17.7, n_part).astype(np.float32), "truth": truth})
         df.loc[7, "redshift"] = np.nan                         # a missing value in a carried column
@@ -222,7 +222,7 @@ def test_report_of_a_run_with_nothing_scored(tmp_path):
     df = pd.DataFrame({"id": [f"J{i:04d}" for i in range(n)], "ra": ra, "dec": dec,
                        "p_merger": np.full(n, np.nan, np.float32), "is_merger": np.zeros(n, bool),
                        "status": np.full(n, "no_image", object), "input_row": np.arange(n, dtype=np.int64),
-                       "healpix29": healpix29(ra, dec, np.ones(n, bool)), "mag_r": np.linspace(15, 18, n)})
+                       "_healpix_29": healpix29(ra, dec, np.ones(n, bool)), "mag_r": np.linspace(15, 18, n)})
     card = {"name": "gone-engine", "metrics_test": {"roc_auc": 0.9123}}
     write_partition(df, out / "parquet" / "Norder=0" / "Dir=0" / "Npix=4.parquet", {"model_card": json.dumps(card)})
     (out / "summary.json").write_text(json.dumps({

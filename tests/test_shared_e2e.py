@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from mergerscan.catalogs.hats import output_files
 from mergerscan.catalogs.read import read_table
 from mergerscan.pipeline.arguments import ProcessArguments
 from mergerscan.pipeline.run import run
@@ -45,7 +46,7 @@ def test_images_all_shared_objects(gz_fits, gz_dir, dask_client, tmp_path):
     s = run(ProcessArguments(catalog=str(path), output=str(out), images=str(gz_dir), progress=False,
                              keep_columns=["is_merger", "path", "redshift"], partition_rows=2000,
                              command="test", report=False), client=dask_client)
-    got = pq.read_table(out / "parquet").to_pandas().sort_values("input_row")
+    got = pq.read_table([str(f) for f in output_files(out / "parquet")]).to_pandas().sort_values("input_row")
     assert len(got) == len(df) == s["rows"] == 9520
     assert got["objid"].tolist() == df["objID"].tolist()
     assert (got["status"] == "ok").all()
@@ -81,7 +82,7 @@ def test_frames_end_to_end_m2843_is_a_merger(frames_catalog, frames_dir, dask_cl
     out = tmp_path / "out"
     s = run(ProcessArguments(catalog=str(path), output=str(out), frames=str(frames_dir), progress=False,
                              partition_rows=60, command="test"), client=dask_client)
-    got = pq.read_table(out / "parquet").to_pandas().set_index("objid")
+    got = pq.read_table([str(f) for f in output_files(out / "parquet")]).to_pandas().set_index("objid")
     assert len(got) == n == s["rows"]
     m = got.loc[M2843["objid"]]
     assert m["status"] == "ok" and m["p_merger"] >= s["threshold"] and m["is_merger"]

@@ -428,7 +428,7 @@ def test_slurm_single_allocation(slurm, field, reference, tmp_path):
     assert "3 tasks (scheduler, client, 1 workers)" in log and "process-catalog: 240 rows" in log
     assert "Traceback" not in log, log
     assert_same_rows(out, reference)
-    assert (out / "mergers.fits").is_file() and (out / "parquet" / "_metadata").is_file()
+    assert (out / "mergers.fits").is_file() and (out / "parquet" / "dataset" / "_metadata").is_file()
     assert not list((tmp_path / ".mergerscan-dask").glob("*.json")), "scheduler file left behind"
 
 

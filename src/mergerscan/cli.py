@@ -53,12 +53,31 @@ def _report(ap, a):
     print(path)
 
 
+def _samp_parser(sub):
+    p = sub.add_parser("samp", help="send a run's FITS table to TOPCAT (or any SAMP client) over SAMP")
+    p.add_argument("run", help="process-catalog OUT directory (sends OUT/mergers.fits) or a FITS file")
+    p.add_argument("--name", help="table name shown in TOPCAT (default: '<OUT> mergers')")
+    return p
+
+
+def _samp(ap, a):
+    from .samp import SampError, send_table
+    try:
+        names = send_table(a.run, name=a.name)
+    except SampError as exc:
+        ap.exit(1, f"mergerscan samp: {exc}\n")
+    print(f"mergerscan samp: sent to {', '.join(names)}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="mergerscan")
     sub = ap.add_subparsers(dest="verb", required=True)
     _train_parser(sub)
     _report_parser(sub)
+    _samp_parser(sub)
     a = ap.parse_args(argv)
+    if a.verb == "samp":
+        _samp(ap, a)
     if a.verb == "report":
         _report(ap, a)
     if a.verb == "train":

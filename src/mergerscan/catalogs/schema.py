@@ -18,6 +18,7 @@ STATUS = {
     "corrupt_frame": "every frame covering this position is unreadable (e.g. corrupt bz2): not scored",
     "fetch_failed": "the cutout service failed after retries (HTTP error, timeout, oversize, bad body): not scored",
     "inference_failed": "the engine raised on this row's batch: not scored",
+    "not_selected": "left out by --select EXPR (the row is kept, with its columns): not scored",
     "out_of_memory": "ran out of memory (MemoryError even alone, or the worker scoring its partition was killed "
                      "repeatedly, e.g. by the Dask nanny's memory limit, even with smaller batches): not scored; "
                      "re-running the same command scores it again",
@@ -35,5 +36,5 @@ OUTPUT_COLUMNS = {
     "is_merger": ("bool", None, "meta.code.class", "p_merger >= the engine's threshold"),
     "status": ("str", None, "meta.code.status", "'ok' or why the row has no score (see docs)"),
     "input_row": ("int64", None, "meta.record", "0-based row number in the input catalog"),
-    "healpix29": ("int64", None, "pos.healpix", "HEALPix nested index at order 29 (hats convention)"),
+    "_healpix_29": ("int64", None, "pos.healpix", "HEALPix nested index at order 29 (the HATS spatial index)"),
 }

@@ -15,7 +15,12 @@ Safety and robustness:
 * connection errors, timeouts, 5xx and 429 are retried ``retries`` times with exponential
   backoff and jitter (``Retry-After`` is honoured up to ``RETRY_AFTER_MAX`` s; a longer one
   ends the retries); other 4xx, oversize and undecodable bodies are not retried;
-* at most ``max_concurrency`` requests in flight per source (a thread pool of that size);
+* at most ``max_concurrency`` requests in flight per source (a thread pool of that size) and, with
+  ``max_rate``, at most that many requests per second per process and host (shared by every
+  source in the worker process, so concurrent partitions do not add up);
+* a service that cannot be reached (``UNREACHABLE_ROWS`` rows in a row failed on connection, DNS,
+  TLS or timeout, none succeeded) is not asked again by that source: its remaining rows fail at
+  once with the same reason instead of each waiting out its retries;
 * bodies over ``max_bytes`` are aborted while streaming, whatever Content-Length says;
 * the body must decode completely (a JPEG must end with its EOI marker) to an RGB image of
   ``stamp_pixels`` square.  A square image of another size between half and four times that is
@@ -28,6 +33,7 @@ from __future__ import annotations
 import http.client
 import io
 import random
+import socket
 import ssl
 import threading
 import time
@@ -53,6 +59,32 @@ CHUNK = 64 * 1024
 HEADERS = {"User-Agent": "mergerscan (cutout fetch)", "Accept": "image/jpeg, image/*;q=0.8"}
 # a dropped keep-alive connection shows up as one of these on the next request
 _STALE = (http.client.BadStatusLine, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+UNREACHABLE_ROWS = 8
+_NETWORK = ("connection", "dns", "tls", "timeout")
+
+
+class _RateLimit:
+    """At most ``rate`` request starts per second (evenly spaced), shared by threads."""
+
+    def __init__(self, rate: float):
+        self.interval, self.next, self.lock = 1.0 / rate, 0.0, threading.Lock()
+
+    def wait(self) -> None:
+        with self.lock:
+            now = time.monotonic()
+            t = max(now, self.next)
+            self.next = t + self.interval
+        if t > now:
+            time.sleep(t - now)
+
+
+_LIMITS: dict = {}
+_LIMITS_LOCK = threading.Lock()
+
+
+def _limit_for(netloc: str, rate: float) -> _RateLimit:
+    with _LIMITS_LOCK:
+        return _LIMITS.setdefault((netloc, float(rate)), _RateLimit(rate))
 
 
 class _Fail(Exception):
@@ -66,6 +98,8 @@ class _Fail(Exception):
 def _io_fail(e: BaseException) -> _Fail:
     if isinstance(e, TimeoutError):              # socket.timeout is TimeoutError (3.10+)
         return _Fail("timeout", retry=True)
+    if isinstance(e, socket.gaierror):           # no DNS: typically no network at all
+        return _Fail("dns", retry=True)
     if isinstance(e, ssl.SSLCertVerificationError):
         return _Fail("tls")
     return _Fail("connection", retry=True)
@@ -98,12 +132,16 @@ class ServiceSource:
 
     def __init__(self, url: str, spec: PreprocessSpec, *, timeout: float = 10.0, retries: int = 3,
                  backoff: float = 0.5, max_concurrency: int = 8, max_bytes: int = 2_000_000,
-                 **ignored_known):
+                 max_rate: float | None = None, **ignored_known):
         # ignored_known: options meant for other sources (SourceConfig.options) are accepted and unused
         if _valid_url(str(url)) is None:
             raise ValueError(f"cutout service {url!r}: only http(s) URLs with a host are allowed")
         if timeout <= 0 or retries < 0 or backoff < 0 or max_concurrency < 1 or max_bytes < 1:
             raise ValueError("timeout, max_concurrency and max_bytes must be positive; retries, backoff >= 0")
+        if max_rate is not None and max_rate <= 0:
+            raise ValueError("max_rate must be positive (requests per second)")
+        self._limit = _limit_for(urlsplit(str(url)).netloc, max_rate) if max_rate else None
+        self._down, self._down_reason = 0, None   # consecutive network failures of rows, none ok
         self.url, self.spec = str(url), spec
         self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
         self.max_concurrency, self.max_bytes = int(max_concurrency), int(max_bytes)
@@ -156,10 +194,16 @@ class ServiceSource:
 
     def _fetch_one(self, ra: float, dec: float) -> np.ndarray | None:
         url = self.query_url(ra, dec)
+        with self._lock:
+            if self._down >= UNREACHABLE_ROWS and not self.stats["ok"]:
+                self.stats["failures"][self._down_reason] += 1     # unreachable: not asked again
+                return None
         for attempt in range(self.retries + 1):
             try:
                 img = self._get(url)
                 self._count("ok")
+                with self._lock:
+                    self._down = 0
                 return img
             except _Fail as e:
                 fail = e
@@ -176,6 +220,10 @@ class ServiceSource:
             time.sleep(delay)
         with self._lock:
             self.stats["failures"][fail.reason] += 1
+            if fail.reason in _NETWORK:
+                self._down, self._down_reason = self._down + 1, fail.reason
+            else:
+                self._down = 0
         return None
 
     def _get(self, url: str) -> np.ndarray:
@@ -223,6 +271,8 @@ class ServiceSource:
         key = (parts.scheme.lower(), parts.netloc)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         for fresh in (False, True):
+            if self._limit is not None:
+                self._limit.wait()
             conn, reused = self._connection(key, parts, fresh)
             deadline = time.monotonic() + self.timeout
             try:

@@ -49,14 +49,26 @@ class ProcessArguments:
     mode: str = "all"                      # all | plan | shard | finalize (SLURM array jobs)
     shard: tuple | None = None             # (i, n) with mode="shard"
     service_options: dict = field(default_factory=dict)
+    select: str | None = None              # --select EXPR: score only rows where it is true (select.py)
+    samp: bool = False                     # send OUT/mergers.fits to TOPCAT over SAMP at the end
+    default_source: object = None          # set when no source flag was given (cutouts/defaults.py)
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
 
     def __post_init__(self):
         if not Path(self.catalog).exists():
             raise ArgumentError(f"catalog {self.catalog}: no such file")
         sources = [s for s in (self.images, self.frames, self.cutout_service) if s]
-        if len(sources) != 1:
-            raise ArgumentError("give exactly one image source: --images DIR, --frames DIR or --cutout-service URL")
+        if not sources:
+            self._use_default_source()
+        elif len(sources) != 1:
+            raise ArgumentError("give exactly one image source: --images DIR, --frames DIR or --cutout-service URL "
+                                "(or none for the default)")
+        if self.select is not None:
+            from .select import SelectError, expression_names
+            try:
+                expression_names(self.select)
+            except SelectError as exc:
+                raise ArgumentError(str(exc)) from None
         if self.path_column and not self.images:
             raise ArgumentError("--path-column names stamp files: it goes with --images DIR only")
         for flag, d in (("--images", self.images), ("--frames", self.frames)):
@@ -116,6 +128,22 @@ class ProcessArguments:
             self.threads_per_worker = max(1, cores // self.workers)
         self.catalog = str(Path(self.catalog).resolve())
         self.output = str(Path(self.output).resolve())
+
+    def _use_default_source(self):
+        """No source flag: the site's default, else SDSS SkyServer (cutouts/defaults.py); options
+        given on the command line win over the default's."""
+        from ..cutouts.defaults import default_source
+        try:
+            d = default_source()
+        except ValueError as exc:
+            raise ArgumentError(str(exc)) from None
+        for flag, path in (("--images", d.images), ("--frames", d.frames)):
+            if path and not Path(path).is_dir():
+                raise ArgumentError(f"default image source in {d.origin}: {flag} {path}: not a directory")
+        self.images, self.frames, self.cutout_service = d.images, d.frames, d.cutout_service
+        if d.cutout_service:
+            self.service_options = {**d.options, **self.service_options}
+        self.default_source = d
 
     @property
     def shared_batch_rows(self) -> int:

@@ -12,24 +12,34 @@ from .resume import FingerprintMismatch
 from .slurm import SlurmOptions
 
 EPILOG = """\
-Output: OUT/mergers.fits (one FITS table for TOPCAT), OUT/parquet/ (HEALPix-partitioned Parquet
-dataset with _metadata), OUT/summary.json.  Every input row appears once; 'status' says why a
-row has no p_merger.  Re-running the same command resumes an interrupted run."""
+Output: OUT/mergers.fits (one FITS table for TOPCAT), OUT/parquet/ (a HATS catalog: lsdb.open_catalog
+("OUT/parquet"); rows without a usable position in OUT/parquet/bad_coords/), OUT/summary.json.  Every
+input row appears once; 'status' says why a row has no p_merger.  Re-running the same command resumes
+an interrupted run."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="process-catalog", epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Score every galaxy in a catalog for being a merger.")
-    p.add_argument("catalog", help="input catalog: FITS binary table, Parquet or CSV")
+    p.add_argument("catalog", help="input catalog: FITS binary table, Parquet, CSV or a HATS catalog directory")
     p.add_argument("-o", "--output", help="output directory (default: <catalog stem>-mergers)")
-    src = p.add_argument_group("image source (exactly one)")
+    src = p.add_argument_group("image source (at most one; none: $MERGERSCAN_DEFAULT_SOURCE, "
+                               "~/.config/mergerscan/default-source, else SDSS SkyServer ImgCutout)")
     src.add_argument("--images", metavar="DIR", help="pre-cut stamps named <id>.jpg/.png/.fits (or see --path-column)")
     src.add_argument("--frames", metavar="DIR", help="survey frames with WCS (SDSS frame-[gri]-*.fits.bz2)")
     src.add_argument("--cutout-service", metavar="URL", help="HTTP cutout service (SkyServer ImgCutout shape)")
-    src.add_argument("--service-timeout", type=float, default=10.0, help="seconds per request")
-    src.add_argument("--service-retries", type=int, default=3)
-    src.add_argument("--service-concurrency", type=int, default=8)
+    src.add_argument("--service-timeout", type=float, help="seconds per request (default 10)")
+    src.add_argument("--service-retries", type=int, help="default 3")
+    src.add_argument("--service-concurrency", type=int, help="requests at a time per partition task (default 8; "
+                                                               "4 for the built-in SkyServer default)")
+    src.add_argument("--service-rate", type=float, help="at most this many requests/s per worker process "
+                                                        "(default: unlimited; 8 for the built-in SkyServer default)")
+    p.add_argument("--select", metavar="EXPR",
+                   help="score only rows where this pandas expression over catalog columns is true, e.g. "
+                        "\"type == 3 and petroMag_r < 17.77\"; the others are kept with status not_selected")
+    p.add_argument("--samp", action="store_true",
+                   help="at the end, send OUT/mergers.fits to TOPCAT (or any SAMP client) over SAMP")
     p.add_argument("--engine", help="engine file (.onnx); default: the packaged model")
     p.add_argument("--backend", help="onnxruntime (CPU, the default), onnxruntime-cuda (the default with --gpus 1), "
                                      "torch, torch-cuda, tensorrt; NAME:PRECISION picks the arithmetic, e.g. torch-cuda:fp16, "
@@ -118,8 +128,10 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
         batch_size=ns.batch_size, overwrite=ns.overwrite, progress=not ns.no_progress, report=not ns.no_report,
         mode="plan" if ns.plan else "shard" if ns.shard else "finalize" if ns.finalize else "all",
         shard=_parse_shard(ns.shard),
-        service_options={"timeout": ns.service_timeout, "retries": ns.service_retries,
-                         "max_concurrency": ns.service_concurrency},
+        service_options={k: v for k, v in (("timeout", ns.service_timeout), ("retries", ns.service_retries),
+                                           ("max_concurrency", ns.service_concurrency),
+                                           ("max_rate", ns.service_rate)) if v is not None},
+        select=ns.select, samp=ns.samp,
         command="process-catalog " + " ".join(argv))
 
 
@@ -149,6 +161,13 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 130
     print(format_summary(summary))
+    if args.samp:                                  # the catalog is done either way: a SAMP problem is a message
+        from ..samp import SampError, send_table
+        try:
+            print(f"  sent to           {', '.join(send_table(summary['fits']))} (SAMP)")
+        except SampError as exc:
+            print(f"process-catalog: --samp: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -58,6 +58,9 @@ class Plan:
     hist_order: int
     partitions: list = field(default_factory=list)
     split: dict = field(default_factory=dict)   # buckets and run ranges (split.plan_split)
+    select: str | None = None    # --select EXPR (see select.py)
+    select_columns: dict = field(default_factory=dict)   # {name in EXPR: column in the file's spelling}
+    hats: dict | None = None     # HATS input: partitions are its pixels, read directly (hats_plan.py)
 
     @property
     def carried(self) -> list:

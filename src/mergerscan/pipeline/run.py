@@ -16,7 +16,8 @@ from .. import __version__
 from ..catalogs.read import CatalogError, CatalogReader
 from ..catalogs.schema import SCORED
 from ..catalogs.validate import resolve_columns
-from ..catalogs.write import write_fits_table, write_metadata
+from ..catalogs.hats import join_pieces, partition_file, write_hats_metadata
+from ..catalogs.write import write_fits_table
 from ..engines import backend_precision, read_engine_info, resolve_engine_path
 from .arguments import ArgumentError, ProcessArguments
 from .cluster import client_for
@@ -49,8 +50,37 @@ def _id_kind(reader: CatalogReader, id_col: str) -> str:
     return "int" if pd.api.types.is_integer_dtype(sample.dtype) else "str"
 
 
+def _select_columns(args: ProcessArguments, available: list[str]) -> dict:
+    """--select's columns, validated against the catalog at the start (one-line errors)."""
+    if args.select is None:
+        return {}
+    from .select import SelectError, resolve
+    try:
+        return resolve(args.select, list(available), args.catalog)
+    except SelectError as exc:
+        raise ArgumentError(str(exc)) from None
+
+
+def _check_select_sample(args: ProcessArguments, cat: dict, reader: CatalogReader) -> None:
+    """Evaluate --select on the first rows, so a type error stops the run before any task."""
+    if args.select is None:
+        return
+    from .select import evaluate
+    cols = list(dict.fromkeys(cat["select_columns"].values()))
+    evaluate(args.select, cat["select_columns"], reader.read_rows(0, min(reader.nrows, 1000), cols), args.catalog)
+
+
 def inspect_catalog(args: ProcessArguments) -> dict:
     """Columns, size and id type of the input catalog (reads a few rows only)."""
+    from ..catalogs.hats import is_hats
+    if is_hats(args.catalog):                      # partitions are the HATS pixels (hats_plan.py)
+        from .hats_plan import inspect_hats
+        cat = inspect_hats(args, _named_columns, lambda cols: _select_columns(args, cols))
+        if args.path_column:
+            cat["columns"]["path"], = _named_columns([args.path_column], cat["hats"].columns, args.catalog,
+                                                     "--path-column")
+            cat["keep"] = list(dict.fromkeys([*cat["keep"], cat["columns"]["path"]]))
+        return cat
     reader = CatalogReader(args.catalog, chunk_rows=args.chunk_rows)
     try:
         if reader.nrows == 0:
@@ -60,14 +90,18 @@ def inspect_catalog(args: ProcessArguments) -> dict:
         if args.path_column:                       # read into the partitions and carried through
             cols["path"], = _named_columns([args.path_column], reader.columns, args.catalog, "--path-column")
             keep = list(dict.fromkeys([*keep, cols["path"]]))
-        return {"format": reader.format, "nrows": reader.nrows, "columns": cols, "keep": keep,
-                "id_kind": _id_kind(reader, cols["id"]), "chunks": reader.chunk_ranges()}
+        cat = {"format": reader.format, "nrows": reader.nrows, "columns": cols, "keep": keep,
+               "id_kind": _id_kind(reader, cols["id"]), "chunks": reader.chunk_ranges(),
+               "select_columns": _select_columns(args, reader.columns)}
+        _check_select_sample(args, cat, reader)
+        return cat
     finally:
         reader.close()
 
 
 def fingerprint(args: ProcessArguments, cat: dict, engine_sha: str, views: int = 1) -> dict:
-    return {"catalog": file_identity(args.catalog), "columns": cat["columns"], "keep": cat["keep"],
+    extra = {"select": args.select} if args.select is not None else {}   # absent: older runs still resume
+    return {**extra, "catalog": file_identity(args.catalog), "columns": cat["columns"], "keep": cat["keep"],
             "engine_sha256": engine_sha, "precision": backend_precision(args.backend), "views": views, "source": args.source.fingerprint(),
             "partition_rows": args.partition_rows, "chunk_rows": args.chunk_rows,
             "hist_order": args.hist_order, "mergerscan": __version__.split(".")[0]}
@@ -157,17 +191,23 @@ def make_plan(args: ProcessArguments, cat: dict, tasks: _Tasks, work: Path) -> P
     plan_file = work / "plan.json"
     if plan_file.is_file():
         plan = Plan.load(plan_file)
-        if plan.split.get("format") != split.SPLIT_FORMAT:
+        if not plan.hats and plan.split.get("format") != split.SPLIT_FORMAT:
             raise ArgumentError(f"{args.output}: planned by an older mergerscan (another split layout); "
                                 "use --overwrite to plan it again")
+        return plan
+    if cat["format"] == "hats":                    # no histogram pass: the pixels are the plan
+        from .hats_plan import make_hats_plan
+        plan = make_hats_plan(args, cat)
+        plan.save(plan_file)
         return plan
     path = args.catalog
     chunks = cat["chunks"]
     if cat["format"] == "csv":
         path = stage_csv(args.catalog, work, args.chunk_rows)
         chunks = CatalogReader(path, chunk_rows=args.chunk_rows).chunk_ranges()
+    select_columns = cat.get("select_columns") or {}
     spec = {"catalog": path, "source_catalog": args.catalog, "columns": cat["columns"], "keep": cat["keep"],
-            "hist_order": args.hist_order}
+            "hist_order": args.hist_order, "select": args.select, "select_columns": select_columns}
     hist, ranges = split.Histogram(), [None] * len(chunks)
     bar = _Progress(cat["nrows"], "plan: scan", args.progress, unit="rows", lazy=True)
     for r in tasks.map(split.scan_chunk, [spec] * len(chunks), range(len(chunks)), [tuple(c) for c in chunks],
@@ -178,7 +218,7 @@ def make_plan(args: ProcessArguments, cat: dict, tasks: _Tasks, work: Path) -> P
     parts = make_partitions(pixels, counts, n_invalid, args.hist_order, args.partition_rows)
     plan = Plan(catalog=path, source_catalog=args.catalog, nrows=cat["nrows"], columns=cat["columns"],
                 keep=cat["keep"], id_kind=cat["id_kind"], chunks=[tuple(c) for c in chunks],
-                hist_order=args.hist_order, partitions=parts,
+                hist_order=args.hist_order, partitions=parts, select=args.select, select_columns=select_columns,
                 split=split.plan_split(parts, ranges, max(args.chunk_rows, args.partition_rows)))
     plan.save(plan_file)
     return plan
@@ -197,10 +237,25 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
     rows = sum(m["rows"] for m in markers)
     if rows != plan.nrows:
         raise RuntimeError(f"row count mismatch: input has {plan.nrows} rows, partitions hold {rows}")
-    files = [dataset_path(out, p) for p, m in zip(plan.partitions, markers) if m["rows"]]
     for tmp in (out / "parquet").rglob(".*.tmp"):   # left by tasks killed mid-write; never part of the dataset
         tmp.unlink(missing_ok=True)
-    write_metadata(out / "parquet", files)
+    files, pieces = [], {}
+    for p, m in zip(plan.partitions, markers):     # plan order: spatial, bad coordinates last
+        if not m["rows"]:
+            continue
+        if p.order >= 0 and p.nsub > 1:            # a dense pixel's pieces -> its one HATS file
+            pieces.setdefault((p.order, p.pixel), []).append(dataset_path(out, p))
+            if len(pieces[(p.order, p.pixel)]) == 1:
+                files.append(partition_file(out / "parquet", p.order, p.pixel))
+        else:
+            files.append(dataset_path(out, p))
+    for (o, px), group in pieces.items():
+        join_pieces(group, partition_file(out / "parquet", o, px))
+    on_sky = {(p.order, p.pixel) for p, m in zip(plan.partitions, markers) if m["rows"] and p.order >= 0}
+    if on_sky:                                      # OUT/parquet is a HATS catalog (catalogs/hats.py)
+        write_hats_metadata(out / "parquet", sorted(on_sky), sum(m["rows"] for p, m in zip(plan.partitions, markers)
+                                                                 if p.order >= 0), args.partition_rows,
+                            name=Path(args.output).name)
     meta = run_meta(args, info)
     write_fits_table(files, out / "mergers.fits", meta)
     status: dict = {}
@@ -211,7 +266,15 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
     t1 = max((m["finished"] for m in markers), default=t0)
     wall = seconds if seconds is not None else t1 - t0
     scored = sum(v for k, v in status.items() if k in ("ok", "edge"))
-    summary = {"rows": rows, "scored": scored, "flagged": rows - scored,
+    not_selected = status.get("not_selected", 0)
+    fetch_failures: dict = {}
+    for m in markers:
+        for k, v in m.get("fetch_failures", {}).items():
+            fetch_failures[k] = fetch_failures.get(k, 0) + v
+    summary = {"rows": rows, "scored": scored, "flagged": rows - scored - not_selected,
+               **({"select": args.select, "not_selected": not_selected} if args.select is not None else {}),
+               **({"fetch_failures": dict(sorted(fetch_failures.items(), key=lambda kv: -kv[1]))}
+                  if fetch_failures else {}),
                "status": dict(sorted(status.items(), key=lambda kv: -kv[1])),
                "mergers": sum(m["mergers"] for m in markers), "threshold": info.threshold,
                "partitions": len(plan.partitions), "seconds": round(wall, 2),
@@ -237,7 +300,13 @@ def format_summary(s: dict) -> str:
              f"({s['objects_per_s']} objects/s), {s['partitions']} sky partitions",
              f"  scored            {s['scored']}",
              f"  flagged           {s['flagged']}" + (" (" + ", ".join(
-                 f"{k} {v}" for k, v in s["status"].items() if k not in SCORED) + ")" if s["flagged"] else ""),
+                 f"{k} {v}" for k, v in s["status"].items() if k not in (*SCORED, "not_selected")) + ")"
+                 if s["flagged"] else ""),
+             *([f"  not selected      {s['not_selected']} (--select {s['select']}; kept, not scored)"]
+               if "select" in s else []),
+             *([f"  fetch failures    " + ", ".join(f"{k} {v}" for k, v in s["fetch_failures"].items())
+                + f" (leading reason: {next(iter(s['fetch_failures']))}; service {s['source']['location']})"]
+               if s.get("fetch_failures") else []),
              *([f"  near frame edge   {s['status']['edge']} (scored; stamp partly filled with sky)"]
                if s["status"].get("edge") else []),
              f"  mergers           {s['mergers']} with p_merger >= {s['threshold']:.3f} ({s['engine']})",
@@ -366,6 +435,7 @@ def run(args: ProcessArguments, client=None) -> dict:
     except ValueError as exc:
         raise ArgumentError(f"--views {args.views}: {exc}") from None
     cat = inspect_catalog(args)
+    _source_notices(args, cat["nrows"])
     out = Path(args.output)
     work = out / "_work"
     check_or_claim(out, fingerprint(args, cat, info.sha256, info.views), args.overwrite)
@@ -391,6 +461,19 @@ def run(args: ProcessArguments, client=None) -> dict:
         return {"shard": list(args.shard), "partitions": len(shard_partitions(plan, args.shard)),
                 "seconds": round(time.time() - t_start, 2)}
     return finalize(args, plan, info, seconds=time.time() - t_start)
+
+
+def _source_notices(args: ProcessArguments, nrows: int) -> None:
+    """One line naming the default image source when none was given; a hint towards --frames when
+    a web service would take long (cutouts/defaults.py)."""
+    import sys
+    from ..cutouts.defaults import large_catalog_hint, startup_line
+    if args.default_source is not None:
+        print(startup_line(args.default_source), file=sys.stderr)
+    if args.cutout_service and args.mode in ("all", "plan"):
+        hint = large_catalog_hint(nrows, args.service_options.get("max_rate"), args.workers)
+        if hint:
+            print(hint, file=sys.stderr)
 
 
 def _existing_plan(work: Path) -> Plan:

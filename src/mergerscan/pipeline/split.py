@@ -37,6 +37,7 @@ import pandas as pd
 
 from ..catalogs.read import arrow_to_pandas
 from ..catalogs.validate import coord_status
+from .select import mark_selected
 from .plan import ORDER29, Partition, Plan, assign_partitions, healpix29, read_positions
 
 SPLIT_FORMAT = 2                  # 1 was one Parquet file per (partition, chunk) under split/part-*/
@@ -126,7 +127,10 @@ def _write_ipc(path: Path, table, batches=None, sync: bool = True):
 def scan_chunk(spec: dict, chunk_id: int, rows: tuple[int, int], work: str) -> dict:
     """Task: input rows [start, stop) = ``rows`` -> sorted run file; returns its histogram.
 
-    ``spec``: catalog, source_catalog (for error messages), columns, keep, hist_order."""
+    ``spec``: catalog, source_catalog (for error messages), columns, keep, hist_order, select,
+    select_columns (--select is evaluated here, once per row: unselected rows get _selected=False)."""
+    from types import SimpleNamespace
+
     import pyarrow as pa
 
     path = run_path(Path(work), chunk_id)
@@ -140,7 +144,9 @@ def scan_chunk(spec: dict, chunk_id: int, rows: tuple[int, int], work: str) -> d
     _inject_fault("scan", chunk_id)
     start, stop = rows
     c = spec["columns"]
-    df = read_positions(spec["catalog"], start, stop, c, spec["keep"], label=spec["source_catalog"])
+    df = read_positions(spec["catalog"], start, stop, c, [*spec["keep"], *spec.get("select_columns", {}).values()],
+                        label=spec["source_catalog"])
+    df = mark_selected(SimpleNamespace(**{"select": None, "select_columns": {}, **spec}), df, start)  # spec carries the plan fields it reads
     ra = df[c["ra"]].to_numpy(np.float64)
     dec = df[c["dec"]].to_numpy(np.float64)
     hpx = healpix29(ra, dec, coord_status(ra, dec))

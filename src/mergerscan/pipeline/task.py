@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..catalogs.schema import SCORED, STATUS
 from ..catalogs.validate import flag_duplicates
+from ..catalogs.hats import partition_file
 from ..catalogs.write import write_partition
 from ..cutouts.sources import SourceConfig, open_source
 from ..engines import load_engine
@@ -44,7 +45,11 @@ def worker_engine(path: str | None, backend: str, threads: int, shared_batch: in
 
 
 def dataset_path(output: Path, part: Partition) -> Path:
-    return Path(output) / "parquet" / f"{part.name}.parquet"
+    """The file a partition task writes: its pixel's file in the output HATS catalog, or, for one
+    row-number piece of a dense pixel, a piece that finalize joins into the pixel's one file."""
+    if part.order >= 0 and part.nsub > 1:
+        return Path(output) / "_work" / "pieces" / f"part-{part.pid:06d}.parquet"
+    return partition_file(Path(output) / "parquet", part.order, part.pixel, part.sub)
 
 
 def marker_path(output: Path, part: Partition) -> Path:
@@ -61,7 +66,7 @@ def output_table(df: pd.DataFrame, plan: Plan, p: np.ndarray, status: np.ndarray
            "is_merger": np.nan_to_num(p, nan=-1.0) >= threshold,
            "status": status.astype(object),
            "input_row": df["_input_row"].to_numpy(np.int64),
-           "healpix29": df["_healpix29"].to_numpy(np.int64)}
+           "_healpix_29": df["_healpix29"].to_numpy(np.int64)}
     for k in plan.carried:
         col = df[k]   # nullable (extension) dtypes stay as they are: one column type in every partition
         out[k if k not in out else f"in_{k}"] = col.array if isinstance(col.dtype, pd.api.extensions.ExtensionDtype) \
@@ -118,7 +123,11 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
         return json.loads(marker.read_text())
     t0 = time.time()
     engine = worker_engine(engine_path, backend, threads, shared_batch, views)
-    df = read_partition(output / "_work", plan, part, plan.carried)
+    if plan.hats:                                  # HATS input: the task reads its pixel itself
+        from .hats_plan import read_hats_partition
+        df = read_hats_partition(plan, part)
+    else:
+        df = read_partition(output / "_work", plan, part, plan.carried)
     n = len(df)
     c = plan.columns
     status = np.full(n, "", dtype=object)
@@ -127,6 +136,8 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
     ids = df[c["id"]].astype(str).to_numpy() if n else np.zeros(0, object)
     dup = flag_duplicates(df[c["id"]].to_numpy() if n else ids) & valid   # missing ids are never duplicates
     status[dup] = "duplicate_id"
+    if "_selected" in df:                          # --select: the rest is kept, not fetched or scored
+        status[(status == "") & ~df["_selected"].to_numpy(bool)] = "not_selected"
     p = np.full(n, np.nan, np.float32)
     todo = np.flatnonzero(status == "")
     if flag_status is not None:
@@ -145,6 +156,7 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
             if n else []                                     # empty: DIR/<id>.* instead
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     t_fetch = t_infer = 0.0
+    failures: dict = {}
     if batches:
         src = open_source(source, engine.spec)
         try:
@@ -192,6 +204,7 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
                     fetched = None
         finally:
             src.close()
+        failures = dict(getattr(src, "stats", {}).get("failures", {}))
     unknown = set(status) - set(STATUS)
     if unknown:
         raise RuntimeError(f"image source returned unknown status {sorted(unknown)}")
@@ -202,8 +215,10 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
     info = {"pid": part.pid, "name": part.name, "rows": n, "status": {k: int(v) for k, v in counts.items()},
             "mergers": int(np.sum(p >= engine.info.threshold)), "seconds": round(time.time() - t0, 3),
             "fetch_seconds": round(t_fetch, 3), "infer_seconds": round(t_infer, 3), "batch_size": batch_size,
-            "finished": time.time(), "started": t0, "file": str(dataset_path(output, part).relative_to(output))
-            if n else None}
+            "finished": time.time(), "started": t0,
+            "file": str(dataset_path(output, part).relative_to(output)) if n else None}
+    if failures:                                   # why a service failed rows (the summary names the leading one)
+        info["fetch_failures"] = {str(k): int(v) for k, v in failures.items()}
     if counts.get("out_of_memory"):
         info["retry"] = True
         mark_done(retry, {"status": "out_of_memory", "rows": int(counts["out_of_memory"])})

@@ -24,7 +24,7 @@ from ..catalogs.schema import SCORED
 SKY_ORDER = 10                      # accumulation order of the sky counts (3.4' pixels) ...
 SKY_MAX_PIXELS = 1_000_000          # ... lowered while more pixels than this are occupied (wide surveys)
 SCORE_BINS = np.linspace(0, 1, 101)
-CORE = {"objid", "id", "ra", "dec", "p_merger", "is_merger", "status", "input_row", "healpix29"}
+CORE = {"objid", "id", "ra", "dec", "p_merger", "is_merger", "status", "input_row", "_healpix_29"}
 HIVE = {"Norder", "Dir", "Npix"}
 MAX_COLUMNS = 12                    # per-column plots at most
 MAX_CATEGORIES = 10
@@ -161,7 +161,7 @@ class RunStats:
         self._rng = np.random.default_rng(self.seed)
 
     def columns(self) -> list[str]:
-        return list(dict.fromkeys([self.id_column, "ra", "dec", "p_merger", "is_merger", "status", "healpix29"]
+        return list(dict.fromkeys([self.id_column, "ra", "dec", "p_merger", "is_merger", "status", "_healpix_29"]
                                   + [b.name for b in self.bins] + self.extra))
 
     def add(self, t: pa.Table | pa.RecordBatch):
@@ -180,7 +180,7 @@ class RunStats:
         self.score_hist += np.histogram(p[scored], SCORE_BINS)[0]
         self.score_hist_merger += np.histogram(p[merger], SCORE_BINS)[0]
         # sky: counts per pixel at SKY_ORDER (sparse)
-        hp = t.column("healpix29").to_numpy(zero_copy_only=False).astype(np.int64)
+        hp = t.column("_healpix_29").to_numpy(zero_copy_only=False).astype(np.int64)
         good = hp >= 0
         pix, inv = np.unique(hp[good] >> (2 * (29 - self.sky_order)), return_inverse=True)
         cnt = np.stack([np.bincount(inv, minlength=len(pix)),
