@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..catalogs.read import CatalogError, CatalogReader
-from ..catalogs.schema import SCORED
+from ..catalogs.read import CatalogError, CatalogReader, csv_id_kind
+from ..catalogs.schema import FITS_MAX_COLUMNS, INTERNAL_COLUMNS, OUTPUT_COLUMNS, SCORED, output_names
 from ..catalogs.validate import resolve_columns
 from ..catalogs.write import write_fits_table, write_metadata
 from ..engines import backend_precision, read_engine_info, resolve_engine_path
@@ -44,8 +44,27 @@ def _named_columns(names: list[str], available: list[str], path: str, flag: str)
 
 
 def _id_kind(reader: CatalogReader, id_col: str) -> str:
-    sample = reader.read_rows(0, min(reader.nrows, 1000), [id_col])[id_col]
-    return "int" if pd.api.types.is_integer_dtype(sample.dtype) else "str"
+    """'int' (signed, or unsigned up to 32 bits: int64 out), 'uint' (uint64: kept as uint64) or 'str',
+    from the column's declared type (not a sample: one blank far down must not change it).
+    Floating-point and other ids are refused: a float64 id keeps only ~16 digits."""
+    if reader.format == "csv":
+        return csv_id_kind(reader.path, id_col, reader.chunk_rows)
+    if reader.format == "parquet":
+        import pyarrow as pa
+        schema = reader._pq.schema_arrow if reader._pq is not None else reader._ds.schema
+        t = schema.field(id_col).type
+        t = t.value_type if pa.types.is_dictionary(t) else t
+        kind = ("uint" if t == pa.uint64() else "int") if pa.types.is_integer(t) else \
+            "str" if (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+                      or pa.types.is_large_binary(t) or pa.types.is_null(t)) else str(t)
+    else:
+        dt = reader.read_rows(0, 1, [id_col])[id_col].dtype
+        kind = ("uint" if dt.itemsize == 8 else "int") if dt.kind == "u" else "int" if dt.kind == "i" else \
+            "str" if dt.kind in "OSU" else str(dt)
+    if kind not in ("int", "uint", "str"):
+        raise CatalogError(f"{reader.path}: id column {id_col!r} is {kind}, not integer or text (a float id "
+                           "loses digits); name the real id column with --id-column")
+    return kind
 
 
 def inspect_catalog(args: ProcessArguments) -> dict:
@@ -59,7 +78,16 @@ def inspect_catalog(args: ProcessArguments) -> dict:
         if args.path_column:                       # read into the partitions and carried through
             cols["path"], = _named_columns([args.path_column], reader.columns, args.catalog, "--path-column")
             keep = list(dict.fromkeys([*keep, cols["path"]]))
-        return {"format": reader.format, "nrows": reader.nrows, "columns": cols, "keep": keep,
+        core = (cols["id"], cols["ra"], cols["dec"])
+        internal = [c for c in (*core, *keep) if c in INTERNAL_COLUMNS]
+        if internal:
+            raise CatalogError(f"{args.catalog}: column {internal[0]!r} has the name of a column mergerscan uses "
+                               "internally; rename it (or do not keep it)")
+        names = output_names([k for k in keep if k not in core])
+        if len(OUTPUT_COLUMNS) + len(names) > FITS_MAX_COLUMNS:
+            raise CatalogError(f"{args.catalog}: {len(names)} kept columns + {len(OUTPUT_COLUMNS)} output columns "
+                               f"exceed the {FITS_MAX_COLUMNS} columns of a FITS table; keep fewer (--keep-columns)")
+        return {"format": reader.format, "nrows": reader.nrows, "columns": cols, "keep": keep, "names": names,
                 "id_kind": _id_kind(reader, cols["id"]), "chunks": reader.chunk_ranges()}
     finally:
         reader.close()
@@ -118,7 +146,7 @@ def make_plan(args: ProcessArguments, cat: dict, client, work: Path) -> Plan:
     path = args.catalog
     chunks = cat["chunks"]
     if cat["format"] == "csv":
-        path = stage_csv(args.catalog, work, args.chunk_rows)
+        path = stage_csv(args.catalog, work, args.chunk_rows, cat["columns"]["id"], cat["id_kind"])
         chunks = CatalogReader(path, chunk_rows=args.chunk_rows).chunk_ranges()
     futs = client.map(chunk_histogram, [path] * len(chunks), [s for s, _ in chunks], [e for _, e in chunks],
                       [cat["columns"]] * len(chunks), [args.hist_order] * len(chunks),
@@ -129,7 +157,7 @@ def make_plan(args: ProcessArguments, cat: dict, client, work: Path) -> Plan:
     parts = make_partitions(pixels, counts, sum(r[2] for r in res), args.hist_order, args.partition_rows)
     plan = Plan(catalog=path, source_catalog=args.catalog, nrows=cat["nrows"], columns=cat["columns"],
                 keep=cat["keep"], id_kind=cat["id_kind"], chunks=[tuple(c) for c in chunks],
-                hist_order=args.hist_order, partitions=parts)
+                hist_order=args.hist_order, partitions=parts, names=cat["names"])
     plan.save(plan_file)
     return plan
 
@@ -152,7 +180,8 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
         tmp.unlink(missing_ok=True)
     write_metadata(out / "parquet", files)
     meta = run_meta(args, info)
-    write_fits_table(files, out / "mergers.fits", meta)
+    names = plan.names or output_names(plan.carried)
+    write_fits_table(files, out / "mergers.fits", meta, origins={v: k for k, v in names.items()})
     status: dict = {}
     for m in markers:
         for k, v in m["status"].items():
