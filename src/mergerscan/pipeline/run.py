@@ -21,7 +21,7 @@ from ..engines import backend_precision, read_engine_info, resolve_engine_path
 from .arguments import ArgumentError, ProcessArguments
 from .cluster import client_for
 from .plan import Plan, chunk_histogram, make_partitions, split_chunk, stage_csv
-from .resume import check_or_claim, file_identity, read_marker
+from .resume import check_or_claim, content_identity, read_cache, read_marker
 from .task import dataset_path, marker_path, retry_path, score_partition
 
 log = logging.getLogger("mergerscan")
@@ -93,8 +93,12 @@ def inspect_catalog(args: ProcessArguments) -> dict:
         reader.close()
 
 
-def fingerprint(args: ProcessArguments, cat: dict, engine_sha: str, views: int = 1) -> dict:
-    return {"catalog": file_identity(args.catalog), "columns": cat["columns"], "keep": cat["keep"],
+def fingerprint(args: ProcessArguments, cat: dict, engine_sha: str, views: int = 1, cache: dict | None = None) -> dict:
+    """The run's identity.  ``cache`` (optional, updated in place): the input's content-hash cache."""
+    identity, new = content_identity(args.catalog, read_cache(Path(args.output)))
+    if cache is not None:
+        cache.update(new)
+    return {"catalog": identity, "columns": cat["columns"], "keep": cat["keep"],
             "engine_sha256": engine_sha, "precision": backend_precision(args.backend), "views": views, "source": args.source.fingerprint(),
             "partition_rows": args.partition_rows, "chunk_rows": args.chunk_rows,
             "hist_order": args.hist_order, "mergerscan": __version__.split(".")[0]}
@@ -197,7 +201,7 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
                "objects_per_s": round(rows / wall, 1) if wall > 0 else None,
                "engine": info.name, "engine_sha256": info.sha256, "mergerscan_version": __version__,
                "catalog": args.catalog, "command": args.command, "engine_path": info.path,
-               "source": {"kind": args.source.kind, "location": args.source.location,
+               "source": {"kind": args.source.kind, "location": args.source.shown,
                           "options": dict(args.source.options)},
                "id_column": "objid" if plan.id_kind == "int" else "id", "keep": plan.keep,
                "fits": str(out / "mergers.fits"), "parquet": str(out / "parquet")}
@@ -205,7 +209,7 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
     if args.report:
         try:
             from ..report import build_report
-            summary["report"] = str(build_report(out))
+            summary["report"] = str(build_report(out, source_location=args.source.location))
         except Exception as exc:  # noqa: BLE001 - the catalog is done; a report failure must not hide it
             summary["report_error"] = f"{type(exc).__name__}: {exc}"
     return summary
@@ -337,7 +341,10 @@ def run(args: ProcessArguments, client=None) -> dict:
     cat = inspect_catalog(args)
     out = Path(args.output)
     work = out / "_work"
-    check_or_claim(out, fingerprint(args, cat, info.sha256, info.views), args.overwrite)
+    cache: dict = {}
+    fp = fingerprint(args, cat, info.sha256, info.views, cache)
+    protect = [p for p in (args.catalog, args.images, args.frames, args.engine) if p]
+    check_or_claim(out, fp, args.overwrite, protect=protect, cache=cache)
     if args.mode == "finalize":
         plan = _existing_plan(work)
         missing = [p.name for p in plan.partitions if not marker_path(out, p).is_file()]
