@@ -174,12 +174,15 @@ def arrow_to_pandas(table, nullable=()) -> pd.DataFrame:
     and 64-bit integers never pass through float64."""
     import pyarrow as pa
     df = table.to_pandas()
+    # straight from Arrow into pandas' masked arrays: an ArrowDtype -> Int64 astype goes via float64
+    nullable_types = {pa.bool_(): pd.BooleanDtype(), pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(),
+                      pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(),
+                      pa.uint16(): pd.UInt16Dtype(), pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype()}
     for name in nullable:
         if name in table.column_names:
             t = table.schema.field(name).type
-            if pa.types.is_integer(t) or pa.types.is_boolean(t):
-                df[name] = table.select([name]).to_pandas(types_mapper=pd.ArrowDtype)[name].astype(
-                    pd.BooleanDtype() if pa.types.is_boolean(t) else str(t).replace("int", "Int").replace("uInt", "UInt"))
+            if t in nullable_types:
+                df[name] = table.select([name]).to_pandas(types_mapper=nullable_types.get)[name]
     return df
 
 

@@ -53,8 +53,10 @@ FITS_MAX_COLUMNS = 999      # TFIELDS <= 999
 def output_names(carried: list[str]) -> dict[str, str]:
     """{input name: output name} for the carried-through columns, the same in Parquet and FITS
     (FITS may further need :func:`fits_names`).  The one collision rule: a kept column whose name
-    equals an output column's name in any case (``P_MERGER``, ``Status``, ``RA``...) gets the prefix
-    ``in_``, repeated until it collides with nothing (``in_status`` kept too -> ``in_in_status``)."""
+    equals, in any case, an output column's name (``P_MERGER``, ``Status``, ``RA``...) or an earlier
+    kept column's output name (``z`` after ``Z``) gets the prefix ``in_``, repeated until it collides
+    with nothing (``in_status`` kept too -> ``in_in_status``).  Output names are therefore unique
+    case-insensitively, as FITS needs."""
     taken = {r.lower() for r in RESERVED}
     plain = {str(c).lower() for c in carried}
     out = {}

@@ -9,7 +9,7 @@
 * The FITS table is streamed partition by partition (bounded memory); int64 columns are plain
   ``K`` (no TZERO/TSCAL, so 64-bit ids stay exact); integers with nulls get a ``TNULLn``;
   float nulls are NaN; boolean nulls become False; strings are fixed width (the widest value
-  over all partitions) and string nulls become "".
+  over all partitions), ASCII (non-ASCII characters as backslash escapes) and string nulls become "".
 """
 
 from __future__ import annotations
@@ -208,6 +208,23 @@ _INT_FITS = {  # arrow int type -> numpy dtype written (no TZERO: only signed ty
     pa.uint64(): "u8"}   # uint64 (ids >= 2^63): K with TZERO = 2^63, cfitsio's exact unsigned-64 convention
 
 
+def fits_text(col) -> pa.Array:
+    """A text/binary column as FITS character data: ASCII only (the FITS standard), so any
+    non-ASCII character is written as a backslash escape (``naïve`` -> ``na\\xefve``, ``Δ`` ->
+    ``\\u0394``); pure-ASCII columns (the usual case) are not touched value by value."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        if pc.all(pc.string_is_ascii(col)).as_py() in (True, None):
+            return col.cast(pa.binary())
+        return pa.array([None if v is None else _ascii(v).encode() for v in col.to_pylist()], pa.binary())
+    col = col.cast(pa.binary())
+    values = col.to_pylist()
+    if all(v is None or v.isascii() for v in values):
+        return col
+    return pa.array([None if v is None else v.decode("ascii", "backslashreplace").encode() for v in values],
+                    pa.binary())
+
+
 def fits_layout(files: list) -> list[tuple[str, pa.DataType, str, int | None]]:
     """First, cheap pass over the partitions: [(name, arrow type, numpy dtype, TNULL or None)].
     Reads Parquet footers, plus only the string columns (for their widths) and integer columns
@@ -238,7 +255,7 @@ def fits_layout(files: list) -> list[tuple[str, pa.DataType, str, int | None]]:
         if have:
             t = pf.read(columns=have)
             for n in have:
-                lengths = pc.binary_length(t.column(n).cast(pa.binary()))
+                lengths = pc.binary_length(fits_text(t.column(n)))
                 width[n] = max(width[n], int(pc.max(lengths).as_py() or 0))
     layout = []
     for f in schema:
@@ -269,7 +286,7 @@ def to_fits_records(table: pa.Table, layout: list) -> np.ndarray:
             col = _normalise(table.column(name).combine_chunks())
         kind = np.dtype(npdt).kind
         if kind == "S":
-            rec[name] = pc.fill_null(col.cast(pa.binary()), b"").to_numpy(zero_copy_only=False).astype(npdt)
+            rec[name] = pc.fill_null(fits_text(col), b"").to_numpy(zero_copy_only=False).astype(npdt)
         elif kind == "b":
             rec[name] = pc.fill_null(col.cast(pa.bool_()), False).to_numpy(zero_copy_only=False)
         elif kind in "iu":

@@ -149,7 +149,7 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
         return json.loads(marker.read_text())
     t0 = time.time()
     engine = worker_engine(engine_path, backend, threads, shared_batch, views)
-    df = read_partition_rows(output / "_work", part, plan.carried)
+    df = read_partition_rows(output / "_work", part, [plan.columns["id"], *plan.carried])  # ints never via float64
     n = len(df)
     c = plan.columns
     status = np.full(n, "", dtype=object)
@@ -158,7 +158,7 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
     no_id = missing_ids(df[c["id"]]) if n else np.zeros(0, bool)
     status[no_id & valid] = "no_id"
     ids = df[c["id"]].astype(str).to_numpy() if n else np.zeros(0, object)
-    dup = flag_duplicates(df[c["id"]].to_numpy() if n else ids) & valid & ~no_id   # missing ids are never duplicates
+    dup = flag_duplicates(df[c["id"]] if n else ids) & valid & ~no_id   # missing ids are never duplicates
     status[dup] = "duplicate_id"
     p = np.full(n, np.nan, np.float32)
     todo = np.flatnonzero(status == "")
