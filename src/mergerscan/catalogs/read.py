@@ -36,8 +36,8 @@ def _native(arr: np.ndarray):
     if arr.ndim > 1:
         flat = np.char.strip(arr.astype(str)) if arr.dtype.kind == "S" else arr
         return pd.Series(list(flat.tolist()), dtype=object)
-    if arr.dtype.kind in "SU":
-        return np.char.strip(arr.astype(str)) if arr.dtype.kind == "S" else arr
+    if arr.dtype.kind in "SU":      # fitsio may hand back either; blanks around FITS text are padding
+        return np.char.strip(arr.astype(str))
     return arr.astype(arr.dtype.newbyteorder("="), copy=False) if arr.dtype.byteorder not in ("=", "|") else arr
 
 
