@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from .. import __version__
 from ..catalogs.read import CatalogError, CatalogReader, csv_id_kind
