@@ -30,10 +30,14 @@ def catalog_format(path: str | Path) -> str:
     raise CatalogError(f"{path}: unknown catalog format (expected .fits, .parquet or .csv)")
 
 
-def _native(arr: np.ndarray) -> np.ndarray:
-    """FITS data are big-endian; pandas/pyarrow want native byte order."""
-    if arr.dtype.kind in "SU":
-        return np.char.strip(arr.astype(str)) if arr.dtype.kind == "S" else arr
+def _native(arr: np.ndarray):
+    """FITS data are big-endian; pandas/pyarrow want native byte order.  A vector (array-valued)
+    column becomes one list per row (carried through as JSON text, see docs/output.md)."""
+    if arr.ndim > 1:
+        flat = np.char.strip(arr.astype(str)) if arr.dtype.kind == "S" else arr
+        return pd.Series(list(flat.tolist()), dtype=object)
+    if arr.dtype.kind in "SU":      # fitsio may hand back either; blanks around FITS text are padding
+        return np.char.strip(arr.astype(str))
     return arr.astype(arr.dtype.newbyteorder("="), copy=False) if arr.dtype.byteorder not in ("=", "|") else arr
 
 
@@ -43,6 +47,7 @@ class CatalogReader:
     def __init__(self, path: str | Path, chunk_rows: int = 200_000):
         self.path = Path(path)
         self.chunk_rows = int(chunk_rows)
+        self.text_columns: set = set()   # CSV columns read as text, exactly as written (ids)
         if not self.path.exists():
             raise CatalogError(f"{self.path}: no such file")
         self.format = catalog_format(self.path)
@@ -88,6 +93,8 @@ class CatalogReader:
 
     def _csv_chunks(self, usecols=None, dtype=None):
         sep = "\t" if str(self.path).endswith(".tsv") else ","
+        if self.text_columns and dtype is None:
+            dtype = {c: str for c in self.text_columns if usecols is None or c in usecols}
         return pd.read_csv(self.path, sep=sep, usecols=usecols, chunksize=self.chunk_rows, dtype=dtype,
                            low_memory=False)
 
@@ -102,7 +109,7 @@ class CatalogReader:
             return pd.DataFrame({c: [] for c in columns})
         if self.format == "fits":
             data = self._fits[self._ext].read(rows=np.arange(start, stop), columns=columns)
-            return pd.DataFrame({c: _native(data[c]) for c in columns})
+            return pd.DataFrame({c: _native(data[c]) for c in columns}, index=pd.RangeIndex(stop - start))
         if self.format == "parquet":
             return self._parquet_rows(start, stop, columns, nullable)
         parts, pos = [], 0
@@ -180,10 +187,36 @@ def arrow_to_pandas(table, nullable=()) -> pd.DataFrame:
     and 64-bit integers never pass through float64."""
     import pyarrow as pa
     df = table.to_pandas()
+    # straight from Arrow into pandas' masked arrays: an ArrowDtype -> Int64 astype goes via float64
+    nullable_types = {pa.bool_(): pd.BooleanDtype(), pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(),
+                      pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(),
+                      pa.uint16(): pd.UInt16Dtype(), pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype()}
     for name in nullable:
         if name in table.column_names:
             t = table.schema.field(name).type
-            if pa.types.is_integer(t) or pa.types.is_boolean(t):
-                df[name] = table.select([name]).to_pandas(types_mapper=pd.ArrowDtype)[name].astype(
-                    pd.BooleanDtype() if pa.types.is_boolean(t) else str(t).replace("int", "Int").replace("uInt", "UInt"))
+            if t in nullable_types:
+                df[name] = table.select([name]).to_pandas(types_mapper=nullable_types.get)[name]
     return df
+
+
+_CANONICAL_INT = r"^-?(0|[1-9][0-9]*)$"
+
+
+def csv_id_kind(path: str | Path, column: str, chunk_rows: int = 200_000) -> str:
+    """'int' when every non-blank value of a CSV id column is a canonical integer in int64 range
+    (``0001`` or ``1.0`` or ``1e5`` are not: they stay text), else 'str'.  Reads the column as text,
+    so an integer id column with a blank never passes through float64 (pandas' default)."""
+    r = CatalogReader(path, chunk_rows=chunk_rows)
+    r.text_columns = {column}
+    seen = False
+    for chunk in r._csv_chunks(usecols=[column]):
+        v = chunk[column].dropna().str.strip()
+        v = v[v != ""]
+        if not v.str.fullmatch(_CANONICAL_INT).all():
+            return "str"
+        digits = v.str.lstrip("-")
+        big = digits.str.len() >= 19
+        if big.any() and not all(-2 ** 63 <= int(x) < 2 ** 63 for x in v[big]):
+            return "str"
+        seen = seen or len(v) > 0
+    return "int" if seen else "str"

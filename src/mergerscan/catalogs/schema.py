@@ -12,6 +12,7 @@ STATUS = {
     "edge": "scored; the stamp ran off the frame edge and the missing pixels were filled with sky (0)",
     "bad_coords": "ra/dec missing, NaN or out of range (ra not in [0,360), dec not in [-90,90]): not scored",
     "duplicate_id": "the same id already appeared earlier in the same sky partition: not scored again",
+    "no_id": "the id is missing (null, NaN or blank text): not scored; the row is kept with its id as it was",
     "no_image": "no image file for this object (stamps source): not scored",
     "bad_image": "the image exists but cannot be decoded or has the wrong shape: not scored",
     "outside_footprint": "no survey frame covers this position (frames source): not scored",
@@ -38,3 +39,60 @@ OUTPUT_COLUMNS = {
     "input_row": ("int64", None, "meta.record", "0-based row number in the input catalog"),
     "_healpix_29": ("int64", None, "pos.healpix", "HEALPix nested index at order 29 (the HATS spatial index)"),
 }
+
+
+# ---------------------------------------------------------------- output column names
+# Internal columns of the split shards (never written to the output).
+INTERNAL_COLUMNS = ("_input_row", "_healpix29", "_pid", "_selected")
+# Names no carried column may take, compared case-insensitively (FITS column names are
+# case-insensitive): both id spellings, whichever the run uses, so the rule never depends on the data.
+RESERVED = tuple(OUTPUT_COLUMNS) + ("id",)
+FITS_NAME_MAX = 68          # a TTYPEn value is at most 68 characters
+FITS_MAX_COLUMNS = 999      # TFIELDS <= 999
+
+
+def output_names(carried: list[str]) -> dict[str, str]:
+    """{input name: output name} for the carried-through columns, the same in Parquet and FITS
+    (FITS may further need :func:`fits_names`).  The one collision rule: a kept column whose name
+    equals, in any case, an output column's name (``P_MERGER``, ``Status``, ``RA``...) or an earlier
+    kept column's output name (``z`` after ``Z``) gets the prefix ``in_``, repeated until it collides
+    with nothing (``in_status`` kept too -> ``in_in_status``).  Output names are therefore unique
+    case-insensitively, as FITS needs."""
+    taken = {r.lower() for r in RESERVED}
+    plain = {str(c).lower() for c in carried}
+    out = {}
+    for c in carried:
+        name = str(c)
+        if name.lower() in taken:
+            name = "in_" + name
+            while name.lower() in taken or name.lower() in plain:
+                name = "in_" + name
+        taken.add(name.lower())
+        out[c] = name
+    return out
+
+
+def fits_name(name: str) -> str:
+    """A legal FITS column name: ASCII letters, digits and '_' (anything else becomes '_'),
+    at most 68 characters."""
+    import re
+    legal = re.sub(r"[^A-Za-z0-9_]", "_", name)[:FITS_NAME_MAX]
+    return legal or "col"
+
+
+def fits_names(names: list[str]) -> dict[str, str]:
+    """{output (Parquet) name: FITS name}.  Names that are not legal FITS names (non-ASCII,
+    spaces, punctuation, > 68 characters) are made legal by :func:`fits_name`; names that then
+    coincide case-insensitively (``mag`` and ``MAG``, ``g-r`` and ``g_r``) get ``_2``, ``_3``...
+    in input order.  The FITS header records the original of each changed name (TCOMMn)."""
+    out, seen = {}, set()
+    for n in names:
+        base = fits_name(n)
+        cand, k = base, 1
+        while cand.lower() in seen:
+            k += 1
+            suffix = f"_{k}"
+            cand = base[:FITS_NAME_MAX - len(suffix)] + suffix
+        seen.add(cand.lower())
+        out[n] = cand
+    return out

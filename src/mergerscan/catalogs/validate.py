@@ -101,7 +101,8 @@ def coord_status(ra, dec) -> np.ndarray:
 def flag_duplicates(ids) -> np.ndarray:
     """True for every later occurrence of an id (the first stays False).  Missing ids
     (None/NaN) are never duplicates of each other."""
-    s = pd.Series(np.asarray(ids) if not isinstance(ids, pd.Series) else ids.to_numpy())
+    # the Series itself where given: a nullable Int64's to_numpy() is float64, where 64-bit ids collide
+    s = ids.reset_index(drop=True) if isinstance(ids, pd.Series) else pd.Series(np.asarray(ids))
     return (s.duplicated(keep="first") & s.notna()).to_numpy(bool)
 
 

@@ -9,7 +9,7 @@
 * The FITS table is streamed partition by partition (bounded memory); int64 columns are plain
   ``K`` (no TZERO/TSCAL, so 64-bit ids stay exact); integers with nulls get a ``TNULLn``;
   float nulls are NaN; boolean nulls become False; strings are fixed width (the widest value
-  over all partitions) and string nulls become "".
+  over all partitions), ASCII (non-ASCII characters as backslash escapes) and string nulls become "".
 """
 
 from __future__ import annotations
@@ -204,7 +204,25 @@ def write_metadata(dataset_dir: str | Path, partition_files: list) -> Path:
 # ---------------------------------------------------------------- FITS
 _INT_FITS = {  # arrow int type -> numpy dtype written (no TZERO: only signed types and uint8 'B')
     pa.int8(): "i2", pa.int16(): "i2", pa.int32(): "i4", pa.int64(): "i8",
-    pa.uint8(): "u1", pa.uint16(): "i4", pa.uint32(): "i8", pa.uint64(): "i8"}
+    pa.uint8(): "u1", pa.uint16(): "i4", pa.uint32(): "i8",
+    pa.uint64(): "u8"}   # uint64 (ids >= 2^63): K with TZERO = 2^63, cfitsio's exact unsigned-64 convention
+
+
+def fits_text(col) -> pa.Array:
+    """A text/binary column as FITS character data: ASCII only (the FITS standard), so any
+    non-ASCII character is written as a backslash escape (``naïve`` -> ``na\\xefve``, ``Δ`` ->
+    ``\\u0394``); pure-ASCII columns (the usual case) are not touched value by value."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        if pc.all(pc.string_is_ascii(col)).as_py() in (True, None):
+            return col.cast(pa.binary())
+        return pa.array([None if v is None else _ascii(v).encode() for v in col.to_pylist()], pa.binary())
+    col = col.cast(pa.binary())
+    values = col.to_pylist()
+    if all(v is None or v.isascii() for v in values):
+        return col
+    return pa.array([None if v is None else v.decode("ascii", "backslashreplace").encode() for v in values],
+                    pa.binary())
 
 
 def fits_layout(files: list) -> list[tuple[str, pa.DataType, str, int | None]]:
@@ -237,7 +255,7 @@ def fits_layout(files: list) -> list[tuple[str, pa.DataType, str, int | None]]:
         if have:
             t = pf.read(columns=have)
             for n in have:
-                lengths = pc.binary_length(t.column(n).cast(pa.binary()))
+                lengths = pc.binary_length(fits_text(t.column(n)))
                 width[n] = max(width[n], int(pc.max(lengths).as_py() or 0))
     layout = []
     for f in schema:
@@ -248,7 +266,8 @@ def fits_layout(files: list) -> list[tuple[str, pa.DataType, str, int | None]]:
             npdt = _INT_FITS[t]
             if nulls[f.name]:
                 npdt = "i2" if npdt == "u1" else npdt
-                tnull = int(np.iinfo(npdt).min)
+                # uint64: TNULL applies to the stored (value - 2^63) integer; 2^64-1 is the usual sentinel
+                tnull = int(np.iinfo(np.int64).max) if npdt == "u8" else int(np.iinfo(npdt).min)
         elif pa.types.is_floating(t):
             npdt = "f8" if t.bit_width == 64 else "f4"
         else:
@@ -267,29 +286,50 @@ def to_fits_records(table: pa.Table, layout: list) -> np.ndarray:
             col = _normalise(table.column(name).combine_chunks())
         kind = np.dtype(npdt).kind
         if kind == "S":
-            rec[name] = pc.fill_null(col.cast(pa.binary()), b"").to_numpy(zero_copy_only=False).astype(npdt)
+            rec[name] = pc.fill_null(fits_text(col), b"").to_numpy(zero_copy_only=False).astype(npdt)
         elif kind == "b":
             rec[name] = pc.fill_null(col.cast(pa.bool_()), False).to_numpy(zero_copy_only=False)
         elif kind in "iu":
             target = pa.from_numpy_dtype(np.dtype(npdt))
             col = col.cast(target)   # safe cast: overflow raises
-            rec[name] = (pc.fill_null(col, tnull) if tnull is not None else col).to_numpy(zero_copy_only=False)
+            fill = (tnull + 2 ** 63) if npdt == "u8" and tnull is not None else tnull
+            rec[name] = (pc.fill_null(col, fill) if tnull is not None else col).to_numpy(zero_copy_only=False)
         else:
             rec[name] = col.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(npdt)
     return rec
 
 
+def _ascii(text: str) -> str:
+    """FITS header values are ASCII: non-ASCII characters as \\uXXXX escapes."""
+    return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
 def write_fits_table(partition_files: list, fits_path: str | Path, header_meta: dict | None = None,
-                     batch_rows: int = 65536) -> Path:
-    """Stream all partitions into ONE FITS binary table (units, UCDs, descriptions, run keywords)."""
+                     batch_rows: int = 65536, origins: dict | None = None) -> Path:
+    """Stream all partitions into ONE FITS binary table (units, UCDs, descriptions, run keywords).
+
+    Column names follow :func:`~mergerscan.catalogs.schema.fits_names` (the Parquet name where it is
+    a legal FITS name); ``origins`` ({Parquet name: input column}) puts each carried column's input
+    name in its TCOMMn, with the Parquet name where FITS had to change it."""
     import fitsio
+
+    from .schema import fits_names
 
     files = [str(f) for f in partition_files]
     if not files:
         raise ValueError(f"{fits_path}: no partition files to write")
     layout = fits_layout(files)
-    dtype = np.dtype([(n, d) for n, _, d, _ in layout])
+    rename = fits_names([n for n, *_ in layout])
+    dtype = np.dtype([(rename[n], d) for n, _, d, _ in layout])
     info = [column_info(n) for n, *_ in layout]
+    comments = []
+    for (n, *_), (_, _, desc) in zip(layout, info):
+        orig = (origins or {}).get(n)
+        if orig is not None:
+            desc = f"input column {orig!r}"
+        if rename[n] != n and orig != n:
+            desc += f" (Parquet column {n!r})"
+        comments.append(_ascii(desc))
     fits_path = Path(fits_path)
 
     def write(tmp: Path):
@@ -302,13 +342,14 @@ def write_fits_table(partition_files: list, fits_path: str | Path, header_meta: 
                     hdu.write_key(f"TNULL{i}", tnull)
                 if ucd:
                     hdu.write_key(f"TUCD{i}", ucd)
-                hdu.write_key(f"TCOMM{i}", desc)
+                hdu.write_key(f"TCOMM{i}", comments[i - 1])
             for key, value in (header_meta or {}).items():
                 if key in FITS_KEYWORDS and value is not None:
                     hdu.write_key(FITS_KEYWORDS[key], value if isinstance(value, (int, float)) else str(value))
             for f in files:
                 for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
                     rec = to_fits_records(pa.Table.from_batches([batch]), layout)
+                    rec.dtype.names = [rename[n] for n in rec.dtype.names]
                     if len(rec):
                         hdu.append(rec)
                         nrows += len(rec)

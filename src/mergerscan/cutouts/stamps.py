@@ -20,6 +20,7 @@ and zlib release the GIL).
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 from collections import Counter
@@ -97,7 +98,12 @@ class StampSource:
         paths = rows["path"].tolist() if "path" in rows.columns else [None] * n
 
         def one(i: int) -> None:                         # each call writes its own row
-            path = self.resolve(ids[i], paths[i])
+            try:
+                path = self.resolve(ids[i], paths[i])
+            except OSError as exc:                       # a per-row filesystem error is a per-row status:
+                if exc.errno != errno.ENAMETOOLONG:      # a name too long for the filesystem names no file
+                    status[i] = "bad_image"
+                return
             if path is None:
                 return
             try:

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cutouts.sources import SourceConfig
+from ..cutouts.sources import SourceConfig, redact_text
 from .slurm import GPU_BACKENDS, SlurmOptions, is_slurm_task, slurm_cpus
 
 
@@ -74,8 +74,9 @@ class ProcessArguments:
         for flag, d in (("--images", self.images), ("--frames", self.frames)):
             if d and not Path(d).is_dir():
                 raise ArgumentError(f"{flag} {d}: not a directory")
+        self.command = redact_text(self.command)          # stored in summary.json and the report
         if self.cutout_service and not self.cutout_service.lower().startswith(("http://", "https://")):
-            raise ArgumentError(f"--cutout-service {self.cutout_service}: only http(s) URLs are allowed")
+            raise ArgumentError(f"--cutout-service {redact_text(self.cutout_service)}: only http(s) URLs are allowed")
         if self.engine and not Path(self.engine).is_file():
             raise ArgumentError(f"--engine {self.engine}: no such file")
         if self.workers < 1 or self.threads_per_worker < 0:

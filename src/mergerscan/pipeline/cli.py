@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from ..catalogs.read import CatalogError
 from ..engines.base import VIEWS
 from .arguments import ArgumentError, ProcessArguments
-from .resume import FingerprintMismatch
+from .resume import FingerprintMismatch, OutputError
 from .slurm import SlurmOptions
 
 EPILOG = """\
@@ -135,12 +136,20 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
         command="process-catalog " + " ".join(argv))
 
 
+def _error(message, status: int) -> int:
+    """One line on stderr (credentials in URLs redacted), the exit status."""
+    from ..cutouts.sources import redact_text
+    text = " ".join(str(message).split())
+    print(f"process-catalog: error: {redact_text(text)}", file=sys.stderr)
+    return status
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     ns = parser.parse_args(argv)
-    from .run import format_summary, run
     try:
+        from .run import format_summary, run
         args = arguments_from(ns, argv)
         if args.cluster == "slurm-runner":
             # every task of the srun step gets here; only the client task (1) returns from entering
@@ -153,13 +162,18 @@ def main(argv=None) -> int:
         if "rows" not in summary or "scored" not in summary:     # --plan / --shard
             print("process-catalog: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
             return 0
-    except (ArgumentError, CatalogError, FingerprintMismatch, FileNotFoundError) as exc:
-        print(f"process-catalog: error: {exc}", file=sys.stderr)
-        return 2
+    except (ArgumentError, CatalogError, FingerprintMismatch, OutputError, FileNotFoundError) as exc:
+        return _error(exc, 2)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)     # a second ^C while exiting: no traceback either
         print("process-catalog: interrupted; finished partitions are kept - re-run the same command to resume",
               file=sys.stderr)
         return 130
+    except OSError as exc:             # e.g. OUT became unwritable or full mid-run
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        return _error(f"{where}{exc.strerror or exc}", 1)
+    except RuntimeError as exc:        # tasks failed after retries: the first failure, in one line
+        return _error(exc, 1)
     print(format_summary(summary))
     if args.samp:                                  # the catalog is done either way: a SAMP problem is a message
         from ..samp import SampError, send_table

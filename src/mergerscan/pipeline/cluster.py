@@ -52,6 +52,7 @@ def dask_client(workers: int = 1, threads_per_worker: int = 1, scheduler: str | 
     logging.getLogger("distributed").setLevel(logging.WARNING)
     cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                            dashboard_address=":0", memory_limit=memory_limit,
+                           preload=["mergerscan.pipeline._worker_signals"],   # ^C: one line from the client
                            silence_logs=logging.CRITICAL)   # task errors are reported by the run itself
     client = Client(cluster)
     try:

@@ -53,7 +53,7 @@ class Plan:
     nrows: int
     columns: dict                # {"id": name, "ra": name, "dec": name[, "path": name]} in the file's spelling
     keep: list                   # input columns carried through
-    id_kind: str                 # "int" or "str"
+    id_kind: str                 # "int", "uint" (uint64) or "str"
     chunks: list                 # [(start, stop)]
     hist_order: int
     partitions: list = field(default_factory=list)
@@ -61,6 +61,7 @@ class Plan:
     select: str | None = None    # --select EXPR (see select.py)
     select_columns: dict = field(default_factory=dict)   # {name in EXPR: column in the file's spelling}
     hats: dict | None = None     # HATS input: partitions are its pixels, read directly (hats_plan.py)
+    names: dict = field(default_factory=dict)   # carried input column -> output name (schema.output_names)
 
     @property
     def carried(self) -> list:
@@ -110,7 +111,8 @@ def read_positions(path: str, start: int, stop: int, columns: dict, extra: list 
     try:
         core = [columns["id"], columns["ra"], columns["dec"]]
         cols = list(dict.fromkeys([*core, *(extra or [])]))
-        df = r.read_rows(start, stop, cols, nullable=[c for c in cols if c not in core])
+        # the id too: a Parquet integer id with a null must not pass through float64
+        df = r.read_rows(start, stop, cols, nullable=[c for c in cols if c not in core[1:]])
     finally:
         r.close()
     check_numeric(df, [columns["ra"], columns["dec"]], label or path, row_offset=start)
@@ -171,8 +173,22 @@ def assign_partitions(hpx29: np.ndarray, input_row: np.ndarray, partitions: list
     return out
 
 
-def stage_csv(path: str, work: Path, chunk_rows: int) -> str:
-    """CSV cannot be read by row range cheaply: convert it once, streaming, to Parquet row groups."""
+def _csv_id(t, id_column: str, id_kind: str):
+    """The CSV id column (read as text) as int64 (``id_kind`` 'int': exact, blanks -> null) or text."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    i = t.schema.get_field_index(id_column)
+    col = t.column(i).cast(pa.string())
+    if id_kind == "int":
+        col = pc.utf8_trim_whitespace(col)
+        col = pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col).cast(pa.int64())
+    return t.set_column(i, id_column, col)
+
+
+def stage_csv(path: str, work: Path, chunk_rows: int, id_column: str | None = None, id_kind: str = "str") -> str:
+    """CSV cannot be read by row range cheaply: convert it once, streaming, to Parquet row groups.
+    The id column is read as text and written as text or exact int64 (never via float64)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -182,8 +198,11 @@ def stage_csv(path: str, work: Path, chunk_rows: int) -> str:
     tmp = out.with_suffix(".tmp")
     writer = None
     r = CatalogReader(path, chunk_rows=chunk_rows)
+    r.text_columns = {id_column} if id_column else set()
     for start, chunk in r.iter_chunks():
         t = pa.Table.from_pandas(chunk, preserve_index=False)
+        if id_column:
+            t = _csv_id(t, id_column, id_kind)
         if writer is None:
             writer = pq.ParquetWriter(str(tmp), t.schema)
         try:

@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from .. import __version__
-from ..catalogs.read import CatalogError, CatalogReader
-from ..catalogs.schema import SCORED
+from ..catalogs.read import CatalogError, CatalogReader, csv_id_kind
+from ..catalogs.schema import FITS_MAX_COLUMNS, INTERNAL_COLUMNS, OUTPUT_COLUMNS, SCORED, output_names
 from ..catalogs.validate import resolve_columns
 from ..catalogs.hats import join_pieces, partition_file, write_hats_metadata
 from ..catalogs.write import write_fits_table
@@ -23,7 +22,7 @@ from .arguments import ArgumentError, ProcessArguments
 from .cluster import client_for
 from .plan import Plan, make_partitions, stage_csv
 from . import split
-from .resume import check_or_claim, file_identity, read_marker
+from .resume import check_or_claim, content_identity, read_cache, read_marker
 from .task import dataset_path, marker_path, retry_path, score_partition
 
 log = logging.getLogger("mergerscan")
@@ -46,8 +45,27 @@ def _named_columns(names: list[str], available: list[str], path: str, flag: str)
 
 
 def _id_kind(reader: CatalogReader, id_col: str) -> str:
-    sample = reader.read_rows(0, min(reader.nrows, 1000), [id_col])[id_col]
-    return "int" if pd.api.types.is_integer_dtype(sample.dtype) else "str"
+    """'int' (signed, or unsigned up to 32 bits: int64 out), 'uint' (uint64: kept as uint64) or 'str',
+    from the column's declared type (not a sample: one blank far down must not change it).
+    Floating-point and other ids are refused: a float64 id keeps only ~16 digits."""
+    if reader.format == "csv":
+        return csv_id_kind(reader.path, id_col, reader.chunk_rows)
+    if reader.format == "parquet":
+        import pyarrow as pa
+        schema = reader._pq.schema_arrow if reader._pq is not None else reader._ds.schema
+        t = schema.field(id_col).type
+        t = t.value_type if pa.types.is_dictionary(t) else t
+        kind = ("uint" if t == pa.uint64() else "int") if pa.types.is_integer(t) else \
+            "str" if (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+                      or pa.types.is_large_binary(t) or pa.types.is_null(t)) else str(t)
+    else:
+        dt = reader.read_rows(0, 1, [id_col])[id_col].dtype
+        kind = ("uint" if dt.itemsize == 8 else "int") if dt.kind == "u" else "int" if dt.kind == "i" else \
+            "str" if dt.kind in "OSU" else str(dt)
+    if kind not in ("int", "uint", "str"):
+        raise CatalogError(f"{reader.path}: id column {id_col!r} is {kind}, not integer or text (a float id "
+                           "loses digits); name the real id column with --id-column")
+    return kind
 
 
 def _select_columns(args: ProcessArguments, available: list[str]) -> dict:
@@ -90,7 +108,16 @@ def inspect_catalog(args: ProcessArguments) -> dict:
         if args.path_column:                       # read into the partitions and carried through
             cols["path"], = _named_columns([args.path_column], reader.columns, args.catalog, "--path-column")
             keep = list(dict.fromkeys([*keep, cols["path"]]))
-        cat = {"format": reader.format, "nrows": reader.nrows, "columns": cols, "keep": keep,
+        core = (cols["id"], cols["ra"], cols["dec"])
+        internal = [c for c in (*core, *keep) if c in INTERNAL_COLUMNS]
+        if internal:
+            raise CatalogError(f"{args.catalog}: column {internal[0]!r} has the name of a column mergerscan uses "
+                               "internally; rename it (or do not keep it)")
+        names = output_names([k for k in keep if k not in core])
+        if len(OUTPUT_COLUMNS) + len(names) > FITS_MAX_COLUMNS:
+            raise CatalogError(f"{args.catalog}: {len(names)} kept columns + {len(OUTPUT_COLUMNS)} output columns "
+                               f"exceed the {FITS_MAX_COLUMNS} columns of a FITS table; keep fewer (--keep-columns)")
+        cat = {"format": reader.format, "nrows": reader.nrows, "columns": cols, "keep": keep, "names": names,
                "id_kind": _id_kind(reader, cols["id"]), "chunks": reader.chunk_ranges(),
                "select_columns": _select_columns(args, reader.columns)}
         _check_select_sample(args, cat, reader)
@@ -99,9 +126,13 @@ def inspect_catalog(args: ProcessArguments) -> dict:
         reader.close()
 
 
-def fingerprint(args: ProcessArguments, cat: dict, engine_sha: str, views: int = 1) -> dict:
+def fingerprint(args: ProcessArguments, cat: dict, engine_sha: str, views: int = 1, cache: dict | None = None) -> dict:
+    """The run's identity.  ``cache`` (optional, updated in place): the input's content-hash cache."""
+    identity, new = content_identity(args.catalog, read_cache(Path(args.output)))
+    if cache is not None:
+        cache.update(new)
     extra = {"select": args.select} if args.select is not None else {}   # absent: older runs still resume
-    return {**extra, "catalog": file_identity(args.catalog), "columns": cat["columns"], "keep": cat["keep"],
+    return {**extra, "catalog": identity, "columns": cat["columns"], "keep": cat["keep"],
             "engine_sha256": engine_sha, "precision": backend_precision(args.backend), "views": views, "source": args.source.fingerprint(),
             "partition_rows": args.partition_rows, "chunk_rows": args.chunk_rows,
             "hist_order": args.hist_order, "mergerscan": __version__.split(".")[0]}
@@ -203,7 +234,7 @@ def make_plan(args: ProcessArguments, cat: dict, tasks: _Tasks, work: Path) -> P
     path = args.catalog
     chunks = cat["chunks"]
     if cat["format"] == "csv":
-        path = stage_csv(args.catalog, work, args.chunk_rows)
+        path = stage_csv(args.catalog, work, args.chunk_rows, cat["columns"]["id"], cat["id_kind"])
         chunks = CatalogReader(path, chunk_rows=args.chunk_rows).chunk_ranges()
     select_columns = cat.get("select_columns") or {}
     spec = {"catalog": path, "source_catalog": args.catalog, "columns": cat["columns"], "keep": cat["keep"],
@@ -219,7 +250,7 @@ def make_plan(args: ProcessArguments, cat: dict, tasks: _Tasks, work: Path) -> P
     plan = Plan(catalog=path, source_catalog=args.catalog, nrows=cat["nrows"], columns=cat["columns"],
                 keep=cat["keep"], id_kind=cat["id_kind"], chunks=[tuple(c) for c in chunks],
                 hist_order=args.hist_order, partitions=parts, select=args.select, select_columns=select_columns,
-                split=split.plan_split(parts, ranges, max(args.chunk_rows, args.partition_rows)))
+                names=cat["names"], split=split.plan_split(parts, ranges, max(args.chunk_rows, args.partition_rows)))
     plan.save(plan_file)
     return plan
 
@@ -257,7 +288,8 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
                                                                  if p.order >= 0), args.partition_rows,
                             name=Path(args.output).name)
     meta = run_meta(args, info)
-    write_fits_table(files, out / "mergers.fits", meta)
+    names = plan.names or output_names(plan.carried)
+    write_fits_table(files, out / "mergers.fits", meta, origins={v: k for k, v in names.items()})
     status: dict = {}
     for m in markers:
         for k, v in m["status"].items():
@@ -281,7 +313,7 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
                "objects_per_s": round(rows / wall, 1) if wall > 0 else None,
                "engine": info.name, "engine_sha256": info.sha256, "mergerscan_version": __version__,
                "catalog": args.catalog, "command": args.command, "engine_path": info.path,
-               "source": {"kind": args.source.kind, "location": args.source.location,
+               "source": {"kind": args.source.kind, "location": args.source.shown,
                           "options": dict(args.source.options)},
                "id_column": "objid" if plan.id_kind == "int" else "id", "keep": plan.keep,
                "fits": str(out / "mergers.fits"), "parquet": str(out / "parquet")}
@@ -289,7 +321,7 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
     if args.report:
         try:
             from ..report import build_report
-            summary["report"] = str(build_report(out))
+            summary["report"] = str(build_report(out, source_location=args.source.location))
         except Exception as exc:  # noqa: BLE001 - the catalog is done; a report failure must not hide it
             summary["report_error"] = f"{type(exc).__name__}: {exc}"
     return summary
@@ -438,7 +470,10 @@ def run(args: ProcessArguments, client=None) -> dict:
     _source_notices(args, cat["nrows"])
     out = Path(args.output)
     work = out / "_work"
-    check_or_claim(out, fingerprint(args, cat, info.sha256, info.views), args.overwrite)
+    cache: dict = {}
+    fp = fingerprint(args, cat, info.sha256, info.views, cache)
+    protect = [p for p in (args.catalog, args.images, args.frames, args.engine) if p]
+    check_or_claim(out, fp, args.overwrite, protect=protect, cache=cache)
     if args.mode == "finalize":
         plan = _existing_plan(work)
         missing = [p.name for p in plan.partitions if not marker_path(out, p).is_file()]

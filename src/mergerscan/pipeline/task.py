@@ -56,21 +56,42 @@ def marker_path(output: Path, part: Partition) -> Path:
     return Path(output) / "_work" / "scored" / f"part-{part.pid:06d}.json"
 
 
+def _text_id(v):
+    if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
+        return None
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def output_ids(ids: pd.Series, id_kind: str):
+    """The id column exactly as it went in: int64 / uint64 (nullable where the input has nulls,
+    never via float64) or text (nulls stay null, never the string 'None')."""
+    if id_kind in ("int", "uint"):
+        dtype = "Int64" if id_kind == "int" else "UInt64"
+        return pd.array(ids, dtype=dtype) if ids.hasnans or isinstance(ids.dtype, pd.api.extensions.ExtensionDtype) \
+            else ids.to_numpy(np.int64 if id_kind == "int" else np.uint64)
+    return np.array([_text_id(v) for v in ids.to_numpy(object)], dtype=object)
+
+
+def missing_ids(ids: pd.Series) -> np.ndarray:
+    """True where the id is null/NaN or blank text (flagged ``no_id``)."""
+    values = ids.to_numpy(object)
+    return np.array([_text_id(v) is None or not _text_id(v).strip() for v in values], bool)
+
+
 def output_table(df: pd.DataFrame, plan: Plan, p: np.ndarray, status: np.ndarray, threshold: float) -> pd.DataFrame:
+    from ..catalogs.schema import output_names
     c = plan.columns
-    ids = df[c["id"]]
-    out = {("objid" if plan.id_kind == "int" else "id"): ids.to_numpy(np.int64) if plan.id_kind == "int"
-           else ids.astype(str).to_numpy(object),
+    out = {("objid" if plan.id_kind in ("int", "uint") else "id"): output_ids(df[c["id"]], plan.id_kind),
            "ra": df[c["ra"]].to_numpy(np.float64), "dec": df[c["dec"]].to_numpy(np.float64),
            "p_merger": p.astype(np.float32),
            "is_merger": np.nan_to_num(p, nan=-1.0) >= threshold,
            "status": status.astype(object),
            "input_row": df["_input_row"].to_numpy(np.int64),
            "_healpix_29": df["_healpix29"].to_numpy(np.int64)}
+    names = plan.names or output_names(plan.carried)    # plans written before the names were stored
     for k in plan.carried:
         col = df[k]   # nullable (extension) dtypes stay as they are: one column type in every partition
-        out[k if k not in out else f"in_{k}"] = col.array if isinstance(col.dtype, pd.api.extensions.ExtensionDtype) \
-            else col.to_numpy()
+        out[names[k]] = col.array if isinstance(col.dtype, pd.api.extensions.ExtensionDtype) else col.to_numpy()
     return pd.DataFrame(out)
 
 
@@ -127,14 +148,16 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
         from .hats_plan import read_hats_partition
         df = read_hats_partition(plan, part)
     else:
-        df = read_partition(output / "_work", plan, part, plan.carried)
+        df = read_partition(output / "_work", plan, part, [plan.columns["id"], *plan.carried])  # ints never via float64
     n = len(df)
     c = plan.columns
     status = np.full(n, "", dtype=object)
     valid = df["_healpix29"].to_numpy() >= 0 if n else np.zeros(0, bool)
     status[~valid] = "bad_coords"
+    no_id = missing_ids(df[c["id"]]) if n else np.zeros(0, bool)
+    status[no_id & valid] = "no_id"
     ids = df[c["id"]].astype(str).to_numpy() if n else np.zeros(0, object)
-    dup = flag_duplicates(df[c["id"]].to_numpy() if n else ids) & valid   # missing ids are never duplicates
+    dup = flag_duplicates(df[c["id"]] if n else ids) & valid & ~no_id   # missing ids are never duplicates
     status[dup] = "duplicate_id"
     if "_selected" in df:                          # --select: the rest is kept, not fetched or scored
         status[(status == "") & ~df["_selected"].to_numpy(bool)] = "not_selected"

@@ -406,12 +406,13 @@ def _read_markers(out: Path) -> list[dict]:
 
 # ------------------------------------------------------------------ the page
 def build_report(out_dir, top_n: int = 24, borderline_n: int = 12, sample_rows: int = 200_000,
-                 max_memory_rows: int = 262_144) -> Path:
+                 max_memory_rows: int = 262_144, source_location: str | None = None) -> Path:
     """Write ``OUT/report/index.html`` for a process-catalog run directory and return its path.
 
     ``max_memory_rows``: rows read per streamed batch (memory bound); ``sample_rows``: size of
     the reservoir sample behind the scatter plots.  Everything else is exact.
     """
+    from ..cutouts.sources import redact_text
     t_start = time.time()
     out = Path(out_dir)
     summary = json.loads((out / "summary.json").read_text())
@@ -449,14 +450,17 @@ def build_report(out_dir, top_n: int = 24, borderline_n: int = 12, sample_rows: 
     keep("status", fig_status(st.status) if st.status else None)
     keep("throughput", thr_png)
     show = [b.name for b in st.bins][:4]
-    top_st, top_err = fetch_cutouts(summary, st.top, spec)
-    bor_st, bor_err = fetch_cutouts(summary, st.border, spec)
+    # the run passes its real location (summary.json holds it with credentials redacted)
+    fetch_from = summary if source_location is None else \
+        dict(summary, source=dict(summary.get("source") or {}, location=source_location))
+    top_st, top_err = fetch_cutouts(fetch_from, st.top, spec)
+    bor_st, bor_err = fetch_cutouts(fetch_from, st.border, spec)
 
     warn = []
     if st.rows != summary.get("rows"):
         warn.append(f"the Parquet dataset holds {st.rows:,} rows but summary.json says {fmt(summary.get('rows'))} "
                     "(an unfinished or edited run?)")
-    warn += [w for w in (card_note, top_err or bor_err) if w]
+    warn += [redact_text(w) for w in (card_note, top_err or bor_err) if w]
     warn_html = "".join(f'<div class="warn">{esc(w)}</div>' for w in warn)
 
     S = []
