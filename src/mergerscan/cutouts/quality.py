@@ -14,6 +14,12 @@ Every image is checked before it is scored; what fails gets a status instead of 
   [0, 1] are display values in 0..1 and are scaled x255; data in [0, 255] are used as they are
   (rounded); anything else (negative or > 255, e.g. raw fluxes) is ``bad_image``: give a colour
   image, or the frames as ``--frames``.
+* **Frames** (:func:`check_bands`, on the band stamps before the colour composite): over
+  :data:`MAX_NONFINITE` NaN/inf pixels, or at least :data:`MAX_FLAT` of the stamp without data
+  (0 in every band: off the frame), -> ``blank_image``; fewer NaN/inf -> 0 (sky).
+* **JPEG integrity** (:func:`check_jpeg`): decoded strictly once more with libjpeg-turbo
+  (simplejpeg), where any decoder warning - corrupt data, a zeroed block, data cut short but
+  the end marker kept - is ``bad_image`` (0 of the 9,520 SkyServer JPEGs in ../shared warn).
 * **Content** (:func:`check_pixels`, on the decoded uint8 image at its own resolution):
   ``blank_image`` when at least :data:`MAX_FLAT` of its 8x8 tiles are flat (one colour: an
   empty, black or constant image, or one mostly off the survey) or when the whole image spans
@@ -113,13 +119,49 @@ def display_values(a: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def check_pixels(a: np.ndarray) -> None:
-    """Content check of a decoded (H, W, 3) uint8 image at its own resolution."""
+def check_jpeg(body: bytes) -> None:
+    """A JPEG must decode without a single libjpeg-turbo warning (simplejpeg ``strict``): corrupt
+    data ("N extraneous bytes before marker", a zeroed block) and data cut short ("premature end
+    of data segment", even with the end marker put back) are ``bad_image``.  PIL hides these
+    warnings and fills the rest with grey.  Without simplejpeg only the grey-fill check applies."""
+    try:
+        import simplejpeg
+    except ImportError:                       # a declared dependency; degrade, don't fail
+        return
+    try:
+        simplejpeg.decode_jpeg(body, colorspace="RGB", strict=True)
+    except ValueError as e:
+        raise ImageRejected("bad_image", f"corrupt JPEG: {e}") from None
+
+
+def check_bands(bands: np.ndarray) -> list:
+    """Band stamps cut from frames, float (nbands, k, S, S), physical units: NaN/inf set to 0 in
+    place; returns [(stamp index, ImageRejected)] for stamps with over :data:`MAX_NONFINITE`
+    non-finite pixels, or with at least :data:`MAX_FLAT` of their pixels without data (0 in
+    every band: off the frame or masked; real sky is never exactly 0)."""
+    out = []
+    finite = np.isfinite(bands)
+    if not finite.all():
+        bad = 1.0 - finite.mean(axis=(0, 2, 3))
+        bands[~finite] = 0
+        out += [(j, ImageRejected("blank_image", f"{bad[j]:.0%} of the frame pixels are NaN/inf"))
+                for j in np.flatnonzero(bad > MAX_NONFINITE)]
+    empty = (bands == 0).all(axis=0).mean(axis=(1, 2))
+    seen = {j for j, _ in out}
+    out += [(j, ImageRejected("blank_image", f"{empty[j]:.0%} of the stamp has no data (off the frame or 0)"))
+            for j in np.flatnonzero(empty >= MAX_FLAT) if j not in seen]
+    return out
+
+
+def check_pixels(a: np.ndarray, flat: bool = True) -> None:
+    """Content check of a decoded (H, W, 3) uint8 image at its own resolution.  ``flat=False``
+    (frames: flat areas are judged on the band data by :func:`check_bands`, since noise-free
+    simulated sky is flat) checks only that the image is not constant."""
     h, w = a.shape[:2]
     if int(a.max()) - int(a.min()) <= MIN_RANGE:
         raise ImageRejected("blank_image", f"the image is constant (values {a.min()}..{a.max()})")
     th, tw = h // TILE, w // TILE
-    if not th or not tw:
+    if not flat or not th or not tw:
         return
     t = a[:th * TILE, :tw * TILE].reshape(th, TILE, tw, TILE, 3)
     hi, lo = t.max(axis=(1, 3)), t.min(axis=(1, 3))

@@ -49,7 +49,7 @@ import pandas as pd
 from PIL import Image
 
 from .preprocess import PreprocessSpec
-from .quality import ImageRejected, check_pixels, check_size
+from .quality import ImageRejected, check_jpeg, check_pixels, check_size
 from .sources import empty_stamps
 
 SCHEMES = ("http", "https")
@@ -345,6 +345,8 @@ class ServiceSource:
                 check_size(w, h, s)              # small_image / image_too_large: ImageRejected
                 if im.format == "JPEG" and not body.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
                     raise _Fail("bad_body", detail=f"{where} sent a truncated JPEG")   # also if LOAD_TRUNCATED_IMAGES
+                if im.format == "JPEG":
+                    check_jpeg(body)             # corrupt / cut-short data: ImageRejected bad_image
                 im.load()
                 check_pixels(np.asarray(im, dtype=np.uint8))   # blank / JPEG grey fill, at its own size
                 if w != s:

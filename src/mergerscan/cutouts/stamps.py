@@ -41,8 +41,8 @@ import pandas as pd
 from PIL import Image
 
 from .preprocess import PreprocessSpec
-from .quality import (MAX_FILE_BYTES, ImageRejected, check_pixels, check_size, display_values, open_regular,
-                      read_regular)
+from .quality import (MAX_FILE_BYTES, ImageRejected, check_jpeg, check_pixels, check_size, display_values,
+                      open_regular, read_regular)
 from .sources import empty_stamps
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".fits", ".fit", ".fits.fz", ".fits.gz")
@@ -96,6 +96,8 @@ def _read_raster(path: Path, stamp_pixels: int) -> Image.Image:
     check_size(*im.size, stamp_pixels)                   # header only: checked before decoding
     if im.mode != "RGB":
         raise _bad(f"mode {im.mode}, not RGB")
+    if im.format == "JPEG":
+        check_jpeg(body)
     im.load()
     return im
 

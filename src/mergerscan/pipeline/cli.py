@@ -14,7 +14,11 @@ from .slurm import SlurmOptions
 EPILOG = """\
 Output: OUT/mergers.fits (one FITS table for TOPCAT), OUT/parquet/ (HEALPix-partitioned Parquet
 dataset with _metadata), OUT/summary.json.  Every input row appears once; 'status' says why a
-row has no p_merger.  Re-running the same command resumes an interrupted run."""
+row has no p_merger.  Re-running the same command resumes an interrupted run and retries rows
+flagged fetch_failed, no_image or out_of_memory.
+
+Exit status: 0 finished (at least one row scored), 2 bad input or arguments (one-line error),
+3 finished but no row could be scored (see the reasons printed), 130 interrupted."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--service-timeout", type=float, default=10.0, help="seconds per request")
     src.add_argument("--service-retries", type=int, default=3)
     src.add_argument("--service-concurrency", type=int, default=8)
+    src.add_argument("--service-total-timeout", type=float, default=None,
+                     help="seconds per row over all its attempts (default: 2 x (retries + 1) x timeout)")
     p.add_argument("--engine", help="engine file (.onnx); default: the packaged model")
     p.add_argument("--backend", help="onnxruntime (CPU, the default), onnxruntime-cuda (the default with --gpus 1), "
                                      "torch, torch-cuda, tensorrt; NAME:PRECISION picks the arithmetic, e.g. torch-cuda:fp16, "
@@ -119,7 +125,8 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
         mode="plan" if ns.plan else "shard" if ns.shard else "finalize" if ns.finalize else "all",
         shard=_parse_shard(ns.shard),
         service_options={"timeout": ns.service_timeout, "retries": ns.service_retries,
-                         "max_concurrency": ns.service_concurrency},
+                         "max_concurrency": ns.service_concurrency,
+                         **({"total_timeout": ns.service_total_timeout} if ns.service_total_timeout else {})},
         command="process-catalog " + " ".join(argv))
 
 
@@ -149,7 +156,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 130
     print(format_summary(summary))
-    return 0
+    return int(summary.get("exit_status", 0))
 
 
 if __name__ == "__main__":
