@@ -442,6 +442,7 @@ class _Handler(BaseHTTPRequestHandler):
 def _serve(port=0, mode="ok", bodies=None):
     srv = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
     srv.daemon_threads = True
+    srv.handle_error = lambda *a: None                       # clients giving up mid-response are expected
     srv.state = {"lock": threading.Lock(), "hits": 0, "mode": mode, "bodies": bodies or {},
                  "default": jpeg(galaxy(40))}
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -493,7 +494,7 @@ def test_service_total_time_limit_ends_retries():
             _, status = src.fetch(rows)
         assert status.tolist() == ["fetch_failed"]
         assert srv.state["hits"] < 21                           # far fewer than retries + 1 attempts
-        assert "total time limit" in src.examples["fetch_failed"] and "HTTP 503" in src.examples["fetch_failed"]
+        assert "total time limit (1 s)" in src.examples["fetch_failed"]
     finally:
         srv.shutdown()
         srv.server_close()
