@@ -2,7 +2,7 @@
 through ``python -m mergerscan.pipeline.cli`` as a user meets them, with images, frames and an
 HTTP server (127.0.0.1) the tests make themselves.
 
-Bad-input cases (one a line; 45 in all):
+Bad-input cases (one a line; 46 in all):
  1. all-NaN float FITS stamp -> blank_image
  2. half-NaN float FITS stamp -> blank_image
  3. float FITS stamp with 2 % NaN -> scored (NaN -> 0), the rule's other side
@@ -26,28 +26,29 @@ Bad-input cases (one a line; 45 in all):
 21. FITS whose header declares 30000 x 30000 x 3 over a small file -> image_too_large
 22. PNG decompression bomb (6000 x 6000 px in 100 kB) -> image_too_large, not decoded
 23. 2048 x 2048 JPEG (8x the stamp) -> image_too_large
-24. 40 MB file named .png (sparse) -> image_too_large, never read
-25. FIFO named <id>.jpg -> bad_image, the run does not hang
-26. directory named <id>.png -> bad_image
-27. symlink <id>.jpg -> /dev/zero -> bad_image, never read
-28. id so long the file name exceeds 255 bytes -> a per-row status, not a crash
-29. FIFO named like a frame in --frames -> listed unreadable, the run does not hang
-30. bz2 frame whose header declares 100000 x 100000 pixels -> never decompressed; its field is corrupt_frame
-31. frame whose data are all NaN -> blank_image
-32. cutout service unreachable (127.0.0.1, port closed) -> fetch_failed with "connection refused by ...", exit 3
-33. cutout service that answers slowly with 503s -> the row's total time limit ends its retries
-34. cutout service sending an 8x8 JPEG -> small_image
-35. cutout service sending a JPEG cut short with its end marker -> bad_image
-36. cutout service sending an all-black JPEG -> blank_image
-37. wrong --id-column: every image missing -> exit 3, no_image example and a hint naming the id column
-38. coordinates in radians with --frames: all outside the footprint -> exit 3 and a radians warning
-39. ra in hours -> an hours warning (rows still scored, exit 0)
-40. most rows without an image -> exit 0 with a "most rows were not scored" warning and the reasons
-41. every row with bad coordinates -> exit 3, bad_coords example naming the row
-42. re-run after adding the missing images: those rows are scored, ok rows are not fetched again
-43. re-run after the service came back: fetch_failed rows are retried and scored
-44. --service-timeout 0 / --service-retries -1 -> one-line error, exit 2
-45. --service-total-timeout -5 -> one-line error, exit 2
+24. PNG header declaring 15000 x 13000 px (past PIL's own bomb limit) -> image_too_large
+25. 40 MB file named .png (sparse) -> image_too_large, never read
+26. FIFO named <id>.jpg -> bad_image, the run does not hang
+27. directory named <id>.png -> bad_image
+28. symlink <id>.jpg -> /dev/zero -> bad_image, never read
+29. id so long the file name exceeds 255 bytes -> a per-row status, not a crash
+30. FIFO named like a frame in --frames -> listed unreadable, the run does not hang
+31. bz2 frame whose header declares 100000 x 100000 pixels -> never decompressed; its field is corrupt_frame
+32. frame whose data are all NaN -> blank_image
+33. cutout service unreachable (127.0.0.1, port closed) -> fetch_failed with "connection refused by ...", exit 3
+34. cutout service that answers slowly with 503s -> the row's total time limit ends its retries
+35. cutout service sending an 8x8 JPEG -> small_image
+36. cutout service sending a JPEG cut short with its end marker -> bad_image
+37. cutout service sending an all-black JPEG -> blank_image
+38. wrong --id-column: every image missing -> exit 3, no_image example and a hint naming the id column
+39. coordinates in radians with --frames: all outside the footprint -> exit 3 and a radians warning
+40. ra in hours -> an hours warning (rows still scored, exit 0)
+41. most rows without an image -> exit 0 with a "most rows were not scored" warning and the reasons
+42. every row with bad coordinates -> exit 3, bad_coords example naming the row
+43. re-run after adding the missing images: those rows are scored, ok rows are not fetched again
+44. re-run after the service came back: fetch_failed rows are retried and scored
+45. --service-timeout 0 / --service-retries -1 -> one-line error, exit 2
+46. --service-total-timeout -5 -> one-line error, exit 2
 """
 
 from __future__ import annotations
@@ -104,6 +105,17 @@ def png(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, "PNG")
     return buf.getvalue()
+
+
+def png_header(w: int, h: int) -> bytes:
+    """A PNG of only a header declaring w x h RGB pixels (and an empty IDAT, IEND)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
 
 
 def cut(body: bytes, keep: float) -> bytes:
@@ -226,6 +238,7 @@ def hostile_stamps(tmp_path_factory):
     assert len(buf.getvalue()) < 200_000
     put("png_bomb", "png_bomb.png", buf.getvalue(), "image_too_large")
     put("huge", "huge.jpg", jpeg(galaxy(10, 2048), 50), "image_too_large")
+    put("pil_bomb", "pil_bomb.png", png_header(15000, 13000), "image_too_large")
     with open(img / "sparse.png", "wb") as fh:               # 40 MB, no blocks on disk
         fh.write(png(galaxy(11)))
         fh.truncate(40 * 2 ** 20)
@@ -256,11 +269,11 @@ def test_degenerate_and_hostile_stamps_are_flagged(hostile_stamps, tmp_path):
     fails = {f["status"]: f for f in s["failures"]}
     assert set(fails) == set(want.values()) - {"ok"}
     assert fails["small_image"]["count"] == 2 and "px" in fails["small_image"]["example"]
-    assert fails["image_too_large"]["count"] == 5
+    assert fails["image_too_large"]["count"] == 6
     assert fails["blank_image"]["count"] == 5
     for f in s["failures"]:
         assert f["example"] and "\n" not in f["example"]
-    assert "not scored, by reason:" in r.stdout and "image_too_large 5:" in r.stdout
+    assert "not scored, by reason:" in r.stdout and "image_too_large 6:" in r.stdout
 
 
 # ------------------------------------------------------------------ frames (class 5, 8)

@@ -97,6 +97,13 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+def _where(parts) -> str:
+    """host:port for messages - never the userinfo of the URL (credentials)."""
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    host = parts.hostname or "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _valid_url(url: str):
     parts = urlsplit(url)
     try:
@@ -219,7 +226,7 @@ class ServiceSource:
         for _ in range(MAX_REDIRECTS + 1):
             parts = _valid_url(url)
             if parts is None:                    # file://, ftp://, data:, ... : never followed
-                raise _Fail("bad_redirect", detail=f"redirect to a non-http(s) URL {url[:80]!r}")
+                raise _Fail("bad_redirect", detail=f"redirect to a {urlsplit(url).scheme or 'hostless'}: URL, not http(s)")
             code, location, body = self._request(parts, row_deadline)
             if code in REDIRECTS:
                 if not location:
@@ -228,7 +235,7 @@ class ServiceSource:
                 self._count("redirects")
                 continue
             try:
-                return self._decode(body, parts.netloc)
+                return self._decode(body, _where(parts))
             except _Fail:                        # e.g. a lying Content-Length: don't reuse that stream
                 self._drop((parts.scheme.lower(), parts.netloc))
                 raise
@@ -279,15 +286,15 @@ class ServiceSource:
                 self._drop(key)
                 if reused and isinstance(e, _STALE):
                     continue                     # server closed the idle connection: reconnect once
-                raise _io_fail(e, parts.netloc) from None
+                raise _io_fail(e, _where(parts)) from None
             try:
-                return self._response(resp, sock, deadline, key, parts.netloc)
+                return self._response(resp, sock, deadline, key, _where(parts))
             except _Fail:
                 self._drop(key)
                 raise
             except (OSError, http.client.HTTPException) as e:
                 self._drop(key)
-                raise _io_fail(e, parts.netloc) from None
+                raise _io_fail(e, _where(parts)) from None
         raise _Fail("connection", retry=True)    # not reached
 
     def _response(self, resp, sock, deadline, key, where=""):
@@ -354,6 +361,8 @@ class ServiceSource:
                 arr = np.asarray(im, dtype=np.uint8)
         except (_Fail, ImageRejected):
             raise
+        except Image.DecompressionBombError:     # PIL's own pixel limit, from the header
+            raise ImageRejected("image_too_large", f"{where} sent an image of too many pixels") from None
         except Exception:                        # not an image, truncated, corrupt
             raise _Fail("bad_body", detail=f"{where} sent a body that is not an image") from None
         if arr.shape != (s, s, 3):

@@ -91,6 +91,8 @@ def _read_raster(path: Path, stamp_pixels: int) -> Image.Image:
         raise _bad("truncated PNG (no IEND chunk)")
     try:
         im = Image.open(io.BytesIO(body))
+    except Image.DecompressionBombError as e:            # PIL's own limit, from the header
+        raise ImageRejected("image_too_large", str(e).split(",")[0] + "; not decoded") from None
     except Exception as e:                               # noqa: BLE001 - not an image PIL knows
         raise _bad(f"not a readable image ({type(e).__name__})") from None
     check_size(*im.size, stamp_pixels)                   # header only: checked before decoding
