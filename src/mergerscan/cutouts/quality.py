@@ -163,13 +163,15 @@ def check_pixels(a: np.ndarray, flat: bool = True) -> None:
     th, tw = h // TILE, w // TILE
     if not flat or not th or not tw:
         return
-    t = a[:th * TILE, :tw * TILE].reshape(th, TILE, tw, TILE, 3)
-    hi, lo = t.max(axis=(1, 3)), t.min(axis=(1, 3))
-    flat = (hi == lo).all(-1)
+    c = a[:th * TILE, :tw * TILE].astype(np.uint32)
+    v = (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]               # one number per colour
+    t = v.reshape(th, TILE, tw, TILE).transpose(0, 2, 1, 3).reshape(th, tw, TILE * TILE)   # tiles, contiguous
+    hi = t.max(-1)
+    flat = hi == t.min(-1)
     f = flat.mean()
     if f >= MAX_FLAT:
         raise ImageRejected("blank_image", f"{f:.0%} of the image is flat (one colour per 8x8 tile)")
-    fill = (flat & (hi == 128).all(-1)).mean()
+    fill = (flat & (hi == 0x808080)).mean()
     if fill >= MAX_FILL and fill * th * tw >= 2:
         raise ImageRejected("bad_image", f"{fill:.0%} of the image is flat grey 128: compressed data "
                                          "cut short or damaged")
