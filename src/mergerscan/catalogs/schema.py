@@ -14,7 +14,13 @@ STATUS = {
     "duplicate_id": "the same id already appeared earlier in the same sky partition: not scored again",
     "no_id": "the id is missing (null, NaN or blank text): not scored; the row is kept with its id as it was",
     "no_image": "no image file for this object (stamps source): not scored",
-    "bad_image": "the image exists but cannot be decoded or has the wrong shape: not scored",
+    "bad_image": "the image exists but cannot be decoded, is damaged (JPEG data cut short: flat grey fill), "
+                 "has the wrong shape or mode, is not a regular file, or holds no display values: not scored",
+    "small_image": "the image is smaller than a quarter of the stamp a side (64 px for 256 px stamps): not scored",
+    "image_too_large": "the image declares more than 4x the stamp a side, or the file is over 32 MiB: "
+                       "not decoded, not scored",
+    "blank_image": "the image is blank: over 10% NaN/inf pixels, over 75% flat (one colour per 8x8 tile), "
+                   "or constant: not scored",
     "outside_footprint": "no survey frame covers this position (frames source): not scored",
     "corrupt_frame": "every frame covering this position is unreadable (e.g. corrupt bz2): not scored",
     "fetch_failed": "the cutout service failed after retries (HTTP error, timeout, oversize, bad body): not scored",
@@ -25,6 +31,8 @@ STATUS = {
                      "re-running the same command scores it again",
 }
 SCORED = ("ok", "edge")
+# failures that a re-run of the same command retries (the rest are kept as they are)
+TRANSIENT = ("fetch_failed", "no_image", "out_of_memory")
 STATUS_WIDTH = max(len(s) for s in STATUS)
 
 # science columns written by the pipeline (after the kept input columns)

@@ -14,8 +14,13 @@
   lives for one partition) and kept in a small LRU (``max_fields`` fields of 3 float32 images).
   bz2 is decompressed with ``indexed_bzip2`` when importable (option ``threads`` = its
   parallelisation, default 1: a Dask worker thread should not oversubscribe its cores), else with
-  :mod:`bz2`; HDU0 is parsed from memory with astropy (~8 ms a frame; fitsio via a temporary file
-  measured ~60 ms).
+  :mod:`bz2`; only HDU0 is decompressed: its header, then exactly the NAXIS1 x NAXIS2 pixels it
+  declares, refused above :data:`MAX_FRAME_PIXELS` before anything more is read (a small bz2
+  file can expand to gigabytes).  Only regular files are opened (a FIFO named like a frame is
+  listed as ``unreadable`` instead of hanging the run).
+* **Quality** (:mod:`mergerscan.cutouts.quality`): a stamp with more than 10 % NaN/inf band
+  pixels, or 75 % of it without data (off the frame), is ``blank_image`` (fewer NaN/inf are set
+  to 0 = sky), and so is a constant composite.
 * **Cutout**: each band is resampled with its own WCS onto a north-up (row 0 = north), east-left
   TAN grid of ``spec.stamp_pixels`` square at ``spec.pixel_scale`` centred on the object (pixel
   ((S-1)/2, (S-1)/2)), by bilinear interpolation.  The band pixel coordinates are computed exactly
@@ -36,7 +41,6 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
-import io
 import json
 import os
 import re
@@ -52,6 +56,7 @@ from astropy.visualization import make_lupton_rgb
 from astropy.wcs import WCS, FITSFixedWarning
 
 from .preprocess import PreprocessSpec
+from .quality import ImageRejected, check_bands, check_pixels, open_regular
 from .sources import empty_stamps
 
 try:
@@ -66,59 +71,82 @@ WCS_KEY_RE = re.compile(r"^(NAXIS[12]?|WCSAXES|CTYPE\d|CUNIT\d|CRPIX\d|CRVAL\d|C
                         r"CROTA\d|LONPOLE|LATPOLE|EQUINOX|RADESYS|RADECSYS|PV\d_\d+|[AB]P?_ORDER|"
                         r"[AB]P?_\d+_\d+)$")
 N_NODES = 9                                           # exact WCS nodes per stamp side
+MAX_FRAME_PIXELS = 64 * 2 ** 20                       # per band (SDSS: 2048 x 1489 = 3 Mpx)
+_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 
 # ---------------------------------------------------------------------------- reading files
-def _open_stream(path: Path):
+def _open_stream(path: Path, threads: int = 0):
+    """A (decompressing) stream of a regular file; a FIFO or device raises, never blocks.
+    ``threads`` > 0: bz2 by indexed_bzip2 with that parallelisation (it decodes ahead, so not
+    for reading just a header), else by :mod:`bz2`, incrementally."""
     s = str(path)
-    if s.endswith(".bz2"):
-        return bz2.open(s, "rb")                      # decompresses incrementally as read
-    if s.endswith(".gz"):
-        return gzip.open(s, "rb")
-    return open(s, "rb")
+    raw = open_regular(s)
+    try:
+        if s.endswith(".bz2"):
+            if indexed_bzip2 is not None and threads > 0:
+                return indexed_bzip2.open(raw, parallelization=max(1, int(threads)))
+            return bz2.open(raw, "rb")                # decompresses incrementally as read
+        if s.endswith(".gz"):
+            return gzip.open(raw, "rb")
+    except BaseException:
+        raw.close()
+        raise
+    return raw
+
+
+def _header_blocks(f) -> bytes:
+    """Primary header bytes (whole 2880-byte blocks) read from a stream, up to its END card."""
+    buf = b""
+    while len(buf) < 2880 * 1000:
+        block = f.read(2880)
+        if len(block) < 2880:
+            raise ValueError("file ends inside the primary header")
+        buf += block
+        for k in range(0, 2880, 80):
+            if block[k:k + 8] == b"END     ":
+                return buf
+    raise ValueError("no END card in the primary header")
 
 
 def _read_header(path: Path) -> fits.Header:
     """Primary header only: read 2880-byte blocks until the END card (bz2/gzip streamed)."""
-    buf = b""
     with _open_stream(path) as f:
-        while len(buf) < 2880 * 1000:
-            block = f.read(2880)
-            if len(block) < 2880:
-                raise ValueError("file ends inside the primary header")
-            for k in range(0, 2880, 80):
-                if block[k:k + 8] == b"END     ":
-                    return fits.Header.fromstring(buf + block[:k + 80])
-            buf += block
-    raise ValueError("no END card in the primary header")
+        return fits.Header.fromstring(_header_blocks(f))
 
 
-def _decompress(path: Path, threads: int = 1) -> bytes:
-    s = str(path)
-    if s.endswith(".bz2"):
-        if indexed_bzip2 is not None:
-            with indexed_bzip2.open(s, parallelization=max(1, int(threads))) as f:
-                return f.read()
-        with open(s, "rb") as f:
-            return bz2.decompress(f.read())
-    if s.endswith(".gz"):
-        with open(s, "rb") as f:
-            return gzip.decompress(f.read())
-    with open(s, "rb") as f:
-        return f.read()
+def _frame_shape(hdr: fits.Header) -> tuple[int, int]:
+    if hdr.get("NAXIS") != 2:
+        raise ValueError(f"HDU0 has NAXIS={hdr.get('NAXIS')}, not a 2-d image")
+    ny, nx = int(hdr["NAXIS2"]), int(hdr["NAXIS1"])
+    if ny * nx > MAX_FRAME_PIXELS:
+        raise ValueError(f"HDU0 declares {nx}x{ny} pixels (limit {MAX_FRAME_PIXELS}); not read")
+    return ny, nx
+
+
+def _decompress(path: Path, threads: int = 1, limit: int = -1) -> bytes:
+    """Bytes of a (bz2/gzip) file, at most ``limit`` (-1: all)."""
+    with _open_stream(path, threads) as f:
+        return f.read(limit)
 
 
 def read_frame(path: Path, threads: int = 1) -> np.ndarray:
-    """HDU0 image of a (compressed) FITS frame as native float32; raises on any damage."""
-    data = _decompress(path, threads)
-    with fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=True) as hl:
-        hdr = hl[0].header
-        shape = (hdr["NAXIS2"], hdr["NAXIS1"])
-        if len(data) < len(hdr.tostring()) + shape[0] * shape[1] * abs(hdr["BITPIX"]) // 8:
-            raise ValueError("frame data truncated")
-        img = np.asarray(hl[0].data, dtype=np.float32)
-    if img.shape != shape:
-        raise ValueError(f"frame HDU0 has shape {img.shape}, expected {shape}")
+    """HDU0 image of a (compressed) FITS frame as native float32; raises on any damage.  Only
+    HDU0 is decompressed, and only as many bytes as its (bounded) NAXISn declare."""
+    with _open_stream(path, threads) as f:
+        hdr = fits.Header.fromstring(_header_blocks(f))
+        shape = _frame_shape(hdr)
+        bitpix = int(hdr["BITPIX"])
+        if bitpix not in _DTYPES:
+            raise ValueError(f"BITPIX {bitpix} is not a FITS pixel type")
+        n = shape[0] * shape[1] * abs(bitpix) // 8
+        data = f.read(n)
+    if len(data) < n:
+        raise ValueError("frame data truncated")
+    img = np.frombuffer(data, _DTYPES[bitpix]).reshape(shape).astype(np.float32)
+    scale, zero = float(hdr.get("BSCALE", 1.0)), float(hdr.get("BZERO", 0.0))
+    if scale != 1.0 or zero != 0.0:
+        img = img * np.float32(scale) + np.float32(zero)
     return np.ascontiguousarray(img)
 
 
@@ -136,6 +164,7 @@ def _unit(ra, dec):
 def _header_entry(path: Path) -> dict:
     """Index entry of one file from its primary header (shape, WCS cards, centre, radius)."""
     hdr = _read_header(path)
+    _frame_shape(hdr)                                 # bounded pixel count, 2-d
     cards = {k: hdr[k] for k in hdr if WCS_KEY_RE.match(k)}
     if "RADECSYS" in cards:                           # deprecated spelling (SDSS): avoid the warning
         cards.setdefault("RADESYS", cards.pop("RADECSYS"))
@@ -391,6 +420,7 @@ class FrameSource:
         self._cache: OrderedDict = OrderedDict()      # field number -> list of band images (LRU)
         self._bad: dict = {}                          # field number -> error (never retried)
         self.stats = Counter()
+        self.examples: dict = {}                      # status -> first reason seen
         n = spec.stamp_pixels                        # node geometry, shared by every stamp
         t = np.linspace(0, n - 1, N_NODES)
         self._design = np.stack([np.tile(t, N_NODES), np.repeat(t, N_NODES), np.ones(N_NODES ** 2)])
@@ -406,6 +436,7 @@ class FrameSource:
         status = np.full(n, "outside_footprint", dtype=object)
         ra = rows["ra"].to_numpy(np.float64)
         dec = rows["dec"].to_numpy(np.float64)
+        ids = rows["id"].astype(str).tolist() if "id" in rows.columns else [str(i) for i in range(n)]
         cand, start, ncand = self._candidates(ra, dec)
         rank = np.zeros(n, int)
         pending = np.flatnonzero(ncand > 0)
@@ -419,11 +450,24 @@ class FrameSource:
                     continue
                 for j in range(0, len(idx), self.chunk):
                     part = idx[j:j + self.chunk]
-                    stamps[part], edge = self._cut(self.field(fi), images, ra[part], dec[part])
+                    stamps[part], edge, rejected = self._cut(self.field(fi), images, ra[part], dec[part])
                     status[part] = np.where(edge, "edge", "ok")
+                    for k, why in rejected:
+                        stamps[part[k]] = 0
+                        status[part[k]] = why.status
+                        self.examples.setdefault(why.status, f"id {ids[part[k]]} (field {self.field(fi).key}): "
+                                                             f"{why.reason}")
             exhausted = rank[pending] >= ncand[pending]
             status[pending[exhausted]] = "corrupt_frame"
+            for i in pending[exhausted][:1]:
+                keys = [self.field_keys[f] for f in cand[start[i]:start[i] + ncand[i]]]
+                self.examples.setdefault("corrupt_frame", f"id {ids[i]}: field(s) {', '.join(keys)} unreadable: "
+                                                          f"{self._bad.get(cand[start[i]], '?')}"[:300])
             pending = pending[(status[pending] == "outside_footprint") & ~exhausted]
+        for i in np.flatnonzero(status == "outside_footprint")[:1]:
+            self.examples.setdefault("outside_footprint", f"id {ids[i]} at ra={ra[i]:.6f}, dec={dec[i]:.6f}: none of "
+                                                          f"the {len(self.field_keys)} fields in {self.directory} "
+                                                          "covers it")
         self.stats.update(status.tolist())
         return stamps, status
 
@@ -509,10 +553,18 @@ class FrameSource:
         (0.44 ms/stamp at 2 stamps a call, 0.63 at 16, on this machine)."""
         k, s = len(ra), self.spec.stamp_pixels
         out, edge = self._resample(field, images, ra, dec)
+        rejected = check_bands(out)                   # [(stamp index, ImageRejected)]; NaN -> 0 in place
         rgb = np.empty((k, s, s, 3), np.uint8)
         for j in range(0, k, COMPOSITE_STAMPS):
             rgb[j:j + COMPOSITE_STAMPS] = composite([o[j:j + COMPOSITE_STAMPS] for o in out], self.spec.stretch)
-        return rgb, edge
+        done = {j for j, _ in rejected}
+        for j in range(k):
+            if j not in done:
+                try:
+                    check_pixels(rgb[j], flat=False)
+                except ImageRejected as why:
+                    rejected.append((j, why))
+        return rgb, edge, rejected
 
     def _resample(self, field: _Field, images, ra, dec):
         """Band stamps (3, k, S, S) float32 (nanomaggies, channel order) and edge flags (k,)."""

@@ -11,7 +11,9 @@ Safety and robustness:
 * only http(s) URLs, also for redirects (a redirect to ``file://`` or any other scheme fails
   the row; nothing local is ever opened); at most ``MAX_REDIRECTS`` hops;
 * each HTTP request has a deadline of ``timeout`` s covering connect, headers and body (a
-  server that trickles bytes cannot hold a thread longer);
+  server that trickles bytes cannot hold a thread longer), and each row a total deadline of
+  ``total_timeout`` s (default ``2 * (retries + 1) * timeout``) over all its attempts, redirects
+  and backoff sleeps;
 * connection errors, timeouts, 5xx and 429 are retried ``retries`` times with exponential
   backoff and jitter (``Retry-After`` is honoured up to ``RETRY_AFTER_MAX`` s; a longer one
   ends the retries); other 4xx, oversize and undecodable bodies are not retried;
@@ -22,10 +24,16 @@ Safety and robustness:
   TLS or timeout, none succeeded) is not asked again by that source: its remaining rows fail at
   once with the same reason instead of each waiting out its retries;
 * bodies over ``max_bytes`` are aborted while streaming, whatever Content-Length says;
-* the body must decode completely (a JPEG must end with its EOI marker) to an RGB image of
-  ``stamp_pixels`` square.  A square image of another size between half and four times that is
-  resampled to ``stamp_pixels`` (PIL bilinear, antialiased when shrinking), assuming the
-  service returned the requested field of view; anything else fails the row.
+* the body must decode completely (a JPEG must end with its EOI marker) to a square RGB image
+  (else ``fetch_failed``); then the same checks as every image source
+  (:mod:`mergerscan.cutouts.quality`): a side under a quarter of ``stamp_pixels`` is
+  ``small_image``, over four times ``image_too_large`` (checked from the header, not decoded),
+  blank or constant ``blank_image``, JPEG grey fill (data cut short) ``bad_image``.  A square
+  image of another size is resampled to ``stamp_pixels`` (PIL bilinear, antialiased when
+  shrinking), assuming the service returned the requested field of view.
+
+``examples`` keeps one failure per status, e.g. ``fetch_failed``: "ra=150.1, dec=2.2:
+connection refused by 127.0.0.1:9 (4 attempts)".
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import pandas as pd
 from PIL import Image
 
 from .preprocess import PreprocessSpec
+from .quality import ImageRejected, check_jpeg, check_pixels, check_size
 from .sources import empty_stamps
 
 SCHEMES = ("http", "https")
@@ -90,19 +99,23 @@ def _limit_for(netloc: str, rate: float) -> _RateLimit:
 class _Fail(Exception):
     """One attempt failed for ``reason``; ``retry``: another attempt may help."""
 
-    def __init__(self, reason: str, retry: bool = False, after: float | None = None):
+    def __init__(self, reason: str, retry: bool = False, after: float | None = None, detail: str | None = None):
         super().__init__(reason)
         self.reason, self.retry, self.after = reason, retry, after
+        self.detail = detail or reason.replace("_", " ")
 
 
-def _io_fail(e: BaseException) -> _Fail:
+def _io_fail(e: BaseException, where: str = "") -> _Fail:
     if isinstance(e, TimeoutError):              # socket.timeout is TimeoutError (3.10+)
-        return _Fail("timeout", retry=True)
+        return _Fail("timeout", retry=True, detail=f"timeout from {where}")
     if isinstance(e, socket.gaierror):           # no DNS: typically no network at all
-        return _Fail("dns", retry=True)
+        return _Fail("dns", retry=True, detail=f"no DNS answer for {where}")
     if isinstance(e, ssl.SSLCertVerificationError):
-        return _Fail("tls")
-    return _Fail("connection", retry=True)
+        return _Fail("tls", detail=f"TLS certificate not accepted by {where}")
+    if isinstance(e, ConnectionRefusedError):
+        return _Fail("connection", retry=True, detail=f"connection refused by {where}")
+    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return _Fail("connection", retry=True, detail=f"connection to {where} failed: {text}")
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -116,6 +129,13 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, parsedate_to_datetime(v).timestamp() - time.time())
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
+
+
+def _where(parts) -> str:
+    """host:port for messages - never the userinfo of the URL (credentials)."""
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    host = parts.hostname or "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _valid_url(url: str):
@@ -132,7 +152,7 @@ class ServiceSource:
 
     def __init__(self, url: str, spec: PreprocessSpec, *, timeout: float = 10.0, retries: int = 3,
                  backoff: float = 0.5, max_concurrency: int = 8, max_bytes: int = 2_000_000,
-                 max_rate: float | None = None, **ignored_known):
+                 max_rate: float | None = None, total_timeout: float | None = None, **ignored_known):
         # ignored_known: options meant for other sources (SourceConfig.options) are accepted and unused
         if _valid_url(str(url)) is None:
             raise ValueError(f"cutout service {url!r}: only http(s) URLs with a host are allowed")
@@ -145,6 +165,10 @@ class ServiceSource:
         self.url, self.spec = str(url), spec
         self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
         self.max_concurrency, self.max_bytes = int(max_concurrency), int(max_bytes)
+        self.total_timeout = float(total_timeout) if total_timeout else 2 * (self.retries + 1) * self.timeout
+        if self.total_timeout <= 0:
+            raise ValueError("total_timeout must be positive")
+        self.examples: dict = {}                 # status -> first failure seen
         self.stats = {"rows": 0, "ok": 0, "requests": 0, "retries": 0, "redirects": 0, "bytes": 0,
                       "failures": Counter()}
         self._lock = threading.Lock()
@@ -162,10 +186,17 @@ class ServiceSource:
         dec = rows["dec"].to_numpy(np.float64)
 
         def one(i: int) -> None:                 # each thread writes its own row
-            img = self._fetch_one(float(ra[i]), float(dec[i]))
-            if img is not None:
-                stamps[i] = img
-                status[i] = "ok"
+            try:
+                img = self._fetch_one(float(ra[i]), float(dec[i]))
+            except ImageRejected as e:           # a complete image that fails the quality check
+                status[i] = e.status
+                self.examples.setdefault(e.status, f"ra={ra[i]:.6f}, dec={dec[i]:.6f}: {e.reason}")
+                return
+            if isinstance(img, str):
+                self.examples.setdefault("fetch_failed", f"ra={ra[i]:.6f}, dec={dec[i]:.6f}: {img}")
+                return
+            stamps[i] = img
+            status[i] = "ok"
 
         list(self._pool.map(one, range(n)))
         self._count("rows", n)
@@ -192,23 +223,31 @@ class ServiceSource:
         sep = "" if self.url.endswith(("?", "&")) else ("&" if "?" in self.url else "?")
         return f"{self.url}{sep}{q}"
 
-    def _fetch_one(self, ra: float, dec: float) -> np.ndarray | None:
+    def _fetch_one(self, ra: float, dec: float) -> np.ndarray | str:
+        """The stamp, or why not (one line); ImageRejected for an image that fails the quality check."""
         url = self.query_url(ra, dec)
         with self._lock:
             if self._down >= UNREACHABLE_ROWS and not self.stats["ok"]:
                 self.stats["failures"][self._down_reason] += 1     # unreachable: not asked again
-                return None
+                return f"{self._down_reason}: the service did not answer the last {self._down} rows; not asked again"
+        row_deadline = time.monotonic() + self.total_timeout
+        attempts = 0
         for attempt in range(self.retries + 1):
+            attempts += 1
             try:
-                img = self._get(url)
+                img = self._get(url, row_deadline)
                 self._count("ok")
                 with self._lock:
                     self._down = 0
                 return img
+            except ImageRejected as e:
+                with self._lock:
+                    self.stats["failures"][e.status] += 1
+                raise
             except _Fail as e:
                 fail = e
             except Exception as e:               # unexpected: fail the row, never the partition
-                fail = _Fail(f"error_{type(e).__name__}")
+                fail = _Fail(f"error_{type(e).__name__}", detail=f"{type(e).__name__}: {e}"[:200])
             if not fail.retry or attempt == self.retries:
                 break
             delay = min(BACKOFF_MAX, self.backoff * 2 ** attempt) * (0.5 + self._rng.random())
@@ -216,6 +255,10 @@ class ServiceSource:
                 if fail.after > RETRY_AFTER_MAX:
                     break
                 delay = max(delay, fail.after)
+            if time.monotonic() + delay >= row_deadline:     # no time left for another attempt
+                fail = _Fail(fail.reason, detail=f"{fail.detail}; gave up at the row's total time limit "
+                                                 f"({self.total_timeout:g} s)")
+                break
             self._count("retries")
             time.sleep(delay)
         with self._lock:
@@ -224,15 +267,15 @@ class ServiceSource:
                 self._down, self._down_reason = self._down + 1, fail.reason
             else:
                 self._down = 0
-        return None
+        return f"{fail.detail} ({attempts} attempt{'s' if attempts > 1 else ''})"
 
-    def _get(self, url: str) -> np.ndarray:
+    def _get(self, url: str, row_deadline: float | None = None) -> np.ndarray:
         """GET following http(s) redirects; the decoded stamp or _Fail."""
         for _ in range(MAX_REDIRECTS + 1):
             parts = _valid_url(url)
             if parts is None:                    # file://, ftp://, data:, ... : never followed
-                raise _Fail("bad_redirect")
-            code, location, body = self._request(parts)
+                raise _Fail("bad_redirect", detail=f"redirect to a {urlsplit(url).scheme or 'hostless'}: URL, not http(s)")
+            code, location, body = self._request(parts, row_deadline)
             if code in REDIRECTS:
                 if not location:
                     raise _Fail("bad_redirect")
@@ -240,7 +283,7 @@ class ServiceSource:
                 self._count("redirects")
                 continue
             try:
-                return self._decode(body)
+                return self._decode(body, _where(parts))
             except _Fail:                        # e.g. a lying Content-Length: don't reuse that stream
                 self._drop((parts.scheme.lower(), parts.netloc))
                 raise
@@ -267,7 +310,7 @@ class ServiceSource:
             with self._lock:
                 self._conns.discard(conn)
 
-    def _request(self, parts) -> tuple[int, str | None, bytes | None]:
+    def _request(self, parts, row_deadline: float | None = None) -> tuple[int, str | None, bytes | None]:
         key = (parts.scheme.lower(), parts.netloc)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         for fresh in (False, True):
@@ -275,9 +318,11 @@ class ServiceSource:
                 self._limit.wait()
             conn, reused = self._connection(key, parts, fresh)
             deadline = time.monotonic() + self.timeout
+            if row_deadline is not None:
+                deadline = min(deadline, row_deadline)
             try:
                 if conn.sock is None:
-                    conn.timeout = self.timeout
+                    conn.timeout = self._remaining(deadline)
                     conn.connect()
                 sock = conn.sock
                 self._count("requests")
@@ -291,18 +336,18 @@ class ServiceSource:
                 self._drop(key)
                 if reused and isinstance(e, _STALE):
                     continue                     # server closed the idle connection: reconnect once
-                raise _io_fail(e) from None
+                raise _io_fail(e, _where(parts)) from None
             try:
-                return self._response(resp, sock, deadline, key)
+                return self._response(resp, sock, deadline, key, _where(parts))
             except _Fail:
                 self._drop(key)
                 raise
             except (OSError, http.client.HTTPException) as e:
                 self._drop(key)
-                raise _io_fail(e) from None
+                raise _io_fail(e, _where(parts)) from None
         raise _Fail("connection", retry=True)    # not reached
 
-    def _response(self, resp, sock, deadline, key):
+    def _response(self, resp, sock, deadline, key, where=""):
         code = resp.status
         if code == 200:
             return code, None, self._read_body(resp, sock, deadline)
@@ -313,8 +358,9 @@ class ServiceSource:
                 self._drop(key)                  # big redirect body: just drop the connection
             return code, resp.getheader("Location"), None
         if code == 429 or 500 <= code <= 599:
-            raise _Fail(f"http_{code}", retry=True, after=_retry_after(resp.getheader("Retry-After")))
-        raise _Fail(f"http_{code}")                  # other 4xx, 1xx/2xx/3xx we don't handle: no retry
+            raise _Fail(f"http_{code}", retry=True, after=_retry_after(resp.getheader("Retry-After")),
+                        detail=f"HTTP {code} {resp.reason} from {where}")
+        raise _Fail(f"http_{code}", detail=f"HTTP {code} {resp.reason} from {where}")   # other 4xx, ...: no retry
 
     def _read_body(self, resp, sock, deadline, limit: int | None = None) -> bytes:
         """Stream the body, aborting over ``limit`` bytes or past the deadline."""
@@ -322,7 +368,7 @@ class ServiceSource:
         cl = (resp.getheader("Content-Length") or "").strip()
         declared = int(cl) if cl.isdigit() else None
         if declared is not None and declared > limit:
-            raise _Fail("oversize")
+            raise _Fail("oversize", detail=f"body of {declared} bytes is over the limit {limit}")
         buf = bytearray()
         while declared is None or len(buf) < declared:
             sock.settimeout(self._remaining(deadline))
@@ -331,9 +377,9 @@ class ServiceSource:
                 break
             buf += chunk
             if len(buf) > limit:                 # no or lying Content-Length
-                raise _Fail("oversize")
+                raise _Fail("oversize", detail=f"body over the limit of {limit} bytes")   # no or lying Content-Length
         if declared is not None and len(buf) < declared:
-            raise _Fail("connection", retry=True)    # connection closed mid-body
+            raise _Fail("connection", retry=True, detail="connection closed mid-body")
         resp.close()                             # marks the response done, keeps the connection
         self._count("bytes", len(buf))
         return bytes(buf)
@@ -342,29 +388,35 @@ class ServiceSource:
     def _remaining(deadline: float) -> float:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise _Fail("timeout", retry=True)
+            raise _Fail("timeout", retry=True, detail="timeout")
         return left
 
     # -- body -> stamp --------------------------------------------------------------------
-    def _decode(self, body: bytes) -> np.ndarray:
+    def _decode(self, body: bytes, where: str = "") -> np.ndarray:
         s = self.spec.stamp_pixels
         try:
             with Image.open(io.BytesIO(body)) as im:
                 w, h = im.size                   # header only: checked before decoding pixels
-                if im.mode != "RGB" or w != h or not s / 2 <= w <= 4 * s:
-                    raise _Fail("bad_image")
+                if im.mode != "RGB" or w != h:
+                    raise _Fail("bad_image", detail=f"{where} sent a {w}x{h} {im.mode} image, not a square RGB one")
+                check_size(w, h, s)              # small_image / image_too_large: ImageRejected
                 if im.format == "JPEG" and not body.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
-                    raise _Fail("bad_body")      # truncated (also if LOAD_TRUNCATED_IMAGES is set)
+                    raise _Fail("bad_body", detail=f"{where} sent a truncated JPEG")   # also if LOAD_TRUNCATED_IMAGES
+                if im.format == "JPEG":
+                    check_jpeg(body)             # corrupt / cut-short data: ImageRejected bad_image
                 im.load()
+                check_pixels(np.asarray(im, dtype=np.uint8))   # blank / JPEG grey fill, at its own size
                 if w != s:
                     im = im.resize((s, s), Image.Resampling.BILINEAR)
                 arr = np.asarray(im, dtype=np.uint8)
-        except _Fail:
+        except (_Fail, ImageRejected):
             raise
+        except Image.DecompressionBombError:     # PIL's own pixel limit, from the header
+            raise ImageRejected("image_too_large", f"{where} sent an image of too many pixels") from None
         except Exception:                        # not an image, truncated, corrupt
-            raise _Fail("bad_body") from None
+            raise _Fail("bad_body", detail=f"{where} sent a body that is not an image") from None
         if arr.shape != (s, s, 3):
-            raise _Fail("bad_image")
+            raise _Fail("bad_image", detail=f"{where} sent an image of shape {arr.shape}")
         return arr
 
     def _count(self, key: str, n: int = 1) -> None:

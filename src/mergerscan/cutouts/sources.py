@@ -5,8 +5,10 @@ already validated) and, for the stamps source, optionally ``path``; it returns
 ``(stamps, status)``: uint8 ``(N, S, S, 3)`` stamps in the SkyServer convention described in
 :mod:`mergerscan.cutouts.preprocess` (S = spec.stamp_pixels at spec.pixel_scale) and an
 object array of status strings from :data:`mergerscan.catalogs.schema.STATUS`.  Rows whose
-status is not scored get an all-zero stamp.  A source is created per partition task (so its
-caches are bounded by the partition) and closed after it.
+status is not scored get an all-zero stamp; a source also keeps ``examples``, the first reason
+(one line) per failure status it returned, for the run summary.  Every source passes its images
+through :mod:`mergerscan.cutouts.quality` (the one stamp check).  A source is created per
+partition task (so its caches are bounded by the partition) and closed after it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .preprocess import PreprocessSpec
 
 class ImageSource(Protocol):
     name: str
+    examples: dict
 
     def fetch(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]: ...
 

@@ -1,20 +1,30 @@
 """Image source for pre-cut stamp files (a directory of JPEG/PNG/FITS cutouts).
 
 A row's file is ``rows['path']`` when that column exists and the value is a non-empty string
-(relative paths are resolved against ``directory``), else ``directory/<id>.{jpg,jpeg,png,fits,fit}``
+(relative paths are resolved against ``directory``), else ``directory/<id>.{jpg,jpeg,png,fits,fit,fits.fz,fits.gz}``
 (the first that exists; an id containing a path separator finds nothing).
 
+* Only regular files are opened (a FIFO or device named like a stamp is ``bad_image``, never
+  read), and none over 32 MiB; sizes are checked from the header before decoding (see
+  :mod:`mergerscan.cutouts.quality`).
 * JPEG/PNG are decoded with PIL and must be RGB.  A JPEG must end with its EOI marker and a PNG
   with its IEND chunk, so truncated files fail even where PIL's ``LOAD_TRUNCATED_IMAGES`` is set.
-* FITS: the first HDU with data, a ``(3, H, W)`` or ``(H, W, 3)`` cube in R, G, B order whose array
-  row 0 is the top (north) row, as in a JPEG (no flip: FITS viewers would show it upside down).
-  uint8 is used as is; any other dtype is taken as display values 0..255: rounded, clipped, NaN -> 0.
-* A square image of another size than ``spec.stamp_pixels`` is resampled to it with PIL's
-  bilinear filter (antialiased when shrinking, as in the HTTP service source), assuming it covers
-  the same field of view (``stamp_pixels * pixel_scale``): the source cannot check that.
+* FITS (``.fits``, ``.fit``, ``.fits.fz``, ``.fits.gz``): the first HDU with a 3-d image (a
+  tile-compressed one included), a ``(3, H, W)`` or ``(H, W, 3)`` cube in R, G, B order whose
+  array row 0 is the top (north) row, as in a JPEG (no flip: FITS viewers would show it upside
+  down).  Its NAXISn (ZNAXISn) are checked before the data are read.  uint8 is used as is; other
+  dtypes follow :func:`mergerscan.cutouts.quality.display_values` (0..1 floats x255, 0..255 as
+  is, NaN/inf -> 0 unless over 10 %, anything else refused).
+* Every decoded image then passes :func:`mergerscan.cutouts.quality.check_pixels` (blank,
+  constant, JPEG grey fill) at its own resolution.
+* A square image of another size than ``spec.stamp_pixels`` (a quarter to four times it) is
+  resampled to it with PIL's bilinear filter (antialiased when shrinking, as in the HTTP service
+  source), assuming it covers the same field of view (``stamp_pixels * pixel_scale``): the source
+  cannot check that.
 
-Status: ``no_image`` (no file), ``bad_image`` (unreadable, truncated, not RGB, not square, wrong
-shape); failed rows get a zero stamp.  Files are decoded by a pool of ``threads`` threads (PIL
+Status: ``no_image`` (no file), ``bad_image`` (unreadable, truncated, damaged, not RGB, not
+square, not a regular file), ``small_image``, ``image_too_large``, ``blank_image``; failed rows
+get a zero stamp, and ``examples`` keeps the first reason for each status.  Files are decoded by a pool of ``threads`` threads (PIL
 and zlib release the GIL).
 """
 
@@ -32,49 +42,65 @@ import pandas as pd
 from PIL import Image
 
 from .preprocess import PreprocessSpec
+from .quality import (MAX_FILE_BYTES, ImageRejected, check_jpeg, check_pixels, check_size, display_values,
+                      open_regular, read_regular)
 from .sources import empty_stamps
 
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".fits", ".fit")
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".fits", ".fit", ".fits.fz", ".fits.gz")
+FITS_SUFFIXES = (".fits", ".fit", ".fz", ".fits.gz", ".fit.gz")
+MAX_HDUS = 8                  # HDUs looked at for the image (a file of 10^5 empty HDUs is not a stamp)
 _SEPARATORS = tuple({os.sep, "/", "\\"} | ({os.altsep} if os.altsep else set()))
 
 
-class _Bad(Exception):
-    pass
+def _bad(reason: str) -> ImageRejected:
+    return ImageRejected("bad_image", reason)
 
 
-def _to_uint8(a: np.ndarray) -> np.ndarray:
-    if a.dtype == np.uint8:
-        return a
-    return np.clip(np.rint(np.nan_to_num(a.astype(np.float64), nan=0.0)), 0, 255).astype(np.uint8)
-
-
-def _read_fits(path: Path) -> np.ndarray:
+def _read_fits(path: Path, stamp_pixels: int) -> np.ndarray:
     from astropy.io import fits
 
-    with fits.open(path, memmap=False) as hl:
-        data = next((h.data for h in hl if getattr(h, "data", None) is not None and h.data.ndim == 3), None)
-        if data is None:
-            raise _Bad("no 3-d image HDU")
-        a = np.asarray(data)
+    with open_regular(path, MAX_FILE_BYTES) as f, fits.open(f, memmap=False, lazy_load_hdus=True) as hl:
+        for k, hdu in enumerate(hl):
+            if k >= MAX_HDUS:
+                break
+            hdr = hdu.header                 # a CompImageHDU's header holds ZNAXISn as NAXISn
+            if not hdu.is_image or hdr.get("NAXIS", 0) != 3:
+                continue
+            shape = tuple(int(hdr.get(f"NAXIS{i}", 0)) for i in (3, 2, 1))      # numpy order
+            if shape[0] == 3:
+                h, w = shape[1:]
+            elif shape[2] == 3:
+                h, w = shape[:2]
+            else:
+                raise _bad(f"cube shape {shape} is neither (3, H, W) nor (H, W, 3)")
+            check_size(w, h, stamp_pixels)  # before any pixel is decompressed
+            a = np.asarray(hdu.data)
+            break
+        else:
+            raise _bad("no 3-d image HDU")
     if a.shape[0] == 3:
         a = np.moveaxis(a, 0, -1)
-    elif a.shape[-1] != 3:
-        raise _Bad(f"cube shape {a.shape} is neither (3, H, W) nor (H, W, 3)")
-    return np.ascontiguousarray(_to_uint8(a))
+    return np.ascontiguousarray(display_values(a))
 
 
-def _read_raster(path: Path) -> Image.Image:
-    body = path.read_bytes()
+def _read_raster(path: Path, stamp_pixels: int) -> Image.Image:
+    body = read_regular(path, MAX_FILE_BYTES)
     end = body.rstrip(b"\0\r\n ")
     if body[:2] == b"\xff\xd8" and not end.endswith(b"\xff\xd9"):
-        raise _Bad("truncated JPEG (no EOI marker)")
+        raise _bad("truncated JPEG (no EOI marker)")
     if body[:8] == b"\x89PNG\r\n\x1a\n" and not end.endswith(b"IEND\xaeB`\x82"):
-        raise _Bad("truncated PNG (no IEND chunk)")
-    im = Image.open(io.BytesIO(body))
+        raise _bad("truncated PNG (no IEND chunk)")
+    try:
+        im = Image.open(io.BytesIO(body))
+    except Image.DecompressionBombError as e:            # PIL's own limit, from the header
+        raise ImageRejected("image_too_large", str(e).split(",")[0] + "; not decoded") from None
+    except Exception as e:                               # noqa: BLE001 - not an image PIL knows
+        raise _bad(f"not a readable image ({type(e).__name__})") from None
+    check_size(*im.size, stamp_pixels)                   # header only: checked before decoding
     if im.mode != "RGB":
-        raise _Bad(f"mode {im.mode}, not RGB")
-    if im.size[0] != im.size[1]:                         # header only: checked before decoding
-        raise _Bad(f"not square: {im.size}")
+        raise _bad(f"mode {im.mode}, not RGB")
+    if im.format == "JPEG":
+        check_jpeg(body)
     im.load()
     return im
 
@@ -88,6 +114,7 @@ class StampSource:
         self.threads = max(1, int(threads))
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="stamps") if self.threads > 1 else None
         self.stats = Counter()
+        self.examples: dict = {}                         # status -> first reason seen
 
     # -- protocol -------------------------------------------------------------------------
     def fetch(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -103,14 +130,21 @@ class StampSource:
             except OSError as exc:                       # a per-row filesystem error is a per-row status:
                 if exc.errno != errno.ENAMETOOLONG:      # a name too long for the filesystem names no file
                     status[i] = "bad_image"
+                st = status[i]
+                self.examples.setdefault(st, f"id {ids[i]}: {type(exc).__name__}: {exc.strerror or exc}")
                 return
             if path is None:
+                self.examples.setdefault("no_image", f"id {ids[i]}: {self._looked_for(ids[i], paths[i])}")
                 return
             try:
                 stamps[i] = self.decode(path)
                 status[i] = "ok"
-            except Exception:                            # unreadable, truncated, wrong shape/mode
+            except ImageRejected as e:
+                status[i] = e.status
+                self.examples.setdefault(e.status, f"id {ids[i]}: {path}: {e.reason}")
+            except Exception as e:                       # noqa: BLE001 - unreadable, corrupt: this row only
                 status[i] = "bad_image"
+                self.examples.setdefault("bad_image", f"id {ids[i]}: {path}: {type(e).__name__}: {e}"[:300])
 
         if self._pool is None:
             for i in range(n):
@@ -132,34 +166,50 @@ class StampSource:
 
     # -- one row --------------------------------------------------------------------------
     def resolve(self, oid: str, path=None) -> Path | None:
-        """The row's file, or None when there is none."""
+        """The row's file, or None when there is none.  Anything that exists is returned (a FIFO
+        or directory too: decode() refuses it, rather than calling the image missing)."""
         if isinstance(path, (str, os.PathLike)) and str(path).strip():
             p = Path(str(path).strip())
             p = p if p.is_absolute() else self.directory / p
-            return p if p.is_file() else None
+            return p if _exists(p) else None
         if not oid or oid in (".", "..") or any(s in oid for s in _SEPARATORS):
             return None
         for ext in EXTENSIONS:
             p = self.directory / f"{oid}{ext}"
-            if p.is_file():
+            if _exists(p):
                 return p
         return None
 
+    def _looked_for(self, oid: str, path=None) -> str:
+        if isinstance(path, (str, os.PathLike)) and str(path).strip():
+            return f"no file {path} (path column) under {self.directory}"
+        return f"no file {oid}.{{{','.join(e[1:] for e in EXTENSIONS)}}} in {self.directory}"
+
     def decode(self, path: Path) -> np.ndarray:
-        """(S, S, 3) uint8 stamp from one file; raises on anything unusable."""
+        """(S, S, 3) uint8 stamp from one file; raises ImageRejected (or anything) on what is unusable."""
         s = self.spec.stamp_pixels
-        if path.suffix.lower() in (".fits", ".fit", ".fz") or path.name.lower().endswith(".fits.gz"):
-            a = _read_fits(path)
-            if a.shape[0] != a.shape[1]:
-                raise _Bad(f"not square: {a.shape}")
+        name = path.name.lower()
+        if name.endswith(FITS_SUFFIXES):
+            a = _read_fits(path, s)
+            check_pixels(a)
             if a.shape[0] == s:
                 return a
             im = Image.fromarray(a, "RGB")
         else:
-            im = _read_raster(path)
+            im = _read_raster(path, s)
+            check_pixels(np.asarray(im, dtype=np.uint8))
         if im.size != (s, s):
             im = im.resize((s, s), Image.Resampling.BILINEAR)
         a = np.asarray(im, dtype=np.uint8)
         if a.shape != (s, s, 3):
-            raise _Bad(f"decoded shape {a.shape}")
+            raise _bad(f"decoded shape {a.shape}")
         return a
+
+
+def _exists(p: Path) -> bool:
+    """lstat-free existence (follows symlinks); a name too long raises OSError for the caller."""
+    try:
+        os.stat(p)
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False

@@ -77,6 +77,11 @@ class ProcessArguments:
         self.command = redact_text(self.command)          # stored in summary.json and the report
         if self.cutout_service and not self.cutout_service.lower().startswith(("http://", "https://")):
             raise ArgumentError(f"--cutout-service {redact_text(self.cutout_service)}: only http(s) URLs are allowed")
+        so = self.service_options
+        if (so.get("timeout", 1) <= 0 or so.get("retries", 0) < 0 or so.get("max_concurrency", 1) < 1
+                or (so.get("total_timeout") is not None and so["total_timeout"] <= 0)):
+            raise ArgumentError("--service-timeout and --service-total-timeout must be positive, --service-retries "
+                                ">= 0 and --service-concurrency >= 1")
         if self.engine and not Path(self.engine).is_file():
             raise ArgumentError(f"--engine {self.engine}: no such file")
         if self.workers < 1 or self.threads_per_worker < 0:

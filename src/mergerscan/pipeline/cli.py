@@ -16,7 +16,11 @@ EPILOG = """\
 Output: OUT/mergers.fits (one FITS table for TOPCAT), OUT/parquet/ (a HATS catalog: lsdb.open_catalog
 ("OUT/parquet"); rows without a usable position in OUT/parquet/bad_coords/), OUT/summary.json.  Every
 input row appears once; 'status' says why a row has no p_merger.  Re-running the same command resumes
-an interrupted run."""
+an interrupted run and retries rows flagged fetch_failed, no_image or out_of_memory.
+
+Exit status: 0 finished (at least one row scored), 1 --samp could not deliver the finished table,
+2 bad input or arguments (one-line error), 3 finished but no row could be scored (see the reasons
+printed), 130 interrupted."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "\"type == 3 and petroMag_r < 17.77\"; the others are kept with status not_selected")
     p.add_argument("--samp", action="store_true",
                    help="at the end, send OUT/mergers.fits to TOPCAT (or any SAMP client) over SAMP")
+    src.add_argument("--service-total-timeout", type=float, default=None,
+                     help="seconds per row over all its attempts (default: 2 x (retries + 1) x timeout)")
     p.add_argument("--engine", help="engine file (.onnx); default: the packaged model")
     p.add_argument("--backend", help="onnxruntime (CPU, the default), onnxruntime-cuda (the default with --gpus 1), "
                                      "torch, torch-cuda, tensorrt; NAME:PRECISION picks the arithmetic, e.g. torch-cuda:fp16, "
@@ -131,7 +137,8 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
         shard=_parse_shard(ns.shard),
         service_options={k: v for k, v in (("timeout", ns.service_timeout), ("retries", ns.service_retries),
                                            ("max_concurrency", ns.service_concurrency),
-                                           ("max_rate", ns.service_rate)) if v is not None},
+                                           ("max_rate", ns.service_rate),
+                                           ("total_timeout", ns.service_total_timeout)) if v is not None},
         select=ns.select, samp=ns.samp,
         command="process-catalog " + " ".join(argv))
 
@@ -182,7 +189,7 @@ def main(argv=None) -> int:
         except SampError as exc:
             print(f"process-catalog: --samp: {exc}", file=sys.stderr)
             return 1
-    return 0
+    return int(summary.get("exit_status", 0))
 
 
 if __name__ == "__main__":

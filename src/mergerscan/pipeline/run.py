@@ -20,6 +20,7 @@ from ..catalogs.write import write_fits_table
 from ..engines import backend_precision, read_engine_info, resolve_engine_path
 from .arguments import ArgumentError, ProcessArguments
 from .cluster import client_for
+from .failures import format_failures, summarize
 from .plan import Plan, make_partitions, stage_csv
 from . import split
 from .resume import check_or_claim, content_identity, read_cache, read_marker
@@ -317,6 +318,7 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
                           "options": dict(args.source.options)},
                "id_column": "objid" if plan.id_kind == "int" else "id", "keep": plan.keep,
                "fits": str(out / "mergers.fits"), "parquet": str(out / "parquet")}
+    summary.update(summarize(markers, rows, scored, status, plan.columns.get("id")))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if args.report:
         try:
@@ -344,7 +346,8 @@ def format_summary(s: dict) -> str:
              f"  mergers           {s['mergers']} with p_merger >= {s['threshold']:.3f} ({s['engine']})",
              f"  output            {s['fits']}  and  {s['parquet']}/",
              *([f"  report            {s['report']}"] if s.get("report") else []),
-             *([f"  report failed     {s['report_error']}"] if s.get("report_error") else [])]
+             *([f"  report failed     {s['report_error']}"] if s.get("report_error") else []),
+             *format_failures(s)]
     return "\n".join(lines)
 
 

@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..catalogs.schema import SCORED, STATUS
+from ..catalogs.schema import SCORED, STATUS, TRANSIENT
 from ..catalogs.validate import flag_duplicates
 from ..catalogs.hats import partition_file
 from ..catalogs.write import write_partition
 from ..cutouts.sources import SourceConfig, open_source
 from ..engines import load_engine
+from .failures import coord_range, note
 from .plan import Partition, Plan
+from .resume import done, mark_done, read_marker
 from .split import read_partition
-from .resume import done, mark_done
 
 _ENGINES: dict = {}
 _ENGINES_LOCK = threading.Lock()
@@ -96,9 +97,27 @@ def output_table(df: pd.DataFrame, plan: Plan, p: np.ndarray, status: np.ndarray
 
 
 def retry_path(output: Path, part: Partition) -> Path:
-    """Present while a partition's done marker records rows flagged ``out_of_memory``: a re-run
-    (more memory, smaller batches) scores the partition again instead of skipping it."""
+    """Present while a partition's done marker records rows whose failure may be transient
+    (``TRANSIENT``: fetch_failed, no_image, out_of_memory): a re-run fetches and scores those
+    rows again and keeps every other row of the partition as it was."""
     return Path(output) / "_work" / "retry" / f"part-{part.pid:06d}"
+
+
+def _previous(output: Path, part: Partition, df: pd.DataFrame):
+    """(status, p_merger, examples) of the partition as written by an earlier run, aligned with
+    ``df``; None when there is nothing usable (then every row is done again)."""
+    import pyarrow.parquet as pq
+
+    try:
+        old = pq.read_table(dataset_path(output, part), columns=["input_row", "status", "p_merger"])
+        examples = read_marker(marker_path(output, part)).get("examples") or {}
+    except (OSError, ValueError, KeyError):
+        return None
+    rows = old.column("input_row").to_numpy()
+    if len(rows) != len(df) or not np.array_equal(rows, df["_input_row"].to_numpy()):
+        return None
+    return (old.column("status").to_numpy(zero_copy_only=False).astype(object),
+            old.column("p_merger").to_numpy(zero_copy_only=False).astype(np.float32), examples)
 
 
 def _inject_fault(part: Partition, batch_size: int):
@@ -142,6 +161,7 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
     if done(marker) and not retry.exists():
         import json
         return json.loads(marker.read_text())
+    rerun = done(marker)                     # a retry: only the rows whose failure may be transient
     t0 = time.time()
     engine = worker_engine(engine_path, backend, threads, shared_batch, views)
     if plan.hats:                                  # HATS input: the task reads its pixel itself
@@ -161,10 +181,27 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
     status[dup] = "duplicate_id"
     if "_selected" in df:                          # --select: the rest is kept, not fetched or scored
         status[(status == "") & ~df["_selected"].to_numpy(bool)] = "not_selected"
+    examples: dict = {}
+    inrow = df["_input_row"].to_numpy() if n else np.zeros(0, np.int64)
+    for i in np.flatnonzero(~valid)[:1]:
+        note(examples, "bad_coords", f"row {inrow[i]} (id {ids[i]}): ra={df[c['ra']].iloc[i]!r}, "
+                                     f"dec={df[c['dec']].iloc[i]!r}")
+    for i in np.flatnonzero(dup)[:1]:
+        note(examples, "duplicate_id", f"row {inrow[i]} (id {ids[i]}): the same id appeared earlier in this "
+                                       "sky partition")
     p = np.full(n, np.nan, np.float32)
+    if rerun and n and (prev := _previous(output, part, df)) is not None:
+        keep = (status == "") & ~np.isin(prev[0], TRANSIENT)     # ok and lasting failures stay as they are
+        status[keep], p[keep] = prev[0][keep], prev[1][keep]
+        for k, v in prev[2].items():
+            if k not in TRANSIENT:
+                note(examples, k, v)
     todo = np.flatnonzero(status == "")
     if flag_status is not None:
         status[todo] = flag_status
+        for i in todo[:1]:
+            note(examples, flag_status, f"row {inrow[i]} (id {ids[i]}): the worker scoring this partition was "
+                                        "killed repeatedly (memory), even with the smallest batches")
         todo = todo[:0]
     elif n:
         _inject_fault(part, batch_size)
@@ -201,14 +238,18 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
                         p[idx[ok]] = engine.predict(stamps[ok])
                     except MemoryError:
                         raise
-                    except Exception:  # noqa: BLE001 - one bad batch must not lose the partition
+                    except Exception as e:  # noqa: BLE001 - one bad batch must not lose the partition
                         status[idx[ok]] = "inference_failed"
+                        note(examples, "inference_failed", f"{int(ok.sum())} row(s) from id {ids[idx[ok][0]]}: "
+                                                           f"{type(e).__name__}: {e}")
                     t_infer += time.time() - t
                 except MemoryError:
                     stamps = fetched = None
                     p[idx] = np.nan
                     if len(idx) == 1:
                         status[idx] = "out_of_memory"
+                        note(examples, "out_of_memory", f"row {inrow[idx[0]]} (id {ids[idx[0]]}): MemoryError "
+                                                        "even for this row alone")
                         return
                     h = len(idx) // 2
                     score(idx[:h])
@@ -226,6 +267,8 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
                     score(idx, fetched)
                     fetched = None
         finally:
+            for k, v in (getattr(src, "examples", None) or {}).items():
+                note(examples, k, v)
             src.close()
         failures = dict(getattr(src, "stats", {}).get("failures", {}))
     unknown = set(status) - set(STATUS)
@@ -238,13 +281,16 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
     info = {"pid": part.pid, "name": part.name, "rows": n, "status": {k: int(v) for k, v in counts.items()},
             "mergers": int(np.sum(p >= engine.info.threshold)), "seconds": round(time.time() - t0, 3),
             "fetch_seconds": round(t_fetch, 3), "infer_seconds": round(t_infer, 3), "batch_size": batch_size,
-            "finished": time.time(), "started": t0,
-            "file": str(dataset_path(output, part).relative_to(output)) if n else None}
+            "finished": time.time(), "started": t0, "file": str(dataset_path(output, part).relative_to(output))
+            if n else None,
+            "examples": {k: v for k, v in sorted(examples.items()) if counts.get(k)},
+            "coords": coord_range(df[c["ra"]].to_numpy(np.float64), df[c["dec"]].to_numpy(np.float64)) if n else None}
     if failures:                                   # why a service failed rows (the summary names the leading one)
         info["fetch_failures"] = {str(k): int(v) for k, v in failures.items()}
-    if counts.get("out_of_memory"):
+    transient = {k: int(counts[k]) for k in TRANSIENT if counts.get(k)}
+    if transient:
         info["retry"] = True
-        mark_done(retry, {"status": "out_of_memory", "rows": int(counts["out_of_memory"])})
+        mark_done(retry, {"status": transient, "rows": sum(transient.values())})
     mark_done(marker, info)
     if not info.get("retry"):
         retry.unlink(missing_ok=True)
