@@ -6,7 +6,7 @@ Cases (one line each):
  1. kept ``P_MERGER`` (float) is renamed ``in_P_MERGER``; FITS ``p_merger`` = Parquet ``p_merger``
  2. kept integer ``STATUS`` is renamed ``in_STATUS``; the FITS write does not crash
  3. kept ``RA``/``DEC`` (text, coordinates come from ra_deg/dec_deg) become ``in_RA``/``in_DEC``
- 4. kept ``IS_MERGER``, ``Input_Row``, ``HEALPIX29`` get the ``in_`` prefix
+ 4. kept ``IS_MERGER``, ``Input_Row``, ``_HEALPIX_29`` get the ``in_`` prefix
  5. kept ``ID`` beside an integer id (output ``objid``) is renamed too (both id spellings reserved)
  6. kept ``status`` and ``in_status`` together: ``in_in_status`` and ``in_status``, no clash (the rule itself)
  7. the id/ra/dec columns themselves under ``--keep-columns '*'`` are not duplicated
@@ -163,7 +163,7 @@ def test_kept_columns_colliding_with_output_columns_are_prefixed(field, dask_cli
                        "P_MERGER": np.linspace(5, 6, n), "STATUS": np.arange(n, dtype=np.int32) * 3,
                        "RA": [f"10:00:0{i % 10}" for i in range(n)], "DEC": [f"+02:00:{i:02d}" for i in range(n)],
                        "IS_MERGER": np.arange(n) % 2 == 0, "Input_Row": np.arange(n)[::-1].copy(),
-                       "HEALPIX29": np.full(n, 7), "ID": np.arange(n) + 100,
+                       "_HEALPIX_29": np.full(n, 7), "ID": np.arange(n) + 100,
                        "Z": np.full(n, 0.1), "z": np.full(n, 0.2)})
     path = tmp_path / "cat.parquet"
     df.to_parquet(path)
@@ -173,7 +173,7 @@ def test_kept_columns_colliding_with_output_columns_are_prefixed(field, dask_cli
     assert rc == 0, err
     got, fits, hdr = assert_fits_equals_parquet(out)
     assert (got["status"] == "ok").all() and got["p_merger"].between(0, 1).all()
-    for name in ("P_MERGER", "STATUS", "RA", "DEC", "IS_MERGER", "Input_Row", "HEALPIX29", "ID"):
+    for name in ("P_MERGER", "STATUS", "RA", "DEC", "IS_MERGER", "Input_Row", "_HEALPIX_29", "ID"):
         assert got[f"in_{name}"].tolist() == df[name].tolist(), name
     assert got["Z"].tolist() == [0.1] * n and got["in_z"].tolist() == [0.2] * n        # case-only twins
     assert {"Z", "in_z"} <= set(fits.dtype.names)
@@ -188,8 +188,8 @@ def test_prefix_repeats_until_nothing_collides():
     assert output_names(["status", "in_status", "mag"]) == {"status": "in_in_status", "in_status": "in_status",
                                                             "mag": "mag"}
     assert output_names(["Ra", "in_RA"]) == {"Ra": "in_in_Ra", "in_RA": "in_RA"}
-    assert output_names(["ID", "OBJID", "HealPix29"]) == {"ID": "in_ID", "OBJID": "in_OBJID",
-                                                          "HealPix29": "in_HealPix29"}
+    assert output_names(["ID", "OBJID", "_HealPix_29"]) == {"ID": "in_ID", "OBJID": "in_OBJID",
+                                                          "_HealPix_29": "in__HealPix_29"}
 
 
 def test_nullable_kept_columns_fits_equals_parquet(field, dask_client, tmp_path, capsys):

@@ -36,7 +36,7 @@ from test_pipeline import make_stamps  # noqa: E402
 
 EXAMPLES = int(os.environ.get("MERGERSCAN_PROPERTY_EXAMPLES", "5"))
 NAMES = ["P_MERGER", "p_Merger", "STATUS", "status", "RA", "Ra", "DEC", "Z", "z", "IS_MERGER", "Input_Row",
-         "HEALPIX29", "ID", "objid", "in_status", "in_STATUS", "mag", "g-r", "g_r", "mag r", "x" * 80,
+         "_HEALPIX_29", "ID", "objid", "in_status", "in_STATUS", "mag", "g-r", "g_r", "mag r", "x" * 80,
          "flux_" + "y" * 70, "Δz", "naïve", "ΣSFR"]
 CANONICAL = re.compile(r"-?(0|[1-9][0-9]*)")
 
