@@ -158,7 +158,7 @@ def test_slurmcluster_worker_job_script(tmp_path):
                  "export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False"):   # a paused worker would hang the run
         assert line in text, line
     worker = next(l for l in text.splitlines() if "dask_worker" in l)
-    assert worker.startswith(PY) and "--nthreads 8" in worker and "--resources GPU=1" in worker
+    assert worker.startswith(PY) and "--nthreads 8" in worker and "--resources GPU=8" in worker
     lifetime = int(re.search(r"--lifetime (\d+)s", worker).group(1))
     stagger = int(re.search(r"--lifetime-stagger (\d+)s", worker).group(1))
     assert lifetime + stagger < 7200 and lifetime >= 5400
@@ -190,7 +190,7 @@ def test_walltime_lifetime_and_task_helpers():
     per_node = {"SLURM_MEM_PER_NODE": "64000", "SLURM_TASKS_PER_NODE": "4(x2),2", "SLURM_NODEID": "2"}
     assert S.task_memory_bytes(per_node) == 32000 * 2 ** 20
     opts = S.runner_worker_options(2, "auto", 1, env)
-    assert opts == {"nthreads": 8, "memory_limit": 8 * 4000 * 2 ** 20, "resources": {"GPU": 1}}
+    assert opts == {"nthreads": 8, "memory_limit": 8 * 4000 * 2 ** 20, "resources": {"GPU": 8}}   # a unit per thread
     f = S.scheduler_file(dict(env, SLURM_SUBMIT_DIR="/scratch/me", SLURM_RESTART_COUNT="2"))
     assert str(f) == "/scratch/me/.mergerscan-dask/scheduler-9.2.json"
 

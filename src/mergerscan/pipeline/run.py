@@ -19,10 +19,11 @@ from ..catalogs.validate import resolve_columns
 from ..catalogs.write import write_fits_table, write_metadata
 from ..engines import backend_precision, read_engine_info, resolve_engine_path
 from .arguments import ArgumentError, ProcessArguments
-from .cluster import client_for
+from .cluster import check_gpu_workers, client_for
 from .plan import Plan, make_partitions, stage_csv
 from . import split
 from .resume import check_or_claim, file_identity, read_marker
+from .slurm import GPU_TASK_RESOURCES
 from .task import dataset_path, marker_path, retry_path, score_partition
 
 log = logging.getLogger("mergerscan")
@@ -306,9 +307,11 @@ def _score(args, plan: Plan, client, engine_path, info, parts):
     todo = [p for p in parts if marker_path(out, p).name not in scored or retry_path(out, p).name in retry]
     skipped = sum(p.rows for p in parts) - sum(p.rows for p in todo)
     meta = run_meta(args, info)
-    # GPU backends: tasks need the GPU resource that GPU workers advertise (GPU=1): CPU-only workers
-    # of the same scheduler never get them, a GPU worker runs up to its threads' worth at once
-    resources = {"GPU": 1.0 / max(1, args.threads_per_worker)} if args.gpus else None
+    # GPU backends: tasks need one unit of the GPU resource that GPU workers advertise (one per
+    # thread): CPU-only workers of the same scheduler never get them (cluster.check_gpu_workers)
+    resources = dict(GPU_TASK_RESOURCES) if args.gpus else None
+    if args.gpus:
+        check_gpu_workers(client, args)
 
     def submit(part, batch_size, source=args.source, flag=None, retries=2):
         return client.submit(score_partition, pplan, part, str(out), source, str(engine_path), args.backend,
