@@ -71,8 +71,6 @@ def client_for(args):
         with slurm_cluster_client(args) as client:
             yield client
         return
-    if args.gpus and args.cluster == "local" and not args.scheduler:
-        check_local_gpu(args.backend)
     with dask_client(args.workers, args.threads_per_worker, args.scheduler, args.memory_limit,
                      wait_for_workers=1 if args.cluster == "slurm-runner" else 0, gpus=args.gpus) as client:
         yield client

@@ -19,7 +19,7 @@ from ..catalogs.validate import resolve_columns
 from ..catalogs.write import write_fits_table, write_metadata
 from ..engines import backend_precision, read_engine_info, resolve_engine_path
 from .arguments import ArgumentError, ProcessArguments
-from .cluster import check_gpu_workers, client_for
+from .cluster import check_gpu_workers, check_local_gpu, client_for
 from .plan import Plan, make_partitions, stage_csv
 from . import split
 from .resume import check_or_claim, file_identity, read_marker
@@ -368,6 +368,8 @@ def run(args: ProcessArguments, client=None) -> dict:
         info = read_engine_info(engine_path).with_views(args.views)
     except ValueError as exc:
         raise ArgumentError(f"--views {args.views}: {exc}") from None
+    if args.gpus and client is None and args.cluster == "local" and not args.scheduler and args.mode in ("all", "shard"):
+        check_local_gpu(args.backend)         # local workers would fail (or wait) on every partition
     cat = inspect_catalog(args)
     out = Path(args.output)
     work = out / "_work"
