@@ -268,6 +268,47 @@ def test_memoryerror_batch_retried_in_halves_then_flagged(field, reference, tmp_
     assert "retry" not in r and not T.retry_path(out, part).exists()
 
 
+@pytest.mark.parametrize("kind", ["torch", "cuda-message", "onnxruntime"])
+def test_cuda_out_of_memory_batch_retried_in_halves(field, reference, tmp_path, monkeypatch, kind):
+    """CUDA OOM is a RuntimeError (torch.OutOfMemoryError, ORT's failed BFC allocation), not a
+    MemoryError: it must still be retried in halves, never end as inference_failed."""
+    import torch
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+    from mergerscan.engines import read_engine_info, resolve_engine_path
+    from mergerscan.pipeline import task as T
+
+    d, _ = field
+    out = tmp_path / "out"
+    plan = _plan_only(d, out)
+    part = max(plan.partitions, key=lambda p: p.rows)
+    real = T.worker_engine(None, "onnxruntime", 1)
+    error = {"torch": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+             "cuda-message": lambda: RuntimeError("CUDA error: out of memory"),
+             "onnxruntime": lambda: RuntimeException("BFCArena::AllocateRawInternal Failed to allocate memory "
+                                                     "for requested buffer of size 1073741824")}[kind]
+    sizes = []
+
+    class TightGPU:     # a GPU engine with room for 3 stamps at a time
+        spec, info, backend = real.spec, real.info, "torch-cuda"
+
+        def predict(self, x):
+            sizes.append(len(x))
+            if len(x) > 3:
+                raise error()
+            return real.predict(x)
+
+    monkeypatch.setattr(T, "worker_engine", lambda *a: TightGPU())
+    src = ProcessArguments(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps")).source
+    meta = {"engine_sha256": read_engine_info(resolve_engine_path(None)).sha256}
+    r = T.score_partition(plan, part, str(out), src, None, "onnxruntime", 1, 8, meta)
+    got = pq.read_table(T.dataset_path(out, part)).to_pandas().set_index("input_row")
+    ref = reference.set_index("input_row").loc[got.index]
+    assert (got["status"] == ref["status"]).all() and "retry" not in r
+    assert "inference_failed" not in set(got["status"])
+    assert np.allclose(got["p_merger"], ref["p_merger"], equal_nan=True, atol=1e-6)
+    assert max(sizes) > 3 and min(sizes) <= 3          # it failed big, then fitted in halves
+
+
 def _oom_env(spec: str) -> dict:
     # a worker death is reported at once (no rescheduling onto fresh workers first): keeps this quick
     return dict(os.environ, MERGERSCAN_INJECT_FAULT=spec, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
