@@ -10,7 +10,7 @@ tensor is copied by name; anything left unmapped is an error, never a silently r
 
 Options: device ``cpu``/``cuda``, ``channels_last`` always, precision fp32 (IEEE: TF32 off for
 matmuls and cuDNN convolutions), tf32 (CUDA), bf16/fp16 (autocast), ``compile`` (torch.compile;
-on CUDA mode ``max-autotune-no-cudagraphs``, compiled once per batch bucket at load), and on CUDA
+on CUDA mode ``max-autotune-no-cudagraphs``, compiled on the first use of each batch bucket), and on CUDA
 explicit CUDA graphs per stamp-batch bucket (3 buckets; the last batch is zero-padded).
 
 Stamps in (:meth:`TorchEngine._stamp_logits`): uint8 stamps are copied into a reused pinned host
@@ -278,7 +278,8 @@ class TorchEngine(Engine):
                     self._stamps_forward(x, views)
             self._compute_stream.wait_stream(side)
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, stream=self._compute_stream):
+            # thread_local: other threads' copies on the copy stream must not break this capture
+            with torch.cuda.graph(g, stream=self._compute_stream, capture_error_mode="thread_local"):
                 y = self._stamps_forward(x, views)
             self._graphs[key] = (g, x, y)
         return self._graphs[key]
