@@ -144,25 +144,18 @@ def compile_unavailable_reason() -> str | None:
 
 def set_tf32(enabled: bool) -> None:
     """TF32 for fp32 matmuls and cuDNN convolutions (process-wide torch flags; "fp32" must be IEEE
-    fp32 to hold the 1e-4 parity).  The new ``fp32_precision`` API where torch has it: mixing it
-    with the legacy ``allow_tf32`` flags makes torch raise."""
+    fp32 to hold the 1e-4 parity)."""
     import torch
-    mode = "tf32" if enabled else "ieee"
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-        torch.backends.cuda.matmul.fp32_precision = mode
-        torch.backends.cudnn.conv.fp32_precision = mode
-    else:                                   # torch < 2.9
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-        torch.backends.cudnn.allow_tf32 = enabled
+    # the legacy flags: torch's own code (torch.onnx.export, ...) still reads them, and raises
+    # when the new per-backend fp32_precision settings were used to make conv and rnn differ
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def tf32_enabled() -> tuple[bool, bool]:
-    """(matmul, cuDNN conv) TF32 flags as :func:`set_tf32` sets them."""
+    """(matmul, cuDNN) TF32 flags as :func:`set_tf32` sets them."""
     import torch
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-        return (torch.backends.cuda.matmul.fp32_precision == "tf32",
-                torch.backends.cudnn.conv.fp32_precision == "tf32")
-    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    return bool(torch.backends.cuda.matmul.allow_tf32), bool(torch.backends.cudnn.allow_tf32)
 
 
 def stamp_buckets(max_images: int, views: int) -> tuple[int, ...]:
