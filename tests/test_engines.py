@@ -150,12 +150,17 @@ def test_test_time_views(engine_path, stamps, tmp_path):
 
 
 def test_max_batch_chunking(engine_path, stamps, reference):
+    """Stamps go to the backend in chunks of stamp_batch; prepared batches in chunks of max_batch."""
     eng = load_engine(engine_path, threads=2)
-    sizes, inner = [], eng._logits
-    eng._logits = lambda x: (sizes.append(len(x)), inner(x))[1]
-    eng.max_batch = 5
+    sizes, inner = [], eng._stamp_logits
+    eng._stamp_logits = lambda x: (sizes.append(len(x)), inner(x))[1]
+    eng.stamp_batch = 5
     np.testing.assert_allclose(eng.predict(stamps), reference[1], atol=1e-6)
     assert sizes == [5, 5, 5, 1]
+    sizes, raw = [], eng._logits
+    eng._logits = lambda x: (sizes.append(len(x)), raw(x))[1]
+    eng.max_batch = 6
+    assert eng.logits(prepare_batch(stamps, eng.spec)).shape == (16,) and sizes == [6, 6, 4]
 
 
 # ----------------------------------------------------------------- batches shared across partitions
@@ -166,8 +171,9 @@ def test_shared_batch_engine_merges_concurrent_batches(engine_path, stamps, refe
     from mergerscan.engines.batching import SharedBatchEngine
 
     inner = load_engine(engine_path, threads=1)
-    sizes, raw = [], inner._logits
-    inner._logits = lambda x: (sizes.append(len(x)), raw(x))[1]
+    inner.stamp_batch = 64
+    sizes, raw = [], inner._stamp_logits
+    inner._stamp_logits = lambda x: (sizes.append(len(x)), raw(x))[1]
     eng = SharedBatchEngine(inner, batch=64, max_wait_s=0.05)
     slices = [slice(0, 3), slice(3, 4), slice(4, 9), slice(9, 16)] * 2
     got, barrier = {}, threading.Barrier(len(slices))
@@ -193,14 +199,14 @@ def test_shared_batch_engine_isolates_a_failing_merged_batch(engine_path, stamps
     from mergerscan.engines.batching import SharedBatchEngine
 
     inner = load_engine(engine_path, threads=1)
-    raw = inner._logits
+    raw = inner._stamp_logits
 
     def limited(x):
         if len(x) > 8:
             raise MemoryError(f"{len(x)} rows")
         return raw(x)
-    inner._logits = limited
-    inner.max_batch = 1 << 30
+    inner._stamp_logits = limited
+    inner.stamp_batch = 1 << 30
     eng = SharedBatchEngine(inner, batch=64, max_wait_s=0.05)
     slices = [slice(0, 6), slice(6, 12), slice(0, 16)]
     got, barrier = {}, threading.Barrier(3)
@@ -266,9 +272,10 @@ def test_torch_rebuild_refuses_what_it_cannot_rebuild(engine_path, tmp_path):
 
 # ----------------------------------------------------------------- TensorRT parts that run without it
 def test_trt_profile_shapes():
-    assert trtb.profile_shapes(64, 256) == {"min": (1, 3, 64, 64), "opt": (256, 3, 64, 64),
-                                            "max": (256, 3, 64, 64)}
-    assert trtb.profile_shapes(224, 512, opt_batch=128)["opt"] == (128, 3, 224, 224)
+    """The plan's input is uint8 stamps (N, H, H, 3): the front is inside it."""
+    assert trtb.profile_shapes(256, 128) == {"min": (1, 256, 256, 3), "opt": (128, 256, 256, 3),
+                                             "max": (128, 256, 256, 3)}
+    assert trtb.profile_shapes(256, 512, opt_batch=128)["opt"] == (128, 256, 256, 3)
     with pytest.raises(ValueError):
         trtb.profile_shapes(64, 16, opt_batch=32)
 
@@ -281,7 +288,7 @@ def test_trt_cache_key_and_path():
     assert k == trtb.cache_key(**base) and len(k) == 24
     for change in ({"onnx_sha256": "b" * 64}, {"gpu_name": "NVIDIA H200"}, {"compute_capability": "8.0"},
                    {"trt_version": "11.0.0"}, {"precision": "fp32"},
-                   {"profile": trtb.profile_shapes(64, 512)}):
+                   {"profile": trtb.profile_shapes(64, 512)}, {"views": 8}):
         assert trtb.cache_key(**(base | change)) != k, change
     p = trtb.engine_cache_path("/c", "NVIDIA H100 80GB HBM3", "9.0", "10.13.0", k)
     assert str(p) == f"/c/nvidia-h100-80gb-hbm3-sm90/trt-10.13.0/{k}.engine"

@@ -158,7 +158,7 @@ def test_slurmcluster_worker_job_script(tmp_path):
                  "export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False"):   # a paused worker would hang the run
         assert line in text, line
     worker = next(l for l in text.splitlines() if "dask_worker" in l)
-    assert worker.startswith(PY) and "--nthreads 8" in worker and "--resources GPU=1" in worker
+    assert worker.startswith(PY) and "--nthreads 8" in worker and "--resources GPU=8" in worker
     lifetime = int(re.search(r"--lifetime (\d+)s", worker).group(1))
     stagger = int(re.search(r"--lifetime-stagger (\d+)s", worker).group(1))
     assert lifetime + stagger < 7200 and lifetime >= 5400
@@ -190,7 +190,7 @@ def test_walltime_lifetime_and_task_helpers():
     per_node = {"SLURM_MEM_PER_NODE": "64000", "SLURM_TASKS_PER_NODE": "4(x2),2", "SLURM_NODEID": "2"}
     assert S.task_memory_bytes(per_node) == 32000 * 2 ** 20
     opts = S.runner_worker_options(2, "auto", 1, env)
-    assert opts == {"nthreads": 8, "memory_limit": 8 * 4000 * 2 ** 20, "resources": {"GPU": 1}}
+    assert opts == {"nthreads": 8, "memory_limit": 8 * 4000 * 2 ** 20, "resources": {"GPU": 8}}   # a unit per thread
     f = S.scheduler_file(dict(env, SLURM_SUBMIT_DIR="/scratch/me", SLURM_RESTART_COUNT="2"))
     assert str(f) == "/scratch/me/.mergerscan-dask/scheduler-9.2.json"
 
@@ -270,6 +270,47 @@ def test_memoryerror_batch_retried_in_halves_then_flagged(field, reference, tmp_
     assert got.loc[ok_row, "status"] == "ok"
     # a retry marker stays only for rows whose failure may still be transient (no_image here)
     assert T.retry_path(out, part).exists() == bool(r["status"].get("no_image"))
+
+
+@pytest.mark.parametrize("kind", ["torch", "cuda-message", "onnxruntime"])
+def test_cuda_out_of_memory_batch_retried_in_halves(field, reference, tmp_path, monkeypatch, kind):
+    """CUDA OOM is a RuntimeError (torch.OutOfMemoryError, ORT's failed BFC allocation), not a
+    MemoryError: it must still be retried in halves, never end as inference_failed."""
+    import torch
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+    from mergerscan.engines import read_engine_info, resolve_engine_path
+    from mergerscan.pipeline import task as T
+
+    d, _ = field
+    out = tmp_path / "out"
+    plan = _plan_only(d, out)
+    part = max(plan.partitions, key=lambda p: p.rows)
+    real = T.worker_engine(None, "onnxruntime", 1)
+    error = {"torch": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+             "cuda-message": lambda: RuntimeError("CUDA error: out of memory"),
+             "onnxruntime": lambda: RuntimeException("BFCArena::AllocateRawInternal Failed to allocate memory "
+                                                     "for requested buffer of size 1073741824")}[kind]
+    sizes = []
+
+    class TightGPU:     # a GPU engine with room for 3 stamps at a time
+        spec, info, backend = real.spec, real.info, "torch-cuda"
+
+        def predict(self, x):
+            sizes.append(len(x))
+            if len(x) > 3:
+                raise error()
+            return real.predict(x)
+
+    monkeypatch.setattr(T, "worker_engine", lambda *a: TightGPU())
+    src = ProcessArguments(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps")).source
+    meta = {"engine_sha256": read_engine_info(resolve_engine_path(None)).sha256}
+    r = T.score_partition(plan, part, str(out), src, None, "onnxruntime", 1, 8, meta)
+    got = pq.read_table(T.dataset_path(out, part)).to_pandas().set_index("input_row")
+    ref = reference.set_index("input_row").loc[got.index]
+    assert (got["status"] == ref["status"]).all() and "retry" not in r
+    assert "inference_failed" not in set(got["status"])
+    assert np.allclose(got["p_merger"], ref["p_merger"], equal_nan=True, atol=1e-6)
+    assert max(sizes) > 3 and min(sizes) <= 3          # it failed big, then fitted in halves
 
 
 def _oom_env(spec: str) -> dict:

@@ -3,13 +3,17 @@
 An engine file is an ONNX graph ``stamps-normalised (N,3,S,S) float32 -> logit (N,)`` whose
 metadata carries the preprocessing spec and the model card (``mergerscan.spec``,
 ``mergerscan.card``).  Every backend (ONNX Runtime CPU/CUDA, PyTorch, TensorRT) is built from
-that one file, so a backend only has to implement ``_logits`` on a prepared batch.
+that one file.  Engines take **uint8 stamps** (N, H, W, 3) as the image sources deliver them
+(:meth:`Engine.predict`); a backend runs the resize, normalisation and test-time views itself, on
+its device (``_stamp_logits``, see :mod:`mergerscan.engines.front`), identical to
+:func:`prepare_batch`.  ``logits`` on an already prepared batch stays for training and parity checks.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,37 +106,84 @@ def read_engine_info(path: str | Path) -> EngineInfo:
 
 
 class Engine:
-    """Base class: subclasses implement ``_logits(x)`` for a prepared float32 batch."""
+    """Base class: subclasses implement ``_logits(x)`` for a prepared float32 batch and, to run the
+    preprocessing on their device, ``_stamp_logits(stamps)`` (uint8 stamps -> mean logit over views)."""
 
     backend = "abstract"
-    max_batch = 64                   # CPU engines peak at batches of 8-64 (docs/performance.md)
+    precision = "fp32"
+    max_batch = 64                   # images per net call: CPU engines peak at 8-64 (docs/performance.md)
+    images_per_call = 32             # stamp_batch = this // views: each stamp becomes `views` images
+    _stamp_batch = None
+    # one call at a time: backends whose calls share one execution context, stream or captured
+    # input buffer (TensorRT, torch CUDA graphs); ONNX Runtime sessions are safe to share
+    serial = False
 
     def __init__(self, info: EngineInfo):
         self.info = info
+        self._lock = threading.Lock()
 
     @property
     def spec(self) -> PreprocessSpec:
         return self.info.spec
 
+    @property
+    def stamp_batch(self) -> int:
+        """Stamps per ``_stamp_logits`` call (the views can change after loading: computed)."""
+        return self._stamp_batch or max(1, self.images_per_call // self.info.views)
+
+    @stamp_batch.setter
+    def stamp_batch(self, value: int | None):
+        self._stamp_batch = value
+
     def _logits(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def _call(self, fn, x):
+        if not self.serial:
+            return fn(x)
+        with self._lock:
+            return fn(x)
+
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Raw logits for an already prepared batch, chunked to ``max_batch``."""
-        out = [np.asarray(self._logits(x[i:i + self.max_batch]), np.float32).reshape(-1)
+        out = [np.asarray(self._call(self._logits, x[i:i + self.max_batch]), np.float32).reshape(-1)
                for i in range(0, len(x), self.max_batch)]
         return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def _stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
+        """Mean logit over the views for uint8 stamps; this default prepares on the host."""
+        x = prepare_batch(stamps, self.spec)
+        z = np.zeros(len(stamps), np.float64)
+        for v in iter_views(x, self.info.views):    # one view at a time: memory stays that of one batch
+            z += self.logits(v)
+        return z / self.info.views
+
+    def stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
+        """uint8 stamps (N, H, W, 3) -> mean logit over the engine's views (N,), in chunks of
+        ``stamp_batch`` stamps."""
+        stamps = np.asarray(stamps)
+        if stamps.ndim == 3:
+            stamps = stamps[None]
+        h = self.spec.stamp_pixels
+        if stamps.ndim != 4 or stamps.shape[1:] != (h, h, 3):
+            raise ValueError(f"stamps must be (N, {h}, {h}, 3) for this engine, got {stamps.shape}")
+        if stamps.dtype != np.uint8:            # sources deliver uint8; floats in 0..255 are rounded once
+            stamps = np.clip(np.rint(stamps), 0, 255).astype(np.uint8)
+        b = max(1, int(self.stamp_batch))
+        out = [np.asarray(self._call(self._stamp_logits, stamps[i:i + b]), np.float64).reshape(-1)
+               for i in range(0, len(stamps), b)]
+        return np.concatenate(out) if out else np.zeros(0, np.float64)
+
+    def calibrate(self, z: np.ndarray) -> np.ndarray:
+        """Mean logits -> calibrated p_merger (the card's temperature for this view count)."""
+        z = np.asarray(z, np.float64)
+        return (1.0 / (1.0 + np.exp(-np.clip(z / self.info.temperature, -60, 60)))).astype(np.float32)
 
     def predict(self, stamps: np.ndarray) -> np.ndarray:
         """uint8 stamps (N, H, W, 3) -> calibrated p_merger (N,) float32."""
         if len(stamps) == 0:
             return np.zeros(0, np.float32)
-        x = prepare_batch(stamps, self.spec)
-        z = np.zeros(len(stamps), np.float64)
-        for v in iter_views(x, self.info.views):    # one view at a time: memory stays that of one batch
-            z += self.logits(v)
-        z /= self.info.views                       # mean logit over the views
-        return (1.0 / (1.0 + np.exp(-np.clip(z / self.info.temperature, -60, 60)))).astype(np.float32)
+        return self.calibrate(self.stamp_logits(stamps))
 
     def close(self):
         pass

@@ -1,12 +1,21 @@
-"""ONNX Runtime backend (CPU by default; the CUDA execution provider when installed and asked for)."""
+"""ONNX Runtime backend (CPU by default; the CUDA execution provider when installed and asked for).
+
+The session runs the engine with its front (:mod:`.front`): uint8 stamps in, the resize,
+normalisation, views and view mean inside the graph.  Precision: ``fp32`` (IEEE; on CUDA with
+``use_tf32=0``, since ORT's CUDA EP defaults to TF32 matmuls/convolutions), ``tf32`` (CUDA only),
+``fp16`` (the graph converted with fp32 I/O and an fp32 front) and ``int8`` (only, and always, for
+a quantised engine file).  Anything else is refused, never run at another precision.
+"""
 
 from __future__ import annotations
 
+import json
+import threading
 from pathlib import Path
 
 import numpy as np
 
-from .base import BackendUnavailable, Engine, EngineInfo
+from .base import CARD_KEY, BackendUnavailable, Engine, EngineInfo
 
 CUDA_EP = "CUDAExecutionProvider"
 
@@ -20,31 +29,104 @@ def cuda_unavailable_reason() -> str | None:
     return None
 
 
+def cuda_provider_options(precision: str) -> dict:
+    """CUDA EP options: fp32 means IEEE fp32 (``use_tf32`` is on by default in ORT >= 1.18)."""
+    return {"use_tf32": "1" if precision == "tf32" else "0"}
+
+
+def file_precision(card: dict) -> str:
+    return "int8" if card.get("precision") == "int8" else "fp16" if card.get("precision") == "fp16" else "fp32"
+
+
+def check_precision(backend: str, precision: str | None, card: dict, path) -> str:
+    """The precision an ORT session will really run at, or a one-line ValueError."""
+    from . import PRECISIONS
+
+    have = file_precision(card)
+    precision = precision or have
+    if precision not in PRECISIONS[backend]:
+        raise ValueError(f"{backend}:{precision}: ONNX Runtime runs {', '.join(PRECISIONS[backend])} "
+                         f"({'tf32 needs onnxruntime-cuda' if precision == 'tf32' else 'use the torch backends for bf16'})")
+    if (precision == "int8") != (have == "int8"):
+        raise ValueError(f"{backend}:{precision}: {path} is {'a quantised int8' if have == 'int8' else 'a float'} engine "
+                         f"file; int8 needs a quantised (Q/DQ) engine file such as model-int8.onnx, and only that")
+    if have == "fp16" and precision != "fp16":
+        raise ValueError(f"{backend}:{precision}: {path} is an fp16 engine file")
+    return precision
+
+
+def fp16_model(model):
+    """fp16 graph with fp32 inputs/outputs; the front (uint8 -> float, resize) stays fp32."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from .front import FRONT_PREFIX
+
+    block = [n.name for n in model.graph.node if n.name.startswith(FRONT_PREFIX)]
+    m16 = convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
+    meta = {p.key: p.value for p in model.metadata_props}
+    if CARD_KEY in meta:
+        meta[CARD_KEY] = json.dumps(json.loads(meta[CARD_KEY]) | {"precision": "fp16"}, sort_keys=True)
+    del m16.metadata_props[:]
+    for k, v in meta.items():
+        e = m16.metadata_props.add(); e.key, e.value = k, v
+    return m16
+
+
 class OnnxRuntimeEngine(Engine):
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int = 1, providers: list[str] | None = None):
+    def __init__(self, path: str | Path, threads: int = 1, providers: list | None = None,
+                 precision: str | None = None, stamp_batch: int | None = None):
+        import onnx
         import onnxruntime as ort
 
         providers = providers or ["CPUExecutionProvider"]
-        want_cuda = CUDA_EP in providers
+        want_cuda = any((p[0] if isinstance(p, tuple) else p) == CUDA_EP for p in providers)
+        name = "onnxruntime-cuda" if want_cuda else "onnxruntime"
         if want_cuda and (why := cuda_unavailable_reason()):
             raise BackendUnavailable(f"onnxruntime-cuda: {why}")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = max(1, int(threads))   # match the worker's cores, no oversubscription
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), so, providers=providers)
-        self.providers = self.session.get_providers()
-        if want_cuda and CUDA_EP not in self.providers:
-            # ORT logs and falls back to CPU when the CUDA libraries fail to load: refuse instead.
-            raise BackendUnavailable(f"onnxruntime-cuda: {CUDA_EP} failed to initialise (CUDA/cuDNN "
-                                     f"libraries or driver missing?); session providers {self.providers}")
-        meta = self.session.get_modelmeta().custom_metadata_map
+        self.model = onnx.load(str(path))
+        meta = {p.key: p.value for p in self.model.metadata_props}
         super().__init__(EngineInfo.from_metadata(path, meta))
-        self.input_name = self.session.get_inputs()[0].name
+        self.precision = check_precision(name, precision, self.info.card, path)
         if want_cuda:
-            self.backend = "onnxruntime-cuda"
+            providers = [(CUDA_EP, cuda_provider_options(self.precision))] + \
+                [p for p in providers if (p[0] if isinstance(p, tuple) else p) != CUDA_EP]
+        self.backend, self._providers, self._want_cuda = name, providers, want_cuda
+        self._so = ort.SessionOptions()
+        self._so.intra_op_num_threads = max(1, int(threads))   # match the worker's cores, no oversubscription
+        self._so.inter_op_num_threads = 1
+        self._so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # CPU: ORT peaks at 8-32 images per call (docs/performance.md); a GPU wants big batches
+        self.images_per_call = 1024 if want_cuda else 32
+        self.stamp_batch = stamp_batch
+        self._sessions: dict = {}
+        self._sessions_lock = threading.Lock()
+        self.session = self._session(None)        # prepared-batch graph: fails here, not mid-run
+        self.providers = self.session.get_providers()
+        self.input_name = self.session.get_inputs()[0].name
+
+    def _session(self, views: int | None):
+        """The session for the plain graph (None) or the graph with the front for ``views`` views."""
+        with self._sessions_lock:
+            if views not in self._sessions:
+                import onnxruntime as ort
+
+                from .front import with_front
+                m = self.model if views is None else with_front(self.model, self.spec, views)
+                if self.precision == "fp16" and file_precision(self.info.card) != "fp16":
+                    m = fp16_model(m)
+                s = ort.InferenceSession(m.SerializeToString(), self._so, providers=self._providers)
+                if self._want_cuda and CUDA_EP not in s.get_providers():
+                    # ORT logs and falls back to CPU when the CUDA libraries fail to load: refuse instead.
+                    raise BackendUnavailable(f"onnxruntime-cuda: {CUDA_EP} failed to initialise (CUDA/cuDNN "
+                                             f"libraries or driver missing?); session providers {s.get_providers()}")
+                self._sessions[views] = s
+            return self._sessions[views]
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+
+    def _stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
+        from .front import STAMPS
+        return self._session(self.info.views).run(None, {STAMPS: np.ascontiguousarray(stamps, np.uint8)})[0]

@@ -1,13 +1,19 @@
 """TensorRT backend (TensorRT >= 10.12, 11.x): a serialised ``.engine`` built from the engine's ONNX.
 
-Precision lives in the graph (strongly typed networks; TensorRT 11 removed the FP16/INT8 builder
-flags): ``fp16`` converts the ONNX to an fp16 graph with fp32 inputs/outputs first, ``fp32``
-builds it as is, an ``int8`` engine file (Q/DQ nodes, ``card.precision == "int8"``) is built as
-is.  One optimisation profile covers batch sizes ``1..max_batch`` (tuned at ``opt_batch``).
-Built engines are cached on disk under a key of GPU name + compute capability, TensorRT version,
-ONNX sha256, precision and profile; a timing cache per GPU/TensorRT version speeds up rebuilds.
-Inference: ``set_input_shape`` per batch, ``set_tensor_address`` on torch CUDA buffers,
-``execute_async_v3`` on a dedicated CUDA stream.
+The network is the engine with its front (:mod:`.front`): uint8 stamps (N,256,256,3) in, the
+resize, normalisation, views and view mean inside the plan, mean logit (N,) out.  Precision lives
+in the graph (strongly typed networks; TensorRT 11 removed the FP16/INT8 builder flags): ``fp16``
+converts the net to fp16 with an fp32 front and fp32 output, ``fp32`` builds it as is with
+``BuilderFlag.TF32`` cleared (TensorRT enables TF32 by default, which would miss the 1e-4 fp32
+parity), ``tf32`` sets it, and an ``int8`` engine file (symmetric Q/DQ nodes, ``card.precision ==
+"int8"``, see training/export.py) is built as is.  One optimisation profile covers stamp batches
+``1..max_batch`` (tuned at ``opt_batch``).  Plans are cached on disk under a key of GPU name +
+compute capability, TensorRT version, ONNX sha256, precision, views and profile, built **once per
+node**: the first process takes a file lock and builds, the others wait on the lock and then read
+the cached plan.  A timing cache per GPU/TensorRT version speeds up rebuilds.  Inference:
+``set_input_shape`` (checked) per batch, ``set_tensor_address`` on torch CUDA buffers,
+``execute_async_v3`` on a dedicated CUDA stream; one call at a time per engine (the context, the
+stream and the buffers are shared by the threads of a worker).
 
 Everything above the ``TensorRTEngine`` class runs without TensorRT (and is tested on CPU).
 NOT verified on a GPU in the task that wrote it: see docs/performance.md.
@@ -15,18 +21,22 @@ NOT verified on a GPU in the task that wrote it: see docs/performance.md.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import re
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 from .base import CARD_KEY, BackendUnavailable, Engine, read_engine_info
 
-PRECISIONS = ("fp16", "fp32", "int8")
+PRECISIONS = ("fp16", "fp32", "tf32", "int8")
+PLAN_FORMAT = "front-1"          # bump when the composed graph (front, view mean) changes
 
 
 def unavailable_reason() -> str | None:
@@ -40,14 +50,20 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MERGERSCAN_TRT_CACHE", Path.home() / ".cache" / "mergerscan" / "tensorrt"))
 
 
-def profile_shapes(input_size: int, max_batch: int, opt_batch: int | None = None,
+def profile_shapes(stamp_pixels: int, max_batch: int, opt_batch: int | None = None,
                    min_batch: int = 1) -> dict[str, tuple]:
-    """min/opt/max input shapes of the one optimisation profile."""
+    """min/opt/max shapes of the one optimisation profile: uint8 stamps (N, H, H, 3)."""
     opt_batch = max_batch if opt_batch is None else opt_batch
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch}, {opt_batch}, {max_batch}")
-    return {k: (b, 3, input_size, input_size) for k, b in
+    return {k: (b, stamp_pixels, stamp_pixels, 3) for k, b in
             (("min", min_batch), ("opt", opt_batch), ("max", max_batch))}
+
+
+def builder_flags(precision: str) -> dict[str, bool]:
+    """BuilderFlag name -> set (True) or cleared (False).  The precision of a strongly typed
+    network is in its graph; TF32 is the one flag left, and it is on by default."""
+    return {"TF32": precision == "tf32"}
 
 
 def _slug(text: str) -> str:
@@ -55,11 +71,11 @@ def _slug(text: str) -> str:
 
 
 def cache_key(onnx_sha256: str, gpu_name: str, compute_capability: str, trt_version: str,
-              precision: str, profile: dict) -> str:
+              precision: str, profile: dict, views: int = 1) -> str:
     """Everything an engine plan depends on; a change in any of them means a rebuild."""
     blob = json.dumps({"onnx": onnx_sha256, "gpu": gpu_name, "cc": compute_capability, "trt": trt_version,
-                       "precision": precision, "profile": {k: list(v) for k, v in sorted(profile.items())}},
-                      sort_keys=True)
+                       "precision": precision, "profile": {k: list(v) for k, v in sorted(profile.items())},
+                       "views": views, "format": PLAN_FORMAT}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -90,17 +106,64 @@ def fp16_onnx(src: str | Path, dst: str | Path) -> Path:
         e = m16.metadata_props.add(); e.key, e.value = k, v
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_suffix(".tmp")
-    onnx.save(m16, str(tmp))
-    tmp.replace(dst)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)   # unique per writer
+    os.close(fd)
+    try:
+        onnx.save(m16, tmp)
+        os.replace(tmp, dst)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return dst
 
 
 def _atomic_write(path: Path, data: bytes):
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # unique per writer
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, timeout_s: float):
+    """An exclusive ``flock`` on ``path`` (per node: the cache directory is node-local or the lock
+    is per host); waits up to ``timeout_s`` for another process's build."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"waited {timeout_s:.0f} s for another process building {path.stem}") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def build_once(plan_path: str | Path, build, timeout_s: float = 3600.0) -> bytes:
+    """The cached plan at ``plan_path``, built by ``build() -> bytes`` by exactly one of the
+    processes that ask at once: the first takes ``<plan>.<host>.lock`` and builds; the others wait
+    on the lock, then read what it wrote (written atomically, so a reader never sees half a plan)."""
+    plan_path = Path(plan_path)
+    if plan_path.is_file():
+        return plan_path.read_bytes()
+    lock = plan_path.with_name(f"{plan_path.name}.{_slug(os.uname().nodename)}.lock")
+    with _file_lock(lock, timeout_s):
+        if plan_path.is_file():              # built by another process while we waited
+            return plan_path.read_bytes()
+        plan = build()
+        _atomic_write(plan_path, plan)
+        return plan
 
 
 def _import_trt():
@@ -110,16 +173,39 @@ def _import_trt():
     return trt
 
 
-def build_plan(trt, onnx_path: Path, profile: dict, timing_cache: Path, logger) -> bytes:
+def composed_onnx(path: str | Path, precision: str, views: int) -> bytes:
+    """The serialised graph TensorRT builds: the engine with its front and view mean; the net in
+    fp16 for ``fp16`` (the front stays fp32)."""
+    import onnx
+
+    from .front import with_front
+    from .onnxruntime import fp16_model
+
+    m = onnx.load(str(path))
+    info = read_engine_info(path)
+    m = with_front(m, info.spec, views)
+    if precision == "fp16":
+        m = fp16_model(m)
+    return m.SerializeToString()
+
+
+def build_plan(trt, onnx_bytes: bytes, profile: dict, timing_cache: Path, logger, precision: str,
+               name: str = "engine") -> bytes:
     """Parse the ONNX into a strongly typed network and build a serialised plan."""
     builder = trt.Builder(logger)
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # implicit in TRT 11
     network = builder.create_network(0 if flag is None else 1 << int(flag))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse(onnx_bytes):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errs}")
+        raise RuntimeError(f"TensorRT could not parse {name}: {errs}")
     config = builder.create_builder_config()
+    for flag_name, on in builder_flags(precision).items():
+        bf = getattr(trt.BuilderFlag, flag_name, None)
+        if bf is not None:
+            config.set_flag(bf) if on else config.clear_flag(bf)
+        elif on:
+            raise RuntimeError(f"TensorRT {trt.__version__} has no BuilderFlag.{flag_name}: cannot build {precision}")
     prof = builder.create_optimization_profile()
     prof.set_shape(network.get_input(0).name, profile["min"], profile["opt"], profile["max"])
     config.add_optimization_profile(prof)
@@ -127,59 +213,78 @@ def build_plan(trt, onnx_path: Path, profile: dict, timing_cache: Path, logger) 
     config.set_timing_cache(cache, ignore_mismatch=False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path}")
+        raise RuntimeError(f"TensorRT failed to build an engine from {name}")
     _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(plan)
 
 
 class TensorRTEngine(Engine):
     backend = "tensorrt"
+    serial = True                    # one context, stream and buffer set shared by the worker's threads
 
-    def __init__(self, path: str | Path, precision: str | None = None, max_batch: int = 256,
-                 opt_batch: int | None = None, cache_dir: str | Path | None = None, **_):
+    def __init__(self, path: str | Path, precision: str | None = None, max_batch: int = 128,
+                 opt_batch: int | None = None, cache_dir: str | Path | None = None, views: int | None = None, **_):
         trt = _import_trt()
         import torch
 
         info = read_engine_info(path)
-        super().__init__(info)
+        super().__init__(info.with_views(views) if views else info)
         precision = precision or ("int8" if info.card.get("precision") == "int8" else "fp16")
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}")
+            raise ValueError(f"tensorrt: precision must be one of {', '.join(PRECISIONS)}")
         if (precision == "int8") != (info.card.get("precision") == "int8"):
-            raise ValueError("int8 needs a quantised (Q/DQ) engine file, e.g. model-int8.onnx, and only that")
-        self.precision, self.max_batch = precision, int(max_batch)
+            raise ValueError("tensorrt:int8 needs a quantised (Q/DQ) engine file, e.g. model-int8.onnx, and only that")
+        self.precision, self.max_batch = precision, int(max_batch)     # stamps per call
+        self.images_per_call = self.max_batch * self.info.views
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        gpu, cc = props.name, f"{props.major}.{props.minor}"
-        cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        profile = profile_shapes(info.spec.input_size, self.max_batch, opt_batch)
-        key = cache_key(info.sha256, gpu, cc, trt.__version__, precision, profile)
-        self.plan_path = engine_cache_path(cache_dir, gpu, cc, trt.__version__, key)
-        logger = trt.Logger(trt.Logger.WARNING)
-        if not self.plan_path.is_file():
-            src = Path(path)
-            if precision == "fp16":
-                src = fp16_onnx(path, self.plan_path.with_suffix(".fp16.onnx"))
-            plan = build_plan(trt, src, profile, timing_cache_path(cache_dir, gpu, cc, trt.__version__), logger)
-            _atomic_write(self.plan_path, plan)
-        self.runtime = trt.Runtime(logger)
-        self.engine = self.runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"could not deserialise {self.plan_path} (delete it to rebuild)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self._gpu, self._cc = props.name, f"{props.major}.{props.minor}"
+        self._path, self._opt = Path(path), opt_batch
+        self._cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self._logger)
+        self._plans: dict = {}
         self.stream = torch.cuda.Stream()
+        self._load(self.info.views)          # build or read the plan now, not mid-run
+
+    def _load(self, views: int):
+        """(context, input name, output name) of the plan for ``views`` views (built once per node)."""
+        if views in self._plans:
+            return self._plans[views]
+        trt = _import_trt()
+        profile = profile_shapes(self.spec.stamp_pixels, self.max_batch, self._opt)
+        key = cache_key(self.info.sha256, self._gpu, self._cc, trt.__version__, self.precision, profile, views)
+        self.plan_path = engine_cache_path(self._cache_dir, self._gpu, self._cc, trt.__version__, key)
+        timing = timing_cache_path(self._cache_dir, self._gpu, self._cc, trt.__version__)
+        plan = build_once(self.plan_path, lambda: build_plan(
+            trt, composed_onnx(self._path, self.precision, views), profile, timing, self._logger,
+            self.precision, name=f"{self._path} ({self.precision}, {views} views)"))
+        engine = self.runtime.deserialize_cuda_engine(plan)
+        if engine is None:
+            raise RuntimeError(f"could not deserialise {self.plan_path} (delete it to rebuild)")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inp = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        out = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        dtypes = (engine.get_tensor_dtype(inp), engine.get_tensor_dtype(out))
+        if dtypes != (trt.DataType.UINT8, trt.DataType.FLOAT):
+            raise RuntimeError(f"{self.plan_path}: I/O dtypes {dtypes}, expected (UINT8, FLOAT); delete it to rebuild")
+        self._plans[views] = (engine, engine.create_execution_context(), inp, out)
+        return self._plans[views]
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError("the tensorrt backend takes uint8 stamps (predict / stamp_logits); "
+                                  "prepared batches go to onnxruntime or torch")
+
+    def _stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
         import torch
+        _, context, inp_name, out_name = self._load(self.info.views)
         with torch.cuda.stream(self.stream):
-            inp = torch.from_numpy(np.ascontiguousarray(x, np.float32)).pin_memory().to("cuda", non_blocking=True)
-            self.context.set_input_shape(self.input, tuple(inp.shape))
-            out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=torch.float32, device="cuda")
-            self.context.set_tensor_address(self.input, inp.data_ptr())
-            self.context.set_tensor_address(self.output, out.data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
+            inp = torch.from_numpy(np.ascontiguousarray(stamps, np.uint8)).pin_memory().to("cuda", non_blocking=True)
+            if not context.set_input_shape(inp_name, tuple(inp.shape)):
+                raise RuntimeError(f"TensorRT rejected input shape {tuple(inp.shape)} (profile 1..{self.max_batch})")
+            out = torch.empty(tuple(context.get_tensor_shape(out_name)), dtype=torch.float32, device="cuda")
+            context.set_tensor_address(inp_name, inp.data_ptr())
+            context.set_tensor_address(out_name, out.data_ptr())
+            if not context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
             res = out.cpu()       # synchronises self.stream
         return res.numpy()

@@ -8,13 +8,21 @@ pre-activation norms) stays a ``BatchNormalization`` node with its state-dict na
 model is folded the same way (Conv gets the bias, the BN becomes Identity) and every remaining
 tensor is copied by name; anything left unmapped is an error, never a silently random weight.
 
-Options: device ``cpu``/``cuda``, ``channels_last`` always, precision fp32/bf16/fp16 (autocast),
-``compile`` (torch.compile; mode ``max-autotune`` on CUDA, which brings its own CUDA graphs), and
-on CUDA without compile explicit CUDA graphs per batch bucket (the last batch is zero-padded).
+Options: device ``cpu``/``cuda``, ``channels_last`` always, precision fp32 (IEEE: TF32 off for
+matmuls and cuDNN convolutions), tf32 (CUDA), bf16/fp16 (autocast), ``compile`` (torch.compile;
+on CUDA mode ``max-autotune-no-cudagraphs``, compiled on the first use of each batch bucket), and on CUDA
+explicit CUDA graphs per stamp-batch bucket (3 buckets; the last batch is zero-padded).
+
+Stamps in (:meth:`TorchEngine._stamp_logits`): uint8 stamps are copied into a reused pinned host
+buffer, sent to the GPU on a copy stream (one H2D copy of 196 KB per object; the views are made on
+the device), and the front (resize, normalisation, views), the net and the view mean run as one
+captured graph on the compute stream.  Several threads can be in flight: the copy of one call
+overlaps the compute of another; only the compute (one graph's static buffers) is serialised.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -134,20 +142,45 @@ def compile_unavailable_reason() -> str | None:
     return None
 
 
+def set_tf32(enabled: bool) -> None:
+    """TF32 for fp32 matmuls and cuDNN convolutions (process-wide torch flags; "fp32" must be IEEE
+    fp32 to hold the 1e-4 parity)."""
+    import torch
+    # the legacy flags: torch's own code (torch.onnx.export, ...) still reads them, and raises
+    # when the new per-backend fp32_precision settings were used to make conv and rnn differ
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def tf32_enabled() -> tuple[bool, bool]:
+    """(matmul, cuDNN) TF32 flags as :func:`set_tf32` sets them."""
+    import torch
+    return bool(torch.backends.cuda.matmul.allow_tf32), bool(torch.backends.cudnn.allow_tf32)
+
+
+def stamp_buckets(max_images: int, views: int) -> tuple[int, ...]:
+    """Fixed stamp-batch shapes on CUDA: three (1/8, 1/2 and all of the largest), so that compiling
+    and capturing stays a few graphs, not one per power of two."""
+    top = max(1, max_images // views)
+    return tuple(sorted({max(1, top // 8), max(1, top // 2), top}))
+
+
 class TorchEngine(Engine):
     backend = "torch"
 
     def __init__(self, path: str | Path, device: str = "cpu", precision: str = "fp32", compile: bool = False,
                  compile_mode: str | None = None, cuda_graphs: bool | None = None, threads: int = 1,
-                 max_batch: int = 256):
+                 max_batch: int | None = None, host_buffers: int = 3):
         try:
             import torch
         except ImportError:
             raise BackendUnavailable("torch backend: torch is not installed") from None
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}")
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
+        allowed = PRECISIONS + (("tf32",) if cuda else ())
+        if precision not in allowed:
+            raise ValueError(f"{'torch-cuda' if cuda else 'torch'}: precision must be one of {', '.join(allowed)}"
+                             + ("" if cuda else " (tf32 is a CUDA precision)"))
         if cuda and (why := cuda_unavailable_reason()):
             raise BackendUnavailable(f"torch-cuda: {why}")
         if not cuda:
@@ -155,21 +188,40 @@ class TorchEngine(Engine):
         net, info = rebuild_model(path)
         super().__init__(info)
         self.backend = "torch-cuda" if cuda else "torch"
-        self.max_batch, self.precision = int(max_batch), precision
-        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        # images per net call: a GPU wants big batches, a CPU 8-64
+        self.max_batch, self.precision = int(max_batch or (1024 if cuda else 256)), precision
+        self.images_per_call = self.max_batch if cuda else 32
+        self.dtype = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self._tf32 = precision == "tf32"
+        if cuda:
+            set_tf32(self._tf32)
         # no grad-requiring leaves: autocast then keeps no weight-cast cache (safe in CUDA graph capture)
         self.net = net.requires_grad_(False).to(self.device, memory_format=torch.channels_last)
         self.fn = self.net
         if compile:
             if (why := compile_unavailable_reason()):
                 raise BackendUnavailable(f"torch backend with compile=True: {why}")
-            mode = compile_mode or ("max-autotune" if cuda else "default")
+            # no-cudagraphs: we capture our own graphs (front + net + mean) per bucket; plain
+            # max-autotune would add its own per shape, and minutes of start-up per worker
+            mode = compile_mode or ("max-autotune-no-cudagraphs" if cuda else "default")
             self.fn = torch.compile(self.net, mode=mode, dynamic=False if cuda else None)
-        # explicit CUDA graphs only for eager CUDA; inductor's max-autotune captures its own
-        self.cuda_graphs = (cuda and not compile) if cuda_graphs is None else bool(cuda_graphs)
+        self.cuda_graphs = cuda if cuda_graphs is None else bool(cuda_graphs)
         if self.cuda_graphs and not cuda:
             raise ValueError("cuda_graphs needs device='cuda'")
-        self._graphs: dict[int, tuple] = {}
+        self._fronts: dict = {}
+        self._graphs: dict = {}
+        self._host_buffers, self._slots, self._slots_for = max(1, int(host_buffers)), None, None
+        self._slots_lock = threading.Lock()
+        if cuda:
+            self._copy_stream = torch.cuda.Stream()
+            self._compute_stream = torch.cuda.Stream()
+
+    # ---------------------------------------------------------------- pieces
+    def _front(self, views: int):
+        if views not in self._fronts:
+            from .front import torch_front
+            self._fronts[views] = torch_front(self.spec, views).to(self.device)
+        return self._fronts[views]
 
     def _forward(self, t):
         import torch
@@ -177,40 +229,94 @@ class TorchEngine(Engine):
                                              enabled=self.dtype is not None):
             return self.fn(t).float()
 
+    def _stamps_forward(self, stamps_dev, views: int):
+        """uint8 stamps on the device -> mean logit over the views (N,) float32."""
+        import torch
+        with torch.no_grad():
+            x = self._front(views)(stamps_dev).contiguous(memory_format=torch.channels_last)
+            return self._forward(x).reshape(views, -1).mean(0)
+
     def _bucket(self, n: int) -> int:
-        """Fixed batch shapes on CUDA (powers of two, 8..max_batch): few graphs/compilations."""
-        return min(self.max_batch, max(8, 1 << (n - 1).bit_length()))
+        return next((b for b in stamp_buckets(self.max_batch, self.info.views) if b >= n),
+                    stamp_buckets(self.max_batch, self.info.views)[-1])
 
-    def _graph(self, b: int):
+    def _slot_queue(self):
+        """``host_buffers`` reused pinned host buffers for the largest stamp batch of the current
+        view count, each with its device twin and an event (made on first use: views can change)."""
+        import queue
+
         import torch
-        if b not in self._graphs:
-            s = self.spec.input_size
-            x = torch.zeros(b, 3, s, s, device=self.device).contiguous(memory_format=torch.channels_last)
+        top = stamp_buckets(self.max_batch, self.info.views)[-1]
+        with self._slots_lock:
+            if self._slots_for != top:
+                h = self.spec.stamp_pixels
+                q = queue.Queue()
+                for _ in range(self._host_buffers):
+                    q.put((torch.empty((top, h, h, 3), dtype=torch.uint8).pin_memory(),
+                           torch.empty((top, h, h, 3), dtype=torch.uint8, device=self.device), torch.cuda.Event()))
+                self._slots, self._slots_for = q, top
+            return self._slots
+
+    def _graph(self, b: int, views: int):
+        """(graph, static uint8 input, output) for ``b`` stamps: front + views + net + mean."""
+        import torch
+        key = (b, views)
+        if key not in self._graphs:
+            h = self.spec.stamp_pixels
+            x = torch.zeros((b, h, h, 3), dtype=torch.uint8, device=self.device)
             side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):      # warm-up off the capture stream, as torch requires
+            side.wait_stream(self._compute_stream)
+            with torch.cuda.stream(side):      # warm-up (and compilation) off the capture stream
                 for _ in range(3):
-                    self._forward(x)
-            torch.cuda.current_stream().wait_stream(side)
+                    self._stamps_forward(x, views)
+            self._compute_stream.wait_stream(side)
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                y = self._forward(x)
-            self._graphs[b] = (g, x, y)
-        return self._graphs[b]
+            # thread_local: other threads' copies on the copy stream must not break this capture
+            with torch.cuda.graph(g, stream=self._compute_stream, capture_error_mode="thread_local"):
+                y = self._stamps_forward(x, views)
+            self._graphs[key] = (g, x, y)
+        return self._graphs[key]
 
+    # ---------------------------------------------------------------- the engine API
     def _logits(self, x: np.ndarray) -> np.ndarray:
+        """A prepared float batch (training parity, benchmarks): eager, no graphs."""
         import torch
-        n = len(x)
         t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+        if self.device.type == "cuda":
+            set_tf32(self._tf32)
+            t = t.to(self.device)
+        return self._forward(t.contiguous(memory_format=torch.channels_last)).cpu().numpy()
+
+    def _stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
+        import torch
+        views = self.info.views
         if self.device.type != "cuda":
-            return self._forward(t.contiguous(memory_format=torch.channels_last)).numpy()
-        b = self._bucket(n)
-        if self.cuda_graphs:
-            g, xin, y = self._graph(b)
-            xin[:n].copy_(t)                   # stale rows past n only feed ignored outputs
-            g.replay()
-            return y[:n].cpu().numpy()
-        if n < b:
-            t = torch.cat([t, t.new_zeros((b - n,) + tuple(t.shape[1:]))])
-        t = t.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        return self._forward(t)[:n].cpu().numpy()
+            return self._stamps_forward(torch.from_numpy(np.ascontiguousarray(stamps)), views).numpy()
+        n = len(stamps)
+        slots = self._slot_queue()
+        host, dev, copied = slots.get()              # bounded: at most host_buffers calls in flight
+        try:
+            host[:n].numpy()[...] = stamps                # into pinned memory: the H2D copy can be async
+            with torch.cuda.stream(self._copy_stream):
+                dev[:n].copy_(host[:n], non_blocking=True)
+                copied.record(self._copy_stream)
+            with self._lock:                              # one graph's static buffers: one call at a time
+                set_tf32(self._tf32)
+                s = self._compute_stream
+                s.wait_event(copied)
+                with torch.cuda.stream(s):
+                    if self.cuda_graphs:
+                        b = self._bucket(n)
+                        g, xin, y = self._graph(b, views)
+                        xin[:n].copy_(dev[:n])            # device to device; stale rows past n feed ignored outputs
+                        g.replay()
+                        out = y[:n].clone()
+                    else:                                 # compiled shapes are static: pad to the bucket
+                        b = self._bucket(n) if self.fn is not self.net else n
+                        out = self._stamps_forward(dev[:b], views)[:n]
+                    done = torch.cuda.Event()
+                    done.record(s)
+            done.synchronize()
+            return out.cpu().numpy()
+        finally:
+            slots.put((host, dev, copied))

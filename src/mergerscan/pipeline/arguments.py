@@ -111,8 +111,6 @@ class ProcessArguments:
             backend_name, opts = parse_backend(self.backend)
         except ValueError as exc:
             raise ArgumentError(f"--backend: {exc}") from None
-        if opts.get("precision", "fp32") not in ("fp32", "bf16", "fp16", "int8"):
-            raise ArgumentError(f"--backend {self.backend}: precision must be fp32, bf16, fp16 or int8")
         if self.views is not None and self.views not in VIEWS:
             raise ArgumentError(f"--views {self.views}: choose {', '.join(map(str, VIEWS))}")
         if self.shared_batch is None:
@@ -120,8 +118,8 @@ class ProcessArguments:
         if self.gpus and backend_name not in GPU_BACKENDS:
             raise ArgumentError(f"--gpus 1 needs a GPU backend ({', '.join(GPU_BACKENDS)}), not --backend {self.backend}")
         if self.cluster == "slurm":
-            if self.gpus and self.slurm.processes != 1:
-                raise ArgumentError("--gpus 1 with --cluster slurm: one worker per job (--slurm-processes 1)")
+            # --gpus 1 with --slurm-processes k: the k worker processes of a job share its one GPU
+            # (past one process's GIL); each advertises its threads as GPU units
             try:
                 self.slurm.validate()
             except ValueError as exc:

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from .slurm import NO_PAUSE_ENV
+from .slurm import NO_PAUSE_ENV, gpu_worker_resources
 
 
 def _no_memory_pause() -> None:
@@ -36,7 +36,9 @@ def _no_memory_pause() -> None:
 
 @contextlib.contextmanager
 def dask_client(workers: int = 1, threads_per_worker: int = 1, scheduler: str | None = None,
-                memory_limit: str = "auto", wait_for_workers: int = 0):
+                memory_limit: str = "auto", wait_for_workers: int = 0, gpus: int = 0):
+    """``gpus``: local workers advertise the GPU resource the scoring tasks then ask for (all
+    local workers share this machine's GPU(s): more than one process per GPU gets past the GIL)."""
     from distributed import Client, LocalCluster
 
     _no_memory_pause()
@@ -53,6 +55,7 @@ def dask_client(workers: int = 1, threads_per_worker: int = 1, scheduler: str | 
     cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                            dashboard_address=":0", memory_limit=memory_limit,
                            preload=["mergerscan.pipeline._worker_signals"],   # ^C: one line from the client
+                           resources=gpu_worker_resources(threads_per_worker, gpus) or None,
                            silence_logs=logging.CRITICAL)   # task errors are reported by the run itself
     client = Client(cluster)
     try:
@@ -70,8 +73,32 @@ def client_for(args):
             yield client
         return
     with dask_client(args.workers, args.threads_per_worker, args.scheduler, args.memory_limit,
-                     wait_for_workers=1 if args.cluster == "slurm-runner" else 0) as client:
+                     wait_for_workers=1 if args.cluster == "slurm-runner" else 0, gpus=args.gpus) as client:
         yield client
+
+
+def check_local_gpu(backend: str) -> None:
+    """Local workers run on this machine: refuse at once (one line) when the GPU backend cannot run
+    here, instead of starting workers that fail every partition."""
+    from ..engines import available_backends, parse_backend
+    from .arguments import ArgumentError
+
+    why = available_backends()[parse_backend(backend)[0]]
+    if why:
+        raise ArgumentError(f"--gpus 1 with local workers: --backend {backend} cannot run on this machine: {why}")
+
+
+def check_gpu_workers(client, args) -> None:
+    """Tasks that need the GPU resource wait forever when no worker advertises it: refuse instead
+    (workers joined with ``--scheduler`` must be started with ``--resources GPU=<threads>``)."""
+    if args.cluster == "slurm":
+        return                      # worker jobs are still queued; they are started with the resource
+    workers = client.scheduler_info().get("workers", {})
+    if workers and not any(w.get("resources", {}).get("GPU") for w in workers.values()):
+        from .arguments import ArgumentError
+        raise ArgumentError(f"--gpus 1: none of the {len(workers)} worker(s) of the scheduler advertises the Dask "
+                            "resource GPU (start them with: dask worker --resources GPU=<threads>), so no "
+                            "partition could ever run")
 
 
 @contextlib.contextmanager

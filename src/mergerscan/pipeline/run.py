@@ -19,11 +19,12 @@ from ..catalogs.hats import join_pieces, partition_file, write_hats_metadata
 from ..catalogs.write import write_fits_table
 from ..engines import backend_precision, read_engine_info, resolve_engine_path
 from .arguments import ArgumentError, ProcessArguments
-from .cluster import client_for
+from .cluster import check_gpu_workers, check_local_gpu, client_for
 from .failures import format_failures, summarize
 from .plan import Plan, make_partitions, stage_csv
 from . import split
 from .resume import check_or_claim, content_identity, read_cache, read_marker
+from .slurm import GPU_TASK_RESOURCES
 from .task import dataset_path, marker_path, retry_path, score_partition
 
 log = logging.getLogger("mergerscan")
@@ -410,9 +411,11 @@ def _score(args, plan: Plan, client, engine_path, info, parts):
     todo = [p for p in parts if marker_path(out, p).name not in scored or retry_path(out, p).name in retry]
     skipped = sum(p.rows for p in parts) - sum(p.rows for p in todo)
     meta = run_meta(args, info)
-    # GPU backends: tasks need the GPU resource that GPU workers advertise (GPU=1): CPU-only workers
-    # of the same scheduler never get them, a GPU worker runs up to its threads' worth at once
-    resources = {"GPU": 1.0 / max(1, args.threads_per_worker)} if args.gpus else None
+    # GPU backends: tasks need one unit of the GPU resource that GPU workers advertise (one per
+    # thread): CPU-only workers of the same scheduler never get them (cluster.check_gpu_workers)
+    resources = dict(GPU_TASK_RESOURCES) if args.gpus else None
+    if args.gpus:
+        check_gpu_workers(client, args)
 
     def submit(part, batch_size, source=args.source, flag=None, retries=2):
         return client.submit(score_partition, pplan, part, str(out), source, str(engine_path), args.backend,
@@ -469,6 +472,8 @@ def run(args: ProcessArguments, client=None) -> dict:
         info = read_engine_info(engine_path).with_views(args.views)
     except ValueError as exc:
         raise ArgumentError(f"--views {args.views}: {exc}") from None
+    if args.gpus and client is None and args.cluster == "local" and not args.scheduler and args.mode in ("all", "shard"):
+        check_local_gpu(args.backend)         # local workers would fail (or wait) on every partition
     cat = inspect_catalog(args)
     _source_notices(args, cat["nrows"])
     out = Path(args.output)

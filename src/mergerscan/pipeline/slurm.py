@@ -33,6 +33,15 @@ from pathlib import Path
 NO_PAUSE_ENV = "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE"   # =False: see pipeline/cluster.py
 TEMPLATES = ("process-catalog.sbatch", "plan.sbatch", "shard.sbatch", "finalize.sbatch", "submit-array.sh")
 GPU_BACKENDS = ("onnxruntime-cuda", "torch-cuda", "tensorrt")     # backend names before any ":precision"
+# A scoring task with --gpus 1 asks for one unit of the Dask resource GPU; a GPU worker advertises one
+# unit per thread (partition slot), so exactly `threads` partitions share its GPU.  Integer units:
+# fractional ones (1/threads per task) lose a slot to rounding (12 threads ran 11 tasks at once).
+GPU_TASK_RESOURCES = {"GPU": 1}
+
+
+def gpu_worker_resources(threads: int, gpus: int) -> dict:
+    """The Dask resources a worker with ``gpus`` GPU(s) and ``threads`` threads advertises."""
+    return {"GPU": max(1, int(threads)) * int(gpus)} if gpus else {}
 
 
 def template_dir() -> Path:
@@ -50,7 +59,7 @@ class SlurmOptions:
     """Worker jobs started from a login node (``--cluster slurm``); ``--workers`` = number of jobs."""
     cores: int = 4                      # cores per worker job (= threads of its worker)
     memory: str = "16GB"                # memory per worker job
-    processes: int = 1                  # Dask worker processes per job (1 with GPUs: one GPU each)
+    processes: int = 1                  # Dask worker processes per job (with --gpus 1 they share the job's GPU)
     walltime: str = "01:00:00"
     account: str | None = None
     partition: str | None = None
@@ -124,9 +133,10 @@ def cluster_kwargs(opts: SlurmOptions, gpus: int, python: str, log_directory: st
     extra = ["--lifetime", f"{life}s"] + (["--lifetime-stagger", f"{stagger}s"] if stagger else [])
     directives = list(opts.directives)
     if gpus:
-        # one GPU per worker: one worker process per job, --gres=gpu:1, advertised as a Dask resource
+        # --gres=gpu:1 per job, shared by its worker process(es); each advertises one GPU unit per thread
         directives.append(f"--gres=gpu:{gpus}")
-        extra += ["--resources", f"GPU={gpus}"]
+        res = gpu_worker_resources(opts.cores // max(1, opts.processes), gpus)
+        extra += ["--resources", f"GPU={res['GPU']}"]
     kw = dict(cores=opts.cores, processes=opts.processes, memory=opts.memory, walltime=format_walltime(wall),
               account=opts.account, queue=opts.partition, job_extra_directives=directives,
               job_script_prologue=[f"export {NO_PAUSE_ENV}=False"] + list(opts.prologue), worker_extra_args=extra, python=python,
@@ -201,7 +211,7 @@ def runner_worker_options(threads: int, memory_limit: str, gpus: int, env=None) 
     opts = {"nthreads": slurm_cpus(env) or threads,
             "memory_limit": task_memory or memory_limit}   # "auto" would see the whole node's memory
     if gpus:
-        opts["resources"] = {"GPU": gpus}
+        opts["resources"] = gpu_worker_resources(opts["nthreads"], gpus)
     return opts
 
 

@@ -22,6 +22,7 @@ from ..catalogs.write import write_partition
 from ..cutouts.sources import SourceConfig, open_source
 from ..engines import load_engine
 from .failures import coord_range, note
+from ..engines.errors import StickyDeviceError, is_out_of_memory, is_sticky, release_device_memory
 from .plan import Partition, Plan
 from .resume import done, mark_done, read_marker
 from .split import read_partition
@@ -43,6 +44,28 @@ def worker_engine(path: str | None, backend: str, threads: int, shared_batch: in
                 engine = SharedBatchEngine(engine, batch=shared_batch)
             _ENGINES[key] = engine
         return _ENGINES[key]
+
+
+def device_failure(engine, exc: BaseException):
+    """A sticky CUDA error: this process's device context is unusable, so every later partition
+    here would fail too.  Inside a Dask worker, end the process (its nanny starts a fresh one and
+    the scheduler reruns its partitions elsewhere or there); outside one, raise."""
+    import logging
+    import sys
+
+    msg = f"mergerscan: sticky device error in {engine.backend}, this worker process must be replaced: " \
+          f"{type(exc).__name__}: {str(exc)[:300]}"
+    with _ENGINES_LOCK:
+        for k in [k for k, v in _ENGINES.items() if v is engine]:
+            del _ENGINES[k]
+    try:
+        from distributed import get_worker
+        get_worker()
+    except (ImportError, ValueError):
+        raise StickyDeviceError(msg) from exc
+    logging.getLogger("mergerscan").error(msg)
+    print(msg, file=sys.stderr, flush=True)
+    os._exit(70)          # the nanny restarts the worker; its tasks are rescheduled
 
 
 def dataset_path(output: Path, part: Partition) -> Path:
@@ -150,7 +173,8 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
                     flag_status: str | None = None, shared_batch: int = 0, views: int | None = None) -> dict:
     """Task: score one sky partition.  Returns its summary (also stored in the done marker).
 
-    Memory: a batch that raises MemoryError is retried in halves, down to single rows; a row that
+    Memory: a batch that raises MemoryError (or CUDA out of memory: engines/errors.py) is retried
+    in halves, down to single rows; a row that
     still fails is flagged ``out_of_memory``.  ``flag_status`` (set by the run after the worker
     running this partition was killed repeatedly, e.g. for memory): write the partition without
     fetching or scoring, every row not otherwise flagged gets that status, and a retry marker makes
@@ -239,6 +263,11 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
                     except MemoryError:
                         raise
                     except Exception as e:  # noqa: BLE001 - one bad batch must not lose the partition
+                        if is_out_of_memory(e):       # CUDA OOM is a RuntimeError: retry in halves too
+                            release_device_memory()
+                            raise MemoryError(f"{type(e).__name__}: {str(e)[:200]}") from e
+                        if is_sticky(e):
+                            device_failure(engine, e)
                         status[idx[ok]] = "inference_failed"
                         note(examples, "inference_failed", f"{int(ok.sum())} row(s) from id {ids[idx[ok][0]]}: "
                                                            f"{type(e).__name__}: {e}")

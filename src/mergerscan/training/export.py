@@ -49,8 +49,11 @@ def parity(model: torch.nn.Module, onnx_path: str | Path, x: np.ndarray) -> floa
 
 
 def quantize_int8(onnx_path: str | Path, calib: np.ndarray, out_path: str | Path) -> Path:
-    """Static INT8 quantisation (QDQ, per-channel) calibrated on prepared real images.
-    Metadata (spec + card) is carried over, with ``precision: int8`` in the card."""
+    """Static INT8 quantisation calibrated on prepared real images: QDQ, per-channel weights,
+    **symmetric signed int8** for weights and activations (every zero point 0), the only form
+    TensorRT parses (it refuses asymmetric/QUInt8 activations); ONNX Runtime CPU runs it too (S8S8
+    QDQ, its recommended default).  Metadata (spec + card) is carried over, with ``precision:
+    int8`` and ``quantization: symmetric-s8s8-qdq`` in the card."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
@@ -67,17 +70,33 @@ def quantize_int8(onnx_path: str | Path, calib: np.ndarray, out_path: str | Path
     pre = out_path.with_suffix(".pre.onnx")
     quant_pre_process(str(onnx_path), str(pre))
     quantize_static(str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    # biases stay float: TensorRT dequantises only int8 (not int32 bias) tensors
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
     pre.unlink()
     src = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
     m = onnx.load(str(out_path))
     del m.metadata_props[:]
-    card = json.loads(src[CARD_KEY]); card["precision"] = "int8"
+    card = json.loads(src[CARD_KEY]); card["precision"] = "int8"; card["quantization"] = "symmetric-s8s8-qdq"
     card["name"] = card.get("name", "model") + "-int8"
     for k, v in ((SPEC_KEY, src[SPEC_KEY]), (CARD_KEY, json.dumps(card, sort_keys=True))):
         e = m.metadata_props.add(); e.key, e.value = k, v
     onnx.save(m, str(out_path))
     return out_path
+
+
+def zero_points(path: str | Path) -> dict[str, np.ndarray]:
+    """{initializer name: values} of every Q/DQ zero point in an ONNX file (TensorRT: all 0)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    inits = {i.name: i for i in m.graph.initializer}
+    out = {}
+    for n in m.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits:
+            out[n.input[2]] = numpy_helper.to_array(inits[n.input[2]])
+    return out
 
 
 def update_metadata(path: str | Path, out_path: str | Path, spec: PreprocessSpec | None = None,

@@ -1,0 +1,203 @@
+"""Preprocessing and test-time views on the device: uint8 stamps in, mean logit out.
+
+An engine file stays ``prepared (N,3,S,S) float32 -> logit (N,)`` (its weights and sha256 never
+change).  At load time a backend puts a *front* before it and the view mean after it:
+
+    stamps uint8 (N,H,W,3) -> prepare_batch's resize + normalisation -> the dihedral views
+    (V*N,3,S,S), view-major -> the net -> logit (V*N,) -> mean over the views -> (N,)
+
+as ONNX nodes (:func:`with_front`: ONNX Runtime, TensorRT) or torch ops (:class:`TorchFront`).
+Both use prepare_batch's own resampling matrix and constants, in the same order of operations, so
+they equal :func:`mergerscan.cutouts.preprocess.prepare_batch` to float rounding (tests: <= 1e-5 on
+real stamps); training keeps calling prepare_batch itself.  A host then moves 196 KB of uint8 per
+object (instead of 8 x 307 KB of float32 views) and sends the views once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..cutouts.preprocess import PreprocessSpec, _resample_matrix
+from .base import VIEWS
+
+FRONT_PREFIX = "mergerscan_front/"     # node/initializer names of the front (kept fp32 in fp16 graphs)
+STAMPS = "stamps"                      # graph input name of the composed graph
+
+
+def _constants(spec: PreprocessSpec):
+    """(resample matrix or None, block factor or None, mean*255 (3,), std*255 (3,)), as prepare_batch."""
+    h, s = spec.stamp_pixels, spec.input_size
+    mean = np.asarray(spec.mean, np.float32) * 255.0
+    std = np.asarray(spec.std, np.float32) * 255.0
+    if h % s == 0:
+        return None, h // s, mean, std
+    return _resample_matrix(h, s), None, mean, std
+
+
+def front_nodes(spec: PreprocessSpec, views: int, src: str, dst: str):
+    """ONNX (nodes, initializers): uint8 NHWC ``src`` -> float32 (V*N,3,S,S) ``dst``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    a, f, mean, std = _constants(spec)
+    P = FRONT_PREFIX
+    nodes, inits = [], []
+
+    def const(name, arr):
+        if not any(i.name == P + name for i in inits):
+            inits.append(numpy_helper.from_array(np.asarray(arr), P + name))
+        return P + name
+
+    def node(op, inputs, out, **attrs):
+        nodes.append(helper.make_node(op, inputs, [P + out], name=P + out, **attrs))
+        return P + out
+
+    x = node("Cast", [src], "float", to=TensorProto.FLOAT)
+    x = node("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
+    if a is not None:       # separable antialiased bilinear: A @ img @ A.T per band
+        x = node("MatMul", [x, const("resample_t", np.ascontiguousarray(a.T))], "resample_w")
+        x = node("MatMul", [const("resample", a), x], "resample_h")
+        x = node("Sub", [x, const("mean", mean.reshape(1, 3, 1, 1))], "centred")
+        x = node("Div", [x, const("std", std.reshape(1, 3, 1, 1))], "normalised")
+    else:                   # integer ratio: block mean, then one multiply-add (as prepare_batch)
+        if f > 1:
+            x = node("AveragePool", [x], "block_mean", kernel_shape=[f, f], strides=[f, f])
+        x = node("Mul", [x, const("scale", (1.0 / std).astype(np.float32).reshape(1, 3, 1, 1))], "scaled")
+        x = node("Sub", [x, const("offset", (mean / std).astype(np.float32).reshape(1, 3, 1, 1))], "normalised")
+    if views == 1:
+        nodes.append(helper.make_node("Identity", [x], [dst], name=P + "views"))
+        return nodes, inits
+    big = const("big", np.array([-(2 ** 62)], np.int64))
+    neg = const("minus_one", np.array([-1], np.int64))
+    step = const("step", np.array([-1], np.int64))
+
+    def flip(t, axis, tag):
+        return node("Slice", [t, neg, big, const(f"axis{axis}", np.array([axis], np.int64)), step], tag)
+
+    outs = []
+    for i, (k, fl) in enumerate(VIEWS[views]):
+        t = x                                    # np.rot90(t, k, axes=(2, 3)), then a flip of axis 3
+        if k == 1:
+            t = node("Transpose", [flip(t, 3, f"v{i}_f")], f"v{i}_r", perm=[0, 1, 3, 2])
+        elif k == 2:
+            t = flip(flip(t, 2, f"v{i}_f2"), 3, f"v{i}_r")
+        elif k == 3:
+            t = flip(node("Transpose", [t], f"v{i}_t", perm=[0, 1, 3, 2]), 3, f"v{i}_r")
+        if fl:
+            t = flip(t, 3, f"v{i}_flip")
+        outs.append(t)
+    nodes.append(helper.make_node("Concat", outs, [dst], name=P + "views", axis=0))
+    return nodes, inits
+
+
+def with_front(model, spec: PreprocessSpec, views: int):
+    """The engine's ONNX model (``prepared -> logit (N,)``) with the front before it and the mean
+    over ``views`` after it: ``stamps uint8 (N,H,W,3) -> logit (N,)``.  Metadata is kept."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    net_in, net_out = g.input[0].name, g.output[0].name
+    prepared = FRONT_PREFIX + "prepared"
+    for n in g.node:                        # the net now reads the front's output
+        for i, name in enumerate(n.input):
+            if name == net_in:
+                n.input[i] = prepared
+    nodes, inits = front_nodes(spec, views, STAMPS, prepared)
+    tail = []
+    if views > 1:
+        shape = FRONT_PREFIX + "view_shape"
+        inits.append(numpy_helper.from_array(np.array([views, -1], np.int64), shape))
+        tail = [helper.make_node("Reshape", [net_out, shape], [FRONT_PREFIX + "by_view"], name=FRONT_PREFIX + "by_view"),
+                helper.make_node("ReduceMean", [FRONT_PREFIX + "by_view", FRONT_PREFIX + "axis0"],
+                                 [FRONT_PREFIX + "logit"], name=FRONT_PREFIX + "view_mean", keepdims=0)]
+        inits.append(numpy_helper.from_array(np.array([0], np.int64), FRONT_PREFIX + "axis0"))
+    body = list(g.node)
+    del g.node[:]
+    g.node.extend(_topological(nodes + body + tail, {STAMPS} | {i.name for i in g.initializer} |
+                               {i.name for i in inits}))
+    g.initializer.extend(inits)
+    h = spec.stamp_pixels
+    del g.input[:]
+    g.input.append(helper.make_tensor_value_info(STAMPS, TensorProto.UINT8, ["batch", h, h, 3]))
+    if views > 1:
+        del g.output[:]
+        g.output.append(helper.make_tensor_value_info(FRONT_PREFIX + "logit", TensorProto.FLOAT, ["batch"]))
+    del g.value_info[:]                     # shapes inside the net changed batch meaning; re-inferred
+    onnx.checker.check_model(m)
+    return m
+
+
+def _topological(nodes, available: set):
+    """Nodes in an order where each one's inputs exist (onnxruntime's fp16 converter appends its
+    input casts at the end of the graph, which the ONNX checker refuses)."""
+    have, out, todo = set(available) | {""}, [], list(nodes)
+    while todo:
+        rest = []
+        for n in todo:
+            if all(i in have for i in n.input):
+                out.append(n)
+                have.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(todo):
+            raise ValueError(f"graph has a cycle or a missing input at node {rest[0].name!r}")
+        todo = rest
+    return out
+
+
+def front_only(spec: PreprocessSpec, views: int = 1):
+    """An ONNX model of the front alone (``stamps -> prepared views``): parity tests, benchmarks."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes, inits = front_nodes(spec, views, STAMPS, "prepared")
+    h, s = spec.stamp_pixels, spec.input_size
+    g = helper.make_graph(nodes, "front", [helper.make_tensor_value_info(STAMPS, TensorProto.UINT8, ["n", h, h, 3])],
+                          [helper.make_tensor_value_info("prepared", TensorProto.FLOAT, ["vn", 3, s, s])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 9
+    onnx.checker.check_model(m)
+    return m
+
+
+# ------------------------------------------------------------------ torch
+def torch_front(spec: PreprocessSpec, views: int):
+    """torch.nn.Module: uint8 (N,H,W,3) on any device -> float32 (V*N,3,S,S), view-major."""
+    import torch
+    from torch import nn
+
+    a, f, mean, std = _constants(spec)
+
+    class TorchFront(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.views = VIEWS[views]
+            self.factor = f
+            self.register_buffer("a", torch.from_numpy(a if a is not None else np.zeros((1, 1), np.float32)))
+            self.register_buffer("a_t", torch.from_numpy(np.ascontiguousarray(a.T) if a is not None
+                                                         else np.zeros((1, 1), np.float32)))
+            self.register_buffer("mean", torch.from_numpy(mean.reshape(1, 3, 1, 1)))
+            self.register_buffer("std", torch.from_numpy(std.reshape(1, 3, 1, 1)))
+            self.register_buffer("scale", torch.from_numpy((1.0 / std).astype(np.float32).reshape(1, 3, 1, 1)))
+            self.register_buffer("offset", torch.from_numpy((mean / std).astype(np.float32).reshape(1, 3, 1, 1)))
+
+        def forward(self, stamps):
+            x = stamps.permute(0, 3, 1, 2).float()
+            if self.factor is None:
+                x = torch.matmul(self.a, torch.matmul(x, self.a_t))
+                x = (x - self.mean) / self.std
+            else:
+                if self.factor > 1:
+                    x = torch.nn.functional.avg_pool2d(x, self.factor)
+                x = x * self.scale - self.offset
+            if len(self.views) == 1:
+                return x
+            out = []
+            for k, fl in self.views:
+                t = torch.rot90(x, k, dims=(2, 3)) if k else x
+                out.append(torch.flip(t, dims=(3,)) if fl else t)
+            return torch.cat(out)
+
+    return TorchFront()
