@@ -74,6 +74,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from PIL import Image
 
+from mergerscan.catalogs.hats import output_files
 from mergerscan.cutouts.preprocess import PreprocessSpec
 from mergerscan.cutouts.service import ServiceSource
 
@@ -156,7 +157,9 @@ def no_traceback(r):
 
 
 def read_out(out: Path) -> pd.DataFrame:
-    return pq.read_table(out / "parquet").to_pandas().sort_values("input_row").reset_index(drop=True)
+    """Every output row: the HATS dataset and the bad-coordinate rows beside it."""
+    files = [str(f) for f in output_files(out / "parquet")]
+    return pq.read_table(files).to_pandas().sort_values("input_row").reset_index(drop=True)
 
 
 def by_id(out: Path) -> dict:
