@@ -361,6 +361,8 @@ def _plan_future(client, work: Path):
 
 def _plan_and_split(args, cat, tasks: _Tasks, work: Path) -> Plan:
     plan = make_plan(args, cat, tasks, work)
+    if plan.hats:                                  # HATS input: tasks read its pixels, nothing to split
+        return plan
     todo = split.missing_buckets(work, plan)
     if todo:
         bar = _Progress(plan.nrows, "plan: split", args.progress, unit="rows", lazy=True)
