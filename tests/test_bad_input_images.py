@@ -31,7 +31,7 @@ Bad-input cases (one a line; 46 in all):
 26. FIFO named <id>.jpg -> bad_image, the run does not hang
 27. directory named <id>.png -> bad_image
 28. symlink <id>.jpg -> /dev/zero -> bad_image, never read
-29. id so long the file name exceeds 255 bytes -> a per-row status, not a crash
+29. id so long the file name exceeds 255 bytes -> no_image (a per-row status), not a crash
 30. FIFO named like a frame in --frames -> listed unreadable, the run does not hang
 31. bz2 frame whose header declares 100000 x 100000 pixels -> never decompressed; its field is corrupt_frame
 32. frame whose data are all NaN -> blank_image
@@ -249,7 +249,7 @@ def hostile_stamps(tmp_path_factory):
     os.mkfifo(img / "fifo.jpg"); want["fifo"] = "bad_image"
     (img / "adir.png").mkdir(); want["adir"] = "bad_image"
     os.symlink("/dev/zero", img / "devzero.jpg"); want["devzero"] = "bad_image"
-    want["x" * 300] = "bad_image"                            # file name too long for the filesystem
+    want["x" * 300] = "no_image"                             # file name too long for the filesystem: names no file
     want["absent"] = "no_image"
     cat = catalog(d / "hostile.csv", list(want))
     return d, cat, want
