@@ -68,7 +68,7 @@ def test_without_network_prints_the_url_and_the_leading_reason(site, catalog, da
     cat, df = catalog
     url = f"http://127.0.0.1:{_closed_port()}/getjpeg"          # nothing listens: as offline as it gets
     monkeypatch.setenv(defaults.ENV, f"--cutout-service {url} --service-retries 1")
-    assert _cli(cat, tmp_path / "out", dask_client) == 0
+    assert _cli(cat, tmp_path / "out", dask_client) == 3            # finished, no row scored: exit 3 (docs/output.md)
     cap = capsys.readouterr()
     assert url in cap.err.splitlines()[0]                     # named before any work
     line = next(ln for ln in cap.out.splitlines() if "fetch failures" in ln)
