@@ -30,6 +30,16 @@ def frames_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_stamps(gz_dir):
+    """The first 24 shared JPEG stamps (sorted by name), decoded to uint8 (N, 256, 256, 3)."""
+    from mergerscan.training.data import decode_stamps
+    files = sorted(gz_dir.glob("images/*.jpg"))[:24]
+    if len(files) < 24:
+        pytest.skip(f"needs 24 JPEGs in {gz_dir}/images")
+    return decode_stamps([str(f) for f in files])
+
+
+@pytest.fixture(scope="session")
 def dask_client():
     """One real distributed LocalCluster for the whole test session (2 workers x 1 thread)."""
     from distributed import Client, LocalCluster

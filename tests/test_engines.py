@@ -72,12 +72,8 @@ def engine_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def stamps(gz_dir):
-    from mergerscan.training.data import decode_stamps
-    files = sorted(gz_dir.glob("images/*.jpg"))[:16]
-    if len(files) < 16:
-        pytest.skip(f"needs 16 JPEGs in {gz_dir}/images")
-    return decode_stamps([str(f) for f in files])
+def stamps(real_stamps):
+    return real_stamps[:16]                         # the first 16 of conftest's shared stamps
 
 
 @pytest.fixture(scope="session")

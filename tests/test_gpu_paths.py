@@ -30,15 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def real_stamps(gz_dir):
-    from mergerscan.training.data import decode_stamps
-    files = sorted(gz_dir.glob("images/*.jpg"))[:24]
-    if len(files) < 24:
-        pytest.skip(f"needs 24 JPEGs in {gz_dir}/images")
-    return decode_stamps([str(f) for f in files])
-
-
-@pytest.fixture(scope="module")
 def small_engine(tmp_path_factory):
     """EfficientNet-Lite0 at 64 px (integer ratio 256/64: the block-mean branch of the front)."""
     import torch
