@@ -113,8 +113,10 @@ def end_to_end(base_src: Path, n: int, tmp: Path, rounds: int) -> dict:
                               "objects_per_s_scoring": round(n / (t1 - t0), 2)})
             print(name, out[name][-1], flush=True)
     import pyarrow.parquet as pq
-    a = pq.read_table(tmp / "out-base" / "parquet").to_pandas().sort_values("input_row")
-    b = pq.read_table(tmp / "out-this" / "parquet").to_pandas().sort_values("input_row")
+    def rows(out: Path):      # every Parquet file under OUT/parquet: a flat dataset or a HATS catalog
+        files = sorted((out / "parquet").rglob("*.parquet"))
+        return pd.concat([pq.read_table(f).to_pandas() for f in files]).sort_values("input_row")
+    a, b = rows(tmp / "out-base"), rows(tmp / "out-this")
     ok = (a["status"].to_numpy() == "ok") & (b["status"].to_numpy() == "ok")
     out["same_status"] = bool((a["status"].to_numpy() == b["status"].to_numpy()).all())
     out["max_dp"] = float(np.abs(a["p_merger"].to_numpy()[ok] - b["p_merger"].to_numpy()[ok]).max())
