@@ -91,7 +91,7 @@ class SourceBase:
 
     def __init__(self, location: str, spec: PreprocessSpec, **options: Any) -> None:
         self.location, self.spec = str(location), spec
-        self.options = self.Options.from_mapping(options)
+        self.options: Any = self.Options.from_mapping(options)   # the subclass's Options
         self.examples: dict = {}                         # status -> first reason seen
 
     @property

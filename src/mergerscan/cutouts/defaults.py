@@ -41,7 +41,8 @@ class DefaultSource:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="default image source", add_help=False, exit_on_error=False,
                                 allow_abbrev=False)
-    p.add_argument("--images"); p.add_argument("--frames"); p.add_argument("--cutout-service")
+    for opt in ("--images", "--frames", "--cutout-service"):
+        p.add_argument(opt)
     for opt, t in (("--service-timeout", float), ("--service-retries", int), ("--service-concurrency", int),
                    ("--service-rate", float)):
         p.add_argument(opt, type=t)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..catalogs.schema import STATUS
-from .base import SourceOptions
+from .base import SourceBase, SourceOptions
 from .preprocess import PreprocessSpec
 from .redact import redact_url
 
@@ -49,8 +49,8 @@ BUILTIN = {
     "service": "mergerscan.cutouts.service:ServiceSource",   # an ImgCutout-like HTTP service
 }
 _origins: dict[str, str | None] = dict(BUILTIN)     # kind -> "module:qualname" (None: not importable)
-_classes: dict[str, type] = {}                      # kind -> class, once imported or registered
-_by_path: dict[str, type] = {}                      # "module:Class" kinds, once imported
+_classes: dict[str, type[SourceBase]] = {}          # kind -> class, once imported or registered
+_by_path: dict[str, type[SourceBase]] = {}          # "module:Class" kinds, once imported
 CAPABILITIES = ("reads_path_column", "needs_network")
 
 
@@ -79,7 +79,7 @@ def _check(kind: str, cls: Any) -> None:
             raise ValueError(f"{what}: needs a {meth}() method (subclass SourceBase)")
 
 
-def register_source(kind: str, cls: type | None = None):
+def register_source(kind: str, cls: type | None = None) -> Any:
     """Register ``cls`` as the image source ``kind``; as a decorator: ``@register_source("toy")``.
     Registering the same class (or a re-import of its module) again is harmless; another class
     under a taken kind is a ValueError."""
@@ -101,7 +101,7 @@ def register_source(kind: str, cls: type | None = None):
     return add if cls is None else add(cls)
 
 
-def _import(path: str) -> type:
+def _import(path: str) -> Any:
     module, _, qualname = path.partition(":")
     try:
         obj: Any = importlib.import_module(module)
@@ -116,8 +116,9 @@ def _kinds() -> list[str]:
     return sorted(_origins)
 
 
-def source_class(kind: str) -> type:
-    """The class of image source ``kind`` (a registered kind or ``"module:Class"``)."""
+def source_class(kind: str) -> type[SourceBase]:
+    """The class of image source ``kind`` (a registered kind or ``"module:Class"``); it declares
+    what :class:`SourceBase` does (checked), whether or not it subclasses it."""
     cls = _classes.get(kind) or _by_path.get(kind)
     if cls is not None:
         return cls
@@ -143,7 +144,7 @@ def source_class(kind: str) -> type:
                      "'module:Class')")
 
 
-def registered_sources() -> dict[str, type]:
+def registered_sources() -> dict[str, type[SourceBase]]:
     """Every registered kind and its class (imports the built-ins)."""
     return {k: source_class(k) for k in _kinds()}
 
@@ -165,7 +166,7 @@ class SourceConfig:
         return redact_url(self.location)
 
     @property
-    def source_class(self) -> type:
+    def source_class(self) -> type[SourceBase]:
         """The class, for its capabilities: ``config.source_class.reads_path_column``."""
         return source_class(self.kind)
 
@@ -189,6 +190,6 @@ def _unpickle_config(kind: str, location: str, options: tuple, origin: str | Non
     return SourceConfig(kind, location, options)
 
 
-def open_source(config: SourceConfig, spec: PreprocessSpec):
+def open_source(config: SourceConfig, spec: PreprocessSpec) -> SourceBase:
     """An instance of the configured source: ``cls(location, spec, **options)``."""
     return source_class(config.kind)(config.location, spec, **dict(config.options))
