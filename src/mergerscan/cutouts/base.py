@@ -58,12 +58,13 @@ class SourceOptions:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_mapping(cls, given: Mapping[str, Any]) -> SourceOptions:
-        """The options from ``given``; ValueError (one line) for an option the source does not take."""
+    def from_mapping(cls, given: Mapping[str, Any], source: str | None = None) -> SourceOptions:
+        """The options from ``given``; ValueError (one line) for an option the source (``source``,
+        else ``source_kind``) does not take."""
         valid = cls.names()
         for key in given:
             if key not in valid:
-                raise ValueError(unknown_option(str(key), cls.source_kind, valid))
+                raise ValueError(unknown_option(str(key), source or cls.source_kind, valid))
         return cls(**dict(given))
 
 
@@ -91,7 +92,7 @@ class SourceBase:
 
     def __init__(self, location: str, spec: PreprocessSpec, **options: Any) -> None:
         self.location, self.spec = str(location), spec
-        self.options: Any = self.Options.from_mapping(options)   # the subclass's Options
+        self.options: Any = self.Options.from_mapping(options, source=self.kind)   # the subclass's Options
         self.examples: dict = {}                         # status -> first reason seen
 
     @property

@@ -1,5 +1,9 @@
 """Image source for survey frames with a TAN WCS (SDSS DR17 ``frame-[gri]-RRRRRR-C-FFFF.fits[.bz2]``).
 
+This module is the source (:class:`FrameSource`: field choice, frame cache, cutting); its parts
+live in :mod:`.frame_io` (reading files), :mod:`.footprint` (the index, a field's footprint),
+:mod:`.geometry` (the stamp grid, WCS nodes, bilinear sampling) and :mod:`.colour` (the composite).
+
 * **Footprint index** (:func:`build_frame_index`): per field (run, camcol, field) and band the file,
   image shape, WCS cards, centre and radius, read from the primary headers only (a bz2 file is
   stream-decompressed until its END card).  Cached as JSON next to the frames (or under

@@ -66,8 +66,8 @@ def _check(kind: str, cls: Any) -> None:
     if not isinstance(cls, type):
         raise ValueError(f"{what}: not a class")
     opts = getattr(cls, "Options", None)
-    if not (isinstance(opts, type) and callable(getattr(opts, "from_mapping", None))):
-        raise ValueError(f"{what}: needs an Options dataclass with from_mapping() (subclass SourceOptions)")
+    if not (isinstance(opts, type) and issubclass(opts, SourceOptions)):
+        raise ValueError(f"{what}: needs an Options class: a frozen dataclass subclassing SourceOptions")
     bad = sorted(set(getattr(cls, "statuses", ())) - set(STATUS))
     if bad:
         raise ValueError(f"{what}: statuses {', '.join(map(repr, bad))} are not in catalogs.schema.STATUS")
@@ -93,7 +93,7 @@ def register_source(kind: str, cls: type | None = None) -> Any:
             raise ValueError(f"image source kind {kind!r} is already registered ({taken or 'in-process'}); "
                              f"choose another kind for {c.__qualname__}")
         c.kind = kind                                # type: ignore[attr-defined]
-        if getattr(c, "Options", SourceOptions) is not SourceOptions:
+        if "Options" in c.__dict__:                  # its own (not a parent's): messages name this kind
             c.Options.source_kind = kind             # type: ignore[attr-defined]
         _origins[kind], _classes[kind] = origin, c
         return c
@@ -172,7 +172,7 @@ class SourceConfig:
 
     def check(self) -> SourceOptions:
         """The validated options; ValueError (one line) for an unknown kind or option."""
-        return self.source_class.Options.from_mapping(dict(self.options))
+        return self.source_class.Options.from_mapping(dict(self.options), source=self.kind)
 
     def low_memory(self) -> SourceConfig:
         """This source with the options for a partition retried after running out of memory."""
