@@ -115,7 +115,7 @@ def test_open_source_and_empty(stampdir):
 
 
 # ------------------------------------------------------------------------- the source registry
-@register_source("toy")
+@register_source("toy-level")
 class ToySource(SourceBase):
     """A source defined outside the package: a stamp of constant ``level`` per row, ``no_image``
     for ids starting with "x"."""
@@ -150,14 +150,15 @@ def test_unknown_kind_lists_the_registered_kinds():
         open_source(SourceConfig("stamp", "/nowhere"), SPEC)
     msg = str(e.value)
     assert "\n" not in msg and "unknown image source kind 'stamp'" in msg
-    assert "frames, service, stamps, toy" in msg
+    listed = msg.split("(registered: ")[1].split(";")[0].split(", ")
+    assert {"frames", "service", "stamps", "toy-level"} <= set(listed) and listed == sorted(listed)
     with pytest.raises(ValueError, match="cannot import"):
         source_class("no.such.module:Source")
 
 
 def test_builtins_and_capabilities_come_from_the_registry():
     found = registered_sources()
-    assert {"stamps", "frames", "service", "toy"} <= set(found) and found["toy"] is ToySource
+    assert {"stamps", "frames", "service", "toy-level"} <= set(found) and found["toy-level"] is ToySource
     assert [k for k, c in sorted(found.items()) if c.reads_path_column] == ["stamps"]
     assert [k for k, c in sorted(found.items()) if c.needs_network] == ["service"]
     assert found["frames"].statuses >= {"outside_footprint", "corrupt_frame"}
@@ -174,15 +175,15 @@ def test_builtins_and_capabilities_come_from_the_registry():
 
 
 def test_a_toy_source_registers_and_opens_by_kind():
-    cfg = SourceConfig("toy", "anywhere", (("level", 3),))
-    assert source_class("toy") is ToySource and cfg.check() == ToySource.Options(level=3)
+    cfg = SourceConfig("toy-level", "anywhere", (("level", 3),))
+    assert source_class("toy-level") is ToySource and cfg.check() == ToySource.Options(level=3)
     with open_source(cfg, SPEC) as src:
         stamps, status = src.fetch(_rows(["a", "x1", "b"]))
-    assert isinstance(src, ToySource) and src.name == "toy"
+    assert isinstance(src, ToySource) and src.name == "toy-level"
     assert status.tolist() == ["ok", "no_image", "ok"] and stamps.shape == (3, S, S, 3)
     assert (stamps[0] == 3).all() and (stamps[1] == 0).all()
-    with pytest.raises(ValueError, match=r"image source 'toy': unknown option 'levle' .*did you mean 'level'"):
-        open_source(SourceConfig("toy", "anywhere", (("levle", 3),)), SPEC)
+    with pytest.raises(ValueError, match=r"image source 'toy-level': unknown option 'levle' .*did you mean 'level'"):
+        open_source(SourceConfig("toy-level", "anywhere", (("levle", 3),)), SPEC)
     # also by "module:Class", without registering under a kind
     assert source_class(f"{ToySource.__module__}:ToySource") is ToySource
 
@@ -190,7 +191,7 @@ def test_a_toy_source_registers_and_opens_by_kind():
 def test_a_worker_process_finds_a_source_registered_in_the_parent():
     """A pickled SourceConfig carries its class's module:qualname; a fresh process (as a Dask
     worker) that never imported the test module imports it on first use and opens the toy."""
-    cfg = pickle.dumps(SourceConfig("toy", "anywhere", (("level", 9),)))
+    cfg = pickle.dumps(SourceConfig("toy-level", "anywhere", (("level", 9),)))
     code = """if True:
         import json, pickle, sys
         sys.path[:0] = json.loads(sys.argv[1])
@@ -198,7 +199,7 @@ def test_a_worker_process_finds_a_source_registered_in_the_parent():
         from mergerscan.cutouts import registry
         from mergerscan.cutouts.preprocess import PreprocessSpec
         mod = sys.argv[3]
-        assert mod not in sys.modules and "toy" not in registry._origins
+        assert mod not in sys.modules and "toy-level" not in registry._origins
         cfg = pickle.loads(bytes.fromhex(sys.argv[2]))
         assert mod not in sys.modules                        # imported on use, not on unpickling
         src = registry.open_source(cfg, PreprocessSpec())
@@ -210,7 +211,7 @@ def test_a_worker_process_finds_a_source_registered_in_the_parent():
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [ToySource.__module__, "9", "ok", "no_image"]
     # what travels: the toy's origin; a built-in kind needs none (BUILTIN names its module)
-    assert SourceConfig("toy", "a").__reduce__()[1][3] == f"{ToySource.__module__}:ToySource"
+    assert SourceConfig("toy-level", "a").__reduce__()[1][3] == f"{ToySource.__module__}:ToySource"
     assert SourceConfig("stamps", "/d").__reduce__()[1][3] is None
     assert pickle.loads(pickle.dumps(SourceConfig("stamps", "/d", (("threads", 1),)))) == \
         SourceConfig("stamps", "/d", (("threads", 1),))
