@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mergerscan.cutouts import frame_io
 from mergerscan.cutouts import frames as F
 from mergerscan.cutouts.preprocess import PreprocessSpec
 
@@ -65,10 +66,10 @@ def floor(files: list[Path]) -> dict:
     from astropy.io import fits
 
     res = {}
-    for name, fn in (("indexed_bzip2_1thread", lambda p: F._decompress(p, 1)),
-                     ("indexed_bzip2_2threads", lambda p: F._decompress(p, 2)),
+    for name, fn in (("indexed_bzip2_1thread", lambda p: frame_io.decompress(p, 1)),
+                     ("indexed_bzip2_2threads", lambda p: frame_io.decompress(p, 2)),
                      ("bz2_module", lambda p: bz2.decompress(p.read_bytes()))):
-        if name.startswith("indexed") and F.indexed_bzip2 is None:
+        if name.startswith("indexed") and frame_io.indexed_bzip2 is None:
             continue
         per = []
         for p in files:
@@ -79,7 +80,7 @@ def floor(files: list[Path]) -> dict:
         res[name] = {"total_wall_s": round(w.sum(), 3), "total_cpu_s": round(c.sum(), 3),
                      "wall_s_per_frame": round(w.mean(), 4), "cpu_s_per_frame": round(c.mean(), 4)}
     # parsing HDU0 of decompressed bytes: astropy from memory vs fitsio via a temporary file
-    raw = [F._decompress(p, 1) for p in files[:6]]
+    raw = [frame_io.decompress(p, 1) for p in files[:6]]
     t = clock()
     for d in raw:
         with fits.open(io.BytesIO(d), memmap=False, lazy_load_hdus=True) as hl:

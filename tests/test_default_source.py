@@ -15,7 +15,6 @@ from mergerscan.cutouts.preprocess import PreprocessSpec
 from mergerscan.cutouts.service import UNREACHABLE_ROWS, ServiceSource
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
 from mergerscan.pipeline.cli import main as process_catalog
-
 from test_pipeline import read_out, two_patch_catalog, write_fits_catalog
 from test_service import _fake, _jpeg, server  # noqa: F401 - the loopback HTTP server fixture
 
@@ -46,7 +45,7 @@ def _cli(cat, out, client, *extra):
                             "--scheduler", client.scheduler.address, *extra])
 
 
-def test_no_flag_uses_the_configured_default_service(server, site, catalog, dask_client, tmp_path, capsys):
+def test_no_flag_uses_the_configured_default_service(server, site, catalog, dask_client, tmp_path, capsys):  # noqa: F811
     cat, df = catalog
     for i, (ra, dec) in enumerate(zip(df["RAdeg"], df["DEdeg"])):
         server.add(ra, dec, "ok", _jpeg(_fake(i)))
@@ -108,6 +107,20 @@ def test_site_default_frames_env_beats_file_and_bad_config_is_one_line(site, cat
     assert str(site) in str(e.value) and "\n" not in str(e.value)
 
 
+def test_misspelled_source_option_in_the_site_default_is_one_line_exit_2(site, catalog, tmp_path, capsys,
+                                                                         monkeypatch):
+    """The one command-line path of free-form source options: the site default's flags.  A
+    misspelled one stops the run before anything starts: exit 2, one line, a suggestion."""
+    cat, _ = catalog
+    monkeypatch.setenv(defaults.ENV, "--cutout-service http://127.0.0.1:9/x --service-timout 3")
+    assert process_catalog([str(cat), "-o", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith("process-catalog: error: default image source in $MERGERSCAN_DEFAULT_SOURCE")
+    assert "'--service-timout 3'" in err[0] and "did you mean --service-timeout?" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_large_catalog_hint():
     assert defaults.large_catalog_hint(defaults.LARGE_FOR_SERVICE, 8.0, 1) is None
     hint = defaults.large_catalog_hint(2_000_000, 8.0, 2)
@@ -124,7 +137,7 @@ def test_unreachable_service_is_not_hammered():
     assert src.stats["requests"] <= (UNREACHABLE_ROWS + 4) * 3 < 60
 
 
-def test_rate_limit_spaces_requests(server):
+def test_rate_limit_spaces_requests(server):  # noqa: F811 - the fixture imported above
     rows = pd.DataFrame({"id": ["a", "b", "c", "d", "e", "f"], "ra": 150.0 + np.arange(6) * 0.01, "dec": 2.0})
     for ra in rows["ra"]:
         server.add(ra, 2.0, "ok", _jpeg(_fake(1)))

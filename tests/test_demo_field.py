@@ -55,7 +55,7 @@ def test_deterministic(tmp_path):
 
 
 def test_files_and_headers(field):
-    out, frames, cat = field
+    _, frames, _ = field
     assert len(frames) == 6
     assert all(NAME.fullmatch(Path(p).name) for p, *_ in frames)
     for p, data, hdr, wcs in frames:
@@ -76,19 +76,19 @@ def _inside(wcs, ra, dec, margin=0.0):
 
 
 def test_catalog_objects_on_flux(field):
-    out, frames, cat = field
+    _, frames, cat = field
     assert cat["objid"].dtype.kind == "i" and cat["objid"].dtype.itemsize == 8
     assert np.array_equal(cat["objid"] - OBJID0, np.arange(len(cat)))    # exact int64
     assert set(np.char.strip(cat["truth"].astype(str))) == {"merger", "galaxy", "star"}
     assert (np.char.strip(cat["truth"].astype(str)) == "merger").sum() == 16
     assert np.isfinite(cat["ra"]).all() and np.isfinite(cat["dec"]).all()
     n_cover = np.zeros(len(cat), int)
-    for p, data, hdr, wcs in frames:
+    for p, data, _hdr, wcs in frames:
         inside, x, y = _inside(wcs, cat["ra"], cat["dec"], margin=2)
         sky = np.median(data)
         sigma = 1.4826 * np.median(np.abs(data - sky))
         for i in np.where(inside)[0]:
-            ix, iy = int(round(float(x[i]))), int(round(float(y[i])))
+            ix, iy = round(float(x[i])), round(float(y[i]))
             box = data[iy - 1:iy + 2, ix - 1:ix + 2]
             assert box.mean() > sky + sigma, (p, cat["objid"][i], cat["truth"][i], box.mean())
         n_cover += inside
@@ -97,6 +97,6 @@ def test_catalog_objects_on_flux(field):
     assert (n_cover == 2).any()
     outside = n_cover == 0
     assert outside.sum() == 5
-    for p, data, hdr, wcs in frames:                 # and far from every frame, not on an edge
+    for *_, wcs in frames:                           # and far from every frame, not on an edge
         inside, *_ = _inside(wcs, cat["ra"][outside], cat["dec"][outside], margin=-200)
         assert not inside.any()

@@ -18,6 +18,7 @@ from astropy.wcs import WCS
 from PIL import Image
 from scipy.ndimage import map_coordinates
 
+from mergerscan.cutouts import footprint
 from mergerscan.cutouts import frames as F
 from mergerscan.cutouts.frames import FrameSource, build_frame_index, composite, composite_reference
 from mergerscan.cutouts.preprocess import PreprocessSpec
@@ -36,8 +37,8 @@ def _rows(*objs) -> pd.DataFrame:
 @pytest.fixture()
 def count_headers(monkeypatch):
     calls = []
-    real = F._read_header
-    monkeypatch.setattr(F, "_read_header", lambda p: (calls.append(p), real(p))[1])
+    real = footprint.read_header
+    monkeypatch.setattr(footprint, "read_header", lambda p: (calls.append(p), real(p))[1])
     return calls
 
 
@@ -183,7 +184,7 @@ def overlap(tmp_path):
 
 
 def test_overlap_picks_farthest_from_edge(overlap):
-    d, a, b, obj = overlap
+    d, _a, _b, obj = overlap
     with FrameSource(d, SMALL, index_cache=None) as src:
         assert src.locate(*obj) == [["1-1-2", "1-1-1"]]
         st, status = src.fetch(_rows(obj))
@@ -215,7 +216,7 @@ def test_corrupt_best_field_falls_back(overlap):
 
 
 def test_index_invalidated_per_file(overlap, count_headers):
-    d, a, b, obj = overlap
+    d, _a, _b, _obj = overlap
     cache = d / "idx.json"
     first = build_frame_index(d, cache=cache)
     assert len(count_headers) == 6 and len(first["fields"]) == 2
@@ -238,11 +239,29 @@ def test_composite_equals_make_lupton_rgb():
 
 
 def test_open_source_frames(overlap):
-    d, a, b, obj = overlap
+    d, _a, _b, obj = overlap
     src = open_source(SourceConfig("frames", str(d), (("index_cache", None), ("threads", 4))), SMALL)
     st, status = src.fetch(_rows(obj, (0.0, 0.0)))
     assert status.tolist() == ["ok", "outside_footprint"] and st.shape == (2, 32, 32, 3)
     src.close()
+
+
+def test_frames_options_are_checked_and_low_memory_keeps_one_field(overlap):
+    d, _a, _b, obj = overlap
+    with pytest.raises(ValueError) as e:
+        open_source(SourceConfig("frames", str(d), (("max_field", 2),)), SMALL)
+    msg = str(e.value)
+    assert "\n" not in msg and "image source 'frames': unknown option 'max_field'" in msg
+    assert "did you mean 'max_fields'?" in msg and "index_cache" in msg
+    with pytest.raises(ValueError, match="unknown option 'timeout'"):      # a service option is not a frames one
+        FrameSource(d, SMALL, index_cache=None, timeout=3.0)
+    cfg = SourceConfig("frames", str(d), (("index_cache", None), ("max_fields", 6)))
+    low = cfg.low_memory()
+    assert dict(low.options) == {"index_cache": None, "max_fields": 1} and low.kind == "frames"
+    with open_source(low, SMALL) as src:
+        assert src.max_fields == 1
+        _st, status = src.fetch(_rows(obj))
+    assert status.tolist() == ["ok"]
 
 
 def test_distorted_wcs_uses_node_interpolation(tmp_path):
@@ -282,7 +301,7 @@ def test_distorted_wcs_uses_node_interpolation(tmp_path):
 
 def test_frames_in_subdirectories(overlap):
     """SDSS's own layout nests frames as RERUN/RUN/CAMCOL/: they are indexed too."""
-    d, a, b, obj = overlap
+    d, _a, _b, obj = overlap
     sub = d / "301" / "1" / "1"
     sub.mkdir(parents=True)
     for p in d.glob("frame-*-0002.fits.bz2"):
@@ -294,10 +313,10 @@ def test_frames_in_subdirectories(overlap):
 
 
 def test_default_cache_never_written_into_read_only_dir(overlap, tmp_path_factory, monkeypatch):
-    d, a, b, obj = overlap
+    d, _a, _b, _obj = overlap
     home = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("XDG_CACHE_HOME", str(home))
-    assert F._default_cache(d) == d / F.INDEX_NAME
+    assert footprint.default_cache(d) == d / F.INDEX_NAME
     d.chmod(0o555)                                   # read-only data directory (even for root)
     try:
         build_frame_index(d)

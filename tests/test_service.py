@@ -198,6 +198,23 @@ def test_non_http_url_rejected(url):
         ServiceSource(url, SPEC)
 
 
+@pytest.mark.parametrize("given, words", [
+    ({"timout": 5.0}, ["unknown option 'timout'", "did you mean 'timeout'?", "total_timeout"]),
+    ({"threads": 2}, ["unknown option 'threads'", "(valid: timeout, retries,"]),     # a stamps option
+    ({"timeout": 0.0}, ["timeout, max_concurrency and max_bytes must be positive"]),
+    ({"max_rate": -1.0}, ["max_rate must be positive"]),
+    ({"total_timeout": 0.0}, ["total_timeout must be positive"]),
+])
+def test_service_options_are_checked(given, words):
+    """Unknown, misspelled or out-of-range options: one line naming the source, never ignored."""
+    for make in (lambda: open_source(SourceConfig("service", "http://127.0.0.1:9/cutout", tuple(given.items())), SPEC),
+                 lambda: ServiceSource("http://127.0.0.1:9/cutout", SPEC, **given)):
+        with pytest.raises(ValueError) as e:
+            make()
+        msg = str(e.value)
+        assert "\n" not in msg and "image source 'service'" in msg and all(w in msg for w in words), msg
+
+
 def test_query_url_keeps_existing_query():
     with ServiceSource("https://skyserver.sdss.org/dr17/SkyServerWS/ImgCutout/getjpeg?opt=", SPEC) as src:
         u = urlsplit(src.query_url(10.5, -2.25))

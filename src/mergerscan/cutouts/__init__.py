@@ -1,1 +1,2 @@
-"""Image sources (stamps, frames, HTTP service) and the one shared preprocessing."""
+"""Image sources (added in one place, :mod:`.registry`: stamps, frames, HTTP service) and the one
+shared preprocessing."""

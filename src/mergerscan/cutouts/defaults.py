@@ -13,6 +13,7 @@ SDSS frame mirror, or ``--cutout-service https://mirror.example/getjpeg --servic
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -41,7 +42,8 @@ class DefaultSource:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="default image source", add_help=False, exit_on_error=False,
                                 allow_abbrev=False)
-    p.add_argument("--images"); p.add_argument("--frames"); p.add_argument("--cutout-service")
+    for opt in ("--images", "--frames", "--cutout-service"):
+        p.add_argument(opt)
     for opt, t in (("--service-timeout", float), ("--service-retries", int), ("--service-concurrency", int),
                    ("--service-rate", float)):
         p.add_argument(opt, type=t)
@@ -59,7 +61,10 @@ def parse_flags(text: str, origin: str) -> DefaultSource:
     except (argparse.ArgumentError, ValueError) as exc:
         raise ValueError(f"default image source in {origin}: {exc}") from None
     if rest:
-        raise ValueError(f"default image source in {origin}: unknown {' '.join(rest)!r} "
+        flags = [f for a in _parser()._actions for f in a.option_strings]
+        near = difflib.get_close_matches(rest[0].split("=")[0], flags, n=1)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        raise ValueError(f"default image source in {origin}: unknown {' '.join(rest)!r}{hint} "
                          "(expected --images DIR, --frames DIR or --cutout-service URL [--service-...])")
     given = [v for v in (ns.images, ns.frames, ns.cutout_service) if v]
     if len(given) != 1:

@@ -14,10 +14,10 @@ def detect_sources(frame: str | Path, nsigma: float = 5.0, min_area: int = 40, b
     from astropy.wcs import WCS
     from scipy import ndimage
 
-    from .frames import _read_header, read_frame
+    from .frame_io import read_frame, read_header
 
     img = read_frame(Path(frame))
-    wcs = WCS(_read_header(Path(frame)))
+    wcs = WCS(read_header(Path(frame)))
     sm = ndimage.gaussian_filter(img, 1.5)
     med = np.median(sm)
     sig = 1.4826 * np.median(np.abs(sm - med))

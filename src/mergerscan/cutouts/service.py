@@ -41,133 +41,78 @@ from __future__ import annotations
 import http.client
 import io
 import random
-import socket
-import ssl
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from email.utils import parsedate_to_datetime
+from dataclasses import dataclass
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .base import SourceBase, SourceOptions, empty_stamps
 from .preprocess import PreprocessSpec
 from .quality import ImageRejected, check_jpeg, check_pixels, check_size
-from .sources import empty_stamps
+from .service_http import (
+    BACKOFF_MAX,
+    CHUNK,
+    DRAIN_MAX,
+    HEADERS,
+    MAX_REDIRECTS,
+    NETWORK,
+    REDIRECTS,
+    RETRY_AFTER_MAX,
+    STALE,
+    UNREACHABLE_ROWS,
+    Fail,
+    host_port,
+    io_fail,
+    limit_for,
+    retry_after,
+    valid_url,
+)
 
-SCHEMES = ("http", "https")
-REDIRECTS = (301, 302, 303, 307, 308)
-MAX_REDIRECTS = 5
-RETRY_AFTER_MAX = 10.0        # s; a longer Retry-After gives the row up
-BACKOFF_MAX = 30.0            # s; cap of one backoff sleep
-DRAIN_MAX = 64 * 1024         # bytes of a redirect body read to keep the connection
-CHUNK = 64 * 1024
-HEADERS = {"User-Agent": "mergerscan (cutout fetch)", "Accept": "image/jpeg, image/*;q=0.8"}
-# a dropped keep-alive connection shows up as one of these on the next request
-_STALE = (http.client.BadStatusLine, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
-UNREACHABLE_ROWS = 8
-_NETWORK = ("connection", "dns", "tls", "timeout")
-
-
-class _RateLimit:
-    """At most ``rate`` request starts per second (evenly spaced), shared by threads."""
-
-    def __init__(self, rate: float):
-        self.interval, self.next, self.lock = 1.0 / rate, 0.0, threading.Lock()
-
-    def wait(self) -> None:
-        with self.lock:
-            now = time.monotonic()
-            t = max(now, self.next)
-            self.next = t + self.interval
-        if t > now:
-            time.sleep(t - now)
+__all__ = ["UNREACHABLE_ROWS", "ServiceSource"]
 
 
-_LIMITS: dict = {}
-_LIMITS_LOCK = threading.Lock()
+class ServiceSource(SourceBase):
+    kind = "service"
+    statuses = frozenset({"fetch_failed", "bad_image", "small_image", "image_too_large", "blank_image"})
+    needs_network = True
 
+    @dataclass(frozen=True)
+    class Options(SourceOptions):
+        timeout: float = 10.0                    # s per HTTP request (connect, headers and body)
+        retries: int = 3
+        backoff: float = 0.5                     # s, first backoff sleep (doubling, with jitter)
+        max_concurrency: int = 8                 # requests in flight per source
+        max_bytes: int = 2_000_000               # largest body accepted
+        max_rate: float | None = None            # requests/s per worker process and host
+        total_timeout: float | None = None       # s per row over all attempts (None: 2 (retries+1) timeout)
 
-def _limit_for(netloc: str, rate: float) -> _RateLimit:
-    with _LIMITS_LOCK:
-        return _LIMITS.setdefault((netloc, float(rate)), _RateLimit(rate))
+        def __post_init__(self):
+            if (self.timeout <= 0 or self.retries < 0 or self.backoff < 0 or self.max_concurrency < 1
+                    or self.max_bytes < 1):
+                raise ValueError("image source 'service': timeout, max_concurrency and max_bytes must be "
+                                 "positive; retries, backoff >= 0")
+            if self.max_rate is not None and self.max_rate <= 0:
+                raise ValueError("image source 'service': max_rate must be positive (requests per second)")
+            if self.total_timeout is not None and self.total_timeout <= 0:
+                raise ValueError("image source 'service': total_timeout must be positive")
 
-
-class _Fail(Exception):
-    """One attempt failed for ``reason``; ``retry``: another attempt may help."""
-
-    def __init__(self, reason: str, retry: bool = False, after: float | None = None, detail: str | None = None):
-        super().__init__(reason)
-        self.reason, self.retry, self.after = reason, retry, after
-        self.detail = detail or reason.replace("_", " ")
-
-
-def _io_fail(e: BaseException, where: str = "") -> _Fail:
-    if isinstance(e, TimeoutError):              # socket.timeout is TimeoutError (3.10+)
-        return _Fail("timeout", retry=True, detail=f"timeout from {where}")
-    if isinstance(e, socket.gaierror):           # no DNS: typically no network at all
-        return _Fail("dns", retry=True, detail=f"no DNS answer for {where}")
-    if isinstance(e, ssl.SSLCertVerificationError):
-        return _Fail("tls", detail=f"TLS certificate not accepted by {where}")
-    if isinstance(e, ConnectionRefusedError):
-        return _Fail("connection", retry=True, detail=f"connection refused by {where}")
-    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
-    return _Fail("connection", retry=True, detail=f"connection to {where} failed: {text}")
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date); None if absent/bad."""
-    if not value:
-        return None
-    v = value.strip()
-    if v.isdigit():
-        return float(v)
-    try:
-        return max(0.0, parsedate_to_datetime(v).timestamp() - time.time())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-def _where(parts) -> str:
-    """host:port for messages - never the userinfo of the URL (credentials)."""
-    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    host = parts.hostname or "?"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _valid_url(url: str):
-    parts = urlsplit(url)
-    try:
-        ok = parts.scheme.lower() in SCHEMES and bool(parts.hostname) and (parts.port or 1) > 0
-    except ValueError:                           # bad port
-        ok = False
-    return parts if ok else None
-
-
-class ServiceSource:
-    name = "service"
-
-    def __init__(self, url: str, spec: PreprocessSpec, *, timeout: float = 10.0, retries: int = 3,
-                 backoff: float = 0.5, max_concurrency: int = 8, max_bytes: int = 2_000_000,
-                 max_rate: float | None = None, total_timeout: float | None = None, **ignored_known):
-        # ignored_known: options meant for other sources (SourceConfig.options) are accepted and unused
-        if _valid_url(str(url)) is None:
+    def __init__(self, url: str, spec: PreprocessSpec, **options):
+        if valid_url(str(url)) is None:
             raise ValueError(f"cutout service {url!r}: only http(s) URLs with a host are allowed")
-        if timeout <= 0 or retries < 0 or backoff < 0 or max_concurrency < 1 or max_bytes < 1:
-            raise ValueError("timeout, max_concurrency and max_bytes must be positive; retries, backoff >= 0")
-        if max_rate is not None and max_rate <= 0:
-            raise ValueError("max_rate must be positive (requests per second)")
-        self._limit = _limit_for(urlsplit(str(url)).netloc, max_rate) if max_rate else None
+        super().__init__(url, spec, **options)
+        o = self.options
+        self._limit = limit_for(urlsplit(str(url)).netloc, o.max_rate) if o.max_rate else None
         self._down, self._down_reason = 0, None   # consecutive network failures of rows, none ok
-        self.url, self.spec = str(url), spec
-        self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
-        self.max_concurrency, self.max_bytes = int(max_concurrency), int(max_bytes)
-        self.total_timeout = float(total_timeout) if total_timeout else 2 * (self.retries + 1) * self.timeout
-        if self.total_timeout <= 0:
-            raise ValueError("total_timeout must be positive")
+        self.url = str(url)
+        self.timeout, self.retries, self.backoff = float(o.timeout), int(o.retries), float(o.backoff)
+        self.max_concurrency, self.max_bytes = int(o.max_concurrency), int(o.max_bytes)
+        self.total_timeout = float(o.total_timeout) if o.total_timeout else 2 * (self.retries + 1) * self.timeout
         self.examples: dict = {}                 # status -> first failure seen
         self.stats = {"rows": 0, "ok": 0, "requests": 0, "retries": 0, "redirects": 0, "bytes": 0,
                       "failures": Counter()}
@@ -209,12 +154,6 @@ class ServiceSource:
         for c in conns:
             c.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     # -- one row --------------------------------------------------------------------------
     def query_url(self, ra: float, dec: float) -> str:
         s = self.spec.stamp_pixels
@@ -244,10 +183,10 @@ class ServiceSource:
                 with self._lock:
                     self.stats["failures"][e.status] += 1
                 raise
-            except _Fail as e:
+            except Fail as e:
                 fail = e
             except Exception as e:               # unexpected: fail the row, never the partition
-                fail = _Fail(f"error_{type(e).__name__}", detail=f"{type(e).__name__}: {e}"[:200])
+                fail = Fail(f"error_{type(e).__name__}", detail=f"{type(e).__name__}: {e}"[:200])
             if not fail.retry or attempt == self.retries:
                 break
             delay = min(BACKOFF_MAX, self.backoff * 2 ** attempt) * (0.5 + self._rng.random())
@@ -256,38 +195,38 @@ class ServiceSource:
                     break
                 delay = max(delay, fail.after)
             if time.monotonic() + delay >= row_deadline:     # no time left for another attempt
-                fail = _Fail(fail.reason, detail=f"{fail.detail}; gave up at the row's total time limit "
+                fail = Fail(fail.reason, detail=f"{fail.detail}; gave up at the row's total time limit "
                                                  f"({self.total_timeout:g} s)")
                 break
             self._count("retries")
             time.sleep(delay)
         with self._lock:
             self.stats["failures"][fail.reason] += 1
-            if fail.reason in _NETWORK:
+            if fail.reason in NETWORK:
                 self._down, self._down_reason = self._down + 1, fail.reason
             else:
                 self._down = 0
         return f"{fail.detail} ({attempts} attempt{'s' if attempts > 1 else ''})"
 
     def _get(self, url: str, row_deadline: float | None = None) -> np.ndarray:
-        """GET following http(s) redirects; the decoded stamp or _Fail."""
+        """GET following http(s) redirects; the decoded stamp or Fail."""
         for _ in range(MAX_REDIRECTS + 1):
-            parts = _valid_url(url)
+            parts = valid_url(url)
             if parts is None:                    # file://, ftp://, data:, ... : never followed
-                raise _Fail("bad_redirect", detail=f"redirect to a {urlsplit(url).scheme or 'hostless'}: URL, not http(s)")
+                raise Fail("bad_redirect", detail=f"redirect to a {urlsplit(url).scheme or 'hostless'}: URL, not http(s)")
             code, location, body = self._request(parts, row_deadline)
             if code in REDIRECTS:
                 if not location:
-                    raise _Fail("bad_redirect")
+                    raise Fail("bad_redirect")
                 url = urljoin(url, location.strip())
                 self._count("redirects")
                 continue
             try:
-                return self._decode(body, _where(parts))
-            except _Fail:                        # e.g. a lying Content-Length: don't reuse that stream
+                return self._decode(body, host_port(parts))
+            except Fail:                        # e.g. a lying Content-Length: don't reuse that stream
                 self._drop((parts.scheme.lower(), parts.netloc))
                 raise
-        raise _Fail("too_many_redirects")
+        raise Fail("too_many_redirects")
 
     # -- HTTP -----------------------------------------------------------------------------
     def _connection(self, key, parts, fresh: bool):
@@ -329,23 +268,23 @@ class ServiceSource:
                 conn.request("GET", target, headers=HEADERS)
                 sock.settimeout(self._remaining(deadline))
                 resp = conn.getresponse()
-            except _Fail:
+            except Fail:
                 self._drop(key)
                 raise
             except (OSError, http.client.HTTPException) as e:
                 self._drop(key)
-                if reused and isinstance(e, _STALE):
+                if reused and isinstance(e, STALE):
                     continue                     # server closed the idle connection: reconnect once
-                raise _io_fail(e, _where(parts)) from None
+                raise io_fail(e, host_port(parts)) from None
             try:
-                return self._response(resp, sock, deadline, key, _where(parts))
-            except _Fail:
+                return self._response(resp, sock, deadline, key, host_port(parts))
+            except Fail:
                 self._drop(key)
                 raise
             except (OSError, http.client.HTTPException) as e:
                 self._drop(key)
-                raise _io_fail(e, _where(parts)) from None
-        raise _Fail("connection", retry=True)    # not reached
+                raise io_fail(e, host_port(parts)) from None
+        raise Fail("connection", retry=True)    # not reached
 
     def _response(self, resp, sock, deadline, key, where=""):
         code = resp.status
@@ -354,13 +293,13 @@ class ServiceSource:
         if code in REDIRECTS:
             try:
                 self._read_body(resp, sock, deadline, limit=DRAIN_MAX)
-            except _Fail:
+            except Fail:
                 self._drop(key)                  # big redirect body: just drop the connection
             return code, resp.getheader("Location"), None
         if code == 429 or 500 <= code <= 599:
-            raise _Fail(f"http_{code}", retry=True, after=_retry_after(resp.getheader("Retry-After")),
+            raise Fail(f"http_{code}", retry=True, after=retry_after(resp.getheader("Retry-After")),
                         detail=f"HTTP {code} {resp.reason} from {where}")
-        raise _Fail(f"http_{code}", detail=f"HTTP {code} {resp.reason} from {where}")   # other 4xx, ...: no retry
+        raise Fail(f"http_{code}", detail=f"HTTP {code} {resp.reason} from {where}")   # other 4xx, ...: no retry
 
     def _read_body(self, resp, sock, deadline, limit: int | None = None) -> bytes:
         """Stream the body, aborting over ``limit`` bytes or past the deadline."""
@@ -368,7 +307,7 @@ class ServiceSource:
         cl = (resp.getheader("Content-Length") or "").strip()
         declared = int(cl) if cl.isdigit() else None
         if declared is not None and declared > limit:
-            raise _Fail("oversize", detail=f"body of {declared} bytes is over the limit {limit}")
+            raise Fail("oversize", detail=f"body of {declared} bytes is over the limit {limit}")
         buf = bytearray()
         while declared is None or len(buf) < declared:
             sock.settimeout(self._remaining(deadline))
@@ -377,9 +316,9 @@ class ServiceSource:
                 break
             buf += chunk
             if len(buf) > limit:                 # no or lying Content-Length
-                raise _Fail("oversize", detail=f"body over the limit of {limit} bytes")   # no or lying Content-Length
+                raise Fail("oversize", detail=f"body over the limit of {limit} bytes")   # no or lying Content-Length
         if declared is not None and len(buf) < declared:
-            raise _Fail("connection", retry=True, detail="connection closed mid-body")
+            raise Fail("connection", retry=True, detail="connection closed mid-body")
         resp.close()                             # marks the response done, keeps the connection
         self._count("bytes", len(buf))
         return bytes(buf)
@@ -388,7 +327,7 @@ class ServiceSource:
     def _remaining(deadline: float) -> float:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise _Fail("timeout", retry=True, detail="timeout")
+            raise Fail("timeout", retry=True, detail="timeout")
         return left
 
     # -- body -> stamp --------------------------------------------------------------------
@@ -398,10 +337,10 @@ class ServiceSource:
             with Image.open(io.BytesIO(body)) as im:
                 w, h = im.size                   # header only: checked before decoding pixels
                 if im.mode != "RGB" or w != h:
-                    raise _Fail("bad_image", detail=f"{where} sent a {w}x{h} {im.mode} image, not a square RGB one")
+                    raise Fail("bad_image", detail=f"{where} sent a {w}x{h} {im.mode} image, not a square RGB one")
                 check_size(w, h, s)              # small_image / image_too_large: ImageRejected
                 if im.format == "JPEG" and not body.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
-                    raise _Fail("bad_body", detail=f"{where} sent a truncated JPEG")   # also if LOAD_TRUNCATED_IMAGES
+                    raise Fail("bad_body", detail=f"{where} sent a truncated JPEG")   # also if LOAD_TRUNCATED_IMAGES
                 if im.format == "JPEG":
                     check_jpeg(body)             # corrupt / cut-short data: ImageRejected bad_image
                 im.load()
@@ -409,14 +348,14 @@ class ServiceSource:
                 if w != s:
                     im = im.resize((s, s), Image.Resampling.BILINEAR)
                 arr = np.asarray(im, dtype=np.uint8)
-        except (_Fail, ImageRejected):
+        except (Fail, ImageRejected):
             raise
         except Image.DecompressionBombError:     # PIL's own pixel limit, from the header
             raise ImageRejected("image_too_large", f"{where} sent an image of too many pixels") from None
         except Exception:                        # not an image, truncated, corrupt
-            raise _Fail("bad_body", detail=f"{where} sent a body that is not an image") from None
+            raise Fail("bad_body", detail=f"{where} sent a body that is not an image") from None
         if arr.shape != (s, s, 3):
-            raise _Fail("bad_image", detail=f"{where} sent an image of shape {arr.shape}")
+            raise Fail("bad_image", detail=f"{where} sent an image of shape {arr.shape}")
         return arr
 
     def _count(self, key: str, n: int = 1) -> None:

@@ -35,16 +35,25 @@ import io
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .base import SourceBase, SourceOptions, empty_stamps
 from .preprocess import PreprocessSpec
-from .quality import (MAX_FILE_BYTES, ImageRejected, check_jpeg, check_pixels, check_size, display_values,
-                      open_regular, read_regular)
-from .sources import empty_stamps
+from .quality import (
+    MAX_FILE_BYTES,
+    ImageRejected,
+    check_jpeg,
+    check_pixels,
+    check_size,
+    display_values,
+    open_regular,
+    read_regular,
+)
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".fits", ".fit", ".fits.fz", ".fits.gz")
 FITS_SUFFIXES = (".fits", ".fit", ".fz", ".fits.gz", ".fit.gz")
@@ -94,7 +103,7 @@ def _read_raster(path: Path, stamp_pixels: int) -> Image.Image:
         im = Image.open(io.BytesIO(body))
     except Image.DecompressionBombError as e:            # PIL's own limit, from the header
         raise ImageRejected("image_too_large", str(e).split(",")[0] + "; not decoded") from None
-    except Exception as e:                               # noqa: BLE001 - not an image PIL knows
+    except Exception as e:                               # not an image PIL knows
         raise _bad(f"not a readable image ({type(e).__name__})") from None
     check_size(*im.size, stamp_pixels)                   # header only: checked before decoding
     if im.mode != "RGB":
@@ -105,16 +114,21 @@ def _read_raster(path: Path, stamp_pixels: int) -> Image.Image:
     return im
 
 
-class StampSource:
-    name = "stamps"
+class StampSource(SourceBase):
+    kind = "stamps"
+    statuses = frozenset({"no_image", "bad_image", "small_image", "image_too_large", "blank_image"})
+    reads_path_column = True
 
-    def __init__(self, directory, spec: PreprocessSpec, *, threads: int = 2, **ignored_known):
-        # ignored_known: options meant for other sources (SourceConfig.options) are accepted and unused
-        self.directory, self.spec = Path(directory), spec
-        self.threads = max(1, int(threads))
+    @dataclass(frozen=True)
+    class Options(SourceOptions):
+        threads: int = 2                                 # decoding threads
+
+    def __init__(self, directory, spec: PreprocessSpec, **options):
+        super().__init__(directory, spec, **options)
+        self.directory = Path(directory)
+        self.threads = max(1, int(self.options.threads))
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="stamps") if self.threads > 1 else None
-        self.stats = Counter()
-        self.examples: dict = {}                         # status -> first reason seen
+        self.stats: Counter = Counter()
 
     # -- protocol -------------------------------------------------------------------------
     def fetch(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +156,7 @@ class StampSource:
             except ImageRejected as e:
                 status[i] = e.status
                 self.examples.setdefault(e.status, f"id {ids[i]}: {path}: {e.reason}")
-            except Exception as e:                       # noqa: BLE001 - unreadable, corrupt: this row only
+            except Exception as e:                       # unreadable, corrupt: this row only
                 status[i] = "bad_image"
                 self.examples.setdefault("bad_image", f"id {ids[i]}: {path}: {type(e).__name__}: {e}"[:300])
 
@@ -157,12 +171,6 @@ class StampSource:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     # -- one row --------------------------------------------------------------------------
     def resolve(self, oid: str, path=None) -> Path | None:

@@ -444,9 +444,7 @@ def _score(args, plan: Plan, client, engine_path, info, parts):
         except (KilledWorker, MemoryError) as exc:
             if level < len(OOM_BATCH_DIVISORS):
                 b = max(1, args.batch_size // OOM_BATCH_DIVISORS[level])
-                src = args.source
-                if src.kind == "frames":
-                    src = type(src)(src.kind, src.location, tuple(dict(src.options, max_fields=1).items()))
+                src = args.source.low_memory()           # e.g. frames: one field in memory at a time
                 log.warning("partition %s: %s; retrying with batch size %d", part.name, type(exc).__name__, b)
                 new = submit(part, b, source=src, retries=0)
             else:

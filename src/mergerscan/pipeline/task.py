@@ -235,7 +235,7 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
     rows = pd.DataFrame({"id": ids, "ra": df[c["ra"]].to_numpy(np.float64) if n else [],
                          "dec": df[c["dec"]].to_numpy(np.float64) if n else []})
     path_col = plan.path_column
-    if path_col and source.kind == "stamps":                # else files are named by the id
+    if path_col and source.source_class.reads_path_column:  # else files are named by the id
         rows["path"] = df[path_col].astype(object).where(df[path_col].notna(), "").astype(str).to_numpy() \
             if n else []                                     # empty: DIR/<id>.* instead
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]

@@ -333,7 +333,7 @@ def fetch_cutouts(summary: dict, rows, spec) -> tuple[list, str]:
         cfg = SourceConfig(src_info["kind"], src_info["location"], tuple(sorted((src_info.get("options") or {}).items())))
         q = pd.DataFrame({"id": rows["id"].astype(str).to_numpy(), "ra": rows["ra"].to_numpy(np.float64),
                           "dec": rows["dec"].to_numpy(np.float64)})
-        if "path" in [c.lower() for c in rows.columns] and cfg.kind == "stamps":
+        if "path" in [c.lower() for c in rows.columns] and cfg.source_class.reads_path_column:
             q["path"] = rows[next(c for c in rows.columns if c.lower() == "path")].astype(str).to_numpy()
         src = open_source(cfg, spec)
         try:
