@@ -341,13 +341,14 @@ class ServiceSource(SourceBase):
                 check_size(w, h, s)              # small_image / image_too_large: ImageRejected
                 if im.format == "JPEG" and not body.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
                     raise Fail("bad_body", detail=f"{where} sent a truncated JPEG")   # also if LOAD_TRUNCATED_IMAGES
-                if im.format == "JPEG":
-                    check_jpeg(body)             # corrupt / cut-short data: ImageRejected bad_image
-                im.load()
-                check_pixels(np.asarray(im, dtype=np.uint8))   # blank / JPEG grey fill, at its own size
+                # corrupt / cut-short JPEG data: ImageRejected bad_image; else decoded once, here
+                arr = check_jpeg(body) if im.format == "JPEG" else None
+                if arr is None:
+                    im.load()
+                    arr = np.asarray(im, dtype=np.uint8)
+                check_pixels(arr)                # blank / JPEG grey fill, at its own size
                 if w != s:
-                    im = im.resize((s, s), Image.Resampling.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
+                    arr = np.asarray(Image.fromarray(arr, "RGB").resize((s, s), Image.Resampling.BILINEAR), dtype=np.uint8)
         except (Fail, ImageRejected):
             raise
         except Image.DecompressionBombError:     # PIL's own pixel limit, from the header

@@ -92,7 +92,7 @@ def _read_fits(path: Path, stamp_pixels: int) -> np.ndarray:
     return np.ascontiguousarray(display_values(a))
 
 
-def _read_raster(path: Path, stamp_pixels: int) -> Image.Image:
+def _read_raster(path: Path, stamp_pixels: int) -> np.ndarray:
     body = read_regular(path, MAX_FILE_BYTES)
     end = body.rstrip(b"\0\r\n ")
     if body[:2] == b"\xff\xd8" and not end.endswith(b"\xff\xd9"):
@@ -108,10 +108,10 @@ def _read_raster(path: Path, stamp_pixels: int) -> Image.Image:
     check_size(*im.size, stamp_pixels)                   # header only: checked before decoding
     if im.mode != "RGB":
         raise _bad(f"mode {im.mode}, not RGB")
-    if im.format == "JPEG":
-        check_jpeg(body)
+    if im.format == "JPEG" and (a := check_jpeg(body)) is not None:
+        return a                                         # decoded once, strictly
     im.load()
-    return im
+    return np.asarray(im, dtype=np.uint8)
 
 
 class StampSource(SourceBase):
@@ -199,16 +199,11 @@ class StampSource(SourceBase):
         name = path.name.lower()
         if name.endswith(FITS_SUFFIXES):
             a = _read_fits(path, s)
-            check_pixels(a)
-            if a.shape[0] == s:
-                return a
-            im = Image.fromarray(a, "RGB")
         else:
-            im = _read_raster(path, s)
-            check_pixels(np.asarray(im, dtype=np.uint8))
-        if im.size != (s, s):
-            im = im.resize((s, s), Image.Resampling.BILINEAR)
-        a = np.asarray(im, dtype=np.uint8)
+            a = _read_raster(path, s)
+        check_pixels(a)
+        if a.shape[:2] != (s, s):
+            a = np.asarray(Image.fromarray(a, "RGB").resize((s, s), Image.Resampling.BILINEAR), dtype=np.uint8)
         if a.shape != (s, s, 3):
             raise _bad(f"decoded shape {a.shape}")
         return a
