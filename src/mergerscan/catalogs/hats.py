@@ -119,7 +119,7 @@ class HatsInput:
                 if paths.get_common_metadata_pointer(self.path).exists() else cat.schema
         except CatalogError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure to open it is the catalog's
+        except Exception as exc:  # any failure to open it is the catalog's
             raise CatalogError(f"{self.path}: cannot read as a HATS catalog "
                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         self.pixels.sort(key=lambda op: op[1] << (2 * (29 - op[0])))        # spatial (nested) order

@@ -337,7 +337,7 @@ def write_fits_table(partition_files: list, fits_path: str | Path, header_meta: 
         with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
             fits.create_table_hdu(dtype=dtype, units=[u or "" for u, _, _ in info], extname=FITS_EXTNAME)
             hdu = fits[-1]
-            for i, ((name, _, _, tnull), (_, ucd, desc)) in enumerate(zip(layout, info), start=1):
+            for i, ((_, _, _, tnull), (_, ucd, _)) in enumerate(zip(layout, info), start=1):
                 if tnull is not None:
                     hdu.write_key(f"TNULL{i}", tnull)
                 if ucd:
