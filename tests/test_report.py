@@ -18,6 +18,7 @@ from mergerscan import __version__
 from mergerscan.catalogs.write import write_partition
 from mergerscan.cli import main
 from mergerscan.engines import default_engine_path, read_engine_info
+from mergerscan.pipeline.cli import main as process_catalog
 from mergerscan.pipeline.plan import healpix29
 from mergerscan.report import build_report, build_training_report
 
@@ -233,3 +234,37 @@ def test_report_of_a_run_with_nothing_scored(tmp_path):
     assert "unreadable" in html and "0.9123" in html and "no scored rows" in html
     doc = json.loads((out / "report" / "report.json").read_text())
     assert doc["rows"] == n and doc["scored"] == 0 and doc["status"] == {"no_image": n} and doc["top"] == []
+
+
+@pytest.mark.skipif(not HAVE_STAMPS, reason="needs the stamps image source")
+@pytest.mark.parametrize("fmt, column", [("csv", "File"), ("fits", "Status")])
+def test_report_of_a_path_column_run_shows_its_cutouts(fmt, column, dask_client, tmp_path):
+    """process-catalog --path-column (a column named anything but 'path', given in another case;
+    ``Status`` clashes with an output column and comes out as ``in_Status``): stamp files named
+    unlike the ids are scored, and the run's report re-fetches every gallery cutout from them."""
+    n = 12
+    rng = np.random.default_rng(11)
+    imgs = tmp_path / "imgs"
+    (imgs / "sub").mkdir(parents=True)
+    files = [f"sub/galaxy-{k}.jpg" for k in range(n)]             # not <id>.jpg: only the column finds them
+    for f in files:
+        Image.fromarray(_stamp(rng, 96)).save(imgs / f, quality=90)
+    ra, dec = rng.uniform(150, 150.2, n), rng.uniform(2, 2.2, n)
+    catalog = tmp_path / f"cat.{fmt}"
+    if fmt == "csv":
+        pd.DataFrame({"objid": np.arange(1, n + 1), "ra": ra, "dec": dec, column: files}).to_csv(catalog, index=False)
+    else:
+        import fitsio
+        fitsio.write(str(catalog), np.rec.fromarrays([np.arange(1, n + 1), ra, dec, np.array(files, "S32")],
+                                                     names=["objid", "ra", "dec", column]))
+    out = tmp_path / "out"
+    rc = process_catalog([str(catalog), "--images", str(imgs), "--path-column", column.lower(), "-o", str(out),
+                          "--scheduler", dask_client.scheduler.address, "--views", "1", "--no-progress"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert rc == 0 and summary["scored"] == n, summary["status"]
+    assert summary["path_column"] == ("in_Status" if column == "Status" else column)
+    assert (out / "report" / "index.html").is_file()
+    doc = json.loads((out / "report" / "report.json").read_text())
+    shown = len(doc["top"]) + len(doc["borderline"])
+    assert shown == 2 * n and doc["cutouts"] == {"fetched": shown, "shown": shown}
+    assert summary["path_column"] not in doc["columns"]                 # stamp paths are not binned
