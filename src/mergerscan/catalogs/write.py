@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..atomic import atomic_write
-from .schema import OUTPUT_COLUMNS, STATUS_WIDTH
+from .schema import STATUS_WIDTH, column
 
 VOPARQUET_VERSION = "1.0"
 VOTABLE_NS = "http://www.ivoa.net/xml/VOTable/v1.3"
@@ -39,11 +39,8 @@ FITS_KEYWORDS = {"engine_name": "ENGINE", "engine_sha256": "ENGSHA", "mergerscan
 # ---------------------------------------------------------------- column metadata
 def column_info(name: str) -> tuple[str | None, str | None, str]:
     """(unit, ucd, description) of an output column; carried-through input columns get no unit/UCD."""
-    if name in OUTPUT_COLUMNS:
-        return OUTPUT_COLUMNS[name][1:]
-    if name == "id":
-        return None, "meta.id;meta.main", "object identifier from the input catalog"
-    return None, None, "column carried through from the input catalog"
+    c = column(name)
+    return c.unit, c.ucd, c.description
 
 
 def _votable_type(t: pa.DataType) -> tuple[str, str | None]:

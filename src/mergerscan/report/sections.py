@@ -45,7 +45,7 @@ def columns(png: bytes, sample_png: bytes | None, st: RunStats) -> str:
 
 
 def flags(status: dict, rows: int, png: bytes | None) -> str:
-    status_rows = [[k, STATUS.get(k, "?"), f"{v:,}", f"{v / rows:.2%}"] for k, v in
+    status_rows = [[k, STATUS.get(k, "?").replace("`", ""), f"{v:,}", f"{v / rows:.2%}"] for k, v in
                    sorted(status.items(), key=lambda kv: -kv[1])]
     return ('<section id="flags"><h2>Flags</h2><div class="two"><div>'
             + table(["status", "meaning", "rows", "share"], status_rows, num={2, 3})

@@ -19,12 +19,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from ..catalogs.schema import SCORED
+from ..catalogs.schema import OUTPUT_NAMES, SCORED
 
 SKY_ORDER = 10                      # accumulation order of the sky counts (3.4' pixels) ...
 SKY_MAX_PIXELS = 1_000_000          # ... lowered while more pixels than this are occupied (wide surveys)
 SCORE_BINS = np.linspace(0, 1, 101)
-CORE = {"objid", "id", "ra", "dec", "p_merger", "is_merger", "status", "input_row", "_healpix_29"}
+CORE = set(OUTPUT_NAMES)                   # the output columns; the rest were carried through
 HIVE = {"Norder", "Dir", "Npix"}
 MAX_COLUMNS = 12                    # per-column plots at most
 MAX_CATEGORIES = 10
