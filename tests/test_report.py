@@ -37,6 +37,12 @@ def _stamp(rng, size=256):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def write_summary(out: Path, **fields) -> None:
+    """OUT/summary.json as process-catalog writes it: the one place these tests build a run summary
+    (to become the pipeline's typed RunSummary, written by its own writer, once that exists)."""
+    (out / "summary.json").write_text(json.dumps(fields, indent=1))
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A finished-looking process-catalog output: 6 partitions on 3 sky patches, markers, summary, stamps."""
@@ -82,15 +88,14 @@ def run_dir(tmp_path_factory):
                                   "finished": started + 6.5, "seconds": 6.5, "fetch_seconds": 2.5,
                                   "infer_seconds": 3.2}))
     whole = pd.read_parquet(out / "parquet")
-    summary = {"rows": len(whole), "scored": int(whole["status"].isin(["ok", "edge"]).sum()),
-               "status": whole["status"].value_counts().to_dict(), "mergers": int(whole["is_merger"].sum()),
-               "threshold": thr, "partitions": 6, "seconds": 30.5, "objects_per_s": round(len(whole) / 30.5, 1),
-               "engine": info.name, "engine_sha256": info.sha256, "engine_path": str(default_engine_path()),
-               "mergerscan_version": __version__, "catalog": str(d / "cat.fits"),
-               "command": "process-catalog cat.fits --images stamps -o out --keep-columns redshift,mag_r,truth",
-               "source": {"kind": "stamps", "location": str(stamps), "options": {}}, "id_column": "objid",
-               "keep": ["redshift", "mag_r", "truth"]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_summary(out, rows=len(whole), scored=int(whole["status"].isin(["ok", "edge"]).sum()),
+                  status=whole["status"].value_counts().to_dict(), mergers=int(whole["is_merger"].sum()),
+                  threshold=thr, partitions=6, seconds=30.5, objects_per_s=round(len(whole) / 30.5, 1),
+                  engine=info.name, engine_sha256=info.sha256, engine_path=str(default_engine_path()),
+                  mergerscan_version=__version__, catalog=str(d / "cat.fits"),
+                  command="process-catalog cat.fits --images stamps -o out --keep-columns redshift,mag_r,truth",
+                  source={"kind": "stamps", "location": str(stamps), "options": {}}, id_column="objid",
+                  keep=["redshift", "mag_r", "truth"], path_column=None)
     return out
 
 
@@ -226,10 +231,9 @@ def test_report_of_a_run_with_nothing_scored(tmp_path):
                        "_healpix_29": healpix29(ra, dec, np.ones(n, bool)), "mag_r": np.linspace(15, 18, n)})
     card = {"name": "gone-engine", "metrics_test": {"roc_auc": 0.9123}}
     write_partition(df, out / "parquet" / "Norder=0" / "Dir=0" / "Npix=4.parquet", {"model_card": json.dumps(card)})
-    (out / "summary.json").write_text(json.dumps({
-        "rows": n, "threshold": 0.5, "engine": "gone-engine", "engine_path": str(tmp_path / "gone.onnx"),
-        "engine_sha256": "0" * 64, "source": {"kind": "stamps", "location": str(tmp_path / "nope"), "options": {}},
-        "id_column": "id", "command": "process-catalog c.csv", "mergerscan_version": __version__}))
+    write_summary(out, rows=n, threshold=0.5, engine="gone-engine", engine_path=str(tmp_path / "gone.onnx"),
+                  engine_sha256="0" * 64, source={"kind": "stamps", "location": str(tmp_path / "nope"), "options": {}},
+                  id_column="id", command="process-catalog c.csv", mergerscan_version=__version__)
     html = build_report(out).read_text()
     assert "unreadable" in html and "0.9123" in html and "no scored rows" in html
     doc = json.loads((out / "report" / "report.json").read_text())
