@@ -58,7 +58,7 @@ def test_check_numeric():
 
 
 def test_empty_catalog():
-    with pytest.raises(CatalogError, match="empty.fits.*no rows"):
+    with pytest.raises(CatalogError, match=r"empty\.fits.*no rows"):
         require_rows(0, "empty.fits")
 
 
@@ -110,7 +110,7 @@ def test_read_fits_parquet_csv_row_ranges(tmp_path, table):
 def test_truncated_fits_names_file(tmp_path, table):
     fitsio.write(str(tmp_path / "c.fits"), table.to_records(index=False))
     (tmp_path / "trunc.fits").write_bytes((tmp_path / "c.fits").read_bytes()[:9000])
-    with pytest.raises(CatalogError, match="trunc.fits") as e:
+    with pytest.raises(CatalogError, match=r"trunc\.fits") as e:
         CatalogReader(tmp_path / "trunc.fits")
     assert "\n" not in str(e.value)
 
@@ -154,7 +154,7 @@ def test_write_partition_deterministic_with_voparquet(tmp_path):
     assert back.column("objid").to_pylist()[0] == BIG
     assert back.schema.field("nobs").type == pa.int64() and back.column("nobs").null_count == 10
     assert back.schema.field("note").type == pa.string()
-    from astropy.io import votable                            # an independent VOTable parser
+    from astropy.io import votable  # an independent VOTable parser
     t = votable.parse(io.BytesIO(kv[b"IVOA.VOTable-Parquet.content"]), verify="exception").get_first_table()
     assert str(t.get_field_by_id_or_name("ra").unit) == "deg" and t.get_field_by_id_or_name("objid").datatype == "long"
 
@@ -191,20 +191,20 @@ def test_write_metadata_gives_all_rows(dataset):
     assert sorted(t.column("input_row").to_pylist()) == sorted(
         pd.concat([pq.read_table(f).to_pandas() for f in files])["input_row"].tolist())
     write_partition(partition(5).assign(mag_r=1), out / "odd.parquet", META)     # int64, not float32
-    with pytest.raises(ValueError, match="odd.parquet.*schema differs.*mag_r"):
+    with pytest.raises(ValueError, match=r"odd\.parquet.*schema differs.*mag_r"):
         write_metadata(out, [*files, out / "odd.parquet"])
 
 
 def test_write_fits_table_layout(dataset, tmp_path):
-    out, files = dataset
+    _, files = dataset
     fits = write_fits_table(files, tmp_path / "mergers.fits", META, batch_rows=16)
     h = fitsio.read_header(str(fits), 1)
     cols = {h[f"TTYPE{i}"]: i for i in range(1, h["TFIELDS"] + 1)}
-    assert h["TFORM%d" % cols["objid"]] == "K" and "TZERO%d" % cols["objid"] not in h
-    assert h["TFORM%d" % cols["is_merger"]] == "L" and h["TFORM%d" % cols["p_merger"]] == "E"
-    assert h["TUNIT%d" % cols["ra"]] == "deg" and h["TUCD%d" % cols["dec"]] == "pos.eq.dec;meta.main"
-    assert h["TFORM%d" % cols["note"]] == "12A"           # widest value over all partitions (the 2nd)
-    assert h["TNULL%d" % cols["nobs"]] == -2 ** 63 and "TNULL%d" % cols["objid"] not in h
+    assert h[f"TFORM{cols['objid']}"] == "K" and f"TZERO{cols['objid']}" not in h
+    assert h[f"TFORM{cols['is_merger']}"] == "L" and h[f"TFORM{cols['p_merger']}"] == "E"
+    assert h[f"TUNIT{cols['ra']}"] == "deg" and h[f"TUCD{cols['dec']}"] == "pos.eq.dec;meta.main"
+    assert h[f"TFORM{cols['note']}"] == "12A"           # widest value over all partitions (the 2nd)
+    assert h[f"TNULL{cols['nobs']}"] == -2 ** 63 and f"TNULL{cols['objid']}" not in h
     assert h["NROWS"] == 72 and h["ENGSHA"] == META["engine_sha256"] and h["THRESH"] == 0.62
     data = fitsio.read(str(fits))
     expect = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
@@ -219,7 +219,7 @@ def test_write_fits_table_layout(dataset, tmp_path):
 def test_stilts_reads_fits_exactly(dataset, tmp_path):
     if shutil.which("stilts") is None:
         pytest.skip("stilts (TOPCAT's command-line twin) is not on PATH: apt-get install stilts")
-    out, files = dataset
+    _, files = dataset
     fits = write_fits_table(files, tmp_path / "mergers.fits", META)
     expect = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
 
@@ -244,3 +244,45 @@ def test_stilts_reads_fits_exactly(dataset, tmp_path):
     assert meta["p_merger"]["Description"].startswith("calibrated probability")
     params = stilts("omode=meta")
     assert META["engine_sha256"] in params and META["command"] in params   # long string (CONTINUE) intact
+
+
+def test_find_column_exact_first_then_the_one_case_insensitive_match():
+    from mergerscan.catalogs.columns import AmbiguousColumn, find_column, require_column
+    cols = ["objID", "RA", "Z", "z", "Mag", "MAG_R", "mag_R"]
+    assert find_column(cols, "objid") == "objID" and find_column(cols, "ra") == "RA"
+    assert find_column(cols, "z") == "z" and find_column(cols, "Z") == "Z"          # exact spelling wins
+    assert find_column(cols, "mag") == "Mag" and find_column(cols, "nosuch") is None
+    with pytest.raises(AmbiguousColumn) as e:                                       # never silently one of them
+        find_column(cols, "mag_r")
+    assert e.value.matches == ["MAG_R", "mag_R"]
+    assert require_column(cols, "MAG", "cat.fits", "--keep-columns") == "Mag"
+    for name, needle in (("nosuch", "which is not a column (columns: objID, RA"), ("mag_r", "ambiguous (MAG_R, mag_R)")):
+        with pytest.raises(CatalogError) as e:
+            require_column(cols, name, "cat.fits", "--keep-columns")
+        msg = str(e.value)
+        assert msg.startswith(f"cat.fits: --keep-columns names {name!r}") and needle in msg and "\n" not in msg
+    with pytest.raises(CatalogError, match="ra column is ambiguous"):
+        resolve_columns(["objid", "Ra", "rA", "dec"])
+
+
+def test_docs_output_tables_are_rendered_from_the_schema(tmp_path, capsys):
+    """docs/output.md's columns and status tables are exactly what the schema renders
+    (regenerate with ``python -m mergerscan.catalogs.schema docs/output.md``)."""
+    from pathlib import Path
+
+    from mergerscan.catalogs.schema import OUTPUT_COLUMNS, STATUS, main, render_docs
+    docs = Path(__file__).resolve().parents[1] / "docs" / "output.md"
+    text = docs.read_text(encoding="utf-8")
+    assert render_docs(text) == text, "docs/output.md is out of date: run python -m mergerscan.catalogs.schema"
+    for name, col in OUTPUT_COLUMNS.items():
+        assert f"| `{name}` | {col.type} |" in text
+    for status, meaning in STATUS.items():
+        assert f"| `{status}` | {meaning} |" in text
+    stale = tmp_path / "output.md"
+    stale.write_text(text.replace("| `ok` | scored |", "| `ok` | an edit by hand |"), encoding="utf-8")
+    assert main(["--check", str(stale)]) == 1 and "out of date" in capsys.readouterr().out
+    assert main([str(stale)]) == 0 and stale.read_text(encoding="utf-8") == text
+    stale.write_text("# no markers\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        main([str(stale)])
+    assert e.value.code == 2 and "<!-- begin columns table" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from mergerscan import __version__
 from mergerscan.catalogs.write import write_partition
 from mergerscan.cli import main
 from mergerscan.engines import default_engine_path, read_engine_info
+from mergerscan.pipeline.cli import main as process_catalog
 from mergerscan.pipeline.plan import healpix29
 from mergerscan.report import build_report, build_training_report
 
@@ -34,6 +35,12 @@ def _stamp(rng, size=256):
         r = np.hypot(xx - cx, (yy - cy) * rng.uniform(1, 2))
         img += np.exp(-r / rng.uniform(4, 12))[..., None] * rng.uniform(120, 220, 3)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_summary(out: Path, **fields) -> None:
+    """OUT/summary.json as process-catalog writes it: the one place these tests build a run summary
+    (to become the pipeline's typed RunSummary, written by its own writer, once that exists)."""
+    (out / "summary.json").write_text(json.dumps(fields, indent=1))
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +88,14 @@ def run_dir(tmp_path_factory):
                                   "finished": started + 6.5, "seconds": 6.5, "fetch_seconds": 2.5,
                                   "infer_seconds": 3.2}))
     whole = pd.read_parquet(out / "parquet")
-    summary = {"rows": len(whole), "scored": int(whole["status"].isin(["ok", "edge"]).sum()),
-               "status": whole["status"].value_counts().to_dict(), "mergers": int(whole["is_merger"].sum()),
-               "threshold": thr, "partitions": 6, "seconds": 30.5, "objects_per_s": round(len(whole) / 30.5, 1),
-               "engine": info.name, "engine_sha256": info.sha256, "engine_path": str(default_engine_path()),
-               "mergerscan_version": __version__, "catalog": str(d / "cat.fits"),
-               "command": "process-catalog cat.fits --images stamps -o out --keep-columns redshift,mag_r,truth",
-               "source": {"kind": "stamps", "location": str(stamps), "options": {}}, "id_column": "objid",
-               "keep": ["redshift", "mag_r", "truth"]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_summary(out, rows=len(whole), scored=int(whole["status"].isin(["ok", "edge"]).sum()),
+                  status=whole["status"].value_counts().to_dict(), mergers=int(whole["is_merger"].sum()),
+                  threshold=thr, partitions=6, seconds=30.5, objects_per_s=round(len(whole) / 30.5, 1),
+                  engine=info.name, engine_sha256=info.sha256, engine_path=str(default_engine_path()),
+                  mergerscan_version=__version__, catalog=str(d / "cat.fits"),
+                  command="process-catalog cat.fits --images stamps -o out --keep-columns redshift,mag_r,truth",
+                  source={"kind": "stamps", "location": str(stamps), "options": {}}, id_column="objid",
+                  keep=["redshift", "mag_r", "truth"], path_column=None)
     return out
 
 
@@ -225,11 +231,44 @@ def test_report_of_a_run_with_nothing_scored(tmp_path):
                        "_healpix_29": healpix29(ra, dec, np.ones(n, bool)), "mag_r": np.linspace(15, 18, n)})
     card = {"name": "gone-engine", "metrics_test": {"roc_auc": 0.9123}}
     write_partition(df, out / "parquet" / "Norder=0" / "Dir=0" / "Npix=4.parquet", {"model_card": json.dumps(card)})
-    (out / "summary.json").write_text(json.dumps({
-        "rows": n, "threshold": 0.5, "engine": "gone-engine", "engine_path": str(tmp_path / "gone.onnx"),
-        "engine_sha256": "0" * 64, "source": {"kind": "stamps", "location": str(tmp_path / "nope"), "options": {}},
-        "id_column": "id", "command": "process-catalog c.csv", "mergerscan_version": __version__}))
+    write_summary(out, rows=n, threshold=0.5, engine="gone-engine", engine_path=str(tmp_path / "gone.onnx"),
+                  engine_sha256="0" * 64, source={"kind": "stamps", "location": str(tmp_path / "nope"), "options": {}},
+                  id_column="id", command="process-catalog c.csv", mergerscan_version=__version__)
     html = build_report(out).read_text()
     assert "unreadable" in html and "0.9123" in html and "no scored rows" in html
     doc = json.loads((out / "report" / "report.json").read_text())
     assert doc["rows"] == n and doc["scored"] == 0 and doc["status"] == {"no_image": n} and doc["top"] == []
+
+
+@pytest.mark.skipif(not HAVE_STAMPS, reason="needs the stamps image source")
+@pytest.mark.parametrize("fmt, column", [("csv", "File"), ("fits", "Status")])
+def test_report_of_a_path_column_run_shows_its_cutouts(fmt, column, dask_client, tmp_path):
+    """process-catalog --path-column (a column named anything but 'path', given in another case;
+    ``Status`` clashes with an output column and comes out as ``in_Status``): stamp files named
+    unlike the ids are scored, and the run's report re-fetches every gallery cutout from them."""
+    n = 12
+    rng = np.random.default_rng(11)
+    imgs = tmp_path / "imgs"
+    (imgs / "sub").mkdir(parents=True)
+    files = [f"sub/galaxy-{k}.jpg" for k in range(n)]             # not <id>.jpg: only the column finds them
+    for f in files:
+        Image.fromarray(_stamp(rng, 96)).save(imgs / f, quality=90)
+    ra, dec = rng.uniform(150, 150.2, n), rng.uniform(2, 2.2, n)
+    catalog = tmp_path / f"cat.{fmt}"
+    if fmt == "csv":
+        pd.DataFrame({"objid": np.arange(1, n + 1), "ra": ra, "dec": dec, column: files}).to_csv(catalog, index=False)
+    else:
+        import fitsio
+        fitsio.write(str(catalog), np.rec.fromarrays([np.arange(1, n + 1), ra, dec, np.array(files, "S32")],
+                                                     names=["objid", "ra", "dec", column]))
+    out = tmp_path / "out"
+    rc = process_catalog([str(catalog), "--images", str(imgs), "--path-column", column.lower(), "-o", str(out),
+                          "--scheduler", dask_client.scheduler.address, "--views", "1", "--no-progress"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert rc == 0 and summary["scored"] == n, summary["status"]
+    assert summary["path_column"] == ("in_Status" if column == "Status" else column)
+    assert (out / "report" / "index.html").is_file()
+    doc = json.loads((out / "report" / "report.json").read_text())
+    shown = len(doc["top"]) + len(doc["borderline"])
+    assert shown == 2 * n and doc["cutouts"] == {"fetched": shown, "shown": shown}
+    assert summary["path_column"] not in doc["columns"]                 # stamp paths are not binned

@@ -4,7 +4,6 @@ a real SAMP client in the test subscribes to table.load.fits, as TOPCAT does).""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import fitsio

@@ -38,7 +38,7 @@ def send_table(path: str | Path, name: str | None = None, timeout: float = 30.0)
                                   callable=False)
     try:
         client.connect()
-    except Exception as exc:  # noqa: BLE001 - SAMPHubError, or a stale lockfile's connection error
+    except Exception as exc:  # SAMPHubError, or a stale lockfile's connection error
         msg = NO_HUB.format(out=out)
         raise SampError(msg if "Unable to find" in str(exc) or isinstance(exc, OSError)
                         else f"{msg} ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
@@ -54,7 +54,7 @@ def send_table(path: str | Path, name: str | None = None, timeout: float = 30.0)
             label = client.get_metadata(cid).get("samp.name", cid)
             try:
                 reply = client.call_and_wait(cid, message, str(int(timeout)))
-            except Exception as exc:  # noqa: BLE001 - e.g. the client timed out; try the others
+            except Exception as exc:  # e.g. the client timed out; try the others
                 errors.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                 continue
             if reply.get("samp.status") == "samp.error":

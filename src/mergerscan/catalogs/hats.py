@@ -18,9 +18,11 @@ table too) so that every input row is still in the output once.  The spatial ind
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path
 from .read import CatalogError
 
 DATASET = "dataset"
@@ -41,21 +43,15 @@ def partition_file(root: Path, order: int, pixel: int, sub: int = 0) -> Path:
 def join_pieces(pieces: list, path: Path) -> Path:
     """Join a dense pixel's pieces (same schema) into its one file, atomically, one piece in memory
     at a time; the same pieces give the same bytes (re-running finalize is harmless)."""
-    import os
-
     import pyarrow.parquet as pq
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     schema = pq.read_schema(pieces[0])
-    try:
-        with pq.ParquetWriter(str(tmp), schema, compression="zstd", write_statistics=True) as w:
-            for f in pieces:
-                w.write_table(pq.read_table(f).replace_schema_metadata(schema.metadata))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # the temporary (.Npix=p.parquet.<pid>.<random>.tmp) is no .parquet file: hats' metadata writer skips it
+    with atomic_path(path) as tmp, pq.ParquetWriter(str(tmp), schema, compression="zstd",
+                                                    write_statistics=True) as w:
+        for f in pieces:
+            w.write_table(pq.read_table(f).replace_schema_metadata(schema.metadata))
     return path
 
 
@@ -82,13 +78,13 @@ def write_hats_metadata(root: Path, pixels: list[tuple[int, int]], total_rows: i
     rows = write_parquet_metadata(root)
     if rows != total_rows:
         raise RuntimeError(f"{root}: HATS dataset holds {rows} rows, the partitions {total_rows}")
-    props = TableProperties(catalog_name=name, catalog_type="object", total_rows=int(total_rows),
-                            ra_column="ra", dec_column="dec", healpix_column=SPATIAL_INDEX_COLUMN,
-                            healpix_order=SPATIAL_INDEX_ORDER, hats_max_rows=int(max_rows),
-                            hats_order=info.get_highest_order(),
-                            moc_sky_fraction=f"{info.calculate_fractional_coverage():0.5f}",
-                            hats_builder="mergerscan process-catalog")
-    props.to_properties_file(root)
+    # field names, not the properties-file aliases mypy sees as TableProperties' parameters (pydantic)
+    fields: dict[str, Any] = dict(
+        catalog_name=name, catalog_type="object", total_rows=int(total_rows), ra_column="ra", dec_column="dec",
+        healpix_column=SPATIAL_INDEX_COLUMN, healpix_order=SPATIAL_INDEX_ORDER, hats_max_rows=int(max_rows),
+        hats_order=info.get_highest_order(), moc_sky_fraction=f"{info.calculate_fractional_coverage():0.5f}",
+        hats_builder="mergerscan process-catalog")
+    TableProperties(**fields).to_properties_file(root)
     return root
 
 
@@ -107,19 +103,24 @@ class HatsInput:
     def __init__(self, path: str | Path):
         import hats
         import pyarrow.parquet as pq
+        from hats.catalog.healpix_dataset.healpix_dataset import HealpixDataset
         from hats.io import paths
 
         self.path = Path(path)
         try:
             cat = hats.read_hats(self.path)
+            if not isinstance(cat, HealpixDataset):
+                raise CatalogError(f"{self.path}: a HATS {type(cat).__name__}, not a catalog of rows")
             info = cat.catalog_info
             self.npix_suffix = info.npix_suffix
             self.pixels = [(hp.order, hp.pixel) for hp in cat.get_healpix_pixels()]
             schema = pq.read_schema(paths.get_common_metadata_pointer(self.path)) \
                 if paths.get_common_metadata_pointer(self.path).exists() else cat.schema
+            if schema is None:
+                raise CatalogError(f"{self.path}: HATS catalog without a schema (no _common_metadata)")
         except CatalogError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure to open it is the catalog's
+        except Exception as exc:  # any failure to open it is the catalog's
             raise CatalogError(f"{self.path}: cannot read as a HATS catalog "
                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         self.pixels.sort(key=lambda op: op[1] << (2 * (29 - op[0])))        # spatial (nested) order

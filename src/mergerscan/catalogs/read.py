@@ -7,8 +7,8 @@ reader ever loads a whole large catalog into one process.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -55,7 +55,7 @@ class CatalogReader:
             self._open()
         except CatalogError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any parser failure is the file's fault
+        except Exception as exc:  # any parser failure is the file's fault
             raise CatalogError(f"{self.path}: cannot read as {self.format.upper()} "
                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 

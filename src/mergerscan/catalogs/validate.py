@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .columns import AmbiguousColumn, brief, find_column
 from .read import CatalogError
 
 ID_ALIASES = ("objid", "id", "object_id", "source_id")
@@ -32,37 +33,27 @@ DEC_ALIASES = ("dec", "dedeg", "dec_deg", "dej2000")
 _ALIASES = {"id": ID_ALIASES, "ra": RA_ALIASES, "dec": DEC_ALIASES}
 
 
-def _brief(columns: list[str], n: int = 12) -> str:
-    return ", ".join(columns[:n]) + (f", ... ({len(columns)} in all)" if len(columns) > n else "")
-
-
-def _find(name: str, available: list[str]) -> list[str]:
-    """Exact match first, else all case-insensitive matches."""
-    if name in available:
-        return [name]
-    return [c for c in available if c.lower() == name.lower()]
-
-
 def resolve_columns(available: list[str], id_column: str | None = None, ra_column: str | None = None,
                     dec_column: str | None = None, path: str | Path = "catalog") -> dict:
     """``{"id": name, "ra": name, "dec": name}`` in the file's spelling (explicit names win)."""
     available = [str(c) for c in available]
     out = {}
     for role, explicit in (("id", id_column), ("ra", ra_column), ("dec", dec_column)):
-        if explicit:
-            hits = _find(explicit, available)
-            if not hits:
-                raise CatalogError(f"{path}: {role} column {explicit!r} (--{role}-column) not found "
-                                   f"(columns: {_brief(available)})")
-        else:
-            hits = next((h for a in _ALIASES[role] if (h := _find(a, available))), [])
-            if not hits:
-                raise CatalogError(f"{path}: no {role} column (looked for {', '.join(_ALIASES[role])}, any case; "
-                                   f"name it with --{role}-column; columns: {_brief(available)})")
-        if len(hits) > 1:
-            raise CatalogError(f"{path}: {role} column is ambiguous ({', '.join(hits)}); "
-                               f"name one exactly with --{role}-column")
-        out[role] = hits[0]
+        try:
+            if explicit:
+                found = find_column(available, explicit)
+                if found is None:
+                    raise CatalogError(f"{path}: {role} column {explicit!r} (--{role}-column) not found "
+                                       f"(columns: {brief(available)})")
+            else:
+                found = next((f for a in _ALIASES[role] if (f := find_column(available, a))), None)
+                if found is None:
+                    raise CatalogError(f"{path}: no {role} column (looked for {', '.join(_ALIASES[role])}, any "
+                                       f"case; name it with --{role}-column; columns: {brief(available)})")
+        except AmbiguousColumn as exc:
+            raise CatalogError(f"{path}: {role} column is ambiguous ({', '.join(exc.matches)}); "
+                               f"name one exactly with --{role}-column") from None
+        out[role] = found
     if len(set(out.values())) < 3:
         raise CatalogError(f"{path}: the same column is used twice for id/ra/dec ({out})")
     return out

@@ -1,7 +1,8 @@
 """Writers: atomic Parquet partitions (VOParquet metadata), the dataset ``_metadata``, one FITS table.
 
-* Partitions are written atomically (temporary file in the same directory + ``os.replace``)
-  and deterministically: the same DataFrame and metadata give the same bytes (no timestamps).
+* Partitions are written atomically (:mod:`mergerscan.atomic`: a temporary file in the same
+  directory, flushed, then ``os.replace``) and deterministically: the same DataFrame and
+  metadata give the same bytes (no timestamps).
 * Every Parquet file carries VOParquet metadata (IVOA Note "VOParquet" 1.0): the key-value
   pairs ``IVOA.VOTable-Parquet.version = "1.0"`` and ``IVOA.VOTable-Parquet.content`` = a VOTable
   document whose TABLE has one FIELD per column (datatype, unit, UCD, description) and no DATA;
@@ -15,8 +16,6 @@
 from __future__ import annotations
 
 import json
-import os
-import threading
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
@@ -26,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .schema import OUTPUT_COLUMNS, STATUS_WIDTH
+from ..atomic import atomic_write
+from .schema import STATUS_WIDTH, column
 
 VOPARQUET_VERSION = "1.0"
 VOTABLE_NS = "http://www.ivoa.net/xml/VOTable/v1.3"
@@ -39,11 +39,8 @@ FITS_KEYWORDS = {"engine_name": "ENGINE", "engine_sha256": "ENGSHA", "mergerscan
 # ---------------------------------------------------------------- column metadata
 def column_info(name: str) -> tuple[str | None, str | None, str]:
     """(unit, ucd, description) of an output column; carried-through input columns get no unit/UCD."""
-    if name in OUTPUT_COLUMNS:
-        return OUTPUT_COLUMNS[name][1:]
-    if name == "id":
-        return None, "meta.id;meta.main", "object identifier from the input catalog"
-    return None, None, "column carried through from the input catalog"
+    c = column(name)
+    return c.unit, c.ucd, c.description
 
 
 def _votable_type(t: pa.DataType) -> tuple[str, str | None]:
@@ -151,29 +148,12 @@ def to_arrow(df: pd.DataFrame | pa.Table, schema: pa.Schema | None = None) -> pa
 
 
 # ---------------------------------------------------------------- Parquet
-def _tmp_path(path: Path) -> Path:
-    return path.parent / f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp"
-
-
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_partition(df: pd.DataFrame | pa.Table, path: str | Path, metadata: dict | None = None,
                     schema: pa.Schema | None = None) -> Path:
     """Write one partition atomically and deterministically, with VOParquet metadata."""
     table = to_arrow(df, schema)
     table = table.replace_schema_metadata(parquet_metadata(table.schema, metadata))
-    _atomic(Path(path), lambda tmp: pq.write_table(table, tmp, compression="zstd", write_statistics=True))
+    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp, compression="zstd", write_statistics=True))
     return Path(path)
 
 
@@ -196,8 +176,8 @@ def write_metadata(dataset_dir: str | Path, partition_files: list) -> Path:
                              "write every partition with the same schema= ")
         md.set_file_path(Path(f).resolve().relative_to(root).as_posix())
         collected.append(md)
-    _atomic(dataset_dir / "_common_metadata", lambda tmp: pq.write_metadata(schema, tmp))
-    _atomic(dataset_dir / "_metadata", lambda tmp: pq.write_metadata(schema, tmp, metadata_collector=collected))
+    atomic_write(dataset_dir / "_common_metadata", lambda tmp: pq.write_metadata(schema, tmp))
+    atomic_write(dataset_dir / "_metadata", lambda tmp: pq.write_metadata(schema, tmp, metadata_collector=collected))
     return dataset_dir / "_metadata"
 
 
@@ -337,7 +317,7 @@ def write_fits_table(partition_files: list, fits_path: str | Path, header_meta: 
         with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
             fits.create_table_hdu(dtype=dtype, units=[u or "" for u, _, _ in info], extname=FITS_EXTNAME)
             hdu = fits[-1]
-            for i, ((name, _, _, tnull), (_, ucd, desc)) in enumerate(zip(layout, info), start=1):
+            for i, ((_, _, _, tnull), (_, ucd, _)) in enumerate(zip(layout, info), start=1):
                 if tnull is not None:
                     hdu.write_key(f"TNULL{i}", tnull)
                 if ucd:
@@ -349,11 +329,11 @@ def write_fits_table(partition_files: list, fits_path: str | Path, header_meta: 
             for f in files:
                 for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
                     rec = to_fits_records(pa.Table.from_batches([batch]), layout)
-                    rec.dtype.names = [rename[n] for n in rec.dtype.names]
+                    rec.dtype.names = tuple(rename[n] for n in rec.dtype.names or ())
                     if len(rec):
                         hdu.append(rec)
                         nrows += len(rec)
             hdu.write_key("NROWS", nrows, comment="rows in this table (= rows of the input catalog)")
 
-    _atomic(fits_path, write)
+    atomic_write(fits_path, write)
     return fits_path

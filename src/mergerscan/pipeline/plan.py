@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..catalogs.columns import find_column
 from ..catalogs.read import CatalogError, CatalogReader
 from ..catalogs.validate import check_numeric
 from .resume import atomic_write_bytes
@@ -72,7 +73,7 @@ class Plan:
     @property
     def path_column(self) -> str | None:
         """The column naming each row's stamp file: ``--path-column``, else a kept column 'path'."""
-        return self.columns.get("path") or next((k for k in self.keep if k.lower() == "path"), None)
+        return self.columns.get("path") or find_column(self.keep, "path")
 
     def to_json(self) -> str:
         d = asdict(self)

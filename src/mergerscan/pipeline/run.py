@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..catalogs.columns import require_column
 from ..catalogs.read import CatalogError, CatalogReader, csv_id_kind
 from ..catalogs.schema import FITS_MAX_COLUMNS, INTERNAL_COLUMNS, OUTPUT_COLUMNS, SCORED, output_names
 from ..catalogs.validate import resolve_columns
@@ -36,14 +37,7 @@ def _resolve_keep(keep: list[str], available: list[str], path: str) -> list[str]
 
 def _named_columns(names: list[str], available: list[str], path: str, flag: str) -> list[str]:
     """Input columns named (case-insensitively) by ``flag``, in the file's spelling."""
-    lower = {c.lower(): c for c in available}
-    out = []
-    for k in names:
-        if k.lower() not in lower:
-            raise CatalogError(f"{path}: {flag} names {k!r}, which is not a column "
-                               f"(columns: {', '.join(available[:12])}{' ...' if len(available) > 12 else ''})")
-        out.append(lower[k.lower()])
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(require_column(available, k, path, flag) for k in names))
 
 
 def _id_kind(reader: CatalogReader, id_col: str) -> str:
@@ -318,6 +312,7 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
                "source": {"kind": args.source.kind, "location": args.source.shown,
                           "options": dict(args.source.options)},
                "id_column": "objid" if plan.id_kind == "int" else "id", "keep": plan.keep,
+               "path_column": names.get(plan.path_column),    # its output name: the report's cutouts use it
                "fits": str(out / "mergers.fits"), "parquet": str(out / "parquet")}
     summary.update(summarize(markers, rows, scored, status, plan.columns.get("id")))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

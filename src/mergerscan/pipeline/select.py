@@ -15,6 +15,7 @@ import ast
 import numpy as np
 import pandas as pd
 
+from ..catalogs.columns import require_column
 from ..catalogs.read import CatalogError
 
 # names an expression may use that are not columns (pandas.eval's functions and constants)
@@ -46,16 +47,7 @@ def expression_names(expr: str) -> list[str]:
 
 def resolve(expr: str, available: list[str], path: str) -> dict:
     """``{name as written: column in the file's spelling}``; CatalogError naming an unknown column."""
-    lower = {}
-    for c in available:
-        lower.setdefault(c.lower(), c)
-    out = {}
-    for n in expression_names(expr):
-        col = n if n in available else lower.get(n.lower())
-        if col is None:
-            brief = ", ".join(available[:12]) + (" ..." if len(available) > 12 else "")
-            raise CatalogError(f"{path}: --select uses {n!r}, which is not a column (columns: {brief})")
-        out[n] = col
+    out = {n: require_column(available, n, path, "--select") for n in expression_names(expr)}
     if not out:
         raise SelectError(f"--select {expr!r}: names no column")
     return out

@@ -19,12 +19,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from ..catalogs.schema import SCORED
+from ..catalogs.schema import OUTPUT_NAMES, SCORED
 
 SKY_ORDER = 10                      # accumulation order of the sky counts (3.4' pixels) ...
 SKY_MAX_PIXELS = 1_000_000          # ... lowered while more pixels than this are occupied (wide surveys)
 SCORE_BINS = np.linspace(0, 1, 101)
-CORE = {"objid", "id", "ra", "dec", "p_merger", "is_merger", "status", "input_row", "_healpix_29"}
+CORE = set(OUTPUT_NAMES)                   # the output columns; the rest were carried through
 HIVE = {"Norder", "Dir", "Npix"}
 MAX_COLUMNS = 12                    # per-column plots at most
 MAX_CATEGORIES = 10
@@ -90,9 +90,10 @@ def _row_group_sample(files: list[Path], columns: list[str], rows: int, seed: in
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=columns)
 
 
-def choose_bins(files: list[Path], schema: pa.Schema, presample_rows: int = 50_000) -> tuple[list[ColumnBins], int]:
-    """Bins for the carried-through columns, from a pre-sample; returns (bins, pre-sample size)."""
-    cols = [f for f in schema if f.name not in CORE | HIVE and f.name.lower() != "path"]
+def choose_bins(files: list[Path], schema: pa.Schema, presample_rows: int = 50_000,
+                path_column: str | None = None) -> tuple[list[ColumnBins], int]:
+    """Bins for the carried-through columns but the stamp paths, from a pre-sample; (bins, pre-sample size)."""
+    cols = [f for f in schema if f.name not in CORE | HIVE and f.name != path_column]
     cols = [f for f in cols if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
             or pa.types.is_boolean(f.type) or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     if not cols:
@@ -232,7 +233,7 @@ class RunStats:
             self.sky_order -= 1
             self._merge_sky(shift=1)
 
-    def finish(self) -> "RunStats":
+    def finish(self) -> RunStats:
         self._merge_sky()
         if self.top is not None:
             self.top = self.top.sort_values(["_neg_p", "id"]).drop(columns=["_neg_p", "_dist"])
@@ -242,11 +243,12 @@ class RunStats:
 
 
 def scan(out_dir: Path, threshold: float, id_column: str, top_n: int, borderline_n: int, sample_rows: int,
-         batch_rows: int, presample_rows: int = 50_000) -> tuple[RunStats, int]:
-    """Stream the dataset once; returns (stats, pre-sample rows used for the bin edges)."""
+         batch_rows: int, presample_rows: int = 50_000, path_column: str | None = None) -> tuple[RunStats, int]:
+    """Stream the dataset once; returns (stats, pre-sample rows used for the bin edges).
+    ``path_column``: the column of stamp paths, kept with the top/borderline rows, not binned."""
     dset = open_dataset(out_dir)
-    bins, npre = choose_bins(partition_files(out_dir), dset.schema, presample_rows)
-    extra = [f.name for f in dset.schema if f.name.lower() == "path"]
+    bins, npre = choose_bins(partition_files(out_dir), dset.schema, presample_rows, path_column)
+    extra = [path_column] if path_column in dset.schema.names else []
     st = RunStats(threshold, bins, id_column, top_n, borderline_n, sample_rows, extra=extra)
     for batch in dset.to_batches(columns=st.columns(), batch_size=batch_rows, batch_readahead=1,
                                  fragment_readahead=1):

@@ -33,29 +33,31 @@ class LabelledSet:
 def read_labelled_catalog(path: str | Path, label_column: str = "is_merger", id_column: str = "id",
                           image_column: str = "image", images_dir: str | Path | None = None) -> pd.DataFrame:
     """A CSV/FITS/Parquet catalog with a 0/1 label column and an image path (or images_dir/<id>.jpg)."""
+    from ..catalogs.columns import find_column
     from ..catalogs.read import read_table
 
     path = Path(path)
     df = read_table(path)
-    cols = {c.lower(): c for c in df.columns}
+    cols = {name: find_column(df.columns, name)
+            for name in (label_column, id_column, "ra", "dec", image_column, "objid", "companion_objid")}
     for need in (label_column, id_column, "ra", "dec"):
-        if need.lower() not in cols:
+        if cols[need] is None:
             raise ValueError(f"{path}: labelled catalog has no column {need!r}")
     out = pd.DataFrame({
-        "id": df[cols[id_column.lower()]].astype(str),
-        "label": df[cols[label_column.lower()]].astype(int),
+        "id": df[cols[id_column]].astype(str),
+        "label": df[cols[label_column]].astype(int),
         "ra": df[cols["ra"]].astype(float), "dec": df[cols["dec"]].astype(float),
     })
     if not set(out["label"].unique()) <= {0, 1}:
         raise ValueError(f"{path}: column {label_column!r} must hold 0/1 labels")
     if images_dir is not None:
         out["image"] = [str(Path(images_dir) / f"{i}.jpg") for i in out["id"]]
-    elif image_column.lower() in cols:
-        out["image"] = [str(path.parent / p) for p in df[cols[image_column.lower()]]]
+    elif cols[image_column] is not None:
+        out["image"] = [str(path.parent / p) for p in df[cols[image_column]]]
     else:
         raise ValueError(f"{path}: no {image_column!r} column; pass images_dir")
     for c in ("objid", "companion_objid"):
-        if c in cols:
+        if cols[c] is not None:
             out[c] = df[cols[c]].fillna(-1).astype(np.int64)
     return out.reset_index(drop=True)
 

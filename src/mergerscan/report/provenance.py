@@ -1,0 +1,64 @@
+"""The run report's provenance: the engine's model card and stamp geometry, the provenance table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import __version__
+from ._page import Raw, esc
+
+
+def engine_card(summary: dict) -> tuple[dict, str]:
+    """The model card from the engine file (or, if it moved, from a partition's metadata)."""
+    from ..engines import read_engine_info
+    note = ""
+    path = summary.get("engine_path")
+    try:
+        info = read_engine_info(path)
+        if summary.get("engine_sha256") and info.sha256 != summary["engine_sha256"]:
+            note = f"the engine file at {path} has changed since the run (sha256 differs); its card is shown"
+        return info.card, note
+    except Exception as exc:
+        return {}, f"engine file {path} unreadable ({type(exc).__name__}); model card from the Parquet metadata"
+
+
+def card_from_parquet(out: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    from .stream import partition_files
+    files = partition_files(out)
+    if not files:
+        return {}
+    md = pq.read_schema(files[0]).metadata or {}
+    try:
+        card = json.loads(md.get(b"mergerscan.model_card", b"{}"))
+        return json.loads(card) if isinstance(card, str) else card
+    except (ValueError, TypeError):
+        return {}
+
+
+def engine_spec(summary: dict):
+    """The stamp geometry the run's engine saw (the default engine's when its file is gone)."""
+    from ..engines import default_engine_path, read_engine_info
+    try:
+        return read_engine_info(summary.get("engine_path") or default_engine_path()).spec
+    except Exception:  # the gallery then uses the default engine's stamp geometry
+        return read_engine_info(default_engine_path()).spec
+
+
+def provenance_rows(summary: dict, card: dict, thr: float) -> list[list]:
+    """The provenance table: engine, threshold, training, image source, catalog, command, run, versions."""
+    source = summary.get("source", {})
+    return [["engine", summary.get("engine", card.get("name", "?"))],
+            ["engine sha256", Raw(f'<span class="mono">{esc(str(summary.get("engine_sha256")))}</span>')],
+            ["engine file", Raw(f'<span class="mono">{esc(str(summary.get("engine_path")))}</span>')],
+            ["threshold", f"{thr:.4f}"],
+            ["training", ", ".join(f"{k} {card[k]}" for k in ("arch", "experiment", "input_size", "n_train", "labels")
+                                   if k in card)],
+            ["image source", f'{source.get("kind")}: {source.get("location")}'],
+            ["catalog", summary.get("catalog", "?")],
+            ["command", Raw(f'<code>{esc(str(summary.get("command") or "?"))}</code>')],
+            ["run", f'{summary.get("rows", 0):,} rows, {summary.get("partitions")} partitions, '
+                    f'{summary.get("seconds")} s, {summary.get("objects_per_s")} objects/s'],
+            ["mergerscan", f'{summary.get("mergerscan_version")} (run), {__version__} (report)']]
