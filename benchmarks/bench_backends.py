@@ -165,7 +165,7 @@ def bench_engines(a, res, peaks, cuda):
 def bench_archs_cuda(a, res, peaks):
     """Study architectures as plain torch modules on the GPU: eager fp32 vs compiled bf16/fp16."""
     import torch
-    from mergerscan.training.models import create_model
+    from mergerscan.models import create_model
     for arch in a.archs:
         size = ARCH_SIZES[arch]
         net = create_model(arch).eval().cuda().to(memory_format=torch.channels_last)

@@ -57,7 +57,7 @@ def _with_card(src, dst, **changes):
 def engine_path(tmp_path_factory):
     import torch
     from mergerscan.training.export import export_onnx
-    from mergerscan.training.models import MissingWeightsError, create_model
+    from mergerscan.models import MissingWeightsError, create_model
 
     torch.manual_seed(0)
     try:
@@ -303,3 +303,113 @@ def test_trt_fp16_graph_parity_in_onnxruntime(engine_path, stamps, reference, tm
     eng = load_engine(f16, threads=2)
     assert eng.info.card["precision"] == "fp16" and eng.spec == reference[0].spec
     _close(eng.predict(stamps), reference[1], "fp16")
+
+
+# ----------------------------------------------------------------- backend registry (issue 12)
+from dataclasses import dataclass  # noqa: E402
+
+from mergerscan.engines import Engine, read_engine_info, register_backend, unregister_backend  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ToyOptions:
+    precision: str | None = None
+    gain: float = 1.0
+
+
+class ToyEngine(Engine):
+    """A real, tiny backend defined in a test file: logit = gain * mean of the prepared batch."""
+
+    backend = "toy"
+
+    def __init__(self, path, options: ToyOptions, threads: int = 1, views: int | None = None):
+        super().__init__(read_engine_info(path))
+        self.gain = options.gain
+
+    def _logits(self, x):
+        return self.gain * x.reshape(len(x), -1).mean(1)
+
+
+@pytest.fixture
+def toy_backend():
+    register_backend("toy", options=ToyOptions, precisions=("fp32",))(ToyEngine)
+    yield "toy"
+    unregister_backend("toy")
+
+
+def test_backend_from_a_test_file_registers_and_loads_by_name(toy_backend, engine_path, stamps):
+    eng = load_engine(engine_path, backend="toy", gain=3.0)
+    x = prepare_batch(stamps, eng.spec)
+    np.testing.assert_allclose(eng.predict(stamps), _sigmoid(3.0 * x.reshape(len(x), -1).mean(1)), atol=1e-6)
+    assert "toy" in available_backends() and available_backends()["toy"] is None
+    from mergerscan import engines
+    assert "toy" in engines.BACKENDS and engines.DEFAULT_PRECISION["toy"] == "fp32"
+    with pytest.raises(ValueError, match="toy runs precision fp32, not 'fp16'"):
+        parse_backend("toy:fp16")
+
+
+def test_misspelled_backend_option_is_one_line_naming_it(toy_backend, engine_path):
+    with pytest.raises(ValueError) as exc:
+        load_engine(engine_path, backend="toy", gian=2.0)
+    msg = str(exc.value)
+    assert "\n" not in msg and "'gian'" in msg and "toy" in msg and "did you mean 'gain'" in msg
+    assert "valid options: precision, gain" in msg
+    with pytest.raises(ValueError, match="unknown option 'stamp_bach'.*did you mean 'stamp_batch'"):
+        load_engine(engine_path, stamp_bach=4)
+    with pytest.raises(ValueError, match="did you mean 'onnxruntime'"):
+        parse_backend("onnxruntim")
+
+
+def test_registering_another_factory_under_a_taken_name_is_refused(toy_backend):
+    with pytest.raises(ValueError, match="already registered"):
+        register_backend("toy", options=ToyOptions)(lambda path, options, threads=1, views=None: None)
+    register_backend("toy", options=ToyOptions, precisions=("fp32",))(ToyEngine)   # same factory: fine
+
+
+def test_plugin_backend_reaches_another_process_through_the_environment(engine_path, tmp_path):
+    """Dask workers are other processes: $MERGERSCAN_BACKENDS names modules they import to find
+    backends that are not built in (the mechanism an end-to-end run with a toy backend uses)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "toy_plugin.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from mergerscan.engines import register_backend\n"
+        "from mergerscan.engines.onnxruntime import OnnxRuntimeEngine\n"
+        "@dataclass(frozen=True)\nclass Opts:\n    precision: str | None = None\n"
+        "@register_backend('toy-plugin', options=Opts)\n"
+        "def make(path, options, threads=1, views=None):\n"
+        "    return OnnxRuntimeEngine(path, threads=threads)\n")
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = os.environ | {"MERGERSCAN_BACKENDS": "toy_plugin",
+                        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(src), os.environ.get("PYTHONPATH", "")])}
+    code = ("import sys; from mergerscan.engines import load_engine, BACKENDS; "
+            f"e = load_engine({str(engine_path)!r}, backend='toy-plugin'); print(e.info.name, 'toy-plugin' in BACKENDS)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["test-lite0-64", "True"]
+    env["MERGERSCAN_BACKENDS"] = "no_such_backend_module"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "MERGERSCAN_BACKENDS: cannot import backend module 'no_such_backend_module'" \
+        in out.stderr
+
+
+def test_onnxruntime_fp16_runs_an_fp16_graph(engine_path, stamps, reference):
+    """Issue 12 bug: ``--backend onnxruntime:fp16`` was accepted and recorded as fp16 in the run
+    fingerprint, but the fp32 graph ran.  The session's graph must hold fp16 weights, and its
+    scores must differ from fp32 by a measurable amount within the fp16 tolerance."""
+    from onnx import TensorProto
+
+    from mergerscan.engines import backend_precision
+
+    eng = load_engine(engine_path, backend="onnxruntime:fp16", threads=2)
+    assert eng.precision == "fp16" and backend_precision("onnxruntime:fp16") == "fp16"
+    for views in (None, eng.info.views):         # the prepared-batch graph and the stamps graph
+        inits = eng.session_model(views).graph.initializer
+        assert sum(i.data_type == TensorProto.FLOAT16 for i in inits) > len(inits) // 2
+    p = eng.predict(stamps)
+    d = np.abs(p.astype(np.float64) - reference[1])
+    assert d.max() > 1e-6, "onnxruntime:fp16 gave fp32 scores: the fp32 graph ran"
+    _close(p, reference[1], "fp16")

@@ -34,7 +34,7 @@ def small_engine(tmp_path_factory):
     """EfficientNet-Lite0 at 64 px (integer ratio 256/64: the block-mean branch of the front)."""
     import torch
     from mergerscan.training.export import export_onnx
-    from mergerscan.training.models import create_model
+    from mergerscan.models import create_model
 
     torch.manual_seed(0)
     net = create_model("efficientnet_lite0")

@@ -11,7 +11,8 @@ import torch
 from mergerscan.cutouts.preprocess import PreprocessSpec, prepare_batch
 from mergerscan.training import evaluate as ev
 from mergerscan.training.data import assign_splits, build_labelled_set, object_groups
-from mergerscan.training.models import MissingWeightsError, create_model, trainable_tail
+from mergerscan.models import MissingWeightsError, create_model
+from mergerscan.training.models import trainable_tail
 
 
 def test_object_groups_link_close_pairs_and_companions():
@@ -52,7 +53,7 @@ def test_temperature_recovers_scale():
 
 def test_e2_loads_local_weights_file(tmp_path):
     """Real loading code on a local file: a torchvision-layout DenseNet-121 checkpoint."""
-    from mergerscan.training.models import _torchvision
+    from mergerscan.models.torchvision_bases import _torchvision
     tv = _torchvision()
     ref = tv.models.densenet121(weights=None)
     f = tmp_path / "densenet121-imagenet.pth"

@@ -87,7 +87,7 @@ def main(argv=None):
             args = TrainArguments(**kw)
         except (ValueError, FileNotFoundError) as exc:
             ap.exit(2, f"mergerscan train: error: {exc}\n")
-        from .training.models import MissingWeightsError
+        from .models import MissingWeightsError
         try:
             run(args)
         except MissingWeightsError as exc:

@@ -12,7 +12,6 @@ its device (``_stamp_logits``, see :mod:`mergerscan.engines.front`), identical t
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +19,22 @@ from pathlib import Path
 import numpy as np
 
 from ..cutouts.preprocess import PreprocessSpec, prepare_batch
+from .engine_file import CARD_KEY, SPEC_KEY, card_of, load_metadata, require_spec
 
-SPEC_KEY, CARD_KEY = "mergerscan.spec", "mergerscan.card"
+__all__ = ["SPEC_KEY", "CARD_KEY", "VIEWS", "Engine", "EngineInfo", "BackendUnavailable", "sigmoid",
+           "read_engine_info", "iter_views", "dihedral_views", "file_sha256"]
 
 # test-time augmentation: the dihedral views averaged (mean logit) for 1, 2, 4 or 8 views, as
 # (number of 90-degree rotations, horizontal flip); the model card says how many to use and
 # carries the temperature and threshold fitted on validation for each count ("by_views")
 VIEWS = {1: ((0, False),), 2: ((0, False), (0, True)), 4: ((0, False), (0, True), (2, False), (2, True)),
          8: tuple((k, f) for k in range(4) for f in (False, True))}
+
+
+def sigmoid(z) -> np.ndarray:
+    """The logistic function (float64), clipped so exp never overflows: the one used by the
+    engines' calibration and by training's temperature fit and evaluation."""
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(z, np.float64), -60, 60)))
 
 
 def iter_views(x: np.ndarray, views: int):
@@ -91,18 +98,12 @@ class EngineInfo:
 
     @classmethod
     def from_metadata(cls, path, meta: dict) -> "EngineInfo":
-        if SPEC_KEY not in meta:
-            raise ValueError(f"{path}: not a mergerscan engine (no '{SPEC_KEY}' metadata)")
-        card = json.loads(meta.get(CARD_KEY, "{}"))
-        return cls(str(path), file_sha256(path), PreprocessSpec.from_json(meta[SPEC_KEY]), card)
+        return cls(str(path), file_sha256(path), require_spec(meta, path), card_of(meta))
 
 
 def read_engine_info(path: str | Path) -> EngineInfo:
     """Read spec + card from an ONNX engine file without building a session."""
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    return EngineInfo.from_metadata(path, {p.key: p.value for p in m.metadata_props})
+    return EngineInfo.from_metadata(path, load_metadata(path))
 
 
 class Engine:
@@ -176,8 +177,7 @@ class Engine:
 
     def calibrate(self, z: np.ndarray) -> np.ndarray:
         """Mean logits -> calibrated p_merger (the card's temperature for this view count)."""
-        z = np.asarray(z, np.float64)
-        return (1.0 / (1.0 + np.exp(-np.clip(z / self.info.temperature, -60, 60)))).astype(np.float32)
+        return sigmoid(np.asarray(z, np.float64) / self.info.temperature).astype(np.float32)
 
     def predict(self, stamps: np.ndarray) -> np.ndarray:
         """uint8 stamps (N, H, W, 3) -> calibrated p_merger (N,) float32."""

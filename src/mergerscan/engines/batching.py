@@ -21,8 +21,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from .base import Engine
-
-GPU_BACKENDS = ("onnxruntime-cuda", "torch-cuda", "tensorrt")
+from .registry import gpu_backends
 
 
 class SharedBatchEngine(Engine):
@@ -34,7 +33,7 @@ class SharedBatchEngine(Engine):
         self._count = threading.Lock()
         self._q: queue.Queue = queue.Queue()
         self._closed = False
-        n = dispatchers or (2 if inner.backend in GPU_BACKENDS else 1)
+        n = dispatchers or (2 if inner.backend in gpu_backends() else 1)
         self._threads = [threading.Thread(target=self._loop, name=f"mergerscan-batcher-{i}", daemon=True)
                          for i in range(n)]
         for t in self._threads:

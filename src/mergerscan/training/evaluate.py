@@ -7,11 +7,10 @@ import math
 
 import numpy as np
 
+from ..engines.base import sigmoid
+
 SURVEY_PREVALENCE = 0.02   # mergers are ~1-3 % of galaxies in a survey
-
-
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+_sigmoid = sigmoid         # the engines' one sigmoid, under the name train.py used
 
 
 def confusion(y, p, threshold):
@@ -100,7 +99,7 @@ def fit_temperature(y, logits) -> float:
     y = np.asarray(y, float); z = np.asarray(logits, float)
 
     def nll(t):
-        q = _sigmoid(z / t)
+        q = sigmoid(z / t)
         return -np.mean(y * np.log(q + 1e-12) + (1 - y) * np.log(1 - q + 1e-12))
     ts = np.exp(np.linspace(math.log(0.05), math.log(20), 400))
     best = ts[int(np.argmin([nll(t) for t in ts]))]

@@ -1,0 +1,208 @@
+"""The backend registry: every inference backend is one :class:`BackendSpec`, registered once.
+
+A spec says everything the rest of the code needs to know about a backend, without importing it:
+its name, the engine factory, an options dataclass (unknown or misspelled options are refused with
+one line naming the option, the backend and the valid ones), the precisions it runs and the
+default one, whether it needs a GPU, and ``unavailable_reason()`` (None when it can run here).
+``load_engine``, ``parse_backend``, ``backend_precision``, ``available_backends``, the pipeline's
+``--backend``/``--gpus`` checks and the shared-batch engine all ask the registry.
+
+Adding a backend is one new module plus one registry entry::
+
+    # mergerscan/engines/mybackend.py: heavy imports inside the functions only
+    @dataclass(frozen=True)
+    class MyOptions:
+        precision: str | None = None
+        max_batch: int = 64
+
+    @register_backend("mybackend", options=MyOptions, precisions=("fp32",), default_precision="fp32")
+    class MyEngine(Engine):
+        def __init__(self, path, options: MyOptions, threads: int = 1, views: int | None = None): ...
+
+and its module name in :data:`BUILTIN_MODULES` (the entry).  The factory is called as
+``factory(path, options, threads=threads, views=views)``; ``views`` is the test-time view count
+asked for (None: the card's); the engine need not apply it (``load_engine`` sets
+``engine.info.with_views`` afterwards) unless it builds views into a compiled plan.
+
+**Backends from outside the package (a test file, a plugin)**: registering in-process is enough for
+that process (``@register_backend("toy", ...)`` in the test file, then ``load_engine(path,
+backend="toy")``).  Dask workers are other processes (spawned, or started by SLURM) and only see
+backends whose module they import.  When a name is not registered, the registry imports, once per
+process, (1) every module named in the environment variable ``MERGERSCAN_BACKENDS``
+(comma-separated importable module names; workers inherit the environment of the process that
+starts them, and ``LocalCluster``'s spawned workers also inherit its ``sys.path``), then (2) the
+``mergerscan.backends`` entry points of installed distributions (``name = "pkg.module"``).  So an
+end-to-end test sets ``MERGERSCAN_BACKENDS=<its module>`` (and puts the module's directory on
+``PYTHONPATH`` for a ``process-catalog`` subprocess) before starting the run; registering the same
+factory again on import (a module imported under the same name twice) is harmless.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+PLUGIN_ENV = "MERGERSCAN_BACKENDS"
+ENTRY_POINT_GROUP = "mergerscan.backends"
+# the package's own backend modules; importing one registers its specs (they import nothing heavy)
+BUILTIN_MODULES = ("mergerscan.engines.onnxruntime", "mergerscan.engines.torch", "mergerscan.engines.tensorrt")
+
+_REGISTRY: dict[str, BackendSpec] = {}
+_lock = threading.RLock()
+_loaded = {"builtin": False, "plugins": False}
+
+
+def _always_available() -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    factory: Callable[..., Any]                    # (path, options, threads=, views=) -> Engine
+    options: type                                  # a dataclass; every field has a default
+    precisions: tuple[str, ...] = ("fp32",)
+    default_precision: str = "fp32"
+    needs_gpu: bool = False
+    unavailable_reason: Callable[[], str | None] = field(default=_always_available)
+    help: str = ""
+
+    def __post_init__(self):
+        if not dataclasses.is_dataclass(self.options):
+            raise TypeError(f"backend {self.name}: options must be a dataclass, got {self.options!r}")
+        if self.default_precision not in self.precisions:
+            raise ValueError(f"backend {self.name}: default precision {self.default_precision} "
+                             f"is not one of {self.precisions}")
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self.options))
+
+    def make_options(self, given: dict[str, Any]) -> Any:
+        """The options dataclass from a dict; an unknown name is a one-line ValueError."""
+        valid = self.option_names
+        for key in given:
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"backend {self.name}: unknown option {key!r}; {hint}"
+                                 f"valid options: {', '.join(valid) or '(none)'}")
+        precision = given.get("precision")
+        if precision is not None and precision not in self.precisions:
+            raise ValueError(f"backend {self.name}: precision {precision!r} is not one it runs "
+                             f"({', '.join(self.precisions)})")
+        return self.options(**given)
+
+    def _origin(self) -> str:
+        return f"{getattr(self.factory, '__module__', '?')}.{getattr(self.factory, '__qualname__', '?')}"
+
+
+def register_backend(name_or_spec: str | BackendSpec, **spec_fields: Any):
+    """Register a :class:`BackendSpec`, or, given a name, decorate the factory (an Engine class or
+    a function) with the remaining BackendSpec fields.  Registering a name a second time with a
+    factory of the same module and name replaces it (a re-imported module); another factory under
+    a taken name is an error."""
+    if isinstance(name_or_spec, BackendSpec):
+        _add(name_or_spec)
+        return name_or_spec
+
+    def decorate(factory):
+        _add(BackendSpec(name_or_spec, factory, **spec_fields))
+        return factory
+    return decorate
+
+
+def _add(spec: BackendSpec) -> None:
+    if not spec.name or ":" in spec.name or "," in spec.name:
+        raise ValueError(f"backend name {spec.name!r}: must be non-empty without ':' or ','")
+    with _lock:
+        old = _REGISTRY.get(spec.name)
+        if old is not None and old._origin() != spec._origin():
+            raise ValueError(f"backend {spec.name!r} is already registered by {old._origin()}")
+        _REGISTRY[spec.name] = spec
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a backend (tests that register a toy one clean up with this)."""
+    with _lock:
+        _REGISTRY.pop(name, None)
+
+
+def _load_builtin() -> None:
+    if not _loaded["builtin"]:
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+        _loaded["builtin"] = True
+
+
+def _load_plugins() -> None:
+    """Import the modules of $MERGERSCAN_BACKENDS and the mergerscan.backends entry points, once."""
+    if _loaded["plugins"]:
+        return
+    _loaded["plugins"] = True
+    for module in filter(None, (m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(f"${PLUGIN_ENV}: cannot import backend module {module!r}: {exc}") from None
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
+
+
+def backend_specs() -> dict[str, BackendSpec]:
+    """Every registered backend (built-in, plugins, and any registered in this process)."""
+    with _lock:
+        _load_builtin()
+        _load_plugins()
+        return dict(_REGISTRY)
+
+
+def get_backend(name: str) -> BackendSpec:
+    """The spec of backend ``name`` (no ``:precision``), or a one-line ValueError."""
+    with _lock:
+        _load_builtin()
+        if name not in _REGISTRY:
+            _load_plugins()
+        if name in _REGISTRY:
+            return _REGISTRY[name]
+        names = sorted(_REGISTRY)
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"unknown backend {name!r}; {hint}choose from {', '.join(names)}")
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(backend_specs())
+
+
+def gpu_backends() -> tuple[str, ...]:
+    return tuple(n for n, s in backend_specs().items() if s.needs_gpu)
+
+
+def parse_backend(backend: str) -> tuple[str, dict]:
+    """``name[:precision]``, e.g. ``torch-cuda:fp16`` -> (name, {"precision": "fp16"}).
+    A precision the backend cannot run is refused (one line), never run at another precision."""
+    name, _, precision = backend.partition(":")
+    spec = get_backend(name)
+    if precision and precision not in spec.precisions:
+        raise ValueError(f"{backend}: {name} runs precision {', '.join(spec.precisions)}, not {precision!r}")
+    return name, ({"precision": precision} if precision else {})
+
+
+def backend_precision(backend: str) -> str:
+    """The arithmetic a backend spec computes in (``tensorrt`` -> fp16, ``torch-cuda:fp32`` -> fp32)."""
+    name, opts = parse_backend(backend)
+    return opts.get("precision") or get_backend(name).default_precision
+
+
+def available_backends() -> dict[str, str | None]:
+    """{backend: None if it can run here, else the reason it cannot}."""
+    return {name: spec.unavailable_reason() for name, spec in backend_specs().items()}
