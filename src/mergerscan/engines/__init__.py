@@ -7,8 +7,18 @@ from importlib import resources
 from pathlib import Path
 
 from .base import BackendUnavailable, Engine, EngineInfo, read_engine_info
-from .registry import (BackendSpec, available_backends, backend_names, backend_precision, backend_specs,
-                       get_backend, gpu_backends, parse_backend, register_backend, unregister_backend)
+from .registry import (
+    BackendSpec,
+    available_backends,
+    backend_names,
+    backend_precision,
+    backend_specs,
+    get_backend,
+    gpu_backends,
+    parse_backend,
+    register_backend,
+    unregister_backend,
+)
 
 DEFAULT_ENGINE = "default.onnx"
 
@@ -55,7 +65,25 @@ def load_engine(path: str | Path | None = None, backend: str = "onnxruntime", th
     return engine
 
 
-__all__ = ["Engine", "EngineInfo", "BackendUnavailable", "BackendSpec", "load_engine", "read_engine_info",
-           "default_engine_path", "resolve_engine_path", "available_backends", "parse_backend",
-           "backend_precision", "backend_names", "backend_specs", "get_backend", "gpu_backends",
-           "register_backend", "unregister_backend", "BACKENDS", "PRECISIONS", "DEFAULT_PRECISION"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_PRECISION",
+    "PRECISIONS",
+    "BackendSpec",
+    "BackendUnavailable",
+    "Engine",
+    "EngineInfo",
+    "available_backends",
+    "backend_names",
+    "backend_precision",
+    "backend_specs",
+    "default_engine_path",
+    "get_backend",
+    "gpu_backends",
+    "load_engine",
+    "parse_backend",
+    "read_engine_info",
+    "register_backend",
+    "resolve_engine_path",
+    "unregister_backend",
+]

@@ -21,8 +21,19 @@ import numpy as np
 from ..cutouts.preprocess import PreprocessSpec, prepare_batch
 from .engine_file import CARD_KEY, SPEC_KEY, card_of, load_metadata, require_spec
 
-__all__ = ["SPEC_KEY", "CARD_KEY", "VIEWS", "Engine", "EngineInfo", "BackendUnavailable", "sigmoid",
-           "read_engine_info", "iter_views", "dihedral_views", "file_sha256"]
+__all__ = [
+    "CARD_KEY",
+    "SPEC_KEY",
+    "VIEWS",
+    "BackendUnavailable",
+    "Engine",
+    "EngineInfo",
+    "dihedral_views",
+    "file_sha256",
+    "iter_views",
+    "read_engine_info",
+    "sigmoid",
+]
 
 # test-time augmentation: the dihedral views averaged (mean logit) for 1, 2, 4 or 8 views, as
 # (number of 90-degree rotations, horizontal flip); the model card says how many to use and
@@ -68,18 +79,18 @@ class EngineInfo:
     sha256: str
     spec: PreprocessSpec
     card: dict = field(default_factory=dict)
-    views: int | None = None          # None: the card's default ("views", else 1)
+    views: int = 0                    # 0 (or None): the card's default ("views", else 1)
 
     def __post_init__(self):
-        if self.views is None:
+        if not self.views:
             self.views = int(self.card.get("views", 1))
         allowed = {int(k) for k in self.card.get("by_views", {})} | {int(self.card.get("views", 1))}
         if self.views not in allowed:
             raise ValueError(f"{self.path}: engine {self.name} has a threshold and temperature for "
                              f"{', '.join(map(str, sorted(allowed)))} view(s), not {self.views}")
 
-    def with_views(self, views: int | None) -> "EngineInfo":
-        return EngineInfo(self.path, self.sha256, self.spec, self.card, views)
+    def with_views(self, views: int | None) -> EngineInfo:
+        return EngineInfo(self.path, self.sha256, self.spec, self.card, views or 0)
 
     @property
     def name(self) -> str:
@@ -97,7 +108,7 @@ class EngineInfo:
         return float(self._calibration().get("temperature", 1.0))
 
     @classmethod
-    def from_metadata(cls, path, meta: dict) -> "EngineInfo":
+    def from_metadata(cls, path, meta: dict) -> EngineInfo:
         return cls(str(path), file_sha256(path), require_spec(meta, path), card_of(meta))
 
 

@@ -86,7 +86,7 @@ class SharedBatchEngine(Engine):
             self.requests += len(items)
         try:
             z = self.inner.stamp_logits(np.concatenate([x for x, _ in items]) if len(items) > 1 else items[0][0])
-        except BaseException as exc:         # noqa: BLE001 - isolate: each request alone gets its own outcome
+        except BaseException as exc:
             if len(items) == 1:
                 items[0][1].set_exception(exc)
                 return
@@ -102,7 +102,7 @@ class SharedBatchEngine(Engine):
     def _settle(fut: Future, fn):
         try:
             fut.set_result(fn())
-        except BaseException as exc:         # noqa: BLE001 - handed to the calling thread
+        except BaseException as exc:
             fut.set_exception(exc)
 
     def close(self):

@@ -43,7 +43,9 @@ def _conv_bn_pairs(net, size: int) -> dict[str, str]:
     import torch
     from torch import nn
 
-    outs, pairs, hooks = {}, {}, []
+    outs: dict[int, tuple] = {}
+    pairs: dict[str, str] = {}
+    hooks: list = []
     for name, mod in net.named_modules():
         if isinstance(mod, nn.Conv2d):
             hooks.append(mod.register_forward_hook(
@@ -105,7 +107,7 @@ def rebuild_model(path: str | Path):
         folded = bn is not None and f"{bn}.running_mean" not in W
         conv.weight.data.copy_(tensor(node.input[1], conv.weight))
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        if folded:       # the exporter folded `bn` into this conv: do the same here
+        if bn is not None and folded:       # the exporter folded `bn` into this conv: do the same here
             b = tensor(bias, torch.empty(conv.out_channels)) if bias else torch.zeros(conv.out_channels)
             conv.bias = nn.Parameter(b)
             parent, _, child = bn.rpartition(".")
@@ -144,7 +146,7 @@ def compile_unavailable_reason() -> str | None:
     try:
         import torch
         import torch._inductor.compile_fx  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - any import failure means the same here
+    except Exception as exc:
         return f"torch.compile (inductor) does not import: {type(exc).__name__}: {exc}"
     return None
 

@@ -37,7 +37,7 @@ def stage_plan(width: float, depth: float) -> list[tuple[int, int, int, int, int
     first and last stage (fixed, as the stem and the head)."""
     plan = []
     for i, (e, k, s, n, cin, cout) in enumerate(STAGES):
-        reps = n if i in (0, len(STAGES) - 1) else int(math.ceil(depth * n))
+        reps = n if i in (0, len(STAGES) - 1) else math.ceil(depth * n)
         plan.append((e, k, s, reps, STEM if i == 0 else round_filters(cin, width), round_filters(cout, width)))
     return plan
 

@@ -47,7 +47,7 @@ def _hub_weights(arch: str, enum_name: str):
         try:  # the standard download into the torch hub cache
             torch.hub.load_state_dict_from_url(enum.url, progress=False, check_hash=True)
             return hub
-        except Exception as exc:  # noqa: BLE001 - any network failure means the same to the user
+        except Exception as exc:
             raise MissingWeightsError(
                 f"ImageNet weights for {arch} are not in {hub} and could not be downloaded "
                 f"({type(exc).__name__}: {exc}); put the file there or pass --weights FILE. "
@@ -90,7 +90,8 @@ class InceptionTrunk(nn.Module):
 
 
 def _drop_inception_heads(full: nn.Module) -> None:
-    full.AuxLogits, full.fc = None, nn.Identity()     # the ImageNet heads inside the wrapped trunk
+    full.AuxLogits = None
+    full.fc = nn.Identity()     # the ImageNet heads inside the wrapped trunk
 
 
 @register_model("inception_v3", min_size=75, default_size=299,

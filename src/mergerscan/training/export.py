@@ -56,8 +56,7 @@ def quantize_int8(onnx_path: str | Path, calib: np.ndarray, out_path: str | Path
     QDQ, its recommended default).  Metadata (spec + card) is carried over, with ``precision:
     int8`` and ``quantization: symmetric-s8s8-qdq`` in the card."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
