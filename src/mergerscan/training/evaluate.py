@@ -4,6 +4,7 @@ calibration.  Pure numpy: each function takes labels (0/1) and probabilities."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -126,6 +127,27 @@ def choose_threshold(y, p) -> float:
         cands = np.quantile(p, np.linspace(0, 1, 1001))
     scores = [per_class(y, p, t)["macro"]["f1"] for t in cands]
     return float(cands[int(np.argmax(scores))])
+
+
+@dataclass
+class Calibration:
+    """The temperature and threshold fitted on validation, and both splits summarised with them."""
+    temperature: float
+    threshold: float
+    val: dict
+    test: dict
+    p_val: np.ndarray
+    p_test: np.ndarray
+
+
+def calibrate_and_summarize(y_val, z_val, y_test, z_test) -> Calibration:
+    """The one calibrate -> threshold -> summarise sequence (training and ``mergerscan calibrate``):
+    temperature fitted on validation logits, the macro-F1 threshold chosen on the calibrated
+    validation probabilities, then validation and test summarised at that threshold."""
+    t = fit_temperature(y_val, z_val)
+    pv, pt = sigmoid(np.asarray(z_val, float) / t), sigmoid(np.asarray(z_test, float) / t)
+    thr = choose_threshold(y_val, pv)
+    return Calibration(t, thr, summarize(y_val, pv, thr), summarize(y_test, pt, thr), pv, pt)
 
 
 def summarize(y, p, threshold) -> dict:
