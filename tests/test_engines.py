@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 
 from mergerscan.cutouts.preprocess import PreprocessSpec, prepare_batch
-from mergerscan.engines import (BACKENDS, BackendUnavailable, available_backends, load_engine,
-                                parse_backend)
+from mergerscan.engines import BACKENDS, BackendUnavailable, available_backends, load_engine, parse_backend
 from mergerscan.engines import tensorrt as trtb
 
 TOL = {"fp32": (1e-4, 1e-5), "bf16": (0.1, 0.03), "fp16": (1e-2, 2e-3)}
@@ -41,6 +40,7 @@ def _sigmoid(z):
 def _with_card(src, dst, **changes):
     """Copy an engine file with card entries changed (None deletes)."""
     import onnx
+
     from mergerscan.engines.base import CARD_KEY
     m = onnx.load(str(src))
     for p in m.metadata_props:
@@ -56,8 +56,9 @@ def _with_card(src, dst, **changes):
 @pytest.fixture(scope="session")
 def engine_path(tmp_path_factory):
     import torch
-    from mergerscan.training.export import export_onnx
+
     from mergerscan.models import MissingWeightsError, create_model
+    from mergerscan.training.export import export_onnx
 
     torch.manual_seed(0)
     try:
@@ -164,6 +165,7 @@ def test_shared_batch_engine_merges_concurrent_batches(engine_path, stamps, refe
     """Threads (the partitions a GPU worker runs at once) get their own rows' scores back, from
     fewer, larger engine calls than they made."""
     import threading
+
     from mergerscan.engines.batching import SharedBatchEngine
 
     inner = load_engine(engine_path, threads=1)
@@ -192,6 +194,7 @@ def test_shared_batch_engine_isolates_a_failing_merged_batch(engine_path, stamps
     """A merged call that fails (here: out of memory above 8 rows) is re-run request by request, so
     each caller gets its own result or its own error - never another partition's."""
     import threading
+
     from mergerscan.engines.batching import SharedBatchEngine
 
     inner = load_engine(engine_path, threads=1)
@@ -252,6 +255,7 @@ def test_torch_compile_parity(engine_path, stamps, reference):
 
 def test_torch_rebuild_folds_batchnorm_like_the_exporter(engine_path):
     from torch import nn
+
     from mergerscan.engines.torch import rebuild_model
     net, info = rebuild_model(engine_path)
     assert info.card["arch"] == "efficientnet_lite0"
@@ -354,7 +358,7 @@ def test_misspelled_backend_option_is_one_line_naming_it(toy_backend, engine_pat
     msg = str(exc.value)
     assert "\n" not in msg and "'gian'" in msg and "toy" in msg and "did you mean 'gain'" in msg
     assert "valid options: precision, gain" in msg
-    with pytest.raises(ValueError, match="unknown option 'stamp_bach'.*did you mean 'stamp_batch'"):
+    with pytest.raises(ValueError, match=r"unknown option 'stamp_bach'.*did you mean 'stamp_batch'"):
         load_engine(engine_path, stamp_bach=4)
     with pytest.raises(ValueError, match="did you mean 'onnxruntime'"):
         parse_backend("onnxruntim")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from mergerscan.cutouts.preprocess import PreprocessSpec, prepare_batch
+from mergerscan.models import MissingWeightsError, create_model
 from mergerscan.training import evaluate as ev
 from mergerscan.training.data import assign_splits, build_labelled_set, object_groups
-from mergerscan.models import MissingWeightsError, create_model
 from mergerscan.training.models import trainable_tail
 
 
