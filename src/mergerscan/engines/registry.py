@@ -54,7 +54,8 @@ ENTRY_POINT_GROUP = "mergerscan.backends"
 BUILTIN_MODULES = ("mergerscan.engines.onnxruntime", "mergerscan.engines.torch", "mergerscan.engines.tensorrt")
 
 _REGISTRY: dict[str, BackendSpec] = {}
-_lock = threading.RLock()
+_lock = threading.RLock()          # guards the dict; imports hold only _import_lock (no lock-order deadlock)
+_import_lock = threading.RLock()
 _loaded = {"builtin": False, "plugins": False}
 
 
@@ -135,42 +136,44 @@ def unregister_backend(name: str) -> None:
 
 
 def _load_builtin() -> None:
-    if not _loaded["builtin"]:
-        for module in BUILTIN_MODULES:
-            importlib.import_module(module)
-        _loaded["builtin"] = True
+    with _import_lock:
+        if not _loaded["builtin"]:
+            for module in BUILTIN_MODULES:
+                importlib.import_module(module)
+            _loaded["builtin"] = True
 
 
 def _load_plugins() -> None:
     """Import the modules of $MERGERSCAN_BACKENDS and the mergerscan.backends entry points, once."""
-    if _loaded["plugins"]:
-        return
-    _loaded["plugins"] = True
-    for module in filter(None, (m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(","))):
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ValueError(f"${PLUGIN_ENV}: cannot import backend module {module!r}: {exc}") from None
-    from importlib.metadata import entry_points
+    with _import_lock:
+        if _loaded["plugins"]:
+            return
+        _loaded["plugins"] = True          # a failing plugin is reported once, not retried per lookup
+        for module in filter(None, (m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(","))):
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ValueError(f"${PLUGIN_ENV}: cannot import backend module {module!r}: {exc}") from None
+        from importlib.metadata import entry_points
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            ep.load()
 
 
 def backend_specs() -> dict[str, BackendSpec]:
     """Every registered backend (built-in, plugins, and any registered in this process)."""
+    _load_builtin()
+    _load_plugins()
     with _lock:
-        _load_builtin()
-        _load_plugins()
         return dict(_REGISTRY)
 
 
 def get_backend(name: str) -> BackendSpec:
     """The spec of backend ``name`` (no ``:precision``), or a one-line ValueError."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        _load_plugins()
     with _lock:
-        _load_builtin()
-        if name not in _REGISTRY:
-            _load_plugins()
         if name in _REGISTRY:
             return _REGISTRY[name]
         names = sorted(_REGISTRY)

@@ -90,8 +90,9 @@ class InceptionTrunk(nn.Module):
 
 
 def _drop_inception_heads(full: nn.Module) -> None:
-    full.AuxLogits = None
-    full.fc = nn.Identity()     # the ImageNet heads inside the wrapped trunk
+    """The ImageNet heads inside the wrapped trunk: the auxiliary head goes, fc becomes Identity."""
+    full.register_module("AuxLogits", None)
+    full.fc = nn.Identity()
 
 
 @register_model("inception_v3", min_size=75, default_size=299,
