@@ -96,8 +96,10 @@ class BackendSpec:
                                  f"valid options: {', '.join(valid) or '(none)'}")
         precision = given.get("precision")
         if precision is not None and precision not in self.precisions:
+            others = [n for n, s in sorted(_REGISTRY.items()) if precision in s.precisions]
             raise ValueError(f"backend {self.name}: precision {precision!r} is not one it runs "
-                             f"({', '.join(self.precisions)})")
+                             f"({', '.join(self.precisions)})"
+                             + (f"; {precision} runs on {', '.join(others)}" if others else ""))
         return self.options(**given)
 
     def _origin(self) -> str:
