@@ -396,7 +396,7 @@ def test_plugin_backend_reaches_another_process_through_the_environment(engine_p
     assert out.stdout.split() == ["test-lite0-64", "True"]
     env["MERGERSCAN_BACKENDS"] = "no_such_backend_module"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0 and "MERGERSCAN_BACKENDS: cannot import backend module 'no_such_backend_module'" \
+    assert out.returncode != 0 and "$MERGERSCAN_BACKENDS: cannot import backend module 'no_such_backend_module'" \
         in out.stderr
 
 
@@ -417,3 +417,54 @@ def test_onnxruntime_fp16_runs_an_fp16_graph(engine_path, stamps, reference):
     d = np.abs(p.astype(np.float64) - reference[1])
     assert d.max() > 1e-6, "onnxruntime:fp16 gave fp32 scores: the fp32 graph ran"
     _close(p, reference[1], "fp16")
+
+
+TOY_MODULE = """
+from dataclasses import dataclass
+from mergerscan.engines import register_backend
+from mergerscan.engines.onnxruntime import OnnxRuntimeEngine
+
+@dataclass(frozen=True)
+class Opts:
+    precision: str | None = None
+
+@register_backend("{name}", options=Opts)
+def make(path, options, threads=1, views=None):
+    return OnnxRuntimeEngine(path, threads=threads)
+"""
+
+
+def test_backend_at_module_reference_loads_in_a_fresh_process(engine_path, tmp_path, stamps, reference):
+    """``NAME@MODULE``: the backend string names the module that registers it, so any process
+    that gets the string (a Dask worker) can load the backend; a bad module is one line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "toy_at_mod.py").write_text(TOY_MODULE.format(name="toy-at"))
+    np.save(tmp_path / "stamps.npy", stamps)
+    src = Path(__file__).resolve().parents[1] / "src"
+    code = ("import sys, numpy as np; from mergerscan.engines import load_engine; "
+            f"e = load_engine({str(engine_path)!r}, backend=sys.argv[1]); "
+            f"np.save({str(tmp_path / 'p.npy')!r}, e.predict(np.load({str(tmp_path / 'stamps.npy')!r})))")
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{src}"}
+    out = subprocess.run([sys.executable, "-c", code, "toy-at:fp32@toy_at_mod"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), reference[1], atol=1e-6)
+    with pytest.raises(ValueError, match="backend toy-gone: cannot import backend module 'no_such_mod'"):
+        parse_backend("toy-gone@no_such_mod")
+
+
+def test_backend_at_module_reference_reaches_running_dask_workers(dask_client, tmp_path):
+    """Workers started before the backend existed learn it from the string they are handed."""
+    import site
+
+    from mergerscan.engines import backend_names, backend_precision
+
+    (tmp_path / "toy_worker_mod.py").write_text(TOY_MODULE.format(name="toy-worker"))
+    dask_client.run(site.addsitedir, str(tmp_path))             # importable there, not yet imported
+    assert not any("toy-worker" in names for names in dask_client.run(backend_names).values())
+    fut = dask_client.submit(backend_precision, "toy-worker@toy_worker_mod", pure=False)
+    assert fut.result(timeout=60) == "fp32"
+    assert any("toy-worker" in names for names in dask_client.run(backend_names).values())

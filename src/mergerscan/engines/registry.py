@@ -27,14 +27,19 @@ asked for (None: the card's); the engine need not apply it (``load_engine`` sets
 **Backends from outside the package (a test file, a plugin)**: registering in-process is enough for
 that process (``@register_backend("toy", ...)`` in the test file, then ``load_engine(path,
 backend="toy")``).  Dask workers are other processes (spawned, or started by SLURM) and only see
-backends whose module they import.  When a name is not registered, the registry imports, once per
-process, (1) every module named in the environment variable ``MERGERSCAN_BACKENDS``
-(comma-separated importable module names; workers inherit the environment of the process that
-starts them, and ``LocalCluster``'s spawned workers also inherit its ``sys.path``), then (2) the
-``mergerscan.backends`` entry points of installed distributions (``name = "pkg.module"``).  So an
-end-to-end test sets ``MERGERSCAN_BACKENDS=<its module>`` (and puts the module's directory on
-``PYTHONPATH`` for a ``process-catalog`` subprocess) before starting the run; registering the same
-factory again on import (a module imported under the same name twice) is harmless.
+backends whose module they import.  Three ways, most robust first:
+
+1. ``--backend toy@mymodule`` (``NAME[:PRECISION][@MODULE]``): the backend string itself names the
+   module that registers ``toy``; every process that parses the string (the client's argument
+   checks, each worker's ``load_engine``) imports it.  Works with an already running cluster, as
+   long as ``mymodule`` is importable there (LocalCluster's spawned workers get the client's
+   ``sys.path``; a subprocess or SLURM job needs it on ``PYTHONPATH``).
+2. ``MERGERSCAN_BACKENDS=mod1,mod2``: when a name is not registered, the registry imports these
+   modules (once per process).  Workers see it only if it was set before they started.
+3. ``mergerscan.backends`` entry points of installed distributions (``name = "pkg.module"``),
+   imported like (2): the way for an installed plugin.
+
+Registering the same factory again (a module imported twice under the same name) is harmless.
 """
 
 from __future__ import annotations
@@ -122,8 +127,8 @@ def register_backend(name_or_spec: str | BackendSpec, **spec_fields: Any):
 
 
 def _add(spec: BackendSpec) -> None:
-    if not spec.name or ":" in spec.name or "," in spec.name:
-        raise ValueError(f"backend name {spec.name!r}: must be non-empty without ':' or ','")
+    if not spec.name or any(c in spec.name for c in ":,@"):
+        raise ValueError(f"backend name {spec.name!r}: must be non-empty without ':', ',' or '@'")
     with _lock:
         old = _REGISTRY.get(spec.name)
         if old is not None and old._origin() != spec._origin():
@@ -152,10 +157,7 @@ def _load_plugins() -> None:
             return
         _loaded["plugins"] = True          # a failing plugin is reported once, not retried per lookup
         for module in filter(None, (m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(","))):
-            try:
-                importlib.import_module(module)
-            except ImportError as exc:
-                raise ValueError(f"${PLUGIN_ENV}: cannot import backend module {module!r}: {exc}") from None
+            import_backend_module(module, f"${PLUGIN_ENV}")
         from importlib.metadata import entry_points
 
         for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -192,10 +194,24 @@ def gpu_backends() -> tuple[str, ...]:
     return tuple(n for n, s in backend_specs().items() if s.needs_gpu)
 
 
+def import_backend_module(module: str, backend: str = "") -> None:
+    """Import a module that registers backends (``name@module`` references, plugins)."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise ValueError(f"backend {backend or module}: cannot import backend module {module!r}: {exc}") from None
+
+
 def parse_backend(backend: str) -> tuple[str, dict]:
-    """``name[:precision]``, e.g. ``torch-cuda:fp16`` -> (name, {"precision": "fp16"}).
-    A precision the backend cannot run is refused (one line), never run at another precision."""
+    """``name[:precision][@module]``, e.g. ``torch-cuda:fp16`` -> (name, {"precision": "fp16"}).
+    ``@module`` names a module that registers ``name`` when imported (a backend outside the
+    package); it is imported wherever the string is parsed, so Dask workers, which get the same
+    string, import it too.  A precision the backend cannot run is refused (one line), never run at
+    another precision."""
+    backend, _, module = backend.partition("@")
     name, _, precision = backend.partition(":")
+    if module and name not in _REGISTRY:
+        import_backend_module(module, name)
     spec = get_backend(name)
     if precision and precision not in spec.precisions:
         raise ValueError(f"{backend}: {name} runs precision {', '.join(spec.precisions)}, not {precision!r}")
