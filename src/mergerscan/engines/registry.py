@@ -19,7 +19,8 @@ Adding a backend is one new module plus one registry entry::
     class MyEngine(Engine):
         def __init__(self, path, options: MyOptions, threads: int = 1, views: int | None = None): ...
 
-and its module name in :data:`BUILTIN_MODULES` (the entry).  The factory is called as
+and its module name in :data:`BUILTIN_MODULES` (the entry).  The options dataclass gives every
+field a default and has a ``precision`` field (where a ``name:precision`` suffix goes).  The factory is called as
 ``factory(path, options, threads=threads, views=views)``; ``views`` is the test-time view count
 asked for (None: the card's); the engine need not apply it (``load_engine`` sets
 ``engine.info.with_views`` afterwards) unless it builds views into a compiled plan.
