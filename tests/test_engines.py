@@ -15,8 +15,6 @@ Tolerances on probabilities over 16 real SDSS stamps, (max |dp|, mean |dp|):
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -39,18 +37,12 @@ def _sigmoid(z):
 
 def _with_card(src, dst, **changes):
     """Copy an engine file with card entries changed (None deletes)."""
-    import onnx
+    from mergerscan.engines.engine_file import read_card, write_metadata
 
-    from mergerscan.engines.base import CARD_KEY
-    m = onnx.load(str(src))
-    for p in m.metadata_props:
-        if p.key == CARD_KEY:
-            card = json.loads(p.value)
-            for k, v in changes.items():
-                card.pop(k, None) if v is None else card.__setitem__(k, v)
-            p.value = json.dumps(card)
-    onnx.save(m, str(dst))
-    return dst
+    card = read_card(src)
+    for k, v in changes.items():
+        card.pop(k, None) if v is None else card.__setitem__(k, v)
+    return write_metadata(src, dst, card=card)
 
 
 @pytest.fixture(scope="session")
@@ -265,7 +257,9 @@ def test_torch_rebuild_folds_batchnorm_like_the_exporter(engine_path):
 def test_torch_rebuild_refuses_what_it_cannot_rebuild(engine_path, tmp_path):
     from mergerscan.engines.torch import rebuild_model
     with pytest.raises(ValueError, match="arch"):
-        rebuild_model(_with_card(engine_path, tmp_path / "noarch.onnx", arch=None))
+        rebuild_model(_with_card(engine_path, tmp_path / "noarch.onnx", arch=None, model=None))
+    with pytest.raises(ValueError, match="arch 'resnet9'"):
+        rebuild_model(_with_card(engine_path, tmp_path / "badarch.onnx", model={"arch": "resnet9"}))
     with pytest.raises(ValueError, match="int8"):
         rebuild_model(_with_card(engine_path, tmp_path / "q.onnx", precision="int8"))
 
