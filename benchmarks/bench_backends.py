@@ -23,15 +23,12 @@ import json
 import os
 import platform
 import re
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from bench_engine import SHARED, onnx_flops  # noqa: E402
+from _common import cpu_model, matmul_peak, result_path, timed, write_result
+from bench_engine import SHARED, onnx_flops
 
 ARCH_SIZES = {"vgg16": 224, "inception_v3": 299, "densenet121": 224, "efficientnet_lite0": 224}
 
@@ -41,39 +38,6 @@ def device_name() -> str:
     if torch.cuda.is_available():
         return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
     return "cpu"
-
-
-def sync():
-    import torch
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn, budget: float, min_reps: int = 3) -> tuple[float, int]:
-    """Median seconds per call after one warm-up; stops at min_reps once the budget is spent."""
-    fn(); sync()
-    times = []
-    t_end = time.perf_counter() + budget
-    while len(times) < min_reps or (time.perf_counter() < t_end and len(times) < 50):
-        t = time.perf_counter(); fn(); sync()
-        times.append(time.perf_counter() - t)
-        if times[-1] > budget:         # one call over budget: that is enough for this point
-            break
-    return float(np.median(times)), len(times)
-
-
-def matmul_peak(dtype: str, device: str) -> float:
-    """GFLOP/s (GOP/s for int8) of an n x n matmul in ``dtype`` (the roofline's compute ceiling)."""
-    import torch
-    n = 8192 if device == "cuda" else 2048
-    if dtype == "int8":                 # int8 x int8 -> int32, as quantised convs run
-        a = torch.randint(-100, 100, (n, n), dtype=torch.int8, device=device)
-        s, _ = timed(lambda: torch._int_mm(a, a), 2.0)
-        return 2 * n ** 3 / s / 1e9
-    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    a = torch.randn(n, n, device=device, dtype=dt); b = torch.randn(n, n, device=device, dtype=dt)
-    s, reps = timed(lambda: a @ b, 2.0)
-    return 2 * n ** 3 / s / 1e9
 
 
 def fraction(gflops: float, peak: float | None) -> float | None:
@@ -148,7 +112,7 @@ def bench_engines(a, res, peaks, cuda):
             eng.max_batch = max(b, 1)
             if backend == "tensorrt" and b > 256:
                 continue                     # outside the engine's optimisation profile
-            s, reps = timed(lambda: eng.logits(x[:b]), a.budget)
+            s, reps = timed(lambda: eng.logits(x[:b]), a.budget)  # noqa: B023 - called within this iteration
             ips = b / s
             row = {"model": info.name, "input_size": size, "config": label, "backend": backend,
                    "precision": label.split()[-1], "batch": b, "ms_per_batch": round(s * 1e3, 3),
@@ -165,7 +129,8 @@ def bench_engines(a, res, peaks, cuda):
 def bench_archs_cuda(a, res, peaks):
     """Study architectures as plain torch modules on the GPU: eager fp32 vs compiled bf16/fp16."""
     import torch
-    from mergerscan.training.models import create_model
+
+    from mergerscan.models import create_model
     for arch in a.archs:
         size = ARCH_SIZES[arch]
         net = create_model(arch).eval().cuda().to(memory_format=torch.channels_last)
@@ -178,8 +143,8 @@ def bench_archs_cuda(a, res, peaks):
                 x = torch.randn(b, 3, size, size, device="cuda").contiguous(memory_format=torch.channels_last)
 
                 def step():
-                    with torch.no_grad(), torch.autocast("cuda", dtype=dt or torch.float32, enabled=dt is not None):
-                        fn(x)
+                    with torch.no_grad(), torch.autocast("cuda", dtype=dt or torch.float32, enabled=dt is not None):  # noqa: B023 - called within this iteration
+                        fn(x)  # noqa: B023 - called within this iteration
                 try:
                     s, reps = timed(step, a.budget)
                 except torch.cuda.OutOfMemoryError:
@@ -214,7 +179,7 @@ def main():
     cuda = torch.cuda.is_available()
     dev = device_name()
     res = {"device": dev, "gpu": torch.cuda.get_device_name() if cuda else None,
-           "machine": {"nproc": os.cpu_count(), "threads": a.threads, "processor": platform.processor(),
+           "machine": {"nproc": os.cpu_count(), "threads": a.threads, "processor": cpu_model(),
                        "python": platform.python_version(), "torch": torch.__version__,
                        "load_avg_at_start": os.getloadavg()},
            "budget_s": a.budget, "peaks_gflops": {}, "runs": [], "archs": {}, "skipped": {}}
@@ -231,9 +196,7 @@ def main():
     else:
         res["skipped"]["cuda architectures"] = "torch.cuda.is_available() is False"
     res["machine"]["load_avg_at_end"] = os.getloadavg()
-    out = Path(a.out or HERE / "results" / f"backends-{dev}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    out = write_result(a.out or result_path(f"backends-{dev}.json"), res)
     print("wrote", out)
 
 

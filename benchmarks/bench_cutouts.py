@@ -29,11 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from _common import cpu_model, resolve_shared, result_path, write_result
 from mergerscan.cutouts import frame_io
 from mergerscan.cutouts import frames as F
 from mergerscan.cutouts.preprocess import PreprocessSpec
-
-HERE = Path(__file__).resolve().parent
 
 
 def clock():
@@ -46,8 +45,7 @@ def since(t):
 
 
 def machine() -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?") \
-        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    cpu = cpu_model()
     vers = {}
     for p in ("numpy", "scipy", "astropy", "indexed_bzip2", "pillow", "fitsio", "pandas"):
         try:
@@ -122,11 +120,11 @@ def positions(src: F.FrameSource, per_field: int, seed: int = 0) -> pd.DataFrame
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", default=os.environ.get("MERGERSCAN_SHARED", str(HERE.parent.parent / "shared")))
+    ap.add_argument("--shared", help="the shared folder or its data/ (default: $MERGERSCAN_SHARED, ../shared)")
     ap.add_argument("--per-field", type=int, default=200)
-    ap.add_argument("--out", default=str(HERE / "results" / "cutouts.json"))
+    ap.add_argument("--out", default=str(result_path("cutouts.json")))
     a = ap.parse_args()
-    shared = Path(a.shared) / "data" if (Path(a.shared) / "data").is_dir() else Path(a.shared)
+    shared = resolve_shared(a.shared)
     frames = shared / "sdss-frames"
     files = sorted(frames.glob("frame-*.fits.bz2"))
     res = {"machine": machine(), "loadavg_start": os.getloadavg(), "frames": len(files)}
@@ -173,9 +171,7 @@ def main():
         "target": 0.6,
     }
     res["loadavg_end"] = os.getloadavg()
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1, default=float) + "\n")
+    write_result(a.out, res)
     print(json.dumps({k: res[k] for k in ("index", "floor", "cutouts", "vs_floor", "loadavg_start", "loadavg_end")},
                      indent=1, default=float))
 

@@ -11,16 +11,15 @@ Writes benchmarks/results/engine.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared" / "data" / "sdss-gz-mergers"
+from _common import cpu_model, matmul_peak, result_path, shared_data, write_result
+
+SHARED = shared_data("sdss-gz-mergers")
 
 
 def stamps(n: int, size: int) -> tuple[np.ndarray, str]:
@@ -30,18 +29,6 @@ def stamps(n: int, size: int) -> tuple[np.ndarray, str]:
         return decode_stamps([str(f) for f in files]), "real SDSS JPEG stamps"
     rng = np.random.default_rng(0)
     return rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8), "random stamps"
-
-
-def matmul_peak(threads: int) -> float:
-    import torch
-    torch.set_num_threads(threads)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    for _ in range(3):
-        a @ b
-    t = time.perf_counter(); k = 10
-    for _ in range(k):
-        a @ b
-    return 2 * 2048 ** 3 * k / (time.perf_counter() - t) / 1e9
 
 
 def onnx_flops(path: str, size: int) -> float:
@@ -59,7 +46,8 @@ def onnx_flops(path: str, size: int) -> float:
     flops = 0
     for node in m.graph.node:
         if node.op_type == "Conv":
-            w = inits.get(node.input[1]); out = shapes.get(node.output[0])
+            w = inits.get(node.input[1])
+            out = shapes.get(node.output[0])
             if w and out and all(out):
                 flops += 2 * np.prod(out) * np.prod(w[1:])
         elif node.op_type in ("Gemm", "MatMul"):
@@ -73,12 +61,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--engine")
     ap.add_argument("--n", type=int, default=1024)
-    ap.add_argument("--out", default=str(HERE / "results" / "engine.json"))
+    ap.add_argument("--out", default=str(result_path("engine.json")))
     a = ap.parse_args()
     from mergerscan.engines import load_engine, resolve_engine_path
     path = str(resolve_engine_path(a.engine))
     res = {"engine": path, "machine": {"nproc": os.cpu_count(), "python": platform.python_version(),
-                                        "processor": platform.processor()}, "runs": []}
+                                        "processor": cpu_model()}, "runs": []}
     eng = load_engine(path, threads=1)
     x, kind = stamps(a.n, eng.spec.stamp_pixels)
     res["data"] = f"{len(x)} {kind}"
@@ -94,15 +82,14 @@ def main():
             for i in range(0, n, 128):                # predict calls of --batch-size 128, as the pipeline
                 eng.predict(x[i:min(i + 128, n)])
             dt = time.perf_counter() - t
-            peak = peaks.setdefault(threads, matmul_peak(threads))
+            peak = peaks.setdefault(threads, matmul_peak("fp32", "cpu", threads=threads))
             ips = n / dt                              # objects/s; each object is `views` images
             flops = ips * views * res["flops_per_image"] / 1e9
             res["runs"].append({"views": views, "threads": threads, "call": 128, "batch": eng.max_batch, "objects": n,
                                 "objects_per_s": round(ips, 1), "gflops_per_s": round(flops, 1),
                                 "matmul_peak_gflops": round(peak, 1), "fraction_of_peak": round(flops / peak, 3)})
             print(res["runs"][-1], flush=True)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=1))
+    write_result(a.out, res)
 
 
 if __name__ == "__main__":

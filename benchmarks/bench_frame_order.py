@@ -15,25 +15,22 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from _common import result_path, shared_data, write_result
 
 
 def main():
     from bench_cutouts import machine, positions
-
     from mergerscan.cutouts import frames as F
     from mergerscan.cutouts.preprocess import PreprocessSpec
     from mergerscan.pipeline.plan import healpix29
 
-    frames = Path(os.environ.get("MERGERSCAN_SHARED", HERE.parent.parent / "shared")) / "data" / "sdss-frames"
+    frames = shared_data("sdss-frames")
     res = {"machine": machine(), "loadavg_start": os.getloadavg(), "batch": 128, "max_fields": 4, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "index.json"
@@ -61,8 +58,7 @@ def main():
     res["objects"] = len(rows)
     res["fields"] = 6
     res["loadavg_end"] = os.getloadavg()
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "frame_order.json").write_text(json.dumps(res, indent=1) + "\n")
+    write_result(result_path("frame_order.json"), res)
     print(json.dumps(res["runs"], indent=1))
 
 

@@ -24,8 +24,9 @@ import fitsio
 import numpy as np
 import pandas as pd
 
-HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared" / "data"
+from _common import cpu_model, result_path, shared_data, write_result
+
+SHARED = shared_data()
 
 
 def images_catalog(tmp: Path, n: int) -> Path:
@@ -69,18 +70,17 @@ def one(catalog: Path, out: Path, workers: int, **source) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-images", type=int, default=9520)
-    ap.add_argument("--out", default=str(HERE / "results" / "pipeline.json"))
+    ap.add_argument("--out", default=str(result_path("pipeline.json")))
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    res = {"machine": {"nproc": os.cpu_count(), "python": platform.python_version()}, "images": [], "frames": []}
+    res = {"machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "cpu": cpu_model()}, "images": [], "frames": []}
     cat_i, cat_f = images_catalog(tmp, a.n_images), frames_catalog(tmp)
     for w in (1, 2):
         res["images"].append(one(cat_i, tmp / f"oi{w}", w, images=str(SHARED / "sdss-gz-mergers")))
         print("images", res["images"][-1], flush=True)
         res["frames"].append(one(cat_f, tmp / f"of{w}", w, frames=str(SHARED / "sdss-frames")))
         print("frames", res["frames"][-1], flush=True)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=1))
+    write_result(a.out, res)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

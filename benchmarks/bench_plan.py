@@ -20,6 +20,7 @@ temporary directory (about 24 bytes a row per format) that is removed afterwards
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -32,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+from _common import REPO, cpu_model, result_path, write_result
+
 PIECE = 200_000
 
 
@@ -49,7 +50,6 @@ def make_catalogs(tmp: Path, n: int, formats: list[str], seed: int = 0) -> dict:
     if "parquet" in formats:
         schema = pa.schema([("objid", pa.int64()), ("ra", pa.float64()), ("dec", pa.float64())])
         pw = pq.ParquetWriter(str(paths["parquet"]), schema)
-        batch = []
     if "fits" in formats:
         fits = fitsio.FITS(str(paths["fits"]), "rw", clobber=True)
     step = 1_000_000                 # pyarrow's default row group size: what a user's file has
@@ -105,10 +105,8 @@ def tree_rss(proc) -> int:
     total = 0
     try:
         for p in [proc, *proc.children(recursive=True)]:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 total += p.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
     except psutil.NoSuchProcess:
         pass
     return total
@@ -146,7 +144,7 @@ def main():
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--formats", default="parquet,fits")
     ap.add_argument("--tmp", help="directory for the generated catalogs (default: a new temporary one)")
-    ap.add_argument("--out", default=str(HERE / "results" / "plan.json"))
+    ap.add_argument("--out", default=str(result_path("plan.json")))
     ap.add_argument("plan_args", nargs="*", help="extra process-catalog options (after --)")
     a = ap.parse_args()
     formats = [f for f in a.formats.split(",") if f]
@@ -157,7 +155,7 @@ def main():
         gen = time.perf_counter() - t
         (tmp / "empty").mkdir()
         res = {"rows": a.rows, "generate_s": round(gen, 1),
-               "machine": {"cpu": _cpu(), "nproc": os.cpu_count(), "python": platform.python_version(),
+               "machine": {"cpu": cpu_model(), "nproc": os.cpu_count(), "python": platform.python_version(),
                            "loadavg_start": os.getloadavg()}, "formats": {}}
         for fmt in formats:
             f1 = floor(cats[fmt], fmt)
@@ -172,21 +170,10 @@ def main():
             shutil.rmtree(tmp / f"out-{fmt}", ignore_errors=True)
             print(fmt, json.dumps(res["formats"][fmt], indent=1), flush=True)
         res["machine"]["loadavg_end"] = os.getloadavg()
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=1))
+        write_result(a.out, res)
         print("wrote", a.out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-SHARED = REPO.parent / "shared" / "data"
+from _common import REPO, cpu_model, result_path, shared_data, write_result
+
+SHARED = shared_data()
 
 
 def rate(fn, n, budget=3.0):
@@ -120,7 +120,7 @@ def end_to_end(base_src: Path, n: int, tmp: Path, rounds: int) -> dict:
     ok = (a["status"].to_numpy() == "ok") & (b["status"].to_numpy() == "ok")
     out["same_status"] = bool((a["status"].to_numpy() == b["status"].to_numpy()).all())
     out["max_dp"] = float(np.abs(a["p_merger"].to_numpy()[ok] - b["p_merger"].to_numpy()[ok]).max())
-    mean = lambda k, key: float(np.mean([r[key] for r in out[k]]))  # noqa: E731
+    mean = lambda k, key: float(np.mean([r[key] for r in out[k]]))
     out["ratio_scoring"] = mean("this", "objects_per_s_scoring") / mean("base", "objects_per_s_scoring")
     out["ratio_wall"] = mean("this", "objects_per_s_wall") / mean("base", "objects_per_s_wall")
     return out
@@ -133,11 +133,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--budget", type=float, default=3.0)
     ap.add_argument("--skip-engine", action="store_true")
-    ap.add_argument("--out", default=str(HERE / "results" / "side-by-side.json"))
+    ap.add_argument("--out", default=str(result_path("side-by-side.json")))
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="side-by-side-"))
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    res = {"machine": {"cpu": cpu, "nproc": os.cpu_count(), "python": platform.python_version(),
+    res = {"machine": {"cpu": cpu_model(), "nproc": os.cpu_count(), "python": platform.python_version(),
                        "load_before": os.getloadavg()}}
     if not a.skip_engine:
         for th in (1, 2):
@@ -145,8 +144,7 @@ def main():
             print(json.dumps(res[f"engine_{th}_thread"]), flush=True)
     res["end_to_end"] = end_to_end(Path(a.base_src), a.n_images, tmp, a.rounds)
     res["machine"]["load_after"] = os.getloadavg()
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=1))
+    write_result(a.out, res)
     print(json.dumps(res["end_to_end"]))
     shutil.rmtree(tmp, ignore_errors=True)
 

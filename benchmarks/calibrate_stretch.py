@@ -13,9 +13,11 @@ Lupton parameters (``scales`` for i and g with r fixed at 1 -- an overall scale 
 * held-out: every catalog object (and Darg companion) inside the 6 fields is compared, not
   fitted; and a 2-fold checkerboard (32-px blocks) cross-validation of the fit itself.
 
-    .venv/bin/python benchmarks/calibrate_stretch.py [--shared ../shared/data]
-Writes benchmarks/results/calibrate_stretch.json and m2843_compare.png; prints the
-STRETCH_DEFAULT to paste into src/mergerscan/cutouts/preprocess.py.
+    .venv/bin/python benchmarks/calibrate_stretch.py [--shared ../shared/data] [--write ENGINE_OUT]
+Writes benchmarks/results/calibrate_stretch.json and m2843_compare.png.  ``--write ENGINE_OUT``:
+a copy of ``--engine`` (default: the packaged engine) whose spec carries the fitted stretch
+(:func:`mergerscan.training.stretch.write_stretch`): the frame source renders with the engine's
+spec, so nothing is pasted into source.  The fit itself is :mod:`mergerscan.training.stretch`.
 """
 
 from __future__ import annotations
@@ -23,54 +25,23 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from astropy.visualization import ManualInterval
-from astropy.visualization.lupton_rgb import LuptonAsinhStretch, RGBImageMappingLupton
 from PIL import Image
 from scipy.ndimage import gaussian_filter
-from scipy.optimize import least_squares
 
+from _common import resolve_shared, result_path, write_result
 from mergerscan.cutouts.frames import FrameSource
 from mergerscan.cutouts.preprocess import STRETCH_DEFAULT, PreprocessSpec
+from mergerscan.training.stretch import MEAN_WEIGHT, SMOOTH, fit, phase_shift, render, smooth, stretch_of
 
-HERE = Path(__file__).resolve().parent
 OBJ = dict(id="M2843", ra=229.52556, dec=42.745853, field="3918-3-213")
 DIHEDRAL = {"identity": lambda a: a, "flip_ud": np.flipud, "flip_lr": np.fliplr,
             "rot180": lambda a: np.rot90(a, 2), "rot90": np.rot90, "rot270": lambda a: np.rot90(a, 3),
             "transpose": lambda a: np.swapaxes(a, 0, 1), "anti_transpose": lambda a: np.swapaxes(np.rot90(a, 2), 0, 1)}
-MEAN_WEIGHT = 10.0
-SMOOTH = 1.0
-
-
-def render(bands, p):
-    """Float Lupton composite (0..255, (S, S, 3)) = make_lupton_rgb before uint8 truncation."""
-    si, sg, q, st, m = p
-    mp = RGBImageMappingLupton(interval=ManualInterval(vmin=m), stretch=LuptonAsinhStretch(stretch=st, Q=q))
-    with np.errstate(divide="ignore", invalid="ignore"):     # astropy's own 0/0, masked by its where
-        return np.moveaxis(mp.apply_mappings(bands[0] * si, bands[1], bands[2] * sg), 0, -1) * 255
-
-
-def unpack(x):
-    return [float(np.exp(x[0])), float(np.exp(x[1])), float(np.exp(x[2])), float(np.exp(x[3])), float(x[4] / 100)]
-
-
-def smooth(a):
-    return gaussian_filter(a, (SMOOTH, SMOOTH, 0))
-
-
-def phase_shift(a, b):
-    """(dy, dx) such that a(y, x) ~ b(y - dy, x - dx), to ~0.1 px (parabolic peak)."""
-    a, b = a - a.mean(), b - b.mean()
-    c = np.fft.fftshift(np.fft.ifft2(np.fft.fft2(a) * np.conj(np.fft.fft2(b))).real)
-    iy, ix = np.unravel_index(c.argmax(), c.shape)
-    par = lambda m, z, p: 0.5 * (m - p) / (m - 2 * z + p)
-    return (float(iy - c.shape[0] // 2 + par(c[iy - 1, ix], c[iy, ix], c[iy + 1, ix])),
-            float(ix - c.shape[1] // 2 + par(c[iy, ix - 1], c[iy, ix], c[iy, ix + 1])))
 
 
 def lum(bands):
@@ -101,31 +72,14 @@ def shifted(ra, dec, dy, dx, scale):
     return ra - dx * s / np.cos(np.radians(dec)), dec - dy * s
 
 
-def fit(bands, jpg, mask=None, starts=((8, 0.4), (3, 0.05), (15, 0.3), (8, 0.05))):
-    js = smooth(jpg)
-    sel = np.ones(jpg.shape[:2], bool) if mask is None else mask
-
-    def resid(x):
-        o = render(bands, unpack(x))
-        r = ((smooth(o) - js)[sel]).ravel() / np.sqrt(sel.sum())
-        return np.concatenate([r, np.sqrt(MEAN_WEIGHT) * (o[sel].mean(0) - jpg[sel].mean(0))])
-
-    best = None
-    for q0, st0 in starts:
-        # no parameter may start at exactly 0: scipy's relative finite-difference step is then 0
-        r = least_squares(resid, [0.01, 0.01, np.log(q0), np.log(st0), 0.01], x_scale=[0.3, 0.3, 0.5, 0.5, 1.0],
-                          diff_step=1e-3)
-        if best is None or r.cost < best.cost:
-            best = r
-    return unpack(best.x), float(2 * best.cost)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", default=os.environ.get("MERGERSCAN_SHARED", str(HERE.parent.parent / "shared")))
-    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--shared", help="the shared folder or its data/ (default: $MERGERSCAN_SHARED, ../shared)")
+    ap.add_argument("--out", default=str(result_path("")))
+    ap.add_argument("--engine", help="engine whose spec --write copies (default: the packaged engine)")
+    ap.add_argument("--write", metavar="ENGINE_OUT", help="write the engine with the fitted stretch in its spec")
     a = ap.parse_args()
-    shared = Path(a.shared) / "data" if (Path(a.shared) / "data").is_dir() else Path(a.shared)
+    shared = resolve_shared(a.shared)
     frames, gz = shared / "sdss-frames", shared / "sdss-gz-mergers"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,8 +132,7 @@ def main():
                    "heldout_mean_diff": (o[held].mean(0) - jpg[held].mean(0)).round(2).tolist()})
     res["crossval_checkerboard"] = cv
 
-    stretch = {"scales": res["fit"]["scales_irg"], "Q": res["fit"]["Q"], "stretch": res["fit"]["stretch"],
-               "minimum": res["fit"]["minimum"]}
+    stretch = stretch_of(p)
     res["stretch_fitted"] = stretch
 
     # the production path: FrameSource.fetch with the fitted spec, nominal centre (no re-centring)
@@ -205,7 +158,7 @@ def main():
                                               "cutout": np.median(st[0][bg], axis=(0, 1)).tolist()}}
     # held-out objects: compare, never fit
     held = []
-    for i, ra, dec, k in inside:
+    for i, ra, dec, _fields in inside:
         if i == OBJ["id"]:
             continue
         f = gz / "images" / f"{i}.jpg"
@@ -218,10 +171,13 @@ def main():
     gap = np.full((jpg.shape[0], 4, 3), 255, np.uint8)
     Image.fromarray(np.concatenate([st[0], gap, jpg.astype(np.uint8), gap, diff], 1)).save(out / "m2843_compare.png")
     res["seconds"] = round(time.perf_counter() - t0, 1)
-    (out / "calibrate_stretch.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+    write_result(out / "calibrate_stretch.json", res)
     print(json.dumps({k: res[k] for k in ("orientation_best", "offset_px", "fit", "crossval_checkerboard",
                                             "match_production", "heldout_objects")}, indent=1, default=float))
-    print("STRETCH_DEFAULT =", json.dumps(stretch))
+    if a.write:
+        from mergerscan.engines import resolve_engine_path
+        from mergerscan.training.stretch import write_stretch
+        print("wrote", write_stretch(resolve_engine_path(a.engine), a.write, stretch), "with stretch", json.dumps(stretch))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, cpu_model, write_result
+
 TOL = {"fp32": (1e-4, 1e-5), "tf32": (1e-2, 2e-3), "bf16": (0.1, 0.03), "fp16": (1e-2, 2e-3)}
 DTYPES = ("fp32", "tf32", "bf16", "fp16")
 
@@ -55,9 +56,7 @@ class Report:
         self.write()
 
     def write(self):
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.doc, indent=1, default=float))
-        tmp.replace(self.path)
+        write_result(self.path, self.doc)
 
 
 class Clock:
@@ -118,7 +117,7 @@ def peak(rep, dev, clock, a):
         set_precision(p, clock.cuda)
         dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p, torch.float32)
         x, y = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
-        s = clock.per_call(lambda: x @ y, reps=20 if clock.cuda else 2, warmup=2)
+        s = clock.per_call(lambda: x @ y, reps=20 if clock.cuda else 2, warmup=2)  # noqa: B023 - called within this iteration
         rep.put("peak", p, {"n": n, "tflops": 2 * n ** 3 / s / 1e12})
     set_precision("fp32", clock.cuda)
 
@@ -135,6 +134,7 @@ def ceiling(rep, dev, clock, a, net_cpu, info, stamps, cap):
     import copy
 
     import torch
+
     from mergerscan.cutouts.preprocess import prepare_batch
     from mergerscan.engines.base import dihedral_views
 
@@ -153,8 +153,8 @@ def ceiling(rep, dev, clock, a, net_cpu, info, stamps, cap):
             set_precision(p, clock.cuda)
             try:
                 def fwd():
-                    with torch.no_grad(), autocast(dev, p):
-                        return net(x).float()
+                    with torch.no_grad(), autocast(dev, p):  # noqa: B023 - called within this iteration
+                        return net(x).float()  # noqa: B023 - called within this iteration
                 if clock.cuda:
                     side = torch.cuda.Stream()
                     side.wait_stream(torch.cuda.current_stream())
@@ -175,7 +175,7 @@ def ceiling(rep, dev, clock, a, net_cpu, info, stamps, cap):
                     "batch": b, "precision": p, "cuda_graph": clock.cuda, "images_per_s": b / sec,
                     "eager_images_per_s": b / eager, "tflops": gflop * b / sec / 1e3,
                     "fraction_of_peak": (gflop * b / sec / 1e3 / peak_tf) if peak_tf else None})
-            except Exception as exc:  # noqa: BLE001 - an OOM at 1024 must not lose the rest
+            except Exception as exc:
                 rep.put("ceiling", f"{p}-b{b}", {"error": f"{type(exc).__name__}: {str(exc)[:300]}"})
                 if clock.cuda:
                     torch.cuda.empty_cache()
@@ -197,7 +197,7 @@ def h2d(rep, dev, clock, a, info):
         dst = torch.empty(shape, dtype=dt, device=dev)
         mb = host.numel() * host.element_size() / 1e6
         for kind, src in (("pageable", host), ("pinned", pinned)):
-            sec = clock.per_call(lambda src=src: dst.copy_(src, non_blocking=True), reps=10)
+            sec = clock.per_call(lambda src=src: dst.copy_(src, non_blocking=True), reps=10)  # noqa: B023 - called within this iteration
             rep.put("h2d", f"{what}-{kind}", {"MB": mb, "ms": sec * 1e3, "GB_per_s": mb / 1e3 / sec})
 
 
@@ -230,9 +230,9 @@ def host_paths(rep, dev, clock, a, stamps, cap):
 
         def work(k):
             y = tile(stamps[k % len(stamps):], per_call // 2 or 1)
-            while time.perf_counter() < stop:
-                shared.predict(y)
-                counts[k] += len(y)
+            while time.perf_counter() < stop:  # noqa: B023 - called within this iteration
+                shared.predict(y)  # noqa: B023 - called within this iteration
+                counts[k] += len(y)  # noqa: B023 - called within this iteration
         t = time.perf_counter()
         ts = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
         [th.start() for th in ts]
@@ -269,12 +269,13 @@ def parity(rep, dev, clock, a, stamps, cap):
                                      "label_flips": int(((got >= thr) != (ref >= thr)).sum()),
                                      "within_tolerance": bool(d.max() <= mx and d.mean() <= mean),
                                      "tolerance": [mx, mean]})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             rep.put("parity", name, {"error": f"{type(exc).__name__}: {str(exc)[:300]}"})
 
 
 def front(rep, dev, clock, a, info, stamps):
     import torch
+
     from mergerscan.cutouts.preprocess import prepare_batch
     from mergerscan.engines.base import dihedral_views
     from mergerscan.engines.front import torch_front
@@ -300,6 +301,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "ma
 def compile_one(mode: str, cuda: bool, batch: int) -> dict:
     """Child process: compile the default engine's net for one bucket, report the seconds."""
     import torch
+
     from mergerscan.engines.torch import rebuild_model
 
     dev = "cuda" if cuda else "cpu"
@@ -369,7 +371,7 @@ def main(argv=None) -> int:
         caps, a.compile_timeout = [min(c, 15.0) for c in caps], min(a.compile_timeout, 10.0)
         a.threads = 1
     dev = "cuda" if cuda else "cpu"
-    name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name() if cuda else cpu_model()
     out = Path(a.out) if a.out else REPO / "benchmarks" / "results" / \
         f"gpu-check-{''.join(c if c.isalnum() else '-' for c in name.lower()).strip('-')}.json"
     import onnxruntime
@@ -393,7 +395,7 @@ def main(argv=None) -> int:
         t = time.monotonic()
         try:
             fn()
-        except Exception as exc:  # noqa: BLE001 - one broken section must not lose the others
+        except Exception as exc:
             rep.put(name_, "error", f"{type(exc).__name__}: {str(exc)[:400]}")
         rep.put(name_, "seconds", round(time.monotonic() - t, 2))
         print(f"gpu_check: {name_} done in {time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MERGERSCAN_SHARED", REPO.parent / "shared")) / "data" / "sdss-gz-mergers"
+from _common import REPO, shared_data
+
+SHARED = shared_data("sdss-gz-mergers")
 
 
 def pack(out: Path, n: int = 64, source: Path = SHARED) -> list[str]:

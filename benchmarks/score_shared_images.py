@@ -11,7 +11,6 @@ Writes benchmarks/results/shared_images.json.  Needs ../shared/data.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -21,21 +20,22 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-HERE = Path(__file__).resolve().parent
-GZ = HERE.parent.parent / "shared" / "data" / "sdss-gz-mergers"
+from _common import result_path, shared_data, write_result
+
+GZ = shared_data("sdss-gz-mergers")
 
 
 def main():
     from mergerscan.catalogs.read import read_table
     from mergerscan.pipeline.arguments import ProcessArguments
     from mergerscan.pipeline.run import run
-    from mergerscan.training import evaluate as ev
     from mergerscan.training import data as D
+    from mergerscan.training import evaluate as ev
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--engine")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", default=str(HERE / "results" / "shared_images.json"))
+    ap.add_argument("--out", default=str(result_path("shared_images.json")))
     a = ap.parse_args()
     cat = read_table(GZ / "catalog.csv")
     objid = cat["objid"].to_numpy(np.int64).copy()
@@ -62,7 +62,7 @@ def main():
     if split is not None:
         test = split == "test"
         res["test"] = ev.summarize(y[test], p[test], s["threshold"])
-    Path(a.out).write_text(json.dumps(res, indent=1, default=float))
+    write_result(a.out, res)
     for k in ("all", "test"):
         if k in res:
             m = res[k]

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from mergerscan.cutouts.preprocess import PreprocessSpec, prepare_batch
+from mergerscan.models import MissingWeightsError, create_model
 from mergerscan.training import evaluate as ev
 from mergerscan.training.data import assign_splits, build_labelled_set, object_groups
-from mergerscan.training.models import MissingWeightsError, create_model, trainable_tail
+from mergerscan.training.models import trainable_tail
 
 
 def test_object_groups_link_close_pairs_and_companions():
@@ -43,6 +44,145 @@ def test_metrics_known_values():
     assert ev.precision_at_prevalence(y, np.array([0.1, 0.6, 0.7, 0.9]), 0.5) == pytest.approx(0.02 / 0.51)
 
 
+# ----------------------------------------------------------------- hB: calibrate verb, stretch, models registry
+def _tiny_engine(path, input_size=32, card=None):
+    """A real (tiny) engine file: logit = 12 * mean(x * W) + 18.5 with a fixed, orientation-dependent
+    weight image W, so the dihedral views give different logits."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mergerscan.engines.engine_file import save_model, set_metadata
+
+    s = input_size
+    w = np.linspace(-1, 2, 3 * s * s, dtype=np.float32).reshape(1, 3, s, s) ** 2
+    g = helper.make_graph(
+        [helper.make_node("Mul", ["input", "w"], ["wx"]),
+         helper.make_node("ReduceMean", ["wx", "axes"], ["m"], keepdims=0),
+         helper.make_node("Mul", ["m", "gain"], ["z"]), helper.make_node("Add", ["z", "bias"], ["logit"])],
+        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, s, s])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch"])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes"),
+         numpy_helper.from_array(np.array(12.0, np.float32), "gain"),
+         numpy_helper.from_array(np.array(18.5, np.float32), "bias")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 9
+    onnx.checker.check_model(m)
+    return save_model(set_metadata(m, PreprocessSpec(input_size=s), card or {"name": "tiny", "temperature": 1.0}),
+                      path)
+
+
+def _labelled_dir(root, n=80, seed=0):
+    """A labelled catalog (catalog.csv + JPEG stamps): mergers brighter, with noise, objects far apart."""
+    import pandas as pd
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    yy, xx = np.mgrid[:256, :256]
+    for i in range(n):
+        label = i % 2
+        level = 60 + 40 * label + rng.normal(0, 25)
+        img = level * np.exp(-((yy - 128 - rng.normal(0, 30)) ** 2 + (xx - 128) ** 2) / 5000.0)
+        img = np.clip(img[..., None] + rng.normal(0, 10, (256, 256, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "images" / f"G{i}.jpg", quality=95)
+        rows.append({"id": f"G{i}", "ra": 10.0 + 0.1 * i, "dec": 5.0, "is_merger": label, "image": f"images/G{i}.jpg"})
+    pd.DataFrame(rows).to_csv(root / "catalog.csv", index=False)
+    return root
+
+
+def test_calibrate_verb_writes_per_view_calibration_into_a_copy(tmp_path, capsys):
+    """``mergerscan calibrate``: the shipped engine's per-view card is made by the package (issue 12),
+    with the calibrate -> threshold -> summarise sequence training uses."""
+    from mergerscan.cli import main
+    from mergerscan.engines import load_engine
+    from mergerscan.engines.engine_file import read_card
+    from mergerscan.training.calibrate import all_view_logits
+    from mergerscan.training.data import build_labelled_set
+
+    eng_path = _tiny_engine(tmp_path / "tiny.onnx")
+    data = _labelled_dir(tmp_path / "data")
+    out, res = tmp_path / "tiny-cal.onnx", tmp_path / "cal.json"
+    main(["calibrate", str(eng_path), "--data", str(data), "-o", str(out), "--cache", str(tmp_path / "cache"),
+          "--results", str(res), "--threads", "1"])
+    card = read_card(out)
+    assert read_card(eng_path) == {"name": "tiny", "temperature": 1.0}          # the input is untouched
+    assert set(card["by_views"]) == {"1", "2", "4", "8"} and card["views"] in (1, 2, 4, 8)
+    best = card["by_views"][str(card["views"])]
+    assert card["threshold"] == best["threshold"] and card["temperature"] == best["temperature"]
+    assert len({c["temperature"] for c in card["by_views"].values()}) > 1     # the views really differ
+    # the same numbers from the shared functions directly, for 1 view
+    ds = build_labelled_set(data / "catalog.csv", cache=tmp_path / "cache")
+    t = ds.table
+    val, test = (np.flatnonzero(t["split"].to_numpy() == s) for s in ("val", "test"))
+    eng = load_engine(eng_path, views=1)
+    cal = ev.calibrate_and_summarize(t["label"].to_numpy()[val], all_view_logits(eng, ds.stamps[val])[0],
+                                     t["label"].to_numpy()[test], all_view_logits(eng, ds.stamps[test])[0])
+    assert card["by_views"]["1"]["temperature"] == pytest.approx(cal.temperature)
+    assert card["by_views"]["1"]["threshold"] == pytest.approx(round(cal.threshold, 4))
+    assert json.loads(res.read_text())["views_1"]["test"]["roc_auc"] == pytest.approx(cal.test["roc_auc"])
+    calibrated = load_engine(out)                       # loads, at the card's default view count
+    assert calibrated.info.views == card["views"] and calibrated.info.threshold == best["threshold"]
+    assert "default_views" in capsys.readouterr().out
+
+
+def test_calibrate_verb_bad_input_is_one_line(tmp_path, capsys):
+    from mergerscan.cli import main
+
+    eng_path = _tiny_engine(tmp_path / "tiny.onnx")
+    with pytest.raises(SystemExit) as e:
+        main(["calibrate", str(eng_path), "--data", str(tmp_path / "absent"), "-o", str(tmp_path / "o.onnx")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err and "absent" in err and "no such file" in err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_stretch_fit_recovers_known_parameters_and_lands_in_the_engine_spec(tmp_path):
+    """The frame colour stretch is fitted by a package function and written into an engine's spec
+    (what the frame source renders with), not printed to paste into source by hand."""
+    from mergerscan.engines.engine_file import read_spec
+    from mergerscan.training.stretch import fit, render, stretch_of, write_stretch
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    blob = np.exp(-((yy - 30) ** 2 + (xx - 34) ** 2) / 60.0)
+    bands = np.stack([k * blob + 0.002 * rng.random((64, 64)) for k in (1.3, 1.0, 0.6)])   # i, r, g
+    truth = [0.8, 1.4, 8.0, 0.4, 0.002]
+    jpg = render(bands, truth)
+    got, loss = fit(bands, jpg, starts=((8, 0.4), (3, 0.05)))
+    assert loss < 1.0
+    np.testing.assert_allclose(got[:4], truth[:4], rtol=0.05)
+    eng = _tiny_engine(tmp_path / "tiny.onnx")
+    out = write_stretch(eng, tmp_path / "tiny-stretch.onnx", stretch_of(got))
+    assert read_spec(out).stretch == stretch_of(got) and read_spec(out).input_size == read_spec(eng).input_size
+
+
+def test_model_registry_config_travels_with_the_weights(tmp_path):
+    """An exported engine's card carries the model config; the torch backend rebuilds that model."""
+    from mergerscan.engines.torch import rebuild_model
+    from mergerscan.models import list_models, model_info
+    from mergerscan.training.export import export_onnx
+
+    assert {"vgg16", "inception_v3", "densenet121", "efficientnet_lite0", "efficientnet_lite1",
+            "efficientnet_lite2"} <= set(list_models())
+    assert model_info("efficientnet_lite2").default_size == 260
+    with pytest.raises(ValueError, match="unknown architecture 'resnet9'"):
+        create_model("resnet9")
+    with pytest.raises(MissingWeightsError, match="efficientnet_lite1"):
+        create_model("efficientnet_lite1", init="imagenet")        # no known checkpoint: never random
+    torch.manual_seed(0)
+    net = create_model("efficientnet_lite0", hidden=32, dropout=0.1).eval()
+    path = export_onnx(net, PreprocessSpec(input_size=32), {"name": "cfg", "arch": "efficientnet_lite0"},
+                       tmp_path / "cfg.onnx")
+    back, info = rebuild_model(path)
+    assert info.card["model"] == {"arch": "efficientnet_lite0", "hidden": 32, "dropout": 0.1}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(back(x), net(x), atol=1e-4)
+    assert not list(tmp_path.glob(".*.tmp"))                       # written atomically, nothing left over
+# ----------------------------------------------------------------- end of hB block
+
+
 def test_temperature_recovers_scale():
     rng = np.random.default_rng(0)
     z = rng.normal(0, 3, 20000)
@@ -52,7 +192,7 @@ def test_temperature_recovers_scale():
 
 def test_e2_loads_local_weights_file(tmp_path):
     """Real loading code on a local file: a torchvision-layout DenseNet-121 checkpoint."""
-    from mergerscan.training.models import _torchvision
+    from mergerscan.models.torchvision_bases import _torchvision
     tv = _torchvision()
     ref = tv.models.densenet121(weights=None)
     f = tmp_path / "densenet121-imagenet.pth"

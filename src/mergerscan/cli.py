@@ -69,13 +69,57 @@ def _samp(ap, a):
     print(f"mergerscan samp: sent to {', '.join(names)}")
 
 
+def _calibrate_parser(sub):
+    p = sub.add_parser("calibrate", help="fit an engine's temperature and threshold per test-time view count on "
+                                         "a labelled catalog's validation split; write a calibrated copy")
+    p.add_argument("engine", help="engine file (.onnx)")
+    p.add_argument("--data", required=True, help="labelled catalog (is_merger, ra, dec, image) or a directory "
+                                                 "holding catalog.csv")
+    p.add_argument("-o", "--out", required=True, help="the calibrated engine file to write")
+    p.add_argument("--views", type=int, nargs="+", default=[1, 2, 4, 8], help="view counts to calibrate")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="split seed (as training)")
+    p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image cache directory")
+    p.add_argument("--limit-per-class", type=int, help="use a small subset (smoke tests)")
+    p.add_argument("--results", help="also write the per-view summary (JSON) here")
+    return p
+
+
+def _calibrate(ap, a):
+    import json
+    from pathlib import Path
+
+    from .atomic import atomic_write_json
+    from .training.calibrate import calibrate_engine
+
+    data = Path(a.data) / "catalog.csv" if Path(a.data).is_dir() else Path(a.data)
+    for what, path in (("ENGINE", Path(a.engine)), ("--data", data)):
+        if not path.is_file():
+            ap.exit(2, f"mergerscan calibrate: error: {what} {path}: no such file\n")
+    try:
+        res = calibrate_engine(a.engine, data, a.out, views=a.views, threads=a.threads, cache=a.cache,
+                               seed=a.seed, limit_per_class=a.limit_per_class)
+    except ValueError as exc:
+        ap.exit(2, f"mergerscan calibrate: error: {exc}\n")
+    if a.results:
+        atomic_write_json(a.results, res, indent=1, default=float)
+    for n in a.views:
+        r = res[f"views_{n}"]
+        print(f"{n} view(s): T {r['temperature']:.3f} threshold {r['threshold']:.4f} | val macro F1 "
+              f"{r['val_macro_f1']:.4f} | test macro F1 {r['test']['macro']['f1']:.4f}")
+    print(json.dumps({"out": res["out"], "default_views": res["default_views"]}))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="mergerscan")
     sub = ap.add_subparsers(dest="verb", required=True)
     _train_parser(sub)
     _report_parser(sub)
     _samp_parser(sub)
+    _calibrate_parser(sub)
     a = ap.parse_args(argv)
+    if a.verb == "calibrate":
+        _calibrate(ap, a)
     if a.verb == "samp":
         _samp(ap, a)
     if a.verb == "report":
@@ -87,7 +131,7 @@ def main(argv=None):
             args = TrainArguments(**kw)
         except (ValueError, FileNotFoundError) as exc:
             ap.exit(2, f"mergerscan train: error: {exc}\n")
-        from .training.models import MissingWeightsError
+        from .models import MissingWeightsError
         try:
             run(args)
         except MissingWeightsError as exc:

@@ -12,7 +12,6 @@ its device (``_stamp_logits``, see :mod:`mergerscan.engines.front`), identical t
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +19,33 @@ from pathlib import Path
 import numpy as np
 
 from ..cutouts.preprocess import PreprocessSpec, prepare_batch
+from .engine_file import CARD_KEY, SPEC_KEY, card_of, load_metadata, require_spec
 
-SPEC_KEY, CARD_KEY = "mergerscan.spec", "mergerscan.card"
+__all__ = [
+    "CARD_KEY",
+    "SPEC_KEY",
+    "VIEWS",
+    "BackendUnavailable",
+    "Engine",
+    "EngineInfo",
+    "dihedral_views",
+    "file_sha256",
+    "iter_views",
+    "read_engine_info",
+    "sigmoid",
+]
 
 # test-time augmentation: the dihedral views averaged (mean logit) for 1, 2, 4 or 8 views, as
 # (number of 90-degree rotations, horizontal flip); the model card says how many to use and
 # carries the temperature and threshold fitted on validation for each count ("by_views")
 VIEWS = {1: ((0, False),), 2: ((0, False), (0, True)), 4: ((0, False), (0, True), (2, False), (2, True)),
          8: tuple((k, f) for k in range(4) for f in (False, True))}
+
+
+def sigmoid(z) -> np.ndarray:
+    """The logistic function (float64), clipped so exp never overflows: the one used by the
+    engines' calibration and by training's temperature fit and evaluation."""
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(z, np.float64), -60, 60)))
 
 
 def iter_views(x: np.ndarray, views: int):
@@ -61,18 +79,18 @@ class EngineInfo:
     sha256: str
     spec: PreprocessSpec
     card: dict = field(default_factory=dict)
-    views: int | None = None          # None: the card's default ("views", else 1)
+    views: int = 0                    # 0 (or None): the card's default ("views", else 1)
 
     def __post_init__(self):
-        if self.views is None:
+        if not self.views:
             self.views = int(self.card.get("views", 1))
         allowed = {int(k) for k in self.card.get("by_views", {})} | {int(self.card.get("views", 1))}
         if self.views not in allowed:
             raise ValueError(f"{self.path}: engine {self.name} has a threshold and temperature for "
                              f"{', '.join(map(str, sorted(allowed)))} view(s), not {self.views}")
 
-    def with_views(self, views: int | None) -> "EngineInfo":
-        return EngineInfo(self.path, self.sha256, self.spec, self.card, views)
+    def with_views(self, views: int | None) -> EngineInfo:
+        return EngineInfo(self.path, self.sha256, self.spec, self.card, views or 0)
 
     @property
     def name(self) -> str:
@@ -90,19 +108,13 @@ class EngineInfo:
         return float(self._calibration().get("temperature", 1.0))
 
     @classmethod
-    def from_metadata(cls, path, meta: dict) -> "EngineInfo":
-        if SPEC_KEY not in meta:
-            raise ValueError(f"{path}: not a mergerscan engine (no '{SPEC_KEY}' metadata)")
-        card = json.loads(meta.get(CARD_KEY, "{}"))
-        return cls(str(path), file_sha256(path), PreprocessSpec.from_json(meta[SPEC_KEY]), card)
+    def from_metadata(cls, path, meta: dict) -> EngineInfo:
+        return cls(str(path), file_sha256(path), require_spec(meta, path), card_of(meta))
 
 
 def read_engine_info(path: str | Path) -> EngineInfo:
     """Read spec + card from an ONNX engine file without building a session."""
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    return EngineInfo.from_metadata(path, {p.key: p.value for p in m.metadata_props})
+    return EngineInfo.from_metadata(path, load_metadata(path))
 
 
 class Engine:
@@ -176,8 +188,7 @@ class Engine:
 
     def calibrate(self, z: np.ndarray) -> np.ndarray:
         """Mean logits -> calibrated p_merger (the card's temperature for this view count)."""
-        z = np.asarray(z, np.float64)
-        return (1.0 / (1.0 + np.exp(-np.clip(z / self.info.temperature, -60, 60)))).astype(np.float32)
+        return sigmoid(np.asarray(z, np.float64) / self.info.temperature).astype(np.float32)
 
     def predict(self, stamps: np.ndarray) -> np.ndarray:
         """uint8 stamps (N, H, W, 3) -> calibrated p_merger (N,) float32."""

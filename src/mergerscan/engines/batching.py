@@ -21,8 +21,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from .base import Engine
-
-GPU_BACKENDS = ("onnxruntime-cuda", "torch-cuda", "tensorrt")
+from .registry import gpu_backends
 
 
 class SharedBatchEngine(Engine):
@@ -34,7 +33,7 @@ class SharedBatchEngine(Engine):
         self._count = threading.Lock()
         self._q: queue.Queue = queue.Queue()
         self._closed = False
-        n = dispatchers or (2 if inner.backend in GPU_BACKENDS else 1)
+        n = dispatchers or (2 if inner.backend in gpu_backends() else 1)
         self._threads = [threading.Thread(target=self._loop, name=f"mergerscan-batcher-{i}", daemon=True)
                          for i in range(n)]
         for t in self._threads:
@@ -87,7 +86,7 @@ class SharedBatchEngine(Engine):
             self.requests += len(items)
         try:
             z = self.inner.stamp_logits(np.concatenate([x for x, _ in items]) if len(items) > 1 else items[0][0])
-        except BaseException as exc:         # noqa: BLE001 - isolate: each request alone gets its own outcome
+        except BaseException as exc:
             if len(items) == 1:
                 items[0][1].set_exception(exc)
                 return
@@ -103,7 +102,7 @@ class SharedBatchEngine(Engine):
     def _settle(fut: Future, fn):
         try:
             fut.set_result(fn())
-        except BaseException as exc:         # noqa: BLE001 - handed to the calling thread
+        except BaseException as exc:
             fut.set_exception(exc)
 
     def close(self):

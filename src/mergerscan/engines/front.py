@@ -40,7 +40,8 @@ def front_nodes(spec: PreprocessSpec, views: int, src: str, dst: str):
 
     a, f, mean, std = _constants(spec)
     P = FRONT_PREFIX
-    nodes, inits = [], []
+    nodes: list = []
+    inits: list = []
 
     def const(name, arr):
         if not any(i.name == P + name for i in inits):

@@ -9,15 +9,19 @@ a quantised engine file).  Anything else is refused, never run at another precis
 
 from __future__ import annotations
 
-import json
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .base import CARD_KEY, BackendUnavailable, Engine, EngineInfo
+from .base import BackendUnavailable, Engine, EngineInfo
+from .engine_file import copy_metadata, metadata
+from .registry import get_backend, register_backend
 
 CUDA_EP = "CUDAExecutionProvider"
+CPU_PRECISIONS = ("fp32", "fp16", "int8")
+CUDA_PRECISIONS = ("fp32", "tf32", "fp16", "int8")
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -40,12 +44,11 @@ def file_precision(card: dict) -> str:
 
 def check_precision(backend: str, precision: str | None, card: dict, path) -> str:
     """The precision an ORT session will really run at, or a one-line ValueError."""
-    from . import PRECISIONS
-
     have = file_precision(card)
     precision = precision or have
-    if precision not in PRECISIONS[backend]:
-        raise ValueError(f"{backend}:{precision}: ONNX Runtime runs {', '.join(PRECISIONS[backend])} "
+    runs = get_backend(backend).precisions
+    if precision not in runs:
+        raise ValueError(f"{backend}:{precision}: ONNX Runtime runs {', '.join(runs)} "
                          f"({'tf32 needs onnxruntime-cuda' if precision == 'tf32' else 'use the torch backends for bf16'})")
     if (precision == "int8") != (have == "int8"):
         raise ValueError(f"{backend}:{precision}: {path} is {'a quantised int8' if have == 'int8' else 'a float'} engine "
@@ -63,13 +66,7 @@ def fp16_model(model):
 
     block = [n.name for n in model.graph.node if n.name.startswith(FRONT_PREFIX)]
     m16 = convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
-    meta = {p.key: p.value for p in model.metadata_props}
-    if CARD_KEY in meta:
-        meta[CARD_KEY] = json.dumps(json.loads(meta[CARD_KEY]) | {"precision": "fp16"}, sort_keys=True)
-    del m16.metadata_props[:]
-    for k, v in meta.items():
-        e = m16.metadata_props.add(); e.key, e.value = k, v
-    return m16
+    return copy_metadata(model, m16, card_updates={"precision": "fp16"})
 
 
 class OnnxRuntimeEngine(Engine):
@@ -86,8 +83,7 @@ class OnnxRuntimeEngine(Engine):
         if want_cuda and (why := cuda_unavailable_reason()):
             raise BackendUnavailable(f"onnxruntime-cuda: {why}")
         self.model = onnx.load(str(path))
-        meta = {p.key: p.value for p in self.model.metadata_props}
-        super().__init__(EngineInfo.from_metadata(path, meta))
+        super().__init__(EngineInfo.from_metadata(path, metadata(self.model)))
         self.precision = check_precision(name, precision, self.info.card, path)
         if want_cuda:
             providers = [(CUDA_EP, cuda_provider_options(self.precision))] + \
@@ -106,16 +102,23 @@ class OnnxRuntimeEngine(Engine):
         self.providers = self.session.get_providers()
         self.input_name = self.session.get_inputs()[0].name
 
+    def session_model(self, views: int | None):
+        """The ONNX model a session runs: the plain graph (None) or the graph with the front for
+        ``views`` views, converted to fp16 when that precision was asked for an fp32 file."""
+        from .front import with_front
+
+        m = self.model if views is None else with_front(self.model, self.spec, views)
+        if self.precision == "fp16" and file_precision(self.info.card) != "fp16":
+            m = fp16_model(m)
+        return m
+
     def _session(self, views: int | None):
         """The session for the plain graph (None) or the graph with the front for ``views`` views."""
         with self._sessions_lock:
             if views not in self._sessions:
                 import onnxruntime as ort
 
-                from .front import with_front
-                m = self.model if views is None else with_front(self.model, self.spec, views)
-                if self.precision == "fp16" and file_precision(self.info.card) != "fp16":
-                    m = fp16_model(m)
+                m = self.session_model(views)
                 s = ort.InferenceSession(m.SerializeToString(), self._so, providers=self._providers)
                 if self._want_cuda and CUDA_EP not in s.get_providers():
                     # ORT logs and falls back to CPU when the CUDA libraries fail to load: refuse instead.
@@ -130,3 +133,24 @@ class OnnxRuntimeEngine(Engine):
     def _stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
         from .front import STAMPS
         return self._session(self.info.views).run(None, {STAMPS: np.ascontiguousarray(stamps, np.uint8)})[0]
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeOptions:
+    precision: str | None = None       # None: the engine file's own (fp32, or fp16 / int8 files)
+    stamp_batch: int | None = None     # stamps per session call (None: 32 images' worth on CPU)
+
+
+def _cpu(path, options: OnnxRuntimeOptions, threads: int = 1, views: int | None = None) -> OnnxRuntimeEngine:
+    return OnnxRuntimeEngine(path, threads=threads, precision=options.precision, stamp_batch=options.stamp_batch)
+
+
+def _cuda(path, options: OnnxRuntimeOptions, threads: int = 1, views: int | None = None) -> OnnxRuntimeEngine:
+    return OnnxRuntimeEngine(path, threads=threads, providers=[CUDA_EP, "CPUExecutionProvider"],
+                             precision=options.precision, stamp_batch=options.stamp_batch)
+
+
+register_backend("onnxruntime", options=OnnxRuntimeOptions, precisions=CPU_PRECISIONS,
+                 help="ONNX Runtime on the CPU (the default)")(_cpu)
+register_backend("onnxruntime-cuda", options=OnnxRuntimeOptions, precisions=CUDA_PRECISIONS, needs_gpu=True,
+                 unavailable_reason=cuda_unavailable_reason, help="ONNX Runtime's CUDA execution provider")(_cuda)

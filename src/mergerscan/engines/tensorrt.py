@@ -27,15 +27,18 @@ import importlib.util
 import json
 import os
 import re
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .base import CARD_KEY, BackendUnavailable, Engine, read_engine_info
+from ..atomic import atomic_write_bytes
+from .base import BackendUnavailable, Engine, read_engine_info
+from .engine_file import copy_metadata, save_model
+from .registry import register_backend
 
-PRECISIONS = ("fp16", "fp32", "tf32", "int8")
+PRECISIONS = ("fp32", "tf32", "fp16", "int8")
 PLAN_FORMAT = "front-1"          # bump when the composed graph (front, view mean) changes
 
 
@@ -98,33 +101,7 @@ def fp16_onnx(src: str | Path, dst: str | Path) -> Path:
 
     m = onnx.load(str(src))
     m16 = convert_float_to_float16(m, keep_io_types=True)
-    meta = {p.key: p.value for p in m.metadata_props}
-    card = json.loads(meta.get(CARD_KEY, "{}")) | {"precision": "fp16"}
-    meta[CARD_KEY] = json.dumps(card, sort_keys=True)
-    del m16.metadata_props[:]
-    for k, v in meta.items():
-        e = m16.metadata_props.add(); e.key, e.value = k, v
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)   # unique per writer
-    os.close(fd)
-    try:
-        onnx.save(m16, tmp)
-        os.replace(tmp, dst)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return dst
-
-
-def _atomic_write(path: Path, data: bytes):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # unique per writer
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    return save_model(copy_metadata(m, m16, card_updates={"precision": "fp16"}), dst)   # atomic: unique temporary
 
 
 @contextlib.contextmanager
@@ -162,7 +139,7 @@ def build_once(plan_path: str | Path, build, timeout_s: float = 3600.0) -> bytes
         if plan_path.is_file():              # built by another process while we waited
             return plan_path.read_bytes()
         plan = build()
-        _atomic_write(plan_path, plan)
+        atomic_write_bytes(plan_path, plan)
         return plan
 
 
@@ -214,7 +191,7 @@ def build_plan(trt, onnx_bytes: bytes, profile: dict, timing_cache: Path, logger
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {name}")
-    _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+    atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(plan)
 
 
@@ -223,7 +200,7 @@ class TensorRTEngine(Engine):
     serial = True                    # one context, stream and buffer set shared by the worker's threads
 
     def __init__(self, path: str | Path, precision: str | None = None, max_batch: int = 128,
-                 opt_batch: int | None = None, cache_dir: str | Path | None = None, views: int | None = None, **_):
+                 opt_batch: int | None = None, cache_dir: str | Path | None = None, views: int | None = None):
         trt = _import_trt()
         import torch
 
@@ -288,3 +265,19 @@ class TensorRTEngine(Engine):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
             res = out.cpu()       # synchronises self.stream
         return res.numpy()
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    precision: str | None = None          # None: fp16 (int8 for a quantised engine file)
+    max_batch: int = 128                  # stamps per call: the optimisation profile's maximum
+    opt_batch: int | None = None          # the profile's tuning point (None: max_batch)
+    cache_dir: str | None = None          # plan cache (None: $MERGERSCAN_TRT_CACHE or ~/.cache)
+
+
+@register_backend("tensorrt", options=TensorRTOptions, precisions=PRECISIONS,
+                  default_precision="fp16", needs_gpu=True, unavailable_reason=unavailable_reason,
+                  help="TensorRT plans built from the engine file, cached per node")
+def _tensorrt(path, options: TensorRTOptions, threads: int = 1, views: int | None = None) -> TensorRTEngine:
+    return TensorRTEngine(path, precision=options.precision, max_batch=options.max_batch,
+                          opt_batch=options.opt_batch, cache_dir=options.cache_dir, views=views)

@@ -1,7 +1,8 @@
 """PyTorch backend: the model rebuilt from the engine file itself (no sidecar, no pickle).
 
-``card["arch"]`` names the architecture in :func:`mergerscan.training.models.create_model`; the
-weights are the ONNX initializers.  The dynamo exporter keeps parameter names (``base.x.weight``)
+``card["model"]`` (written by the export: ``{"arch", "hidden", "dropout"}``; older files have only
+``card["arch"]``) is the configuration for :func:`mergerscan.models.create_model`; the weights are
+the ONNX initializers.  The dynamo exporter keeps parameter names (``base.x.weight``)
 but folds each BatchNorm that directly follows a Conv into that Conv (weight rescaled in place,
 bias added as ``<conv>.weight_bias``, or dropped when zero); a BatchNorm it cannot fold (DenseNet's
 pre-activation norms) stays a ``BatchNormalization`` node with its state-dict names.  So the torch
@@ -23,13 +24,17 @@ overlaps the compute of another; only the compute (one graph's static buffers) i
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .base import BackendUnavailable, Engine, EngineInfo
+from .engine_file import metadata
+from .registry import register_backend
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+CUDA_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
 def _conv_bn_pairs(net, size: int) -> dict[str, str]:
@@ -38,7 +43,9 @@ def _conv_bn_pairs(net, size: int) -> dict[str, str]:
     import torch
     from torch import nn
 
-    outs, pairs, hooks = {}, {}, []
+    outs: dict[int, tuple] = {}
+    pairs: dict[str, str] = {}
+    hooks: list = []
     for name, mod in net.named_modules():
         if isinstance(mod, nn.Conv2d):
             hooks.append(mod.register_forward_hook(
@@ -65,18 +72,20 @@ def rebuild_model(path: str | Path):
     from onnx import numpy_helper
     from torch import nn
 
-    from ..training.models import ARCHS, create_model
+    from ..models import ARCHS, create_model
 
     m = onnx.load(str(path))
-    info = EngineInfo.from_metadata(path, {p.key: p.value for p in m.metadata_props})
-    arch = info.card.get("arch")
+    info = EngineInfo.from_metadata(path, metadata(m))
+    config = dict(info.card.get("model") or {"arch": info.card.get("arch")})
+    arch = config.get("arch")
     if arch not in ARCHS:
         raise ValueError(f"{path}: card arch {arch!r} is not one of {ARCHS}; the torch backend cannot rebuild it")
     if info.card.get("precision") == "int8":
         raise ValueError(f"{path}: a quantised (int8) engine; the torch backend needs the float engine")
     W = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    hidden = int(W["top.1.weight"].shape[0]) if "top.1.weight" in W else 256
-    net = create_model(arch, hidden=hidden).eval()
+    if "hidden" not in config:       # files exported before the card carried the config
+        config["hidden"] = int(W["top.1.weight"].shape[0]) if "top.1.weight" in W else 256
+    net = create_model(**config).eval()
     pairs = _conv_bn_pairs(net, info.spec.input_size)
     modules = dict(net.named_modules())
 
@@ -98,7 +107,7 @@ def rebuild_model(path: str | Path):
         folded = bn is not None and f"{bn}.running_mean" not in W
         conv.weight.data.copy_(tensor(node.input[1], conv.weight))
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        if folded:       # the exporter folded `bn` into this conv: do the same here
+        if bn is not None and folded:       # the exporter folded `bn` into this conv: do the same here
             b = tensor(bias, torch.empty(conv.out_channels)) if bias else torch.zeros(conv.out_channels)
             conv.bias = nn.Parameter(b)
             parent, _, child = bn.rpartition(".")
@@ -137,7 +146,7 @@ def compile_unavailable_reason() -> str | None:
     try:
         import torch
         import torch._inductor.compile_fx  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - any import failure means the same here
+    except Exception as exc:
         return f"torch.compile (inductor) does not import: {type(exc).__name__}: {exc}"
     return None
 
@@ -320,3 +329,40 @@ class TorchEngine(Engine):
             return out.cpu().numpy()
         finally:
             slots.put((host, dev, copied))
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    precision: str | None = None          # None: the backend's default (torch fp32, torch-cuda bf16)
+    compile: bool | None = None           # torch.compile (None: on for torch-cuda, off on the CPU)
+    compile_mode: str | None = None
+    cuda_graphs: bool | None = None       # None: on for CUDA
+    max_batch: int | None = None          # images per net call
+    host_buffers: int = 3                 # pinned host buffers (calls in flight) on CUDA
+
+
+def _torch_engine(device: str, default_precision: str, default_compile: bool):
+    def make(path, options: TorchOptions, threads: int = 1, views: int | None = None) -> TorchEngine:
+        return TorchEngine(path, device=device, precision=options.precision or default_precision,
+                           compile=default_compile if options.compile is None else options.compile,
+                           compile_mode=options.compile_mode, cuda_graphs=options.cuda_graphs, threads=threads,
+                           max_batch=options.max_batch, host_buffers=options.host_buffers)
+    make.__qualname__ = f"torch_engine_{device}"
+    return make
+
+
+def _torch_unavailable_reason() -> str | None:
+    import importlib.util
+    return None if importlib.util.find_spec("torch") else "torch is not installed (pip install mergerscan[train])"
+
+
+def _torch_cuda_unavailable_reason() -> str | None:
+    return _torch_unavailable_reason() or cuda_unavailable_reason()
+
+
+register_backend("torch", options=TorchOptions, precisions=PRECISIONS, unavailable_reason=_torch_unavailable_reason,
+                 help="PyTorch on the CPU, the model rebuilt from the engine file")(_torch_engine("cpu", "fp32", False))
+register_backend("torch-cuda", options=TorchOptions, precisions=CUDA_PRECISIONS, default_precision="bf16",
+                 needs_gpu=True, unavailable_reason=_torch_cuda_unavailable_reason,
+                 help="PyTorch on CUDA: bf16 autocast, torch.compile and CUDA graphs by default")(
+    _torch_engine("cuda", "bf16", True))

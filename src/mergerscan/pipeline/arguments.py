@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cutouts.sources import SourceConfig, redact_text
-from .slurm import GPU_BACKENDS, SlurmOptions, is_slurm_task, slurm_cpus
+from .slurm import SlurmOptions, is_slurm_task, slurm_cpus
 
 
 class ArgumentError(ValueError):
@@ -105,7 +105,7 @@ class ProcessArguments:
                                 "(see slurm/process-catalog.sbatch)")
         if self.gpus not in (0, 1):
             raise ArgumentError("--gpus: 0 (CPU) or 1 (one GPU per worker)")
-        from ..engines import parse_backend
+        from ..engines import get_backend, gpu_backends, parse_backend
         from ..engines.base import VIEWS
         try:
             backend_name, opts = parse_backend(self.backend)
@@ -114,9 +114,9 @@ class ProcessArguments:
         if self.views is not None and self.views not in VIEWS:
             raise ArgumentError(f"--views {self.views}: choose {', '.join(map(str, VIEWS))}")
         if self.shared_batch is None:
-            self.shared_batch = backend_name in GPU_BACKENDS
-        if self.gpus and backend_name not in GPU_BACKENDS:
-            raise ArgumentError(f"--gpus 1 needs a GPU backend ({', '.join(GPU_BACKENDS)}), not --backend {self.backend}")
+            self.shared_batch = get_backend(backend_name).needs_gpu
+        if self.gpus and not get_backend(backend_name).needs_gpu:
+            raise ArgumentError(f"--gpus 1 needs a GPU backend ({', '.join(gpu_backends())}), not --backend {self.backend}")
         if self.cluster == "slurm":
             # --gpus 1 with --slurm-processes k: the k worker processes of a job share its one GPU
             # (past one process's GIL); each advertises its threads as GPU units

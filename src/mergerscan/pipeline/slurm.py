@@ -32,7 +32,6 @@ from pathlib import Path
 
 NO_PAUSE_ENV = "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE"   # =False: see pipeline/cluster.py
 TEMPLATES = ("process-catalog.sbatch", "plan.sbatch", "shard.sbatch", "finalize.sbatch", "submit-array.sh")
-GPU_BACKENDS = ("onnxruntime-cuda", "torch-cuda", "tensorrt")     # backend names before any ":precision"
 # A scoring task with --gpus 1 asks for one unit of the Dask resource GPU; a GPU worker advertises one
 # unit per thread (partition slot), so exactly `threads` partitions share its GPU.  Integer units:
 # fractional ones (1/threads per task) lose a slot to rounding (12 threads ran 11 tasks at once).

@@ -1,41 +1,42 @@
 """Export a trained model to an engine file: ONNX (dynamo exporter, dynamic batch) + metadata.
 
-The preprocessing spec and the model card are written into the ONNX ``metadata_props``; the
-engines read them from there, so an engine file is self-describing (engines are data).
+The preprocessing spec and the model card are written into the ONNX ``metadata_props`` by
+:mod:`mergerscan.engines.engine_file` (the one module that reads and writes them), so an engine
+file is self-describing (engines are data).  Every engine file is written atomically.
 """
 
 from __future__ import annotations
 
-import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..cutouts.preprocess import PreprocessSpec
-from ..engines.base import CARD_KEY, SPEC_KEY
+from ..engines.engine_file import card_of, copy_metadata, metadata, save_model, set_metadata, write_metadata
 
 
 def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, card: dict, path: str | Path,
                 opset: int = 18) -> Path:
+    """``model`` -> engine file at ``path``.  A model from :func:`mergerscan.models.create_model`
+    carries its config, which goes into the card as ``model`` (the torch backend rebuilds from it)."""
     import onnx
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().to("cpu", memory_format=torch.contiguous_format)
+    config = getattr(model, "config", None)
+    if isinstance(config, dict):
+        card = {"model": dict(config)} | card
     x = torch.zeros(2, 3, spec.input_size, spec.input_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    tmp = path.with_suffix(".tmp.onnx")
-    torch.onnx.export(model, (x,), str(tmp), dynamo=True, input_names=["input"], output_names=["logit"],
-                      dynamic_shapes={"x": {0: batch}}, opset_version=opset, external_data=False,
-                      verbose=False)
-    m = onnx.load(str(tmp))
-    for k, v in ((SPEC_KEY, spec.to_json()), (CARD_KEY, json.dumps(card, sort_keys=True))):
-        entry = m.metadata_props.add()
-        entry.key, entry.value = k, v
-    onnx.save(m, str(path))
-    tmp.unlink()
-    return path
+    with tempfile.TemporaryDirectory(prefix="mergerscan-export-") as tmp:
+        raw = Path(tmp) / "model.onnx"
+        torch.onnx.export(model, (x,), str(raw), dynamo=True, input_names=["input"], output_names=["logit"],
+                          dynamic_shapes={"x": {0: batch}}, opset_version=opset, external_data=False,
+                          verbose=False)
+        m = onnx.load(str(raw))
+    return save_model(set_metadata(m, spec, card), path)
 
 
 def parity(model: torch.nn.Module, onnx_path: str | Path, x: np.ndarray) -> float:
@@ -55,8 +56,7 @@ def quantize_int8(onnx_path: str | Path, calib: np.ndarray, out_path: str | Path
     QDQ, its recommended default).  Metadata (spec + card) is carried over, with ``precision:
     int8`` and ``quantization: symmetric-s8s8-qdq`` in the card."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -66,23 +66,19 @@ def quantize_int8(onnx_path: str | Path, calib: np.ndarray, out_path: str | Path
         def get_next(self):
             return next(self.it, None)
 
-    out_path = Path(out_path)
-    pre = out_path.with_suffix(".pre.onnx")
-    quant_pre_process(str(onnx_path), str(pre))
-    quantize_static(str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    # biases stay float: TensorRT dequantises only int8 (not int32 bias) tensors
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
-    pre.unlink()
-    src = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    m = onnx.load(str(out_path))
-    del m.metadata_props[:]
-    card = json.loads(src[CARD_KEY]); card["precision"] = "int8"; card["quantization"] = "symmetric-s8s8-qdq"
-    card["name"] = card.get("name", "model") + "-int8"
-    for k, v in ((SPEC_KEY, src[SPEC_KEY]), (CARD_KEY, json.dumps(card, sort_keys=True))):
-        e = m.metadata_props.add(); e.key, e.value = k, v
-    onnx.save(m, str(out_path))
-    return out_path
+    src = onnx.load(str(onnx_path), load_external_data=False)
+    with tempfile.TemporaryDirectory(prefix="mergerscan-int8-") as tmp:
+        pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(onnx_path), str(pre))
+        quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        # biases stay float: TensorRT dequantises only int8 (not int32 bias) tensors
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+        m = onnx.load(str(q))
+    card = card_of(metadata(src))
+    return save_model(copy_metadata(src, m, card_updates={
+        "precision": "int8", "quantization": "symmetric-s8s8-qdq", "name": card.get("name", "model") + "-int8"}),
+        out_path)
 
 
 def zero_points(path: str | Path) -> dict[str, np.ndarray]:
@@ -101,19 +97,6 @@ def zero_points(path: str | Path) -> dict[str, np.ndarray]:
 
 def update_metadata(path: str | Path, out_path: str | Path, spec: PreprocessSpec | None = None,
                     card_updates: dict | None = None) -> Path:
-    """Rewrite an engine's spec and/or card (e.g. after calibrating the frame colour stretch,
-    which describes how the training stamps were rendered, not the weights)."""
-    import onnx
-
-    m = onnx.load(str(path))
-    meta = {p.key: p.value for p in m.metadata_props}
-    card = json.loads(meta.get(CARD_KEY, "{}"))
-    card.update(card_updates or {})
-    meta[CARD_KEY] = json.dumps(card, sort_keys=True)
-    if spec is not None:
-        meta[SPEC_KEY] = spec.to_json()
-    del m.metadata_props[:]
-    for k, v in sorted(meta.items()):
-        e = m.metadata_props.add(); e.key, e.value = k, v
-    onnx.save(m, str(out_path))
-    return Path(out_path)
+    """Rewrite an engine's spec and/or card into ``out_path`` (e.g. after calibrating the frame
+    colour stretch, which describes how the training stamps were rendered, not the weights)."""
+    return write_metadata(path, out_path, spec=spec, card_updates=card_updates or {})

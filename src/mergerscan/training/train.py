@@ -169,11 +169,8 @@ def run(args: TrainArguments) -> dict:
 
     # ---- calibrate + choose threshold on validation, evaluate once on test
     zv, zt = _predict_logits(net, data.stamps[va], spec), _predict_logits(net, data.stamps[te], spec)
-    T = ev.fit_temperature(labels[va], zv)
-    pv, pt = ev._sigmoid(zv / T), ev._sigmoid(zt / T)
-    thr = ev.choose_threshold(labels[va], pv)
-    m_test = ev.summarize(labels[te], pt, thr)
-    m_val = ev.summarize(labels[va], pv, thr)
+    cal = ev.calibrate_and_summarize(labels[va], zv, labels[te], zt)
+    T, thr, pv, pt, m_val, m_test = cal.temperature, cal.threshold, cal.p_val, cal.p_test, cal.val, cal.test
     name = args.name or f"{args.arch}-{args.experiment}-{args.input_size}px"
     from .. import __version__
     card = {

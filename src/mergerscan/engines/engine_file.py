@@ -1,0 +1,92 @@
+"""The one place that reads and writes an engine file's metadata: the preprocessing spec and the
+model card, stored in the ONNX ``metadata_props`` under ``mergerscan.spec`` / ``mergerscan.card``.
+
+Everything else (the backends, export, quantisation, calibration, the fp16 converters) goes through
+these functions, so the keys, the JSON form of the card and the atomic write exist once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_path
+from ..cutouts.preprocess import PreprocessSpec
+
+SPEC_KEY, CARD_KEY = "mergerscan.spec", "mergerscan.card"
+
+
+def metadata(model: Any) -> dict[str, str]:
+    """{key: value} of an ``onnx.ModelProto``'s metadata_props."""
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def load_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of an engine file, without loading its weights."""
+    import onnx
+
+    return metadata(onnx.load(str(path), load_external_data=False))
+
+
+def require_spec(meta: dict[str, str], path: str | Path) -> PreprocessSpec:
+    if SPEC_KEY not in meta:
+        raise ValueError(f"{path}: not a mergerscan engine (no '{SPEC_KEY}' metadata)")
+    return PreprocessSpec.from_json(meta[SPEC_KEY])
+
+
+def card_of(meta: dict[str, str]) -> dict:
+    return json.loads(meta.get(CARD_KEY, "{}"))
+
+
+def read_spec(path: str | Path) -> PreprocessSpec:
+    return require_spec(load_metadata(path), path)
+
+
+def read_card(path: str | Path) -> dict:
+    return card_of(load_metadata(path))
+
+
+def set_metadata(model: Any, spec: PreprocessSpec | str | None = None, card: dict | None = None,
+                 card_updates: dict | None = None) -> Any:
+    """Put ``spec`` and the card (``card``, or the model's own card updated with ``card_updates``)
+    into ``model``'s metadata, in place; other keys are kept.  Returns the model."""
+    meta = metadata(model)
+    if spec is not None:
+        meta[SPEC_KEY] = spec if isinstance(spec, str) else spec.to_json()
+    if card is not None or card_updates:
+        meta[CARD_KEY] = json.dumps((card_of(meta) if card is None else dict(card)) | (card_updates or {}),
+                                    sort_keys=True)
+    del model.metadata_props[:]
+    for k, v in sorted(meta.items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    return model
+
+
+def copy_metadata(src: Any, dst: Any, card_updates: dict | None = None) -> Any:
+    """``dst`` (e.g. a converted or quantised graph) with ``src``'s spec and card."""
+    meta = metadata(src)
+    del dst.metadata_props[:]
+    return set_metadata(dst, meta.get(SPEC_KEY), card_of(meta), card_updates)
+
+
+def save_model(model: Any, path: str | Path) -> Path:
+    """Write an ONNX model atomically (a reader never sees half an engine file)."""
+    import onnx
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return path
+
+
+def write_metadata(path: str | Path, out_path: str | Path | None = None, spec: PreprocessSpec | None = None,
+                   card: dict | None = None, card_updates: dict | None = None) -> Path:
+    """Rewrite an engine file's spec and/or card into ``out_path`` (default: in place), atomically.
+    The weights and graph are unchanged; the file's sha256 changes with its metadata."""
+    import onnx
+
+    m = onnx.load(str(path))
+    set_metadata(m, spec, card, card_updates)
+    return save_model(m, out_path or path)
