@@ -81,6 +81,16 @@ class BatchLoader:
         return LoaderError(f"preparing batch {b + 1}/{len(self)} ({self.where}): {type(exc).__name__}: {msg}")
 
     def _produce(self) -> None:
+        # one intra-op thread here, so preparation does not oversubscribe the cores the step uses
+        # (torch keeps the count per OpenMP thread but also as the default for new threads: restored)
+        default = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self._produce_all()
+        finally:
+            torch.set_num_threads(default)
+
+    def _produce_all(self) -> None:
         for b in range(len(self.batches)):
             if self._stop.is_set():
                 return
