@@ -106,6 +106,7 @@ def resume_arguments(run_dir: str | Path, given: dict) -> dict:
                               f"(in {Path(run_dir) / CONFIG}); a resume continues that run's configuration "
                               "- start a new --out to change it")
     out = dict(saved)
+    out.pop("stop_after_epochs", None)      # a budget for one invocation, never inherited
     out["catalog"] = ref["catalog"]
     out["out"] = str(run_dir)
     for key in RUNTIME_OPTIONS:
