@@ -275,3 +275,213 @@ def test_onnx_parity_on_real_images(tmp_path, gz_dir):
     imgs = sorted(gz_dir.glob("images/*.jpg"))[:16]
     x = prepare_batch(decode_stamps([str(p) for p in imgs]), spec)
     assert parity(net, path, x) < 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# hE (issue 14.1): resumable training, the loader thread, the bf16 choice.  Tiny generated
+# images (32 px: one blob vs two), EfficientNet-Lite0 E2 at 32 px, 1 thread.
+# ----------------------------------------------------------------------------------------------
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import mergerscan  # noqa: E402
+
+
+def _tiny_catalog(root: Path, n_per_class: int = 24, px: int = 32) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:px, :px]
+    rows = []
+    for i in range(2 * n_per_class):
+        label = i % 2
+        img = rng.normal(20, 4, (px, px, 3))
+        centres = [(px / 2, px / 2)] + ([(px / 2 + rng.uniform(6, 10), px / 2 + rng.uniform(-6, 6))] if label else [])
+        for cy, cx in centres:
+            img += 200 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 2.5 ** 2))[..., None]
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"T{i:03d}.png")
+        rows.append(f"T{i:03d},{label},{10 + i},{0.5 * (i % 7)},images/T{i:03d}.png")   # 1 deg apart: own groups
+    (root / "catalog.csv").write_text("id,is_merger,ra,dec,image\n" + "\n".join(rows) + "\n")
+    return root / "catalog.csv"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    cat = _tiny_catalog(root)
+    opts = ["--catalog", str(cat), "--arch", "efficientnet_lite0", "--experiment", "e2", "--size", "32",
+            "--epochs-top", "2", "--epochs", "2", "--batch-size", "8", "--unfreeze-blocks", "2",
+            "--threads", "1", "--cache", str(root / "cache"), "--name", "tiny", "--no-export"]
+    return root, opts
+
+
+def _cli(*argv, wait=True):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(mergerscan.__file__).parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "mergerscan.cli", "train", *map(str, argv)]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return r.stdout
+
+
+def _same_result(a: Path, b: Path):
+    wa = torch.load(a / "model.pt", weights_only=True)
+    wb = torch.load(b / "model.pt", weights_only=True)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), [k for k in wa if not torch.equal(wa[k], wb[k])][:5]
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert ma["test"] == mb["test"] and ma["val"] == mb["val"]
+    assert ma["card"]["threshold"] == mb["card"]["threshold"]
+    assert ma["card"]["temperature"] == mb["card"]["temperature"]
+    epochs = lambda d: [(h["phase"], h["epoch"], h["train_loss"], h["val_loss"]) for h in
+                        json.loads((d / "history.json").read_text()) if "train_loss" in h]
+    assert epochs(a) == epochs(b) and len(epochs(a)) == 4
+    assert len({e[2] for e in epochs(a)}) == 4                  # it trained: every epoch's loss differs
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny):
+    root, opts = tiny
+    _cli(*opts, "--out", root / "full")
+    return root / "full"
+
+
+def test_resume_after_stop_gives_the_uninterrupted_result(tiny, uninterrupted):
+    """Stopped mid phase 1, then at the phase boundary, then resumed through both phase-2 epochs
+    (the epoch budget of an invocation is not inherited by the next): the same
+    weights, metrics and per-epoch losses as the uninterrupted run, bit for bit."""
+    from mergerscan.training.checkpoint import load_checkpoint
+    root, opts = tiny
+    run_dir = root / "stopped"
+    out = _cli(*opts, "--out", run_dir, "--stop-after-epochs", 1)
+    assert "--resume" in out and not (run_dir / "metrics.json").exists()
+    ck = load_checkpoint(run_dir)
+    assert (ck["phase"], ck["phase_state"]["epoch"], ck["finished"]) == (0, 1, False)
+    assert set(ck["rng"]) == {"torch", "numpy", "python"} and ck["optimizer"]["state"]
+    _cli("--resume", run_dir, "--stop-after-epochs", 1)
+    assert (load_checkpoint(run_dir)["phase_state"]["epoch"], load_checkpoint(run_dir)["phase"]) == (2, 0)
+    _cli("--resume", run_dir)
+    _same_result(uninterrupted, run_dir)
+    hist = json.loads((run_dir / "history.json").read_text())
+    assert sum("resumed" in h for h in hist) == 2 and hist[0]["precision"] in ("fp32", "bf16 autocast, channels_last")
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_result(tiny, uninterrupted):
+    """SIGKILL as soon as the first checkpoint lands (wherever the run then is), then resume."""
+    root, opts = tiny
+    run_dir = root / "killed"
+    proc = _cli(*opts, "--out", run_dir, wait=False)
+    t0 = time.time()
+    while not (run_dir / "checkpoint.pt").exists() and proc.poll() is None and time.time() - t0 < 300:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run_dir / "checkpoint.pt").exists()
+    _cli("--resume", run_dir)
+    _same_result(uninterrupted, run_dir)
+
+
+def test_resume_of_a_finished_run_is_a_no_op(uninterrupted, capsys):
+    from mergerscan.cli import main
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in uninterrupted.iterdir() if p.is_file()}
+    main(["train", "--resume", str(uninterrupted)])
+    assert "nothing to resume" in capsys.readouterr().out
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in uninterrupted.iterdir() if p.is_file()}
+    assert after == before
+
+
+def test_resume_with_a_different_config_is_refused(tiny, uninterrupted, capsys):
+    from mergerscan.cli import main
+    root, opts = tiny
+    for extra, named in ((["--epochs", "3"], "--epochs 3"), (["--lr-top", "0.01"], "--lr-top"),
+                         (["--out", str(root / "elsewhere")], "--out")):
+        with pytest.raises(SystemExit) as e:
+            main(["train", "--resume", str(uninterrupted), *extra])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and named in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(SystemExit) as e:                       # a fresh run never overwrites a run
+        main(["train", *opts, "--out", str(uninterrupted)])
+    assert e.value.code == 2 and "--resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--resume", str(root / "nothing-here")])
+    assert e.value.code == 2 and "checkpoint.pt" in capsys.readouterr().err
+
+
+def test_checkpoint_is_weights_only(tmp_path):
+    """A checkpoint that needs unpickling (here: an arbitrary object) is refused in one line."""
+    from mergerscan.training.checkpoint import ResumeError, load_checkpoint
+    torch.save({"format": "mergerscan-train-checkpoint/1", "x": Path("/etc")}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ResumeError, match="weights-only"):
+        load_checkpoint(tmp_path)
+
+
+def _tiny_stamps(n=20, px=32):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (n, px, px, 3), dtype=np.uint8), (np.arange(n) % 2)
+
+
+def test_loader_is_deterministic_and_matches_the_main_thread():
+    from mergerscan.training.loader import BatchLoader, epoch_batches
+    stamps, labels = _tiny_stamps()
+    spec = PreprocessSpec(stamp_pixels=32, input_size=16)
+    idx = np.arange(3, 20)
+    b0 = epoch_batches(idx, 4, seed=7, phase=0, epoch=0)
+    seen = np.concatenate(b0)       # 17 objects in batches of 4: the last batch of one is dropped
+    assert len(seen) == 16 and len(set(seen)) == 16 and set(seen) <= set(idx)
+    assert all(len(b) >= 2 and np.all(np.diff(b) > 0) for b in b0)
+    assert not all(np.array_equal(a, b) for a, b in zip(b0, epoch_batches(idx, 4, 7, 0, 1)))
+    run = lambda threaded, epoch=0: [(x.clone(), y.clone()) for x, y in BatchLoader(
+        stamps, labels, epoch_batches(idx, 4, 7, 0, epoch), spec, 7, 0, epoch, prefetch=2, threaded=threaded)]
+    a, b = run(True), run(False)
+    assert len(a) == len(b0) and all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, run(True)))
+    assert not torch.equal(a[0][0], run(True, epoch=1)[0][0])
+
+
+def test_loader_error_is_one_line_and_early_exit_stops_the_thread():
+    import threading
+
+    from mergerscan.training.loader import BatchLoader, LoaderError
+    stamps, labels = _tiny_stamps()
+    wrong = PreprocessSpec(stamp_pixels=64, input_size=16)     # stamps are 32 px: prepare_batch refuses
+    batches = [np.arange(0, 4), np.arange(4, 8)]
+    with pytest.raises(LoaderError) as e:
+        list(BatchLoader(stamps, labels, batches, wrong, 0, 0, 0))
+    assert "batch 1/2" in str(e.value) and "32 px" in str(e.value) and "\n" not in str(e.value)
+    many = [np.arange(i, i + 2) for i in range(0, 18, 2)]
+    for _x, _y in BatchLoader(stamps, labels, many, PreprocessSpec(stamp_pixels=32, input_size=16), 0, 0, 0,
+                              prefetch=1):
+        break
+    time.sleep(0.3)
+    assert not any(t.name == "mergerscan-batch-loader" for t in threading.enumerate())
+
+
+def test_bf16_choice_follows_the_cpu_flags(tmp_path):
+    from mergerscan.training.hardware import cpu_flags, cpu_has_bf16, use_bf16
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_flags(info) == {"fpu", "avx2", "avx512f", "avx512_bf16"}
+    assert cpu_has_bf16({"amx_bf16"}) and cpu_has_bf16({"avx512_bf16"}) and not cpu_has_bf16({"avx2", "fma"})
+    assert use_bf16("auto", {"avx2"}) is False and use_bf16("auto", {"amx_bf16"}) is True
+    assert use_bf16("on", {"avx2"}) is True and use_bf16("off", {"amx_bf16"}) is False
+    with pytest.raises(ValueError, match="--bf16"):
+        use_bf16("maybe")
+
+
+def test_bf16_train_step_runs_channels_last():
+    """The bf16 path works on any CPU (emulated where the flags are absent): finite loss, fp32 weights."""
+    from mergerscan.training.train import train_step
+    torch.manual_seed(0)
+    net = create_model("efficientnet_lite0").to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    loss = train_step(net, opt, x, torch.tensor([0.0, 1.0, 0.0, 1.0]), torch.tensor(1.0), bf16=True)
+    assert np.isfinite(loss) and net.top[1].weight.dtype == torch.float32

@@ -8,8 +8,10 @@ import sys
 
 def _train_parser(sub):
     p = sub.add_parser("train", help="train a model (E1 scratch / E2 transfer) and export an engine")
-    p.add_argument("--catalog", required=True, help="labelled catalog (CSV/FITS/Parquet) with is_merger and image")
-    p.add_argument("--out", required=True, help="run directory (model.onnx, metrics.json, plots)")
+    p.add_argument("--catalog", help="labelled catalog (CSV/FITS/Parquet) with is_merger and image (required)")
+    p.add_argument("--out", help="run directory (model.onnx, metrics.json, plots, checkpoint.pt) (required)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the stopped run in RUN_DIR from its last "
+                   "checkpoint, with RUN_DIR's configuration (options given with it must match)")
     p.add_argument("--arch", default="efficientnet_lite0")
     p.add_argument("--experiment", default="e2", choices=["e1", "e2"])
     p.add_argument("--size", dest="input_size", type=int, default=128, help="model input size (px)")
@@ -27,6 +29,15 @@ def _train_parser(sub):
     p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image cache directory")
     p.add_argument("--int8", action="store_true", help="also export a static INT8 model and measure it")
     p.add_argument("--name")
+    p.add_argument("--patience", type=int, default=0,
+                   help="end a phase when validation loss has not improved for N epochs (0: run every epoch)")
+    p.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
+                   help="bf16 autocast + channels_last: auto = where the CPU has AVX512-BF16 or AMX")
+    p.add_argument("--prefetch", type=int, default=2, help="batches prepared ahead in the loader thread (0: none)")
+    p.add_argument("--stop-after-epochs", type=int, metavar="N",
+                   help="stop this invocation after N epochs, leaving a checkpoint for --resume")
+    p.add_argument("--no-export", dest="export", action="store_false",
+                   help="evaluate but write no ONNX engine file (quicker study runs)")
     return p
 
 
@@ -113,7 +124,7 @@ def _calibrate(ap, a):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="mergerscan")
     sub = ap.add_subparsers(dest="verb", required=True)
-    _train_parser(sub)
+    train_parser = _train_parser(sub)
     _report_parser(sub)
     _samp_parser(sub)
     _calibrate_parser(sub)
@@ -125,18 +136,30 @@ def main(argv=None):
     if a.verb == "report":
         _report(ap, a)
     if a.verb == "train":
-        from .training.train import TrainArguments, run
-        kw = {k: v for k, v in vars(a).items() if k != "verb"}
-        try:
-            args = TrainArguments(**kw)
-        except (ValueError, FileNotFoundError) as exc:
-            ap.exit(2, f"mergerscan train: error: {exc}\n")
-        from .models import MissingWeightsError
-        try:
-            run(args)
-        except MissingWeightsError as exc:
-            ap.exit(2, f"mergerscan train: error: {exc}\n")
+        _train(ap, a, train_parser)
     return 0
+
+
+def _train(ap, a, train_parser):
+    from .training.checkpoint import ResumeError, resume_arguments
+    from .training.loader import LoaderError
+    from .models import MissingWeightsError
+    from .training.train import TrainArguments, run
+    kw = {k: v for k, v in vars(a).items() if k not in ("verb", "resume")}
+    fail = lambda exc: ap.exit(2, f"mergerscan train: error: {exc}\n")
+    try:
+        if a.resume:     # the run's own configuration; options typed here must agree with it
+            given = {k: v for k, v in kw.items() if v != train_parser.get_default(k)}
+            kw = resume_arguments(a.resume, given)
+        elif not (a.catalog and a.out):
+            fail("--catalog and --out are required (or --resume RUN_DIR)")
+        args = TrainArguments(**kw)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(exc)
+    try:
+        run(args, resume=bool(a.resume))
+    except (MissingWeightsError, ResumeError, LoaderError) as exc:
+        fail(exc)
 
 
 def process_catalog_main(argv=None):

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..atomic import atomic_path
+
 SPLITS = ("train", "val", "test")
 
 
@@ -118,10 +120,8 @@ def decode_stamps(paths: list[str], cache: str | Path | None = None, threads: in
                 raise ValueError(f"{paths[i]}: image is {arr.shape}, expected {first.shape}")
             out[i] = arr
     if cache is not None:
-        Path(cache).mkdir(parents=True, exist_ok=True)
-        tmp = f.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(f)
+        with atomic_path(f) as tmp, open(tmp, "wb") as fh:   # a file handle: np.save would add .npy
+            np.save(fh, out)
         return np.load(f, mmap_mode="r")
     return out
 
@@ -163,7 +163,7 @@ def augment(stamps, generator, max_shift: float = 0.04, scale=(0.9, 1.1), bright
 
     x = stamps.permute(0, 3, 1, 2).float()
     n = x.shape[0]
-    u = lambda *s: torch.rand(*s, generator=generator)  # noqa: E731
+    u = lambda *s: torch.rand(*s, generator=generator)
     theta = u(n) * 2 * math.pi
     s = scale[0] + u(n) * (scale[1] - scale[0])
     flip = torch.where(u(n) < 0.5, -1.0, 1.0)
