@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps demo test test-fast bench clean
+.PHONY: setup system-deps demo lint format test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,7 +33,17 @@ demo: setup
 	$(BIN)/process-catalog demo-out/field/demo-catalog.fits --frames demo-out/field -o demo-out/run \
 	    --keep-columns truth,mag_r,redshift --overwrite
 
-test: setup system-deps
+# ruff (lint + format) over the tree, mypy over catalogs, pipeline and engines (pyproject.toml)
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+test: setup system-deps lint
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 test-fast: setup
