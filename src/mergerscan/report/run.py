@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import __version__
 from ..catalogs.schema import SCORED, STATUS
+from ..run_layout import RunLayout
 from ._page import Raw, data_uri, esc, fig_png, figure, fmt, page, table
 from .stream import ColumnBins, RunStats, scan
 
@@ -396,7 +397,7 @@ def _card_from_parquet(out: Path) -> dict:
 
 def _read_markers(out: Path) -> list[dict]:
     ms = []
-    for f in sorted((out / "_work" / "scored").glob("part-*.json")):
+    for f in sorted(RunLayout(out).work.scored_dir.glob("part-*.json")):
         try:
             ms.append(json.loads(f.read_text()))
         except ValueError:
@@ -415,11 +416,11 @@ def build_report(out_dir, top_n: int = 24, borderline_n: int = 12, sample_rows: 
     from ..cutouts.sources import redact_text
     t_start = time.time()
     out = Path(out_dir)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads(RunLayout(out).summary.read_text())
     thr = float(summary["threshold"])
     id_col = summary.get("id_column", "objid")
     st, npre = scan(out, thr, id_col, top_n, borderline_n, sample_rows, max_memory_rows)
-    rep = out / "report"
+    rep = RunLayout(out).report_dir
     rep.mkdir(exist_ok=True)
     figs: dict[str, bytes] = {}
 
@@ -534,10 +535,11 @@ def build_report(out_dir, top_n: int = 24, borderline_n: int = 12, sample_rows: 
     nav = [n for n in nav if f'id="{n[0]}"' in "".join(S)]
     html_text = page(f"mergerscan run report — {Path(str(summary.get('catalog', out))).name}",
                      esc(str(out.resolve())), cards, nav, warn_html + "\n".join(S))
-    (rep / "index.html").write_text(html_text, encoding="utf-8")
+    index = RunLayout(out).report_index
+    index.write_text(html_text, encoding="utf-8")
     _write_json(rep / "report.json", st, merg, thr, npre, sky_cap,
                 {"fetched": sum(x is not None for x in top_st + bor_st), "shown": len(top_st) + len(bor_st)})
-    return rep / "index.html"
+    return index
 
 
 def _write_json(path: Path, st: RunStats, merg: int, thr: float, npre: int, sky_cap: str, cutouts: dict):
