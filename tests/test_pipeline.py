@@ -336,6 +336,25 @@ def test_error_explicit_column_absent(small_field, tmp_path):
                            "cat.fits", "alpha")
 
 
+def test_run_layout_is_the_on_disk_format():
+    """The file names of a run (old runs resume, the report and other tools read them): pinned."""
+    from mergerscan.pipeline.plan import Partition
+    o = RunLayout("/o")
+    w = o.work
+    got = [o.fits, o.summary, o.report_index, o.catalog_dir, w.plan, w.fingerprint, w.content_cache, w.staged_csv,
+           w.run_file(3), w.bucket_file(4), w.marker(5), w.retry_marker(5), w.piece(6), w.slurm_logs]
+    assert [str(p) for p in got] == [
+        "/o/mergers.fits", "/o/summary.json", "/o/report/index.html", "/o/parquet", "/o/_work/plan.json",
+        "/o/_work/fingerprint.json", "/o/_work/content-cache.json", "/o/_work/input.parquet",
+        "/o/_work/split/runs/chunk-000003.arrow", "/o/_work/split/bucket-000004.arrow",
+        "/o/_work/scored/part-000005.json", "/o/_work/retry/part-000005", "/o/_work/pieces/part-000006.parquet",
+        "/o/_work/slurm-logs"]
+    assert str(o.dataset_file(Partition(6, 5, 1234, sub=1, nsub=3))) == "/o/_work/pieces/part-000006.parquet"
+    assert str(o.dataset_file(Partition(2, 5, 21234))) == "/o/parquet/dataset/Norder=5/Dir=20000/Npix=21234.parquet"
+    assert str(o.dataset_file(Partition(9, -1, 0, sub=2, nsub=3))) == "/o/parquet/bad_coords/part-0002.parquet"
+    assert [p.name for p in o.outputs()] == ["_work", "parquet", "mergers.fits", "summary.json", "report"]
+
+
 def test_run_summary_reading_rules():
     """summary.json -> RunSummary: unknown keys kept (written back after the known ones), missing
     keys default, a wrong type refused in one line; a read-only mapping of the file's keys."""
