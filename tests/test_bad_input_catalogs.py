@@ -544,9 +544,9 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(field, tmp_path):
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "mergerscan.pipeline.cli", str(cat), "--images", str(field / "stamps"), "-o",
             str(out), "--views", "1", "--no-progress", "--no-report", "--partition-rows", "3", "--workers", "1"]
-    env = dict(os.environ, MERGERSCAN_INJECT_FAULT="sleep:-1:2")     # every partition takes >= 2 s
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                         env=env)
+    slow = ["--fault-hook", "mergerscan.pipeline.faults:sleep=score:-1:2"]    # every partition takes >= 2 s
+    p = subprocess.Popen(argv + slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "_work" / "plan.json").is_file():
         time.sleep(0.05)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,11 +18,12 @@ import pytest
 from PIL import Image
 
 from mergerscan.catalogs.hats import output_files
-from mergerscan.catalogs.read import CatalogError
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
 from mergerscan.pipeline.plan import ORDER29, assign_partitions, healpix29, make_partitions
 from mergerscan.pipeline.resume import FingerprintMismatch
 from mergerscan.pipeline.run import run
+from mergerscan.run_layout import RunLayout
+from mergerscan.run_summary import RunSummary, SummaryError
 
 SCIENCE = ["objid", "ra", "dec", "p_merger", "is_merger", "status", "input_row"]
 BIG = 588018055654998067  # a real SDSS objid: must survive exactly (not via float64)
@@ -89,7 +91,8 @@ def read_out(out: Path) -> pd.DataFrame:
 def test_partitions_bounded_and_cover_every_row():
     rng = np.random.default_rng(0)
     ra, dec = rng.uniform(0, 360, 20000), np.degrees(np.arcsin(rng.uniform(-1, 1, 20000)))
-    ra[:3000] = rng.normal(180, 0.01, 3000); dec[:3000] = rng.normal(0, 0.01, 3000)  # a dense clump
+    ra[:3000] = rng.normal(180, 0.01, 3000)          # a dense clump
+    dec[:3000] = rng.normal(0, 0.01, 3000)
     dec[5] = np.nan
     valid = np.isfinite(dec)
     hpx = healpix29(ra, dec, valid)
@@ -118,6 +121,8 @@ def test_end_to_end_rows_conserved_and_flagged(small_field, dask_client, tmp_pat
     ok = got["status"] == "ok"
     assert ok.sum() == len(df) - 7
     assert got.loc[ok, "p_merger"].between(0, 1).all() and got.loc[~ok, "p_merger"].isna().all()
+    text = RunLayout(out).summary.read_text()            # the typed summary is the file, exactly
+    assert isinstance(s, RunSummary) and s.to_json() == text and RunSummary.from_json(text).to_json() == text
     assert np.allclose(got["mag_r"], df["mag_r"])
     assert s["status"]["ok"] == ok.sum() and s["flagged"] == 7
     fits = fitsio.read(str(out / "mergers.fits"))
@@ -181,7 +186,7 @@ def test_kept_nullable_int_column_has_one_type_in_every_partition(dask_client, t
     assert [got[i] for i in range(n)] == big
     fits = fitsio.read(str(out / "mergers.fits"))
     hdr = fitsio.read_header(str(out / "mergers.fits"), 1)
-    k = [i for i in range(1, 40) if hdr.get(f"TTYPE{i}") == "nchild"][0]
+    k = next(i for i in range(1, 40) if hdr.get(f"TTYPE{i}") == "nchild")
     assert fits["nchild"].dtype.kind == "i" and hdr[f"TNULL{k}"] == np.iinfo(np.int64).min
 
 
@@ -291,7 +296,7 @@ def _cli(*argv, timeout=120):
 
 def _assert_one_line_error(r, *needles):
     assert r.returncode == 2, r.stderr
-    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1, r.stderr
     for n in needles:
         assert n in lines[0], lines[0]
@@ -329,6 +334,53 @@ def test_error_explicit_column_absent(small_field, tmp_path):
     d, _ = small_field
     _assert_one_line_error(_cli(d / "cat.fits", "--images", d / "stamps", "--ra-column", "alpha", "-o", tmp_path / "o"),
                            "cat.fits", "alpha")
+
+
+def test_run_layout_is_the_on_disk_format():
+    """The file names of a run (old runs resume, the report and other tools read them): pinned."""
+    from mergerscan.pipeline.plan import Partition
+    o = RunLayout("/o")
+    w = o.work
+    got = [o.fits, o.summary, o.report_index, o.catalog_dir, w.plan, w.fingerprint, w.content_cache, w.staged_csv,
+           w.run_file(3), w.bucket_file(4), w.marker(5), w.retry_marker(5), w.piece(6), w.slurm_logs]
+    assert [str(p) for p in got] == [
+        "/o/mergers.fits", "/o/summary.json", "/o/report/index.html", "/o/parquet", "/o/_work/plan.json",
+        "/o/_work/fingerprint.json", "/o/_work/content-cache.json", "/o/_work/input.parquet",
+        "/o/_work/split/runs/chunk-000003.arrow", "/o/_work/split/bucket-000004.arrow",
+        "/o/_work/scored/part-000005.json", "/o/_work/retry/part-000005", "/o/_work/pieces/part-000006.parquet",
+        "/o/_work/slurm-logs"]
+    assert str(o.dataset_file(Partition(6, 5, 1234, sub=1, nsub=3))) == "/o/_work/pieces/part-000006.parquet"
+    assert str(o.dataset_file(Partition(2, 5, 21234))) == "/o/parquet/dataset/Norder=5/Dir=20000/Npix=21234.parquet"
+    assert str(o.dataset_file(Partition(9, -1, 0, sub=2, nsub=3))) == "/o/parquet/bad_coords/part-0002.parquet"
+    assert [p.name for p in o.outputs()] == ["_work", "parquet", "mergers.fits", "summary.json", "report"]
+
+
+def test_run_summary_reading_rules():
+    """summary.json -> RunSummary: unknown keys kept (written back after the known ones), missing
+    keys default, a wrong type refused in one line; a read-only mapping of the file's keys."""
+    s = RunSummary(rows=10, scored=8, flagged=2, status={"ok": 8, "no_image": 2}, select="mag < 17", not_selected=0)
+    d = s.to_dict()
+    assert list(d)[:5] == ["rows", "scored", "flagged", "select", "not_selected"] and "fetch_failures" not in d
+    assert s["rows"] == 10 and s.get("fetch_failures") is None and "select" in s and dict(s) == d
+    newer = RunSummary.from_json(json.dumps({**d, "gpu_seconds": 3.5}, indent=1))
+    assert newer.extra == {"gpu_seconds": 3.5} and list(newer.to_dict())[-1] == "gpu_seconds"
+    assert RunSummary.from_json(newer.to_json()) == newer
+    old = RunSummary.from_dict({"rows": 3, "threshold": 0.4, "source": {"kind": "stamps", "location": "/s"}})
+    assert old.scored == 0 and old.failures == [] and old.source.location == "/s" and old.select is None
+    s.report = "/out/report/index.html"                  # built after summary.json: in the object only
+    assert s["report"] == s.report and "report" not in json.loads(s.to_json())
+    with pytest.raises(SummaryError, match="rows"):
+        RunSummary.from_dict({"rows": "many"})
+    with pytest.raises(SummaryError, match="not JSON"):
+        RunSummary.from_json("{")
+
+
+def test_error_bad_fault_hook(small_field, tmp_path):
+    d, _ = small_field
+    for spec, why in (("nomodule", "module:function"), ("mergerscan.pipeline.faults:nothing", "AttributeError"),
+                      ("mergerscan.nowhere:f", "ModuleNotFoundError")):
+        with pytest.raises(ArgumentError, match=why):
+            args_for(d, tmp_path / "o", fault_hook=spec)
 
 
 def test_error_unknown_keep_column_and_two_sources(small_field, tmp_path):
@@ -411,10 +463,10 @@ def test_killed_plan_rerun_finishes_with_the_same_plan(small_field, tmp_path, st
     split_ref = ref / "_work" / "split"
     buckets = sorted(f.name for f in split_ref.iterdir())
     assert len(buckets) > 3 and all(b.startswith("bucket-") for b in buckets)
-    env = dict(os.environ, MERGERSCAN_INJECT_FAULT=f"sleep-{stage}:-1:0.5")
+    slow = ["--fault-hook", f"mergerscan.pipeline.faults:sleep={stage}:-1:0.5"]     # every {stage} task >= 0.5 s
     proc = subprocess.Popen([sys.executable, "-m", "mergerscan.pipeline.cli", str(d / "cat.fits"), "-o", str(out),
-                             *map(str, common)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env=env)
+                             *map(str, common), *slow], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     runs, split_out, plan_file = out / "_work" / "split" / "runs", out / "_work" / "split", out / "_work" / "plan.json"
     written = (lambda: len(list(runs.glob("chunk-*.arrow")))) if stage == "scan" else \
         (lambda: len(list(split_out.glob("bucket-*.arrow"))))

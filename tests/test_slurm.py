@@ -30,6 +30,7 @@ import pytest
 
 from mergerscan.pipeline import slurm as S
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
+from mergerscan.run_layout import RunLayout
 from test_pipeline import SCIENCE, make_stamps, read_out, two_patch_catalog, write_fits_catalog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,8 +101,8 @@ def test_templates_render(tmp_path):
         assert "#SBATCH --mem-per-cpu" not in text
         assert "-m mergerscan.pipeline.cli" in text
         # directives must come before the first command, or sbatch ignores them
-        first_cmd = next(i for i, l in enumerate(text.splitlines()) if l and not l.startswith("#"))
-        assert max(i for i, l in enumerate(text.splitlines()) if l.startswith("#SBATCH")) < first_cmd
+        first_cmd = next(i for i, line in enumerate(text.splitlines()) if line and not line.startswith("#"))
+        assert max(i for i, line in enumerate(text.splitlines()) if line.startswith("#SBATCH")) < first_cmd
     shard = paths["shard.sbatch"].read_text()
     assert "#SBATCH --gres=gpu:1" in shard and "#SBATCH --cpus-per-task=16" in shard
     assert '--shard "${SLURM_ARRAY_TASK_ID}/${N}"' in shard
@@ -118,6 +119,30 @@ def test_shipped_templates_need_no_rendering():
         text = (REPO / "slurm" / name).read_text()
         assert "@" not in re.sub(r"\$\{?@\}?|\[@\]|%[jaA]", "", text.replace('"$@"', "")), name
         assert subprocess.run(["bash", "-n", str(REPO / "slurm" / name)]).returncode == 0
+
+
+def test_repository_slurm_dir_is_the_package_templates():
+    """slurm/ (submitted from a checkout) and the package's templates (rendered by job_script) are
+    the same files: edit the package's, then copy them to slurm/."""
+    for name in S.TEMPLATES:
+        assert (REPO / "slurm" / name).read_text() == S.template_text(name), f"slurm/{name} differs"
+    assert sorted(p.name for p in (REPO / "slurm").iterdir()) == sorted(S.TEMPLATES)
+
+
+def test_job_script_text():
+    """job_script() is the text sbatch gets: directives replaced in place, added after the last one,
+    removed; the interpreter baked in as the default; an unknown template is refused."""
+    text = S.job_script("shard.sbatch", python="/opt/py/bin/python",
+                        directives={"time": "08:00:00", "gres": "gpu:1", "mem-per-cpu": None, "exclusive": True})
+    lines = text.splitlines()
+    sbatch = [i for i, line in enumerate(lines) if line.startswith("#SBATCH")]
+    assert sbatch == list(range(sbatch[0], sbatch[-1] + 1)), "the #SBATCH block stays in one piece"
+    assert "#SBATCH --time=08:00:00" in lines and "#SBATCH --gres=gpu:1" in lines and "#SBATCH --exclusive" in lines
+    assert not any(line.startswith("#SBATCH --mem-per-cpu") for line in lines)
+    assert "PYTHON=${MERGERSCAN_PYTHON:-/opt/py/bin/python}" in lines
+    assert S.job_script("shard.sbatch") == S.template_text("shard.sbatch")     # nothing asked: unchanged
+    with pytest.raises(ValueError, match="no SLURM template"):
+        S.template_text("other.sbatch")
 
 
 def test_submit_array_chains_plan_shards_finalize(tmp_path):
@@ -157,7 +182,7 @@ def test_slurmcluster_worker_job_script(tmp_path):
                  "#SBATCH --gres=gpu:1", "#SBATCH --qos=long", "module load cuda/12",
                  "export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False"):   # a paused worker would hang the run
         assert line in text, line
-    worker = next(l for l in text.splitlines() if "dask_worker" in l)
+    worker = next(line for line in text.splitlines() if "dask_worker" in line)
     assert worker.startswith(PY) and "--nthreads 8" in worker and "--resources GPU=8" in worker
     lifetime = int(re.search(r"--lifetime (\d+)s", worker).group(1))
     stagger = int(re.search(r"--lifetime-stagger (\d+)s", worker).group(1))
@@ -246,8 +271,10 @@ def test_memoryerror_batch_retried_in_halves_then_flagged(field, reference, tmp_
     monkeypatch.setattr(T, "worker_engine", lambda *a: tight)
     src = ProcessArguments(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps")).source
     meta = {"engine_sha256": read_engine_info(resolve_engine_path(None)).sha256}
-    r = T.score_partition(plan, part, str(out), src, None, "onnxruntime", 1, 8, meta)
-    got = pq.read_table(T.dataset_path(out, part)).to_pandas().set_index("input_row")
+    task = T.PartitionTask(output=str(out), source=src, engine_path=None, batch_size=8, run_meta=meta)
+    layout = RunLayout(out)
+    r = T.score_partition(plan, part, task)
+    got = pq.read_table(layout.dataset_file(part)).to_pandas().set_index("input_row")
     ref = reference.set_index("input_row").loc[got.index]
     assert (got["status"] == ref["status"]).all() and "out_of_memory" not in r["status"]
     assert np.allclose(got["p_merger"], ref["p_merger"], equal_nan=True, atol=1e-6)
@@ -256,20 +283,20 @@ def test_memoryerror_batch_retried_in_halves_then_flagged(field, reference, tmp_
     from mergerscan.cutouts.sources import open_source
     with_path = pd.DataFrame({"id": [str(got.loc[ok_row, "objid"])], "ra": [0.0], "dec": [0.0]})
     tight.poison = open_source(src, real.spec).fetch(with_path)[0][0]
-    T.marker_path(out, part).unlink()
-    r = T.score_partition(plan, part, str(out), src, None, "onnxruntime", 1, 8, meta)
-    got = pq.read_table(T.dataset_path(out, part)).to_pandas().set_index("input_row")
+    layout.work.marker(part.pid).unlink()
+    r = T.score_partition(plan, part, task)
+    got = pq.read_table(layout.dataset_file(part)).to_pandas().set_index("input_row")
     assert got.loc[ok_row, "status"] == "out_of_memory" and np.isnan(got.loc[ok_row, "p_merger"])
     assert (got.drop(ok_row)["status"] == ref.drop(ok_row)["status"]).all()
-    assert "out_of_memory" in STATUS and r["retry"] and T.retry_path(out, part).is_file()
-    assert read_marker(T.marker_path(out, part))["status"]["out_of_memory"] == 1
+    assert "out_of_memory" in STATUS and r["retry"] and layout.work.retry_marker(part.pid).is_file()
+    assert read_marker(layout.work.marker(part.pid))["status"]["out_of_memory"] == 1
     tight.poison = None                 # "more memory": the re-run scores it and clears the retry marker
-    r = T.score_partition(plan, part, str(out), src, None, "onnxruntime", 1, 8, meta)
+    r = T.score_partition(plan, part, task)
     assert "out_of_memory" not in r["status"]
-    got = pq.read_table(T.dataset_path(out, part)).to_pandas().set_index("input_row")
+    got = pq.read_table(layout.dataset_file(part)).to_pandas().set_index("input_row")
     assert got.loc[ok_row, "status"] == "ok"
     # a retry marker stays only for rows whose failure may still be transient (no_image here)
-    assert T.retry_path(out, part).exists() == bool(r["status"].get("no_image"))
+    assert layout.work.retry_marker(part.pid).exists() == bool(r["status"].get("no_image"))
 
 
 @pytest.mark.parametrize("kind", ["torch", "cuda-message", "onnxruntime"])
@@ -278,6 +305,7 @@ def test_cuda_out_of_memory_batch_retried_in_halves(field, reference, tmp_path, 
     MemoryError: it must still be retried in halves, never end as inference_failed."""
     import torch
     from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
     from mergerscan.engines import read_engine_info, resolve_engine_path
     from mergerscan.pipeline import task as T
 
@@ -304,8 +332,9 @@ def test_cuda_out_of_memory_batch_retried_in_halves(field, reference, tmp_path, 
     monkeypatch.setattr(T, "worker_engine", lambda *a: TightGPU())
     src = ProcessArguments(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps")).source
     meta = {"engine_sha256": read_engine_info(resolve_engine_path(None)).sha256}
-    r = T.score_partition(plan, part, str(out), src, None, "onnxruntime", 1, 8, meta)
-    got = pq.read_table(T.dataset_path(out, part)).to_pandas().set_index("input_row")
+    r = T.score_partition(plan, part, T.PartitionTask(output=str(out), source=src, engine_path=None, batch_size=8,
+                                                      run_meta=meta))
+    got = pq.read_table(RunLayout(out).dataset_file(part)).to_pandas().set_index("input_row")
     ref = reference.set_index("input_row").loc[got.index]
     assert (got["status"] == ref["status"]).all() and "retry" not in r
     assert "inference_failed" not in set(got["status"])
@@ -313,9 +342,13 @@ def test_cuda_out_of_memory_batch_retried_in_halves(field, reference, tmp_path, 
     assert max(sizes) > 3 and min(sizes) <= 3          # it failed big, then fitted in halves
 
 
-def _oom_env(spec: str) -> dict:
-    # a worker death is reported at once (no rescheduling onto fresh workers first): keeps this quick
-    return dict(os.environ, MERGERSCAN_INJECT_FAULT=spec, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
+# a worker death is reported at once (no rescheduling onto fresh workers first): keeps this quick
+ONE_DEATH = dict(os.environ, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
+
+
+def fault(name: str, argument: str) -> list[str]:
+    """The test-only option that injects one of pipeline/faults.py's faults into the run's tasks."""
+    return ["--fault-hook", f"mergerscan.pipeline.faults:{name}={argument}"]
 
 
 def test_worker_killed_for_memory_is_retried_smaller(field, reference, tmp_path):
@@ -323,7 +356,8 @@ def test_worker_killed_for_memory_is_retried_smaller(field, reference, tmp_path)
     the worker, the run retries that partition with a smaller batch, output identical."""
     d, _ = field
     out = tmp_path / "out"
-    r = run_cli(*cli_args(d, out, "--workers", "1", "--memory-limit", "1.5GiB"), env=_oom_env("oom:2:8"))
+    r = run_cli(*cli_args(d, out, "--workers", "1", "--memory-limit", "1.5GiB", *fault("exhaust_memory", "2:8")),
+                env=ONE_DEATH)
     assert r.returncode == 0, r.stderr
     assert "partition" in r.stderr and "retrying with batch size 1" in r.stderr
     assert_same_rows(out, reference)
@@ -332,7 +366,8 @@ def test_worker_killed_for_memory_is_retried_smaller(field, reference, tmp_path)
 def test_partition_that_always_runs_out_of_memory_is_flagged_then_rescored(field, reference, tmp_path):
     d, df = field
     out = tmp_path / "out"
-    r = run_cli(*cli_args(d, out, "--workers", "1", "--memory-limit", "1.5GiB"), env=_oom_env("memoryerror:1:1"))
+    r = run_cli(*cli_args(d, out, "--workers", "1", "--memory-limit", "1.5GiB", *fault("memory_error", "1:1")),
+                env=ONE_DEATH)
     assert r.returncode == 0, r.stderr
     got = read_out(out)
     assert len(got) == len(df) and got["input_row"].is_unique             # never lost
@@ -357,15 +392,17 @@ def test_task_run_twice_at_once_writes_identical_bytes(field, tmp_path):
     plan = _plan_only(d, out)
     part = plan.partitions[0]
     src = ProcessArguments(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps")).source
-    args = (plan, part, str(out), src, None, "onnxruntime", 1, 8, {"engine_sha256": "x"})
+    args = (plan, part, T.PartitionTask(output=str(out), source=src, engine_path=None, batch_size=8,
+                                        run_meta={"engine_sha256": "x"}))
+    layout = RunLayout(out)
     T.score_partition(*args)
-    first = T.dataset_path(out, part).read_bytes()
-    T.marker_path(out, part).unlink()
+    first = layout.dataset_file(part).read_bytes()
+    layout.work.marker(part.pid).unlink()
     ts = [threading.Thread(target=T.score_partition, args=args) for _ in range(2)]
     [t.start() for t in ts]
     [t.join() for t in ts]
-    assert T.dataset_path(out, part).read_bytes() == first
-    assert not [f for f in T.dataset_path(out, part).parent.iterdir() if f.name.startswith(".")]
+    assert layout.dataset_file(part).read_bytes() == first
+    assert not [f for f in layout.dataset_file(part).parent.iterdir() if f.name.startswith(".")]
 
 
 # ---------------------------------------------------------------- a real SLURM cluster
@@ -514,7 +551,7 @@ def _wait_for_markers(out: Path, n: int, jid: str, slurm: Slurm, timeout=240):
 
 
 # every partition takes >= 0.4 s, so that the kill lands mid-run however fast the machine is
-SLOW = {"MERGERSCAN_INJECT_FAULT": "sleep:-1:0.4"}
+SLOW = fault("sleep", "score:-1:0.4")
 
 
 @pytest.mark.slurm
@@ -522,7 +559,7 @@ def test_slurm_scancel_mid_run_then_resubmit(slurm, field, reference, tmp_path):
     d, _ = field
     jobs, out = _jobs(tmp_path), tmp_path / "out"
     argv = cli_args(d, out)
-    jid = slurm.sbatch(jobs["process-catalog.sbatch"], *argv, cwd=tmp_path, env=SLOW)
+    jid = slurm.sbatch(jobs["process-catalog.sbatch"], *argv, *SLOW, cwd=tmp_path)
     _wait_for_markers(out, 2, jid, slurm)
     subprocess.run(["scancel", jid], env=slurm.env, check=True)
     assert slurm.wait(jid) == ["CANCELLED"], _job_log(tmp_path)
@@ -552,7 +589,7 @@ def _worker_process(jid: str):
 def test_slurm_worker_killed_mid_run_is_survived(slurm, field, reference, tmp_path):
     d, _ = field
     jobs, out = _jobs(tmp_path), tmp_path / "out"
-    jid = slurm.sbatch(jobs["process-catalog.sbatch"], *cli_args(d, out), cwd=tmp_path, env=SLOW)
+    jid = slurm.sbatch(jobs["process-catalog.sbatch"], *cli_args(d, out, *SLOW), cwd=tmp_path)
     _wait_for_markers(out, 2, jid, slurm)
     w = _worker_process(jid)
     assert w is not None, "no worker process found"

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from mergerscan.catalogs.read import CatalogReader
 from mergerscan.pipeline import split
 from mergerscan.pipeline.plan import ORDER29, Plan, assign_partitions, healpix29, make_partitions
+from mergerscan.run_layout import WorkLayout
 
 HIST_ORDER = 5
 
@@ -55,7 +56,7 @@ def _split(tmp_path, df, chunk_rows=700, partition_rows=300, bucket_rows=1000):
 def test_split_gives_each_partition_exactly_its_rows_in_input_order(tmp_path):
     df = _catalog()
     plan, work = _split(tmp_path, df)
-    assert len(plan.chunks) == 9 and len(os.listdir(split.runs_dir(work))) == 9   # one run per chunk
+    assert len(plan.chunks) == 9 and len(os.listdir(WorkLayout(work).runs_dir)) == 9   # one run per chunk
     assert any(p.nsub > 1 for p in plan.partitions) and any(p.order < 0 for p in plan.partitions)
     for b in range(len(plan.split["buckets"])):
         split.gather_bucket(plan, b, str(work))
@@ -120,7 +121,7 @@ def test_torn_run_is_made_again(tmp_path):
     """Runs are not fsync'ed: one torn by a crash must be re-made, not trusted."""
     df = _catalog(2000)
     plan, work = _split(tmp_path, df)
-    run = split.run_path(work, 1)
+    run = WorkLayout(work).run_file(1)
     good = run.read_bytes()
     run.write_bytes(good[:len(good) // 2])
     spec = {"catalog": plan.catalog, "source_catalog": plan.catalog, "columns": plan.columns,

@@ -51,8 +51,10 @@ def _report_parser(sub):
 
 def _report(ap, a):
     from pathlib import Path
+
+    from .run_layout import RunLayout
     d = Path(a.run)
-    if (d / "summary.json").is_file():
+    if RunLayout(d).summary.is_file():
         from .report import build_report
         path = build_report(d, top_n=a.top_n, borderline_n=a.borderline_n)
     elif (d / "metrics.json").is_file():

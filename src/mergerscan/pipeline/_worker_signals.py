@@ -9,6 +9,6 @@ import signal
 import threading
 
 
-def dask_setup(worker):  # noqa: ARG001 - the preload protocol
+def dask_setup(worker):  # the preload protocol passes the worker
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)

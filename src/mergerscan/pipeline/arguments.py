@@ -7,9 +7,13 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..cutouts.sources import SourceConfig, redact_text
 from .slurm import SlurmOptions, is_slurm_task, slurm_cpus
+
+if TYPE_CHECKING:
+    from ..cutouts.defaults import DefaultSource
 
 
 class ArgumentError(ValueError):
@@ -51,7 +55,8 @@ class ProcessArguments:
     service_options: dict = field(default_factory=dict)
     select: str | None = None              # --select EXPR: score only rows where it is true (select.py)
     samp: bool = False                     # send OUT/mergers.fits to TOPCAT over SAMP at the end
-    default_source: object = None          # set when no source flag was given (cutouts/defaults.py)
+    default_source: DefaultSource | None = None   # set when no source flag was given (cutouts/defaults.py)
+    fault_hook: str | None = None          # tests only: faults.py (--fault-hook); not part of the run's identity
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
 
     def __post_init__(self):
@@ -63,6 +68,12 @@ class ProcessArguments:
         elif len(sources) != 1:
             raise ArgumentError("give exactly one image source: --images DIR, --frames DIR or --cutout-service URL "
                                 "(or none for the default)")
+        if self.fault_hook is not None:
+            from .faults import FaultHookError, resolve
+            try:
+                resolve(self.fault_hook)
+            except FaultHookError as exc:
+                raise ArgumentError(str(exc)) from None
         if self.select is not None:
             from .select import SelectError, expression_names
             try:
@@ -108,7 +119,7 @@ class ProcessArguments:
         from ..engines import get_backend, gpu_backends, parse_backend
         from ..engines.base import VIEWS
         try:
-            backend_name, opts = parse_backend(self.backend)
+            backend_name, _ = parse_backend(self.backend)
         except ValueError as exc:
             raise ArgumentError(f"--backend: {exc}") from None
         if self.views is not None and self.views not in VIEWS:
@@ -160,4 +171,6 @@ class ProcessArguments:
             return SourceConfig("stamps", str(Path(self.images).resolve()))
         if self.frames:
             return SourceConfig("frames", str(Path(self.frames).resolve()))
+        if not self.cutout_service:
+            raise ArgumentError("no image source: give --images DIR, --frames DIR or --cutout-service URL")
         return SourceConfig("service", self.cutout_service, tuple(sorted(self.service_options.items())))

@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the threshold and temperature fitted on validation for that count (default: the engine "
                         "card's; the packaged engine uses 8 - use 1 for 8x faster CPU inference)")
     cols = p.add_argument_group("columns")
-    cols.add_argument("--id-column"); cols.add_argument("--ra-column"); cols.add_argument("--dec-column")
+    cols.add_argument("--id-column")
+    cols.add_argument("--ra-column")
+    cols.add_argument("--dec-column")
     cols.add_argument("--keep-columns", default="", help="comma-separated input columns to carry through, or '*'")
     cols.add_argument("--path-column", metavar="NAME",
                       help="with --images: the column holding each row's stamp file (relative to DIR, or "
@@ -102,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing, different run in OUT")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="skip the HTML run report (OUT/report/)")
+    # TESTS ONLY, hidden from --help: a fault to inject, package.module:function[=ARGUMENT] (faults.py)
+    p.add_argument("--fault-hook", metavar="SPEC", help=argparse.SUPPRESS)
     return p
 
 
@@ -139,7 +143,7 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
                                            ("max_concurrency", ns.service_concurrency),
                                            ("max_rate", ns.service_rate),
                                            ("total_timeout", ns.service_total_timeout)) if v is not None},
-        select=ns.select, samp=ns.samp,
+        select=ns.select, samp=ns.samp, fault_hook=ns.fault_hook,
         command="process-catalog " + " ".join(argv))
 
 
@@ -156,6 +160,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
+        from ..run_summary import RunSummary
         from .run import format_summary, run
         args = arguments_from(ns, argv)
         if args.cluster == "slurm-runner":
@@ -166,7 +171,7 @@ def main(argv=None) -> int:
                 summary = run(args)
         else:
             summary = run(args)
-        if "rows" not in summary or "scored" not in summary:     # --plan / --shard
+        if not isinstance(summary, RunSummary):                  # --plan / --shard
             print("process-catalog: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
             return 0
     except (ArgumentError, CatalogError, FingerprintMismatch, OutputError, FileNotFoundError) as exc:
@@ -185,11 +190,11 @@ def main(argv=None) -> int:
     if args.samp:                                  # the catalog is done either way: a SAMP problem is a message
         from ..samp import SampError, send_table
         try:
-            print(f"  sent to           {', '.join(send_table(summary['fits']))} (SAMP)")
+            print(f"  sent to           {', '.join(send_table(summary.fits))} (SAMP)")
         except SampError as exc:
             print(f"process-catalog: --samp: {exc}", file=sys.stderr)
             return 1
-    return int(summary.get("exit_status", 0))
+    return summary.exit_status
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import contextlib
 import logging
 import os
 import sys
-from pathlib import Path
 
+from ..run_layout import RunLayout
 from .slurm import NO_PAUSE_ENV, gpu_worker_resources
 
 
@@ -109,7 +109,7 @@ def slurm_cluster_client(args):
 
     from .slurm import cluster_kwargs
 
-    logs = Path(args.output) / "_work" / "slurm-logs"
+    logs = RunLayout(args.output).work.slurm_logs
     logs.mkdir(parents=True, exist_ok=True)
     kw = cluster_kwargs(args.slurm, args.gpus, python=sys.executable, log_directory=logs)
     logging.getLogger("distributed").setLevel(logging.WARNING)

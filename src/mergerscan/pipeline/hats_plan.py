@@ -57,6 +57,8 @@ def make_hats_plan(args, cat: dict) -> Plan:
 def read_hats_partition(plan: Plan, part: Partition) -> pd.DataFrame:
     """One partition's rows, shaped like the split stage's shards (``_input_row``, ``_healpix29``)."""
     h, c = plan.hats, plan.columns
+    if h is None:
+        raise ValueError("read_hats_partition: the plan's input is not a HATS catalog")
     core = [c["id"], c["ra"], c["dec"]]
     hp = h["healpix"]
     cols = list(dict.fromkeys([*core, *plan.keep, *plan.select_columns.values(), *([hp] if hp else [])]))

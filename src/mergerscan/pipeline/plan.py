@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_path, atomic_write_text
 from ..catalogs.columns import find_column
 from ..catalogs.read import CatalogError, CatalogReader
 from ..catalogs.validate import check_numeric
-from .resume import atomic_write_bytes
+from ..run_layout import WorkLayout
 
 ORDER29 = 29
 
@@ -80,17 +81,17 @@ class Plan:
         return json.dumps(d, indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "Plan":
+    def from_json(cls, text: str) -> Plan:
         d = json.loads(text)
         d["partitions"] = [Partition(**p) for p in d["partitions"]]
         d["chunks"] = [tuple(c) for c in d["chunks"]]
         return cls(**d)
 
-    def save(self, path: Path):
-        atomic_write_bytes(Path(path), self.to_json().encode())
+    def save(self, path: Path) -> None:
+        atomic_write_text(Path(path), self.to_json())
 
     @classmethod
-    def load(cls, path: Path) -> "Plan":
+    def load(cls, path: str | Path) -> Plan:
         return cls.from_json(Path(path).read_text())
 
 
@@ -163,10 +164,10 @@ def assign_partitions(hpx29: np.ndarray, input_row: np.ndarray, partitions: list
         if order < 0:
             hit, k = ~valid, np.zeros(len(hpx29), np.int64)
         else:
-            keys = np.array(keys, np.int64)
+            pixels = np.array(keys, np.int64)
             anc = hpx29 >> (2 * (ORDER29 - order))
-            k = np.minimum(np.searchsorted(keys, anc), len(keys) - 1)
-            hit = valid & (keys[k] == anc)
+            k = np.minimum(np.searchsorted(pixels, anc), len(pixels) - 1)
+            hit = valid & (pixels[k] == anc)
         k = k[hit]
         out[hit] = flat[first[k] + input_row[hit] % nsub[k]]
     if (out < 0).any():
@@ -193,28 +194,28 @@ def stage_csv(path: str, work: Path, chunk_rows: int, id_column: str | None = No
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out = Path(work) / "input.parquet"
+    out = WorkLayout(work).staged_csv
     if out.is_file():
         return str(out)
-    tmp = out.with_suffix(".tmp")
-    writer = None
     r = CatalogReader(path, chunk_rows=chunk_rows)
     r.text_columns = {id_column} if id_column else set()
-    for start, chunk in r.iter_chunks():
-        t = pa.Table.from_pandas(chunk, preserve_index=False)
-        if id_column:
-            t = _csv_id(t, id_column, id_kind)
-        if writer is None:
-            writer = pq.ParquetWriter(str(tmp), t.schema)
+    with atomic_path(out) as tmp:            # a failure leaves no staged file (and no temporary)
+        writer = None
         try:
-            writer.write_table(t.cast(writer.schema), row_group_size=chunk_rows)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
-            writer.close()
-            tmp.unlink(missing_ok=True)
-            raise CatalogError(f"{path}: a column changes type in the chunk starting at row {start} "
-                               f"({str(exc).splitlines()[0]})") from None
-    if writer is None:
-        raise ValueError(f"{path}: catalog has no rows")
-    writer.close()
-    tmp.replace(out)
+            for start, chunk in r.iter_chunks():
+                t = pa.Table.from_pandas(chunk, preserve_index=False)
+                if id_column:
+                    t = _csv_id(t, id_column, id_kind)
+                if writer is None:
+                    writer = pq.ParquetWriter(str(tmp), t.schema)
+                try:
+                    writer.write_table(t.cast(writer.schema), row_group_size=chunk_rows)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
+                    raise CatalogError(f"{path}: a column changes type in the chunk starting at row {start} "
+                                       f"({str(exc).splitlines()[0]})") from None
+            if writer is None:
+                raise ValueError(f"{path}: catalog has no rows")
+        finally:
+            if writer is not None:
+                writer.close()
     return str(out)

@@ -61,13 +61,13 @@ def evaluate(expr: str, columns: dict, df: pd.DataFrame, label: str, start: int 
                           else df[c] for n, c in columns.items()}, index=pd.RangeIndex(len(df)))
     try:
         res = frame.eval(" ".join(expr.split()), engine="python")
-    except Exception as exc:  # noqa: BLE001 - any failure is the expression's, reported in one line
+    except Exception as exc:  # any failure is the expression's, reported in one line
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CatalogError(f"{label}: --select {expr!r} fails on rows {start}..{start + len(df) - 1} "
                            f"({type(exc).__name__}: {msg})") from None
     if not isinstance(res, pd.Series) or len(res) != len(df) or not (
-            pd.api.types.is_bool_dtype(res.dtype) or res.dtype == object and res.map(
-                lambda v: isinstance(v, (bool, np.bool_)) or v is None or v is pd.NA).all()):
+            pd.api.types.is_bool_dtype(res.dtype) or (res.dtype == object and res.map(
+                lambda v: isinstance(v, (bool, np.bool_)) or v is None or v is pd.NA).all())):
         raise CatalogError(f"{label}: --select {expr!r} does not give one true/false per row "
                            f"(got {type(res).__name__} {getattr(res, 'dtype', '')}); use a comparison")
     return res.fillna(False).to_numpy(bool)

@@ -26,57 +26,24 @@ buckets are kept and the same plan comes out.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import os
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_path
 from ..catalogs.read import arrow_to_pandas
 from ..catalogs.validate import coord_status
-from .select import mark_selected
+from ..run_layout import WorkLayout
+from .faults import fault_point
 from .plan import ORDER29, Partition, Plan, assign_partitions, healpix29, read_positions
+from .select import mark_selected
 
 SPLIT_FORMAT = 2                  # 1 was one Parquet file per (partition, chunk) under split/part-*/
 INDEX_KEY = b"mergerscan.partitions"
-
-
-def runs_dir(work: Path) -> Path:
-    return Path(work) / "split" / "runs"
-
-
-def run_path(work: Path, chunk_id: int) -> Path:
-    return runs_dir(work) / f"chunk-{chunk_id:06d}.arrow"
-
-
-def bucket_path(work: Path, bucket_id: int) -> Path:
-    return Path(work) / "split" / f"bucket-{bucket_id:06d}.arrow"
-
-
-def _tmp(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _commit(tmp: Path, path: Path, sync: bool = True):
-    if sync:
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _inject_fault(stage: str, index: int):
-    """Fault injection for the kill tests only (no effect unless MERGERSCAN_INJECT_FAULT is set):
-    ``sleep-scan:CHUNK:SECONDS`` / ``sleep-gather:BUCKET:SECONDS`` (-1: every task) slow the
-    split down so that a kill reliably lands in it."""
-    spec = os.environ.get("MERGERSCAN_INJECT_FAULT", "")
-    if spec.startswith(f"sleep-{stage}:"):
-        _, idx, sec = spec.split(":")
-        if int(idx) in (-1, index):
-            time.sleep(float(sec))
 
 
 def _sky_order(hpx: np.ndarray, hist_order: int) -> np.ndarray:
@@ -117,23 +84,23 @@ def _read_ipc(path: Path):
 def _write_ipc(path: Path, table, batches=None, sync: bool = True):
     """Atomically: ``table`` as one record batch, or as the given ``(offset, length)`` batches."""
     import pyarrow as pa
-    tmp = _tmp(path)
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+    with atomic_path(path, fsync=sync) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
+            pa.ipc.new_file(sink, table.schema) as writer:
         for off, n in batches if batches is not None else [(0, len(table))]:
             writer.write_table(table.slice(off, n), max_chunksize=max(1, n))
-    _commit(tmp, path, sync)
 
 
 def scan_chunk(spec: dict, chunk_id: int, rows: tuple[int, int], work: str) -> dict:
     """Task: input rows [start, stop) = ``rows`` -> sorted run file; returns its histogram.
 
     ``spec``: catalog, source_catalog (for error messages), columns, keep, hist_order, select,
-    select_columns (--select is evaluated here, once per row: unselected rows get _selected=False)."""
+    select_columns (--select is evaluated here, once per row: unselected rows get _selected=False),
+    fault_hook (faults.py; tests only)."""
     from types import SimpleNamespace
 
     import pyarrow as pa
 
-    path = run_path(Path(work), chunk_id)
+    path = WorkLayout(work).run_file(chunk_id)
     if path.is_file():                                  # finished before a kill: keep it
         try:
             hpx = _read_ipc(path).column("_healpix29").to_numpy()
@@ -141,7 +108,7 @@ def scan_chunk(spec: dict, chunk_id: int, rows: tuple[int, int], work: str) -> d
                 return _summary(hpx, spec["hist_order"], chunk_id)
         except (OSError, ValueError):                   # torn by a crash (runs are not fsync'ed)
             pass
-    _inject_fault("scan", chunk_id)
+    fault_point(spec.get("fault_hook"), "scan", chunk_id)
     start, stop = rows
     c = spec["columns"]
     df = read_positions(spec["catalog"], start, stop, c, [*spec["keep"], *spec.get("select_columns", {}).values()],
@@ -163,7 +130,7 @@ class Histogram:
     """Sums the chunks' sparse histograms on the driver in memory bounded by the number of
     distinct pixels (<= 12 * 4**hist_order), whatever the number of chunks."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.pixels = np.zeros(0, np.int64)
         self.counts = np.zeros(0, np.int64)
         self.n_invalid = 0
@@ -246,7 +213,7 @@ def plan_split(partitions: list[Partition], run_ranges: list, bucket_rows: int) 
 
 def _unit_bounds(partitions: list[Partition], pid0: int, pid1: int) -> tuple[int, int]:
     """[pid0, pid1) widened to whole pixel units (all sub-partitions of the pixels involved)."""
-    key = lambda p: (p.order, p.pixel)   # noqa: E731
+    key = lambda p: (p.order, p.pixel)
     while pid0 > 0 and key(partitions[pid0 - 1]) == key(partitions[pid0]):
         pid0 -= 1
     while pid1 < len(partitions) and key(partitions[pid1]) == key(partitions[pid1 - 1]):
@@ -254,22 +221,22 @@ def _unit_bounds(partitions: list[Partition], pid0: int, pid1: int) -> tuple[int
     return pid0, pid1
 
 
-def gather_bucket(plan: Plan, bucket_id: int, work: str) -> int:
+def gather_bucket(plan: Plan, bucket_id: int, work: str, fault_hook: str | None = None) -> int:
     """Task: bucket ``bucket_id``'s rows from every run -> one IPC file, one record batch per
     partition (rows in input order), atomically.  Returns the bucket's row count."""
     import pyarrow as pa
 
-    work = Path(work)
-    out = bucket_path(work, bucket_id)
+    layout = WorkLayout(work)
+    out = layout.bucket_file(bucket_id)
     if out.is_file():
         return sum(n for _, n in json.loads(_read_ipc(out).schema.metadata[INDEX_KEY]))
-    _inject_fault("gather", bucket_id)
+    fault_point(fault_hook, "gather", bucket_id)
     lo, hi, pid0, pid1 = plan.split["buckets"][bucket_id]
     pieces = []
     for chunk_id, (rlo, rhi, n_invalid) in enumerate(plan.split["runs"]):
         if (lo < 0 and not n_invalid) or (lo >= 0 and (rlo < 0 or rhi < lo or rlo >= hi)):
             continue                                     # this run holds none of the bucket's rows
-        run = _read_ipc(run_path(work, chunk_id))
+        run = _read_ipc(layout.run_file(chunk_id))
         hpx = run.column("_healpix29").to_numpy()
         a, b = _search(hpx, [lo, hi])
         if b > a:
@@ -293,29 +260,29 @@ def gather_bucket(plan: Plan, bucket_id: int, work: str) -> int:
     return len(table)
 
 
-def missing_buckets(work: Path, plan: Plan) -> list[int]:
+def missing_buckets(work: str | Path, plan: Plan) -> list[int]:
+    layout = WorkLayout(work)
     try:
-        have = set(os.listdir(Path(work) / "split"))
+        have = set(os.listdir(layout.split_dir))
     except FileNotFoundError:
         have = set()
-    return [b for b in range(len(plan.split["buckets"])) if bucket_path(work, b).name not in have]
+    return [b for b in range(len(plan.split["buckets"])) if layout.bucket_file(b).name not in have]
 
 
-def remove_runs(work: Path):
+def remove_runs(work: str | Path) -> None:
     """The runs once every bucket is written, and temporaries left by killed tasks (mergerscan's
     own files only: chunk-*.arrow, .chunk-*.tmp, .bucket-*.tmp)."""
-    for f in (Path(work) / "split").glob(".bucket-*.tmp"):
+    layout = WorkLayout(work)
+    for f in layout.split_dir.glob(".bucket-*.tmp"):
         f.unlink(missing_ok=True)
-    d = runs_dir(work)
+    d = layout.runs_dir
     if not d.is_dir():
         return
     for f in d.iterdir():
         if f.name.startswith(("chunk-", ".chunk-")) and f.name.endswith((".arrow", ".tmp")):
             f.unlink(missing_ok=True)
-    try:
+    with contextlib.suppress(OSError):       # something else is in there: not ours to remove
         d.rmdir()
-    except OSError:
-        pass          # something else is in there: not ours to remove
 
 
 def bucket_of(plan: Plan, pid: int) -> int:
@@ -323,11 +290,11 @@ def bucket_of(plan: Plan, pid: int) -> int:
     return bisect.bisect_right(starts, pid) - 1
 
 
-def read_partition(work: Path, plan: Plan, part: Partition, nullable=()) -> pd.DataFrame:
+def read_partition(work: str | Path, plan: Plan, part: Partition, nullable=()) -> pd.DataFrame:
     """Partition ``part``'s rows (input columns + _input_row, _healpix29), in input order."""
     import pyarrow as pa
 
-    f = pa.ipc.open_file(pa.memory_map(str(bucket_path(work, bucket_of(plan, part.pid)))))
+    f = pa.ipc.open_file(pa.memory_map(str(WorkLayout(work).bucket_file(bucket_of(plan, part.pid)))))
     index = json.loads(f.schema.metadata[INDEX_KEY])
     k = next((i for i, (p, _) in enumerate(index) if p == part.pid), None)
     if k is None:                           # a sub-partition that no row fell into

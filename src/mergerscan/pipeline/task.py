@@ -1,139 +1,155 @@
 """The per-partition task: rows -> stamps -> p_merger -> one Parquet file + done marker.
 
 A pure function of (the partition's rows in the split, the image source, the engine): writing it twice
-gives the same bytes.  Image fetching for batch k+1 overlaps inference on batch k.
+gives the same bytes.  Three steps: read the rows and decide what needs no image (rows.triage),
+fetch and score the rest in batches (:class:`BatchScorer`: fetching batch k+1 overlaps inference
+on batch k; a batch out of memory is scored again in halves), write the table and the marker.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from ..catalogs.schema import SCORED, STATUS, TRANSIENT
-from ..catalogs.validate import flag_duplicates
-from ..catalogs.hats import partition_file
 from ..catalogs.write import write_partition
 from ..cutouts.sources import SourceConfig, open_source
-from ..engines import load_engine
+from ..engines.errors import is_out_of_memory, is_sticky, release_device_memory
+from ..run_layout import RunLayout
+from .engine_cache import device_failure, worker_engine
 from .failures import coord_range, note
-from ..engines.errors import StickyDeviceError, is_out_of_memory, is_sticky, release_device_memory
+from .faults import fault_point
 from .plan import Partition, Plan
 from .resume import done, mark_done, read_marker
+from .rows import output_table, triage
 from .split import read_partition
 
-_ENGINES: dict = {}
-_ENGINES_LOCK = threading.Lock()
+__all__ = ["BatchScorer", "PartitionTask", "device_failure", "score_partition", "worker_engine"]
 
 
-def worker_engine(path: str | None, backend: str, threads: int, shared_batch: int = 0, views: int | None = None):
-    """One engine per worker process (loading a session per partition would waste seconds).
-    ``shared_batch`` > 0: the partitions this worker runs at once share it through a
-    :class:`SharedBatchEngine` that merges their batches up to that many rows (GPU backends)."""
-    key = (path, backend, threads, shared_batch, views)
-    with _ENGINES_LOCK:
-        if key not in _ENGINES:
-            engine = load_engine(path, backend=backend, threads=threads, views=views)
-            if shared_batch:
-                from ..engines.batching import SharedBatchEngine
-                engine = SharedBatchEngine(engine, batch=shared_batch)
-            _ENGINES[key] = engine
-        return _ENGINES[key]
+@dataclass(frozen=True)
+class PartitionTask:
+    """Everything a partition task needs besides the plan and the partition; picklable (it is
+    sent to the worker with every task).  The run varies ``batch_size``, ``source`` and
+    ``flag_status`` when it retries a partition that ran out of memory (oom.py)."""
+    output: str                          # the run directory (RunLayout)
+    source: SourceConfig
+    engine_path: str | None              # None: the packaged engine
+    backend: str = "onnxruntime"
+    threads: int = 1
+    batch_size: int = 128
+    run_meta: dict[str, Any] = field(default_factory=dict)    # provenance stored in every output file
+    # set by the run after the worker scoring this partition was killed repeatedly (memory): write
+    # the partition without fetching or scoring, every row not otherwise flagged gets this status
+    flag_status: str | None = None
+    shared_batch: int = 0                # rows per merged engine call (0: batches not shared)
+    views: int | None = None
+    fault_hook: str | None = None        # faults.py: tests only
+
+    def retry_with(self, **changes: Any) -> PartitionTask:
+        return replace(self, **changes)
 
 
-def device_failure(engine, exc: BaseException):
-    """A sticky CUDA error: this process's device context is unusable, so every later partition
-    here would fail too.  Inside a Dask worker, end the process (its nanny starts a fresh one and
-    the scheduler reruns its partitions elsewhere or there); outside one, raise."""
-    import logging
-    import sys
-
-    msg = f"mergerscan: sticky device error in {engine.backend}, this worker process must be replaced: " \
-          f"{type(exc).__name__}: {str(exc)[:300]}"
-    with _ENGINES_LOCK:
-        for k in [k for k, v in _ENGINES.items() if v is engine]:
-            del _ENGINES[k]
-    try:
-        from distributed import get_worker
-        get_worker()
-    except (ImportError, ValueError):
-        raise StickyDeviceError(msg) from exc
-    logging.getLogger("mergerscan").error(msg)
-    print(msg, file=sys.stderr, flush=True)
-    os._exit(70)          # the nanny restarts the worker; its tasks are rescheduled
+class Fetched(NamedTuple):
+    stamps: np.ndarray
+    status: np.ndarray
+    seconds: float
 
 
-def dataset_path(output: Path, part: Partition) -> Path:
-    """The file a partition task writes: its pixel's file in the output HATS catalog, or, for one
-    row-number piece of a dense pixel, a piece that finalize joins into the pixel's one file."""
-    if part.order >= 0 and part.nsub > 1:
-        return Path(output) / "_work" / "pieces" / f"part-{part.pid:06d}.parquet"
-    return partition_file(Path(output) / "parquet", part.order, part.pixel, part.sub)
+class BatchScorer:
+    """Fetch and score rows of one partition, writing into its ``status`` and ``p`` arrays.
+
+    Memory: a batch that raises MemoryError (or CUDA out of memory: engines/errors.py) is
+    scored again in halves, down to single rows; a row that still fails is flagged
+    ``out_of_memory``.  Any other inference error flags the batch ``inference_failed``."""
+
+    def __init__(self, src, engine, rows: pd.DataFrame, status: np.ndarray, p: np.ndarray, examples: dict,
+                 input_rows: np.ndarray):
+        self.src, self.engine, self.rows, self.ids = src, engine, rows, rows["id"].to_numpy()
+        self.status, self.p, self.examples, self.input_rows = status, p, examples, input_rows
+        self.fetch_seconds = self.infer_seconds = 0.0
+
+    def fetch(self, idx: np.ndarray) -> Fetched:
+        t = time.time()
+        stamps, st = self.src.fetch(self.rows.iloc[idx].reset_index(drop=True))
+        return Fetched(stamps, st, time.time() - t)
+
+    def run(self, batches: list[np.ndarray]) -> None:
+        """Score every batch, prefetching the next one while the engine runs."""
+        if not batches:
+            return
+        with ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(self.fetch, batches[0])
+            for k, idx in enumerate(batches):
+                fetched: Fetched | None
+                try:
+                    fetched = fut.result()
+                except MemoryError:
+                    fetched = None            # fetched again (in halves) by score()
+                if k + 1 < len(batches):
+                    fut = pool.submit(self.fetch, batches[k + 1])
+                self.score(idx, fetched)
+                fetched = None                # the stamps are not held while the next batch is fetched
+
+    def score(self, idx: np.ndarray, fetched: Fetched | None = None) -> None:
+        """Fetch (unless prefetched) and score rows ``idx``; on MemoryError, in halves."""
+        got: Fetched | None = None
+        try:
+            got = fetched if fetched is not None else self.fetch(idx)
+            fetched = None
+            self.fetch_seconds += got.seconds
+            self.status[idx] = got.status
+            self._infer(idx, got.stamps, np.isin(got.status, SCORED))
+        except MemoryError:
+            got = fetched = None              # drop the stamps before retrying
+            self.p[idx] = np.nan
+            if len(idx) == 1:
+                self.status[idx] = "out_of_memory"
+                note(self.examples, "out_of_memory", f"row {self.input_rows[idx[0]]} (id {self.ids[idx[0]]}): "
+                                                     "MemoryError even for this row alone")
+                return
+            h = len(idx) // 2
+            self.score(idx[:h])
+            self.score(idx[h:])
+
+    def _infer(self, idx: np.ndarray, stamps: np.ndarray, ok: np.ndarray) -> None:
+        t = time.time()
+        try:
+            self.p[idx[ok]] = self.engine.predict(stamps[ok])
+        except MemoryError:
+            raise
+        except Exception as e:  # one bad batch must not lose the partition
+            if is_out_of_memory(e):       # CUDA OOM is a RuntimeError: retry in halves too
+                release_device_memory()
+                raise MemoryError(f"{type(e).__name__}: {str(e)[:200]}") from e
+            if is_sticky(e):
+                device_failure(self.engine, e)
+            self.status[idx[ok]] = "inference_failed"
+            note(self.examples, "inference_failed", f"{int(ok.sum())} row(s) from id {self.ids[idx[ok][0]]}: "
+                                                    f"{type(e).__name__}: {e}")
+        self.infer_seconds += time.time() - t
 
 
-def marker_path(output: Path, part: Partition) -> Path:
-    return Path(output) / "_work" / "scored" / f"part-{part.pid:06d}.json"
+def _read_rows(plan: Plan, part: Partition, layout: RunLayout) -> pd.DataFrame:
+    if plan.hats:                                  # HATS input: the task reads its pixel itself
+        from .hats_plan import read_hats_partition
+        return read_hats_partition(plan, part)
+    return read_partition(layout.work.dir, plan, part, [plan.columns["id"], *plan.carried])  # ints never via float64
 
 
-def _text_id(v):
-    if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
-        return None
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-
-
-def output_ids(ids: pd.Series, id_kind: str):
-    """The id column exactly as it went in: int64 / uint64 (nullable where the input has nulls,
-    never via float64) or text (nulls stay null, never the string 'None')."""
-    if id_kind in ("int", "uint"):
-        dtype = "Int64" if id_kind == "int" else "UInt64"
-        return pd.array(ids, dtype=dtype) if ids.hasnans or isinstance(ids.dtype, pd.api.extensions.ExtensionDtype) \
-            else ids.to_numpy(np.int64 if id_kind == "int" else np.uint64)
-    return np.array([_text_id(v) for v in ids.to_numpy(object)], dtype=object)
-
-
-def missing_ids(ids: pd.Series) -> np.ndarray:
-    """True where the id is null/NaN or blank text (flagged ``no_id``)."""
-    values = ids.to_numpy(object)
-    return np.array([_text_id(v) is None or not _text_id(v).strip() for v in values], bool)
-
-
-def output_table(df: pd.DataFrame, plan: Plan, p: np.ndarray, status: np.ndarray, threshold: float) -> pd.DataFrame:
-    from ..catalogs.schema import output_names
-    c = plan.columns
-    out = {("objid" if plan.id_kind in ("int", "uint") else "id"): output_ids(df[c["id"]], plan.id_kind),
-           "ra": df[c["ra"]].to_numpy(np.float64), "dec": df[c["dec"]].to_numpy(np.float64),
-           "p_merger": p.astype(np.float32),
-           "is_merger": np.nan_to_num(p, nan=-1.0) >= threshold,
-           "status": status.astype(object),
-           "input_row": df["_input_row"].to_numpy(np.int64),
-           "_healpix_29": df["_healpix29"].to_numpy(np.int64)}
-    names = plan.names or output_names(plan.carried)    # plans written before the names were stored
-    for k in plan.carried:
-        col = df[k]   # nullable (extension) dtypes stay as they are: one column type in every partition
-        out[names[k]] = col.array if isinstance(col.dtype, pd.api.extensions.ExtensionDtype) else col.to_numpy()
-    return pd.DataFrame(out)
-
-
-def retry_path(output: Path, part: Partition) -> Path:
-    """Present while a partition's done marker records rows whose failure may be transient
-    (``TRANSIENT``: fetch_failed, no_image, out_of_memory): a re-run fetches and scores those
-    rows again and keeps every other row of the partition as it was."""
-    return Path(output) / "_work" / "retry" / f"part-{part.pid:06d}"
-
-
-def _previous(output: Path, part: Partition, df: pd.DataFrame):
+def _previous(layout: RunLayout, part: Partition, df: pd.DataFrame):
     """(status, p_merger, examples) of the partition as written by an earlier run, aligned with
     ``df``; None when there is nothing usable (then every row is done again)."""
     import pyarrow.parquet as pq
 
     try:
-        old = pq.read_table(dataset_path(output, part), columns=["input_row", "status", "p_merger"])
-        examples = read_marker(marker_path(output, part)).get("examples") or {}
+        old = pq.read_table(layout.dataset_file(part), columns=["input_row", "status", "p_merger"])
+        examples = read_marker(layout.work.marker(part.pid)).get("examples") or {}
     except (OSError, ValueError, KeyError):
         return None
     rows = old.column("input_row").to_numpy()
@@ -143,158 +159,63 @@ def _previous(output: Path, part: Partition, df: pd.DataFrame):
             old.column("p_merger").to_numpy(zero_copy_only=False).astype(np.float32), examples)
 
 
-def _inject_fault(part: Partition, batch_size: int):
-    """Fault injection for the fault tests only (no effect unless MERGERSCAN_INJECT_FAULT is set):
-    ``oom:PID:MINBATCH`` makes partition PID really allocate memory (64 MiB steps, up to 16 GiB)
-    while its batch size is >= MINBATCH, until the Dask nanny kills the worker for memory;
-    ``memoryerror:PID:MINBATCH`` raises MemoryError instead; ``sleep:PID:SECONDS`` slows partition
-    PID (-1: every partition) down, so that a kill reliably lands mid-run on a fast machine."""
-    spec = os.environ.get("MERGERSCAN_INJECT_FAULT")
-    if not spec:
-        return
-    kind, pid, arg = spec.split(":")
-    if kind == "sleep":
-        if int(pid) in (-1, part.pid):
-            time.sleep(float(arg))
-        return
-    if int(pid) != part.pid or batch_size < int(arg):
-        return
-    if kind == "memoryerror":
-        raise MemoryError(f"injected: partition {part.pid} at batch size {batch_size}")
-    hog = []
-    for _ in range(256):
-        hog.append(np.ones(8 * 2 ** 20))       # 64 MiB, touched
-        time.sleep(0.02)
-    raise MemoryError(f"injected: partition {part.pid} allocated 16 GiB and was not killed")
-
-
-def score_partition(plan: Plan, part: Partition, output: str, source: SourceConfig, engine_path: str | None,
-                    backend: str, threads: int, batch_size: int, run_meta: dict,
-                    flag_status: str | None = None, shared_batch: int = 0, views: int | None = None) -> dict:
-    """Task: score one sky partition.  Returns its summary (also stored in the done marker).
-
-    Memory: a batch that raises MemoryError (or CUDA out of memory: engines/errors.py) is retried
-    in halves, down to single rows; a row that
-    still fails is flagged ``out_of_memory``.  ``flag_status`` (set by the run after the worker
-    running this partition was killed repeatedly, e.g. for memory): write the partition without
-    fetching or scoring, every row not otherwise flagged gets that status, and a retry marker makes
-    a later re-run score it again."""
-    output = Path(output)
-    marker = marker_path(output, part)
-    retry = retry_path(output, part)
-    if done(marker) and not retry.exists():
-        import json
-        return json.loads(marker.read_text())
-    rerun = done(marker)                     # a retry: only the rows whose failure may be transient
-    t0 = time.time()
-    engine = worker_engine(engine_path, backend, threads, shared_batch, views)
-    if plan.hats:                                  # HATS input: the task reads its pixel itself
-        from .hats_plan import read_hats_partition
-        df = read_hats_partition(plan, part)
-    else:
-        df = read_partition(output / "_work", plan, part, [plan.columns["id"], *plan.carried])  # ints never via float64
-    n = len(df)
-    c = plan.columns
-    status = np.full(n, "", dtype=object)
-    valid = df["_healpix29"].to_numpy() >= 0 if n else np.zeros(0, bool)
-    status[~valid] = "bad_coords"
-    no_id = missing_ids(df[c["id"]]) if n else np.zeros(0, bool)
-    status[no_id & valid] = "no_id"
-    ids = df[c["id"]].astype(str).to_numpy() if n else np.zeros(0, object)
-    dup = flag_duplicates(df[c["id"]] if n else ids) & valid & ~no_id   # missing ids are never duplicates
-    status[dup] = "duplicate_id"
-    if "_selected" in df:                          # --select: the rest is kept, not fetched or scored
-        status[(status == "") & ~df["_selected"].to_numpy(bool)] = "not_selected"
-    examples: dict = {}
-    inrow = df["_input_row"].to_numpy() if n else np.zeros(0, np.int64)
-    for i in np.flatnonzero(~valid)[:1]:
-        note(examples, "bad_coords", f"row {inrow[i]} (id {ids[i]}): ra={df[c['ra']].iloc[i]!r}, "
-                                     f"dec={df[c['dec']].iloc[i]!r}")
-    for i in np.flatnonzero(dup)[:1]:
-        note(examples, "duplicate_id", f"row {inrow[i]} (id {ids[i]}): the same id appeared earlier in this "
-                                       "sky partition")
-    p = np.full(n, np.nan, np.float32)
-    if rerun and n and (prev := _previous(output, part, df)) is not None:
-        keep = (status == "") & ~np.isin(prev[0], TRANSIENT)     # ok and lasting failures stay as they are
-        status[keep], p[keep] = prev[0][keep], prev[1][keep]
-        for k, v in prev[2].items():
-            if k not in TRANSIENT:
-                note(examples, k, v)
-    todo = np.flatnonzero(status == "")
-    if flag_status is not None:
-        status[todo] = flag_status
-        for i in todo[:1]:
-            note(examples, flag_status, f"row {inrow[i]} (id {ids[i]}): the worker scoring this partition was "
-                                        "killed repeatedly (memory), even with the smallest batches")
-        todo = todo[:0]
-    elif n:
-        _inject_fault(part, batch_size)
-        # spatial order (nested HEALPix): consecutive batches share survey frames, so a frame source's
-        # small per-partition frame cache is reused instead of re-reading frames for every batch
-        todo = todo[np.argsort(df["_healpix29"].to_numpy()[todo], kind="stable")]
+def _fetch_rows(df: pd.DataFrame, plan: Plan, ids: np.ndarray, source: SourceConfig) -> pd.DataFrame:
+    """What the image source is asked for: id, ra, dec (and the stamp file, with a path column)."""
+    c, n = plan.columns, len(df)
     rows = pd.DataFrame({"id": ids, "ra": df[c["ra"]].to_numpy(np.float64) if n else [],
                          "dec": df[c["dec"]].to_numpy(np.float64) if n else []})
     path_col = plan.path_column
     if path_col and source.source_class.reads_path_column:  # else files are named by the id
         rows["path"] = df[path_col].astype(object).where(df[path_col].notna(), "").astype(str).to_numpy() \
             if n else []                                     # empty: DIR/<id>.* instead
-    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    t_fetch = t_infer = 0.0
+    return rows
+
+
+def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
+    """Task: score one sky partition.  Returns its summary (also stored in the done marker).
+
+    A partition with a done marker is not scored again, unless its retry marker says that some
+    rows failed in a way that may be transient: then only those rows are fetched and scored
+    again and every other row is kept as it was."""
+    layout = RunLayout(task.output)
+    marker, retry = layout.work.marker(part.pid), layout.work.retry_marker(part.pid)
+    if done(marker) and not retry.exists():
+        return read_marker(marker)
+    rerun = done(marker)                     # a retry: only the rows whose failure may be transient
+    t0 = time.time()
+    engine = worker_engine(task.engine_path, task.backend, task.threads, task.shared_batch, task.views)
+    df = _read_rows(plan, part, layout)
+    n = len(df)
+    examples: dict = {}
+    status, ids = triage(df, plan, examples)
+    inrow = df["_input_row"].to_numpy() if n else np.zeros(0, np.int64)
+    p = np.full(n, np.nan, np.float32)
+    if rerun and n and (prev := _previous(layout, part, df)) is not None:
+        keep = (status == "") & ~np.isin(prev[0], TRANSIENT)     # ok and lasting failures stay as they are
+        status[keep], p[keep] = prev[0][keep], prev[1][keep]
+        for k, v in prev[2].items():
+            if k not in TRANSIENT:
+                note(examples, k, v)
+    todo = np.flatnonzero(status == "")
+    if task.flag_status is not None:
+        status[todo] = task.flag_status
+        for i in todo[:1]:
+            note(examples, task.flag_status, f"row {inrow[i]} (id {ids[i]}): the worker scoring this partition was "
+                                             "killed repeatedly (memory), even with the smallest batches")
+        todo = todo[:0]
+    elif n:
+        fault_point(task.fault_hook, "score", part.pid, task.batch_size)
+        # spatial order (nested HEALPix): consecutive batches share survey frames, so a frame source's
+        # small per-partition frame cache is reused instead of re-reading frames for every batch
+        todo = todo[np.argsort(df["_healpix29"].to_numpy()[todo], kind="stable")]
+    batches = [todo[i:i + task.batch_size] for i in range(0, len(todo), task.batch_size)]
+    scorer = None
     failures: dict = {}
     if batches:
-        src = open_source(source, engine.spec)
+        src = open_source(task.source, engine.spec)
+        scorer = BatchScorer(src, engine, _fetch_rows(df, plan, ids, task.source), status, p, examples, inrow)
         try:
-            def fetch(idx):
-                t = time.time()
-                stamps, st = src.fetch(rows.iloc[idx].reset_index(drop=True))
-                return stamps, st, time.time() - t
-
-            def score(idx, fetched=None):
-                """Fetch (unless prefetched) and score rows ``idx``; on MemoryError, in halves."""
-                nonlocal t_fetch, t_infer
-                try:
-                    stamps, st, dt = fetched if fetched is not None else fetch(idx)
-                    t_fetch += dt
-                    status[idx] = st
-                    ok = np.isin(st, SCORED)
-                    t = time.time()
-                    try:
-                        p[idx[ok]] = engine.predict(stamps[ok])
-                    except MemoryError:
-                        raise
-                    except Exception as e:  # noqa: BLE001 - one bad batch must not lose the partition
-                        if is_out_of_memory(e):       # CUDA OOM is a RuntimeError: retry in halves too
-                            release_device_memory()
-                            raise MemoryError(f"{type(e).__name__}: {str(e)[:200]}") from e
-                        if is_sticky(e):
-                            device_failure(engine, e)
-                        status[idx[ok]] = "inference_failed"
-                        note(examples, "inference_failed", f"{int(ok.sum())} row(s) from id {ids[idx[ok][0]]}: "
-                                                           f"{type(e).__name__}: {e}")
-                    t_infer += time.time() - t
-                except MemoryError:
-                    stamps = fetched = None
-                    p[idx] = np.nan
-                    if len(idx) == 1:
-                        status[idx] = "out_of_memory"
-                        note(examples, "out_of_memory", f"row {inrow[idx[0]]} (id {ids[idx[0]]}): MemoryError "
-                                                        "even for this row alone")
-                        return
-                    h = len(idx) // 2
-                    score(idx[:h])
-                    score(idx[h:])
-
-            with ThreadPoolExecutor(1) as pool:   # prefetch the next batch while inferring
-                fut = pool.submit(fetch, batches[0])
-                for k, idx in enumerate(batches):
-                    try:
-                        fetched = fut.result()
-                    except MemoryError:
-                        fetched = None            # fetched again (in halves) by score()
-                    if k + 1 < len(batches):
-                        fut = pool.submit(fetch, batches[k + 1])
-                    score(idx, fetched)
-                    fetched = None
+            scorer.run(batches)
         finally:
             for k, v in (getattr(src, "examples", None) or {}).items():
                 note(examples, k, v)
@@ -303,15 +224,17 @@ def score_partition(plan: Plan, part: Partition, output: str, source: SourceConf
     unknown = set(status) - set(STATUS)
     if unknown:
         raise RuntimeError(f"image source returned unknown status {sorted(unknown)}")
-    table = output_table(df, plan, p, status, engine.info.threshold) if n else None
     counts = pd.Series(status).value_counts().to_dict() if n else {}
-    if table is not None:
-        write_partition(table, dataset_path(output, part), run_meta)
+    if n:
+        write_partition(output_table(df, plan, p, status, engine.info.threshold), layout.dataset_file(part),
+                        task.run_meta)
+    c = plan.columns
     info = {"pid": part.pid, "name": part.name, "rows": n, "status": {k: int(v) for k, v in counts.items()},
             "mergers": int(np.sum(p >= engine.info.threshold)), "seconds": round(time.time() - t0, 3),
-            "fetch_seconds": round(t_fetch, 3), "infer_seconds": round(t_infer, 3), "batch_size": batch_size,
-            "finished": time.time(), "started": t0, "file": str(dataset_path(output, part).relative_to(output))
-            if n else None,
+            "fetch_seconds": round(scorer.fetch_seconds if scorer else 0.0, 3),
+            "infer_seconds": round(scorer.infer_seconds if scorer else 0.0, 3), "batch_size": task.batch_size,
+            "finished": time.time(), "started": t0,
+            "file": str(layout.dataset_file(part).relative_to(layout.root)) if n else None,
             "examples": {k: v for k, v in sorted(examples.items()) if counts.get(k)},
             "coords": coord_range(df[c["ra"]].to_numpy(np.float64), df[c["dec"]].to_numpy(np.float64)) if n else None}
     if failures:                                   # why a service failed rows (the summary names the leading one)

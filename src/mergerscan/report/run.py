@@ -17,6 +17,8 @@ import numpy as np
 
 from . import sections
 from ._page import esc, fmt, page
+from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..run_layout import RunLayout
 from .figures import fig_columns, fig_sample, fig_scores, fig_status, fig_throughput
 from .gallery import fetch_cutouts, gallery, path_column
 from .provenance import card_from_parquet, engine_card, engine_spec, provenance_rows
@@ -26,7 +28,7 @@ from .stream import RunStats, open_dataset, scan
 
 def _read_markers(out: Path) -> list[dict]:
     ms = []
-    for f in sorted((out / "_work" / "scored").glob("part-*.json")):
+    for f in sorted(RunLayout(out).work.scored_dir.glob("part-*.json")):
         with contextlib.suppress(ValueError):          # a marker being written: not finished yet
             ms.append(json.loads(f.read_text()))
     return ms
@@ -42,19 +44,20 @@ def build_report(out_dir, top_n: int = 24, borderline_n: int = 12, sample_rows: 
     from ..cutouts.sources import redact_text
     t_start = time.time()
     out = Path(out_dir)
-    summary = json.loads((out / "summary.json").read_text())
+    layout = RunLayout(out)
+    summary = json.loads(layout.summary.read_text())
     thr = float(summary["threshold"])
     id_col = summary.get("id_column", "objid")
     paths = path_column(summary, open_dataset(out).schema.names)
     st, npre = scan(out, thr, id_col, top_n, borderline_n, sample_rows, max_memory_rows, path_column=paths)
-    rep = out / "report"
+    rep = layout.report_dir
     rep.mkdir(exist_ok=True)
     figs: dict[str, bytes] = {}
 
     def keep(name, png):
         if png is not None:
             figs[name] = png
-            (rep / f"{name}.png").write_bytes(png)
+            atomic_write_bytes(rep / f"{name}.png", png, fsync=False)
         return png
 
     card, card_note = engine_card(summary)
@@ -98,16 +101,16 @@ def build_report(out_dir, top_n: int = 24, borderline_n: int = 12, sample_rows: 
     if thr_png:
         S.append(sections.throughput(thr_png, thr_cap))
     S.append(sections.provenance(provenance_rows(summary, card, thr), card.get("metrics_test") or {}))
-    S.append(sections.method(len(list((out / 'parquet').rglob('*.parquet'))), max_memory_rows, st, npre,
+    S.append(sections.method(len(list(layout.catalog_dir.rglob('*.parquet'))), max_memory_rows, st, npre,
                              time.time() - t_start, time.strftime('%Y-%m-%d %H:%M %Z')))
 
     html_text = page(f"mergerscan run report — {Path(str(summary.get('catalog', out))).name}",
                      esc(str(out.resolve())), sections.header_cards(st, merg, gfrac, thr, summary),
                      sections.nav("".join(S)), sections.warnings(warn) + "\n".join(S))
-    (rep / "index.html").write_text(html_text, encoding="utf-8")
+    atomic_write_text(layout.report_index, html_text, fsync=False)
     _write_json(rep / "report.json", st, merg, thr, npre, sky_cap,
                 {"fetched": sum(x is not None for x in top_st + bor_st), "shown": len(top_st) + len(bor_st)})
-    return rep / "index.html"
+    return layout.report_index
 
 
 def _write_json(path: Path, st: RunStats, merg: int, thr: float, npre: int, sky_cap: str, cutouts: dict):
@@ -121,4 +124,4 @@ def _write_json(path: Path, st: RunStats, merg: int, thr: float, npre: int, sky_
                                 "outside": st.col_out[b.name].tolist()} for b in st.bins},
            "presample_rows": npre, "sample_rows": 0 if st.sample is None else len(st.sample),
            "top": rows(st.top), "borderline": rows(st.border), "cutouts": cutouts}
-    path.write_text(json.dumps(doc, indent=1, default=str))
+    atomic_write_json(path, doc, fsync=False, indent=1, default=str)
