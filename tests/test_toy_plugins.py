@@ -89,7 +89,7 @@ def test_process_catalog_with_a_toy_source_and_a_toy_backend(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     files = sorted((out / "parquet").rglob("*.parquet"))
     got = pd.concat([pq.read_table(f).to_pandas() for f in files]).set_index("objid").sort_index()
-    assert list(got.index) == [str(i) for i in ids]            # every row once, CSV ids as text
+    assert list(got.index) == list(ids)                        # every row once, with its exact id
     missing = (ids % 1000) % MISSING_EVERY == 0
     assert (got["status"].to_numpy() == np.where(missing, "no_image", "ok")).all()
     assert got["p_merger"].isna().to_numpy().tolist() == missing.tolist()

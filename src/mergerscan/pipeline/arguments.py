@@ -53,6 +53,9 @@ class ProcessArguments:
     mode: str = "all"                      # all | plan | shard | finalize (SLURM array jobs)
     shard: tuple | None = None             # (i, n) with mode="shard"
     service_options: dict = field(default_factory=dict)
+    source_kind: str | None = None         # --source KIND LOCATION: any registered source, or module:Class
+    source_location: str | None = None
+    source_options: dict = field(default_factory=dict)    # --source-option KEY=VALUE
     select: str | None = None              # --select EXPR: score only rows where it is true (select.py)
     samp: bool = False                     # send OUT/mergers.fits to TOPCAT over SAMP at the end
     default_source: DefaultSource | None = None   # set when no source flag was given (cutouts/defaults.py)
@@ -62,12 +65,24 @@ class ProcessArguments:
     def __post_init__(self):
         if not Path(self.catalog).exists():
             raise ArgumentError(f"catalog {self.catalog}: no such file")
-        sources = [s for s in (self.images, self.frames, self.cutout_service) if s]
+        sources = [s for s in (self.images, self.frames, self.cutout_service, self.source_kind) if s]
         if not sources:
+            if self.source_options:
+                raise ArgumentError("--source-option goes with --source KIND LOCATION")
             self._use_default_source()
         elif len(sources) != 1:
-            raise ArgumentError("give exactly one image source: --images DIR, --frames DIR or --cutout-service URL "
-                                "(or none for the default)")
+            raise ArgumentError("give exactly one image source: --images DIR, --frames DIR, --cutout-service URL "
+                                "or --source KIND LOCATION (or none for the default)")
+        if self.service_options and not self.cutout_service and self.default_source is None:
+            raise ArgumentError(f"--service-* options go with --cutout-service URL, not "
+                                f"{'--images' if self.images else '--frames' if self.frames else '--source'}")
+        if self.source_options and not self.source_kind:
+            raise ArgumentError("--source-option goes with --source KIND LOCATION")
+        if self.source_kind:
+            try:                            # an unknown kind or a misspelled option: one line, now
+                self.source.check()
+            except ValueError as exc:
+                raise ArgumentError(f"--source {self.source_kind}: {exc}") from None
         if self.fault_hook is not None:
             from .faults import FaultHookError, resolve
             try:
@@ -80,8 +95,9 @@ class ProcessArguments:
                 expression_names(self.select)
             except SelectError as exc:
                 raise ArgumentError(str(exc)) from None
-        if self.path_column and not self.images:
-            raise ArgumentError("--path-column names stamp files: it goes with --images DIR only")
+        if self.path_column and not self.source.source_class.reads_path_column:
+            raise ArgumentError(f"--path-column names stamp files: the {self.source.kind} source reads none "
+                                "(it goes with --images DIR)")
         for flag, d in (("--images", self.images), ("--frames", self.frames)):
             if d and not Path(d).is_dir():
                 raise ArgumentError(f"{flag} {d}: not a directory")
@@ -167,6 +183,9 @@ class ProcessArguments:
 
     @property
     def source(self) -> SourceConfig:
+        if self.source_kind:
+            return SourceConfig(self.source_kind, str(self.source_location),
+                                tuple(sorted(self.source_options.items())))
         if self.images:
             return SourceConfig("stamps", str(Path(self.images).resolve()))
         if self.frames:

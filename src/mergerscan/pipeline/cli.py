@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", metavar="DIR", help="pre-cut stamps named <id>.jpg/.png/.fits (or see --path-column)")
     src.add_argument("--frames", metavar="DIR", help="survey frames with WCS (SDSS frame-[gri]-*.fits.bz2)")
     src.add_argument("--cutout-service", metavar="URL", help="HTTP cutout service (SkyServer ImgCutout shape)")
+    src.add_argument("--source", nargs=2, metavar=("KIND", "LOCATION"),
+                     help="any registered image source (stamps, frames, service, a site's own) or a "
+                          "module:Class one, at LOCATION (a directory, a URL, ...)")
+    src.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="an option of --source's class (repeatable; VALUE as JSON if it parses, else text)")
     src.add_argument("--service-timeout", type=float, help="seconds per request (default 10)")
     src.add_argument("--service-retries", type=int, help="default 3")
     src.add_argument("--service-concurrency", type=int, help="requests at a time per partition task (default 8; "
@@ -119,6 +124,20 @@ def _parse_shard(text):
     return (i, n)
 
 
+def _source_options(items: list[str]) -> dict:
+    import json
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ArgumentError(f"--source-option {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
 def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
     from pathlib import Path
     output = ns.output or str(Path(ns.catalog).name.split(".")[0] + "-mergers")
@@ -143,6 +162,8 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
                                            ("max_concurrency", ns.service_concurrency),
                                            ("max_rate", ns.service_rate),
                                            ("total_timeout", ns.service_total_timeout)) if v is not None},
+        source_kind=ns.source[0] if ns.source else None, source_location=ns.source[1] if ns.source else None,
+        source_options=_source_options(ns.source_option),
         select=ns.select, samp=ns.samp, fault_hook=ns.fault_hook,
         command="process-catalog " + " ".join(argv))
 
