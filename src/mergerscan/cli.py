@@ -143,9 +143,9 @@ def main(argv=None):
 
 
 def _train(ap, a, train_parser):
+    from .models import MissingWeightsError
     from .training.checkpoint import ResumeError, resume_arguments
     from .training.loader import LoaderError
-    from .models import MissingWeightsError
     from .training.train import TrainArguments, run
     kw = {k: v for k, v in vars(a).items() if k not in ("verb", "resume")}
     fail = lambda exc: ap.exit(2, f"mergerscan train: error: {exc}\n")

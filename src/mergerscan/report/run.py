@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import sections
-from ._page import esc, fmt, page
 from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..run_layout import RunLayout
+from . import sections
+from ._page import esc, fmt, page
 from .figures import fig_columns, fig_sample, fig_scores, fig_status, fig_throughput
 from .gallery import fetch_cutouts, gallery, path_column
 from .provenance import card_from_parquet, engine_card, engine_spec, provenance_rows

@@ -303,7 +303,7 @@ def _finish(args, net, data, spec, splits, train_seconds, bf16, out: Path) -> di
         torch.save(net.state_dict(), tmp)   # reload with torch.load(weights_only=True)
     zv, zt = _predict_logits(net, data.stamps[va], spec), _predict_logits(net, data.stamps[te], spec)
     cal = ev.calibrate_and_summarize(labels[va], zv, labels[te], zt)
-    T, thr, pv, pt, m_val, m_test = cal.temperature, cal.threshold, cal.p_val, cal.p_test, cal.val, cal.test
+    T, thr, pt, m_val, m_test = cal.temperature, cal.threshold, cal.p_test, cal.val, cal.test
     name = args.name or f"{args.arch}-{args.experiment}-{args.input_size}px"
     from .. import __version__
     card = {
