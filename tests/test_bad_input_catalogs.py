@@ -67,10 +67,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mergerscan.catalogs.schema import fits_names, output_names
+from conftest import assert_fits_equals_parquet, make_stamps, parquet_table, run_cli, write_fits_catalog
+from mergerscan.catalogs.schema import output_names
 from mergerscan.cutouts.sources import redact_url
-from mergerscan.pipeline.cli import main as cli_main
-from test_pipeline import make_stamps, write_fits_catalog
 
 BIG = 588018055654998067
 U63 = 2 ** 63 + 12345
@@ -90,17 +89,6 @@ def positions(n=12, seed=0):
     return rng.uniform(150, 150.2, n), rng.uniform(2, 2.2, n)
 
 
-def run_cli(client, *argv, capsys=None):
-    """process-catalog in this process, on the test session's Dask scheduler: (exit status, stdout, stderr).
-    Anything but a return (an exception = a traceback for the user) fails the test."""
-    if capsys is not None:
-        capsys.readouterr()
-    rc = cli_main([*map(str, argv), "--scheduler", client.scheduler.address, "--views", "1", "--no-progress",
-                   "--no-report"])
-    out, err = capsys.readouterr() if capsys is not None else ("", "")
-    return rc, out, err
-
-
 def one_line(err: str, *needles):
     lines = [l for l in err.strip().splitlines() if l.strip()]
     assert len(lines) == 1, err
@@ -110,49 +98,8 @@ def one_line(err: str, *needles):
     return lines[0]
 
 
-def parquet_table(out: Path) -> pa.Table:
-    """The output dataset's own columns (no hive partition columns), all partitions."""
-    return pa.concat_tables([pq.read_table(f) for f in sorted((out / "parquet").rglob("*.parquet"))])
-
-
 def read_parquet(out: Path) -> pd.DataFrame:
     return parquet_table(out).to_pandas().sort_values("input_row").reset_index(drop=True)
-
-
-def assert_fits_equals_parquet(out: Path) -> tuple[pd.DataFrame, np.ndarray, dict]:
-    """Every Parquet column has a FITS column (named by schema.fits_names) holding the same values,
-    row for row; nulls as documented (int: TNULL, float: NaN, bool: False, text: '')."""
-    t = parquet_table(out)
-    order = np.argsort(t.column("input_row").to_numpy())
-    t = t.take(pa.array(order))
-    fits = fitsio.read(str(out / "mergers.fits"), ext="MERGERS")
-    hdr = fitsio.read_header(str(out / "mergers.fits"), ext="MERGERS")
-    fits = fits[np.argsort(fits["input_row"], kind="stable")]
-    names = fits_names(t.column_names)
-    ttype = [hdr[f"TTYPE{i}"] for i in range(1, hdr["TFIELDS"] + 1)]
-    assert ttype == [names[n] for n in t.column_names]
-    assert len(fits) == t.num_rows
-    for n in t.column_names:
-        col, f = t.column(n), fits[names[n]]
-        typ = col.type
-        k = ttype.index(names[n]) + 1
-        vals = col.to_pylist()
-        if pa.types.is_integer(typ):
-            tnull = hdr.get(f"TNULL{k}")
-            want = [(tnull + 2 ** 63 if typ == pa.uint64() else tnull) if v is None else v for v in vals]
-            assert [int(x) for x in f] == want, n
-        elif pa.types.is_floating(typ):
-            a = np.array([np.nan if v is None else v for v in vals], np.float64)
-            np.testing.assert_array_equal(f.astype(np.float64), a.astype(f.dtype).astype(np.float64), err_msg=n)
-        elif pa.types.is_boolean(typ):
-            assert [bool(x) for x in f] == [bool(v) for v in vals], n
-        else:
-            # FITS text is ASCII: non-ASCII characters as backslash escapes (docs/output.md)
-            want = ["" if v is None else v.decode("ascii", "backslashreplace") if isinstance(v, bytes)
-                    else v.encode("ascii", "backslashreplace").decode() for v in vals]
-            got = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in f]
-            assert [g.rstrip() for g in got] == [w.rstrip() for w in want], n
-    return t.to_pandas(), fits, hdr
 
 
 # ---------------------------------------------------------------- 1: collisions with output columns

@@ -68,13 +68,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 from PIL import Image
 
-from mergerscan.catalogs.hats import output_files
+from conftest import read_out
 from mergerscan.cutouts.preprocess import PreprocessSpec
 from mergerscan.cutouts.service import ServiceSource
 
@@ -154,12 +153,6 @@ def cli(*argv, timeout=420):
 
 def no_traceback(r):
     assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr[-3000:]
-
-
-def read_out(out: Path) -> pd.DataFrame:
-    """Every output row: the HATS dataset and the bad-coordinate rows beside it."""
-    files = [str(f) for f in output_files(out / "parquet")]
-    return pq.read_table(files).to_pandas().sort_values("input_row").reset_index(drop=True)
 
 
 def by_id(out: Path) -> dict:

@@ -15,11 +15,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import make_stamps, two_patch_catalog, write_fits_catalog
 from mergerscan.catalogs.hats import output_files
 from mergerscan.pipeline.arguments import ProcessArguments
 from mergerscan.pipeline.run import run
-
-from test_pipeline import make_stamps, two_patch_catalog, write_fits_catalog
 
 hats = pytest.importorskip("hats", reason="needs the hats package (pip install -e '.[dev]')")
 lsdb = pytest.importorskip("lsdb", reason="needs the lsdb package (pip install -e '.[dev]')")

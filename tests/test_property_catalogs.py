@@ -30,9 +30,8 @@ hypothesis = pytest.importorskip("hypothesis", reason="pip install hypothesis (t
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from conftest import assert_fits_equals_parquet, make_stamps, parquet_table, run_cli  # noqa: E402
 from mergerscan.catalogs.schema import output_names  # noqa: E402
-from test_bad_input_catalogs import assert_fits_equals_parquet, parquet_table, run_cli  # noqa: E402
-from test_pipeline import make_stamps  # noqa: E402
 
 EXAMPLES = int(os.environ.get("MERGERSCAN_PROPERTY_EXAMPLES", "5"))
 NAMES = ["P_MERGER", "p_Merger", "STATUS", "status", "RA", "Ra", "DEC", "Z", "z", "IS_MERGER", "Input_Row",

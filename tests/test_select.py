@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import make_stamps, read_out, two_patch_catalog, write_fits_catalog
 from mergerscan.catalogs.read import CatalogError
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
 from mergerscan.pipeline.cli import main as process_catalog
 from mergerscan.pipeline.run import run
 from mergerscan.pipeline.select import evaluate, expression_names, resolve
-
-from test_pipeline import make_stamps, read_out, two_patch_catalog, write_fits_catalog
 
 EXPR = "mag_r < 16.5 and objID % 3 != 0"
 
