@@ -29,20 +29,9 @@ from mergerscan.engines.base import Engine, dihedral_views
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def small_engine(tmp_path_factory):
-    """EfficientNet-Lite0 at 64 px (integer ratio 256/64: the block-mean branch of the front)."""
-    import torch
-    from mergerscan.training.export import export_onnx
-    from mergerscan.training.models import create_model
-
-    torch.manual_seed(0)
-    net = create_model("efficientnet_lite0")
-    with torch.no_grad():
-        net.top[4].weight.mul_(10.0)
-    card = {"arch": "efficientnet_lite0", "name": "gpu-paths-64", "temperature": 1.0, "views": 1,
-            "by_views": {"8": {"temperature": 1.0, "threshold": 0.5}}}
-    return export_onnx(net.eval(), PreprocessSpec(input_size=64), card, tmp_path_factory.mktemp("e") / "e.onnx")
+@pytest.fixture(scope="session")
+def small_engine(lite0_engine):
+    return lite0_engine                # conftest's EfficientNet-Lite0 at 64 px (the block-mean branch of the front)
 
 
 # ---------------------------------------------------------------- the front = prepare_batch
