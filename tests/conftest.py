@@ -6,6 +6,7 @@ Test modules import the helpers with ``from conftest import ...`` (this director
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -194,6 +195,13 @@ def run_cli(client, *argv, capsys=None, engine=None):
                    "--no-report", *(["--engine", str(engine)] if engine else [])])
     out, err = capsys.readouterr() if capsys is not None else ("", "")
     return rc, out, err
+
+
+@pytest.fixture(scope="session")
+def cheap_cli(dask_client, cheap_engine):
+    """:func:`run_cli` on the session's cluster with the cheap engine, for tests of messages,
+    statuses and output layouts: ``cheap_cli(*argv, capsys=None)`` -> (exit status, stdout, stderr)."""
+    return functools.partial(run_cli, dask_client, engine=cheap_engine)
 
 
 def parquet_table(out: Path) -> pa.Table:
