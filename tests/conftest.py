@@ -115,31 +115,6 @@ def cheap_engine(tmp_path_factory) -> Path:
 CHEAP_ENGINE_NAME = "test-tiny-cnn-32px"
 
 
-@pytest.fixture(scope="session")
-def lite0_engine(tmp_path_factory) -> Path:
-    """EfficientNet-Lite0 at 64 px (256/64: the block-mean branch of the engine front), ImageNet
-    weights where installed (else random), the head scaled x10 (logits of ~1, not ~0.1); card:
-    temperature 1, 1 view by default and calibrated for 8.  The real architecture at a small
-    size, for the engine and GPU-path tests (built once: the export takes tens of seconds)."""
-    import torch
-
-    from mergerscan.cutouts.preprocess import PreprocessSpec
-    from mergerscan.training.export import export_onnx
-    from mergerscan.training.models import MissingWeightsError, create_model
-
-    torch.manual_seed(0)
-    try:
-        net = create_model("efficientnet_lite0", init="imagenet")
-    except MissingWeightsError:
-        net = create_model("efficientnet_lite0")
-    with torch.no_grad():
-        net.top[4].weight.mul_(10.0)
-    card = {"arch": "efficientnet_lite0", "name": "test-lite0-64", "temperature": 1.0, "views": 1,
-            "by_views": {"8": {"temperature": 1.0, "threshold": 0.5}}}
-    return export_onnx(net.eval(), PreprocessSpec(input_size=64), card,
-                       tmp_path_factory.mktemp("lite0-engine") / "lite0.onnx")
-
-
 # ---------------------------------------------------------------- synthetic catalogs and stamps
 SCIENCE = ["objid", "ra", "dec", "p_merger", "is_merger", "status", "input_row"]
 BIG = 588018055654998067  # a real SDSS objid: must survive exactly (not via float64)
