@@ -1,11 +1,22 @@
-"""Shared fixtures: paths to ../shared data (skip with a reason where absent), one Dask cluster."""
+"""Shared fixtures and helpers: paths to ../shared data (skip with a reason where absent), one
+Dask cluster, a cheap engine file, and the synthetic catalogs and stamps the pipeline tests make.
+
+Test modules import the helpers with ``from conftest import ...`` (this directory is on sys.path).
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
+import fitsio
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MERGERSCAN_SHARED", REPO.parent / "shared")) / "data"
@@ -50,3 +61,162 @@ def dask_client():
     yield client
     client.close()
     cluster.close()
+
+
+@pytest.fixture(scope="session")
+def cheap_engine(tmp_path_factory) -> Path:
+    """A tiny but real engine file (two convolutions, 32 px input, 1 view, random weights) exported
+    through the package's own path (``training.export.export_onnx``: ONNX + spec + card in the
+    metadata, the default engine's format).  ~1 ms a stamp on one CPU thread where the packaged
+    engine takes ~75 ms (8 views at 160 px), so tests whose subject is not the model's quality
+    (row accounting, statuses, resume, bad input, layouts) pass ``--engine`` / ``engine=`` this
+    file.  Its scores depend on the image, so score-equality checks between runs stay meaningful.
+    Built once per session (~10 s, mostly the exporter), under the session's temporary directory.
+    Without torch (no train extra): the packaged engine, slower but the same behaviour."""
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        from mergerscan.engines import default_engine_path
+        return default_engine_path()
+    from mergerscan.cutouts.preprocess import PreprocessSpec, prepare_batch
+    from mergerscan.training.export import export_onnx
+
+    class TinyMergerNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                     nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 1))
+
+        def forward(self, x):
+            return self.net(x)[:, 0]
+
+    torch.manual_seed(0)
+    net = TinyMergerNet().eval()
+    spec = PreprocessSpec(input_size=32)
+    # random weights see mostly the sky level: standardise the logit on synthetic galaxies, so
+    # that their scores spread over 0..1 and straddle the threshold like a real model's
+    calib = tmp_path_factory.mktemp("cheap-engine-calibration")
+    make_stamps(calib, range(32), seed=1)
+    stamps = np.stack([np.asarray(Image.open(calib / f"{i}.jpg")) for i in range(32)])
+    with torch.no_grad():
+        z = net(torch.from_numpy(prepare_batch(stamps, spec)))
+        head = net.net[-1]
+        head.weight.div_(z.std())
+        head.bias.sub_(z.mean()).div_(z.std())
+    card = {"name": CHEAP_ENGINE_NAME, "arch": "tiny_cnn", "init": "random", "input_size": 32,
+            "threshold": 0.5, "temperature": 1.0, "views": 1,
+            "by_views": {"1": {"temperature": 1.0, "threshold": 0.5}},
+            "labels": "none: random weights, for tests of everything but the model's quality"}
+    return export_onnx(net, spec, card, tmp_path_factory.mktemp("cheap-engine") / "tiny-cnn-32px.onnx")
+
+
+CHEAP_ENGINE_NAME = "test-tiny-cnn-32px"
+
+
+# ---------------------------------------------------------------- synthetic catalogs and stamps
+SCIENCE = ["objid", "ra", "dec", "p_merger", "is_merger", "status", "input_row"]
+BIG = 588018055654998067  # a real SDSS objid: must survive exactly (not via float64)
+
+
+def make_stamps(directory: Path, ids, seed=0, size=256):
+    """Galaxy-like stamps: an elliptical blob (sometimes two) on a dark noisy sky."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:size, :size] - size / 2
+    for i in ids:
+        img = rng.normal(8, 3, (size, size, 3))
+        for _ in range(1 + (rng.random() < 0.3)):
+            cx, cy = rng.normal(0, 20, 2)
+            r = np.hypot(xx - cx, (yy - cy) * rng.uniform(1, 2))
+            img += np.exp(-r / rng.uniform(4, 12))[..., None] * rng.uniform(120, 220, 3)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(directory / f"{i}.jpg", quality=92)
+
+
+def write_fits_catalog(path: Path, df: pd.DataFrame):
+    fitsio.write(str(path), df.to_records(index=False), clobber=True)
+
+
+def two_patch_catalog(n: int, seed: int, width: float, id_step: int) -> pd.DataFrame:
+    """n objects (objID, RAdeg, DEdeg, mag_r) on two width x width deg patches of sky, near
+    (150, 2) and (210, -1); objids of real SDSS size."""
+    rng = np.random.default_rng(seed)
+    ra = np.r_[rng.uniform(150, 150 + width, n // 2), rng.uniform(210, 210 + width, n // 2)]
+    dec = np.r_[rng.uniform(2, 2 + width, n // 2), rng.uniform(-1, -1 + width, n // 2)]
+    objid = BIG + np.arange(n, dtype=np.int64) * id_step
+    return pd.DataFrame({"objID": objid, "RAdeg": ra, "DEdeg": dec,
+                         "mag_r": rng.uniform(14, 17.7, n).astype(np.float32)})
+
+
+def read_out(out: Path) -> pd.DataFrame:
+    """Every output row of a run: the HATS dataset and the bad-coordinate rows beside it."""
+    from mergerscan.catalogs.hats import output_files
+
+    files = [str(f) for f in output_files(out / "parquet")]
+    return pq.read_table(files).to_pandas().sort_values("input_row").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- process-catalog in this process
+def run_cli(client, *argv, capsys=None, engine=None):
+    """process-catalog in this process, on the test session's Dask scheduler, 1 view (``engine``:
+    an engine file, else the packaged one): (exit status, stdout, stderr).  Anything but a return
+    (an exception = a traceback for the user) fails the test."""
+    from mergerscan.pipeline.cli import main as cli_main
+
+    if capsys is not None:
+        capsys.readouterr()
+    rc = cli_main([*map(str, argv), "--scheduler", client.scheduler.address, "--views", "1", "--no-progress",
+                   "--no-report", *(["--engine", str(engine)] if engine else [])])
+    out, err = capsys.readouterr() if capsys is not None else ("", "")
+    return rc, out, err
+
+
+@pytest.fixture(scope="session")
+def cheap_cli(dask_client, cheap_engine):
+    """:func:`run_cli` on the session's cluster with the cheap engine, for tests of messages,
+    statuses and output layouts: ``cheap_cli(*argv, capsys=None)`` -> (exit status, stdout, stderr)."""
+    return functools.partial(run_cli, dask_client, engine=cheap_engine)
+
+
+def parquet_table(out: Path) -> pa.Table:
+    """The output dataset's own columns (no hive partition columns), all partitions."""
+    return pa.concat_tables([pq.read_table(f) for f in sorted((out / "parquet").rglob("*.parquet"))])
+
+
+def assert_fits_equals_parquet(out: Path) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """Every Parquet column has a FITS column (named by schema.fits_names) holding the same values,
+    row for row; nulls as documented (int: TNULL, float: NaN, bool: False, text: '')."""
+    from mergerscan.catalogs.schema import fits_names
+
+    t = parquet_table(out)
+    order = np.argsort(t.column("input_row").to_numpy())
+    t = t.take(pa.array(order))
+    fits = fitsio.read(str(out / "mergers.fits"), ext="MERGERS")
+    hdr = fitsio.read_header(str(out / "mergers.fits"), ext="MERGERS")
+    fits = fits[np.argsort(fits["input_row"], kind="stable")]
+    names = fits_names(t.column_names)
+    ttype = [hdr[f"TTYPE{i}"] for i in range(1, hdr["TFIELDS"] + 1)]
+    assert ttype == [names[n] for n in t.column_names]
+    assert len(fits) == t.num_rows
+    for n in t.column_names:
+        col, f = t.column(n), fits[names[n]]
+        typ = col.type
+        k = ttype.index(names[n]) + 1
+        vals = col.to_pylist()
+        if pa.types.is_integer(typ):
+            tnull = hdr.get(f"TNULL{k}")
+            want = [(tnull + 2 ** 63 if typ == pa.uint64() else tnull) if v is None else v for v in vals]
+            assert [int(x) for x in f] == want, n
+        elif pa.types.is_floating(typ):
+            a = np.array([np.nan if v is None else v for v in vals], np.float64)
+            np.testing.assert_array_equal(f.astype(np.float64), a.astype(f.dtype).astype(np.float64), err_msg=n)
+        elif pa.types.is_boolean(typ):
+            assert [bool(x) for x in f] == [bool(v) for v in vals], n
+        else:
+            # FITS text is ASCII: non-ASCII characters as backslash escapes (docs/output.md)
+            want = ["" if v is None else v.decode("ascii", "backslashreplace") if isinstance(v, bytes)
+                    else v.encode("ascii", "backslashreplace").decode() for v in vals]
+            got = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in f]
+            assert [g.rstrip() for g in got] == [w.rstrip() for w in want], n
+    return t.to_pandas(), fits, hdr

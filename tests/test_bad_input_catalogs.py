@@ -1,6 +1,7 @@
 """Messy catalogs and hostile output directories through the process-catalog CLI (issue 11, classes
 1, 2, 3, 6, 7, 9).  Every case is run as a user meets it: ``process-catalog`` with real files, a
-real Dask scheduler, the packaged engine (``--views 1``) and stamps the tests make.
+real Dask scheduler, stamps the tests make and conftest's cheap engine (what is checked here does
+not depend on the model).
 
 Cases (one line each):
  1. kept ``P_MERGER`` (float) is renamed ``in_P_MERGER``; FITS ``p_merger`` = Parquet ``p_merger``
@@ -67,10 +68,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mergerscan.catalogs.schema import fits_names, output_names
+from conftest import assert_fits_equals_parquet, make_stamps, parquet_table, write_fits_catalog
+from mergerscan.catalogs.schema import output_names
 from mergerscan.cutouts.sources import redact_url
-from mergerscan.pipeline.cli import main as cli_main
-from test_pipeline import make_stamps, write_fits_catalog
 
 BIG = 588018055654998067
 U63 = 2 ** 63 + 12345
@@ -78,9 +78,11 @@ U63 = 2 ** 63 + 12345
 
 # ---------------------------------------------------------------- helpers
 @pytest.fixture(scope="module")
-def field(tmp_path_factory):
-    """12 positions and their stamps, named 1..12 (the ids of most catalogs below)."""
+def field(tmp_path_factory, cheap_engine):
+    """12 positions and their stamps, named 1..12 (the ids of most catalogs below), and the cheap
+    engine as d / "engine.onnx" for the runs in a subprocess."""
     d = tmp_path_factory.mktemp("bad")
+    shutil.copy(cheap_engine, d / "engine.onnx")
     make_stamps(d / "stamps", range(1, 13), seed=3, size=64)
     return d
 
@@ -88,17 +90,6 @@ def field(tmp_path_factory):
 def positions(n=12, seed=0):
     rng = np.random.default_rng(seed)
     return rng.uniform(150, 150.2, n), rng.uniform(2, 2.2, n)
-
-
-def run_cli(client, *argv, capsys=None):
-    """process-catalog in this process, on the test session's Dask scheduler: (exit status, stdout, stderr).
-    Anything but a return (an exception = a traceback for the user) fails the test."""
-    if capsys is not None:
-        capsys.readouterr()
-    rc = cli_main([*map(str, argv), "--scheduler", client.scheduler.address, "--views", "1", "--no-progress",
-                   "--no-report"])
-    out, err = capsys.readouterr() if capsys is not None else ("", "")
-    return rc, out, err
 
 
 def one_line(err: str, *needles):
@@ -110,53 +101,12 @@ def one_line(err: str, *needles):
     return lines[0]
 
 
-def parquet_table(out: Path) -> pa.Table:
-    """The output dataset's own columns (no hive partition columns), all partitions."""
-    return pa.concat_tables([pq.read_table(f) for f in sorted((out / "parquet").rglob("*.parquet"))])
-
-
 def read_parquet(out: Path) -> pd.DataFrame:
     return parquet_table(out).to_pandas().sort_values("input_row").reset_index(drop=True)
 
 
-def assert_fits_equals_parquet(out: Path) -> tuple[pd.DataFrame, np.ndarray, dict]:
-    """Every Parquet column has a FITS column (named by schema.fits_names) holding the same values,
-    row for row; nulls as documented (int: TNULL, float: NaN, bool: False, text: '')."""
-    t = parquet_table(out)
-    order = np.argsort(t.column("input_row").to_numpy())
-    t = t.take(pa.array(order))
-    fits = fitsio.read(str(out / "mergers.fits"), ext="MERGERS")
-    hdr = fitsio.read_header(str(out / "mergers.fits"), ext="MERGERS")
-    fits = fits[np.argsort(fits["input_row"], kind="stable")]
-    names = fits_names(t.column_names)
-    ttype = [hdr[f"TTYPE{i}"] for i in range(1, hdr["TFIELDS"] + 1)]
-    assert ttype == [names[n] for n in t.column_names]
-    assert len(fits) == t.num_rows
-    for n in t.column_names:
-        col, f = t.column(n), fits[names[n]]
-        typ = col.type
-        k = ttype.index(names[n]) + 1
-        vals = col.to_pylist()
-        if pa.types.is_integer(typ):
-            tnull = hdr.get(f"TNULL{k}")
-            want = [(tnull + 2 ** 63 if typ == pa.uint64() else tnull) if v is None else v for v in vals]
-            assert [int(x) for x in f] == want, n
-        elif pa.types.is_floating(typ):
-            a = np.array([np.nan if v is None else v for v in vals], np.float64)
-            np.testing.assert_array_equal(f.astype(np.float64), a.astype(f.dtype).astype(np.float64), err_msg=n)
-        elif pa.types.is_boolean(typ):
-            assert [bool(x) for x in f] == [bool(v) for v in vals], n
-        else:
-            # FITS text is ASCII: non-ASCII characters as backslash escapes (docs/output.md)
-            want = ["" if v is None else v.decode("ascii", "backslashreplace") if isinstance(v, bytes)
-                    else v.encode("ascii", "backslashreplace").decode() for v in vals]
-            got = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in f]
-            assert [g.rstrip() for g in got] == [w.rstrip() for w in want], n
-    return t.to_pandas(), fits, hdr
-
-
 # ---------------------------------------------------------------- 1: collisions with output columns
-def test_kept_columns_colliding_with_output_columns_are_prefixed(field, dask_client, tmp_path, capsys):
+def test_kept_columns_colliding_with_output_columns_are_prefixed(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     n = len(ra)
     df = pd.DataFrame({"objid": np.arange(1, n + 1, dtype=np.int64), "ra_deg": ra, "dec_deg": dec,
@@ -168,7 +118,7 @@ def test_kept_columns_colliding_with_output_columns_are_prefixed(field, dask_cli
     path = tmp_path / "cat.parquet"
     df.to_parquet(path)
     out = tmp_path / "out"
-    rc, _, err = run_cli(dask_client, path, "--images", field / "stamps", "-o", out, "--ra-column", "ra_deg",
+    rc, _, err = cheap_cli(path, "--images", field / "stamps", "-o", out, "--ra-column", "ra_deg",
                          "--dec-column", "dec_deg", "--keep-columns", "*", capsys=capsys)
     assert rc == 0, err
     got, fits, hdr = assert_fits_equals_parquet(out)
@@ -192,7 +142,7 @@ def test_prefix_repeats_until_nothing_collides():
                                                           "_HealPix_29": "in__HealPix_29"}
 
 
-def test_nullable_kept_columns_fits_equals_parquet(field, dask_client, tmp_path, capsys):
+def test_nullable_kept_columns_fits_equals_parquet(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     n = len(ra)
     t = pa.table({"objid": pa.array(range(1, n + 1), pa.int64()), "ra": ra, "dec": dec,
@@ -201,7 +151,7 @@ def test_nullable_kept_columns_fits_equals_parquet(field, dask_client, tmp_path,
                   "name": pa.array([None if i == 5 else f"g{i}" for i in range(n)], pa.string())})
     pq.write_table(t, tmp_path / "cat.parquet")
     out = tmp_path / "out"
-    rc, _, err = run_cli(dask_client, tmp_path / "cat.parquet", "--images", field / "stamps", "-o", out,
+    rc, _, err = cheap_cli(tmp_path / "cat.parquet", "--images", field / "stamps", "-o", out,
                          "--keep-columns", "nchild,flag,name", capsys=capsys)
     assert rc == 0, err
     assert_fits_equals_parquet(out)
@@ -221,7 +171,7 @@ def _tree(d: Path) -> dict:
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
-def test_overwrite_refuses_a_directory_of_user_files(field, dask_client, tmp_path, capsys):
+def test_overwrite_refuses_a_directory_of_user_files(field, cheap_cli, tmp_path, capsys):
     cat = _small_fits(tmp_path / "cat.fits")
     home = tmp_path / "home"
     (home / "parquet").mkdir(parents=True)            # even entries named like ours are not touched
@@ -230,20 +180,20 @@ def test_overwrite_refuses_a_directory_of_user_files(field, dask_client, tmp_pat
     (home / "summary.json").write_text('{"mine": 1}')
     before = _tree(home)
     for extra in (["--overwrite"], []):
-        rc, _, err = run_cli(dask_client, cat, "--images", field / "stamps", "-o", home, *extra, capsys=capsys)
+        rc, _, err = cheap_cli(cat, "--images", field / "stamps", "-o", home, *extra, capsys=capsys)
         assert rc == 2
         one_line(err, "not a mergerscan run", str(home))
         assert _tree(home) == before
 
 
-def test_overwrite_never_deletes_the_input(field, dask_client, tmp_path, capsys):
+def test_overwrite_never_deletes_the_input(field, cheap_cli, tmp_path, capsys):
     cat = _small_fits(tmp_path / "cat.fits")
     out = tmp_path / "out"
-    rc, _, err = run_cli(dask_client, cat, "--images", field / "stamps", "-o", out, capsys=capsys)
+    rc, _, err = cheap_cli(cat, "--images", field / "stamps", "-o", out, capsys=capsys)
     assert rc == 0, err
     # the run's own Parquet output as the input of a new run in the same OUT, with --overwrite
     before = _tree(out)
-    rc, _, err = run_cli(dask_client, out / "parquet", "--images", field / "stamps", "-o", out, "--overwrite",
+    rc, _, err = cheap_cli(out / "parquet", "--images", field / "stamps", "-o", out, "--overwrite",
                          capsys=capsys)
     assert rc == 2
     one_line(err, "--overwrite would delete", "parquet")
@@ -251,36 +201,36 @@ def test_overwrite_never_deletes_the_input(field, dask_client, tmp_path, capsys)
     # the catalog and a user file beside the run's outputs: --overwrite replaces the run, keeps both
     shutil.copy(cat, out / "cat.fits")
     (out / "notes.txt").write_text("mine")
-    rc, _, err = run_cli(dask_client, out / "cat.fits", "--images", field / "stamps", "-o", out, "--overwrite",
+    rc, _, err = cheap_cli(out / "cat.fits", "--images", field / "stamps", "-o", out, "--overwrite",
                          "--partition-rows", "5", capsys=capsys)
     assert rc == 0, err
     assert (out / "cat.fits").read_bytes() == cat.read_bytes() and (out / "notes.txt").read_text() == "mine"
     assert len(read_parquet(out)) == 12
 
 
-def test_overwrite_unlinks_a_symlinked_output_entry_not_its_target(field, dask_client, tmp_path, capsys):
+def test_overwrite_unlinks_a_symlinked_output_entry_not_its_target(field, cheap_cli, tmp_path, capsys):
     cat = _small_fits(tmp_path / "cat.fits")
     out = tmp_path / "out"
-    assert run_cli(dask_client, cat, "--images", field / "stamps", "-o", out, capsys=capsys)[0] == 0
+    assert cheap_cli(cat, "--images", field / "stamps", "-o", out, capsys=capsys)[0] == 0
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "keep.txt").write_text("x")
     shutil.rmtree(out / "report", ignore_errors=True)
     (out / "report").symlink_to(mine, target_is_directory=True)
-    rc, _, err = run_cli(dask_client, cat, "--images", field / "stamps", "-o", out, "--overwrite",
+    rc, _, err = cheap_cli(cat, "--images", field / "stamps", "-o", out, "--overwrite",
                          "--partition-rows", "7", capsys=capsys)
     assert rc == 0, err
     assert (mine / "keep.txt").read_text() == "x" and not (out / "report").is_symlink()
 
 
 # ---------------------------------------------------------------- 3: ids of every kind
-def test_blank_and_null_text_ids_are_flagged_and_exact(field, dask_client, tmp_path, capsys):
+def test_blank_and_null_text_ids_are_flagged_and_exact(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     ids = [str(i) for i in range(1, 13)]
     ids[2], ids[5], ids[7] = "", None, "  "
     pq.write_table(pa.table({"name": pa.array(ids, pa.string()), "ra": ra, "dec": dec}), tmp_path / "c.parquet")
     out = tmp_path / "out"
-    rc, _, err = run_cli(dask_client, tmp_path / "c.parquet", "--images", field / "stamps", "-o", out,
+    rc, _, err = cheap_cli(tmp_path / "c.parquet", "--images", field / "stamps", "-o", out,
                          "--id-column", "name", capsys=capsys)
     assert rc == 0, err
     got, _, _ = assert_fits_equals_parquet(out)
@@ -288,7 +238,7 @@ def test_blank_and_null_text_ids_are_flagged_and_exact(field, dask_client, tmp_p
     assert got["status"].tolist() == ["no_id" if i in (2, 5, 7) else "ok" for i in range(12)]
 
 
-def test_csv_integer_ids_with_a_blank_stay_exact(field, dask_client, tmp_path, capsys):
+def test_csv_integer_ids_with_a_blank_stay_exact(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     ids = [BIG + i for i in range(12)]
     (tmp_path / "stamps").mkdir()
@@ -297,7 +247,7 @@ def test_csv_integer_ids_with_a_blank_stay_exact(field, dask_client, tmp_path, c
     rows = ["objid,ra,dec"] + [f"{'' if i == 4 else o},{float(r)!r},{float(d)!r}" for i, (o, r, d) in enumerate(zip(ids, ra, dec))]
     (tmp_path / "c.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    rc, _, err = run_cli(dask_client, tmp_path / "c.csv", "--images", tmp_path / "stamps", "-o", out, capsys=capsys)
+    rc, _, err = cheap_cli(tmp_path / "c.csv", "--images", tmp_path / "stamps", "-o", out, capsys=capsys)
     assert rc == 0, err
     got, fits, _ = assert_fits_equals_parquet(out)
     objid = parquet_table(out).sort_by("input_row").column("objid")
@@ -305,7 +255,7 @@ def test_csv_integer_ids_with_a_blank_stay_exact(field, dask_client, tmp_path, c
     assert got["status"].tolist() == ["no_id" if i == 4 else "ok" for i in range(12)]
 
 
-def test_ids_and_paths_longer_than_255_characters_are_row_statuses(field, dask_client, tmp_path, capsys):
+def test_ids_and_paths_longer_than_255_characters_are_row_statuses(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     ids = [str(i) for i in range(1, 13)]
     ids[3] = "G" * 300
@@ -313,7 +263,7 @@ def test_ids_and_paths_longer_than_255_characters_are_row_statuses(field, dask_c
     paths[6] = "sub/" + "p" * 300 + ".jpg"
     pd.DataFrame({"id": ids, "ra": ra, "dec": dec, "file": paths}).to_parquet(tmp_path / "c.parquet")
     out = tmp_path / "out"
-    rc, _, err = run_cli(dask_client, tmp_path / "c.parquet", "--images", field / "stamps", "-o", out,
+    rc, _, err = cheap_cli(tmp_path / "c.parquet", "--images", field / "stamps", "-o", out,
                          "--path-column", "file", capsys=capsys)
     assert rc == 0, err
     got, _, _ = assert_fits_equals_parquet(out)
@@ -322,7 +272,7 @@ def test_ids_and_paths_longer_than_255_characters_are_row_statuses(field, dask_c
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "fits"])
-def test_uint64_ids_at_and_above_2_63_stay_exact(field, dask_client, tmp_path, capsys, fmt):
+def test_uint64_ids_at_and_above_2_63_stay_exact(field, cheap_cli, tmp_path, capsys, fmt):
     ra, dec = positions()
     ids = np.array([U63 + i for i in range(11)] + [2 ** 64 - 1], np.uint64)
     (tmp_path / "stamps").mkdir()
@@ -332,7 +282,7 @@ def test_uint64_ids_at_and_above_2_63_stay_exact(field, dask_client, tmp_path, c
     path = tmp_path / f"c.{fmt}"
     df.to_parquet(path) if fmt == "parquet" else write_fits_catalog(path, df)
     out = tmp_path / "out"
-    rc, _, err = run_cli(dask_client, path, "--images", tmp_path / "stamps", "-o", out, "--keep-columns", "big",
+    rc, _, err = cheap_cli(path, "--images", tmp_path / "stamps", "-o", out, "--keep-columns", "big",
                          capsys=capsys)
     assert rc == 0, err
     got, fits, _ = assert_fits_equals_parquet(out)
@@ -341,7 +291,7 @@ def test_uint64_ids_at_and_above_2_63_stay_exact(field, dask_client, tmp_path, c
     assert (got["status"] == "ok").all()
 
 
-def test_csv_text_ids_leading_zeros_mixed_and_blank(field, dask_client, tmp_path, capsys):
+def test_csv_text_ids_leading_zeros_mixed_and_blank(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     ids = ["0001", "0002", "3", "M4", "5", "   ", "0", "-8", "9.0", "1e3", "11", "012"]
     stamps = tmp_path / "stamps"
@@ -352,24 +302,24 @@ def test_csv_text_ids_leading_zeros_mixed_and_blank(field, dask_client, tmp_path
     lines = ["id,ra,dec"] + [f"{o},{float(r)!r},{float(d)!r}" for o, r, d in zip(ids, ra, dec)]
     (tmp_path / "c.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    rc, _, err = run_cli(dask_client, tmp_path / "c.csv", "--images", stamps, "-o", out, capsys=capsys)
+    rc, _, err = cheap_cli(tmp_path / "c.csv", "--images", stamps, "-o", out, capsys=capsys)
     assert rc == 0, err
     got, _, _ = assert_fits_equals_parquet(out)
     assert got["id"].tolist() == ids                                   # text, exactly as written
     assert got["status"].tolist() == ["no_id" if i == 5 else "ok" for i in range(12)]
 
 
-def test_float_id_column_is_a_one_line_error(field, dask_client, tmp_path, capsys):
+def test_float_id_column_is_a_one_line_error(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     pd.DataFrame({"objid": np.arange(12) + 0.5, "ra": ra, "dec": dec}).to_parquet(tmp_path / "f.parquet")
     out = tmp_path / "out"
-    rc, _, err = run_cli(dask_client, tmp_path / "f.parquet", "--images", field / "stamps", "-o", out, capsys=capsys)
+    rc, _, err = cheap_cli(tmp_path / "f.parquet", "--images", field / "stamps", "-o", out, capsys=capsys)
     assert rc == 2
     one_line(err, "f.parquet", "'objid'", "double")
     assert not out.exists()
 
 
-def test_parquet_integer_id_with_a_null(field, dask_client, tmp_path, capsys):
+def test_parquet_integer_id_with_a_null(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     ids = [None if i == 9 else 2 ** 62 + i for i in range(12)]
     stamps = tmp_path / "stamps"
@@ -379,7 +329,7 @@ def test_parquet_integer_id_with_a_null(field, dask_client, tmp_path, capsys):
             (stamps / f"{o}.jpg").symlink_to(field / "stamps" / f"{i + 1}.jpg")
     pq.write_table(pa.table({"objid": pa.array(ids, pa.int64()), "ra": ra, "dec": dec}), tmp_path / "c.parquet")
     out = tmp_path / "out"
-    rc, _, err = run_cli(dask_client, tmp_path / "c.parquet", "--images", stamps, "-o", out, capsys=capsys)
+    rc, _, err = cheap_cli(tmp_path / "c.parquet", "--images", stamps, "-o", out, capsys=capsys)
     assert rc == 0, err
     got, _, _ = assert_fits_equals_parquet(out)
     assert parquet_table(out).sort_by("input_row").column("objid").to_pylist() == ids
@@ -387,18 +337,18 @@ def test_parquet_integer_id_with_a_null(field, dask_client, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- 6: run identity follows content
-def test_touched_identical_catalog_resumes(field, dask_client, tmp_path, capsys):
+def test_touched_identical_catalog_resumes(field, cheap_cli, tmp_path, capsys):
     cat = _small_fits(tmp_path / "cat.fits")
     out = tmp_path / "out"
-    assert run_cli(dask_client, cat, "--images", field / "stamps", "-o", out, capsys=capsys)[0] == 0
+    assert cheap_cli(cat, "--images", field / "stamps", "-o", out, capsys=capsys)[0] == 0
     markers = {p: p.stat().st_mtime_ns for p in (out / "_work" / "scored").glob("*.json")}
     os.utime(cat, ns=(time.time_ns() + 10 ** 10, time.time_ns() + 10 ** 10))
-    rc, _, err = run_cli(dask_client, cat, "--images", field / "stamps", "-o", out, capsys=capsys)
+    rc, _, err = cheap_cli(cat, "--images", field / "stamps", "-o", out, capsys=capsys)
     assert rc == 0, err
     assert {p: p.stat().st_mtime_ns for p in (out / "_work" / "scored").glob("*.json")} == markers
 
 
-def test_dataset_directory_rewritten_in_place_is_a_different_catalog(field, dask_client, tmp_path, capsys):
+def test_dataset_directory_rewritten_in_place_is_a_different_catalog(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     ds = tmp_path / "ds"
     ds.mkdir()
@@ -408,20 +358,20 @@ def test_dataset_directory_rewritten_in_place_is_a_different_catalog(field, dask
                                  "mag": np.full(6, 17.0)}), ds / f"part-{part}.parquet")
     out = tmp_path / "out"
     args = (ds, "--images", field / "stamps", "-o", out, "--keep-columns", "mag")
-    assert run_cli(dask_client, *args, capsys=capsys)[0] == 0
+    assert cheap_cli(*args, capsys=capsys)[0] == 0
     mtime = os.stat(ds).st_mtime_ns
     pq.write_table(pa.table({"objid": np.arange(7, 13), "ra": ra[6:], "dec": dec[6:], "mag": np.full(6, 18.0)}),
                    ds / "part-1.parquet")
     os.utime(ds, ns=(mtime, mtime))                  # the directory looks untouched
-    rc, _, err = run_cli(dask_client, *args, capsys=capsys)
+    rc, _, err = cheap_cli(*args, capsys=capsys)
     assert rc == 2
     one_line(err, "different catalog")
-    rc, _, err = run_cli(dask_client, *args, "--overwrite", capsys=capsys)
+    rc, _, err = cheap_cli(*args, "--overwrite", capsys=capsys)
     assert rc == 0, err
     assert read_parquet(out)["mag"].tolist() == [17.0] * 6 + [18.0] * 6
 
 
-def test_file_rewritten_in_place_with_the_same_size_is_a_different_catalog(field, dask_client, tmp_path, capsys):
+def test_file_rewritten_in_place_with_the_same_size_is_a_different_catalog(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     path = tmp_path / "c.csv"
     body = lambda m: "objid,ra,dec,mag\n" + "".join(f"{i + 1},{float(r)!r},{float(d)!r},{m}\n" for i, (r, d) in enumerate(zip(ra, dec)))
@@ -429,16 +379,16 @@ def test_file_rewritten_in_place_with_the_same_size_is_a_different_catalog(field
     st = os.stat(path)
     out = tmp_path / "out"
     args = (path, "--images", field / "stamps", "-o", out, "--keep-columns", "mag")
-    assert run_cli(dask_client, *args, capsys=capsys)[0] == 0
+    assert cheap_cli(*args, capsys=capsys)[0] == 0
     path.write_text(body("18.0"))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))     # same size, same mtime
-    rc, _, err = run_cli(dask_client, *args, capsys=capsys)
+    rc, _, err = cheap_cli(*args, capsys=capsys)
     assert rc == 2
     one_line(err, "different catalog")
 
 
 # ---------------------------------------------------------------- 7: FITS names and types decided at start
-def test_kept_column_names_fits_cannot_hold(field, dask_client, tmp_path, capsys):
+def test_kept_column_names_fits_cannot_hold(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     n = len(ra)
     long_name = "flux_" + "x" * 80
@@ -449,7 +399,7 @@ def test_kept_column_names_fits_cannot_hold(field, dask_client, tmp_path, capsys
                   "note": ["naïve"] * n})
     pq.write_table(t, tmp_path / "c.parquet")
     out = tmp_path / "out"
-    rc, _, err = run_cli(dask_client, tmp_path / "c.parquet", "--images", field / "stamps", "-o", out,
+    rc, _, err = cheap_cli(tmp_path / "c.parquet", "--images", field / "stamps", "-o", out,
                          "--keep-columns", "*", capsys=capsys)
     assert rc == 0, err
     got, fits, hdr = assert_fits_equals_parquet(out)
@@ -463,7 +413,7 @@ def test_kept_column_names_fits_cannot_hold(field, dask_client, tmp_path, capsys
     assert "\\u0394z" in comments and long_name in comments
 
 
-def test_fits_vector_columns_with_keep_all(field, dask_client, tmp_path, capsys):
+def test_fits_vector_columns_with_keep_all(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     n = len(ra)
     rec = np.zeros(n, dtype=[("objid", "i8"), ("ra", "f8"), ("dec", "f8"), ("flux", "f4", (5,)),
@@ -475,7 +425,7 @@ def test_fits_vector_columns_with_keep_all(field, dask_client, tmp_path, capsys)
     rec["tag"] = b"ab"
     fitsio.write(str(tmp_path / "v.fits"), rec, clobber=True)
     out = tmp_path / "out"
-    rc, _, err = run_cli(dask_client, tmp_path / "v.fits", "--images", field / "stamps", "-o", out,
+    rc, _, err = cheap_cli(tmp_path / "v.fits", "--images", field / "stamps", "-o", out,
                          "--keep-columns", "*", capsys=capsys)
     assert rc == 0, err
     got, _, _ = assert_fits_equals_parquet(out)
@@ -483,17 +433,17 @@ def test_fits_vector_columns_with_keep_all(field, dask_client, tmp_path, capsys)
     assert got["tag"].tolist() == ["ab"] * n
 
 
-def test_internal_column_name_and_too_many_columns_are_refused_at_start(field, dask_client, tmp_path, capsys):
+def test_internal_column_name_and_too_many_columns_are_refused_at_start(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     pd.DataFrame({"objid": np.arange(1, 13), "ra": ra, "dec": dec, "_input_row": 0}).to_parquet(tmp_path / "i.parquet")
-    rc, _, err = run_cli(dask_client, tmp_path / "i.parquet", "--images", field / "stamps", "-o", tmp_path / "o1",
+    rc, _, err = cheap_cli(tmp_path / "i.parquet", "--images", field / "stamps", "-o", tmp_path / "o1",
                          "--keep-columns", "*", capsys=capsys)
     assert rc == 2
     one_line(err, "i.parquet", "'_input_row'")
     wide = pd.DataFrame({f"c{i}": np.zeros(12, np.float32) for i in range(1000)})
     pd.concat([pd.DataFrame({"objid": np.arange(1, 13), "ra": ra, "dec": dec}), wide], axis=1) \
         .to_parquet(tmp_path / "w.parquet")
-    rc, _, err = run_cli(dask_client, tmp_path / "w.parquet", "--images", field / "stamps", "-o", tmp_path / "o2",
+    rc, _, err = cheap_cli(tmp_path / "w.parquet", "--images", field / "stamps", "-o", tmp_path / "o2",
                          "--keep-columns", "*", capsys=capsys)
     assert rc == 2
     one_line(err, "w.parquet", "999")
@@ -506,12 +456,12 @@ def _cli(*argv, timeout=180, **kw):
                           text=True, timeout=timeout, **kw)
 
 
-def test_output_is_a_file_or_below_a_file(field, dask_client, tmp_path, capsys):
+def test_output_is_a_file_or_below_a_file(field, cheap_cli, tmp_path, capsys):
     cat = _small_fits(tmp_path / "cat.fits")
     f = tmp_path / "file.txt"
     f.write_text("x")
     for o in (f, f / "sub"):
-        rc, _, err = run_cli(dask_client, cat, "--images", field / "stamps", "-o", o, capsys=capsys)
+        rc, _, err = cheap_cli(cat, "--images", field / "stamps", "-o", o, capsys=capsys)
         assert rc == 2
         one_line(err, str(f))
     assert f.read_text() == "x"
@@ -543,7 +493,8 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(field, tmp_path):
     cat = _small_fits(tmp_path / "cat.fits")
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "mergerscan.pipeline.cli", str(cat), "--images", str(field / "stamps"), "-o",
-            str(out), "--views", "1", "--no-progress", "--no-report", "--partition-rows", "3", "--workers", "1"]
+            str(out), "--views", "1", "--no-progress", "--no-report", "--partition-rows", "3", "--workers", "1",
+            "--engine", str(field / "engine.onnx")]
     slow = ["--fault-hook", "mergerscan.pipeline.faults:sleep=score:-1:2"]    # every partition takes >= 2 s
     p = subprocess.Popen(argv + slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
@@ -585,7 +536,7 @@ def test_credentials_in_the_cutout_service_url_are_redacted(field, tmp_path):
         url = (f"http://alice:hunter2pass@127.0.0.1:{httpd.server_address[1]}/cut"
                "?token=tok3nvalue&api_key=k3yvalue&band=gri")
         out = tmp_path / "out"
-        r = _cli(cat, "--cutout-service", url, "-o", out, "--views", "1", "--no-progress")
+        r = _cli(cat, "--cutout-service", url, "-o", out, "--views", "1", "--no-progress", "--engine", field / "engine.onnx")
         assert r.returncode == 0, r.stderr
         summary = json.loads((out / "summary.json").read_text())
         assert summary["scored"] == 12
@@ -600,7 +551,7 @@ def test_credentials_in_the_cutout_service_url_are_redacted(field, tmp_path):
                 assert secret not in text, (secret, where)
         # a later run with another password is the same run (credentials are not identity)
         r2 = _cli(cat, "--cutout-service", url.replace("hunter2pass", "newpass"), "-o", out, "--views", "1",
-                  "--no-progress", "--no-report")
+                  "--no-progress", "--no-report", "--engine", field / "engine.onnx")
         assert r2.returncode == 0, r2.stderr
     finally:
         httpd.shutdown()

@@ -68,19 +68,25 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 from PIL import Image
 
-from mergerscan.catalogs.hats import output_files
+from conftest import read_out
 from mergerscan.cutouts.preprocess import PreprocessSpec
 from mergerscan.cutouts.service import ServiceSource
 
 S = 256
 FAST = ("--views", "1", "--no-progress", "--no-report", "--workers", "1", "--threads-per-worker", "1",
         "--partition-rows", "64")
+
+
+@pytest.fixture(scope="module")
+def fast(cheap_engine) -> tuple:
+    """FAST and conftest's cheap engine: what is checked here (statuses, messages, exit codes, equal
+    scores for equal stamps) does not depend on the model."""
+    return (*FAST, "--engine", str(cheap_engine))
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -154,12 +160,6 @@ def cli(*argv, timeout=420):
 
 def no_traceback(r):
     assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr[-3000:]
-
-
-def read_out(out: Path) -> pd.DataFrame:
-    """Every output row: the HATS dataset and the bad-coordinate rows beside it."""
-    files = [str(f) for f in output_files(out / "parquet")]
-    return pq.read_table(files).to_pandas().sort_values("input_row").reset_index(drop=True)
 
 
 def by_id(out: Path) -> dict:
@@ -255,10 +255,10 @@ def hostile_stamps(tmp_path_factory):
     return d, cat, want
 
 
-def test_degenerate_and_hostile_stamps_are_flagged(hostile_stamps, tmp_path):
+def test_degenerate_and_hostile_stamps_are_flagged(hostile_stamps, tmp_path, fast):
     d, cat, want = hostile_stamps
     out = tmp_path / "out"
-    r = cli(cat, "--images", d / "stamps", "-o", out, *FAST, timeout=600)
+    r = cli(cat, "--images", d / "stamps", "-o", out, *fast, timeout=600)
     no_traceback(r)
     assert r.returncode == 0, r.stderr[-3000:]
     got = by_id(out)
@@ -327,12 +327,12 @@ def frames(tmp_path_factory):
     return d
 
 
-def test_frames_fifo_bomb_and_nan(frames, tmp_path):
+def test_frames_fifo_bomb_and_nan(frames, tmp_path, fast):
     ra = [150.0, 150.01, 160.0, 170.0, 200.0]
     dec = [2.0, 2.005, 5.0, 8.0, 10.0]
     cat = catalog(tmp_path / "f.csv", ["a", "b", "nanfield", "bomb", "far"], ra, dec)
     out = tmp_path / "out"
-    r = cli(cat, "--frames", frames, "-o", out, *FAST, timeout=600)
+    r = cli(cat, "--frames", frames, "-o", out, *fast, timeout=600)
     no_traceback(r)
     assert r.returncode == 0, r.stderr[-3000:]
     got = {k: v[0] for k, v in by_id(out).items()}
@@ -345,11 +345,11 @@ def test_frames_fifo_bomb_and_nan(frames, tmp_path):
     assert "NaN" in ex["blank_image"] and "far" in ex["outside_footprint"]
 
 
-def test_radians_outside_footprint_exits_3_with_a_warning(frames, tmp_path):
+def test_radians_outside_footprint_exits_3_with_a_warning(frames, tmp_path, fast):
     ra, dec = np.radians([150.0, 150.01, 150.02]), np.radians([2.0, 2.005, 2.01])
     cat = catalog(tmp_path / "rad.csv", ["a", "b", "c"], ra, dec)
     out = tmp_path / "out"
-    r = cli(cat, "--frames", frames, "-o", out, *FAST)
+    r = cli(cat, "--frames", frames, "-o", out, *fast)
     no_traceback(r)
     assert r.returncode == 3, r.stderr[-3000:]
     assert "outside_footprint 3:" in r.stdout and "radians" in r.stdout
@@ -369,11 +369,11 @@ def ten_stamps(tmp_path_factory):
     return d, ids
 
 
-def test_wrong_id_column_exits_3_with_example_and_hint(ten_stamps, tmp_path):
+def test_wrong_id_column_exits_3_with_example_and_hint(ten_stamps, tmp_path, fast):
     d, ids = ten_stamps
     cat = catalog(tmp_path / "c.csv", ids, objid=np.arange(10) + 5877)
     out = tmp_path / "out"
-    r = cli(cat, "--images", d, "--id-column", "objid", "-o", out, *FAST)
+    r = cli(cat, "--images", d, "--id-column", "objid", "-o", out, *fast)
     no_traceback(r)
     assert r.returncode == 3, r.stderr[-3000:]
     assert re.search(r"no_image 10: id (\d+): no file \1\.\{jpg,", r.stdout), r.stdout
@@ -381,13 +381,13 @@ def test_wrong_id_column_exits_3_with_example_and_hint(ten_stamps, tmp_path):
     assert summary(out)["failures"][0]["count"] == 10
 
 
-def test_hours_warning_and_most_rows_fail(ten_stamps, tmp_path):
+def test_hours_warning_and_most_rows_fail(ten_stamps, tmp_path, fast):
     d, ids = ten_stamps
     rng = np.random.default_rng(3)
     extra = [f"missing{i}" for i in range(12)]
     cat = catalog(tmp_path / "h.csv", ids + extra, rng.uniform(10, 10.01, 22), rng.uniform(2, 2.01, 22))
     out = tmp_path / "out"
-    r = cli(cat, "--images", d, "-o", out, *FAST)
+    r = cli(cat, "--images", d, "-o", out, *fast)
     no_traceback(r)
     assert r.returncode == 0, r.stderr[-3000:]          # some rows scored: not an error
     assert "hours" in r.stdout and "most rows were not scored (12 of 22)" in r.stdout
@@ -395,16 +395,16 @@ def test_hours_warning_and_most_rows_fail(ten_stamps, tmp_path):
     assert summary(out)["retryable"] == 12
 
 
-def test_all_bad_coords_exits_3(ten_stamps, tmp_path):
+def test_all_bad_coords_exits_3(ten_stamps, tmp_path, fast):
     d, ids = ten_stamps
     cat = catalog(tmp_path / "b.csv", ids[:4], [np.nan, 400, -5, 10], [0, 0, 0, 95])
     out = tmp_path / "out"
-    r = cli(cat, "--images", d, "-o", out, *FAST)
+    r = cli(cat, "--images", d, "-o", out, *fast)
     no_traceback(r)
     assert r.returncode == 3 and "bad_coords 4: row 0 (id obj00)" in r.stdout, r.stdout
 
 
-def test_rerun_scores_added_images_and_keeps_ok_rows(ten_stamps, tmp_path):
+def test_rerun_scores_added_images_and_keeps_ok_rows(ten_stamps, tmp_path, fast):
     d0, ids = ten_stamps
     d = tmp_path / "img"
     d.mkdir()
@@ -412,7 +412,7 @@ def test_rerun_scores_added_images_and_keeps_ok_rows(ten_stamps, tmp_path):
         (d / f"{oid}.jpg").write_bytes((d0 / f"{oid}.jpg").read_bytes())
     cat = catalog(tmp_path / "c.csv", ids)
     out = tmp_path / "out"
-    argv = (cat, "--images", d, "-o", out, *FAST)
+    argv = (cat, "--images", d, "-o", out, *fast)
     r = cli(*argv)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "re-running the same command retries the 4 row(s) flagged no_image" in r.stdout
@@ -471,14 +471,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_service_down_then_back(tmp_path):
+def test_service_down_then_back(tmp_path, fast):
     port = _free_port()                                      # nothing listens there yet
     ids = [f"s{i}" for i in range(8)]
     ras = 150 + np.arange(8) * 0.01
     cat = catalog(tmp_path / "s.csv", ids, ras, np.full(8, 2.0))
     out = tmp_path / "out"
     argv = (cat, "--cutout-service", f"http://127.0.0.1:{port}/cut", "-o", out, "--service-retries", "1",
-            "--service-timeout", "2", *FAST)
+            "--service-timeout", "2", *fast)
     r = cli(*argv)
     no_traceback(r)
     assert r.returncode == 3, r.stderr[-3000:]

@@ -15,11 +15,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import make_stamps, two_patch_catalog, write_fits_catalog
 from mergerscan.catalogs.hats import output_files
 from mergerscan.pipeline.arguments import ProcessArguments
 from mergerscan.pipeline.run import run
-
-from test_pipeline import make_stamps, two_patch_catalog, write_fits_catalog
 
 hats = pytest.importorskip("hats", reason="needs the hats package (pip install -e '.[dev]')")
 lsdb = pytest.importorskip("lsdb", reason="needs the lsdb package (pip install -e '.[dev]')")
@@ -55,12 +54,12 @@ def field(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def scored(field, dask_client):
+def scored(field, dask_client, cheap_engine):
     d, df = field
     out = d / "out"
     summary = run(ProcessArguments(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps"),
                                    partition_rows=15, keep_columns=["mag_r"], progress=False, views=1,
-                                   command="test", report=False), client=dask_client)
+                                   command="test", report=False, engine=str(cheap_engine)), client=dask_client)
     return out, summary
 
 
@@ -120,7 +119,7 @@ def test_lsdb_opens_output_and_crossmatches_with_a_hats_import_catalog(field, sc
     assert len(mergers.compute()) == N - 1
 
 
-def test_hats_catalog_as_input_rows_in_equal_rows_out(field, dask_client, tmp_path):
+def test_hats_catalog_as_input_rows_in_equal_rows_out(field, dask_client, cheap_engine, tmp_path):
     d, df = field
     good = df.dropna().reset_index(drop=True)
     src = hats_import_csv(good.rename(columns={"RAdeg": "ra_deg", "DEdeg": "dec_deg"}), tmp_path, "input",
@@ -130,7 +129,7 @@ def test_hats_catalog_as_input_rows_in_equal_rows_out(field, dask_client, tmp_pa
     out = tmp_path / "out"
     s = run(ProcessArguments(catalog=str(src), output=str(out), images=str(d / "stamps"), partition_rows=15,
                              keep_columns=["mag_r"], progress=False, views=1, command="test", report=False,
-                             select="MAG_R < 16.5"), client=dask_client)
+                             select="MAG_R < 16.5", engine=str(cheap_engine)), client=dask_client)
     plan = json.loads((out / "_work" / "plan.json").read_text())
     assert plan["chunks"] == [] and not (out / "_work" / "split").exists()          # no histogram, no split
     assert {(p["order"], p["pixel"]) for p in plan["partitions"]} == {(p.order, p.pixel) for p in pixels}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,9 +16,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from mergerscan.catalogs.hats import output_files
+from conftest import BIG, SCIENCE, make_stamps, read_out, two_patch_catalog, write_fits_catalog  # noqa: F401
+from mergerscan.catalogs.read import CatalogError
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
 from mergerscan.pipeline.plan import ORDER29, assign_partitions, healpix29, make_partitions
 from mergerscan.pipeline.resume import FingerprintMismatch
@@ -25,43 +27,13 @@ from mergerscan.pipeline.run import run
 from mergerscan.run_layout import RunLayout
 from mergerscan.run_summary import RunSummary, SummaryError
 
-SCIENCE = ["objid", "ra", "dec", "p_merger", "is_merger", "status", "input_row"]
-BIG = 588018055654998067  # a real SDSS objid: must survive exactly (not via float64)
-
-
-def make_stamps(directory: Path, ids, seed=0, size=256):
-    """Galaxy-like stamps: an elliptical blob (sometimes two) on a dark noisy sky."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[:size, :size] - size / 2
-    for i in ids:
-        img = rng.normal(8, 3, (size, size, 3))
-        for _ in range(1 + (rng.random() < 0.3)):
-            cx, cy = rng.normal(0, 20, 2)
-            r = np.hypot(xx - cx, (yy - cy) * rng.uniform(1, 2))
-            img += np.exp(-r / rng.uniform(4, 12))[..., None] * rng.uniform(120, 220, 3)
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(directory / f"{i}.jpg", quality=92)
-
-
-def write_fits_catalog(path: Path, df: pd.DataFrame):
-    fitsio.write(str(path), df.to_records(index=False), clobber=True)
-
-
-def two_patch_catalog(n: int, seed: int, width: float, id_step: int) -> pd.DataFrame:
-    """n objects (objID, RAdeg, DEdeg, mag_r) on two width x width deg patches of sky, near
-    (150, 2) and (210, -1); objids of real SDSS size."""
-    rng = np.random.default_rng(seed)
-    ra = np.r_[rng.uniform(150, 150 + width, n // 2), rng.uniform(210, 210 + width, n // 2)]
-    dec = np.r_[rng.uniform(2, 2 + width, n // 2), rng.uniform(-1, -1 + width, n // 2)]
-    objid = BIG + np.arange(n, dtype=np.int64) * id_step
-    return pd.DataFrame({"objID": objid, "RAdeg": ra, "DEdeg": dec,
-                         "mag_r": rng.uniform(14, 17.7, n).astype(np.float32)})
-
 
 @pytest.fixture(scope="module")
-def small_field(tmp_path_factory):
-    """300 objects on two patches of sky plus a few bad rows."""
+def small_field(tmp_path_factory, cheap_engine):
+    """300 objects on two patches of sky plus a few bad rows, and the engine that scores them here
+    (d / "engine.onnx": conftest's cheap engine; what these tests check does not depend on the model)."""
     d = tmp_path_factory.mktemp("field")
+    shutil.copy(cheap_engine, d / "engine.onnx")
     df = two_patch_catalog(300, seed=42, width=0.5, id_step=7)
     df.loc[3, "DEdeg"] = np.nan          # bad coordinates
     df.loc[4, "DEdeg"] = 95.0
@@ -77,15 +49,24 @@ def small_field(tmp_path_factory):
 
 def args_for(d, out, **kw):
     base = dict(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps"), partition_rows=40,
-                keep_columns=["mag_r"], progress=False, command="test", report=False)
+                keep_columns=["mag_r"], progress=False, command="test", report=False, engine=str(d / "engine.onnx"))
     base.update(kw)
     return ProcessArguments(**base)
 
 
-def read_out(out: Path) -> pd.DataFrame:
-    """Every output row: the HATS dataset and the bad-coordinate rows beside it."""
-    files = [str(f) for f in output_files(out / "parquet")]
-    return pq.read_table(files).to_pandas().sort_values("input_row").reset_index(drop=True)
+@pytest.fixture(scope="module")
+def reference_run(small_field, dask_client, tmp_path_factory):
+    """One undisturbed run of args_for(small_field): (output directory, summary).  Tests compare
+    with it; a test that runs again in it works on a copy (:func:`copy_run`)."""
+    d, _ = small_field
+    out = tmp_path_factory.mktemp("reference") / "out"
+    return out, run(args_for(d, out), client=dask_client)
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A copy of a finished run, modification times and all (resume decisions see the same files)."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
 
 
 def test_partitions_bounded_and_cover_every_row():
@@ -106,10 +87,9 @@ def test_partitions_bounded_and_cover_every_row():
     assert len({p.name for p in parts}) == len(parts)
 
 
-def test_end_to_end_rows_conserved_and_flagged(small_field, dask_client, tmp_path):
-    d, df = small_field
-    out = tmp_path / "out"
-    s = run(args_for(d, out), client=dask_client)
+def test_end_to_end_rows_conserved_and_flagged(small_field, reference_run):
+    _, df = small_field
+    out, s = reference_run
     got = read_out(out)
     assert len(got) == len(df) == s["rows"]
     assert got["input_row"].tolist() == list(range(len(df)))
@@ -129,10 +109,9 @@ def test_end_to_end_rows_conserved_and_flagged(small_field, dask_client, tmp_pat
     assert len(fits) == len(df) and sorted(fits["objid"].tolist()) == sorted(df["objID"].tolist())
 
 
-def test_rerun_resumes_and_is_identical(small_field, dask_client, tmp_path):
+def test_rerun_resumes_and_is_identical(small_field, reference_run, dask_client, tmp_path):
     d, _ = small_field
-    out = tmp_path / "out"
-    run(args_for(d, out), client=dask_client)
+    out = copy_run(reference_run[0], tmp_path / "out")
     files = sorted((out / "parquet").rglob("*.parquet"))
     before = {f: f.read_bytes() for f in files}
     markers = {f: f.stat().st_mtime_ns for f in (out / "_work" / "scored").glob("*.json")}
@@ -151,11 +130,11 @@ def test_rerun_resumes_and_is_identical(small_field, dask_client, tmp_path):
     assert {f: f.read_bytes() for f in files} == before
 
 
-def test_shared_batches_give_the_same_catalog(small_field, dask_client, tmp_path):
+def test_shared_batches_give_the_same_catalog(small_field, reference_run, dask_client, tmp_path):
     """--shared-batch (the GPU default): partitions of a worker share merged engine calls; the
     catalog is the same as with one engine call per partition batch."""
     d, _ = small_field
-    a = read_out(tmp_path / "a") if run(args_for(d, tmp_path / "a"), client=dask_client) else None
+    a = read_out(reference_run[0])
     b = read_out(tmp_path / "b") if run(args_for(d, tmp_path / "b", shared_batch=True, batch_size=8),
                                          client=dask_client) else None
     assert a["status"].tolist() == b["status"].tolist() and a["objid"].tolist() == b["objid"].tolist()
@@ -190,10 +169,9 @@ def test_kept_nullable_int_column_has_one_type_in_every_partition(dask_client, t
     assert fits["nchild"].dtype.kind == "i" and hdr[f"TNULL{k}"] == np.iinfo(np.int64).min
 
 
-def test_different_engine_or_input_refuses_to_resume(small_field, dask_client, tmp_path):
+def test_different_engine_or_input_refuses_to_resume(small_field, reference_run, dask_client, tmp_path):
     d, df = small_field
-    out = tmp_path / "out"
-    run(args_for(d, out), client=dask_client)
+    out = copy_run(reference_run[0], tmp_path / "out")
     with pytest.raises(FingerprintMismatch, match="partition_rows"):
         run(args_for(d, out, partition_rows=41), client=dask_client)
     # another precision moves scores by up to a few percent: never mixed into one output
@@ -204,7 +182,7 @@ def test_different_engine_or_input_refuses_to_resume(small_field, dask_client, t
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
-def test_parquet_and_csv_inputs(small_field, dask_client, tmp_path, fmt):
+def test_parquet_and_csv_inputs(small_field, reference_run, dask_client, tmp_path, fmt):
     d, df = small_field
     path = tmp_path / f"cat.{fmt}"
     if fmt == "csv":
@@ -215,12 +193,10 @@ def test_parquet_and_csv_inputs(small_field, dask_client, tmp_path, fmt):
     run(args_for(d, out, catalog=str(path), chunk_rows=100), client=dask_client)
     got = read_out(out)
     assert got["objid"].tolist() == df["objID"].tolist()
-    ref = tmp_path / "ref"
-    run(args_for(d, ref), client=dask_client)
-    assert np.allclose(read_out(ref)["p_merger"], got["p_merger"], equal_nan=True)
+    assert np.allclose(read_out(reference_run[0])["p_merger"], got["p_merger"], equal_nan=True)
 
 
-def test_csv_with_string_ids(small_field, dask_client, tmp_path):
+def test_csv_with_string_ids(small_field, reference_run, dask_client, tmp_path):
     """A CSV whose id column holds names (pandas 3 reads them as its ``str`` dtype, not object),
     like ../shared's catalog.csv with ids M0001...: stamps named by them, ids kept as text."""
     d, df = small_field
@@ -237,16 +213,14 @@ def test_csv_with_string_ids(small_field, dask_client, tmp_path):
     run(args_for(d, out, catalog=str(path), images=str(stamps), id_column="name"), client=dask_client)
     got = read_out(out)
     assert got["id"].tolist() == names                   # text ids come out as "id", integers as "objid"
-    ref = tmp_path / "ref"
-    run(args_for(d, ref), client=dask_client)
-    want = read_out(ref)
+    want = read_out(reference_run[0])
     assert got["status"].tolist() == want["status"].tolist()
     assert np.allclose(want["p_merger"], got["p_merger"], equal_nan=True)
     fits = fitsio.read(str(out / "mergers.fits"), columns=["id", "input_row"])
     assert fits["id"][np.argsort(fits["input_row"])].tolist() == names
 
 
-def test_path_column_names_the_stamp_files(small_field, dask_client, tmp_path):
+def test_path_column_names_the_stamp_files(small_field, reference_run, dask_client, tmp_path):
     """--path-column: relative to --images DIR, absolute, or empty (then DIR/<id>.jpg); carried
     through to the output.  Scores equal the run that finds the same files by id."""
     d, df = small_field
@@ -273,9 +247,7 @@ def test_path_column_names_the_stamp_files(small_field, dask_client, tmp_path):
     run(args_for(d, out, catalog=str(path), images=str(imgs), path_column="file"), client=dask_client)
     got = read_out(out)
     assert [f if isinstance(f, str) else None for f in got["File"]] == files
-    ref = tmp_path / "ref"
-    run(args_for(d, ref), client=dask_client)
-    want = read_out(ref)
+    want = read_out(reference_run[0])
     assert got["status"].tolist() == want["status"].tolist()
     assert np.allclose(want["p_merger"], got["p_merger"], equal_nan=True)
 
@@ -394,15 +366,19 @@ def test_error_unknown_keep_column_and_two_sources(small_field, tmp_path):
 
 
 # ---------------------------------------------------------------- killed mid-run, then resumed
-def test_killed_run_resumes_without_duplicates(small_field, tmp_path):
+def test_killed_run_resumes_without_duplicates(small_field, dask_client, tmp_path):
     d, df = small_field
     ref, out = tmp_path / "ref", tmp_path / "out"
+    # the undisturbed run, partitioned alike: duplicate_id is decided within a partition
+    run(args_for(d, ref, partition_rows=20, batch_size=8), client=dask_client)
     common = ["--images", d / "stamps", "--partition-rows", "20", "--workers", "1", "--threads-per-worker", "1",
-              "--keep-columns", "mag_r", "--no-progress", "--no-report", "--batch-size", "8"]
-    assert _cli(d / "cat.fits", "-o", ref, *common, timeout=600).returncode == 0
+              "--keep-columns", "mag_r", "--no-progress", "--no-report", "--batch-size", "8",
+              "--engine", d / "engine.onnx"]
+    # every partition takes >= 0.4 s, so that the kill lands mid-run however fast the engine is
+    slow = dict(os.environ, MERGERSCAN_INJECT_FAULT="sleep:-1:0.4")
     proc = subprocess.Popen([sys.executable, "-m", "mergerscan.pipeline.cli", str(d / "cat.fits"), "-o", str(out),
                              *map(str, common)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env=slow)
     deadline = time.time() + 300
     scored = out / "_work" / "scored"
     while time.time() < deadline and len(list(scored.glob("*.json"))) < 3:
@@ -422,10 +398,9 @@ def test_killed_run_resumes_without_duplicates(small_field, tmp_path):
     assert np.array_equal(fa["objid"], fb["objid"]) and np.allclose(fa["p_merger"], fb["p_merger"], equal_nan=True)
 
 
-def test_array_mode_plan_shards_finalize_matches_single_run(small_field, dask_client, tmp_path):
+def test_array_mode_plan_shards_finalize_matches_single_run(small_field, reference_run, dask_client, tmp_path):
     d, df = small_field
-    ref, out = tmp_path / "ref", tmp_path / "out"
-    run(args_for(d, ref), client=dask_client)
+    ref, out = reference_run[0], tmp_path / "out"
     p = run(args_for(d, out, mode="plan"), client=dask_client)
     assert p["partitions"] > 2 and (out / "_work" / "plan.json").is_file()
     with pytest.raises(ArgumentError, match="not scored yet"):
@@ -450,16 +425,28 @@ def test_error_csv_column_changes_type_late(small_field, tmp_path):
                                 "-o", tmp_path / "o"), "late.csv")
 
 
+def _plan_options(d: Path) -> list:
+    return ["--images", d / "stamps", "--partition-rows", "20", "--chunk-rows", "40", "--workers", "1",
+            "--threads-per-worker", "1", "--keep-columns", "mag_r", "--no-progress", "--plan"]
+
+
+@pytest.fixture(scope="module")
+def plan_reference(small_field, tmp_path_factory) -> Path:
+    """An undisturbed ``--plan`` run (plan.json and the bucket files) of the killed-plan tests' command."""
+    d, _ = small_field
+    ref = tmp_path_factory.mktemp("plan-reference") / "ref"
+    assert _cli(d / "cat.fits", "-o", ref, *_plan_options(d)).returncode == 0
+    return ref
+
+
 @pytest.mark.parametrize("stage", ["scan", "gather"])
-def test_killed_plan_rerun_finishes_with_the_same_plan(small_field, tmp_path, stage):
+def test_killed_plan_rerun_finishes_with_the_same_plan(small_field, plan_reference, tmp_path, stage):
     """--plan killed while scanning the catalog (some runs written, no plan.json yet) or while
     gathering buckets (plan.json and some buckets written): the re-run gives the same plan.json
     and the same bucket files, byte for byte, and leaves no run or temporary behind."""
     d, _ = small_field
-    ref, out = tmp_path / "ref", tmp_path / "out"
-    common = ["--images", d / "stamps", "--partition-rows", "20", "--chunk-rows", "40", "--workers", "1",
-              "--threads-per-worker", "1", "--keep-columns", "mag_r", "--no-progress", "--plan"]
-    assert _cli(d / "cat.fits", "-o", ref, *common).returncode == 0
+    ref, out = plan_reference, tmp_path / "out"
+    common = _plan_options(d)
     split_ref = ref / "_work" / "split"
     buckets = sorted(f.name for f in split_ref.iterdir())
     assert len(buckets) > 3 and all(b.startswith("bucket-") for b in buckets)

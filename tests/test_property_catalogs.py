@@ -30,9 +30,8 @@ hypothesis = pytest.importorskip("hypothesis", reason="pip install hypothesis (t
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from conftest import assert_fits_equals_parquet, make_stamps, parquet_table  # noqa: E402
 from mergerscan.catalogs.schema import output_names  # noqa: E402
-from test_bad_input_catalogs import assert_fits_equals_parquet, parquet_table, run_cli  # noqa: E402
-from test_pipeline import make_stamps  # noqa: E402
 
 EXAMPLES = int(os.environ.get("MERGERSCAN_PROPERTY_EXAMPLES", "5"))
 NAMES = ["P_MERGER", "p_Merger", "STATUS", "status", "RA", "Ra", "DEC", "Z", "z", "IS_MERGER", "Input_Row",
@@ -200,7 +199,7 @@ def _make_test(fmt):
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                      HealthCheck.data_too_large])
     @given(cat=catalogs(fmt))
-    def test(cat, stamp, dask_client, tmp_path_factory, capsys):
+    def test(cat, stamp, cheap_cli, tmp_path_factory, capsys):
         d = tmp_path_factory.mktemp(f"prop-{fmt}")
         path = d / f"cat.{fmt}"
         write(cat, path)
@@ -214,7 +213,7 @@ def _make_test(fmt):
                 if not link.exists():
                     link.symlink_to(stamp)
         out = d / "out"
-        rc, _, err = run_cli(dask_client, path, "--images", images, "-o", out, "--id-column", "ident",
+        rc, _, err = cheap_cli(path, "--images", images, "-o", out, "--id-column", "ident",
                              "--ra-column", "ra_deg", "--dec-column", "dec_deg", "--keep-columns", "*",
                              capsys=capsys)
         check(cat, out, rc, err)

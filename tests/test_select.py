@@ -3,22 +3,25 @@ adds up), an unknown column and a syntax error stop the run at the start with on
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
+from conftest import make_stamps, read_out, two_patch_catalog, write_fits_catalog
 from mergerscan.catalogs.read import CatalogError
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
 from mergerscan.pipeline.cli import main as process_catalog
 from mergerscan.pipeline.run import run
 from mergerscan.pipeline.select import evaluate, expression_names, resolve
-from test_pipeline import make_stamps, read_out, two_patch_catalog, write_fits_catalog
 
 EXPR = "mag_r < 16.5 and objID % 3 != 0"
 
 
 @pytest.fixture(scope="module")
-def field(tmp_path_factory):
+def field(tmp_path_factory, cheap_engine):
     d = tmp_path_factory.mktemp("select")
+    shutil.copy(cheap_engine, d / "engine.onnx")           # what is selected does not depend on the model
     df = two_patch_catalog(60, seed=11, width=0.3, id_step=1)
     df["type"] = np.where(np.arange(60) % 4 == 0, 6, 3).astype(np.int16)      # SDSS: 3 galaxy, 6 star
     df.loc[7, "mag_r"] = np.nan                                                 # NaN compares false
@@ -32,7 +35,7 @@ def field(tmp_path_factory):
 def _args(d, out, select, **kw):
     return ProcessArguments(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps"),
                             partition_rows=25, chunk_rows=20, progress=False, views=1, command="test",
-                            report=False, select=select, **kw)
+                            report=False, select=select, engine=str(d / "engine.onnx"), **kw)
 
 
 def test_select_scores_the_subset_and_the_summary_adds_up(field, dask_client, tmp_path):

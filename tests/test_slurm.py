@@ -28,10 +28,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import SCIENCE, make_stamps, read_out, two_patch_catalog, write_fits_catalog
 from mergerscan.pipeline import slurm as S
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
 from mergerscan.run_layout import RunLayout
-from test_pipeline import SCIENCE, make_stamps, read_out, two_patch_catalog, write_fits_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_LOCAL = Path(os.environ.get("MERGERSCAN_SHARED", REPO.parent / "shared")) / "tools" / "slurm-local"
@@ -41,9 +41,11 @@ COLS = SCIENCE + ["mag_r"]
 
 # ---------------------------------------------------------------- a small catalog + stamps
 @pytest.fixture(scope="module")
-def field(tmp_path_factory):
-    """240 objects on two patches of sky (3 of them flagged: bad coords, no image)."""
+def field(tmp_path_factory, cheap_engine):
+    """240 objects on two patches of sky (3 of them flagged: bad coords, no image), and the engine
+    that scores them (d / "engine.onnx": conftest's cheap engine; these tests are about jobs and faults)."""
     d = tmp_path_factory.mktemp("slurmfield")
+    shutil.copy(cheap_engine, d / "engine.onnx")
     df = two_patch_catalog(240, seed=7, width=0.4, id_step=3)
     df.loc[3, "DEdeg"] = np.nan
     make_stamps(d / "stamps", [o for k, o in enumerate(df["objID"]) if k not in (20, 21)], seed=1, size=128)
@@ -55,7 +57,7 @@ def cli_args(d: Path, out: Path, *extra) -> list[str]:
     """The same process-catalog options for every run compared here (1 thread, same batches)."""
     return [str(d / "cat.fits"), "-o", str(out), "--images", str(d / "stamps"), "--partition-rows", "20",
             "--threads-per-worker", "1", "--batch-size", "8", "--keep-columns", "mag_r", "--no-progress",
-            "--no-report", *map(str, extra)]
+            "--no-report", "--engine", str(d / "engine.onnx"), *map(str, extra)]
 
 
 def run_cli(*argv, env=None, timeout=600):
@@ -238,26 +240,29 @@ def test_arguments_for_slurm(field, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- faults without a scheduler
-def _plan_only(d, out):
+def _plan_only(d, out, client):
+    """The plan of cli_args(d, out) (in this process, on the session's cluster)."""
     from mergerscan.pipeline.plan import Plan
-    r = run_cli(*cli_args(d, out, "--workers", "1", "--plan"))
-    assert r.returncode == 0, r.stderr
+    from mergerscan.pipeline.run import run
+    run(ProcessArguments(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps"), partition_rows=20,
+                         keep_columns=["mag_r"], progress=False, report=False, command="test",
+                         engine=str(d / "engine.onnx"), mode="plan"), client=client)
     return Plan.load(out / "_work" / "plan.json")
 
 
-def test_memoryerror_batch_retried_in_halves_then_flagged(field, reference, tmp_path, monkeypatch):
+def test_memoryerror_batch_retried_in_halves_then_flagged(field, reference, dask_client, tmp_path, monkeypatch):
     """A batch that raises MemoryError is scored in halves (same p_merger); a row that fails alone
     is flagged out_of_memory; the done marker asks a re-run to score the partition again."""
     from mergerscan.catalogs.schema import STATUS
-    from mergerscan.engines import read_engine_info, resolve_engine_path
+    from mergerscan.engines import read_engine_info
     from mergerscan.pipeline import task as T
     from mergerscan.pipeline.resume import read_marker
 
     d, _ = field
     out = tmp_path / "out"
-    plan = _plan_only(d, out)
+    plan = _plan_only(d, out, dask_client)
     part = max(plan.partitions, key=lambda p: p.rows)
-    real = T.worker_engine(None, "onnxruntime", 1)
+    real = T.worker_engine(str(d / "engine.onnx"), "onnxruntime", 1)
 
     class Tight:        # runs out of memory on batches above 3 stamps, and always on one poisoned stamp
         spec, info, poison = real.spec, real.info, None
@@ -270,8 +275,8 @@ def test_memoryerror_batch_retried_in_halves_then_flagged(field, reference, tmp_
     tight = Tight()
     monkeypatch.setattr(T, "worker_engine", lambda *a: tight)
     src = ProcessArguments(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps")).source
-    meta = {"engine_sha256": read_engine_info(resolve_engine_path(None)).sha256}
-    task = T.PartitionTask(output=str(out), source=src, engine_path=None, batch_size=8, run_meta=meta)
+    meta = {"engine_sha256": read_engine_info(d / "engine.onnx").sha256}
+    task = T.PartitionTask(output=str(out), source=src, engine_path=str(d / "engine.onnx"), batch_size=8, run_meta=meta)
     layout = RunLayout(out)
     r = T.score_partition(plan, part, task)
     got = pq.read_table(layout.dataset_file(part)).to_pandas().set_index("input_row")
@@ -300,20 +305,20 @@ def test_memoryerror_batch_retried_in_halves_then_flagged(field, reference, tmp_
 
 
 @pytest.mark.parametrize("kind", ["torch", "cuda-message", "onnxruntime"])
-def test_cuda_out_of_memory_batch_retried_in_halves(field, reference, tmp_path, monkeypatch, kind):
+def test_cuda_out_of_memory_batch_retried_in_halves(field, reference, dask_client, tmp_path, monkeypatch, kind):
     """CUDA OOM is a RuntimeError (torch.OutOfMemoryError, ORT's failed BFC allocation), not a
     MemoryError: it must still be retried in halves, never end as inference_failed."""
     import torch
     from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 
-    from mergerscan.engines import read_engine_info, resolve_engine_path
+    from mergerscan.engines import read_engine_info
     from mergerscan.pipeline import task as T
 
     d, _ = field
     out = tmp_path / "out"
-    plan = _plan_only(d, out)
+    plan = _plan_only(d, out, dask_client)
     part = max(plan.partitions, key=lambda p: p.rows)
-    real = T.worker_engine(None, "onnxruntime", 1)
+    real = T.worker_engine(str(d / "engine.onnx"), "onnxruntime", 1)
     error = {"torch": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
              "cuda-message": lambda: RuntimeError("CUDA error: out of memory"),
              "onnxruntime": lambda: RuntimeException("BFCArena::AllocateRawInternal Failed to allocate memory "
@@ -331,8 +336,8 @@ def test_cuda_out_of_memory_batch_retried_in_halves(field, reference, tmp_path, 
 
     monkeypatch.setattr(T, "worker_engine", lambda *a: TightGPU())
     src = ProcessArguments(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps")).source
-    meta = {"engine_sha256": read_engine_info(resolve_engine_path(None)).sha256}
-    r = T.score_partition(plan, part, T.PartitionTask(output=str(out), source=src, engine_path=None, batch_size=8,
+    meta = {"engine_sha256": read_engine_info(d / "engine.onnx").sha256}
+    r = T.score_partition(plan, part, T.PartitionTask(output=str(out), source=src, engine_path=str(d / "engine.onnx"), batch_size=8,
                                                       run_meta=meta))
     got = pq.read_table(RunLayout(out).dataset_file(part)).to_pandas().set_index("input_row")
     ref = reference.set_index("input_row").loc[got.index]
@@ -383,16 +388,16 @@ def test_partition_that_always_runs_out_of_memory_is_flagged_then_rescored(field
     assert_same_rows(out, reference)
 
 
-def test_task_run_twice_at_once_writes_identical_bytes(field, tmp_path):
+def test_task_run_twice_at_once_writes_identical_bytes(field, dask_client, tmp_path):
     """Dask may run a task twice (a worker presumed dead was not): both writes land, same bytes."""
     from mergerscan.pipeline import task as T
 
     d, _ = field
     out = tmp_path / "out"
-    plan = _plan_only(d, out)
+    plan = _plan_only(d, out, dask_client)
     part = plan.partitions[0]
     src = ProcessArguments(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps")).source
-    args = (plan, part, T.PartitionTask(output=str(out), source=src, engine_path=None, batch_size=8,
+    args = (plan, part, T.PartitionTask(output=str(out), source=src, engine_path=str(d / "engine.onnx"), batch_size=8,
                                         run_meta={"engine_sha256": "x"}))
     layout = RunLayout(out)
     T.score_partition(*args)
