@@ -54,6 +54,7 @@ def cpu_model() -> str:
 
 def sync() -> None:
     import torch
+
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
@@ -69,7 +70,7 @@ def timed(fn: Callable[[], object], budget: float, min_reps: int = 3, max_reps: 
         fn()
         sync()
         times.append(time.perf_counter() - t)
-        if times[-1] > budget:         # one call over budget: that is enough for this point
+        if times[-1] > budget:  # one call over budget: that is enough for this point
             break
     return float(np.median(times)), len(times)
 
@@ -78,18 +79,19 @@ def matmul_peak(dtype: str = "fp32", device: str = "cpu", threads: int | None = 
     """GFLOP/s (GOP/s for int8) of an n x n matmul in ``dtype`` (the roofline's compute ceiling):
     n = 8192 on CUDA, 2048 on the CPU (at ``threads`` torch threads when given)."""
     import torch
+
     if threads:
         torch.set_num_threads(threads)
     n = 8192 if device == "cuda" else 2048
-    if dtype == "int8":                 # int8 x int8 -> int32, as quantised convs run
+    if dtype == "int8":  # int8 x int8 -> int32, as quantised convs run
         a = torch.randint(-100, 100, (n, n), dtype=torch.int8, device=device)
         s, _ = timed(lambda: torch._int_mm(a, a), budget)
-        return 2 * n ** 3 / s / 1e9
+        return 2 * n**3 / s / 1e9
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     a = torch.randn(n, n, device=device, dtype=dt)
     b = torch.randn(n, n, device=device, dtype=dt)
     s, _ = timed(lambda: a @ b, budget)
-    return 2 * n ** 3 / s / 1e9
+    return 2 * n**3 / s / 1e9
 
 
 def result_path(name: str) -> Path:

@@ -35,6 +35,7 @@ ARCH_SIZES = {"vgg16": 224, "inception_v3": 299, "densenet121": 224, "efficientn
 
 def device_name() -> str:
     import torch
+
     if torch.cuda.is_available():
         return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
     return "cpu"
@@ -47,6 +48,7 @@ def fraction(gflops: float, peak: float | None) -> float | None:
 def torch_flops(net, size: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         net.eval()(torch.zeros(1, 3, size, size, device=next(net.parameters()).device))
     return float(fc.get_total_flops())
@@ -54,15 +56,18 @@ def torch_flops(net, size: int) -> float:
 
 def prepared(n: int, spec) -> tuple[np.ndarray, str]:
     from mergerscan.cutouts.preprocess import prepare_batch
+
     if SHARED.is_dir():
         from mergerscan.training.data import decode_stamps
-        files = sorted(SHARED.glob("images/*.jpg"))[:min(n, 256)]
+
+        files = sorted(SHARED.glob("images/*.jpg"))[: min(n, 256)]
         x = prepare_batch(decode_stamps([str(f) for f in files]), spec)
         kind = f"{len(files)} real SDSS stamps, tiled"
     else:
         rng = np.random.default_rng(0)
-        x = prepare_batch(rng.integers(0, 255, (min(n, 64), spec.stamp_pixels, spec.stamp_pixels, 3),
-                                       dtype=np.uint8), spec)
+        x = prepare_batch(
+            rng.integers(0, 255, (min(n, 64), spec.stamp_pixels, spec.stamp_pixels, 3), dtype=np.uint8), spec
+        )
         kind = "random stamps, tiled"
     return np.ascontiguousarray(np.resize(x, (n,) + x.shape[1:])), kind
 
@@ -72,14 +77,18 @@ def engine_configs(engine: Path, int8: Path | None, cuda: bool) -> list[tuple]:
     cfg = [("onnxruntime fp32", engine, "onnxruntime", {}, "fp32")]
     if int8:
         cfg.append(("onnxruntime int8", int8, "onnxruntime", {}, "int8"))
-    cfg += [("torch cpu fp32", engine, "torch", {"precision": "fp32"}, "fp32"),
-            ("torch cpu bf16", engine, "torch", {"precision": "bf16"}, "bf16")]
+    cfg += [
+        ("torch cpu fp32", engine, "torch", {"precision": "fp32"}, "fp32"),
+        ("torch cpu bf16", engine, "torch", {"precision": "bf16"}, "bf16"),
+    ]
     if cuda:
-        cfg += [("onnxruntime-cuda fp32", engine, "onnxruntime-cuda", {}, "fp32"),
-                ("torch-cuda eager fp32", engine, "torch-cuda", {"precision": "fp32", "compile": False}, "fp32"),
-                ("torch-cuda compiled bf16", engine, "torch-cuda", {"precision": "bf16", "compile": True}, "bf16"),
-                ("torch-cuda compiled fp16", engine, "torch-cuda", {"precision": "fp16", "compile": True}, "fp16"),
-                ("tensorrt fp16", engine, "tensorrt", {"precision": "fp16"}, "fp16")]
+        cfg += [
+            ("onnxruntime-cuda fp32", engine, "onnxruntime-cuda", {}, "fp32"),
+            ("torch-cuda eager fp32", engine, "torch-cuda", {"precision": "fp32", "compile": False}, "fp32"),
+            ("torch-cuda compiled bf16", engine, "torch-cuda", {"precision": "bf16", "compile": True}, "bf16"),
+            ("torch-cuda compiled fp16", engine, "torch-cuda", {"precision": "fp16", "compile": True}, "fp16"),
+            ("tensorrt fp16", engine, "tensorrt", {"precision": "fp16"}, "fp16"),
+        ]
     return cfg
 
 
@@ -93,9 +102,16 @@ def bench_engines(a, res, peaks, cuda):
     net, info = rebuild_model(engine)
     size = info.spec.input_size
     flops = torch_flops(net, size)
-    res["engine"] = {"path": str(engine), "name": info.name, "arch": info.card.get("arch"), "input_size": size,
-                     "sha256": info.sha256, "int8": str(int8) if int8 else None,
-                     "flops_per_image_torch": flops, "flops_per_image_onnx": onnx_flops(str(engine), size)}
+    res["engine"] = {
+        "path": str(engine),
+        "name": info.name,
+        "arch": info.card.get("arch"),
+        "input_size": size,
+        "sha256": info.sha256,
+        "int8": str(int8) if int8 else None,
+        "flops_per_image_torch": flops,
+        "flops_per_image_onnx": onnx_flops(str(engine), size),
+    }
     x, kind = prepared(max(a.batches), info.spec)
     res["data"] = kind
     av = available_backends()
@@ -111,17 +127,26 @@ def bench_engines(a, res, peaks, cuda):
         for b in a.batches:
             eng.max_batch = max(b, 1)
             if backend == "tensorrt" and b > 256:
-                continue                     # outside the engine's optimisation profile
+                continue  # outside the engine's optimisation profile
             s, reps = timed(lambda: eng.logits(x[:b]), a.budget)  # noqa: B023 - called within this iteration
             ips = b / s
-            row = {"model": info.name, "input_size": size, "config": label, "backend": backend,
-                   "precision": label.split()[-1], "batch": b, "ms_per_batch": round(s * 1e3, 3),
-                   "images_per_s": round(ips, 1), "gflops_per_s": round(ips * flops / 1e9, 2),
-                   "peak_dtype": peak_dtype,
-                   "fraction_of_peak": fraction(ips * flops / 1e9, peaks[peak_dtype]), "reps": reps}
+            row = {
+                "model": info.name,
+                "input_size": size,
+                "config": label,
+                "backend": backend,
+                "precision": label.split()[-1],
+                "batch": b,
+                "ms_per_batch": round(s * 1e3, 3),
+                "images_per_s": round(ips, 1),
+                "gflops_per_s": round(ips * flops / 1e9, 2),
+                "peak_dtype": peak_dtype,
+                "fraction_of_peak": fraction(ips * flops / 1e9, peaks[peak_dtype]),
+                "reps": reps,
+            }
             res["runs"].append(row)
             print(json.dumps(row), flush=True)
-            if s * 3 > a.budget * 4 and b != a.batches[-1]:   # time-bounded: larger ones take longer
+            if s * 3 > a.budget * 4 and b != a.batches[-1]:  # time-bounded: larger ones take longer
                 res["skipped"][f"{label} batch>{b}"] = f"one batch took {s:.1f} s, over the budget"
                 break
 
@@ -131,13 +156,17 @@ def bench_archs_cuda(a, res, peaks):
     import torch
 
     from mergerscan.models import create_model
+
     for arch in a.archs:
         size = ARCH_SIZES[arch]
         net = create_model(arch).eval().cuda().to(memory_format=torch.channels_last)
         flops = torch_flops(net, size)
         res["archs"][arch] = {"input_size": size, "flops_per_image_torch": flops}
-        for label, dt, comp in (("eager fp32", None, False), ("compiled bf16", torch.bfloat16, True),
-                                ("compiled fp16", torch.float16, True)):
+        for label, dt, comp in (
+            ("eager fp32", None, False),
+            ("compiled bf16", torch.bfloat16, True),
+            ("compiled fp16", torch.float16, True),
+        ):
             fn = torch.compile(net, mode="max-autotune", dynamic=False) if comp else net
             for b in a.batches:
                 x = torch.randn(b, 3, size, size, device="cuda").contiguous(memory_format=torch.channels_last)
@@ -145,6 +174,7 @@ def bench_archs_cuda(a, res, peaks):
                 def step():
                     with torch.no_grad(), torch.autocast("cuda", dtype=dt or torch.float32, enabled=dt is not None):  # noqa: B023 - called within this iteration
                         fn(x)  # noqa: B023 - called within this iteration
+
                 try:
                     s, reps = timed(step, a.budget)
                 except torch.cuda.OutOfMemoryError:
@@ -152,10 +182,19 @@ def bench_archs_cuda(a, res, peaks):
                     break
                 peak_dtype = label.split()[-1]
                 ips = b / s
-                row = {"model": arch, "input_size": size, "config": f"torch-cuda {label}", "precision": peak_dtype,
-                       "batch": b, "ms_per_batch": round(s * 1e3, 3), "images_per_s": round(ips, 1),
-                       "gflops_per_s": round(ips * flops / 1e9, 1), "peak_dtype": peak_dtype,
-                       "fraction_of_peak": fraction(ips * flops / 1e9, peaks[peak_dtype]), "reps": reps}
+                row = {
+                    "model": arch,
+                    "input_size": size,
+                    "config": f"torch-cuda {label}",
+                    "precision": peak_dtype,
+                    "batch": b,
+                    "ms_per_batch": round(s * 1e3, 3),
+                    "images_per_s": round(ips, 1),
+                    "gflops_per_s": round(ips * flops / 1e9, 1),
+                    "peak_dtype": peak_dtype,
+                    "fraction_of_peak": fraction(ips * flops / 1e9, peaks[peak_dtype]),
+                    "reps": reps,
+                }
                 res["runs"].append(row)
                 print(json.dumps(row), flush=True)
         del net
@@ -175,18 +214,31 @@ def main():
     a.batches = [int(b) for b in a.batches.split(",")]
     a.archs = [s for s in a.archs.split(",") if s]
     import torch
+
     torch.set_num_threads(a.threads)
     cuda = torch.cuda.is_available()
     dev = device_name()
-    res = {"device": dev, "gpu": torch.cuda.get_device_name() if cuda else None,
-           "machine": {"nproc": os.cpu_count(), "threads": a.threads, "processor": cpu_model(),
-                       "python": platform.python_version(), "torch": torch.__version__,
-                       "load_avg_at_start": os.getloadavg()},
-           "budget_s": a.budget, "peaks_gflops": {}, "runs": [], "archs": {}, "skipped": {}}
+    res = {
+        "device": dev,
+        "gpu": torch.cuda.get_device_name() if cuda else None,
+        "machine": {
+            "nproc": os.cpu_count(),
+            "threads": a.threads,
+            "processor": cpu_model(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "load_avg_at_start": os.getloadavg(),
+        },
+        "budget_s": a.budget,
+        "peaks_gflops": {},
+        "runs": [],
+        "archs": {},
+        "skipped": {},
+    }
     for dt in ("fp32", "bf16", "int8") + (("fp16",) if cuda else ()):
         try:
             res["peaks_gflops"][dt] = round(matmul_peak(dt, "cuda" if cuda else "cpu"), 1)
-        except RuntimeError as exc:     # e.g. no int8 matmul kernel on this device
+        except RuntimeError as exc:  # e.g. no int8 matmul kernel on this device
             res["skipped"][f"{dt} matmul peak"] = str(exc)[:200]
             res["peaks_gflops"][dt] = None
     print("matmul peaks GFLOP/s:", res["peaks_gflops"], flush=True)

@@ -52,9 +52,14 @@ def machine() -> dict:
             vers[p] = metadata.version(p)
         except metadata.PackageNotFoundError:
             vers[p] = None
-    return {"nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "cpu": cpu, "python": sys.version.split()[0], "platform": platform.platform(),
-            "niceness": os.nice(0), "packages": vers}
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": cpu,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "niceness": os.nice(0),
+        "packages": vers,
+    }
 
 
 def floor(files: list[Path]) -> dict:
@@ -64,9 +69,11 @@ def floor(files: list[Path]) -> dict:
     from astropy.io import fits
 
     res = {}
-    for name, fn in (("indexed_bzip2_1thread", lambda p: frame_io.decompress(p, 1)),
-                     ("indexed_bzip2_2threads", lambda p: frame_io.decompress(p, 2)),
-                     ("bz2_module", lambda p: bz2.decompress(p.read_bytes()))):
+    for name, fn in (
+        ("indexed_bzip2_1thread", lambda p: frame_io.decompress(p, 1)),
+        ("indexed_bzip2_2threads", lambda p: frame_io.decompress(p, 2)),
+        ("bz2_module", lambda p: bz2.decompress(p.read_bytes())),
+    ):
         if name.startswith("indexed") and frame_io.indexed_bzip2 is None:
             continue
         per = []
@@ -75,8 +82,12 @@ def floor(files: list[Path]) -> dict:
             fn(p)
             per.append(since(t))
         w, c = np.array(per).T
-        res[name] = {"total_wall_s": round(w.sum(), 3), "total_cpu_s": round(c.sum(), 3),
-                     "wall_s_per_frame": round(w.mean(), 4), "cpu_s_per_frame": round(c.mean(), 4)}
+        res[name] = {
+            "total_wall_s": round(w.sum(), 3),
+            "total_cpu_s": round(c.sum(), 3),
+            "wall_s_per_frame": round(w.mean(), 4),
+            "cpu_s_per_frame": round(c.mean(), 4),
+        }
     # parsing HDU0 of decompressed bytes: astropy from memory vs fitsio via a temporary file
     raw = [frame_io.decompress(p, 1) for p in files[:6]]
     t = clock()
@@ -91,14 +102,19 @@ def floor(files: list[Path]) -> dict:
             tf.flush()
             fitsio.read(tf.name, ext=0).astype(np.float32)
     fio = since(t)
-    res["parse_hdu0_per_frame_s"] = {"astropy_bytesio": round(ast[0] / len(raw), 4),
-                                     "fitsio_tempfile": round(fio[0] / len(raw), 4)}
+    res["parse_hdu0_per_frame_s"] = {
+        "astropy_bytesio": round(ast[0] / len(raw), 4),
+        "fitsio_tempfile": round(fio[0] / len(raw), 4),
+    }
     t = clock()
     for p in files:
         F.read_frame(p, 1)
     w, c = since(t)
-    res["read_frame_total"] = {"wall_s": round(w, 3), "cpu_s": round(c, 3),
-                               "what": "F.read_frame: indexed_bzip2 (1 thread) + astropy parse, as FrameSource"}
+    res["read_frame_total"] = {
+        "wall_s": round(w, 3),
+        "cpu_s": round(c, 3),
+        "what": "F.read_frame: indexed_bzip2 (1 thread) + astropy parse, as FrameSource",
+    }
     return res
 
 
@@ -113,9 +129,10 @@ def positions(src: F.FrameSource, per_field: int, seed: int = 0) -> pd.DataFrame
         dec.append(d)
         field += [f.key] * per_field
     ra, dec = np.concatenate(ra), np.concatenate(dec)
-    order = rng.permutation(len(ra))                   # catalog order, not grouped by field
-    return pd.DataFrame({"id": [f"b{i}" for i in range(len(ra))], "ra": ra[order], "dec": dec[order],
-                         "field": np.array(field)[order]})
+    order = rng.permutation(len(ra))  # catalog order, not grouped by field
+    return pd.DataFrame(
+        {"id": [f"b{i}" for i in range(len(ra))], "ra": ra[order], "dec": dec[order], "field": np.array(field)[order]}
+    )
 
 
 def main():
@@ -148,7 +165,7 @@ def main():
         stamps, status = src.fetch(rows[["id", "ra", "dec"]])
         w, c = since(t)
         t = clock()
-        stamps2, _ = src.fetch(rows[["id", "ra", "dec"]])        # every frame cached now
+        stamps2, _ = src.fetch(rows[["id", "ra", "dec"]])  # every frame cached now
         wc, cc = since(t)
         assert np.array_equal(stamps, stamps2) and src.stats["fields_read"] == 6
         src.close()
@@ -157,23 +174,38 @@ def main():
     fl = res["floor"][dec_key]
     floor_w, floor_c = n / fl["total_wall_s"], n / fl["total_cpu_s"]
     res["cutouts"] = {
-        "objects": n, "per_field": a.per_field, "status_counts": pd.Series(status).value_counts().to_dict(),
-        "wall_s": round(w, 3), "cpu_s": round(c, 3),
-        "objects_per_s_wall": round(n / w, 1), "objects_per_s_cpu": round(n / c, 1),
-        "cached_frames": {"wall_s": round(wc, 3), "cpu_s": round(cc, 3),
-                          "ms_per_object_wall": round(wc / n * 1e3, 3), "ms_per_object_cpu": round(cc / n * 1e3, 3)},
-        "frame_reading_share_cpu_s": round(c - cc, 3),      # first fetch minus the cached one
+        "objects": n,
+        "per_field": a.per_field,
+        "status_counts": pd.Series(status).value_counts().to_dict(),
+        "wall_s": round(w, 3),
+        "cpu_s": round(c, 3),
+        "objects_per_s_wall": round(n / w, 1),
+        "objects_per_s_cpu": round(n / c, 1),
+        "cached_frames": {
+            "wall_s": round(wc, 3),
+            "cpu_s": round(cc, 3),
+            "ms_per_object_wall": round(wc / n * 1e3, 3),
+            "ms_per_object_cpu": round(cc / n * 1e3, 3),
+        },
+        "frame_reading_share_cpu_s": round(c - cc, 3),  # first fetch minus the cached one
     }
     res["vs_floor"] = {
         "floor_decompressor": dec_key,
-        "floor_objects_per_s_wall": round(floor_w, 1), "floor_objects_per_s_cpu": round(floor_c, 1),
-        "fraction_wall": round(n / w / floor_w, 3), "fraction_cpu": round(n / c / floor_c, 3),
+        "floor_objects_per_s_wall": round(floor_w, 1),
+        "floor_objects_per_s_cpu": round(floor_c, 1),
+        "fraction_wall": round(n / w / floor_w, 3),
+        "fraction_cpu": round(n / c / floor_c, 3),
         "target": 0.6,
     }
     res["loadavg_end"] = os.getloadavg()
     write_result(a.out, res)
-    print(json.dumps({k: res[k] for k in ("index", "floor", "cutouts", "vs_floor", "loadavg_start", "loadavg_end")},
-                     indent=1, default=float))
+    print(
+        json.dumps(
+            {k: res[k] for k in ("index", "floor", "cutouts", "vs_floor", "loadavg_start", "loadavg_end")},
+            indent=1,
+            default=float,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -47,11 +47,15 @@ def main():
             t, c = time.perf_counter(), time.process_time()
             stamps = np.empty((len(rows), spec.stamp_pixels, spec.stamp_pixels, 3), np.uint8)
             for i in range(0, len(rows), 128):
-                idx = order[i:i + 128]
+                idx = order[i : i + 128]
                 stamps[idx], _ = src.fetch(rows.iloc[idx].reset_index(drop=True))
             w, c = time.perf_counter() - t, time.process_time() - c
-            res["runs"][name] = {"fields_read": src.stats["fields_read"], "wall_s": round(w, 2), "cpu_s": round(c, 2),
-                                 "objects_per_cpu_s": round(len(rows) / c, 1)}
+            res["runs"][name] = {
+                "fields_read": src.stats["fields_read"],
+                "wall_s": round(w, 2),
+                "cpu_s": round(c, 2),
+                "objects_per_cpu_s": round(len(rows) / c, 1),
+            }
             out[name] = stamps
             src.close()
         assert np.array_equal(*out.values()), "the order must not change the stamps"

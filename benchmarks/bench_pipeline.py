@@ -31,9 +31,16 @@ SHARED = shared_data()
 
 def images_catalog(tmp: Path, n: int) -> Path:
     from mergerscan.catalogs.read import read_table
+
     cat = read_table(SHARED / "sdss-gz-mergers" / "catalog.csv").iloc[:n]
-    df = pd.DataFrame({"objid": np.arange(len(cat), dtype=np.int64) + 10**18, "ra": cat["ra"].astype(float),
-                       "dec": cat["dec"].astype(float), "path": cat["image"].astype(str)})
+    df = pd.DataFrame(
+        {
+            "objid": np.arange(len(cat), dtype=np.int64) + 10**18,
+            "ra": cat["ra"].astype(float),
+            "dec": cat["dec"].astype(float),
+            "path": cat["image"].astype(str),
+        }
+    )
     p = tmp / "images.fits"
     fitsio.write(str(p), df.to_records(index=False), clobber=True)
     return p
@@ -41,6 +48,7 @@ def images_catalog(tmp: Path, n: int) -> Path:
 
 def frames_catalog(tmp: Path) -> Path:
     from mergerscan.cutouts.detect import detect_sources
+
     det = np.concatenate([detect_sources(f) for f in sorted((SHARED / "sdss-frames").glob("frame-r-*.fits.bz2"))])
     df = pd.DataFrame({"objid": np.arange(len(det), dtype=np.int64) + 10**18, "ra": det[:, 0], "dec": det[:, 1]})
     p = tmp / "frames.fits"
@@ -51,20 +59,37 @@ def frames_catalog(tmp: Path) -> Path:
 def one(catalog: Path, out: Path, workers: int, **source) -> dict:
     from mergerscan.pipeline.arguments import ProcessArguments
     from mergerscan.pipeline.run import run
+
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
-    s = run(ProcessArguments(catalog=str(catalog), output=str(out), workers=workers,
-                             threads_per_worker=max(1, (os.cpu_count() or 2) // workers), progress=False,
-                             partition_rows=1000, command="bench", keep_columns=["path"] if "images" in source else [],
-                             **source))
+    s = run(
+        ProcessArguments(
+            catalog=str(catalog),
+            output=str(out),
+            workers=workers,
+            threads_per_worker=max(1, (os.cpu_count() or 2) // workers),
+            progress=False,
+            partition_rows=1000,
+            command="bench",
+            keep_columns=["path"] if "images" in source else [],
+            **source,
+        )
+    )
     wall = time.perf_counter() - t
     marks = [json.loads(f.read_text()) for f in (out / "_work" / "scored").glob("*.json")]
     t0, t1 = min(m["started"] for m in marks), max(m["finished"] for m in marks)
-    return {"workers": workers, "rows": s["rows"], "scored": s["scored"], "partitions": s["partitions"],
-            "wall_s": round(wall, 2), "objects_per_s_wall": round(s["rows"] / wall, 1),
-            "scoring_s": round(t1 - t0, 2), "objects_per_s_scoring": round(s["rows"] / (t1 - t0), 1),
-            "fetch_s": round(sum(m["fetch_seconds"] for m in marks), 2),
-            "infer_s": round(sum(m["infer_seconds"] for m in marks), 2)}
+    return {
+        "workers": workers,
+        "rows": s["rows"],
+        "scored": s["scored"],
+        "partitions": s["partitions"],
+        "wall_s": round(wall, 2),
+        "objects_per_s_wall": round(s["rows"] / wall, 1),
+        "scoring_s": round(t1 - t0, 2),
+        "objects_per_s_scoring": round(s["rows"] / (t1 - t0), 1),
+        "fetch_s": round(sum(m["fetch_seconds"] for m in marks), 2),
+        "infer_s": round(sum(m["infer_seconds"] for m in marks), 2),
+    }
 
 
 def main():
@@ -73,7 +98,11 @@ def main():
     ap.add_argument("--out", default=str(result_path("pipeline.json")))
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    res = {"machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "cpu": cpu_model()}, "images": [], "frames": []}
+    res = {
+        "machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "cpu": cpu_model()},
+        "images": [],
+        "frames": [],
+    }
     cat_i, cat_f = images_catalog(tmp, a.n_images), frames_catalog(tmp)
     for w in (1, 2):
         res["images"].append(one(cat_i, tmp / f"oi{w}", w, images=str(SHARED / "sdss-gz-mergers")))

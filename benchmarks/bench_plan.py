@@ -52,7 +52,7 @@ def make_catalogs(tmp: Path, n: int, formats: list[str], seed: int = 0) -> dict:
         pw = pq.ParquetWriter(str(paths["parquet"]), schema)
     if "fits" in formats:
         fits = fitsio.FITS(str(paths["fits"]), "rw", clobber=True)
-    step = 1_000_000                 # pyarrow's default row group size: what a user's file has
+    step = 1_000_000  # pyarrow's default row group size: what a user's file has
     for s in range(0, n, step):
         k = min(step, n - s)
         ra = rng.uniform(0, 360, k)
@@ -83,12 +83,14 @@ def floor(path: Path, fmt: str) -> dict:
     rows = 0
     if fmt == "parquet":
         import pyarrow.parquet as pq
+
         for b in pq.ParquetFile(str(path)).iter_batches(batch_size=PIECE, columns=["objid", "ra", "dec"]):
             ra, dec = b.column(1).to_numpy(), b.column(2).to_numpy()
             healpix29(ra, dec, coord_status(ra, dec))
             rows += len(ra)
     else:
         import fitsio
+
         with fitsio.FITS(str(path)) as f:
             h = f[1]
             n = h.get_nrows()
@@ -102,6 +104,7 @@ def floor(path: Path, fmt: str) -> dict:
 
 def tree_rss(proc) -> int:
     import psutil
+
     total = 0
     try:
         for p in [proc, *proc.children(recursive=True)]:
@@ -117,8 +120,19 @@ def plan_run(catalog: Path, out: Path, empty: Path, extra: list[str]) -> dict:
 
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "mergerscan.pipeline.cli", str(catalog), "--images", str(empty),
-           "-o", str(out), "--plan", "--no-progress", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mergerscan.pipeline.cli",
+        str(catalog),
+        "--images",
+        str(empty),
+        "-o",
+        str(out),
+        "--plan",
+        "--no-progress",
+        *extra,
+    ]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
@@ -132,11 +146,17 @@ def plan_run(catalog: Path, out: Path, empty: Path, extra: list[str]) -> dict:
         raise RuntimeError(f"--plan failed ({proc.returncode}): {stderr.strip()[-2000:]}")
     files = [p for p in (out / "_work").rglob("*") if p.is_file()]
     plan = json.loads((out / "_work" / "plan.json").read_text())
-    return {"seconds": round(wall, 2), "peak_rss_mb": round(peak / 2 ** 20, 1), "work_files": len(files),
-            "work_bytes": sum(p.stat().st_size for p in files), "partitions": len(plan["partitions"]),
-            "buckets": len(plan["split"]["buckets"]), "chunks": len(plan["chunks"]),
-            "command": "process-catalog CATALOG --images EMPTY -o OUT --plan --no-progress " + " ".join(extra),
-            "stdout": stdout.strip()}
+    return {
+        "seconds": round(wall, 2),
+        "peak_rss_mb": round(peak / 2**20, 1),
+        "work_files": len(files),
+        "work_bytes": sum(p.stat().st_size for p in files),
+        "partitions": len(plan["partitions"]),
+        "buckets": len(plan["split"]["buckets"]),
+        "chunks": len(plan["chunks"]),
+        "command": "process-catalog CATALOG --images EMPTY -o OUT --plan --no-progress " + " ".join(extra),
+        "stdout": stdout.strip(),
+    }
 
 
 def main():
@@ -154,19 +174,31 @@ def main():
         cats = make_catalogs(tmp, a.rows, formats)
         gen = time.perf_counter() - t
         (tmp / "empty").mkdir()
-        res = {"rows": a.rows, "generate_s": round(gen, 1),
-               "machine": {"cpu": cpu_model(), "nproc": os.cpu_count(), "python": platform.python_version(),
-                           "loadavg_start": os.getloadavg()}, "formats": {}}
+        res = {
+            "rows": a.rows,
+            "generate_s": round(gen, 1),
+            "machine": {
+                "cpu": cpu_model(),
+                "nproc": os.cpu_count(),
+                "python": platform.python_version(),
+                "loadavg_start": os.getloadavg(),
+            },
+            "formats": {},
+        }
         for fmt in formats:
             f1 = floor(cats[fmt], fmt)
             p = plan_run(cats[fmt], tmp / f"out-{fmt}", tmp / "empty", a.plan_args)
             f2 = floor(cats[fmt], fmt)
             fl = min(f1["seconds"], f2["seconds"])
-            res["formats"][fmt] = {"catalog_bytes": cats[fmt].stat().st_size, "floor_s": fl,
-                                   "floor_runs_s": [f1["seconds"], f2["seconds"]], "plan": p,
-                                   "ratio_plan_to_floor": round(p["seconds"] / fl, 2),
-                                   "plan_rows_per_s": round(a.rows / p["seconds"]),
-                                   "floor_rows_per_s": round(a.rows / fl)}
+            res["formats"][fmt] = {
+                "catalog_bytes": cats[fmt].stat().st_size,
+                "floor_s": fl,
+                "floor_runs_s": [f1["seconds"], f2["seconds"]],
+                "plan": p,
+                "ratio_plan_to_floor": round(p["seconds"] / fl, 2),
+                "plan_rows_per_s": round(a.rows / p["seconds"]),
+                "floor_rows_per_s": round(a.rows / fl),
+            }
             shutil.rmtree(tmp / f"out-{fmt}", ignore_errors=True)
             print(fmt, json.dumps(res["formats"][fmt], indent=1), flush=True)
         res["machine"]["loadavg_end"] = os.getloadavg()

@@ -53,7 +53,7 @@ def engine_level(threads: int, budget: float, tmp: Path) -> dict:
     from mergerscan.training.export import quantize_int8
 
     files = sorted((SHARED / "sdss-gz-mergers" / "images").glob("*.jpg"))
-    st = decode_stamps([str(f) for f in files[::37][:256]])          # spread over the sample
+    st = decode_stamps([str(f) for f in files[::37][:256]])  # spread over the sample
     calib = decode_stamps([str(f) for f in files[5::101][:64]])
     eng = load_engine(None, threads=threads)
     so = ort.SessionOptions()
@@ -63,7 +63,7 @@ def engine_level(threads: int, budget: float, tmp: Path) -> dict:
     res = {"threads": threads, "stamps": len(st)}
     res["preprocess_stamps_per_s"] = {"prepare_batch": [], "onnx_front": []}
     res["engine_objects_per_s"] = {"host_prepare": [], "in_graph_front": []}
-    for _ in range(2):                                          # interleaved: A B A B
+    for _ in range(2):  # interleaved: A B A B
         res["preprocess_stamps_per_s"]["prepare_batch"].append(rate(lambda: prepare_batch(x, eng.spec), 32, budget))
         res["preprocess_stamps_per_s"]["onnx_front"].append(rate(lambda: fr.run(None, {STAMPS: x}), 32, budget))
         res["engine_objects_per_s"]["host_prepare"].append(rate(lambda: Engine._stamp_logits(eng, x), 32, budget))
@@ -76,8 +76,12 @@ def engine_level(threads: int, budget: float, tmp: Path) -> dict:
     p32, p8 = eng.predict(st), e8.calibrate(e8.stamp_logits(st))
     d = np.abs(p8.astype(np.float64) - p32)
     thr = eng.info.threshold
-    res["int8_vs_fp32"] = {"max_dp": float(d.max()), "mean_dp": float(d.mean()),
-                           "label_flips": int(((p8 >= thr) != (p32 >= thr)).sum()), "n": len(st)}
+    res["int8_vs_fp32"] = {
+        "max_dp": float(d.max()),
+        "mean_dp": float(d.mean()),
+        "label_flips": int(((p8 >= thr) != (p32 >= thr)).sum()),
+        "n": len(st),
+    }
     hp = eng.calibrate(Engine._stamp_logits(eng, st))
     res["front_vs_host_max_dp"] = float(np.abs(hp - p32).max())
     return res
@@ -88,9 +92,16 @@ def end_to_end(base_src: Path, n: int, tmp: Path, rounds: int) -> dict:
     import pandas as pd
 
     from mergerscan.catalogs.read import read_table
+
     cat = read_table(SHARED / "sdss-gz-mergers" / "catalog.csv").iloc[:n]
-    df = pd.DataFrame({"objid": np.arange(len(cat), dtype=np.int64) + 10 ** 18, "ra": cat["ra"].astype(float),
-                       "dec": cat["dec"].astype(float), "path": cat["image"].astype(str)})
+    df = pd.DataFrame(
+        {
+            "objid": np.arange(len(cat), dtype=np.int64) + 10**18,
+            "ra": cat["ra"].astype(float),
+            "dec": cat["dec"].astype(float),
+            "path": cat["image"].astype(str),
+        }
+    )
     catalog = tmp / "images.fits"
     fitsio.write(str(catalog), df.to_records(index=False), clobber=True)
     out = {"n": n, "workers": 2, "threads_per_worker": 1, "base": [], "this": []}
@@ -99,23 +110,50 @@ def end_to_end(base_src: Path, n: int, tmp: Path, rounds: int) -> dict:
             o = tmp / f"out-{name}"
             shutil.rmtree(o, ignore_errors=True)
             t = time.perf_counter()
-            r = subprocess.run([sys.executable, "-m", "mergerscan.pipeline.cli", str(catalog), "--images",
-                                str(SHARED / "sdss-gz-mergers"), "--path-column", "path", "-o", str(o),
-                                "--workers", "2", "--threads-per-worker", "1", "--partition-rows", "250",
-                                "--no-progress", "--no-report"],
-                               capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(src)))
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "mergerscan.pipeline.cli",
+                    str(catalog),
+                    "--images",
+                    str(SHARED / "sdss-gz-mergers"),
+                    "--path-column",
+                    "path",
+                    "-o",
+                    str(o),
+                    "--workers",
+                    "2",
+                    "--threads-per-worker",
+                    "1",
+                    "--partition-rows",
+                    "250",
+                    "--no-progress",
+                    "--no-report",
+                ],
+                capture_output=True,
+                text=True,
+                env=dict(os.environ, PYTHONPATH=str(src)),
+            )
             wall = time.perf_counter() - t
             if r.returncode:
                 raise SystemExit(f"{name}: {r.stderr[-2000:]}")
             marks = [json.loads(f.read_text()) for f in (o / "_work" / "scored").glob("*.json")]
             t0, t1 = min(m["started"] for m in marks), max(m["finished"] for m in marks)
-            out[name].append({"wall_s": round(wall, 2), "objects_per_s_wall": round(n / wall, 2),
-                              "objects_per_s_scoring": round(n / (t1 - t0), 2)})
+            out[name].append(
+                {
+                    "wall_s": round(wall, 2),
+                    "objects_per_s_wall": round(n / wall, 2),
+                    "objects_per_s_scoring": round(n / (t1 - t0), 2),
+                }
+            )
             print(name, out[name][-1], flush=True)
     import pyarrow.parquet as pq
-    def rows(out: Path):      # every Parquet file under OUT/parquet: a flat dataset or a HATS catalog
+
+    def rows(out: Path):  # every Parquet file under OUT/parquet: a flat dataset or a HATS catalog
         files = sorted((out / "parquet").rglob("*.parquet"))
         return pd.concat([pq.read_table(f).to_pandas() for f in files]).sort_values("input_row")
+
     a, b = rows(tmp / "out-base"), rows(tmp / "out-this")
     ok = (a["status"].to_numpy() == "ok") & (b["status"].to_numpy() == "ok")
     out["same_status"] = bool((a["status"].to_numpy() == b["status"].to_numpy()).all())
@@ -136,8 +174,14 @@ def main():
     ap.add_argument("--out", default=str(result_path("side-by-side.json")))
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="side-by-side-"))
-    res = {"machine": {"cpu": cpu_model(), "nproc": os.cpu_count(), "python": platform.python_version(),
-                       "load_before": os.getloadavg()}}
+    res = {
+        "machine": {
+            "cpu": cpu_model(),
+            "nproc": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_before": os.getloadavg(),
+        }
+    }
     if not a.skip_engine:
         for th in (1, 2):
             res[f"engine_{th}_thread"] = engine_level(th, a.budget, tmp)

@@ -46,12 +46,27 @@ def main() -> None:
         cases.append((d, name))
         per_file[tc.get("classname", "").rsplit(".", 1)[0] if "." in tc.get("classname", "") else ""] += d
         kinds = {c.tag for c in tc}
-        key = "failed" if "failure" in kinds else "error" if "error" in kinds else "skipped" if "skipped" in kinds else "passed"
+        key = (
+            "failed"
+            if "failure" in kinds
+            else "error"
+            if "error" in kinds
+            else "skipped"
+            if "skipped" in kinds
+            else "passed"
+        )
         counts[key] += 1
     res = {
         "label": a.label,
-        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
-        "machine": {"cpu": cpu_model(), "nproc": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg()},
+        "git": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip(),
+        "machine": {
+            "cpu": cpu_model(),
+            "nproc": os.cpu_count(),
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
+        },
         "pytest_rc": r.returncode,
         "wall_s": round(wall, 1),
         "counts": counts,

@@ -35,9 +35,13 @@ def stamps(n: int) -> tuple[np.ndarray, np.ndarray, str]:
         import pandas as pd
 
         from mergerscan.training.data import decode_stamps
+
         cat = pd.read_csv(SHARED / "catalog.csv").sample(n, random_state=0)
-        return (decode_stamps([str(SHARED / p) for p in cat["image"]]), cat["is_merger"].to_numpy(),
-                f"{n} real SDSS JPEG stamps (256 px) from {SHARED.name}")
+        return (
+            decode_stamps([str(SHARED / p) for p in cat["image"]]),
+            cat["is_merger"].to_numpy(),
+            f"{n} real SDSS JPEG stamps (256 px) from {SHARED.name}",
+        )
     rng = np.random.default_rng(0)
     return rng.integers(0, 255, (n, 256, 256, 3), dtype=np.uint8), np.arange(n) % 2, f"{n} random stamps"
 
@@ -48,8 +52,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--block", type=int, default=4, help="batches per timed block")
-    ap.add_argument("--budget-s", type=float, default=300,
-                    help="total seconds from start: no A/B pair is started that would end past it")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=300,
+        help="total seconds from start: no A/B pair is started that would end past it",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bf16", default="auto", choices=["auto", "on", "off"])
     ap.add_argument("--out", default=str(HERE / "results" / "train-speed.json"))
@@ -86,7 +94,7 @@ def main(argv=None) -> dict:
     idx = np.arange(len(data))
 
     def block_a(batches):
-        for b in batches:                                    # the old loop, verbatim in effect
+        for b in batches:  # the old loop, verbatim in effect
             raw = torch.from_numpy(np.asarray(data[b]))
             x = torch.from_numpy(prepare_batch(augment(raw, gen).numpy(), spec))
             y = torch.from_numpy(labels[b].astype(np.float32))
@@ -97,7 +105,7 @@ def main(argv=None) -> dict:
             train_step(net_b, opt_b, x, y, pos_weight, bf16=bf16)
 
     def batches_for(k):
-        return epoch_batches(idx, a.batch_size, 0, 0, k)[:a.block]
+        return epoch_batches(idx, a.batch_size, 0, 0, k)[: a.block]
 
     # preparation alone, and one untimed warm-up step per path (oneDNN primitive creation)
     t = time.perf_counter()
@@ -109,24 +117,40 @@ def main(argv=None) -> dict:
 
     def summary(blocks):
         rate = {p: [b["img_per_s"] for b in blocks if b["path"] == p] for p in "AB"}
-        total = {p: sum(b["images"] for b in blocks if b["path"] == p) / sum(b["seconds"] for b in blocks if b["path"] == p)
-                 for p in "AB"}
+        total = {
+            p: sum(b["images"] for b in blocks if b["path"] == p) / sum(b["seconds"] for b in blocks if b["path"] == p)
+            for p in "AB"
+        }
         flags = cpu_flags()
         res = {
             "benchmark": "training step throughput (augment + preprocess + forward + backward + SGD step)",
             "command": " ".join(shlex.quote(x) for x in [sys.executable, *sys.argv]),
-            "cpu": cpu_model(), "cores": os.cpu_count(), "threads": a.threads,
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "threads": a.threads,
             "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma"))),
-            "cpu_has_bf16": cpu_has_bf16(flags), "bf16_used": bf16, "torch": torch.__version__,
+            "cpu_has_bf16": cpu_has_bf16(flags),
+            "bf16_used": bf16,
+            "torch": torch.__version__,
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
-            "arch": a.arch, "input_size": a.size, "batch_size": a.batch_size, "batches_per_block": a.block,
-            "data": what, "prep_seconds_per_batch": round(prep_s, 3),
+            "arch": a.arch,
+            "input_size": a.size,
+            "batch_size": a.batch_size,
+            "batches_per_block": a.block,
+            "data": what,
+            "prep_seconds_per_batch": round(prep_s, 3),
             "A": "before: augmentation + preprocessing in the main thread, fp32",
             "B": "after: BatchLoader thread (prefetch 2)" + (", bf16 autocast + channels_last" if bf16 else ", fp32"),
             "blocks": blocks,
-            "img_per_s": {p: {"median_block": round(statistics.median(rate[p]), 3), "overall": round(total[p], 3),
-                              "blocks": len(rate[p])} for p in "AB"},
+            "img_per_s": {
+                p: {
+                    "median_block": round(statistics.median(rate[p]), 3),
+                    "overall": round(total[p], 3),
+                    "blocks": len(rate[p]),
+                }
+                for p in "AB"
+            },
             "speedup_overall": round(total["B"] / total["A"], 4),
         }
         res["wall_seconds"] = round(time.perf_counter() - t_start, 1)
@@ -137,19 +161,20 @@ def main(argv=None) -> dict:
     while k < 1 or time.perf_counter() - t_start + pair_s < a.budget_s:
         t_pair = time.perf_counter()
         order = (("A", block_a), ("B", lambda bs, k=k: block_b(bs, k)))
-        for path, fn in order if k % 2 == 0 else order[::-1]:      # ABBAAB...: no side always first
+        for path, fn in order if k % 2 == 0 else order[::-1]:  # ABBAAB...: no side always first
             bs = batches_for(k)
             t = time.perf_counter()
             fn(bs)
             dt = time.perf_counter() - t
             n = sum(len(b) for b in bs)
-            blocks.append({"path": path, "batches": len(bs), "images": n, "seconds": round(dt, 3),
-                           "img_per_s": round(n / dt, 3)})
+            blocks.append(
+                {"path": path, "batches": len(bs), "images": n, "seconds": round(dt, 3), "img_per_s": round(n / dt, 3)}
+            )
             print(json.dumps(blocks[-1]), flush=True)
         pair_s = time.perf_counter() - t_pair
         k += 1
         res = summary(blocks)
-        atomic_write_json(a.out, res, indent=1)          # after every pair: a kill keeps what was measured
+        atomic_write_json(a.out, res, indent=1)  # after every pair: a kill keeps what was measured
     print(json.dumps(res["img_per_s"]), "speed-up", res["speedup_overall"])
     return res
 

@@ -39,9 +39,16 @@ from mergerscan.cutouts.preprocess import STRETCH_DEFAULT, PreprocessSpec
 from mergerscan.training.stretch import MEAN_WEIGHT, SMOOTH, fit, phase_shift, render, smooth, stretch_of
 
 OBJ = dict(id="M2843", ra=229.52556, dec=42.745853, field="3918-3-213")
-DIHEDRAL = {"identity": lambda a: a, "flip_ud": np.flipud, "flip_lr": np.fliplr,
-            "rot180": lambda a: np.rot90(a, 2), "rot90": np.rot90, "rot270": lambda a: np.rot90(a, 3),
-            "transpose": lambda a: np.swapaxes(a, 0, 1), "anti_transpose": lambda a: np.swapaxes(np.rot90(a, 2), 0, 1)}
+DIHEDRAL = {
+    "identity": lambda a: a,
+    "flip_ud": np.flipud,
+    "flip_lr": np.fliplr,
+    "rot180": lambda a: np.rot90(a, 2),
+    "rot90": np.rot90,
+    "rot270": lambda a: np.rot90(a, 3),
+    "transpose": lambda a: np.swapaxes(a, 0, 1),
+    "anti_transpose": lambda a: np.swapaxes(np.rot90(a, 2), 0, 1),
+}
 
 
 def lum(bands):
@@ -54,12 +61,17 @@ def compare(stamp, jpg) -> dict:
     out = {}
     for c, name in enumerate("RGB"):
         a, b = s[..., c], j[..., c]
-        out[name] = {"mean": [round(a.mean(), 2), round(b.mean(), 2)],
-                     "p50_p90_p99_p99.9": [np.percentile(a, [50, 90, 99, 99.9]).round(1).tolist(),
-                                           np.percentile(b, [50, 90, 99, 99.9]).round(1).tolist()],
-                     "corr": round(float(np.corrcoef(a.ravel(), b.ravel())[0, 1]), 4),
-                     "corr_smoothed": round(float(np.corrcoef(gaussian_filter(a, SMOOTH).ravel(),
-                                                              gaussian_filter(b, SMOOTH).ravel())[0, 1]), 4)}
+        out[name] = {
+            "mean": [round(a.mean(), 2), round(b.mean(), 2)],
+            "p50_p90_p99_p99.9": [
+                np.percentile(a, [50, 90, 99, 99.9]).round(1).tolist(),
+                np.percentile(b, [50, 90, 99, 99.9]).round(1).tolist(),
+            ],
+            "corr": round(float(np.corrcoef(a.ravel(), b.ravel())[0, 1]), 4),
+            "corr_smoothed": round(
+                float(np.corrcoef(gaussian_filter(a, SMOOTH).ravel(), gaussian_filter(b, SMOOTH).ravel())[0, 1]), 4
+            ),
+        }
     out["corr_all"] = round(float(np.corrcoef(s.ravel(), j.ravel())[0, 1]), 4)
     out["mean_abs_diff"] = round(float(np.abs(s - j).mean()), 2)
     return out
@@ -106,30 +118,42 @@ def main():
     res["orientation_best"] = max(res["orientation_corr"], key=res["orientation_corr"].get)
     dy, dx = phase_shift(L, np.arcsinh(J / 10))
     per_band = {b: phase_shift(np.arcsinh(bands[c] / 0.02), jpg[..., c]) for c, b in enumerate(spec0.channels)}
-    res["offset_px"] = {"dy_row_south": round(dy, 2), "dx_col_west": round(dx, 2),
-                        "arcsec": round(float(np.hypot(dy, dx) * spec0.pixel_scale), 3),
-                        "per_band": {b: [round(v, 2) for v in s] for b, s in per_band.items()},
-                        "meaning": "frame cutout = JPEG shifted by (dy, dx) px"}
+    res["offset_px"] = {
+        "dy_row_south": round(dy, 2),
+        "dx_col_west": round(dx, 2),
+        "arcsec": round(float(np.hypot(dy, dx) * spec0.pixel_scale), 3),
+        "per_band": {b: [round(v, 2) for v in s] for b, s in per_band.items()},
+        "meaning": "frame cutout = JPEG shifted by (dy, dx) px",
+    }
     ra1, dec1 = shifted(OBJ["ra"], OBJ["dec"], dy, dx, spec0.pixel_scale)
     aligned, _, _ = src.band_stamps(ra1, dec1)
     res["offset_after_recentring_px"] = [round(v, 2) for v in phase_shift(lum(aligned), np.arcsinh(J / 10))]
 
     # the fit (on the re-centred cutout), and a 2-fold checkerboard cross-validation
     p, loss = fit(aligned, jpg)
-    res["fit"] = {"scales_irg": [round(p[0], 4), 1.0, round(p[1], 4)], "Q": round(p[2], 3),
-                  "stretch": round(p[3], 4), "minimum": round(p[4], 5), "loss": round(loss, 3),
-                  "objective": f"mean sq. residual of {SMOOTH}-px-smoothed pixels + {MEAN_WEIGHT} x sum of "
-                               "squared per-channel mean residuals; scale_r fixed at 1 (degenerate with stretch)"}
-    yy, xx = np.mgrid[:jpg.shape[0], :jpg.shape[1]]
+    res["fit"] = {
+        "scales_irg": [round(p[0], 4), 1.0, round(p[1], 4)],
+        "Q": round(p[2], 3),
+        "stretch": round(p[3], 4),
+        "minimum": round(p[4], 5),
+        "loss": round(loss, 3),
+        "objective": f"mean sq. residual of {SMOOTH}-px-smoothed pixels + {MEAN_WEIGHT} x sum of "
+        "squared per-channel mean residuals; scale_r fixed at 1 (degenerate with stretch)",
+    }
+    yy, xx = np.mgrid[: jpg.shape[0], : jpg.shape[1]]
     checker = ((yy // 32 + xx // 32) % 2) == 0
     cv = []
     for fold in (checker, ~checker):
         pf, _ = fit(aligned, jpg, mask=fold, starts=((8, 0.4), (p[2], p[3])))
         o = render(aligned, pf)
         held = ~fold
-        cv.append({"params": [round(v, 4) for v in pf],
-                   "heldout_corr_smoothed": corr(smooth(o)[held], smooth(jpg)[held]),
-                   "heldout_mean_diff": (o[held].mean(0) - jpg[held].mean(0)).round(2).tolist()})
+        cv.append(
+            {
+                "params": [round(v, 4) for v in pf],
+                "heldout_corr_smoothed": corr(smooth(o)[held], smooth(jpg)[held]),
+                "heldout_mean_diff": (o[held].mean(0) - jpg[held].mean(0)).round(2).tolist(),
+            }
+        )
     res["crossval_checkerboard"] = cv
 
     stretch = stretch_of(p)
@@ -149,13 +173,20 @@ def main():
     buf = io.BytesIO()
     Image.fromarray(st[0]).save(buf, "JPEG", quality=75)
     rt = np.asarray(Image.open(buf), float)
-    lag1 = lambda a: round(float(np.mean([np.corrcoef(a[bg][..., c][:, :-1].ravel(), a[bg][..., c][:, 1:].ravel())[0, 1]
-                                          for c in range(3)])), 3)
-    res["background_noise"] = {"region": "rows 0-59, cols 180-255",
-                               "lag1_autocorr": {"jpeg": lag1(jpg), "cutout": lag1(st[0].astype(float)),
-                                                 "cutout_jpeg_q75": lag1(rt)},
-                               "median_rgb": {"jpeg": np.median(jpg[bg], axis=(0, 1)).tolist(),
-                                              "cutout": np.median(st[0][bg], axis=(0, 1)).tolist()}}
+    lag1 = lambda a: round(
+        float(
+            np.mean([np.corrcoef(a[bg][..., c][:, :-1].ravel(), a[bg][..., c][:, 1:].ravel())[0, 1] for c in range(3)])
+        ),
+        3,
+    )
+    res["background_noise"] = {
+        "region": "rows 0-59, cols 180-255",
+        "lag1_autocorr": {"jpeg": lag1(jpg), "cutout": lag1(st[0].astype(float)), "cutout_jpeg_q75": lag1(rt)},
+        "median_rgb": {
+            "jpeg": np.median(jpg[bg], axis=(0, 1)).tolist(),
+            "cutout": np.median(st[0][bg], axis=(0, 1)).tolist(),
+        },
+    }
     # held-out objects: compare, never fit
     held = []
     for i, ra, dec, _fields in inside:
@@ -172,12 +203,30 @@ def main():
     Image.fromarray(np.concatenate([st[0], gap, jpg.astype(np.uint8), gap, diff], 1)).save(out / "m2843_compare.png")
     res["seconds"] = round(time.perf_counter() - t0, 1)
     write_result(out / "calibrate_stretch.json", res)
-    print(json.dumps({k: res[k] for k in ("orientation_best", "offset_px", "fit", "crossval_checkerboard",
-                                            "match_production", "heldout_objects")}, indent=1, default=float))
+    print(
+        json.dumps(
+            {
+                k: res[k]
+                for k in (
+                    "orientation_best",
+                    "offset_px",
+                    "fit",
+                    "crossval_checkerboard",
+                    "match_production",
+                    "heldout_objects",
+                )
+            },
+            indent=1,
+            default=float,
+        )
+    )
     if a.write:
         from mergerscan.engines import resolve_engine_path
         from mergerscan.training.stretch import write_stretch
-        print("wrote", write_stretch(resolve_engine_path(a.engine), a.write, stretch), "with stretch", json.dumps(stretch))
+
+        print(
+            "wrote", write_stretch(resolve_engine_path(a.engine), a.write, stretch), "with stretch", json.dumps(stretch)
+        )
 
 
 if __name__ == "__main__":

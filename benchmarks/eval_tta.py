@@ -34,8 +34,10 @@ def main():
         res = calibrate_engine(a.engine, catalog, a.write or Path(tmp) / "calibrated.onnx", threads=a.threads)
     for n in (1, 2, 4, 8):
         r, mt = res[f"views_{n}"], res[f"views_{n}"]["test"]
-        print(f"{n} view(s): val macro F1 {r['val_macro_f1']:.4f} | test macro F1 {mt['macro']['f1']:.4f} "
-              f"F1(merger) {mt['merger']['f1']:.4f} ROC-AUC {mt['roc_auc']:.4f} P@2% {mt['precision_at_2pct']:.3f}")
+        print(
+            f"{n} view(s): val macro F1 {r['val_macro_f1']:.4f} | test macro F1 {mt['macro']['f1']:.4f} "
+            f"F1(merger) {mt['merger']['f1']:.4f} ROC-AUC {mt['roc_auc']:.4f} P@2% {mt['precision_at_2pct']:.3f}"
+        )
     write_result(a.out or result_path(f"tta-{res['engine']}.json"), res)
     if a.write:
         print(f"wrote {a.write}: default {res['default_views']} view(s)")

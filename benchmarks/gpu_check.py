@@ -67,6 +67,7 @@ class Clock:
 
     def per_call(self, fn, reps: int, warmup: int = 2) -> float:
         import torch
+
         for _ in range(warmup):
             fn()
         if self.cuda:
@@ -86,10 +87,12 @@ class Clock:
 
 def load_stamps(folder: Path, n: int) -> np.ndarray:
     from PIL import Image
+
     files = sorted(folder.glob("*.jpg"))[:n]
     if not files:
-        raise SystemExit(f"gpu_check: no stamps in {folder}: run benchmarks/pack_gpu_check_data.py first "
-                         "(and carry .gpu-check-data)")
+        raise SystemExit(
+            f"gpu_check: no stamps in {folder}: run benchmarks/pack_gpu_check_data.py first (and carry .gpu-check-data)"
+        )
     return np.stack([np.asarray(Image.open(f).convert("RGB"), np.uint8) for f in files])
 
 
@@ -99,6 +102,7 @@ def tile(stamps: np.ndarray, n: int) -> np.ndarray:
 
 def autocast(device: str, precision: str):
     import torch
+
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None)
 
@@ -106,25 +110,28 @@ def autocast(device: str, precision: str):
 def set_precision(precision: str, cuda: bool):
     if cuda:
         from mergerscan.engines.torch import set_tf32
+
         set_tf32(precision == "tf32")
 
 
 # ------------------------------------------------------------------ sections
 def peak(rep, dev, clock, a):
     import torch
+
     n = 8192 if clock.cuda else 512
     for p in DTYPES if clock.cuda else ("fp32",):
         set_precision(p, clock.cuda)
         dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p, torch.float32)
         x, y = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
         s = clock.per_call(lambda: x @ y, reps=20 if clock.cuda else 2, warmup=2)  # noqa: B023 - called within this iteration
-        rep.put("peak", p, {"n": n, "tflops": 2 * n ** 3 / s / 1e12})
+        rep.put("peak", p, {"n": n, "tflops": 2 * n**3 / s / 1e12})
     set_precision("fp32", clock.cuda)
 
 
 def flops_per_image(net, size: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         net(torch.zeros(1, 3, size, size))
     return float(fc.get_total_flops())
@@ -152,9 +159,11 @@ def ceiling(rep, dev, clock, a, net_cpu, info, stamps, cap):
                 return
             set_precision(p, clock.cuda)
             try:
+
                 def fwd():
                     with torch.no_grad(), autocast(dev, p):  # noqa: B023 - called within this iteration
                         return net(x).float()  # noqa: B023 - called within this iteration
+
                 if clock.cuda:
                     side = torch.cuda.Stream()
                     side.wait_stream(torch.cuda.current_stream())
@@ -171,10 +180,19 @@ def ceiling(rep, dev, clock, a, net_cpu, info, stamps, cap):
                 else:
                     eager = sec = clock.per_call(fwd, reps=1, warmup=1)
                 peak_tf = rep.doc["sections"].get("peak", {}).get(p, {}).get("tflops")
-                rep.put("ceiling", f"{p}-b{b}", {
-                    "batch": b, "precision": p, "cuda_graph": clock.cuda, "images_per_s": b / sec,
-                    "eager_images_per_s": b / eager, "tflops": gflop * b / sec / 1e3,
-                    "fraction_of_peak": (gflop * b / sec / 1e3 / peak_tf) if peak_tf else None})
+                rep.put(
+                    "ceiling",
+                    f"{p}-b{b}",
+                    {
+                        "batch": b,
+                        "precision": p,
+                        "cuda_graph": clock.cuda,
+                        "images_per_s": b / sec,
+                        "eager_images_per_s": b / eager,
+                        "tflops": gflop * b / sec / 1e3,
+                        "fraction_of_peak": (gflop * b / sec / 1e3 / peak_tf) if peak_tf else None,
+                    },
+                )
             except Exception as exc:
                 rep.put("ceiling", f"{p}-b{b}", {"error": f"{type(exc).__name__}: {str(exc)[:300]}"})
                 if clock.cuda:
@@ -184,14 +202,17 @@ def ceiling(rep, dev, clock, a, net_cpu, info, stamps, cap):
 
 def h2d(rep, dev, clock, a, info):
     import torch
+
     if not clock.cuda:
         rep.put("h2d", "skipped", "no CUDA device (pinned memory and host-to-device copies need one)")
         return
-    b = a.batches[-1]                      # images per call
+    b = a.batches[-1]  # images per call
     h = info.spec.stamp_pixels
     s = info.spec.input_size
-    for what, shape, dt in (("uint8_stamps", (b // 8, h, h, 3), torch.uint8),
-                            ("float32_views", (b, 3, s, s), torch.float32)):
+    for what, shape, dt in (
+        ("uint8_stamps", (b // 8, h, h, 3), torch.uint8),
+        ("float32_views", (b, 3, s, s), torch.float32),
+    ):
         host = torch.zeros(shape, dtype=dt)
         pinned = host.pin_memory()
         dst = torch.empty(shape, dtype=dt, device=dev)
@@ -214,34 +235,52 @@ def host_paths(rep, dev, clock, a, stamps, cap):
             return
         eng = load_engine(None, backend=backend, precision=p, compile=False, threads=a.threads)
         x = tile(stamps, per_call)
-        eng.predict(x)                                      # graphs captured, buffers made
+        eng.predict(x)  # graphs captured, buffers made
         n, t = 0, time.perf_counter()
         while time.perf_counter() - t < (10 if clock.cuda else 0.5) or n == 0:
             eng.predict(x)
             n += len(x)
         rate = n / (time.perf_counter() - t)
         ceil = rep.doc["sections"].get("ceiling", {}).get(f"{p}-b{a.batches[-1]}", {}).get("images_per_s")
-        rep.put("host", f"engine-{p}", {"views": eng.info.views, "stamps_per_call": per_call,
-                                        "objects_per_s": rate, "images_per_s": rate * eng.info.views,
-                                        "busy_fraction": rate * eng.info.views / ceil if ceil else None})
+        rep.put(
+            "host",
+            f"engine-{p}",
+            {
+                "views": eng.info.views,
+                "stamps_per_call": per_call,
+                "objects_per_s": rate,
+                "images_per_s": rate * eng.info.views,
+                "busy_fraction": rate * eng.info.views / ceil if ceil else None,
+            },
+        )
         threads = 16 if clock.cuda else 2
         shared = SharedBatchEngine(eng, batch=4 * per_call)
         counts, stop = [0] * threads, time.perf_counter() + (10 if clock.cuda else 0.5)
 
         def work(k):
-            y = tile(stamps[k % len(stamps):], per_call // 2 or 1)
+            y = tile(stamps[k % len(stamps) :], per_call // 2 or 1)
             while time.perf_counter() < stop:  # noqa: B023 - called within this iteration
                 shared.predict(y)  # noqa: B023 - called within this iteration
                 counts[k] += len(y)  # noqa: B023 - called within this iteration
+
         t = time.perf_counter()
         ts = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
         [th.start() for th in ts]
         [th.join() for th in ts]
         rate = sum(counts) / (time.perf_counter() - t)
-        rep.put("host", f"shared-{p}", {"threads": threads, "views": eng.info.views, "objects_per_s": rate,
-                                        "images_per_s": rate * eng.info.views, "engine_calls": shared.calls,
-                                        "requests": shared.requests,
-                                        "busy_fraction": rate * eng.info.views / ceil if ceil else None})
+        rep.put(
+            "host",
+            f"shared-{p}",
+            {
+                "threads": threads,
+                "views": eng.info.views,
+                "objects_per_s": rate,
+                "images_per_s": rate * eng.info.views,
+                "engine_calls": shared.calls,
+                "requests": shared.requests,
+                "busy_fraction": rate * eng.info.views / ceil if ceil else None,
+            },
+        )
         shared.close()
 
 
@@ -251,10 +290,17 @@ def parity(rep, dev, clock, a, stamps, cap):
     ref_eng = load_engine(None, backend="onnxruntime", threads=a.threads)
     ref = ref_eng.predict(stamps).astype(np.float64)
     thr = ref_eng.info.threshold
-    rep.put("parity", "reference", {"backend": "onnxruntime CPU fp32", "stamps": len(stamps), "views": ref_eng.info.views})
-    paths = ([("torch-cuda", p, {"compile": False}) for p in DTYPES] +
-             [("torch-cuda", "fp32", {"compile": False, "cuda_graphs": False})]) if clock.cuda else \
-        [("torch", "fp32", {})]
+    rep.put(
+        "parity", "reference", {"backend": "onnxruntime CPU fp32", "stamps": len(stamps), "views": ref_eng.info.views}
+    )
+    paths = (
+        (
+            [("torch-cuda", p, {"compile": False}) for p in DTYPES]
+            + [("torch-cuda", "fp32", {"compile": False, "cuda_graphs": False})]
+        )
+        if clock.cuda
+        else [("torch", "fp32", {})]
+    )
     t_end = time.monotonic() + cap
     for backend, p, opts in paths:
         name = f"{backend}:{p}" + ("" if opts.get("cuda_graphs", True) else "-no-graphs")
@@ -265,10 +311,17 @@ def parity(rep, dev, clock, a, stamps, cap):
             got = load_engine(None, backend=backend, precision=p, threads=a.threads, **opts).predict(stamps)
             d = np.abs(got - ref)
             mx, mean = TOL[p]
-            rep.put("parity", name, {"max_dp": float(d.max()), "mean_dp": float(d.mean()),
-                                     "label_flips": int(((got >= thr) != (ref >= thr)).sum()),
-                                     "within_tolerance": bool(d.max() <= mx and d.mean() <= mean),
-                                     "tolerance": [mx, mean]})
+            rep.put(
+                "parity",
+                name,
+                {
+                    "max_dp": float(d.max()),
+                    "mean_dp": float(d.mean()),
+                    "label_flips": int(((got >= thr) != (ref >= thr)).sum()),
+                    "within_tolerance": bool(d.max() <= mx and d.mean() <= mean),
+                    "tolerance": [mx, mean],
+                },
+            )
         except Exception as exc:
             rep.put("parity", name, {"error": f"{type(exc).__name__}: {str(exc)[:300]}"})
 
@@ -291,8 +344,14 @@ def front(rep, dev, clock, a, info, stamps):
         dev_s = clock.per_call(lambda: f(x), reps=20 if clock.cuda else 2)
     diff = float(np.abs(got - ref).max())
     rep.put("front", "parity", {"stamps": len(stamps), "views": 8, "max_abs_diff": diff, "within_1e-5": diff <= 1e-5})
-    rep.put("front", "time", {"device_ms_per_stamp": dev_s * 1e3 / len(stamps),
-                              "host_prepare_batch_ms_per_stamp": host_s * 1e3 / len(stamps)})
+    rep.put(
+        "front",
+        "time",
+        {
+            "device_ms_per_stamp": dev_s * 1e3 / len(stamps),
+            "host_prepare_batch_ms_per_stamp": host_s * 1e3 / len(stamps),
+        },
+    )
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
@@ -328,14 +387,18 @@ def compile_times(rep, dev, clock, a, cap):
             rep.put("compile", mode, {"skipped": f"time cap {cap:.0f} s reached"})
             continue
         timeout = min(left, a.compile_timeout)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--compile-one", mode,
-               "--batch", str(a.batches[0])] + ([] if clock.cuda else ["--cpu"])
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--compile-one", mode, "--batch", str(a.batches[0])] + (
+            [] if clock.cuda else ["--cpu"]
+        )
         t = time.monotonic()
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ)
             line = (r.stdout.strip().splitlines() or [""])[-1]
-            res = json.loads(line) if r.returncode == 0 and line.startswith("{") else \
-                {"error": (r.stderr.strip().splitlines() or ["?"])[-1][:300]}
+            res = (
+                json.loads(line)
+                if r.returncode == 0 and line.startswith("{")
+                else {"error": (r.stderr.strip().splitlines() or ["?"])[-1][:300]}
+            )
         except subprocess.TimeoutExpired:
             res = {"timeout_s": round(timeout, 1)}
         res["wall_s"] = round(time.monotonic() - t, 2)
@@ -367,31 +430,51 @@ def main(argv=None) -> int:
         return 0
     a.batches = [int(b) for b in (a.batches or ("256,512,1024" if cuda else "4")).split(",")]
     caps = [float(c) for c in a.caps.split(",")]
-    if a.cpu:          # the dry run checks that every section runs, in seconds; figures mean nothing
+    if a.cpu:  # the dry run checks that every section runs, in seconds; figures mean nothing
         caps, a.compile_timeout = [min(c, 15.0) for c in caps], min(a.compile_timeout, 10.0)
         a.threads = 1
     dev = "cuda" if cuda else "cpu"
     name = torch.cuda.get_device_name() if cuda else cpu_model()
-    out = Path(a.out) if a.out else REPO / "benchmarks" / "results" / \
-        f"gpu-check-{''.join(c if c.isalnum() else '-' for c in name.lower()).strip('-')}.json"
+    out = (
+        Path(a.out)
+        if a.out
+        else REPO
+        / "benchmarks"
+        / "results"
+        / f"gpu-check-{''.join(c if c.isalnum() else '-' for c in name.lower()).strip('-')}.json"
+    )
     import onnxruntime
-    rep = Report(out, {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
-                       "onnxruntime": onnxruntime.__version__, "cpu_dry_run": a.cpu, "host": platform.node(),
-                       "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+    rep = Report(
+        out,
+        {
+            "device": name,
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "onnxruntime": onnxruntime.__version__,
+            "cpu_dry_run": a.cpu,
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
     if not cuda:
         torch.set_num_threads(a.threads)
     from mergerscan.engines.torch import rebuild_model
+
     stamps = load_stamps(Path(a.data), a.stamps if cuda else min(a.stamps, 2))
     net_cpu, info = rebuild_model(REPO / "src" / "mergerscan" / "data" / "default.onnx")
     clock = Clock(cuda)
     t0 = time.monotonic()
-    for name_, fn in (("peak", lambda: peak(rep, dev, clock, a)),
-                      ("ceiling", lambda: ceiling(rep, dev, clock, a, net_cpu, info, stamps, caps[0])),
-                      ("h2d", lambda: h2d(rep, dev, clock, a, info)),
-                      ("host", lambda: host_paths(rep, dev, clock, a, stamps, caps[1])),
-                      ("parity", lambda: parity(rep, dev, clock, a, stamps, caps[2])),
-                      ("front", lambda: front(rep, dev, clock, a, info, stamps)),
-                      ("compile", lambda: compile_times(rep, dev, clock, a, caps[3]))):
+    for name_, fn in (
+        ("peak", lambda: peak(rep, dev, clock, a)),
+        ("ceiling", lambda: ceiling(rep, dev, clock, a, net_cpu, info, stamps, caps[0])),
+        ("h2d", lambda: h2d(rep, dev, clock, a, info)),
+        ("host", lambda: host_paths(rep, dev, clock, a, stamps, caps[1])),
+        ("parity", lambda: parity(rep, dev, clock, a, stamps, caps[2])),
+        ("front", lambda: front(rep, dev, clock, a, info, stamps)),
+        ("compile", lambda: compile_times(rep, dev, clock, a, caps[3])),
+    ):
         t = time.monotonic()
         try:
             fn()

@@ -29,8 +29,7 @@ def pack(out: Path, n: int = 64, source: Path = SHARED) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     for f in chosen:
         shutil.copyfile(f, out / f.name)
-    (out / "manifest.json").write_text(json.dumps({"source": str(source), "files": [f.name for f in chosen]},
-                                                  indent=1))
+    (out / "manifest.json").write_text(json.dumps({"source": str(source), "files": [f.name for f in chosen]}, indent=1))
     return [f.name for f in chosen]
 
 
@@ -41,7 +40,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     names = pack(Path(a.out), a.n)
     size = sum((Path(a.out) / f).stat().st_size for f in names)
-    print(f"pack_gpu_check_data: {len(names)} stamps, {size / 2 ** 20:.2f} MiB -> {a.out}", file=sys.stderr)
+    print(f"pack_gpu_check_data: {len(names)} stamps, {size / 2**20:.2f} MiB -> {a.out}", file=sys.stderr)
     return 0
 
 

@@ -40,15 +40,33 @@ def main():
     cat = read_table(GZ / "catalog.csv")
     objid = cat["objid"].to_numpy(np.int64).copy()
     objid[objid < 0] = 9_000_000_000_000_000_000 + np.flatnonzero(objid < 0)
-    df = pd.DataFrame({"objID": objid, "ra": cat["ra"].to_numpy(float), "dec": cat["dec"].to_numpy(float),
-                       "label": cat["is_merger"].to_numpy(np.int16), "path": cat["image"].astype(str)})
+    df = pd.DataFrame(
+        {
+            "objID": objid,
+            "ra": cat["ra"].to_numpy(float),
+            "dec": cat["dec"].to_numpy(float),
+            "label": cat["is_merger"].to_numpy(np.int16),
+            "path": cat["image"].astype(str),
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "gz.fits"
         fitsio.write(str(path), df.to_records(index=False), clobber=True)
         t = time.perf_counter()
-        s = run(ProcessArguments(catalog=str(path), output=str(Path(tmp) / "out"), images=str(GZ), engine=a.engine,
-                                 workers=a.workers, threads_per_worker=1, keep_columns=["label", "path"],
-                                 progress=False, command="score_shared_images", report=False))
+        s = run(
+            ProcessArguments(
+                catalog=str(path),
+                output=str(Path(tmp) / "out"),
+                images=str(GZ),
+                engine=a.engine,
+                workers=a.workers,
+                threads_per_worker=1,
+                keep_columns=["label", "path"],
+                progress=False,
+                command="score_shared_images",
+                report=False,
+            )
+        )
         wall = time.perf_counter() - t
         got = pq.read_table(Path(tmp) / "out" / "parquet").to_pandas().sort_values("input_row")
     assert len(got) == len(df) == s["rows"]
@@ -57,8 +75,14 @@ def main():
     t = D.with_splits(D.read_labelled_catalog(GZ / "catalog.csv"))
     split_of = dict(zip(t["id"], t["split"]))
     split = np.array([split_of.get(i) for i in cat["id"]]) if "id" in cat else None
-    res = {"engine": s.get("engine"), "threshold": s["threshold"], "rows": s["rows"], "scored": s["scored"],
-           "wall_s": round(wall, 1), "all": ev.summarize(y, p, s["threshold"])}
+    res = {
+        "engine": s.get("engine"),
+        "threshold": s["threshold"],
+        "rows": s["rows"],
+        "scored": s["scored"],
+        "wall_s": round(wall, 1),
+        "all": ev.summarize(y, p, s["threshold"]),
+    }
     if split is not None:
         test = split == "test"
         res["test"] = ev.summarize(y[test], p[test], s["threshold"])

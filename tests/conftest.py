@@ -44,6 +44,7 @@ def frames_dir() -> Path:
 def real_stamps(gz_dir):
     """The first 24 shared JPEG stamps (sorted by name), decoded to uint8 (N, 256, 256, 3)."""
     from mergerscan.training.data import decode_stamps
+
     files = sorted(gz_dir.glob("images/*.jpg"))[:24]
     if len(files) < 24:
         pytest.skip(f"needs 24 JPEGs in {gz_dir}/images")
@@ -55,8 +56,9 @@ def dask_client():
     """One real distributed LocalCluster for the whole test session (2 workers x 1 thread)."""
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                           memory_limit="4GiB")
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="4GiB"
+    )
     client = Client(cluster)
     yield client
     client.close()
@@ -78,6 +80,7 @@ def cheap_engine(tmp_path_factory) -> Path:
         from torch import nn
     except ImportError:
         from mergerscan.engines import default_engine_path
+
         return default_engine_path()
     from mergerscan.cutouts.preprocess import PreprocessSpec, prepare_batch
     from mergerscan.training.export import export_onnx
@@ -85,9 +88,15 @@ def cheap_engine(tmp_path_factory) -> Path:
     class TinyMergerNet(nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-                                     nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-                                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 1))
+            self.net = nn.Sequential(
+                nn.Conv2d(3, 8, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(16, 1),
+            )
 
         def forward(self, x):
             return self.net(x)[:, 0]
@@ -105,10 +114,17 @@ def cheap_engine(tmp_path_factory) -> Path:
         head = net.net[-1]
         head.weight.div_(z.std())
         head.bias.sub_(z.mean()).div_(z.std())
-    card = {"name": CHEAP_ENGINE_NAME, "arch": "tiny_cnn", "init": "random", "input_size": 32,
-            "threshold": 0.5, "temperature": 1.0, "views": 1,
-            "by_views": {"1": {"temperature": 1.0, "threshold": 0.5}},
-            "labels": "none: random weights, for tests of everything but the model's quality"}
+    card = {
+        "name": CHEAP_ENGINE_NAME,
+        "arch": "tiny_cnn",
+        "init": "random",
+        "input_size": 32,
+        "threshold": 0.5,
+        "temperature": 1.0,
+        "views": 1,
+        "by_views": {"1": {"temperature": 1.0, "threshold": 0.5}},
+        "labels": "none: random weights, for tests of everything but the model's quality",
+    }
     return export_onnx(net, spec, card, tmp_path_factory.mktemp("cheap-engine") / "tiny-cnn-32px.onnx")
 
 
@@ -145,8 +161,9 @@ def two_patch_catalog(n: int, seed: int, width: float, id_step: int) -> pd.DataF
     ra = np.r_[rng.uniform(150, 150 + width, n // 2), rng.uniform(210, 210 + width, n // 2)]
     dec = np.r_[rng.uniform(2, 2 + width, n // 2), rng.uniform(-1, -1 + width, n // 2)]
     objid = BIG + np.arange(n, dtype=np.int64) * id_step
-    return pd.DataFrame({"objID": objid, "RAdeg": ra, "DEdeg": dec,
-                         "mag_r": rng.uniform(14, 17.7, n).astype(np.float32)})
+    return pd.DataFrame(
+        {"objID": objid, "RAdeg": ra, "DEdeg": dec, "mag_r": rng.uniform(14, 17.7, n).astype(np.float32)}
+    )
 
 
 def read_out(out: Path) -> pd.DataFrame:
@@ -166,8 +183,18 @@ def run_cli(client, *argv, capsys=None, engine=None):
 
     if capsys is not None:
         capsys.readouterr()
-    rc = cli_main([*map(str, argv), "--scheduler", client.scheduler.address, "--views", "1", "--no-progress",
-                   "--no-report", *(["--engine", str(engine)] if engine else [])])
+    rc = cli_main(
+        [
+            *map(str, argv),
+            "--scheduler",
+            client.scheduler.address,
+            "--views",
+            "1",
+            "--no-progress",
+            "--no-report",
+            *(["--engine", str(engine)] if engine else []),
+        ]
+    )
     out, err = capsys.readouterr() if capsys is not None else ("", "")
     return rc, out, err
 
@@ -206,7 +233,7 @@ def assert_fits_equals_parquet(out: Path) -> tuple[pd.DataFrame, np.ndarray, dic
         vals = col.to_pylist()
         if pa.types.is_integer(typ):
             tnull = hdr.get(f"TNULL{k}")
-            want = [(tnull + 2 ** 63 if typ == pa.uint64() else tnull) if v is None else v for v in vals]
+            want = [(tnull + 2**63 if typ == pa.uint64() else tnull) if v is None else v for v in vals]
             assert [int(x) for x in f] == want, n
         elif pa.types.is_floating(typ):
             a = np.array([np.nan if v is None else v for v in vals], np.float64)
@@ -215,8 +242,14 @@ def assert_fits_equals_parquet(out: Path) -> tuple[pd.DataFrame, np.ndarray, dic
             assert [bool(x) for x in f] == [bool(v) for v in vals], n
         else:
             # FITS text is ASCII: non-ASCII characters as backslash escapes (docs/output.md)
-            want = ["" if v is None else v.decode("ascii", "backslashreplace") if isinstance(v, bytes)
-                    else v.encode("ascii", "backslashreplace").decode() for v in vals]
+            want = [
+                ""
+                if v is None
+                else v.decode("ascii", "backslashreplace")
+                if isinstance(v, bytes)
+                else v.encode("ascii", "backslashreplace").decode()
+                for v in vals
+            ]
             got = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in f]
             assert [g.rstrip() for g in got] == [w.rstrip() for w in want], n
     return t.to_pandas(), fits, hdr

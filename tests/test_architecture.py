@@ -37,7 +37,7 @@ def imports_of(path: Path) -> set[str]:
                 target = node.module or ""
             if not target.startswith("mergerscan"):
                 continue
-            for a in node.names:                       # `from . import x` may name a module
+            for a in node.names:  # `from . import x` may name a module
                 found.add(f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target)
     return {m for m in found if m in MODULES and m != name}
 
@@ -56,7 +56,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(n)
         for m in sorted(graph.get(n, ())):
             if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
+                return stack[stack.index(m) :] + [m]
             if not state.get(m) and (c := visit(m)):
                 return c
         stack.pop()
@@ -76,8 +76,10 @@ def room(module: str) -> str:
 
 def test_no_import_cycle_between_modules():
     # a package's __init__ re-exporting its own modules is not a cycle of the flow
-    graph = {m: {d for d in deps if not (m.startswith(d + ".") and MODULES[d].name == "__init__.py")}
-             for m, deps in GRAPH.items()}
+    graph = {
+        m: {d for d in deps if not (m.startswith(d + ".") and MODULES[d].name == "__init__.py")}
+        for m, deps in GRAPH.items()
+    }
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph) or [])}"
 
 
@@ -85,22 +87,33 @@ def test_no_import_cycle_between_subpackages():
     rooms: dict[str, set[str]] = {}
     for m, deps in GRAPH.items():
         rooms.setdefault(room(m), set()).update(room(d) for d in deps if room(d) != room(m))
-    rooms.pop("(top)", None)                          # cli.py and the leaf helpers (atomic.py)
+    rooms.pop("(top)", None)  # cli.py and the leaf helpers (atomic.py)
     for deps in rooms.values():
         deps.discard("(top)")
     assert find_cycle(rooms) is None, f"subpackage cycle: {' -> '.join(find_cycle(rooms) or [])}"
 
 
-@pytest.mark.parametrize("upstream,downstream", [("engines", "training"), ("engines", "pipeline"),
-                                                 ("cutouts", "engines"), ("cutouts", "pipeline"),
-                                                 ("catalogs", "pipeline"), ("engines", "report"),
-                                                 ("cutouts", "report"), ("catalogs", "report"),
-                                                 # the report reads a run directory through run_layout /
-                                                 # run_summary, never the pipeline that wrote it
-                                                 ("report", "pipeline"), ("training", "pipeline")])
+@pytest.mark.parametrize(
+    "upstream,downstream",
+    [
+        ("engines", "training"),
+        ("engines", "pipeline"),
+        ("cutouts", "engines"),
+        ("cutouts", "pipeline"),
+        ("catalogs", "pipeline"),
+        ("engines", "report"),
+        ("cutouts", "report"),
+        ("catalogs", "report"),
+        # the report reads a run directory through run_layout /
+        # run_summary, never the pipeline that wrote it
+        ("report", "pipeline"),
+        ("training", "pipeline"),
+    ],
+)
 def test_nothing_runs_back_up_the_flow(upstream, downstream):
-    bad = sorted(f"{m} imports {d}" for m, deps in GRAPH.items() if room(m) == upstream
-                 for d in deps if room(d) == downstream)
+    bad = sorted(
+        f"{m} imports {d}" for m, deps in GRAPH.items() if room(m) == upstream for d in deps if room(d) == downstream
+    )
     assert not bad, bad
 
 

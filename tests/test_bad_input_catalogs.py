@@ -73,7 +73,7 @@ from mergerscan.catalogs.schema import output_names
 from mergerscan.cutouts.sources import redact_url
 
 BIG = 588018055654998067
-U63 = 2 ** 63 + 12345
+U63 = 2**63 + 12345
 
 
 # ---------------------------------------------------------------- helpers
@@ -93,7 +93,7 @@ def positions(n=12, seed=0):
 
 
 def one_line(err: str, *needles):
-    lines = [l for l in err.strip().splitlines() if l.strip()]
+    lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert "Traceback" not in err
     for n in needles:
@@ -109,23 +109,46 @@ def read_parquet(out: Path) -> pd.DataFrame:
 def test_kept_columns_colliding_with_output_columns_are_prefixed(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     n = len(ra)
-    df = pd.DataFrame({"objid": np.arange(1, n + 1, dtype=np.int64), "ra_deg": ra, "dec_deg": dec,
-                       "P_MERGER": np.linspace(5, 6, n), "STATUS": np.arange(n, dtype=np.int32) * 3,
-                       "RA": [f"10:00:0{i % 10}" for i in range(n)], "DEC": [f"+02:00:{i:02d}" for i in range(n)],
-                       "IS_MERGER": np.arange(n) % 2 == 0, "Input_Row": np.arange(n)[::-1].copy(),
-                       "_HEALPIX_29": np.full(n, 7), "ID": np.arange(n) + 100,
-                       "Z": np.full(n, 0.1), "z": np.full(n, 0.2)})
+    df = pd.DataFrame(
+        {
+            "objid": np.arange(1, n + 1, dtype=np.int64),
+            "ra_deg": ra,
+            "dec_deg": dec,
+            "P_MERGER": np.linspace(5, 6, n),
+            "STATUS": np.arange(n, dtype=np.int32) * 3,
+            "RA": [f"10:00:0{i % 10}" for i in range(n)],
+            "DEC": [f"+02:00:{i:02d}" for i in range(n)],
+            "IS_MERGER": np.arange(n) % 2 == 0,
+            "Input_Row": np.arange(n)[::-1].copy(),
+            "_HEALPIX_29": np.full(n, 7),
+            "ID": np.arange(n) + 100,
+            "Z": np.full(n, 0.1),
+            "z": np.full(n, 0.2),
+        }
+    )
     path = tmp_path / "cat.parquet"
     df.to_parquet(path)
     out = tmp_path / "out"
-    rc, _, err = cheap_cli(path, "--images", field / "stamps", "-o", out, "--ra-column", "ra_deg",
-                         "--dec-column", "dec_deg", "--keep-columns", "*", capsys=capsys)
+    rc, _, err = cheap_cli(
+        path,
+        "--images",
+        field / "stamps",
+        "-o",
+        out,
+        "--ra-column",
+        "ra_deg",
+        "--dec-column",
+        "dec_deg",
+        "--keep-columns",
+        "*",
+        capsys=capsys,
+    )
     assert rc == 0, err
     got, fits, hdr = assert_fits_equals_parquet(out)
     assert (got["status"] == "ok").all() and got["p_merger"].between(0, 1).all()
     for name in ("P_MERGER", "STATUS", "RA", "DEC", "IS_MERGER", "Input_Row", "_HEALPIX_29", "ID"):
         assert got[f"in_{name}"].tolist() == df[name].tolist(), name
-    assert got["Z"].tolist() == [0.1] * n and got["in_z"].tolist() == [0.2] * n        # case-only twins
+    assert got["Z"].tolist() == [0.1] * n and got["in_z"].tolist() == [0.2] * n  # case-only twins
     assert {"Z", "in_z"} <= set(fits.dtype.names)
     # the id/ra/dec columns are output columns of their own, never carried twice
     assert not {"in_objid", "in_ra_deg", "ra_deg", "objid_2"} & set(got.columns)
@@ -135,24 +158,44 @@ def test_kept_columns_colliding_with_output_columns_are_prefixed(field, cheap_cl
 
 
 def test_prefix_repeats_until_nothing_collides():
-    assert output_names(["status", "in_status", "mag"]) == {"status": "in_in_status", "in_status": "in_status",
-                                                            "mag": "mag"}
+    assert output_names(["status", "in_status", "mag"]) == {
+        "status": "in_in_status",
+        "in_status": "in_status",
+        "mag": "mag",
+    }
     assert output_names(["Ra", "in_RA"]) == {"Ra": "in_in_Ra", "in_RA": "in_RA"}
-    assert output_names(["ID", "OBJID", "_HealPix_29"]) == {"ID": "in_ID", "OBJID": "in_OBJID",
-                                                          "_HealPix_29": "in__HealPix_29"}
+    assert output_names(["ID", "OBJID", "_HealPix_29"]) == {
+        "ID": "in_ID",
+        "OBJID": "in_OBJID",
+        "_HealPix_29": "in__HealPix_29",
+    }
 
 
 def test_nullable_kept_columns_fits_equals_parquet(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     n = len(ra)
-    t = pa.table({"objid": pa.array(range(1, n + 1), pa.int64()), "ra": ra, "dec": dec,
-                  "nchild": pa.array([None if i % 4 == 0 else 2 ** 62 + i for i in range(n)], pa.int64()),
-                  "flag": pa.array([None if i % 3 == 0 else i % 2 == 0 for i in range(n)], pa.bool_()),
-                  "name": pa.array([None if i == 5 else f"g{i}" for i in range(n)], pa.string())})
+    t = pa.table(
+        {
+            "objid": pa.array(range(1, n + 1), pa.int64()),
+            "ra": ra,
+            "dec": dec,
+            "nchild": pa.array([None if i % 4 == 0 else 2**62 + i for i in range(n)], pa.int64()),
+            "flag": pa.array([None if i % 3 == 0 else i % 2 == 0 for i in range(n)], pa.bool_()),
+            "name": pa.array([None if i == 5 else f"g{i}" for i in range(n)], pa.string()),
+        }
+    )
     pq.write_table(t, tmp_path / "cat.parquet")
     out = tmp_path / "out"
-    rc, _, err = cheap_cli(tmp_path / "cat.parquet", "--images", field / "stamps", "-o", out,
-                         "--keep-columns", "nchild,flag,name", capsys=capsys)
+    rc, _, err = cheap_cli(
+        tmp_path / "cat.parquet",
+        "--images",
+        field / "stamps",
+        "-o",
+        out,
+        "--keep-columns",
+        "nchild,flag,name",
+        capsys=capsys,
+    )
     assert rc == 0, err
     assert_fits_equals_parquet(out)
     got = parquet_table(out).sort_by("input_row")
@@ -174,7 +217,7 @@ def _tree(d: Path) -> dict:
 def test_overwrite_refuses_a_directory_of_user_files(field, cheap_cli, tmp_path, capsys):
     cat = _small_fits(tmp_path / "cat.fits")
     home = tmp_path / "home"
-    (home / "parquet").mkdir(parents=True)            # even entries named like ours are not touched
+    (home / "parquet").mkdir(parents=True)  # even entries named like ours are not touched
     (home / "thesis.tex").write_text("years of work")
     (home / "parquet" / "mine.parquet").write_bytes(b"PAR1")
     (home / "summary.json").write_text('{"mine": 1}')
@@ -193,16 +236,16 @@ def test_overwrite_never_deletes_the_input(field, cheap_cli, tmp_path, capsys):
     assert rc == 0, err
     # the run's own Parquet output as the input of a new run in the same OUT, with --overwrite
     before = _tree(out)
-    rc, _, err = cheap_cli(out / "parquet", "--images", field / "stamps", "-o", out, "--overwrite",
-                         capsys=capsys)
+    rc, _, err = cheap_cli(out / "parquet", "--images", field / "stamps", "-o", out, "--overwrite", capsys=capsys)
     assert rc == 2
     one_line(err, "--overwrite would delete", "parquet")
     assert _tree(out) == before
     # the catalog and a user file beside the run's outputs: --overwrite replaces the run, keeps both
     shutil.copy(cat, out / "cat.fits")
     (out / "notes.txt").write_text("mine")
-    rc, _, err = cheap_cli(out / "cat.fits", "--images", field / "stamps", "-o", out, "--overwrite",
-                         "--partition-rows", "5", capsys=capsys)
+    rc, _, err = cheap_cli(
+        out / "cat.fits", "--images", field / "stamps", "-o", out, "--overwrite", "--partition-rows", "5", capsys=capsys
+    )
     assert rc == 0, err
     assert (out / "cat.fits").read_bytes() == cat.read_bytes() and (out / "notes.txt").read_text() == "mine"
     assert len(read_parquet(out)) == 12
@@ -217,8 +260,9 @@ def test_overwrite_unlinks_a_symlinked_output_entry_not_its_target(field, cheap_
     (mine / "keep.txt").write_text("x")
     shutil.rmtree(out / "report", ignore_errors=True)
     (out / "report").symlink_to(mine, target_is_directory=True)
-    rc, _, err = cheap_cli(cat, "--images", field / "stamps", "-o", out, "--overwrite",
-                         "--partition-rows", "7", capsys=capsys)
+    rc, _, err = cheap_cli(
+        cat, "--images", field / "stamps", "-o", out, "--overwrite", "--partition-rows", "7", capsys=capsys
+    )
     assert rc == 0, err
     assert (mine / "keep.txt").read_text() == "x" and not (out / "report").is_symlink()
 
@@ -230,8 +274,9 @@ def test_blank_and_null_text_ids_are_flagged_and_exact(field, cheap_cli, tmp_pat
     ids[2], ids[5], ids[7] = "", None, "  "
     pq.write_table(pa.table({"name": pa.array(ids, pa.string()), "ra": ra, "dec": dec}), tmp_path / "c.parquet")
     out = tmp_path / "out"
-    rc, _, err = cheap_cli(tmp_path / "c.parquet", "--images", field / "stamps", "-o", out,
-                         "--id-column", "name", capsys=capsys)
+    rc, _, err = cheap_cli(
+        tmp_path / "c.parquet", "--images", field / "stamps", "-o", out, "--id-column", "name", capsys=capsys
+    )
     assert rc == 0, err
     got, _, _ = assert_fits_equals_parquet(out)
     assert parquet_table(out).sort_by("input_row").column("id").to_pylist() == ids
@@ -244,12 +289,14 @@ def test_csv_integer_ids_with_a_blank_stay_exact(field, cheap_cli, tmp_path, cap
     (tmp_path / "stamps").mkdir()
     for i, o in enumerate(ids):
         (tmp_path / "stamps" / f"{o}.jpg").symlink_to(field / "stamps" / f"{i + 1}.jpg")
-    rows = ["objid,ra,dec"] + [f"{'' if i == 4 else o},{float(r)!r},{float(d)!r}" for i, (o, r, d) in enumerate(zip(ids, ra, dec))]
+    rows = ["objid,ra,dec"] + [
+        f"{'' if i == 4 else o},{float(r)!r},{float(d)!r}" for i, (o, r, d) in enumerate(zip(ids, ra, dec))
+    ]
     (tmp_path / "c.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
     rc, _, err = cheap_cli(tmp_path / "c.csv", "--images", tmp_path / "stamps", "-o", out, capsys=capsys)
     assert rc == 0, err
-    got, fits, _ = assert_fits_equals_parquet(out)
+    got, _fits, _ = assert_fits_equals_parquet(out)
     objid = parquet_table(out).sort_by("input_row").column("objid")
     assert objid.type == pa.int64() and objid.to_pylist() == [None if i == 4 else o for i, o in enumerate(ids)]
     assert got["status"].tolist() == ["no_id" if i == 4 else "ok" for i in range(12)]
@@ -263,8 +310,9 @@ def test_ids_and_paths_longer_than_255_characters_are_row_statuses(field, cheap_
     paths[6] = "sub/" + "p" * 300 + ".jpg"
     pd.DataFrame({"id": ids, "ra": ra, "dec": dec, "file": paths}).to_parquet(tmp_path / "c.parquet")
     out = tmp_path / "out"
-    rc, _, err = cheap_cli(tmp_path / "c.parquet", "--images", field / "stamps", "-o", out,
-                         "--path-column", "file", capsys=capsys)
+    rc, _, err = cheap_cli(
+        tmp_path / "c.parquet", "--images", field / "stamps", "-o", out, "--path-column", "file", capsys=capsys
+    )
     assert rc == 0, err
     got, _, _ = assert_fits_equals_parquet(out)
     assert got["id"].tolist() == ids
@@ -274,7 +322,7 @@ def test_ids_and_paths_longer_than_255_characters_are_row_statuses(field, cheap_
 @pytest.mark.parametrize("fmt", ["parquet", "fits"])
 def test_uint64_ids_at_and_above_2_63_stay_exact(field, cheap_cli, tmp_path, capsys, fmt):
     ra, dec = positions()
-    ids = np.array([U63 + i for i in range(11)] + [2 ** 64 - 1], np.uint64)
+    ids = np.array([U63 + i for i in range(11)] + [2**64 - 1], np.uint64)
     (tmp_path / "stamps").mkdir()
     for i, o in enumerate(ids):
         (tmp_path / "stamps" / f"{o}.jpg").symlink_to(field / "stamps" / f"{i + 1}.jpg")
@@ -282,8 +330,7 @@ def test_uint64_ids_at_and_above_2_63_stay_exact(field, cheap_cli, tmp_path, cap
     path = tmp_path / f"c.{fmt}"
     df.to_parquet(path) if fmt == "parquet" else write_fits_catalog(path, df)
     out = tmp_path / "out"
-    rc, _, err = cheap_cli(path, "--images", tmp_path / "stamps", "-o", out, "--keep-columns", "big",
-                         capsys=capsys)
+    rc, _, err = cheap_cli(path, "--images", tmp_path / "stamps", "-o", out, "--keep-columns", "big", capsys=capsys)
     assert rc == 0, err
     got, fits, _ = assert_fits_equals_parquet(out)
     assert [int(v) for v in got["objid"]] == [int(v) for v in ids] == [int(v) for v in fits["objid"]]
@@ -305,7 +352,7 @@ def test_csv_text_ids_leading_zeros_mixed_and_blank(field, cheap_cli, tmp_path, 
     rc, _, err = cheap_cli(tmp_path / "c.csv", "--images", stamps, "-o", out, capsys=capsys)
     assert rc == 0, err
     got, _, _ = assert_fits_equals_parquet(out)
-    assert got["id"].tolist() == ids                                   # text, exactly as written
+    assert got["id"].tolist() == ids  # text, exactly as written
     assert got["status"].tolist() == ["no_id" if i == 5 else "ok" for i in range(12)]
 
 
@@ -321,7 +368,7 @@ def test_float_id_column_is_a_one_line_error(field, cheap_cli, tmp_path, capsys)
 
 def test_parquet_integer_id_with_a_null(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
-    ids = [None if i == 9 else 2 ** 62 + i for i in range(12)]
+    ids = [None if i == 9 else 2**62 + i for i in range(12)]
     stamps = tmp_path / "stamps"
     stamps.mkdir()
     for i, o in enumerate(ids):
@@ -342,7 +389,7 @@ def test_touched_identical_catalog_resumes(field, cheap_cli, tmp_path, capsys):
     out = tmp_path / "out"
     assert cheap_cli(cat, "--images", field / "stamps", "-o", out, capsys=capsys)[0] == 0
     markers = {p: p.stat().st_mtime_ns for p in (out / "_work" / "scored").glob("*.json")}
-    os.utime(cat, ns=(time.time_ns() + 10 ** 10, time.time_ns() + 10 ** 10))
+    os.utime(cat, ns=(time.time_ns() + 10**10, time.time_ns() + 10**10))
     rc, _, err = cheap_cli(cat, "--images", field / "stamps", "-o", out, capsys=capsys)
     assert rc == 0, err
     assert {p: p.stat().st_mtime_ns for p in (out / "_work" / "scored").glob("*.json")} == markers
@@ -354,15 +401,19 @@ def test_dataset_directory_rewritten_in_place_is_a_different_catalog(field, chea
     ds.mkdir()
     for part in range(2):
         sl = slice(part * 6, part * 6 + 6)
-        pq.write_table(pa.table({"objid": np.arange(1, 13)[sl], "ra": ra[sl], "dec": dec[sl],
-                                 "mag": np.full(6, 17.0)}), ds / f"part-{part}.parquet")
+        pq.write_table(
+            pa.table({"objid": np.arange(1, 13)[sl], "ra": ra[sl], "dec": dec[sl], "mag": np.full(6, 17.0)}),
+            ds / f"part-{part}.parquet",
+        )
     out = tmp_path / "out"
     args = (ds, "--images", field / "stamps", "-o", out, "--keep-columns", "mag")
     assert cheap_cli(*args, capsys=capsys)[0] == 0
     mtime = os.stat(ds).st_mtime_ns
-    pq.write_table(pa.table({"objid": np.arange(7, 13), "ra": ra[6:], "dec": dec[6:], "mag": np.full(6, 18.0)}),
-                   ds / "part-1.parquet")
-    os.utime(ds, ns=(mtime, mtime))                  # the directory looks untouched
+    pq.write_table(
+        pa.table({"objid": np.arange(7, 13), "ra": ra[6:], "dec": dec[6:], "mag": np.full(6, 18.0)}),
+        ds / "part-1.parquet",
+    )
+    os.utime(ds, ns=(mtime, mtime))  # the directory looks untouched
     rc, _, err = cheap_cli(*args, capsys=capsys)
     assert rc == 2
     one_line(err, "different catalog")
@@ -374,14 +425,17 @@ def test_dataset_directory_rewritten_in_place_is_a_different_catalog(field, chea
 def test_file_rewritten_in_place_with_the_same_size_is_a_different_catalog(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     path = tmp_path / "c.csv"
-    body = lambda m: "objid,ra,dec,mag\n" + "".join(f"{i + 1},{float(r)!r},{float(d)!r},{m}\n" for i, (r, d) in enumerate(zip(ra, dec)))
+    body = lambda m: (
+        "objid,ra,dec,mag\n"
+        + "".join(f"{i + 1},{float(r)!r},{float(d)!r},{m}\n" for i, (r, d) in enumerate(zip(ra, dec)))
+    )
     path.write_text(body("17.0"))
     st = os.stat(path)
     out = tmp_path / "out"
     args = (path, "--images", field / "stamps", "-o", out, "--keep-columns", "mag")
     assert cheap_cli(*args, capsys=capsys)[0] == 0
     path.write_text(body("18.0"))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))     # same size, same mtime
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime
     rc, _, err = cheap_cli(*args, capsys=capsys)
     assert rc == 2
     one_line(err, "different catalog")
@@ -392,15 +446,25 @@ def test_kept_column_names_fits_cannot_hold(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     n = len(ra)
     long_name = "flux_" + "x" * 80
-    t = pa.table({"objid": pa.array(range(1, n + 1), pa.int64()), "ra": ra, "dec": dec,
-                  "Δz": np.linspace(0, 1, n), long_name: np.arange(n, dtype=np.float32),
-                  long_name + "_b": np.arange(n, dtype=np.int16), "g-r": np.full(n, 0.5), "g_r": np.full(n, 0.7),
-                  "mags": pa.array([[float(i), 2.0 * i] for i in range(n)], pa.list_(pa.float64())),
-                  "note": ["naïve"] * n})
+    t = pa.table(
+        {
+            "objid": pa.array(range(1, n + 1), pa.int64()),
+            "ra": ra,
+            "dec": dec,
+            "Δz": np.linspace(0, 1, n),
+            long_name: np.arange(n, dtype=np.float32),
+            long_name + "_b": np.arange(n, dtype=np.int16),
+            "g-r": np.full(n, 0.5),
+            "g_r": np.full(n, 0.7),
+            "mags": pa.array([[float(i), 2.0 * i] for i in range(n)], pa.list_(pa.float64())),
+            "note": ["naïve"] * n,
+        }
+    )
     pq.write_table(t, tmp_path / "c.parquet")
     out = tmp_path / "out"
-    rc, _, err = cheap_cli(tmp_path / "c.parquet", "--images", field / "stamps", "-o", out,
-                         "--keep-columns", "*", capsys=capsys)
+    rc, _, err = cheap_cli(
+        tmp_path / "c.parquet", "--images", field / "stamps", "-o", out, "--keep-columns", "*", capsys=capsys
+    )
     assert rc == 0, err
     got, fits, hdr = assert_fits_equals_parquet(out)
     names = fits.dtype.names
@@ -416,8 +480,17 @@ def test_kept_column_names_fits_cannot_hold(field, cheap_cli, tmp_path, capsys):
 def test_fits_vector_columns_with_keep_all(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     n = len(ra)
-    rec = np.zeros(n, dtype=[("objid", "i8"), ("ra", "f8"), ("dec", "f8"), ("flux", "f4", (5,)),
-                             ("flags", "i4", (2,)), ("tag", "S4")])
+    rec = np.zeros(
+        n,
+        dtype=[
+            ("objid", "i8"),
+            ("ra", "f8"),
+            ("dec", "f8"),
+            ("flux", "f4", (5,)),
+            ("flags", "i4", (2,)),
+            ("tag", "S4"),
+        ],
+    )
     rec["objid"] = np.arange(1, n + 1)
     rec["ra"], rec["dec"] = ra, dec
     rec["flux"] = np.arange(n * 5).reshape(n, 5)
@@ -425,8 +498,9 @@ def test_fits_vector_columns_with_keep_all(field, cheap_cli, tmp_path, capsys):
     rec["tag"] = b"ab"
     fitsio.write(str(tmp_path / "v.fits"), rec, clobber=True)
     out = tmp_path / "out"
-    rc, _, err = cheap_cli(tmp_path / "v.fits", "--images", field / "stamps", "-o", out,
-                         "--keep-columns", "*", capsys=capsys)
+    rc, _, err = cheap_cli(
+        tmp_path / "v.fits", "--images", field / "stamps", "-o", out, "--keep-columns", "*", capsys=capsys
+    )
     assert rc == 0, err
     got, _, _ = assert_fits_equals_parquet(out)
     assert [json.loads(v) for v in got["flux"]] == rec["flux"].tolist()
@@ -436,15 +510,32 @@ def test_fits_vector_columns_with_keep_all(field, cheap_cli, tmp_path, capsys):
 def test_internal_column_name_and_too_many_columns_are_refused_at_start(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     pd.DataFrame({"objid": np.arange(1, 13), "ra": ra, "dec": dec, "_input_row": 0}).to_parquet(tmp_path / "i.parquet")
-    rc, _, err = cheap_cli(tmp_path / "i.parquet", "--images", field / "stamps", "-o", tmp_path / "o1",
-                         "--keep-columns", "*", capsys=capsys)
+    rc, _, err = cheap_cli(
+        tmp_path / "i.parquet",
+        "--images",
+        field / "stamps",
+        "-o",
+        tmp_path / "o1",
+        "--keep-columns",
+        "*",
+        capsys=capsys,
+    )
     assert rc == 2
     one_line(err, "i.parquet", "'_input_row'")
     wide = pd.DataFrame({f"c{i}": np.zeros(12, np.float32) for i in range(1000)})
-    pd.concat([pd.DataFrame({"objid": np.arange(1, 13), "ra": ra, "dec": dec}), wide], axis=1) \
-        .to_parquet(tmp_path / "w.parquet")
-    rc, _, err = cheap_cli(tmp_path / "w.parquet", "--images", field / "stamps", "-o", tmp_path / "o2",
-                         "--keep-columns", "*", capsys=capsys)
+    pd.concat([pd.DataFrame({"objid": np.arange(1, 13), "ra": ra, "dec": dec}), wide], axis=1).to_parquet(
+        tmp_path / "w.parquet"
+    )
+    rc, _, err = cheap_cli(
+        tmp_path / "w.parquet",
+        "--images",
+        field / "stamps",
+        "-o",
+        tmp_path / "o2",
+        "--keep-columns",
+        "*",
+        capsys=capsys,
+    )
     assert rc == 2
     one_line(err, "w.parquet", "999")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
@@ -452,8 +543,13 @@ def test_internal_column_name_and_too_many_columns_are_refused_at_start(field, c
 
 # ---------------------------------------------------------------- 9: -o, ^C, credentials
 def _cli(*argv, timeout=180, **kw):
-    return subprocess.run([sys.executable, "-m", "mergerscan.pipeline.cli", *map(str, argv)], capture_output=True,
-                          text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "mergerscan.pipeline.cli", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def test_output_is_a_file_or_below_a_file(field, cheap_cli, tmp_path, capsys):
@@ -492,17 +588,33 @@ def test_output_read_only_directory(field, tmp_path):
 def test_ctrl_c_is_one_line_and_the_rerun_resumes(field, tmp_path):
     cat = _small_fits(tmp_path / "cat.fits")
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "mergerscan.pipeline.cli", str(cat), "--images", str(field / "stamps"), "-o",
-            str(out), "--views", "1", "--no-progress", "--no-report", "--partition-rows", "3", "--workers", "1",
-            "--engine", str(field / "engine.onnx")]
-    slow = ["--fault-hook", "mergerscan.pipeline.faults:sleep=score:-1:2"]    # every partition takes >= 2 s
-    p = subprocess.Popen(argv + slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "mergerscan.pipeline.cli",
+        str(cat),
+        "--images",
+        str(field / "stamps"),
+        "-o",
+        str(out),
+        "--views",
+        "1",
+        "--no-progress",
+        "--no-report",
+        "--partition-rows",
+        "3",
+        "--workers",
+        "1",
+        "--engine",
+        str(field / "engine.onnx"),
+    ]
+    slow = ["--fault-hook", "mergerscan.pipeline.faults:sleep=score:-1:2"]  # every partition takes >= 2 s
+    p = subprocess.Popen(argv + slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "_work" / "plan.json").is_file():
         time.sleep(0.05)
-    time.sleep(1.5)                                  # planned; scoring its >= 4 slow partitions
-    os.killpg(p.pid, signal.SIGINT)                  # what ^C in a terminal does: the whole group
+    time.sleep(1.5)  # planned; scoring its >= 4 slow partitions
+    os.killpg(p.pid, signal.SIGINT)  # what ^C in a terminal does: the whole group
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     one_line(err, "interrupted")
@@ -527,31 +639,51 @@ class _Stamp(BaseHTTPRequestHandler):
 
 
 def test_credentials_in_the_cutout_service_url_are_redacted(field, tmp_path):
-    make_stamps(tmp_path / "s160", [1], size=160)              # the service's stamp size
+    make_stamps(tmp_path / "s160", [1], size=160)  # the service's stamp size
     _Stamp.body = (tmp_path / "s160" / "1.jpg").read_bytes()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Stamp)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         cat = _small_fits(tmp_path / "cat.fits")
-        url = (f"http://alice:hunter2pass@127.0.0.1:{httpd.server_address[1]}/cut"
-               "?token=tok3nvalue&api_key=k3yvalue&band=gri")
+        url = (
+            f"http://alice:hunter2pass@127.0.0.1:{httpd.server_address[1]}/cut"
+            "?token=tok3nvalue&api_key=k3yvalue&band=gri"
+        )
         out = tmp_path / "out"
-        r = _cli(cat, "--cutout-service", url, "-o", out, "--views", "1", "--no-progress", "--engine", field / "engine.onnx")
+        r = _cli(
+            cat, "--cutout-service", url, "-o", out, "--views", "1", "--no-progress", "--engine", field / "engine.onnx"
+        )
         assert r.returncode == 0, r.stderr
         summary = json.loads((out / "summary.json").read_text())
         assert summary["scored"] == 12
         assert "band=gri" in summary["source"]["location"] and "127.0.0.1" in summary["source"]["location"]
         texts = {"stdout": r.stdout, "stderr": r.stderr}
-        texts.update({str(p): p.read_text(errors="replace") for p in out.rglob("*")
-                      if p.is_file() and p.suffix in (".json", ".html", ".txt", ".log")})
+        texts.update(
+            {
+                str(p): p.read_text(errors="replace")
+                for p in out.rglob("*")
+                if p.is_file() and p.suffix in (".json", ".html", ".txt", ".log")
+            }
+        )
         texts["fits header"] = str(fitsio.read_header(str(out / "mergers.fits"), 1))
         texts.update({str(p): str(pq.read_metadata(p).metadata) for p in (out / "parquet").rglob("*.parquet")})
         for where, text in texts.items():
             for secret in ("hunter2pass", "tok3nvalue", "k3yvalue", "alice"):
                 assert secret not in text, (secret, where)
         # a later run with another password is the same run (credentials are not identity)
-        r2 = _cli(cat, "--cutout-service", url.replace("hunter2pass", "newpass"), "-o", out, "--views", "1",
-                  "--no-progress", "--no-report", "--engine", field / "engine.onnx")
+        r2 = _cli(
+            cat,
+            "--cutout-service",
+            url.replace("hunter2pass", "newpass"),
+            "-o",
+            out,
+            "--views",
+            "1",
+            "--no-progress",
+            "--no-report",
+            "--engine",
+            field / "engine.onnx",
+        )
         assert r2.returncode == 0, r2.stderr
     finally:
         httpd.shutdown()
@@ -559,8 +691,12 @@ def test_credentials_in_the_cutout_service_url_are_redacted(field, tmp_path):
 
 def test_redact_url_forms():
     assert redact_url("https://u:p@host:8/x?a=1") == "https://REDACTED@host:8/x?a=1"
-    assert redact_url("https://host/x?ra=1&token=abc&X-Amz-Signature=s&sig=q") == \
-        "https://host/x?ra=1&token=REDACTED&X-Amz-Signature=REDACTED&sig=REDACTED"
-    assert redact_url("https://skyserver.sdss.org/dr17/ImgCutout/getjpeg") == \
-        "https://skyserver.sdss.org/dr17/ImgCutout/getjpeg"
+    assert (
+        redact_url("https://host/x?ra=1&token=abc&X-Amz-Signature=s&sig=q")
+        == "https://host/x?ra=1&token=REDACTED&X-Amz-Signature=REDACTED&sig=REDACTED"
+    )
+    assert (
+        redact_url("https://skyserver.sdss.org/dr17/ImgCutout/getjpeg")
+        == "https://skyserver.sdss.org/dr17/ImgCutout/getjpeg"
+    )
     assert redact_url("/data/stamps") == "/data/stamps"

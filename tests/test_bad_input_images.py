@@ -78,8 +78,18 @@ from mergerscan.cutouts.preprocess import PreprocessSpec
 from mergerscan.cutouts.service import ServiceSource
 
 S = 256
-FAST = ("--views", "1", "--no-progress", "--no-report", "--workers", "1", "--threads-per-worker", "1",
-        "--partition-rows", "64")
+FAST = (
+    "--views",
+    "1",
+    "--no-progress",
+    "--no-report",
+    "--workers",
+    "1",
+    "--threads-per-worker",
+    "1",
+    "--partition-rows",
+    "64",
+)
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +131,13 @@ def png_header(w: int, h: int) -> bytes:
 
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
 def cut(body: bytes, keep: float) -> bytes:
@@ -135,7 +150,7 @@ def zeroed(body: bytes, at: float, n: int) -> bytes:
     s = body.index(b"\xff\xda")
     z = bytearray(body)
     m = s + int((len(body) - s) * at)
-    z[m:m + n] = bytes(n)
+    z[m : m + n] = bytes(n)
     return bytes(z)
 
 
@@ -146,16 +161,25 @@ def write_fits(path: Path, data: np.ndarray):
 def catalog(path: Path, ids, ra=None, dec=None, **extra) -> Path:
     n = len(ids)
     rng = np.random.default_rng(1)
-    df = pd.DataFrame({"id": list(ids),
-                       "ra": rng.uniform(150, 150.2, n) if ra is None else ra,
-                       "dec": rng.uniform(2, 2.2, n) if dec is None else dec, **extra})
+    df = pd.DataFrame(
+        {
+            "id": list(ids),
+            "ra": rng.uniform(150, 150.2, n) if ra is None else ra,
+            "dec": rng.uniform(2, 2.2, n) if dec is None else dec,
+            **extra,
+        }
+    )
     df.to_csv(path, index=False)
     return path
 
 
 def cli(*argv, timeout=420):
-    return subprocess.run([sys.executable, "-m", "mergerscan.pipeline.cli", *map(str, argv)],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mergerscan.pipeline.cli", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def no_traceback(r):
@@ -188,7 +212,7 @@ def hostile_stamps(tmp_path_factory):
     img.mkdir()
     g = galaxy(1)
     body = jpeg(g)
-    want = {}                                               # id -> expected status
+    want = {}  # id -> expected status
 
     def put(oid, name, data, status):
         (img / name).write_bytes(data)
@@ -196,17 +220,21 @@ def hostile_stamps(tmp_path_factory):
 
     put("good", "good.jpg", body, "ok")
     put("good_png", "good_png.png", png(galaxy(2)), "ok")
-    f = np.moveaxis(galaxy(3), -1, 0)                       # (3, H, W)
-    write_fits(img / "u8.fits", f); want["u8"] = "ok"
+    f = np.moveaxis(galaxy(3), -1, 0)  # (3, H, W)
+    write_fits(img / "u8.fits", f)
+    want["u8"] = "ok"
     nan = f.astype(np.float32)
     nan[:] = np.nan
-    write_fits(img / "allnan.fits", nan); want["allnan"] = "blank_image"
+    write_fits(img / "allnan.fits", nan)
+    want["allnan"] = "blank_image"
     half = f.astype(np.float32)
     half[:, : S // 2] = np.nan
-    write_fits(img / "halfnan.fits", half); want["halfnan"] = "blank_image"
+    write_fits(img / "halfnan.fits", half)
+    want["halfnan"] = "blank_image"
     few = f.astype(np.float32)
-    few[:, :5] = np.nan                                      # 2 % of the pixels
-    write_fits(img / "fewnan.fits", few); want["fewnan"] = "ok"
+    few[:, :5] = np.nan  # 2 % of the pixels
+    write_fits(img / "fewnan.fits", few)
+    want["fewnan"] = "ok"
     put("tiny1", "tiny1.jpg", jpeg(np.full((1, 1, 3), 120, np.uint8)), "small_image")
     put("tiny8", "tiny8.jpg", jpeg(galaxy(4, 8)), "small_image")
     put("cut23", "cut23.jpg", cut(body, 1 / 3), "bad_image")
@@ -218,13 +246,18 @@ def hostile_stamps(tmp_path_factory):
     corner = np.zeros((S, S, 3), np.uint8)
     corner[:100, :100] = galaxy(6, 100)
     put("corner", "corner.png", png(corner), "blank_image")
-    write_fits(img / "f01.fits", f.astype(np.float32) / 255); want["f01"] = "ok"
-    write_fits(img / "f255.fits", f.astype(np.float64)); want["f255"] = "ok"
-    write_fits(img / "flux.fits", (f.astype(np.float32) - 20) * 0.5); want["flux"] = "bad_image"
-    write_fits(img / "u16.fits", f.astype(np.uint16) * 257); want["u16"] = "bad_image"
+    write_fits(img / "f01.fits", f.astype(np.float32) / 255)
+    want["f01"] = "ok"
+    write_fits(img / "f255.fits", f.astype(np.float64))
+    want["f255"] = "ok"
+    write_fits(img / "flux.fits", (f.astype(np.float32) - 20) * 0.5)
+    want["flux"] = "bad_image"
+    write_fits(img / "u16.fits", f.astype(np.uint16) * 257)
+    want["u16"] = "bad_image"
     put("wide", "wide.png", png(galaxy(7)[:, :200]), "bad_image")
     put("greyjpeg", "greyjpeg.jpg", jpeg(galaxy(8), mode="L"), "bad_image")
-    write_fits(img / "rgba.fits", np.zeros((S, S, 4), np.uint8) + 9); want["rgba"] = "bad_image"
+    write_fits(img / "rgba.fits", np.zeros((S, S, 4), np.uint8) + 9)
+    want["rgba"] = "bad_image"
     # resource bombs: headers that declare far more than the file holds
     hdu = fits.CompImageHDU(np.moveaxis(galaxy(9), -1, 0), compression_type="RICE_1")
     raw = io.BytesIO()
@@ -232,7 +265,7 @@ def hostile_stamps(tmp_path_factory):
     fz = raw.getvalue()
     for k, v in ((b"ZNAXIS1 ", 40000), (b"ZNAXIS2 ", 40000)):
         i = fz.index(k)
-        fz = fz[:i] + f"{k.decode():8s}= {v:20d}".encode() + fz[i + 30:]
+        fz = fz[:i] + f"{k.decode():8s}= {v:20d}".encode() + fz[i + 30 :]
     put("fz_bomb", "fz_bomb.fits.fz", fz, "image_too_large")
     hdr = fits.Header({"SIMPLE": True, "BITPIX": 8, "NAXIS": 3, "NAXIS1": 30000, "NAXIS2": 30000, "NAXIS3": 3})
     put("naxis_bomb", "naxis_bomb.fits", hdr.tostring().encode() + bytes(2880 * 4), "image_too_large")
@@ -242,14 +275,17 @@ def hostile_stamps(tmp_path_factory):
     put("png_bomb", "png_bomb.png", buf.getvalue(), "image_too_large")
     put("huge", "huge.jpg", jpeg(galaxy(10, 2048), 50), "image_too_large")
     put("pil_bomb", "pil_bomb.png", png_header(15000, 13000), "image_too_large")
-    with open(img / "sparse.png", "wb") as fh:               # 40 MB, no blocks on disk
+    with open(img / "sparse.png", "wb") as fh:  # 40 MB, no blocks on disk
         fh.write(png(galaxy(11)))
-        fh.truncate(40 * 2 ** 20)
+        fh.truncate(40 * 2**20)
     want["sparse"] = "image_too_large"
-    os.mkfifo(img / "fifo.jpg"); want["fifo"] = "bad_image"
-    (img / "adir.png").mkdir(); want["adir"] = "bad_image"
-    os.symlink("/dev/zero", img / "devzero.jpg"); want["devzero"] = "bad_image"
-    want["x" * 300] = "no_image"                             # file name too long for the filesystem: names no file
+    os.mkfifo(img / "fifo.jpg")
+    want["fifo"] = "bad_image"
+    (img / "adir.png").mkdir()
+    want["adir"] = "bad_image"
+    os.symlink("/dev/zero", img / "devzero.jpg")
+    want["devzero"] = "bad_image"
+    want["x" * 300] = "no_image"  # file name too long for the filesystem: names no file
     want["absent"] = "no_image"
     cat = catalog(d / "hostile.csv", list(want))
     return d, cat, want
@@ -262,7 +298,7 @@ def test_degenerate_and_hostile_stamps_are_flagged(hostile_stamps, tmp_path, fas
     no_traceback(r)
     assert r.returncode == 0, r.stderr[-3000:]
     got = by_id(out)
-    assert len(got) == len(want)                             # every row once
+    assert len(got) == len(want)  # every row once
     assert {k: v[0] for k, v in got.items()} == want
     # the float-FITS rule: 0..1 scaled x255 and 0..255 as is give exactly the uint8 stamp's score
     assert got["f01"][1] == got["u8"][1] == got["f255"][1]
@@ -313,17 +349,18 @@ def make_field(d: Path, field: int, ra: float, dec: float, n: int = 700, nan: bo
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory):
     d = tmp_path_factory.mktemp("frames")
-    make_field(d, 1, 150.0, 2.0)                             # good field
-    make_field(d, 2, 160.0, 5.0, nan=True)                   # all-NaN data
-    make_field(d, 3, 170.0, 8.0)                             # its g band is replaced by a bomb
+    make_field(d, 1, 150.0, 2.0)  # good field
+    make_field(d, 2, 160.0, 5.0, nan=True)  # all-NaN data
+    make_field(d, 3, 170.0, 8.0)  # its g band is replaced by a bomb
     hdr = _wcs(170.0, 8.0, 700).to_header()
-    hdr = fits.Header([("SIMPLE", True), ("BITPIX", -32), ("NAXIS", 2), ("NAXIS1", 100000),
-                       ("NAXIS2", 100000)] + list(hdr.items()))
+    hdr = fits.Header(
+        [("SIMPLE", True), ("BITPIX", -32), ("NAXIS", 2), ("NAXIS1", 100000), ("NAXIS2", 100000)] + list(hdr.items())
+    )
     # a valid header and 10 MB of zeros that bz2 squeezes to a few bytes: 40 GB declared
     bomb = bz2.BZ2Compressor()
-    body = bomb.compress(hdr.tostring().encode()) + bomb.compress(bytes(10 * 2 ** 20)) + bomb.flush()
+    body = bomb.compress(hdr.tostring().encode()) + bomb.compress(bytes(10 * 2**20)) + bomb.flush()
     (d / "frame-g-000100-1-0003.fits.bz2").write_bytes(body)
-    os.mkfifo(d / "frame-r-000100-1-0009.fits.bz2")            # a FIFO named like a frame
+    os.mkfifo(d / "frame-r-000100-1-0009.fits.bz2")  # a FIFO named like a frame
     return d
 
 
@@ -336,8 +373,7 @@ def test_frames_fifo_bomb_and_nan(frames, tmp_path, fast):
     no_traceback(r)
     assert r.returncode == 0, r.stderr[-3000:]
     got = {k: v[0] for k, v in by_id(out).items()}
-    assert got == {"a": "ok", "b": "ok", "nanfield": "blank_image", "bomb": "corrupt_frame",
-                   "far": "outside_footprint"}
+    assert got == {"a": "ok", "b": "ok", "nanfield": "blank_image", "bomb": "corrupt_frame", "far": "outside_footprint"}
     idx = json.loads((frames / ".mergerscan-frames-index.json").read_text())
     assert "not a regular file" in idx["unreadable"]["frame-r-000100-1-0009.fits.bz2"]
     assert "limit" in idx["unreadable"]["frame-g-000100-1-0003.fits.bz2"]
@@ -389,7 +425,7 @@ def test_hours_warning_and_most_rows_fail(ten_stamps, tmp_path, fast):
     out = tmp_path / "out"
     r = cli(cat, "--images", d, "-o", out, *fast)
     no_traceback(r)
-    assert r.returncode == 0, r.stderr[-3000:]          # some rows scored: not an error
+    assert r.returncode == 0, r.stderr[-3000:]  # some rows scored: not an error
     assert "hours" in r.stdout and "most rows were not scored (12 of 22)" in r.stdout
     assert "no_image 12: id missing" in r.stdout
     assert summary(out)["retryable"] == 12
@@ -418,10 +454,10 @@ def test_rerun_scores_added_images_and_keeps_ok_rows(ten_stamps, tmp_path, fast)
     assert "re-running the same command retries the 4 row(s) flagged no_image" in r.stdout
     first = by_id(out)
     assert [first[i][0] for i in ids] == ["ok"] * 6 + ["no_image"] * 4
-    for oid in ids[6:]:                                     # the images arrive
+    for oid in ids[6:]:  # the images arrive
         (d / f"{oid}.jpg").write_bytes((d0 / f"{oid}.jpg").read_bytes())
-    (d / f"{ids[0]}.jpg").write_bytes(jpeg(np.zeros((S, S, 3), np.uint8)))   # an ok row's file changes:
-    r = cli(*argv)                                                            # it must not be fetched again
+    (d / f"{ids[0]}.jpg").write_bytes(jpeg(np.zeros((S, S, 3), np.uint8)))  # an ok row's file changes:
+    r = cli(*argv)  # it must not be fetched again
     no_traceback(r)
     assert r.returncode == 0, r.stderr[-3000:]
     again = by_id(out)
@@ -458,9 +494,8 @@ class _Handler(BaseHTTPRequestHandler):
 def _serve(port=0, mode="ok", bodies=None):
     srv = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
     srv.daemon_threads = True
-    srv.handle_error = lambda *a: None                       # clients giving up mid-response are expected
-    srv.state = {"lock": threading.Lock(), "hits": 0, "mode": mode, "bodies": bodies or {},
-                 "default": jpeg(galaxy(40))}
+    srv.handle_error = lambda *a: None  # clients giving up mid-response are expected
+    srv.state = {"lock": threading.Lock(), "hits": 0, "mode": mode, "bodies": bodies or {}, "default": jpeg(galaxy(40))}
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
 
@@ -472,22 +507,34 @@ def _free_port() -> int:
 
 
 def test_service_down_then_back(tmp_path, fast):
-    port = _free_port()                                      # nothing listens there yet
+    port = _free_port()  # nothing listens there yet
     ids = [f"s{i}" for i in range(8)]
     ras = 150 + np.arange(8) * 0.01
     cat = catalog(tmp_path / "s.csv", ids, ras, np.full(8, 2.0))
     out = tmp_path / "out"
-    argv = (cat, "--cutout-service", f"http://127.0.0.1:{port}/cut", "-o", out, "--service-retries", "1",
-            "--service-timeout", "2", *fast)
+    argv = (
+        cat,
+        "--cutout-service",
+        f"http://127.0.0.1:{port}/cut",
+        "-o",
+        out,
+        "--service-retries",
+        "1",
+        "--service-timeout",
+        "2",
+        *fast,
+    )
     r = cli(*argv)
     no_traceback(r)
     assert r.returncode == 3, r.stderr[-3000:]
-    assert f"fetch_failed 8: ra=" in r.stdout and f"connection refused by 127.0.0.1:{port}" in r.stdout
+    assert "fetch_failed 8: ra=" in r.stdout and f"connection refused by 127.0.0.1:{port}" in r.stdout
     assert any("no row could be scored" in w for w in summary(out)["warnings"])
-    bodies = {round(ras[1], 4): jpeg(galaxy(41, 8)),                      # 8x8
-              round(ras[2], 4): cut(jpeg(galaxy(42)), 1 / 3),             # cut short, EOI kept
-              round(ras[3], 4): jpeg(np.zeros((S, S, 3), np.uint8))}      # black
-    srv = _serve(port, bodies=bodies)                          # the service comes back
+    bodies = {
+        round(ras[1], 4): jpeg(galaxy(41, 8)),  # 8x8
+        round(ras[2], 4): cut(jpeg(galaxy(42)), 1 / 3),  # cut short, EOI kept
+        round(ras[3], 4): jpeg(np.zeros((S, S, 3), np.uint8)),
+    }  # black
+    srv = _serve(port, bodies=bodies)  # the service comes back
     try:
         r = cli(*argv)
     finally:
@@ -496,8 +543,16 @@ def test_service_down_then_back(tmp_path, fast):
     no_traceback(r)
     assert r.returncode == 0, r.stderr[-3000:]
     got = {k: v[0] for k, v in by_id(out).items()}
-    assert got == {"s0": "ok", "s1": "small_image", "s2": "bad_image", "s3": "blank_image", "s4": "ok",
-                   "s5": "ok", "s6": "ok", "s7": "ok"}
+    assert got == {
+        "s0": "ok",
+        "s1": "small_image",
+        "s2": "bad_image",
+        "s3": "blank_image",
+        "s4": "ok",
+        "s5": "ok",
+        "s6": "ok",
+        "s7": "ok",
+    }
     assert srv.state["hits"] == 8
 
 
@@ -509,7 +564,7 @@ def test_service_total_time_limit_ends_retries():
         with ServiceSource(url, PreprocessSpec(), timeout=5, retries=20, backoff=0.01, total_timeout=1.0) as src:
             _, status = src.fetch(rows)
         assert status.tolist() == ["fetch_failed"]
-        assert srv.state["hits"] < 21                           # far fewer than retries + 1 attempts
+        assert srv.state["hits"] < 21  # far fewer than retries + 1 attempts
         assert "total time limit (1 s)" in src.examples["fetch_failed"]
     finally:
         srv.shutdown()
@@ -519,9 +574,13 @@ def test_service_total_time_limit_ends_retries():
 def test_bad_service_options_are_one_line_errors(tmp_path):
     cat = catalog(tmp_path / "c.csv", ["a"])
     url = "http://127.0.0.1:9/cut"
-    one_line_error(cli(cat, "--cutout-service", url, "--service-timeout", "0", "-o", tmp_path / "o"),
-                   "--service-timeout")
-    one_line_error(cli(cat, "--cutout-service", url, "--service-retries", "-1", "-o", tmp_path / "o"),
-                   "--service-retries")
-    one_line_error(cli(cat, "--cutout-service", url, "--service-total-timeout", "-5", "-o", tmp_path / "o"),
-                   "--service-total-timeout")
+    one_line_error(
+        cli(cat, "--cutout-service", url, "--service-timeout", "0", "-o", tmp_path / "o"), "--service-timeout"
+    )
+    one_line_error(
+        cli(cat, "--cutout-service", url, "--service-retries", "-1", "-o", tmp_path / "o"), "--service-retries"
+    )
+    one_line_error(
+        cli(cat, "--cutout-service", url, "--service-total-timeout", "-5", "-o", tmp_path / "o"),
+        "--service-total-timeout",
+    )

@@ -20,22 +20,35 @@ from mergerscan.catalogs.read import CatalogError, CatalogReader
 from mergerscan.catalogs.validate import check_numeric, coord_status, flag_duplicates, require_rows, resolve_columns
 from mergerscan.catalogs.write import to_arrow, write_fits_table, write_metadata, write_partition
 
-BIG = 588018055654998067          # a real SDSS objid
-NEAR62 = 2 ** 62 + 12345           # not representable in float64
+BIG = 588018055654998067  # a real SDSS objid
+NEAR62 = 2**62 + 12345  # not representable in float64
 VOT = "{http://www.ivoa.net/xml/VOTable/v1.3}"
-META = {"engine_name": "vgg16-e1", "engine_sha256": "ab" * 32, "threshold": 0.62,
-        "mergerscan_version": "0.1.0", "source": "stamps", "model_card": '{"x": 1}',
-        "command": "process-catalog dr7.fits -o OUT " + "--keep-columns " + ",".join(f"c{i}" for i in range(30))}
+META = {
+    "engine_name": "vgg16-e1",
+    "engine_sha256": "ab" * 32,
+    "threshold": 0.62,
+    "mergerscan_version": "0.1.0",
+    "source": "stamps",
+    "model_card": '{"x": 1}',
+    "command": "process-catalog dr7.fits -o OUT " + "--keep-columns " + ",".join(f"c{i}" for i in range(30)),
+}
 
 
 # ---------------------------------------------------------------- column resolution and validation
 def test_aliases_case_insensitive_and_explicit_overrides():
-    assert resolve_columns(["objID", "RAdeg", "DEdeg", "r"], path="a.fits") == {"id": "objID", "ra": "RAdeg", "dec": "DEdeg"}
+    assert resolve_columns(["objID", "RAdeg", "DEdeg", "r"], path="a.fits") == {
+        "id": "objID",
+        "ra": "RAdeg",
+        "dec": "DEdeg",
+    }
     assert resolve_columns(["OBJID", "RA", "DEC"]) == {"id": "OBJID", "ra": "RA", "dec": "DEC"}
     assert resolve_columns(["source_id", "raj2000", "dej2000"])["dec"] == "dej2000"
     cols = ["objid", "ra", "dec", "specobjid", "ra_x", "DEC_X"]
-    assert resolve_columns(cols, id_column="SPECOBJID", ra_column="ra_x", dec_column="dec_x") == \
-        {"id": "specobjid", "ra": "ra_x", "dec": "DEC_X"}
+    assert resolve_columns(cols, id_column="SPECOBJID", ra_column="ra_x", dec_column="dec_x") == {
+        "id": "specobjid",
+        "ra": "ra_x",
+        "dec": "DEC_X",
+    }
 
 
 def test_missing_columns_are_one_line_errors():
@@ -76,10 +89,14 @@ def test_coord_status_and_duplicates():
 def table():
     n = 1000
     rng = np.random.default_rng(1)
-    return pd.DataFrame({"objID": NEAR62 + np.arange(n, dtype=np.int64) * 3,
-                         "RAdeg": rng.uniform(0, 360, n), "DEdeg": rng.uniform(-90, 90, n),
-                         "mag_r": rng.uniform(14, 18, n).astype(np.float32)}).assign(
-        objID=lambda d: d.objID.where(d.index != 7, BIG))
+    return pd.DataFrame(
+        {
+            "objID": NEAR62 + np.arange(n, dtype=np.int64) * 3,
+            "RAdeg": rng.uniform(0, 360, n),
+            "DEdeg": rng.uniform(-90, 90, n),
+            "mag_r": rng.uniform(14, 18, n).astype(np.float32),
+        }
+    ).assign(objID=lambda d: d.objID.where(d.index != 7, BIG))
 
 
 def _check_ranges(path, table):
@@ -121,15 +138,21 @@ def partition(n=50, start=0, seed=0, note_width=5):
     p = rng.uniform(0, 1, n).astype(np.float32)
     status = np.where(np.arange(n) % 10 == 3, "no_image", "ok").astype(object)
     p[status != "ok"] = np.nan
-    return pd.DataFrame({
-        "objid": np.r_[np.int64(BIG), NEAR62 + np.arange(start + 1, start + n, dtype=np.int64)],
-        "ra": rng.uniform(0, 360, n), "dec": rng.uniform(-90, 90, n), "p_merger": p,
-        "is_merger": np.nan_to_num(p, nan=-1) >= 0.62, "status": status,
-        "input_row": np.arange(start, start + n, dtype=np.int64),
-        "healpix29": rng.integers(0, 2 ** 60, n, dtype=np.int64),
-        "note": pd.array(["x" * (1 + i % note_width) if i % 7 else None for i in range(n)], dtype="string"),
-        "nobs": pd.array([i if i % 5 else None for i in range(n)], dtype="Int64"),
-        "mag_r": rng.uniform(14, 18, n).astype(np.float32)})
+    return pd.DataFrame(
+        {
+            "objid": np.r_[np.int64(BIG), NEAR62 + np.arange(start + 1, start + n, dtype=np.int64)],
+            "ra": rng.uniform(0, 360, n),
+            "dec": rng.uniform(-90, 90, n),
+            "p_merger": p,
+            "is_merger": np.nan_to_num(p, nan=-1) >= 0.62,
+            "status": status,
+            "input_row": np.arange(start, start + n, dtype=np.int64),
+            "healpix29": rng.integers(0, 2**60, n, dtype=np.int64),
+            "note": pd.array(["x" * (1 + i % note_width) if i % 7 else None for i in range(n)], dtype="string"),
+            "nobs": pd.array([i if i % 5 else None for i in range(n)], dtype="Int64"),
+            "mag_r": rng.uniform(14, 18, n).astype(np.float32),
+        }
+    )
 
 
 def test_write_partition_deterministic_with_voparquet(tmp_path):
@@ -138,7 +161,7 @@ def test_write_partition_deterministic_with_voparquet(tmp_path):
     write_partition(df, a, META)
     write_partition(df.copy(), b, META)
     assert a.read_bytes() == b.read_bytes()
-    assert sorted(p.name for p in a.parent.iterdir()) == ["p.parquet"]     # no temporary left behind
+    assert sorted(p.name for p in a.parent.iterdir()) == ["p.parquet"]  # no temporary left behind
     kv = pq.read_metadata(a).metadata
     assert kv[b"IVOA.VOTable-Parquet.version"] == b"1.0"
     assert kv[b"mergerscan.engine_sha256"] == META["engine_sha256"].encode()
@@ -155,12 +178,13 @@ def test_write_partition_deterministic_with_voparquet(tmp_path):
     assert back.schema.field("nobs").type == pa.int64() and back.column("nobs").null_count == 10
     assert back.schema.field("note").type == pa.string()
     from astropy.io import votable  # an independent VOTable parser
+
     t = votable.parse(io.BytesIO(kv[b"IVOA.VOTable-Parquet.content"]), verify="exception").get_first_table()
     assert str(t.get_field_by_id_or_name("ra").unit) == "deg" and t.get_field_by_id_or_name("objid").datatype == "long"
 
 
 def test_schema_keeps_partitions_uniform(tmp_path):
-    df = partition().assign(note=None)                       # all-null object column -> string
+    df = partition().assign(note=None)  # all-null object column -> string
     assert to_arrow(df).schema.field("note").type == pa.string()
     schema = to_arrow(partition()).schema
     write_partition(partition().assign(nobs=np.nan), tmp_path / "p.parquet", META, schema=schema)
@@ -171,8 +195,9 @@ def test_schema_keeps_partitions_uniform(tmp_path):
 def dataset(tmp_path):
     out = tmp_path / "parquet"
     files = []
-    for k, (name, n) in enumerate([("Norder=3/Dir=0/Npix=17", 40), ("Norder=5/Dir=0/Npix=300-0", 25),
-                                   ("Norder=-1/invalid", 7)]):
+    for k, (name, n) in enumerate(
+        [("Norder=3/Dir=0/Npix=17", 40), ("Norder=5/Dir=0/Npix=300-0", 25), ("Norder=-1/invalid", 7)]
+    ):
         f = out / f"{name}.parquet"
         write_partition(partition(n, start=1000 * k, seed=k, note_width=3 + 9 * k), f, META)
         files.append(f)
@@ -184,13 +209,17 @@ def test_write_metadata_gives_all_rows(dataset):
     write_metadata(out, files)
     assert (out / "_common_metadata").is_file()
     md = pq.read_metadata(out / "_metadata")
-    assert md.num_rows == 72 and {md.row_group(i).column(0).file_path for i in range(md.num_row_groups)} == \
-        {"Norder=3/Dir=0/Npix=17.parquet", "Norder=5/Dir=0/Npix=300-0.parquet", "Norder=-1/invalid.parquet"}
+    assert md.num_rows == 72 and {md.row_group(i).column(0).file_path for i in range(md.num_row_groups)} == {
+        "Norder=3/Dir=0/Npix=17.parquet",
+        "Norder=5/Dir=0/Npix=300-0.parquet",
+        "Norder=-1/invalid.parquet",
+    }
     assert pq.read_table(out).num_rows == 72
     t = ds.parquet_dataset(str(out / "_metadata")).to_table()
     assert sorted(t.column("input_row").to_pylist()) == sorted(
-        pd.concat([pq.read_table(f).to_pandas() for f in files])["input_row"].tolist())
-    write_partition(partition(5).assign(mag_r=1), out / "odd.parquet", META)     # int64, not float32
+        pd.concat([pq.read_table(f).to_pandas() for f in files])["input_row"].tolist()
+    )
+    write_partition(partition(5).assign(mag_r=1), out / "odd.parquet", META)  # int64, not float32
     with pytest.raises(ValueError, match=r"odd\.parquet.*schema differs.*mag_r"):
         write_metadata(out, [*files, out / "odd.parquet"])
 
@@ -203,8 +232,8 @@ def test_write_fits_table_layout(dataset, tmp_path):
     assert h[f"TFORM{cols['objid']}"] == "K" and f"TZERO{cols['objid']}" not in h
     assert h[f"TFORM{cols['is_merger']}"] == "L" and h[f"TFORM{cols['p_merger']}"] == "E"
     assert h[f"TUNIT{cols['ra']}"] == "deg" and h[f"TUCD{cols['dec']}"] == "pos.eq.dec;meta.main"
-    assert h[f"TFORM{cols['note']}"] == "12A"           # widest value over all partitions (the 2nd)
-    assert h[f"TNULL{cols['nobs']}"] == -2 ** 63 and f"TNULL{cols['objid']}" not in h
+    assert h[f"TFORM{cols['note']}"] == "12A"  # widest value over all partitions (the 2nd)
+    assert h[f"TNULL{cols['nobs']}"] == -(2**63) and f"TNULL{cols['objid']}" not in h
     assert h["NROWS"] == 72 and h["ENGSHA"] == META["engine_sha256"] and h["THRESH"] == 0.62
     data = fitsio.read(str(fits))
     expect = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
@@ -230,33 +259,40 @@ def test_stilts_reads_fits_exactly(dataset, tmp_path):
 
     rows = list(csv.DictReader(io.StringIO(stilts("omode=out", "ofmt=csv"))))
     assert len(rows) == len(expect)
-    assert [r["objid"] for r in rows] == [str(v) for v in expect["objid"]]     # exact 64-bit ids, as text
+    assert [r["objid"] for r in rows] == [str(v) for v in expect["objid"]]  # exact 64-bit ids, as text
     assert rows[0]["objid"] == str(BIG) and rows[1]["objid"] == str(NEAR62 + 1)
     nobs = pa.concat_arrays([pq.read_table(f).column("nobs").combine_chunks() for f in files]).to_pylist()
-    assert [r["nobs"] for r in rows] == ["" if v is None else str(v) for v in nobs]   # TNULL -> blank
+    assert [r["nobs"] for r in rows] == ["" if v is None else str(v) for v in nobs]  # TNULL -> blank
     assert [r["is_merger"] for r in rows] == [str(v).lower() for v in expect["is_merger"]]
-    table = [[c.strip() for c in line.strip("|").split("|")] for line in stilts("cmd=meta").splitlines()
-             if line.startswith("|")]
+    table = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in stilts("cmd=meta").splitlines()
+        if line.startswith("|")
+    ]
     meta = {r[table[0].index("Name")]: dict(zip(table[0], r)) for r in table[1:]}
     assert meta["ra"]["Units"] == meta["dec"]["Units"] == "deg"
     assert meta["ra"]["UCD"] == "pos.eq.ra;meta.main" and meta["p_merger"]["UCD"] == "stat.probability;src.morph"
     assert meta["objid"]["Class"] == "Long" and meta["is_merger"]["Class"] == "Boolean"
     assert meta["p_merger"]["Description"].startswith("calibrated probability")
     params = stilts("omode=meta")
-    assert META["engine_sha256"] in params and META["command"] in params   # long string (CONTINUE) intact
+    assert META["engine_sha256"] in params and META["command"] in params  # long string (CONTINUE) intact
 
 
 def test_find_column_exact_first_then_the_one_case_insensitive_match():
     from mergerscan.catalogs.columns import AmbiguousColumn, find_column, require_column
+
     cols = ["objID", "RA", "Z", "z", "Mag", "MAG_R", "mag_R"]
     assert find_column(cols, "objid") == "objID" and find_column(cols, "ra") == "RA"
-    assert find_column(cols, "z") == "z" and find_column(cols, "Z") == "Z"          # exact spelling wins
+    assert find_column(cols, "z") == "z" and find_column(cols, "Z") == "Z"  # exact spelling wins
     assert find_column(cols, "mag") == "Mag" and find_column(cols, "nosuch") is None
-    with pytest.raises(AmbiguousColumn) as e:                                       # never silently one of them
+    with pytest.raises(AmbiguousColumn) as e:  # never silently one of them
         find_column(cols, "mag_r")
     assert e.value.matches == ["MAG_R", "mag_R"]
     assert require_column(cols, "MAG", "cat.fits", "--keep-columns") == "Mag"
-    for name, needle in (("nosuch", "which is not a column (columns: objID, RA"), ("mag_r", "ambiguous (MAG_R, mag_R)")):
+    for name, needle in (
+        ("nosuch", "which is not a column (columns: objID, RA"),
+        ("mag_r", "ambiguous (MAG_R, mag_R)"),
+    ):
         with pytest.raises(CatalogError) as e:
             require_column(cols, name, "cat.fits", "--keep-columns")
         msg = str(e.value)
@@ -271,6 +307,7 @@ def test_docs_output_tables_are_rendered_from_the_schema(tmp_path, capsys):
     from pathlib import Path
 
     from mergerscan.catalogs.schema import OUTPUT_COLUMNS, STATUS, main, render_docs
+
     docs = Path(__file__).resolve().parents[1] / "docs" / "output.md"
     text = docs.read_text(encoding="utf-8")
     assert render_docs(text) == text, "docs/output.md is out of date: run python -m mergerscan.catalogs.schema"

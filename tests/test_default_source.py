@@ -41,8 +41,20 @@ def _closed_port() -> int:
 
 
 def _cli(cat, out, client, *extra):
-    return process_catalog([str(cat), "-o", str(out), "--no-progress", "--no-report", "--views", "1",
-                            "--scheduler", client.scheduler.address, *extra])
+    return process_catalog(
+        [
+            str(cat),
+            "-o",
+            str(out),
+            "--no-progress",
+            "--no-report",
+            "--views",
+            "1",
+            "--scheduler",
+            client.scheduler.address,
+            *extra,
+        ]
+    )
 
 
 def test_no_flag_uses_the_configured_default_service(server, site, catalog, dask_client, tmp_path, capsys):  # noqa: F811
@@ -57,19 +69,20 @@ def test_no_flag_uses_the_configured_default_service(server, site, catalog, dask
     assert f"no image source given: using cutout service {url} (default from {site})" in cap.err
     got = read_out(tmp_path / "out")
     assert got["objid"].tolist() == df["objID"].tolist() and (got["status"] == "ok").all()
-    assert len(server.queries) == len(df)                     # one request per row, at the engine's scale
+    assert len(server.queries) == len(df)  # one request per row, at the engine's scale
     assert {q["scale"] for q in server.queries} == {"0.396"} and {q["width"] for q in server.queries} == {"256"}
     assert "fetch failures" not in cap.out
 
 
-def test_without_network_prints_the_url_and_the_leading_reason(site, catalog, dask_client, tmp_path, monkeypatch,
-                                                               capsys):
+def test_without_network_prints_the_url_and_the_leading_reason(
+    site, catalog, dask_client, tmp_path, monkeypatch, capsys
+):
     cat, df = catalog
-    url = f"http://127.0.0.1:{_closed_port()}/getjpeg"          # nothing listens: as offline as it gets
+    url = f"http://127.0.0.1:{_closed_port()}/getjpeg"  # nothing listens: as offline as it gets
     monkeypatch.setenv(defaults.ENV, f"--cutout-service {url} --service-retries 1")
-    assert _cli(cat, tmp_path / "out", dask_client) == 3            # finished, no row scored: exit 3 (docs/output.md)
+    assert _cli(cat, tmp_path / "out", dask_client) == 3  # finished, no row scored: exit 3 (docs/output.md)
     cap = capsys.readouterr()
-    assert url in cap.err.splitlines()[0]                     # named before any work
+    assert url in cap.err.splitlines()[0]  # named before any work
     line = next(ln for ln in cap.out.splitlines() if "fetch failures" in ln)
     assert f"connection {len(df)}" in line and f"leading reason: connection; service {url}" in line
     assert (read_out(tmp_path / "out")["status"] == "fetch_failed").all()
@@ -107,8 +120,7 @@ def test_site_default_frames_env_beats_file_and_bad_config_is_one_line(site, cat
     assert str(site) in str(e.value) and "\n" not in str(e.value)
 
 
-def test_misspelled_source_option_in_the_site_default_is_one_line_exit_2(site, catalog, tmp_path, capsys,
-                                                                         monkeypatch):
+def test_misspelled_source_option_in_the_site_default_is_one_line_exit_2(site, catalog, tmp_path, capsys, monkeypatch):
     """The one command-line path of free-form source options: the site default's flags.  A
     misspelled one stops the run before anything starts: exit 2, one line, a suggestion."""
     cat, _ = catalog
@@ -130,8 +142,9 @@ def test_large_catalog_hint():
 def test_unreachable_service_is_not_hammered():
     """Rows after UNREACHABLE_ROWS network failures (none ok) fail at once, with the same reason."""
     rows = pd.DataFrame({"id": [f"o{i}" for i in range(60)], "ra": np.linspace(150, 151, 60), "dec": 2.0})
-    with ServiceSource(f"http://127.0.0.1:{_closed_port()}/x", PreprocessSpec(), retries=2, backoff=0.0,
-                       max_concurrency=4) as src:
+    with ServiceSource(
+        f"http://127.0.0.1:{_closed_port()}/x", PreprocessSpec(), retries=2, backoff=0.0, max_concurrency=4
+    ) as src:
         _, status = src.fetch(rows)
     assert (status == "fetch_failed").all() and src.stats["failures"] == {"connection": 60}
     assert src.stats["requests"] <= (UNREACHABLE_ROWS + 4) * 3 < 60
@@ -145,17 +158,17 @@ def test_rate_limit_spaces_requests(server):  # noqa: F811 - the fixture importe
     with ServiceSource(f"{server.url}/cutout", PreprocessSpec(), max_rate=20.0, max_concurrency=6) as src:
         _, status = src.fetch(rows)
     assert (status == "ok").all()
-    assert time.monotonic() - t0 >= 5 / 20.0 * 0.99             # 6 request starts at <= 20/s (a lower bound)
+    assert time.monotonic() - t0 >= 5 / 20.0 * 0.99  # 6 request starts at <= 20/s (a lower bound)
 
 
 def test_start_lines_name_the_source_and_hint_for_large_catalogs(site, catalog, tmp_path, capsys):
     from mergerscan.pipeline.run import _source_notices
 
     cat, _ = catalog
-    a = ProcessArguments(catalog=str(cat), output=str(tmp_path / "out"))        # built-in SkyServer default
+    a = ProcessArguments(catalog=str(cat), output=str(tmp_path / "out"))  # built-in SkyServer default
     _source_notices(a, 150_000)
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and defaults.SKYSERVER in err[0]
     assert err[1].startswith("process-catalog: hint: 150,000 rows") and "--frames DIR" in err[1]
     _source_notices(a, defaults.LARGE_FOR_SERVICE)
-    assert len(capsys.readouterr().err.splitlines()) == 1                       # no hint at 100 k rows
+    assert len(capsys.readouterr().err.splitlines()) == 1  # no hint at 100 k rows

@@ -24,7 +24,7 @@ SMALL = dict(n_fields=1, galaxies_per_field=4, mergers_per_field=2, stars_per_fi
 
 def _frame(path):
     with warnings.catch_warnings():
-        warnings.simplefilter("error")          # a header astropy has to fix is a bug here
+        warnings.simplefilter("error")  # a header astropy has to fix is a bug here
         hdu = fits.open(io.BytesIO(bz2.decompress(Path(path).read_bytes())))[0]
         return hdu.data, hdu.header, WCS(hdu.header)
 
@@ -33,8 +33,9 @@ def _frame(path):
 def field(tmp_path_factory):
     """The default field, made through the CLI (python -m mergerscan.demo OUT_DIR)."""
     out = tmp_path_factory.mktemp("demo")
-    res = subprocess.run([sys.executable, "-m", "mergerscan.demo", str(out)],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "mergerscan.demo", str(out)], capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr
     printed = res.stdout.split()
     frames = sorted(p for p in printed if p.endswith(".fits.bz2"))
@@ -62,12 +63,12 @@ def test_files_and_headers(field):
         assert data.dtype == np.dtype(">f4") and data.shape == (745, 1024)
         assert hdr["BUNIT"] == "nanomaggy" and hdr["FILTER"] == Path(p).name[6]
         assert wcs.wcs.ctype[0] == "RA---TAN" and wcs.wcs.ctype[1] == "DEC--TAN"
-        assert abs(hdr["CD1_2"]) > 1e-5                             # rotated, not north-up
+        assert abs(hdr["CD1_2"]) > 1e-5  # rotated, not north-up
         assert np.isclose(np.sqrt(abs(np.linalg.det(wcs.wcs.cd))) * 3600, 0.396, rtol=1e-3)
         sky = 1.4826 * np.median(np.abs(data - np.median(data)))
-        assert 0.01 < sky < 0.08                                    # SDSS-like sky noise, nmgy
+        assert 0.01 < sky < 0.08  # SDSS-like sky noise, nmgy
     crvals = {tuple(w.wcs.crval) for *_, w in frames}
-    assert len(crvals) == 6                                         # every band has its own WCS
+    assert len(crvals) == 6  # every band has its own WCS
 
 
 def _inside(wcs, ra, dec, margin=0.0):
@@ -78,7 +79,7 @@ def _inside(wcs, ra, dec, margin=0.0):
 def test_catalog_objects_on_flux(field):
     _, frames, cat = field
     assert cat["objid"].dtype.kind == "i" and cat["objid"].dtype.itemsize == 8
-    assert np.array_equal(cat["objid"] - OBJID0, np.arange(len(cat)))    # exact int64
+    assert np.array_equal(cat["objid"] - OBJID0, np.arange(len(cat)))  # exact int64
     assert set(np.char.strip(cat["truth"].astype(str))) == {"merger", "galaxy", "star"}
     assert (np.char.strip(cat["truth"].astype(str)) == "merger").sum() == 16
     assert np.isfinite(cat["ra"]).all() and np.isfinite(cat["dec"]).all()
@@ -89,7 +90,7 @@ def test_catalog_objects_on_flux(field):
         sigma = 1.4826 * np.median(np.abs(data - sky))
         for i in np.where(inside)[0]:
             ix, iy = round(float(x[i])), round(float(y[i]))
-            box = data[iy - 1:iy + 2, ix - 1:ix + 2]
+            box = data[iy - 1 : iy + 2, ix - 1 : ix + 2]
             assert box.mean() > sky + sigma, (p, cat["objid"][i], cat["truth"][i], box.mean())
         n_cover += inside
     n_cover //= 3
@@ -97,6 +98,6 @@ def test_catalog_objects_on_flux(field):
     assert (n_cover == 2).any()
     outside = n_cover == 0
     assert outside.sum() == 5
-    for *_, wcs in frames:                           # and far from every frame, not on an edge
+    for *_, wcs in frames:  # and far from every frame, not on an edge
         inside, *_ = _inside(wcs, cat["ra"][outside], cat["dec"][outside], margin=-200)
         assert not inside.any()

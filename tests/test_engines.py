@@ -58,15 +58,16 @@ def engine_path(tmp_path_factory):
     except MissingWeightsError:
         net = create_model("efficientnet_lite0")
     with torch.no_grad():
-        net.top[4].weight.mul_(10.0)          # logits of ~1 instead of ~0.1
+        net.top[4].weight.mul_(10.0)  # logits of ~1 instead of ~0.1
     card = {"arch": "efficientnet_lite0", "name": "test-lite0-64", "temperature": 1.0}
-    return export_onnx(net.eval(), PreprocessSpec(input_size=64), card,
-                       tmp_path_factory.mktemp("engine") / "lite0.onnx")
+    return export_onnx(
+        net.eval(), PreprocessSpec(input_size=64), card, tmp_path_factory.mktemp("engine") / "lite0.onnx"
+    )
 
 
 @pytest.fixture(scope="session")
 def stamps(real_stamps):
-    return real_stamps[:16]                         # the first 16 of conftest's shared stamps
+    return real_stamps[:16]  # the first 16 of conftest's shared stamps
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +104,7 @@ def test_unavailable_backend_fails_clearly(engine_path, backend):
 def test_predict_shape_range_and_empty(reference, stamps):
     eng, p = reference
     assert p.shape == (len(stamps),) and p.dtype == np.float32
-    assert np.all((p >= 0) & (p <= 1)) and p.std() > 0.05   # the scaled head spreads scores
+    assert np.all((p >= 0) & (p <= 1)) and p.std() > 0.05  # the scaled head spreads scores
     assert eng.predict(stamps[:0]).shape == (0,)
     assert eng.logits(np.zeros((0, 3, 64, 64), np.float32)).shape == (0,)
 
@@ -120,16 +121,25 @@ def test_test_time_views(engine_path, stamps, tmp_path):
     threshold the card holds for N views; a count the card has no calibration for is refused."""
     from mergerscan.engines.base import dihedral_views
 
-    path = _with_card(engine_path, tmp_path / "tta.onnx", views=4, temperature=1.3, threshold=0.6,
-                      by_views={"1": {"temperature": 1.0, "threshold": 0.5},
-                                "4": {"temperature": 1.3, "threshold": 0.6}})
+    path = _with_card(
+        engine_path,
+        tmp_path / "tta.onnx",
+        views=4,
+        temperature=1.3,
+        threshold=0.6,
+        by_views={"1": {"temperature": 1.0, "threshold": 0.5}, "4": {"temperature": 1.3, "threshold": 0.6}},
+    )
     eng = load_engine(path, threads=2)
     assert eng.info.views == 4 and eng.info.threshold == 0.6
     x = prepare_batch(stamps, eng.spec)
-    z = np.stack([eng.logits(np.ascontiguousarray(v)) for v in
-                  (x, x[..., ::-1], np.rot90(x, 2, axes=(2, 3)), np.rot90(x, 2, axes=(2, 3))[..., ::-1])])
+    z = np.stack(
+        [
+            eng.logits(np.ascontiguousarray(v))
+            for v in (x, x[..., ::-1], np.rot90(x, 2, axes=(2, 3)), np.rot90(x, 2, axes=(2, 3))[..., ::-1])
+        ]
+    )
     np.testing.assert_allclose(eng.predict(stamps), _sigmoid(z.mean(0) / 1.3), atol=1e-5)
-    assert np.abs(z[0] - z[1]).max() > 1e-3          # the views really differ
+    assert np.abs(z[0] - z[1]).max() > 1e-3  # the views really differ
     np.testing.assert_allclose(dihedral_views(x, 4).reshape(4, *x.shape)[2], np.rot90(x, 2, axes=(2, 3)))
     one = load_engine(path, threads=2, views=1)
     assert one.info.threshold == 0.5
@@ -196,6 +206,7 @@ def test_shared_batch_engine_isolates_a_failing_merged_batch(engine_path, stamps
         if len(x) > 8:
             raise MemoryError(f"{len(x)} rows")
         return raw(x)
+
     inner._stamp_logits = limited
     inner.stamp_batch = 1 << 30
     eng = SharedBatchEngine(inner, batch=64, max_wait_s=0.05)
@@ -219,17 +230,24 @@ def test_shared_batch_engine_isolates_a_failing_merged_batch(engine_path, stamps
 
 
 # ----------------------------------------------------------------- parity vs ORT CPU
-PARITY = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime-cuda", "fp32"), ("torch-cuda", "fp32"),
-          ("torch-cuda", "bf16"), ("tensorrt", "fp16"), ("tensorrt", "fp32")]
+PARITY = [
+    ("torch", "fp32"),
+    ("torch", "bf16"),
+    ("onnxruntime-cuda", "fp32"),
+    ("torch-cuda", "fp32"),
+    ("torch-cuda", "bf16"),
+    ("tensorrt", "fp16"),
+    ("tensorrt", "fp32"),
+]
 
 
 @pytest.mark.parametrize("backend,precision", PARITY, ids=[f"{b}-{p}" for b, p in PARITY])
 def test_parity_with_onnxruntime_cpu(engine_path, stamps, reference, backend, precision):
-    if (why := available_backends()[backend]):
+    if why := available_backends()[backend]:
         pytest.skip(f"{backend}: {why}")
     opts = {} if backend == "onnxruntime-cuda" else {"precision": precision}
     if backend == "torch-cuda":
-        opts["compile"] = False       # eager + CUDA graphs here; compiled runs in the benchmark
+        opts["compile"] = False  # eager + CUDA graphs here; compiled runs in the benchmark
     eng = load_engine(engine_path, backend=backend, threads=2, **opts)
     p = eng.predict(stamps)
     assert p.shape == reference[1].shape
@@ -238,7 +256,8 @@ def test_parity_with_onnxruntime_cpu(engine_path, stamps, reference, backend, pr
 
 def test_torch_compile_parity(engine_path, stamps, reference):
     from mergerscan.engines.torch import compile_unavailable_reason
-    if (why := compile_unavailable_reason()):
+
+    if why := compile_unavailable_reason():
         pytest.skip(why)
     eng = load_engine(engine_path, backend="torch", threads=2, compile=True)
     p = eng.predict(stamps[:4])
@@ -249,13 +268,15 @@ def test_torch_rebuild_folds_batchnorm_like_the_exporter(engine_path):
     from torch import nn
 
     from mergerscan.engines.torch import rebuild_model
+
     net, info = rebuild_model(engine_path)
     assert info.card["arch"] == "efficientnet_lite0"
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())   # all conv->BN folded
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())  # all conv->BN folded
 
 
 def test_torch_rebuild_refuses_what_it_cannot_rebuild(engine_path, tmp_path):
     from mergerscan.engines.torch import rebuild_model
+
     with pytest.raises(ValueError, match="arch"):
         rebuild_model(_with_card(engine_path, tmp_path / "noarch.onnx", arch=None, model=None))
     with pytest.raises(ValueError, match="arch 'resnet9'"):
@@ -267,8 +288,11 @@ def test_torch_rebuild_refuses_what_it_cannot_rebuild(engine_path, tmp_path):
 # ----------------------------------------------------------------- TensorRT parts that run without it
 def test_trt_profile_shapes():
     """The plan's input is uint8 stamps (N, H, H, 3): the front is inside it."""
-    assert trtb.profile_shapes(256, 128) == {"min": (1, 256, 256, 3), "opt": (128, 256, 256, 3),
-                                             "max": (128, 256, 256, 3)}
+    assert trtb.profile_shapes(256, 128) == {
+        "min": (1, 256, 256, 3),
+        "opt": (128, 256, 256, 3),
+        "max": (128, 256, 256, 3),
+    }
     assert trtb.profile_shapes(256, 512, opt_batch=128)["opt"] == (128, 256, 256, 3)
     with pytest.raises(ValueError):
         trtb.profile_shapes(64, 16, opt_batch=32)
@@ -276,13 +300,25 @@ def test_trt_profile_shapes():
 
 def test_trt_cache_key_and_path():
     prof = trtb.profile_shapes(64, 256)
-    base = dict(onnx_sha256="a" * 64, gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
-                trt_version="10.13.0", precision="fp16", profile=prof)
+    base = dict(
+        onnx_sha256="a" * 64,
+        gpu_name="NVIDIA H100 80GB HBM3",
+        compute_capability="9.0",
+        trt_version="10.13.0",
+        precision="fp16",
+        profile=prof,
+    )
     k = trtb.cache_key(**base)
     assert k == trtb.cache_key(**base) and len(k) == 24
-    for change in ({"onnx_sha256": "b" * 64}, {"gpu_name": "NVIDIA H200"}, {"compute_capability": "8.0"},
-                   {"trt_version": "11.0.0"}, {"precision": "fp32"},
-                   {"profile": trtb.profile_shapes(64, 512)}, {"views": 8}):
+    for change in (
+        {"onnx_sha256": "b" * 64},
+        {"gpu_name": "NVIDIA H200"},
+        {"compute_capability": "8.0"},
+        {"trt_version": "11.0.0"},
+        {"precision": "fp32"},
+        {"profile": trtb.profile_shapes(64, 512)},
+        {"views": 8},
+    ):
         assert trtb.cache_key(**(base | change)) != k, change
     p = trtb.engine_cache_path("/c", "NVIDIA H100 80GB HBM3", "9.0", "10.13.0", k)
     assert str(p) == f"/c/nvidia-h100-80gb-hbm3-sm90/trt-10.13.0/{k}.engine"
@@ -293,6 +329,7 @@ def test_trt_fp16_graph_parity_in_onnxruntime(engine_path, stamps, reference, tm
     """The fp16 graph TensorRT is built from, run in ORT CPU: fp32 I/O, metadata kept, close scores."""
     import onnx
     from onnx import TensorProto
+
     f16 = trtb.fp16_onnx(engine_path, tmp_path / "lite0.fp16.onnx")
     m = onnx.load(str(f16))
     assert m.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
@@ -341,6 +378,7 @@ def test_backend_from_a_test_file_registers_and_loads_by_name(toy_backend, engin
     np.testing.assert_allclose(eng.predict(stamps), _sigmoid(3.0 * x.reshape(len(x), -1).mean(1)), atol=1e-6)
     assert "toy" in available_backends() and available_backends()["toy"] is None
     from mergerscan import engines
+
     assert "toy" in engines.BACKENDS and engines.DEFAULT_PRECISION["toy"] == "fp32"
     with pytest.raises(ValueError, match="toy runs precision fp32, not 'fp16'"):
         parse_backend("toy:fp16")
@@ -361,7 +399,7 @@ def test_misspelled_backend_option_is_one_line_naming_it(toy_backend, engine_pat
 def test_registering_another_factory_under_a_taken_name_is_refused(toy_backend):
     with pytest.raises(ValueError, match="already registered"):
         register_backend("toy", options=ToyOptions)(lambda path, options, threads=1, views=None: None)
-    register_backend("toy", options=ToyOptions, precisions=("fp32",))(ToyEngine)   # same factory: fine
+    register_backend("toy", options=ToyOptions, precisions=("fp32",))(ToyEngine)  # same factory: fine
 
 
 def test_plugin_backend_reaches_another_process_through_the_environment(engine_path, tmp_path):
@@ -379,19 +417,26 @@ def test_plugin_backend_reaches_another_process_through_the_environment(engine_p
         "@dataclass(frozen=True)\nclass Opts:\n    precision: str | None = None\n"
         "@register_backend('toy-plugin', options=Opts)\n"
         "def make(path, options, threads=1, views=None):\n"
-        "    return OnnxRuntimeEngine(path, threads=threads)\n")
+        "    return OnnxRuntimeEngine(path, threads=threads)\n"
+    )
     src = Path(__file__).resolve().parents[1] / "src"
-    env = os.environ | {"MERGERSCAN_BACKENDS": "toy_plugin",
-                        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(src), os.environ.get("PYTHONPATH", "")])}
-    code = ("import sys; from mergerscan.engines import load_engine, BACKENDS; "
-            f"e = load_engine({str(engine_path)!r}, backend='toy-plugin'); print(e.info.name, 'toy-plugin' in BACKENDS)")
+    env = os.environ | {
+        "MERGERSCAN_BACKENDS": "toy_plugin",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(src), os.environ.get("PYTHONPATH", "")]),
+    }
+    code = (
+        "import sys; from mergerscan.engines import load_engine, BACKENDS; "
+        f"e = load_engine({str(engine_path)!r}, backend='toy-plugin'); print(e.info.name, 'toy-plugin' in BACKENDS)"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["test-lite0-64", "True"]
     env["MERGERSCAN_BACKENDS"] = "no_such_backend_module"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0 and "$MERGERSCAN_BACKENDS: cannot import backend module 'no_such_backend_module'" \
-        in out.stderr
+    assert (
+        out.returncode != 0
+        and "$MERGERSCAN_BACKENDS: cannot import backend module 'no_such_backend_module'" in out.stderr
+    )
 
 
 def test_onnxruntime_fp16_runs_an_fp16_graph(engine_path, stamps, reference):
@@ -404,7 +449,7 @@ def test_onnxruntime_fp16_runs_an_fp16_graph(engine_path, stamps, reference):
 
     eng = load_engine(engine_path, backend="onnxruntime:fp16", threads=2)
     assert eng.precision == "fp16" and backend_precision("onnxruntime:fp16") == "fp16"
-    for views in (None, eng.info.views):         # the prepared-batch graph and the stamps graph
+    for views in (None, eng.info.views):  # the prepared-batch graph and the stamps graph
         inits = eng.session_model(views).graph.initializer
         assert sum(i.data_type == TensorProto.FLOAT16 for i in inits) > len(inits) // 2
     p = eng.predict(stamps)
@@ -438,12 +483,15 @@ def test_backend_at_module_reference_loads_in_a_fresh_process(engine_path, tmp_p
     (tmp_path / "toy_at_mod.py").write_text(TOY_MODULE.format(name="toy-at"))
     np.save(tmp_path / "stamps.npy", stamps)
     src = Path(__file__).resolve().parents[1] / "src"
-    code = ("import sys, numpy as np; from mergerscan.engines import load_engine; "
-            f"e = load_engine({str(engine_path)!r}, backend=sys.argv[1]); "
-            f"np.save({str(tmp_path / 'p.npy')!r}, e.predict(np.load({str(tmp_path / 'stamps.npy')!r})))")
+    code = (
+        "import sys, numpy as np; from mergerscan.engines import load_engine; "
+        f"e = load_engine({str(engine_path)!r}, backend=sys.argv[1]); "
+        f"np.save({str(tmp_path / 'p.npy')!r}, e.predict(np.load({str(tmp_path / 'stamps.npy')!r})))"
+    )
     env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{src}"}
-    out = subprocess.run([sys.executable, "-c", code, "toy-at:fp32@toy_at_mod"], env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code, "toy-at:fp32@toy_at_mod"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), reference[1], atol=1e-6)
     with pytest.raises(ValueError, match="backend toy-gone: cannot import backend module 'no_such_mod'"):
@@ -457,7 +505,7 @@ def test_backend_at_module_reference_reaches_running_dask_workers(dask_client, t
     from mergerscan.engines import backend_names, backend_precision
 
     (tmp_path / "toy_worker_mod.py").write_text(TOY_MODULE.format(name="toy-worker"))
-    dask_client.run(site.addsitedir, str(tmp_path))             # importable there, not yet imported
+    dask_client.run(site.addsitedir, str(tmp_path))  # importable there, not yet imported
     assert not any("toy-worker" in names for names in dask_client.run(backend_names).values())
     fut = dask_client.submit(backend_precision, "toy-worker@toy_worker_mod", pure=False)
     assert fut.result(timeout=60) == "fp32"

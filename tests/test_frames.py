@@ -30,8 +30,9 @@ SMALL = PreprocessSpec(stamp_pixels=32, input_size=16)
 
 
 def _rows(*objs) -> pd.DataFrame:
-    return pd.DataFrame({"id": [f"o{i}" for i in range(len(objs))], "ra": [o[0] for o in objs],
-                         "dec": [o[1] for o in objs]})
+    return pd.DataFrame(
+        {"id": [f"o{i}" for i in range(len(objs))], "ra": [o[0] for o in objs], "dec": [o[1] for o in objs]}
+    )
 
 
 @pytest.fixture()
@@ -60,7 +61,7 @@ def test_index_from_headers_and_cached(real, frames_dir, count_headers):
     e = idx["files"][f["bands"]["r"]]
     assert e["shape"] == [1489, 2048] and e["wcs"]["CTYPE1"] == "RA---TAN" and 0.1 < e["radius"] < 0.2
     assert cache.exists()
-    again = build_frame_index(frames_dir, cache=cache)                 # second call: no header read
+    again = build_frame_index(frames_dir, cache=cache)  # second call: no header read
     assert count_headers == [] and again["files"] == idx["files"]
 
 
@@ -111,14 +112,14 @@ def test_cutout_geometry_against_astropy(real):
 def test_outside_and_edge(real):
     src, _ = real
     f = src.field(FIELD)
-    (ra_e, dec_e), = f.ref_wcs.wcs_pix2world([[40.0, 700.0]], 0)        # 40 px from the r frame's edge
+    ((ra_e, dec_e),) = f.ref_wcs.wcs_pix2world([[40.0, 700.0]], 0)  # 40 px from the r frame's edge
     st, status = src.fetch(_rows((M2843["ra"], M2843["dec"]), (10.0, -30.0), (ra_e, dec_e)))
     assert status.tolist() == ["ok", "outside_footprint", "edge"]
     assert not st[1].any()
     # missing pixels are exactly 0 in every band (the sky-subtracted frames are never exactly 0)
     bands, key, edge = src.band_stamps(ra_e, dec_e)
     assert key == FIELD and edge
-    assert 0.15 < (bands == 0).all(axis=0).mean() < 0.5                 # ~(128-40)/256 of the stamp
+    assert 0.15 < (bands == 0).all(axis=0).mean() < 0.5  # ~(128-40)/256 of the stamp
     assert not (src.band_stamps(M2843["ra"], M2843["dec"])[0] == 0).any()
 
 
@@ -128,13 +129,13 @@ def test_corrupt_frame_and_unreadable_header(frames_dir, tmp_path):
     g = tmp_path / "frame-g-003918-3-0213.fits.bz2"
     g.chmod(0o644)
     body = bytearray(g.read_bytes())
-    body[1_500_000:1_500_400] = bytes(400)                               # garble a block mid-file
+    body[1_500_000:1_500_400] = bytes(400)  # garble a block mid-file
     g.write_bytes(bytes(body))
     (tmp_path / "frame-u-003918-3-0213.fits.bz2").write_bytes(b"BZh9 not really a frame")
-    with FrameSource(tmp_path, PreprocessSpec()) as src:                 # cache next to the frames
+    with FrameSource(tmp_path, PreprocessSpec()) as src:  # cache next to the frames
         idx = src.index
         assert list(idx["unreadable"]) == ["frame-u-003918-3-0213.fits.bz2"]
-        assert set(idx["fields"][FIELD]["bands"]) == set("gri")          # header read by streaming
+        assert set(idx["fields"][FIELD]["bands"]) == set("gri")  # header read by streaming
         st, status = src.fetch(_rows((M2843["ra"], M2843["dec"]), (10.0, -30.0)))
     assert status.tolist() == ["corrupt_frame", "outside_footprint"] and not st.any()
     assert (tmp_path / F.INDEX_NAME).exists()
@@ -147,7 +148,7 @@ def _wcs(ra, dec, shift=(0.0, 0.0), n=(200, 150), angle=30.0) -> WCS:
     w.wcs.crval = [ra, dec]
     w.wcs.crpix = [n[0] / 2 + shift[0], n[1] / 2 + shift[1]]
     c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
-    w.wcs.cd = 0.396 / 3600 * np.array([[-c, s], [s, c]])                 # rotated, like SDSS frames
+    w.wcs.cd = 0.396 / 3600 * np.array([[-c, s], [s, c]])  # rotated, like SDSS frames
     return w
 
 
@@ -156,7 +157,7 @@ def _write(path, w: WCS, data: np.ndarray, two_streams=True):
     buf = io.BytesIO()
     fits.PrimaryHDU(data.astype(np.float32), w.to_header()).writeto(buf)
     raw = buf.getvalue()
-    body = bz2.compress(raw[:2880 * 2]) + bz2.compress(raw[2880 * 2:]) if two_streams else bz2.compress(raw)
+    body = bz2.compress(raw[: 2880 * 2]) + bz2.compress(raw[2880 * 2 :]) if two_streams else bz2.compress(raw)
     path.write_bytes(body)
 
 
@@ -165,9 +166,9 @@ def _field(tmp, field, w_r: WCS, level, star, n=(200, 150)):
     the bands' WCS are offset by a few pixels, as in SDSS."""
     for k, b in enumerate("gri"):
         w = _wcs(*w_r.wcs.crval, shift=(3.0 * (k - 1), -2.0 * (k - 1)), n=n)
-        (x, y), = w.wcs_world2pix([star], 0)
-        yy, xx = np.mgrid[:n[1], :n[0]]
-        img = level + 5.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.5 ** 2))
+        ((x, y),) = w.wcs_world2pix([star], 0)
+        yy, xx = np.mgrid[: n[1], : n[0]]
+        img = level + 5.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.5**2))
         _write(tmp / f"frame-{b}-000001-1-{field:04d}.fits.bz2", w, img)
 
 
@@ -177,7 +178,7 @@ def overlap(tmp_path):
     a = _wcs(150.0, 2.0)
     b_centre = a.wcs_pix2world([[a.wcs.crpix[0] - 1 + 60, a.wcs.crpix[1] - 1]], 0)[0]
     b = _wcs(*b_centre)
-    obj = a.wcs_pix2world([[170.0, 75.0]], 0)[0]                          # A edge 29.5 px, B edge ~74 px
+    obj = a.wcs_pix2world([[170.0, 75.0]], 0)[0]  # A edge 29.5 px, B edge ~74 px
     _field(tmp_path, 1, a, 0.05, obj)
     _field(tmp_path, 2, b, 0.5, obj)
     return tmp_path, a, b, obj
@@ -191,7 +192,7 @@ def test_overlap_picks_farthest_from_edge(overlap):
     assert status.tolist() == ["ok"]
     stamp = st[0].astype(float)
     corner = stamp[:4, :4].mean()
-    assert corner > composite([np.full((1, 1), 0.3)] * 3, SMALL.stretch).mean()   # B's bright sky
+    assert corner > composite([np.full((1, 1), 0.3)] * 3, SMALL.stretch).mean()  # B's bright sky
     # the point source is centred in all three channels although the band WCS differ
     for c in range(3):
         yx = np.unravel_index(stamp[..., c].argmax(), stamp.shape[:2])
@@ -202,10 +203,10 @@ def test_corrupt_best_field_falls_back(overlap):
     d, a, b, obj = overlap
     g = d / "frame-g-000001-1-0002.fits.bz2"
     body = bytearray(g.read_bytes())
-    body[-200:-150] = b"\x55" * 50                                      # garble B's data stream
+    body[-200:-150] = b"\x55" * 50  # garble B's data stream
     g.write_bytes(bytes(body))
-    only_b = b.wcs_pix2world([[185.0, 75.0]], 0)[0]                       # outside A
-    edge_a = a.wcs_pix2world([[5.0, 75.0]], 0)[0]                         # outside B, 5 px from A's edge
+    only_b = b.wcs_pix2world([[185.0, 75.0]], 0)[0]  # outside A
+    edge_a = a.wcs_pix2world([[5.0, 75.0]], 0)[0]  # outside B, 5 px from A's edge
     with FrameSource(d, SMALL, index_cache=None) as src:
         assert not src.index["unreadable"]
         st, status = src.fetch(_rows(obj, only_b, edge_a))
@@ -221,10 +222,10 @@ def test_index_invalidated_per_file(overlap, count_headers):
     first = build_frame_index(d, cache=cache)
     assert len(count_headers) == 6 and len(first["fields"]) == 2
     build_frame_index(d, cache=cache)
-    assert len(count_headers) == 6                                       # cached
+    assert len(count_headers) == 6  # cached
     _write(d / "frame-r-000001-1-0001.fits.bz2", _wcs(151.0, 2.0), np.zeros((150, 200)))
     changed = build_frame_index(d, cache=cache)
-    assert len(count_headers) == 7                                       # only the rewritten file
+    assert len(count_headers) == 7  # only the rewritten file
     assert changed["files"]["frame-r-000001-1-0001.fits.bz2"]["wcs"]["CRVAL1"] == 151.0
     (d / "frame-g-000001-1-0002.fits.bz2").unlink()
     assert "g" not in build_frame_index(d, cache=cache)["fields"]["1-1-2"]["bands"]
@@ -253,7 +254,7 @@ def test_frames_options_are_checked_and_low_memory_keeps_one_field(overlap):
     msg = str(e.value)
     assert "\n" not in msg and "image source 'frames': unknown option 'max_field'" in msg
     assert "did you mean 'max_fields'?" in msg and "index_cache" in msg
-    with pytest.raises(ValueError, match="unknown option 'timeout'"):      # a service option is not a frames one
+    with pytest.raises(ValueError, match="unknown option 'timeout'"):  # a service option is not a frames one
         FrameSource(d, SMALL, index_cache=None, timeout=3.0)
     cfg = SourceConfig("frames", str(d), (("index_cache", None), ("max_fields", 6)))
     low = cfg.low_memory()
@@ -273,8 +274,8 @@ def test_distorted_wcs_uses_node_interpolation(tmp_path):
     hdr["CTYPE1"], hdr["CTYPE2"] = "RA---TAN-SIP", "DEC--TAN-SIP"
     hdr.update({"A_ORDER": 2, "B_ORDER": 2, "A_2_0": 2e-4, "A_1_1": 5e-5, "B_0_2": -2e-4, "B_1_1": 1e-4})
     ws = WCS(hdr)
-    yy, xx = np.mgrid[:n[1], :n[0]]
-    img = (np.sin(xx / 7.0) + np.cos(yy / 5.0) + 2.0).astype(np.float32)   # smooth, non-trivial
+    yy, xx = np.mgrid[: n[1], : n[0]]
+    img = (np.sin(xx / 7.0) + np.cos(yy / 5.0) + 2.0).astype(np.float32)  # smooth, non-trivial
     for b in "gri":
         buf = io.BytesIO()
         fits.PrimaryHDU(img, hdr).writeto(buf)
@@ -293,7 +294,7 @@ def test_distorted_wcs_uses_node_interpolation(tmp_path):
     rows, cols = np.mgrid[:s, :s]
     x, y = ws.all_world2pix(*out.all_pix2world(cols.ravel(), rows.ravel(), 0), 0)
     ref = map_coordinates(img, [y, x], order=1, prefilter=False).reshape(s, s)
-    assert np.abs(bands[0] - ref).max() < 2e-3                           # node interpolation error
+    assert np.abs(bands[0] - ref).max() < 2e-3  # node interpolation error
     # ...whereas ignoring the distortion would be far off
     x0, y0 = WCS(w.to_header()).wcs_world2pix(*out.all_pix2world(cols.ravel(), rows.ravel(), 0), 0)
     assert np.abs(map_coordinates(img, [y0, x0], order=1).reshape(s, s) - ref).max() > 0.1
@@ -317,7 +318,7 @@ def test_default_cache_never_written_into_read_only_dir(overlap, tmp_path_factor
     home = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("XDG_CACHE_HOME", str(home))
     assert footprint.default_cache(d) == d / F.INDEX_NAME
-    d.chmod(0o555)                                   # read-only data directory (even for root)
+    d.chmod(0o555)  # read-only data directory (even for root)
     try:
         build_frame_index(d)
         assert not (d / F.INDEX_NAME).exists()

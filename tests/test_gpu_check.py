@@ -14,13 +14,26 @@ REPO = Path(__file__).resolve().parents[1]
 def test_gpu_check_dry_run_on_cpu(gz_dir, tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     from pack_gpu_check_data import pack
+
     names = pack(tmp_path / "data", n=4, source=gz_dir)
     assert len(names) == 4 and (tmp_path / "data" / "manifest.json").is_file()
     out = tmp_path / "g.json"
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--cpu", "--data",
-                        str(tmp_path / "data"), "--out", str(out)], capture_output=True, text=True, env=env,
-                       timeout=240)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "gpu_check.py"),
+            "--cpu",
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())
     s = doc["sections"]
@@ -32,15 +45,22 @@ def test_gpu_check_dry_run_on_cpu(gz_dir, tmp_path):
     assert s["host"]["engine-fp32"]["objects_per_s"] > 0 and s["host"]["shared-fp32"]["requests"] > 0
     assert s["parity"]["torch:fp32"]["within_tolerance"]
     assert s["front"]["parity"]["within_1e-5"]
-    assert "default" in s["compile"]                 # a result, an error or a timeout: never missing
+    assert "default" in s["compile"]  # a result, an error or a timeout: never missing
 
 
 def test_gpu_check_refuses_without_cuda_unless_dry_run(tmp_path):
     import torch
+
     if torch.cuda.is_available():
         import pytest
+
         pytest.skip("a CUDA device is present")
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path / "x.json")],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path / "x.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 2 and "--cpu" in r.stderr and not (tmp_path / "x.json").exists()

@@ -41,13 +41,18 @@ def small_engine(tmp_path_factory):
     net = create_model("efficientnet_lite0")
     with torch.no_grad():
         net.top[4].weight.mul_(10.0)
-    card = {"arch": "efficientnet_lite0", "name": "gpu-paths-64", "temperature": 1.0, "views": 1,
-            "by_views": {"8": {"temperature": 1.0, "threshold": 0.5}}}
+    card = {
+        "arch": "efficientnet_lite0",
+        "name": "gpu-paths-64",
+        "temperature": 1.0,
+        "views": 1,
+        "by_views": {"8": {"temperature": 1.0, "threshold": 0.5}},
+    }
     return export_onnx(net.eval(), PreprocessSpec(input_size=64), card, tmp_path_factory.mktemp("e") / "e.onnx")
 
 
 # ---------------------------------------------------------------- the front = prepare_batch
-@pytest.mark.parametrize("size", [160, 64, 256])       # antialiased bilinear, block mean, identity
+@pytest.mark.parametrize("size", [160, 64, 256])  # antialiased bilinear, block mean, identity
 @pytest.mark.parametrize("views", [1, 8])
 def test_front_equals_prepare_batch_on_real_stamps(real_stamps, size, views):
     import onnxruntime as ort
@@ -73,9 +78,9 @@ def test_default_engine_scores_the_same_through_the_front(real_stamps):
     calls, plain = [], eng._logits
     eng._logits = lambda x: (calls.append(len(x)), plain(x))[1]
     p = eng.predict(real_stamps[:8])
-    assert calls == []                                          # no prepared-batch calls at all
-    host = eng.calibrate(Engine._stamp_logits(eng, real_stamps[:8]))   # prepare_batch + views + logits
-    assert len(calls) == 8                                      # the old path: one call per view
+    assert calls == []  # no prepared-batch calls at all
+    host = eng.calibrate(Engine._stamp_logits(eng, real_stamps[:8]))  # prepare_batch + views + logits
+    assert len(calls) == 8  # the old path: one call per view
     assert np.abs(p - host).max() <= 1e-5
 
 
@@ -94,7 +99,7 @@ def test_precision_suffixes_honoured_or_refused(small_engine, real_stamps, tmp_p
     assert f16.precision == "fp16"
     p16 = f16.predict(real_stamps)
     d = np.abs(p16.astype(np.float64) - ref)
-    assert 0 < d.max() <= 1e-2, d.max()                         # really fp16: close, not identical
+    assert 0 < d.max() <= 1e-2, d.max()  # really fp16: close, not identical
     for bad in ("onnxruntime:bf16", "onnxruntime:tf32", "torch:tf32", "tensorrt:bf16"):
         with pytest.raises(ValueError, match="runs precision"):
             parse_backend(bad)
@@ -112,7 +117,7 @@ def test_fp32_means_ieee_fp32_and_tf32_is_named():
     from mergerscan.engines.tensorrt import builder_flags
     from mergerscan.engines.torch import set_tf32, tf32_enabled
 
-    assert cuda_provider_options("fp32") == {"use_tf32": "0"}     # ORT's CUDA EP defaults to TF32
+    assert cuda_provider_options("fp32") == {"use_tf32": "0"}  # ORT's CUDA EP defaults to TF32
     assert cuda_provider_options("fp16") == {"use_tf32": "0"}
     assert cuda_provider_options("tf32") == {"use_tf32": "1"}
     assert builder_flags("fp32") == {"TF32": False} and builder_flags("fp16") == {"TF32": False}
@@ -123,9 +128,9 @@ def test_fp32_means_ieee_fp32_and_tf32_is_named():
         assert tf32_enabled() == (True, True)
         set_tf32(False)
         assert tf32_enabled() == (False, False)
-        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):     # the new API agrees
+        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # the new API agrees
             assert torch.backends.cuda.matmul.fp32_precision == "ieee"
-        assert torch._C._get_cudnn_allow_tf32() is False     # what torch.onnx.export reads: no error
+        assert torch._C._get_cudnn_allow_tf32() is False  # what torch.onnx.export reads: no error
     finally:
         set_tf32(before[0])
     assert parse_backend("torch-cuda:tf32") == ("torch-cuda", {"precision": "tf32"})
@@ -133,7 +138,7 @@ def test_fp32_means_ieee_fp32_and_tf32_is_named():
 
 
 def test_torch_cpu_refuses_tf32(small_engine):
-    with pytest.raises(ValueError, match="precision 'tf32' is not one it runs .*; tf32 runs on .*torch-cuda"):
+    with pytest.raises(ValueError, match=r"precision 'tf32' is not one it runs .*; tf32 runs on .*torch-cuda"):
         load_engine(small_engine, backend="torch", precision="tf32")
 
 
@@ -144,9 +149,10 @@ def test_int8_export_is_symmetric(small_engine, real_stamps, tmp_path):
     calib = prepare_batch(real_stamps[:16], PreprocessSpec(input_size=64))
     q = quantize_int8(small_engine, calib, tmp_path / "q.onnx")
     zps = zero_points(q)
-    assert len(zps) > 50                                        # every conv has its Q/DQ pair
-    assert all(np.all(z == 0) and z.dtype == np.int8 for z in zps.values()), \
-        {k: (z.dtype, z.ravel()[:3]) for k, z in zps.items() if not np.all(z == 0) or z.dtype != np.int8}
+    assert len(zps) > 50  # every conv has its Q/DQ pair
+    assert all(np.all(z == 0) and z.dtype == np.int8 for z in zps.values()), {
+        k: (z.dtype, z.ravel()[:3]) for k, z in zps.items() if not np.all(z == 0) or z.dtype != np.int8
+    }
     eng = load_engine(q, threads=2)
     assert eng.precision == "int8" and eng.info.card["quantization"] == "symmetric-s8s8-qdq"
     ref = load_engine(small_engine, threads=2).predict(real_stamps)
@@ -158,13 +164,15 @@ def test_int8_export_is_symmetric(small_engine, real_stamps, tmp_path):
 # ---------------------------------------------------------------- TensorRT: one build per node
 def _build_in_process(plan, log, go):
     from mergerscan.engines.tensorrt import build_once
+
     go.wait()
 
     def build():
         with open(log, "a") as f:
             f.write("built\n")
-        time.sleep(0.5)                  # a build takes time: the others must wait, not build too
+        time.sleep(0.5)  # a build takes time: the others must wait, not build too
         return b"PLAN-" + b"x" * 1000
+
     return build_once(plan, build, timeout_s=60)
 
 
@@ -185,11 +193,12 @@ def test_trt_plan_built_once_by_concurrent_processes(tmp_path):
         p.join(timeout=60)
     assert log.read_text().count("built") == 1
     assert all(g == b"PLAN-" + b"x" * 1000 for g in got) and plan.read_bytes() == got[0]
-    assert not [f for f in plan.parent.iterdir() if f.name.endswith(".tmp")]   # unique temps, all gone
+    assert not [f for f in plan.parent.iterdir() if f.name.endswith(".tmp")]  # unique temps, all gone
 
 
 def test_trt_fp16_temporaries_are_unique(small_engine, tmp_path):
     from mergerscan.engines import tensorrt as trtb
+
     out = tmp_path / "x.fp16.onnx"
     ts = [threading.Thread(target=trtb.fp16_onnx, args=(small_engine, out)) for _ in range(3)]
     [t.start() for t in ts]
@@ -203,6 +212,7 @@ def test_serial_engines_run_one_call_at_a_time(small_engine, real_stamps):
     """TensorRT (one context/stream) is serial; any serial engine gets one call at a time even
     when --no-shared-batch lets every partition thread call it directly."""
     from mergerscan.engines.tensorrt import TensorRTEngine
+
     assert TensorRTEngine.serial is True
     eng = load_engine(small_engine, threads=1)
     inside, peak, lock, raw = [0], [0], threading.Lock(), eng._stamp_logits
@@ -217,6 +227,7 @@ def test_serial_engines_run_one_call_at_a_time(small_engine, real_stamps):
         finally:
             with lock:
                 inside[0] -= 1
+
     eng._stamp_logits = tracked
     eng.stamp_batch = 2
 
@@ -224,8 +235,9 @@ def test_serial_engines_run_one_call_at_a_time(small_engine, real_stamps):
         ts = [threading.Thread(target=eng.predict, args=(real_stamps[k::4],)) for k in range(4)]
         [t.start() for t in ts]
         [t.join() for t in ts]
+
     run_threads()
-    assert peak[0] > 1                              # ONNX Runtime sessions may run concurrently
+    assert peak[0] > 1  # ONNX Runtime sessions may run concurrently
     eng.serial, peak[0] = True, 0
     run_threads()
     assert peak[0] == 1
@@ -238,15 +250,23 @@ def test_cuda_out_of_memory_is_out_of_memory_and_sticky_errors_are_sticky():
 
     from mergerscan.engines.errors import is_out_of_memory, is_sticky
 
-    oom = [MemoryError(), torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-           RuntimeError("CUDA out of memory. Tried to allocate 512.00 MiB (GPU 0; 79.1 GiB total capacity)"),
-           RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while "
-                            "running Conv node. Status Message: onnxruntime::BFCArena::AllocateRawInternal "
-                            "Failed to allocate memory for requested buffer of size 1073741824"),
-           RuntimeError("CUDA error: out of memory"), RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate")]
-    sticky = [RuntimeError("CUDA error: an illegal memory access was encountered"),
-              RuntimeError("CUDA error: device-side assert triggered"),
-              RuntimeError("CUDA error: unspecified launch failure")]
+    oom = [
+        MemoryError(),
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("CUDA out of memory. Tried to allocate 512.00 MiB (GPU 0; 79.1 GiB total capacity)"),
+        RuntimeException(
+            "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while "
+            "running Conv node. Status Message: onnxruntime::BFCArena::AllocateRawInternal "
+            "Failed to allocate memory for requested buffer of size 1073741824"
+        ),
+        RuntimeError("CUDA error: out of memory"),
+        RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"),
+    ]
+    sticky = [
+        RuntimeError("CUDA error: an illegal memory access was encountered"),
+        RuntimeError("CUDA error: device-side assert triggered"),
+        RuntimeError("CUDA error: unspecified launch failure"),
+    ]
     other = [ValueError("bad shape"), RuntimeError("TensorRT execute_async_v3 failed")]
     assert all(is_out_of_memory(e) for e in oom) and not any(is_sticky(e) for e in oom)
     assert all(is_sticky(e) for e in sticky) and not any(is_out_of_memory(e) for e in sticky)
@@ -256,6 +276,7 @@ def test_cuda_out_of_memory_is_out_of_memory_and_sticky_errors_are_sticky():
 def test_sticky_error_outside_a_worker_raises(small_engine):
     from mergerscan.engines.errors import StickyDeviceError
     from mergerscan.pipeline.task import device_failure
+
     with pytest.raises(StickyDeviceError, match="must be replaced"):
         device_failure(load_engine(small_engine), RuntimeError("CUDA error: an illegal memory access"))
 
@@ -264,6 +285,7 @@ def test_sticky_error_outside_a_worker_raises(small_engine):
 def _hold(key):
     """A task that reports it started, then waits until the test lets every task go."""
     from distributed import Event, Queue
+
     Queue("started").put(key)
     return Event("go").wait(timeout=60)
 
@@ -282,7 +304,7 @@ def test_integer_gpu_resources_run_every_thread(tmp_path):
         futs = [client.submit(_hold, k, resources=GPU_TASK_RESOURCES, pure=False) for k in range(12)]
         started = Queue("started", client=client)
         try:
-            got = {started.get(timeout=60) for _ in range(12)}      # all 12 at once, or a timeout
+            got = {started.get(timeout=60) for _ in range(12)}  # all 12 at once, or a timeout
         finally:
             Event("go", client=client).set()
         assert got == set(range(12)) and all(client.gather(futs))
@@ -293,6 +315,7 @@ def test_gpu_run_refuses_workers_without_the_resource(dask_client, tmp_path):
 
     from mergerscan.pipeline.arguments import ArgumentError
     from mergerscan.pipeline.cluster import check_gpu_workers
+
     with pytest.raises(ArgumentError, match="advertises the Dask resource GPU"):
         check_gpu_workers(dask_client, SimpleNamespace(cluster="local"))
 
@@ -301,11 +324,29 @@ def test_local_gpus_without_a_gpu_refuses_at_once(tmp_path):
     if available_backends()["torch-cuda"] is None:
         pytest.skip("torch-cuda can run here")
     import pandas as pd
+
     cat = tmp_path / "cat.csv"
     pd.DataFrame({"objid": [1, 2], "ra": [10.0, 10.1], "dec": [0.0, 0.1]}).to_csv(cat, index=False)
-    r = subprocess.run([sys.executable, "-m", "mergerscan.pipeline.cli", str(cat), "--images", str(tmp_path),
-                        "-o", str(tmp_path / "out"), "--gpus", "1", "--backend", "torch-cuda", "--no-report"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mergerscan.pipeline.cli",
+            str(cat),
+            "--images",
+            str(tmp_path),
+            "-o",
+            str(tmp_path / "out"),
+            "--gpus",
+            "1",
+            "--backend",
+            "torch-cuda",
+            "--no-report",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "--gpus 1 with local workers" in lines[0] and "cannot run on this machine" in lines[0]

@@ -17,9 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from mergerscan.catalogs.hats import output_files
 from conftest import BIG, SCIENCE, make_stamps, read_out, two_patch_catalog, write_fits_catalog  # noqa: F401
-from mergerscan.catalogs.read import CatalogError
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
 from mergerscan.pipeline.plan import ORDER29, assign_partitions, healpix29, make_partitions
 from mergerscan.pipeline.resume import FingerprintMismatch
@@ -35,21 +33,30 @@ def small_field(tmp_path_factory, cheap_engine):
     d = tmp_path_factory.mktemp("field")
     shutil.copy(cheap_engine, d / "engine.onnx")
     df = two_patch_catalog(300, seed=42, width=0.5, id_step=7)
-    df.loc[3, "DEdeg"] = np.nan          # bad coordinates
+    df.loc[3, "DEdeg"] = np.nan  # bad coordinates
     df.loc[4, "DEdeg"] = 95.0
     df.loc[5, "RAdeg"] = -1.0
-    for c in ("objID", "RAdeg", "DEdeg"):                   # duplicated object (per column: a row
-        df.loc[11, c] = df.loc[10, c]                       # Series would pass objID through float64)
+    for c in ("objID", "RAdeg", "DEdeg"):  # duplicated object (per column: a row
+        df.loc[11, c] = df.loc[10, c]  # Series would pass objID through float64)
     objid = df["objID"].to_numpy()
-    make_stamps(d / "stamps", [o for k, o in enumerate(objid) if k not in (20, 21)])   # 20, 21: no image
+    make_stamps(d / "stamps", [o for k, o in enumerate(objid) if k not in (20, 21)])  # 20, 21: no image
     (d / "stamps" / f"{objid[22]}.jpg").write_bytes((d / "stamps" / f"{objid[23]}.jpg").read_bytes()[:300])  # truncated
     write_fits_catalog(d / "cat.fits", df)
     return d, df
 
 
 def args_for(d, out, **kw):
-    base = dict(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps"), partition_rows=40,
-                keep_columns=["mag_r"], progress=False, command="test", report=False, engine=str(d / "engine.onnx"))
+    base = dict(
+        catalog=str(d / "cat.fits"),
+        output=str(out),
+        images=str(d / "stamps"),
+        partition_rows=40,
+        keep_columns=["mag_r"],
+        progress=False,
+        command="test",
+        report=False,
+        engine=str(d / "engine.onnx"),
+    )
     base.update(kw)
     return ProcessArguments(**base)
 
@@ -72,7 +79,7 @@ def copy_run(src: Path, dst: Path) -> Path:
 def test_partitions_bounded_and_cover_every_row():
     rng = np.random.default_rng(0)
     ra, dec = rng.uniform(0, 360, 20000), np.degrees(np.arcsin(rng.uniform(-1, 1, 20000)))
-    ra[:3000] = rng.normal(180, 0.01, 3000)          # a dense clump
+    ra[:3000] = rng.normal(180, 0.01, 3000)  # a dense clump
     dec[:3000] = rng.normal(0, 0.01, 3000)
     dec[5] = np.nan
     valid = np.isfinite(dec)
@@ -82,8 +89,8 @@ def test_partitions_bounded_and_cover_every_row():
     pid = assign_partitions(hpx, np.arange(len(ra)), parts)
     sizes = np.bincount(pid, minlength=len(parts))
     assert sizes.sum() == len(ra) and (pid >= 0).all()
-    assert sizes.max() <= 500 + 1                 # sub-partitions split by row number
-    assert {p.order for p in parts} >= {-1, 6}    # invalid rows have their own partition
+    assert sizes.max() <= 500 + 1  # sub-partitions split by row number
+    assert {p.order for p in parts} >= {-1, 6}  # invalid rows have their own partition
     assert len({p.name for p in parts}) == len(parts)
 
 
@@ -101,7 +108,7 @@ def test_end_to_end_rows_conserved_and_flagged(small_field, reference_run):
     ok = got["status"] == "ok"
     assert ok.sum() == len(df) - 7
     assert got.loc[ok, "p_merger"].between(0, 1).all() and got.loc[~ok, "p_merger"].isna().all()
-    text = RunLayout(out).summary.read_text()            # the typed summary is the file, exactly
+    text = RunLayout(out).summary.read_text()  # the typed summary is the file, exactly
     assert isinstance(s, RunSummary) and s.to_json() == text and RunSummary.from_json(text).to_json() == text
     assert np.allclose(got["mag_r"], df["mag_r"])
     assert s["status"]["ok"] == ok.sum() and s["flagged"] == 7
@@ -120,8 +127,9 @@ def test_rerun_resumes_and_is_identical(small_field, reference_run, dask_client,
     retried = {f"{r.name}.json" for r in (out / "_work" / "retry").glob("part-*")}
     assert len(retried) >= 1
     run(args_for(d, out), client=dask_client)
-    assert {f: f.stat().st_mtime_ns for f in (out / "_work" / "scored").glob("*.json") if f.name not in retried} \
-        == {f: t for f, t in markers.items() if f.name not in retried}
+    assert {f: f.stat().st_mtime_ns for f in (out / "_work" / "scored").glob("*.json") if f.name not in retried} == {
+        f: t for f, t in markers.items() if f.name not in retried
+    }
     assert {f: f.read_bytes() for f in files} == before
     # delete two partitions + markers: they are recomputed byte for byte
     for m in sorted((out / "_work" / "scored").glob("*.json"))[:2]:
@@ -135,8 +143,11 @@ def test_shared_batches_give_the_same_catalog(small_field, reference_run, dask_c
     catalog is the same as with one engine call per partition batch."""
     d, _ = small_field
     a = read_out(reference_run[0])
-    b = read_out(tmp_path / "b") if run(args_for(d, tmp_path / "b", shared_batch=True, batch_size=8),
-                                         client=dask_client) else None
+    b = (
+        read_out(tmp_path / "b")
+        if run(args_for(d, tmp_path / "b", shared_batch=True, batch_size=8), client=dask_client)
+        else None
+    )
     assert a["status"].tolist() == b["status"].tolist() and a["objid"].tolist() == b["objid"].tolist()
     np.testing.assert_allclose(a["p_merger"], b["p_merger"], atol=1e-5)
 
@@ -151,14 +162,30 @@ def test_kept_nullable_int_column_has_one_type_in_every_partition(dask_client, t
     rng = np.random.default_rng(1)
     ra = np.concatenate([rng.uniform(10, 10.3, n // 2), rng.uniform(200, 200.3, n // 2)])
     dec = np.concatenate([rng.uniform(0, 0.3, n // 2), rng.uniform(30, 30.3, n // 2)])
-    big = [None if (i >= n // 2 and i % 7 == 0) else 2 ** 62 + i for i in range(n)]
-    pq.write_table(pa.table({"objid": np.arange(n, dtype=np.int64) + 1, "ra": ra, "dec": dec,
-                             "nchild": pa.array(big, pa.int64())}), tmp_path / "cat.parquet", row_group_size=50)
+    big = [None if (i >= n // 2 and i % 7 == 0) else 2**62 + i for i in range(n)]
+    pq.write_table(
+        pa.table(
+            {"objid": np.arange(n, dtype=np.int64) + 1, "ra": ra, "dec": dec, "nchild": pa.array(big, pa.int64())}
+        ),
+        tmp_path / "cat.parquet",
+        row_group_size=50,
+    )
     (tmp_path / "none").mkdir()
     out = tmp_path / "out"
-    run(ProcessArguments(catalog=str(tmp_path / "cat.parquet"), output=str(out), images=str(tmp_path / "none"),
-                         partition_rows=40, chunk_rows=50, keep_columns=["nchild"], progress=False,
-                         command="test", report=False), client=dask_client)
+    run(
+        ProcessArguments(
+            catalog=str(tmp_path / "cat.parquet"),
+            output=str(out),
+            images=str(tmp_path / "none"),
+            partition_rows=40,
+            chunk_rows=50,
+            keep_columns=["nchild"],
+            progress=False,
+            command="test",
+            report=False,
+        ),
+        client=dask_client,
+    )
     t = pq.read_table(out / "parquet" / "dataset")
     assert t.schema.field("nchild").type == pa.int64() and t.column("nchild").null_count == big.count(None)
     got = dict(zip(t.column("input_row").to_pylist(), t.column("nchild").to_pylist()))
@@ -201,7 +228,7 @@ def test_csv_with_string_ids(small_field, reference_run, dask_client, tmp_path):
     like ../shared's catalog.csv with ids M0001...: stamps named by them, ids kept as text."""
     d, df = small_field
     names = [f"G{k:04d}" for k in range(len(df))]
-    names[11] = names[10]                                    # the fixture's duplicated object
+    names[11] = names[10]  # the fixture's duplicated object
     stamps = tmp_path / "named"
     stamps.mkdir()
     for name, o in zip(names, df["objID"]):
@@ -212,7 +239,7 @@ def test_csv_with_string_ids(small_field, reference_run, dask_client, tmp_path):
     out = tmp_path / "out"
     run(args_for(d, out, catalog=str(path), images=str(stamps), id_column="name"), client=dask_client)
     got = read_out(out)
-    assert got["id"].tolist() == names                   # text ids come out as "id", integers as "objid"
+    assert got["id"].tolist() == names  # text ids come out as "id", integers as "objid"
     want = read_out(reference_run[0])
     assert got["status"].tolist() == want["status"].tolist()
     assert np.allclose(want["p_merger"], got["p_merger"], equal_nan=True)
@@ -230,17 +257,17 @@ def test_path_column_names_the_stamp_files(small_field, reference_run, dask_clie
     files = []
     for k, o in enumerate(df["objID"]):
         src = d / "stamps" / f"{o}.jpg"
-        if not src.exists():                                       # the fixture's missing stamps
+        if not src.exists():  # the fixture's missing stamps
             files.append(f"sub/none{k}.jpg")
         elif k % 3 == 0:
             (imgs / "sub" / f"rel{k}.jpg").symlink_to(src)
-            files.append(f"sub/rel{k}.jpg")                        # relative to DIR
+            files.append(f"sub/rel{k}.jpg")  # relative to DIR
         elif k % 3 == 1:
             (elsewhere / f"abs{k}.jpg").symlink_to(src)
-            files.append(str(elsewhere / f"abs{k}.jpg"))           # absolute
+            files.append(str(elsewhere / f"abs{k}.jpg"))  # absolute
         else:
             (imgs / f"{o}.jpg").symlink_to(src)
-            files.append(None)                                     # empty: DIR/<id>.jpg
+            files.append(None)  # empty: DIR/<id>.jpg
     path = tmp_path / "files.parquet"
     df.assign(File=files).to_parquet(path)
     out = tmp_path / "out"
@@ -254,16 +281,24 @@ def test_path_column_names_the_stamp_files(small_field, reference_run, dask_clie
 
 def test_error_path_column(small_field, tmp_path):
     d, _ = small_field
-    _assert_one_line_error(_cli(d / "cat.fits", "--images", d / "stamps", "--path-column", "nosuch",
-                                "-o", tmp_path / "o"), "cat.fits", "nosuch")
-    _assert_one_line_error(_cli(d / "cat.fits", "--frames", d / "stamps", "--path-column", "mag_r",
-                                "-o", tmp_path / "o"), "--path-column")
+    _assert_one_line_error(
+        _cli(d / "cat.fits", "--images", d / "stamps", "--path-column", "nosuch", "-o", tmp_path / "o"),
+        "cat.fits",
+        "nosuch",
+    )
+    _assert_one_line_error(
+        _cli(d / "cat.fits", "--frames", d / "stamps", "--path-column", "mag_r", "-o", tmp_path / "o"), "--path-column"
+    )
 
 
 # ---------------------------------------------------------------- bad input: one-line errors
 def _cli(*argv, timeout=120):
-    return subprocess.run([sys.executable, "-m", "mergerscan.pipeline.cli", *map(str, argv)],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mergerscan.pipeline.cli", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _assert_one_line_error(r, *needles):
@@ -304,23 +339,51 @@ def test_error_empty_catalog(small_field, tmp_path):
 
 def test_error_explicit_column_absent(small_field, tmp_path):
     d, _ = small_field
-    _assert_one_line_error(_cli(d / "cat.fits", "--images", d / "stamps", "--ra-column", "alpha", "-o", tmp_path / "o"),
-                           "cat.fits", "alpha")
+    _assert_one_line_error(
+        _cli(d / "cat.fits", "--images", d / "stamps", "--ra-column", "alpha", "-o", tmp_path / "o"),
+        "cat.fits",
+        "alpha",
+    )
 
 
 def test_run_layout_is_the_on_disk_format():
     """The file names of a run (old runs resume, the report and other tools read them): pinned."""
     from mergerscan.pipeline.plan import Partition
+
     o = RunLayout("/o")
     w = o.work
-    got = [o.fits, o.summary, o.report_index, o.catalog_dir, w.plan, w.fingerprint, w.content_cache, w.staged_csv,
-           w.run_file(3), w.bucket_file(4), w.marker(5), w.retry_marker(5), w.piece(6), w.slurm_logs]
+    got = [
+        o.fits,
+        o.summary,
+        o.report_index,
+        o.catalog_dir,
+        w.plan,
+        w.fingerprint,
+        w.content_cache,
+        w.staged_csv,
+        w.run_file(3),
+        w.bucket_file(4),
+        w.marker(5),
+        w.retry_marker(5),
+        w.piece(6),
+        w.slurm_logs,
+    ]
     assert [str(p) for p in got] == [
-        "/o/mergers.fits", "/o/summary.json", "/o/report/index.html", "/o/parquet", "/o/_work/plan.json",
-        "/o/_work/fingerprint.json", "/o/_work/content-cache.json", "/o/_work/input.parquet",
-        "/o/_work/split/runs/chunk-000003.arrow", "/o/_work/split/bucket-000004.arrow",
-        "/o/_work/scored/part-000005.json", "/o/_work/retry/part-000005", "/o/_work/pieces/part-000006.parquet",
-        "/o/_work/slurm-logs"]
+        "/o/mergers.fits",
+        "/o/summary.json",
+        "/o/report/index.html",
+        "/o/parquet",
+        "/o/_work/plan.json",
+        "/o/_work/fingerprint.json",
+        "/o/_work/content-cache.json",
+        "/o/_work/input.parquet",
+        "/o/_work/split/runs/chunk-000003.arrow",
+        "/o/_work/split/bucket-000004.arrow",
+        "/o/_work/scored/part-000005.json",
+        "/o/_work/retry/part-000005",
+        "/o/_work/pieces/part-000006.parquet",
+        "/o/_work/slurm-logs",
+    ]
     assert str(o.dataset_file(Partition(6, 5, 1234, sub=1, nsub=3))) == "/o/_work/pieces/part-000006.parquet"
     assert str(o.dataset_file(Partition(2, 5, 21234))) == "/o/parquet/dataset/Norder=5/Dir=20000/Npix=21234.parquet"
     assert str(o.dataset_file(Partition(9, -1, 0, sub=2, nsub=3))) == "/o/parquet/bad_coords/part-0002.parquet"
@@ -339,7 +402,7 @@ def test_run_summary_reading_rules():
     assert RunSummary.from_json(newer.to_json()) == newer
     old = RunSummary.from_dict({"rows": 3, "threshold": 0.4, "source": {"kind": "stamps", "location": "/s"}})
     assert old.scored == 0 and old.failures == [] and old.source.location == "/s" and old.select is None
-    s.report = "/out/report/index.html"                  # built after summary.json: in the object only
+    s.report = "/out/report/index.html"  # built after summary.json: in the object only
     assert s["report"] == s.report and "report" not in json.loads(s.to_json())
     with pytest.raises(SummaryError, match="rows"):
         RunSummary.from_dict({"rows": "many"})
@@ -349,18 +412,23 @@ def test_run_summary_reading_rules():
 
 def test_error_bad_fault_hook(small_field, tmp_path):
     d, _ = small_field
-    for spec, why in (("nomodule", "module:function"), ("mergerscan.pipeline.faults:nothing", "AttributeError"),
-                      ("mergerscan.nowhere:f", "ModuleNotFoundError")):
+    for spec, why in (
+        ("nomodule", "module:function"),
+        ("mergerscan.pipeline.faults:nothing", "AttributeError"),
+        ("mergerscan.nowhere:f", "ModuleNotFoundError"),
+    ):
         with pytest.raises(ArgumentError, match=why):
             args_for(d, tmp_path / "o", fault_hook=spec)
 
 
 def test_error_unknown_keep_column_and_two_sources(small_field, tmp_path):
     d, _ = small_field
-    _assert_one_line_error(_cli(d / "cat.fits", "--images", d / "stamps", "--keep-columns", "nope", "-o", tmp_path / "o"),
-                           "nope")
-    _assert_one_line_error(_cli(d / "cat.fits", "--images", d / "stamps", "--frames", d, "-o", tmp_path / "o2"),
-                           "exactly one")
+    _assert_one_line_error(
+        _cli(d / "cat.fits", "--images", d / "stamps", "--keep-columns", "nope", "-o", tmp_path / "o"), "nope"
+    )
+    _assert_one_line_error(
+        _cli(d / "cat.fits", "--images", d / "stamps", "--frames", d, "-o", tmp_path / "o2"), "exactly one"
+    )
     with pytest.raises(ArgumentError, match="http"):
         ProcessArguments(catalog=str(d / "cat.fits"), output=str(tmp_path / "x"), cutout_service="file:///etc/passwd")
 
@@ -371,19 +439,46 @@ def test_killed_run_resumes_without_duplicates(small_field, dask_client, tmp_pat
     ref, out = tmp_path / "ref", tmp_path / "out"
     # the undisturbed run, partitioned alike: duplicate_id is decided within a partition
     run(args_for(d, ref, partition_rows=20, batch_size=8), client=dask_client)
-    common = ["--images", d / "stamps", "--partition-rows", "20", "--workers", "1", "--threads-per-worker", "1",
-              "--keep-columns", "mag_r", "--no-progress", "--no-report", "--batch-size", "8",
-              "--engine", d / "engine.onnx"]
+    common = [
+        "--images",
+        d / "stamps",
+        "--partition-rows",
+        "20",
+        "--workers",
+        "1",
+        "--threads-per-worker",
+        "1",
+        "--keep-columns",
+        "mag_r",
+        "--no-progress",
+        "--no-report",
+        "--batch-size",
+        "8",
+        "--engine",
+        d / "engine.onnx",
+    ]
     # every partition takes >= 0.4 s, so that the kill lands mid-run however fast the engine is
-    slow = dict(os.environ, MERGERSCAN_INJECT_FAULT="sleep:-1:0.4")
-    proc = subprocess.Popen([sys.executable, "-m", "mergerscan.pipeline.cli", str(d / "cat.fits"), "-o", str(out),
-                             *map(str, common)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env=slow)
+    slow = ["--fault-hook", "mergerscan.pipeline.faults:sleep=score:-1:0.4"]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mergerscan.pipeline.cli",
+            str(d / "cat.fits"),
+            "-o",
+            str(out),
+            *map(str, common),
+            *slow,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     scored = out / "_work" / "scored"
     while time.time() < deadline and len(list(scored.glob("*.json"))) < 3:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)      # the whole process group: client, scheduler, workers
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: client, scheduler, workers
     proc.wait()
     n_done = len(list(scored.glob("*.json")))
     total = len(list((ref / "_work" / "scored").glob("*.json")))
@@ -421,13 +516,29 @@ def test_error_csv_column_changes_type_late(small_field, tmp_path):
     bad["mag_r"] = bad["mag_r"].astype(object)
     bad.loc[250, "mag_r"] = "bright"
     bad.to_csv(p, index=False)
-    _assert_one_line_error(_cli(p, "--images", d / "stamps", "--chunk-rows", "100", "--keep-columns", "mag_r",
-                                "-o", tmp_path / "o"), "late.csv")
+    _assert_one_line_error(
+        _cli(p, "--images", d / "stamps", "--chunk-rows", "100", "--keep-columns", "mag_r", "-o", tmp_path / "o"),
+        "late.csv",
+    )
 
 
 def _plan_options(d: Path) -> list:
-    return ["--images", d / "stamps", "--partition-rows", "20", "--chunk-rows", "40", "--workers", "1",
-            "--threads-per-worker", "1", "--keep-columns", "mag_r", "--no-progress", "--plan"]
+    return [
+        "--images",
+        d / "stamps",
+        "--partition-rows",
+        "20",
+        "--chunk-rows",
+        "40",
+        "--workers",
+        "1",
+        "--threads-per-worker",
+        "1",
+        "--keep-columns",
+        "mag_r",
+        "--no-progress",
+        "--plan",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -450,13 +561,28 @@ def test_killed_plan_rerun_finishes_with_the_same_plan(small_field, plan_referen
     split_ref = ref / "_work" / "split"
     buckets = sorted(f.name for f in split_ref.iterdir())
     assert len(buckets) > 3 and all(b.startswith("bucket-") for b in buckets)
-    slow = ["--fault-hook", f"mergerscan.pipeline.faults:sleep={stage}:-1:0.5"]     # every {stage} task >= 0.5 s
-    proc = subprocess.Popen([sys.executable, "-m", "mergerscan.pipeline.cli", str(d / "cat.fits"), "-o", str(out),
-                             *map(str, common), *slow], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    slow = ["--fault-hook", f"mergerscan.pipeline.faults:sleep={stage}:-1:0.5"]  # every {stage} task >= 0.5 s
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mergerscan.pipeline.cli",
+            str(d / "cat.fits"),
+            "-o",
+            str(out),
+            *map(str, common),
+            *slow,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     runs, split_out, plan_file = out / "_work" / "split" / "runs", out / "_work" / "split", out / "_work" / "plan.json"
-    written = (lambda: len(list(runs.glob("chunk-*.arrow")))) if stage == "scan" else \
-        (lambda: len(list(split_out.glob("bucket-*.arrow"))))
+    written = (
+        (lambda: len(list(runs.glob("chunk-*.arrow"))))
+        if stage == "scan"
+        else (lambda: len(list(split_out.glob("bucket-*.arrow"))))
+    )
     deadline = time.time() + 300
     while time.time() < deadline and written() < 2 and proc.poll() is None:
         time.sleep(0.05)
@@ -466,10 +592,10 @@ def test_killed_plan_rerun_finishes_with_the_same_plan(small_field, plan_referen
         assert not plan_file.exists() and 2 <= written() < 300 // 40 + 1, "the kill must land mid-scan"
     else:
         assert plan_file.exists() and 2 <= written() < len(buckets), "the kill must land mid-gather"
-        assert len(list(runs.glob("chunk-*.arrow"))) == 300 // 40 + 1      # runs kept until every bucket is in
+        assert len(list(runs.glob("chunk-*.arrow"))) == 300 // 40 + 1  # runs kept until every bucket is in
     r = _cli(d / "cat.fits", "-o", out, *common)
     assert r.returncode == 0, r.stderr
     assert plan_file.read_bytes() == (ref / "_work" / "plan.json").read_bytes()
-    assert sorted(f.name for f in split_out.iterdir()) == buckets           # no runs, no temporaries
+    assert sorted(f.name for f in split_out.iterdir()) == buckets  # no runs, no temporaries
     for b in buckets:
         assert (split_out / b).read_bytes() == (split_ref / b).read_bytes(), b

@@ -34,9 +34,33 @@ from conftest import assert_fits_equals_parquet, make_stamps, parquet_table  # n
 from mergerscan.catalogs.schema import output_names  # noqa: E402
 
 EXAMPLES = int(os.environ.get("MERGERSCAN_PROPERTY_EXAMPLES", "5"))
-NAMES = ["P_MERGER", "p_Merger", "STATUS", "status", "RA", "Ra", "DEC", "Z", "z", "IS_MERGER", "Input_Row",
-         "_HEALPIX_29", "ID", "objid", "in_status", "in_STATUS", "mag", "g-r", "g_r", "mag r", "x" * 80,
-         "flux_" + "y" * 70, "Δz", "naïve", "ΣSFR"]
+NAMES = [
+    "P_MERGER",
+    "p_Merger",
+    "STATUS",
+    "status",
+    "RA",
+    "Ra",
+    "DEC",
+    "Z",
+    "z",
+    "IS_MERGER",
+    "Input_Row",
+    "_HEALPIX_29",
+    "ID",
+    "objid",
+    "in_status",
+    "in_STATUS",
+    "mag",
+    "g-r",
+    "g_r",
+    "mag r",
+    "x" * 80,
+    "flux_" + "y" * 70,
+    "Δz",
+    "naïve",
+    "ΣSFR",
+]
 CANONICAL = re.compile(r"-?(0|[1-9][0-9]*)")
 
 
@@ -55,44 +79,52 @@ def catalogs(draw, fmt):
     n = draw(st.integers(1, 7))
     kind = draw(st.sampled_from(["int", "uint", "text"] if fmt != "csv" else ["int", "text"]))
     if kind == "int":
-        pool = st.one_of(st.integers(-2 ** 63, 2 ** 63 - 1), st.integers(2 ** 62, 2 ** 62 + 5), st.integers(0, 99))
+        pool = st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(2**62, 2**62 + 5), st.integers(0, 99))
         ids = [draw(pool) for _ in range(n)]
-        if fmt != "fits":                         # FITS integer columns have no nulls
+        if fmt != "fits":  # FITS integer columns have no nulls
             ids = [None if draw(st.integers(0, 4)) == 0 else v for v in ids]
         ids[0] = 7777777
     elif kind == "uint":
-        ids = [draw(st.integers(2 ** 63, 2 ** 64 - 1)) for _ in range(n)]
-        ids[0] = 2 ** 63 + 7
+        ids = [draw(st.integers(2**63, 2**64 - 1)) for _ in range(n)]
+        ids[0] = 2**63 + 7
     else:
         alphabet = text_chars if fmt != "fits" else st.sampled_from(list("abcXYZ0123456789 _-./"))
-        word = st.one_of(st.text(alphabet, min_size=0, max_size=6), st.sampled_from(["0001", "012", "", "  ", "0"]),
-                         st.just("L" * 300), st.integers(0, 50).map(str))
+        word = st.one_of(
+            st.text(alphabet, min_size=0, max_size=6),
+            st.sampled_from(["0001", "012", "", "  ", "0"]),
+            st.just("L" * 300),
+            st.integers(0, 50).map(str),
+        )
         ids = [draw(word) for _ in range(n)]
         if fmt == "parquet":
             ids = [None if draw(st.integers(0, 5)) == 0 else v for v in ids]
         ids[0] = "row0"
     coord = st.one_of(st.floats(150, 150.2), st.just(float("nan")), st.sampled_from([400.0, -1.0, 360.0]))
     ra = [draw(coord) for _ in range(n)]
-    dec = [draw(st.one_of(st.floats(2, 2.2), st.just(float("nan")), st.sampled_from([95.0, -91.0])))
-           for _ in range(n)]
+    dec = [draw(st.one_of(st.floats(2, 2.2), st.just(float("nan")), st.sampled_from([95.0, -91.0]))) for _ in range(n)]
     ra[0], dec[0] = 150.1, 2.1
     names = draw(st.lists(st.sampled_from(NAMES), max_size=4, unique=True))
-    if fmt == "fits":                              # FITS names: ASCII, <= 68, unique in any case
+    if fmt == "fits":  # FITS names: ASCII, <= 68, unique in any case
         names = [m for m in names if m.isascii() and len(m) <= 68]
         names = [m for i, m in enumerate(names) if m.lower() not in {o.lower() for o in names[:i]}]
     cols = {}
     for m in names:
         t = draw(st.sampled_from(["float", "int", "bool", "text"] + (["vector"] if fmt != "csv" else [])))
         if t == "float":
-            cols[m] = [draw(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
-                                      st.just(float("nan")))) for _ in range(n)]
+            cols[m] = [
+                draw(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64), st.just(float("nan"))))
+                for _ in range(n)
+            ]
         elif t == "int":
-            cols[m] = [draw(st.integers(-2 ** 63, 2 ** 63 - 1)) for _ in range(n)]
+            cols[m] = [draw(st.integers(-(2**63), 2**63 - 1)) for _ in range(n)]
         elif t == "bool":
             cols[m] = [draw(st.booleans()) for _ in range(n)]
         elif t == "text":
-            alphabet = st.sampled_from(list("abc XYZ019,;'\"")) if fmt == "fits" else \
-                st.sampled_from(list("abc XYZ019,;'\"éΔ"))
+            alphabet = (
+                st.sampled_from(list("abc XYZ019,;'\""))
+                if fmt == "fits"
+                else st.sampled_from(list("abc XYZ019,;'\"éΔ"))
+            )
             cols[m] = [draw(st.text(alphabet, min_size=1, max_size=8)).strip() or "q" for _ in range(n)]
         else:
             cols[m] = [[draw(st.floats(-1e6, 1e6, width=32)) for _ in range(3)] for _ in range(n)]
@@ -103,14 +135,23 @@ def write(cat, path):
     n, fmt = cat["n"], cat["fmt"]
     if fmt == "parquet":
         id_type = {"int": pa.int64(), "uint": pa.uint64(), "text": pa.string()}[cat["kind"]]
-        data = {"ident": pa.array(cat["ids"], id_type), "ra_deg": pa.array(cat["ra"], pa.float64()),
-                "dec_deg": pa.array(cat["dec"], pa.float64())}
+        data = {
+            "ident": pa.array(cat["ids"], id_type),
+            "ra_deg": pa.array(cat["ra"], pa.float64()),
+            "dec_deg": pa.array(cat["dec"], pa.float64()),
+        }
         for m, v in cat["cols"].items():
             data[m] = pa.array(v)
         pq.write_table(pa.table(data), path)
     elif fmt == "csv":
-        df = pd.DataFrame({"ident": pd.Series(["" if v is None else str(v) for v in cat["ids"]], dtype=object),
-                           "ra_deg": cat["ra"], "dec_deg": cat["dec"], **cat["cols"]})
+        df = pd.DataFrame(
+            {
+                "ident": pd.Series(["" if v is None else str(v) for v in cat["ids"]], dtype=object),
+                "ra_deg": cat["ra"],
+                "dec_deg": cat["dec"],
+                **cat["cols"],
+            }
+        )
         df.to_csv(path, index=False, float_format=None)
     else:
         id_dt = {"int": "i8", "uint": "u8"}.get(cat["kind"]) or f"S{max(1, max(len(v) for v in cat['ids']))}"
@@ -127,8 +168,11 @@ def write(cat, path):
             else:
                 dt.append((m, f"S{max(len(x) for x in v)}"))
         rec = np.zeros(n, dtype=dt)
-        rec["ident"] = [v.encode() if isinstance(v, str) else v for v in cat["ids"]] if cat["kind"] == "text" \
+        rec["ident"] = (
+            [v.encode() if isinstance(v, str) else v for v in cat["ids"]]
+            if cat["kind"] == "text"
             else np.array(cat["ids"], dtype=dt[0][1])
+        )
         rec["ra_deg"], rec["dec_deg"] = cat["ra"], cat["dec"]
         for m, v in cat["cols"].items():
             rec[m] = [x.encode() for x in v] if isinstance(v[0], str) else v
@@ -141,11 +185,11 @@ def expected_ids(cat) -> tuple[str, list]:
     if fmt == "csv":
         text = [None if v is None or str(v) == "" else str(v) for v in ids]
         nonblank = [v.strip() for v in text if v is not None and v.strip()]
-        as_int = bool(nonblank) and all(CANONICAL.fullmatch(v) and -2 ** 63 <= int(v) < 2 ** 63 for v in nonblank)
+        as_int = bool(nonblank) and all(CANONICAL.fullmatch(v) and -(2**63) <= int(v) < 2**63 for v in nonblank)
         if as_int:
             return "objid", [None if v is None or not v.strip() else int(v) for v in text]
         return "id", text
-    if cat["kind"] == "text":                     # FITS text is fixed width: surrounding blanks are not kept
+    if cat["kind"] == "text":  # FITS text is fixed width: surrounding blanks are not kept
         return "id", [v.strip() for v in ids] if fmt == "fits" else ids
     return "objid", ids
 
@@ -161,7 +205,7 @@ def check(cat, out, rc, err):
     assert rc == 0, err
     n = cat["n"]
     t = parquet_table(out).sort_by("input_row")
-    assert t.column("input_row").to_pylist() == list(range(n))          # rows in = rows out, once each
+    assert t.column("input_row").to_pylist() == list(range(n))  # rows in = rows out, once each
     id_col, want_ids = expected_ids(cat)
     got_ids = t.column(id_col).to_pylist()
     assert got_ids == want_ids, (got_ids, want_ids)
@@ -180,7 +224,7 @@ def check(cat, out, rc, err):
     names = output_names(list(cat["cols"]))
     for m, values in cat["cols"].items():
         got = t.column(names[m]).to_pylist()
-        if cat["fmt"] == "csv":                   # kept CSV columns: whatever pandas reads (not the id)
+        if cat["fmt"] == "csv":  # kept CSV columns: whatever pandas reads (not the id)
             ref = pd.read_csv(out.parent / "cat.csv", usecols=[m])[m]
             values = ref.tolist()
             if ref.dtype.kind == "f":
@@ -195,9 +239,12 @@ def check(cat, out, rc, err):
 
 
 def _make_test(fmt):
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                     HealthCheck.data_too_large])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(cat=catalogs(fmt))
     def test(cat, stamp, cheap_cli, tmp_path_factory, capsys):
         d = tmp_path_factory.mktemp(f"prop-{fmt}")
@@ -213,10 +260,24 @@ def _make_test(fmt):
                 if not link.exists():
                     link.symlink_to(stamp)
         out = d / "out"
-        rc, _, err = cheap_cli(path, "--images", images, "-o", out, "--id-column", "ident",
-                             "--ra-column", "ra_deg", "--dec-column", "dec_deg", "--keep-columns", "*",
-                             capsys=capsys)
+        rc, _, err = cheap_cli(
+            path,
+            "--images",
+            images,
+            "-o",
+            out,
+            "--id-column",
+            "ident",
+            "--ra-column",
+            "ra_deg",
+            "--dec-column",
+            "dec_deg",
+            "--keep-columns",
+            "*",
+            capsys=capsys,
+        )
         check(cat, out, rc, err)
+
     test.__name__ = f"test_random_{fmt}_catalogs"
     return test
 

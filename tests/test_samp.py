@@ -48,7 +48,7 @@ class Receiver:
 
     def on_call(self, private_key, sender_id, msg_id, mtype, params, extra):
         path = Path(params["url"].removeprefix("file://"))
-        rows = len(fitsio.read(str(path)))                      # really load it, as TOPCAT would
+        rows = len(fitsio.read(str(path)))  # really load it, as TOPCAT would
         self.got.append((params, rows))
         self.client.reply(msg_id, {"samp.status": "samp.ok", "samp.result": {"rows": str(rows)}})
         self.event.set()
@@ -72,7 +72,7 @@ def test_mergerscan_samp_sends_the_table_to_a_subscribed_client(hub, tmp_path, c
         assert rx.event.wait(10)
     finally:
         rx.close()
-    (params, rows), = rx.got
+    ((params, rows),) = rx.got
     assert params["url"] == (out / "mergers.fits").resolve().as_uri() and rows == 7
     assert params["name"] == "run mergers"
     assert "sent to topcat-like" in capsys.readouterr().out
@@ -107,12 +107,25 @@ def test_process_catalog_samp_sends_the_finished_table(hub, dask_client, tmp_pat
     make_stamps(tmp_path / "stamps", df["objID"].tolist())
     rx = Receiver()
     try:
-        rc = process_catalog([str(tmp_path / "cat.fits"), "--images", str(tmp_path / "stamps"), "-o",
-                              str(tmp_path / "out"), "--no-progress", "--no-report", "--views", "1", "--samp",
-                              "--scheduler", dask_client.scheduler.address])
+        rc = process_catalog(
+            [
+                str(tmp_path / "cat.fits"),
+                "--images",
+                str(tmp_path / "stamps"),
+                "-o",
+                str(tmp_path / "out"),
+                "--no-progress",
+                "--no-report",
+                "--views",
+                "1",
+                "--samp",
+                "--scheduler",
+                dask_client.scheduler.address,
+            ]
+        )
         assert rc == 0 and rx.event.wait(10)
     finally:
         rx.close()
-    (params, rows), = rx.got
+    ((params, rows),) = rx.got
     assert params["url"] == (tmp_path / "out" / "mergers.fits").resolve().as_uri() and rows == len(df)
     assert "sent to           topcat-like (SAMP)" in capsys.readouterr().out

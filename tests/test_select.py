@@ -21,10 +21,10 @@ EXPR = "mag_r < 16.5 and objID % 3 != 0"
 @pytest.fixture(scope="module")
 def field(tmp_path_factory, cheap_engine):
     d = tmp_path_factory.mktemp("select")
-    shutil.copy(cheap_engine, d / "engine.onnx")           # what is selected does not depend on the model
+    shutil.copy(cheap_engine, d / "engine.onnx")  # what is selected does not depend on the model
     df = two_patch_catalog(60, seed=11, width=0.3, id_step=1)
-    df["type"] = np.where(np.arange(60) % 4 == 0, 6, 3).astype(np.int16)      # SDSS: 3 galaxy, 6 star
-    df.loc[7, "mag_r"] = np.nan                                                 # NaN compares false
+    df["type"] = np.where(np.arange(60) % 4 == 0, 6, 3).astype(np.int16)  # SDSS: 3 galaxy, 6 star
+    df.loc[7, "mag_r"] = np.nan  # NaN compares false
     sel = (df["mag_r"] < 16.5) & (df["objID"] % 3 != 0)
     # stamps only for the selected rows: a row scored although unselected would be no_image
     make_stamps(d / "stamps", df.loc[sel, "objID"].tolist(), seed=1)
@@ -33,9 +33,20 @@ def field(tmp_path_factory, cheap_engine):
 
 
 def _args(d, out, select, **kw):
-    return ProcessArguments(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps"),
-                            partition_rows=25, chunk_rows=20, progress=False, views=1, command="test",
-                            report=False, select=select, engine=str(d / "engine.onnx"), **kw)
+    return ProcessArguments(
+        catalog=str(d / "cat.fits"),
+        output=str(out),
+        images=str(d / "stamps"),
+        partition_rows=25,
+        chunk_rows=20,
+        progress=False,
+        views=1,
+        command="test",
+        report=False,
+        select=select,
+        engine=str(d / "engine.onnx"),
+        **kw,
+    )
 
 
 def test_select_scores_the_subset_and_the_summary_adds_up(field, dask_client, tmp_path):
@@ -43,7 +54,7 @@ def test_select_scores_the_subset_and_the_summary_adds_up(field, dask_client, tm
     assert 0 < sel.sum() < len(df)
     s = run(_args(d, tmp_path / "out", EXPR), client=dask_client)
     got = read_out(tmp_path / "out")
-    assert got["objid"].tolist() == df["objID"].tolist()                  # every row, once, in order
+    assert got["objid"].tolist() == df["objID"].tolist()  # every row, once, in order
     assert (got.loc[~sel, "status"] == "not_selected").all() and got.loc[~sel, "p_merger"].isna().all()
     assert (got.loc[sel, "status"] == "ok").all() and got.loc[sel, "p_merger"].notna().all()
     assert s["not_selected"] == (~sel).sum() and s["scored"] == sel.sum() and s["flagged"] == 0
@@ -57,15 +68,24 @@ def test_unknown_column_stops_at_the_start(field, tmp_path):
         run(_args(d, tmp_path / "out", "petroMag_r < 17.77 and type == 3"))
     msg = str(e.value)
     assert "petroMag_r" in msg and "not a column" in msg and str(d / "cat.fits") in msg and "\n" not in msg
-    assert not (tmp_path / "out").exists()                                 # nothing planned or written
+    assert not (tmp_path / "out").exists()  # nothing planned or written
 
 
 def test_syntax_error_is_one_line(field, tmp_path, capsys):
     d, _, _ = field
     with pytest.raises(ArgumentError, match=r"syntax error at character"):
         _args(d, tmp_path / "out", "mag_r < < 17")
-    rc = process_catalog([str(d / "cat.fits"), "--images", str(d / "stamps"), "-o", str(tmp_path / "o"),
-                          "--select", "type == 3 and (mag_r < 17"])
+    rc = process_catalog(
+        [
+            str(d / "cat.fits"),
+            "--images",
+            str(d / "stamps"),
+            "-o",
+            str(tmp_path / "o"),
+            "--select",
+            "type == 3 and (mag_r < 17",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("process-catalog: error: --select") and "\n" not in err
     assert "Traceback" not in err
@@ -80,9 +100,14 @@ def test_type_error_found_on_the_first_rows(field, tmp_path):
 
 
 def test_expression_names_and_case_insensitive_columns():
-    assert sorted(expression_names("type == 3 and log10(petroMag_r) < 1.25 and not flag")) == ["flag", "petroMag_r", "type"]
+    assert sorted(expression_names("type == 3 and log10(petroMag_r) < 1.25 and not flag")) == [
+        "flag",
+        "petroMag_r",
+        "type",
+    ]
     cols = resolve("TYPE == 3 and petromag_r < 17.77", ["type", "petroMag_r", "ra"], "cat.fits")
     assert cols == {"TYPE": "type", "petromag_r": "petroMag_r"}
     import pandas as pd
+
     df = pd.DataFrame({"type": [3, 6, 3], "petroMag_r": [17.0, 15.0, np.nan]})
     assert evaluate("TYPE == 3 and petromag_r < 17.77", cols, df, "cat.fits").tolist() == [True, False, False]

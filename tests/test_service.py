@@ -19,7 +19,7 @@ from mergerscan.cutouts.preprocess import PreprocessSpec
 from mergerscan.cutouts.service import ServiceSource
 from mergerscan.cutouts.sources import SourceConfig, open_source
 
-SPEC = PreprocessSpec()                      # 256 px at 0.396"/px
+SPEC = PreprocessSpec()  # 256 px at 0.396"/px
 S = SPEC.stamp_pixels
 
 
@@ -57,13 +57,13 @@ class _State:
     """What the server serves and what it saw."""
 
     def __init__(self):
-        self.routes: dict = {}               # (ra, dec) rounded -> (fault, jpeg bytes)
+        self.routes: dict = {}  # (ra, dec) rounded -> (fault, jpeg bytes)
         self.hits: Counter = Counter()
         self.lock = threading.Lock()
         self.inflight = self.max_inflight = 0
-        self.clients: set = set()            # distinct client (host, port) = TCP connections
+        self.clients: set = set()  # distinct client (host, port) = TCP connections
         self.queries: list = []
-        self.delay = 0.0                     # added to every request
+        self.delay = 0.0  # added to every request
         self.url = ""
 
     @staticmethod
@@ -75,7 +75,7 @@ class _State:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"            # keep-alive, so persistent connections are testable
+    protocol_version = "HTTP/1.1"  # keep-alive, so persistent connections are testable
     timeout = 5
 
     def log_message(self, *args):
@@ -89,7 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
             st.clients.add(self.client_address)
         try:
             self._serve(st)
-        except OSError:                      # client gave up (timeout, oversize abort)
+        except OSError:  # client gave up (timeout, oversize abort)
             self.close_connection = True
         finally:
             with st.lock:
@@ -115,8 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
         q = {k: v[0] for k, v in parse_qs(u.query).items()}
         if u.path not in ("/cutout", "/redirected"):
             return self._send(404, b"no such path", "text/plain")
-        if (float(q.get("scale", "nan")) != SPEC.pixel_scale or q.get("width") != str(S)
-                or q.get("height") != str(S)):
+        if float(q.get("scale", "nan")) != SPEC.pixel_scale or q.get("width") != str(S) or q.get("height") != str(S):
             return self._send(400, b"bad parameters", "text/plain")
         key = st.key(q["ra"], q["dec"])
         fault, body = st.routes.get(key, ("missing", None))
@@ -127,7 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
         time.sleep(st.delay)
         if u.path == "/redirected" or fault == "ok" or (fault.endswith("_once") and n > 1):
             return self._send(200, body)
-        if fault == "ok_close":              # keep-alive promised, then closed: a stale connection
+        if fault == "ok_close":  # keep-alive promised, then closed: a stale connection
             self._send(200, body)
             self.close_connection = True
             return
@@ -137,37 +136,37 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(429, b"slow down", "text/plain", headers=[("Retry-After", "0")])
         if fault == "429_long":
             return self._send(429, b"slow down", "text/plain", headers=[("Retry-After", "3600")])
-        if fault == "drop_once":             # connection closed with no response
+        if fault == "drop_once":  # connection closed with no response
             self.close_connection = True
             return
         if fault in ("404", "missing"):
             return self._send(404, b"not found", "text/plain")
-        if fault == "slow":                  # headers only after the client's timeout
+        if fault == "slow":  # headers only after the client's timeout
             time.sleep(1.0)
             return self._send(200, body)
-        if fault == "drip":                  # bytes keep coming, each recv is quick, total is slow
+        if fault == "drip":  # bytes keep coming, each recv is quick, total is slow
             self._send(200, b"", length=len(body))
             for i in range(0, min(len(body), 40), 2):
-                self.wfile.write(body[i:i + 2])
+                self.wfile.write(body[i : i + 2])
                 self.wfile.flush()
                 time.sleep(0.05)
             return
-        if fault == "big":                   # no Content-Length, body far over max_bytes
+        if fault == "big":  # no Content-Length, body far over max_bytes
             self._send(200, b"", length=None, close=True)
             for _ in range(64):
                 self.wfile.write(body + bytes(64 * 1024))
             return
-        if fault == "big_cl":                # honest but huge Content-Length
+        if fault == "big_cl":  # honest but huge Content-Length
             return self._send(200, body, length=50_000_000, close=True)
-        if fault == "lying_cl":              # Content-Length says 100, body is a JPEG + 1 MB
+        if fault == "lying_cl":  # Content-Length says 100, body is a JPEG + 1 MB
             return self._send(200, body + bytes(1 << 20), length=100)
-        if fault == "short_cl":              # Content-Length more than is sent, then close
+        if fault == "short_cl":  # Content-Length more than is sent, then close
             return self._send(200, body, length=len(body) + 1000, close=True)
         if fault.startswith("redirect_to:"):
             target = fault.split(":", 1)[1].replace("{url}", st.url)
             return self._send(302, b"", "text/plain", headers=[("Location", target)])
         if fault in ("truncated", "html", "gray", "small_square", "non_square"):
-            return self._send(200, body)     # body prepared by the test
+            return self._send(200, body)  # body prepared by the test
         raise AssertionError(f"unknown fault {fault}")
 
 
@@ -176,7 +175,7 @@ def server():
     st = _State()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.daemon_threads = True
-    httpd.handle_error = lambda *a: None     # client aborts are expected
+    httpd.handle_error = lambda *a: None  # client aborts are expected
     httpd.state = st
     st.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -187,28 +186,44 @@ def server():
 
 
 def _rows(n):
-    return pd.DataFrame({"id": [f"o{i}" for i in range(n)],
-                         "ra": 150.0 + 0.01 * np.arange(n), "dec": -1.5 + 0.02 * np.arange(n)})
+    return pd.DataFrame(
+        {"id": [f"o{i}" for i in range(n)], "ra": 150.0 + 0.01 * np.arange(n), "dec": -1.5 + 0.02 * np.arange(n)}
+    )
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.org/cutout", "gopher://h/x",
-                                 "127.0.0.1:8080/cutout", "/tmp/cutout", "http://", "http://h:99999/x"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://example.org/cutout",
+        "gopher://h/x",
+        "127.0.0.1:8080/cutout",
+        "/tmp/cutout",
+        "http://",
+        "http://h:99999/x",
+    ],
+)
 def test_non_http_url_rejected(url):
     with pytest.raises(ValueError):
         ServiceSource(url, SPEC)
 
 
-@pytest.mark.parametrize("given, words", [
-    ({"timout": 5.0}, ["unknown option 'timout'", "did you mean 'timeout'?", "total_timeout"]),
-    ({"threads": 2}, ["unknown option 'threads'", "(valid: timeout, retries,"]),     # a stamps option
-    ({"timeout": 0.0}, ["timeout, max_concurrency and max_bytes must be positive"]),
-    ({"max_rate": -1.0}, ["max_rate must be positive"]),
-    ({"total_timeout": 0.0}, ["total_timeout must be positive"]),
-])
+@pytest.mark.parametrize(
+    "given, words",
+    [
+        ({"timout": 5.0}, ["unknown option 'timout'", "did you mean 'timeout'?", "total_timeout"]),
+        ({"threads": 2}, ["unknown option 'threads'", "(valid: timeout, retries,"]),  # a stamps option
+        ({"timeout": 0.0}, ["timeout, max_concurrency and max_bytes must be positive"]),
+        ({"max_rate": -1.0}, ["max_rate must be positive"]),
+        ({"total_timeout": 0.0}, ["total_timeout must be positive"]),
+    ],
+)
 def test_service_options_are_checked(given, words):
     """Unknown, misspelled or out-of-range options: one line naming the source, never ignored."""
-    for make in (lambda: open_source(SourceConfig("service", "http://127.0.0.1:9/cutout", tuple(given.items())), SPEC),
-                 lambda: ServiceSource("http://127.0.0.1:9/cutout", SPEC, **given)):
+    for make in (
+        lambda: open_source(SourceConfig("service", "http://127.0.0.1:9/cutout", tuple(given.items())), SPEC),
+        lambda: ServiceSource("http://127.0.0.1:9/cutout", SPEC, **given),
+    ):
         with pytest.raises(ValueError) as e:
             make()
         msg = str(e.value)
@@ -229,32 +244,63 @@ def test_faults_nothing_lost(server, jpegs, tmp_path, monkeypatch):
     local.write_bytes(jpegs[0])
     rgb = _decode(jpegs[1])
     small = _jpeg(_fake(99, S // 2, S // 2))
-    bodies = {"truncated": jpegs[2][: len(jpegs[2]) // 2], "html": b"<html>Server Error</html>",
-              "gray": _jpeg(rgb, "L"), "small_square": small, "non_square": _jpeg(_fake(98, S, S - 56))}
-    loop = "{url}/cutout?ra=150.22000&dec=-1.06000&scale=0.396&width=256&height=256"   # row 22 itself
-    faults = ["ok", "500_once", "429_once", "drop_once", "500", "429_long", "404", "slow", "drip",
-              "big", "big_cl", "lying_cl", "short_cl", "redirect_to:file:///etc/passwd",
-              f"redirect_to:file://{local}", "redirect_to:ftp://127.0.0.1/x.jpg",
-              "redirect_to:/redirected?ra=150.16&dec=-1.18&scale=0.396&width=256&height=256",
-              "redirect_to:{url}/redirected?ra=150.17&dec=-1.16&scale=0.396&width=256&height=256",
-              "truncated", "html", "gray", "small_square", "redirect_to:" + loop, "non_square", "ok"]
+    bodies = {
+        "truncated": jpegs[2][: len(jpegs[2]) // 2],
+        "html": b"<html>Server Error</html>",
+        "gray": _jpeg(rgb, "L"),
+        "small_square": small,
+        "non_square": _jpeg(_fake(98, S, S - 56)),
+    }
+    loop = "{url}/cutout?ra=150.22000&dec=-1.06000&scale=0.396&width=256&height=256"  # row 22 itself
+    faults = [
+        "ok",
+        "500_once",
+        "429_once",
+        "drop_once",
+        "500",
+        "429_long",
+        "404",
+        "slow",
+        "drip",
+        "big",
+        "big_cl",
+        "lying_cl",
+        "short_cl",
+        "redirect_to:file:///etc/passwd",
+        f"redirect_to:file://{local}",
+        "redirect_to:ftp://127.0.0.1/x.jpg",
+        "redirect_to:/redirected?ra=150.16&dec=-1.18&scale=0.396&width=256&height=256",
+        "redirect_to:{url}/redirected?ra=150.17&dec=-1.16&scale=0.396&width=256&height=256",
+        "truncated",
+        "html",
+        "gray",
+        "small_square",
+        "redirect_to:" + loop,
+        "non_square",
+        "ok",
+    ]
     rows = _rows(len(faults))
-    expected = {}                            # row -> expected stamp for rows that must be ok
+    expected = {}  # row -> expected stamp for rows that must be ok
     for i, (f, ra, dec) in enumerate(zip(faults, rows["ra"], rows["dec"])):
         body = bodies.get(f, jpegs[i % len(jpegs)])
         server.add(ra, dec, f, body)
-        if f in ("ok", "500_once", "429_once", "drop_once") or f.startswith("redirect_to:/") \
-                or f.startswith("redirect_to:{url}/redirected"):
+        if (
+            f in ("ok", "500_once", "429_once", "drop_once")
+            or f.startswith("redirect_to:/")
+            or f.startswith("redirect_to:{url}/redirected")
+        ):
             expected[i] = _decode(body)
     expected[faults.index("small_square")] = np.asarray(
-        Image.open(io.BytesIO(small)).convert("RGB").resize((S, S), Image.Resampling.BILINEAR))
+        Image.open(io.BytesIO(small)).convert("RGB").resize((S, S), Image.Resampling.BILINEAR)
+    )
 
-    opened = []                              # every file the process opens during the fetch
+    opened = []  # every file the process opens during the fetch
     real_open = builtins.open
     monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
     t0 = time.monotonic()
-    with ServiceSource(server.url + "/cutout", SPEC, timeout=0.3, retries=2, backoff=0.01,
-                       max_concurrency=4, max_bytes=200_000) as src:
+    with ServiceSource(
+        server.url + "/cutout", SPEC, timeout=0.3, retries=2, backoff=0.01, max_concurrency=4, max_bytes=200_000
+    ) as src:
         stamps, status = src.fetch(rows)
     elapsed = time.monotonic() - t0
     monkeypatch.undo()
@@ -275,12 +321,23 @@ def test_faults_nothing_lost(server, jpegs, tmp_path, monkeypatch):
     assert hits["500"] == 3 and hits["short_cl"] == 3 and hits["slow"] == 3
     assert hits["404"] == hits["429_long"] == hits["truncated"] == hits["html"] == hits["gray"] == 1
     assert hits["redirect_to:" + loop] == 6  # MAX_REDIRECTS + 1 requests, then given up
-    assert sum(v for f, v in hits.items() if "/redirected?" in f) == 4   # redirect + target each
+    assert sum(v for f, v in hits.items() if "/redirected?" in f) == 4  # redirect + target each
     assert hits[f"redirect_to:file://{local}"] == hits["redirect_to:file:///etc/passwd"] == 1
     assert not any("passwd" in p or str(local) in p for p in opened), opened
-    assert src.stats["failures"] == Counter({
-        "http_500": 1, "http_429": 1, "http_404": 1, "timeout": 2, "connection": 1, "oversize": 2,
-        "bad_body": 3, "bad_redirect": 3, "too_many_redirects": 1, "bad_image": 2})
+    assert src.stats["failures"] == Counter(
+        {
+            "http_500": 1,
+            "http_429": 1,
+            "http_404": 1,
+            "timeout": 2,
+            "connection": 1,
+            "oversize": 2,
+            "bad_body": 3,
+            "bad_redirect": 3,
+            "too_many_redirects": 1,
+            "bad_image": 2,
+        }
+    )
     assert src.stats["rows"] == len(rows) and src.stats["ok"] == len(expected)
     # *_once, 500, short_cl, slow, drip (drop_once on a reused keep-alive connection reconnects at once)
     assert src.stats["retries"] in (3 + 2 + 2 + 2 + 2, 2 + 2 + 2 + 2 + 2)
@@ -288,12 +345,11 @@ def test_faults_nothing_lost(server, jpegs, tmp_path, monkeypatch):
 
 
 def test_concurrency_bound_and_persistent_connections(server, jpegs):
-    server.delay = 0.1                       # long enough for requests to overlap
+    server.delay = 0.1  # long enough for requests to overlap
     rows = _rows(24)
     for i, (ra, dec) in enumerate(zip(rows["ra"], rows["dec"])):
         server.add(ra, dec, "ok", jpegs[i % len(jpegs)])
-    cfg = SourceConfig("service", server.url + "/cutout",
-                       (("timeout", 5.0), ("max_concurrency", 3), ("retries", 0)))
+    cfg = SourceConfig("service", server.url + "/cutout", (("timeout", 5.0), ("max_concurrency", 3), ("retries", 0)))
     src = open_source(cfg, SPEC)
     try:
         stamps, status = src.fetch(rows)
@@ -304,7 +360,7 @@ def test_concurrency_bound_and_persistent_connections(server, jpegs):
     for i in range(len(rows)):
         np.testing.assert_array_equal(stamps[i], _decode(jpegs[i % len(jpegs)]))
     assert 2 <= server.max_inflight <= 3
-    assert len(server.clients) <= 3          # one keep-alive connection per pool thread
+    assert len(server.clients) <= 3  # one keep-alive connection per pool thread
     assert src.stats["requests"] == 24 and src.stats["retries"] == 0
     q = server.queries[0]
     assert (q["scale"], q["width"], q["height"]) == ("0.396", "256", "256")
@@ -317,8 +373,8 @@ def test_stale_keepalive_connection_reconnects_without_retry(server, jpegs):
     with ServiceSource(server.url + "/cutout", SPEC, timeout=5.0, retries=0, max_concurrency=1) as src:
         _, status = src.fetch(rows)
     assert (status == "ok").all() and src.stats["retries"] == 0
-    assert len(server.clients) == 6          # one fresh connection per row
-    assert src.stats["requests"] == 11       # 5 re-sent at once on a fresh connection
+    assert len(server.clients) == 6  # one fresh connection per row
+    assert src.stats["requests"] == 11  # 5 re-sent at once on a fresh connection
 
 
 def test_real_catalog_objects(gz_dir, server):

@@ -30,9 +30,16 @@ def gz_fits(gz_dir, tmp_path_factory):
     objid = cat["objid"].to_numpy(np.int64).copy()
     unknown = objid < 0
     objid[unknown] = 9_000_000_000_000_000_000 + np.flatnonzero(unknown)
-    df = pd.DataFrame({"objID": objid, "ra": cat["ra"].to_numpy(float), "dec": cat["dec"].to_numpy(float),
-                       "is_merger": cat["is_merger"].to_numpy(np.int16), "path": cat["image"].astype(str),
-                       "redshift": cat["redshift"].to_numpy(np.float32)})
+    df = pd.DataFrame(
+        {
+            "objID": objid,
+            "ra": cat["ra"].to_numpy(float),
+            "dec": cat["dec"].to_numpy(float),
+            "is_merger": cat["is_merger"].to_numpy(np.int16),
+            "path": cat["image"].astype(str),
+            "redshift": cat["redshift"].to_numpy(np.float32),
+        }
+    )
     path = tmp_path_factory.mktemp("gz") / "gz.fits"
     fitsio.write(str(path), df.to_records(index=False), clobber=True)
     return path, df
@@ -43,9 +50,19 @@ def gz_fits(gz_dir, tmp_path_factory):
 def test_images_all_shared_objects(gz_fits, gz_dir, dask_client, tmp_path):
     path, df = gz_fits
     out = tmp_path / "out"
-    s = run(ProcessArguments(catalog=str(path), output=str(out), images=str(gz_dir), progress=False,
-                             keep_columns=["is_merger", "path", "redshift"], partition_rows=2000,
-                             command="test", report=False), client=dask_client)
+    s = run(
+        ProcessArguments(
+            catalog=str(path),
+            output=str(out),
+            images=str(gz_dir),
+            progress=False,
+            keep_columns=["is_merger", "path", "redshift"],
+            partition_rows=2000,
+            command="test",
+            report=False,
+        ),
+        client=dask_client,
+    )
     got = pq.read_table([str(f) for f in output_files(out / "parquet")]).to_pandas().sort_values("input_row")
     assert len(got) == len(df) == s["rows"] == 9520
     assert got["objid"].tolist() == df["objID"].tolist()
@@ -53,8 +70,10 @@ def test_images_all_shared_objects(gz_fits, gz_dir, dask_client, tmp_path):
     assert "in_is_merger" in got  # the input label clashes with the output column and is renamed
     m = ev.summarize(got["in_is_merger"].to_numpy(), got["p_merger"].to_numpy(), s["threshold"])
     (tmp_path / "metrics.json").write_text(json.dumps(m, default=float))
-    print(f"\nall 9,520 shared objects (train+val+test), threshold {s['threshold']:.4f}:\n{ev.table1(m)}\n"
-          f"ROC-AUC {m['roc_auc']:.4f}")
+    print(
+        f"\nall 9,520 shared objects (train+val+test), threshold {s['threshold']:.4f}:\n{ev.table1(m)}\n"
+        f"ROC-AUC {m['roc_auc']:.4f}"
+    )
     assert m["roc_auc"] > 0.97 and m["macro"]["f1"] > 0.9
 
 
@@ -62,6 +81,7 @@ def test_images_all_shared_objects(gz_fits, gz_dir, dask_client, tmp_path):
 def frames_catalog(frames_dir, tmp_path_factory):
     """Objects detected in the r-band frames of the 6 fields, plus M2843 and 3 off-footprint rows."""
     from mergerscan.cutouts.detect import detect_sources
+
     rows = []
     for f in sorted(frames_dir.glob("frame-r-*.fits.bz2")):
         det = detect_sources(f, nsigma=8, min_area=60)
@@ -71,8 +91,7 @@ def frames_catalog(frames_dir, tmp_path_factory):
     dec = np.r_[M2843["dec"], det[:, 1], -30.0, 80.0, 5.0]
     objid = np.r_[M2843["objid"], 1237000000000000000 + np.arange(len(det) + 3)].astype(np.int64)
     path = tmp_path_factory.mktemp("frames") / "fields.fits"
-    fitsio.write(str(path), pd.DataFrame({"objid": objid, "ra": ra, "dec": dec}).to_records(index=False),
-                 clobber=True)
+    fitsio.write(str(path), pd.DataFrame({"objid": objid, "ra": ra, "dec": dec}).to_records(index=False), clobber=True)
     return path, len(objid)
 
 
@@ -80,8 +99,17 @@ def frames_catalog(frames_dir, tmp_path_factory):
 def test_frames_end_to_end_m2843_is_a_merger(frames_catalog, frames_dir, dask_client, tmp_path):
     path, n = frames_catalog
     out = tmp_path / "out"
-    s = run(ProcessArguments(catalog=str(path), output=str(out), frames=str(frames_dir), progress=False,
-                             partition_rows=60, command="test"), client=dask_client)
+    s = run(
+        ProcessArguments(
+            catalog=str(path),
+            output=str(out),
+            frames=str(frames_dir),
+            progress=False,
+            partition_rows=60,
+            command="test",
+        ),
+        client=dask_client,
+    )
     got = pq.read_table([str(f) for f in output_files(out / "parquet")]).to_pandas().set_index("objid")
     assert len(got) == n == s["rows"]
     m = got.loc[M2843["objid"]]
@@ -100,18 +128,32 @@ def test_stilts_reads_pipeline_fits(frames_catalog, frames_dir, dask_client, tmp
         pytest.skip("Debian 'stilts' not installed (make test installs it when run as root)")
     path, n = frames_catalog
     out = tmp_path / "out"
-    run(ProcessArguments(catalog=str(path), output=str(out), frames=str(frames_dir), progress=False,
-                         command="test", report=False), client=dask_client)
+    run(
+        ProcessArguments(
+            catalog=str(path), output=str(out), frames=str(frames_dir), progress=False, command="test", report=False
+        ),
+        client=dask_client,
+    )
     fits = out / "mergers.fits"
-    csv = subprocess.run(["stilts", "tpipe", f"in={fits}", "ofmt=csv", "cmd=keepcols 'objid p_merger status'"],
-                         capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    csv = (
+        subprocess.run(
+            ["stilts", "tpipe", f"in={fits}", "ofmt=csv", "cmd=keepcols 'objid p_merger status'"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     assert csv[0].split(",") == ["objid", "p_merger", "status"] and len(csv) - 1 == n
     ids = sorted(int(line.split(",")[0]) for line in csv[1:])
     want = sorted(fitsio.read(str(path))["objid"].tolist())
     assert ids == want and M2843["objid"] in ids
-    meta = subprocess.run(["stilts", "tpipe", f"in={fits}", "omode=meta"], capture_output=True, text=True,
-                          check=True).stdout
-    cols = {m.group(1): (m.group(2), m.group(4)) for m in
-            re.finditer(r"^\s*\d+: (\w+)\((\w+)\)(/(\S+))?", meta, re.M)}   # "2: ra(Double)/deg - ..."
+    meta = subprocess.run(
+        ["stilts", "tpipe", f"in={fits}", "omode=meta"], capture_output=True, text=True, check=True
+    ).stdout
+    cols = {
+        m.group(1): (m.group(2), m.group(4)) for m in re.finditer(r"^\s*\d+: (\w+)\((\w+)\)(/(\S+))?", meta, re.M)
+    }  # "2: ra(Double)/deg - ..."
     assert cols["ra"] == ("Double", "deg") and cols["dec"] == ("Double", "deg")
-    assert cols["objid"][0] == "Long" and cols["p_merger"][0] == "Float" and "Rows:    %d" % n in meta
+    assert cols["objid"][0] == "Long" and cols["p_merger"][0] == "Float" and f"Rows:    {n}" in meta

@@ -55,14 +55,32 @@ def field(tmp_path_factory, cheap_engine):
 
 def cli_args(d: Path, out: Path, *extra) -> list[str]:
     """The same process-catalog options for every run compared here (1 thread, same batches)."""
-    return [str(d / "cat.fits"), "-o", str(out), "--images", str(d / "stamps"), "--partition-rows", "20",
-            "--threads-per-worker", "1", "--batch-size", "8", "--keep-columns", "mag_r", "--no-progress",
-            "--no-report", "--engine", str(d / "engine.onnx"), *map(str, extra)]
+    return [
+        str(d / "cat.fits"),
+        "-o",
+        str(out),
+        "--images",
+        str(d / "stamps"),
+        "--partition-rows",
+        "20",
+        "--threads-per-worker",
+        "1",
+        "--batch-size",
+        "8",
+        "--keep-columns",
+        "mag_r",
+        "--no-progress",
+        "--no-report",
+        "--engine",
+        str(d / "engine.onnx"),
+        *map(str, extra),
+    ]
 
 
 def run_cli(*argv, env=None, timeout=600):
-    return subprocess.run([PY, "-m", "mergerscan.pipeline.cli", *map(str, argv)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [PY, "-m", "mergerscan.pipeline.cli", *map(str, argv)], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +105,12 @@ def assert_same_rows(out: Path, ref: pd.DataFrame, exact: bool = True):
 
 # ---------------------------------------------------------------- job-script text
 def test_templates_render(tmp_path):
-    paths = S.render_all(tmp_path, python=PY,
-                         directives={"account": "abc123", "partition": "gpu", "time": "08:00:00", "mem-per-cpu": None},
-                         per_template={"shard.sbatch": {"gres": "gpu:1", "cpus-per-task": 16}})
+    paths = S.render_all(
+        tmp_path,
+        python=PY,
+        directives={"account": "abc123", "partition": "gpu", "time": "08:00:00", "mem-per-cpu": None},
+        per_template={"shard.sbatch": {"gres": "gpu:1", "cpus-per-task": 16}},
+    )
     assert set(paths) == set(S.TEMPLATES)
     for name, p in paths.items():
         text = p.read_text()
@@ -134,15 +155,18 @@ def test_repository_slurm_dir_is_the_package_templates():
 def test_job_script_text():
     """job_script() is the text sbatch gets: directives replaced in place, added after the last one,
     removed; the interpreter baked in as the default; an unknown template is refused."""
-    text = S.job_script("shard.sbatch", python="/opt/py/bin/python",
-                        directives={"time": "08:00:00", "gres": "gpu:1", "mem-per-cpu": None, "exclusive": True})
+    text = S.job_script(
+        "shard.sbatch",
+        python="/opt/py/bin/python",
+        directives={"time": "08:00:00", "gres": "gpu:1", "mem-per-cpu": None, "exclusive": True},
+    )
     lines = text.splitlines()
     sbatch = [i for i, line in enumerate(lines) if line.startswith("#SBATCH")]
     assert sbatch == list(range(sbatch[0], sbatch[-1] + 1)), "the #SBATCH block stays in one piece"
     assert "#SBATCH --time=08:00:00" in lines and "#SBATCH --gres=gpu:1" in lines and "#SBATCH --exclusive" in lines
     assert not any(line.startswith("#SBATCH --mem-per-cpu") for line in lines)
     assert "PYTHON=${MERGERSCAN_PYTHON:-/opt/py/bin/python}" in lines
-    assert S.job_script("shard.sbatch") == S.template_text("shard.sbatch")     # nothing asked: unchanged
+    assert S.job_script("shard.sbatch") == S.template_text("shard.sbatch")  # nothing asked: unchanged
     with pytest.raises(ValueError, match="no SLURM template"):
         S.template_text("other.sbatch")
 
@@ -155,19 +179,41 @@ def test_submit_array_chains_plan_shards_finalize(tmp_path):
     log = tmp_path / "calls"
     fake.write_text(f'#!/bin/bash\necho "$@" >> {log}\nn=$(wc -l < {log})\necho "$((100 + n));local"\n')
     fake.chmod(0o755)
-    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}", MERGERSCAN_SBATCH="--account=abc",
-               MERGERSCAN_SHARD_SBATCH="--gres=gpu:1")
-    r = subprocess.run(["bash", str(tmp_path / "jobs" / "submit-array.sh"), "4", "cat.fits", "-o", "out",
-                        "--frames", "f", "--gpus", "1"], capture_output=True, text=True, env=env)
+    env = dict(
+        os.environ,
+        PATH=f"{fake.parent}:{os.environ['PATH']}",
+        MERGERSCAN_SBATCH="--account=abc",
+        MERGERSCAN_SHARD_SBATCH="--gres=gpu:1",
+    )
+    r = subprocess.run(
+        [
+            "bash",
+            str(tmp_path / "jobs" / "submit-array.sh"),
+            "4",
+            "cat.fits",
+            "-o",
+            "out",
+            "--frames",
+            "f",
+            "--gpus",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["plan=101", "shards=102", "finalize=103"]
     plan, shards, final = log.read_text().splitlines()
-    assert plan.startswith("--parsable --account=abc ") and plan.endswith("plan.sbatch cat.fits -o out --frames f --gpus 1")
+    assert plan.startswith("--parsable --account=abc ") and plan.endswith(
+        "plan.sbatch cat.fits -o out --frames f --gpus 1"
+    )
     assert "--gres=gpu:1 --dependency=afterok:101 --array=0-3" in shards
     assert shards.endswith("shard.sbatch 4 cat.fits -o out --frames f --gpus 1")
     assert "--dependency=afterok:102" in final and "--gres" not in final and final.endswith("--gpus 1")
-    bad = subprocess.run(["bash", str(tmp_path / "jobs" / "submit-array.sh"), "x", "cat.fits"], capture_output=True,
-                         text=True, env=env)
+    bad = subprocess.run(
+        ["bash", str(tmp_path / "jobs" / "submit-array.sh"), "x", "cat.fits"], capture_output=True, text=True, env=env
+    )
     assert bad.returncode == 2 and "positive integer" in bad.stderr
 
 
@@ -176,13 +222,27 @@ def test_slurmcluster_worker_job_script(tmp_path):
     pytest.importorskip("dask_jobqueue")
     from dask_jobqueue import SLURMCluster
 
-    opts = S.SlurmOptions(cores=8, memory="32GB", walltime="02:00:00", account="abc123", partition="gpu",
-                          prologue=["module load cuda/12"], directives=["--qos=long"])
+    opts = S.SlurmOptions(
+        cores=8,
+        memory="32GB",
+        walltime="02:00:00",
+        account="abc123",
+        partition="gpu",
+        prologue=["module load cuda/12"],
+        directives=["--qos=long"],
+    )
     with SLURMCluster(**S.cluster_kwargs(opts, gpus=1, python=PY, log_directory=tmp_path)) as cluster:
         text = cluster.job_script()
-    for line in ("#SBATCH -A abc123", "#SBATCH -p gpu", "#SBATCH --cpus-per-task=8", "#SBATCH -t 02:00:00",
-                 "#SBATCH --gres=gpu:1", "#SBATCH --qos=long", "module load cuda/12",
-                 "export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False"):   # a paused worker would hang the run
+    for line in (
+        "#SBATCH -A abc123",
+        "#SBATCH -p gpu",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH -t 02:00:00",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --qos=long",
+        "module load cuda/12",
+        "export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False",
+    ):  # a paused worker would hang the run
         assert line in text, line
     worker = next(line for line in text.splitlines() if "dask_worker" in line)
     assert worker.startswith(PY) and "--nthreads 8" in worker and "--resources GPU=8" in worker
@@ -205,19 +265,26 @@ def test_walltime_lifetime_and_task_helpers():
     assert life + stagger < 3600 and life - stagger > 2400
     with pytest.raises(ValueError, match="too short"):
         S.worker_lifetime(120)
-    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "6", "SLURM_JOB_ID": "9", "SLURM_LOCALID": "3",
-           "SLURM_NODEID": "0", "SLURM_CPUS_PER_TASK": "8", "SLURM_MEM_PER_CPU": "4000",
-           "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+    env = {
+        "SLURM_PROCID": "3",
+        "SLURM_NTASKS": "6",
+        "SLURM_JOB_ID": "9",
+        "SLURM_LOCALID": "3",
+        "SLURM_NODEID": "0",
+        "SLURM_CPUS_PER_TASK": "8",
+        "SLURM_MEM_PER_CPU": "4000",
+        "CUDA_VISIBLE_DEVICES": "0,1,2,3",
+    }
     assert S.is_slurm_task(env) and S.slurm_cpus(env) == 8
-    assert S.task_memory_bytes(env) == 8 * 4000 * 2 ** 20
-    assert S.worker_index_on_node(env) == 1 and S.pick_gpu(env) == "1"         # tasks 0, 1: scheduler, client
+    assert S.task_memory_bytes(env) == 8 * 4000 * 2**20
+    assert S.worker_index_on_node(env) == 1 and S.pick_gpu(env) == "1"  # tasks 0, 1: scheduler, client
     node1 = dict(env, SLURM_NODEID="1", SLURM_LOCALID="2")
     assert S.worker_index_on_node(node1) == 2 and S.pick_gpu(node1) == "2"
-    assert S.pick_gpu(dict(env, CUDA_VISIBLE_DEVICES="5")) is None              # --gpus-per-task: already one
+    assert S.pick_gpu(dict(env, CUDA_VISIBLE_DEVICES="5")) is None  # --gpus-per-task: already one
     per_node = {"SLURM_MEM_PER_NODE": "64000", "SLURM_TASKS_PER_NODE": "4(x2),2", "SLURM_NODEID": "2"}
-    assert S.task_memory_bytes(per_node) == 32000 * 2 ** 20
+    assert S.task_memory_bytes(per_node) == 32000 * 2**20
     opts = S.runner_worker_options(2, "auto", 1, env)
-    assert opts == {"nthreads": 8, "memory_limit": 8 * 4000 * 2 ** 20, "resources": {"GPU": 8}}   # a unit per thread
+    assert opts == {"nthreads": 8, "memory_limit": 8 * 4000 * 2**20, "resources": {"GPU": 8}}  # a unit per thread
     f = S.scheduler_file(dict(env, SLURM_SUBMIT_DIR="/scratch/me", SLURM_RESTART_COUNT="2"))
     assert str(f) == "/scratch/me/.mergerscan-dask/scheduler-9.2.json"
 
@@ -236,7 +303,7 @@ def test_arguments_for_slurm(field, tmp_path, monkeypatch):
     a = ProcessArguments(**base, cluster="slurm", gpus=1, backend="onnxruntime-cuda", slurm=S.SlurmOptions(cores=12))
     assert a.threads_per_worker == 12
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
-    assert ProcessArguments(**base).threads_per_worker == 3      # not the node's cores
+    assert ProcessArguments(**base).threads_per_worker == 3  # not the node's cores
 
 
 # ---------------------------------------------------------------- faults without a scheduler
@@ -244,9 +311,22 @@ def _plan_only(d, out, client):
     """The plan of cli_args(d, out) (in this process, on the session's cluster)."""
     from mergerscan.pipeline.plan import Plan
     from mergerscan.pipeline.run import run
-    run(ProcessArguments(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps"), partition_rows=20,
-                         keep_columns=["mag_r"], progress=False, report=False, command="test",
-                         engine=str(d / "engine.onnx"), mode="plan"), client=client)
+
+    run(
+        ProcessArguments(
+            catalog=str(d / "cat.fits"),
+            output=str(out),
+            images=str(d / "stamps"),
+            partition_rows=20,
+            keep_columns=["mag_r"],
+            progress=False,
+            report=False,
+            command="test",
+            engine=str(d / "engine.onnx"),
+            mode="plan",
+        ),
+        client=client,
+    )
     return Plan.load(out / "_work" / "plan.json")
 
 
@@ -264,7 +344,7 @@ def test_memoryerror_batch_retried_in_halves_then_flagged(field, reference, dask
     part = max(plan.partitions, key=lambda p: p.rows)
     real = T.worker_engine(str(d / "engine.onnx"), "onnxruntime", 1)
 
-    class Tight:        # runs out of memory on batches above 3 stamps, and always on one poisoned stamp
+    class Tight:  # runs out of memory on batches above 3 stamps, and always on one poisoned stamp
         spec, info, poison = real.spec, real.info, None
 
         def predict(self, x):
@@ -286,6 +366,7 @@ def test_memoryerror_batch_retried_in_halves_then_flagged(field, reference, dask
     # one stamp that never fits: only its row is flagged, the rest still scored
     ok_row = got.index[got["status"] == "ok"][0]
     from mergerscan.cutouts.sources import open_source
+
     with_path = pd.DataFrame({"id": [str(got.loc[ok_row, "objid"])], "ra": [0.0], "dec": [0.0]})
     tight.poison = open_source(src, real.spec).fetch(with_path)[0][0]
     layout.work.marker(part.pid).unlink()
@@ -295,7 +376,7 @@ def test_memoryerror_batch_retried_in_halves_then_flagged(field, reference, dask
     assert (got.drop(ok_row)["status"] == ref.drop(ok_row)["status"]).all()
     assert "out_of_memory" in STATUS and r["retry"] and layout.work.retry_marker(part.pid).is_file()
     assert read_marker(layout.work.marker(part.pid))["status"]["out_of_memory"] == 1
-    tight.poison = None                 # "more memory": the re-run scores it and clears the retry marker
+    tight.poison = None  # "more memory": the re-run scores it and clears the retry marker
     r = T.score_partition(plan, part, task)
     assert "out_of_memory" not in r["status"]
     got = pq.read_table(layout.dataset_file(part)).to_pandas().set_index("input_row")
@@ -319,13 +400,16 @@ def test_cuda_out_of_memory_batch_retried_in_halves(field, reference, dask_clien
     plan = _plan_only(d, out, dask_client)
     part = max(plan.partitions, key=lambda p: p.rows)
     real = T.worker_engine(str(d / "engine.onnx"), "onnxruntime", 1)
-    error = {"torch": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-             "cuda-message": lambda: RuntimeError("CUDA error: out of memory"),
-             "onnxruntime": lambda: RuntimeException("BFCArena::AllocateRawInternal Failed to allocate memory "
-                                                     "for requested buffer of size 1073741824")}[kind]
+    error = {
+        "torch": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        "cuda-message": lambda: RuntimeError("CUDA error: out of memory"),
+        "onnxruntime": lambda: RuntimeException(
+            "BFCArena::AllocateRawInternal Failed to allocate memory for requested buffer of size 1073741824"
+        ),
+    }[kind]
     sizes = []
 
-    class TightGPU:     # a GPU engine with room for 3 stamps at a time
+    class TightGPU:  # a GPU engine with room for 3 stamps at a time
         spec, info, backend = real.spec, real.info, "torch-cuda"
 
         def predict(self, x):
@@ -337,14 +421,17 @@ def test_cuda_out_of_memory_batch_retried_in_halves(field, reference, dask_clien
     monkeypatch.setattr(T, "worker_engine", lambda *a: TightGPU())
     src = ProcessArguments(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps")).source
     meta = {"engine_sha256": read_engine_info(d / "engine.onnx").sha256}
-    r = T.score_partition(plan, part, T.PartitionTask(output=str(out), source=src, engine_path=str(d / "engine.onnx"), batch_size=8,
-                                                      run_meta=meta))
+    r = T.score_partition(
+        plan,
+        part,
+        T.PartitionTask(output=str(out), source=src, engine_path=str(d / "engine.onnx"), batch_size=8, run_meta=meta),
+    )
     got = pq.read_table(RunLayout(out).dataset_file(part)).to_pandas().set_index("input_row")
     ref = reference.set_index("input_row").loc[got.index]
     assert (got["status"] == ref["status"]).all() and "retry" not in r
     assert "inference_failed" not in set(got["status"])
     assert np.allclose(got["p_merger"], ref["p_merger"], equal_nan=True, atol=1e-6)
-    assert max(sizes) > 3 and min(sizes) <= 3          # it failed big, then fitted in halves
+    assert max(sizes) > 3 and min(sizes) <= 3  # it failed big, then fitted in halves
 
 
 # a worker death is reported at once (no rescheduling onto fresh workers first): keeps this quick
@@ -361,8 +448,9 @@ def test_worker_killed_for_memory_is_retried_smaller(field, reference, tmp_path)
     the worker, the run retries that partition with a smaller batch, output identical."""
     d, _ = field
     out = tmp_path / "out"
-    r = run_cli(*cli_args(d, out, "--workers", "1", "--memory-limit", "1.5GiB", *fault("exhaust_memory", "2:8")),
-                env=ONE_DEATH)
+    r = run_cli(
+        *cli_args(d, out, "--workers", "1", "--memory-limit", "1.5GiB", *fault("exhaust_memory", "2:8")), env=ONE_DEATH
+    )
     assert r.returncode == 0, r.stderr
     assert "partition" in r.stderr and "retrying with batch size 1" in r.stderr
     assert_same_rows(out, reference)
@@ -371,19 +459,23 @@ def test_worker_killed_for_memory_is_retried_smaller(field, reference, tmp_path)
 def test_partition_that_always_runs_out_of_memory_is_flagged_then_rescored(field, reference, tmp_path):
     d, df = field
     out = tmp_path / "out"
-    r = run_cli(*cli_args(d, out, "--workers", "1", "--memory-limit", "1.5GiB", *fault("memory_error", "1:1")),
-                env=ONE_DEATH)
+    r = run_cli(
+        *cli_args(d, out, "--workers", "1", "--memory-limit", "1.5GiB", *fault("memory_error", "1:1")), env=ONE_DEATH
+    )
     assert r.returncode == 0, r.stderr
     got = read_out(out)
-    assert len(got) == len(df) and got["input_row"].is_unique             # never lost
+    assert len(got) == len(df) and got["input_row"].is_unique  # never lost
     from mergerscan.pipeline.plan import Plan
+
     part = Plan.load(out / "_work" / "plan.json").partitions[1]
     flagged = got["status"] == "out_of_memory"
-    assert flagged.sum() == part.rows - (reference.set_index("input_row").loc[got.loc[flagged, "input_row"],
-                                                                               "status"] != "ok").sum()
+    assert (
+        flagged.sum()
+        == part.rows - (reference.set_index("input_row").loc[got.loc[flagged, "input_row"], "status"] != "ok").sum()
+    )
     assert flagged.sum() > 0 and got.loc[flagged, "p_merger"].isna().all()
-    assert "out_of_memory" in r.stdout                                  # the summary names it
-    r = run_cli(*cli_args(d, out, "--workers", "1"))                     # re-run, enough memory
+    assert "out_of_memory" in r.stdout  # the summary names it
+    r = run_cli(*cli_args(d, out, "--workers", "1"))  # re-run, enough memory
     assert r.returncode == 0, r.stderr
     assert_same_rows(out, reference)
 
@@ -397,8 +489,17 @@ def test_task_run_twice_at_once_writes_identical_bytes(field, dask_client, tmp_p
     plan = _plan_only(d, out, dask_client)
     part = plan.partitions[0]
     src = ProcessArguments(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps")).source
-    args = (plan, part, T.PartitionTask(output=str(out), source=src, engine_path=str(d / "engine.onnx"), batch_size=8,
-                                        run_meta={"engine_sha256": "x"}))
+    args = (
+        plan,
+        part,
+        T.PartitionTask(
+            output=str(out),
+            source=src,
+            engine_path=str(d / "engine.onnx"),
+            batch_size=8,
+            run_meta={"engine_sha256": "x"},
+        ),
+    )
     layout = RunLayout(out)
     T.score_partition(*args)
     first = layout.dataset_file(part).read_bytes()
@@ -416,8 +517,14 @@ class Slurm:
         self.state, self.env = state, env
 
     def sbatch(self, *argv, cwd, env=None) -> str:
-        r = subprocess.run(["sbatch", "--parsable", *map(str, argv)], capture_output=True, text=True,
-                           env=dict(self.env, **(env or {})), cwd=cwd, timeout=60)
+        r = subprocess.run(
+            ["sbatch", "--parsable", *map(str, argv)],
+            capture_output=True,
+            text=True,
+            env=dict(self.env, **(env or {})),
+            cwd=cwd,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
         return r.stdout.strip().split(";")[0]
 
@@ -448,17 +555,21 @@ def slurm(tmp_path_factory):
     """A real single-node SLURM cluster (slurmctld + slurmd + munged) for this session."""
     if os.geteuid() != 0:
         pytest.skip("real-SLURM tests start slurmctld/slurmd/munged themselves and need root")
-    missing = [t for t in ("slurmctld", "slurmd", "sbatch", "scontrol", "munged") if not shutil.which(t)
-               and not Path("/usr/sbin", t).exists()]
+    missing = [
+        t
+        for t in ("slurmctld", "slurmd", "sbatch", "scontrol", "munged")
+        if not shutil.which(t) and not Path("/usr/sbin", t).exists()
+    ]
     if missing:
-        pytest.skip(f"slurm-wlm/munge not installed ({', '.join(missing)} missing): "
-                    "apt-get install -y slurm-wlm munge (make system-deps does it as root)")
+        pytest.skip(
+            f"slurm-wlm/munge not installed ({', '.join(missing)} missing): "
+            "apt-get install -y slurm-wlm munge (make system-deps does it as root)"
+        )
     if not (SLURM_LOCAL / "start.sh").is_file():
         pytest.skip(f"needs {SLURM_LOCAL}/start.sh (../shared/tools/slurm-local)")
-    _wait_daemons_gone()     # a previous session's stop.sh signals the daemons but does not wait
+    _wait_daemons_gone()  # a previous session's stop.sh signals the daemons but does not wait
     state = tmp_path_factory.mktemp("slurm")
-    r = subprocess.run(["bash", str(SLURM_LOCAL / "start.sh"), str(state)], capture_output=True, text=True,
-                       timeout=180)
+    r = subprocess.run(["bash", str(SLURM_LOCAL / "start.sh"), str(state)], capture_output=True, text=True, timeout=180)
     env = dict(os.environ, SLURM_CONF=str(state / "slurm.conf"))
     env.pop("SLURM_JOB_ID", None)
     if r.returncode != 0 or "idle" not in r.stdout:
@@ -476,20 +587,32 @@ def _wait_daemons_gone(timeout: float = 30) -> None:
     (pgrep finds it) and then nothing answers on the munge socket."""
     deadline = time.time() + timeout
     while time.time() < deadline and any(
-            subprocess.run(["pgrep", "-x", d], capture_output=True).returncode == 0
-            for d in ("slurmctld", "slurmd", "munged")):
+        subprocess.run(["pgrep", "-x", d], capture_output=True).returncode == 0
+        for d in ("slurmctld", "slurmd", "munged")
+    ):
         time.sleep(0.5)
 
 
 def _jobs(tmp_path: Path, **directives) -> dict:
     """The slurm/ scripts rendered for this 2-core machine: this venv's Python, 1 CPU per task, and
     --overcommit for the single allocation (3 tasks: scheduler, client, one worker)."""
-    base = {"cpus-per-task": 1, "mem-per-cpu": None, "mem": "4G", "time": "00:15:00",
-            "output": str(tmp_path / "slurm-%x-%j.out")}
+    base = {
+        "cpus-per-task": 1,
+        "mem-per-cpu": None,
+        "mem": "4G",
+        "time": "00:15:00",
+        "output": str(tmp_path / "slurm-%x-%j.out"),
+    }
     single = {"ntasks": 3, "overcommit": True}
-    return S.render_all(tmp_path / "jobs", python=PY, directives=dict(base, **directives),
-                        per_template={"process-catalog.sbatch": single,
-                                      "shard.sbatch": {"output": str(tmp_path / "slurm-shard-%A_%a.out")}})
+    return S.render_all(
+        tmp_path / "jobs",
+        python=PY,
+        directives=dict(base, **directives),
+        per_template={
+            "process-catalog.sbatch": single,
+            "shard.sbatch": {"output": str(tmp_path / "slurm-shard-%A_%a.out")},
+        },
+    )
 
 
 def _job_log(tmp_path: Path) -> str:
@@ -502,6 +625,7 @@ def _markers(out: Path) -> int:
 
 def _n_partitions(out: Path) -> int:
     from mergerscan.pipeline.plan import Plan
+
     return len(Plan.load(out / "_work" / "plan.json").partitions)
 
 
@@ -525,9 +649,15 @@ def test_slurm_array_finalize_and_one_shard_resubmitted(slurm, field, reference,
     (DependencyNeverSatisfied) until shard 1 alone is resubmitted and finalize pointed at it."""
     d, _ = field
     jobs, out = _jobs(tmp_path), tmp_path / "out"
-    env = dict(slurm.env, MERGERSCAN_SBATCH="--hold")      # held: cancel shard 1 before it can run
-    r = subprocess.run(["bash", str(jobs["submit-array.sh"]), "3", *cli_args(d, out)], capture_output=True,
-                       text=True, env=env, cwd=tmp_path, timeout=60)
+    env = dict(slurm.env, MERGERSCAN_SBATCH="--hold")  # held: cancel shard 1 before it can run
+    r = subprocess.run(
+        ["bash", str(jobs["submit-array.sh"]), "3", *cli_args(d, out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     ids = dict(kv.split("=") for kv in r.stdout.split())
     subprocess.run(["scancel", f"{ids['shards']}_1"], env=slurm.env, check=True)
@@ -535,7 +665,7 @@ def test_slurm_array_finalize_and_one_shard_resubmitted(slurm, field, reference,
         slurm.scontrol("release", j)
     states = slurm.wait(ids["shards"])
     assert states.count("COMPLETED") == 2 and set(states) <= {"COMPLETED", "CANCELLED"}, _job_log(tmp_path)
-    time.sleep(6)       # a scheduling pass: finalize must stay pending, its dependency can never be met
+    time.sleep(6)  # a scheduling pass: finalize must stay pending, its dependency can never be met
     assert slurm.states(ids["finalize"]) == ["PENDING"] and not (out / "mergers.fits").exists()
     assert "DependencyNeverSatisfied" in slurm.show(ids["finalize"])
     assert 0 < _markers(out) < _n_partitions(out)
@@ -571,7 +701,7 @@ def test_slurm_scancel_mid_run_then_resubmit(slurm, field, reference, tmp_path):
     n_done = _markers(out)
     assert 0 < n_done < _n_partitions(out), "the cancel must land mid-run"
     assert not (out / "mergers.fits").exists()
-    jid = slurm.sbatch(jobs["process-catalog.sbatch"], *argv, cwd=tmp_path)      # the same command again
+    jid = slurm.sbatch(jobs["process-catalog.sbatch"], *argv, cwd=tmp_path)  # the same command again
     assert slurm.wait(jid) == ["COMPLETED"], _job_log(tmp_path)
     assert_same_rows(out, reference)
 
@@ -579,6 +709,7 @@ def test_slurm_scancel_mid_run_then_resubmit(slurm, field, reference, tmp_path):
 def _worker_process(jid: str):
     """The Dask worker process (the nanny's child) of job ``jid``'s worker task."""
     import psutil
+
     for p in psutil.process_iter(["pid", "cmdline", "environ"]):
         try:
             env = p.info["environ"] or {}
@@ -600,7 +731,7 @@ def test_slurm_worker_killed_mid_run_is_survived(slurm, field, reference, tmp_pa
     assert w is not None, "no worker process found"
     assert _markers(out) < _n_partitions(out), "the kill must land mid-run"
     os.kill(w.pid, signal.SIGKILL)
-    assert slurm.wait(jid) == ["COMPLETED"], _job_log(tmp_path)        # the same job finishes
+    assert slurm.wait(jid) == ["COMPLETED"], _job_log(tmp_path)  # the same job finishes
     assert_same_rows(out, reference)
 
 
@@ -610,10 +741,32 @@ def test_slurm_cluster_from_login_node(slurm, field, reference, tmp_path):
     pytest.importorskip("dask_jobqueue")
     d, _ = field
     out = tmp_path / "out"
-    r = subprocess.run([PY, "-m", "mergerscan.pipeline.cli", *cli_args(d, out, "--cluster", "slurm", "--workers", 1,
-                                                                        "--slurm-cores", 1, "--slurm-memory", "2GB",
-                                                                        "--slurm-walltime", "00:10:00")],
-                       capture_output=True, text=True, env=slurm.env, cwd=tmp_path, timeout=400)
+    r = subprocess.run(
+        [
+            PY,
+            "-m",
+            "mergerscan.pipeline.cli",
+            *cli_args(
+                d,
+                out,
+                "--cluster",
+                "slurm",
+                "--workers",
+                1,
+                "--slurm-cores",
+                1,
+                "--slurm-memory",
+                "2GB",
+                "--slurm-walltime",
+                "00:10:00",
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        env=slurm.env,
+        cwd=tmp_path,
+        timeout=400,
+    )
     assert r.returncode == 0, r.stderr
     logs = list((out / "_work" / "slurm-logs").glob("mergerscan-worker-*.err"))
     assert logs, "no worker job ran"

@@ -27,9 +27,16 @@ def _catalog(n=6000, seed=3) -> pd.DataFrame:
     clump = rng.choice(n, k, replace=False)
     ra[clump], dec[clump] = rng.normal(40, 0.01, k), rng.normal(-20, 0.01, k)
     dec[[5, 17, n - 7]] = [np.nan, 95.0, -91.0]
-    nchild = pd.array([None if (i > n // 2 and i % 11 == 0) else 2 ** 62 + i for i in range(n)], "Int64")
-    return pd.DataFrame({"objid": 10 ** 17 + np.arange(n, dtype=np.int64) * 3, "ra": ra, "dec": dec,
-                         "nchild": nchild, "name": [f"g{i}" for i in range(n)]})
+    nchild = pd.array([None if (i > n // 2 and i % 11 == 0) else 2**62 + i for i in range(n)], "Int64")
+    return pd.DataFrame(
+        {
+            "objid": 10**17 + np.arange(n, dtype=np.int64) * 3,
+            "ra": ra,
+            "dec": dec,
+            "nchild": nchild,
+            "name": [f"g{i}" for i in range(n)],
+        }
+    )
 
 
 def _split(tmp_path, df, chunk_rows=700, partition_rows=300, bucket_rows=1000):
@@ -38,8 +45,13 @@ def _split(tmp_path, df, chunk_rows=700, partition_rows=300, bucket_rows=1000):
     r = CatalogReader(path, chunk_rows=chunk_rows)
     chunks = r.chunk_ranges()
     cols = {"id": "objid", "ra": "ra", "dec": "dec"}
-    spec = {"catalog": str(path), "source_catalog": str(path), "columns": cols,
-            "keep": ["nchild", "name"], "hist_order": HIST_ORDER}
+    spec = {
+        "catalog": str(path),
+        "source_catalog": str(path),
+        "columns": cols,
+        "keep": ["nchild", "name"],
+        "hist_order": HIST_ORDER,
+    }
     work = tmp_path / "work"
     hist, ranges = split.Histogram(), []
     for i, c in enumerate(chunks):
@@ -47,16 +59,25 @@ def _split(tmp_path, df, chunk_rows=700, partition_rows=300, bucket_rows=1000):
         hist.add(s)
         ranges.append(s["range"])
     parts = make_partitions(*hist.result(), HIST_ORDER, partition_rows)
-    plan = Plan(catalog=str(path), source_catalog=str(path), nrows=len(df), columns=cols,
-                keep=["nchild", "name"], id_kind="int", chunks=chunks, hist_order=HIST_ORDER,
-                partitions=parts, split=split.plan_split(parts, ranges, bucket_rows))
+    plan = Plan(
+        catalog=str(path),
+        source_catalog=str(path),
+        nrows=len(df),
+        columns=cols,
+        keep=["nchild", "name"],
+        id_kind="int",
+        chunks=chunks,
+        hist_order=HIST_ORDER,
+        partitions=parts,
+        split=split.plan_split(parts, ranges, bucket_rows),
+    )
     return plan, work
 
 
 def test_split_gives_each_partition_exactly_its_rows_in_input_order(tmp_path):
     df = _catalog()
     plan, work = _split(tmp_path, df)
-    assert len(plan.chunks) == 9 and len(os.listdir(WorkLayout(work).runs_dir)) == 9   # one run per chunk
+    assert len(plan.chunks) == 9 and len(os.listdir(WorkLayout(work).runs_dir)) == 9  # one run per chunk
     assert any(p.nsub > 1 for p in plan.partitions) and any(p.order < 0 for p in plan.partitions)
     for b in range(len(plan.split["buckets"])):
         split.gather_bucket(plan, b, str(work))
@@ -72,12 +93,12 @@ def test_split_gives_each_partition_exactly_its_rows_in_input_order(tmp_path):
         got = split.read_partition(work, plan, p, ["nchild"])
         rows = np.flatnonzero(want == p.pid)
         assert got["_input_row"].tolist() == rows.tolist(), p
-        assert got["objid"].tolist() == df["objid"].iloc[rows].tolist()           # exact int64
+        assert got["objid"].tolist() == df["objid"].iloc[rows].tolist()  # exact int64
         assert got["name"].tolist() == df["name"].iloc[rows].tolist()
         assert str(got["nchild"].dtype) == "Int64" if len(got) else True
         assert got["nchild"].tolist() == df["nchild"].iloc[rows].tolist()
         seen += got["_input_row"].tolist()
-    assert sorted(seen) == list(range(len(df)))                                   # each row once
+    assert sorted(seen) == list(range(len(df)))  # each row once
 
 
 def test_buckets_cover_the_partitions_in_order():
@@ -91,17 +112,17 @@ def test_buckets_cover_the_partitions_in_order():
     parts = make_partitions(pix, cnt, 7, 6, max_rows=200)
     buckets = split.make_buckets(parts, 1000)
     pids = [pid for _, _, a, b in buckets for pid in range(a, b)]
-    assert pids == list(range(len(parts)))                       # every partition once, in order
+    assert pids == list(range(len(parts)))  # every partition once, in order
     for lo, hi, a, b in buckets:
         members = parts[a:b]
-        assert (lo < 0) == all(p.order < 0 for p in members)     # bad coordinates on their own
-        if len({(p.order, p.pixel) for p in members}) > 1:        # several pixels: bounded rows
+        assert (lo < 0) == all(p.order < 0 for p in members)  # bad coordinates on their own
+        if len({(p.order, p.pixel) for p in members}) > 1:  # several pixels: bounded rows
             assert sum(p.rows for p in members) <= 1000
         for p in members:
             plo, phi = split._unit_range(p)
             assert lo <= plo and phi <= hi
     dense = [bk for bk in buckets if bk[3] - bk[2] > 1 and len({parts[i].pixel for i in range(bk[2], bk[3])}) == 1]
-    assert len(dense) > 1                                        # the 5,000-row pixel: cut in buckets
+    assert len(dense) > 1  # the 5,000-row pixel: cut in buckets
 
 
 def test_histogram_sums_like_unique():
@@ -123,18 +144,27 @@ def test_torn_run_is_made_again(tmp_path):
     plan, work = _split(tmp_path, df)
     run = WorkLayout(work).run_file(1)
     good = run.read_bytes()
-    run.write_bytes(good[:len(good) // 2])
-    spec = {"catalog": plan.catalog, "source_catalog": plan.catalog, "columns": plan.columns,
-            "keep": plan.keep, "hist_order": HIST_ORDER}
+    run.write_bytes(good[: len(good) // 2])
+    spec = {
+        "catalog": plan.catalog,
+        "source_catalog": plan.catalog,
+        "columns": plan.columns,
+        "keep": plan.keep,
+        "hist_order": HIST_ORDER,
+    }
     s = split.scan_chunk(spec, 1, plan.chunks[1], str(work))
     assert run.read_bytes() == good and s["rows"] == plan.chunks[1][1] - plan.chunks[1][0]
 
 
 def test_parquet_chunks_follow_row_groups(tmp_path):
     t = pa.table({"x": np.arange(1000)})
-    pq.write_table(t, tmp_path / "a.parquet", row_group_size=300)       # groups 300, 300, 300, 100
-    assert CatalogReader(tmp_path / "a.parquet", chunk_rows=200).chunk_ranges() == \
-        [(0, 300), (300, 600), (600, 900), (900, 1000)]
+    pq.write_table(t, tmp_path / "a.parquet", row_group_size=300)  # groups 300, 300, 300, 100
+    assert CatalogReader(tmp_path / "a.parquet", chunk_rows=200).chunk_ranges() == [
+        (0, 300),
+        (300, 600),
+        (600, 900),
+        (900, 1000),
+    ]
     assert CatalogReader(tmp_path / "a.parquet", chunk_rows=500).chunk_ranges() == [(0, 600), (600, 1000)]
 
 

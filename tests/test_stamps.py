@@ -46,14 +46,14 @@ def _rows(ids, paths=None) -> pd.DataFrame:
 def stampdir(tmp_path):
     Image.fromarray(_smooth_img(S)).save(tmp_path / "a.jpg", quality=95)
     Image.fromarray(_img(1)).save(tmp_path / "b.png")
-    fits.PrimaryHDU(np.moveaxis(_img(2), -1, 0)).writeto(tmp_path / "c.fits")                 # (3, H, W) uint8
-    fits.PrimaryHDU(_img(3).astype(np.float32) + 0.2).writeto(tmp_path / "d.fits")           # (H, W, 3) float
+    fits.PrimaryHDU(np.moveaxis(_img(2), -1, 0)).writeto(tmp_path / "c.fits")  # (3, H, W) uint8
+    fits.PrimaryHDU(_img(3).astype(np.float32) + 0.2).writeto(tmp_path / "d.fits")  # (H, W, 3) float
     (tmp_path / "sub").mkdir()
     Image.fromarray(_img(4)).save(tmp_path / "sub" / "other-name.png")
     body = (tmp_path / "a.jpg").read_bytes()
     (tmp_path / "trunc.jpg").write_bytes(body[: len(body) // 2])
-    Image.fromarray(_img(5)[:, :200]).save(tmp_path / "wide.png")                             # 256 x 200
-    Image.fromarray(_img(6)[..., 0]).save(tmp_path / "grey.png")                              # mode L
+    Image.fromarray(_img(5)[:, :200]).save(tmp_path / "wide.png")  # 256 x 200
+    Image.fromarray(_img(6)[..., 0]).save(tmp_path / "grey.png")  # mode L
     (tmp_path / "junk.png").write_bytes(b"not an image at all")
     Image.fromarray(_smooth_img(128)).save(tmp_path / "small.png")
     return tmp_path
@@ -63,15 +63,14 @@ def test_by_id_all_formats(stampdir):
     with StampSource(stampdir, SPEC) as src:
         st, status = src.fetch(_rows(["a", "b", "c", "d"]))
     assert status.tolist() == ["ok"] * 4 and st.shape == (4, S, S, 3) and st.dtype == np.uint8
-    assert np.abs(st[0].astype(int) - _smooth_img(S)).mean() < 2        # JPEG q95 of a gradient
-    assert np.array_equal(st[1], _img(1))                                # PNG lossless
-    assert np.array_equal(st[2], _img(2))                                # FITS (3, H, W) uint8
-    assert np.array_equal(st[3], _img(3))                                # FITS float: rounded
+    assert np.abs(st[0].astype(int) - _smooth_img(S)).mean() < 2  # JPEG q95 of a gradient
+    assert np.array_equal(st[1], _img(1))  # PNG lossless
+    assert np.array_equal(st[2], _img(2))  # FITS (3, H, W) uint8
+    assert np.array_equal(st[3], _img(3))  # FITS float: rounded
 
 
 def test_by_path_column(stampdir):
-    rows = _rows(["x1", "b", "x3", "x4"],
-                 ["sub/other-name.png", None, str(stampdir / "c.fits"), "sub/missing.png"])
+    rows = _rows(["x1", "b", "x3", "x4"], ["sub/other-name.png", None, str(stampdir / "c.fits"), "sub/missing.png"])
     with StampSource(stampdir, SPEC) as src:
         st, status = src.fetch(rows)
     # relative path, empty path -> id lookup, absolute path, path to nothing
@@ -85,14 +84,14 @@ def test_failures_keep_every_row(stampdir):
     with StampSource(stampdir, SPEC, threads=3) as src:
         st, status = src.fetch(_rows(ids))
     assert len(status) == len(ids) == len(st)
-    assert status.tolist() == ["ok", "no_image", "bad_image", "bad_image", "bad_image", "bad_image",
-                               "no_image", "ok"]
-    assert not st[1:7].any()                                             # failed rows: zero stamps
+    assert status.tolist() == ["ok", "no_image", "bad_image", "bad_image", "bad_image", "bad_image", "no_image", "ok"]
+    assert not st[1:7].any()  # failed rows: zero stamps
     assert src.stats["bad_image"] == 4
 
 
 def test_truncated_jpeg_even_with_lenient_pil(stampdir, monkeypatch):
     from PIL import ImageFile
+
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     with StampSource(stampdir, SPEC, threads=1) as src:
         assert src.fetch(_rows(["trunc"]))[1].tolist() == ["bad_image"]
@@ -169,6 +168,7 @@ def test_builtins_and_capabilities_come_from_the_registry():
 
     class Odd(ToySource):
         statuses = frozenset({"no_such_status"})
+
     with pytest.raises(ValueError, match="no_such_status"):
         register_source("odd", Odd)
     assert "odd" not in registered_sources()
@@ -206,15 +206,20 @@ def test_a_worker_process_finds_a_source_registered_in_the_parent():
         stamps, status = src.fetch(pd.DataFrame({"id": ["a", "x"], "ra": [0.0, 0.0], "dec": [0.0, 0.0]}))
         print(type(src).__module__, int(stamps[0].max()), *status)
     """
-    res = subprocess.run([sys.executable, "-c", code, json.dumps(sys.path), cfg.hex(), ToySource.__module__],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(sys.path), cfg.hex(), ToySource.__module__],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [ToySource.__module__, "9", "ok", "no_image"]
     # what travels: the toy's origin; a built-in kind needs none (BUILTIN names its module)
     assert SourceConfig("toy-level", "a").__reduce__()[1][3] == f"{ToySource.__module__}:ToySource"
     assert SourceConfig("stamps", "/d").__reduce__()[1][3] is None
-    assert pickle.loads(pickle.dumps(SourceConfig("stamps", "/d", (("threads", 1),)))) == \
-        SourceConfig("stamps", "/d", (("threads", 1),))
+    assert pickle.loads(pickle.dumps(SourceConfig("stamps", "/d", (("threads", 1),)))) == SourceConfig(
+        "stamps", "/d", (("threads", 1),)
+    )
 
 
 def test_real_gz_jpeg(gz_dir):

@@ -22,7 +22,7 @@ from mergerscan.engines.engine_file import load_metadata
 from mergerscan.engines.registry import register_backend
 
 HERE = Path(__file__).resolve().parent
-MISSING_EVERY = 7             # the toy source has no image for every 7th object
+MISSING_EVERY = 7  # the toy source has no image for every 7th object
 
 
 @register_source("toy-blobs")
@@ -40,7 +40,7 @@ class ToyBlobSource(SourceBase):
         n, s = len(rows), self.spec.stamp_pixels
         stamps, status = empty_stamps(n, self.spec), np.full(n, "no_image", dtype=object)
         yy, xx = np.mgrid[:s, :s]
-        disc = (yy - s / 2) ** 2 + (xx - s / 2) ** 2 < self.options.radius ** 2
+        disc = (yy - s / 2) ** 2 + (xx - s / 2) ** 2 < self.options.radius**2
         for i, oid in enumerate(rows["id"].astype(str)):
             k = int(oid) % 1000
             if k % MISSING_EVERY == 0:
@@ -57,8 +57,13 @@ class ToyOptions:
     gain: float = 4.0
 
 
-@register_backend("toy", options=ToyOptions, precisions=("fp32",), default_precision="fp32",
-                  help="mean brightness of the prepared stamp, times a gain")
+@register_backend(
+    "toy",
+    options=ToyOptions,
+    precisions=("fp32",),
+    default_precision="fp32",
+    help="mean brightness of the prepared stamp, times a gain",
+)
 class ToyEngine(Engine):
     backend = "toy"
 
@@ -72,8 +77,14 @@ class ToyEngine(Engine):
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "mergerscan.pipeline.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mergerscan.pipeline.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_process_catalog_with_a_toy_source_and_a_toy_backend(tmp_path):
@@ -83,13 +94,31 @@ def test_process_catalog_with_a_toy_source_and_a_toy_backend(tmp_path):
     cat = pd.DataFrame({"objid": ids, "ra": 150 + rng.uniform(0, 0.5, n), "dec": 2 + rng.uniform(0, 0.5, n)})
     cat.to_csv(tmp_path / "cat.csv", index=False)
     out = tmp_path / "out"
-    r = run_cli(["cat.csv", "-o", str(out), "--source", f"{__name__}:ToyBlobSource", "toy://nowhere",
-                 "--source-option", "radius=30", "--backend", f"toy@{__name__}", "--workers", "2",
-                 "--partition-rows", "20", "--no-progress", "--no-report"], tmp_path)
+    r = run_cli(
+        [
+            "cat.csv",
+            "-o",
+            str(out),
+            "--source",
+            f"{__name__}:ToyBlobSource",
+            "toy://nowhere",
+            "--source-option",
+            "radius=30",
+            "--backend",
+            f"toy@{__name__}",
+            "--workers",
+            "2",
+            "--partition-rows",
+            "20",
+            "--no-progress",
+            "--no-report",
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     files = sorted((out / "parquet").rglob("*.parquet"))
     got = pd.concat([pq.read_table(f).to_pandas() for f in files]).set_index("objid").sort_index()
-    assert list(got.index) == list(ids)                        # every row once, with its exact id
+    assert list(got.index) == list(ids)  # every row once, with its exact id
     missing = (ids % 1000) % MISSING_EVERY == 0
     assert (got["status"].to_numpy() == np.where(missing, "no_image", "ok")).all()
     assert got["p_merger"].isna().to_numpy().tolist() == missing.tolist()
@@ -104,8 +133,20 @@ def test_process_catalog_with_a_toy_source_and_a_toy_backend(tmp_path):
 
 def test_a_misspelled_toy_option_is_one_line(tmp_path):
     pd.DataFrame({"objid": [1, 2], "ra": [10.0, 10.1], "dec": [1.0, 1.1]}).to_csv(tmp_path / "c.csv", index=False)
-    r = run_cli(["c.csv", "-o", "out", "--source", f"{__name__}:ToyBlobSource", "toy://x",
-                 "--source-option", "radios=3", "--no-progress"], tmp_path)
+    r = run_cli(
+        [
+            "c.csv",
+            "-o",
+            "out",
+            "--source",
+            f"{__name__}:ToyBlobSource",
+            "toy://x",
+            "--source-option",
+            "radios=3",
+            "--no-progress",
+        ],
+        tmp_path,
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "radios" in lines[0] and "radius" in lines[0], r.stderr

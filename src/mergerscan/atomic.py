@@ -29,7 +29,7 @@ def temporary_name(path: str | Path) -> Path:
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:            # some filesystems do not open directories; the rename still holds
+    except OSError:  # some filesystems do not open directories; the rename still holds
         return
     try:
         os.fsync(fd)

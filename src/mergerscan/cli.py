@@ -10,8 +10,12 @@ def _train_parser(sub):
     p = sub.add_parser("train", help="train a model (E1 scratch / E2 transfer) and export an engine")
     p.add_argument("--catalog", help="labelled catalog (CSV/FITS/Parquet) with is_merger and image (required)")
     p.add_argument("--out", help="run directory (model.onnx, metrics.json, plots, checkpoint.pt) (required)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the stopped run in RUN_DIR from its last "
-                   "checkpoint, with RUN_DIR's configuration (options given with it must match)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the stopped run in RUN_DIR from its last "
+        "checkpoint, with RUN_DIR's configuration (options given with it must match)",
+    )
     p.add_argument("--arch", default="efficientnet_lite0")
     p.add_argument("--experiment", default="e2", choices=["e1", "e2"])
     p.add_argument("--size", dest="input_size", type=int, default=128, help="model input size (px)")
@@ -29,20 +33,38 @@ def _train_parser(sub):
     p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image cache directory")
     p.add_argument("--int8", action="store_true", help="also export a static INT8 model and measure it")
     p.add_argument("--name")
-    p.add_argument("--patience", type=int, default=0,
-                   help="end a phase when validation loss has not improved for N epochs (0: run every epoch)")
-    p.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
-                   help="bf16 autocast + channels_last: auto = where the CPU has AVX512-BF16 or AMX")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=0,
+        help="end a phase when validation loss has not improved for N epochs (0: run every epoch)",
+    )
+    p.add_argument(
+        "--bf16",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="bf16 autocast + channels_last: auto = where the CPU has AVX512-BF16 or AMX",
+    )
     p.add_argument("--prefetch", type=int, default=2, help="batches prepared ahead in the loader thread (0: none)")
-    p.add_argument("--stop-after-epochs", type=int, metavar="N",
-                   help="stop this invocation after N epochs, leaving a checkpoint for --resume")
-    p.add_argument("--no-export", dest="export", action="store_false",
-                   help="evaluate but write no ONNX engine file (quicker study runs)")
+    p.add_argument(
+        "--stop-after-epochs",
+        type=int,
+        metavar="N",
+        help="stop this invocation after N epochs, leaving a checkpoint for --resume",
+    )
+    p.add_argument(
+        "--no-export",
+        dest="export",
+        action="store_false",
+        help="evaluate but write no ONNX engine file (quicker study runs)",
+    )
     return p
 
 
 def _report_parser(sub):
-    p = sub.add_parser("report", help="HTML report of a process-catalog run (summary.json) or a training run (metrics.json)")
+    p = sub.add_parser(
+        "report", help="HTML report of a process-catalog run (summary.json) or a training run (metrics.json)"
+    )
     p.add_argument("run", help="run directory: process-catalog OUT or a training --out")
     p.add_argument("--top-n", type=int, default=24, help="mergers in the top gallery")
     p.add_argument("--borderline-n", type=int, default=12, help="objects near the threshold in the borderline gallery")
@@ -53,16 +75,22 @@ def _report(ap, a):
     from pathlib import Path
 
     from .run_layout import RunLayout
+
     d = Path(a.run)
     if RunLayout(d).summary.is_file():
         from .report import build_report
+
         path = build_report(d, top_n=a.top_n, borderline_n=a.borderline_n)
     elif (d / "metrics.json").is_file():
         from .report import build_training_report
+
         path = build_training_report(d)
     else:
-        ap.exit(2, f"mergerscan report: error: {d} has neither summary.json (process-catalog run) "
-                   "nor metrics.json (training run)\n")
+        ap.exit(
+            2,
+            f"mergerscan report: error: {d} has neither summary.json (process-catalog run) "
+            "nor metrics.json (training run)\n",
+        )
     print(path)
 
 
@@ -75,6 +103,7 @@ def _samp_parser(sub):
 
 def _samp(ap, a):
     from .samp import SampError, send_table
+
     try:
         names = send_table(a.run, name=a.name)
     except SampError as exc:
@@ -83,11 +112,15 @@ def _samp(ap, a):
 
 
 def _calibrate_parser(sub):
-    p = sub.add_parser("calibrate", help="fit an engine's temperature and threshold per test-time view count on "
-                                         "a labelled catalog's validation split; write a calibrated copy")
+    p = sub.add_parser(
+        "calibrate",
+        help="fit an engine's temperature and threshold per test-time view count on "
+        "a labelled catalog's validation split; write a calibrated copy",
+    )
     p.add_argument("engine", help="engine file (.onnx)")
-    p.add_argument("--data", required=True, help="labelled catalog (is_merger, ra, dec, image) or a directory "
-                                                 "holding catalog.csv")
+    p.add_argument(
+        "--data", required=True, help="labelled catalog (is_merger, ra, dec, image) or a directory holding catalog.csv"
+    )
     p.add_argument("-o", "--out", required=True, help="the calibrated engine file to write")
     p.add_argument("--views", type=int, nargs="+", default=[1, 2, 4, 8], help="view counts to calibrate")
     p.add_argument("--threads", type=int, default=2)
@@ -110,16 +143,26 @@ def _calibrate(ap, a):
         if not path.is_file():
             ap.exit(2, f"mergerscan calibrate: error: {what} {path}: no such file\n")
     try:
-        res = calibrate_engine(a.engine, data, a.out, views=a.views, threads=a.threads, cache=a.cache,
-                               seed=a.seed, limit_per_class=a.limit_per_class)
+        res = calibrate_engine(
+            a.engine,
+            data,
+            a.out,
+            views=a.views,
+            threads=a.threads,
+            cache=a.cache,
+            seed=a.seed,
+            limit_per_class=a.limit_per_class,
+        )
     except ValueError as exc:
         ap.exit(2, f"mergerscan calibrate: error: {exc}\n")
     if a.results:
         atomic_write_json(a.results, res, indent=1, default=float)
     for n in a.views:
         r = res[f"views_{n}"]
-        print(f"{n} view(s): T {r['temperature']:.3f} threshold {r['threshold']:.4f} | val macro F1 "
-              f"{r['val_macro_f1']:.4f} | test macro F1 {r['test']['macro']['f1']:.4f}")
+        print(
+            f"{n} view(s): T {r['temperature']:.3f} threshold {r['threshold']:.4f} | val macro F1 "
+            f"{r['val_macro_f1']:.4f} | test macro F1 {r['test']['macro']['f1']:.4f}"
+        )
     print(json.dumps({"out": res["out"], "default_views": res["default_views"]}))
 
 
@@ -147,10 +190,11 @@ def _train(ap, a, train_parser):
     from .training.checkpoint import ResumeError, resume_arguments
     from .training.loader import LoaderError
     from .training.train import TrainArguments, run
+
     kw = {k: v for k, v in vars(a).items() if k not in ("verb", "resume")}
     fail = lambda exc: ap.exit(2, f"mergerscan train: error: {exc}\n")
     try:
-        if a.resume:     # the run's own configuration; options typed here must agree with it
+        if a.resume:  # the run's own configuration; options typed here must agree with it
             given = {k: v for k, v in kw.items() if v != train_parser.get_default(k)}
             kw = resume_arguments(a.resume, given)
         elif not (a.catalog and a.out):
@@ -166,6 +210,7 @@ def _train(ap, a, train_parser):
 
 def process_catalog_main(argv=None):
     from .pipeline.cli import main as pc_main
+
     return pc_main(argv)
 
 

@@ -28,6 +28,7 @@ class SummaryError(ValueError):
 @dataclass
 class SourceSummary:
     """The image source: kind (stamps | frames | service), where (credentials redacted), options."""
+
     kind: str = ""
     location: str = ""
     options: dict[str, Any] = field(default_factory=dict)
@@ -37,16 +38,18 @@ class SourceSummary:
 
     @classmethod
     def from_dict(cls, d: Mapping | str | None) -> SourceSummary:
-        if isinstance(d, str):               # hand-written summaries name only the kind
+        if isinstance(d, str):  # hand-written summaries name only the kind
             return cls(kind=d)
         d = d or {}
-        return cls(kind=str(d.get("kind", "")), location=str(d.get("location", "")),
-                   options=dict(d.get("options") or {}))
+        return cls(
+            kind=str(d.get("kind", "")), location=str(d.get("location", "")), options=dict(d.get("options") or {})
+        )
 
 
 @dataclass
 class Failure:
     """One reason rows were not scored: the status, how many rows, one example (failures.py)."""
+
     status: str
     count: int
     example: str = ""
@@ -61,10 +64,36 @@ class Failure:
 
 # summary.json's keys in the order process-catalog writes them; the optional ones appear only
 # when set: select + not_selected (--select), fetch_failures (a service failed rows)
-KEY_ORDER = ("rows", "scored", "flagged", "select", "not_selected", "fetch_failures", "status", "mergers",
-             "threshold", "partitions", "seconds", "objects_per_s", "engine", "engine_sha256",
-             "mergerscan_version", "catalog", "command", "engine_path", "source", "id_column", "keep", "path_column", "fits",
-             "parquet", "failures", "warnings", "retryable", "exit_status")
+KEY_ORDER = (
+    "rows",
+    "scored",
+    "flagged",
+    "select",
+    "not_selected",
+    "fetch_failures",
+    "status",
+    "mergers",
+    "threshold",
+    "partitions",
+    "seconds",
+    "objects_per_s",
+    "engine",
+    "engine_sha256",
+    "mergerscan_version",
+    "catalog",
+    "command",
+    "engine_path",
+    "source",
+    "id_column",
+    "keep",
+    "path_column",
+    "fits",
+    "parquet",
+    "failures",
+    "warnings",
+    "retryable",
+    "exit_status",
+)
 OPTIONAL = ("select", "not_selected", "fetch_failures")
 # set after summary.json is written (the report is built from it); in the object, not in the file
 AFTER_WRITE = ("report", "report_error")
@@ -73,9 +102,9 @@ AFTER_WRITE = ("report", "report_error")
 @dataclass
 class RunSummary(Mapping):
     rows: int = 0
-    scored: int = 0                                   # ok + edge
-    flagged: int = 0                                  # rows - scored - not_selected
-    status: dict[str, int] = field(default_factory=dict)        # rows per status, most frequent first
+    scored: int = 0  # ok + edge
+    flagged: int = 0  # rows - scored - not_selected
+    status: dict[str, int] = field(default_factory=dict)  # rows per status, most frequent first
     mergers: int = 0
     threshold: float = 0.5
     partitions: int = 0
@@ -88,21 +117,21 @@ class RunSummary(Mapping):
     command: str = ""
     engine_path: str | None = None
     source: SourceSummary = field(default_factory=SourceSummary)
-    id_column: str = "objid"                          # the output id column: objid (integer ids) or id
+    id_column: str = "objid"  # the output id column: objid (integer ids) or id
     keep: list[str] = field(default_factory=list)
-    path_column: str | None = None                    # output name of the stamp-path column (the report's cutouts)
+    path_column: str | None = None  # output name of the stamp-path column (the report's cutouts)
     fits: str = ""
     parquet: str = ""
-    failures: list[Failure] = field(default_factory=list)       # leading reasons first
+    failures: list[Failure] = field(default_factory=list)  # leading reasons first
     warnings: list[str] = field(default_factory=list)
-    retryable: int = 0                                # rows a re-run retries (TRANSIENT statuses)
+    retryable: int = 0  # rows a re-run retries (TRANSIENT statuses)
     exit_status: int = 0
-    select: str | None = None                         # --select EXPR (then not_selected is set too)
+    select: str | None = None  # --select EXPR (then not_selected is set too)
     not_selected: int | None = None
-    fetch_failures: dict[str, int] | None = None      # why a service failed rows, most frequent first
-    report: str | None = None                         # OUT/report/index.html once built
-    report_error: str | None = None                   # why the report could not be built
-    extra: dict[str, Any] = field(default_factory=dict)         # keys of a newer mergerscan, kept as read
+    fetch_failures: dict[str, int] | None = None  # why a service failed rows, most frequent first
+    report: str | None = None  # OUT/report/index.html once built
+    report_error: str | None = None  # why the report could not be built
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer mergerscan, kept as read
 
     # ---------------------------------------------------------------- dict / JSON
     def to_dict(self, with_report: bool = True) -> dict:

@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 MTYPE = "table.load.fits"
-NO_HUB = ("no SAMP hub is running: start TOPCAT (it starts a hub) or another SAMP hub, "
-          "then run `mergerscan samp {out}`")
+NO_HUB = "no SAMP hub is running: start TOPCAT (it starts a hub) or another SAMP hub, then run `mergerscan samp {out}`"
 
 
 class SampError(RuntimeError):
@@ -34,21 +33,23 @@ def send_table(path: str | Path, name: str | None = None, timeout: float = 30.0)
 
     fits = fits_of(path)
     out = fits.parent if fits.name == "mergers.fits" else fits
-    client = SAMPIntegratedClient(name="mergerscan", description="galaxy-merger scores (process-catalog)",
-                                  callable=False)
+    client = SAMPIntegratedClient(
+        name="mergerscan", description="galaxy-merger scores (process-catalog)", callable=False
+    )
     try:
         client.connect()
     except Exception as exc:  # SAMPHubError, or a stale lockfile's connection error
         msg = NO_HUB.format(out=out)
-        raise SampError(msg if "Unable to find" in str(exc) or isinstance(exc, OSError)
-                        else f"{msg} ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise SampError(
+            msg
+            if "Unable to find" in str(exc) or isinstance(exc, OSError)
+            else f"{msg} ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
     try:
         targets = list(client.get_subscribed_clients(MTYPE))
         if not targets:
-            raise SampError(f"a SAMP hub is running but no application there loads FITS tables ({MTYPE}); "
-                            "start TOPCAT")
-        message = {"samp.mtype": MTYPE,
-                   "samp.params": {"url": fits.as_uri(), "name": name or f"{out.name} mergers"}}
+            raise SampError(f"a SAMP hub is running but no application there loads FITS tables ({MTYPE}); start TOPCAT")
+        message = {"samp.mtype": MTYPE, "samp.params": {"url": fits.as_uri(), "name": name or f"{out.name} mergers"}}
         sent, errors = [], []
         for cid in targets:
             label = client.get_metadata(cid).get("samp.name", cid)

@@ -46,8 +46,9 @@ def require_column(columns: Iterable[str], name: str, path: str | Path, flag: st
     try:
         found = find_column(available, name)
     except AmbiguousColumn as exc:
-        raise CatalogError(f"{path}: {flag} names {name!r}, which is ambiguous ({', '.join(exc.matches)}); "
-                           "name one exactly") from None
+        raise CatalogError(
+            f"{path}: {flag} names {name!r}, which is ambiguous ({', '.join(exc.matches)}); name one exactly"
+        ) from None
     if found is None:
         raise CatalogError(f"{path}: {flag} names {name!r}, which is not a column (columns: {brief(available)})")
     return found

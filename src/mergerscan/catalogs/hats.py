@@ -48,8 +48,7 @@ def join_pieces(pieces: list, path: Path) -> Path:
     path = Path(path)
     schema = pq.read_schema(pieces[0])
     # the temporary (.Npix=p.parquet.<pid>.<random>.tmp) is no .parquet file: hats' metadata writer skips it
-    with atomic_path(path) as tmp, pq.ParquetWriter(str(tmp), schema, compression="zstd",
-                                                    write_statistics=True) as w:
+    with atomic_path(path) as tmp, pq.ParquetWriter(str(tmp), schema, compression="zstd", write_statistics=True) as w:
         for f in pieces:
             w.write_table(pq.read_table(f).replace_schema_metadata(schema.metadata))
     return path
@@ -62,8 +61,9 @@ def output_files(root: Path) -> list[Path]:
     return sorted(f for f in files if not f.name.startswith((".", "_")))
 
 
-def write_hats_metadata(root: Path, pixels: list[tuple[int, int]], total_rows: int, max_rows: int,
-                        name: str = "mergers") -> Path:
+def write_hats_metadata(
+    root: Path, pixels: list[tuple[int, int]], total_rows: int, max_rows: int, name: str = "mergers"
+) -> Path:
     """hats' own writers: ``partition_info.csv``, ``dataset/_metadata`` + ``_common_metadata``
     and ``hats.properties`` for the partition files already under ``root/dataset``."""
     from hats.catalog import PartitionInfo, TableProperties
@@ -80,10 +80,18 @@ def write_hats_metadata(root: Path, pixels: list[tuple[int, int]], total_rows: i
         raise RuntimeError(f"{root}: HATS dataset holds {rows} rows, the partitions {total_rows}")
     # field names, not the properties-file aliases mypy sees as TableProperties' parameters (pydantic)
     fields: dict[str, Any] = dict(
-        catalog_name=name, catalog_type="object", total_rows=int(total_rows), ra_column="ra", dec_column="dec",
-        healpix_column=SPATIAL_INDEX_COLUMN, healpix_order=SPATIAL_INDEX_ORDER, hats_max_rows=int(max_rows),
-        hats_order=info.get_highest_order(), moc_sky_fraction=f"{info.calculate_fractional_coverage():0.5f}",
-        hats_builder="mergerscan process-catalog")
+        catalog_name=name,
+        catalog_type="object",
+        total_rows=int(total_rows),
+        ra_column="ra",
+        dec_column="dec",
+        healpix_column=SPATIAL_INDEX_COLUMN,
+        healpix_order=SPATIAL_INDEX_ORDER,
+        hats_max_rows=int(max_rows),
+        hats_order=info.get_highest_order(),
+        moc_sky_fraction=f"{info.calculate_fractional_coverage():0.5f}",
+        hats_builder="mergerscan process-catalog",
+    )
     TableProperties(**fields).to_properties_file(root)
     return root
 
@@ -114,17 +122,22 @@ class HatsInput:
             info = cat.catalog_info
             self.npix_suffix = info.npix_suffix
             self.pixels = [(hp.order, hp.pixel) for hp in cat.get_healpix_pixels()]
-            schema = pq.read_schema(paths.get_common_metadata_pointer(self.path)) \
-                if paths.get_common_metadata_pointer(self.path).exists() else cat.schema
+            schema = (
+                pq.read_schema(paths.get_common_metadata_pointer(self.path))
+                if paths.get_common_metadata_pointer(self.path).exists()
+                else cat.schema
+            )
             if schema is None:
                 raise CatalogError(f"{self.path}: HATS catalog without a schema (no _common_metadata)")
         except CatalogError:
             raise
         except Exception as exc:  # any failure to open it is the catalog's
-            raise CatalogError(f"{self.path}: cannot read as a HATS catalog "
-                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-        self.pixels.sort(key=lambda op: op[1] << (2 * (29 - op[0])))        # spatial (nested) order
-        self.columns = [c for c in schema.names if not c.startswith("__")]   # pandas index columns left out
+            raise CatalogError(
+                f"{self.path}: cannot read as a HATS catalog "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from None
+        self.pixels.sort(key=lambda op: op[1] << (2 * (29 - op[0])))  # spatial (nested) order
+        self.columns = [c for c in schema.names if not c.startswith("__")]  # pandas index columns left out
         self.ra_column, self.dec_column = info.ra_column, info.dec_column
         self.healpix_column = info.healpix_column if info.healpix_column in self.columns else None
         self.rows = self._row_counts()

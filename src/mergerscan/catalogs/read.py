@@ -20,9 +20,17 @@ class CatalogError(ValueError):
 
 def catalog_format(path: str | Path) -> str:
     name = str(path).lower()
-    for suffix, fmt in ((".fits", "fits"), (".fit", "fits"), (".fits.gz", "fits"), (".fts", "fits"),
-                        (".parquet", "parquet"), (".pq", "parquet"), (".csv", "csv"),
-                        (".csv.gz", "csv"), (".tsv", "csv")):
+    for suffix, fmt in (
+        (".fits", "fits"),
+        (".fit", "fits"),
+        (".fits.gz", "fits"),
+        (".fts", "fits"),
+        (".parquet", "parquet"),
+        (".pq", "parquet"),
+        (".csv", "csv"),
+        (".csv.gz", "csv"),
+        (".tsv", "csv"),
+    ):
         if name.endswith(suffix):
             return fmt
     if Path(path).is_dir():
@@ -36,7 +44,7 @@ def _native(arr: np.ndarray):
     if arr.ndim > 1:
         flat = np.char.strip(arr.astype(str)) if arr.dtype.kind == "S" else arr
         return pd.Series(list(flat.tolist()), dtype=object)
-    if arr.dtype.kind in "SU":      # fitsio may hand back either; blanks around FITS text are padding
+    if arr.dtype.kind in "SU":  # fitsio may hand back either; blanks around FITS text are padding
         return np.char.strip(arr.astype(str))
     return arr.astype(arr.dtype.newbyteorder("="), copy=False) if arr.dtype.byteorder not in ("=", "|") else arr
 
@@ -47,7 +55,7 @@ class CatalogReader:
     def __init__(self, path: str | Path, chunk_rows: int = 200_000):
         self.path = Path(path)
         self.chunk_rows = int(chunk_rows)
-        self.text_columns: set = set()   # CSV columns read as text, exactly as written (ids)
+        self.text_columns: set = set()  # CSV columns read as text, exactly as written (ids)
         if not self.path.exists():
             raise CatalogError(f"{self.path}: no such file")
         self.format = catalog_format(self.path)
@@ -56,13 +64,16 @@ class CatalogReader:
         except CatalogError:
             raise
         except Exception as exc:  # any parser failure is the file's fault
-            raise CatalogError(f"{self.path}: cannot read as {self.format.upper()} "
-                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise CatalogError(
+                f"{self.path}: cannot read as {self.format.upper()} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from None
 
     # ---- opening
     def _open(self):
         if self.format == "fits":
             import fitsio
+
             self._fits = fitsio.FITS(str(self.path))
             ext = next((i for i, h in enumerate(self._fits) if h.get_exttype() in ("BINARY_TBL", "ASCII_TBL")), None)
             if ext is None:
@@ -76,9 +87,11 @@ class CatalogReader:
                 hdu.read(rows=[self.nrows - 1], columns=self.columns[:1])
         elif self.format == "parquet":
             import pyarrow.parquet as pq
+
             self._pq = pq.ParquetFile(str(self.path)) if self.path.is_file() else None
             if self._pq is None:
                 import pyarrow.dataset as ds
+
                 self._ds = ds.dataset(str(self.path), format="parquet")
                 self.columns = list(self._ds.schema.names)
                 self.nrows = int(self._ds.count_rows())
@@ -86,8 +99,12 @@ class CatalogReader:
                 self.columns = list(self._pq.schema_arrow.names)
                 self.nrows = int(self._pq.metadata.num_rows)
         else:
-            head = pd.read_csv(self.path, nrows=5, sep=None if str(self.path).endswith(".tsv") else ",",
-                               engine="python" if str(self.path).endswith(".tsv") else "c")
+            head = pd.read_csv(
+                self.path,
+                nrows=5,
+                sep=None if str(self.path).endswith(".tsv") else ",",
+                engine="python" if str(self.path).endswith(".tsv") else "c",
+            )
             self.columns = list(head.columns)
             self.nrows = sum(len(c) for c in self._csv_chunks(usecols=self.columns[:1]))
 
@@ -95,12 +112,14 @@ class CatalogReader:
         sep = "\t" if str(self.path).endswith(".tsv") else ","
         if self.text_columns and dtype is None:
             dtype = {c: str for c in self.text_columns if usecols is None or c in usecols}
-        return pd.read_csv(self.path, sep=sep, usecols=usecols, chunksize=self.chunk_rows, dtype=dtype,
-                           low_memory=False)
+        return pd.read_csv(
+            self.path, sep=sep, usecols=usecols, chunksize=self.chunk_rows, dtype=dtype, low_memory=False
+        )
 
     # ---- reading
-    def read_rows(self, start: int, stop: int, columns: list[str] | None = None,
-                  nullable: tuple | list | set = ()) -> pd.DataFrame:
+    def read_rows(
+        self, start: int, stop: int, columns: list[str] | None = None, nullable: tuple | list | set = ()
+    ) -> pd.DataFrame:
         """Rows [start, stop).  Parquet integer/boolean columns named in ``nullable`` keep their type
         when they hold nulls (pandas nullable dtypes; see :func:`arrow_to_pandas`)."""
         columns = list(columns or self.columns)
@@ -124,6 +143,7 @@ class CatalogReader:
 
     def _parquet_rows(self, start, stop, columns, nullable=()):
         import pyarrow as pa
+
         if self._pq is None:
             tab = self._ds.to_table(columns=columns)  # datasets: read then slice (small inputs)
             return arrow_to_pandas(tab.slice(start, stop - start), nullable)
@@ -186,11 +206,20 @@ def arrow_to_pandas(table, nullable=()) -> pd.DataFrame:
     that happen to hold a null*: a carried-through column then has one type in every partition,
     and 64-bit integers never pass through float64."""
     import pyarrow as pa
+
     df = table.to_pandas()
     # straight from Arrow into pandas' masked arrays: an ArrowDtype -> Int64 astype goes via float64
-    nullable_types = {pa.bool_(): pd.BooleanDtype(), pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(),
-                      pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(),
-                      pa.uint16(): pd.UInt16Dtype(), pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype()}
+    nullable_types = {
+        pa.bool_(): pd.BooleanDtype(),
+        pa.int8(): pd.Int8Dtype(),
+        pa.int16(): pd.Int16Dtype(),
+        pa.int32(): pd.Int32Dtype(),
+        pa.int64(): pd.Int64Dtype(),
+        pa.uint8(): pd.UInt8Dtype(),
+        pa.uint16(): pd.UInt16Dtype(),
+        pa.uint32(): pd.UInt32Dtype(),
+        pa.uint64(): pd.UInt64Dtype(),
+    }
     for name in nullable:
         if name in table.column_names:
             t = table.schema.field(name).type
@@ -216,7 +245,7 @@ def csv_id_kind(path: str | Path, column: str, chunk_rows: int = 200_000) -> str
             return "str"
         digits = v.str.lstrip("-")
         big = digits.str.len() >= 19
-        if big.any() and not all(-2 ** 63 <= int(x) < 2 ** 63 for x in v[big]):
+        if big.any() and not all(-(2**63) <= int(x) < 2**63 for x in v[big]):
             return "str"
         seen = seen or len(v) > 0
     return "int" if seen else "str"

@@ -18,28 +18,28 @@ STATUS = {
     "no_id": "the id is missing: null, NaN or blank text (the row is kept, its id as it was; not scored)",
     "duplicate_id": "the same id already appeared earlier in the same sky partition (the first occurrence is scored)",
     "no_image": "no image file for this object (`--images`), including an id or `--path-column` value too long "
-                "to be a file name (> 255 bytes)",
+    "to be a file name (> 255 bytes)",
     "bad_image": "the image exists but cannot be decoded, is damaged (any libjpeg-turbo warning: corrupt data, a "
-                 "zeroed block, data cut short even with the end marker kept; or flat grey-128 fill), is not a "
-                 "square RGB image, is not a regular file (FIFO, device, directory), or holds no display values "
-                 "(FITS outside 0..255)",
+    "zeroed block, data cut short even with the end marker kept; or flat grey-128 fill), is not a "
+    "square RGB image, is not a regular file (FIFO, device, directory), or holds no display values "
+    "(FITS outside 0..255)",
     "small_image": "the image is smaller than a quarter of the stamp a side (64 px for 256 px stamps): upsampling "
-                   "would invent the galaxy",
+    "would invent the galaxy",
     "image_too_large": "the image header declares more than 4x the stamp a side (1024 px), or the file is over "
-                       "32 MiB: never decoded",
+    "32 MiB: never decoded",
     "blank_image": "the stamp is blank: over 10 % NaN/inf pixels, at least 75 % flat (one colour per 8x8 tile; "
-                   "frames: 75 % without data), or constant",
+    "frames: 75 % without data), or constant",
     "outside_footprint": "no survey frame covers this position (`--frames`)",
     "corrupt_frame": "every frame covering this position is unreadable (e.g. corrupt bz2)",
     "fetch_failed": "the cutout service failed after retries (HTTP error, timeout, oversize or bad body, bad "
-                    "redirect); `summary.json` `fetch_failures` counts the reasons and the printed summary names "
-                    "the leading one and the service",
+    "redirect); `summary.json` `fetch_failures` counts the reasons and the printed summary names "
+    "the leading one and the service",
     "not_selected": "left out by `--select EXPR` (kept with its columns; not fetched, not scored)",
     "inference_failed": "the engine raised on this row's batch",
     "out_of_memory": "ran out of memory: a MemoryError even for the row alone, or the worker scoring its partition "
-                     "was killed repeatedly (the Dask nanny's memory limit, the kernel's OOM killer) even when "
-                     "retried with smaller batches. Re-running the same command (with more memory per worker) "
-                     "scores these partitions again; nothing else is recomputed",
+    "was killed repeatedly (the Dask nanny's memory limit, the kernel's OOM killer) even when "
+    "retried with smaller batches. Re-running the same command (with more memory per worker) "
+    "scores these partitions again; nothing else is recomputed",
 }
 SCORED = ("ok", "edge")
 # failures that a re-run of the same command retries (the rest are kept as they are)
@@ -51,6 +51,7 @@ STATUS_WIDTH = max(len(s) for s in STATUS)
 class Column:
     """One output column: its documented type, unit, UCD, the description the Parquet (VOTable
     FIELD) and FITS (TCOMMn) metadata carry, and the longer meaning docs/output.md gives (markdown)."""
+
     type: str
     unit: str | None
     ucd: str | None
@@ -61,32 +62,70 @@ class Column:
 # the science columns written by the pipeline (after the kept input columns), in output order;
 # the id column is ``objid`` for integer ids and ``id`` for text ids (one entry: ID_COLUMNS)
 OUTPUT_COLUMNS = {
-    "objid": Column("int64 / uint64 / string", None, "meta.id;meta.main", "object identifier from the input catalog",
-                    "the input catalog's id, exactly as it went in: `objid` for integer ids, `id` for text ids "
-                    "(see *Ids* below)"),
-    "ra": Column("float64", "deg", "pos.eq.ra;meta.main", "right ascension (J2000) from the input catalog",
-                 "the input right ascension"),
-    "dec": Column("float64", "deg", "pos.eq.dec;meta.main", "declination (J2000) from the input catalog",
-                  "the input declination"),
-    "p_merger": Column("float32", None, "stat.probability;src.morph", "calibrated probability of being a merger",
-                       "calibrated probability of being a merger (temperature fitted on validation); NaN when "
-                       "not scored"),
-    "is_merger": Column("bool", None, "meta.code.class", "p_merger >= the engine's threshold",
-                        "`p_merger >= threshold` (the engine's threshold, chosen on validation; in the header as "
-                        "`THRESH`)"),
-    "status": Column("string", None, "meta.code.status", "'ok' or why the row has no score (see docs)",
-                     "`ok`, or why the row has no score (below)"),
-    "input_row": Column("int64", None, "meta.record", "0-based row number in the input catalog",
-                        "0-based row of the input catalog (sort by it to restore input order)"),
-    "_healpix_29": Column("int64", None, "pos.healpix", "HEALPix nested index at order 29 (the HATS spatial index)",
-                          "nested HEALPix index at order 29, the HATS spatial index; -1 for bad coordinates"),
+    "objid": Column(
+        "int64 / uint64 / string",
+        None,
+        "meta.id;meta.main",
+        "object identifier from the input catalog",
+        "the input catalog's id, exactly as it went in: `objid` for integer ids, `id` for text ids (see *Ids* below)",
+    ),
+    "ra": Column(
+        "float64",
+        "deg",
+        "pos.eq.ra;meta.main",
+        "right ascension (J2000) from the input catalog",
+        "the input right ascension",
+    ),
+    "dec": Column(
+        "float64", "deg", "pos.eq.dec;meta.main", "declination (J2000) from the input catalog", "the input declination"
+    ),
+    "p_merger": Column(
+        "float32",
+        None,
+        "stat.probability;src.morph",
+        "calibrated probability of being a merger",
+        "calibrated probability of being a merger (temperature fitted on validation); NaN when not scored",
+    ),
+    "is_merger": Column(
+        "bool",
+        None,
+        "meta.code.class",
+        "p_merger >= the engine's threshold",
+        "`p_merger >= threshold` (the engine's threshold, chosen on validation; in the header as `THRESH`)",
+    ),
+    "status": Column(
+        "string",
+        None,
+        "meta.code.status",
+        "'ok' or why the row has no score (see docs)",
+        "`ok`, or why the row has no score (below)",
+    ),
+    "input_row": Column(
+        "int64",
+        None,
+        "meta.record",
+        "0-based row number in the input catalog",
+        "0-based row of the input catalog (sort by it to restore input order)",
+    ),
+    "_healpix_29": Column(
+        "int64",
+        None,
+        "pos.healpix",
+        "HEALPix nested index at order 29 (the HATS spatial index)",
+        "nested HEALPix index at order 29, the HATS spatial index; -1 for bad coordinates",
+    ),
 }
 ID_COLUMNS = ("objid", "id")
 # every name an output column may have (both id spellings): no carried column may take one, compared
 # case-insensitively (FITS column names are), whichever the run uses, so the rule never depends on the data
 OUTPUT_NAMES = (*OUTPUT_COLUMNS, "id")
-CARRIED = Column("as input", None, None, "column carried through from the input catalog",
-                 "carried through unchanged (renamed `in_<name>` if it clashes; see *Column names* below)")
+CARRIED = Column(
+    "as input",
+    None,
+    None,
+    "column carried through from the input catalog",
+    "carried through unchanged (renamed `in_<name>` if it clashes; see *Column names* below)",
+)
 
 
 def column(name: str) -> Column:
@@ -97,8 +136,8 @@ def column(name: str) -> Column:
 # ---------------------------------------------------------------- output column names
 # Internal columns of the split shards (never written to the output).
 INTERNAL_COLUMNS = ("_input_row", "_healpix29", "_pid", "_selected")
-FITS_NAME_MAX = 68          # a TTYPEn value is at most 68 characters
-FITS_MAX_COLUMNS = 999      # TFIELDS <= 999
+FITS_NAME_MAX = 68  # a TTYPEn value is at most 68 characters
+FITS_MAX_COLUMNS = 999  # TFIELDS <= 999
 
 
 def output_names(carried: list[str]) -> dict[str, str]:
@@ -126,6 +165,7 @@ def fits_name(name: str) -> str:
     """A legal FITS column name: ASCII letters, digits and '_' (anything else becomes '_'),
     at most 68 characters."""
     import re
+
     legal = re.sub(r"[^A-Za-z0-9_]", "_", name)[:FITS_NAME_MAX]
     return legal or "col"
 
@@ -142,7 +182,7 @@ def fits_names(names: list[str]) -> dict[str, str]:
         while cand.lower() in seen:
             k += 1
             suffix = f"_{k}"
-            cand = base[:FITS_NAME_MAX - len(suffix)] + suffix
+            cand = base[: FITS_NAME_MAX - len(suffix)] + suffix
         seen.add(cand.lower())
         out[n] = cand
     return out
@@ -160,8 +200,10 @@ def markdown_table(table: str) -> str:
     """The ``columns`` or ``status`` table of docs/output.md, from the schema."""
     if table == "columns":
         rows = ["| column | type | unit | UCD | meaning |", "|---|---|---|---|---|"]
-        rows += [f"| `{name}` | {c.type} | {c.unit or ''} | {f'`{c.ucd}`' if c.ucd else ''} | {c.meaning} |"
-                 for name, c in OUTPUT_COLUMNS.items()]
+        rows += [
+            f"| `{name}` | {c.type} | {c.unit or ''} | {f'`{c.ucd}`' if c.ucd else ''} | {c.meaning} |"
+            for name, c in OUTPUT_COLUMNS.items()
+        ]
         rows.append(f"| `--keep-columns` | {CARRIED.type} | | | {CARRIED.meaning} |")
     elif table == "status":
         rows = ["| status | meaning |", "|---|---|"] + [f"| `{k}` | {v} |" for k, v in STATUS.items()]
@@ -174,14 +216,17 @@ def render_docs(text: str) -> str:
     """``text`` (docs/output.md) with each generated table replaced by the schema's; ValueError
     naming the table whose markers are missing."""
     import re
+
     for table in DOC_TABLES:
         begin = re.search(rf"<!-- begin {table} table\b[^>]*-->\n", text)
         end = re.search(rf"<!-- end {table} table -->", text)
         if begin is None or end is None or end.start() < begin.end():
-            raise ValueError(f"no generated {table} table: expected '<!-- begin {table} table ... -->' "
-                             f"... '<!-- end {table} table -->'")
+            raise ValueError(
+                f"no generated {table} table: expected '<!-- begin {table} table ... -->' "
+                f"... '<!-- end {table} table -->'"
+            )
         marker = f"<!-- begin {table} table: generated from src/mergerscan/catalogs/schema.py by {DOCS_COMMAND} -->\n"
-        text = text[:begin.start()] + marker + markdown_table(table) + "\n" + text[end.start():]
+        text = text[: begin.start()] + marker + markdown_table(table) + "\n" + text[end.start() :]
     return text
 
 
@@ -190,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from ..atomic import atomic_write_text
+
     p = argparse.ArgumentParser(prog="python -m mergerscan.catalogs.schema", description=main.__doc__)
     p.add_argument("docs", nargs="?", default="docs/output.md", help="the file (default: docs/output.md)")
     p.add_argument("--check", action="store_true", help="only report whether it is up to date")

@@ -33,8 +33,13 @@ DEC_ALIASES = ("dec", "dedeg", "dec_deg", "dej2000")
 _ALIASES = {"id": ID_ALIASES, "ra": RA_ALIASES, "dec": DEC_ALIASES}
 
 
-def resolve_columns(available: list[str], id_column: str | None = None, ra_column: str | None = None,
-                    dec_column: str | None = None, path: str | Path = "catalog") -> dict:
+def resolve_columns(
+    available: list[str],
+    id_column: str | None = None,
+    ra_column: str | None = None,
+    dec_column: str | None = None,
+    path: str | Path = "catalog",
+) -> dict:
     """``{"id": name, "ra": name, "dec": name}`` in the file's spelling (explicit names win)."""
     available = [str(c) for c in available]
     out = {}
@@ -43,16 +48,20 @@ def resolve_columns(available: list[str], id_column: str | None = None, ra_colum
             if explicit:
                 found = find_column(available, explicit)
                 if found is None:
-                    raise CatalogError(f"{path}: {role} column {explicit!r} (--{role}-column) not found "
-                                       f"(columns: {brief(available)})")
+                    raise CatalogError(
+                        f"{path}: {role} column {explicit!r} (--{role}-column) not found (columns: {brief(available)})"
+                    )
             else:
                 found = next((f for a in _ALIASES[role] if (f := find_column(available, a))), None)
                 if found is None:
-                    raise CatalogError(f"{path}: no {role} column (looked for {', '.join(_ALIASES[role])}, any "
-                                       f"case; name it with --{role}-column; columns: {brief(available)})")
+                    raise CatalogError(
+                        f"{path}: no {role} column (looked for {', '.join(_ALIASES[role])}, any "
+                        f"case; name it with --{role}-column; columns: {brief(available)})"
+                    )
         except AmbiguousColumn as exc:
-            raise CatalogError(f"{path}: {role} column is ambiguous ({', '.join(exc.matches)}); "
-                               f"name one exactly with --{role}-column") from None
+            raise CatalogError(
+                f"{path}: {role} column is ambiguous ({', '.join(exc.matches)}); name one exactly with --{role}-column"
+            ) from None
         out[role] = found
     if len(set(out.values())) < 3:
         raise CatalogError(f"{path}: the same column is used twice for id/ra/dec ({out})")

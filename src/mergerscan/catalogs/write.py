@@ -32,8 +32,15 @@ VOPARQUET_VERSION = "1.0"
 VOTABLE_NS = "http://www.ivoa.net/xml/VOTable/v1.3"
 FITS_EXTNAME = "MERGERS"
 # run metadata key -> FITS keyword (other keys, e.g. the model card, stay in the Parquet files only)
-FITS_KEYWORDS = {"engine_name": "ENGINE", "engine_sha256": "ENGSHA", "mergerscan_version": "MSVERSN",
-                 "threshold": "THRESH", "views": "TTAVIEWS", "source": "IMGSRC", "command": "COMMAND"}
+FITS_KEYWORDS = {
+    "engine_name": "ENGINE",
+    "engine_sha256": "ENGSHA",
+    "mergerscan_version": "MSVERSN",
+    "threshold": "THRESH",
+    "views": "TTAVIEWS",
+    "source": "IMGSRC",
+    "command": "COMMAND",
+}
 
 
 # ---------------------------------------------------------------- column metadata
@@ -48,9 +55,16 @@ def _votable_type(t: pa.DataType) -> tuple[str, str | None]:
     if pa.types.is_boolean(t):
         return "boolean", None
     if pa.types.is_integer(t):
-        return {(True, 1): "short", (True, 2): "short", (True, 4): "int", (True, 8): "long",
-                (False, 1): "unsignedByte", (False, 2): "int", (False, 4): "long",
-                (False, 8): "long"}[(pa.types.is_signed_integer(t), t.bit_width // 8)], None
+        return {
+            (True, 1): "short",
+            (True, 2): "short",
+            (True, 4): "int",
+            (True, 8): "long",
+            (False, 1): "unsignedByte",
+            (False, 2): "int",
+            (False, 4): "long",
+            (False, 8): "long",
+        }[(pa.types.is_signed_integer(t), t.bit_width // 8)], None
     if pa.types.is_floating(t):
         return ("double" if t.bit_width == 64 else "float"), None
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
@@ -60,11 +74,13 @@ def _votable_type(t: pa.DataType) -> tuple[str, str | None]:
 
 def votable_xml(schema: pa.Schema, metadata: dict | None = None) -> str:
     """The VOParquet ``IVOA.VOTable-Parquet.content`` document: FIELDs for ``schema``, no DATA."""
-    out = ['<?xml version="1.0" encoding="UTF-8"?>',
-           f'<VOTABLE version="1.4" xmlns="{VOTABLE_NS}">',
-           '<RESOURCE type="results">',
-           '<TABLE name="mergerscan">',
-           "<DESCRIPTION>Galaxy-merger probabilities from mergerscan process-catalog</DESCRIPTION>"]
+    out = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<VOTABLE version="1.4" xmlns="{VOTABLE_NS}">',
+        '<RESOURCE type="results">',
+        '<TABLE name="mergerscan">',
+        "<DESCRIPTION>Galaxy-merger probabilities from mergerscan process-catalog</DESCRIPTION>",
+    ]
     for key, value in sorted((metadata or {}).items()):
         if key == "model_card" or value is None:
             continue
@@ -83,8 +99,10 @@ def votable_xml(schema: pa.Schema, metadata: dict | None = None) -> str:
 
 
 def parquet_metadata(schema: pa.Schema, metadata: dict | None) -> dict[bytes, bytes]:
-    kv = {b"IVOA.VOTable-Parquet.version": VOPARQUET_VERSION.encode(),
-          b"IVOA.VOTable-Parquet.content": votable_xml(schema, metadata).encode()}
+    kv = {
+        b"IVOA.VOTable-Parquet.version": VOPARQUET_VERSION.encode(),
+        b"IVOA.VOTable-Parquet.content": votable_xml(schema, metadata).encode(),
+    }
     for key, value in sorted((metadata or {}).items()):
         kv[f"mergerscan.{key}".encode()] = (value if isinstance(value, str) else json.dumps(value)).encode()
     return kv
@@ -117,14 +135,14 @@ def _arrow_column(s: pd.Series) -> pa.Array:
     if isinstance(s.dtype, pd.CategoricalDtype):
         s = s.astype(s.cat.categories.dtype)
     if s.dtype.kind in "fiub" and isinstance(s.dtype, np.dtype):
-        return _normalise(pa.array(s.to_numpy()))          # numpy: NaN stays NaN (not null)
+        return _normalise(pa.array(s.to_numpy()))  # numpy: NaN stays NaN (not null)
     if s.dtype == object:
         values = s.to_numpy(object)
         try:
             return _normalise(pa.array(values, from_pandas=True))
-        except (pa.ArrowInvalid, pa.ArrowTypeError):        # mixed types: keep them as text
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: keep them as text
             return pa.array([None if pd.isna(v) else str(v) for v in values], pa.string())
-    return _normalise(pa.array(s, from_pandas=True))       # nullable / string / arrow-backed dtypes
+    return _normalise(pa.array(s, from_pandas=True))  # nullable / string / arrow-backed dtypes
 
 
 def to_arrow(df: pd.DataFrame | pa.Table, schema: pa.Schema | None = None) -> pa.Table:
@@ -141,15 +159,16 @@ def to_arrow(df: pd.DataFrame | pa.Table, schema: pa.Schema | None = None) -> pa
         cols = []
         for col, f in zip(table.columns, schema):
             if pa.types.is_floating(col.type) and not pa.types.is_floating(f.type):
-                col = pc.if_else(pc.is_nan(col), pa.scalar(None, col.type), col)   # pandas NaN = missing
+                col = pc.if_else(pc.is_nan(col), pa.scalar(None, col.type), col)  # pandas NaN = missing
             cols.append(col.cast(f.type))
         table = pa.table(cols, schema=schema.remove_metadata())
     return table
 
 
 # ---------------------------------------------------------------- Parquet
-def write_partition(df: pd.DataFrame | pa.Table, path: str | Path, metadata: dict | None = None,
-                    schema: pa.Schema | None = None) -> Path:
+def write_partition(
+    df: pd.DataFrame | pa.Table, path: str | Path, metadata: dict | None = None, schema: pa.Schema | None = None
+) -> Path:
     """Write one partition atomically and deterministically, with VOParquet metadata."""
     table = to_arrow(df, schema)
     table = table.replace_schema_metadata(parquet_metadata(table.schema, metadata))
@@ -172,8 +191,10 @@ def write_metadata(dataset_dir: str | Path, partition_files: list) -> Path:
             schema, first = pq.read_schema(f), f
         elif not s.equals(schema, check_metadata=False):
             diff = [f"{a}" for a in s if a.name not in schema.names or schema.field(a.name).type != a.type]
-            raise ValueError(f"{f}: schema differs from {first} ({'; '.join(diff) or 'column order'}); "
-                             "write every partition with the same schema= ")
+            raise ValueError(
+                f"{f}: schema differs from {first} ({'; '.join(diff) or 'column order'}); "
+                "write every partition with the same schema= "
+            )
         md.set_file_path(Path(f).resolve().relative_to(root).as_posix())
         collected.append(md)
     atomic_write(dataset_dir / "_common_metadata", lambda tmp: pq.write_metadata(schema, tmp))
@@ -183,9 +204,15 @@ def write_metadata(dataset_dir: str | Path, partition_files: list) -> Path:
 
 # ---------------------------------------------------------------- FITS
 _INT_FITS = {  # arrow int type -> numpy dtype written (no TZERO: only signed types and uint8 'B')
-    pa.int8(): "i2", pa.int16(): "i2", pa.int32(): "i4", pa.int64(): "i8",
-    pa.uint8(): "u1", pa.uint16(): "i4", pa.uint32(): "i8",
-    pa.uint64(): "u8"}   # uint64 (ids >= 2^63): K with TZERO = 2^63, cfitsio's exact unsigned-64 convention
+    pa.int8(): "i2",
+    pa.int16(): "i2",
+    pa.int32(): "i4",
+    pa.int64(): "i8",
+    pa.uint8(): "u1",
+    pa.uint16(): "i4",
+    pa.uint32(): "i8",
+    pa.uint64(): "u8",
+}  # uint64 (ids >= 2^63): K with TZERO = 2^63, cfitsio's exact unsigned-64 convention
 
 
 def fits_text(col) -> pa.Array:
@@ -201,8 +228,9 @@ def fits_text(col) -> pa.Array:
     values = col.to_pylist()
     if all(v is None or v.isascii() for v in values):
         return col
-    return pa.array([None if v is None else v.decode("ascii", "backslashreplace").encode() for v in values],
-                    pa.binary())
+    return pa.array(
+        [None if v is None else v.decode("ascii", "backslashreplace").encode() for v in values], pa.binary()
+    )
 
 
 def fits_layout(files: list) -> list[tuple[str, pa.DataType, str, int | None]]:
@@ -271,8 +299,8 @@ def to_fits_records(table: pa.Table, layout: list) -> np.ndarray:
             rec[name] = pc.fill_null(col.cast(pa.bool_()), False).to_numpy(zero_copy_only=False)
         elif kind in "iu":
             target = pa.from_numpy_dtype(np.dtype(npdt))
-            col = col.cast(target)   # safe cast: overflow raises
-            fill = (tnull + 2 ** 63) if npdt == "u8" and tnull is not None else tnull
+            col = col.cast(target)  # safe cast: overflow raises
+            fill = (tnull + 2**63) if npdt == "u8" and tnull is not None else tnull
             rec[name] = (pc.fill_null(col, fill) if tnull is not None else col).to_numpy(zero_copy_only=False)
         else:
             rec[name] = col.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(npdt)
@@ -284,8 +312,13 @@ def _ascii(text: str) -> str:
     return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
-def write_fits_table(partition_files: list, fits_path: str | Path, header_meta: dict | None = None,
-                     batch_rows: int = 65536, origins: dict | None = None) -> Path:
+def write_fits_table(
+    partition_files: list,
+    fits_path: str | Path,
+    header_meta: dict | None = None,
+    batch_rows: int = 65536,
+    origins: dict | None = None,
+) -> Path:
     """Stream all partitions into ONE FITS binary table (units, UCDs, descriptions, run keywords).
 
     Column names follow :func:`~mergerscan.catalogs.schema.fits_names` (the Parquet name where it is

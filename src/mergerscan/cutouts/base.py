@@ -87,13 +87,13 @@ class SourceBase:
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
-        if "Options" in cls.__dict__ and cls.kind:      # its own Options: messages name this source
+        if "Options" in cls.__dict__ and cls.kind:  # its own Options: messages name this source
             cls.Options.source_kind = cls.kind
 
     def __init__(self, location: str, spec: PreprocessSpec, **options: Any) -> None:
         self.location, self.spec = str(location), spec
-        self.options: Any = self.Options.from_mapping(options, source=self.kind)   # the subclass's Options
-        self.examples: dict = {}                         # status -> first reason seen
+        self.options: Any = self.Options.from_mapping(options, source=self.kind)  # the subclass's Options
+        self.examples: dict = {}  # status -> first reason seen
 
     @property
     def name(self) -> str:

@@ -40,8 +40,8 @@ def composite(bands, stretch: dict) -> np.ndarray:
     i = x[0] + x[1]
     i += x[2]
     i /= np.float32(3)
-    np.maximum(i, 0, out=i)                              # f(I)/I := 0 where I <= 0 (branch-free:
-    f = i * np.float32(q / st)                           # 0 / tiny = 0)
+    np.maximum(i, 0, out=i)  # f(I)/I := 0 where I <= 0 (branch-free:
+    f = i * np.float32(q / st)  # 0 / tiny = 0)
     np.arcsinh(f, out=f)
     f *= np.float32(0.1 / np.arcsinh(0.1 * q))
     np.maximum(i, np.float32(1e-30), out=i)
@@ -49,10 +49,10 @@ def composite(bands, stretch: dict) -> np.ndarray:
     x *= f
     np.maximum(x, 0, out=x)
     g = np.maximum(np.maximum(x[0], x[1]), x[2])
-    np.maximum(g, 1, out=g)                              # max > 1: scaled down to 1
+    np.maximum(g, 1, out=g)  # max > 1: scaled down to 1
     out = np.empty(shape + (3,), np.uint8)
     for c in range(3):
         x[c] /= g
         x[c] *= np.float32(255)
-        out[..., c] = x[c]                               # truncates like astropy's astype
+        out[..., c] = x[c]  # truncates like astropy's astype
     return out

@@ -22,7 +22,7 @@ from pathlib import Path
 SKYSERVER = "https://skyserver.sdss.org/dr17/SkyServerWS/ImgCutout/getjpeg"
 SKYSERVER_OPTIONS = {"max_concurrency": 4, "max_rate": 8.0}
 ENV = "MERGERSCAN_DEFAULT_SOURCE"
-LARGE_FOR_SERVICE = 100_000      # rows; above this a web service is the slow way: hint towards --frames
+LARGE_FOR_SERVICE = 100_000  # rows; above this a web service is the slow way: hint towards --frames
 
 
 def config_file() -> Path:
@@ -35,23 +35,30 @@ class DefaultSource:
     images: str | None = None
     frames: str | None = None
     cutout_service: str | None = None
-    options: dict = field(default_factory=dict)     # ServiceSource keyword arguments
-    origin: str = "built-in"                        # where it came from, for the start-up line
+    options: dict = field(default_factory=dict)  # ServiceSource keyword arguments
+    origin: str = "built-in"  # where it came from, for the start-up line
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="default image source", add_help=False, exit_on_error=False,
-                                allow_abbrev=False)
+    p = argparse.ArgumentParser(prog="default image source", add_help=False, exit_on_error=False, allow_abbrev=False)
     for opt in ("--images", "--frames", "--cutout-service"):
         p.add_argument(opt)
-    for opt, t in (("--service-timeout", float), ("--service-retries", int), ("--service-concurrency", int),
-                   ("--service-rate", float)):
+    for opt, t in (
+        ("--service-timeout", float),
+        ("--service-retries", int),
+        ("--service-concurrency", int),
+        ("--service-rate", float),
+    ):
         p.add_argument(opt, type=t)
     return p
 
 
-SERVICE_FLAGS = {"service_timeout": "timeout", "service_retries": "retries",
-                 "service_concurrency": "max_concurrency", "service_rate": "max_rate"}
+SERVICE_FLAGS = {
+    "service_timeout": "timeout",
+    "service_retries": "retries",
+    "service_concurrency": "max_concurrency",
+    "service_rate": "max_rate",
+}
 
 
 def parse_flags(text: str, origin: str) -> DefaultSource:
@@ -64,8 +71,10 @@ def parse_flags(text: str, origin: str) -> DefaultSource:
         flags = [f for a in _parser()._actions for f in a.option_strings]
         near = difflib.get_close_matches(rest[0].split("=")[0], flags, n=1)
         hint = f"; did you mean {near[0]}?" if near else ""
-        raise ValueError(f"default image source in {origin}: unknown {' '.join(rest)!r}{hint} "
-                         "(expected --images DIR, --frames DIR or --cutout-service URL [--service-...])")
+        raise ValueError(
+            f"default image source in {origin}: unknown {' '.join(rest)!r}{hint} "
+            "(expected --images DIR, --frames DIR or --cutout-service URL [--service-...])"
+        )
     given = [v for v in (ns.images, ns.frames, ns.cutout_service) if v]
     if len(given) != 1:
         raise ValueError(f"default image source in {origin}: give exactly one of --images, --frames, --cutout-service")
@@ -87,13 +96,20 @@ def default_source() -> DefaultSource:
 
 
 def startup_line(src: DefaultSource) -> str:
-    what = (f"cutout service {src.cutout_service}" if src.cutout_service else
-            f"frames {src.frames}" if src.frames else f"stamps {src.images}")
+    what = (
+        f"cutout service {src.cutout_service}"
+        if src.cutout_service
+        else f"frames {src.frames}"
+        if src.frames
+        else f"stamps {src.images}"
+    )
     if src.origin == "built-in":
         o = src.options
-        return (f"process-catalog: no image source given: using SDSS SkyServer ImgCutout {src.cutout_service} "
-                f"({o['max_concurrency']} requests at a time, <= {o['max_rate']:g}/s per worker); set a site "
-                f"default in ${ENV} or {config_file()}")
+        return (
+            f"process-catalog: no image source given: using SDSS SkyServer ImgCutout {src.cutout_service} "
+            f"({o['max_concurrency']} requests at a time, <= {o['max_rate']:g}/s per worker); set a site "
+            f"default in ${ENV} or {config_file()}"
+        )
     return f"process-catalog: no image source given: using {what} (default from {src.origin})"
 
 
@@ -102,5 +118,7 @@ def large_catalog_hint(nrows: int, rate: float | None, workers: int) -> str | No
     if nrows <= LARGE_FOR_SERVICE:
         return None
     eta = f" (about {nrows / (rate * workers) / 3600:.1f} h at {rate * workers:g} requests/s)" if rate else ""
-    return (f"process-catalog: hint: {nrows:,} rows is a lot for a web cutout service{eta}; with a local "
-            f"copy of the SDSS frames, --frames DIR cuts stamps far faster")
+    return (
+        f"process-catalog: hint: {nrows:,} rows is a lot for a web cutout service{eta}; with a local "
+        f"copy of the SDSS frames, --frames DIR cuts stamps far faster"
+    )

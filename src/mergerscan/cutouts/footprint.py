@@ -28,17 +28,19 @@ from .geometry import make_wcs, unit
 INDEX_VERSION = 1
 INDEX_NAME = ".mergerscan-frames-index.json"
 FRAME_RE = re.compile(r"^frame-([a-z])-(\d{6})-(\d)-(\d{4})\.fits(\.bz2|\.gz)?$")
-WCS_KEY_RE = re.compile(r"^(NAXIS[12]?|WCSAXES|CTYPE\d|CUNIT\d|CRPIX\d|CRVAL\d|CDELT\d|CD\d_\d|PC\d_\d|"
-                        r"CROTA\d|LONPOLE|LATPOLE|EQUINOX|RADESYS|RADECSYS|PV\d_\d+|[AB]P?_ORDER|"
-                        r"[AB]P?_\d+_\d+)$")
+WCS_KEY_RE = re.compile(
+    r"^(NAXIS[12]?|WCSAXES|CTYPE\d|CUNIT\d|CRPIX\d|CRVAL\d|CDELT\d|CD\d_\d|PC\d_\d|"
+    r"CROTA\d|LONPOLE|LATPOLE|EQUINOX|RADESYS|RADECSYS|PV\d_\d+|[AB]P?_ORDER|"
+    r"[AB]P?_\d+_\d+)$"
+)
 
 
 def header_entry(path: Path) -> dict:
     """Index entry of one file from its primary header (shape, WCS cards, centre, radius)."""
     hdr = read_header(path)
-    frame_shape(hdr)                                 # bounded pixel count, 2-d
+    frame_shape(hdr)  # bounded pixel count, 2-d
     cards = {k: hdr[k] for k in hdr if WCS_KEY_RE.match(k)}
-    if "RADECSYS" in cards:                           # deprecated spelling (SDSS): avoid the warning
+    if "RADECSYS" in cards:  # deprecated spelling (SDSS): avoid the warning
         cards.setdefault("RADESYS", cards.pop("RADECSYS"))
     ny, nx = int(hdr["NAXIS2"]), int(hdr["NAXIS1"])
     w = make_wcs(cards)
@@ -103,18 +105,22 @@ def build_frame_index(directory, cache="auto") -> dict:
         m = FRAME_RE.match(Path(name).name)
         try:
             st = (directory / name).stat()
-        except OSError:                               # vanished while listing
+        except OSError:  # vanished while listing
             continue
         prev = old.get(name)
         if prev and prev["size"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns:
-            files[name] = prev                        # unchanged file: reuse its entry
+            files[name] = prev  # unchanged file: reuse its entry
             continue
         changed = True
-        entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "band": m[1],
-                 "field": f"{int(m[2])}-{int(m[3])}-{int(m[4])}"}
+        entry = {
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "band": m[1],
+            "field": f"{int(m[2])}-{int(m[3])}-{int(m[4])}",
+        }
         try:
             entry.update(header_entry(directory / name))
-        except Exception as e:                        # corrupt / not FITS: recorded, never fatal
+        except Exception as e:  # corrupt / not FITS: recorded, never fatal
             entry["error"] = f"{type(e).__name__}: {e}"[:300]
         files[name] = entry
     changed |= set(files) != set(old)
@@ -126,10 +132,15 @@ def build_frame_index(directory, cache="auto") -> dict:
             unreadable[name] = e["error"]
         else:
             f["bands"][e["band"]] = name
-    index = {"version": INDEX_VERSION, "directory": str(directory.resolve()), "files": files,
-             "fields": fields, "unreadable": unreadable}
+    index = {
+        "version": INDEX_VERSION,
+        "directory": str(directory.resolve()),
+        "files": files,
+        "fields": fields,
+        "unreadable": unreadable,
+    }
     if cache_path is not None and changed:
-        with contextlib.suppress(OSError):           # a lost or failed write only costs a rebuild: no fsync
+        with contextlib.suppress(OSError):  # a lost or failed write only costs a rebuild: no fsync
             atomic_write_json(cache_path, index, fsync=False)
     return index
 

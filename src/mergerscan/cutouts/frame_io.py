@@ -21,10 +21,10 @@ from .quality import open_regular
 
 try:
     import indexed_bzip2
-except ImportError:                                   # optional extra "fast"
+except ImportError:  # optional extra "fast"
     indexed_bzip2 = None
 
-MAX_FRAME_PIXELS = 64 * 2 ** 20                       # per band (SDSS: 2048 x 1489 = 3 Mpx)
+MAX_FRAME_PIXELS = 64 * 2**20  # per band (SDSS: 2048 x 1489 = 3 Mpx)
 _DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 
@@ -38,7 +38,7 @@ def open_stream(path: Path, threads: int = 0):
         if s.endswith(".bz2"):
             if indexed_bzip2 is not None and threads > 0:
                 return indexed_bzip2.open(raw, parallelization=max(1, int(threads)))
-            return bz2.open(raw, "rb")                # decompresses incrementally as read
+            return bz2.open(raw, "rb")  # decompresses incrementally as read
         if s.endswith(".gz"):
             return gzip.open(raw, "rb")
     except BaseException:
@@ -56,7 +56,7 @@ def header_blocks(f) -> bytes:
             raise ValueError("file ends inside the primary header")
         buf += block
         for k in range(0, 2880, 80):
-            if block[k:k + 8] == b"END     ":
+            if block[k : k + 8] == b"END     ":
                 return buf
     raise ValueError("no END card in the primary header")
 

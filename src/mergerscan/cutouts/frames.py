@@ -57,10 +57,17 @@ from .geometry import N_NODES, bilinear, node_weights, stamp_nodes, unit
 from .preprocess import PreprocessSpec
 from .quality import ImageRejected, check_bands, check_pixels
 
-__all__ = ["INDEX_NAME", "FrameSource", "build_frame_index", "composite", "composite_reference", "read_frame",
-           "stamp_nodes"]
+__all__ = [
+    "INDEX_NAME",
+    "FrameSource",
+    "build_frame_index",
+    "composite",
+    "composite_reference",
+    "read_frame",
+    "stamp_nodes",
+]
 
-COMPOSITE_STAMPS = 2     # stamps per composite() call in FrameSource._cut
+COMPOSITE_STAMPS = 2  # stamps per composite() call in FrameSource._cut
 
 
 class FrameSource(SourceBase):
@@ -69,11 +76,11 @@ class FrameSource(SourceBase):
 
     @dataclass(frozen=True)
     class Options(SourceOptions):
-        index_cache: str | None = "auto"     # footprint index file, "auto" or None (no cache)
-        max_fields: int = 4                  # fields (3 float32 bands each) kept in memory
-        threads: int = 1                     # bz2 decompression threads (indexed_bzip2)
-        ref_band: str = "r"                  # the band whose frame decides the footprint
-        chunk: int = 16                      # stamps resampled per call
+        index_cache: str | None = "auto"  # footprint index file, "auto" or None (no cache)
+        max_fields: int = 4  # fields (3 float32 bands each) kept in memory
+        threads: int = 1  # bz2 decompression threads (indexed_bzip2)
+        ref_band: str = "r"  # the band whose frame decides the footprint
+        chunk: int = 16  # stamps resampled per call
 
     @classmethod
     def low_memory_options(cls, options):
@@ -93,7 +100,7 @@ class FrameSource(SourceBase):
         self.field_keys, self._ref, centres, radii = [], [], [], []
         for key, e in sorted(self.index["fields"].items()):
             ref = e["bands"].get(ref_band) or next(iter(sorted(e["bands"].values())), None)
-            if ref is None:                            # no readable header at all: unknown footprint
+            if ref is None:  # no readable header at all: unknown footprint
                 continue
             self.field_keys.append(key)
             self._ref.append(ref)
@@ -102,14 +109,14 @@ class FrameSource(SourceBase):
         # footprint search: field centres in a KD-tree of unit vectors; WCS built only when needed
         self._tree = cKDTree(np.array(centres)) if centres else None
         self._chord = 2 * np.sin(np.radians(min(max(radii, default=0) * 1.05 + 0.01, 90.0)) / 2)
-        self._fields: dict = {}                        # field number -> Field, built lazily
-        self._cache: OrderedDict = OrderedDict()      # field number -> list of band images (LRU)
-        self._bad: dict = {}                          # field number -> error (never retried)
+        self._fields: dict = {}  # field number -> Field, built lazily
+        self._cache: OrderedDict = OrderedDict()  # field number -> list of band images (LRU)
+        self._bad: dict = {}  # field number -> error (never retried)
         self.stats: Counter = Counter()
-        n = spec.stamp_pixels                        # node geometry, shared by every stamp
+        n = spec.stamp_pixels  # node geometry, shared by every stamp
         t = np.linspace(0, n - 1, N_NODES)
-        self._design = np.stack([np.tile(t, N_NODES), np.repeat(t, N_NODES), np.ones(N_NODES ** 2)])
-        self._pinv = np.linalg.pinv(self._design)                     # (n*n, 3)
+        self._design = np.stack([np.tile(t, N_NODES), np.repeat(t, N_NODES), np.ones(N_NODES**2)])
+        self._pinv = np.linalg.pinv(self._design)  # (n*n, 3)
         self._pix = np.arange(n, dtype=np.float64)
         self._corners = np.array([[0, n - 1, 0, n - 1], [0, 0, n - 1, n - 1], [1, 1, 1, 1]], float)
         self._nodew = node_weights(n, N_NODES)
@@ -130,29 +137,35 @@ class FrameSource(SourceBase):
             for fi in np.unique(best):
                 idx = pending[best == fi]
                 images = self._load(int(fi))
-                if images is None:                    # unreadable field: next-best candidate
+                if images is None:  # unreadable field: next-best candidate
                     rank[idx] += 1
                     continue
                 for j in range(0, len(idx), self.chunk):
-                    part = idx[j:j + self.chunk]
+                    part = idx[j : j + self.chunk]
                     stamps[part], edge, rejected = self._cut(self.field(fi), images, ra[part], dec[part])
                     status[part] = np.where(edge, "edge", "ok")
                     for k, why in rejected:
                         stamps[part[k]] = 0
                         status[part[k]] = why.status
-                        self.examples.setdefault(why.status, f"id {ids[part[k]]} (field {self.field(fi).key}): "
-                                                             f"{why.reason}")
+                        self.examples.setdefault(
+                            why.status, f"id {ids[part[k]]} (field {self.field(fi).key}): {why.reason}"
+                        )
             exhausted = rank[pending] >= ncand[pending]
             status[pending[exhausted]] = "corrupt_frame"
             for i in pending[exhausted][:1]:
-                keys = [self.field_keys[f] for f in cand[start[i]:start[i] + ncand[i]]]
-                self.examples.setdefault("corrupt_frame", f"id {ids[i]}: field(s) {', '.join(keys)} unreadable: "
-                                                          f"{self._bad.get(cand[start[i]], '?')}"[:300])
+                keys = [self.field_keys[f] for f in cand[start[i] : start[i] + ncand[i]]]
+                self.examples.setdefault(
+                    "corrupt_frame",
+                    f"id {ids[i]}: field(s) {', '.join(keys)} unreadable: {self._bad.get(cand[start[i]], '?')}"[:300],
+                )
             pending = pending[(status[pending] == "outside_footprint") & ~exhausted]
         for i in np.flatnonzero(status == "outside_footprint")[:1]:
-            self.examples.setdefault("outside_footprint", f"id {ids[i]} at ra={ra[i]:.6f}, dec={dec[i]:.6f}: none of "
-                                                          f"the {len(self.field_keys)} fields in {self.directory} "
-                                                          "covers it")
+            self.examples.setdefault(
+                "outside_footprint",
+                f"id {ids[i]} at ra={ra[i]:.6f}, dec={dec[i]:.6f}: none of "
+                f"the {len(self.field_keys)} fields in {self.directory} "
+                "covers it",
+            )
         self.stats.update(status.tolist())
         return stamps, status
 
@@ -167,8 +180,9 @@ class FrameSource(SourceBase):
         fi = int(fi)
         if fi not in self._fields:
             key = self.field_keys[fi]
-            self._fields[fi] = Field(key, self.index["fields"][key], self.index["files"], self.spec.channels,
-                                      self._ref[fi])
+            self._fields[fi] = Field(
+                key, self.index["fields"][key], self.index["files"], self.spec.channels, self._ref[fi]
+            )
         return self._fields[fi]
 
     def _candidates(self, ra, dec):
@@ -188,7 +202,7 @@ class FrameSource(SourceBase):
             dist[m] = self.field(fi).edge_distance(ra[rows[m]], dec[rows[m]])
         keep = dist > 0
         rows, fis, dist = rows[keep], fis[keep], dist[keep]
-        o = np.lexsort((fis, -dist, rows))             # by row, then farthest from the edge
+        o = np.lexsort((fis, -dist, rows))  # by row, then farthest from the edge
         ncand = np.bincount(rows, minlength=n)
         start = np.concatenate([[0], np.cumsum(ncand)[:-1]])
         return fis[o], start, ncand
@@ -197,7 +211,7 @@ class FrameSource(SourceBase):
         """Field keys containing each position, best (farthest from the edge) first."""
         ra, dec = np.atleast_1d(np.asarray(ra, float)), np.atleast_1d(np.asarray(dec, float))
         cand, start, ncand = self._candidates(ra, dec)
-        return [[self.field_keys[f] for f in cand[s:s + k]] for s, k in zip(start, ncand)]
+        return [[self.field_keys[f] for f in cand[s : s + k]] for s, k in zip(start, ncand)]
 
     # -- frames ---------------------------------------------------------------------------
     def _load(self, fi: int):
@@ -216,7 +230,7 @@ class FrameSource(SourceBase):
                 if img.shape != shape:
                     raise ValueError(f"{p}: shape {img.shape} differs from its header {shape}")
                 images.append(img)
-        except Exception as e:                        # corrupt bz2, truncated, changed on disk, ...
+        except Exception as e:  # corrupt bz2, truncated, changed on disk, ...
             self._bad[fi] = f"{type(e).__name__}: {e}"
             self.stats["fields_unreadable"] += 1
             return None
@@ -232,10 +246,10 @@ class FrameSource(SourceBase):
         (0.44 ms/stamp at 2 stamps a call, 0.63 at 16, on this machine)."""
         k, s = len(ra), self.spec.stamp_pixels
         out, edge = self._resample(field, images, ra, dec)
-        rejected = check_bands(out)                   # [(stamp index, ImageRejected)]; NaN -> 0 in place
+        rejected = check_bands(out)  # [(stamp index, ImageRejected)]; NaN -> 0 in place
         rgb = np.empty((k, s, s, 3), np.uint8)
         for j in range(0, k, COMPOSITE_STAMPS):
-            rgb[j:j + COMPOSITE_STAMPS] = composite([o[j:j + COMPOSITE_STAMPS] for o in out], self.spec.stretch)
+            rgb[j : j + COMPOSITE_STAMPS] = composite([o[j : j + COMPOSITE_STAMPS] for o in out], self.spec.stretch)
         done = {j for j, _ in rejected}
         for j in range(k):
             if j not in done:
@@ -252,7 +266,7 @@ class FrameSource(SourceBase):
         out = np.empty((len(images), k, s, s), np.float32)
         edge = np.zeros(k, bool)
         for b, (w, img) in enumerate(zip(field.wcs, images)):
-            px, py = w.all_world2pix(nra.ravel(), ndec.ravel(), 0, quiet=True)   # SIP-aware
+            px, py = w.all_world2pix(nra.ravel(), ndec.ravel(), 0, quiet=True)  # SIP-aware
             for j, (nx, ny) in enumerate(zip(px.reshape(k, -1), py.reshape(k, -1))):
                 out[b, j], inside = self._sample(img, nx, ny)
                 edge[j] |= not inside
@@ -275,23 +289,27 @@ class FrameSource(SourceBase):
         that reproduces them to 1e-3 px (always, for TAN frames), else node interpolation."""
         h, w = img.shape
         nodes = np.stack([nx, ny])
-        coef = np.einsum("cn,nk->ck", nodes, self._pinv)                # (2, 3): col, row, 1
+        coef = np.einsum("cn,nk->ck", nodes, self._pinv)  # (2, 3): col, row, 1
         affine = np.abs(coef @ self._design - nodes).max() < 1e-3
-        ext = coef @ self._corners if affine else nodes              # stamp corners / nodes: the hull
+        ext = coef @ self._corners if affine else nodes  # stamp corners / nodes: the hull
         lo, hi = np.floor(ext.min(1)) - 1, np.floor(ext.max(1)) + 3  # 1 px margin for float32 rounding
         inside = affine and lo[0] >= 0 and lo[1] >= 0 and hi[0] <= w and hi[1] <= h
         x0, y0 = int(min(max(lo[0], 0), w)), int(min(max(lo[1], 0), h))
         x1, y1 = int(min(max(hi[0], x0), w)), int(min(max(hi[1], y0), h))
-        win = np.ascontiguousarray(img[y0:y1, x0:x1])               # compact: cache/TLB-friendly
+        win = np.ascontiguousarray(img[y0:y1, x0:x1])  # compact: cache/TLB-friendly
         t = self._pix
-        if affine:                                                   # window-relative float32 coords
+        if affine:  # window-relative float32 coords
             cx, cy = (coef[0, 0] * t).astype(np.float32), (coef[1, 0] * t).astype(np.float32)
             bx = cx[None, :] + (coef[0, 1] * t + (coef[0, 2] - x0)).astype(np.float32)[:, None]
             by = cy[None, :] + (coef[1, 1] * t + (coef[1, 2] - y0)).astype(np.float32)[:, None]
         else:
             j, f = self._nodew
-            bx, by = [(c[j] * (1 - f)[:, None] + c[j + 1] * f[:, None]) for c in
-                      ((c[:, j] * (1 - f) + c[:, j + 1] * f) for c in
-                       (nodes.reshape(2, N_NODES, N_NODES) - np.array([x0, y0])[:, None, None]).astype(np.float32))]
+            bx, by = [
+                (c[j] * (1 - f)[:, None] + c[j + 1] * f[:, None])
+                for c in (
+                    (c[:, j] * (1 - f) + c[:, j + 1] * f)
+                    for c in (nodes.reshape(2, N_NODES, N_NODES) - np.array([x0, y0])[:, None, None]).astype(np.float32)
+                )
+            ]
         v, valid = bilinear(win, bx, by, check=not inside)
         return v, inside or bool(valid.all())

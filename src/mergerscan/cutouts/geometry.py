@@ -11,7 +11,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from .preprocess import PreprocessSpec
 
-N_NODES = 9                                           # exact WCS nodes per stamp side
+N_NODES = 9  # exact WCS nodes per stamp side
 
 
 def make_wcs(cards: dict) -> WCS:
@@ -31,14 +31,14 @@ def stamp_nodes(ra0, dec0, spec: PreprocessSpec, n: int = N_NODES):
     s = spec.stamp_pixels
     t = np.linspace(0, s - 1, n) - (s - 1) / 2
     scale = np.radians(spec.pixel_scale / 3600)
-    xi = (-t * scale)[None, None, :]                  # east = +xi = towards column 0
-    eta = (-t * scale)[None, :, None]                 # north = +eta = towards row 0
+    xi = (-t * scale)[None, None, :]  # east = +xi = towards column 0
+    eta = (-t * scale)[None, :, None]  # north = +eta = towards row 0
     a0 = np.radians(np.asarray(ra0, float))[:, None, None]
     d0 = np.radians(np.asarray(dec0, float))[:, None, None]
-    den = np.cos(d0) - eta * np.sin(d0)               # inverse gnomonic projection
+    den = np.cos(d0) - eta * np.sin(d0)  # inverse gnomonic projection
     ra = np.degrees(a0 + np.arctan2(xi, den)) % 360
     dec = np.degrees(np.arctan2(np.sin(d0) + eta * np.cos(d0), np.hypot(xi, den)))
-    return ra, dec                                    # (k, n, n) each
+    return ra, dec  # (k, n, n) each
 
 
 def node_weights(s: int, n: int):
@@ -55,7 +55,7 @@ def bilinear(img: np.ndarray, px: np.ndarray, py: np.ndarray, check: bool = True
     h, w = img.shape
     x0, y0 = np.floor(px), np.floor(py)
     px -= x0
-    py -= y0                                          # now the fractions
+    py -= y0  # now the fractions
     ix, iy = x0.astype(np.int32), y0.astype(np.int32)
     valid = None
     if check:
@@ -65,9 +65,9 @@ def bilinear(img: np.ndarray, px: np.ndarray, py: np.ndarray, check: bool = True
     iy *= np.int32(w)
     iy += ix
     if check:
-        iy *= valid                                   # outside -> pixel 0 (zeroed below)
+        iy *= valid  # outside -> pixel 0 (zeroed below)
     flat = img.ravel()
-    a, b, c, d = flat.take(iy), flat[1:].take(iy), flat[w:].take(iy), flat[w + 1:].take(iy)   # 4 neighbours
+    a, b, c, d = flat.take(iy), flat[1:].take(iy), flat[w:].take(iy), flat[w + 1 :].take(iy)  # 4 neighbours
     # in place: top row a += (b - a) px, bottom row c += (d - c) px, then a += (c - a) py
     b -= a
     b *= px

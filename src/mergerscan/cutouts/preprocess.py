@@ -25,12 +25,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    stamp_pixels: int = 256          # side of the stamp an image source must deliver
-    pixel_scale: float = 0.396       # arcsec/px of that stamp (SDSS native)
-    input_size: int = 128            # side of the model input after resampling
+    stamp_pixels: int = 256  # side of the stamp an image source must deliver
+    pixel_scale: float = 0.396  # arcsec/px of that stamp (SDSS native)
+    input_size: int = 128  # side of the model input after resampling
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
-    channels: str = "irg"            # bands in R, G, B order (SkyServer colour JPEGs)
+    channels: str = "irg"  # bands in R, G, B order (SkyServer colour JPEGs)
     stretch: dict = field(default_factory=lambda: dict(STRETCH_DEFAULT))
 
     def __post_init__(self):
@@ -87,23 +87,22 @@ def prepare_batch(stamps: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if h != w:
         raise ValueError(f"stamps must be square, got {h}x{w}")
     if h != spec.stamp_pixels:
-        raise ValueError(f"stamp is {h} px but the engine expects {spec.stamp_pixels} px "
-                         f"at {spec.pixel_scale}\"/px")
+        raise ValueError(f'stamp is {h} px but the engine expects {spec.stamp_pixels} px at {spec.pixel_scale}"/px')
     s = spec.input_size
     mean = np.asarray(spec.mean, np.float32) * 255.0
     std = np.asarray(spec.std, np.float32) * 255.0
     if h % s == 0:
         f = h // s
         x = _block_sum(x, f) if f > 1 else x
-        scale = (1.0 / (f * f * std)).astype(np.float32)     # block mean and normalisation in one pass
+        scale = (1.0 / (f * f * std)).astype(np.float32)  # block mean and normalisation in one pass
         y = x.astype(np.float32) * scale - (mean / std).astype(np.float32)
         return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
-    a = _resample_matrix(h, s)                                # (s, h): rows sum to 1
+    a = _resample_matrix(h, s)  # (s, h): rows sum to 1
     # separable: out[c] = A @ img[c] @ A.T, as two large 2-D GEMMs over the whole batch
-    t = x.astype(np.float32).transpose(0, 3, 1, 2).reshape(-1, h)          # (n*3*h, h): rows of each band
+    t = x.astype(np.float32).transpose(0, 3, 1, 2).reshape(-1, h)  # (n*3*h, h): rows of each band
     y = (t @ a.T).reshape(n, 3, h, s).transpose(0, 1, 3, 2).reshape(-1, h)  # (n*3*s, h)
-    y = (y @ a.T).reshape(n, 3, s, s).transpose(0, 1, 3, 2)                # (n, 3, s, s)
-    y = np.ascontiguousarray(y, dtype=np.float32)                           # one C-order copy
+    y = (y @ a.T).reshape(n, 3, s, s).transpose(0, 1, 3, 2)  # (n, 3, s, s)
+    y = np.ascontiguousarray(y, dtype=np.float32)  # one C-order copy
     y -= mean.reshape(1, 3, 1, 1)
     y /= std.reshape(1, 3, 1, 1)
     return y
@@ -116,7 +115,7 @@ def _resample_matrix(n_in: int, n_out: int) -> np.ndarray:
     ``F.interpolate(mode="bilinear", antialias=True, align_corners=False)`` (and PIL) compute them
     (tests check the two agree to 1e-5), in numpy so that workers need no torch."""
     scale = n_in / n_out
-    support = max(scale, 1.0)                  # bilinear support 1, widened when downsampling
+    support = max(scale, 1.0)  # bilinear support 1, widened when downsampling
     inv = 1.0 / max(scale, 1.0)
     m = np.zeros((n_out, n_in), np.float64)
     for i in range(n_out):

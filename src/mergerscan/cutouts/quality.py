@@ -37,13 +37,13 @@ import stat
 
 import numpy as np
 
-MAX_FILE_BYTES = 32 * 2 ** 20     # a stamp file: 1024^2 x 3 float64 FITS is 25 MB
-MIN_SIDE_DIVISOR = 4              # side >= stamp_pixels / 4
-MAX_SIDE_FACTOR = 4               # side <= 4 * stamp_pixels
-MAX_NONFINITE = 0.10              # fraction of NaN/inf pixels tolerated (set to 0) in float stamps
-MAX_FLAT = 0.75                   # fraction of flat 8x8 tiles that makes a stamp blank
-MAX_FILL = 0.01                   # fraction of flat mid-grey tiles (JPEG decoder fill) that is damage
-MIN_RANGE = 4                     # max - min over the whole image at or below this: blank
+MAX_FILE_BYTES = 32 * 2**20  # a stamp file: 1024^2 x 3 float64 FITS is 25 MB
+MIN_SIDE_DIVISOR = 4  # side >= stamp_pixels / 4
+MAX_SIDE_FACTOR = 4  # side <= 4 * stamp_pixels
+MAX_NONFINITE = 0.10  # fraction of NaN/inf pixels tolerated (set to 0) in float stamps
+MAX_FLAT = 0.75  # fraction of flat 8x8 tiles that makes a stamp blank
+MAX_FILL = 0.01  # fraction of flat mid-grey tiles (JPEG decoder fill) that is damage
+MIN_RANGE = 4  # max - min over the whole image at or below this: blank
 TILE = 8
 
 
@@ -79,7 +79,7 @@ def open_regular(path, max_bytes: int | None = None):
 def read_regular(path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     with open_regular(path, max_bytes) as f:
         body = f.read(max_bytes + 1)
-    if len(body) > max_bytes:                 # grew after the fstat
+    if len(body) > max_bytes:  # grew after the fstat
         raise ImageRejected("image_too_large", f"file is over {max_bytes} bytes")
     return body
 
@@ -111,10 +111,9 @@ def display_values(a: np.ndarray) -> np.ndarray:
     v = x[finite]
     lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
     if lo < -0.5 or hi > 255.5:
-        raise ImageRejected("bad_image", f"pixel values {lo:.3g}..{hi:.3g} are not display values "
-                                         "(0..1 or 0..255)")
+        raise ImageRejected("bad_image", f"pixel values {lo:.3g}..{hi:.3g} are not display values (0..1 or 0..255)")
     if a.dtype.kind == "f" and hi <= 1.0:
-        x = x * 255.0                        # display values in 0..1 (matplotlib, skimage)
+        x = x * 255.0  # display values in 0..1 (matplotlib, skimage)
     x[~finite] = 0.0
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
@@ -128,7 +127,7 @@ def check_jpeg(body: bytes) -> np.ndarray | None:
     where only the grey-fill check applies."""
     try:
         import simplejpeg
-    except ImportError:                       # a declared dependency; degrade, don't fail
+    except ImportError:  # a declared dependency; degrade, don't fail
         return None
     try:
         return simplejpeg.decode_jpeg(body, colorspace="RGB", strict=True)
@@ -146,12 +145,17 @@ def check_bands(bands: np.ndarray) -> list:
     if not finite.all():
         bad = 1.0 - finite.mean(axis=(0, 2, 3))
         bands[~finite] = 0
-        out += [(j, ImageRejected("blank_image", f"{bad[j]:.0%} of the frame pixels are NaN/inf"))
-                for j in np.flatnonzero(bad > MAX_NONFINITE)]
+        out += [
+            (j, ImageRejected("blank_image", f"{bad[j]:.0%} of the frame pixels are NaN/inf"))
+            for j in np.flatnonzero(bad > MAX_NONFINITE)
+        ]
     empty = (bands == 0).all(axis=0).mean(axis=(1, 2))
     seen = {j for j, _ in out}
-    out += [(j, ImageRejected("blank_image", f"{empty[j]:.0%} of the stamp has no data (off the frame or 0)"))
-            for j in np.flatnonzero(empty >= MAX_FLAT) if j not in seen]
+    out += [
+        (j, ImageRejected("blank_image", f"{empty[j]:.0%} of the stamp has no data (off the frame or 0)"))
+        for j in np.flatnonzero(empty >= MAX_FLAT)
+        if j not in seen
+    ]
     return out
 
 
@@ -165,9 +169,9 @@ def check_pixels(a: np.ndarray, flat: bool = True) -> None:
     th, tw = h // TILE, w // TILE
     if not flat or not th or not tw:
         return
-    c = a[:th * TILE, :tw * TILE].astype(np.uint32)
-    v = (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]               # one number per colour
-    t = v.reshape(th, TILE, tw, TILE).transpose(0, 2, 1, 3).reshape(th, tw, TILE * TILE)   # tiles, contiguous
+    c = a[: th * TILE, : tw * TILE].astype(np.uint32)
+    v = (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]  # one number per colour
+    t = v.reshape(th, TILE, tw, TILE).transpose(0, 2, 1, 3).reshape(th, tw, TILE * TILE)  # tiles, contiguous
     hi = t.max(-1)
     flat = hi == t.min(-1)
     f = flat.mean()
@@ -175,5 +179,6 @@ def check_pixels(a: np.ndarray, flat: bool = True) -> None:
         raise ImageRejected("blank_image", f"{f:.0%} of the image is flat (one colour per 8x8 tile)")
     fill = (flat & (hi == 0x808080)).mean()
     if fill >= MAX_FILL and fill * th * tw >= 2:
-        raise ImageRejected("bad_image", f"{fill:.0%} of the image is flat grey 128: compressed data "
-                                         "cut short or damaged")
+        raise ImageRejected(
+            "bad_image", f"{fill:.0%} of the image is flat grey 128: compressed data cut short or damaged"
+        )

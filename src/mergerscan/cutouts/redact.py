@@ -6,8 +6,20 @@ import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # query parameters whose values are secrets (matched case-insensitively, as substrings)
-SECRET_PARAMS = ("token", "key", "secret", "password", "passwd", "pwd", "auth", "signature", "sig",
-                 "credential", "session", "sas")
+SECRET_PARAMS = (
+    "token",
+    "key",
+    "secret",
+    "password",
+    "passwd",
+    "pwd",
+    "auth",
+    "signature",
+    "sig",
+    "credential",
+    "session",
+    "sas",
+)
 REDACTED = "REDACTED"
 
 

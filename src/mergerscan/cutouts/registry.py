@@ -44,19 +44,19 @@ from .preprocess import PreprocessSpec
 from .redact import redact_url
 
 BUILTIN = {
-    "stamps": "mergerscan.cutouts.stamps:StampSource",       # a directory of pre-cut stamp files
-    "frames": "mergerscan.cutouts.frames:FrameSource",       # survey frames with a WCS
-    "service": "mergerscan.cutouts.service:ServiceSource",   # an ImgCutout-like HTTP service
+    "stamps": "mergerscan.cutouts.stamps:StampSource",  # a directory of pre-cut stamp files
+    "frames": "mergerscan.cutouts.frames:FrameSource",  # survey frames with a WCS
+    "service": "mergerscan.cutouts.service:ServiceSource",  # an ImgCutout-like HTTP service
 }
-_origins: dict[str, str | None] = dict(BUILTIN)     # kind -> "module:qualname" (None: not importable)
-_classes: dict[str, type[SourceBase]] = {}          # kind -> class, once imported or registered
-_by_path: dict[str, type[SourceBase]] = {}          # "module:Class" kinds, once imported
+_origins: dict[str, str | None] = dict(BUILTIN)  # kind -> "module:qualname" (None: not importable)
+_classes: dict[str, type[SourceBase]] = {}  # kind -> class, once imported or registered
+_by_path: dict[str, type[SourceBase]] = {}  # "module:Class" kinds, once imported
 CAPABILITIES = ("reads_path_column", "needs_network")
 
 
 def _origin_of(cls: type) -> str | None:
     if "<locals>" in cls.__qualname__ or cls.__module__ in ("__main__", "__mp_main__"):
-        return None                                  # a worker cannot import it by name
+        return None  # a worker cannot import it by name
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
@@ -90,11 +90,13 @@ def register_source(kind: str, cls: type | None = None) -> Any:
         _check(kind, c)
         origin, taken = _origin_of(c), _origins.get(kind)
         if kind in _origins and taken != origin and _classes.get(kind) is not c:
-            raise ValueError(f"image source kind {kind!r} is already registered ({taken or 'in-process'}); "
-                             f"choose another kind for {c.__qualname__}")
-        c.kind = kind                                # type: ignore[attr-defined]
-        if "Options" in c.__dict__:                  # its own (not a parent's): messages name this kind
-            c.Options.source_kind = kind             # type: ignore[attr-defined]
+            raise ValueError(
+                f"image source kind {kind!r} is already registered ({taken or 'in-process'}); "
+                f"choose another kind for {c.__qualname__}"
+            )
+        c.kind = kind  # type: ignore[attr-defined]
+        if "Options" in c.__dict__:  # its own (not a parent's): messages name this kind
+            c.Options.source_kind = kind  # type: ignore[attr-defined]
         _origins[kind], _classes[kind] = origin, c
         return c
 
@@ -125,14 +127,17 @@ def source_class(kind: str) -> type[SourceBase]:
     if kind in _origins:
         origin = _origins[kind]
         if origin is None:
-            raise ValueError(f"image source {kind!r} was registered in another process from a class this "
-                             "process cannot import (define it at the top level of an importable module)")
-        cls = _import(origin)                        # its module may register it itself
+            raise ValueError(
+                f"image source {kind!r} was registered in another process from a class this "
+                "process cannot import (define it at the top level of an importable module)"
+            )
+        cls = _import(origin)  # its module may register it itself
         if _classes.get(kind) is None:
             _check(kind, cls)
             if kind in BUILTIN and getattr(cls, "kind", None) != kind:
-                raise ValueError(f"built-in image source {origin}: its kind is {getattr(cls, 'kind', None)!r}, "
-                                 f"not {kind!r}")
+                raise ValueError(
+                    f"built-in image source {origin}: its kind is {getattr(cls, 'kind', None)!r}, not {kind!r}"
+                )
             _classes[kind] = cls
         return _classes[kind]
     if ":" in kind:
@@ -140,8 +145,7 @@ def source_class(kind: str) -> type[SourceBase]:
         _check(kind, cls)
         _by_path[kind] = cls
         return cls
-    raise ValueError(f"unknown image source kind {kind!r} (registered: {', '.join(_kinds())}; or give "
-                     "'module:Class')")
+    raise ValueError(f"unknown image source kind {kind!r} (registered: {', '.join(_kinds())}; or give 'module:Class')")
 
 
 def registered_sources() -> dict[str, type[SourceBase]]:
@@ -153,9 +157,10 @@ def registered_sources() -> dict[str, type[SourceBase]]:
 class SourceConfig:
     """What the pipeline knows about the image source: picklable, sent to workers (with the
     origin of its class, see the module docstring)."""
-    kind: str                      # a registered kind ("stamps" | "frames" | "service" | ...)
-    location: str                  # directory or URL
-    options: tuple = ()            # (key, value) pairs of the source's Options, e.g. (("timeout", 10.0),)
+
+    kind: str  # a registered kind ("stamps" | "frames" | "service" | ...)
+    location: str  # directory or URL
+    options: tuple = ()  # (key, value) pairs of the source's Options, e.g. (("timeout", 10.0),)
 
     def fingerprint(self) -> str:
         return f"{self.kind}:{redact_url(self.location)}:{sorted(self.options)}"

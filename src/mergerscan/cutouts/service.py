@@ -84,19 +84,26 @@ class ServiceSource(SourceBase):
 
     @dataclass(frozen=True)
     class Options(SourceOptions):
-        timeout: float = 10.0                    # s per HTTP request (connect, headers and body)
+        timeout: float = 10.0  # s per HTTP request (connect, headers and body)
         retries: int = 3
-        backoff: float = 0.5                     # s, first backoff sleep (doubling, with jitter)
-        max_concurrency: int = 8                 # requests in flight per source
-        max_bytes: int = 2_000_000               # largest body accepted
-        max_rate: float | None = None            # requests/s per worker process and host
-        total_timeout: float | None = None       # s per row over all attempts (None: 2 (retries+1) timeout)
+        backoff: float = 0.5  # s, first backoff sleep (doubling, with jitter)
+        max_concurrency: int = 8  # requests in flight per source
+        max_bytes: int = 2_000_000  # largest body accepted
+        max_rate: float | None = None  # requests/s per worker process and host
+        total_timeout: float | None = None  # s per row over all attempts (None: 2 (retries+1) timeout)
 
         def __post_init__(self):
-            if (self.timeout <= 0 or self.retries < 0 or self.backoff < 0 or self.max_concurrency < 1
-                    or self.max_bytes < 1):
-                raise ValueError("image source 'service': timeout, max_concurrency and max_bytes must be "
-                                 "positive; retries, backoff >= 0")
+            if (
+                self.timeout <= 0
+                or self.retries < 0
+                or self.backoff < 0
+                or self.max_concurrency < 1
+                or self.max_bytes < 1
+            ):
+                raise ValueError(
+                    "image source 'service': timeout, max_concurrency and max_bytes must be "
+                    "positive; retries, backoff >= 0"
+                )
             if self.max_rate is not None and self.max_rate <= 0:
                 raise ValueError("image source 'service': max_rate must be positive (requests per second)")
             if self.total_timeout is not None and self.total_timeout <= 0:
@@ -108,17 +115,24 @@ class ServiceSource(SourceBase):
         super().__init__(url, spec, **options)
         o = self.options
         self._limit = limit_for(urlsplit(str(url)).netloc, o.max_rate) if o.max_rate else None
-        self._down, self._down_reason = 0, None   # consecutive network failures of rows, none ok
+        self._down, self._down_reason = 0, None  # consecutive network failures of rows, none ok
         self.url = str(url)
         self.timeout, self.retries, self.backoff = float(o.timeout), int(o.retries), float(o.backoff)
         self.max_concurrency, self.max_bytes = int(o.max_concurrency), int(o.max_bytes)
         self.total_timeout = float(o.total_timeout) if o.total_timeout else 2 * (self.retries + 1) * self.timeout
-        self.examples: dict = {}                 # status -> first failure seen
-        self.stats = {"rows": 0, "ok": 0, "requests": 0, "retries": 0, "redirects": 0, "bytes": 0,
-                      "failures": Counter()}
+        self.examples: dict = {}  # status -> first failure seen
+        self.stats = {
+            "rows": 0,
+            "ok": 0,
+            "requests": 0,
+            "retries": 0,
+            "redirects": 0,
+            "bytes": 0,
+            "failures": Counter(),
+        }
         self._lock = threading.Lock()
-        self._local = threading.local()          # per pool thread: {(scheme, netloc): connection}
-        self._conns: set = set()                 # every open connection, for close()
+        self._local = threading.local()  # per pool thread: {(scheme, netloc): connection}
+        self._conns: set = set()  # every open connection, for close()
         self._rng = random.Random()
         self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="cutout-service")
 
@@ -130,10 +144,10 @@ class ServiceSource(SourceBase):
         ra = rows["ra"].to_numpy(np.float64)
         dec = rows["dec"].to_numpy(np.float64)
 
-        def one(i: int) -> None:                 # each thread writes its own row
+        def one(i: int) -> None:  # each thread writes its own row
             try:
                 img = self._fetch_one(float(ra[i]), float(dec[i]))
-            except ImageRejected as e:           # a complete image that fails the quality check
+            except ImageRejected as e:  # a complete image that fails the quality check
                 status[i] = e.status
                 self.examples.setdefault(e.status, f"ra={ra[i]:.6f}, dec={dec[i]:.6f}: {e.reason}")
                 return
@@ -157,8 +171,15 @@ class ServiceSource(SourceBase):
     # -- one row --------------------------------------------------------------------------
     def query_url(self, ra: float, dec: float) -> str:
         s = self.spec.stamp_pixels
-        q = urlencode({"ra": f"{ra:.8f}", "dec": f"{dec:.8f}", "scale": repr(float(self.spec.pixel_scale)),
-                       "width": s, "height": s})
+        q = urlencode(
+            {
+                "ra": f"{ra:.8f}",
+                "dec": f"{dec:.8f}",
+                "scale": repr(float(self.spec.pixel_scale)),
+                "width": s,
+                "height": s,
+            }
+        )
         sep = "" if self.url.endswith(("?", "&")) else ("&" if "?" in self.url else "?")
         return f"{self.url}{sep}{q}"
 
@@ -167,7 +188,7 @@ class ServiceSource(SourceBase):
         url = self.query_url(ra, dec)
         with self._lock:
             if self._down >= UNREACHABLE_ROWS and not self.stats["ok"]:
-                self.stats["failures"][self._down_reason] += 1     # unreachable: not asked again
+                self.stats["failures"][self._down_reason] += 1  # unreachable: not asked again
                 return f"{self._down_reason}: the service did not answer the last {self._down} rows; not asked again"
         row_deadline = time.monotonic() + self.total_timeout
         attempts = 0
@@ -185,18 +206,20 @@ class ServiceSource(SourceBase):
                 raise
             except Fail as e:
                 fail = e
-            except Exception as e:               # unexpected: fail the row, never the partition
+            except Exception as e:  # unexpected: fail the row, never the partition
                 fail = Fail(f"error_{type(e).__name__}", detail=f"{type(e).__name__}: {e}"[:200])
             if not fail.retry or attempt == self.retries:
                 break
-            delay = min(BACKOFF_MAX, self.backoff * 2 ** attempt) * (0.5 + self._rng.random())
+            delay = min(BACKOFF_MAX, self.backoff * 2**attempt) * (0.5 + self._rng.random())
             if fail.after is not None:
                 if fail.after > RETRY_AFTER_MAX:
                     break
                 delay = max(delay, fail.after)
-            if time.monotonic() + delay >= row_deadline:     # no time left for another attempt
-                fail = Fail(fail.reason, detail=f"{fail.detail}; gave up at the row's total time limit "
-                                                 f"({self.total_timeout:g} s)")
+            if time.monotonic() + delay >= row_deadline:  # no time left for another attempt
+                fail = Fail(
+                    fail.reason,
+                    detail=f"{fail.detail}; gave up at the row's total time limit ({self.total_timeout:g} s)",
+                )
                 break
             self._count("retries")
             time.sleep(delay)
@@ -212,8 +235,10 @@ class ServiceSource(SourceBase):
         """GET following http(s) redirects; the decoded stamp or Fail."""
         for _ in range(MAX_REDIRECTS + 1):
             parts = valid_url(url)
-            if parts is None:                    # file://, ftp://, data:, ... : never followed
-                raise Fail("bad_redirect", detail=f"redirect to a {urlsplit(url).scheme or 'hostless'}: URL, not http(s)")
+            if parts is None:  # file://, ftp://, data:, ... : never followed
+                raise Fail(
+                    "bad_redirect", detail=f"redirect to a {urlsplit(url).scheme or 'hostless'}: URL, not http(s)"
+                )
             code, location, body = self._request(parts, row_deadline)
             if code in REDIRECTS:
                 if not location:
@@ -223,7 +248,7 @@ class ServiceSource(SourceBase):
                 continue
             try:
                 return self._decode(body, host_port(parts))
-            except Fail:                        # e.g. a lying Content-Length: don't reuse that stream
+            except Fail:  # e.g. a lying Content-Length: don't reuse that stream
                 self._drop((parts.scheme.lower(), parts.netloc))
                 raise
         raise Fail("too_many_redirects")
@@ -233,7 +258,7 @@ class ServiceSource(SourceBase):
         conns = self._local.__dict__.setdefault("conns", {})
         conn = conns.get(key)
         if conn is not None and not fresh:
-            return conn, conn.sock is not None   # reused only if still connected
+            return conn, conn.sock is not None  # reused only if still connected
         self._drop(key)
         cls = http.client.HTTPSConnection if key[0] == "https" else http.client.HTTPConnection
         conn = cls(parts.hostname, parts.port, timeout=self.timeout)
@@ -274,7 +299,7 @@ class ServiceSource(SourceBase):
             except (OSError, http.client.HTTPException) as e:
                 self._drop(key)
                 if reused and isinstance(e, STALE):
-                    continue                     # server closed the idle connection: reconnect once
+                    continue  # server closed the idle connection: reconnect once
                 raise io_fail(e, host_port(parts)) from None
             try:
                 return self._response(resp, sock, deadline, key, host_port(parts))
@@ -284,7 +309,7 @@ class ServiceSource(SourceBase):
             except (OSError, http.client.HTTPException) as e:
                 self._drop(key)
                 raise io_fail(e, host_port(parts)) from None
-        raise Fail("connection", retry=True)    # not reached
+        raise Fail("connection", retry=True)  # not reached
 
     def _response(self, resp, sock, deadline, key, where=""):
         code = resp.status
@@ -294,12 +319,16 @@ class ServiceSource(SourceBase):
             try:
                 self._read_body(resp, sock, deadline, limit=DRAIN_MAX)
             except Fail:
-                self._drop(key)                  # big redirect body: just drop the connection
+                self._drop(key)  # big redirect body: just drop the connection
             return code, resp.getheader("Location"), None
         if code == 429 or 500 <= code <= 599:
-            raise Fail(f"http_{code}", retry=True, after=retry_after(resp.getheader("Retry-After")),
-                        detail=f"HTTP {code} {resp.reason} from {where}")
-        raise Fail(f"http_{code}", detail=f"HTTP {code} {resp.reason} from {where}")   # other 4xx, ...: no retry
+            raise Fail(
+                f"http_{code}",
+                retry=True,
+                after=retry_after(resp.getheader("Retry-After")),
+                detail=f"HTTP {code} {resp.reason} from {where}",
+            )
+        raise Fail(f"http_{code}", detail=f"HTTP {code} {resp.reason} from {where}")  # other 4xx, ...: no retry
 
     def _read_body(self, resp, sock, deadline, limit: int | None = None) -> bytes:
         """Stream the body, aborting over ``limit`` bytes or past the deadline."""
@@ -311,15 +340,15 @@ class ServiceSource(SourceBase):
         buf = bytearray()
         while declared is None or len(buf) < declared:
             sock.settimeout(self._remaining(deadline))
-            chunk = resp.read1(CHUNK)            # at most one recv: the deadline stays exact
+            chunk = resp.read1(CHUNK)  # at most one recv: the deadline stays exact
             if not chunk:
                 break
             buf += chunk
-            if len(buf) > limit:                 # no or lying Content-Length
-                raise Fail("oversize", detail=f"body over the limit of {limit} bytes")   # no or lying Content-Length
+            if len(buf) > limit:  # no or lying Content-Length
+                raise Fail("oversize", detail=f"body over the limit of {limit} bytes")  # no or lying Content-Length
         if declared is not None and len(buf) < declared:
             raise Fail("connection", retry=True, detail="connection closed mid-body")
-        resp.close()                             # marks the response done, keeps the connection
+        resp.close()  # marks the response done, keeps the connection
         self._count("bytes", len(buf))
         return bytes(buf)
 
@@ -335,25 +364,27 @@ class ServiceSource(SourceBase):
         s = self.spec.stamp_pixels
         try:
             with Image.open(io.BytesIO(body)) as im:
-                w, h = im.size                   # header only: checked before decoding pixels
+                w, h = im.size  # header only: checked before decoding pixels
                 if im.mode != "RGB" or w != h:
                     raise Fail("bad_image", detail=f"{where} sent a {w}x{h} {im.mode} image, not a square RGB one")
-                check_size(w, h, s)              # small_image / image_too_large: ImageRejected
+                check_size(w, h, s)  # small_image / image_too_large: ImageRejected
                 if im.format == "JPEG" and not body.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
-                    raise Fail("bad_body", detail=f"{where} sent a truncated JPEG")   # also if LOAD_TRUNCATED_IMAGES
+                    raise Fail("bad_body", detail=f"{where} sent a truncated JPEG")  # also if LOAD_TRUNCATED_IMAGES
                 # corrupt / cut-short JPEG data: ImageRejected bad_image; else decoded once, here
                 arr = check_jpeg(body) if im.format == "JPEG" else None
                 if arr is None:
                     im.load()
                     arr = np.asarray(im, dtype=np.uint8)
-                check_pixels(arr)                # blank / JPEG grey fill, at its own size
+                check_pixels(arr)  # blank / JPEG grey fill, at its own size
                 if w != s:
-                    arr = np.asarray(Image.fromarray(arr, "RGB").resize((s, s), Image.Resampling.BILINEAR), dtype=np.uint8)
+                    arr = np.asarray(
+                        Image.fromarray(arr, "RGB").resize((s, s), Image.Resampling.BILINEAR), dtype=np.uint8
+                    )
         except (Fail, ImageRejected):
             raise
-        except Image.DecompressionBombError:     # PIL's own pixel limit, from the header
+        except Image.DecompressionBombError:  # PIL's own pixel limit, from the header
             raise ImageRejected("image_too_large", f"{where} sent an image of too many pixels") from None
-        except Exception:                        # not an image, truncated, corrupt
+        except Exception:  # not an image, truncated, corrupt
             raise Fail("bad_body", detail=f"{where} sent a body that is not an image") from None
         if arr.shape != (s, s, 3):
             raise Fail("bad_image", detail=f"{where} sent an image of shape {arr.shape}")

@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 SCHEMES = ("http", "https")
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
-RETRY_AFTER_MAX = 10.0        # s; a longer Retry-After gives the row up
-BACKOFF_MAX = 30.0            # s; cap of one backoff sleep
-DRAIN_MAX = 64 * 1024         # bytes of a redirect body read to keep the connection
+RETRY_AFTER_MAX = 10.0  # s; a longer Retry-After gives the row up
+BACKOFF_MAX = 30.0  # s; cap of one backoff sleep
+DRAIN_MAX = 64 * 1024  # bytes of a redirect body read to keep the connection
 CHUNK = 64 * 1024
 HEADERS = {"User-Agent": "mergerscan (cutout fetch)", "Accept": "image/jpeg, image/*;q=0.8"}
 # a dropped keep-alive connection shows up as one of these on the next request
@@ -59,9 +59,9 @@ class Fail(Exception):
 
 
 def io_fail(e: BaseException, where: str = "") -> Fail:
-    if isinstance(e, TimeoutError):              # socket.timeout is TimeoutError (3.10+)
+    if isinstance(e, TimeoutError):  # socket.timeout is TimeoutError (3.10+)
         return Fail("timeout", retry=True, detail=f"timeout from {where}")
-    if isinstance(e, socket.gaierror):           # no DNS: typically no network at all
+    if isinstance(e, socket.gaierror):  # no DNS: typically no network at all
         return Fail("dns", retry=True, detail=f"no DNS answer for {where}")
     if isinstance(e, ssl.SSLCertVerificationError):
         return Fail("tls", detail=f"TLS certificate not accepted by {where}")
@@ -95,6 +95,6 @@ def valid_url(url: str):
     parts = urlsplit(url)
     try:
         ok = parts.scheme.lower() in SCHEMES and bool(parts.hostname) and (parts.port or 1) > 0
-    except ValueError:                           # bad port
+    except ValueError:  # bad port
         ok = False
     return parts if ok else None

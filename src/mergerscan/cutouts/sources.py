@@ -10,6 +10,18 @@ from .base import ImageSource, SourceBase, SourceOptions, empty_stamps
 from .redact import REDACTED, SECRET_PARAMS, redact_text, redact_url
 from .registry import SourceConfig, open_source, register_source, registered_sources, source_class
 
-__all__ = ["REDACTED", "SECRET_PARAMS", "ImageSource", "SourceBase", "SourceConfig", "SourceOptions",
-           "empty_stamps", "open_source", "redact_text", "redact_url", "register_source",
-           "registered_sources", "source_class"]
+__all__ = [
+    "REDACTED",
+    "SECRET_PARAMS",
+    "ImageSource",
+    "SourceBase",
+    "SourceConfig",
+    "SourceOptions",
+    "empty_stamps",
+    "open_source",
+    "redact_text",
+    "redact_url",
+    "register_source",
+    "registered_sources",
+    "source_class",
+]

@@ -57,7 +57,7 @@ from .quality import (
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".fits", ".fit", ".fits.fz", ".fits.gz")
 FITS_SUFFIXES = (".fits", ".fit", ".fz", ".fits.gz", ".fit.gz")
-MAX_HDUS = 8                  # HDUs looked at for the image (a file of 10^5 empty HDUs is not a stamp)
+MAX_HDUS = 8  # HDUs looked at for the image (a file of 10^5 empty HDUs is not a stamp)
 _SEPARATORS = tuple({os.sep, "/", "\\"} | ({os.altsep} if os.altsep else set()))
 
 
@@ -72,10 +72,10 @@ def _read_fits(path: Path, stamp_pixels: int) -> np.ndarray:
         for k, hdu in enumerate(hl):
             if k >= MAX_HDUS:
                 break
-            hdr = hdu.header                 # a CompImageHDU's header holds ZNAXISn as NAXISn
+            hdr = hdu.header  # a CompImageHDU's header holds ZNAXISn as NAXISn
             if not hdu.is_image or hdr.get("NAXIS", 0) != 3:
                 continue
-            shape = tuple(int(hdr.get(f"NAXIS{i}", 0)) for i in (3, 2, 1))      # numpy order
+            shape = tuple(int(hdr.get(f"NAXIS{i}", 0)) for i in (3, 2, 1))  # numpy order
             if shape[0] == 3:
                 h, w = shape[1:]
             elif shape[2] == 3:
@@ -101,15 +101,15 @@ def _read_raster(path: Path, stamp_pixels: int) -> np.ndarray:
         raise _bad("truncated PNG (no IEND chunk)")
     try:
         im = Image.open(io.BytesIO(body))
-    except Image.DecompressionBombError as e:            # PIL's own limit, from the header
+    except Image.DecompressionBombError as e:  # PIL's own limit, from the header
         raise ImageRejected("image_too_large", str(e).split(",")[0] + "; not decoded") from None
-    except Exception as e:                               # not an image PIL knows
+    except Exception as e:  # not an image PIL knows
         raise _bad(f"not a readable image ({type(e).__name__})") from None
-    check_size(*im.size, stamp_pixels)                   # header only: checked before decoding
+    check_size(*im.size, stamp_pixels)  # header only: checked before decoding
     if im.mode != "RGB":
         raise _bad(f"mode {im.mode}, not RGB")
     if im.format == "JPEG" and (a := check_jpeg(body)) is not None:
-        return a                                         # decoded once, strictly
+        return a  # decoded once, strictly
     im.load()
     return np.asarray(im, dtype=np.uint8)
 
@@ -121,7 +121,7 @@ class StampSource(SourceBase):
 
     @dataclass(frozen=True)
     class Options(SourceOptions):
-        threads: int = 2                                 # decoding threads
+        threads: int = 2  # decoding threads
 
     def __init__(self, directory, spec: PreprocessSpec, **options):
         super().__init__(directory, spec, **options)
@@ -138,11 +138,11 @@ class StampSource(SourceBase):
         ids = rows["id"].astype(str).tolist()
         paths = rows["path"].tolist() if "path" in rows.columns else [None] * n
 
-        def one(i: int) -> None:                         # each call writes its own row
+        def one(i: int) -> None:  # each call writes its own row
             try:
                 path = self.resolve(ids[i], paths[i])
-            except OSError as exc:                       # a per-row filesystem error is a per-row status:
-                if exc.errno != errno.ENAMETOOLONG:      # a name too long for the filesystem names no file
+            except OSError as exc:  # a per-row filesystem error is a per-row status:
+                if exc.errno != errno.ENAMETOOLONG:  # a name too long for the filesystem names no file
                     status[i] = "bad_image"
                 st = status[i]
                 self.examples.setdefault(st, f"id {ids[i]}: {type(exc).__name__}: {exc.strerror or exc}")
@@ -156,7 +156,7 @@ class StampSource(SourceBase):
             except ImageRejected as e:
                 status[i] = e.status
                 self.examples.setdefault(e.status, f"id {ids[i]}: {path}: {e.reason}")
-            except Exception as e:                       # unreadable, corrupt: this row only
+            except Exception as e:  # unreadable, corrupt: this row only
                 status[i] = "bad_image"
                 self.examples.setdefault("bad_image", f"id {ids[i]}: {path}: {type(e).__name__}: {e}"[:300])
 

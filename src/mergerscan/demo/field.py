@@ -35,8 +35,9 @@ def _place(rng, taken, radius, xlim, ylim, tries=2000):
     raise RuntimeError("demo field too crowded")
 
 
-def make_demo_field(out_dir, n_fields=2, seed=0, galaxies_per_field=40, mergers_per_field=8,
-                    stars_per_field=30) -> dict:
+def make_demo_field(
+    out_dir, n_fields=2, seed=0, galaxies_per_field=40, mergers_per_field=8, stars_per_field=30
+) -> dict:
     """Write the synthetic frames and ``demo-catalog.fits`` to ``out_dir``.
 
     Returns ``{"frames": [paths], "catalog": path}``.
@@ -63,7 +64,7 @@ def make_demo_field(out_dir, n_fields=2, seed=0, galaxies_per_field=40, mergers_
     n_gal = n_fields * galaxies_per_field
     for i in range(n_gal):
         ylim = (40, ymax - 40)
-        if i < n_fields - 1:                 # one galaxy in each overlap strip
+        if i < n_fields - 1:  # one galaxy in each overlap strip
             ylim = ((i + 1) * step + 25, SHAPE[0] + i * step - 25)
         ra, dec = to_sky(*_place(r_obj, taken, 35, (40, SHAPE[1] - 40), ylim))
         mag = 17.7 - 2.9 * r_obj.random() ** 1.5
@@ -76,24 +77,33 @@ def make_demo_field(out_dir, n_fields=2, seed=0, galaxies_per_field=40, mergers_
         mag = r_obj.uniform(14.5, 20.5)
         objs.append(star(r_obj, ra, dec, mag))
         rows.append((ra, dec, "star", mag, 0.0))
-    for _ in range(5):                       # far outside every frame
+    for _ in range(5):  # far outside every frame
         ra, dec = to_sky(r_obj.uniform(-3000, -2000), r_obj.uniform(-500, ymax + 500))
         rows.append((ra, dec, "galaxy", r_obj.uniform(15, 17.7), r_obj.uniform(0.02, 0.1)))
 
     # uncatalogued faint background galaxies and stars (SDSS frames are full of them)
-    area = ymax / SHAPE[0]                   # in frames
+    area = ymax / SHAPE[0]  # in frames
     for _ in range(int(160 * area)):
         ra, dec = to_sky(r_bg.uniform(-20, SHAPE[1] + 20), r_bg.uniform(-20, ymax + 20))
         mag = 23.0 - 3.5 * r_bg.random() ** 2
         red = r_bg.random() < 0.4
         colour = band_fluxes(mag, r_bg.normal(1.3 if red else 0.5, 0.15), r_bg.normal(0.5 if red else 0.25, 0.1))
-        objs.append(Sersic(ra, dec, r_bg.choice([1.0, 4.0]), r_bg.uniform(0.3, 1.3) * 10 ** (-0.1 * (mag - 21)),
-                           r_bg.uniform(0.3, 1.0), r_bg.uniform(0, 180), colour))
+        objs.append(
+            Sersic(
+                ra,
+                dec,
+                r_bg.choice([1.0, 4.0]),
+                r_bg.uniform(0.3, 1.3) * 10 ** (-0.1 * (mag - 21)),
+                r_bg.uniform(0.3, 1.0),
+                r_bg.uniform(0, 180),
+                colour,
+            )
+        )
     for _ in range(int(50 * area)):
         ra, dec = to_sky(r_bg.uniform(-20, SHAPE[1] + 20), r_bg.uniform(-20, ymax + 20))
         objs.append(star(r_bg, ra, dec, r_bg.uniform(19.5, 22.5)))
 
-    seeing = r_geo.uniform(1.05, 1.4, n_fields)    # r-band FWHM of the PSF core, arcsec
+    seeing = r_geo.uniform(1.05, 1.4, n_fields)  # r-band FWHM of the PSF core, arcsec
     frames = []
     for k, bands in enumerate(geo):
         for b, (band, (crval, cd, crpix)) in enumerate(zip(BANDS, bands)):
@@ -106,9 +116,11 @@ def make_demo_field(out_dir, n_fields=2, seed=0, galaxies_per_field=40, mergers_
             path.write_bytes(bz2.compress(buf.getvalue(), 9))
             frames.append(str(path))
 
-    order = r_obj.permutation(len(rows))     # mix types along the catalog
-    cat = np.zeros(len(rows), dtype=[("objid", "i8"), ("ra", "f8"), ("dec", "f8"), ("truth", "S6"),
-                                     ("mag_r", "f4"), ("redshift", "f4")])
+    order = r_obj.permutation(len(rows))  # mix types along the catalog
+    cat = np.zeros(
+        len(rows),
+        dtype=[("objid", "i8"), ("ra", "f8"), ("dec", "f8"), ("truth", "S6"), ("mag_r", "f4"), ("redshift", "f4")],
+    )
     for j, i in enumerate(order):
         ra, dec, truth, mag, z = rows[i]
         cat[j] = (OBJID0 + j, ra, dec, truth, mag, z)

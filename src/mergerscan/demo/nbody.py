@@ -10,9 +10,13 @@ def rotation(rng):
     """Uniform random 3-D rotation matrix."""
     qv = rng.normal(size=4)
     a, b, c, d = qv / np.linalg.norm(qv)
-    return np.array([[a*a+b*b-c*c-d*d, 2*(b*c-a*d), 2*(b*d+a*c)],
-                     [2*(b*c+a*d), a*a-b*b+c*c-d*d, 2*(c*d-a*b)],
-                     [2*(b*d-a*c), 2*(c*d+a*b), a*a-b*b-c*c+d*d]])
+    return np.array(
+        [
+            [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+            [2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)],
+            [2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d],
+        ]
+    )
 
 
 def encounter(rng, n1=4000):
@@ -43,14 +47,14 @@ def encounter(rng, n1=4000):
         vc = np.sqrt(m * r * r / (r * r + eps * eps) ** 1.5) * (1 + rng.normal(0, 0.04, n))
         v = np.stack([-vc * np.sin(phi), vc * np.cos(phi), rng.normal(0, 0.02, n)], 1)
         rot = rotation(rng)
-        if rot[2, 2] < 0 and rng.random() < 0.7:   # mostly prograde: prograde discs grow tails
+        if rot[2, 2] < 0 and rng.random() < 0.7:  # mostly prograde: prograde discs grow tails
             rot = rot @ np.diag([1.0, -1.0, -1.0])
         pos.append(p @ rot.T + cen[k])
         vel.append(v @ rot.T + vcen[k])
         gal.append(np.full(n, k))
         rad.append(r / size)
     gal, rad = np.concatenate(gal), np.concatenate(rad)
-    pos, vel = np.concatenate(pos).T.copy(), np.concatenate(vel).T.copy()   # (3, N): fast rows
+    pos, vel = np.concatenate(pos).T.copy(), np.concatenate(vel).T.copy()  # (3, N): fast rows
 
     def acc(x, c):
         a = np.zeros_like(x)
@@ -62,7 +66,7 @@ def encounter(rng, n1=4000):
 
     def acc_c(c):
         d = c[1] - c[0]
-        f = d / (d @ d + eps_g ** 2) ** 1.5
+        f = d / (d @ d + eps_g**2) ** 1.5
         return np.array([q * f, -f])
 
     dt, t_peri, t, snaps = 0.02, None, 0.0, []

@@ -45,8 +45,9 @@ def resolve_engine_path(path: str | Path | None) -> Path:
     return p
 
 
-def load_engine(path: str | Path | None = None, backend: str = "onnxruntime", threads: int = 1,
-                views: int | None = None, **options) -> Engine:
+def load_engine(
+    path: str | Path | None = None, backend: str = "onnxruntime", threads: int = 1, views: int | None = None, **options
+) -> Engine:
     """Load an engine file with a backend (``name[:precision]``, a name in the registry).
 
     ``options`` go to the backend's options dataclass (see each backend's ``...Options``; an
@@ -60,7 +61,7 @@ def load_engine(path: str | Path | None = None, backend: str = "onnxruntime", th
     name, opts = parse_backend(backend)
     spec = get_backend(name)
     engine = spec.factory(p, spec.make_options(opts | options), threads=threads, views=views)
-    if views is not None:                  # test-time views other than the card's default
+    if views is not None:  # test-time views other than the card's default
         engine.info = engine.info.with_views(views)
     return engine
 

@@ -38,8 +38,12 @@ __all__ = [
 # test-time augmentation: the dihedral views averaged (mean logit) for 1, 2, 4 or 8 views, as
 # (number of 90-degree rotations, horizontal flip); the model card says how many to use and
 # carries the temperature and threshold fitted on validation for each count ("by_views")
-VIEWS = {1: ((0, False),), 2: ((0, False), (0, True)), 4: ((0, False), (0, True), (2, False), (2, True)),
-         8: tuple((k, f) for k in range(4) for f in (False, True))}
+VIEWS = {
+    1: ((0, False),),
+    2: ((0, False), (0, True)),
+    4: ((0, False), (0, True), (2, False), (2, True)),
+    8: tuple((k, f) for k in range(4) for f in (False, True)),
+}
 
 
 def sigmoid(z) -> np.ndarray:
@@ -75,19 +79,22 @@ def file_sha256(path: str | Path) -> str:
 @dataclass
 class EngineInfo:
     """What a model file says about itself."""
+
     path: str
     sha256: str
     spec: PreprocessSpec
     card: dict = field(default_factory=dict)
-    views: int = 0                    # 0 (or None): the card's default ("views", else 1)
+    views: int = 0  # 0 (or None): the card's default ("views", else 1)
 
     def __post_init__(self):
         if not self.views:
             self.views = int(self.card.get("views", 1))
         allowed = {int(k) for k in self.card.get("by_views", {})} | {int(self.card.get("views", 1))}
         if self.views not in allowed:
-            raise ValueError(f"{self.path}: engine {self.name} has a threshold and temperature for "
-                             f"{', '.join(map(str, sorted(allowed)))} view(s), not {self.views}")
+            raise ValueError(
+                f"{self.path}: engine {self.name} has a threshold and temperature for "
+                f"{', '.join(map(str, sorted(allowed)))} view(s), not {self.views}"
+            )
 
     def with_views(self, views: int | None) -> EngineInfo:
         return EngineInfo(self.path, self.sha256, self.spec, self.card, views or 0)
@@ -123,8 +130,8 @@ class Engine:
 
     backend = "abstract"
     precision = "fp32"
-    max_batch = 64                   # images per net call: CPU engines peak at 8-64 (docs/performance.md)
-    images_per_call = 32             # stamp_batch = this // views: each stamp becomes `views` images
+    max_batch = 64  # images per net call: CPU engines peak at 8-64 (docs/performance.md)
+    images_per_call = 32  # stamp_batch = this // views: each stamp becomes `views` images
     _stamp_batch = None
     # one call at a time: backends whose calls share one execution context, stream or captured
     # input buffer (TensorRT, torch CUDA graphs); ONNX Runtime sessions are safe to share
@@ -158,15 +165,17 @@ class Engine:
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Raw logits for an already prepared batch, chunked to ``max_batch``."""
-        out = [np.asarray(self._call(self._logits, x[i:i + self.max_batch]), np.float32).reshape(-1)
-               for i in range(0, len(x), self.max_batch)]
+        out = [
+            np.asarray(self._call(self._logits, x[i : i + self.max_batch]), np.float32).reshape(-1)
+            for i in range(0, len(x), self.max_batch)
+        ]
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def _stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
         """Mean logit over the views for uint8 stamps; this default prepares on the host."""
         x = prepare_batch(stamps, self.spec)
         z = np.zeros(len(stamps), np.float64)
-        for v in iter_views(x, self.info.views):    # one view at a time: memory stays that of one batch
+        for v in iter_views(x, self.info.views):  # one view at a time: memory stays that of one batch
             z += self.logits(v)
         return z / self.info.views
 
@@ -179,11 +188,13 @@ class Engine:
         h = self.spec.stamp_pixels
         if stamps.ndim != 4 or stamps.shape[1:] != (h, h, 3):
             raise ValueError(f"stamps must be (N, {h}, {h}, 3) for this engine, got {stamps.shape}")
-        if stamps.dtype != np.uint8:            # sources deliver uint8; floats in 0..255 are rounded once
+        if stamps.dtype != np.uint8:  # sources deliver uint8; floats in 0..255 are rounded once
             stamps = np.clip(np.rint(stamps), 0, 255).astype(np.uint8)
         b = max(1, int(self.stamp_batch))
-        out = [np.asarray(self._call(self._stamp_logits, stamps[i:i + b]), np.float64).reshape(-1)
-               for i in range(0, len(stamps), b)]
+        out = [
+            np.asarray(self._call(self._stamp_logits, stamps[i : i + b]), np.float64).reshape(-1)
+            for i in range(0, len(stamps), b)
+        ]
         return np.concatenate(out) if out else np.zeros(0, np.float64)
 
     def calibrate(self, z: np.ndarray) -> np.ndarray:

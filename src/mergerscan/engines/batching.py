@@ -29,13 +29,14 @@ class SharedBatchEngine(Engine):
         super().__init__(inner.info)
         self.inner, self.batch, self.max_wait_s = inner, max(1, int(batch)), max_wait_s
         self.backend, self.precision = inner.backend, inner.precision
-        self.calls = self.requests = 0      # engine calls made, batches asked for
+        self.calls = self.requests = 0  # engine calls made, batches asked for
         self._count = threading.Lock()
         self._q: queue.Queue = queue.Queue()
         self._closed = False
         n = dispatchers or (2 if inner.backend in gpu_backends() else 1)
-        self._threads = [threading.Thread(target=self._loop, name=f"mergerscan-batcher-{i}", daemon=True)
-                         for i in range(n)]
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"mergerscan-batcher-{i}", daemon=True) for i in range(n)
+        ]
         for t in self._threads:
             t.start()
 
@@ -49,7 +50,7 @@ class SharedBatchEngine(Engine):
             self.inner.info = value
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        return self.inner.logits(x)            # prepared batches (parity checks) are not merged
+        return self.inner.logits(x)  # prepared batches (parity checks) are not merged
 
     def stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
         if len(stamps) == 0:
@@ -64,7 +65,7 @@ class SharedBatchEngine(Engine):
         while True:
             item = self._q.get()
             if item is None:
-                self._q.put(None)            # wake the other dispatchers too
+                self._q.put(None)  # wake the other dispatchers too
                 return
             items, n = [item], len(item[0])
             deadline = time.monotonic() + self.max_wait_s
@@ -74,7 +75,7 @@ class SharedBatchEngine(Engine):
                 except queue.Empty:
                     break
                 if nxt is None:
-                    self._q.put(None)        # finish this batch, then stop
+                    self._q.put(None)  # finish this batch, then stop
                     break
                 items.append(nxt)
                 n += len(nxt[0])
@@ -95,7 +96,7 @@ class SharedBatchEngine(Engine):
             return
         at = 0
         for x, fut in items:
-            fut.set_result(z[at:at + len(x)])
+            fut.set_result(z[at : at + len(x)])
             at += len(x)
 
     @staticmethod

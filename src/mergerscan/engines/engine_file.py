@@ -47,16 +47,18 @@ def read_card(path: str | Path) -> dict:
     return card_of(load_metadata(path))
 
 
-def set_metadata(model: Any, spec: PreprocessSpec | str | None = None, card: dict | None = None,
-                 card_updates: dict | None = None) -> Any:
+def set_metadata(
+    model: Any, spec: PreprocessSpec | str | None = None, card: dict | None = None, card_updates: dict | None = None
+) -> Any:
     """Put ``spec`` and the card (``card``, or the model's own card updated with ``card_updates``)
     into ``model``'s metadata, in place; other keys are kept.  Returns the model."""
     meta = metadata(model)
     if spec is not None:
         meta[SPEC_KEY] = spec if isinstance(spec, str) else spec.to_json()
     if card is not None or card_updates:
-        meta[CARD_KEY] = json.dumps((card_of(meta) if card is None else dict(card)) | (card_updates or {}),
-                                    sort_keys=True)
+        meta[CARD_KEY] = json.dumps(
+            (card_of(meta) if card is None else dict(card)) | (card_updates or {}), sort_keys=True
+        )
     del model.metadata_props[:]
     for k, v in sorted(meta.items()):
         entry = model.metadata_props.add()
@@ -81,8 +83,13 @@ def save_model(model: Any, path: str | Path) -> Path:
     return path
 
 
-def write_metadata(path: str | Path, out_path: str | Path | None = None, spec: PreprocessSpec | None = None,
-                   card: dict | None = None, card_updates: dict | None = None) -> Path:
+def write_metadata(
+    path: str | Path,
+    out_path: str | Path | None = None,
+    spec: PreprocessSpec | None = None,
+    card: dict | None = None,
+    card_updates: dict | None = None,
+) -> Path:
     """Rewrite an engine file's spec and/or card into ``out_path`` (default: in place), atomically.
     The weights and graph are unchanged; the file's sha256 changes with its metadata."""
     import onnx

@@ -12,11 +12,29 @@ from __future__ import annotations
 
 import sys
 
-OOM_PATTERNS = ("cuda out of memory", "out of memory", "failed to allocate memory", "cublas_status_alloc_failed",
-                "cudaerrormemoryallocation", "cudnn_status_alloc_failed", "outofmemory")
-STICKY_PATTERNS = ("illegal memory access", "cudaerrorillegaladdress", "device-side assert", "unspecified launch failure",
-                   "cudaerrorlaunchfailure", "misaligned address", "illegal instruction", "uncorrectable ecc",
-                   "cudaerrorecc", "cuda error: an illegal", "cudaerrorhardwarestackerror", "device has fallen off")
+OOM_PATTERNS = (
+    "cuda out of memory",
+    "out of memory",
+    "failed to allocate memory",
+    "cublas_status_alloc_failed",
+    "cudaerrormemoryallocation",
+    "cudnn_status_alloc_failed",
+    "outofmemory",
+)
+STICKY_PATTERNS = (
+    "illegal memory access",
+    "cudaerrorillegaladdress",
+    "device-side assert",
+    "unspecified launch failure",
+    "cudaerrorlaunchfailure",
+    "misaligned address",
+    "illegal instruction",
+    "uncorrectable ecc",
+    "cudaerrorecc",
+    "cuda error: an illegal",
+    "cudaerrorhardwarestackerror",
+    "device has fallen off",
+)
 
 
 class StickyDeviceError(RuntimeError):
@@ -26,7 +44,7 @@ class StickyDeviceError(RuntimeError):
 def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
-    torch = sys.modules.get("torch")          # never import torch here: CPU workers need not have it
+    torch = sys.modules.get("torch")  # never import torch here: CPU workers need not have it
     oom_t = getattr(torch, "OutOfMemoryError", None) if torch else None
     if oom_t is not None and isinstance(exc, oom_t):
         return True
@@ -35,7 +53,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def is_sticky(exc: BaseException) -> bool:
     return isinstance(exc, StickyDeviceError) or (
-        isinstance(exc, Exception) and any(p in str(exc).lower() for p in STICKY_PATTERNS))
+        isinstance(exc, Exception) and any(p in str(exc).lower() for p in STICKY_PATTERNS)
+    )
 
 
 def release_device_memory() -> None:

@@ -20,8 +20,8 @@ import numpy as np
 from ..cutouts.preprocess import PreprocessSpec, _resample_matrix
 from .base import VIEWS
 
-FRONT_PREFIX = "mergerscan_front/"     # node/initializer names of the front (kept fp32 in fp16 graphs)
-STAMPS = "stamps"                      # graph input name of the composed graph
+FRONT_PREFIX = "mergerscan_front/"  # node/initializer names of the front (kept fp32 in fp16 graphs)
+STAMPS = "stamps"  # graph input name of the composed graph
 
 
 def _constants(spec: PreprocessSpec):
@@ -54,12 +54,12 @@ def front_nodes(spec: PreprocessSpec, views: int, src: str, dst: str):
 
     x = node("Cast", [src], "float", to=TensorProto.FLOAT)
     x = node("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
-    if a is not None:       # separable antialiased bilinear: A @ img @ A.T per band
+    if a is not None:  # separable antialiased bilinear: A @ img @ A.T per band
         x = node("MatMul", [x, const("resample_t", np.ascontiguousarray(a.T))], "resample_w")
         x = node("MatMul", [const("resample", a), x], "resample_h")
         x = node("Sub", [x, const("mean", mean.reshape(1, 3, 1, 1))], "centred")
         x = node("Div", [x, const("std", std.reshape(1, 3, 1, 1))], "normalised")
-    else:                   # integer ratio: block mean, then one multiply-add (as prepare_batch)
+    else:  # integer ratio: block mean, then one multiply-add (as prepare_batch)
         if f > 1:
             x = node("AveragePool", [x], "block_mean", kernel_shape=[f, f], strides=[f, f])
         x = node("Mul", [x, const("scale", (1.0 / std).astype(np.float32).reshape(1, 3, 1, 1))], "scaled")
@@ -67,7 +67,7 @@ def front_nodes(spec: PreprocessSpec, views: int, src: str, dst: str):
     if views == 1:
         nodes.append(helper.make_node("Identity", [x], [dst], name=P + "views"))
         return nodes, inits
-    big = const("big", np.array([-(2 ** 62)], np.int64))
+    big = const("big", np.array([-(2**62)], np.int64))
     neg = const("minus_one", np.array([-1], np.int64))
     step = const("step", np.array([-1], np.int64))
 
@@ -76,7 +76,7 @@ def front_nodes(spec: PreprocessSpec, views: int, src: str, dst: str):
 
     outs = []
     for i, (k, fl) in enumerate(VIEWS[views]):
-        t = x                                    # np.rot90(t, k, axes=(2, 3)), then a flip of axis 3
+        t = x  # np.rot90(t, k, axes=(2, 3)), then a flip of axis 3
         if k == 1:
             t = node("Transpose", [flip(t, 3, f"v{i}_f")], f"v{i}_r", perm=[0, 1, 3, 2])
         elif k == 2:
@@ -101,7 +101,7 @@ def with_front(model, spec: PreprocessSpec, views: int):
     g = m.graph
     net_in, net_out = g.input[0].name, g.output[0].name
     prepared = FRONT_PREFIX + "prepared"
-    for n in g.node:                        # the net now reads the front's output
+    for n in g.node:  # the net now reads the front's output
         for i, name in enumerate(n.input):
             if name == net_in:
                 n.input[i] = prepared
@@ -110,14 +110,22 @@ def with_front(model, spec: PreprocessSpec, views: int):
     if views > 1:
         shape = FRONT_PREFIX + "view_shape"
         inits.append(numpy_helper.from_array(np.array([views, -1], np.int64), shape))
-        tail = [helper.make_node("Reshape", [net_out, shape], [FRONT_PREFIX + "by_view"], name=FRONT_PREFIX + "by_view"),
-                helper.make_node("ReduceMean", [FRONT_PREFIX + "by_view", FRONT_PREFIX + "axis0"],
-                                 [FRONT_PREFIX + "logit"], name=FRONT_PREFIX + "view_mean", keepdims=0)]
+        tail = [
+            helper.make_node("Reshape", [net_out, shape], [FRONT_PREFIX + "by_view"], name=FRONT_PREFIX + "by_view"),
+            helper.make_node(
+                "ReduceMean",
+                [FRONT_PREFIX + "by_view", FRONT_PREFIX + "axis0"],
+                [FRONT_PREFIX + "logit"],
+                name=FRONT_PREFIX + "view_mean",
+                keepdims=0,
+            ),
+        ]
         inits.append(numpy_helper.from_array(np.array([0], np.int64), FRONT_PREFIX + "axis0"))
     body = list(g.node)
     del g.node[:]
-    g.node.extend(_topological(nodes + body + tail, {STAMPS} | {i.name for i in g.initializer} |
-                               {i.name for i in inits}))
+    g.node.extend(
+        _topological(nodes + body + tail, {STAMPS} | {i.name for i in g.initializer} | {i.name for i in inits})
+    )
     g.initializer.extend(inits)
     h = spec.stamp_pixels
     del g.input[:]
@@ -125,7 +133,7 @@ def with_front(model, spec: PreprocessSpec, views: int):
     if views > 1:
         del g.output[:]
         g.output.append(helper.make_tensor_value_info(FRONT_PREFIX + "logit", TensorProto.FLOAT, ["batch"]))
-    del g.value_info[:]                     # shapes inside the net changed batch meaning; re-inferred
+    del g.value_info[:]  # shapes inside the net changed batch meaning; re-inferred
     onnx.checker.check_model(m)
     return m
 
@@ -155,8 +163,13 @@ def front_only(spec: PreprocessSpec, views: int = 1):
 
     nodes, inits = front_nodes(spec, views, STAMPS, "prepared")
     h, s = spec.stamp_pixels, spec.input_size
-    g = helper.make_graph(nodes, "front", [helper.make_tensor_value_info(STAMPS, TensorProto.UINT8, ["n", h, h, 3])],
-                          [helper.make_tensor_value_info("prepared", TensorProto.FLOAT, ["vn", 3, s, s])], inits)
+    g = helper.make_graph(
+        nodes,
+        "front",
+        [helper.make_tensor_value_info(STAMPS, TensorProto.UINT8, ["n", h, h, 3])],
+        [helper.make_tensor_value_info("prepared", TensorProto.FLOAT, ["vn", 3, s, s])],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
     m.ir_version = 9
     onnx.checker.check_model(m)
@@ -177,8 +190,9 @@ def torch_front(spec: PreprocessSpec, views: int):
             self.views = VIEWS[views]
             self.factor = f
             self.register_buffer("a", torch.from_numpy(a if a is not None else np.zeros((1, 1), np.float32)))
-            self.register_buffer("a_t", torch.from_numpy(np.ascontiguousarray(a.T) if a is not None
-                                                         else np.zeros((1, 1), np.float32)))
+            self.register_buffer(
+                "a_t", torch.from_numpy(np.ascontiguousarray(a.T) if a is not None else np.zeros((1, 1), np.float32))
+            )
             self.register_buffer("mean", torch.from_numpy(mean.reshape(1, 3, 1, 1)))
             self.register_buffer("std", torch.from_numpy(std.reshape(1, 3, 1, 1)))
             self.register_buffer("scale", torch.from_numpy((1.0 / std).astype(np.float32).reshape(1, 3, 1, 1)))

@@ -28,8 +28,10 @@ def cuda_unavailable_reason() -> str | None:
     import onnxruntime as ort
 
     if CUDA_EP not in ort.get_available_providers():
-        return (f"onnxruntime {ort.__version__} has no {CUDA_EP} (install onnxruntime-gpu matching the "
-                "site's CUDA instead of onnxruntime)")
+        return (
+            f"onnxruntime {ort.__version__} has no {CUDA_EP} (install onnxruntime-gpu matching the "
+            "site's CUDA instead of onnxruntime)"
+        )
     return None
 
 
@@ -48,11 +50,15 @@ def check_precision(backend: str, precision: str | None, card: dict, path) -> st
     precision = precision or have
     runs = get_backend(backend).precisions
     if precision not in runs:
-        raise ValueError(f"{backend}:{precision}: ONNX Runtime runs {', '.join(runs)} "
-                         f"({'tf32 needs onnxruntime-cuda' if precision == 'tf32' else 'use the torch backends for bf16'})")
+        raise ValueError(
+            f"{backend}:{precision}: ONNX Runtime runs {', '.join(runs)} "
+            f"({'tf32 needs onnxruntime-cuda' if precision == 'tf32' else 'use the torch backends for bf16'})"
+        )
     if (precision == "int8") != (have == "int8"):
-        raise ValueError(f"{backend}:{precision}: {path} is {'a quantised int8' if have == 'int8' else 'a float'} engine "
-                         f"file; int8 needs a quantised (Q/DQ) engine file such as model-int8.onnx, and only that")
+        raise ValueError(
+            f"{backend}:{precision}: {path} is {'a quantised int8' if have == 'int8' else 'a float'} engine "
+            f"file; int8 needs a quantised (Q/DQ) engine file such as model-int8.onnx, and only that"
+        )
     if have == "fp16" and precision != "fp16":
         raise ValueError(f"{backend}:{precision}: {path} is an fp16 engine file")
     return precision
@@ -72,8 +78,14 @@ def fp16_model(model):
 class OnnxRuntimeEngine(Engine):
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int = 1, providers: list | None = None,
-                 precision: str | None = None, stamp_batch: int | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int = 1,
+        providers: list | None = None,
+        precision: str | None = None,
+        stamp_batch: int | None = None,
+    ):
         import onnx
         import onnxruntime as ort
 
@@ -86,11 +98,12 @@ class OnnxRuntimeEngine(Engine):
         super().__init__(EngineInfo.from_metadata(path, metadata(self.model)))
         self.precision = check_precision(name, precision, self.info.card, path)
         if want_cuda:
-            providers = [(CUDA_EP, cuda_provider_options(self.precision))] + \
-                [p for p in providers if (p[0] if isinstance(p, tuple) else p) != CUDA_EP]
+            providers = [(CUDA_EP, cuda_provider_options(self.precision))] + [
+                p for p in providers if (p[0] if isinstance(p, tuple) else p) != CUDA_EP
+            ]
         self.backend, self._providers, self._want_cuda = name, providers, want_cuda
         self._so = ort.SessionOptions()
-        self._so.intra_op_num_threads = max(1, int(threads))   # match the worker's cores, no oversubscription
+        self._so.intra_op_num_threads = max(1, int(threads))  # match the worker's cores, no oversubscription
         self._so.inter_op_num_threads = 1
         self._so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # CPU: ORT peaks at 8-32 images per call (docs/performance.md); a GPU wants big batches
@@ -98,7 +111,7 @@ class OnnxRuntimeEngine(Engine):
         self.stamp_batch = stamp_batch
         self._sessions: dict = {}
         self._sessions_lock = threading.Lock()
-        self.session = self._session(None)        # prepared-batch graph: fails here, not mid-run
+        self.session = self._session(None)  # prepared-batch graph: fails here, not mid-run
         self.providers = self.session.get_providers()
         self.input_name = self.session.get_inputs()[0].name
 
@@ -122,8 +135,10 @@ class OnnxRuntimeEngine(Engine):
                 s = ort.InferenceSession(m.SerializeToString(), self._so, providers=self._providers)
                 if self._want_cuda and CUDA_EP not in s.get_providers():
                     # ORT logs and falls back to CPU when the CUDA libraries fail to load: refuse instead.
-                    raise BackendUnavailable(f"onnxruntime-cuda: {CUDA_EP} failed to initialise (CUDA/cuDNN "
-                                             f"libraries or driver missing?); session providers {s.get_providers()}")
+                    raise BackendUnavailable(
+                        f"onnxruntime-cuda: {CUDA_EP} failed to initialise (CUDA/cuDNN "
+                        f"libraries or driver missing?); session providers {s.get_providers()}"
+                    )
                 self._sessions[views] = s
             return self._sessions[views]
 
@@ -132,13 +147,14 @@ class OnnxRuntimeEngine(Engine):
 
     def _stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
         from .front import STAMPS
+
         return self._session(self.info.views).run(None, {STAMPS: np.ascontiguousarray(stamps, np.uint8)})[0]
 
 
 @dataclass(frozen=True)
 class OnnxRuntimeOptions:
-    precision: str | None = None       # None: the engine file's own (fp32, or fp16 / int8 files)
-    stamp_batch: int | None = None     # stamps per session call (None: 32 images' worth on CPU)
+    precision: str | None = None  # None: the engine file's own (fp32, or fp16 / int8 files)
+    stamp_batch: int | None = None  # stamps per session call (None: 32 images' worth on CPU)
 
 
 def _cpu(path, options: OnnxRuntimeOptions, threads: int = 1, views: int | None = None) -> OnnxRuntimeEngine:
@@ -146,11 +162,23 @@ def _cpu(path, options: OnnxRuntimeOptions, threads: int = 1, views: int | None 
 
 
 def _cuda(path, options: OnnxRuntimeOptions, threads: int = 1, views: int | None = None) -> OnnxRuntimeEngine:
-    return OnnxRuntimeEngine(path, threads=threads, providers=[CUDA_EP, "CPUExecutionProvider"],
-                             precision=options.precision, stamp_batch=options.stamp_batch)
+    return OnnxRuntimeEngine(
+        path,
+        threads=threads,
+        providers=[CUDA_EP, "CPUExecutionProvider"],
+        precision=options.precision,
+        stamp_batch=options.stamp_batch,
+    )
 
 
-register_backend("onnxruntime", options=OnnxRuntimeOptions, precisions=CPU_PRECISIONS,
-                 help="ONNX Runtime on the CPU (the default)")(_cpu)
-register_backend("onnxruntime-cuda", options=OnnxRuntimeOptions, precisions=CUDA_PRECISIONS, needs_gpu=True,
-                 unavailable_reason=cuda_unavailable_reason, help="ONNX Runtime's CUDA execution provider")(_cuda)
+register_backend(
+    "onnxruntime", options=OnnxRuntimeOptions, precisions=CPU_PRECISIONS, help="ONNX Runtime on the CPU (the default)"
+)(_cpu)
+register_backend(
+    "onnxruntime-cuda",
+    options=OnnxRuntimeOptions,
+    precisions=CUDA_PRECISIONS,
+    needs_gpu=True,
+    unavailable_reason=cuda_unavailable_reason,
+    help="ONNX Runtime's CUDA execution provider",
+)(_cuda)

@@ -60,7 +60,7 @@ ENTRY_POINT_GROUP = "mergerscan.backends"
 BUILTIN_MODULES = ("mergerscan.engines.onnxruntime", "mergerscan.engines.torch", "mergerscan.engines.tensorrt")
 
 _REGISTRY: dict[str, BackendSpec] = {}
-_lock = threading.RLock()          # guards the dict; imports hold only _import_lock (no lock-order deadlock)
+_lock = threading.RLock()  # guards the dict; imports hold only _import_lock (no lock-order deadlock)
 _import_lock = threading.RLock()
 _loaded = {"builtin": False, "plugins": False}
 
@@ -72,8 +72,8 @@ def _always_available() -> str | None:
 @dataclass(frozen=True)
 class BackendSpec:
     name: str
-    factory: Callable[..., Any]                    # (path, options, threads=, views=) -> Engine
-    options: type                                  # a dataclass; every field has a default
+    factory: Callable[..., Any]  # (path, options, threads=, views=) -> Engine
+    options: type  # a dataclass; every field has a default
     precisions: tuple[str, ...] = ("fp32",)
     default_precision: str = "fp32"
     needs_gpu: bool = False
@@ -84,8 +84,9 @@ class BackendSpec:
         if not dataclasses.is_dataclass(self.options):
             raise TypeError(f"backend {self.name}: options must be a dataclass, got {self.options!r}")
         if self.default_precision not in self.precisions:
-            raise ValueError(f"backend {self.name}: default precision {self.default_precision} "
-                             f"is not one of {self.precisions}")
+            raise ValueError(
+                f"backend {self.name}: default precision {self.default_precision} is not one of {self.precisions}"
+            )
 
     @property
     def option_names(self) -> tuple[str, ...]:
@@ -98,14 +99,16 @@ class BackendSpec:
             if key not in valid:
                 close = difflib.get_close_matches(key, valid, n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
-                raise ValueError(f"backend {self.name}: unknown option {key!r}; {hint}"
-                                 f"valid options: {', '.join(valid) or '(none)'}")
+                raise ValueError(
+                    f"backend {self.name}: unknown option {key!r}; {hint}valid options: {', '.join(valid) or '(none)'}"
+                )
         precision = given.get("precision")
         if precision is not None and precision not in self.precisions:
             others = [n for n, s in sorted(_REGISTRY.items()) if precision in s.precisions]
-            raise ValueError(f"backend {self.name}: precision {precision!r} is not one it runs "
-                             f"({', '.join(self.precisions)})"
-                             + (f"; {precision} runs on {', '.join(others)}" if others else ""))
+            raise ValueError(
+                f"backend {self.name}: precision {precision!r} is not one it runs "
+                f"({', '.join(self.precisions)})" + (f"; {precision} runs on {', '.join(others)}" if others else "")
+            )
         return self.options(**given)
 
     def _origin(self) -> str:
@@ -124,6 +127,7 @@ def register_backend(name_or_spec: str | BackendSpec, **spec_fields: Any):
     def decorate(factory):
         _add(BackendSpec(name_or_spec, factory, **spec_fields))
         return factory
+
     return decorate
 
 
@@ -156,7 +160,7 @@ def _load_plugins() -> None:
     with _import_lock:
         if _loaded["plugins"]:
             return
-        _loaded["plugins"] = True          # a failing plugin is reported once, not retried per lookup
+        _loaded["plugins"] = True  # a failing plugin is reported once, not retried per lookup
         for module in filter(None, (m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(","))):
             import_backend_module(module, f"${PLUGIN_ENV}")
         from importlib.metadata import entry_points

@@ -39,13 +39,14 @@ from .engine_file import copy_metadata, save_model
 from .registry import register_backend
 
 PRECISIONS = ("fp32", "tf32", "fp16", "int8")
-PLAN_FORMAT = "front-1"          # bump when the composed graph (front, view mean) changes
+PLAN_FORMAT = "front-1"  # bump when the composed graph (front, view mean) changes
 
 
 def unavailable_reason() -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
         return "the tensorrt Python package is not installed (pip install tensorrt, matching the site's CUDA)"
     from .torch import cuda_unavailable_reason
+
     return cuda_unavailable_reason()
 
 
@@ -53,14 +54,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MERGERSCAN_TRT_CACHE", Path.home() / ".cache" / "mergerscan" / "tensorrt"))
 
 
-def profile_shapes(stamp_pixels: int, max_batch: int, opt_batch: int | None = None,
-                   min_batch: int = 1) -> dict[str, tuple]:
+def profile_shapes(
+    stamp_pixels: int, max_batch: int, opt_batch: int | None = None, min_batch: int = 1
+) -> dict[str, tuple]:
     """min/opt/max shapes of the one optimisation profile: uint8 stamps (N, H, H, 3)."""
     opt_batch = max_batch if opt_batch is None else opt_batch
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch}, {opt_batch}, {max_batch}")
-    return {k: (b, stamp_pixels, stamp_pixels, 3) for k, b in
-            (("min", min_batch), ("opt", opt_batch), ("max", max_batch))}
+    return {
+        k: (b, stamp_pixels, stamp_pixels, 3) for k, b in (("min", min_batch), ("opt", opt_batch), ("max", max_batch))
+    }
 
 
 def builder_flags(precision: str) -> dict[str, bool]:
@@ -73,20 +76,42 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
 
-def cache_key(onnx_sha256: str, gpu_name: str, compute_capability: str, trt_version: str,
-              precision: str, profile: dict, views: int = 1) -> str:
+def cache_key(
+    onnx_sha256: str,
+    gpu_name: str,
+    compute_capability: str,
+    trt_version: str,
+    precision: str,
+    profile: dict,
+    views: int = 1,
+) -> str:
     """Everything an engine plan depends on; a change in any of them means a rebuild."""
-    blob = json.dumps({"onnx": onnx_sha256, "gpu": gpu_name, "cc": compute_capability, "trt": trt_version,
-                       "precision": precision, "profile": {k: list(v) for k, v in sorted(profile.items())},
-                       "views": views, "format": PLAN_FORMAT}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "onnx": onnx_sha256,
+            "gpu": gpu_name,
+            "cc": compute_capability,
+            "trt": trt_version,
+            "precision": precision,
+            "profile": {k: list(v) for k, v in sorted(profile.items())},
+            "views": views,
+            "format": PLAN_FORMAT,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def engine_cache_path(cache_dir: str | Path, gpu_name: str, compute_capability: str, trt_version: str,
-                      key: str) -> Path:
+def engine_cache_path(
+    cache_dir: str | Path, gpu_name: str, compute_capability: str, trt_version: str, key: str
+) -> Path:
     """``<cache>/<gpu>-sm<cc>/trt-<version>/<key>.engine``: readable layout, key decides."""
-    return (Path(cache_dir) / f"{_slug(gpu_name)}-sm{compute_capability.replace('.', '')}"
-            / f"trt-{trt_version}" / f"{key}.engine")
+    return (
+        Path(cache_dir)
+        / f"{_slug(gpu_name)}-sm{compute_capability.replace('.', '')}"
+        / f"trt-{trt_version}"
+        / f"{key}.engine"
+    )
 
 
 def timing_cache_path(cache_dir: str | Path, gpu_name: str, compute_capability: str, trt_version: str) -> Path:
@@ -101,7 +126,7 @@ def fp16_onnx(src: str | Path, dst: str | Path) -> Path:
 
     m = onnx.load(str(src))
     m16 = convert_float_to_float16(m, keep_io_types=True)
-    return save_model(copy_metadata(m, m16, card_updates={"precision": "fp16"}), dst)   # atomic: unique temporary
+    return save_model(copy_metadata(m, m16, card_updates={"precision": "fp16"}), dst)  # atomic: unique temporary
 
 
 @contextlib.contextmanager
@@ -136,7 +161,7 @@ def build_once(plan_path: str | Path, build, timeout_s: float = 3600.0) -> bytes
         return plan_path.read_bytes()
     lock = plan_path.with_name(f"{plan_path.name}.{_slug(os.uname().nodename)}.lock")
     with _file_lock(lock, timeout_s):
-        if plan_path.is_file():              # built by another process while we waited
+        if plan_path.is_file():  # built by another process while we waited
             return plan_path.read_bytes()
         plan = build()
         atomic_write_bytes(plan_path, plan)
@@ -144,9 +169,10 @@ def build_once(plan_path: str | Path, build, timeout_s: float = 3600.0) -> bytes
 
 
 def _import_trt():
-    if (why := unavailable_reason()):
+    if why := unavailable_reason():
         raise BackendUnavailable(f"tensorrt: {why}")
     import tensorrt as trt
+
     return trt
 
 
@@ -166,8 +192,9 @@ def composed_onnx(path: str | Path, precision: str, views: int) -> bytes:
     return m.SerializeToString()
 
 
-def build_plan(trt, onnx_bytes: bytes, profile: dict, timing_cache: Path, logger, precision: str,
-               name: str = "engine") -> bytes:
+def build_plan(
+    trt, onnx_bytes: bytes, profile: dict, timing_cache: Path, logger, precision: str, name: str = "engine"
+) -> bytes:
     """Parse the ONNX into a strongly typed network and build a serialised plan."""
     builder = trt.Builder(logger)
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # implicit in TRT 11
@@ -197,10 +224,17 @@ def build_plan(trt, onnx_bytes: bytes, profile: dict, timing_cache: Path, logger
 
 class TensorRTEngine(Engine):
     backend = "tensorrt"
-    serial = True                    # one context, stream and buffer set shared by the worker's threads
+    serial = True  # one context, stream and buffer set shared by the worker's threads
 
-    def __init__(self, path: str | Path, precision: str | None = None, max_batch: int = 128,
-                 opt_batch: int | None = None, cache_dir: str | Path | None = None, views: int | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        precision: str | None = None,
+        max_batch: int = 128,
+        opt_batch: int | None = None,
+        cache_dir: str | Path | None = None,
+        views: int | None = None,
+    ):
         trt = _import_trt()
         import torch
 
@@ -211,7 +245,7 @@ class TensorRTEngine(Engine):
             raise ValueError(f"tensorrt: precision must be one of {', '.join(PRECISIONS)}")
         if (precision == "int8") != (info.card.get("precision") == "int8"):
             raise ValueError("tensorrt:int8 needs a quantised (Q/DQ) engine file, e.g. model-int8.onnx, and only that")
-        self.precision, self.max_batch = precision, int(max_batch)     # stamps per call
+        self.precision, self.max_batch = precision, int(max_batch)  # stamps per call
         self.images_per_call = self.max_batch * self.info.views
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         self._gpu, self._cc = props.name, f"{props.major}.{props.minor}"
@@ -221,7 +255,7 @@ class TensorRTEngine(Engine):
         self.runtime = trt.Runtime(self._logger)
         self._plans: dict = {}
         self.stream = torch.cuda.Stream()
-        self._load(self.info.views)          # build or read the plan now, not mid-run
+        self._load(self.info.views)  # build or read the plan now, not mid-run
 
     def _load(self, views: int):
         """(context, input name, output name) of the plan for ``views`` views (built once per node)."""
@@ -232,9 +266,18 @@ class TensorRTEngine(Engine):
         key = cache_key(self.info.sha256, self._gpu, self._cc, trt.__version__, self.precision, profile, views)
         self.plan_path = engine_cache_path(self._cache_dir, self._gpu, self._cc, trt.__version__, key)
         timing = timing_cache_path(self._cache_dir, self._gpu, self._cc, trt.__version__)
-        plan = build_once(self.plan_path, lambda: build_plan(
-            trt, composed_onnx(self._path, self.precision, views), profile, timing, self._logger,
-            self.precision, name=f"{self._path} ({self.precision}, {views} views)"))
+        plan = build_once(
+            self.plan_path,
+            lambda: build_plan(
+                trt,
+                composed_onnx(self._path, self.precision, views),
+                profile,
+                timing,
+                self._logger,
+                self.precision,
+                name=f"{self._path} ({self.precision}, {views} views)",
+            ),
+        )
         engine = self.runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise RuntimeError(f"could not deserialise {self.plan_path} (delete it to rebuild)")
@@ -248,11 +291,14 @@ class TensorRTEngine(Engine):
         return self._plans[views]
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError("the tensorrt backend takes uint8 stamps (predict / stamp_logits); "
-                                  "prepared batches go to onnxruntime or torch")
+        raise NotImplementedError(
+            "the tensorrt backend takes uint8 stamps (predict / stamp_logits); "
+            "prepared batches go to onnxruntime or torch"
+        )
 
     def _stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
         import torch
+
         _, context, inp_name, out_name = self._load(self.info.views)
         with torch.cuda.stream(self.stream):
             inp = torch.from_numpy(np.ascontiguousarray(stamps, np.uint8)).pin_memory().to("cuda", non_blocking=True)
@@ -263,21 +309,33 @@ class TensorRTEngine(Engine):
             context.set_tensor_address(out_name, out.data_ptr())
             if not context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
-            res = out.cpu()       # synchronises self.stream
+            res = out.cpu()  # synchronises self.stream
         return res.numpy()
 
 
 @dataclass(frozen=True)
 class TensorRTOptions:
-    precision: str | None = None          # None: fp16 (int8 for a quantised engine file)
-    max_batch: int = 128                  # stamps per call: the optimisation profile's maximum
-    opt_batch: int | None = None          # the profile's tuning point (None: max_batch)
-    cache_dir: str | None = None          # plan cache (None: $MERGERSCAN_TRT_CACHE or ~/.cache)
+    precision: str | None = None  # None: fp16 (int8 for a quantised engine file)
+    max_batch: int = 128  # stamps per call: the optimisation profile's maximum
+    opt_batch: int | None = None  # the profile's tuning point (None: max_batch)
+    cache_dir: str | None = None  # plan cache (None: $MERGERSCAN_TRT_CACHE or ~/.cache)
 
 
-@register_backend("tensorrt", options=TensorRTOptions, precisions=PRECISIONS,
-                  default_precision="fp16", needs_gpu=True, unavailable_reason=unavailable_reason,
-                  help="TensorRT plans built from the engine file, cached per node")
+@register_backend(
+    "tensorrt",
+    options=TensorRTOptions,
+    precisions=PRECISIONS,
+    default_precision="fp16",
+    needs_gpu=True,
+    unavailable_reason=unavailable_reason,
+    help="TensorRT plans built from the engine file, cached per node",
+)
 def _tensorrt(path, options: TensorRTOptions, threads: int = 1, views: int | None = None) -> TensorRTEngine:
-    return TensorRTEngine(path, precision=options.precision, max_batch=options.max_batch,
-                          opt_batch=options.opt_batch, cache_dir=options.cache_dir, views=views)
+    return TensorRTEngine(
+        path,
+        precision=options.precision,
+        max_batch=options.max_batch,
+        opt_batch=options.opt_batch,
+        cache_dir=options.cache_dir,
+        views=views,
+    )

@@ -29,106 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import BackendUnavailable, Engine, EngineInfo
-from .engine_file import metadata
+from .base import BackendUnavailable, Engine
 from .registry import register_backend
+from .torch_model import rebuild_model
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 CUDA_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-
-
-def _conv_bn_pairs(net, size: int) -> dict[str, str]:
-    """{conv module name: BN module name} for every BatchNorm2d whose input is a Conv2d's output,
-    found by running one small batch with hooks (works for any architecture, no tracing)."""
-    import torch
-    from torch import nn
-
-    outs: dict[int, tuple] = {}
-    pairs: dict[str, str] = {}
-    hooks: list = []
-    for name, mod in net.named_modules():
-        if isinstance(mod, nn.Conv2d):
-            hooks.append(mod.register_forward_hook(
-                lambda m, i, o, name=name: outs.__setitem__(id(o), (name, o))))
-        elif isinstance(mod, nn.BatchNorm2d):
-            def pre(m, i, name=name):
-                src = outs.get(id(i[0]))
-                if src is not None and src[1] is i[0]:
-                    pairs[src[0]] = name
-            hooks.append(mod.register_forward_pre_hook(pre))
-    try:
-        with torch.no_grad():
-            net.eval()(torch.zeros(1, 3, size, size))
-    finally:
-        for h in hooks:
-            h.remove()
-    return pairs
-
-
-def rebuild_model(path: str | Path):
-    """(MergerNet in eval mode with the engine's weights, EngineInfo) from an ONNX engine file."""
-    import onnx
-    import torch
-    from onnx import numpy_helper
-    from torch import nn
-
-    from ..models import ARCHS, create_model
-
-    m = onnx.load(str(path))
-    info = EngineInfo.from_metadata(path, metadata(m))
-    config = dict(info.card.get("model") or {"arch": info.card.get("arch")})
-    arch = config.get("arch")
-    if arch not in ARCHS:
-        raise ValueError(f"{path}: card arch {arch!r} is not one of {ARCHS}; the torch backend cannot rebuild it")
-    if info.card.get("precision") == "int8":
-        raise ValueError(f"{path}: a quantised (int8) engine; the torch backend needs the float engine")
-    W = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    if "hidden" not in config:       # files exported before the card carried the config
-        config["hidden"] = int(W["top.1.weight"].shape[0]) if "top.1.weight" in W else 256
-    net = create_model(**config).eval()
-    pairs = _conv_bn_pairs(net, info.spec.input_size)
-    modules = dict(net.named_modules())
-
-    def tensor(name, like):
-        t = torch.from_numpy(np.array(W[name]))
-        if tuple(t.shape) != tuple(like.shape):
-            raise ValueError(f"{path}: initializer {name} has shape {tuple(t.shape)}, model wants {tuple(like.shape)}")
-        return t.to(like.dtype)
-
-    done = set()
-    for node in m.graph.node:
-        if node.op_type != "Conv" or not node.input[1].endswith(".weight"):
-            continue
-        cname = node.input[1][:-len(".weight")]
-        conv = modules.get(cname)
-        if not isinstance(conv, nn.Conv2d):
-            raise ValueError(f"{path}: Conv weight {node.input[1]} maps to no Conv2d of {arch}")
-        bn = pairs.get(cname)
-        folded = bn is not None and f"{bn}.running_mean" not in W
-        conv.weight.data.copy_(tensor(node.input[1], conv.weight))
-        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        if bn is not None and folded:       # the exporter folded `bn` into this conv: do the same here
-            b = tensor(bias, torch.empty(conv.out_channels)) if bias else torch.zeros(conv.out_channels)
-            conv.bias = nn.Parameter(b)
-            parent, _, child = bn.rpartition(".")
-            setattr(modules[parent] if parent else net, child, nn.Identity())
-        elif bias:
-            if conv.bias is None:
-                raise ValueError(f"{path}: Conv {cname} has a bias in the graph but none in {arch}")
-            conv.bias.data.copy_(tensor(bias, conv.bias))
-        done.update({f"{cname}.weight", f"{cname}.bias"})
-    missing = []
-    for name, t in net.state_dict().items():
-        if name in done or name.endswith("num_batches_tracked"):
-            continue
-        if name in W:
-            t.copy_(tensor(name, t))
-        else:
-            missing.append(name)
-    if missing:
-        raise ValueError(f"{path}: {len(missing)} model tensors have no ONNX initializer "
-                         f"(e.g. {missing[:3]}); the exporter changed how it names or folds weights")
-    return net.eval(), info
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -155,6 +61,7 @@ def set_tf32(enabled: bool) -> None:
     """TF32 for fp32 matmuls and cuDNN convolutions (process-wide torch flags; "fp32" must be IEEE
     fp32 to hold the 1e-4 parity)."""
     import torch
+
     # the legacy flags: torch's own code (torch.onnx.export, ...) still reads them, and raises
     # when the new per-backend fp32_precision settings were used to make conv and rnn differ
     torch.backends.cuda.matmul.allow_tf32 = enabled
@@ -164,6 +71,7 @@ def set_tf32(enabled: bool) -> None:
 def tf32_enabled() -> tuple[bool, bool]:
     """(matmul, cuDNN) TF32 flags as :func:`set_tf32` sets them."""
     import torch
+
     return bool(torch.backends.cuda.matmul.allow_tf32), bool(torch.backends.cudnn.allow_tf32)
 
 
@@ -177,9 +85,18 @@ def stamp_buckets(max_images: int, views: int) -> tuple[int, ...]:
 class TorchEngine(Engine):
     backend = "torch"
 
-    def __init__(self, path: str | Path, device: str = "cpu", precision: str = "fp32", compile: bool = False,
-                 compile_mode: str | None = None, cuda_graphs: bool | None = None, threads: int = 1,
-                 max_batch: int | None = None, host_buffers: int = 3):
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "cpu",
+        precision: str = "fp32",
+        compile: bool = False,
+        compile_mode: str | None = None,
+        cuda_graphs: bool | None = None,
+        threads: int = 1,
+        max_batch: int | None = None,
+        host_buffers: int = 3,
+    ):
         try:
             import torch
         except ImportError:
@@ -188,8 +105,10 @@ class TorchEngine(Engine):
         cuda = self.device.type == "cuda"
         allowed = PRECISIONS + (("tf32",) if cuda else ())
         if precision not in allowed:
-            raise ValueError(f"{'torch-cuda' if cuda else 'torch'}: precision must be one of {', '.join(allowed)}"
-                             + ("" if cuda else " (tf32 is a CUDA precision)"))
+            raise ValueError(
+                f"{'torch-cuda' if cuda else 'torch'}: precision must be one of {', '.join(allowed)}"
+                + ("" if cuda else " (tf32 is a CUDA precision)")
+            )
         if cuda and (why := cuda_unavailable_reason()):
             raise BackendUnavailable(f"torch-cuda: {why}")
         if not cuda:
@@ -208,7 +127,7 @@ class TorchEngine(Engine):
         self.net = net.requires_grad_(False).to(self.device, memory_format=torch.channels_last)
         self.fn = self.net
         if compile:
-            if (why := compile_unavailable_reason()):
+            if why := compile_unavailable_reason():
                 raise BackendUnavailable(f"torch backend with compile=True: {why}")
             # no-cudagraphs: we capture our own graphs (front + net + mean) per bucket; plain
             # max-autotune would add its own per shape, and minutes of start-up per worker
@@ -229,25 +148,32 @@ class TorchEngine(Engine):
     def _front(self, views: int):
         if views not in self._fronts:
             from .front import torch_front
+
             self._fronts[views] = torch_front(self.spec, views).to(self.device)
         return self._fronts[views]
 
     def _forward(self, t):
         import torch
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
-                                             enabled=self.dtype is not None):
+
+        with (
+            torch.no_grad(),
+            torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None),
+        ):
             return self.fn(t).float()
 
     def _stamps_forward(self, stamps_dev, views: int):
         """uint8 stamps on the device -> mean logit over the views (N,) float32."""
         import torch
+
         with torch.no_grad():
             x = self._front(views)(stamps_dev).contiguous(memory_format=torch.channels_last)
             return self._forward(x).reshape(views, -1).mean(0)
 
     def _bucket(self, n: int) -> int:
-        return next((b for b in stamp_buckets(self.max_batch, self.info.views) if b >= n),
-                    stamp_buckets(self.max_batch, self.info.views)[-1])
+        return next(
+            (b for b in stamp_buckets(self.max_batch, self.info.views) if b >= n),
+            stamp_buckets(self.max_batch, self.info.views)[-1],
+        )
 
     def _slot_queue(self):
         """``host_buffers`` reused pinned host buffers for the largest stamp batch of the current
@@ -255,27 +181,34 @@ class TorchEngine(Engine):
         import queue
 
         import torch
+
         top = stamp_buckets(self.max_batch, self.info.views)[-1]
         with self._slots_lock:
             if self._slots_for != top:
                 h = self.spec.stamp_pixels
                 q = queue.Queue()
                 for _ in range(self._host_buffers):
-                    q.put((torch.empty((top, h, h, 3), dtype=torch.uint8).pin_memory(),
-                           torch.empty((top, h, h, 3), dtype=torch.uint8, device=self.device), torch.cuda.Event()))
+                    q.put(
+                        (
+                            torch.empty((top, h, h, 3), dtype=torch.uint8).pin_memory(),
+                            torch.empty((top, h, h, 3), dtype=torch.uint8, device=self.device),
+                            torch.cuda.Event(),
+                        )
+                    )
                 self._slots, self._slots_for = q, top
             return self._slots
 
     def _graph(self, b: int, views: int):
         """(graph, static uint8 input, output) for ``b`` stamps: front + views + net + mean."""
         import torch
+
         key = (b, views)
         if key not in self._graphs:
             h = self.spec.stamp_pixels
             x = torch.zeros((b, h, h, 3), dtype=torch.uint8, device=self.device)
             side = torch.cuda.Stream()
             side.wait_stream(self._compute_stream)
-            with torch.cuda.stream(side):      # warm-up (and compilation) off the capture stream
+            with torch.cuda.stream(side):  # warm-up (and compilation) off the capture stream
                 for _ in range(3):
                     self._stamps_forward(x, views)
             self._compute_stream.wait_stream(side)
@@ -290,6 +223,7 @@ class TorchEngine(Engine):
     def _logits(self, x: np.ndarray) -> np.ndarray:
         """A prepared float batch (training parity, benchmarks): eager, no graphs."""
         import torch
+
         t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
         if self.device.type == "cuda":
             set_tf32(self._tf32)
@@ -298,18 +232,19 @@ class TorchEngine(Engine):
 
     def _stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
         import torch
+
         views = self.info.views
         if self.device.type != "cuda":
             return self._stamps_forward(torch.from_numpy(np.ascontiguousarray(stamps)), views).numpy()
         n = len(stamps)
         slots = self._slot_queue()
-        host, dev, copied = slots.get()              # bounded: at most host_buffers calls in flight
+        host, dev, copied = slots.get()  # bounded: at most host_buffers calls in flight
         try:
-            host[:n].numpy()[...] = stamps                # into pinned memory: the H2D copy can be async
+            host[:n].numpy()[...] = stamps  # into pinned memory: the H2D copy can be async
             with torch.cuda.stream(self._copy_stream):
                 dev[:n].copy_(host[:n], non_blocking=True)
                 copied.record(self._copy_stream)
-            with self._lock:                              # one graph's static buffers: one call at a time
+            with self._lock:  # one graph's static buffers: one call at a time
                 set_tf32(self._tf32)
                 s = self._compute_stream
                 s.wait_event(copied)
@@ -317,10 +252,10 @@ class TorchEngine(Engine):
                     if self.cuda_graphs:
                         b = self._bucket(n)
                         g, xin, y = self._graph(b, views)
-                        xin[:n].copy_(dev[:n])            # device to device; stale rows past n feed ignored outputs
+                        xin[:n].copy_(dev[:n])  # device to device; stale rows past n feed ignored outputs
                         g.replay()
                         out = y[:n].clone()
-                    else:                                 # compiled shapes are static: pad to the bucket
+                    else:  # compiled shapes are static: pad to the bucket
                         b = self._bucket(n) if self.fn is not self.net else n
                         out = self._stamps_forward(dev[:b], views)[:n]
                     done = torch.cuda.Event()
@@ -333,26 +268,35 @@ class TorchEngine(Engine):
 
 @dataclass(frozen=True)
 class TorchOptions:
-    precision: str | None = None          # None: the backend's default (torch fp32, torch-cuda bf16)
-    compile: bool | None = None           # torch.compile (None: on for torch-cuda, off on the CPU)
+    precision: str | None = None  # None: the backend's default (torch fp32, torch-cuda bf16)
+    compile: bool | None = None  # torch.compile (None: on for torch-cuda, off on the CPU)
     compile_mode: str | None = None
-    cuda_graphs: bool | None = None       # None: on for CUDA
-    max_batch: int | None = None          # images per net call
-    host_buffers: int = 3                 # pinned host buffers (calls in flight) on CUDA
+    cuda_graphs: bool | None = None  # None: on for CUDA
+    max_batch: int | None = None  # images per net call
+    host_buffers: int = 3  # pinned host buffers (calls in flight) on CUDA
 
 
 def _torch_engine(device: str, default_precision: str, default_compile: bool):
     def make(path, options: TorchOptions, threads: int = 1, views: int | None = None) -> TorchEngine:
-        return TorchEngine(path, device=device, precision=options.precision or default_precision,
-                           compile=default_compile if options.compile is None else options.compile,
-                           compile_mode=options.compile_mode, cuda_graphs=options.cuda_graphs, threads=threads,
-                           max_batch=options.max_batch, host_buffers=options.host_buffers)
+        return TorchEngine(
+            path,
+            device=device,
+            precision=options.precision or default_precision,
+            compile=default_compile if options.compile is None else options.compile,
+            compile_mode=options.compile_mode,
+            cuda_graphs=options.cuda_graphs,
+            threads=threads,
+            max_batch=options.max_batch,
+            host_buffers=options.host_buffers,
+        )
+
     make.__qualname__ = f"torch_engine_{device}"
     return make
 
 
 def _torch_unavailable_reason() -> str | None:
     import importlib.util
+
     return None if importlib.util.find_spec("torch") else "torch is not installed (pip install mergerscan[train])"
 
 
@@ -360,9 +304,19 @@ def _torch_cuda_unavailable_reason() -> str | None:
     return _torch_unavailable_reason() or cuda_unavailable_reason()
 
 
-register_backend("torch", options=TorchOptions, precisions=PRECISIONS, unavailable_reason=_torch_unavailable_reason,
-                 help="PyTorch on the CPU, the model rebuilt from the engine file")(_torch_engine("cpu", "fp32", False))
-register_backend("torch-cuda", options=TorchOptions, precisions=CUDA_PRECISIONS, default_precision="bf16",
-                 needs_gpu=True, unavailable_reason=_torch_cuda_unavailable_reason,
-                 help="PyTorch on CUDA: bf16 autocast, torch.compile and CUDA graphs by default")(
-    _torch_engine("cuda", "bf16", True))
+register_backend(
+    "torch",
+    options=TorchOptions,
+    precisions=PRECISIONS,
+    unavailable_reason=_torch_unavailable_reason,
+    help="PyTorch on the CPU, the model rebuilt from the engine file",
+)(_torch_engine("cpu", "fp32", False))
+register_backend(
+    "torch-cuda",
+    options=TorchOptions,
+    precisions=CUDA_PRECISIONS,
+    default_precision="bf16",
+    needs_gpu=True,
+    unavailable_reason=_torch_cuda_unavailable_reason,
+    help="PyTorch on CUDA: bf16 autocast, torch.compile and CUDA graphs by default",
+)(_torch_engine("cuda", "bf16", True))

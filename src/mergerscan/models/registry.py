@@ -30,30 +30,40 @@ class MissingWeightsError(RuntimeError):
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    build: Callable[[], tuple[nn.Module, nn.Module, int]]   # () -> (weights target, base, num features)
-    min_size: int                    # smallest input the base accepts
-    default_size: int                # the study's resolution
-    blocks: tuple[str, ...]          # names (prefixes) of the base's conv blocks, in order, for fine-tuning
-    imagenet_weights: Callable[[], Path] | None = None   # the ImageNet checkpoint, or MissingWeightsError
-    ignore_keys: tuple[str, ...] = ()                    # checkpoint key prefixes our top replaces
+    build: Callable[[], tuple[nn.Module, nn.Module, int]]  # () -> (weights target, base, num features)
+    min_size: int  # smallest input the base accepts
+    default_size: int  # the study's resolution
+    blocks: tuple[str, ...]  # names (prefixes) of the base's conv blocks, in order, for fine-tuning
+    imagenet_weights: Callable[[], Path] | None = None  # the ImageNet checkpoint, or MissingWeightsError
+    ignore_keys: tuple[str, ...] = ()  # checkpoint key prefixes our top replaces
     finalize: Callable[[nn.Module], None] | None = None  # after loading: drop heads inside the base
 
 
 _MODELS: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, *, min_size: int, default_size: int, blocks: tuple[str, ...],
-                   imagenet_weights: Callable[[], Path] | None = None, ignore_keys: tuple[str, ...] = (),
-                   finalize: Callable[[nn.Module], None] | None = None):
+def register_model(
+    name: str,
+    *,
+    min_size: int,
+    default_size: int,
+    blocks: tuple[str, ...],
+    imagenet_weights: Callable[[], Path] | None = None,
+    ignore_keys: tuple[str, ...] = (),
+    finalize: Callable[[nn.Module], None] | None = None,
+):
     """Decorate a base builder ``() -> (weights target, base, num_features)``; the ImageNet
     state dict is loaded into the weights target (the base itself, or the torchvision model
     that contains it)."""
+
     def decorate(build):
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = ModelInfo(name, build, min_size, default_size, tuple(blocks), imagenet_weights,
-                                  tuple(ignore_keys), finalize)
+        _MODELS[name] = ModelInfo(
+            name, build, min_size, default_size, tuple(blocks), imagenet_weights, tuple(ignore_keys), finalize
+        )
         return build
+
     return decorate
 
 
@@ -70,15 +80,19 @@ def model_info(name: str) -> ModelInfo:
 class MergerNet(nn.Module):
     """A convolutional base plus the study's added top layers; outputs one logit."""
 
-    def __init__(self, arch: str, base: nn.Module, num_features: int, hidden: int = 256,
-                 dropout: float = 0.5):
+    def __init__(self, arch: str, base: nn.Module, num_features: int, hidden: int = 256, dropout: float = 0.5):
         super().__init__()
         self.arch = arch
         self.config = {"arch": arch, "hidden": int(hidden), "dropout": float(dropout)}
         self.base = base
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.top = nn.Sequential(nn.Flatten(), nn.Linear(num_features, hidden), nn.ReLU(inplace=True),
-                                 nn.Dropout(dropout), nn.Linear(hidden, 1))
+        self.top = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(num_features, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 1),
+        )
 
     def forward(self, x):
         return self.top(self.pool(self.base(x)))[:, 0]
@@ -116,8 +130,9 @@ def _load_imagenet(info: ModelInfo, target: nn.Module, path: Path) -> list[str]:
     return [k for k in unexpected if not k.startswith(info.ignore_keys)]
 
 
-def create_model(arch: str, init: str = "random", weights: str | os.PathLike | None = None,
-                 hidden: int = 256, dropout: float = 0.5) -> MergerNet:
+def create_model(
+    arch: str, init: str = "random", weights: str | os.PathLike | None = None, hidden: int = 256, dropout: float = 0.5
+) -> MergerNet:
     """Build ``arch`` with the added top.  ``init='imagenet'`` loads ImageNet weights or raises
     :class:`MissingWeightsError`; it never falls back to random initialisation."""
     info = model_info(arch)

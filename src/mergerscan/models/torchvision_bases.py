@@ -12,7 +12,7 @@ from torch import nn
 from .registry import MissingWeightsError, register_model
 
 _TV_LIB = None
-HEADS = ("classifier", "fc.", "AuxLogits")       # ImageNet heads: replaced by the study's top
+HEADS = ("classifier", "fc.", "AuxLogits")  # ImageNet heads: replaced by the study's top
 
 
 def _torchvision():
@@ -25,6 +25,7 @@ def _torchvision():
     global _TV_LIB
     try:
         import torchvision
+
         return torchvision
     except (RuntimeError, ImportError) as exc:
         if "torchvision::nms" not in str(exc) and "does not exist" not in str(exc):
@@ -35,6 +36,7 @@ def _torchvision():
     for mod in [m for m in sys.modules if m.startswith("torchvision")]:
         del sys.modules[mod]
     import torchvision
+
     return torchvision
 
 
@@ -51,29 +53,58 @@ def _hub_weights(arch: str, enum_name: str):
             raise MissingWeightsError(
                 f"ImageNet weights for {arch} are not in {hub} and could not be downloaded "
                 f"({type(exc).__name__}: {exc}); put the file there or pass --weights FILE. "
-                "Refusing to train E2 from random initialisation.") from None
+                "Refusing to train E2 from random initialisation."
+            ) from None
+
     return locate
 
 
-@register_model("vgg16", min_size=32, default_size=224, blocks=tuple(f"base.{i}" for i in (0, 5, 10, 17, 24)),
-                imagenet_weights=_hub_weights("vgg16", "VGG16_Weights"), ignore_keys=HEADS)
+@register_model(
+    "vgg16",
+    min_size=32,
+    default_size=224,
+    blocks=tuple(f"base.{i}" for i in (0, 5, 10, 17, 24)),
+    imagenet_weights=_hub_weights("vgg16", "VGG16_Weights"),
+    ignore_keys=HEADS,
+)
 def vgg16():
     m = _torchvision().models.vgg16(weights=None)
     return m, m.features, 512
 
 
-@register_model("densenet121", min_size=32, default_size=224,
-                blocks=("base.0.conv0", "base.0.denseblock1", "base.0.denseblock2", "base.0.denseblock3",
-                        "base.0.denseblock4"),
-                imagenet_weights=_hub_weights("densenet121", "DenseNet121_Weights"), ignore_keys=HEADS)
+@register_model(
+    "densenet121",
+    min_size=32,
+    default_size=224,
+    blocks=("base.0.conv0", "base.0.denseblock1", "base.0.denseblock2", "base.0.denseblock3", "base.0.denseblock4"),
+    imagenet_weights=_hub_weights("densenet121", "DenseNet121_Weights"),
+    ignore_keys=HEADS,
+)
 def densenet121():
     m = _torchvision().models.densenet121(weights=None)
     return m, nn.Sequential(m.features, nn.ReLU(inplace=True)), 1024
 
 
-INCEPTION_TRUNK = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
-                   "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
-                   "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
+INCEPTION_TRUNK = (
+    "Conv2d_1a_3x3",
+    "Conv2d_2a_3x3",
+    "Conv2d_2b_3x3",
+    "maxpool1",
+    "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3",
+    "maxpool2",
+    "Mixed_5b",
+    "Mixed_5c",
+    "Mixed_5d",
+    "Mixed_6a",
+    "Mixed_6b",
+    "Mixed_6c",
+    "Mixed_6d",
+    "Mixed_6e",
+    "Mixed_7a",
+    "Mixed_7b",
+    "Mixed_7c",
+)
 
 
 class InceptionTrunk(nn.Module):
@@ -95,11 +126,22 @@ def _drop_inception_heads(full: nn.Module) -> None:
     full.fc = nn.Identity()
 
 
-@register_model("inception_v3", min_size=75, default_size=299,
-                blocks=("base.inc.Conv2d_1a_3x3", "base.inc.Mixed_5b", "base.inc.Mixed_6a", "base.inc.Mixed_7a",
-                        "base.inc.Mixed_7b", "base.inc.Mixed_7c"),
-                imagenet_weights=_hub_weights("inception_v3", "Inception_V3_Weights"), ignore_keys=HEADS,
-                finalize=_drop_inception_heads)
+@register_model(
+    "inception_v3",
+    min_size=75,
+    default_size=299,
+    blocks=(
+        "base.inc.Conv2d_1a_3x3",
+        "base.inc.Mixed_5b",
+        "base.inc.Mixed_6a",
+        "base.inc.Mixed_7a",
+        "base.inc.Mixed_7b",
+        "base.inc.Mixed_7c",
+    ),
+    imagenet_weights=_hub_weights("inception_v3", "Inception_V3_Weights"),
+    ignore_keys=HEADS,
+    finalize=_drop_inception_heads,
+)
 def inception_v3():
     m = _torchvision().models.inception_v3(weights=None, aux_logits=True, init_weights=True)
     return m, InceptionTrunk(m), 2048

@@ -24,42 +24,42 @@ class ArgumentError(ValueError):
 class ProcessArguments:
     catalog: str
     output: str
-    images: str | None = None              # directory of pre-cut stamps
-    frames: str | None = None              # directory of survey frames with WCS
-    cutout_service: str | None = None      # URL of an ImgCutout-like service
-    engine: str | None = None              # engine file; None = the packaged default
+    images: str | None = None  # directory of pre-cut stamps
+    frames: str | None = None  # directory of survey frames with WCS
+    cutout_service: str | None = None  # URL of an ImgCutout-like service
+    engine: str | None = None  # engine file; None = the packaged default
     backend: str = "onnxruntime"
     id_column: str | None = None
     ra_column: str | None = None
     dec_column: str | None = None
-    keep_columns: list[str] = field(default_factory=list)   # ["*"] keeps all
-    path_column: str | None = None         # with images: column of stamp file paths (carried through)
-    workers: int = 1                       # local worker processes; SLURM worker jobs with cluster="slurm"
-    threads_per_worker: int = 0            # 0 = cores // workers (SLURM: the task's/job's cores)
-    scheduler: str | None = None           # address of a running Dask scheduler
-    cluster: str = "local"                 # local | slurm (workers as SLURM jobs) | slurm-runner (in an allocation)
-    gpus: int = 0                          # GPUs per worker (0 or 1); tasks then need the Dask resource GPU
+    keep_columns: list[str] = field(default_factory=list)  # ["*"] keeps all
+    path_column: str | None = None  # with images: column of stamp file paths (carried through)
+    workers: int = 1  # local worker processes; SLURM worker jobs with cluster="slurm"
+    threads_per_worker: int = 0  # 0 = cores // workers (SLURM: the task's/job's cores)
+    scheduler: str | None = None  # address of a running Dask scheduler
+    cluster: str = "local"  # local | slurm (workers as SLURM jobs) | slurm-runner (in an allocation)
+    gpus: int = 0  # GPUs per worker (0 or 1); tasks then need the Dask resource GPU
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
-    views: int | None = None               # test-time views (1, 2, 4, 8); None: the engine card's default
-    shared_batch: bool | None = None       # merge the batches of a worker's concurrent partitions (None: GPU backends)
+    views: int | None = None  # test-time views (1, 2, 4, 8); None: the engine card's default
+    shared_batch: bool | None = None  # merge the batches of a worker's concurrent partitions (None: GPU backends)
     memory_limit: str = "auto"
-    partition_rows: int = 5000             # upper bound on rows per sky partition
-    chunk_rows: int = 200_000              # rows per input chunk read by one task
-    hist_order: int = 8                    # HEALPix order of the planning histogram
-    batch_size: int = 128                  # stamps per engine call
+    partition_rows: int = 5000  # upper bound on rows per sky partition
+    chunk_rows: int = 200_000  # rows per input chunk read by one task
+    hist_order: int = 8  # HEALPix order of the planning histogram
+    batch_size: int = 128  # stamps per engine call
     overwrite: bool = False
     progress: bool = True
-    report: bool = True                    # write OUT/report/index.html at the end
-    mode: str = "all"                      # all | plan | shard | finalize (SLURM array jobs)
-    shard: tuple | None = None             # (i, n) with mode="shard"
+    report: bool = True  # write OUT/report/index.html at the end
+    mode: str = "all"  # all | plan | shard | finalize (SLURM array jobs)
+    shard: tuple | None = None  # (i, n) with mode="shard"
     service_options: dict = field(default_factory=dict)
-    source_kind: str | None = None         # --source KIND LOCATION: any registered source, or module:Class
+    source_kind: str | None = None  # --source KIND LOCATION: any registered source, or module:Class
     source_location: str | None = None
-    source_options: dict = field(default_factory=dict)    # --source-option KEY=VALUE
-    select: str | None = None              # --select EXPR: score only rows where it is true (select.py)
-    samp: bool = False                     # send OUT/mergers.fits to TOPCAT over SAMP at the end
-    default_source: DefaultSource | None = None   # set when no source flag was given (cutouts/defaults.py)
-    fault_hook: str | None = None          # tests only: faults.py (--fault-hook); not part of the run's identity
+    source_options: dict = field(default_factory=dict)  # --source-option KEY=VALUE
+    select: str | None = None  # --select EXPR: score only rows where it is true (select.py)
+    samp: bool = False  # send OUT/mergers.fits to TOPCAT over SAMP at the end
+    default_source: DefaultSource | None = None  # set when no source flag was given (cutouts/defaults.py)
+    fault_hook: str | None = None  # tests only: faults.py (--fault-hook); not part of the run's identity
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
 
     def __post_init__(self):
@@ -71,44 +71,57 @@ class ProcessArguments:
                 raise ArgumentError("--source-option goes with --source KIND LOCATION")
             self._use_default_source()
         elif len(sources) != 1:
-            raise ArgumentError("give exactly one image source: --images DIR, --frames DIR, --cutout-service URL "
-                                "or --source KIND LOCATION (or none for the default)")
+            raise ArgumentError(
+                "give exactly one image source: --images DIR, --frames DIR, --cutout-service URL "
+                "or --source KIND LOCATION (or none for the default)"
+            )
         if self.service_options and not self.cutout_service and self.default_source is None:
-            raise ArgumentError(f"--service-* options go with --cutout-service URL, not "
-                                f"{'--images' if self.images else '--frames' if self.frames else '--source'}")
+            raise ArgumentError(
+                f"--service-* options go with --cutout-service URL, not "
+                f"{'--images' if self.images else '--frames' if self.frames else '--source'}"
+            )
         if self.source_options and not self.source_kind:
             raise ArgumentError("--source-option goes with --source KIND LOCATION")
         if self.source_kind:
-            try:                            # an unknown kind or a misspelled option: one line, now
+            try:  # an unknown kind or a misspelled option: one line, now
                 self.source.check()
             except ValueError as exc:
                 raise ArgumentError(f"--source {self.source_kind}: {exc}") from None
         if self.fault_hook is not None:
             from .faults import FaultHookError, resolve
+
             try:
                 resolve(self.fault_hook)
             except FaultHookError as exc:
                 raise ArgumentError(str(exc)) from None
         if self.select is not None:
             from .select import SelectError, expression_names
+
             try:
                 expression_names(self.select)
             except SelectError as exc:
                 raise ArgumentError(str(exc)) from None
         if self.path_column and not self.source.source_class.reads_path_column:
-            raise ArgumentError(f"--path-column names stamp files: the {self.source.kind} source reads none "
-                                "(it goes with --images DIR)")
+            raise ArgumentError(
+                f"--path-column names stamp files: the {self.source.kind} source reads none (it goes with --images DIR)"
+            )
         for flag, d in (("--images", self.images), ("--frames", self.frames)):
             if d and not Path(d).is_dir():
                 raise ArgumentError(f"{flag} {d}: not a directory")
-        self.command = redact_text(self.command)          # stored in summary.json and the report
+        self.command = redact_text(self.command)  # stored in summary.json and the report
         if self.cutout_service and not self.cutout_service.lower().startswith(("http://", "https://")):
             raise ArgumentError(f"--cutout-service {redact_text(self.cutout_service)}: only http(s) URLs are allowed")
         so = self.service_options
-        if (so.get("timeout", 1) <= 0 or so.get("retries", 0) < 0 or so.get("max_concurrency", 1) < 1
-                or (so.get("total_timeout") is not None and so["total_timeout"] <= 0)):
-            raise ArgumentError("--service-timeout and --service-total-timeout must be positive, --service-retries "
-                                ">= 0 and --service-concurrency >= 1")
+        if (
+            so.get("timeout", 1) <= 0
+            or so.get("retries", 0) < 0
+            or so.get("max_concurrency", 1) < 1
+            or (so.get("total_timeout") is not None and so["total_timeout"] <= 0)
+        ):
+            raise ArgumentError(
+                "--service-timeout and --service-total-timeout must be positive, --service-retries "
+                ">= 0 and --service-concurrency >= 1"
+            )
         if self.engine and not Path(self.engine).is_file():
             raise ArgumentError(f"--engine {self.engine}: no such file")
         if self.workers < 1 or self.threads_per_worker < 0:
@@ -126,14 +139,18 @@ class ProcessArguments:
         if self.cluster not in ("local", "slurm", "slurm-runner"):
             raise ArgumentError(f"--cluster {self.cluster}: choose local, slurm or slurm-runner")
         if self.cluster != "local" and self.scheduler:
-            raise ArgumentError("--scheduler joins a running scheduler: it does not go with --cluster slurm/slurm-runner")
+            raise ArgumentError(
+                "--scheduler joins a running scheduler: it does not go with --cluster slurm/slurm-runner"
+            )
         if self.cluster == "slurm-runner" and not is_slurm_task():
-            raise ArgumentError("--cluster slurm-runner runs under srun inside a SLURM allocation "
-                                "(see slurm/process-catalog.sbatch)")
+            raise ArgumentError(
+                "--cluster slurm-runner runs under srun inside a SLURM allocation (see slurm/process-catalog.sbatch)"
+            )
         if self.gpus not in (0, 1):
             raise ArgumentError("--gpus: 0 (CPU) or 1 (one GPU per worker)")
         from ..engines import get_backend, gpu_backends, parse_backend
         from ..engines.base import VIEWS
+
         try:
             backend_name, _ = parse_backend(self.backend)
         except ValueError as exc:
@@ -143,7 +160,9 @@ class ProcessArguments:
         if self.shared_batch is None:
             self.shared_batch = get_backend(backend_name).needs_gpu
         if self.gpus and not get_backend(backend_name).needs_gpu:
-            raise ArgumentError(f"--gpus 1 needs a GPU backend ({', '.join(gpu_backends())}), not --backend {self.backend}")
+            raise ArgumentError(
+                f"--gpus 1 needs a GPU backend ({', '.join(gpu_backends())}), not --backend {self.backend}"
+            )
         if self.cluster == "slurm":
             # --gpus 1 with --slurm-processes k: the k worker processes of a job share its one GPU
             # (past one process's GIL); each advertises its threads as GPU units
@@ -154,8 +173,9 @@ class ProcessArguments:
             if self.threads_per_worker == 0:
                 self.threads_per_worker = self.slurm.cores // self.slurm.processes
         if self.threads_per_worker == 0:
-            cores = slurm_cpus() or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                     else os.cpu_count() or 1)
+            cores = slurm_cpus() or (
+                len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            )
             self.threads_per_worker = max(1, cores // self.workers)
         self.catalog = str(Path(self.catalog).resolve())
         self.output = str(Path(self.output).resolve())
@@ -164,6 +184,7 @@ class ProcessArguments:
         """No source flag: the site's default, else SDSS SkyServer (cutouts/defaults.py); options
         given on the command line win over the default's."""
         from ..cutouts.defaults import default_source
+
         try:
             d = default_source()
         except ValueError as exc:
@@ -184,8 +205,7 @@ class ProcessArguments:
     @property
     def source(self) -> SourceConfig:
         if self.source_kind:
-            return SourceConfig(self.source_kind, str(self.source_location),
-                                tuple(sorted(self.source_options.items())))
+            return SourceConfig(self.source_kind, str(self.source_location), tuple(sorted(self.source_options.items())))
         if self.images:
             return SourceConfig("stamps", str(Path(self.images).resolve()))
         if self.frames:

@@ -24,82 +24,151 @@ printed), 130 interrupted."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="process-catalog", epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Score every galaxy in a catalog for being a merger.")
+    p = argparse.ArgumentParser(
+        prog="process-catalog",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score every galaxy in a catalog for being a merger.",
+    )
     p.add_argument("catalog", help="input catalog: FITS binary table, Parquet, CSV or a HATS catalog directory")
     p.add_argument("-o", "--output", help="output directory (default: <catalog stem>-mergers)")
-    src = p.add_argument_group("image source (at most one; none: $MERGERSCAN_DEFAULT_SOURCE, "
-                               "~/.config/mergerscan/default-source, else SDSS SkyServer ImgCutout)")
+    src = p.add_argument_group(
+        "image source (at most one; none: $MERGERSCAN_DEFAULT_SOURCE, "
+        "~/.config/mergerscan/default-source, else SDSS SkyServer ImgCutout)"
+    )
     src.add_argument("--images", metavar="DIR", help="pre-cut stamps named <id>.jpg/.png/.fits (or see --path-column)")
     src.add_argument("--frames", metavar="DIR", help="survey frames with WCS (SDSS frame-[gri]-*.fits.bz2)")
     src.add_argument("--cutout-service", metavar="URL", help="HTTP cutout service (SkyServer ImgCutout shape)")
-    src.add_argument("--source", nargs=2, metavar=("KIND", "LOCATION"),
-                     help="any registered image source (stamps, frames, service, a site's own) or a "
-                          "module:Class one, at LOCATION (a directory, a URL, ...)")
-    src.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE",
-                     help="an option of --source's class (repeatable; VALUE as JSON if it parses, else text)")
+    src.add_argument(
+        "--source",
+        nargs=2,
+        metavar=("KIND", "LOCATION"),
+        help="any registered image source (stamps, frames, service, a site's own) or a "
+        "module:Class one, at LOCATION (a directory, a URL, ...)",
+    )
+    src.add_argument(
+        "--source-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of --source's class (repeatable; VALUE as JSON if it parses, else text)",
+    )
     src.add_argument("--service-timeout", type=float, help="seconds per request (default 10)")
     src.add_argument("--service-retries", type=int, help="default 3")
-    src.add_argument("--service-concurrency", type=int, help="requests at a time per partition task (default 8; "
-                                                               "4 for the built-in SkyServer default)")
-    src.add_argument("--service-rate", type=float, help="at most this many requests/s per worker process "
-                                                        "(default: unlimited; 8 for the built-in SkyServer default)")
-    p.add_argument("--select", metavar="EXPR",
-                   help="score only rows where this pandas expression over catalog columns is true, e.g. "
-                        "\"type == 3 and petroMag_r < 17.77\"; the others are kept with status not_selected")
-    p.add_argument("--samp", action="store_true",
-                   help="at the end, send OUT/mergers.fits to TOPCAT (or any SAMP client) over SAMP")
-    src.add_argument("--service-total-timeout", type=float, default=None,
-                     help="seconds per row over all its attempts (default: 2 x (retries + 1) x timeout)")
+    src.add_argument(
+        "--service-concurrency",
+        type=int,
+        help="requests at a time per partition task (default 8; 4 for the built-in SkyServer default)",
+    )
+    src.add_argument(
+        "--service-rate",
+        type=float,
+        help="at most this many requests/s per worker process "
+        "(default: unlimited; 8 for the built-in SkyServer default)",
+    )
+    p.add_argument(
+        "--select",
+        metavar="EXPR",
+        help="score only rows where this pandas expression over catalog columns is true, e.g. "
+        '"type == 3 and petroMag_r < 17.77"; the others are kept with status not_selected',
+    )
+    p.add_argument(
+        "--samp", action="store_true", help="at the end, send OUT/mergers.fits to TOPCAT (or any SAMP client) over SAMP"
+    )
+    src.add_argument(
+        "--service-total-timeout",
+        type=float,
+        default=None,
+        help="seconds per row over all its attempts (default: 2 x (retries + 1) x timeout)",
+    )
     p.add_argument("--engine", help="engine file (.onnx); default: the packaged model")
-    p.add_argument("--backend", help="onnxruntime (CPU, the default), onnxruntime-cuda (the default with --gpus 1), "
-                                     "torch, torch-cuda, tensorrt; NAME:PRECISION picks the arithmetic, e.g. torch-cuda:fp16, "
-                                     "tensorrt:fp32 (defaults: fp32; torch-cuda bf16; tensorrt fp16). A run resumes only "
-                                     "at the precision it started with")
-    p.add_argument("--views", type=int, choices=tuple(VIEWS),
-                   help="test-time augmentation: mean logit over this many flips/rotations of each stamp, with "
-                        "the threshold and temperature fitted on validation for that count (default: the engine "
-                        "card's; the packaged engine uses 8 - use 1 for 8x faster CPU inference)")
+    p.add_argument(
+        "--backend",
+        help="onnxruntime (CPU, the default), onnxruntime-cuda (the default with --gpus 1), "
+        "torch, torch-cuda, tensorrt; NAME:PRECISION picks the arithmetic, e.g. torch-cuda:fp16, "
+        "tensorrt:fp32 (defaults: fp32; torch-cuda bf16; tensorrt fp16). A run resumes only "
+        "at the precision it started with",
+    )
+    p.add_argument(
+        "--views",
+        type=int,
+        choices=tuple(VIEWS),
+        help="test-time augmentation: mean logit over this many flips/rotations of each stamp, with "
+        "the threshold and temperature fitted on validation for that count (default: the engine "
+        "card's; the packaged engine uses 8 - use 1 for 8x faster CPU inference)",
+    )
     cols = p.add_argument_group("columns")
     cols.add_argument("--id-column")
     cols.add_argument("--ra-column")
     cols.add_argument("--dec-column")
     cols.add_argument("--keep-columns", default="", help="comma-separated input columns to carry through, or '*'")
-    cols.add_argument("--path-column", metavar="NAME",
-                      help="with --images: the column holding each row's stamp file (relative to DIR, or "
-                           "absolute); rows with it empty fall back to DIR/<id>.jpg|png|fits (default: a column "
-                           "named 'path' if it is kept)")
+    cols.add_argument(
+        "--path-column",
+        metavar="NAME",
+        help="with --images: the column holding each row's stamp file (relative to DIR, or "
+        "absolute); rows with it empty fall back to DIR/<id>.jpg|png|fits (default: a column "
+        "named 'path' if it is kept)",
+    )
     dk = p.add_argument_group("Dask")
-    dk.add_argument("--workers", type=int, default=1,
-                    help="local worker processes (default 1); with --cluster slurm: SLURM worker jobs")
+    dk.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local worker processes (default 1); with --cluster slurm: SLURM worker jobs",
+    )
     dk.add_argument("--threads-per-worker", type=int, default=0, help="default: cores / workers")
     dk.add_argument("--scheduler", metavar="ADDRESS", help="join a running Dask scheduler instead")
     dk.add_argument("--memory-limit", default="auto", help="per local worker, e.g. 4GiB")
     dk.add_argument("--partition-rows", type=int, default=5000, help="max rows per sky partition")
     dk.add_argument("--chunk-rows", type=int, default=200_000, help="input rows read per task")
     dk.add_argument("--batch-size", type=int, default=128, help="stamps per engine call")
-    dk.add_argument("--shared-batch", action=argparse.BooleanOptionalAction, default=None,
-                    help="merge the batches of the partitions a worker scores at once into one engine call "
-                         "(default: on for GPU backends)")
-    dk.add_argument("--gpus", type=int, default=0, choices=(0, 1),
-                    help="GPUs per worker: 1 = one GPU each (--gres=gpu:1, Dask resource GPU=1)")
+    dk.add_argument(
+        "--shared-batch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="merge the batches of the partitions a worker scores at once into one engine call "
+        "(default: on for GPU backends)",
+    )
+    dk.add_argument(
+        "--gpus",
+        type=int,
+        default=0,
+        choices=(0, 1),
+        help="GPUs per worker: 1 = one GPU each (--gres=gpu:1, Dask resource GPU=1)",
+    )
     sl = p.add_argument_group("SLURM (see slurm/ and README 'Running on a SLURM cluster')")
-    sl.add_argument("--cluster", default="local", choices=("local", "slurm", "slurm-runner"),
-                    help="local (default); slurm: start workers as SLURM jobs from this (login) node; "
-                         "slurm-runner: inside one allocation under srun (slurm/process-catalog.sbatch)")
+    sl.add_argument(
+        "--cluster",
+        default="local",
+        choices=("local", "slurm", "slurm-runner"),
+        help="local (default); slurm: start workers as SLURM jobs from this (login) node; "
+        "slurm-runner: inside one allocation under srun (slurm/process-catalog.sbatch)",
+    )
     sl.add_argument("--slurm-cores", type=int, default=4, help="cores per worker job (default 4)")
     sl.add_argument("--slurm-memory", default="16GB", help="memory per worker job (default 16GB)")
     sl.add_argument("--slurm-processes", type=int, default=1, help="Dask worker processes per job (default 1)")
-    sl.add_argument("--slurm-walltime", default="01:00:00", help="per worker job (default 01:00:00); workers "
-                    "retire before it (--lifetime) and are replaced by new jobs")
+    sl.add_argument(
+        "--slurm-walltime",
+        default="01:00:00",
+        help="per worker job (default 01:00:00); workers retire before it (--lifetime) and are replaced by new jobs",
+    )
     sl.add_argument("--slurm-lifetime", help="worker --lifetime (default: walltime minus max(2 min, 15%%))")
     sl.add_argument("--slurm-account", help="sbatch --account")
     sl.add_argument("--slurm-partition", help="sbatch --partition")
-    sl.add_argument("--slurm-prologue", action="append", default=[], metavar="CMD",
-                    help="shell line run before each worker starts, e.g. 'module load cuda' (repeatable)")
-    sl.add_argument("--slurm-directive", action="append", default=[], metavar="OPT",
-                    help="extra #SBATCH option for worker jobs, e.g. --slurm-directive=--qos=long (repeatable)")
+    sl.add_argument(
+        "--slurm-prologue",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="shell line run before each worker starts, e.g. 'module load cuda' (repeatable)",
+    )
+    sl.add_argument(
+        "--slurm-directive",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="extra #SBATCH option for worker jobs, e.g. --slurm-directive=--qos=long (repeatable)",
+    )
     sl.add_argument("--slurm-interface", help="network interface for scheduler and workers, e.g. ib0")
     arr = p.add_argument_group("array jobs (see slurm/)")
     m = arr.add_mutually_exclusive_group()
@@ -126,6 +195,7 @@ def _parse_shard(text):
 
 def _source_options(items: list[str]) -> dict:
     import json
+
     out = {}
     for item in items:
         key, eq, value = item.partition("=")
@@ -140,37 +210,77 @@ def _source_options(items: list[str]) -> dict:
 
 def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
     from pathlib import Path
+
     output = ns.output or str(Path(ns.catalog).name.split(".")[0] + "-mergers")
     keep = [k.strip() for k in ns.keep_columns.split(",") if k.strip()]
     backend = ns.backend or ("onnxruntime-cuda" if ns.gpus else "onnxruntime")
-    slurm = SlurmOptions(cores=ns.slurm_cores, memory=ns.slurm_memory, processes=ns.slurm_processes,
-                         walltime=ns.slurm_walltime, lifetime=ns.slurm_lifetime, account=ns.slurm_account,
-                         partition=ns.slurm_partition, prologue=list(ns.slurm_prologue),
-                         directives=list(ns.slurm_directive), interface=ns.slurm_interface)
+    slurm = SlurmOptions(
+        cores=ns.slurm_cores,
+        memory=ns.slurm_memory,
+        processes=ns.slurm_processes,
+        walltime=ns.slurm_walltime,
+        lifetime=ns.slurm_lifetime,
+        account=ns.slurm_account,
+        partition=ns.slurm_partition,
+        prologue=list(ns.slurm_prologue),
+        directives=list(ns.slurm_directive),
+        interface=ns.slurm_interface,
+    )
     return ProcessArguments(
-        catalog=ns.catalog, output=output, images=ns.images, frames=ns.frames,
-        cutout_service=ns.cutout_service, engine=ns.engine, backend=backend,
-        id_column=ns.id_column, ra_column=ns.ra_column, dec_column=ns.dec_column, keep_columns=keep,
+        catalog=ns.catalog,
+        output=output,
+        images=ns.images,
+        frames=ns.frames,
+        cutout_service=ns.cutout_service,
+        engine=ns.engine,
+        backend=backend,
+        id_column=ns.id_column,
+        ra_column=ns.ra_column,
+        dec_column=ns.dec_column,
+        keep_columns=keep,
         path_column=ns.path_column,
-        workers=ns.workers, threads_per_worker=ns.threads_per_worker, scheduler=ns.scheduler,
-        cluster=ns.cluster, gpus=ns.gpus, slurm=slurm, shared_batch=ns.shared_batch, views=ns.views,
-        memory_limit=ns.memory_limit, partition_rows=ns.partition_rows, chunk_rows=ns.chunk_rows,
-        batch_size=ns.batch_size, overwrite=ns.overwrite, progress=not ns.no_progress, report=not ns.no_report,
+        workers=ns.workers,
+        threads_per_worker=ns.threads_per_worker,
+        scheduler=ns.scheduler,
+        cluster=ns.cluster,
+        gpus=ns.gpus,
+        slurm=slurm,
+        shared_batch=ns.shared_batch,
+        views=ns.views,
+        memory_limit=ns.memory_limit,
+        partition_rows=ns.partition_rows,
+        chunk_rows=ns.chunk_rows,
+        batch_size=ns.batch_size,
+        overwrite=ns.overwrite,
+        progress=not ns.no_progress,
+        report=not ns.no_report,
         mode="plan" if ns.plan else "shard" if ns.shard else "finalize" if ns.finalize else "all",
         shard=_parse_shard(ns.shard),
-        service_options={k: v for k, v in (("timeout", ns.service_timeout), ("retries", ns.service_retries),
-                                           ("max_concurrency", ns.service_concurrency),
-                                           ("max_rate", ns.service_rate),
-                                           ("total_timeout", ns.service_total_timeout)) if v is not None},
-        source_kind=ns.source[0] if ns.source else None, source_location=ns.source[1] if ns.source else None,
+        service_options={
+            k: v
+            for k, v in (
+                ("timeout", ns.service_timeout),
+                ("retries", ns.service_retries),
+                ("max_concurrency", ns.service_concurrency),
+                ("max_rate", ns.service_rate),
+                ("total_timeout", ns.service_total_timeout),
+            )
+            if v is not None
+        },
+        source_kind=ns.source[0] if ns.source else None,
+        source_location=ns.source[1] if ns.source else None,
         source_options=_source_options(ns.source_option),
-        select=ns.select, samp=ns.samp, fault_hook=ns.fault_hook,
-        command="process-catalog " + " ".join(argv))
+        select=ns.select,
+        samp=ns.samp,
+        fault_hook=ns.fault_hook,
+        command="process-catalog " + " ".join(argv),
+    )
 
 
 def _error(message, status: int) -> int:
     """One line on stderr (credentials in URLs redacted), the exit status."""
     from ..cutouts.sources import redact_text
+
     text = " ".join(str(message).split())
     print(f"process-catalog: error: {redact_text(text)}", file=sys.stderr)
     return status
@@ -183,33 +293,38 @@ def main(argv=None) -> int:
     try:
         from ..run_summary import RunSummary
         from .run import format_summary, run
+
         args = arguments_from(ns, argv)
         if args.cluster == "slurm-runner":
             # every task of the srun step gets here; only the client task (1) returns from entering
             from .cluster import slurm_runner
+
             with slurm_runner(args.threads_per_worker, args.memory_limit, args.gpus) as address:
                 args.scheduler = address
                 summary = run(args)
         else:
             summary = run(args)
-        if not isinstance(summary, RunSummary):                  # --plan / --shard
+        if not isinstance(summary, RunSummary):  # --plan / --shard
             print("process-catalog: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
             return 0
     except (ArgumentError, CatalogError, FingerprintMismatch, OutputError, FileNotFoundError) as exc:
         return _error(exc, 2)
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)     # a second ^C while exiting: no traceback either
-        print("process-catalog: interrupted; finished partitions are kept - re-run the same command to resume",
-              file=sys.stderr)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second ^C while exiting: no traceback either
+        print(
+            "process-catalog: interrupted; finished partitions are kept - re-run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
-    except OSError as exc:             # e.g. OUT became unwritable or full mid-run
+    except OSError as exc:  # e.g. OUT became unwritable or full mid-run
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         return _error(f"{where}{exc.strerror or exc}", 1)
-    except RuntimeError as exc:        # tasks failed after retries: the first failure, in one line
+    except RuntimeError as exc:  # tasks failed after retries: the first failure, in one line
         return _error(exc, 1)
     print(format_summary(summary))
-    if args.samp:                                  # the catalog is done either way: a SAMP problem is a message
+    if args.samp:  # the catalog is done either way: a SAMP problem is a message
         from ..samp import SampError, send_table
+
         try:
             print(f"  sent to           {', '.join(send_table(summary.fits))} (SAMP)")
         except SampError as exc:

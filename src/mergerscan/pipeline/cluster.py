@@ -35,8 +35,14 @@ def _no_memory_pause() -> None:
 
 
 @contextlib.contextmanager
-def dask_client(workers: int = 1, threads_per_worker: int = 1, scheduler: str | None = None,
-                memory_limit: str = "auto", wait_for_workers: int = 0, gpus: int = 0):
+def dask_client(
+    workers: int = 1,
+    threads_per_worker: int = 1,
+    scheduler: str | None = None,
+    memory_limit: str = "auto",
+    wait_for_workers: int = 0,
+    gpus: int = 0,
+):
     """``gpus``: local workers advertise the GPU resource the scoring tasks then ask for (all
     local workers share this machine's GPU(s): more than one process per GPU gets past the GIL)."""
     from distributed import Client, LocalCluster
@@ -52,11 +58,16 @@ def dask_client(workers: int = 1, threads_per_worker: int = 1, scheduler: str | 
             client.close()
         return
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                           dashboard_address=":0", memory_limit=memory_limit,
-                           preload=["mergerscan.pipeline._worker_signals"],   # ^C: one line from the client
-                           resources=gpu_worker_resources(threads_per_worker, gpus) or None,
-                           silence_logs=logging.CRITICAL)   # task errors are reported by the run itself
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        dashboard_address=":0",
+        memory_limit=memory_limit,
+        preload=["mergerscan.pipeline._worker_signals"],  # ^C: one line from the client
+        resources=gpu_worker_resources(threads_per_worker, gpus) or None,
+        silence_logs=logging.CRITICAL,
+    )  # task errors are reported by the run itself
     client = Client(cluster)
     try:
         yield client
@@ -72,8 +83,14 @@ def client_for(args):
         with slurm_cluster_client(args) as client:
             yield client
         return
-    with dask_client(args.workers, args.threads_per_worker, args.scheduler, args.memory_limit,
-                     wait_for_workers=1 if args.cluster == "slurm-runner" else 0, gpus=args.gpus) as client:
+    with dask_client(
+        args.workers,
+        args.threads_per_worker,
+        args.scheduler,
+        args.memory_limit,
+        wait_for_workers=1 if args.cluster == "slurm-runner" else 0,
+        gpus=args.gpus,
+    ) as client:
         yield client
 
 
@@ -92,13 +109,16 @@ def check_gpu_workers(client, args) -> None:
     """Tasks that need the GPU resource wait forever when no worker advertises it: refuse instead
     (workers joined with ``--scheduler`` must be started with ``--resources GPU=<threads>``)."""
     if args.cluster == "slurm":
-        return                      # worker jobs are still queued; they are started with the resource
+        return  # worker jobs are still queued; they are started with the resource
     workers = client.scheduler_info().get("workers", {})
     if workers and not any(w.get("resources", {}).get("GPU") for w in workers.values()):
         from .arguments import ArgumentError
-        raise ArgumentError(f"--gpus 1: none of the {len(workers)} worker(s) of the scheduler advertises the Dask "
-                            "resource GPU (start them with: dask worker --resources GPU=<threads>), so no "
-                            "partition could ever run")
+
+        raise ArgumentError(
+            f"--gpus 1: none of the {len(workers)} worker(s) of the scheduler advertises the Dask "
+            "resource GPU (start them with: dask worker --resources GPU=<threads>), so no "
+            "partition could ever run"
+        )
 
 
 @contextlib.contextmanager
@@ -119,8 +139,12 @@ def slurm_cluster_client(args):
     client = Client(cluster)
     try:
         if args.progress:
-            print(f"process-catalog: waiting for SLURM worker jobs (squeue -u {os.environ.get('USER', '$USER')}); "
-                  f"worker logs in {logs}", file=sys.stderr, flush=True)
+            print(
+                f"process-catalog: waiting for SLURM worker jobs (squeue -u {os.environ.get('USER', '$USER')}); "
+                f"worker logs in {logs}",
+                file=sys.stderr,
+                flush=True,
+            )
         client.wait_for_workers(1)
         yield client
     finally:
@@ -165,7 +189,7 @@ def slurm_runner(threads: int, memory_limit: str = "auto", gpus: int = 0):
     rank = int(os.environ["SLURM_PROCID"])
     if rank >= 2:
         gpu = pick_gpu() if gpus else None
-        if gpu is not None:                    # before the nanny spawns the worker process
+        if gpu is not None:  # before the nanny spawns the worker process
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     # quiet job logs: warnings and errors only, also in the worker processes the nannies spawn
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
@@ -173,9 +197,12 @@ def slurm_runner(threads: int, memory_limit: str = "auto", gpus: int = 0):
     logging.getLogger("distributed").setLevel(logging.WARNING)
     from dask_jobqueue.slurm import SLURMRunner
 
-    runner = SLURMRunner(scheduler_file=str(sched_file), worker_class="distributed.Nanny",
-                         worker_options=runner_worker_options(threads, memory_limit, gpus),
-                         scheduler_options={"dashboard_address": ":0"})
+    runner = SLURMRunner(
+        scheduler_file=str(sched_file),
+        worker_class="distributed.Nanny",
+        worker_options=runner_worker_options(threads, memory_limit, gpus),
+        scheduler_options={"dashboard_address": ":0"},
+    )
     # only the client task gets here
     try:
         yield runner.scheduler_address
@@ -185,4 +212,4 @@ def slurm_runner(threads: int, memory_limit: str = "auto", gpus: int = 0):
         # died unexpectedly" with a TypeError traceback into the job log.
         with contextlib.suppress(Exception):
             runner.sync(_terminate_nannies, runner.scheduler_comm)
-        runner.close()      # the scheduler task removes its scheduler file itself
+        runner.close()  # the scheduler task removes its scheduler file itself

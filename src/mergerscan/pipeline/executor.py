@@ -14,13 +14,15 @@ class Progress:
 
     def __init__(self, total: int, desc: str, enabled: bool, unit: str = "obj", lazy: bool = False):
         self.bar: Any = None
-        self._args: dict | None = dict(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True) \
-            if enabled and total else None
+        self._args: dict | None = (
+            dict(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True) if enabled and total else None
+        )
         if self._args and not lazy:
             self._open()
 
     def _open(self) -> None:
         from tqdm.auto import tqdm
+
         self.bar, self._args = tqdm(**(self._args or {})), None
 
     def update(self, n: int) -> None:
@@ -48,12 +50,14 @@ class TaskRunner:
         as they are: they are the user's one-line message."""
         if self.client is not None:
             from distributed import as_completed
+
             pending: Any = as_completed(self.client.map(fn, *iterables, pure=False, retries=2))
             cancel = lambda: self.client.cancel(list(pending.futures))
             name = lambda f: f.key
         else:
             from concurrent.futures import ThreadPoolExecutor
             from concurrent.futures import as_completed as completed
+
             pool = ThreadPoolExecutor(self.threads, thread_name_prefix="mergerscan-plan")
             futs = {pool.submit(fn, *a): f"{fn.__name__}-{i}" for i, a in enumerate(zip(*iterables))}
             pending = completed(list(futs))

@@ -16,19 +16,19 @@ import numpy as np
 
 from ..catalogs.schema import SCORED, TRANSIENT
 
-EXIT_OK = 0                   # finished; at least one row scored (warnings may have been printed)
-EXIT_BAD_INPUT = 2            # one-line error about the input or the arguments
-EXIT_NOTHING_SCORED = 3       # finished and wrote every row, but none could be scored
-EXIT_INTERRUPTED = 130        # Ctrl-C
+EXIT_OK = 0  # finished; at least one row scored (warnings may have been printed)
+EXIT_BAD_INPUT = 2  # one-line error about the input or the arguments
+EXIT_NOTHING_SCORED = 3  # finished and wrote every row, but none could be scored
+EXIT_INTERRUPTED = 130  # Ctrl-C
 
 # what to check when this reason leads
 HINTS = {
     "no_image": "stamp files are looked up as DIR/<id>.jpg|png|fits by the id column{id}: check --id-column, "
-                "or name the files with --path-column",
+    "or name the files with --path-column",
     "outside_footprint": "no frame covers these positions: check that ra/dec are degrees (J2000) and that "
-                         "--frames points at the frames of this part of the sky",
+    "--frames points at the frames of this part of the sky",
     "fetch_failed": "the cutout service could not be reached or answered errors: check the URL and the network "
-                    "(a re-run of the same command retries these rows)",
+    "(a re-run of the same command retries these rows)",
     "bad_coords": "ra/dec are missing or out of range: check --ra-column/--dec-column (degrees, J2000)",
     "corrupt_frame": "the frames covering these positions are unreadable: check the files",
     "out_of_memory": "give each worker more memory (--memory-limit) or a smaller --batch-size, then re-run",
@@ -62,11 +62,15 @@ def coordinate_warning(r: list | None) -> str | None:
         return None
     ra_lo, ra_hi, dec_lo, dec_hi = r
     if max(abs(ra_lo), abs(ra_hi)) <= 2 * math.pi and max(abs(dec_lo), abs(dec_hi)) <= math.pi / 2:
-        return (f"every |ra| <= 2pi and |dec| <= pi/2 (ra {ra_lo:.4g}..{ra_hi:.4g}, dec {dec_lo:.4g}..{dec_hi:.4g}): "
-                "are the coordinates in radians? process-catalog needs degrees")
+        return (
+            f"every |ra| <= 2pi and |dec| <= pi/2 (ra {ra_lo:.4g}..{ra_hi:.4g}, dec {dec_lo:.4g}..{dec_hi:.4g}): "
+            "are the coordinates in radians? process-catalog needs degrees"
+        )
     if ra_lo >= 0 and ra_hi <= 24:
-        return (f"every ra is within 0..24 (ra {ra_lo:.4g}..{ra_hi:.4g}): if ra is in hours, multiply it by 15; "
-                "process-catalog needs degrees")
+        return (
+            f"every ra is within 0..24 (ra {ra_lo:.4g}..{ra_hi:.4g}): if ra is in hours, multiply it by 15; "
+            "process-catalog needs degrees"
+        )
     return None
 
 
@@ -76,8 +80,11 @@ def summarize(markers: list[dict], rows: int, scored: int, status: dict, id_colu
     for m in markers:
         for k, v in (m.get("examples") or {}).items():
             examples.setdefault(k, v)
-    failures = [{"status": k, "count": int(v), "example": examples.get(k, "")}
-                for k, v in sorted(status.items(), key=lambda kv: (-kv[1], kv[0])) if k not in SCORED and v]
+    failures = [
+        {"status": k, "count": int(v), "example": examples.get(k, "")}
+        for k, v in sorted(status.items(), key=lambda kv: (-kv[1], kv[0]))
+        if k not in SCORED and v
+    ]
     warnings = []
     if rows and scored == 0:
         warnings.append(f"no row could be scored (all {rows} flagged)")
@@ -91,8 +98,12 @@ def summarize(markers: list[dict], rows: int, scored: int, status: dict, id_colu
         if lead in HINTS:
             warnings.append(HINTS[lead].format(id=f" ({id_column!r})" if id_column else ""))
     retry = sum(f["count"] for f in failures if f["status"] in TRANSIENT)
-    return {"failures": failures, "warnings": warnings, "retryable": retry,
-            "exit_status": EXIT_NOTHING_SCORED if rows and scored == 0 else EXIT_OK}
+    return {
+        "failures": failures,
+        "warnings": warnings,
+        "retryable": retry,
+        "exit_status": EXIT_NOTHING_SCORED if rows and scored == 0 else EXIT_OK,
+    }
 
 
 def format_failures(s: dict) -> list[str]:
@@ -106,7 +117,9 @@ def format_failures(s: dict) -> list[str]:
         if len(fails) > 6:
             lines.append(f"    ... {len(fails) - 6} more reasons in summary.json")
     if s.get("retryable"):
-        lines.append(f"  re-running the same command retries the {s['retryable']} row(s) flagged "
-                     f"{'/'.join(t for t in TRANSIENT if any(f['status'] == t for f in fails))}")
+        lines.append(
+            f"  re-running the same command retries the {s['retryable']} row(s) flagged "
+            f"{'/'.join(t for t in TRANSIENT if any(f['status'] == t for f in fails))}"
+        )
     lines += [f"warning: {w}" for w in s.get("warnings") or []]
     return lines

@@ -31,9 +31,9 @@ STAGES = ("scan", "gather", "score")
 
 @dataclass(frozen=True)
 class FaultPoint:
-    stage: str              # one of STAGES
-    index: int              # input chunk (scan), bucket (gather) or partition pid (score)
-    batch_size: int = 0     # score: the batch size about to be used
+    stage: str  # one of STAGES
+    index: int  # input chunk (scan), bucket (gather) or partition pid (score)
+    batch_size: int = 0  # score: the batch size about to be used
 
 
 class FaultHookError(ValueError):
@@ -94,6 +94,6 @@ def exhaust_memory(point: FaultPoint, argument: str) -> None:
         return
     hog = []
     for _ in range(256):
-        hog.append(np.ones(8 * 2 ** 20))       # 64 MiB, touched
+        hog.append(np.ones(8 * 2**20))  # 64 MiB, touched
         time.sleep(0.02)
     raise MemoryError(f"injected: partition {point.index} allocated 16 GiB and was not killed")

@@ -20,9 +20,15 @@ from .resume import read_marker
 
 def run_meta(args: ProcessArguments, info) -> dict:
     """Provenance stored in every output file (no timestamps: partitions stay byte-identical)."""
-    return {"engine_name": info.name, "engine_sha256": info.sha256, "threshold": info.threshold, "views": info.views,
-            "mergerscan_version": __version__, "source": args.source.kind,
-            "model_card": json.dumps(info.card, sort_keys=True)}
+    return {
+        "engine_name": info.name,
+        "engine_sha256": info.sha256,
+        "threshold": info.threshold,
+        "views": info.views,
+        "mergerscan_version": __version__,
+        "source": args.source.kind,
+        "model_card": json.dumps(info.card, sort_keys=True),
+    }
 
 
 def _by_count(counts: dict) -> dict:
@@ -39,14 +45,14 @@ def _add_counts(markers: list[dict], key: str) -> dict:
 
 def _write_catalog(args: ProcessArguments, plan: Plan, markers: list[dict], info, layout: RunLayout) -> None:
     """The HATS catalog's metadata and the FITS table over every partition's file."""
-    for tmp in layout.catalog_dir.rglob(".*.tmp"):   # left by tasks killed mid-write; never part of the dataset
+    for tmp in layout.catalog_dir.rglob(".*.tmp"):  # left by tasks killed mid-write; never part of the dataset
         tmp.unlink(missing_ok=True)
     files: list = []
     pieces: dict[tuple[int, int], list] = {}
-    for p, m in zip(plan.partitions, markers):     # plan order: spatial, bad coordinates last
+    for p, m in zip(plan.partitions, markers):  # plan order: spatial, bad coordinates last
         if not m["rows"]:
             continue
-        if p.order >= 0 and p.nsub > 1:            # a dense pixel's pieces -> its one HATS file
+        if p.order >= 0 and p.nsub > 1:  # a dense pixel's pieces -> its one HATS file
             pieces.setdefault((p.order, p.pixel), []).append(layout.dataset_file(p))
             if len(pieces[(p.order, p.pixel)]) == 1:
                 files.append(layout.partition_file(p.order, p.pixel))
@@ -55,16 +61,21 @@ def _write_catalog(args: ProcessArguments, plan: Plan, markers: list[dict], info
     for (o, px), group in pieces.items():
         join_pieces(group, layout.partition_file(o, px))
     on_sky = {(p.order, p.pixel) for p, m in zip(plan.partitions, markers) if m["rows"] and p.order >= 0}
-    if on_sky:                                      # OUT/parquet is a HATS catalog (catalogs/hats.py)
-        write_hats_metadata(layout.catalog_dir, sorted(on_sky),
-                            sum(m["rows"] for p, m in zip(plan.partitions, markers) if p.order >= 0),
-                            args.partition_rows, name=layout.root.name)
+    if on_sky:  # OUT/parquet is a HATS catalog (catalogs/hats.py)
+        write_hats_metadata(
+            layout.catalog_dir,
+            sorted(on_sky),
+            sum(m["rows"] for p, m in zip(plan.partitions, markers) if p.order >= 0),
+            args.partition_rows,
+            name=layout.root.name,
+        )
     names = plan.names or output_names(plan.carried)
     write_fits_table(files, layout.fits, run_meta(args, info), origins={v: k for k, v in names.items()})
 
 
-def build_summary(args: ProcessArguments, plan: Plan, markers: list[dict], info, layout: RunLayout,
-                  seconds: float | None = None) -> RunSummary:
+def build_summary(
+    args: ProcessArguments, plan: Plan, markers: list[dict], info, layout: RunLayout, seconds: float | None = None
+) -> RunSummary:
     """The run summary from the partitions' done markers."""
     rows = sum(m["rows"] for m in markers)
     status = _add_counts(markers, "status")
@@ -76,20 +87,35 @@ def build_summary(args: ProcessArguments, plan: Plan, markers: list[dict], info,
     fetch_failures = _add_counts(markers, "fetch_failures")
     why = summarize(markers, rows, scored, status, plan.columns.get("id"))
     return RunSummary(
-        rows=rows, scored=scored, flagged=rows - scored - not_selected,
-        select=args.select, not_selected=not_selected if args.select is not None else None,
+        rows=rows,
+        scored=scored,
+        flagged=rows - scored - not_selected,
+        select=args.select,
+        not_selected=not_selected if args.select is not None else None,
         fetch_failures=_by_count(fetch_failures) if fetch_failures else None,
-        status=_by_count(status), mergers=sum(m["mergers"] for m in markers), threshold=info.threshold,
-        partitions=len(plan.partitions), seconds=round(wall, 2),
+        status=_by_count(status),
+        mergers=sum(m["mergers"] for m in markers),
+        threshold=info.threshold,
+        partitions=len(plan.partitions),
+        seconds=round(wall, 2),
         objects_per_s=round(rows / wall, 1) if wall > 0 else None,
-        engine=info.name, engine_sha256=info.sha256, mergerscan_version=__version__,
-        catalog=args.catalog, command=args.command, engine_path=info.path,
+        engine=info.name,
+        engine_sha256=info.sha256,
+        mergerscan_version=__version__,
+        catalog=args.catalog,
+        command=args.command,
+        engine_path=info.path,
         source=SourceSummary(kind=args.source.kind, location=args.source.shown, options=dict(args.source.options)),
-        id_column="objid" if plan.id_kind == "int" else "id", keep=list(plan.keep),
+        id_column="objid" if plan.id_kind == "int" else "id",
+        keep=list(plan.keep),
         path_column=(plan.names or output_names(plan.carried)).get(plan.path_column) if plan.path_column else None,
-        fits=str(layout.fits), parquet=str(layout.catalog_dir),
-        failures=[Failure(**f) for f in why["failures"]], warnings=why["warnings"], retryable=why["retryable"],
-        exit_status=why["exit_status"])
+        fits=str(layout.fits),
+        parquet=str(layout.catalog_dir),
+        failures=[Failure(**f) for f in why["failures"]],
+        warnings=why["warnings"],
+        retryable=why["retryable"],
+        exit_status=why["exit_status"],
+    )
 
 
 def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = None) -> RunSummary:
@@ -106,6 +132,7 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
     if args.report:
         try:
             from ..report import build_report
+
             summary.report = str(build_report(layout.root, source_location=args.source.location))
         except Exception as exc:  # the catalog is done; a report failure must not hide it
             summary.report_error = f"{type(exc).__name__}: {exc}"
@@ -115,19 +142,26 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
 def format_summary(s: RunSummary) -> str:
     """The lines process-catalog prints at the end."""
     flagged = ", ".join(f"{k} {v}" for k, v in s.status.items() if k not in (*SCORED, "not_selected"))
-    lines = [f"process-catalog: {s.rows} rows in {s.seconds:.1f} s "
-             f"({s.objects_per_s} objects/s), {s.partitions} sky partitions",
-             f"  scored            {s.scored}",
-             f"  flagged           {s.flagged}" + (f" ({flagged})" if s.flagged else "")]
+    lines = [
+        f"process-catalog: {s.rows} rows in {s.seconds:.1f} s "
+        f"({s.objects_per_s} objects/s), {s.partitions} sky partitions",
+        f"  scored            {s.scored}",
+        f"  flagged           {s.flagged}" + (f" ({flagged})" if s.flagged else ""),
+    ]
     if s.select is not None:
         lines.append(f"  not selected      {s.not_selected} (--select {s.select}; kept, not scored)")
     if s.fetch_failures:
-        lines.append("  fetch failures    " + ", ".join(f"{k} {v}" for k, v in s.fetch_failures.items())
-                     + f" (leading reason: {next(iter(s.fetch_failures))}; service {s.source.location})")
+        lines.append(
+            "  fetch failures    "
+            + ", ".join(f"{k} {v}" for k, v in s.fetch_failures.items())
+            + f" (leading reason: {next(iter(s.fetch_failures))}; service {s.source.location})"
+        )
     if s.status.get("edge"):
         lines.append(f"  near frame edge   {s.status['edge']} (scored; stamp partly filled with sky)")
-    lines += [f"  mergers           {s.mergers} with p_merger >= {s.threshold:.3f} ({s.engine})",
-              f"  output            {s.fits}  and  {s.parquet}/"]
+    lines += [
+        f"  mergers           {s.mergers} with p_merger >= {s.threshold:.3f} ({s.engine})",
+        f"  output            {s.fits}  and  {s.parquet}/",
+    ]
     if s.report:
         lines.append(f"  report            {s.report}")
     if s.report_error:

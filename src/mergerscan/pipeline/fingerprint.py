@@ -53,14 +53,25 @@ def read_cache(layout: RunLayout) -> dict:
         return {}
 
 
-def fingerprint(args: ProcessArguments, cat: dict, engine_sha: str, views: int | None = 1,
-                cache: dict | None = None) -> dict[str, Any]:
+def fingerprint(
+    args: ProcessArguments, cat: dict, engine_sha: str, views: int | None = 1, cache: dict | None = None
+) -> dict[str, Any]:
     """The run's identity.  ``cache`` (optional, updated in place): the input's content-hash cache."""
     identity, new = content_identity(args.catalog, read_cache(RunLayout(args.output)))
     if cache is not None:
         cache.update(new)
-    extra = {"select": args.select} if args.select is not None else {}   # absent: older runs still resume
-    return {**extra, "catalog": identity, "columns": cat["columns"], "keep": cat["keep"],
-            "engine_sha256": engine_sha, "precision": backend_precision(args.backend), "views": views,
-            "source": args.source.fingerprint(), "partition_rows": args.partition_rows,
-            "chunk_rows": args.chunk_rows, "hist_order": args.hist_order, "mergerscan": __version__.split(".")[0]}
+    extra = {"select": args.select} if args.select is not None else {}  # absent: older runs still resume
+    return {
+        **extra,
+        "catalog": identity,
+        "columns": cat["columns"],
+        "keep": cat["keep"],
+        "engine_sha256": engine_sha,
+        "precision": backend_precision(args.backend),
+        "views": views,
+        "source": args.source.fingerprint(),
+        "partition_rows": args.partition_rows,
+        "chunk_rows": args.chunk_rows,
+        "hist_order": args.hist_order,
+        "mergerscan": __version__.split(".")[0],
+    }

@@ -23,35 +23,62 @@ def inspect_hats(args, named_columns, select_columns) -> dict:
     h = HatsInput(args.catalog)
     if h.nrows == 0:
         raise CatalogError(f"{args.catalog}: catalog has no rows")
-    cols = resolve_columns(h.columns, args.id_column, args.ra_column or h.ra_column,
-                           args.dec_column or h.dec_column, path=args.catalog)
-    carry = [c for c in h.columns if c != h.healpix_column]     # ours is recomputed: never twice
-    keep = list(carry) if args.keep_columns == ["*"] else named_columns(args.keep_columns, h.columns,
-                                                                         args.catalog, "--keep-columns")
+    cols = resolve_columns(
+        h.columns, args.id_column, args.ra_column or h.ra_column, args.dec_column or h.dec_column, path=args.catalog
+    )
+    carry = [c for c in h.columns if c != h.healpix_column]  # ours is recomputed: never twice
+    keep = (
+        list(carry)
+        if args.keep_columns == ["*"]
+        else named_columns(args.keep_columns, h.columns, args.catalog, "--keep-columns")
+    )
     o, p = next(op for op in h.pixels if h.rows[op])
     ids = read_pixel(h.path, o, p, [cols["id"]], h.npix_suffix).column(0).slice(0, 1000).to_pandas()
     kind = "int" if pd.api.types.is_integer_dtype(ids.dtype) else "str"
     sel = select_columns(h.columns)
-    if sel:                                         # a type error stops the run here, not in a task
+    if sel:  # a type error stops the run here, not in a task
         from .select import evaluate
+
         t = read_pixel(h.path, o, p, list(dict.fromkeys(sel.values())), h.npix_suffix).slice(0, 1000)
         evaluate(args.select, sel, arrow_to_pandas(t), args.catalog)
-    return {"format": "hats", "nrows": h.nrows, "columns": cols, "keep": keep, "id_kind": kind, "chunks": [],
-            "hats": h, "select_columns": sel}
+    return {
+        "format": "hats",
+        "nrows": h.nrows,
+        "columns": cols,
+        "keep": keep,
+        "id_kind": kind,
+        "chunks": [],
+        "hats": h,
+        "select_columns": sel,
+    }
 
 
 def make_hats_plan(args, cat: dict) -> Plan:
     h: HatsInput = cat["hats"]
-    pieces = []                                     # (order, pixel, sub, nsub, rows), pixels in nested order
+    pieces = []  # (order, pixel, sub, nsub, rows), pixels in nested order
     for (o, p), n in ((op, h.rows[op]) for op in h.pixels):
         nsub = max(1, -(-n // args.partition_rows))
         pieces += [(o, p, s, nsub, len(sub_rows(n, s, nsub))) for s in range(nsub) if n]
     parts = [Partition(i, *t) for i, t in enumerate(pieces)]
-    return Plan(catalog=str(h.path), source_catalog=args.catalog, nrows=h.nrows, columns=cat["columns"],
-                keep=cat["keep"], id_kind=cat["id_kind"], chunks=[], hist_order=args.hist_order,
-                partitions=parts, select=args.select, select_columns=cat.get("select_columns") or {},
-                hats={"root": str(h.path), "npix_suffix": h.npix_suffix, "healpix": h.healpix_column,
-                      "offsets": {f"{o}/{p}": off for (o, p), off in h.offsets.items()}})
+    return Plan(
+        catalog=str(h.path),
+        source_catalog=args.catalog,
+        nrows=h.nrows,
+        columns=cat["columns"],
+        keep=cat["keep"],
+        id_kind=cat["id_kind"],
+        chunks=[],
+        hist_order=args.hist_order,
+        partitions=parts,
+        select=args.select,
+        select_columns=cat.get("select_columns") or {},
+        hats={
+            "root": str(h.path),
+            "npix_suffix": h.npix_suffix,
+            "healpix": h.healpix_column,
+            "offsets": {f"{o}/{p}": off for (o, p), off in h.offsets.items()},
+        },
+    )
 
 
 def read_hats_partition(plan: Plan, part: Partition) -> pd.DataFrame:

@@ -26,19 +26,39 @@ def _id_kind(reader: CatalogReader, id_col: str) -> str:
         return csv_id_kind(reader.path, id_col, reader.chunk_rows)
     if reader.format == "parquet":
         import pyarrow as pa
+
         schema = reader._pq.schema_arrow if reader._pq is not None else reader._ds.schema
         t = schema.field(id_col).type
         t = t.value_type if pa.types.is_dictionary(t) else t
-        kind = ("uint" if t == pa.uint64() else "int") if pa.types.is_integer(t) else \
-            "str" if (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
-                      or pa.types.is_large_binary(t) or pa.types.is_null(t)) else str(t)
+        kind = (
+            ("uint" if t == pa.uint64() else "int")
+            if pa.types.is_integer(t)
+            else "str"
+            if (
+                pa.types.is_string(t)
+                or pa.types.is_large_string(t)
+                or pa.types.is_binary(t)
+                or pa.types.is_large_binary(t)
+                or pa.types.is_null(t)
+            )
+            else str(t)
+        )
     else:
         dt = reader.read_rows(0, 1, [id_col])[id_col].dtype
-        kind = ("uint" if dt.itemsize == 8 else "int") if dt.kind == "u" else "int" if dt.kind == "i" else \
-            "str" if dt.kind in "OSU" else str(dt)
+        kind = (
+            ("uint" if dt.itemsize == 8 else "int")
+            if dt.kind == "u"
+            else "int"
+            if dt.kind == "i"
+            else "str"
+            if dt.kind in "OSU"
+            else str(dt)
+        )
     if kind not in ("int", "uint", "str"):
-        raise CatalogError(f"{reader.path}: id column {id_col!r} is {kind}, not integer or text (a float id "
-                           "loses digits); name the real id column with --id-column")
+        raise CatalogError(
+            f"{reader.path}: id column {id_col!r} is {kind}, not integer or text (a float id "
+            "loses digits); name the real id column with --id-column"
+        )
     return kind
 
 
@@ -47,6 +67,7 @@ def _select_columns(args: ProcessArguments, available: list[str]) -> dict:
     if args.select is None:
         return {}
     from .select import SelectError, resolve
+
     try:
         return resolve(args.select, list(available), args.catalog)
     except SelectError as exc:
@@ -58,6 +79,7 @@ def _check_select_sample(args: ProcessArguments, cat: dict, reader: CatalogReade
     if args.select is None:
         return
     from .select import evaluate
+
     cols = list(dict.fromkeys(cat["select_columns"].values()))
     evaluate(args.select, cat["select_columns"], reader.read_rows(0, min(reader.nrows, 1000), cols), args.catalog)
 
@@ -65,12 +87,15 @@ def _check_select_sample(args: ProcessArguments, cat: dict, reader: CatalogReade
 def inspect_catalog(args: ProcessArguments) -> dict:
     """Columns, size and id type of the input catalog (reads a few rows only)."""
     from ..catalogs.hats import is_hats
-    if is_hats(args.catalog):                      # partitions are the HATS pixels (hats_plan.py)
+
+    if is_hats(args.catalog):  # partitions are the HATS pixels (hats_plan.py)
         from .hats_plan import inspect_hats
+
         cat = inspect_hats(args, named_columns, lambda cols: _select_columns(args, cols))
         if args.path_column:
-            cat["columns"]["path"], = named_columns([args.path_column], cat["hats"].columns, args.catalog,
-                                                    "--path-column")
+            (cat["columns"]["path"],) = named_columns(
+                [args.path_column], cat["hats"].columns, args.catalog, "--path-column"
+            )
             cat["keep"] = list(dict.fromkeys([*cat["keep"], cat["columns"]["path"]]))
         return cat
     reader = CatalogReader(args.catalog, chunk_rows=args.chunk_rows)
@@ -79,21 +104,32 @@ def inspect_catalog(args: ProcessArguments) -> dict:
             raise CatalogError(f"{args.catalog}: catalog has no rows")
         cols = resolve_columns(reader.columns, args.id_column, args.ra_column, args.dec_column, path=args.catalog)
         keep = _resolve_keep(args.keep_columns, reader.columns, args.catalog)
-        if args.path_column:                       # read into the partitions and carried through
-            cols["path"], = named_columns([args.path_column], reader.columns, args.catalog, "--path-column")
+        if args.path_column:  # read into the partitions and carried through
+            (cols["path"],) = named_columns([args.path_column], reader.columns, args.catalog, "--path-column")
             keep = list(dict.fromkeys([*keep, cols["path"]]))
         core = (cols["id"], cols["ra"], cols["dec"])
         internal = [c for c in (*core, *keep) if c in INTERNAL_COLUMNS]
         if internal:
-            raise CatalogError(f"{args.catalog}: column {internal[0]!r} has the name of a column mergerscan uses "
-                               "internally; rename it (or do not keep it)")
+            raise CatalogError(
+                f"{args.catalog}: column {internal[0]!r} has the name of a column mergerscan uses "
+                "internally; rename it (or do not keep it)"
+            )
         names = output_names([k for k in keep if k not in core])
         if len(OUTPUT_COLUMNS) + len(names) > FITS_MAX_COLUMNS:
-            raise CatalogError(f"{args.catalog}: {len(names)} kept columns + {len(OUTPUT_COLUMNS)} output columns "
-                               f"exceed the {FITS_MAX_COLUMNS} columns of a FITS table; keep fewer (--keep-columns)")
-        cat = {"format": reader.format, "nrows": reader.nrows, "columns": cols, "keep": keep, "names": names,
-               "id_kind": _id_kind(reader, cols["id"]), "chunks": reader.chunk_ranges(),
-               "select_columns": _select_columns(args, reader.columns)}
+            raise CatalogError(
+                f"{args.catalog}: {len(names)} kept columns + {len(OUTPUT_COLUMNS)} output columns "
+                f"exceed the {FITS_MAX_COLUMNS} columns of a FITS table; keep fewer (--keep-columns)"
+            )
+        cat = {
+            "format": reader.format,
+            "nrows": reader.nrows,
+            "columns": cols,
+            "keep": keep,
+            "names": names,
+            "id_kind": _id_kind(reader, cols["id"]),
+            "chunks": reader.chunk_ranges(),
+            "select_columns": _select_columns(args, reader.columns),
+        }
         _check_select_sample(args, cat, reader)
         return cat
     finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .task import PartitionTask
 
-OOM_BATCH_DIVISORS = (8, 10 ** 9)
+OOM_BATCH_DIVISORS = (8, 10**9)
 
 
 def retry_after_oom(task: PartitionTask, level: int) -> tuple[PartitionTask, str]:
@@ -19,7 +19,9 @@ def retry_after_oom(task: PartitionTask, level: int) -> tuple[PartitionTask, str
     and the end of the warning to log about it.  ``task``: the partition's first attempt (the run's settings)."""
     if level < len(OOM_BATCH_DIVISORS):
         b = max(1, task.batch_size // OOM_BATCH_DIVISORS[level])
-        src = task.source.low_memory()               # e.g. frames: one field in memory at a time
+        src = task.source.low_memory()  # e.g. frames: one field in memory at a time
         return task.retry_with(batch_size=b, source=src), f"; retrying with batch size {b}"
-    return (task.retry_with(batch_size=1, flag_status="out_of_memory"),
-            " at batch size 1; its rows are flagged out_of_memory")
+    return (
+        task.retry_with(batch_size=1, flag_status="out_of_memory"),
+        " at batch size 1; its rows are flagged out_of_memory",
+    )

@@ -33,9 +33,9 @@ ORDER29 = 29
 @dataclass(frozen=True)
 class Partition:
     pid: int
-    order: int           # HEALPix order; -1 for the partition(s) of rows with bad coordinates
+    order: int  # HEALPix order; -1 for the partition(s) of rows with bad coordinates
     pixel: int
-    sub: int = 0         # sub-partition index when one pixel holds more than partition_rows
+    sub: int = 0  # sub-partition index when one pixel holds more than partition_rows
     nsub: int = 1
     rows: int = 0
 
@@ -50,20 +50,20 @@ class Partition:
 
 @dataclass
 class Plan:
-    catalog: str                 # file the tasks read (a Parquet staging copy for CSV input)
-    source_catalog: str          # what the user gave
+    catalog: str  # file the tasks read (a Parquet staging copy for CSV input)
+    source_catalog: str  # what the user gave
     nrows: int
-    columns: dict                # {"id": name, "ra": name, "dec": name[, "path": name]} in the file's spelling
-    keep: list                   # input columns carried through
-    id_kind: str                 # "int", "uint" (uint64) or "str"
-    chunks: list                 # [(start, stop)]
+    columns: dict  # {"id": name, "ra": name, "dec": name[, "path": name]} in the file's spelling
+    keep: list  # input columns carried through
+    id_kind: str  # "int", "uint" (uint64) or "str"
+    chunks: list  # [(start, stop)]
     hist_order: int
     partitions: list = field(default_factory=list)
-    split: dict = field(default_factory=dict)   # buckets and run ranges (split.plan_split)
-    select: str | None = None    # --select EXPR (see select.py)
-    select_columns: dict = field(default_factory=dict)   # {name in EXPR: column in the file's spelling}
-    hats: dict | None = None     # HATS input: partitions are its pixels, read directly (hats_plan.py)
-    names: dict = field(default_factory=dict)   # carried input column -> output name (schema.output_names)
+    split: dict = field(default_factory=dict)  # buckets and run ranges (split.plan_split)
+    select: str | None = None  # --select EXPR (see select.py)
+    select_columns: dict = field(default_factory=dict)  # {name in EXPR: column in the file's spelling}
+    hats: dict | None = None  # HATS input: partitions are its pixels, read directly (hats_plan.py)
+    names: dict = field(default_factory=dict)  # carried input column -> output name (schema.output_names)
 
     @property
     def carried(self) -> list:
@@ -102,12 +102,13 @@ def healpix29(ra: np.ndarray, dec: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
     out = np.full(len(ra), -1, np.int64)
     if valid.any():
-        out[valid] = lonlat_to_healpix(ra[valid] * u.deg, dec[valid] * u.deg, 2 ** ORDER29, order="nested")
+        out[valid] = lonlat_to_healpix(ra[valid] * u.deg, dec[valid] * u.deg, 2**ORDER29, order="nested")
     return out
 
 
-def read_positions(path: str, start: int, stop: int, columns: dict, extra: list | None = None,
-                   label: str | None = None) -> pd.DataFrame:
+def read_positions(
+    path: str, start: int, stop: int, columns: dict, extra: list | None = None, label: str | None = None
+) -> pd.DataFrame:
     """Rows [start, stop) with id/ra/dec (+ extra) columns; errors name ``label`` (the user's file)."""
     r = CatalogReader(path)
     try:
@@ -121,8 +122,9 @@ def read_positions(path: str, start: int, stop: int, columns: dict, extra: list 
     return df
 
 
-def make_partitions(pixels: np.ndarray, counts: np.ndarray, n_invalid: int, hist_order: int,
-                    max_rows: int) -> list[Partition]:
+def make_partitions(
+    pixels: np.ndarray, counts: np.ndarray, n_invalid: int, hist_order: int, max_rows: int
+) -> list[Partition]:
     """Coarsest HEALPix pixels with <= max_rows rows (top-down), dense pixels cut by row number."""
     hist = pd.Series(counts, index=pixels).groupby(level=0).sum()
     parts, assigned = [], np.zeros(len(hist), bool)
@@ -199,7 +201,7 @@ def stage_csv(path: str, work: Path, chunk_rows: int, id_column: str | None = No
         return str(out)
     r = CatalogReader(path, chunk_rows=chunk_rows)
     r.text_columns = {id_column} if id_column else set()
-    with atomic_path(out) as tmp:            # a failure leaves no staged file (and no temporary)
+    with atomic_path(out) as tmp:  # a failure leaves no staged file (and no temporary)
         writer = None
         try:
             for start, chunk in r.iter_chunks():
@@ -211,8 +213,10 @@ def stage_csv(path: str, work: Path, chunk_rows: int, id_column: str | None = No
                 try:
                     writer.write_table(t.cast(writer.schema), row_group_size=chunk_rows)
                 except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
-                    raise CatalogError(f"{path}: a column changes type in the chunk starting at row {start} "
-                                       f"({str(exc).splitlines()[0]})") from None
+                    raise CatalogError(
+                        f"{path}: a column changes type in the chunk starting at row {start} "
+                        f"({str(exc).splitlines()[0]})"
+                    ) from None
             if writer is None:
                 raise ValueError(f"{path}: catalog has no rows")
         finally:

@@ -34,11 +34,14 @@ def make_plan(args: ProcessArguments, cat: dict, tasks: TaskRunner, layout: RunL
     if plan_file.is_file():
         plan = Plan.load(plan_file)
         if not plan.hats and plan.split.get("format") != split.SPLIT_FORMAT:
-            raise ArgumentError(f"{args.output}: planned by an older mergerscan (another split layout); "
-                                "use --overwrite to plan it again")
+            raise ArgumentError(
+                f"{args.output}: planned by an older mergerscan (another split layout); "
+                "use --overwrite to plan it again"
+            )
         return plan
-    if cat["format"] == "hats":                    # no histogram pass: the pixels are the plan
+    if cat["format"] == "hats":  # no histogram pass: the pixels are the plan
         from .hats_plan import make_hats_plan
+
         plan = make_hats_plan(args, cat)
         plan.save(plan_file)
         return plan
@@ -49,21 +52,46 @@ def make_plan(args: ProcessArguments, cat: dict, tasks: TaskRunner, layout: RunL
         path = stage_csv(args.catalog, work, args.chunk_rows, cat["columns"]["id"], cat["id_kind"])
         chunks = CatalogReader(path, chunk_rows=args.chunk_rows).chunk_ranges()
     select_columns = cat.get("select_columns") or {}
-    spec = {"catalog": path, "source_catalog": args.catalog, "columns": cat["columns"], "keep": cat["keep"],
-            "hist_order": args.hist_order, "select": args.select, "select_columns": select_columns,
-            "fault_hook": args.fault_hook}
+    spec = {
+        "catalog": path,
+        "source_catalog": args.catalog,
+        "columns": cat["columns"],
+        "keep": cat["keep"],
+        "hist_order": args.hist_order,
+        "select": args.select,
+        "select_columns": select_columns,
+        "fault_hook": args.fault_hook,
+    }
     hist, ranges = split.Histogram(), [None] * len(chunks)
     bar = Progress(cat["nrows"], "plan: scan", args.progress, unit="rows", lazy=True)
-    for r in tasks.map(split.scan_chunk, [spec] * len(chunks), range(len(chunks)), [tuple(c) for c in chunks],
-                       [str(work)] * len(chunks), progress=bar, weight=lambda r: r["rows"]):
+    for r in tasks.map(
+        split.scan_chunk,
+        [spec] * len(chunks),
+        range(len(chunks)),
+        [tuple(c) for c in chunks],
+        [str(work)] * len(chunks),
+        progress=bar,
+        weight=lambda r: r["rows"],
+    ):
         hist.add(r)
         ranges[r["chunk"]] = r["range"]
     pixels, counts, n_invalid = hist.result()
     parts = make_partitions(pixels, counts, n_invalid, args.hist_order, args.partition_rows)
-    plan = Plan(catalog=path, source_catalog=args.catalog, nrows=cat["nrows"], columns=cat["columns"],
-                keep=cat["keep"], id_kind=cat["id_kind"], chunks=[tuple(c) for c in chunks],
-                hist_order=args.hist_order, partitions=parts, select=args.select, select_columns=select_columns,
-                names=cat["names"], split=split.plan_split(parts, ranges, max(args.chunk_rows, args.partition_rows)))
+    plan = Plan(
+        catalog=path,
+        source_catalog=args.catalog,
+        nrows=cat["nrows"],
+        columns=cat["columns"],
+        keep=cat["keep"],
+        id_kind=cat["id_kind"],
+        chunks=[tuple(c) for c in chunks],
+        hist_order=args.hist_order,
+        partitions=parts,
+        select=args.select,
+        select_columns=select_columns,
+        names=cat["names"],
+        split=split.plan_split(parts, ranges, max(args.chunk_rows, args.partition_rows)),
+    )
     plan.save(plan_file)
     return plan
 
@@ -76,7 +104,7 @@ def _bucket_rows(plan: Plan, b: int) -> int:
 def plan_and_split(args: ProcessArguments, cat: dict, tasks: TaskRunner, layout: RunLayout) -> Plan:
     """The plan, and every bucket of the split written (a killed split resumes where it stopped)."""
     plan = make_plan(args, cat, tasks, layout)
-    if plan.hats:                                  # HATS input: tasks read its pixels, nothing to split
+    if plan.hats:  # HATS input: tasks read its pixels, nothing to split
         return plan
     work = layout.work.dir
     todo = split.missing_buckets(work, plan)
@@ -84,8 +112,15 @@ def plan_and_split(args: ProcessArguments, cat: dict, tasks: TaskRunner, layout:
         bar = Progress(plan.nrows, "plan: split", args.progress, unit="rows", lazy=True)
         bar.update(plan.nrows - sum(_bucket_rows(plan, b) for b in todo))
         pplan = _plan_argument(tasks, layout)
-        for _ in tasks.map(split.gather_bucket, [pplan] * len(todo), todo, [str(work)] * len(todo),
-                           [args.fault_hook] * len(todo), progress=bar, weight=lambda r: r):
+        for _ in tasks.map(
+            split.gather_bucket,
+            [pplan] * len(todo),
+            todo,
+            [str(work)] * len(todo),
+            [args.fault_hook] * len(todo),
+            progress=bar,
+            weight=lambda r: r,
+        ):
             pass
     split.remove_runs(work)
     return plan

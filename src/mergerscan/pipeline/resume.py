@@ -42,7 +42,7 @@ class OutputError(RuntimeError):
 def _is_run(layout: RunLayout) -> bool:
     if layout.work.fingerprint.is_file():
         return True
-    try:   # a finished run whose _work/ the user removed
+    try:  # a finished run whose _work/ the user removed
         return "mergerscan_version" in json.loads(layout.summary.read_text())
     except (OSError, ValueError, TypeError):
         return False
@@ -82,16 +82,19 @@ def check_or_claim(output: Path, fingerprint: dict, overwrite: bool, protect=(),
     ours = output.is_dir() and _is_run(layout)
     if output.is_dir() and not ours and any(output.iterdir()):
         names = sorted(p.name for p in output.iterdir())
-        raise OutputError(f"{output} exists and is not a mergerscan run (it holds {', '.join(names[:3])}"
-                          f"{', ...' if len(names) > 3 else ''}); choose an empty or new -o "
-                          "(--overwrite only ever removes what mergerscan wrote)")
+        raise OutputError(
+            f"{output} exists and is not a mergerscan run (it holds {', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''}); choose an empty or new -o "
+            "(--overwrite only ever removes what mergerscan wrote)"
+        )
     if overwrite and ours:
         doomed = [p for p in layout.outputs() if p.exists() or p.is_symlink()]
         for p in protect:
             hit = next((d for d in doomed if not d.is_symlink() and _inside(p, d)), None)
             if p and hit is not None:
-                raise OutputError(f"--overwrite would delete {p} (inside {hit}); move it out of {output} "
-                                  "or choose another -o")
+                raise OutputError(
+                    f"--overwrite would delete {p} (inside {hit}); move it out of {output} or choose another -o"
+                )
         for p in doomed:
             if p.is_symlink() or not p.is_dir():
                 p.unlink(missing_ok=True)
@@ -104,7 +107,8 @@ def check_or_claim(output: Path, fingerprint: dict, overwrite: bool, protect=(),
             diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
             raise FingerprintMismatch(
                 f"{output} holds a run with a different {', '.join(diff)}; use --overwrite to replace it "
-                "or choose another -o")
+                "or choose another -o"
+            )
         resumed = True
     else:
         atomic_write_json(fp_file, fingerprint, indent=1, sort_keys=True)

@@ -22,8 +22,11 @@ def output_ids(ids: pd.Series, id_kind: str):
     never via float64) or text (nulls stay null, never the string 'None')."""
     if id_kind in ("int", "uint"):
         dtype = "Int64" if id_kind == "int" else "UInt64"
-        return pd.array(ids, dtype=dtype) if ids.hasnans or isinstance(ids.dtype, pd.api.extensions.ExtensionDtype) \
+        return (
+            pd.array(ids, dtype=dtype)
+            if ids.hasnans or isinstance(ids.dtype, pd.api.extensions.ExtensionDtype)
             else ids.to_numpy(np.int64 if id_kind == "int" else np.uint64)
+        )
     return np.array([_text_id(v) for v in ids.to_numpy(object)], dtype=object)
 
 
@@ -46,31 +49,40 @@ def triage(df: pd.DataFrame, plan: Plan, examples: dict) -> tuple[np.ndarray, np
     no_id = missing_ids(df[c["id"]])
     status[no_id & valid] = "no_id"
     ids = df[c["id"]].astype(str).to_numpy()
-    dup = flag_duplicates(df[c["id"]]) & valid & ~no_id          # missing ids are never duplicates
+    dup = flag_duplicates(df[c["id"]]) & valid & ~no_id  # missing ids are never duplicates
     status[dup] = "duplicate_id"
-    if "_selected" in df:                          # --select: the rest is kept, not fetched or scored
+    if "_selected" in df:  # --select: the rest is kept, not fetched or scored
         status[(status == "") & ~df["_selected"].to_numpy(bool)] = "not_selected"
     inrow = df["_input_row"].to_numpy()
     for i in np.flatnonzero(~valid)[:1]:
-        note(examples, "bad_coords", f"row {inrow[i]} (id {ids[i]}): ra={df[c['ra']].iloc[i]!r}, "
-                                     f"dec={df[c['dec']].iloc[i]!r}")
+        note(
+            examples,
+            "bad_coords",
+            f"row {inrow[i]} (id {ids[i]}): ra={df[c['ra']].iloc[i]!r}, dec={df[c['dec']].iloc[i]!r}",
+        )
     for i in np.flatnonzero(dup)[:1]:
-        note(examples, "duplicate_id", f"row {inrow[i]} (id {ids[i]}): the same id appeared earlier in this "
-                                       "sky partition")
+        note(
+            examples,
+            "duplicate_id",
+            f"row {inrow[i]} (id {ids[i]}): the same id appeared earlier in this sky partition",
+        )
     return status, ids
 
 
 def output_table(df: pd.DataFrame, plan: Plan, p: np.ndarray, status: np.ndarray, threshold: float) -> pd.DataFrame:
     c = plan.columns
-    out = {("objid" if plan.id_kind in ("int", "uint") else "id"): output_ids(df[c["id"]], plan.id_kind),
-           "ra": df[c["ra"]].to_numpy(np.float64), "dec": df[c["dec"]].to_numpy(np.float64),
-           "p_merger": p.astype(np.float32),
-           "is_merger": np.nan_to_num(p, nan=-1.0) >= threshold,
-           "status": status.astype(object),
-           "input_row": df["_input_row"].to_numpy(np.int64),
-           "_healpix_29": df["_healpix29"].to_numpy(np.int64)}
-    names = plan.names or output_names(plan.carried)    # plans written before the names were stored
+    out = {
+        ("objid" if plan.id_kind in ("int", "uint") else "id"): output_ids(df[c["id"]], plan.id_kind),
+        "ra": df[c["ra"]].to_numpy(np.float64),
+        "dec": df[c["dec"]].to_numpy(np.float64),
+        "p_merger": p.astype(np.float32),
+        "is_merger": np.nan_to_num(p, nan=-1.0) >= threshold,
+        "status": status.astype(object),
+        "input_row": df["_input_row"].to_numpy(np.int64),
+        "_healpix_29": df["_healpix29"].to_numpy(np.int64),
+    }
+    names = plan.names or output_names(plan.carried)  # plans written before the names were stored
     for k in plan.carried:
-        col = df[k]   # nullable (extension) dtypes stay as they are: one column type in every partition
+        col = df[k]  # nullable (extension) dtypes stay as they are: one column type in every partition
         out[names[k]] = col.array if isinstance(col.dtype, pd.api.extensions.ExtensionDtype) else col.to_numpy()
     return pd.DataFrame(out)

@@ -58,13 +58,24 @@ def _score(args: ProcessArguments, client, engine_path, info, parts: list[Partit
     layout = RunLayout(args.output)
     pplan = plan_future(client, layout)
     scored, retry = _listing(layout.work.scored_dir), _listing(layout.work.retry_dir)
-    todo = [p for p in parts if layout.work.marker(p.pid).name not in scored
-            or layout.work.retry_marker(p.pid).name in retry]
+    todo = [
+        p
+        for p in parts
+        if layout.work.marker(p.pid).name not in scored or layout.work.retry_marker(p.pid).name in retry
+    ]
     skipped = sum(p.rows for p in parts) - sum(p.rows for p in todo)
-    first = PartitionTask(output=str(layout.root), source=args.source, engine_path=str(engine_path),
-                          backend=args.backend, threads=args.threads_per_worker, batch_size=args.batch_size,
-                          run_meta=run_meta(args, info), shared_batch=args.shared_batch_rows, views=info.views,
-                          fault_hook=args.fault_hook)
+    first = PartitionTask(
+        output=str(layout.root),
+        source=args.source,
+        engine_path=str(engine_path),
+        backend=args.backend,
+        threads=args.threads_per_worker,
+        batch_size=args.batch_size,
+        run_meta=run_meta(args, info),
+        shared_batch=args.shared_batch_rows,
+        views=info.views,
+        fault_hook=args.fault_hook,
+    )
     # GPU backends: tasks need one unit of the GPU resource that GPU workers advertise (one per
     # thread): CPU-only workers of the same scheduler never get them (cluster.check_gpu_workers)
     resources = dict(GPU_TASK_RESOURCES) if args.gpus else None
@@ -120,8 +131,14 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
         info = read_engine_info(engine_path).with_views(args.views)
     except ValueError as exc:
         raise ArgumentError(f"--views {args.views}: {exc}") from None
-    if args.gpus and client is None and args.cluster == "local" and not args.scheduler and args.mode in ("all", "shard"):
-        check_local_gpu(args.backend)         # local workers would fail (or wait) on every partition
+    if (
+        args.gpus
+        and client is None
+        and args.cluster == "local"
+        and not args.scheduler
+        and args.mode in ("all", "shard")
+    ):
+        check_local_gpu(args.backend)  # local workers would fail (or wait) on every partition
     cat = inspect_catalog(args)
     _source_notices(args, cat["nrows"])
     layout = RunLayout(args.output)
@@ -133,8 +150,10 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
         plan = existing_plan(layout)
         missing = [p.name for p in plan.partitions if not layout.work.marker(p.pid).is_file()]
         if missing:
-            raise ArgumentError(f"{layout.root}: {len(missing)} partition(s) not scored yet (e.g. {missing[0]}); "
-                                "run the missing shards first")
+            raise ArgumentError(
+                f"{layout.root}: {len(missing)} partition(s) not scored yet (e.g. {missing[0]}); "
+                "run the missing shards first"
+            )
         return finalize(args, plan, info)
     if args.mode == "shard":
         existing_plan(layout)
@@ -148,8 +167,11 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
             return _planned(layout, plan)
         _score(args, client, engine_path, info, shard_partitions(plan, args.shard))
     if args.mode == "shard" and args.shard is not None:
-        return {"shard": list(args.shard), "partitions": len(shard_partitions(plan, args.shard)),
-                "seconds": round(time.time() - t_start, 2)}
+        return {
+            "shard": list(args.shard),
+            "partitions": len(shard_partitions(plan, args.shard)),
+            "seconds": round(time.time() - t_start, 2),
+        }
     return finalize(args, plan, info, seconds=time.time() - t_start)
 
 
@@ -157,6 +179,7 @@ def _source_notices(args: ProcessArguments, nrows: int) -> None:
     """One line naming the default image source when none was given; a hint towards --frames when
     a web service would take long (cutouts/defaults.py)."""
     from ..cutouts.defaults import large_catalog_hint, startup_line
+
     if args.default_source is not None:
         print(startup_line(args.default_source), file=sys.stderr)
     if args.cutout_service and args.mode in ("all", "plan"):

@@ -19,8 +19,28 @@ from ..catalogs.columns import require_column
 from ..catalogs.read import CatalogError
 
 # names an expression may use that are not columns (pandas.eval's functions and constants)
-FUNCTIONS = {"abs", "sqrt", "exp", "expm1", "log", "log1p", "log10", "sin", "cos", "tan", "arcsin",
-             "arccos", "arctan", "arctan2", "sinh", "cosh", "tanh", "arcsinh", "arccosh", "arctanh"}
+FUNCTIONS = {
+    "abs",
+    "sqrt",
+    "exp",
+    "expm1",
+    "log",
+    "log1p",
+    "log10",
+    "sin",
+    "cos",
+    "tan",
+    "arcsin",
+    "arccos",
+    "arctan",
+    "arctan2",
+    "sinh",
+    "cosh",
+    "tanh",
+    "arcsinh",
+    "arccosh",
+    "arctanh",
+}
 CONSTANTS = {"True", "False", "None", "inf", "nan"}
 SAMPLE_ROWS = 1000
 
@@ -31,7 +51,7 @@ class SelectError(ValueError):
 
 def expression_names(expr: str) -> list[str]:
     """Column names used by ``expr`` (functions and constants left out); SelectError on bad syntax."""
-    text = " ".join(expr.split())          # pandas.eval takes one line; so do we
+    text = " ".join(expr.split())  # pandas.eval takes one line; so do we
     if not text:
         raise SelectError("--select: empty expression")
     if "`" in text:
@@ -57,19 +77,35 @@ def evaluate(expr: str, columns: dict, df: pd.DataFrame, label: str, start: int 
     """Boolean mask of the rows of ``df`` selected by ``expr`` (missing/NaN comparisons: not selected)."""
     if len(df) == 0:
         return np.zeros(0, bool)
-    frame = pd.DataFrame({n: df[c].to_numpy() if not isinstance(df[c].dtype, pd.api.extensions.ExtensionDtype)
-                          else df[c] for n, c in columns.items()}, index=pd.RangeIndex(len(df)))
+    frame = pd.DataFrame(
+        {
+            n: df[c].to_numpy() if not isinstance(df[c].dtype, pd.api.extensions.ExtensionDtype) else df[c]
+            for n, c in columns.items()
+        },
+        index=pd.RangeIndex(len(df)),
+    )
     try:
         res = frame.eval(" ".join(expr.split()), engine="python")
     except Exception as exc:  # any failure is the expression's, reported in one line
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CatalogError(f"{label}: --select {expr!r} fails on rows {start}..{start + len(df) - 1} "
-                           f"({type(exc).__name__}: {msg})") from None
-    if not isinstance(res, pd.Series) or len(res) != len(df) or not (
-            pd.api.types.is_bool_dtype(res.dtype) or (res.dtype == object and res.map(
-                lambda v: isinstance(v, (bool, np.bool_)) or v is None or v is pd.NA).all())):
-        raise CatalogError(f"{label}: --select {expr!r} does not give one true/false per row "
-                           f"(got {type(res).__name__} {getattr(res, 'dtype', '')}); use a comparison")
+        raise CatalogError(
+            f"{label}: --select {expr!r} fails on rows {start}..{start + len(df) - 1} ({type(exc).__name__}: {msg})"
+        ) from None
+    if (
+        not isinstance(res, pd.Series)
+        or len(res) != len(df)
+        or not (
+            pd.api.types.is_bool_dtype(res.dtype)
+            or (
+                res.dtype == object
+                and res.map(lambda v: isinstance(v, (bool, np.bool_)) or v is None or v is pd.NA).all()
+            )
+        )
+    ):
+        raise CatalogError(
+            f"{label}: --select {expr!r} does not give one true/false per row "
+            f"(got {type(res).__name__} {getattr(res, 'dtype', '')}); use a comparison"
+        )
     return res.fillna(False).to_numpy(bool)
 
 

@@ -42,7 +42,7 @@ from .faults import fault_point
 from .plan import ORDER29, Partition, Plan, assign_partitions, healpix29, read_positions
 from .select import mark_selected
 
-SPLIT_FORMAT = 2                  # 1 was one Parquet file per (partition, chunk) under split/part-*/
+SPLIT_FORMAT = 2  # 1 was one Parquet file per (partition, chunk) under split/part-*/
 INDEX_KEY = b"mergerscan.partitions"
 
 
@@ -71,21 +71,32 @@ def _summary(hpx: np.ndarray, hist_order: int, chunk_id: int) -> dict:
     counts = np.diff(np.r_[starts, len(pix)])
     # bounds of the run's valid healpix29 (pixel-aligned: rows are not sorted inside a pixel)
     lo, hi = (int(pix[0]) << shift, ((int(pix[-1]) + 1) << shift) - 1) if len(pix) else (-1, -1)
-    return {"pixels": pix[starts], "counts": counts.astype(np.int64), "n_invalid": n_invalid,
-            "range": [lo, hi, n_invalid], "rows": len(hpx), "chunk": chunk_id}
+    return {
+        "pixels": pix[starts],
+        "counts": counts.astype(np.int64),
+        "n_invalid": n_invalid,
+        "range": [lo, hi, n_invalid],
+        "rows": len(hpx),
+        "chunk": chunk_id,
+    }
 
 
 def _read_ipc(path: Path):
     """An IPC file as a zero-copy table over a memory map: slicing it reads only the touched pages."""
     import pyarrow as pa
+
     return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
 
 def _write_ipc(path: Path, table, batches=None, sync: bool = True):
     """Atomically: ``table`` as one record batch, or as the given ``(offset, length)`` batches."""
     import pyarrow as pa
-    with atomic_path(path, fsync=sync) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
-            pa.ipc.new_file(sink, table.schema) as writer:
+
+    with (
+        atomic_path(path, fsync=sync) as tmp,
+        pa.OSFile(str(tmp), "wb") as sink,
+        pa.ipc.new_file(sink, table.schema) as writer,
+    ):
         for off, n in batches if batches is not None else [(0, len(table))]:
             writer.write_table(table.slice(off, n), max_chunksize=max(1, n))
 
@@ -101,19 +112,27 @@ def scan_chunk(spec: dict, chunk_id: int, rows: tuple[int, int], work: str) -> d
     import pyarrow as pa
 
     path = WorkLayout(work).run_file(chunk_id)
-    if path.is_file():                                  # finished before a kill: keep it
+    if path.is_file():  # finished before a kill: keep it
         try:
             hpx = _read_ipc(path).column("_healpix29").to_numpy()
             if len(hpx) == rows[1] - rows[0]:
                 return _summary(hpx, spec["hist_order"], chunk_id)
-        except (OSError, ValueError):                   # torn by a crash (runs are not fsync'ed)
+        except (OSError, ValueError):  # torn by a crash (runs are not fsync'ed)
             pass
     fault_point(spec.get("fault_hook"), "scan", chunk_id)
     start, stop = rows
     c = spec["columns"]
-    df = read_positions(spec["catalog"], start, stop, c, [*spec["keep"], *spec.get("select_columns", {}).values()],
-                        label=spec["source_catalog"])
-    df = mark_selected(SimpleNamespace(**{"select": None, "select_columns": {}, **spec}), df, start)  # spec carries the plan fields it reads
+    df = read_positions(
+        spec["catalog"],
+        start,
+        stop,
+        c,
+        [*spec["keep"], *spec.get("select_columns", {}).values()],
+        label=spec["source_catalog"],
+    )
+    df = mark_selected(
+        SimpleNamespace(**{"select": None, "select_columns": {}, **spec}), df, start
+    )  # spec carries the plan fields it reads
     ra = df[c["ra"]].to_numpy(np.float64)
     dec = df[c["dec"]].to_numpy(np.float64)
     hpx = healpix29(ra, dec, coord_status(ra, dec))
@@ -173,7 +192,7 @@ def make_buckets(partitions: list[Partition], bucket_rows: int) -> list[list[int
     own sub-partitions); rows with bad coordinates get buckets of their own."""
     buckets: list[list[int]] = []
     units: list[list[Partition]] = []
-    for p in partitions:                       # pixel units: the sub-partitions of one pixel
+    for p in partitions:  # pixel units: the sub-partitions of one pixel
         if units and (units[-1][0].order, units[-1][0].pixel) == (p.order, p.pixel):
             units[-1].append(p)
         else:
@@ -182,7 +201,7 @@ def make_buckets(partitions: list[Partition], bucket_rows: int) -> list[list[int
     for unit in units:
         lo, hi = _unit_range(unit[0])
         rows = sum(p.rows for p in unit)
-        if len(unit) > 1 and rows > bucket_rows:          # a dense pixel: buckets of its own
+        if len(unit) > 1 and rows > bucket_rows:  # a dense pixel: buckets of its own
             if cur:
                 buckets.append(cur)
             cur, cur_rows = None, 0
@@ -206,9 +225,12 @@ def make_buckets(partitions: list[Partition], bucket_rows: int) -> list[list[int
 def plan_split(partitions: list[Partition], run_ranges: list, bucket_rows: int) -> dict:
     """The split part of the plan: buckets and each run's healpix29 range (to skip runs that hold
     no row of a bucket; a catalog already sorted on the sky then reads each run about once)."""
-    return {"format": SPLIT_FORMAT, "bucket_rows": int(bucket_rows),
-            "buckets": make_buckets(partitions, bucket_rows),
-            "runs": [list(r) for r in run_ranges]}
+    return {
+        "format": SPLIT_FORMAT,
+        "bucket_rows": int(bucket_rows),
+        "buckets": make_buckets(partitions, bucket_rows),
+        "runs": [list(r) for r in run_ranges],
+    }
 
 
 def _unit_bounds(partitions: list[Partition], pid0: int, pid1: int) -> tuple[int, int]:
@@ -235,7 +257,7 @@ def gather_bucket(plan: Plan, bucket_id: int, work: str, fault_hook: str | None 
     pieces = []
     for chunk_id, (rlo, rhi, n_invalid) in enumerate(plan.split["runs"]):
         if (lo < 0 and not n_invalid) or (lo >= 0 and (rlo < 0 or rhi < lo or rlo >= hi)):
-            continue                                     # this run holds none of the bucket's rows
+            continue  # this run holds none of the bucket's rows
         run = _read_ipc(layout.run_file(chunk_id))
         hpx = run.column("_healpix29").to_numpy()
         a, b = _search(hpx, [lo, hi])
@@ -243,15 +265,16 @@ def gather_bucket(plan: Plan, bucket_id: int, work: str, fault_hook: str | None 
             pieces.append(run.slice(a, b - a))
     if pieces:
         table = pa.concat_tables(pieces, promote_options="permissive").combine_chunks()
-    else:   # a partition that lost all its rows is not possible unless the runs changed
-        raise RuntimeError(f"split bucket {bucket_id}: no rows in the runs; the split is damaged, "
-                           "re-run with --overwrite")
+    else:  # a partition that lost all its rows is not possible unless the runs changed
+        raise RuntimeError(
+            f"split bucket {bucket_id}: no rows in the runs; the split is damaged, re-run with --overwrite"
+        )
     hpx = table.column("_healpix29").to_numpy()
     rows = table.column("_input_row").to_numpy()
     u0, u1 = _unit_bounds(plan.partitions, pid0, pid1)
     pid = assign_partitions(hpx, rows, plan.partitions[u0:u1])
     keep = np.flatnonzero((pid >= pid0) & (pid < pid1))
-    keep = keep[np.lexsort((rows[keep], pid[keep]))]     # by partition, then input order
+    keep = keep[np.lexsort((rows[keep], pid[keep]))]  # by partition, then input order
     table, pid = table.take(keep), pid[keep]
     starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]]) if len(pid) else np.zeros(0, np.int64)
     index = [[int(pid[s]), int(n)] for s, n in zip(starts, np.diff(np.r_[starts, len(pid)]))]
@@ -281,7 +304,7 @@ def remove_runs(work: str | Path) -> None:
     for f in d.iterdir():
         if f.name.startswith(("chunk-", ".chunk-")) and f.name.endswith((".arrow", ".tmp")):
             f.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):       # something else is in there: not ours to remove
+    with contextlib.suppress(OSError):  # something else is in there: not ours to remove
         d.rmdir()
 
 
@@ -297,6 +320,6 @@ def read_partition(work: str | Path, plan: Plan, part: Partition, nullable=()) -
     f = pa.ipc.open_file(pa.memory_map(str(WorkLayout(work).bucket_file(bucket_of(plan, part.pid)))))
     index = json.loads(f.schema.metadata[INDEX_KEY])
     k = next((i for i, (p, _) in enumerate(index) if p == part.pid), None)
-    if k is None:                           # a sub-partition that no row fell into
+    if k is None:  # a sub-partition that no row fell into
         return pd.DataFrame()
     return arrow_to_pandas(pa.Table.from_batches([f.get_batch(k)], f.schema), nullable)

@@ -37,19 +37,20 @@ class PartitionTask:
     """Everything a partition task needs besides the plan and the partition; picklable (it is
     sent to the worker with every task).  The run varies ``batch_size``, ``source`` and
     ``flag_status`` when it retries a partition that ran out of memory (oom.py)."""
-    output: str                          # the run directory (RunLayout)
+
+    output: str  # the run directory (RunLayout)
     source: SourceConfig
-    engine_path: str | None              # None: the packaged engine
+    engine_path: str | None  # None: the packaged engine
     backend: str = "onnxruntime"
     threads: int = 1
     batch_size: int = 128
-    run_meta: dict[str, Any] = field(default_factory=dict)    # provenance stored in every output file
+    run_meta: dict[str, Any] = field(default_factory=dict)  # provenance stored in every output file
     # set by the run after the worker scoring this partition was killed repeatedly (memory): write
     # the partition without fetching or scoring, every row not otherwise flagged gets this status
     flag_status: str | None = None
-    shared_batch: int = 0                # rows per merged engine call (0: batches not shared)
+    shared_batch: int = 0  # rows per merged engine call (0: batches not shared)
     views: int | None = None
-    fault_hook: str | None = None        # faults.py: tests only
+    fault_hook: str | None = None  # faults.py: tests only
 
     def retry_with(self, **changes: Any) -> PartitionTask:
         return replace(self, **changes)
@@ -68,8 +69,9 @@ class BatchScorer:
     scored again in halves, down to single rows; a row that still fails is flagged
     ``out_of_memory``.  Any other inference error flags the batch ``inference_failed``."""
 
-    def __init__(self, src, engine, rows: pd.DataFrame, status: np.ndarray, p: np.ndarray, examples: dict,
-                 input_rows: np.ndarray):
+    def __init__(
+        self, src, engine, rows: pd.DataFrame, status: np.ndarray, p: np.ndarray, examples: dict, input_rows: np.ndarray
+    ):
         self.src, self.engine, self.rows, self.ids = src, engine, rows, rows["id"].to_numpy()
         self.status, self.p, self.examples, self.input_rows = status, p, examples, input_rows
         self.fetch_seconds = self.infer_seconds = 0.0
@@ -90,11 +92,11 @@ class BatchScorer:
                 try:
                     fetched = fut.result()
                 except MemoryError:
-                    fetched = None            # fetched again (in halves) by score()
+                    fetched = None  # fetched again (in halves) by score()
                 if k + 1 < len(batches):
                     fut = pool.submit(self.fetch, batches[k + 1])
                 self.score(idx, fetched)
-                fetched = None                # the stamps are not held while the next batch is fetched
+                fetched = None  # the stamps are not held while the next batch is fetched
 
     def score(self, idx: np.ndarray, fetched: Fetched | None = None) -> None:
         """Fetch (unless prefetched) and score rows ``idx``; on MemoryError, in halves."""
@@ -106,12 +108,15 @@ class BatchScorer:
             self.status[idx] = got.status
             self._infer(idx, got.stamps, np.isin(got.status, SCORED))
         except MemoryError:
-            got = fetched = None              # drop the stamps before retrying
+            got = fetched = None  # drop the stamps before retrying
             self.p[idx] = np.nan
             if len(idx) == 1:
                 self.status[idx] = "out_of_memory"
-                note(self.examples, "out_of_memory", f"row {self.input_rows[idx[0]]} (id {self.ids[idx[0]]}): "
-                                                     "MemoryError even for this row alone")
+                note(
+                    self.examples,
+                    "out_of_memory",
+                    f"row {self.input_rows[idx[0]]} (id {self.ids[idx[0]]}): MemoryError even for this row alone",
+                )
                 return
             h = len(idx) // 2
             self.score(idx[:h])
@@ -124,20 +129,24 @@ class BatchScorer:
         except MemoryError:
             raise
         except Exception as e:  # one bad batch must not lose the partition
-            if is_out_of_memory(e):       # CUDA OOM is a RuntimeError: retry in halves too
+            if is_out_of_memory(e):  # CUDA OOM is a RuntimeError: retry in halves too
                 release_device_memory()
                 raise MemoryError(f"{type(e).__name__}: {str(e)[:200]}") from e
             if is_sticky(e):
                 device_failure(self.engine, e)
             self.status[idx[ok]] = "inference_failed"
-            note(self.examples, "inference_failed", f"{int(ok.sum())} row(s) from id {self.ids[idx[ok][0]]}: "
-                                                    f"{type(e).__name__}: {e}")
+            note(
+                self.examples,
+                "inference_failed",
+                f"{int(ok.sum())} row(s) from id {self.ids[idx[ok][0]]}: {type(e).__name__}: {e}",
+            )
         self.infer_seconds += time.time() - t
 
 
 def _read_rows(plan: Plan, part: Partition, layout: RunLayout) -> pd.DataFrame:
-    if plan.hats:                                  # HATS input: the task reads its pixel itself
+    if plan.hats:  # HATS input: the task reads its pixel itself
         from .hats_plan import read_hats_partition
+
         return read_hats_partition(plan, part)
     return read_partition(layout.work.dir, plan, part, [plan.columns["id"], *plan.carried])  # ints never via float64
 
@@ -155,19 +164,28 @@ def _previous(layout: RunLayout, part: Partition, df: pd.DataFrame):
     rows = old.column("input_row").to_numpy()
     if len(rows) != len(df) or not np.array_equal(rows, df["_input_row"].to_numpy()):
         return None
-    return (old.column("status").to_numpy(zero_copy_only=False).astype(object),
-            old.column("p_merger").to_numpy(zero_copy_only=False).astype(np.float32), examples)
+    return (
+        old.column("status").to_numpy(zero_copy_only=False).astype(object),
+        old.column("p_merger").to_numpy(zero_copy_only=False).astype(np.float32),
+        examples,
+    )
 
 
 def _fetch_rows(df: pd.DataFrame, plan: Plan, ids: np.ndarray, source: SourceConfig) -> pd.DataFrame:
     """What the image source is asked for: id, ra, dec (and the stamp file, with a path column)."""
     c, n = plan.columns, len(df)
-    rows = pd.DataFrame({"id": ids, "ra": df[c["ra"]].to_numpy(np.float64) if n else [],
-                         "dec": df[c["dec"]].to_numpy(np.float64) if n else []})
+    rows = pd.DataFrame(
+        {
+            "id": ids,
+            "ra": df[c["ra"]].to_numpy(np.float64) if n else [],
+            "dec": df[c["dec"]].to_numpy(np.float64) if n else [],
+        }
+    )
     path_col = plan.path_column
     if path_col and source.source_class.reads_path_column:  # else files are named by the id
-        rows["path"] = df[path_col].astype(object).where(df[path_col].notna(), "").astype(str).to_numpy() \
-            if n else []                                     # empty: DIR/<id>.* instead
+        rows["path"] = (
+            df[path_col].astype(object).where(df[path_col].notna(), "").astype(str).to_numpy() if n else []
+        )  # empty: DIR/<id>.* instead
     return rows
 
 
@@ -181,7 +199,7 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
     marker, retry = layout.work.marker(part.pid), layout.work.retry_marker(part.pid)
     if done(marker) and not retry.exists():
         return read_marker(marker)
-    rerun = done(marker)                     # a retry: only the rows whose failure may be transient
+    rerun = done(marker)  # a retry: only the rows whose failure may be transient
     t0 = time.time()
     engine = worker_engine(task.engine_path, task.backend, task.threads, task.shared_batch, task.views)
     df = _read_rows(plan, part, layout)
@@ -191,7 +209,7 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
     inrow = df["_input_row"].to_numpy() if n else np.zeros(0, np.int64)
     p = np.full(n, np.nan, np.float32)
     if rerun and n and (prev := _previous(layout, part, df)) is not None:
-        keep = (status == "") & ~np.isin(prev[0], TRANSIENT)     # ok and lasting failures stay as they are
+        keep = (status == "") & ~np.isin(prev[0], TRANSIENT)  # ok and lasting failures stay as they are
         status[keep], p[keep] = prev[0][keep], prev[1][keep]
         for k, v in prev[2].items():
             if k not in TRANSIENT:
@@ -200,15 +218,19 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
     if task.flag_status is not None:
         status[todo] = task.flag_status
         for i in todo[:1]:
-            note(examples, task.flag_status, f"row {inrow[i]} (id {ids[i]}): the worker scoring this partition was "
-                                             "killed repeatedly (memory), even with the smallest batches")
+            note(
+                examples,
+                task.flag_status,
+                f"row {inrow[i]} (id {ids[i]}): the worker scoring this partition was "
+                "killed repeatedly (memory), even with the smallest batches",
+            )
         todo = todo[:0]
     elif n:
         fault_point(task.fault_hook, "score", part.pid, task.batch_size)
         # spatial order (nested HEALPix): consecutive batches share survey frames, so a frame source's
         # small per-partition frame cache is reused instead of re-reading frames for every batch
         todo = todo[np.argsort(df["_healpix29"].to_numpy()[todo], kind="stable")]
-    batches = [todo[i:i + task.batch_size] for i in range(0, len(todo), task.batch_size)]
+    batches = [todo[i : i + task.batch_size] for i in range(0, len(todo), task.batch_size)]
     scorer = None
     failures: dict = {}
     if batches:
@@ -226,18 +248,27 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
         raise RuntimeError(f"image source returned unknown status {sorted(unknown)}")
     counts = pd.Series(status).value_counts().to_dict() if n else {}
     if n:
-        write_partition(output_table(df, plan, p, status, engine.info.threshold), layout.dataset_file(part),
-                        task.run_meta)
+        write_partition(
+            output_table(df, plan, p, status, engine.info.threshold), layout.dataset_file(part), task.run_meta
+        )
     c = plan.columns
-    info = {"pid": part.pid, "name": part.name, "rows": n, "status": {k: int(v) for k, v in counts.items()},
-            "mergers": int(np.sum(p >= engine.info.threshold)), "seconds": round(time.time() - t0, 3),
-            "fetch_seconds": round(scorer.fetch_seconds if scorer else 0.0, 3),
-            "infer_seconds": round(scorer.infer_seconds if scorer else 0.0, 3), "batch_size": task.batch_size,
-            "finished": time.time(), "started": t0,
-            "file": str(layout.dataset_file(part).relative_to(layout.root)) if n else None,
-            "examples": {k: v for k, v in sorted(examples.items()) if counts.get(k)},
-            "coords": coord_range(df[c["ra"]].to_numpy(np.float64), df[c["dec"]].to_numpy(np.float64)) if n else None}
-    if failures:                                   # why a service failed rows (the summary names the leading one)
+    info = {
+        "pid": part.pid,
+        "name": part.name,
+        "rows": n,
+        "status": {k: int(v) for k, v in counts.items()},
+        "mergers": int(np.sum(p >= engine.info.threshold)),
+        "seconds": round(time.time() - t0, 3),
+        "fetch_seconds": round(scorer.fetch_seconds if scorer else 0.0, 3),
+        "infer_seconds": round(scorer.infer_seconds if scorer else 0.0, 3),
+        "batch_size": task.batch_size,
+        "finished": time.time(),
+        "started": t0,
+        "file": str(layout.dataset_file(part).relative_to(layout.root)) if n else None,
+        "examples": {k: v for k, v in sorted(examples.items()) if counts.get(k)},
+        "coords": coord_range(df[c["ra"]].to_numpy(np.float64), df[c["dec"]].to_numpy(np.float64)) if n else None,
+    }
+    if failures:  # why a service failed rows (the summary names the leading one)
         info["fetch_failures"] = {str(k): int(v) for k, v in failures.items()}
     transient = {k: int(counts[k]) for k in TRANSIENT if counts.get(k)}
     if transient:

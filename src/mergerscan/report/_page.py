@@ -80,9 +80,11 @@ def figure(png: bytes, alt: str, caption: str = "") -> str:
 
 def table(header: list[str] | None, rows: list[list], num: set[int] = frozenset()) -> str:
     """Simple table; cells are escaped unless wrapped in ``Raw``; columns in ``num`` right-aligned."""
+
     def cell(i, v):
         v = v.html if isinstance(v, Raw) else esc(str(v))
         return f'<td class="num">{v}</td>' if i in num else f"<td>{v}</td>"
+
     head = "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead>" if header else ""
     body = "".join("<tr>" + "".join(cell(i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
     return f"<table>{head}<tbody>{body}</tbody></table>"
@@ -104,11 +106,14 @@ def fmt(v, digits: int = 3) -> str:
 
 
 def page(title: str, subtitle: str, cards: list[tuple[str, str]], nav: list[tuple[str, str]], body: str) -> str:
-    cards_html = "".join(f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>'
-                         for k, v in cards)
+    cards_html = "".join(
+        f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>' for k, v in cards
+    )
     nav_html = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in nav)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{CSS}</style><script>{CHECK_JS}</script></head>\n"
-            f'<body><header><h1>{esc(title)}</h1><div class="sub">{subtitle}</div></header>'
-            f"<nav>{nav_html}</nav><main><div class=\"cards\">{cards_html}</div>\n{body}\n</main></body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style><script>{CHECK_JS}</script></head>\n"
+        f'<body><header><h1>{esc(title)}</h1><div class="sub">{subtitle}</div></header>'
+        f'<nav>{nav_html}</nav><main><div class="cards">{cards_html}</div>\n{body}\n</main></body></html>\n'
+    )

@@ -13,10 +13,11 @@ from .stream import ColumnBins, RunStats
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.spines.top": False,
-                         "axes.spines.right": False})
+
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.spines.top": False, "axes.spines.right": False})
     return plt
 
 
@@ -33,12 +34,29 @@ def wilson(k: np.ndarray, n: np.ndarray, z: float = 1.0) -> tuple[np.ndarray, np
 def fig_scores(st: RunStats, thr: float) -> bytes:
     plt = _plt()
     from .stream import SCORE_BINS
+
     fig, ax = plt.subplots(figsize=(10.5, 3.4))
     w = np.diff(SCORE_BINS)
-    ax.bar(SCORE_BINS[:-1], st.score_hist, w, align="edge", color="#8fb3d9", edgecolor="#4a78a8", lw=0.3,
-           label=f"all scored ({st.scored:,})")
-    ax.bar(SCORE_BINS[:-1], st.score_hist_merger, w, align="edge", color="#e8a33d", edgecolor="#a8661a", lw=0.3,
-           label=f"flagged mergers ({int(st.score_hist_merger.sum()):,})")
+    ax.bar(
+        SCORE_BINS[:-1],
+        st.score_hist,
+        w,
+        align="edge",
+        color="#8fb3d9",
+        edgecolor="#4a78a8",
+        lw=0.3,
+        label=f"all scored ({st.scored:,})",
+    )
+    ax.bar(
+        SCORE_BINS[:-1],
+        st.score_hist_merger,
+        w,
+        align="edge",
+        color="#e8a33d",
+        edgecolor="#a8661a",
+        lw=0.3,
+        label=f"flagged mergers ({int(st.score_hist_merger.sum()):,})",
+    )
     ax.axvline(thr, color="k", ls="--", lw=1)
     ax.text(thr, 1.0, f" threshold {thr:.3f}", transform=ax.get_xaxis_transform(), va="top", fontsize=9)
     if st.score_hist.any():
@@ -47,6 +65,7 @@ def fig_scores(st: RunStats, thr: float) -> bytes:
     ax.set(xlim=(0, 1), xlabel="p_merger", ylabel="objects per 0.01 bin")
     ax.legend(loc="upper right", frameon=False)
     return fig_png(fig)
+
 
 def _col_x(b: ColumnBins, n: int):
     if b.edges is None:
@@ -64,10 +83,10 @@ def fig_columns(st: RunStats, global_frac: float) -> bytes | None:
     fig, axs = plt.subplots(nr, nc, figsize=(3.65 * nc, 3.1 * nr), squeeze=False, constrained_layout=True)
     for ax, b in zip(axs.flat, st.bins):
         n, k, ps = st.col_n[b.name], st.col_m[b.name], st.col_p[b.name]
-        if b.edges is None and n[-1] == 0:          # no "other" category
+        if b.edges is None and n[-1] == 0:  # no "other" category
             n, k, ps = n[:-1], k[:-1], ps[:-1]
         xc, labels = _col_x(b, len(n))
-        labels = labels[:len(n)] if labels else labels
+        labels = labels[: len(n)] if labels else labels
         f, lo, hi = wilson(k, n)
         with np.errstate(invalid="ignore", divide="ignore"):
             meanp = ps / n
@@ -81,8 +100,19 @@ def fig_columns(st: RunStats, global_frac: float) -> bytes | None:
         ax.set_zorder(tw.get_zorder() + 1)
         ax.patch.set_visible(False)
         xerr = None if b.edges is None or b.discrete else np.abs(np.stack([xc - b.edges[:-1], b.edges[1:] - xc]))[:, ok]
-        ax.errorbar(xc[ok], f[ok], yerr=np.stack([f - lo, hi - f])[:, ok], xerr=xerr, fmt="o", ms=4,
-                    color="#b8420f", ecolor="#b8420f", elinewidth=1, capsize=2, label="flagged fraction")
+        ax.errorbar(
+            xc[ok],
+            f[ok],
+            yerr=np.stack([f - lo, hi - f])[:, ok],
+            xerr=xerr,
+            fmt="o",
+            ms=4,
+            color="#b8420f",
+            ecolor="#b8420f",
+            elinewidth=1,
+            capsize=2,
+            label="flagged fraction",
+        )
         ax.plot(xc[ok], meanp[ok], "s--", ms=3, lw=1, color="#1f5fa8", label="mean p_merger")
         ax.axhline(global_frac, color="#b8420f", lw=0.7, ls=":")
         ax.set_ylim(0, max(np.nanmax(np.r_[hi[ok], meanp[ok], global_frac]) * 1.15, 0.02))
@@ -90,11 +120,18 @@ def fig_columns(st: RunStats, global_frac: float) -> bytes | None:
         if labels is not None:
             ax.set_xticks(xc, labels, rotation=30 if max(map(len, labels)) > 6 else 0)
         miss, under, over = st.col_out[b.name]
-        extra = ", ".join(s for s in (f"{under:,} below" if under else "", f"{over:,} above" if over else "",
-                                       f"{miss:,} missing" if miss else "") if s)
+        extra = ", ".join(
+            s
+            for s in (
+                f"{under:,} below" if under else "",
+                f"{over:,} above" if over else "",
+                f"{miss:,} missing" if miss else "",
+            )
+            if s
+        )
         ax.set_title(b.name + (f"  ({extra})" if extra else ""), fontsize=10)
     fig.legend(*axs.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=2, frameon=False)
-    for ax in list(axs.flat)[len(st.bins):]:
+    for ax in list(axs.flat)[len(st.bins) :]:
         ax.set_visible(False)
     return fig_png(fig)
 
@@ -118,14 +155,15 @@ def fig_sample(st: RunStats, thr: float) -> bytes | None:
         lo, hi = b.edges[0], b.edges[-1]
         pad = 0.03 * (hi - lo)
         ax.set(xlim=(lo - pad, hi + pad), ylim=(-0.02, 1.02), xlabel=b.name, ylabel="p_merger")
-    for ax in list(axs.flat)[len(cols):]:
+    for ax in list(axs.flat)[len(cols) :]:
         ax.set_visible(False)
     return fig_png(fig)
 
 
 def _status_colour(s: str) -> str:
-    return {"ok": "#3f9a52", "edge": "#8cc58f"}.get(s, "#d9822b" if s in ("no_image", "outside_footprint",
-                                                                           "duplicate_id") else "#c0392b")
+    return {"ok": "#3f9a52", "edge": "#8cc58f"}.get(
+        s, "#d9822b" if s in ("no_image", "outside_footprint", "duplicate_id") else "#c0392b"
+    )
 
 
 def fig_status(status: dict) -> bytes:
@@ -151,15 +189,19 @@ def fig_throughput(markers: list[dict]) -> tuple[bytes | None, str]:
     unit, div = ("s", 1) if wall < 180 else ("min", 60) if wall < 3 * 3600 else ("h", 3600)
     t = np.r_[0, [(m["finished"] - t0) / div for m in ms]]
     cum = np.r_[0, np.cumsum([m["rows"] for m in ms])]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [1.6, 1]},
-                                 constrained_layout=True)
+    fig, (a1, a2) = plt.subplots(
+        1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [1.6, 1]}, constrained_layout=True
+    )
     a1.step(t, cum, where="post", color="#1f5fa8", lw=1.5)
     a1.plot(t[1:], cum[1:], ".", color="#1f5fa8", ms=4)
     if wall > 0:
         a1.plot([0, wall / div], [0, cum[-1]], ":", color="k", lw=0.8, label=f"mean {cum[-1] / wall:,.0f} objects/s")
         a1.legend(loc="upper left", frameon=False)
-    a1.set(xlabel=f"time since the first partition started [{unit}]", ylabel="objects written (cumulative)",
-           title="partitions finishing over time")
+    a1.set(
+        xlabel=f"time since the first partition started [{unit}]",
+        ylabel="objects written (cumulative)",
+        title="partitions finishing over time",
+    )
     fetch = sum(m.get("fetch_seconds", 0) for m in ms)
     infer = sum(m.get("infer_seconds", 0) for m in ms)
     total = sum(m.get("seconds", 0) for m in ms)
@@ -167,10 +209,15 @@ def fig_throughput(markers: list[dict]) -> tuple[bytes | None, str]:
     a2.barh([b[0] for b in bars][::-1], [b[1] for b in bars][::-1], 0.6, color=[b[2] for b in bars][::-1])
     for i, (_, v, _) in enumerate(bars[::-1]):
         a2.text(v, i, f" {v:,.1f} s" + (f" ({v / total:.0%})" if total and v != total else ""), va="center", fontsize=9)
-    a2.set(xlim=(0, max(total, fetch, infer, 1e-9) * 1.35), xlabel="seconds, summed over partitions",
-           title="where the task time went")
+    a2.set(
+        xlim=(0, max(total, fetch, infer, 1e-9) * 1.35),
+        xlabel="seconds, summed over partitions",
+        title="where the task time went",
+    )
     par = total / wall if wall > 0 else float("nan")
-    return fig_png(fig), (f"{len(ms)} partitions, {cum[-1]:,} rows; wall {wall:,.1f} s between the first start "
-                          f"and the last finish; task time summed {total:,.1f} s (mean parallelism {par:.1f}). "
-                          "Image fetching runs in a prefetch thread and overlaps inference, so the two can add up "
-                          "to more than the task total.")
+    return fig_png(fig), (
+        f"{len(ms)} partitions, {cum[-1]:,} rows; wall {wall:,.1f} s between the first start "
+        f"and the last finish; task time summed {total:,.1f} s (mean parallelism {par:.1f}). "
+        "Image fetching runs in a prefetch thread and overlaps inference, so the two can add up "
+        "to more than the task total."
+    )

@@ -20,10 +20,10 @@ def _thumb(stamp: np.ndarray | None, spec, size: int = 192, text: str = "") -> b
     else:
         im = Image.fromarray(stamp).resize((size, size), Image.LANCZOS)
         d = ImageDraw.Draw(im)
-        c, g, L = size // 2, size // 12, size // 10        # SkyServer-style ticks pointing at the centre
+        c, g, L = size // 2, size // 12, size // 10  # SkyServer-style ticks pointing at the centre
         d.line([(c - g - L, c), (c - g, c)], fill=(120, 220, 120), width=1)
         d.line([(c, c - g - L), (c, c - g)], fill=(120, 220, 120), width=1)
-        bar = 20.0 / spec.pixel_scale * size / spec.stamp_pixels       # 20 arcsec
+        bar = 20.0 / spec.pixel_scale * size / spec.stamp_pixels  # 20 arcsec
         d.line([(8, size - 10), (8 + bar, size - 10)], fill=(255, 255, 255), width=2)
         d.text((8, size - 24), '20"', fill=(255, 255, 255))
     buf = io.BytesIO()
@@ -49,15 +49,23 @@ def fetch_cutouts(summary: dict, rows, spec, path_col: str | None = None) -> tup
     import pandas as pd
 
     from ..cutouts.sources import SourceConfig, open_source
+
     if rows is None or not len(rows):
         return [], ""
     src_info = summary.get("source") or {}
     try:
-        cfg = SourceConfig(src_info["kind"], src_info["location"], tuple(sorted((src_info.get("options") or {}).items())))
-        q = pd.DataFrame({"id": rows["id"].astype(str).to_numpy(), "ra": rows["ra"].to_numpy(np.float64),
-                          "dec": rows["dec"].to_numpy(np.float64)})
+        cfg = SourceConfig(
+            src_info["kind"], src_info["location"], tuple(sorted((src_info.get("options") or {}).items()))
+        )
+        q = pd.DataFrame(
+            {
+                "id": rows["id"].astype(str).to_numpy(),
+                "ra": rows["ra"].to_numpy(np.float64),
+                "dec": rows["dec"].to_numpy(np.float64),
+            }
+        )
         if path_col in rows.columns and cfg.source_class.reads_path_column:
-            paths = rows[path_col].astype(object)          # empty, as in the run: DIR/<id>.* instead
+            paths = rows[path_col].astype(object)  # empty, as in the run: DIR/<id>.* instead
             q["path"] = paths.where(paths.notna(), "").astype(str).to_numpy()
         src = open_source(cfg, spec)
         try:
@@ -77,12 +85,15 @@ def gallery(rows, stamps, spec, thr: float, show: list[str]) -> str:
         img = data_uri(_thumb(st, spec, text=r["status"] if st is None else ""), "image/jpeg")
         ra, dec = float(r["ra"]), float(r["dec"])
         link = f"https://www.legacysurvey.org/viewer?ra={ra:.6f}&dec={dec:.6f}&layer=ls-dr10&zoom=15"
-        vals = " · ".join(f"{esc(c)} {fmt(r[c].item() if hasattr(r[c], 'item') else r[c])}" for c in show
-                          if c in r and r[c] == r[c])
-        cards.append(f'<div class="stamp{" merger" if r["p_merger"] >= thr else ""}">'
-                     f'<img src="{img}" alt="cutout of {esc(str(r["id"]))}" loading="eager">'
-                     f'<div class="p">p = {r["p_merger"]:.4f}</div><div class="id">{esc(str(r["id"]))}</div>'
-                     f'<div>{ra:.5f} {dec:+.5f}{"" if r["status"] == "ok" else " · " + esc(str(r["status"]))}</div>'
-                     + (f"<div>{vals}</div>" if vals else "")
-                     + f'<div><a href="{esc(link)}">Legacy Surveys viewer</a></div></div>')
+        vals = " · ".join(
+            f"{esc(c)} {fmt(r[c].item() if hasattr(r[c], 'item') else r[c])}" for c in show if c in r and r[c] == r[c]
+        )
+        cards.append(
+            f'<div class="stamp{" merger" if r["p_merger"] >= thr else ""}">'
+            f'<img src="{img}" alt="cutout of {esc(str(r["id"]))}" loading="eager">'
+            f'<div class="p">p = {r["p_merger"]:.4f}</div><div class="id">{esc(str(r["id"]))}</div>'
+            f"<div>{ra:.5f} {dec:+.5f}{'' if r['status'] == 'ok' else ' · ' + esc(str(r['status']))}</div>"
+            + (f"<div>{vals}</div>" if vals else "")
+            + f'<div><a href="{esc(link)}">Legacy Surveys viewer</a></div></div>'
+        )
     return '<div class="gallery">' + "".join(cards) + "</div>"

@@ -12,6 +12,7 @@ from ._page import Raw, esc
 def engine_card(summary: dict) -> tuple[dict, str]:
     """The model card from the engine file (or, if it moved, from a partition's metadata)."""
     from ..engines import read_engine_info
+
     note = ""
     path = summary.get("engine_path")
     try:
@@ -27,6 +28,7 @@ def card_from_parquet(out: Path) -> dict:
     import pyarrow.parquet as pq
 
     from .stream import partition_files
+
     files = partition_files(out)
     if not files:
         return {}
@@ -41,6 +43,7 @@ def card_from_parquet(out: Path) -> dict:
 def engine_spec(summary: dict):
     """The stamp geometry the run's engine saw (the default engine's when its file is gone)."""
     from ..engines import default_engine_path, read_engine_info
+
     try:
         return read_engine_info(summary.get("engine_path") or default_engine_path()).spec
     except Exception:  # the gallery then uses the default engine's stamp geometry
@@ -50,15 +53,22 @@ def engine_spec(summary: dict):
 def provenance_rows(summary: dict, card: dict, thr: float) -> list[list]:
     """The provenance table: engine, threshold, training, image source, catalog, command, run, versions."""
     source = summary.get("source", {})
-    return [["engine", summary.get("engine", card.get("name", "?"))],
-            ["engine sha256", Raw(f'<span class="mono">{esc(str(summary.get("engine_sha256")))}</span>')],
-            ["engine file", Raw(f'<span class="mono">{esc(str(summary.get("engine_path")))}</span>')],
-            ["threshold", f"{thr:.4f}"],
-            ["training", ", ".join(f"{k} {card[k]}" for k in ("arch", "experiment", "input_size", "n_train", "labels")
-                                   if k in card)],
-            ["image source", f'{source.get("kind")}: {source.get("location")}'],
-            ["catalog", summary.get("catalog", "?")],
-            ["command", Raw(f'<code>{esc(str(summary.get("command") or "?"))}</code>')],
-            ["run", f'{summary.get("rows", 0):,} rows, {summary.get("partitions")} partitions, '
-                    f'{summary.get("seconds")} s, {summary.get("objects_per_s")} objects/s'],
-            ["mergerscan", f'{summary.get("mergerscan_version")} (run), {__version__} (report)']]
+    return [
+        ["engine", summary.get("engine", card.get("name", "?"))],
+        ["engine sha256", Raw(f'<span class="mono">{esc(str(summary.get("engine_sha256")))}</span>')],
+        ["engine file", Raw(f'<span class="mono">{esc(str(summary.get("engine_path")))}</span>')],
+        ["threshold", f"{thr:.4f}"],
+        [
+            "training",
+            ", ".join(f"{k} {card[k]}" for k in ("arch", "experiment", "input_size", "n_train", "labels") if k in card),
+        ],
+        ["image source", f"{source.get('kind')}: {source.get('location')}"],
+        ["catalog", summary.get("catalog", "?")],
+        ["command", Raw(f"<code>{esc(str(summary.get('command') or '?'))}</code>")],
+        [
+            "run",
+            f"{summary.get('rows', 0):,} rows, {summary.get('partitions')} partitions, "
+            f"{summary.get('seconds')} s, {summary.get('objects_per_s')} objects/s",
+        ],
+        ["mergerscan", f"{summary.get('mergerscan_version')} (run), {__version__} (report)"],
+    ]

@@ -29,19 +29,26 @@ from .stream import RunStats, open_dataset, scan
 def _read_markers(out: Path) -> list[dict]:
     ms = []
     for f in sorted(RunLayout(out).work.scored_dir.glob("part-*.json")):
-        with contextlib.suppress(ValueError):          # a marker being written: not finished yet
+        with contextlib.suppress(ValueError):  # a marker being written: not finished yet
             ms.append(json.loads(f.read_text()))
     return ms
 
 
-def build_report(out_dir, top_n: int = 24, borderline_n: int = 12, sample_rows: int = 200_000,
-                 max_memory_rows: int = 262_144, source_location: str | None = None) -> Path:
+def build_report(
+    out_dir,
+    top_n: int = 24,
+    borderline_n: int = 12,
+    sample_rows: int = 200_000,
+    max_memory_rows: int = 262_144,
+    source_location: str | None = None,
+) -> Path:
     """Write ``OUT/report/index.html`` for a process-catalog run directory and return its path.
 
     ``max_memory_rows``: rows read per streamed batch (memory bound); ``sample_rows``: size of
     the reservoir sample behind the scatter plots.  Everything else is exact.
     """
     from ..cutouts.sources import redact_text
+
     t_start = time.time()
     out = Path(out_dir)
     layout = RunLayout(out)
@@ -78,50 +85,101 @@ def build_report(out_dir, top_n: int = 24, borderline_n: int = 12, sample_rows: 
     keep("throughput", thr_png)
     show = [b.name for b in st.bins][:4]
     # the run passes its real location (summary.json holds it with credentials redacted)
-    fetch_from = summary if source_location is None else \
-        dict(summary, source=dict(summary.get("source") or {}, location=source_location))
+    fetch_from = (
+        summary
+        if source_location is None
+        else dict(summary, source=dict(summary.get("source") or {}, location=source_location))
+    )
     top_st, top_err = fetch_cutouts(fetch_from, st.top, spec, paths)
     bor_st, bor_err = fetch_cutouts(fetch_from, st.border, spec, paths)
 
     warn = []
     if st.rows != summary.get("rows"):
-        warn.append(f"the Parquet dataset holds {st.rows:,} rows but summary.json says {fmt(summary.get('rows'))} "
-                    "(an unfinished or edited run?)")
+        warn.append(
+            f"the Parquet dataset holds {st.rows:,} rows but summary.json says {fmt(summary.get('rows'))} "
+            "(an unfinished or edited run?)"
+        )
     warn += [redact_text(w) for w in (card_note, top_err or bor_err) if w]
 
     S = [sections.scores(figs["scores"], st, merg, gfrac, thr), sections.sky(sky_png, sky_cap)]
     if "columns" in figs:
         S.append(sections.columns(figs["columns"], figs.get("sample"), st))
     S.append(sections.flags(st.status, st.rows, figs.get("status")))
-    geom = f'{spec.stamp_pixels * spec.pixel_scale:.0f}″ × {spec.stamp_pixels * spec.pixel_scale:.0f}″'
-    S.append(sections.top(len(st.top) if st.top is not None else 0, summary.get("source", {}).get("kind", "?"), geom,
-                          gallery(st.top, top_st, spec, thr, show)))
-    S.append(sections.borderline(len(st.border) if st.border is not None else 0, thr,
-                                 gallery(st.border, bor_st, spec, thr, show)))
+    geom = f"{spec.stamp_pixels * spec.pixel_scale:.0f}″ × {spec.stamp_pixels * spec.pixel_scale:.0f}″"
+    S.append(
+        sections.top(
+            len(st.top) if st.top is not None else 0,
+            summary.get("source", {}).get("kind", "?"),
+            geom,
+            gallery(st.top, top_st, spec, thr, show),
+        )
+    )
+    S.append(
+        sections.borderline(
+            len(st.border) if st.border is not None else 0, thr, gallery(st.border, bor_st, spec, thr, show)
+        )
+    )
     if thr_png:
         S.append(sections.throughput(thr_png, thr_cap))
     S.append(sections.provenance(provenance_rows(summary, card, thr), card.get("metrics_test") or {}))
-    S.append(sections.method(len(list(layout.catalog_dir.rglob('*.parquet'))), max_memory_rows, st, npre,
-                             time.time() - t_start, time.strftime('%Y-%m-%d %H:%M %Z')))
+    S.append(
+        sections.method(
+            len(list(layout.catalog_dir.rglob("*.parquet"))),
+            max_memory_rows,
+            st,
+            npre,
+            time.time() - t_start,
+            time.strftime("%Y-%m-%d %H:%M %Z"),
+        )
+    )
 
-    html_text = page(f"mergerscan run report — {Path(str(summary.get('catalog', out))).name}",
-                     esc(str(out.resolve())), sections.header_cards(st, merg, gfrac, thr, summary),
-                     sections.nav("".join(S)), sections.warnings(warn) + "\n".join(S))
+    html_text = page(
+        f"mergerscan run report — {Path(str(summary.get('catalog', out))).name}",
+        esc(str(out.resolve())),
+        sections.header_cards(st, merg, gfrac, thr, summary),
+        sections.nav("".join(S)),
+        sections.warnings(warn) + "\n".join(S),
+    )
     atomic_write_text(layout.report_index, html_text, fsync=False)
-    _write_json(rep / "report.json", st, merg, thr, npre, sky_cap,
-                {"fetched": sum(x is not None for x in top_st + bor_st), "shown": len(top_st) + len(bor_st)})
+    _write_json(
+        rep / "report.json",
+        st,
+        merg,
+        thr,
+        npre,
+        sky_cap,
+        {"fetched": sum(x is not None for x in top_st + bor_st), "shown": len(top_st) + len(bor_st)},
+    )
     return layout.report_index
 
 
 def _write_json(path: Path, st: RunStats, merg: int, thr: float, npre: int, sky_cap: str, cutouts: dict):
     def rows(df):
         return [] if df is None else json.loads(df.to_json(orient="records"))
-    doc = {"rows": st.rows, "scored": st.scored, "mergers": merg, "threshold": thr, "status": st.status,
-           "score_bins": np.linspace(0, 1, len(st.score_hist) + 1).tolist(), "score_hist": st.score_hist.tolist(),
-           "sky": {"order": st.sky_order, "pixels": len(st.sky_pix), "caption": sky_cap},
-           "columns": {b.name: {"edges": None if b.edges is None else b.edges.tolist(), "categories": b.categories,
-                                "n": st.col_n[b.name].tolist(), "mergers": st.col_m[b.name].tolist(),
-                                "outside": st.col_out[b.name].tolist()} for b in st.bins},
-           "presample_rows": npre, "sample_rows": 0 if st.sample is None else len(st.sample),
-           "top": rows(st.top), "borderline": rows(st.border), "cutouts": cutouts}
+
+    doc = {
+        "rows": st.rows,
+        "scored": st.scored,
+        "mergers": merg,
+        "threshold": thr,
+        "status": st.status,
+        "score_bins": np.linspace(0, 1, len(st.score_hist) + 1).tolist(),
+        "score_hist": st.score_hist.tolist(),
+        "sky": {"order": st.sky_order, "pixels": len(st.sky_pix), "caption": sky_cap},
+        "columns": {
+            b.name: {
+                "edges": None if b.edges is None else b.edges.tolist(),
+                "categories": b.categories,
+                "n": st.col_n[b.name].tolist(),
+                "mergers": st.col_m[b.name].tolist(),
+                "outside": st.col_out[b.name].tolist(),
+            }
+            for b in st.bins
+        },
+        "presample_rows": npre,
+        "sample_rows": 0 if st.sample is None else len(st.sample),
+        "top": rows(st.top),
+        "borderline": rows(st.border),
+        "cutouts": cutouts,
+    }
     atomic_write_json(path, doc, fsync=False, indent=1, default=str)

@@ -10,12 +10,22 @@ from ..catalogs.schema import STATUS
 from ._page import esc, figure, fmt, table
 from .stream import RunStats
 
-COLUMNS_CAPTION = ("Red points: fraction of scored objects flagged as mergers per bin, with 68 % Wilson "
-                   "binomial intervals (horizontal bars: bin extent); blue squares: mean p_merger; grey bars "
-                   "(right axis): scored objects per bin; dotted line: overall flagged fraction.")
-NAV = [("scores", "Scores"), ("sky", "Sky"), ("columns", "Columns"), ("flags", "Flags"), ("top", "Top mergers"),
-       ("borderline", "Borderline"), ("throughput", "Throughput"), ("provenance", "Provenance"),
-       ("method", "Method")]
+COLUMNS_CAPTION = (
+    "Red points: fraction of scored objects flagged as mergers per bin, with 68 % Wilson "
+    "binomial intervals (horizontal bars: bin extent); blue squares: mean p_merger; grey bars "
+    "(right axis): scored objects per bin; dotted line: overall flagged fraction."
+)
+NAV = [
+    ("scores", "Scores"),
+    ("sky", "Sky"),
+    ("columns", "Columns"),
+    ("flags", "Flags"),
+    ("top", "Top mergers"),
+    ("borderline", "Borderline"),
+    ("throughput", "Throughput"),
+    ("provenance", "Provenance"),
+    ("method", "Method"),
+]
 
 
 def warnings(texts: list[str]) -> str:
@@ -23,48 +33,71 @@ def warnings(texts: list[str]) -> str:
 
 
 def scores(png: bytes, st: RunStats, merg: int, gfrac: float, thr: float) -> str:
-    return (f'<section id="scores"><h2>Score distribution</h2>{figure(png, "histogram of p_merger")}'
-            f'<p class="note">{st.scored:,} scored objects; {merg:,} ({gfrac:.2%}) at or above the engine threshold '
-            f"{thr:.3f}. p_merger is temperature-calibrated on the engine's validation split, so the mean "
-            f"p_merger of a population estimates its merger fraction (given the training labels' definition).</p></section>")
+    return (
+        f'<section id="scores"><h2>Score distribution</h2>{figure(png, "histogram of p_merger")}'
+        f'<p class="note">{st.scored:,} scored objects; {merg:,} ({gfrac:.2%}) at or above the engine threshold '
+        f"{thr:.3f}. p_merger is temperature-calibrated on the engine's validation split, so the mean "
+        f"p_merger of a population estimates its merger fraction (given the training labels' definition).</p></section>"
+    )
 
 
 def sky(png: bytes | None, caption: str) -> str:
-    return '<section id="sky"><h2>On the sky</h2>' + (figure(png, "sky maps", esc(caption)) if png else
-                                                      '<p class="note">no valid coordinates</p>') + "</section>"
+    return (
+        '<section id="sky"><h2>On the sky</h2>'
+        + (figure(png, "sky maps", esc(caption)) if png else '<p class="note">no valid coordinates</p>')
+        + "</section>"
+    )
 
 
 def columns(png: bytes, sample_png: bytes | None, st: RunStats) -> str:
-    sample = "" if sample_png is None else figure(
-        sample_png, "p_merger against columns, sample",
-        f"p_merger against each numeric column for a uniform random sample (reservoir) of "
-        f"{len(st.sample) if st.sample is not None else 0:,} of the {st.scored:,} scored objects; "
-        f"orange: above the threshold.")
-    return ('<section id="columns"><h2>Merger fraction against catalog columns</h2>'
-            + figure(png, "merger fraction per bin", COLUMNS_CAPTION) + sample + "</section>")
+    sample = (
+        ""
+        if sample_png is None
+        else figure(
+            sample_png,
+            "p_merger against columns, sample",
+            f"p_merger against each numeric column for a uniform random sample (reservoir) of "
+            f"{len(st.sample) if st.sample is not None else 0:,} of the {st.scored:,} scored objects; "
+            f"orange: above the threshold.",
+        )
+    )
+    return (
+        '<section id="columns"><h2>Merger fraction against catalog columns</h2>'
+        + figure(png, "merger fraction per bin", COLUMNS_CAPTION)
+        + sample
+        + "</section>"
+    )
 
 
 def flags(status: dict, rows: int, png: bytes | None) -> str:
-    status_rows = [[k, STATUS.get(k, "?").replace("`", ""), f"{v:,}", f"{v / rows:.2%}"] for k, v in
-                   sorted(status.items(), key=lambda kv: -kv[1])]
-    return ('<section id="flags"><h2>Flags</h2><div class="two"><div>'
-            + table(["status", "meaning", "rows", "share"], status_rows, num={2, 3})
-            + "</div><div>" + (figure(png, "status counts") if png is not None else "")
-            + "</div></div></section>")
+    status_rows = [
+        [k, STATUS.get(k, "?").replace("`", ""), f"{v:,}", f"{v / rows:.2%}"]
+        for k, v in sorted(status.items(), key=lambda kv: -kv[1])
+    ]
+    return (
+        '<section id="flags"><h2>Flags</h2><div class="two"><div>'
+        + table(["status", "meaning", "rows", "share"], status_rows, num={2, 3})
+        + "</div><div>"
+        + (figure(png, "status counts") if png is not None else "")
+        + "</div></div></section>"
+    )
 
 
 def top(n: int, source_kind: str, geom: str, cards: str) -> str:
-    return (f'<section id="top"><h2>Top {n} mergers</h2>'
-            f'<p class="note">Highest p_merger over the whole run (exact). Cutouts re-fetched from the run\'s image '
-            f'source ({esc(source_kind)}) exactly as the engine saw them: {geom}, '
-            f'north up, east left, gri composite; bar 20″; orange frame: flagged merger.</p>'
-            + cards + "</section>")
+    return (
+        f'<section id="top"><h2>Top {n} mergers</h2>'
+        f'<p class="note">Highest p_merger over the whole run (exact). Cutouts re-fetched from the run\'s image '
+        f"source ({esc(source_kind)}) exactly as the engine saw them: {geom}, "
+        f"north up, east left, gri composite; bar 20″; orange frame: flagged merger.</p>" + cards + "</section>"
+    )
 
 
 def borderline(n: int, thr: float, cards: str) -> str:
-    return (f'<section id="borderline"><h2>Borderline cases</h2><p class="note">The {n} '
-            f"scored objects with p_merger closest to the threshold {thr:.3f}, sorted by p_merger: where visual "
-            f"inspection changes the sample most.</p>" + cards + "</section>")
+    return (
+        f'<section id="borderline"><h2>Borderline cases</h2><p class="note">The {n} '
+        f"scored objects with p_merger closest to the threshold {thr:.3f}, sorted by p_merger: where visual "
+        f"inspection changes the sample most.</p>" + cards + "</section>"
+    )
 
 
 def throughput(png: bytes, caption: str) -> str:
@@ -73,28 +106,38 @@ def throughput(png: bytes, caption: str) -> str:
 
 def provenance(prov: list[list], metrics: dict) -> str:
     mrows = [[k, fmt(v, 4) if isinstance(v, float) else fmt(v)] for k, v in sorted(metrics.items())]
-    return ('<section id="provenance"><h2>Provenance</h2><div class="two"><div>' + table(None, prov)
-            + "</div><div><h3>Engine test-split metrics (model card)</h3>"
-            + (table(["metric", "value"], mrows, num={1}) if mrows else '<p class="note">none in the card</p>')
-            + '<p class="note">precision_at_2pct: precision expected at a 2 % survey merger prevalence.</p>'
-            + "</div></div></section>")
+    return (
+        '<section id="provenance"><h2>Provenance</h2><div class="two"><div>'
+        + table(None, prov)
+        + "</div><div><h3>Engine test-split metrics (model card)</h3>"
+        + (table(["metric", "value"], mrows, num={1}) if mrows else '<p class="note">none in the card</p>')
+        + '<p class="note">precision_at_2pct: precision expected at a 2 % survey merger prevalence.</p>'
+        + "</div></div></section>"
+    )
 
 
 def method(n_files: int, max_memory_rows: int, st: RunStats, npre: int, seconds: float, when: str) -> str:
-    return (f'<section id="method"><h2>How this page was made</h2><p class="note">One streaming pass over '
-            f"{n_files:,} Parquet files in batches of at most "
-            f"{max_memory_rows:,} rows. Exact (every row counted): the score histogram, flag counts, sky maps "
-            f"(accumulated at HEALPix order {st.sky_order}), the binned merger fractions, the top-N and borderline "
-            f"selections. Sampled: the per-column bin edges (1–99 % quantiles of {npre:,} rows from randomly chosen "
-            f"row groups; values outside are counted as below/above) and the scatter plots (uniform reservoir sample "
-            f"of {0 if st.sample is None else len(st.sample):,} scored rows, seed 0). Built in "
-            f"{seconds:.1f} s on {when}.</p></section>")
+    return (
+        f'<section id="method"><h2>How this page was made</h2><p class="note">One streaming pass over '
+        f"{n_files:,} Parquet files in batches of at most "
+        f"{max_memory_rows:,} rows. Exact (every row counted): the score histogram, flag counts, sky maps "
+        f"(accumulated at HEALPix order {st.sky_order}), the binned merger fractions, the top-N and borderline "
+        f"selections. Sampled: the per-column bin edges (1–99 % quantiles of {npre:,} rows from randomly chosen "
+        f"row groups; values outside are counted as below/above) and the scatter plots (uniform reservoir sample "
+        f"of {0 if st.sample is None else len(st.sample):,} scored rows, seed 0). Built in "
+        f"{seconds:.1f} s on {when}.</p></section>"
+    )
 
 
 def header_cards(st: RunStats, merg: int, gfrac: float, thr: float, summary: dict) -> list[tuple[str, str]]:
-    return [("rows", f"{st.rows:,}"), ("scored", f"{st.scored:,} ({st.scored / max(st.rows, 1):.1%})"),
-            ("flagged mergers", f"{merg:,} ({gfrac:.2%})"), ("threshold", f"{thr:.3f}"),
-            ("objects / s", f'{summary.get("objects_per_s") or 0:,.0f}'), ("engine", str(summary.get("engine", "?")))]
+    return [
+        ("rows", f"{st.rows:,}"),
+        ("scored", f"{st.scored:,} ({st.scored / max(st.rows, 1):.1%})"),
+        ("flagged mergers", f"{merg:,} ({gfrac:.2%})"),
+        ("threshold", f"{thr:.3f}"),
+        ("objects / s", f"{summary.get('objects_per_s') or 0:,.0f}"),
+        ("engine", str(summary.get("engine", "?"))),
+    ]
 
 
 def nav(body: str) -> list[tuple[str, str]]:

@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 
 from ..catalogs.schema import OUTPUT_NAMES, SCORED
 
-SKY_ORDER = 10                      # accumulation order of the sky counts (3.4' pixels) ...
-SKY_MAX_PIXELS = 1_000_000          # ... lowered while more pixels than this are occupied (wide surveys)
+SKY_ORDER = 10  # accumulation order of the sky counts (3.4' pixels) ...
+SKY_MAX_PIXELS = 1_000_000  # ... lowered while more pixels than this are occupied (wide surveys)
 SCORE_BINS = np.linspace(0, 1, 101)
-CORE = set(OUTPUT_NAMES)                   # the output columns; the rest were carried through
+CORE = set(OUTPUT_NAMES)  # the output columns; the rest were carried through
 HIVE = {"Norder", "Dir", "Npix"}
-MAX_COLUMNS = 12                    # per-column plots at most
+MAX_COLUMNS = 12  # per-column plots at most
 MAX_CATEGORIES = 10
 NUM_BINS = 15
 
@@ -45,10 +45,11 @@ def open_dataset(out_dir: Path) -> ds.Dataset:
 @dataclass
 class ColumnBins:
     """How one carried-through column is binned: numeric edges or categorical labels."""
+
     name: str
-    edges: np.ndarray | None = None          # numeric: len(bins)+1; values outside go to under/over
-    categories: list | None = None           # categorical: labels (+ "other" for the rest)
-    discrete: bool = False                   # integer column with few values: one bin per value
+    edges: np.ndarray | None = None  # numeric: len(bins)+1; values outside go to under/over
+    categories: list | None = None  # categorical: labels (+ "other" for the rest)
+    discrete: bool = False  # integer column with few values: one bin per value
 
     @property
     def nbins(self) -> int:
@@ -90,12 +91,20 @@ def _row_group_sample(files: list[Path], columns: list[str], rows: int, seed: in
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=columns)
 
 
-def choose_bins(files: list[Path], schema: pa.Schema, presample_rows: int = 50_000,
-                path_column: str | None = None) -> tuple[list[ColumnBins], int]:
+def choose_bins(
+    files: list[Path], schema: pa.Schema, presample_rows: int = 50_000, path_column: str | None = None
+) -> tuple[list[ColumnBins], int]:
     """Bins for the carried-through columns but the stamp paths, from a pre-sample; (bins, pre-sample size)."""
     cols = [f for f in schema if f.name not in CORE | HIVE and f.name != path_column]
-    cols = [f for f in cols if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
-            or pa.types.is_boolean(f.type) or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    cols = [
+        f
+        for f in cols
+        if pa.types.is_integer(f.type)
+        or pa.types.is_floating(f.type)
+        or pa.types.is_boolean(f.type)
+        or pa.types.is_string(f.type)
+        or pa.types.is_large_string(f.type)
+    ]
     if not cols:
         return [], 0
     sample = _row_group_sample(files, [f.name for f in cols], presample_rows)
@@ -105,7 +114,7 @@ def choose_bins(files: list[Path], schema: pa.Schema, presample_rows: int = 50_0
         if pa.types.is_boolean(f.type) or pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
             s = s.astype(str).str.strip()
             top = s.value_counts()
-            if len(top) == 0 or len(top) > 4 * MAX_CATEGORIES:        # free text, ids: not a category
+            if len(top) == 0 or len(top) > 4 * MAX_CATEGORIES:  # free text, ids: not a category
                 continue
             bins.append(ColumnBins(f.name, categories=sorted(top.index[:MAX_CATEGORIES].tolist())))
             continue
@@ -117,7 +126,7 @@ def choose_bins(files: list[Path], schema: pa.Schema, presample_rows: int = 50_0
         if pa.types.is_integer(f.type) and len(u) <= 20:
             bins.append(ColumnBins(f.name, edges=np.r_[u - 0.5, u[-1] + 0.5], discrete=True))
             continue
-        nb = int(np.clip(len(v) // 25, 4, NUM_BINS))            # ~25+ objects per bin in small catalogs
+        nb = int(np.clip(len(v) // 25, 4, NUM_BINS))  # ~25+ objects per bin in small catalogs
         edges = np.unique(np.quantile(v, np.linspace(0.01, 0.99, nb + 1)))
         if len(edges) >= 3:
             bins.append(ColumnBins(f.name, edges=edges))
@@ -127,21 +136,22 @@ def choose_bins(files: list[Path], schema: pa.Schema, presample_rows: int = 50_0
 def _select(cur: pd.DataFrame | None, new: pd.DataFrame, key: str, n: int) -> pd.DataFrame:
     """Keep the ``n`` rows with the smallest ``key`` (ties broken by id for determinism)."""
     both = new if cur is None else pd.concat([cur, new], ignore_index=True)
-    if len(both) > 4 * n:      # cheap cut before the exact sort
-        both = both.iloc[np.argpartition(both[key].to_numpy(), n)[:n + 1]]
+    if len(both) > 4 * n:  # cheap cut before the exact sort
+        both = both.iloc[np.argpartition(both[key].to_numpy(), n)[: n + 1]]
     return both.sort_values([key, "id"], kind="stable").head(n).reset_index(drop=True)
 
 
 @dataclass
 class RunStats:
     """Accumulates a run's statistics batch by batch (see the module docstring)."""
+
     threshold: float
     bins: list[ColumnBins]
     id_column: str
     top_n: int = 24
     borderline_n: int = 12
     sample_rows: int = 200_000
-    extra: list[str] = field(default_factory=list)        # carried to galleries (e.g. path)
+    extra: list[str] = field(default_factory=list)  # carried to galleries (e.g. path)
     seed: int = 0
 
     def __post_init__(self):
@@ -149,21 +159,26 @@ class RunStats:
         self.status: dict[str, int] = {}
         self.score_hist = np.zeros(len(SCORE_BINS) - 1, np.int64)
         self.score_hist_merger = np.zeros(len(SCORE_BINS) - 1, np.int64)
-        self._sky = []                                   # [(pixels, counts (k, 3))] not yet merged
+        self._sky = []  # [(pixels, counts (k, 3))] not yet merged
         self.sky_pix = np.zeros(0, np.int64)
-        self.sky_counts = np.zeros((0, 3), np.int64)     # rows, scored, flagged mergers
+        self.sky_counts = np.zeros((0, 3), np.int64)  # rows, scored, flagged mergers
         self.sky_order = SKY_ORDER
         self.col_n = {b.name: np.zeros(b.nbins, np.int64) for b in self.bins}
         self.col_m = {b.name: np.zeros(b.nbins, np.int64) for b in self.bins}
         self.col_p = {b.name: np.zeros(b.nbins, np.float64) for b in self.bins}
-        self.col_out = {b.name: np.zeros(3, np.int64) for b in self.bins}   # missing, under, over
+        self.col_out = {b.name: np.zeros(3, np.int64) for b in self.bins}  # missing, under, over
         self.top = self.border = self.sample = None
         self.scored = 0
         self._rng = np.random.default_rng(self.seed)
 
     def columns(self) -> list[str]:
-        return list(dict.fromkeys([self.id_column, "ra", "dec", "p_merger", "is_merger", "status", "_healpix_29"]
-                                  + [b.name for b in self.bins] + self.extra))
+        return list(
+            dict.fromkeys(
+                [self.id_column, "ra", "dec", "p_merger", "is_merger", "status", "_healpix_29"]
+                + [b.name for b in self.bins]
+                + self.extra
+            )
+        )
 
     def add(self, t: pa.Table | pa.RecordBatch):
         n = t.num_rows
@@ -184,9 +199,14 @@ class RunStats:
         hp = t.column("_healpix_29").to_numpy(zero_copy_only=False).astype(np.int64)
         good = hp >= 0
         pix, inv = np.unique(hp[good] >> (2 * (29 - self.sky_order)), return_inverse=True)
-        cnt = np.stack([np.bincount(inv, minlength=len(pix)),
-                        np.bincount(inv, scored[good], minlength=len(pix)),
-                        np.bincount(inv, merger[good], minlength=len(pix))], 1).astype(np.int64)
+        cnt = np.stack(
+            [
+                np.bincount(inv, minlength=len(pix)),
+                np.bincount(inv, scored[good], minlength=len(pix)),
+                np.bincount(inv, merger[good], minlength=len(pix)),
+            ],
+            1,
+        ).astype(np.int64)
         self._sky.append((pix, cnt))
         if sum(len(x[0]) for x in self._sky) > SKY_MAX_PIXELS // 2:
             self._merge_sky()
@@ -203,10 +223,15 @@ class RunStats:
         # running selections + reservoir, on scored rows only
         idx = np.flatnonzero(scored)
         ids = t.column(self.id_column).to_numpy(zero_copy_only=False)[idx]
-        df = pd.DataFrame({"id": ids.astype(str) if ids.dtype == object else ids,
-                           "ra": t.column("ra").to_numpy(zero_copy_only=False)[idx],
-                           "dec": t.column("dec").to_numpy(zero_copy_only=False)[idx],
-                           "p_merger": p[idx], "status": status[idx]})
+        df = pd.DataFrame(
+            {
+                "id": ids.astype(str) if ids.dtype == object else ids,
+                "ra": t.column("ra").to_numpy(zero_copy_only=False)[idx],
+                "dec": t.column("dec").to_numpy(zero_copy_only=False)[idx],
+                "p_merger": p[idx],
+                "status": status[idx],
+            }
+        )
         for c in [b.name for b in self.bins] + self.extra:
             df[c] = t.column(c).to_numpy(zero_copy_only=False)[idx]
         df["_neg_p"] = -df["p_merger"]
@@ -218,7 +243,7 @@ class RunStats:
             s = df[keep].assign(_key=self._rng.random(len(df)))
             s = s if self.sample is None else pd.concat([self.sample, s], ignore_index=True)
             if len(s) > self.sample_rows:
-                s = s.iloc[np.argpartition(s["_key"].to_numpy(), self.sample_rows)[:self.sample_rows]]
+                s = s.iloc[np.argpartition(s["_key"].to_numpy(), self.sample_rows)[: self.sample_rows]]
             self.sample = s.reset_index(drop=True)
 
     def _merge_sky(self, shift: int = 0):
@@ -226,7 +251,9 @@ class RunStats:
         cnt = np.concatenate([self.sky_counts] + [x[1] for x in self._sky])
         u, inv = np.unique(pix, return_inverse=True)
         self.sky_pix = u
-        self.sky_counts = np.stack([np.bincount(inv, cnt[:, k], minlength=len(u)) for k in range(3)], 1).astype(np.int64)
+        self.sky_counts = np.stack([np.bincount(inv, cnt[:, k], minlength=len(u)) for k in range(3)], 1).astype(
+            np.int64
+        )
         self._sky = []
         del pix, cnt, inv, u
         if len(self.sky_pix) > SKY_MAX_PIXELS and self.sky_order > 6:
@@ -238,19 +265,28 @@ class RunStats:
         if self.top is not None:
             self.top = self.top.sort_values(["_neg_p", "id"]).drop(columns=["_neg_p", "_dist"])
             self.border = self.border.sort_values(["p_merger", "id"], ascending=[False, True]).drop(
-                columns=["_neg_p", "_dist"])
+                columns=["_neg_p", "_dist"]
+            )
         return self
 
 
-def scan(out_dir: Path, threshold: float, id_column: str, top_n: int, borderline_n: int, sample_rows: int,
-         batch_rows: int, presample_rows: int = 50_000, path_column: str | None = None) -> tuple[RunStats, int]:
+def scan(
+    out_dir: Path,
+    threshold: float,
+    id_column: str,
+    top_n: int,
+    borderline_n: int,
+    sample_rows: int,
+    batch_rows: int,
+    presample_rows: int = 50_000,
+    path_column: str | None = None,
+) -> tuple[RunStats, int]:
     """Stream the dataset once; returns (stats, pre-sample rows used for the bin edges).
     ``path_column``: the column of stamp paths, kept with the top/borderline rows, not binned."""
     dset = open_dataset(out_dir)
     bins, npre = choose_bins(partition_files(out_dir), dset.schema, presample_rows, path_column)
     extra = [path_column] if path_column in dset.schema.names else []
     st = RunStats(threshold, bins, id_column, top_n, borderline_n, sample_rows, extra=extra)
-    for batch in dset.to_batches(columns=st.columns(), batch_size=batch_rows, batch_readahead=1,
-                                 fragment_readahead=1):
+    for batch in dset.to_batches(columns=st.columns(), batch_size=batch_rows, batch_readahead=1, fragment_readahead=1):
         st.add(batch)
     return st.finish(), npre

@@ -8,9 +8,12 @@ from pathlib import Path
 
 from ._page import Raw, esc, fig_png, figure, fmt, page, table
 
-PLOTS = [("roc.png", "ROC curve (test split)"), ("pr.png", "Precision-recall curve (test split)"),
-         ("reliability.png", "Reliability diagram (test split, after temperature scaling)"),
-         ("confusion.png", "Confusion matrix at the validation-chosen threshold")]
+PLOTS = [
+    ("roc.png", "ROC curve (test split)"),
+    ("pr.png", "Precision-recall curve (test split)"),
+    ("reliability.png", "Reliability diagram (test split, after temperature scaling)"),
+    ("confusion.png", "Confusion matrix at the validation-chosen threshold"),
+]
 HEADLINE = ("roc_auc", "pr_auc", "precision_at_2pct", "ece", "threshold", "n")
 
 
@@ -22,6 +25,7 @@ def markdown_tables(md: str) -> str:
         if rows:
             out.append(table(rows[0], rows[1:], num=set(range(1, len(rows[0])))))
             rows.clear()
+
     for line in md.splitlines():
         s = line.strip()
         if s.startswith("|"):
@@ -43,15 +47,17 @@ def fig_history(history: list[dict]) -> bytes | None:
     if not ep:
         return None
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     x = range(1, len(ep) + 1)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
     for key, c in (("train_loss", "#1f5fa8"), ("val_loss", "#e8a33d")):
         a1.plot(x, [h.get(key, float("nan")) for h in ep], "o-", ms=3, color=c, label=key)
     a2.plot(x, [h.get("val_roc_auc", float("nan")) for h in ep], "o-", ms=3, color="#3f9a52", label="val ROC AUC")
     for ax in (a1, a2):
-        for i in range(1, len(ep)):          # phase boundaries
+        for i in range(1, len(ep)):  # phase boundaries
             if ep[i].get("phase") != ep[i - 1].get("phase"):
                 ax.axvline(i + 0.5, color="k", ls=":", lw=0.8)
         ax.set_xlabel("epoch (all phases)")
@@ -78,10 +84,12 @@ def build_training_report(run_dir) -> Path:
         if any(v is not None for v in vals):
             rows.append([f"merger {k}"] + ["" if v is None else fmt(v, 4) for v in vals])
     hdr = ["metric", "validation", "test"] + (["test (INT8 engine)"] if "int8_test" in m else [])
-    S.append('<section id="metrics"><h2>Metrics</h2>'
-             + (table(hdr, [r[:len(hdr)] for r in rows], num=set(range(1, len(hdr)))) if rows else "")
-             + (markdown_tables((run / "table1.md").read_text()) if (run / "table1.md").is_file() else "")
-             + "</section>")
+    S.append(
+        '<section id="metrics"><h2>Metrics</h2>'
+        + (table(hdr, [r[: len(hdr)] for r in rows], num=set(range(1, len(hdr)))) if rows else "")
+        + (markdown_tables((run / "table1.md").read_text()) if (run / "table1.md").is_file() else "")
+        + "</section>"
+    )
     figs = []
     for name, cap in PLOTS + [(p.name, p.stem) for p in sorted(run.glob("*.png")) if p.name not in dict(PLOTS)]:
         if (run / name).is_file():
@@ -95,14 +103,21 @@ def build_training_report(run_dir) -> Path:
     skip = {"metrics_test", "command"}
     crow = [[k, fmt(v, 4) if isinstance(v, float) else str(v)] for k, v in card.items() if k not in skip]
     if card.get("command"):
-        crow.append(["command", Raw(f'<code>{esc(card["command"])}</code>')])
+        crow.append(["command", Raw(f"<code>{esc(card['command'])}</code>")])
     if crow:
         S.append('<section id="card"><h2>Model card</h2>' + table(None, crow) + "</section>")
-    cards = [(k, fmt(m.get("test", {}).get(k), 3)) for k in ("roc_auc", "pr_auc", "precision_at_2pct")
-             if m.get("test", {}).get(k) is not None]
-    nav = [(a, t) for a, t in (("metrics", "Metrics"), ("plots", "Plots"), ("history", "History"),
-                               ("card", "Model card")) if f'id="{a}"' in "".join(S)]
-    html_text = page(f"mergerscan training report — {card.get('name', run.name)}", esc(str(run.resolve())),
-                     cards, nav, "\n".join(S))
+    cards = [
+        (k, fmt(m.get("test", {}).get(k), 3))
+        for k in ("roc_auc", "pr_auc", "precision_at_2pct")
+        if m.get("test", {}).get(k) is not None
+    ]
+    nav = [
+        (a, t)
+        for a, t in (("metrics", "Metrics"), ("plots", "Plots"), ("history", "History"), ("card", "Model card"))
+        if f'id="{a}"' in "".join(S)
+    ]
+    html_text = page(
+        f"mergerscan training report — {card.get('name', run.name)}", esc(str(run.resolve())), cards, nav, "\n".join(S)
+    )
     (run / "report.html").write_text(html_text, encoding="utf-8")
     return run / "report.html"

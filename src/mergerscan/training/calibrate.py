@@ -28,13 +28,12 @@ def all_view_logits(engine, stamps: np.ndarray, batch: int = 32) -> np.ndarray:
     """(8, N) logits of every stamp under each of the 8 dihedral views, in ``VIEWS[8]`` order."""
     out = []
     for i in range(0, len(stamps), batch):
-        x = prepare_batch(np.asarray(stamps[i:i + batch]), engine.spec)
+        x = prepare_batch(np.asarray(stamps[i : i + batch]), engine.spec)
         out.append(engine.logits(dihedral_views(x, 8)).reshape(8, len(x)))
     return np.concatenate(out, axis=1) if out else np.zeros((8, 0), np.float32)
 
 
-def calibrate_views(engine, stamps: np.ndarray, labels: np.ndarray, splits: np.ndarray,
-                    views=tuple(VIEWS)) -> dict:
+def calibrate_views(engine, stamps: np.ndarray, labels: np.ndarray, splits: np.ndarray, views=tuple(VIEWS)) -> dict:
     """{view count: Calibration} fitted on ``splits == "val"``, evaluated on ``"test"``."""
     views = tuple(sorted({int(v) for v in views}))
     if bad := [v for v in views if v not in VIEWS]:
@@ -54,29 +53,60 @@ def calibrate_views(engine, stamps: np.ndarray, labels: np.ndarray, splits: np.n
 
 
 def _test_metrics(m: dict) -> dict:
-    return {"macro_f1": round(m["macro"]["f1"], 4), "merger_f1": round(m["merger"]["f1"], 4),
-            "roc_auc": round(m["roc_auc"], 4), "pr_auc": round(m["pr_auc"], 4),
-            "precision_at_2pct": round(m["precision_at_2pct"], 4)}
+    return {
+        "macro_f1": round(m["macro"]["f1"], 4),
+        "merger_f1": round(m["merger"]["f1"], 4),
+        "roc_auc": round(m["roc_auc"], 4),
+        "pr_auc": round(m["pr_auc"], 4),
+        "precision_at_2pct": round(m["precision_at_2pct"], 4),
+    }
 
 
 def card_updates(cals: dict) -> dict:
     """The card entries for per-view calibrations (as :func:`calibrate_views` returns them)."""
     best = max(cals, key=lambda n: (round(cals[n].val["macro"]["f1"], 4), -n))
-    by = {str(n): {"temperature": float(c.temperature), "threshold": round(float(c.threshold), 4),
-                   "val_macro_f1": round(c.val["macro"]["f1"], 4), "test": _test_metrics(c.test)}
-          for n, c in cals.items()}
+    by = {
+        str(n): {
+            "temperature": float(c.temperature),
+            "threshold": round(float(c.threshold), 4),
+            "val_macro_f1": round(c.val["macro"]["f1"], 4),
+            "test": _test_metrics(c.test),
+        }
+        for n, c in cals.items()
+    }
     b, m = by[str(best)], cals[best].test
-    metrics = {"roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"], "precision_at_2pct": m["precision_at_2pct"],
-               "ece": m["ece"], "threshold": b["threshold"], "macro_f1": m["macro"]["f1"],
-               "merger_f1": m["merger"]["f1"], "merger_precision": m["merger"]["precision"],
-               "merger_recall": m["merger"]["recall"], "views": best}
-    return {"metrics_test": metrics, "views": best, "by_views": by, "threshold": b["threshold"],
-            "temperature": b["temperature"], "views_rule": VIEWS_RULE}
+    metrics = {
+        "roc_auc": m["roc_auc"],
+        "pr_auc": m["pr_auc"],
+        "precision_at_2pct": m["precision_at_2pct"],
+        "ece": m["ece"],
+        "threshold": b["threshold"],
+        "macro_f1": m["macro"]["f1"],
+        "merger_f1": m["merger"]["f1"],
+        "merger_precision": m["merger"]["precision"],
+        "merger_recall": m["merger"]["recall"],
+        "views": best,
+    }
+    return {
+        "metrics_test": metrics,
+        "views": best,
+        "by_views": by,
+        "threshold": b["threshold"],
+        "temperature": b["temperature"],
+        "views_rule": VIEWS_RULE,
+    }
 
 
-def calibrate_engine(engine_path: str | Path, catalog: str | Path, out_path: str | Path, views=tuple(VIEWS),
-                     threads: int = 2, cache: str | Path | None = None, seed: int = 0,
-                     limit_per_class: int | None = None) -> dict:
+def calibrate_engine(
+    engine_path: str | Path,
+    catalog: str | Path,
+    out_path: str | Path,
+    views=tuple(VIEWS),
+    threads: int = 2,
+    cache: str | Path | None = None,
+    seed: int = 0,
+    limit_per_class: int | None = None,
+) -> dict:
     """Calibrate ``engine_path`` on a labelled catalog (its object-disjoint val/test splits) and
     write the calibrated copy to ``out_path``.  Returns a JSON-ready summary."""
     from .data import build_labelled_set
@@ -87,7 +117,18 @@ def calibrate_engine(engine_path: str | Path, catalog: str | Path, out_path: str
     cals = calibrate_views(engine, data.stamps, t["label"].to_numpy(), t["split"].to_numpy(), views)
     updates = card_updates(cals)
     write_metadata(engine_path, out_path, card_updates=updates)
-    return {"engine": engine.info.name, "data_hash": data.data_hash, "out": str(out_path),
-            "default_views": updates["views"],
-            **{f"views_{n}": {"temperature": float(c.temperature), "threshold": round(float(c.threshold), 4),
-                              "val_macro_f1": c.val["macro"]["f1"], "test": c.test} for n, c in cals.items()}}
+    return {
+        "engine": engine.info.name,
+        "data_hash": data.data_hash,
+        "out": str(out_path),
+        "default_views": updates["views"],
+        **{
+            f"views_{n}": {
+                "temperature": float(c.temperature),
+                "threshold": round(float(c.threshold), 4),
+                "val_macro_f1": c.val["macro"]["f1"],
+                "test": c.test,
+            }
+            for n, c in cals.items()
+        },
+    }

@@ -36,17 +36,24 @@ class ResumeError(ValueError):
 def rng_state() -> dict:
     np_state = np.random.get_state()
     py_state = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                      "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-            "python": {"version": py_state[0], "state": list(py_state[1]), "gauss_next": py_state[2]}}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss_next": py_state[2]},
+    }
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
 
@@ -61,13 +68,16 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
 def load_checkpoint(run_dir: str | Path) -> dict:
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
-        raise ResumeError(f"--resume {run_dir}: no {CHECKPOINT} there (the run stopped before its first "
-                          "epoch ended, or this is not a training run directory)")
+        raise ResumeError(
+            f"--resume {run_dir}: no {CHECKPOINT} there (the run stopped before its first "
+            "epoch ended, or this is not a training run directory)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a torn/foreign file: one line, never a traceback
-        raise ResumeError(f"{path}: not a readable weights-only checkpoint ({type(exc).__name__}: "
-                          f"{' '.join(str(exc).split())[:200]})") from None
+        raise ResumeError(
+            f"{path}: not a readable weights-only checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ResumeError(f"{path}: not a {FORMAT} checkpoint")
     return state
@@ -102,11 +112,13 @@ def resume_arguments(run_dir: str | Path, given: dict) -> dict:
             continue
         mine = str(Path(value).resolve()) if key == "catalog" else value
         if key in ref and mine != ref[key]:
-            raise ResumeError(f"--{key.replace('_', '-')} {value} differs from the run's {saved[key]!r} "
-                              f"(in {Path(run_dir) / CONFIG}); a resume continues that run's configuration "
-                              "- start a new --out to change it")
+            raise ResumeError(
+                f"--{key.replace('_', '-')} {value} differs from the run's {saved[key]!r} "
+                f"(in {Path(run_dir) / CONFIG}); a resume continues that run's configuration "
+                "- start a new --out to change it"
+            )
     out = dict(saved)
-    out.pop("stop_after_epochs", None)      # a budget for one invocation, never inherited
+    out.pop("stop_after_epochs", None)  # a budget for one invocation, never inherited
     out["catalog"] = ref["catalog"]
     out["out"] = str(run_dir)
     for key in RUNTIME_OPTIONS:

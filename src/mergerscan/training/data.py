@@ -24,32 +24,42 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class LabelledSet:
-    table: pd.DataFrame          # one row per object: id, label (0/1), ra, dec, image, group, split
-    stamps: np.ndarray           # (N, H, W, 3) uint8, row-aligned with table
+    table: pd.DataFrame  # one row per object: id, label (0/1), ra, dec, image, group, split
+    stamps: np.ndarray  # (N, H, W, 3) uint8, row-aligned with table
     data_hash: str
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.table["split"].to_numpy() == split)
 
 
-def read_labelled_catalog(path: str | Path, label_column: str = "is_merger", id_column: str = "id",
-                          image_column: str = "image", images_dir: str | Path | None = None) -> pd.DataFrame:
+def read_labelled_catalog(
+    path: str | Path,
+    label_column: str = "is_merger",
+    id_column: str = "id",
+    image_column: str = "image",
+    images_dir: str | Path | None = None,
+) -> pd.DataFrame:
     """A CSV/FITS/Parquet catalog with a 0/1 label column and an image path (or images_dir/<id>.jpg)."""
     from ..catalogs.columns import find_column
     from ..catalogs.read import read_table
 
     path = Path(path)
     df = read_table(path)
-    cols = {name: find_column(df.columns, name)
-            for name in (label_column, id_column, "ra", "dec", image_column, "objid", "companion_objid")}
+    cols = {
+        name: find_column(df.columns, name)
+        for name in (label_column, id_column, "ra", "dec", image_column, "objid", "companion_objid")
+    }
     for need in (label_column, id_column, "ra", "dec"):
         if cols[need] is None:
             raise ValueError(f"{path}: labelled catalog has no column {need!r}")
-    out = pd.DataFrame({
-        "id": df[cols[id_column]].astype(str),
-        "label": df[cols[label_column]].astype(int),
-        "ra": df[cols["ra"]].astype(float), "dec": df[cols["dec"]].astype(float),
-    })
+    out = pd.DataFrame(
+        {
+            "id": df[cols[id_column]].astype(str),
+            "label": df[cols[label_column]].astype(int),
+            "ra": df[cols["ra"]].astype(float),
+            "dec": df[cols["dec"]].astype(float),
+        }
+    )
     if not set(out["label"].unique()) <= {0, 1}:
         raise ValueError(f"{path}: column {label_column!r} must hold 0/1 labels")
     if images_dir is not None:
@@ -64,8 +74,9 @@ def read_labelled_catalog(path: str | Path, label_column: str = "is_merger", id_
     return out.reset_index(drop=True)
 
 
-def object_groups(ra: np.ndarray, dec: np.ndarray, radius_arcsec: float,
-                  links: list[tuple[int, int]] = ()) -> np.ndarray:
+def object_groups(
+    ra: np.ndarray, dec: np.ndarray, radius_arcsec: float, links: list[tuple[int, int]] = ()
+) -> np.ndarray:
     """Connected components of objects closer than ``radius_arcsec`` (their stamps overlap) or
     explicitly linked (a merger and its companion).  Splitting by group keeps every piece of
     sky in exactly one of train/val/test."""
@@ -84,8 +95,7 @@ def object_groups(ra: np.ndarray, dec: np.ndarray, radius_arcsec: float,
     return connected_components(g, directed=False)[1]
 
 
-def assign_splits(groups: np.ndarray, labels: np.ndarray, fractions=(0.7, 0.15, 0.15),
-                  seed: int = 0) -> np.ndarray:
+def assign_splits(groups: np.ndarray, labels: np.ndarray, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> np.ndarray:
     """Stratified (by the group's max label), group-disjoint split with a fixed seed."""
     rng = np.random.default_rng(seed)
     glabel = pd.Series(labels).groupby(groups).max()
@@ -120,14 +130,15 @@ def decode_stamps(paths: list[str], cache: str | Path | None = None, threads: in
                 raise ValueError(f"{paths[i]}: image is {arr.shape}, expected {first.shape}")
             out[i] = arr
     if cache is not None:
-        with atomic_path(f) as tmp, open(tmp, "wb") as fh:   # a file handle: np.save would add .npy
+        with atomic_path(f) as tmp, open(tmp, "wb") as fh:  # a file handle: np.save would add .npy
             np.save(fh, out)
         return np.load(f, mmap_mode="r")
     return out
 
 
-def with_splits(t: pd.DataFrame, seed: int = 0, fractions=(0.7, 0.15, 0.15),
-                group_radius_arcsec: float = 100.0) -> pd.DataFrame:
+def with_splits(
+    t: pd.DataFrame, seed: int = 0, fractions=(0.7, 0.15, 0.15), group_radius_arcsec: float = 100.0
+) -> pd.DataFrame:
     """Add the object-disjoint ``group`` and ``split`` columns to a labelled catalog (no images read)."""
     links = []
     if "companion_objid" in t:
@@ -138,15 +149,28 @@ def with_splits(t: pd.DataFrame, seed: int = 0, fractions=(0.7, 0.15, 0.15),
     return t
 
 
-def build_labelled_set(catalog: str | Path, *, seed: int = 0, fractions=(0.7, 0.15, 0.15),
-                       cache: str | Path | None = None, limit_per_class: int | None = None,
-                       group_radius_arcsec: float = 100.0, **read_kw) -> LabelledSet:
+def build_labelled_set(
+    catalog: str | Path,
+    *,
+    seed: int = 0,
+    fractions=(0.7, 0.15, 0.15),
+    cache: str | Path | None = None,
+    limit_per_class: int | None = None,
+    group_radius_arcsec: float = 100.0,
+    **read_kw,
+) -> LabelledSet:
     t = with_splits(read_labelled_catalog(catalog, **read_kw), seed, fractions, group_radius_arcsec)
     if limit_per_class:  # small, still group-disjoint subsets for smoke tests
         rng = np.random.default_rng(seed)
-        keep = np.concatenate([rng.permutation(np.flatnonzero((t["label"] == lab) & (t["split"] == s)))
-                               [: max(2, int(limit_per_class * f))]
-                               for lab in (0, 1) for s, f in zip(SPLITS, fractions)])
+        keep = np.concatenate(
+            [
+                rng.permutation(np.flatnonzero((t["label"] == lab) & (t["split"] == s)))[
+                    : max(2, int(limit_per_class * f))
+                ]
+                for lab in (0, 1)
+                for s, f in zip(SPLITS, fractions)
+            ]
+        )
         t = t.iloc[np.sort(keep)].reset_index(drop=True)
     h = hashlib.sha256()
     for row in t[["id", "label", "split"]].itertuples(index=False):

@@ -10,8 +10,8 @@ import numpy as np
 
 from ..engines.base import sigmoid
 
-SURVEY_PREVALENCE = 0.02   # mergers are ~1-3 % of galaxies in a survey
-_sigmoid = sigmoid         # the engines' one sigmoid, under the name train.py used
+SURVEY_PREVALENCE = 0.02  # mergers are ~1-3 % of galaxies in a survey
+_sigmoid = sigmoid  # the engines' one sigmoid, under the name train.py used
 
 
 def confusion(y, p, threshold):
@@ -111,9 +111,10 @@ def fit_temperature(y, logits) -> float:
     def nll(t):
         q = sigmoid(z / t)
         return -np.mean(y * np.log(q + 1e-12) + (1 - y) * np.log(1 - q + 1e-12))
+
     ts = np.exp(np.linspace(math.log(0.05), math.log(20), 400))
     best = ts[int(np.argmin([nll(t) for t in ts]))]
-    lo, hi = best / 1.02, best * 1.02   # refine
+    lo, hi = best / 1.02, best * 1.02  # refine
     for _ in range(40):
         m1, m2 = lo + (hi - lo) / 3, hi - (hi - lo) / 3
         lo, hi = (lo, m2) if nll(m1) < nll(m2) else (m1, hi)
@@ -132,6 +133,7 @@ def choose_threshold(y, p) -> float:
 @dataclass
 class Calibration:
     """The temperature and threshold fitted on validation, and both splits summarised with them."""
+
     temperature: float
     threshold: float
     val: dict
@@ -152,12 +154,16 @@ def calibrate_and_summarize(y_val, z_val, y_test, z_test) -> Calibration:
 
 def summarize(y, p, threshold) -> dict:
     out = per_class(y, p, threshold)
-    out.update({
-        "threshold": float(threshold), "n": len(y),
-        "roc_auc": roc_auc(y, p), "pr_auc": average_precision(y, p),
-        "precision_at_2pct": precision_at_prevalence(y, p, threshold),
-        "reliability": reliability(y, p),
-    })
+    out.update(
+        {
+            "threshold": float(threshold),
+            "n": len(y),
+            "roc_auc": roc_auc(y, p),
+            "pr_auc": average_precision(y, p),
+            "precision_at_2pct": precision_at_prevalence(y, p, threshold),
+            "reliability": reliability(y, p),
+        }
+    )
     out["ece"] = out["reliability"]["ece"]
     return out
 
@@ -176,6 +182,7 @@ def table1(m: dict) -> str:
 def plot_all(y, p, metrics: dict, out_dir, title: str = "") -> list[str]:
     """ROC, PR, reliability and confusion-matrix PNGs; returns their file names."""
     import matplotlib
+
     matplotlib.use("Agg")
     from pathlib import Path
 

@@ -17,8 +17,7 @@ from ..cutouts.preprocess import PreprocessSpec
 from ..engines.engine_file import card_of, copy_metadata, metadata, save_model, set_metadata, write_metadata
 
 
-def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, card: dict, path: str | Path,
-                opset: int = 18) -> Path:
+def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, card: dict, path: str | Path, opset: int = 18) -> Path:
     """``model`` -> engine file at ``path``.  A model from :func:`mergerscan.models.create_model`
     carries its config, which goes into the card as ``model`` (the torch backend rebuilds from it)."""
     import onnx
@@ -32,9 +31,18 @@ def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, card: dict, path: 
     batch = torch.export.Dim("batch", min=1, max=4096)
     with tempfile.TemporaryDirectory(prefix="mergerscan-export-") as tmp:
         raw = Path(tmp) / "model.onnx"
-        torch.onnx.export(model, (x,), str(raw), dynamo=True, input_names=["input"], output_names=["logit"],
-                          dynamic_shapes={"x": {0: batch}}, opset_version=opset, external_data=False,
-                          verbose=False)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(raw),
+            dynamo=True,
+            input_names=["input"],
+            output_names=["logit"],
+            dynamic_shapes={"x": {0: batch}},
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
         m = onnx.load(str(raw))
     return save_model(set_metadata(m, spec, card), path)
 
@@ -61,7 +69,7 @@ def quantize_int8(onnx_path: str | Path, calib: np.ndarray, out_path: str | Path
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter([{"input": calib[i:i + 16]} for i in range(0, len(calib), 16)])
+            self.it = iter([{"input": calib[i : i + 16]} for i in range(0, len(calib), 16)])
 
         def get_next(self):
             return next(self.it, None)
@@ -70,15 +78,31 @@ def quantize_int8(onnx_path: str | Path, calib: np.ndarray, out_path: str | Path
     with tempfile.TemporaryDirectory(prefix="mergerscan-int8-") as tmp:
         pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(onnx_path), str(pre))
-        quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        # biases stay float: TensorRT dequantises only int8 (not int32 bias) tensors
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+        quantize_static(
+            str(pre),
+            str(q),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            # biases stay float: TensorRT dequantises only int8 (not int32 bias) tensors
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        )
         m = onnx.load(str(q))
     card = card_of(metadata(src))
-    return save_model(copy_metadata(src, m, card_updates={
-        "precision": "int8", "quantization": "symmetric-s8s8-qdq", "name": card.get("name", "model") + "-int8"}),
-        out_path)
+    return save_model(
+        copy_metadata(
+            src,
+            m,
+            card_updates={
+                "precision": "int8",
+                "quantization": "symmetric-s8s8-qdq",
+                "name": card.get("name", "model") + "-int8",
+            },
+        ),
+        out_path,
+    )
 
 
 def zero_points(path: str | Path) -> dict[str, np.ndarray]:
@@ -95,8 +119,9 @@ def zero_points(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
-def update_metadata(path: str | Path, out_path: str | Path, spec: PreprocessSpec | None = None,
-                    card_updates: dict | None = None) -> Path:
+def update_metadata(
+    path: str | Path, out_path: str | Path, spec: PreprocessSpec | None = None, card_updates: dict | None = None
+) -> Path:
     """Rewrite an engine's spec and/or card into ``out_path`` (e.g. after calibrating the frame
     colour stretch, which describes how the training stamps were rendered, not the weights)."""
     return write_metadata(path, out_path, spec=spec, card_updates=card_updates or {})

@@ -35,12 +35,13 @@ def epoch_batches(indices: np.ndarray, batch_size: int, seed: int, phase: int, e
     a last batch of one object is dropped (batch norm needs two)."""
     gen = torch.Generator().manual_seed(_seed(seed, phase, epoch, 0))
     perm = np.asarray(indices)[torch.randperm(len(indices), generator=gen).numpy()]
-    batches = [np.sort(perm[i:i + batch_size]) for i in range(0, len(perm), batch_size)]
+    batches = [np.sort(perm[i : i + batch_size]) for i in range(0, len(perm), batch_size)]
     return [b for b in batches if len(b) >= 2]
 
 
-def make_batch(stamps, labels: np.ndarray, idx: np.ndarray, spec: PreprocessSpec, seed: int,
-               channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def make_batch(
+    stamps, labels: np.ndarray, idx: np.ndarray, spec: PreprocessSpec, seed: int, channels_last: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Augmented, preprocessed model input and float labels for the objects ``idx``."""
     gen = torch.Generator().manual_seed(seed)
     raw = torch.from_numpy(np.asarray(stamps[idx]))
@@ -60,9 +61,19 @@ class BatchLoader:
     stops the thread.  An exception while preparing a batch is raised in the consumer as
     :class:`LoaderError` with one line naming the batch."""
 
-    def __init__(self, stamps, labels: np.ndarray, batches: list[np.ndarray], spec: PreprocessSpec,
-                 seed: int, phase: int, epoch: int, prefetch: int = 2, channels_last: bool = False,
-                 threaded: bool = True):
+    def __init__(
+        self,
+        stamps,
+        labels: np.ndarray,
+        batches: list[np.ndarray],
+        spec: PreprocessSpec,
+        seed: int,
+        phase: int,
+        epoch: int,
+        prefetch: int = 2,
+        channels_last: bool = False,
+        threaded: bool = True,
+    ):
         self.stamps, self.labels, self.batches, self.spec = stamps, np.asarray(labels), batches, spec
         self.seeds = [_seed(seed, phase, epoch, b + 1) for b in range(len(batches))]
         self.channels_last, self.threaded = channels_last, threaded
@@ -109,7 +120,7 @@ class BatchLoader:
         self._q.put(_DONE)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if not self.threaded:                      # the same batches, prepared in the caller's thread
+        if not self.threaded:  # the same batches, prepared in the caller's thread
             for b in range(len(self.batches)):
                 try:
                     item = self._make(b)
@@ -129,7 +140,7 @@ class BatchLoader:
                 yield item
         finally:
             self._stop.set()
-            while worker.is_alive():             # unblock a producer waiting on a full queue
+            while worker.is_alive():  # unblock a producer waiting on a full queue
                 try:
                     self._q.get_nowait()
                 except queue.Empty:

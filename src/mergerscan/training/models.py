@@ -17,8 +17,11 @@ def trainable_tail(net: MergerNet, n_blocks: int) -> list[str]:
     n_blocks = max(0, min(n_blocks, len(starts)))
     first = starts[len(starts) - n_blocks] if n_blocks else None
     names = [n for n, _ in net.named_parameters()]
-    unfreeze_from = len(names) if first is None else next(
-        i for i, n in enumerate(names) if n.startswith(first + ".") or n.startswith(first))
+    unfreeze_from = (
+        len(names)
+        if first is None
+        else next(i for i, n in enumerate(names) if n.startswith(first + ".") or n.startswith(first))
+    )
     for i, (n, p) in enumerate(net.named_parameters()):
         p.requires_grad = n.startswith("top.") or i >= unfreeze_from
-    return list(starts[len(starts) - n_blocks:]) if n_blocks else []
+    return list(starts[len(starts) - n_blocks :]) if n_blocks else []

@@ -19,7 +19,7 @@ import numpy as np
 
 MEAN_WEIGHT = 10.0
 SMOOTH = 1.0
-STARTS = ((8, 0.4), (3, 0.05), (15, 0.3), (8, 0.05))     # (Q, stretch) starting points
+STARTS = ((8, 0.4), (3, 0.05), (15, 0.3), (8, 0.05))  # (Q, stretch) starting points
 
 
 def render(bands: np.ndarray, p) -> np.ndarray:
@@ -30,7 +30,7 @@ def render(bands: np.ndarray, p) -> np.ndarray:
 
     si, sg, q, st, m = p
     mp = RGBImageMappingLupton(interval=ManualInterval(vmin=m), stretch=LuptonAsinhStretch(stretch=st, Q=q))
-    with np.errstate(divide="ignore", invalid="ignore"):     # astropy's own 0/0, masked by its where
+    with np.errstate(divide="ignore", invalid="ignore"):  # astropy's own 0/0, masked by its where
         return np.moveaxis(mp.apply_mappings(bands[0] * si, bands[1], bands[2] * sg), 0, -1) * 255
 
 
@@ -40,6 +40,7 @@ def unpack(x) -> list[float]:
 
 def smooth(a: np.ndarray) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
+
     return gaussian_filter(a, (SMOOTH, SMOOTH, 0))
 
 
@@ -58,8 +59,9 @@ def fit(bands: np.ndarray, jpg: np.ndarray, mask: np.ndarray | None = None, star
     best = None
     for q0, st0 in starts:
         # no parameter may start at exactly 0: scipy's relative finite-difference step is then 0
-        r = least_squares(resid, [0.01, 0.01, np.log(q0), np.log(st0), 0.01], x_scale=[0.3, 0.3, 0.5, 0.5, 1.0],
-                          diff_step=1e-3)
+        r = least_squares(
+            resid, [0.01, 0.01, np.log(q0), np.log(st0), 0.01], x_scale=[0.3, 0.3, 0.5, 0.5, 1.0], diff_step=1e-3
+        )
         if best is None or r.cost < best.cost:
             best = r
     assert best is not None
@@ -68,8 +70,12 @@ def fit(bands: np.ndarray, jpg: np.ndarray, mask: np.ndarray | None = None, star
 
 def stretch_of(p) -> dict:
     """Fitted params -> the ``PreprocessSpec.stretch`` dict (scales in i, r, g order)."""
-    return {"scales": [round(p[0], 4), 1.0, round(p[1], 4)], "Q": round(p[2], 3), "stretch": round(p[3], 4),
-            "minimum": round(p[4], 5)}
+    return {
+        "scales": [round(p[0], 4), 1.0, round(p[1], 4)],
+        "Q": round(p[2], 3),
+        "stretch": round(p[3], 4),
+        "minimum": round(p[4], 5),
+    }
 
 
 def write_stretch(engine_path: str | Path, out_path: str | Path, stretch: dict) -> Path:
@@ -88,5 +94,8 @@ def phase_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
     def par(m, z, p):
         return 0.5 * (m - p) / (m - 2 * z + p)
-    return (float(iy - c.shape[0] // 2 + par(c[iy - 1, ix], c[iy, ix], c[iy + 1, ix])),
-            float(ix - c.shape[1] // 2 + par(c[iy, ix - 1], c[iy, ix], c[iy, ix + 1])))
+
+    return (
+        float(iy - c.shape[0] // 2 + par(c[iy - 1, ix], c[iy, ix], c[iy + 1, ix])),
+        float(ix - c.shape[1] // 2 + par(c[iy, ix - 1], c[iy, ix], c[iy, ix + 1])),
+    )

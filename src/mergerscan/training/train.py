@@ -17,7 +17,7 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,65 +28,11 @@ from ..atomic import atomic_path, atomic_write_json, atomic_write_text
 from ..cutouts.preprocess import PreprocessSpec, prepare_batch
 from . import checkpoint as ckpt
 from . import evaluate as ev
+from .arguments import TrainArguments
 from .data import build_labelled_set
-from .hardware import BF16_CHOICES, cpu_flags, cpu_model, use_bf16
+from .hardware import cpu_flags, cpu_model, use_bf16
 from .loader import BatchLoader, epoch_batches
-from .models import ARCH_INFO, ARCHS, create_model, trainable_tail
-
-
-@dataclass
-class TrainArguments:
-    catalog: str
-    out: str
-    arch: str = "efficientnet_lite0"
-    experiment: str = "e2"                 # e1 (scratch) | e2 (transfer)
-    input_size: int = 128
-    epochs: int = 8                        # E1: all epochs; E2: phase-2 (fine-tune) epochs
-    epochs_top: int = 2                    # E2 phase 1 (frozen base, Adam)
-    batch_size: int = 32
-    lr: float = 0.02                       # E1 SGD
-    lr_top: float = 1e-3                   # E2 phase 1 Adam
-    lr_finetune: float = 5e-3              # E2 phase 2 SGD + momentum
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    unfreeze_blocks: int = 4               # E2 phase 2: last N conv blocks of the base
-    weights: str | None = None             # ImageNet weights file (E2); else standard loading
-    seed: int = 0
-    threads: int = 2
-    limit_per_class: int | None = None     # tiny subsets (smoke tests)
-    cache: str | None = ".cache/mergerscan"
-    int8: bool = False
-    stamp_pixels: int = 256
-    pixel_scale: float = 0.396
-    name: str | None = None
-    patience: int = 0                      # end a phase when val loss has not improved for N epochs (0: off)
-    bf16: str = "auto"                     # auto: where the CPU has AVX512-BF16/AMX; on | off force it
-    prefetch: int = 2                      # batches the loader thread prepares ahead (0: no thread)
-    stop_after_epochs: int | None = None   # end this invocation after N epochs (resumable)
-    export: bool = True                    # write the ONNX engine file (off: metrics only, e.g. study sweeps)
-    command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
-
-    def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"--arch must be one of {', '.join(ARCHS)}")
-        if self.experiment not in ("e1", "e2"):
-            raise ValueError("--experiment must be e1 or e2")
-        if self.input_size < ARCH_INFO[self.arch].min_size:
-            raise ValueError(f"{self.arch} needs --size >= {ARCH_INFO[self.arch].min_size}")
-        if not Path(self.catalog).is_file():
-            raise FileNotFoundError(f"--catalog {self.catalog}: no such file")
-        if self.epochs < 0 or self.epochs_top < 0 or self.batch_size < 2:
-            raise ValueError("epochs must be >= 0 and batch size >= 2")
-        if self.bf16 not in BF16_CHOICES:
-            raise ValueError(f"--bf16 must be one of {', '.join(BF16_CHOICES)}")
-        if self.patience < 0 or self.prefetch < 0:
-            raise ValueError("--patience and --prefetch must be >= 0")
-        if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
-            raise ValueError("--stop-after-epochs must be >= 1")
-
-    @property
-    def init(self) -> str:
-        return "imagenet" if self.experiment == "e2" else "random"
+from .models import create_model, trainable_tail
 
 
 class StoppedEarly(Exception):
@@ -105,7 +51,7 @@ def _predict_logits(net, stamps, spec, batch=64, bf16=False) -> np.ndarray:
     out = []
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for i in range(0, len(stamps), batch):
-            x = torch.from_numpy(prepare_batch(np.asarray(stamps[i:i + batch]), spec))
+            x = torch.from_numpy(prepare_batch(np.asarray(stamps[i : i + batch]), spec))
             if bf16:
                 x = x.contiguous(memory_format=torch.channels_last)
             out.append(net(x).float().numpy())
@@ -133,19 +79,32 @@ def _phases(args) -> list[tuple[str, int]]:
 def _setup_phase(net, args, phase: int):
     """The phase's trainable parameters and optimizer (plus a history record, or None)."""
     if args.experiment == "e1":
-        return torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum,
-                               weight_decay=args.weight_decay, nesterov=True), None
+        return torch.optim.SGD(
+            net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True
+        ), None
     if phase == 0:
         trainable_tail(net, 0)
         return torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=args.lr_top), None
     unfrozen = trainable_tail(net, args.unfreeze_blocks)
-    return torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=args.lr_finetune,
-                           momentum=args.momentum, weight_decay=args.weight_decay), {"unfrozen_blocks": unfrozen}
+    return torch.optim.SGD(
+        [p for p in net.parameters() if p.requires_grad],
+        lr=args.lr_finetune,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+    ), {"unfrozen_blocks": unfrozen}
 
 
 def _fresh_phase_state() -> dict:
-    return {"epoch": 0, "step": 0, "done": False, "best_auc": None, "best_epoch": 0, "best_model": None,
-            "best_val_loss": None, "bad_epochs": 0}
+    return {
+        "epoch": 0,
+        "step": 0,
+        "done": False,
+        "best_auc": None,
+        "best_epoch": 0,
+        "best_model": None,
+        "best_val_loss": None,
+        "bad_epochs": 0,
+    }
 
 
 def _clone(sd: dict) -> dict:
@@ -158,8 +117,9 @@ def _run_phase(ctx, pi: int, epochs: int, opt, st: dict) -> None:
     tr, va, labels, data, spec = ctx["tr"], ctx["va"], ctx["labels"], ctx["data"], ctx["spec"]
     steps_per_epoch = math.ceil(len(tr) / args.batch_size)
     total = max(1, epochs * steps_per_epoch)
-    base_lrs = [{"e2-top-adam": args.lr_top, "e2-finetune-sgd": args.lr_finetune}.get(name, args.lr)
-                for _ in opt.param_groups]
+    base_lrs = [
+        {"e2-top-adam": args.lr_top, "e2-finetune-sgd": args.lr_finetune}.get(name, args.lr) for _ in opt.param_groups
+    ]
     while not st["done"] and st["epoch"] < epochs:
         if args.stop_after_epochs and ctx["epochs_run"] >= args.stop_after_epochs:
             raise StoppedEarly
@@ -167,22 +127,44 @@ def _run_phase(ctx, pi: int, epochs: int, opt, st: dict) -> None:
         net.train()
         _set_bn_eval_where_frozen(net)
         batches = epoch_batches(tr, args.batch_size, args.seed, pi, epoch)
-        loader = BatchLoader(data.stamps, labels, batches, spec, args.seed, pi, epoch, prefetch=args.prefetch,
-                             channels_last=ctx["bf16"], threaded=args.prefetch > 0)
+        loader = BatchLoader(
+            data.stamps,
+            labels,
+            batches,
+            spec,
+            args.seed,
+            pi,
+            epoch,
+            prefetch=args.prefetch,
+            channels_last=ctx["bf16"],
+            threaded=args.prefetch > 0,
+        )
         losses = []
         for x, y in loader:
-            for g, lr0 in zip(opt.param_groups, base_lrs):     # cosine schedule per step
+            for g, lr0 in zip(opt.param_groups, base_lrs):  # cosine schedule per step
                 g["lr"] = lr0 * 0.5 * (1 + math.cos(math.pi * st["step"] / total))
             losses.append(train_step(net, opt, x, y, ctx["pos_weight"], ctx["bf16"]))
             st["step"] += 1
         zv = _predict_logits(net, data.stamps[va], spec, bf16=ctx["bf16"])
         yv = labels[va]
         auc = ev.roc_auc(yv, zv)
-        vloss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(zv), torch.from_numpy(yv.astype(np.float32)),
-                                                         pos_weight=ctx["pos_weight"]))
+        vloss = float(
+            F.binary_cross_entropy_with_logits(
+                torch.from_numpy(zv), torch.from_numpy(yv.astype(np.float32)), pos_weight=ctx["pos_weight"]
+            )
+        )
         seconds = time.time() - t0
-        ctx["log"]({"phase": name, "epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": vloss,
-                    "val_roc_auc": auc, "seconds": round(seconds, 1), "img_per_s": round(len(tr) / seconds, 1)})
+        ctx["log"](
+            {
+                "phase": name,
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)),
+                "val_loss": vloss,
+                "val_roc_auc": auc,
+                "seconds": round(seconds, 1),
+                "img_per_s": round(len(tr) / seconds, 1),
+            }
+        )
         if st["best_auc"] is None or auc > st["best_auc"]:
             st.update(best_auc=auc, best_epoch=epoch + 1, best_model=_clone(net.state_dict()))
         if st["best_val_loss"] is None or vloss < st["best_val_loss"]:
@@ -192,8 +174,14 @@ def _run_phase(ctx, pi: int, epochs: int, opt, st: dict) -> None:
         st["epoch"] = epoch + 1
         if args.patience and st["bad_epochs"] >= args.patience and st["epoch"] < epochs:
             st["done"] = True
-            ctx["log"]({"phase": name, "early_stop": f"val loss not improved for {args.patience} epochs",
-                        "after_epoch": epoch + 1, "best_epoch": st["best_epoch"]})
+            ctx["log"](
+                {
+                    "phase": name,
+                    "early_stop": f"val loss not improved for {args.patience} epochs",
+                    "after_epoch": epoch + 1,
+                    "best_epoch": st["best_epoch"],
+                }
+            )
         ctx["epochs_run"] += 1
         ctx["save"](pi, st, opt)
 
@@ -211,8 +199,10 @@ def run(args: TrainArguments, resume: bool = False) -> dict:
             print(f"mergerscan train: {out} has finished; nothing to resume", flush=True)
             return json.loads((out / "metrics.json").read_text())
     elif (out / ckpt.CHECKPOINT).is_file():
-        raise ckpt.ResumeError(f"--out {out} already holds a training run ({ckpt.CHECKPOINT}); continue it with "
-                          f"--resume {out} or choose another --out")
+        raise ckpt.ResumeError(
+            f"--out {out} already holds a training run ({ckpt.CHECKPOINT}); continue it with "
+            f"--resume {out} or choose another --out"
+        )
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -224,25 +214,38 @@ def run(args: TrainArguments, resume: bool = False) -> dict:
         print(json.dumps(rec), flush=True)
         atomic_write_json(out / "history.json", history, indent=1)
 
-    data = build_labelled_set(args.catalog, seed=args.seed, cache=args.cache,
-                              limit_per_class=args.limit_per_class)
+    data = build_labelled_set(args.catalog, seed=args.seed, cache=args.cache, limit_per_class=args.limit_per_class)
     if ck and ck["data_hash"] != data.data_hash:
-        raise ckpt.ResumeError(f"--resume {out}: the labelled set of {args.catalog} changed since the run began "
-                          f"(data hash {data.data_hash}, the run's {ck['data_hash']})")
-    spec = PreprocessSpec(stamp_pixels=data.stamps.shape[1], pixel_scale=args.pixel_scale,
-                          input_size=args.input_size)
+        raise ckpt.ResumeError(
+            f"--resume {out}: the labelled set of {args.catalog} changed since the run began "
+            f"(data hash {data.data_hash}, the run's {ck['data_hash']})"
+        )
+    spec = PreprocessSpec(stamp_pixels=data.stamps.shape[1], pixel_scale=args.pixel_scale, input_size=args.input_size)
     tr, va, te = (data.indices(s) for s in ("train", "val", "test"))
     labels = data.table["label"].to_numpy()
-    run_args = asdict(args) | {"catalog": str(Path(args.catalog).resolve())}   # resumable from any cwd
-    bf16 = bool(ck["bf16"]) if ck else use_bf16(args.bf16)   # a resume keeps the precision it began with
+    run_args = asdict(args) | {"catalog": str(Path(args.catalog).resolve())}  # resumable from any cwd
+    bf16 = bool(ck["bf16"]) if ck else use_bf16(args.bf16)  # a resume keeps the precision it began with
     if ck:
-        log({"resumed": {"phase": ck["phase"], "epoch": ck["phase_state"]["epoch"]},
-             "command": " ".join(shlex.quote(a) for a in sys.argv)})
+        log(
+            {
+                "resumed": {"phase": ck["phase"], "epoch": ck["phase_state"]["epoch"]},
+                "command": " ".join(shlex.quote(a) for a in sys.argv),
+            }
+        )
     else:
         ckpt.write_config(out, run_args)
-        log({"data_hash": data.data_hash, "n_train": len(tr), "n_val": len(va), "n_test": len(te),
-             "train_mergers": int(labels[tr].sum()), "precision": _precision_name(bf16), "cpu": cpu_model(),
-             "cpu_bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f)})
+        log(
+            {
+                "data_hash": data.data_hash,
+                "n_train": len(tr),
+                "n_val": len(va),
+                "n_test": len(te),
+                "train_mergers": int(labels[tr].sum()),
+                "precision": _precision_name(bf16),
+                "cpu": cpu_model(),
+                "cpu_bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f),
+            }
+        )
     pos_weight = torch.tensor(float((labels[tr] == 0).sum()) / max(1, labels[tr].sum()))
 
     net = create_model(args.arch, init=args.init, weights=args.weights)
@@ -255,13 +258,38 @@ def run(args: TrainArguments, resume: bool = False) -> dict:
     seconds_before = float(ck["train_seconds"]) if ck else 0.0
 
     def save(phase, st, opt, finished=False):
-        ckpt.save_checkpoint(out, {"args": run_args, "data_hash": data.data_hash, "bf16": bf16,
-                              "phase": phase, "finished": finished, "phase_state": st, "model": net.state_dict(),
-                              "optimizer": opt.state_dict() if opt is not None else {}, "rng": ckpt.rng_state(),
-                              "history": history, "train_seconds": seconds_before + time.time() - t_start})
+        ckpt.save_checkpoint(
+            out,
+            {
+                "args": run_args,
+                "data_hash": data.data_hash,
+                "bf16": bf16,
+                "phase": phase,
+                "finished": finished,
+                "phase_state": st,
+                "model": net.state_dict(),
+                "optimizer": opt.state_dict() if opt is not None else {},
+                "rng": ckpt.rng_state(),
+                "history": history,
+                "train_seconds": seconds_before + time.time() - t_start,
+            },
+        )
 
-    ctx = {"args": args, "net": net, "phases": phases, "tr": tr, "va": va, "labels": labels, "data": data,
-           "spec": spec, "bf16": bf16, "pos_weight": pos_weight, "log": log, "save": save, "epochs_run": 0}
+    ctx = {
+        "args": args,
+        "net": net,
+        "phases": phases,
+        "tr": tr,
+        "va": va,
+        "labels": labels,
+        "data": data,
+        "spec": spec,
+        "bf16": bf16,
+        "pos_weight": pos_weight,
+        "log": log,
+        "save": save,
+        "epochs_run": 0,
+    }
     try:
         for pi, (_, epochs) in enumerate(phases):
             if pi < start:
@@ -279,8 +307,11 @@ def run(args: TrainArguments, resume: bool = False) -> dict:
             if st["best_model"] is not None:
                 net.load_state_dict(st["best_model"])
     except StoppedEarly:
-        print(f"mergerscan train: stopped after {ctx['epochs_run']} epoch(s) as asked; continue with "
-              f"mergerscan train --resume {out}", flush=True)
+        print(
+            f"mergerscan train: stopped after {ctx['epochs_run']} epoch(s) as asked; continue with "
+            f"mergerscan train --resume {out}",
+            flush=True,
+        )
         return {"stopped": True, "epochs_run": ctx["epochs_run"]}
     for p in net.parameters():
         p.requires_grad = True
@@ -300,27 +331,44 @@ def _finish(args, net, data, spec, splits, train_seconds, bf16, out: Path) -> di
     tr, va, te = splits
     labels = data.table["label"].to_numpy()
     with atomic_path(out / "model.pt") as tmp:
-        torch.save(net.state_dict(), tmp)   # reload with torch.load(weights_only=True)
+        torch.save(net.state_dict(), tmp)  # reload with torch.load(weights_only=True)
     zv, zt = _predict_logits(net, data.stamps[va], spec), _predict_logits(net, data.stamps[te], spec)
     cal = ev.calibrate_and_summarize(labels[va], zv, labels[te], zt)
     T, thr, pt, m_val, m_test = cal.temperature, cal.threshold, cal.p_test, cal.val, cal.test
     name = args.name or f"{args.arch}-{args.experiment}-{args.input_size}px"
     from .. import __version__
+
     card = {
-        "name": name, "arch": args.arch, "experiment": args.experiment, "init": args.init,
-        "input_size": args.input_size, "threshold": thr, "temperature": T, "data_hash": data.data_hash,
-        "catalog": Path(args.catalog).name, "split": "object-disjoint groups (stamps within 100\"), seed "
-        f"{args.seed}, 70/15/15", "n_train": len(tr), "n_val": len(va), "n_test": len(te),
+        "name": name,
+        "arch": args.arch,
+        "experiment": args.experiment,
+        "init": args.init,
+        "input_size": args.input_size,
+        "threshold": thr,
+        "temperature": T,
+        "data_hash": data.data_hash,
+        "catalog": Path(args.catalog).name,
+        "split": f'object-disjoint groups (stamps within 100"), seed {args.seed}, 70/15/15',
+        "n_train": len(tr),
+        "n_val": len(va),
+        "n_test": len(te),
         "metrics_test": {k: m_test[k] for k in ("roc_auc", "pr_auc", "precision_at_2pct", "ece", "threshold")}
-        | {"macro_f1": m_test["macro"]["f1"], "merger_f1": m_test["merger"]["f1"],
-           "merger_precision": m_test["merger"]["precision"], "merger_recall": m_test["merger"]["recall"]},
-        "train_seconds": round(train_seconds, 1), "hardware": f"{cpu_model()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}", "training_precision": _precision_name(bf16),
-        "mergerscan_version": __version__, "command": args.command,
+        | {
+            "macro_f1": m_test["macro"]["f1"],
+            "merger_f1": m_test["merger"]["f1"],
+            "merger_precision": m_test["merger"]["precision"],
+            "merger_recall": m_test["merger"]["recall"],
+        },
+        "train_seconds": round(train_seconds, 1),
+        "hardware": f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "training_precision": _precision_name(bf16),
+        "mergerscan_version": __version__,
+        "command": args.command,
         "labels": "Darg+2010 mergers vs Galaxy Zoo 1 non-interacting (SDSS DR7)",
     }
     onnx_path = out / "model.onnx"
     from .export import export_onnx, parity, quantize_int8
+
     if args.export:
         export_onnx(net, spec, card, onnx_path)
         probe = prepare_batch(np.asarray(data.stamps[te[:32]]), spec)
@@ -330,8 +378,12 @@ def _finish(args, net, data, spec, splits, train_seconds, bf16, out: Path) -> di
         calib = prepare_batch(np.asarray(data.stamps[tr[:256]]), spec)
         q = quantize_int8(onnx_path, calib, out / "model-int8.onnx")
         from ..engines.onnxruntime import OnnxRuntimeEngine
+
         zq = OnnxRuntimeEngine(q, threads=args.threads).logits(
-            np.concatenate([prepare_batch(np.asarray(data.stamps[te[i:i + 64]]), spec) for i in range(0, len(te), 64)]))
+            np.concatenate(
+                [prepare_batch(np.asarray(data.stamps[te[i : i + 64]]), spec) for i in range(0, len(te), 64)]
+            )
+        )
         mq = ev.summarize(labels[te], ev._sigmoid(zq / T), thr)
         result["int8_test"] = mq
         result["int8_delta_macro_f1"] = mq["macro"]["f1"] - m_test["macro"]["f1"]
@@ -339,11 +391,20 @@ def _finish(args, net, data, spec, splits, train_seconds, bf16, out: Path) -> di
     ev.plot_all(labels[te], pt, m_test, out, title=name)
     with atomic_path(out / "test_scores.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, id=data.table["id"].to_numpy()[te].astype(str), y=labels[te], p=pt, logit=zt)
-    atomic_write_text(out / "table1.md", f"## {name} (test split, threshold {thr:.3f} from val)\n\n"
-                      + ev.table1(m_test) + "\n")
-    atomic_write_json(out / "metrics.json", result, indent=1, default=float)   # last: marks the run finished
+    atomic_write_text(
+        out / "table1.md", f"## {name} (test split, threshold {thr:.3f} from val)\n\n" + ev.table1(m_test) + "\n"
+    )
+    atomic_write_json(out / "metrics.json", result, indent=1, default=float)  # last: marks the run finished
     print(ev.table1(m_test))
-    print(json.dumps({"macro_f1": m_test["macro"]["f1"], "roc_auc": m_test["roc_auc"],
-                      "pr_auc": m_test["pr_auc"], "precision_at_2pct": m_test["precision_at_2pct"],
-                      "train_seconds": round(train_seconds)}))
+    print(
+        json.dumps(
+            {
+                "macro_f1": m_test["macro"]["f1"],
+                "roc_auc": m_test["roc_auc"],
+                "pr_auc": m_test["pr_auc"],
+                "precision_at_2pct": m_test["precision_at_2pct"],
+                "train_seconds": round(train_seconds),
+            }
+        )
+    )
     return result

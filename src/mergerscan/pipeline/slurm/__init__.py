@@ -45,7 +45,25 @@ from .options import (
     worker_lifetime,
 )
 
-__all__ = ["GPU_TASK_RESOURCES", "NO_PAUSE_ENV", "TEMPLATES", "SlurmOptions", "cluster_kwargs",
-           "format_walltime", "gpu_worker_resources", "is_slurm_task", "job_script", "parse_walltime", "pick_gpu",
-           "render_all", "render_text", "runner_worker_options", "scheduler_file", "slurm_cpus", "task_memory_bytes",
-           "template_text", "worker_index_on_node", "worker_lifetime"]
+__all__ = [
+    "GPU_TASK_RESOURCES",
+    "NO_PAUSE_ENV",
+    "TEMPLATES",
+    "SlurmOptions",
+    "cluster_kwargs",
+    "format_walltime",
+    "gpu_worker_resources",
+    "is_slurm_task",
+    "job_script",
+    "parse_walltime",
+    "pick_gpu",
+    "render_all",
+    "render_text",
+    "runner_worker_options",
+    "scheduler_file",
+    "slurm_cpus",
+    "task_memory_bytes",
+    "template_text",
+    "worker_index_on_node",
+    "worker_lifetime",
+]

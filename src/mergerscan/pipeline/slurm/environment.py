@@ -45,7 +45,7 @@ def task_memory_bytes(env=None) -> int | None:
         mb = int(env["SLURM_MEM_PER_CPU"]) * (slurm_cpus(env) or 1)
     elif env.get("SLURM_MEM_PER_NODE", "").isdigit():
         mb = int(env["SLURM_MEM_PER_NODE"]) // max(1, _tasks_on_node(env))
-    return mb * 2 ** 20 if mb else None
+    return mb * 2**20 if mb else None
 
 
 def worker_index_on_node(env=None) -> int:
@@ -74,8 +74,10 @@ def runner_worker_options(threads: int, memory_limit: str, gpus: int, env=None) 
     env = os.environ if env is None else env
     task_memory = task_memory_bytes(env) if memory_limit == "auto" else None
     nthreads = slurm_cpus(env) or threads
-    opts: dict[str, Any] = {"nthreads": nthreads,
-                            "memory_limit": task_memory or memory_limit}   # "auto" would see the whole node's memory
+    opts: dict[str, Any] = {
+        "nthreads": nthreads,
+        "memory_limit": task_memory or memory_limit,
+    }  # "auto" would see the whole node's memory
     if gpus:
         opts["resources"] = gpu_worker_resources(nthreads, gpus)
     return opts

@@ -60,14 +60,20 @@ def render_text(text: str, python: str | None = None, directives: dict | None = 
     return "\n".join(out) + "\n"
 
 
-def job_script(name: str, python: str | None = None, directives: dict | None = None,
-               templates: str | Path | None = None) -> str:
+def job_script(
+    name: str, python: str | None = None, directives: dict | None = None, templates: str | Path | None = None
+) -> str:
     """Template ``name`` rendered (:func:`render_text`)."""
     return render_text(template_text(name, templates), python=python, directives=directives)
 
 
-def render_all(dest: str | Path, python: str | None = None, directives: dict | None = None,
-               per_template: dict | None = None, templates: str | Path | None = None) -> dict:
+def render_all(
+    dest: str | Path,
+    python: str | None = None,
+    directives: dict | None = None,
+    per_template: dict | None = None,
+    templates: str | Path | None = None,
+) -> dict:
     """Write every template into ``dest`` (rendered); returns {name: path}.  ``directives`` apply to
     every job script, ``per_template[name]`` on top (e.g. the shard job's ``gres``)."""
     dest = Path(dest)

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-NO_PAUSE_ENV = "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE"   # =False: see pipeline/cluster.py
+NO_PAUSE_ENV = "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE"  # =False: see pipeline/cluster.py
 # A scoring task with --gpus 1 asks for one unit of the Dask resource GPU; a GPU worker advertises one
 # unit per thread (partition slot), so exactly `threads` partitions share its GPU.  Integer units:
 # fractional ones (1/threads per task) lose a slot to rounding (12 threads ran 11 tasks at once).
@@ -24,16 +24,17 @@ def gpu_worker_resources(threads: int, gpus: int) -> dict:
 @dataclass
 class SlurmOptions:
     """Worker jobs started from a login node (``--cluster slurm``); ``--workers`` = number of jobs."""
-    cores: int = 4                      # cores per worker job (= threads of its worker)
-    memory: str = "16GB"                # memory per worker job
-    processes: int = 1                  # Dask worker processes per job (with --gpus 1 they share the job's GPU)
+
+    cores: int = 4  # cores per worker job (= threads of its worker)
+    memory: str = "16GB"  # memory per worker job
+    processes: int = 1  # Dask worker processes per job (with --gpus 1 they share the job's GPU)
     walltime: str = "01:00:00"
     account: str | None = None
     partition: str | None = None
-    prologue: list = field(default_factory=list)      # shell lines before the worker starts
-    directives: list = field(default_factory=list)    # extra #SBATCH options, e.g. "--qos=debug"
-    lifetime: str | None = None         # worker --lifetime; default: below the walltime (worker_lifetime)
-    interface: str | None = None        # network interface for scheduler and workers, e.g. ib0
+    prologue: list = field(default_factory=list)  # shell lines before the worker starts
+    directives: list = field(default_factory=list)  # extra #SBATCH options, e.g. "--qos=debug"
+    lifetime: str | None = None  # worker --lifetime; default: below the walltime (worker_lifetime)
+    interface: str | None = None  # network interface for scheduler and workers, e.g. ib0
 
     def validate(self):
         if self.cores < 1 or self.processes < 1:
@@ -43,7 +44,7 @@ class SlurmOptions:
         wall = parse_walltime(self.walltime)
         if self.lifetime and parse_walltime(self.lifetime) >= wall:
             raise ValueError(f"--slurm-lifetime {self.lifetime} must be below --slurm-walltime {self.walltime}")
-        worker_lifetime(wall)   # raises when the walltime is too short
+        worker_lifetime(wall)  # raises when the walltime is too short
 
 
 # ------------------------------------------------------------------ time
@@ -60,13 +61,13 @@ def parse_walltime(text: str) -> int:
     if not m:
         raise ValueError(f"walltime {text!r}: expected e.g. 01:00:00, 2-00:00:00 or 55m")
     d, a, b, c = m.groups()
-    if d is not None:                      # D-H[:M[:S]]
+    if d is not None:  # D-H[:M[:S]]
         secs = int(d) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
-    elif c is not None:                    # H:M:S
+    elif c is not None:  # H:M:S
         secs = int(a) * 3600 + int(b) * 60 + int(c)
-    elif b is not None:                    # M:S
+    elif b is not None:  # M:S
         secs = int(a) * 60 + int(b)
-    else:                                  # M
+    else:  # M
         secs = int(a) * 60
     if secs <= 0:
         raise ValueError(f"walltime {text!r} must be positive")
@@ -103,11 +104,21 @@ def cluster_kwargs(opts: SlurmOptions, gpus: int, python: str, log_directory: st
         directives.append(f"--gres=gpu:{gpus}")
         res = gpu_worker_resources(opts.cores // max(1, opts.processes), gpus)
         extra += ["--resources", f"GPU={res['GPU']}"]
-    kw = dict(cores=opts.cores, processes=opts.processes, memory=opts.memory, walltime=format_walltime(wall),
-              account=opts.account, queue=opts.partition, job_extra_directives=directives,
-              job_script_prologue=[f"export {NO_PAUSE_ENV}=False"] + list(opts.prologue), worker_extra_args=extra, python=python,
-              log_directory=str(log_directory), job_name="mergerscan-worker",
-              scheduler_options={"dashboard_address": ":0"})
+    kw = dict(
+        cores=opts.cores,
+        processes=opts.processes,
+        memory=opts.memory,
+        walltime=format_walltime(wall),
+        account=opts.account,
+        queue=opts.partition,
+        job_extra_directives=directives,
+        job_script_prologue=[f"export {NO_PAUSE_ENV}=False"] + list(opts.prologue),
+        worker_extra_args=extra,
+        python=python,
+        log_directory=str(log_directory),
+        job_name="mergerscan-worker",
+        scheduler_options={"dashboard_address": ":0"},
+    )
     if opts.interface:
         kw["interface"] = opts.interface
     return kw

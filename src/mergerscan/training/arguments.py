@@ -1,0 +1,66 @@
+"""Arguments of ``mergerscan train``: a self-validating dataclass (errors are one line)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .hardware import BF16_CHOICES
+from .models import ARCH_INFO, ARCHS
+
+
+@dataclass
+class TrainArguments:
+    catalog: str
+    out: str
+    arch: str = "efficientnet_lite0"
+    experiment: str = "e2"  # e1 (scratch) | e2 (transfer)
+    input_size: int = 128
+    epochs: int = 8  # E1: all epochs; E2: phase-2 (fine-tune) epochs
+    epochs_top: int = 2  # E2 phase 1 (frozen base, Adam)
+    batch_size: int = 32
+    lr: float = 0.02  # E1 SGD
+    lr_top: float = 1e-3  # E2 phase 1 Adam
+    lr_finetune: float = 5e-3  # E2 phase 2 SGD + momentum
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    unfreeze_blocks: int = 4  # E2 phase 2: last N conv blocks of the base
+    weights: str | None = None  # ImageNet weights file (E2); else standard loading
+    seed: int = 0
+    threads: int = 2
+    limit_per_class: int | None = None  # tiny subsets (smoke tests)
+    cache: str | None = ".cache/mergerscan"
+    int8: bool = False
+    stamp_pixels: int = 256
+    pixel_scale: float = 0.396
+    name: str | None = None
+    patience: int = 0  # end a phase when val loss has not improved for N epochs (0: off)
+    bf16: str = "auto"  # auto: where the CPU has AVX512-BF16/AMX; on | off force it
+    prefetch: int = 2  # batches the loader thread prepares ahead (0: no thread)
+    stop_after_epochs: int | None = None  # end this invocation after N epochs (resumable)
+    export: bool = True  # write the ONNX engine file (off: metrics only, e.g. study sweeps)
+    command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"--arch must be one of {', '.join(ARCHS)}")
+        if self.experiment not in ("e1", "e2"):
+            raise ValueError("--experiment must be e1 or e2")
+        if self.input_size < ARCH_INFO[self.arch].min_size:
+            raise ValueError(f"{self.arch} needs --size >= {ARCH_INFO[self.arch].min_size}")
+        if not Path(self.catalog).is_file():
+            raise FileNotFoundError(f"--catalog {self.catalog}: no such file")
+        if self.epochs < 0 or self.epochs_top < 0 or self.batch_size < 2:
+            raise ValueError("epochs must be >= 0 and batch size >= 2")
+        if self.bf16 not in BF16_CHOICES:
+            raise ValueError(f"--bf16 must be one of {', '.join(BF16_CHOICES)}")
+        if self.patience < 0 or self.prefetch < 0:
+            raise ValueError("--patience and --prefetch must be >= 0")
+        if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
+            raise ValueError("--stop-after-epochs must be >= 1")
+
+    @property
+    def init(self) -> str:
+        return "imagenet" if self.experiment == "e2" else "random"
