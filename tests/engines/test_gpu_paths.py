@@ -26,7 +26,7 @@ from mergerscan.cutouts.preprocess import PreprocessSpec, prepare_batch
 from mergerscan.engines import available_backends, load_engine, parse_backend
 from mergerscan.engines.base import Engine, dihedral_views
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

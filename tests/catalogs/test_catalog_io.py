@@ -308,7 +308,7 @@ def test_docs_output_tables_are_rendered_from_the_schema(tmp_path, capsys):
 
     from mergerscan.catalogs.schema import OUTPUT_COLUMNS, STATUS, main, render_docs
 
-    docs = Path(__file__).resolve().parents[1] / "docs" / "output.md"
+    docs = Path(__file__).resolve().parents[2] / "docs" / "output.md"
     text = docs.read_text(encoding="utf-8")
     assert render_docs(text) == text, "docs/output.md is out of date: run python -m mergerscan.catalogs.schema"
     for name, col in OUTPUT_COLUMNS.items():

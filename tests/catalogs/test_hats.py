@@ -25,7 +25,7 @@ lsdb = pytest.importorskip("lsdb", reason="needs the lsdb package (pip install -
 hats_import = pytest.importorskip("hats_import", reason="needs hats-import (pip install -e '.[dev]')")
 
 N = 80
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "output.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "output.md"
 
 
 def hats_import_csv(df: pd.DataFrame, tmp: Path, name: str, client, ra="ra", dec="dec", threshold=1000) -> Path:

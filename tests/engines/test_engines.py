@@ -419,7 +419,7 @@ def test_plugin_backend_reaches_another_process_through_the_environment(engine_p
         "def make(path, options, threads=1, views=None):\n"
         "    return OnnxRuntimeEngine(path, threads=threads)\n"
     )
-    src = Path(__file__).resolve().parents[1] / "src"
+    src = Path(__file__).resolve().parents[2] / "src"
     env = os.environ | {
         "MERGERSCAN_BACKENDS": "toy_plugin",
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(src), os.environ.get("PYTHONPATH", "")]),
@@ -482,7 +482,7 @@ def test_backend_at_module_reference_loads_in_a_fresh_process(engine_path, tmp_p
 
     (tmp_path / "toy_at_mod.py").write_text(TOY_MODULE.format(name="toy-at"))
     np.save(tmp_path / "stamps.npy", stamps)
-    src = Path(__file__).resolve().parents[1] / "src"
+    src = Path(__file__).resolve().parents[2] / "src"
     code = (
         "import sys, numpy as np; from mergerscan.engines import load_engine; "
         f"e = load_engine({str(engine_path)!r}, backend=sys.argv[1]); "

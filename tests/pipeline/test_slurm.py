@@ -33,7 +33,7 @@ from mergerscan.pipeline import slurm as S
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
 from mergerscan.run_layout import RunLayout
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SLURM_LOCAL = Path(os.environ.get("MERGERSCAN_SHARED", REPO.parent / "shared")) / "tools" / "slurm-local"
 PY = str(Path(sys.executable).absolute())
 COLS = SCIENCE + ["mag_r"]
