@@ -114,6 +114,19 @@ def _score(args: ProcessArguments, client, engine_path, info, parts: list[Partit
         raise RuntimeError(f"{len(errors)} task(s) failed (re-run the same command to resume): {errors[0]}")
 
 
+def _import_in_background(module: str) -> None:
+    """Import ``module`` on a daemon thread; a later ``import`` waits for it (the import lock)
+    and an error there is raised again by the real import, where it is reported."""
+    import importlib
+    import threading
+
+    def quietly() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    threading.Thread(target=quietly, name=f"import-{module}", daemon=True).start()
+
+
 def _planned(layout: RunLayout, plan: Plan) -> dict:
     return {"plan": str(layout.work.plan), "partitions": len(plan.partitions), "rows": plan.nrows}
 
@@ -126,6 +139,8 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
     partition done).  Returns the run summary ("all", "finalize"), else a small dict of what
     was done ("plan": plan, partitions, rows; "shard": shard, partitions, seconds)."""
     t_start = time.time()
+    if args.mode == "all":
+        _import_in_background("hats")  # finalize's HATS writers: ~3 s of imports, overlapped with scoring
     engine_path = resolve_engine_path(args.engine)
     try:
         info = read_engine_info(engine_path).with_views(args.views)
