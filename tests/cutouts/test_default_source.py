@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from test_service import _fake, _jpeg, server  # noqa: F401 - the loopback HTTP server fixture
 
 from conftest import read_out, two_patch_catalog, write_fits_catalog
 from mergerscan.cutouts import defaults
@@ -16,7 +17,6 @@ from mergerscan.cutouts.preprocess import PreprocessSpec
 from mergerscan.cutouts.service import UNREACHABLE_ROWS, ServiceSource
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
 from mergerscan.pipeline.cli import main as process_catalog
-from test_service import _fake, _jpeg, server  # noqa: F401 - the loopback HTTP server fixture
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from mergerscan.cutouts.preprocess import PreprocessSpec, prepare_batch
-from mergerscan.engines import BACKENDS, BackendUnavailable, available_backends, load_engine, parse_backend
+from mergerscan.engines import BackendUnavailable, available_backends, load_engine, parse_backend
 from mergerscan.engines import tensorrt as trtb
 
 TOL = {"fp32": (1e-4, 1e-5), "bf16": (0.1, 0.03), "fp16": (1e-2, 2e-3)}
@@ -78,8 +78,11 @@ def reference(engine_path, stamps):
 
 # ----------------------------------------------------------------- registry
 def test_available_backends_reports_every_backend():
+    from mergerscan.engines.registry import backend_names
+
     av = available_backends()
-    assert set(av) == set(BACKENDS)
+    assert set(av) == set(backend_names())  # what is registered now: other test modules add toys
+    assert {"onnxruntime", "onnxruntime-cuda", "torch", "torch-cuda", "tensorrt"} <= set(av)
     assert av["onnxruntime"] is None
     assert all(v is None or (isinstance(v, str) and v) for v in av.values())
 

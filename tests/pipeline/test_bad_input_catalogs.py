@@ -605,15 +605,19 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(field, tmp_path):
         "3",
         "--workers",
         "1",
+        "--threads-per-worker",
+        "1",
         "--engine",
         str(field / "engine.onnx"),
     ]
-    slow = ["--fault-hook", "mergerscan.pipeline.faults:sleep=score:-1:2"]  # every partition takes >= 2 s
+    # one partition at a time, each >= 2 s: after the first is done, the others are still to come
+    slow = ["--fault-hook", "mergerscan.pipeline.faults:sleep=score:-1:2"]
     p = subprocess.Popen(argv + slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not (out / "_work" / "plan.json").is_file():
-        time.sleep(0.05)
-    time.sleep(1.5)  # planned; scoring its >= 4 slow partitions
+    scored = out / "_work" / "scored"
+    # scoring has begun (a first partition is done) and the others, >= 2 s each, are still running
+    while time.time() < deadline and p.poll() is None and not any(scored.glob("*.json")):
+        time.sleep(0.02)
     os.killpg(p.pid, signal.SIGINT)  # what ^C in a terminal does: the whole group
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err

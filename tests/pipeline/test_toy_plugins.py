@@ -58,14 +58,14 @@ class ToyOptions:
 
 
 @register_backend(
-    "toy",
+    "toy-mean",
     options=ToyOptions,
     precisions=("fp32",),
     default_precision="fp32",
     help="mean brightness of the prepared stamp, times a gain",
 )
 class ToyEngine(Engine):
-    backend = "toy"
+    backend = "toy-mean"
 
     def __init__(self, path, options: ToyOptions, threads: int = 1, views: int | None = None):
         super().__init__(EngineInfo.from_metadata(path, load_metadata(path)))
@@ -105,7 +105,7 @@ def test_process_catalog_with_a_toy_source_and_a_toy_backend(tmp_path):
             "--source-option",
             "radius=30",
             "--backend",
-            f"toy@{__name__}",
+            f"toy-mean@{__name__}",
             "--workers",
             "2",
             "--partition-rows",
@@ -128,7 +128,7 @@ def test_process_catalog_with_a_toy_source_and_a_toy_backend(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["source"]["kind"] == f"{__name__}:ToyBlobSource"
     assert s["source"]["options"] == {"radius": 30}
-    assert "toy" in json.dumps(s)
+    assert "toy-mean" in json.dumps(s)
 
 
 def test_a_misspelled_toy_option_is_one_line(tmp_path):
