@@ -99,8 +99,8 @@ def test_not_a_run_directory(tmp_path):
 
 
 def test_process_catalog_samp_sends_the_finished_table(hub, dask_client, tmp_path, capsys):
+    from conftest import make_stamps, two_patch_catalog, write_fits_catalog
     from mergerscan.pipeline.cli import main as process_catalog
-    from test_pipeline import make_stamps, two_patch_catalog, write_fits_catalog
 
     df = two_patch_catalog(12, seed=4, width=0.2, id_step=1)
     write_fits_catalog(tmp_path / "cat.fits", df)
