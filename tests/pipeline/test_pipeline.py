@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import BIG, SCIENCE, make_stamps, read_out, two_patch_catalog, write_fits_catalog  # noqa: F401
+from conftest import SCIENCE, make_stamps, read_out, two_patch_catalog, write_fits_catalog
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
 from mergerscan.pipeline.plan import ORDER29, assign_partitions, healpix29, make_partitions
 from mergerscan.pipeline.resume import FingerprintMismatch
