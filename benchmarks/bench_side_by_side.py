@@ -109,7 +109,7 @@ def end_to_end(base_src: Path, n: int, tmp: Path, rounds: int) -> dict:
         for name, src in (("base", base_src), ("this", REPO / "src")):
             o = tmp / f"out-{name}"
             shutil.rmtree(o, ignore_errors=True)
-            t = time.perf_counter()
+            t, t_abs = time.perf_counter(), time.time()
             r = subprocess.run(
                 [
                     sys.executable,
@@ -135,7 +135,7 @@ def end_to_end(base_src: Path, n: int, tmp: Path, rounds: int) -> dict:
                 text=True,
                 env=dict(os.environ, PYTHONPATH=str(src)),
             )
-            wall = time.perf_counter() - t
+            wall, t_end = time.perf_counter() - t, time.time()
             if r.returncode:
                 raise SystemExit(f"{name}: {r.stderr[-2000:]}")
             marks = [json.loads(f.read_text()) for f in (o / "_work" / "scored").glob("*.json")]
@@ -145,6 +145,10 @@ def end_to_end(base_src: Path, n: int, tmp: Path, rounds: int) -> dict:
                     "wall_s": round(wall, 2),
                     "objects_per_s_wall": round(n / wall, 2),
                     "objects_per_s_scoring": round(n / (t1 - t0), 2),
+                    # where the rest of the wall time goes: before the first partition starts
+                    # (imports, catalog checks, cluster, plan) and after the last one ends
+                    "startup_s": round(t0 - t_abs, 2),
+                    "finalize_s": round(t_end - t1, 2),
                 }
             )
             print(name, out[name][-1], flush=True)

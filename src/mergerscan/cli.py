@@ -58,6 +58,17 @@ def _train_parser(sub):
         action="store_false",
         help="evaluate but write no ONNX engine file (quicker study runs)",
     )
+    p.add_argument(
+        "--distill",
+        metavar="ENGINE",
+        help="teacher engine file (or 'default'): train on its calibrated probabilities mixed with the labels",
+    )
+    p.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.5,
+        help="share of the teacher in the training target (with --distill; default 0.5)",
+    )
     return p
 
 
@@ -128,6 +139,11 @@ def _calibrate_parser(sub):
     p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image cache directory")
     p.add_argument("--limit-per-class", type=int, help="use a small subset (smoke tests)")
     p.add_argument("--results", help="also write the per-view summary (JSON) here")
+    p.add_argument(
+        "--eval-dir",
+        help="also write an evaluation directory for the default view count (metrics.json with the survey "
+        "prevalence table and the worst failures, plots, test scores): `mergerscan report DIR` shows it",
+    )
     return p
 
 
@@ -152,6 +168,7 @@ def _calibrate(ap, a):
             cache=a.cache,
             seed=a.seed,
             limit_per_class=a.limit_per_class,
+            eval_dir=a.eval_dir,
         )
     except ValueError as exc:
         ap.exit(2, f"mergerscan calibrate: error: {exc}\n")
@@ -188,6 +205,7 @@ def main(argv=None):
 def _train(ap, a, train_parser):
     from .models import MissingWeightsError
     from .training.checkpoint import ResumeError, resume_arguments
+    from .training.distill import DistillError
     from .training.loader import LoaderError
     from .training.train import TrainArguments, run
 
@@ -204,7 +222,7 @@ def _train(ap, a, train_parser):
         fail(exc)
     try:
         run(args, resume=bool(a.resume))
-    except (MissingWeightsError, ResumeError, LoaderError) as exc:
+    except (MissingWeightsError, ResumeError, LoaderError, DistillError) as exc:
         fail(exc)
 
 

@@ -45,7 +45,7 @@ def test_metrics_known_values():
 
 
 # ----------------------------------------------------------------- hB: calibrate verb, stretch, models registry
-def _tiny_engine(path, input_size=32, card=None):
+def _tiny_engine(path, input_size=32, card=None, stamp_pixels=256):
     """A real (tiny) engine file: logit = 12 * mean(x * W) + 18.5 with a fixed, orientation-dependent
     weight image W, so the dihedral views give different logits."""
     import onnx
@@ -75,7 +75,8 @@ def _tiny_engine(path, input_size=32, card=None):
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
     m.ir_version = 9
     onnx.checker.check_model(m)
-    return save_model(set_metadata(m, PreprocessSpec(input_size=s), card or {"name": "tiny", "temperature": 1.0}), path)
+    spec = PreprocessSpec(stamp_pixels=stamp_pixels, input_size=s)
+    return save_model(set_metadata(m, spec, card or {"name": "tiny", "temperature": 1.0}), path)
 
 
 def _labelled_dir(root, n=80, seed=0):
@@ -508,6 +509,69 @@ def test_resume_with_a_different_config_is_refused(tiny, uninterrupted, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--resume", str(root / "nothing-here")])
     assert e.value.code == 2 and "checkpoint.pt" in capsys.readouterr().err
+
+
+def _teacher_for(root: Path, data_hash: str) -> Path:
+    """A real engine file for the tiny 32 px catalog whose card claims ``data_hash``."""
+    card = {"name": "tiny-teacher", "temperature": 2.0, "data_hash": data_hash, "views": 2, "by_views": {"2": {}}}
+    return _tiny_engine(root / f"teacher-{data_hash}.onnx", input_size=16, card=card, stamp_pixels=32)
+
+
+def test_soft_targets_mix_the_teacher_into_train_rows_only(tiny, tmp_path):
+    """target = (1 - w) * label + w * p_teacher on train rows (the teacher's calibrated 2-view
+    probability), the label elsewhere; cached by the teacher's SHA-256 and reused."""
+    from mergerscan.engines import load_engine
+    from mergerscan.training.distill import TEACHER_FILE, soft_targets
+
+    root, _ = tiny
+    data = build_labelled_set(root / "catalog.csv", cache=str(root / "cache"))
+    teacher = _teacher_for(tmp_path, data.data_hash)
+    tr = data.indices("train")
+    labels = data.table["label"].to_numpy()
+    t, rec = soft_targets(teacher, 0.25, data, tr, tmp_path, threads=1)
+    eng = load_engine(teacher)
+    p = eng.predict(np.asarray(data.stamps[tr]))
+    assert eng.info.views == 2 and rec["teacher_views"] == 2 and rec["weight"] == 0.25
+    np.testing.assert_allclose(t[tr], 0.75 * labels[tr] + 0.25 * p, atol=1e-6)
+    rest = np.setdiff1d(np.arange(len(labels)), tr)
+    assert len(rest) and np.array_equal(t[rest], labels[rest].astype(np.float32))
+    assert not np.array_equal(t[tr], labels[tr])  # the teacher did change the training targets
+    with np.load(tmp_path / TEACHER_FILE) as z:
+        cached = dict(z)
+    assert str(cached["sha256"]) == rec["teacher_sha256"] and np.array_equal(cached["rows"], tr)
+    np.savez(tmp_path / TEACHER_FILE, **(cached | {"p": np.zeros_like(cached["p"])}))
+    t2, _ = soft_targets(teacher, 0.25, data, tr, tmp_path, threads=1)  # read from the cache, not recomputed
+    np.testing.assert_allclose(t2[tr], 0.75 * labels[tr])
+
+
+def test_distilled_training_run_and_a_teacher_from_another_split(tiny, capsys):
+    """`mergerscan train --distill` trains on the soft targets (the per-epoch losses differ from
+    the label-only run) and records the teacher in the history and the card; a teacher whose card
+    names another split is refused in one line naming --distill."""
+    from mergerscan.cli import main
+
+    root, opts = tiny
+    data = build_labelled_set(root / "catalog.csv", cache=str(root / "cache"))
+    quick = [
+        *opts[: opts.index("--epochs-top")],
+        "--epochs-top",
+        "1",
+        "--epochs",
+        "0",
+        *opts[opts.index("--batch-size") :],
+    ]
+    _cli(*quick, "--out", root / "plain")
+    _cli(*quick, "--out", root / "distilled", "--distill", _teacher_for(root, data.data_hash), "--distill-weight", 0.5)
+    hist = lambda d: json.loads((root / d / "history.json").read_text())
+    losses = lambda d: [h["train_loss"] for h in hist(d) if "train_loss" in h]
+    assert len(losses("plain")) == len(losses("distilled")) == 1 and losses("plain") != losses("distilled")
+    rec = next(h["distill"] for h in hist("distilled") if "distill" in h)
+    card = json.loads((root / "distilled" / "metrics.json").read_text())["card"]
+    assert card["distilled_from"] == rec and rec["teacher"] == "tiny-teacher" and rec["weight"] == 0.5
+    with pytest.raises(SystemExit) as e:
+        main(["train", *quick, "--out", str(root / "leaky"), "--distill", str(_teacher_for(root, "0123456789abcdef"))])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--distill" in err and "data hash" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_checkpoint_is_weights_only(tmp_path):

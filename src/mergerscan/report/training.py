@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from ._page import Raw, esc, fig_png, figure, fmt, page, table
+from .training_sections import failures_section, survey_section
 
 PLOTS = [
     ("roc.png", "ROC curve (test split)"),
@@ -100,6 +101,10 @@ def build_training_report(run_dir) -> Path:
         png = fig_history(json.loads((run / "history.json").read_text()))
         if png:
             S.append(f'<section id="history"><h2>Training history</h2>{figure(png, "learning curves")}</section>')
+    if m.get("survey"):
+        S.append(survey_section(m["survey"]))
+    if m.get("failures"):
+        S.append(failures_section(m["failures"]))
     skip = {"metrics_test", "command"}
     crow = [[k, fmt(v, 4) if isinstance(v, float) else str(v)] for k, v in card.items() if k not in skip]
     if card.get("command"):
@@ -113,7 +118,14 @@ def build_training_report(run_dir) -> Path:
     ]
     nav = [
         (a, t)
-        for a, t in (("metrics", "Metrics"), ("plots", "Plots"), ("history", "History"), ("card", "Model card"))
+        for a, t in (
+            ("metrics", "Metrics"),
+            ("survey", "Survey prevalence"),
+            ("failures", "Failures"),
+            ("plots", "Plots"),
+            ("history", "History"),
+            ("card", "Model card"),
+        )
         if f'id="{a}"' in "".join(S)
     ]
     html_text = page(

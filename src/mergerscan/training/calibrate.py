@@ -106,6 +106,7 @@ def calibrate_engine(
     cache: str | Path | None = None,
     seed: int = 0,
     limit_per_class: int | None = None,
+    eval_dir: str | Path | None = None,
 ) -> dict:
     """Calibrate ``engine_path`` on a labelled catalog (its object-disjoint val/test splits) and
     write the calibrated copy to ``out_path``.  Returns a JSON-ready summary."""
@@ -117,6 +118,8 @@ def calibrate_engine(
     cals = calibrate_views(engine, data.stamps, t["label"].to_numpy(), t["split"].to_numpy(), views)
     updates = card_updates(cals)
     write_metadata(engine_path, out_path, card_updates=updates)
+    if eval_dir is not None:
+        write_evaluation(eval_dir, engine.info.card | updates, data, cals[updates["views"]], updates["threshold"])
     return {
         "engine": engine.info.name,
         "data_hash": data.data_hash,
@@ -132,3 +135,24 @@ def calibrate_engine(
             for n, c in cals.items()
         },
     }
+
+
+def write_evaluation(eval_dir: str | Path, card: dict, data, cal, threshold: float) -> Path:
+    """An evaluation directory of one calibrated view count, laid out as a training run's
+    (metrics.json last, plots, test_scores.npz), so ``mergerscan report DIR`` renders it."""
+    from ..atomic import atomic_path, atomic_write_json
+    from . import survey
+
+    out = Path(eval_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t = data.table
+    te, va = data.indices("test"), data.indices("val")
+    labels = t["label"].to_numpy()
+    test = ev.summarize(labels[te], cal.p_test, threshold)  # at the threshold the engine ships with
+    ev.plot_all(labels[te], cal.p_test, test, out, title=f"{card.get('name', '')} ({card.get('views', 1)} views)")
+    with atomic_path(out / "test_scores.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, id=t["id"].to_numpy()[te].astype(str), y=labels[te], p=cal.p_test)
+    result = {"card": card, "test": test, "val": ev.summarize(labels[va], cal.p_val, threshold)}
+    result |= survey.report_entries(t.iloc[te], labels[va], cal.p_val, cal.p_test, threshold)
+    atomic_write_json(out / "metrics.json", result, indent=1, default=float)
+    return out

@@ -28,6 +28,7 @@ from ..atomic import atomic_path, atomic_write_json, atomic_write_text
 from ..cutouts.preprocess import PreprocessSpec, prepare_batch
 from . import checkpoint as ckpt
 from . import evaluate as ev
+from . import survey
 from .arguments import TrainArguments
 from .data import build_labelled_set
 from .hardware import cpu_flags, cpu_model, use_bf16
@@ -99,7 +100,7 @@ def _run_phase(ctx, pi: int, epochs: int, opt, st: dict) -> None:
         batches = epoch_batches(tr, args.batch_size, args.seed, pi, epoch)
         loader = BatchLoader(
             data.stamps,
-            labels,
+            ctx["targets"],
             batches,
             spec,
             args.seed,
@@ -217,6 +218,13 @@ def run(args: TrainArguments, resume: bool = False) -> dict:
             }
         )
     pos_weight = torch.tensor(float((labels[tr] == 0).sum()) / max(1, labels[tr].sum()))
+    targets, distilled = labels.astype(np.float32), None
+    if args.distill:
+        from .distill import soft_targets
+
+        targets, distilled = soft_targets(args.distill, args.distill_weight, data, tr, out, args.threads)
+        if not ck:
+            log({"distill": distilled})
 
     net = create_model(args.arch, init=args.init, weights=args.weights)
     if bf16:
@@ -256,6 +264,7 @@ def run(args: TrainArguments, resume: bool = False) -> dict:
         "spec": spec,
         "bf16": bf16,
         "pos_weight": pos_weight,
+        "targets": targets,
         "log": log,
         "save": save,
         "epochs_run": 0,
@@ -289,14 +298,14 @@ def run(args: TrainArguments, resume: bool = False) -> dict:
         save(len(phases), _fresh_phase_state(), None, finished=True)
     train_seconds = seconds_before + time.time() - t_start if not (ck and ck["finished"]) else seconds_before
     net = net.to(memory_format=torch.contiguous_format)
-    return _finish(args, net, data, spec, (tr, va, te), train_seconds, bf16, out)
+    return _finish(args, net, data, spec, (tr, va, te), train_seconds, bf16, out, distilled)
 
 
 def _precision_name(bf16: bool) -> str:
     return "bf16 autocast, channels_last" if bf16 else "fp32"
 
 
-def _finish(args, net, data, spec, splits, train_seconds, bf16, out: Path) -> dict:
+def _finish(args, net, data, spec, splits, train_seconds, bf16, out: Path, distilled: dict | None = None) -> dict:
     """Calibrate and choose the threshold on validation, evaluate once on test, export the engine."""
     tr, va, te = splits
     labels = data.table["label"].to_numpy()
@@ -336,6 +345,8 @@ def _finish(args, net, data, spec, splits, train_seconds, bf16, out: Path) -> di
         "command": args.command,
         "labels": "Darg+2010 mergers vs Galaxy Zoo 1 non-interacting (SDSS DR7)",
     }
+    if distilled:
+        card["distilled_from"] = distilled
     onnx_path = out / "model.onnx"
     from .export import export_onnx, parity, quantize_int8
 
@@ -344,6 +355,7 @@ def _finish(args, net, data, spec, splits, train_seconds, bf16, out: Path) -> di
         probe = prepare_batch(np.asarray(data.stamps[te[:32]]), spec)
         card["onnx_parity_max_abs"] = parity(net, onnx_path, probe)
     result = {"args": asdict(args), "card": card, "test": m_test, "val": m_val}
+    result |= survey.report_entries(data.table.iloc[te], labels[va], cal.p_val, pt, thr)
     if args.int8 and args.export:
         calib = prepare_batch(np.asarray(data.stamps[tr[:256]]), spec)
         q = quantize_int8(onnx_path, calib, out / "model-int8.onnx")
