@@ -612,7 +612,16 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(field, tmp_path):
     ]
     # one partition at a time, each >= 2 s: after the first is done, the others are still to come
     slow = ["--fault-hook", "mergerscan.pipeline.faults:sleep=score:-1:2"]
-    p = subprocess.Popen(argv + slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # SIGINT at its default in the child: a suite launched in the background (`make test &`, nohup)
+    # hands SIGINT down ignored, and Python then never raises KeyboardInterrupt (the run completes)
+    p = subprocess.Popen(
+        argv + slow,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     scored = out / "_work" / "scored"
     # scoring has begun (a first partition is done) and the others, >= 2 s each, are still running

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_path, atomic_write_json, atomic_write_text
 from ..cutouts.preprocess import PreprocessSpec, prepare_batch
+from ..models import imagenet_weights_path
 from . import checkpoint as ckpt
 from . import evaluate as ev
 from . import survey
@@ -185,6 +186,8 @@ def run(args: TrainArguments, resume: bool = False) -> dict:
         print(json.dumps(rec), flush=True)
         atomic_write_json(out / "history.json", history, indent=1)
 
+    if args.init == "imagenet":  # a missing weights file fails before minutes of image decoding
+        imagenet_weights_path(args.arch, args.weights)
     data = build_labelled_set(args.catalog, seed=args.seed, cache=args.cache, limit_per_class=args.limit_per_class)
     if ck and ck["data_hash"] != data.data_hash:
         raise ckpt.ResumeError(
