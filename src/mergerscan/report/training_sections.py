@@ -41,8 +41,7 @@ def survey_section(survey: dict) -> str:
     note = esc(survey.get("method", ""))
     return (
         '<section id="survey"><h2>At survey prevalence</h2>'
-        "<p>Test split; value [95 % interval]. Precision at a prevalence follows from the recall and the "
-        f"false-positive rate; {note}.</p>" + table(hdr, rows) + "</section>"
+        f"<p>Test split; value [95 % interval]. Method: {note}.</p>" + table(hdr, rows) + "</section>"
     )
 
 
