@@ -81,3 +81,26 @@ def test_calibrate_eval_dir_renders_survey_and_failure_gallery(tmp_path, capsys)
     assert html.count('alt="cutout of ') == len(fails) and "image not found" not in html
     for r in fails:
         assert f">{r['id']}<" in html
+
+
+def test_calibrating_fewer_views_computes_only_those_and_agrees(tmp_path):
+    """`calibrate --views 1 2` runs only the views it needs and fits what a full 1/2/4/8 run fits."""
+    from test_training import _labelled_dir, _tiny_engine
+
+    from mergerscan.engines import load_engine
+    from mergerscan.training.calibrate import calibrate_views
+    from mergerscan.training.data import build_labelled_set
+
+    eng = load_engine(_tiny_engine(tmp_path / "tiny.onnx"), views=1)
+    ds = build_labelled_set(_labelled_dir(tmp_path / "data", n=60) / "catalog.csv", cache=str(tmp_path / "c"))
+    calls = []
+    logits = eng.logits
+    eng.logits = lambda x: calls.append(len(x)) or logits(x)  # count the images the net sees
+    args = (ds.stamps, ds.table["label"].to_numpy(), ds.table["split"].to_numpy())
+    few = calibrate_views(eng, *args, views=(1, 2))
+    n_few, calls[:] = sum(calls), []
+    full = calibrate_views(eng, *args, views=(1, 2, 4, 8))
+    assert n_few * 4 == sum(calls)  # 2 views per stamp instead of 8
+    for n in (1, 2):
+        assert (few[n].temperature, few[n].threshold) == (full[n].temperature, full[n].threshold)
+        np.testing.assert_array_equal(few[n].p_test, full[n].p_test)

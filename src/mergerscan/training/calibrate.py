@@ -24,13 +24,13 @@ from . import evaluate as ev
 VIEWS_RULE = "test-time views: mean logit over the dihedral views; count = best validation macro F1"
 
 
-def all_view_logits(engine, stamps: np.ndarray, batch: int = 32) -> np.ndarray:
-    """(8, N) logits of every stamp under each of the 8 dihedral views, in ``VIEWS[8]`` order."""
+def all_view_logits(engine, stamps: np.ndarray, batch: int = 32, views: int = 8) -> np.ndarray:
+    """(views, N) logits of every stamp under each of the dihedral views ``VIEWS[views]``, in that order."""
     out = []
     for i in range(0, len(stamps), batch):
         x = prepare_batch(np.asarray(stamps[i : i + batch]), engine.spec)
-        out.append(engine.logits(dihedral_views(x, 8)).reshape(8, len(x)))
-    return np.concatenate(out, axis=1) if out else np.zeros((8, 0), np.float32)
+        out.append(engine.logits(dihedral_views(x, views)).reshape(views, len(x)))
+    return np.concatenate(out, axis=1) if out else np.zeros((views, 0), np.float32)
 
 
 def calibrate_views(engine, stamps: np.ndarray, labels: np.ndarray, splits: np.ndarray, views=tuple(VIEWS)) -> dict:
@@ -43,8 +43,9 @@ def calibrate_views(engine, stamps: np.ndarray, labels: np.ndarray, splits: np.n
         idx = np.flatnonzero(np.asarray(splits) == split)
         if len(idx) == 0 or len(set(np.asarray(labels)[idx])) < 2:
             raise ValueError(f"the {split} split needs objects of both classes to calibrate on")
-        y[split], z[split] = np.asarray(labels)[idx], all_view_logits(engine, stamps[idx])
-    order = VIEWS[8]
+        # only the views the largest count needs (VIEWS[n] is a subset of VIEWS[m] for n <= m)
+        y[split], z[split] = np.asarray(labels)[idx], all_view_logits(engine, stamps[idx], views=max(views))
+    order = VIEWS[max(views)]
     out = {}
     for n in views:
         sel = [order.index(v) for v in VIEWS[n]]
