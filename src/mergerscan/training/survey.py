@@ -21,11 +21,6 @@ PREVALENCES = (0.01, 0.02, 0.05)
 N_BOOT = 2000
 
 
-def _rates(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, float]:
-    pos, neg = p[y], p[~y]
-    return float((pos >= threshold).mean()) if len(pos) else 0.0, float((neg >= threshold).mean()) if len(neg) else 0.0
-
-
 def precision_at(tpr, fpr, prevalence: float):
     """Precision at ``prevalence`` from recall and false-positive rate (arrays allowed); 0 where
     nothing is flagged."""
@@ -41,9 +36,9 @@ def at_threshold(y, p, threshold: float, prevalences=PREVALENCES, n_boot: int = 
     p = np.asarray(p, float)
     if y.all() or not y.any():
         raise ValueError("survey evaluation needs both classes")
-    tpr, fpr = _rates(y, p, threshold)
+    pos, neg = p[y], p[~y]  # both non-empty (checked above)
+    tpr, fpr = float((pos >= threshold).mean()), float((neg >= threshold).mean())
     rng = np.random.default_rng(seed)
-    pos, neg = np.sort(p[y]), np.sort(p[~y])
     # a resample's rate = (count of resampled scores >= threshold) / n: binomial in the class's rate
     k_pos = rng.binomial(len(pos), tpr, n_boot) / len(pos)
     k_neg = rng.binomial(len(neg), fpr, n_boot) / len(neg)
