@@ -191,6 +191,7 @@ def test_model_registry_config_travels_with_the_weights(tmp_path):
 
     assert {
         "vgg16",
+        "vgg16_bn",
         "inception_v3",
         "densenet121",
         "efficientnet_lite0",
@@ -292,8 +293,23 @@ def test_trainable_tail_freezes_base():
     assert not net.base._blocks[14]._project_conv.weight.requires_grad
 
 
+def test_vgg_blocks_start_at_a_conv_after_a_pool():
+    """The unfreeze units of both VGG-16 variants are its five conv blocks."""
+    from torch import nn
+
+    for arch in ("vgg16", "vgg16_bn"):
+        net = create_model(arch)
+        starts = [int(b.split(".")[1]) for b in trainable_tail(net, 5)]
+        assert len(starts) == 5 and starts[0] == 0
+        for i in starts:
+            assert isinstance(net.base[i], nn.Conv2d)
+            assert i == 0 or isinstance(net.base[i - 1], nn.MaxPool2d)
+        assert trainable_tail(net, 1) == [f"base.{starts[-1]}"]
+
+
 @pytest.mark.parametrize(
-    "arch,size", [("vgg16", 32), ("densenet121", 32), ("inception_v3", 75), ("efficientnet_lite0", 32)]
+    "arch,size",
+    [("vgg16", 32), ("vgg16_bn", 32), ("densenet121", 32), ("inception_v3", 75), ("efficientnet_lite0", 32)],
 )
 def test_factory_forward_shapes(arch, size):
     net = create_model(arch).eval()

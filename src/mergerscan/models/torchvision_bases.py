@@ -1,4 +1,4 @@
-"""vgg16, densenet121 and inception_v3: torchvision's own definitions, so the standard ImageNet
+"""vgg16 (and vgg16_bn), densenet121 and inception_v3: torchvision's own definitions, so the standard ImageNet
 checkpoints (torch hub cache) load unchanged."""
 
 from __future__ import annotations
@@ -69,6 +69,21 @@ def _hub_weights(arch: str, enum_name: str):
 )
 def vgg16():
     m = _torchvision().models.vgg16(weights=None)
+    return m, m.features, 512
+
+
+@register_model(
+    "vgg16_bn",
+    min_size=32,
+    default_size=224,
+    blocks=tuple(f"base.{i}" for i in (0, 7, 14, 24, 34)),
+    imagenet_weights=_hub_weights("vgg16_bn", "VGG16_BN_Weights"),
+    ignore_keys=HEADS,
+)
+def vgg16_bn():
+    """VGG-16 with batch normalisation after each conv: from random initialisation with SGD
+    (E1), plain VGG-16 stays at the constant predictor here (docs/results.md); BN trains it."""
+    m = _torchvision().models.vgg16_bn(weights=None)
     return m, m.features, 512
 
 
