@@ -134,6 +134,12 @@ def _calibrate_parser(sub):
     )
     p.add_argument("-o", "--out", required=True, help="the calibrated engine file to write")
     p.add_argument("--views", type=int, nargs="+", default=[1, 2, 4, 8], help="view counts to calibrate")
+    p.add_argument(
+        "--default-views",
+        type=int,
+        help="the card's default view count (one of --views), e.g. 1 for a CPU-cost budget; "
+        "default: the count with the best validation macro F1",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="split seed (as training)")
     p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image cache directory")
@@ -169,6 +175,7 @@ def _calibrate(ap, a):
             seed=a.seed,
             limit_per_class=a.limit_per_class,
             eval_dir=a.eval_dir,
+            default_views=a.default_views,
         )
     except ValueError as exc:
         ap.exit(2, f"mergerscan calibrate: error: {exc}\n")

@@ -104,3 +104,29 @@ def test_calibrating_fewer_views_computes_only_those_and_agrees(tmp_path):
     for n in (1, 2):
         assert (few[n].temperature, few[n].threshold) == (full[n].temperature, full[n].threshold)
         np.testing.assert_array_equal(few[n].p_test, full[n].p_test)
+
+
+def test_calibrate_default_views_fixes_the_cost_and_keeps_other_counts(tmp_path, capsys):
+    """`calibrate --views 1 2 --default-views 1`: the card runs 1 view by default (a cost budget),
+    the 2-view calibration stays in by_views; a default outside --views is a one-line error."""
+    from test_training import _labelled_dir, _tiny_engine
+
+    from mergerscan.cli import main
+    from mergerscan.engines import load_engine
+    from mergerscan.engines.engine_file import read_card
+
+    eng = _tiny_engine(tmp_path / "tiny.onnx")
+    data = _labelled_dir(tmp_path / "data", n=60)
+    base = ["calibrate", str(eng), "--data", str(data), "--cache", str(tmp_path / "c"), "--threads", "1"]
+    main([*base, "-o", str(tmp_path / "cal.onnx"), "--views", "1", "2", "--default-views", "1"])
+    card = read_card(tmp_path / "cal.onnx")
+    assert card["views"] == 1 and set(card["by_views"]) == {"1", "2"}
+    assert card["threshold"] == card["by_views"]["1"]["threshold"] and "fixed at 1" in card["views_rule"]
+    assert load_engine(tmp_path / "cal.onnx").info.views == 1
+    assert load_engine(tmp_path / "cal.onnx", views=2).info.threshold == card["by_views"]["2"]["threshold"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "-o", str(tmp_path / "bad.onnx"), "--views", "1", "2", "--default-views", "4"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err.count("\n") == 0 and "--default-views 4" in err
+    assert not (tmp_path / "bad.onnx").exists()

@@ -22,6 +22,7 @@ from ..engines.engine_file import write_metadata
 from . import evaluate as ev
 
 VIEWS_RULE = "test-time views: mean logit over the dihedral views; count = best validation macro F1"
+FIXED_VIEWS_RULE = "test-time views: mean logit over the dihedral views; count fixed at {n} (a CPU-cost budget)"
 
 
 def all_view_logits(engine, stamps: np.ndarray, batch: int = 32, views: int = 8) -> np.ndarray:
@@ -63,9 +64,13 @@ def _test_metrics(m: dict) -> dict:
     }
 
 
-def card_updates(cals: dict) -> dict:
-    """The card entries for per-view calibrations (as :func:`calibrate_views` returns them)."""
-    best = max(cals, key=lambda n: (round(cals[n].val["macro"]["f1"], 4), -n))
+def card_updates(cals: dict, default_views: int | None = None) -> dict:
+    """The card entries for per-view calibrations (as :func:`calibrate_views` returns them).  The
+    default count is the best on validation macro F1, or ``default_views`` when the caller fixes it
+    (a cost budget: the other counts stay calibrated for users who choose ``--views``)."""
+    if default_views is not None and default_views not in cals:
+        raise ValueError(f"--default-views {default_views} is not among the calibrated --views {sorted(cals)}")
+    best = default_views or max(cals, key=lambda n: (round(cals[n].val["macro"]["f1"], 4), -n))
     by = {
         str(n): {
             "temperature": float(c.temperature),
@@ -94,7 +99,7 @@ def card_updates(cals: dict) -> dict:
         "by_views": by,
         "threshold": b["threshold"],
         "temperature": b["temperature"],
-        "views_rule": VIEWS_RULE,
+        "views_rule": FIXED_VIEWS_RULE.format(n=best) if default_views else VIEWS_RULE,
     }
 
 
@@ -108,16 +113,19 @@ def calibrate_engine(
     seed: int = 0,
     limit_per_class: int | None = None,
     eval_dir: str | Path | None = None,
+    default_views: int | None = None,
 ) -> dict:
     """Calibrate ``engine_path`` on a labelled catalog (its object-disjoint val/test splits) and
     write the calibrated copy to ``out_path``.  Returns a JSON-ready summary."""
     from .data import build_labelled_set
 
+    if default_views is not None and default_views not in {int(v) for v in views}:
+        raise ValueError(f"--default-views {default_views} is not among the calibrated --views")
     engine = load_engine(engine_path, threads=threads, views=1)
     data = build_labelled_set(catalog, seed=seed, cache=cache, limit_per_class=limit_per_class)
     t = data.table
     cals = calibrate_views(engine, data.stamps, t["label"].to_numpy(), t["split"].to_numpy(), views)
-    updates = card_updates(cals)
+    updates = card_updates(cals, default_views)
     write_metadata(engine_path, out_path, card_updates=updates)
     if eval_dir is not None:
         write_evaluation(eval_dir, engine.info.card | updates, data, cals[updates["views"]], updates["threshold"])
