@@ -51,14 +51,13 @@ def view_logits(path: Path, data, cache: Path | None, threads: int) -> dict[str,
     return out
 
 
-def _scaled(z: np.ndarray, y_val: np.ndarray, views: int, n_val: int) -> np.ndarray:
-    """Mean logit over the first ``views`` dihedral views, divided by its validation temperature."""
-    from mergerscan.engines.base import VIEWS
+def _scaled(z: np.ndarray, y_val: np.ndarray, views: int) -> np.ndarray:
+    """Mean logit over the ``views``-view set (val then test), divided by its validation temperature."""
+    from mergerscan.training.calibrate import mean_of_views
     from mergerscan.training.evaluate import fit_temperature
 
-    order = VIEWS[8]
-    m = z[[order.index(v) for v in VIEWS[views]]].mean(0)
-    return m / fit_temperature(y_val, m[:n_val])
+    m = mean_of_views(z, views)
+    return m / fit_temperature(y_val, m[: len(y_val)])
 
 
 def main() -> None:
@@ -84,18 +83,20 @@ def main() -> None:
     names, flops, logits = [], [], []
     for p in paths:
         info = read_engine_info(p)
-        names.append(f"{info.card.get('name', p.stem)}")
+        names.append(info.card.get("name", p.stem))
         flops.append(onnx_flops(str(p), info.spec.input_size))
         z = view_logits(p, data, Path(a.cache) if a.cache else None, a.threads)
         logits.append(np.concatenate([z["val"], z["test"]], axis=1))  # val first, then test
         print(f"{names[-1]}: {flops[-1] / 1e9:.3f} GFLOP per view", flush=True)
     ref_cost = flops[0] * read_engine_info(paths[0]).views
 
+    # each engine at each view count, scaled once (the pairs reuse them)
+    scaled = {(i, v): _scaled(z, y_val, v) for i, z in enumerate(logits) for v in VIEW_COUNTS}
     rows = []
     members = [(i,) for i in range(len(paths))] + list(itertools.combinations(range(len(paths)), 2))
     for group in members:
         for views in itertools.product(VIEW_COUNTS, repeat=len(group)):
-            z = np.mean([_scaled(logits[i], y_val, v, n_val) for i, v in zip(group, views)], axis=0)
+            z = np.mean([scaled[i, v] for i, v in zip(group, views)], axis=0)
             cal = calibrate_and_summarize(y_val, z[:n_val], y_test, z[n_val:])
             t = cal.test
             rows.append(

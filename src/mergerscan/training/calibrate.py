@@ -34,6 +34,13 @@ def all_view_logits(engine, stamps: np.ndarray, batch: int = 32, views: int = 8)
     return np.concatenate(out, axis=1) if out else np.zeros((views, 0), np.float32)
 
 
+def mean_of_views(z: np.ndarray, n: int) -> np.ndarray:
+    """The mean logit over the ``n``-view set, from (views, N) logits in the order ``VIEWS[len(z)]``
+    (``VIEWS[n]`` is a subset of ``VIEWS[m]`` for n <= m)."""
+    order = VIEWS[len(z)]
+    return z[[order.index(v) for v in VIEWS[n]]].mean(0)
+
+
 def calibrate_views(engine, stamps: np.ndarray, labels: np.ndarray, splits: np.ndarray, views=tuple(VIEWS)) -> dict:
     """{view count: Calibration} fitted on ``splits == "val"``, evaluated on ``"test"``."""
     views = tuple(sorted({int(v) for v in views}))
@@ -46,12 +53,10 @@ def calibrate_views(engine, stamps: np.ndarray, labels: np.ndarray, splits: np.n
             raise ValueError(f"the {split} split needs objects of both classes to calibrate on")
         # only the views the largest count needs (VIEWS[n] is a subset of VIEWS[m] for n <= m)
         y[split], z[split] = np.asarray(labels)[idx], all_view_logits(engine, stamps[idx], views=max(views))
-    order = VIEWS[max(views)]
-    out = {}
-    for n in views:
-        sel = [order.index(v) for v in VIEWS[n]]
-        out[n] = ev.calibrate_and_summarize(y["val"], z["val"][sel].mean(0), y["test"], z["test"][sel].mean(0))
-    return out
+    return {
+        n: ev.calibrate_and_summarize(y["val"], mean_of_views(z["val"], n), y["test"], mean_of_views(z["test"], n))
+        for n in views
+    }
 
 
 def _test_metrics(m: dict) -> dict:
