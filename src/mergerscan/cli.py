@@ -69,6 +69,14 @@ def _train_parser(sub):
         default=0.5,
         help="share of the teacher in the training target (with --distill; default 0.5)",
     )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="validate, keep and export an exponential moving average of the weights "
+        "(decay per step, e.g. 0.998; default 0: off)",
+    )
     return p
 
 

@@ -534,6 +534,30 @@ def test_resume_with_a_different_config_is_refused(tiny, uninterrupted, capsys):
     assert e.value.code == 2 and "checkpoint.pt" in capsys.readouterr().err
 
 
+def test_ema_run_keeps_the_average_and_resumes_to_the_uninterrupted_result(tiny, uninterrupted):
+    """--ema: training is untouched (phase 1's train losses equal the plain run's) but validation,
+    the kept weights and the engine are the moving average (val losses and weights differ); the average is
+    in the checkpoint, so a stopped run resumes to the uninterrupted one bit for bit."""
+    from mergerscan.training.checkpoint import load_checkpoint
+
+    root, opts = tiny
+    full, stopped = root / "ema-full", root / "ema-stopped"
+    _cli(*opts, "--out", full, "--ema", 0.9)
+    _cli(*opts, "--out", stopped, "--ema", 0.9, "--stop-after-epochs", 3)
+    st = load_checkpoint(stopped)["phase_state"]
+    assert st["ema_updates"] > 0 and st["ema"].keys() == torch.load(full / "model.pt", weights_only=True).keys()
+    _cli("--resume", stopped)
+    _same_result(full, stopped)
+    hist = lambda d: [h for h in json.loads((d / "history.json").read_text()) if "train_loss" in h]
+    plain, ema = hist(uninterrupted), hist(full)
+    assert [h["train_loss"] for h in plain[:2]] == [h["train_loss"] for h in ema[:2]]
+    assert [h["val_loss"] for h in plain] != [h["val_loss"] for h in ema]
+    w_plain, w_ema = (torch.load(d / "model.pt", weights_only=True) for d in (uninterrupted, full))
+    assert any(not torch.equal(w_plain[k], w_ema[k]) for k in w_plain)
+    card = json.loads((full / "metrics.json").read_text())["card"]
+    assert "decay 0.9" in card["weights_kept"]
+
+
 def _teacher_for(root: Path, data_hash: str) -> Path:
     """A real engine file for the tiny 32 px catalog whose card claims ``data_hash``."""
     card = {"name": "tiny-teacher", "temperature": 2.0, "data_hash": data_hash, "views": 2, "by_views": {"2": {}}}

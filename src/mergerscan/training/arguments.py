@@ -43,6 +43,7 @@ class TrainArguments:
     export: bool = True  # write the ONNX engine file (off: metrics only, e.g. study sweeps)
     distill: str | None = None  # teacher engine file (or "default"): soft targets on train rows (distill.py)
     distill_weight: float = 0.5  # share of the teacher in the training target
+    ema: float = 0.0  # decay of an exponential moving average of the weights per step (0: off)
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
 
     def __post_init__(self):
@@ -62,6 +63,8 @@ class TrainArguments:
             raise ValueError("--patience and --prefetch must be >= 0")
         if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
             raise ValueError("--stop-after-epochs must be >= 1")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError("--ema must be in [0, 1) (0: off)")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError("--distill-weight must be in [0, 1]")
 

@@ -76,7 +76,39 @@ def _fresh_phase_state() -> dict:
         "best_model": None,
         "best_val_loss": None,
         "bad_epochs": 0,
+        "ema": None,  # --ema: the moving average of the weights (a state dict), and its update count
+        "ema_updates": 0,
     }
+
+
+def _update_ema(net, st: dict, decay: float) -> None:
+    """One step of the weights' exponential moving average (BN running statistics included).
+    The decay ramps up as (1 + n) / (10 + n) so the average does not start anchored to the
+    phase's first weights."""
+    state = net.state_dict()
+    if st["ema"] is None:
+        st["ema"] = _clone(state)
+    d = min(decay, (1 + st["ema_updates"]) / (10 + st["ema_updates"]))
+    with torch.no_grad():
+        for k, v in state.items():
+            if v.is_floating_point():
+                st["ema"][k].mul_(d).add_(v.detach(), alpha=1.0 - d)
+            else:
+                st["ema"][k].copy_(v)
+    st["ema_updates"] += 1
+
+
+def _val_logits(ctx, st: dict) -> np.ndarray:
+    """Validation logits of the weights the run keeps: the moving average under --ema, else the live ones."""
+    net, data, va = ctx["net"], ctx["data"], ctx["va"]
+    if st.get("ema") is None:
+        return _predict_logits(net, data.stamps[va], ctx["spec"], bf16=ctx["bf16"])
+    live = _clone(net.state_dict())
+    net.load_state_dict(st["ema"])
+    try:
+        return _predict_logits(net, data.stamps[va], ctx["spec"], bf16=ctx["bf16"])
+    finally:
+        net.load_state_dict(live)
 
 
 def _clone(sd: dict) -> dict:
@@ -117,7 +149,9 @@ def _run_phase(ctx, pi: int, epochs: int, opt, st: dict) -> None:
                 g["lr"] = lr0 * 0.5 * (1 + math.cos(math.pi * st["step"] / total))
             losses.append(train_step(net, opt, x, y, ctx["pos_weight"], ctx["bf16"]))
             st["step"] += 1
-        zv = _predict_logits(net, data.stamps[va], spec, bf16=ctx["bf16"])
+            if args.ema:
+                _update_ema(net, st, args.ema)
+        zv = _val_logits(ctx, st)
         yv = labels[va]
         auc = ev.roc_auc(yv, zv)
         vloss = float(
@@ -138,7 +172,8 @@ def _run_phase(ctx, pi: int, epochs: int, opt, st: dict) -> None:
             }
         )
         if st["best_auc"] is None or auc > st["best_auc"]:
-            st.update(best_auc=auc, best_epoch=epoch + 1, best_model=_clone(net.state_dict()))
+            kept = st["ema"] if st.get("ema") is not None else net.state_dict()
+            st.update(best_auc=auc, best_epoch=epoch + 1, best_model=_clone(kept))
         if st["best_val_loss"] is None or vloss < st["best_val_loss"]:
             st.update(best_val_loss=vloss, bad_epochs=0)
         else:
@@ -350,6 +385,8 @@ def _finish(args, net, data, spec, splits, train_seconds, bf16, out: Path, disti
     }
     if distilled:
         card["distilled_from"] = distilled
+    if args.ema:
+        card["weights_kept"] = f"exponential moving average of the weights, decay {args.ema} per step"
     onnx_path = out / "model.onnx"
     from .export import export_onnx, parity, quantize_int8
 
