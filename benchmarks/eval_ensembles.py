@@ -88,6 +88,12 @@ def main() -> None:
         z = view_logits(p, data, Path(a.cache) if a.cache else None, a.threads)
         logits.append(np.concatenate([z["val"], z["test"]], axis=1))  # val first, then test
         print(f"{names[-1]}: {flops[-1] / 1e9:.3f} GFLOP per view", flush=True)
+    # two runs of one recipe share a card name: tell them apart by where they came from
+    twice = {n for n in names if names.count(n) > 1}
+    names = [
+        f"{n} [{'default' if e == 'default' else p.parent.name}]" if n in twice else n
+        for n, e, p in zip(names, a.engines, paths)
+    ]
     ref_cost = flops[0] * read_engine_info(paths[0]).views
 
     # each engine at each view count, scaled once (the pairs reuse them)
