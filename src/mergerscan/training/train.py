@@ -32,6 +32,7 @@ from . import evaluate as ev
 from . import survey
 from .arguments import TrainArguments
 from .data import build_labelled_set
+from .ema import clone_state, update_ema, val_logits
 from .hardware import cpu_flags, cpu_model, use_bf16
 from .loader import BatchLoader, epoch_batches
 from .models import create_model, trainable_tail
@@ -81,40 +82,6 @@ def _fresh_phase_state() -> dict:
     }
 
 
-def _update_ema(net, st: dict, decay: float) -> None:
-    """One step of the weights' exponential moving average (BN running statistics included).
-    The decay ramps up as (1 + n) / (10 + n) so the average does not start anchored to the
-    phase's first weights."""
-    state = net.state_dict()
-    if st["ema"] is None:
-        st["ema"] = _clone(state)
-    d = min(decay, (1 + st["ema_updates"]) / (10 + st["ema_updates"]))
-    with torch.no_grad():
-        for k, v in state.items():
-            if v.is_floating_point():
-                st["ema"][k].mul_(d).add_(v.detach(), alpha=1.0 - d)
-            else:
-                st["ema"][k].copy_(v)
-    st["ema_updates"] += 1
-
-
-def _val_logits(ctx, st: dict) -> np.ndarray:
-    """Validation logits of the weights the run keeps: the moving average under --ema, else the live ones."""
-    net, data, va = ctx["net"], ctx["data"], ctx["va"]
-    if st.get("ema") is None:
-        return _predict_logits(net, data.stamps[va], ctx["spec"], bf16=ctx["bf16"])
-    live = _clone(net.state_dict())
-    net.load_state_dict(st["ema"])
-    try:
-        return _predict_logits(net, data.stamps[va], ctx["spec"], bf16=ctx["bf16"])
-    finally:
-        net.load_state_dict(live)
-
-
-def _clone(sd: dict) -> dict:
-    return {k: v.detach().clone() for k, v in sd.items()}
-
-
 def _run_phase(ctx, pi: int, epochs: int, opt, st: dict) -> None:
     """Epochs ``st['epoch']..epochs-1`` of phase ``pi``; a checkpoint after each."""
     args, net, name = ctx["args"], ctx["net"], ctx["phases"][pi][0]
@@ -150,8 +117,8 @@ def _run_phase(ctx, pi: int, epochs: int, opt, st: dict) -> None:
             losses.append(train_step(net, opt, x, y, ctx["pos_weight"], ctx["bf16"]))
             st["step"] += 1
             if args.ema:
-                _update_ema(net, st, args.ema)
-        zv = _val_logits(ctx, st)
+                update_ema(net, st, args.ema)
+        zv = val_logits(ctx, st)
         yv = labels[va]
         auc = ev.roc_auc(yv, zv)
         vloss = float(
@@ -173,7 +140,7 @@ def _run_phase(ctx, pi: int, epochs: int, opt, st: dict) -> None:
         )
         if st["best_auc"] is None or auc > st["best_auc"]:
             kept = st["ema"] if st.get("ema") is not None else net.state_dict()
-            st.update(best_auc=auc, best_epoch=epoch + 1, best_model=_clone(kept))
+            st.update(best_auc=auc, best_epoch=epoch + 1, best_model=clone_state(kept))
         if st["best_val_loss"] is None or vloss < st["best_val_loss"]:
             st.update(best_val_loss=vloss, bad_epochs=0)
         else:
