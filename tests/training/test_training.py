@@ -545,7 +545,7 @@ def test_ema_run_keeps_the_average_and_resumes_to_the_uninterrupted_result(tiny,
     _cli(*opts, "--out", full, "--ema", 0.9)
     _cli(*opts, "--out", stopped, "--ema", 0.9, "--stop-after-epochs", 3)
     st = load_checkpoint(stopped)["phase_state"]
-    assert st["ema_updates"] > 0 and st["ema"].keys() == torch.load(full / "model.pt", weights_only=True).keys()
+    assert st["step"] > 0 and st["ema"].keys() == torch.load(full / "model.pt", weights_only=True).keys()
     _cli("--resume", stopped)
     _same_result(full, stopped)
     hist = lambda d: [h for h in json.loads((d / "history.json").read_text()) if "train_loss" in h]

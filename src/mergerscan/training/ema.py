@@ -16,25 +16,29 @@ def clone_state(sd: dict) -> dict:
     return {k: v.detach().clone() for k, v in sd.items()}
 
 
+def kept_state(net, st: dict) -> dict:
+    """The weights the run validates and keeps: the moving average under --ema, else the live ones."""
+    return st["ema"] if st.get("ema") is not None else net.state_dict()
+
+
 def update_ema(net, st: dict, decay: float) -> None:
-    """One step of the weights' moving average (BN running statistics included).  The decay
-    ramps up as (1 + n) / (10 + n) so the average does not stay anchored to the phase's first
-    weights."""
+    """The weights' moving average after the phase's optimizer step ``st['step']`` (BN running
+    statistics included).  The decay ramps up as step / (9 + step) so the average does not stay
+    anchored to the phase's first weights."""
     state = net.state_dict()
     if st["ema"] is None:
         st["ema"] = clone_state(state)
-    d = min(decay, (1 + st["ema_updates"]) / (10 + st["ema_updates"]))
+    d = min(decay, st["step"] / (9 + st["step"]))
     with torch.no_grad():
         for k, v in state.items():
             if v.is_floating_point():
                 st["ema"][k].mul_(d).add_(v.detach(), alpha=1.0 - d)
             else:
                 st["ema"][k].copy_(v)
-    st["ema_updates"] += 1
 
 
 def val_logits(ctx, st: dict) -> np.ndarray:
-    """Validation logits of the weights the run keeps: the moving average under --ema, else the live ones."""
+    """Validation logits of :func:`kept_state` (the live weights are put back after)."""
     net, data, va = ctx["net"], ctx["data"], ctx["va"]
     if st.get("ema") is None:
         return _predict_logits(net, data.stamps[va], ctx["spec"], bf16=ctx["bf16"])

@@ -32,7 +32,7 @@ from . import evaluate as ev
 from . import survey
 from .arguments import TrainArguments
 from .data import build_labelled_set
-from .ema import clone_state, update_ema, val_logits
+from .ema import clone_state, kept_state, update_ema, val_logits
 from .hardware import cpu_flags, cpu_model, use_bf16
 from .loader import BatchLoader, epoch_batches
 from .models import create_model, trainable_tail
@@ -77,8 +77,7 @@ def _fresh_phase_state() -> dict:
         "best_model": None,
         "best_val_loss": None,
         "bad_epochs": 0,
-        "ema": None,  # --ema: the moving average of the weights (a state dict), and its update count
-        "ema_updates": 0,
+        "ema": None,  # --ema: the moving average of the weights (a state dict)
     }
 
 
@@ -117,7 +116,7 @@ def _run_phase(ctx, pi: int, epochs: int, opt, st: dict) -> None:
             losses.append(train_step(net, opt, x, y, ctx["pos_weight"], ctx["bf16"]))
             st["step"] += 1
             if args.ema:
-                update_ema(net, st, args.ema)
+                update_ema(net, st, args.ema)  # after the step count: its ramp reads it
         zv = val_logits(ctx, st)
         yv = labels[va]
         auc = ev.roc_auc(yv, zv)
@@ -139,8 +138,7 @@ def _run_phase(ctx, pi: int, epochs: int, opt, st: dict) -> None:
             }
         )
         if st["best_auc"] is None or auc > st["best_auc"]:
-            kept = st["ema"] if st.get("ema") is not None else net.state_dict()
-            st.update(best_auc=auc, best_epoch=epoch + 1, best_model=clone_state(kept))
+            st.update(best_auc=auc, best_epoch=epoch + 1, best_model=clone_state(kept_state(net, st)))
         if st["best_val_loss"] is None or vloss < st["best_val_loss"]:
             st.update(best_val_loss=vloss, bad_epochs=0)
         else:
