@@ -58,8 +58,8 @@ def test_images_all_shared_objects(gz_fits, gz_dir, dask_client, tmp_path):
             progress=False,
             keep_columns=["is_merger", "path", "redshift"],
             partition_rows=2000,
-            # one view, the card's calibrated 1-view operating point (val macro F1 0.951): this test is
-            # about every shared object scored at survey scale; 8 views cost 8x (9 of the suite's 24 min)
+            # one view, the card's calibrated 1-view operating point (val macro F1 0.965): this test is
+            # about every shared object scored at survey scale; 4 views cost 4x
             views=1,
             command="test",
             report=False,

@@ -71,16 +71,16 @@ def test_front_equals_prepare_batch_on_real_stamps(real_stamps, size, views):
 
 
 def test_default_engine_scores_the_same_through_the_front(real_stamps):
-    """The packaged engine (160 px, 8 views) on uint8 stamps: one graph call per chunk (views in
-    the graph, not 8 requests), the same scores as preparing on the host."""
+    """The packaged engine (224 px, 4 views) on uint8 stamps: one graph call per chunk (views in
+    the graph, not 4 requests), the same scores as preparing on the host."""
     eng = load_engine(None, threads=2)
-    assert eng.info.views == 8
+    assert eng.info.views == 4
     calls, plain = [], eng._logits
     eng._logits = lambda x: (calls.append(len(x)), plain(x))[1]
     p = eng.predict(real_stamps[:8])
     assert calls == []  # no prepared-batch calls at all
     host = eng.calibrate(Engine._stamp_logits(eng, real_stamps[:8]))  # prepare_batch + views + logits
-    assert len(calls) == 8  # the old path: one call per view
+    assert len(calls) == 4  # the old path: one call per view
     assert np.abs(p - host).max() <= 1e-5
 
 
