@@ -31,6 +31,23 @@ def test_precision_at_prevalence_from_rates_and_its_interval():
     assert survey.at_threshold(y, p, 0.85)["precision_at_2pct"] == 1.0
 
 
+def test_no_false_positive_still_has_an_interval():
+    """0 false positives of 1,064: the rate is 0, but 0 of 1,064 only bounds it (~3/1,064), so the
+    interval of precision at 1 % must reach well below 1 (not the zero-width [1, 1] a binomial
+    resample at rate 0 gives); the same for a recall of 1."""
+    y = np.r_[np.ones(363), np.zeros(1064)]
+    p = np.r_[np.full(235, 0.99), np.full(128, 0.5), np.full(1064, 0.1)]
+    m = survey.at_threshold(y, p, 0.9)
+    assert m["false_positives"] == 0 and m["precision_at_1pct"] == 1.0
+    lo, hi = m["false_positive_rate_ci95"]
+    assert 0 <= lo < hi and 1.0 / 1064 < hi < 5.0 / 1064
+    lo, hi = m["precision_at_1pct_ci95"]
+    assert 0.5 < lo < 0.95 and hi > 0.999
+    assert m["precision_at_2pct_ci95"][0] > lo  # higher prevalence: a narrower interval
+    every = survey.at_threshold(y, p, 0.05)  # every merger flagged
+    assert every["recall"] == 1.0 and every["recall_ci95"][0] < 1.0
+
+
 def test_threshold_for_precision_is_the_lowest_that_reaches_it():
     y = np.r_[np.ones(100), np.zeros(1000)]
     p = np.r_[np.linspace(0.5, 1.0, 100), np.linspace(0.0, 0.7, 1000)]

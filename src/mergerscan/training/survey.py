@@ -5,6 +5,9 @@ the class-conditional rates at the threshold: ``P = pi*TPR / (pi*TPR + (1-pi)*FP
 uncertainty is that of TPR (from the test mergers) and of FPR (from the test non-mergers; a few
 false positives move P a lot).  The 95 % intervals come from a stratified bootstrap: mergers and
 non-mergers are resampled separately, keeping each class's size, as the rates are per class.
+A class with no errors at all (0 false positives, or every merger found) would resample to the
+same rate every time and give a zero-width interval; its draws come from the Jeffreys posterior
+Beta(k + 1/2, n - k + 1/2) instead, so "0 of 1,064" still says how large the rate could be.
 
 ``survey_evaluation`` also gives the threshold that reaches a precision target (default 0.9 at
 2 %), chosen on **validation** (the lowest threshold whose validation precision reaches it, so
@@ -40,8 +43,8 @@ def at_threshold(y, p, threshold: float, prevalences=PREVALENCES, n_boot: int = 
     tpr, fpr = float((pos >= threshold).mean()), float((neg >= threshold).mean())
     rng = np.random.default_rng(seed)
     # a resample's rate = (count of resampled scores >= threshold) / n: binomial in the class's rate
-    k_pos = rng.binomial(len(pos), tpr, n_boot) / len(pos)
-    k_neg = rng.binomial(len(neg), fpr, n_boot) / len(neg)
+    k_pos = _resampled_rate(rng, len(pos), tpr, n_boot)
+    k_neg = _resampled_rate(rng, len(neg), fpr, n_boot)
     ci = lambda a: [round(float(v), 4) for v in np.quantile(a, [0.025, 0.975])]
     out = {
         "threshold": float(threshold),
@@ -58,6 +61,16 @@ def at_threshold(y, p, threshold: float, prevalences=PREVALENCES, n_boot: int = 
         out[f"precision_at_{_pct(pi)}"] = round(float(precision_at(tpr, fpr, pi)), 4)
         out[f"precision_at_{_pct(pi)}_ci95"] = ci(precision_at(k_pos, k_neg, pi))
     return out
+
+
+def _resampled_rate(rng, n: int, rate: float, n_boot: int) -> np.ndarray:
+    """Bootstrap draws of a class's rate: binomial at the observed rate, or, where that rate is 0
+    or 1 (the binomial would never move), the Jeffreys posterior of the observed count."""
+    draws = rng.binomial(n, rate, n_boot) / n  # drawn in every case: the stream stays reproducible
+    if rate in (0.0, 1.0):
+        k = rate * n
+        draws = rng.beta(k + 0.5, n - k + 0.5, n_boot)
+    return draws
 
 
 def _pct(pi: float) -> str:
@@ -91,7 +104,8 @@ def survey_evaluation(
         },
         "reliability_test": reliability(y_test, p_test),
         "method": "precision from TPR/FPR at each prevalence; 95% intervals: stratified bootstrap "
-        f"({N_BOOT} resamples of each class); the precision-target threshold is chosen on validation",
+        f"({N_BOOT} resamples of each class; a class with no errors: Jeffreys posterior draws); "
+        "the precision-target threshold is chosen on validation",
     }
 
 
