@@ -26,6 +26,7 @@ GZ = shared_data("sdss-gz-mergers")
 
 
 def main():
+    from mergerscan.catalogs.hats import output_files
     from mergerscan.catalogs.read import read_table
     from mergerscan.pipeline.arguments import ProcessArguments
     from mergerscan.pipeline.run import run
@@ -68,7 +69,9 @@ def main():
             )
         )
         wall = time.perf_counter() - t
-        got = pq.read_table(Path(tmp) / "out" / "parquet").to_pandas().sort_values("input_row")
+        # the Parquet output is a HATS catalog: its data files, not the directory's other files
+        files = [str(f) for f in output_files(Path(tmp) / "out" / "parquet")]
+        got = pq.read_table(files).to_pandas().sort_values("input_row")
     assert len(got) == len(df) == s["rows"]
     y, p = got["label"].to_numpy(), got["p_merger"].to_numpy()
     # the training module's object-disjoint split (seed 0), without decoding images
