@@ -3,7 +3,7 @@
 ``mergerscan train --distill TEACHER.onnx|default --distill-weight A`` trains on the target
 ``(1 - A) * label + A * p_teacher``, where ``p_teacher`` is the teacher engine's calibrated
 probability over all its test-time views (e.g. the multi-view default engine, so a 1-view student can
-learn what the 8 views see).  Binary cross-entropy is linear in its target, so this is exactly
+learn what the views see).  Binary cross-entropy is linear in its target, so this is exactly
 ``(1 - A) * BCE(label) + A * BCE(p_teacher)``, ``pos_weight`` included.  Only training rows get
 soft targets: validation (early stopping, temperature, threshold) and test use the labels, so
 every reported figure is against the labels.

@@ -66,11 +66,10 @@ def at_threshold(y, p, threshold: float, prevalences=PREVALENCES, n_boot: int = 
 def _resampled_rate(rng, n: int, rate: float, n_boot: int) -> np.ndarray:
     """Bootstrap draws of a class's rate: binomial at the observed rate, or, where that rate is 0
     or 1 (the binomial would never move), the Jeffreys posterior of the observed count."""
-    draws = rng.binomial(n, rate, n_boot) / n  # drawn in every case: the stream stays reproducible
     if rate in (0.0, 1.0):
         k = rate * n
-        draws = rng.beta(k + 0.5, n - k + 0.5, n_boot)
-    return draws
+        return rng.beta(k + 0.5, n - k + 0.5, n_boot)
+    return rng.binomial(n, rate, n_boot) / n
 
 
 def _pct(pi: float) -> str:
