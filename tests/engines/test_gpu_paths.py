@@ -52,7 +52,8 @@ def small_engine(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- the front = prepare_batch
-@pytest.mark.parametrize("size", [160, 64, 256])  # antialiased bilinear, block mean, identity
+@pytest.mark.parametrize("size", [224, 160, 161, 64, 256])  # resample by convolution (224, 160) or
+# by the dense matrix (161: no period), block mean, identity
 @pytest.mark.parametrize("views", [1, 8])
 def test_front_equals_prepare_batch_on_real_stamps(real_stamps, size, views):
     import onnxruntime as ort
@@ -68,6 +69,28 @@ def test_front_equals_prepare_batch_on_real_stamps(real_stamps, size, views):
     with torch.no_grad():
         got_t = torch_front(spec, views)(torch.from_numpy(real_stamps)).numpy()
     assert got_t.shape == ref.shape and np.abs(got_t - ref).max() <= 1e-5
+
+
+def test_resample_as_convolution_is_the_matrix():
+    """Every input size the convolution form takes reproduces prepare_batch's matrix; sizes without
+    a period fall back to the matrix product (None)."""
+    from mergerscan.cutouts.preprocess import _resample_matrix
+    from mergerscan.engines.front import _periodic_resample
+
+    taken = 0
+    for size in range(64, 256):
+        band = _periodic_resample(256, size)
+        if band is None:
+            continue
+        taken += 1
+        ker, pad_lo, pad_hi, stride, edge = band
+        padded = np.pad(np.eye(256), ((0, 0), (pad_lo, pad_hi)))  # each input pixel alone
+        n_groups = (padded.shape[1] - ker.shape[1]) // stride + 1
+        out = np.stack([padded[:, g * stride : g * stride + ker.shape[1]] @ ker.T for g in range(n_groups)], axis=1)
+        m = out.reshape(256, size).T * edge[:, None]
+        assert np.abs(m - _resample_matrix(256, size)).max() < 1e-6, size
+    assert taken == len(range(64, 256, 2))  # every even size; an odd one shares no period with 256
+    assert _periodic_resample(256, 161) is None
 
 
 def test_default_engine_scores_the_same_through_the_front(real_stamps):

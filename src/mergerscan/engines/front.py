@@ -7,13 +7,18 @@ change).  At load time a backend puts a *front* before it and the view mean afte
     (V*N,3,S,S), view-major -> the net -> logit (V*N,) -> mean over the views -> (N,)
 
 as ONNX nodes (:func:`with_front`: ONNX Runtime, TensorRT) or torch ops (:class:`TorchFront`).
-Both use prepare_batch's own resampling matrix and constants, in the same order of operations, so
-they equal :func:`mergerscan.cutouts.preprocess.prepare_batch` to float rounding (tests: <= 1e-5 on
-real stamps); training keeps calling prepare_batch itself.  A host then moves 196 KB of uint8 per
+Both use prepare_batch's own resampling weights and constants, so they equal
+:func:`mergerscan.cutouts.preprocess.prepare_batch` to float rounding (tests: <= 1e-5 on real
+stamps); training keeps calling prepare_batch itself.  The ONNX front applies the resample as two
+strided convolutions where the sizes share a period (every even size from 256 px): 6.5 MFLOP per
+object at 224 px instead of the dense matrices' 165, and about a third of their time in ONNX
+Runtime on one core.  A host then moves 196 KB of uint8 per
 object (instead of 8 x 307 KB of float32 views) and sends the views once.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -32,6 +37,46 @@ def _constants(spec: PreprocessSpec):
     if h % s == 0:
         return None, h // s, mean, std
     return _resample_matrix(h, s), None, mean, std
+
+
+def _periodic_resample(n_in: int, n_out: int):
+    """prepare_batch's resample matrix as a strided 1-D convolution, or None where it is not one.
+
+    Output i = phase i % p_out of group i // p_out, which reads inputs from group * p_in on with
+    the same triangle weights in every group; the matrix only differs at the two ends, where it
+    drops the taps outside the stamp and renormalises - zero padding plus one scale per output.
+    Returns (kernel (p_out, K) float32, pad before, pad after, stride p_in, edge scale (n_out,)),
+    checked against the matrix to 1e-6."""
+    d = math.gcd(n_in, n_out)
+    p_in, p_out = n_in // d, n_out // d
+    if d < 2 or n_in == n_out:
+        return None
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    taps = []
+    for p in range(p_out):  # the triangle of _resample_matrix for phase p of group 0, before clipping
+        center = scale * (p + 0.5)
+        j = np.arange(math.floor(center - support - 1), math.ceil(center + support + 1) + 1)
+        w = np.clip(1.0 - np.abs((j - center + 0.5) / support), 0.0, None)
+        taps.append((j[w > 0], w[w > 0] / w[w > 0].sum()))
+    first, end = min(int(j[0]) for j, _ in taps), max(int(j[-1]) for j, _ in taps) + 1
+    ker = np.zeros((p_out, end - first))
+    for p, (j, w) in enumerate(taps):
+        ker[p, j - first] = w
+    m = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        g, p = divmod(i, p_out)
+        j = g * p_in + first + np.arange(ker.shape[1])
+        ok = (j >= 0) & (j < n_in)
+        m[i, j[ok]] = ker[p, ok]
+    edge = 1.0 / m.sum(axis=1)
+    if np.abs(m * edge[:, None] - _resample_matrix(n_in, n_out)).max() > 1e-6:
+        return None
+    pad_lo = max(0, -first)
+    pad_hi = (d - 1) * p_in + ker.shape[1] - n_in - pad_lo
+    if first > 0 or pad_hi < 0:
+        return None
+    return ker.astype(np.float32), pad_lo, pad_hi, p_in, edge.astype(np.float32)
 
 
 def front_nodes(spec: PreprocessSpec, views: int, src: str, dst: str):
@@ -54,7 +99,33 @@ def front_nodes(spec: PreprocessSpec, views: int, src: str, dst: str):
 
     x = node("Cast", [src], "float", to=TensorProto.FLOAT)
     x = node("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
-    if a is not None:  # separable antialiased bilinear: A @ img @ A.T per band
+    band = _periodic_resample(spec.stamp_pixels, spec.input_size) if a is not None else None
+    if band is not None:  # the same resample as strided convolutions: ~1/20 of the dense FLOPs
+        ker, pad_lo, pad_hi, stride, edge = band
+        h, s = spec.stamp_pixels, spec.input_size
+        x = node("Reshape", [x, const("planes_shape", np.array([-1, 1, h, h], np.int64))], "planes")
+        x = node(
+            "Conv",
+            [x, const("ker_w", ker[:, None, None, :])],
+            "conv_w",
+            strides=[1, stride],
+            pads=[0, pad_lo, 0, pad_hi],
+        )  # (B, phase, h, group)
+        x = node("Transpose", [x], "phase_w", perm=[0, 2, 3, 1])
+        x = node("Reshape", [x, const("rows_shape", np.array([-1, 1, h, s], np.int64))], "resample_w")
+        x = node(
+            "Conv",
+            [x, const("ker_h", ker[:, None, :, None])],
+            "conv_h",
+            strides=[stride, 1],
+            pads=[pad_lo, 0, pad_hi, 0],
+        )  # (B, phase, group, s)
+        x = node("Transpose", [x], "phase_h", perm=[0, 2, 1, 3])
+        x = node("Reshape", [x, const("bands_shape", np.array([-1, 3, s, s], np.int64))], "resample_h")
+        # edge renormalisation and 1/std in one product, then the mean
+        x = node("Mul", [x, const("edge_scale", np.outer(edge, edge)[None, None] / std.reshape(3, 1, 1))], "scaled")
+        x = node("Sub", [x, const("offset", (mean / std).astype(np.float32).reshape(1, 3, 1, 1))], "normalised")
+    elif a is not None:  # separable antialiased bilinear: A @ img @ A.T per band
         x = node("MatMul", [x, const("resample_t", np.ascontiguousarray(a.T))], "resample_w")
         x = node("MatMul", [const("resample", a), x], "resample_h")
         x = node("Sub", [x, const("mean", mean.reshape(1, 3, 1, 1))], "centred")
