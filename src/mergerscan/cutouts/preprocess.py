@@ -116,13 +116,17 @@ def _resample_matrix(n_in: int, n_out: int) -> np.ndarray:
     (tests check the two agree to 1e-5), in numpy so that workers need no torch."""
     scale = n_in / n_out
     support = max(scale, 1.0)  # bilinear support 1, widened when downsampling
-    inv = 1.0 / max(scale, 1.0)
     m = np.zeros((n_out, n_in), np.float64)
     for i in range(n_out):
         center = scale * (i + 0.5)
         lo = max(int(center - support + 0.5), 0)
         hi = min(int(center + support + 0.5), n_in)
-        j = np.arange(lo, hi)
-        w = np.clip(1.0 - np.abs((j - center + 0.5) * inv), 0.0, None)
+        w = _triangle(np.arange(lo, hi), center, support)
         m[i, lo:hi] = w / w.sum()
     return m.astype(np.float32)
+
+
+def _triangle(j: np.ndarray, center: float, support: float) -> np.ndarray:
+    """Unnormalised weights of input pixels ``j`` for an output pixel centred at ``center`` (in
+    input pixels): the bilinear triangle widened to ``support``."""
+    return np.clip(1.0 - np.abs((j - center + 0.5) * (1.0 / support)), 0.0, None)

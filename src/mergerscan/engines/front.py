@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from ..cutouts.preprocess import PreprocessSpec, _resample_matrix
+from ..cutouts.preprocess import PreprocessSpec, _resample_matrix, _triangle
 from .base import VIEWS
 
 FRONT_PREFIX = "mergerscan_front/"  # node/initializer names of the front (kept fp32 in fp16 graphs)
@@ -57,7 +57,7 @@ def _periodic_resample(n_in: int, n_out: int):
     for p in range(p_out):  # the triangle of _resample_matrix for phase p of group 0, before clipping
         center = scale * (p + 0.5)
         j = np.arange(math.floor(center - support - 1), math.ceil(center + support + 1) + 1)
-        w = np.clip(1.0 - np.abs((j - center + 0.5) / support), 0.0, None)
+        w = _triangle(j, center, support)
         taps.append((j[w > 0], w[w > 0] / w[w > 0].sum()))
     first, end = min(int(j[0]) for j, _ in taps), max(int(j[-1]) for j, _ in taps) + 1
     ker = np.zeros((p_out, end - first))
