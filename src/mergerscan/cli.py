@@ -27,7 +27,8 @@ def _train_parser(sub):
     p.add_argument("--lr-finetune", type=float, default=5e-3)
     p.add_argument("--unfreeze-blocks", type=int, default=4)
     p.add_argument("--weights", help="ImageNet weights file for --experiment e2")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="weight init, batch order and augmentation")
+    p.add_argument("--split-seed", type=int, default=0, help="train/val/test split (keep it fixed to compare seeds)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit-per-class", type=int, help="use a small subset (smoke tests)")
     p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image cache directory")
@@ -149,7 +150,7 @@ def _calibrate_parser(sub):
         "default: the count with the best validation macro F1",
     )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0, help="split seed (as training)")
+    p.add_argument("--split-seed", "--seed", dest="seed", type=int, default=0, help="split seed (as training's)")
     p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image cache directory")
     p.add_argument("--limit-per-class", type=int, help="use a small subset (smoke tests)")
     p.add_argument("--results", help="also write the per-view summary (JSON) here")

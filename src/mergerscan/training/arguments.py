@@ -28,7 +28,8 @@ class TrainArguments:
     weight_decay: float = 1e-4
     unfreeze_blocks: int = 4  # E2 phase 2: last N conv blocks of the base
     weights: str | None = None  # ImageNet weights file (E2); else standard loading
-    seed: int = 0
+    seed: int = 0  # weight init, batch order and augmentation
+    split_seed: int = 0  # train/val/test split: apart from --seed, so seeds compare on one split
     threads: int = 2
     limit_per_class: int | None = None  # tiny subsets (smoke tests)
     cache: str | None = ".cache/mergerscan"

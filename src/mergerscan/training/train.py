@@ -188,7 +188,9 @@ def run(args: TrainArguments, resume: bool = False) -> dict:
 
     if args.init == "imagenet":  # a missing weights file fails before minutes of image decoding
         imagenet_weights_path(args.arch, args.weights)
-    data = build_labelled_set(args.catalog, seed=args.seed, cache=args.cache, limit_per_class=args.limit_per_class)
+    data = build_labelled_set(
+        args.catalog, seed=args.split_seed, cache=args.cache, limit_per_class=args.limit_per_class
+    )
     if ck and ck["data_hash"] != data.data_hash:
         raise ckpt.ResumeError(
             f"--resume {out}: the labelled set of {args.catalog} changed since the run began "
@@ -330,7 +332,7 @@ def _finish(args, net, data, spec, splits, train_seconds, bf16, out: Path, disti
         "temperature": T,
         "data_hash": data.data_hash,
         "catalog": Path(args.catalog).name,
-        "split": f'object-disjoint groups (stamps within 100"), seed {args.seed}, 70/15/15',
+        "split": f'object-disjoint groups (stamps within 100"), split seed {args.split_seed}, 70/15/15',
         "n_train": len(tr),
         "n_val": len(va),
         "n_test": len(te),
