@@ -60,6 +60,11 @@ def _scaled(z: np.ndarray, y_val: np.ndarray, views: int) -> np.ndarray:
     return m / fit_temperature(y_val, m[: len(y_val)])
 
 
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument(
@@ -110,6 +115,10 @@ def main() -> None:
                     "members": [f"{names[i]} x{v}" for i, v in zip(group, views)],
                     "cost": round(sum(flops[i] * v for i, v in zip(group, views)) / ref_cost, 3),
                     "val_macro_f1": round(cal.val["macro"]["f1"], 4),
+                    # threshold-free validation measures: how near-ties between single engines were broken
+                    "val_roc_auc": round(cal.val["roc_auc"], 4),
+                    "val_pr_auc": round(cal.val["pr_auc"], 4),
+                    "val_log_loss": round(_log_loss(y_val, cal.p_val), 4),
                     "test_macro_f1": round(t["macro"]["f1"], 4),
                     "test_merger_f1": round(t["merger"]["f1"], 4),
                     "test_roc_auc": round(t["roc_auc"], 4),
