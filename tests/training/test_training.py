@@ -560,16 +560,24 @@ def test_ema_run_keeps_the_average_and_resumes_to_the_uninterrupted_result(tiny,
 
 def test_seed_changes_training_but_not_the_split(tiny, uninterrupted):
     """--seed repeats a recipe with another init/batch order on the same split (the data hash covers
-    every row's split), so seeds compare on one validation set; --split-seed moves the split."""
+    every row's split), so seeds compare on one validation set; --split-seed moves the split.  A run
+    begun when --seed also set the split (no split_seed in its checkpoint) resumes on its own split."""
+    from mergerscan.training.checkpoint import load_checkpoint, save_checkpoint
+
     root, opts = tiny
     first = lambda d: json.loads((d / "history.json").read_text())
     _cli(*opts, "--out", root / "seed1", "--seed", 1, "--stop-after-epochs", 1)
-    _cli(*opts, "--out", root / "split1", "--split-seed", 1, "--stop-after-epochs", 1)
+    _cli(*opts, "--out", root / "split1", "--seed", 1, "--split-seed", 1, "--stop-after-epochs", 1)
     plain, seed1, split1 = first(uninterrupted), first(root / "seed1"), first(root / "split1")
     assert seed1[0]["data_hash"] == plain[0]["data_hash"] != split1[0]["data_hash"]
     assert seed1[1]["train_loss"] != plain[1]["train_loss"]
     config = json.loads((root / "seed1" / "train_config.json").read_text())
     assert (config["seed"], config["split_seed"]) == (1, 0)
+    ck = load_checkpoint(root / "split1")
+    del ck["args"]["split_seed"]
+    save_checkpoint(root / "split1", ck)
+    _cli("--resume", root / "split1", "--stop-after-epochs", 1)
+    assert load_checkpoint(root / "split1")["phase_state"]["epoch"] == 2
 
 
 def _teacher_for(root: Path, data_hash: str) -> Path:

@@ -104,6 +104,7 @@ def resume_arguments(run_dir: str | Path, given: dict) -> dict:
     options in ``given``.  Any other option in ``given`` (the ones typed on the command line)
     must equal the run's, else :class:`ResumeError` naming the first that differs."""
     saved = read_config(run_dir)
+    saved.setdefault("split_seed", saved.get("seed", 0))  # runs begun when --seed also set the split
     if given.get("out") is not None and Path(given["out"]).resolve() != Path(run_dir).resolve():
         raise ResumeError(f"--out {given['out']} differs from --resume {run_dir}; give only --resume")
     ref = config_of(saved)
