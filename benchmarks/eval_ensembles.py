@@ -60,11 +60,6 @@ def _scaled(z: np.ndarray, y_val: np.ndarray, views: int) -> np.ndarray:
     return m / fit_temperature(y_val, m[: len(y_val)])
 
 
-def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    p = np.clip(p, 1e-12, 1 - 1e-12)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument(
@@ -77,7 +72,7 @@ def main() -> None:
     a = ap.parse_args()
     from mergerscan.engines import default_engine_path, read_engine_info
     from mergerscan.training.data import build_labelled_set
-    from mergerscan.training.evaluate import calibrate_and_summarize
+    from mergerscan.training.evaluate import calibrate_and_summarize, log_loss
 
     catalog = need(shared_data("sdss-gz-mergers", "catalog.csv"))
     data = build_labelled_set(str(catalog), cache=a.cache)
@@ -118,7 +113,7 @@ def main() -> None:
                     # threshold-free validation measures: how near-ties between single engines were broken
                     "val_roc_auc": round(cal.val["roc_auc"], 4),
                     "val_pr_auc": round(cal.val["pr_auc"], 4),
-                    "val_log_loss": round(_log_loss(y_val, cal.p_val), 4),
+                    "val_log_loss": round(log_loss(y_val, cal.p_val), 4),
                     "test_macro_f1": round(t["macro"]["f1"], 4),
                     "test_merger_f1": round(t["merger"]["f1"], 4),
                     "test_roc_auc": round(t["roc_auc"], 4),

@@ -3,22 +3,22 @@ best ingredient?  A soup costs what one network costs, so it is a quarter-cost c
 
 Each ingredient and each soup asked for is scored on the **validation** split only (one view, fp32):
 the one temperature -> threshold -> summarise sequence of training, then macro F1, log loss and
-ROC-AUC.  Every float tensor (BN running statistics included) is the plain mean of the
+ROC-AUC.  Architecture, input size and pixel scale come from the runs' own ``train_config.json``
+(they must agree).  Every float tensor (BN running statistics included) is the plain mean of the
 ingredients'; integer buffers are the first ingredient's.  Test is not looked at: a soup that beat
 its ingredients on validation would then go through ``mergerscan calibrate`` like any candidate.
 
     .venv/bin/python benchmarks/eval_soups.py runs/A runs/B runs/C --soup A,B --soup A,B,C \
-        --arch efficientnet_lite0 --size 224 --cache .cache/mergerscan
+        --cache .cache/mergerscan
 Writes benchmarks/results/soups.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
-
-import numpy as np
 
 from _common import cpu_model, need, result_path, shared_data, write_result
 
@@ -34,8 +34,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+", help="training run directories (each with model.pt)")
     ap.add_argument("--soup", action="append", default=[], help="comma-separated run names to average")
-    ap.add_argument("--arch", default="efficientnet_lite0")
-    ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default=".cache/mergerscan")
     ap.add_argument("--out", default=str(result_path("soups.json")))
@@ -49,22 +47,26 @@ def main() -> None:
     from mergerscan.training.steps import _predict_logits
 
     torch.set_num_threads(a.threads)
+    shape_keys = ("arch", "input_size", "pixel_scale")
+    shapes = {tuple(json.loads((Path(r) / "train_config.json").read_text())[k] for k in shape_keys) for r in a.runs}
+    if len(shapes) != 1:
+        ap.error(f"the runs differ in {'/'.join(shape_keys)}: {sorted(shapes)}")
+    arch, input_size, pixel_scale = shapes.pop()
     data = build_labelled_set(str(need(shared_data("sdss-gz-mergers", "catalog.csv"))), cache=a.cache)
     va = data.indices("val")
     y = data.table["label"].to_numpy()[va]
-    spec = PreprocessSpec(stamp_pixels=data.stamps.shape[1], pixel_scale=0.396, input_size=a.size)
+    spec = PreprocessSpec(stamp_pixels=data.stamps.shape[1], pixel_scale=pixel_scale, input_size=input_size)
     states = {Path(r).name: torch.load(Path(r) / "model.pt", weights_only=True) for r in a.runs}
-    net = create_model(a.arch, init="random")
+    net = create_model(arch, init="random")
 
     def score(state: dict) -> dict:
         net.load_state_dict(state)
         z = _predict_logits(net, data.stamps[va], spec)
         p = ev.sigmoid(z / ev.fit_temperature(y, z))
         m = ev.summarize(y, p, ev.choose_threshold(y, p))
-        log_loss = float(-np.mean(y * np.log(p + 1e-12) + (1 - y) * np.log(1 - p + 1e-12)))
         return {
             "val_macro_f1": round(m["macro"]["f1"], 4),
-            "val_log_loss": round(log_loss, 4),
+            "val_log_loss": round(ev.log_loss(y, p), 4),
             "val_roc_auc": round(m["roc_auc"], 4),
         }
 
@@ -75,7 +77,7 @@ def main() -> None:
         rows.append(row)
         print(f"{row} ({time.time() - t0:.0f} s)", flush=True)
     write_result(
-        a.out, {"machine": cpu_model(), "threads": a.threads, "arch": a.arch, "input_size": a.size, "rows": rows}
+        a.out, {"machine": cpu_model(), "threads": a.threads, "arch": arch, "input_size": input_size, "rows": rows}
     )
 
 

@@ -103,14 +103,18 @@ def reliability(y, p, bins=10):
     return {"edges": edges.tolist(), "confidence": conf, "accuracy": acc, "count": count.tolist(), "ece": ece}
 
 
+def log_loss(y, p) -> float:
+    """Mean binary negative log-likelihood of labels ``y`` under probabilities ``p``."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    return float(-np.mean(y * np.log(p + 1e-12) + (1 - y) * np.log(1 - p + 1e-12)))
+
+
 def fit_temperature(y, logits) -> float:
     """Temperature T minimising the binary NLL of sigmoid(logit / T) (fitted on validation)."""
-    y = np.asarray(y, float)
     z = np.asarray(logits, float)
 
     def nll(t):
-        q = sigmoid(z / t)
-        return -np.mean(y * np.log(q + 1e-12) + (1 - y) * np.log(1 - q + 1e-12))
+        return log_loss(y, sigmoid(z / t))
 
     ts = np.exp(np.linspace(math.log(0.05), math.log(20), 400))
     best = ts[int(np.argmin([nll(t) for t in ts]))]
