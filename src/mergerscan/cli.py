@@ -150,7 +150,7 @@ def _calibrate_parser(sub):
         "default: the count with the best validation macro F1",
     )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--split-seed", "--seed", dest="seed", type=int, default=0, help="split seed (as training's)")
+    p.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=0, help="split seed (as training's)")
     p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image cache directory")
     p.add_argument("--limit-per-class", type=int, help="use a small subset (smoke tests)")
     p.add_argument("--results", help="also write the per-view summary (JSON) here")
@@ -181,7 +181,7 @@ def _calibrate(ap, a):
             views=a.views,
             threads=a.threads,
             cache=a.cache,
-            seed=a.seed,
+            split_seed=a.split_seed,
             limit_per_class=a.limit_per_class,
             eval_dir=a.eval_dir,
             default_views=a.default_views,

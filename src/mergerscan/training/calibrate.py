@@ -113,7 +113,7 @@ def calibrate_engine(
     views=tuple(VIEWS),
     threads: int = 2,
     cache: str | Path | None = None,
-    seed: int = 0,
+    split_seed: int = 0,
     limit_per_class: int | None = None,
     eval_dir: str | Path | None = None,
     default_views: int | None = None,
@@ -125,7 +125,7 @@ def calibrate_engine(
     if default_views is not None and default_views not in {int(v) for v in views}:  # before minutes of work
         raise ValueError(f"--default-views {default_views} is not among --views {' '.join(map(str, views))}")
     engine = load_engine(engine_path, threads=threads, views=1)
-    data = build_labelled_set(catalog, seed=seed, cache=cache, limit_per_class=limit_per_class)
+    data = build_labelled_set(catalog, seed=split_seed, cache=cache, limit_per_class=limit_per_class)
     t = data.table
     cals = calibrate_views(engine, data.stamps, t["label"].to_numpy(), t["split"].to_numpy(), views)
     updates = card_updates(cals, default_views)
