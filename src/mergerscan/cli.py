@@ -78,6 +78,12 @@ def _train_parser(sub):
         help="validate, keep and export an exponential moving average of the weights "
         "(decay per step, e.g. 0.998; default 0: off)",
     )
+    p.add_argument(
+        "--augment",
+        default="standard",
+        help="training augmentation: standard (rotation, flip, shift, scale 0.9-1.1, brightness) or survey "
+        "(wider shift and scale, plus seeing blur, per-band gain and sky noise)",
+    )
     return p
 
 

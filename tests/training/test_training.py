@@ -678,6 +678,58 @@ def test_loader_is_deterministic_and_matches_the_main_thread():
     assert len(a) == len(b0) and all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
     assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, run(True)))
     assert not torch.equal(a[0][0], run(True, epoch=1)[0][0])
+    survey = lambda threaded: [
+        x.clone()
+        for x, _ in BatchLoader(stamps, labels, b0, spec, 7, 0, 0, prefetch=2, threaded=threaded, augmentation="survey")
+    ]
+    s1, s2 = survey(True), survey(False)
+    assert all(torch.equal(p, q) for p, q in zip(s1, s2)) and not torch.equal(s1[0], a[0][0])
+
+
+def test_standard_augmentation_draws_what_it_always_drew():
+    """Runs trained before --augment resume and reproduce only if 'standard' consumes the
+    generator exactly as the original augment did: rotation, scale, flip (n each), shift (n, 2),
+    brightness (n); and survey adds draws after those, so it starts from the same geometry."""
+    from mergerscan.training.data import augment
+
+    x = torch.from_numpy(_tiny_stamps(n=6)[0])
+    g, ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    augment(x, g, "standard")
+    for shape in ((6,), (6,), (6,), (6, 2), (6, 1, 1, 1)):
+        torch.rand(*shape, generator=ref)
+    assert torch.equal(g.get_state(), ref.get_state())
+    g2 = torch.Generator().manual_seed(3)
+    augment(x, g2, "survey")
+    assert not torch.equal(g2.get_state(), ref.get_state())
+
+
+def test_survey_augmentation_is_seeded_bounded_and_perturbs_more():
+    from mergerscan.training.data import AUGMENTATIONS, _blur, augment
+
+    stamps = torch.from_numpy(_tiny_stamps(n=8)[0])
+    run = lambda how, seed=5: augment(stamps, torch.Generator().manual_seed(seed), how)
+    std, srv = run("standard"), run("survey")
+    assert srv.shape == std.shape == (8, 32, 32, 3) and float(srv.min()) >= 0 and float(srv.max()) <= 255
+    assert torch.equal(srv, run("survey")) and not torch.equal(srv, run("survey", seed=6))
+    assert not torch.allclose(srv, std)
+    assert AUGMENTATIONS["survey"].scale[0] < AUGMENTATIONS["standard"].scale[0]
+    # seeing: sigma 0 leaves an image as it was; a blur keeps the flux and lowers the pixel spread
+    img = stamps[:2].permute(0, 3, 1, 2).float()
+    out = _blur(img, torch.tensor([0.0, 1.2]))
+    assert torch.allclose(out[0], img[0], atol=1e-3)
+    assert abs(float(out[1].mean() - img[1].mean())) < 1.0 and float(out[1].std()) < 0.8 * float(img[1].std())
+
+
+def test_unknown_augmentation_is_a_one_line_error(tmp_path, capsys):
+    from mergerscan.cli import main
+
+    (tmp_path / "catalog.csv").write_text("id,ra,dec,label,image\n")
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--catalog", str(tmp_path / "catalog.csv"), "--out", str(tmp_path / "r"), "--augment", "heavy"])
+    err = capsys.readouterr().err
+    assert (
+        e.value.code == 2 and "--augment must be one of standard, survey" in err and len(err.strip().splitlines()) == 1
+    )
 
 
 def test_loader_error_is_one_line_and_early_exit_stops_the_thread():

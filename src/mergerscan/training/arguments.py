@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data import AUGMENTATIONS
 from .hardware import BF16_CHOICES
 from .models import ARCH_INFO, ARCHS
 
@@ -45,6 +46,7 @@ class TrainArguments:
     distill: str | None = None  # teacher engine file (or "default"): soft targets on train rows (distill.py)
     distill_weight: float = 0.5  # share of the teacher in the training target
     ema: float = 0.0  # decay of an exponential moving average of the weights per step (0: off)
+    augment: str = "standard"  # training augmentation preset (data.AUGMENTATIONS)
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
 
     def __post_init__(self):
@@ -66,6 +68,8 @@ class TrainArguments:
             raise ValueError("--stop-after-epochs must be >= 1")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError("--ema must be in [0, 1) (0: off)")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"--augment must be one of {', '.join(AUGMENTATIONS)}")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError("--distill-weight must be in [0, 1]")
 

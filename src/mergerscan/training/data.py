@@ -179,24 +179,75 @@ def build_labelled_set(
     return LabelledSet(t, stamps, h.hexdigest()[:16])
 
 
-def augment(stamps, generator, max_shift: float = 0.04, scale=(0.9, 1.1), brightness: float = 0.05):
-    """Random rotation (any angle), flip, small shift and scale, mild brightness, on a batch of
-    stamps (torch uint8/float (N, H, W, 3) in 0..255).  Reflection padding fills the corners."""
+@dataclass(frozen=True)
+class Augmentation:
+    """How far training images are perturbed.  ``standard`` is what every run before
+    ``--augment`` trained with; ``survey`` widens it with what changes between survey fields and
+    galaxies of one class: apparent size (distance), seeing, per-band calibration, sky noise."""
+
+    max_shift: float = 0.04  # of the stamp side
+    scale: tuple[float, float] = (0.9, 1.1)
+    brightness: float = 0.05  # all bands together, +-
+    band_gain: float = 0.0  # each band apart, +- (colour calibration)
+    seeing_sigma: float = 0.0  # extra Gaussian blur, up to this sigma in stamp pixels, on half the images
+    sky_noise: float = 0.0  # Gaussian noise, up to this sigma in 0..255 units, on half the images
+
+
+AUGMENTATIONS = {
+    "standard": Augmentation(),
+    # SDSS seeing is ~1.4" FWHM = sigma ~1.5 px at 0.396"/px: up to 1.2 px more is a poor night;
+    # 4 units is about the sky noise of the gri JPEG stamps' background
+    "survey": Augmentation(
+        max_shift=0.06, scale=(0.8, 1.25), brightness=0.1, band_gain=0.05, seeing_sigma=1.2, sky_noise=4.0
+    ),
+}
+
+
+def _blur(x, sigma):
+    """Separable Gaussian blur of (N, C, H, W) with one sigma per image (0: unchanged)."""
     import torch
     import torch.nn.functional as F
 
+    n, c, h, w = x.shape
+    r = 3  # 7 taps: 3 sigma of the largest blur used
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    k = torch.exp(-(t[None, :] ** 2) / (2 * sigma.clamp(min=1e-3)[:, None] ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (N*C, taps)
+    y = F.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="reflect")
+    y = F.conv2d(y, k[:, None, :, None], groups=n * c)
+    y = F.conv2d(y, k[:, None, None, :], groups=n * c)
+    return y.reshape(n, c, h, w)
+
+
+def augment(stamps, generator, how: Augmentation | str = "standard"):
+    """Random rotation (any angle), flip, shift and scale, brightness, and with ``survey`` also
+    seeing, per-band gain and sky noise, on a batch of stamps (torch uint8/float (N, H, W, 3) in
+    0..255).  Reflection padding fills the corners.  ``standard`` draws exactly the random numbers
+    it always did, so earlier runs resume and reproduce unchanged."""
+    import torch
+    import torch.nn.functional as F
+
+    a = AUGMENTATIONS[how] if isinstance(how, str) else how
     x = stamps.permute(0, 3, 1, 2).float()
     n = x.shape[0]
     u = lambda *s: torch.rand(*s, generator=generator)
     theta = u(n) * 2 * math.pi
-    s = scale[0] + u(n) * (scale[1] - scale[0])
+    s = a.scale[0] + u(n) * (a.scale[1] - a.scale[0])
     flip = torch.where(u(n) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(theta) / s, torch.sin(theta) / s
     A = torch.zeros(n, 2, 3)
     A[:, 0, 0], A[:, 0, 1] = cos * flip, -sin
     A[:, 1, 0], A[:, 1, 1] = sin * flip, cos
-    A[:, :, 2] = (u(n, 2) * 2 - 1) * max_shift * 2
+    A[:, :, 2] = (u(n, 2) * 2 - 1) * a.max_shift * 2
     grid = F.affine_grid(A, x.shape, align_corners=False)
     y = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    y = y * (1 + (u(n, 1, 1, 1) * 2 - 1) * brightness)
+    y = y * (1 + (u(n, 1, 1, 1) * 2 - 1) * a.brightness)
+    if a.seeing_sigma:
+        sigma = u(n) * a.seeing_sigma * (u(n) < 0.5)
+        y = _blur(y, sigma)
+    if a.band_gain:
+        y = y * (1 + (u(n, 3, 1, 1) * 2 - 1) * a.band_gain)
+    if a.sky_noise:
+        level = u(n, 1, 1, 1) * a.sky_noise * (u(n, 1, 1, 1) < 0.5)
+        y = y + torch.randn(y.shape, generator=generator) * level
     return y.clamp_(0, 255).permute(0, 2, 3, 1)

@@ -40,12 +40,18 @@ def epoch_batches(indices: np.ndarray, batch_size: int, seed: int, phase: int, e
 
 
 def make_batch(
-    stamps, labels: np.ndarray, idx: np.ndarray, spec: PreprocessSpec, seed: int, channels_last: bool = False
+    stamps,
+    labels: np.ndarray,
+    idx: np.ndarray,
+    spec: PreprocessSpec,
+    seed: int,
+    channels_last: bool = False,
+    augmentation: str = "standard",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augmented, preprocessed model input and float labels for the objects ``idx``."""
     gen = torch.Generator().manual_seed(seed)
     raw = torch.from_numpy(np.asarray(stamps[idx]))
-    x = torch.from_numpy(prepare_batch(augment(raw, gen).numpy(), spec))
+    x = torch.from_numpy(prepare_batch(augment(raw, gen, augmentation).numpy(), spec))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, torch.from_numpy(labels[idx].astype(np.float32))
@@ -73,10 +79,11 @@ class BatchLoader:
         prefetch: int = 2,
         channels_last: bool = False,
         threaded: bool = True,
+        augmentation: str = "standard",
     ):
         self.stamps, self.labels, self.batches, self.spec = stamps, np.asarray(labels), batches, spec
         self.seeds = [_seed(seed, phase, epoch, b + 1) for b in range(len(batches))]
-        self.channels_last, self.threaded = channels_last, threaded
+        self.channels_last, self.threaded, self.augmentation = channels_last, threaded, augmentation
         self.where = f"phase {phase} epoch {epoch + 1}"
         self._q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         self._stop = threading.Event()
@@ -85,7 +92,9 @@ class BatchLoader:
         return len(self.batches)
 
     def _make(self, b: int):
-        return make_batch(self.stamps, self.labels, self.batches[b], self.spec, self.seeds[b], self.channels_last)
+        return make_batch(
+            self.stamps, self.labels, self.batches[b], self.spec, self.seeds[b], self.channels_last, self.augmentation
+        )
 
     def _fail(self, b: int, exc: BaseException) -> LoaderError:
         msg = " ".join(str(exc).split()) or type(exc).__name__

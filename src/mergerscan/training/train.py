@@ -108,6 +108,7 @@ def _run_phase(ctx, pi: int, epochs: int, opt, st: dict) -> None:
             prefetch=args.prefetch,
             channels_last=ctx["bf16"],
             threaded=args.prefetch > 0,
+            augmentation=args.augment,
         )
         losses = []
         for x, y in loader:
@@ -346,6 +347,7 @@ def _finish(args, net, data, spec, splits, train_seconds, bf16, out: Path, disti
         "train_seconds": round(train_seconds, 1),
         "hardware": f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "training_precision": _precision_name(bf16),
+        "augmentation": args.augment,
         "mergerscan_version": __version__,
         "command": args.command,
         "labels": "Darg+2010 mergers vs Galaxy Zoo 1 non-interacting (SDSS DR7)",
