@@ -3,11 +3,10 @@ trains the added top with Adam on a frozen base, phase 2 unfreezes the last conv
 fine-tunes with SGD + momentum at a small learning rate.  Ends by evaluating on the test split
 (threshold and temperature fitted on validation) and exporting an engine file.
 
-Every epoch ends with a weights-only checkpoint (:mod:`.checkpoint`); ``run(args, resume=True)``
-(``mergerscan train --resume OUT``) continues a stopped run to the result an uninterrupted run
-gives.  Batches are prepared in a loader thread (:mod:`.loader`) while the model computes; on
-CPUs with native bf16 (AVX512-BF16 / AMX) the forward pass runs under bf16 autocast with
-channels_last tensors (``--bf16 auto|on|off``).
+Every epoch ends with a weights-only checkpoint (:mod:`.checkpoint`); ``--resume OUT`` continues
+a stopped run to the result an uninterrupted run gives.  Batches are prepared in a loader thread
+(:mod:`.loader`) while the model computes; on CPUs with native bf16 (AVX512-BF16 / AMX) the
+forward pass runs under bf16 autocast with channels_last tensors (``--bf16 auto|on|off``).
 """
 
 from __future__ import annotations
