@@ -205,7 +205,7 @@ AUGMENTATIONS = {
 
 
 def _blur(x, sigma):
-    """Separable Gaussian blur of (N, C, H, W) with one sigma per image (0: unchanged)."""
+    """Separable Gaussian blur of (N, C, H, W) with one sigma (> 0) per image."""
     import torch
     import torch.nn.functional as F
 
@@ -245,7 +245,8 @@ def augment(stamps, generator, how: Augmentation | str = "standard"):
     y = y * (1 + (u(n, 1, 1, 1) * 2 - 1) * a.brightness)
     if a.seeing_sigma:
         sigma = u(n) * a.seeing_sigma * (u(n) < 0.5)
-        y = _blur(y, sigma)
+        if (seen := sigma > 0).any():  # the unblurred half skips the convolution (a delta kernel)
+            y[seen] = _blur(y[seen], sigma[seen])
     if a.band_gain:
         y = y * (1 + (u(n, 3, 1, 1) * 2 - 1) * a.band_gain)
     if a.sky_noise:
