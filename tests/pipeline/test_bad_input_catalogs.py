@@ -46,6 +46,7 @@ Cases (one line each):
 40. ``redact_url`` on URL forms (userinfo, secret-named params, no credentials, non-URLs)
 41. kept ``Z`` and ``z`` (case-only twins): the second is ``in_z`` in Parquet and FITS, both exact
 42. a kept nullable int column and a nullable bool column: FITS equals Parquet (TNULL, False)
+43. a header naming two columns alike (CSV, Parquet, FITS): one-line error naming both, nothing written
 """
 
 from __future__ import annotations
@@ -713,3 +714,39 @@ def test_redact_url_forms():
         == "https://skyserver.sdss.org/dr17/ImgCutout/getjpeg"
     )
     assert redact_url("/data/stamps") == "/data/stamps"
+
+
+# ---------------------------------------------------------------- 43: a column name twice in the header
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "fits"])
+def test_a_column_name_twice_is_a_one_line_error(field, cheap_cli, tmp_path, capsys, fmt):
+    """Readers would take one of the two silently (pandas renames the second 'ra.1'), so ra could
+    come from the wrong column: refused before anything is written.  Blank CSV headers may repeat."""
+    ra, dec = positions()
+    path = tmp_path / f"dup.{fmt}"
+    if fmt == "csv":
+        body = "".join(f"{i},{r},{d},{r / 15},\n" for i, r, d in zip(range(1, 13), ra, dec))
+        path.write_text(",".join(["objid", "ra", "dec", "ra", ""]) + "\n" + body)
+    elif fmt == "parquet":
+        arrays = [pa.array(np.arange(1, 13)), pa.array(ra), pa.array(dec), pa.array(ra / 15)]
+        pq.write_table(pa.Table.from_arrays(arrays, names=["objid", "ra", "dec", "ra"]), path)
+    else:  # numpy cannot name two fields alike: write 'rb' and rename it in the header bytes
+        a = np.zeros(12, dtype=[("objid", "i8"), ("ra", "f8"), ("dec", "f8"), ("rb", "f8")])
+        a["objid"], a["ra"], a["dec"], a["rb"] = np.arange(1, 13), ra, dec, ra / 15
+        fitsio.write(str(path), a)
+        raw = path.read_bytes()
+        assert raw.count(b"'rb      '") == 1
+        path.write_bytes(raw.replace(b"'rb      '", b"'ra      '"))
+    out = tmp_path / "out"
+    rc, _, err = cheap_cli(path, "--images", field / "stamps", "-o", out, capsys=capsys)
+    assert rc == 2
+    one_line(err, f"dup.{fmt}", "'ra'", "columns 2 and 4")
+    assert not out.exists()
+
+
+def test_blank_csv_header_names_may_repeat(field, cheap_cli, tmp_path, capsys):
+    ra, dec = positions()
+    body = "".join(f"{i},{r},{d},x,y\n" for i, r, d in zip(range(1, 13), ra, dec))
+    (tmp_path / "blank.csv").write_text("objid,ra,dec,,\n" + body)
+    rc, _, err = cheap_cli(tmp_path / "blank.csv", "--images", field / "stamps", "-o", tmp_path / "out", capsys=capsys)
+    assert rc == 0, err
+    assert read_parquet(tmp_path / "out")["objid"].tolist() == list(range(1, 13))

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path
-from .read import CatalogError
+from .read import CatalogError, refuse_duplicate_names
 
 DATASET = "dataset"
 BAD_COORDS = "bad_coords"
@@ -138,6 +138,7 @@ class HatsInput:
             ) from None
         self.pixels.sort(key=lambda op: op[1] << (2 * (29 - op[0])))  # spatial (nested) order
         self.columns = [c for c in schema.names if not c.startswith("__")]  # pandas index columns left out
+        refuse_duplicate_names(self.path, self.columns)
         self.ra_column, self.dec_column = info.ra_column, info.dec_column
         self.healpix_column = info.healpix_column if info.healpix_column in self.columns else None
         self.rows = self._row_counts()

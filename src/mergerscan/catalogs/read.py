@@ -18,6 +18,22 @@ class CatalogError(ValueError):
     """A problem with an input catalog; the message is one line naming the file (and column/row)."""
 
 
+def refuse_duplicate_names(path: str | Path, names: list[str]) -> None:
+    """A header that names two columns alike is refused: readers would silently take one of them
+    (pandas renames the second ``x.1``), so an id or ra could come from the wrong column, and
+    the output could not carry both under one name."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names, 1):
+        if not str(name).strip():  # blank CSV headers: pandas names them apart ("Unnamed: 3")
+            continue
+        if str(name) in seen:
+            raise CatalogError(
+                f"{path}: column name {str(name)!r} appears twice (columns {seen[str(name)]} and {i}); "
+                "rename one so every column name is unique"
+            )
+        seen[str(name)] = i
+
+
 def catalog_format(path: str | Path) -> str:
     name = str(path).lower()
     for suffix, fmt in (
@@ -81,6 +97,7 @@ class CatalogReader:
             self._ext = ext
             hdu = self._fits[ext]
             self.columns = list(hdu.get_colnames())
+            refuse_duplicate_names(self.path, self.columns)
             self.nrows = int(hdu.get_nrows())
             # touch the last row so a truncated file fails here, not deep inside a worker
             if self.nrows:
@@ -98,6 +115,7 @@ class CatalogReader:
             else:
                 self.columns = list(self._pq.schema_arrow.names)
                 self.nrows = int(self._pq.metadata.num_rows)
+            refuse_duplicate_names(self.path, self.columns)
         else:
             head = pd.read_csv(
                 self.path,
@@ -106,7 +124,14 @@ class CatalogReader:
                 engine="python" if str(self.path).endswith(".tsv") else "c",
             )
             self.columns = list(head.columns)
+            # the header as written: pandas has already renamed a repeated name ("x" -> "x.1")
+            refuse_duplicate_names(self.path, self._csv_header())
             self.nrows = sum(len(c) for c in self._csv_chunks(usecols=self.columns[:1]))
+
+    def _csv_header(self) -> list[str]:
+        sep = "\t" if str(self.path).endswith(".tsv") else ","
+        row = pd.read_csv(self.path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+        return [str(v) for v in row.iloc[0]]
 
     def _csv_chunks(self, usecols=None, dtype=None):
         sep = "\t" if str(self.path).endswith(".tsv") else ","
