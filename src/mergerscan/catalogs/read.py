@@ -128,17 +128,19 @@ class CatalogReader:
             refuse_duplicate_names(self.path, self._csv_header())
             self.nrows = sum(len(c) for c in self._csv_chunks(usecols=self.columns[:1]))
 
+    @property
+    def _csv_sep(self) -> str:
+        return "\t" if str(self.path).endswith(".tsv") else ","
+
     def _csv_header(self) -> list[str]:
-        sep = "\t" if str(self.path).endswith(".tsv") else ","
-        row = pd.read_csv(self.path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+        row = pd.read_csv(self.path, sep=self._csv_sep, header=None, nrows=1, dtype=str, keep_default_na=False)
         return [str(v) for v in row.iloc[0]]
 
     def _csv_chunks(self, usecols=None, dtype=None):
-        sep = "\t" if str(self.path).endswith(".tsv") else ","
         if self.text_columns and dtype is None:
             dtype = {c: str for c in self.text_columns if usecols is None or c in usecols}
         return pd.read_csv(
-            self.path, sep=sep, usecols=usecols, chunksize=self.chunk_rows, dtype=dtype, low_memory=False
+            self.path, sep=self._csv_sep, usecols=usecols, chunksize=self.chunk_rows, dtype=dtype, low_memory=False
         )
 
     # ---- reading
