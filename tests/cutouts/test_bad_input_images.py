@@ -2,7 +2,7 @@
 through ``python -m mergerscan.pipeline.cli`` as a user meets them, with images, frames and an
 HTTP server (127.0.0.1) the tests make themselves.
 
-Bad-input cases (one a line; 46 in all):
+Bad-input cases (one a line; 49 in all):
  1. all-NaN float FITS stamp -> blank_image
  2. half-NaN float FITS stamp -> blank_image
  3. float FITS stamp with 2 % NaN -> scored (NaN -> 0), the rule's other side
@@ -49,6 +49,9 @@ Bad-input cases (one a line; 46 in all):
 44. re-run after the service came back: fetch_failed rows are retried and scored
 45. --service-timeout 0 / --service-retries -1 -> one-line error, exit 2
 46. --service-total-timeout -5 -> one-line error, exit 2
+47. RGBA PNG, every pixel opaque -> scored as RGB: the same score as the RGB PNG of the same pixels
+48. palette PNG (no transparency) -> scored as RGB: the same score as the RGB PNG of its colours
+49. RGBA PNG with transparent pixels -> bad_image
 """
 
 from __future__ import annotations
@@ -121,6 +124,12 @@ def jpeg(a: np.ndarray, quality: int = 90, mode: str = "RGB") -> bytes:
 def png(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _save_png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -256,6 +265,15 @@ def hostile_stamps(tmp_path_factory):
     want["u16"] = "bad_image"
     put("wide", "wide.png", png(galaxy(7)[:, :200]), "bad_image")
     put("greyjpeg", "greyjpeg.jpg", jpeg(galaxy(8), mode="L"), "bad_image")
+    opaque = np.dstack([galaxy(12), np.full((S, S), 255, np.uint8)])
+    put("png_rgb", "png_rgb.png", png(galaxy(12)), "ok")
+    put("png_rgba", "png_rgba.png", png(opaque), "ok")
+    palette = Image.fromarray(galaxy(13)).quantize(64)
+    put("png_palette", "png_palette.png", _save_png(palette), "ok")
+    put("png_palette_rgb", "png_palette_rgb.png", png(np.asarray(palette.convert("RGB"))), "ok")
+    see_through = opaque.copy()
+    see_through[:40, :40, 3] = 0
+    put("png_transparent", "png_transparent.png", png(see_through), "bad_image")
     write_fits(img / "rgba.fits", np.zeros((S, S, 4), np.uint8) + 9)
     want["rgba"] = "bad_image"
     # resource bombs: headers that declare far more than the file holds
@@ -302,6 +320,9 @@ def test_degenerate_and_hostile_stamps_are_flagged(hostile_stamps, tmp_path, fas
     assert {k: v[0] for k, v in got.items()} == want
     # the float-FITS rule: 0..1 scaled x255 and 0..255 as is give exactly the uint8 stamp's score
     assert got["f01"][1] == got["u8"][1] == got["f255"][1]
+    # opaque RGBA and palette PNGs are their RGB pixels, exactly
+    assert got["png_rgba"][1] == got["png_rgb"][1]
+    assert got["png_palette"][1] == got["png_palette_rgb"][1]
     for k, (st, p) in got.items():
         assert np.isnan(p) == (st not in ("ok", "edge")), k
     s = summary(out)

@@ -7,7 +7,8 @@ A row's file is ``rows['path']`` when that column exists and the value is a non-
 * Only regular files are opened (a FIFO or device named like a stamp is ``bad_image``, never
   read), and none over 32 MiB; sizes are checked from the header before decoding (see
   :mod:`mergerscan.cutouts.quality`).
-* JPEG/PNG are decoded with PIL and must be RGB.  A JPEG must end with its EOI marker and a PNG
+* JPEG/PNG are decoded with PIL and must be RGB, or RGBA / palette with every pixel opaque
+  (used as RGB, exactly; a transparent pixel is ``bad_image``).  A JPEG must end with its EOI marker and a PNG
   with its IEND chunk, so truncated files fail even where PIL's ``LOAD_TRUNCATED_IMAGES`` is set.
 * FITS (``.fits``, ``.fit``, ``.fits.fz``, ``.fits.gz``): the first HDU with a 3-d image (a
   tile-compressed one included), a ``(3, H, W)`` or ``(H, W, 3)`` cube in R, G, B order whose
@@ -92,6 +93,15 @@ def _read_fits(path: Path, stamp_pixels: int) -> np.ndarray:
     return np.ascontiguousarray(display_values(a))
 
 
+def _opaque_rgb(im: Image.Image) -> np.ndarray:
+    """An RGBA or palette image (exported PNGs often are) as RGB, exactly, when every pixel is
+    opaque; a transparent pixel hides the colour the stamp needs there, so that image is refused."""
+    rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
+    if (rgba[..., 3] < 255).any():
+        raise _bad(f"mode {im.mode} with transparent pixels")
+    return np.ascontiguousarray(rgba[..., :3])
+
+
 def _read_raster(path: Path, stamp_pixels: int) -> np.ndarray:
     body = read_regular(path, MAX_FILE_BYTES)
     end = body.rstrip(b"\0\r\n ")
@@ -106,6 +116,8 @@ def _read_raster(path: Path, stamp_pixels: int) -> np.ndarray:
     except Exception as e:  # not an image PIL knows
         raise _bad(f"not a readable image ({type(e).__name__})") from None
     check_size(*im.size, stamp_pixels)  # header only: checked before decoding
+    if im.mode in ("RGBA", "P"):
+        return _opaque_rgb(im)
     if im.mode != "RGB":
         raise _bad(f"mode {im.mode}, not RGB")
     if im.format == "JPEG" and (a := check_jpeg(body)) is not None:
