@@ -37,7 +37,8 @@ Bad-input cases (one a line; 49 in all):
 32. frame whose data are all NaN -> blank_image
 33. cutout service unreachable (127.0.0.1, port closed) -> fetch_failed with "connection refused by ...", exit 3
 34. cutout service that answers slowly with 503s -> the row's total time limit ends its retries
-35. cutout service sending an 8x8 JPEG -> small_image
+35. cutout service sending an 8x8 JPEG -> small_image (and in the same run: an opaque RGBA PNG -> scored;
+    a half-transparent one -> bad_image)
 36. cutout service sending a JPEG cut short with its end marker -> bad_image
 37. cutout service sending an all-black JPEG -> blank_image
 38. wrong --id-column: every image missing -> exit 3, no_image example and a hint naming the id column
@@ -553,8 +554,10 @@ def test_service_down_then_back(tmp_path, fast):
     bodies = {
         round(ras[1], 4): jpeg(galaxy(41, 8)),  # 8x8
         round(ras[2], 4): cut(jpeg(galaxy(42)), 1 / 3),  # cut short, EOI kept
-        round(ras[3], 4): jpeg(np.zeros((S, S, 3), np.uint8)),
-    }  # black
+        round(ras[3], 4): jpeg(np.zeros((S, S, 3), np.uint8)),  # black
+        round(ras[4], 4): png(np.dstack([galaxy(43), np.full((S, S), 255, np.uint8)])),  # opaque RGBA
+        round(ras[5], 4): png(np.dstack([galaxy(44), np.full((S, S), 128, np.uint8)])),  # half transparent
+    }
     srv = _serve(port, bodies=bodies)  # the service comes back
     try:
         r = cli(*argv)
@@ -570,7 +573,7 @@ def test_service_down_then_back(tmp_path, fast):
         "s2": "bad_image",
         "s3": "blank_image",
         "s4": "ok",
-        "s5": "ok",
+        "s5": "bad_image",
         "s6": "ok",
         "s7": "ok",
     }

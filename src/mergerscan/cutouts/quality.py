@@ -99,6 +99,18 @@ def check_size(width: int, height: int, stamp_pixels: int) -> None:
         raise ImageRejected("small_image", f"{width}x{height} px (at least {lo} a side)")
 
 
+OPAQUE_MODES = ("RGBA", "P")  # PIL modes used as RGB when every pixel is opaque (exported PNGs)
+
+
+def opaque_rgb(im) -> np.ndarray:
+    """An RGBA or palette PIL image as its RGB pixels, exactly, when every pixel is opaque; a
+    transparent pixel hides the colour the stamp needs there: ``bad_image``."""
+    rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
+    if (rgba[..., 3] < 255).any():
+        raise ImageRejected("bad_image", f"mode {im.mode} with transparent pixels")
+    return np.ascontiguousarray(rgba[..., :3])
+
+
 def display_values(a: np.ndarray) -> np.ndarray:
     """FITS pixels of any dtype -> uint8 display values, by the rule in the module docstring."""
     if a.dtype == np.uint8:

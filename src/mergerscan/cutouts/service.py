@@ -54,7 +54,7 @@ from PIL import Image
 
 from .base import SourceBase, SourceOptions, empty_stamps
 from .preprocess import PreprocessSpec
-from .quality import ImageRejected, check_jpeg, check_pixels, check_size
+from .quality import OPAQUE_MODES, ImageRejected, check_jpeg, check_pixels, check_size, opaque_rgb
 from .service_http import (
     BACKOFF_MAX,
     CHUNK,
@@ -365,14 +365,16 @@ class ServiceSource(SourceBase):
         try:
             with Image.open(io.BytesIO(body)) as im:
                 w, h = im.size  # header only: checked before decoding pixels
-                if im.mode != "RGB" or w != h:
+                if im.mode not in ("RGB", *OPAQUE_MODES) or w != h:
                     raise Fail("bad_image", detail=f"{where} sent a {w}x{h} {im.mode} image, not a square RGB one")
                 check_size(w, h, s)  # small_image / image_too_large: ImageRejected
                 if im.format == "JPEG" and not body.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
                     raise Fail("bad_body", detail=f"{where} sent a truncated JPEG")  # also if LOAD_TRUNCATED_IMAGES
                 # corrupt / cut-short JPEG data: ImageRejected bad_image; else decoded once, here
                 arr = check_jpeg(body) if im.format == "JPEG" else None
-                if arr is None:
+                if arr is None and im.mode in OPAQUE_MODES:
+                    arr = opaque_rgb(im)  # transparent pixels: ImageRejected bad_image
+                elif arr is None:
                     im.load()
                     arr = np.asarray(im, dtype=np.uint8)
                 check_pixels(arr)  # blank / JPEG grey fill, at its own size

@@ -47,11 +47,13 @@ from .base import SourceBase, SourceOptions, empty_stamps
 from .preprocess import PreprocessSpec
 from .quality import (
     MAX_FILE_BYTES,
+    OPAQUE_MODES,
     ImageRejected,
     check_jpeg,
     check_pixels,
     check_size,
     display_values,
+    opaque_rgb,
     open_regular,
     read_regular,
 )
@@ -93,15 +95,6 @@ def _read_fits(path: Path, stamp_pixels: int) -> np.ndarray:
     return np.ascontiguousarray(display_values(a))
 
 
-def _opaque_rgb(im: Image.Image) -> np.ndarray:
-    """An RGBA or palette image (exported PNGs often are) as RGB, exactly, when every pixel is
-    opaque; a transparent pixel hides the colour the stamp needs there, so that image is refused."""
-    rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
-    if (rgba[..., 3] < 255).any():
-        raise _bad(f"mode {im.mode} with transparent pixels")
-    return np.ascontiguousarray(rgba[..., :3])
-
-
 def _read_raster(path: Path, stamp_pixels: int) -> np.ndarray:
     body = read_regular(path, MAX_FILE_BYTES)
     end = body.rstrip(b"\0\r\n ")
@@ -116,8 +109,8 @@ def _read_raster(path: Path, stamp_pixels: int) -> np.ndarray:
     except Exception as e:  # not an image PIL knows
         raise _bad(f"not a readable image ({type(e).__name__})") from None
     check_size(*im.size, stamp_pixels)  # header only: checked before decoding
-    if im.mode in ("RGBA", "P"):
-        return _opaque_rgb(im)
+    if im.mode in OPAQUE_MODES:
+        return opaque_rgb(im)
     if im.mode != "RGB":
         raise _bad(f"mode {im.mode}, not RGB")
     if im.format == "JPEG" and (a := check_jpeg(body)) is not None:
