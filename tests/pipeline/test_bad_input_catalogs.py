@@ -47,6 +47,7 @@ Cases (one line each):
 41. kept ``Z`` and ``z`` (case-only twins): the second is ``in_z`` in Parquet and FITS, both exact
 42. a kept nullable int column and a nullable bool column: FITS equals Parquet (TNULL, False)
 43. a header naming two columns alike (CSV, Parquet, FITS): one-line error naming both, nothing written
+44. a CSV written with ", " (columns " ra", " objid"): found by their names, ids exact, kept column carried
 """
 
 from __future__ import annotations
@@ -750,3 +751,19 @@ def test_blank_csv_header_names_may_repeat(field, cheap_cli, tmp_path, capsys):
     rc, _, err = cheap_cli(tmp_path / "blank.csv", "--images", field / "stamps", "-o", tmp_path / "out", capsys=capsys)
     assert rc == 0, err
     assert read_parquet(tmp_path / "out")["objid"].tolist() == list(range(1, 13))
+
+
+# ---------------------------------------------------------------- 44: a CSV written with ", "
+def test_csv_with_blanks_after_the_commas(field, cheap_cli, tmp_path, capsys):
+    ra, dec = positions()
+    rows = "".join(f"{r}, {i}, {d}, {i * 0.5}\n" for i, r, d in zip(range(1, 13), ra, dec))
+    (tmp_path / "spaced.csv").write_text("ra, objid, dec, mag\n" + rows)
+    out = tmp_path / "out"
+    rc, _, err = cheap_cli(
+        tmp_path / "spaced.csv", "--images", field / "stamps", "-o", out, "--keep-columns", "mag", capsys=capsys
+    )
+    assert rc == 0, err
+    got = read_parquet(out)
+    assert got["objid"].tolist() == list(range(1, 13)) and got["objid"].dtype == np.int64
+    assert got[" mag"].tolist() == [i * 0.5 for i in range(1, 13)]  # carried under the file's own spelling
+    assert (got["status"] == "ok").all()

@@ -1,8 +1,8 @@
 """Finding a column by the name a user gave: the one case-insensitive lookup every room uses.
 
 FITS column names are case-insensitive and catalogs spell the same column ``objID``, ``OBJID``
-or ``objid``, so a name matches its exact spelling first, else the one column equal to it in
-any case.  Two columns equal to it in case only (``Zz`` and ``zZ`` for ``zz``) and neither
+or ``objid`` (or `` objid`` in a CSV written with ", "), so a name matches its exact spelling
+first, else the one column equal to it in any case, blanks around it ignored.  Two columns equal to it in case only (``Zz`` and ``zZ`` for ``zz``) and neither
 exact: the name is ambiguous, never silently the first or the last of them.
 """
 
@@ -24,19 +24,22 @@ class AmbiguousColumn(CatalogError):
 
 def find_column(columns: Iterable[str], name: str) -> str | None:
     """The column called ``name`` in the file's spelling: the exact spelling, else the one
-    case-insensitive match; None when there is none; :class:`AmbiguousColumn` when there are several."""
+    case-insensitive match (blanks around names ignored); None when there is none; :class:`AmbiguousColumn` when there are several."""
     available = [str(c) for c in columns]
     if name in available:
         return name
-    hits = [c for c in available if c.lower() == name.lower()]
+    # blanks around a name are padding (a CSV written "objid, ra, dec" has a column " ra")
+    hits = [c for c in available if c.strip().lower() == name.strip().lower()]
     if len(hits) > 1:
         raise AmbiguousColumn(name, hits)
     return hits[0] if hits else None
 
 
 def brief(columns: list[str], n: int = 12) -> str:
-    """The first ``n`` column names for an error message."""
-    return ", ".join(columns[:n]) + (f", ... ({len(columns)} in all)" if len(columns) > n else "")
+    """The first ``n`` column names for an error message (quoted where blanks pad them)."""
+    return ", ".join(c if c == c.strip() else repr(c) for c in map(str, columns[:n])) + (
+        f", ... ({len(columns)} in all)" if len(columns) > n else ""
+    )
 
 
 def require_column(columns: Iterable[str], name: str, path: str | Path, flag: str) -> str:
