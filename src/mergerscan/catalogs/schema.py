@@ -146,12 +146,13 @@ def output_names(carried: list[str]) -> dict[str, str]:
     equals, in any case, an output column's name (``P_MERGER``, ``Status``, ``RA``...) or an earlier
     kept column's output name (``z`` after ``Z``) gets the prefix ``in_``, repeated until it collides
     with nothing (``in_status`` kept too -> ``in_in_status``).  Output names are therefore unique
-    case-insensitively, as FITS needs."""
+    case-insensitively, as FITS needs.  Blanks around a name are padding (a CSV written with ", "):
+    `` mag`` is carried as ``mag``."""
     taken = {r.lower() for r in OUTPUT_NAMES}
-    plain = {str(c).lower() for c in carried}
+    plain = {(str(c).strip() or str(c)).lower() for c in carried}
     out = {}
     for c in carried:
-        name = str(c)
+        name = str(c).strip() or str(c)
         if name.lower() in taken:
             name = "in_" + name
             while name.lower() in taken or name.lower() in plain:
