@@ -2,8 +2,9 @@
 
 FITS column names are case-insensitive and catalogs spell the same column ``objID``, ``OBJID``
 or ``objid`` (or `` objid`` in a CSV written with ", "), so a name matches its exact spelling
-first, else the one column equal to it in any case, blanks around it ignored.  Two columns equal to it in case only (``Zz`` and ``zZ`` for ``zz``) and neither
-exact: the name is ambiguous, never silently the first or the last of them.
+first, else the one column equal to it in any case, blanks around it ignored.  Two columns
+equal to it in case only (``Zz`` and ``zZ`` for ``zz``) and neither exact: the name is
+ambiguous, never silently the first or the last of them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ class AmbiguousColumn(CatalogError):
 
 def find_column(columns: Iterable[str], name: str) -> str | None:
     """The column called ``name`` in the file's spelling: the exact spelling, else the one
-    case-insensitive match (blanks around names ignored); None when there is none; :class:`AmbiguousColumn` when there are several."""
+    case-insensitive match (blanks around names ignored); None when there is none;
+    :class:`AmbiguousColumn` when there are several."""
     available = [str(c) for c in columns]
     if name in available:
         return name

@@ -21,8 +21,8 @@ STATUS = {
     "to be a file name (> 255 bytes)",
     "bad_image": "the image exists but cannot be decoded, is damaged (any libjpeg-turbo warning: corrupt data, a "
     "zeroed block, data cut short even with the end marker kept; or flat grey-128 fill), is not a "
-    "square RGB image (an RGBA or palette PNG counts as RGB when every pixel is opaque), is not a regular file (FIFO, device, directory), or holds no display values "
-    "(FITS outside 0..255)",
+    "square RGB image (an RGBA or palette PNG counts as RGB when every pixel is opaque), is not a "
+    "regular file (FIFO, device, directory), or holds no display values (FITS outside 0..255)",
     "small_image": "the image is smaller than a quarter of the stamp a side (64 px for 256 px stamps): upsampling "
     "would invent the galaxy",
     "image_too_large": "the image header declares more than 4x the stamp a side (1024 px), or the file is over "

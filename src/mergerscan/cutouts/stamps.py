@@ -8,8 +8,9 @@ A row's file is ``rows['path']`` when that column exists and the value is a non-
   read), and none over 32 MiB; sizes are checked from the header before decoding (see
   :mod:`mergerscan.cutouts.quality`).
 * JPEG/PNG are decoded with PIL and must be RGB, or RGBA / palette with every pixel opaque
-  (used as RGB, exactly; a transparent pixel is ``bad_image``).  A JPEG must end with its EOI marker and a PNG
-  with its IEND chunk, so truncated files fail even where PIL's ``LOAD_TRUNCATED_IMAGES`` is set.
+  (used as RGB, exactly; a transparent pixel is ``bad_image``).  A JPEG must end with its EOI
+  marker and a PNG with its IEND chunk, so truncated files fail even where PIL's
+  ``LOAD_TRUNCATED_IMAGES`` is set.
 * FITS (``.fits``, ``.fit``, ``.fits.fz``, ``.fits.gz``): the first HDU with a 3-d image (a
   tile-compressed one included), a ``(3, H, W)`` or ``(H, W, 3)`` cube in R, G, B order whose
   array row 0 is the top (north) row, as in a JPEG (no flip: FITS viewers would show it upside
