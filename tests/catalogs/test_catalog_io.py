@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import shutil
 import subprocess
@@ -119,7 +120,11 @@ def test_read_fits_parquet_csv_row_ranges(tmp_path, table):
     pq.write_table(pa.Table.from_pandas(table), tmp_path / "c.parquet", row_group_size=128)
     assert pq.ParquetFile(tmp_path / "c.parquet").metadata.num_row_groups == 8
     table.to_csv(tmp_path / "c.csv", index=False, float_format="%.17g")
-    for name in ("c.fits", "c.parquet", "c.csv"):
+    table.to_csv(tmp_path / "c.tsv.gz", index=False, sep="\t", float_format="%.17g")  # pandas gzips by suffix
+    for name in ("c.fits", "c.fit.gz", "c.fts.gz"):
+        if name != "c.fits":
+            (tmp_path / name).write_bytes(gzip.compress((tmp_path / "c.fits").read_bytes()))
+    for name in ("c.fits", "c.fit.gz", "c.fts.gz", "c.parquet", "c.csv", "c.tsv.gz"):
         _check_ranges(tmp_path / name, table)
     assert CatalogReader(tmp_path / "c.fits").read_rows(7, 8)["objID"].iloc[0] == BIG
 

@@ -40,12 +40,15 @@ def catalog_format(path: str | Path) -> str:
         (".fits", "fits"),
         (".fit", "fits"),
         (".fits.gz", "fits"),
+        (".fit.gz", "fits"),
         (".fts", "fits"),
+        (".fts.gz", "fits"),
         (".parquet", "parquet"),
         (".pq", "parquet"),
         (".csv", "csv"),
         (".csv.gz", "csv"),
         (".tsv", "csv"),
+        (".tsv.gz", "csv"),
     ):
         if name.endswith(suffix):
             return fmt
@@ -120,8 +123,8 @@ class CatalogReader:
             head = pd.read_csv(
                 self.path,
                 nrows=5,
-                sep=None if str(self.path).endswith(".tsv") else ",",
-                engine="python" if str(self.path).endswith(".tsv") else "c",
+                sep=None if self._csv_sep == "\t" else ",",
+                engine="python" if self._csv_sep == "\t" else "c",
             )
             self.columns = list(head.columns)
             # the header as written: pandas has already renamed a repeated name ("x" -> "x.1")
@@ -130,7 +133,7 @@ class CatalogReader:
 
     @property
     def _csv_sep(self) -> str:
-        return "\t" if str(self.path).endswith(".tsv") else ","
+        return "\t" if str(self.path).lower().endswith((".tsv", ".tsv.gz")) else ","
 
     def _csv_header(self) -> list[str]:
         row = pd.read_csv(self.path, sep=self._csv_sep, header=None, nrows=1, dtype=str, keep_default_na=False)

@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Score every galaxy in a catalog for being a merger.",
     )
-    p.add_argument("catalog", help="input catalog: FITS binary table, Parquet, CSV or a HATS catalog directory")
+    p.add_argument(
+        "catalog",
+        help="input catalog: FITS binary table (.fits/.fit/.fts, gzipped too), Parquet, CSV/TSV (gzipped too) or a HATS catalog directory",
+    )
     p.add_argument("-o", "--output", help="output directory (default: <catalog stem>-mergers)")
     src = p.add_argument_group(
         "image source (at most one; none: $MERGERSCAN_DEFAULT_SOURCE, "
