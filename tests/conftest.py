@@ -70,7 +70,7 @@ def cheap_engine(tmp_path_factory) -> Path:
     """A tiny but real engine file (two convolutions, 32 px input, 1 view, random weights) exported
     through the package's own path (``training.export.export_onnx``: ONNX + spec + card in the
     metadata, the default engine's format).  ~1 ms a stamp on one CPU thread where the packaged
-    engine takes ~75 ms (4 views at 224 px), so tests whose subject is not the model's quality
+    engine takes ~75 ms at 4 views (224 px; one view, its default, ~4x less), so tests whose subject is not the model's quality
     (row accounting, statuses, resume, bad input, layouts) pass ``--engine`` / ``engine=`` this
     file.  Its scores depend on the image, so score-equality checks between runs stay meaningful.
     Built once per session (~10 s, mostly the exporter), under the session's temporary directory.

@@ -58,7 +58,7 @@ def test_images_all_shared_objects(gz_fits, gz_dir, dask_client, tmp_path):
             progress=False,
             keep_columns=["is_merger", "path", "redshift"],
             partition_rows=2000,
-            # one view, the card's calibrated 1-view operating point (val macro F1 0.965): this test is
+            # one view, the card's calibrated 1-view operating point (the default's own): this test is
             # about every shared object scored at survey scale; 4 views cost 4x
             views=1,
             command="test",
