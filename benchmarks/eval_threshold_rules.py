@@ -33,13 +33,6 @@ def macro_f1_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return ss, f1
 
 
-def macro_f1(y: np.ndarray, s: np.ndarray, t: float) -> float:
-    yhat = s >= t
-    tp, fp = np.sum(yhat & (y == 1)), np.sum(yhat & (y == 0))
-    fn, tn = np.sum(~yhat & (y == 1)), np.sum(~yhat & (y == 0))
-    return float((2 * tp / (2 * tp + fp + fn) + 2 * tn / (2 * tn + fn + fp)) / 2)
-
-
 def argmax_rule(y, s, rng):
     ss, f1 = macro_f1_curve(y, s)
     return ss[int(np.argmax(f1))]
@@ -69,6 +62,7 @@ def main() -> None:
     from mergerscan.engines import default_engine_path
     from mergerscan.training.calibrate import mean_of_views
     from mergerscan.training.data import build_labelled_set
+    from mergerscan.training.evaluate import per_class
 
     data = build_labelled_set(str(need(shared_data("sdss-gz-mergers", "catalog.csv"))), cache=a.cache)
     y = data.table["label"].to_numpy()[data.indices("val")].astype(int)
@@ -86,7 +80,8 @@ def main() -> None:
                     half[rng.choice(idx, len(idx) // 2, replace=False)] = True
                 for pick, score in ((half, ~half), (~half, half)):
                     for name, rule in RULES.items():
-                        held_out[name].append(macro_f1(y[score], s[score], rule(y[pick], s[pick], rng)))
+                        t = rule(y[pick], s[pick], rng)
+                        held_out[name].append(per_class(y[score], s[score], t)["macro"]["f1"])
     base = np.array(held_out["argmax (shipped)"])
     rows = {}
     for name, v in held_out.items():
