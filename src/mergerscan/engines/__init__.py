@@ -6,7 +6,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from .base import BackendUnavailable, Engine, EngineInfo, read_engine_info
+from .base import BackendUnavailable, Engine, EngineInfo, EngineOutput, read_engine_info
+from .domain import DomainSelection, EngineDomain, ImageDomain
 from .registry import (
     BackendSpec,
     available_backends,
@@ -72,8 +73,12 @@ __all__ = [
     "PRECISIONS",
     "BackendSpec",
     "BackendUnavailable",
+    "DomainSelection",
     "Engine",
+    "EngineDomain",
     "EngineInfo",
+    "EngineOutput",
+    "ImageDomain",
     "available_backends",
     "backend_names",
     "backend_precision",

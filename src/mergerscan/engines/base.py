@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cutouts.preprocess import PreprocessSpec, prepare_batch
+from .domain import EngineDomain
 from .engine_file import CARD_KEY, SPEC_KEY, card_of, load_metadata, require_spec
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "BackendUnavailable",
     "Engine",
     "EngineInfo",
+    "EngineOutput",
     "dihedral_views",
     "file_sha256",
     "iter_views",
@@ -107,6 +109,11 @@ class EngineInfo:
         return self.card.get("by_views", {}).get(str(self.views)) or self.card
 
     @property
+    def domain(self) -> EngineDomain:
+        """The training domain the card records (both halves None for engines without one)."""
+        return EngineDomain.from_card(self.card)
+
+    @property
     def threshold(self) -> float:
         return float(self._calibration().get("threshold", 0.5))
 
@@ -122,6 +129,15 @@ class EngineInfo:
 def read_engine_info(path: str | Path) -> EngineInfo:
     """Read spec + card from an ONNX engine file without building a session."""
     return EngineInfo.from_metadata(path, load_metadata(path))
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """What one engine call gives per stamp (row-aligned with the stamps)."""
+
+    p_merger: np.ndarray  # (N,) float32, calibrated
+    domain_score: np.ndarray | None = None  # (N,) float32; None: the engine has no image-domain check
+    features: np.ndarray | None = None  # (N, D) float32 penultimate features; only when asked
 
 
 class Engine:
@@ -206,6 +222,11 @@ class Engine:
         if len(stamps) == 0:
             return np.zeros(0, np.float32)
         return self.calibrate(self.stamp_logits(stamps))
+
+    def score(self, stamps: np.ndarray, *, features: bool = False) -> EngineOutput:
+        """uint8 stamps -> :class:`EngineOutput`.  This base version gives p_merger only; backends
+        whose engine file carries penultimate features fill ``domain_score`` / ``features``."""
+        return EngineOutput(self.predict(stamps))
 
     def close(self):
         pass

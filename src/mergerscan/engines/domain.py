@@ -1,0 +1,70 @@
+"""What an engine was trained on (its *domain*), as its card records it under ``card["domain"]``.
+
+Two halves, each optional:
+
+* ``selection`` -- the training set's selection as data (object class, magnitude range in a named
+  band, redshift and angular-size ranges).  The pipeline checks catalog rows against it when the
+  catalog carries the columns that decide it.
+* ``image`` -- an image-level check for when the catalog cannot tell: a per-row score computed by
+  the engine from the network's penultimate features (larger = farther from the training
+  galaxies) and the threshold calibrated on validation.
+
+The card stays JSON; these typed views are what the rest of the package reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+def _from_dict(cls, data: dict | None):
+    if not data:
+        return None
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class DomainSelection:
+    """The training set's selection (None: not constrained / not known)."""
+
+    object_class: str | None = "galaxy"
+    mag_band: str | None = None  # e.g. "r"
+    mag_kind: str | None = None  # e.g. "petro" (SDSS petroMag_r)
+    mag_min: float | None = None
+    mag_max: float | None = None
+    redshift_min: float | None = None
+    redshift_max: float | None = None
+    size_arcsec_min: float | None = None  # e.g. petroR90_r
+    size_arcsec_max: float | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ImageDomain:
+    """The image-level check: ``score`` names the per-row statistic, ``threshold`` its cut
+    (rows with a score above it are outside the domain)."""
+
+    score: str
+    threshold: float
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class EngineDomain:
+    selection: DomainSelection | None = None
+    image: ImageDomain | None = None
+
+    @classmethod
+    def from_card(cls, card: dict) -> EngineDomain:
+        d = card.get("domain") or {}
+        return cls(_from_dict(DomainSelection, d.get("selection")), _from_dict(ImageDomain, d.get("image")))
+
+    def to_card(self) -> dict:
+        """The ``card["domain"]`` JSON (halves that are None are left out)."""
+        out = {}
+        if self.selection is not None:
+            out["selection"] = asdict(self.selection)
+        if self.image is not None:
+            out["image"] = asdict(self.image)
+        return out
