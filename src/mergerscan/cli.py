@@ -205,6 +205,39 @@ def _calibrate(ap, a):
     print(json.dumps({"out": res["out"], "default_views": res["default_views"]}))
 
 
+def _curve_parser(sub):
+    p = sub.add_parser(
+        "operating-curve",
+        help="score a labelled catalog's validation split with an engine at each calibrated view count and "
+        "write the validation operating curve into its card (metadata only; process-catalog --purity reads it)",
+    )
+    p.add_argument("engine", help="engine file (.onnx)")
+    p.add_argument(
+        "--data", required=True, help="labelled catalog (is_merger, ra, dec, image) or a directory holding catalog.csv"
+    )
+    p.add_argument("-o", "--out", help="the engine file to write (default: ENGINE, in place)")
+    p.add_argument("--split-seed", type=int, default=0, help="split seed (as training's; the card's split)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image and validation-logit cache directory")
+
+
+def _curve(ap, a):
+    import json
+    from pathlib import Path
+
+    from .training.operating_curve import write_operating_curve
+
+    data = Path(a.data) / "catalog.csv" if Path(a.data).is_dir() else Path(a.data)
+    for what, path in (("ENGINE", Path(a.engine)), ("--data", data)):
+        if not path.is_file():
+            ap.exit(2, f"mergerscan operating-curve: error: {what} {path}: no such file\n")
+    try:
+        res = write_operating_curve(a.engine, data, a.out, a.split_seed, a.cache, a.threads)
+    except ValueError as exc:
+        ap.exit(2, f"mergerscan operating-curve: error: {exc}\n")
+    print(json.dumps(res))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="mergerscan")
     sub = ap.add_subparsers(dest="verb", required=True)
@@ -212,7 +245,10 @@ def main(argv=None):
     _report_parser(sub)
     _samp_parser(sub)
     _calibrate_parser(sub)
+    _curve_parser(sub)
     a = ap.parse_args(argv)
+    if a.verb == "operating-curve":
+        _curve(ap, a)
     if a.verb == "calibrate":
         _calibrate(ap, a)
     if a.verb == "samp":

@@ -74,6 +74,7 @@ KEY_ORDER = (
     "status",
     "mergers",
     "threshold",
+    "operating_point",
     "partitions",
     "seconds",
     "objects_per_s",
@@ -94,7 +95,7 @@ KEY_ORDER = (
     "retryable",
     "exit_status",
 )
-OPTIONAL = ("select", "not_selected", "fetch_failures")
+OPTIONAL = ("select", "not_selected", "fetch_failures", "operating_point")
 # set after summary.json is written (the report is built from it); in the object, not in the file
 AFTER_WRITE = ("report", "report_error")
 
@@ -107,6 +108,9 @@ class RunSummary(Mapping):
     status: dict[str, int] = field(default_factory=dict)  # rows per status, most frequent first
     mergers: int = 0
     threshold: float = 0.5
+    # the threshold's rule, target and expected purity/completeness at a prevalence, with 95 %
+    # intervals (engines.operating.OperatingPoint.to_dict); None in summaries of older runs
+    operating_point: dict[str, Any] | None = None
     partitions: int = 0
     seconds: float = 0.0
     objects_per_s: float | None = None

@@ -41,6 +41,11 @@ class ProcessArguments:
     gpus: int = 0  # GPUs per worker (0 or 1); tasks then need the Dask resource GPU
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     views: int | None = None  # test-time views (1, 2, 4, 8); None: the engine card's default
+    # operating point (engines/operating.py): a target on the card's validation curve, else the
+    # card's threshold; the prevalence states the expected purity in any case
+    purity: float | None = None
+    completeness: float | None = None
+    prevalence: float = 0.02
     shared_batch: bool | None = None  # merge the batches of a worker's concurrent partitions (None: GPU backends)
     memory_limit: str = "auto"
     partition_rows: int = 5000  # upper bound on rows per sky partition
@@ -155,6 +160,12 @@ class ProcessArguments:
             backend_name, _ = parse_backend(self.backend)
         except ValueError as exc:
             raise ArgumentError(f"--backend: {exc}") from None
+        from ..engines.operating import OperatingPointError, check_target
+
+        try:  # the curve itself is read with the engine (run.py)
+            check_target(self.purity, self.completeness, self.prevalence)
+        except OperatingPointError as exc:
+            raise ArgumentError(str(exc)) from None
         if self.views is not None and self.views not in VIEWS:
             raise ArgumentError(f"--views {self.views}: choose {', '.join(map(str, VIEWS))}")
         if self.shared_batch is None:

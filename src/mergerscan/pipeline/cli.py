@@ -100,6 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
         "the threshold and temperature fitted on validation for that count (default: the engine "
         "card's; the packaged engine uses 1 - 4 costs 4x the CPU for a higher macro F1)",
     )
+    op = p.add_argument_group("operating point (the threshold of is_merger)")
+    op.add_argument(
+        "--purity",
+        type=float,
+        metavar="P",
+        help="flag the most complete list whose expected purity at --prevalence reaches P, read off the "
+        "engine card's validation curve (e.g. 0.9); refused when the curve cannot reach it",
+    )
+    op.add_argument(
+        "--completeness",
+        type=float,
+        metavar="C",
+        help="flag the purest list whose expected completeness reaches C (e.g. 0.8), from the same curve",
+    )
+    op.add_argument(
+        "--prevalence",
+        type=float,
+        default=0.02,
+        metavar="PI",
+        help="the survey's merger fraction at which purity is stated (default 0.02)",
+    )
     cols = p.add_argument_group("columns")
     cols.add_argument("--id-column")
     cols.add_argument("--ra-column")
@@ -250,6 +271,9 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
         slurm=slurm,
         shared_batch=ns.shared_batch,
         views=ns.views,
+        purity=ns.purity,
+        completeness=ns.completeness,
+        prevalence=ns.prevalence,
         memory_limit=ns.memory_limit,
         partition_rows=ns.partition_rows,
         chunk_rows=ns.chunk_rows,

@@ -10,6 +10,8 @@ from ..atomic import atomic_write_text
 from ..catalogs.hats import join_pieces, write_hats_metadata
 from ..catalogs.schema import SCORED, output_names
 from ..catalogs.write import write_fits_table
+from ..engines import operating
+from ..engines.operating import OperatingPoint, operating_line
 from ..run_layout import RunLayout
 from ..run_summary import Failure, RunSummary, SourceSummary
 from .arguments import ProcessArguments
@@ -18,16 +20,21 @@ from .plan import Plan
 from .resume import read_marker
 
 
-def run_meta(args: ProcessArguments, info) -> dict:
-    """Provenance stored in every output file (no timestamps: partitions stay byte-identical)."""
+def run_meta(args: ProcessArguments, info, op: OperatingPoint | None = None) -> dict:
+    """Provenance stored in every output file (no timestamps: partitions stay byte-identical).
+    The operating point (threshold, target, expected purity and completeness) is stated in full;
+    the card's validation curve it was read from stays in the engine file (it is long)."""
+    op = op or operating.for_engine(info, prevalence=args.prevalence)
+    card = {k: v for k, v in info.card.items() if k != operating.CURVE_KEY}
     return {
         "engine_name": info.name,
         "engine_sha256": info.sha256,
-        "threshold": info.threshold,
+        "threshold": op.threshold,
+        **op.header_meta(),
         "views": info.views,
         "mergerscan_version": __version__,
         "source": args.source.kind,
-        "model_card": json.dumps(info.card, sort_keys=True),
+        "model_card": json.dumps(card, sort_keys=True),
     }
 
 
@@ -43,7 +50,9 @@ def _add_counts(markers: list[dict], key: str) -> dict:
     return total
 
 
-def _write_catalog(args: ProcessArguments, plan: Plan, markers: list[dict], info, layout: RunLayout) -> None:
+def _write_catalog(
+    args: ProcessArguments, plan: Plan, markers: list[dict], info, layout: RunLayout, op: OperatingPoint
+) -> None:
     """The HATS catalog's metadata and the FITS table over every partition's file."""
     for tmp in layout.catalog_dir.rglob(".*.tmp"):  # left by tasks killed mid-write; never part of the dataset
         tmp.unlink(missing_ok=True)
@@ -70,13 +79,20 @@ def _write_catalog(args: ProcessArguments, plan: Plan, markers: list[dict], info
             name=layout.root.name,
         )
     names = plan.names or output_names(plan.carried)
-    write_fits_table(files, layout.fits, run_meta(args, info), origins={v: k for k, v in names.items()})
+    write_fits_table(files, layout.fits, run_meta(args, info, op), origins={v: k for k, v in names.items()})
 
 
 def build_summary(
-    args: ProcessArguments, plan: Plan, markers: list[dict], info, layout: RunLayout, seconds: float | None = None
+    args: ProcessArguments,
+    plan: Plan,
+    markers: list[dict],
+    info,
+    layout: RunLayout,
+    seconds: float | None = None,
+    op: OperatingPoint | None = None,
 ) -> RunSummary:
     """The run summary from the partitions' done markers."""
+    op = op or operating.for_engine(info, prevalence=args.prevalence)
     rows = sum(m["rows"] for m in markers)
     status = _add_counts(markers, "status")
     t0 = min((m["started"] for m in markers), default=time.time())
@@ -95,7 +111,8 @@ def build_summary(
         fetch_failures=_by_count(fetch_failures) if fetch_failures else None,
         status=_by_count(status),
         mergers=sum(m["mergers"] for m in markers),
-        threshold=info.threshold,
+        threshold=op.threshold,
+        operating_point=op.to_dict(),
         partitions=len(plan.partitions),
         seconds=round(wall, 2),
         objects_per_s=round(rows / wall, 1) if wall > 0 else None,
@@ -118,7 +135,9 @@ def build_summary(
     )
 
 
-def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = None) -> RunSummary:
+def finalize(
+    args: ProcessArguments, plan: Plan, info, seconds: float | None = None, op: OperatingPoint | None = None
+) -> RunSummary:
     """Every partition scored -> the output catalog's metadata, OUT/mergers.fits, OUT/summary.json
     and (unless --no-report) OUT/report/."""
     layout = RunLayout(args.output)
@@ -126,8 +145,9 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
     rows = sum(m["rows"] for m in markers)
     if rows != plan.nrows:
         raise RuntimeError(f"row count mismatch: input has {plan.nrows} rows, partitions hold {rows}")
-    _write_catalog(args, plan, markers, info, layout)
-    summary = build_summary(args, plan, markers, info, layout, seconds)
+    op = op or operating.for_engine(info, args.purity, args.completeness, args.prevalence)
+    _write_catalog(args, plan, markers, info, layout, op)
+    summary = build_summary(args, plan, markers, info, layout, seconds, op)
     atomic_write_text(layout.summary, summary.to_json())
     if args.report:
         try:
@@ -159,9 +179,11 @@ def format_summary(s: RunSummary) -> str:
     if s.status.get("edge"):
         lines.append(f"  near frame edge   {s.status['edge']} (scored; stamp partly filled with sky)")
     lines += [
-        f"  mergers           {s.mergers} with p_merger >= {s.threshold:.3f} ({s.engine})",
+        f"  mergers           {s.mergers} with p_merger >= {s.threshold:.4g} ({s.engine})",
         f"  output            {s.fits}  and  {s.parquet}/",
     ]
+    if s.operating_point:
+        lines.append(f"  operating point   {operating_line(s.operating_point)}")
     if s.report:
         lines.append(f"  report            {s.report}")
     if s.report_error:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import __version__
 from ..engines import backend_precision
+from ..engines.operating import DEFAULT_PREVALENCE, OperatingPoint
 from ..run_layout import RunLayout
 from .arguments import ProcessArguments
 
@@ -54,13 +55,22 @@ def read_cache(layout: RunLayout) -> dict:
 
 
 def fingerprint(
-    args: ProcessArguments, cat: dict, engine_sha: str, views: int | None = 1, cache: dict | None = None
+    args: ProcessArguments,
+    cat: dict,
+    engine_sha: str,
+    views: int | None = 1,
+    cache: dict | None = None,
+    op: OperatingPoint | None = None,
 ) -> dict[str, Any]:
-    """The run's identity.  ``cache`` (optional, updated in place): the input's content-hash cache."""
+    """The run's identity.  ``cache`` (optional, updated in place): the input's content-hash cache.
+    ``op``: the operating point, part of the identity when chosen by a target or stated at another
+    prevalence (is_merger and the files' metadata depend on it)."""
     identity, new = content_identity(args.catalog, read_cache(RunLayout(args.output)))
     if cache is not None:
         cache.update(new)
-    extra = {"select": args.select} if args.select is not None else {}  # absent: older runs still resume
+    extra: dict[str, Any] = {"select": args.select} if args.select is not None else {}  # absent: older runs resume
+    if op is not None and (op.rule != "default" or op.prevalence != DEFAULT_PREVALENCE):
+        extra["operating_point"] = {"rule": op.rule, "target": op.target, "prevalence": op.prevalence}
     return {
         **extra,
         "catalog": identity,

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ..catalogs.read import CatalogError
-from ..engines import read_engine_info, resolve_engine_path
+from ..engines import operating, read_engine_info, resolve_engine_path
 from ..run_layout import RunLayout
 from ..run_summary import RunSummary
 from .arguments import ArgumentError, ProcessArguments
@@ -52,7 +52,7 @@ def _listing(directory: Path) -> set:
         return set()
 
 
-def _score(args: ProcessArguments, client, engine_path, info, parts: list[Partition]) -> None:
+def _score(args: ProcessArguments, client, engine_path, info, op, parts: list[Partition]) -> None:
     from distributed import KilledWorker, as_completed
 
     layout = RunLayout(args.output)
@@ -71,9 +71,10 @@ def _score(args: ProcessArguments, client, engine_path, info, parts: list[Partit
         backend=args.backend,
         threads=args.threads_per_worker,
         batch_size=args.batch_size,
-        run_meta=run_meta(args, info),
+        run_meta=run_meta(args, info, op),
         shared_batch=args.shared_batch_rows,
         views=info.views,
+        threshold=op.threshold,
         fault_hook=args.fault_hook,
     )
     # GPU backends: tasks need one unit of the GPU resource that GPU workers advertise (one per
@@ -146,6 +147,10 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
         info = read_engine_info(engine_path).with_views(args.views)
     except ValueError as exc:
         raise ArgumentError(f"--views {args.views}: {exc}") from None
+    try:  # before anything is written: a target the card's curve cannot give is refused here
+        op = operating.for_engine(info, args.purity, args.completeness, args.prevalence)
+    except operating.OperatingPointError as exc:
+        raise ArgumentError(str(exc)) from None
     if (
         args.gpus
         and client is None
@@ -158,7 +163,7 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
     _source_notices(args, cat["nrows"])
     layout = RunLayout(args.output)
     cache: dict = {}
-    fp = fingerprint(args, cat, info.sha256, info.views, cache)
+    fp = fingerprint(args, cat, info.sha256, info.views, cache, op)
     protect = [p for p in (args.catalog, args.images, args.frames, args.engine) if p]
     check_or_claim(layout.root, fp, args.overwrite, protect=protect, cache=cache)
     if args.mode == "finalize":
@@ -169,7 +174,7 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
                 f"{layout.root}: {len(missing)} partition(s) not scored yet (e.g. {missing[0]}); "
                 "run the missing shards first"
             )
-        return finalize(args, plan, info)
+        return finalize(args, plan, info, op=op)
     if args.mode == "shard":
         existing_plan(layout)
     if args.mode == "plan" and client is None and args.cluster == "local" and not args.scheduler:
@@ -180,14 +185,14 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
         plan = plan_and_split(args, cat, TaskRunner(client), layout)
         if args.mode == "plan":
             return _planned(layout, plan)
-        _score(args, client, engine_path, info, shard_partitions(plan, args.shard))
+        _score(args, client, engine_path, info, op, shard_partitions(plan, args.shard))
     if args.mode == "shard" and args.shard is not None:
         return {
             "shard": list(args.shard),
             "partitions": len(shard_partitions(plan, args.shard)),
             "seconds": round(time.time() - t_start, 2),
         }
-    return finalize(args, plan, info, seconds=time.time() - t_start)
+    return finalize(args, plan, info, seconds=time.time() - t_start, op=op)
 
 
 def _source_notices(args: ProcessArguments, nrows: int) -> None:

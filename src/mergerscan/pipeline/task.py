@@ -50,6 +50,7 @@ class PartitionTask:
     flag_status: str | None = None
     shared_batch: int = 0  # rows per merged engine call (0: batches not shared)
     views: int | None = None
+    threshold: float | None = None  # of is_merger (the run's operating point); None: the engine's
     fault_hook: str | None = None  # faults.py: tests only
 
     def retry_with(self, **changes: Any) -> PartitionTask:
@@ -247,17 +248,16 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
     if unknown:
         raise RuntimeError(f"image source returned unknown status {sorted(unknown)}")
     counts = pd.Series(status).value_counts().to_dict() if n else {}
+    threshold = engine.info.threshold if task.threshold is None else task.threshold
     if n:
-        write_partition(
-            output_table(df, plan, p, status, engine.info.threshold), layout.dataset_file(part), task.run_meta
-        )
+        write_partition(output_table(df, plan, p, status, threshold), layout.dataset_file(part), task.run_meta)
     c = plan.columns
     info = {
         "pid": part.pid,
         "name": part.name,
         "rows": n,
         "status": {k: int(v) for k, v in counts.items()},
-        "mergers": int(np.sum(p >= engine.info.threshold)),
+        "mergers": int(np.sum(p >= threshold)),
         "seconds": round(time.time() - t0, 3),
         "fetch_seconds": round(scorer.fetch_seconds if scorer else 0.0, 3),
         "infer_seconds": round(scorer.infer_seconds if scorer else 0.0, 3),

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .. import __version__
+from ..engines.operating import operating_line
 from ._page import Raw, esc
 
 
@@ -57,7 +58,8 @@ def provenance_rows(summary: dict, card: dict, thr: float) -> list[list]:
         ["engine", summary.get("engine", card.get("name", "?"))],
         ["engine sha256", Raw(f'<span class="mono">{esc(str(summary.get("engine_sha256")))}</span>')],
         ["engine file", Raw(f'<span class="mono">{esc(str(summary.get("engine_path")))}</span>')],
-        ["threshold", f"{thr:.4f}"],
+        ["threshold", f"{thr:.6g}"],
+        ["operating point", operating_line(summary["operating_point"]) if summary.get("operating_point") else "?"],
         [
             "training",
             ", ".join(f"{k} {card[k]}" for k in ("arch", "experiment", "input_size", "n_train", "labels") if k in card),

@@ -101,7 +101,10 @@ def build_report(
         )
     warn += [redact_text(w) for w in (card_note, top_err or bor_err) if w]
 
-    S = [sections.scores(figs["scores"], st, merg, gfrac, thr), sections.sky(sky_png, sky_cap)]
+    S = [
+        sections.scores(figs["scores"], st, merg, gfrac, thr, summary.get("operating_point")),
+        sections.sky(sky_png, sky_cap),
+    ]
     if "columns" in figs:
         S.append(sections.columns(figs["columns"], figs.get("sample"), st))
     S.append(sections.flags(st.status, st.rows, figs.get("status")))

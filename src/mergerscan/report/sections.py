@@ -7,6 +7,7 @@ Values are escaped here (``esc``) or are figures/tables made by :mod:`._page`; t
 from __future__ import annotations
 
 from ..catalogs.schema import STATUS
+from ..engines.operating import operating_line
 from ._page import esc, figure, fmt, table
 from .stream import RunStats
 
@@ -32,11 +33,12 @@ def warnings(texts: list[str]) -> str:
     return "".join(f'<div class="warn">{esc(w)}</div>' for w in texts)
 
 
-def scores(png: bytes, st: RunStats, merg: int, gfrac: float, thr: float) -> str:
+def scores(png: bytes, st: RunStats, merg: int, gfrac: float, thr: float, operating: dict | None = None) -> str:
+    op = f" Operating point: {esc(operating_line(operating))}." if operating else ""
     return (
         f'<section id="scores"><h2>Score distribution</h2>{figure(png, "histogram of p_merger")}'
-        f'<p class="note">{st.scored:,} scored objects; {merg:,} ({gfrac:.2%}) at or above the engine threshold '
-        f"{thr:.3f}. p_merger is temperature-calibrated on the engine's validation split, so the mean "
+        f'<p class="note">{st.scored:,} scored objects; {merg:,} ({gfrac:.2%}) at or above the threshold '
+        f"{thr:.4g}.{op} p_merger is temperature-calibrated on the engine's validation split, so the mean "
         f"p_merger of a population estimates its merger fraction (given the training labels' definition).</p></section>"
     )
 
@@ -134,10 +136,19 @@ def header_cards(st: RunStats, merg: int, gfrac: float, thr: float, summary: dic
         ("rows", f"{st.rows:,}"),
         ("scored", f"{st.scored:,} ({st.scored / max(st.rows, 1):.1%})"),
         ("flagged mergers", f"{merg:,} ({gfrac:.2%})"),
-        ("threshold", f"{thr:.3f}"),
+        ("threshold", f"{thr:.4g}"),
+        *expected_purity_card(summary.get("operating_point")),
         ("objects / s", f"{summary.get('objects_per_s') or 0:,.0f}"),
         ("engine", str(summary.get("engine", "?"))),
     ]
+
+
+def expected_purity_card(op: dict | None) -> list[tuple[str, str]]:
+    """The header card of the expected purity at the run's prevalence (none without a curve)."""
+    if not op or op.get("expected_purity") is None:
+        return []
+    lo, hi = op["expected_purity_ci95"]
+    return [(f"expected purity at {op['prevalence']:.0%}", f"{op['expected_purity']:.2f} [{lo:.2f}, {hi:.2f}]")]
 
 
 def nav(body: str) -> list[tuple[str, str]]:

@@ -19,7 +19,9 @@ from ..cutouts.preprocess import prepare_batch
 from ..engines import load_engine
 from ..engines.base import VIEWS, dihedral_views
 from ..engines.engine_file import write_metadata
+from ..engines.operating import Curve, curve_card_updates
 from . import evaluate as ev
+from . import survey
 
 VIEWS_RULE = "test-time views: mean logit over the dihedral views; count = best validation macro F1"
 FIXED_VIEWS_RULE = "test-time views: mean logit over the dihedral views; count fixed at {n} (a CPU-cost budget)"
@@ -129,6 +131,9 @@ def calibrate_engine(
     t = data.table
     cals = calibrate_views(engine, data.stamps, t["label"].to_numpy(), t["split"].to_numpy(), views)
     updates = card_updates(cals, default_views)
+    y_val = t["label"].to_numpy()[data.indices("val")]
+    curves = {n: Curve.from_scores(y_val, c.p_val) for n, c in cals.items()}
+    updates |= curve_card_updates(curves, survey.curve_source(data.data_hash, split_seed))
     write_metadata(engine_path, out_path, card_updates=updates)
     if eval_dir is not None:
         write_evaluation(eval_dir, engine.info.card | updates, data, cals[updates["views"]], updates["threshold"])
@@ -153,7 +158,6 @@ def write_evaluation(eval_dir: str | Path, card: dict, data, cal, threshold: flo
     """An evaluation directory of one calibrated view count, laid out as a training run's
     (metrics.json last, plots, test_scores.npz), so ``mergerscan report DIR`` renders it."""
     from ..atomic import atomic_path, atomic_write_json
-    from . import survey
 
     out = Path(eval_dir)
     out.mkdir(parents=True, exist_ok=True)

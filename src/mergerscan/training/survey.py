@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..engines.operating import Curve, OperatingPointError, choose, curve_card_updates, purity_at
 from .evaluate import reliability
 
 PREVALENCES = (0.01, 0.02, 0.05)
@@ -26,10 +27,8 @@ N_BOOT = 2000
 
 def precision_at(tpr, fpr, prevalence: float):
     """Precision at ``prevalence`` from recall and false-positive rate (arrays allowed); 0 where
-    nothing is flagged."""
-    tpr, fpr = np.asarray(tpr, float), np.asarray(fpr, float)
-    den = prevalence * tpr + (1 - prevalence) * fpr
-    return np.divide(prevalence * tpr, den, out=np.zeros_like(den), where=den > 0)
+    nothing is flagged (:func:`mergerscan.engines.operating.purity_at`)."""
+    return purity_at(tpr, fpr, prevalence)
 
 
 def at_threshold(y, p, threshold: float, prevalences=PREVALENCES, n_boot: int = N_BOOT, seed: int = 0) -> dict:
@@ -78,15 +77,25 @@ def _pct(pi: float) -> str:
 
 def threshold_for_precision(y, p, target: float = 0.9, prevalence: float = 0.02) -> float | None:
     """The lowest threshold at which precision at ``prevalence`` reaches ``target`` on (y, p)
-    (validation), i.e. the most recall that target leaves; None if no threshold reaches it."""
-    y = np.asarray(y).astype(bool)
-    p = np.asarray(p, float)
-    cands = np.unique(p)
-    pos, neg = np.sort(p[y]), np.sort(p[~y])
-    tpr = 1 - np.searchsorted(pos, cands, side="left") / max(1, len(pos))
-    fpr = 1 - np.searchsorted(neg, cands, side="left") / max(1, len(neg))
-    ok = (precision_at(tpr, fpr, prevalence) >= target) & (tpr > 0)
-    return float(cands[np.argmax(ok)]) if ok.any() else None
+    (validation), i.e. the most recall that target leaves; None if no threshold reaches it with at
+    least one false positive measured.  The rule of ``process-catalog --purity``
+    (:func:`mergerscan.engines.operating.choose`)."""
+    try:
+        return choose(Curve.from_scores(y, p), 0.5, purity=target, prevalence=prevalence).threshold
+    except OperatingPointError:
+        return None
+
+
+def val_curve(y_val, p_val, data_hash: str, split_seed: int, views: int = 1) -> dict:
+    """The card entry ``val_curve`` for validation labels and p_merger at ``views`` views."""
+    return curve_card_updates({views: Curve.from_scores(y_val, p_val)}, curve_source(data_hash, split_seed))
+
+
+def curve_source(data_hash: str, split_seed: int) -> str:
+    return (
+        f"validation split of the labelled catalog (object-disjoint groups, split seed {split_seed}, "
+        f"70/15/15; data hash {data_hash}); p_merger as the engine gives it"
+    )
 
 
 def survey_evaluation(

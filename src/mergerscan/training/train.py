@@ -322,7 +322,7 @@ def _finish(args, net, data, spec, splits, train_seconds, bf16, out: Path, disti
     name = args.name or f"{args.arch}-{args.experiment}-{args.input_size}px"
     from .. import __version__
 
-    card = {
+    card = survey.val_curve(labels[va], cal.p_val, data.data_hash, args.split_seed) | {
         "name": name,
         "arch": args.arch,
         "experiment": args.experiment,
