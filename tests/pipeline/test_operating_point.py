@@ -109,6 +109,10 @@ def test_target_sets_is_merger_and_is_stated(field, dask_client, tmp_path, capsy
     meta = pq.read_metadata(next((tmp_path / "op" / "parquet").rglob("Npix=*.parquet"))).metadata
     assert float(meta[b"mergerscan.threshold"]) == pytest.approx(op["threshold"])
     assert b"val_curve" not in meta[b"mergerscan.model_card"]  # the curve stays in the engine file
+    from mergerscan.report import build_report
+
+    html = build_report(tmp_path / "op").read_text()  # the report states the same operating point
+    assert f"{kind} &gt;= {value:g}" in html and f"{op['expected_purity']:.3f}" in html
     # the default run states its expected purity too (the card's threshold on the same curve)
     d0 = json.loads((tmp_path / "default" / "summary.json").read_text())["operating_point"]
     assert d0["rule"] == "default" and d0["threshold"] == 0.5 and d0["expected_purity"] is not None
