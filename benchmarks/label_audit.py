@@ -52,6 +52,21 @@ def worst(labels: np.ndarray, p: np.ndarray, thr: float, n: int) -> tuple[np.nda
     return np.array(fp, int), np.array(fn, int)
 
 
+SCALE = 0.396  # arcsec per stamp pixel (the shared stamps: SkyServer cutouts at SDSS's native scale)
+
+
+def companion(raw_row) -> tuple[float, float, float] | None:
+    """(separation in arcsec, x, y in stamp pixels) of a Darg pair's galaxy 2 (north up, east left)."""
+    import math
+
+    if not np.isfinite(raw_row.get("companion_ra", np.nan)):
+        return None
+    dec0 = math.radians(raw_row["dec"])
+    dx = (raw_row["companion_ra"] - raw_row["ra"]) * math.cos(dec0) * 3600
+    dy = (raw_row["companion_dec"] - raw_row["dec"]) * 3600
+    return math.hypot(dx, dy), 128 - dx / SCALE, 128 - dy / SCALE
+
+
 def gallery(rows: list[dict], stamps, title: str, path: Path) -> None:
     import matplotlib
 
@@ -64,8 +79,13 @@ def gallery(rows: list[dict], stamps, title: str, path: Path) -> None:
         ax.axis("off")
     for k, (r, ax) in enumerate(zip(rows, np.ravel(axes))):
         ax.imshow(stamps[k])
-        pmg = f" p_mg {r['p_mg']:.3f}" if r["p_mg"] != "" else ""
-        ax.set_title(f"{r['rank']}. {r['id']} ({r['split']})\np {r['p_merger']:.3f}{pmg}", fontsize=8)
+        extra = f" p_mg {r['p_mg']:.3f}" if r["p_mg"] != "" else ""
+        if r.get("_xy") is not None:  # a Darg pair: where its galaxy 2 is (a ring, off the galaxy)
+            x, y = r["_xy"]
+            extra += f' sep {r["companion_sep_arcsec"]:.0f}"'
+            if 0 <= x < 256 and 0 <= y < 256:
+                ax.plot([x], [y], "o", ms=14, mfc="none", mec="yellow", mew=0.8, alpha=0.7)
+        ax.set_title(f"{r['rank']}. {r['id']} ({r['split']})\np {r['p_merger']:.3f}{extra}", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -118,6 +138,7 @@ def main() -> None:
     for kind, pos in zip(("fp", "fn"), worst(labels, p, thr, a.n)):
         for rank, i in enumerate(pos, 1):
             pmg = raw.loc[t["id"][i], "p_mg"]
+            comp = companion(raw.loc[t["id"][i]].to_dict() | {"ra": t["ra"][i], "dec": t["dec"][i]})
             j = judged.get(str(t["id"][i]), {})
             rows.append(
                 {
@@ -128,9 +149,11 @@ def main() -> None:
                     "label": "merger" if labels[i] else "non_interacting",
                     "p_merger": round(float(p[i]), 4),
                     "p_mg": "" if pd.isna(pmg) else round(float(pmg), 3),
+                    "companion_sep_arcsec": "" if comp is None else round(comp[0], 1),
                     "judgement": j.get("judgement", ""),
                     "note": j.get("note", ""),
                     "_pos": int(i),
+                    "_xy": None if comp is None else comp[1:],
                 }
             )
         sel = [r for r in rows if r["kind"] == kind]
@@ -144,7 +167,7 @@ def main() -> None:
             stamps = [data.stamps[idx[r["_pos"]]] for r in chunk]
             title = f"default engine, {views} view(s), threshold {thr:.4f}: {what}, {page + 1}-{page + len(chunk)}"
             gallery(chunk, stamps, title, out / f"{kind}-{page // PER_PAGE + 1}.png")
-    fields = ["kind", "rank", "id", "split", "label", "p_merger", "p_mg", "judgement", "note"]
+    fields = ["kind", "rank", "id", "split", "label", "p_merger", "p_mg", "companion_sep_arcsec", "judgement", "note"]
     with open(out / "audit.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fields, extrasaction="ignore")
         w.writeheader()

@@ -5,8 +5,10 @@ the temperature and threshold are fitted on the validation split and the test sp
 once, with :func:`mergerscan.training.evaluate.calibrate_and_summarize` (the sequence training
 uses).  The result goes into a copy of the engine's card (written atomically): ``by_views``
 (temperature, threshold, validation macro F1, test metrics per count), and as the default
-``views`` the count with the best validation macro F1 (ties: fewer views).  The weights and the
-preprocessing spec are unchanged.  This is how the shipped default engine's card is made.
+``views`` the count with the best validation macro F1 (ties: fewer views), and ``val_curve``, the
+validation operating curve of every count (:mod:`mergerscan.engines.operating`: what
+``process-catalog --purity/--completeness`` reads).  The weights and the preprocessing spec are
+unchanged.  This is how the shipped default engine's card is made.
 """
 
 from __future__ import annotations
