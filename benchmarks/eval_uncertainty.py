@@ -21,6 +21,7 @@ Writes benchmarks/results/uncertainty.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,7 @@ def main() -> None:
             edges = np.r_[0, np.quantile(margin, np.linspace(0.1, 0.9, 9)), np.inf]
             s_edges = np.r_[0, np.quantile(margin, [0.5, 0.8, 0.9, 0.95]), np.inf]
         within = []
-        for lo, hi in zip(s_edges[:-1], s_edges[1:]):
+        for lo, hi in itertools.pairwise(s_edges):
             m = (margin >= lo) & (margin < hi)
             med = np.median(spread[m])
             within.append(
@@ -95,7 +96,7 @@ def main() -> None:
                 }
             )
         res[s] = {
-            "n": int(len(err)),
+            "n": len(err),
             "errors": int(err.sum()),
             "auroc_error_vs_small_margin": round(auroc(-margin, err), 4),
             "auroc_error_vs_view_spread": round(auroc(spread, err), 4),
