@@ -27,7 +27,7 @@ from _common import REPO, cpu_model, need, shared_data, write_result
 from eval_ensembles import view_logits
 
 OUT = REPO / "docs" / "results" / "label-audit"
-PER_PAGE, COLS = 25, 5
+PER_PAGE, COLS, ZOOM = 20, 5, 96
 
 
 def engine_scores(data, cache: Path | None, threads: int) -> tuple[np.ndarray, np.ndarray, float, int]:
@@ -68,27 +68,36 @@ def companion(raw_row) -> tuple[float, float, float] | None:
 
 
 def gallery(rows: list[dict], stamps, title: str, path: Path) -> None:
+    """Each object twice: the whole stamp (101") and its central 96 px (38") enlarged."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     nrow = -(-len(rows) // COLS)
-    fig, axes = plt.subplots(nrow, COLS, figsize=(COLS * 2.6, nrow * 2.85))
+    fig, axes = plt.subplots(nrow, 2 * COLS, figsize=(2 * COLS * 2.0, nrow * 2.35 + 0.4), squeeze=False)
     for ax in np.ravel(axes):
         ax.axis("off")
-    for k, (r, ax) in enumerate(zip(rows, np.ravel(axes))):
-        ax.imshow(stamps[k])
+    lo, hi = 128 - ZOOM // 2, 128 + ZOOM // 2
+    for k, r in enumerate(rows):
+        full, zoom = axes[k // COLS, 2 * (k % COLS)], axes[k // COLS, 2 * (k % COLS) + 1]
+        full.imshow(stamps[k])
+        zoom.imshow(stamps[k][lo:hi, lo:hi], extent=(lo - 0.5, hi - 0.5, hi - 0.5, lo - 0.5))
         extra = f" p_mg {r['p_mg']:.3f}" if r["p_mg"] != "" else ""
-        if r.get("_xy") is not None:  # a Darg pair: where its galaxy 2 is (a ring, off the galaxy)
+        if r.get("_xy") is not None:  # a Darg pair: where its galaxy 2 is (a ring)
             x, y = r["_xy"]
             extra += f' sep {r["companion_sep_arcsec"]:.0f}"'
-            if 0 <= x < 256 and 0 <= y < 256:
-                ax.plot([x], [y], "o", ms=14, mfc="none", mec="yellow", mew=0.8, alpha=0.7)
-        ax.set_title(f"{r['rank']}. {r['id']} ({r['split']})\np {r['p_merger']:.3f}{extra}", fontsize=8)
+            for ax in (full, zoom):
+                ax.plot([x], [y], "o", ms=12, mfc="none", mec="yellow", mew=0.8, alpha=0.6)
+            zoom.set_xlim(lo - 0.5, hi - 0.5)
+            zoom.set_ylim(hi - 0.5, lo - 0.5)
+            full.set_xlim(-0.5, 255.5)  # a galaxy 2 off the stamp is not drawn
+            full.set_ylim(255.5, -0.5)
+        full.set_title(f"{r['rank']}. {r['id']} ({r['split']})", fontsize=8, loc="left")
+        zoom.set_title(f"p {r['p_merger']:.3f}{extra}", fontsize=8, loc="left")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (nrow * 2.35 + 0.4)))
+    fig.savefig(path, dpi=72)
     plt.close(fig)
 
 
@@ -172,9 +181,28 @@ def main() -> None:
         w = csv.DictWriter(fh, fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    errors = {r["id"] for r in rows if r["judgement"] == "label error"}
     test = t["split"].to_numpy() == "test"
-    drop = np.array([str(i) in errors for i in t["id"]]) & test
+
+    def dropped(kinds: tuple[str, ...]) -> np.ndarray:
+        ids = {r["id"] for r in rows if r["judgement"] in kinds}
+        return np.array([str(i) in ids for i in t["id"]]) & test
+
+    # GZ1 merger vote fraction: the audited false positives against every val+test non-merger
+    pmg_all = raw.loc[t["id"][labels == 0], "p_mg"].to_numpy(float)
+    pmg = {
+        "all_non_mergers_val_test": {"n": len(pmg_all), "median": round(float(np.median(pmg_all)), 3)},
+        **{
+            j: {
+                "n": len(v := [float(r["p_mg"]) for r in rows if r["kind"] == "fp" and r["judgement"] == j]),
+                "median": round(float(np.median(v)), 3) if v else None,
+            }
+            for j in ("label error", "model error", "ambiguous")
+        },
+        "share_p_mg_at_least_0.1": {
+            "all_non_mergers_val_test": round(float((pmg_all >= 0.1).mean()), 3),
+            "false_positives": round(float(np.mean([float(r["p_mg"]) >= 0.1 for r in rows if r["kind"] == "fp"])), 3),
+        },
+    }
     counts = {
         k: {
             j: sum(r["judgement"] == j for r in rows if r["kind"] == k)
@@ -201,7 +229,11 @@ def main() -> None:
                 },
             },
             "judgements": counts,
-            "test_split": measured_and_cleaned(labels[test], p[test], thr, drop[test]),
+            "p_mg_of_false_positives": pmg,
+            "test_split": measured_and_cleaned(labels[test], p[test], thr, dropped(("label error",))[test]),
+            "test_split_upper_bound_also_without_ambiguous": measured_and_cleaned(
+                labels[test], p[test], thr, dropped(("label error", "ambiguous"))[test]
+            )["without_audited_label_errors"],
         },
     )
     print(f"{len(rows)} audited rows -> {out}; judged: {sum(bool(r['judgement']) for r in rows)}")
