@@ -5,6 +5,7 @@ counts the engine's own p_merger gives on the validation split at each calibrate
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import numpy as np
 import onnx
@@ -38,10 +39,16 @@ def test_calibrate_and_operating_curve_write_the_engines_validation_counts(tmp_p
         p = e.predict(np.asarray(ds.stamps[va]))
         curve = card_curve(card, n)
         assert (curve.n_pos, curve.n_neg) == (y.sum(), (~y).sum())
-        for t in curve.thresholds[:: max(1, len(curve.thresholds) // 7)]:
+        # between two validation scores (the engine's own preprocessing path may differ by ~1e-7)
+        th = curve.thresholds.astype(np.float64)
+        mids = [(a + b) / 2 for a, b in itertools.pairwise(th) if a - b > 1e-5]
+        assert len(mids) > 5
+        for t in mids:
             assert curve.counts_at(t) == ((p[y] >= t).sum(), (p[~y] >= t).sum())
         op = for_engine(e.info)  # the card's own threshold, stated on the curve
-        assert (op.tp, op.fp) == ((p[y] >= e.info.threshold).sum(), (p[~y] >= e.info.threshold).sum())
+        t, near = e.info.threshold, np.abs(p - e.info.threshold) < 1e-5
+        for got, cls in zip((op.tp, op.fp), (y, ~y)):
+            assert ((p >= t) & cls & ~near).sum() <= got <= (((p >= t) | near) & cls).sum()
 
     # an existing card without a curve: metadata only, the same curve, and re-running changes nothing
     plain = card | {CURVE_KEY: None}

@@ -347,6 +347,17 @@ def test_smoke_train_loss_falls_and_export_roundtrips(tmp_path, gz_dir):
     idx = [int(np.flatnonzero(data.table["id"].to_numpy() == i)[0]) for i in scores["id"][:8]]
     p = eng.predict(np.asarray(data.stamps[idx]))
     assert np.allclose(p, scores["p"][:8], atol=1e-4)
+    # the card carries the validation operating curve that process-catalog --purity reads
+    from mergerscan.engines.operating import card_curve
+
+    curve = card_curve(eng.info.card, 1)
+    assert curve is not None and curve.n_pos + curve.n_neg == eng.info.card["n_val"]
+    va = data.indices("val")
+    pv = eng.predict(np.asarray(data.stamps[va]))
+    y = data.table["label"].to_numpy()[va].astype(bool)
+    t, near = eng.info.threshold, np.abs(pv - eng.info.threshold) < 1e-4  # torch vs ONNX: ~1e-5 apart
+    for got, cls in zip(curve.counts_at(t), (y, ~y)):
+        assert ((pv >= t) & cls & ~near).sum() <= got <= (((pv >= t) | near) & cls).sum()
 
 
 def test_onnx_parity_on_real_images(tmp_path, gz_dir):
