@@ -17,8 +17,9 @@ STATUS = {
     "bad_coords": "ra/dec missing, NaN or out of range (ra not in [0, 360), dec not in [-90, 90])",
     "no_id": "the id is missing: null, NaN or blank text (the row is kept, its id as it was; not scored)",
     "duplicate_id": "the same id already appeared earlier in the same sky partition (the first occurrence is scored)",
-    "no_image": "no image file for this object (`--images`), including an id or `--path-column` value too long "
-    "to be a file name (> 255 bytes)",
+    "no_image": "no image file for this object (`--images`), including an id or `--path-column` value that no "
+    "file can have (over 255 bytes, a NUL byte, characters the filesystem cannot encode) and an id that is `.`, "
+    "`..` or holds a path separator (an id never names a file outside DIR)",
     "bad_image": "the image exists but cannot be decoded, is damaged (any libjpeg-turbo warning: corrupt data, a "
     "zeroed block, data cut short even with the end marker kept; or flat grey-128 fill), is not a "
     "square RGB image (an RGBA or palette PNG counts as RGB when every pixel is opaque), is not a "

@@ -7,7 +7,7 @@ import pandas as pd
 
 from ..catalogs.schema import output_names
 from ..catalogs.validate import flag_duplicates
-from .failures import note
+from .failures import note, plain
 from .plan import Plan
 
 
@@ -58,7 +58,7 @@ def triage(df: pd.DataFrame, plan: Plan, examples: dict) -> tuple[np.ndarray, np
         note(
             examples,
             "bad_coords",
-            f"row {inrow[i]} (id {ids[i]}): ra={df[c['ra']].iloc[i]!r}, dec={df[c['dec']].iloc[i]!r}",
+            f"row {inrow[i]} (id {ids[i]}): ra={plain(df[c['ra']].iloc[i])}, dec={plain(df[c['dec']].iloc[i])}",
         )
     for i in np.flatnonzero(dup)[:1]:
         note(
