@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ..catalogs.columns import require_column
 from ..catalogs.read import CatalogError
@@ -82,6 +83,8 @@ def column_value(s: pd.Series, name: str) -> Value:
     if pd.api.types.is_integer_dtype(dt):
         np_dt = getattr(dt, "numpy_dtype", dt)
         return Value(s.to_numpy(np_dt, na_value=0), "int", missing)
+    if isinstance(dt, pd.ArrowDtype) and pa.types.is_decimal(dt.pyarrow_dtype):  # a decimal column: compared as float64
+        return Value(s.to_numpy(np.float64, na_value=np.nan), "float", missing)
     if pd.api.types.is_float_dtype(dt):
         return Value(s.to_numpy(getattr(dt, "numpy_dtype", dt), na_value=np.nan), "float", missing)
     if pd.api.types.is_string_dtype(dt) or pd.api.types.is_object_dtype(dt):
