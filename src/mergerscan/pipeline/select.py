@@ -40,6 +40,7 @@ from .select_grammar import (
     Unary,
     names,
     parse,
+    shown,
 )
 
 __all__ = ["SelectError", "evaluate", "expression_names", "mark_selected", "resolve"]
@@ -55,7 +56,7 @@ def resolve(expr: str, available: list[str], path: str) -> dict:
     """``{name as written: column in the file's spelling}``; CatalogError naming an unknown column."""
     out = {n: require_column(available, n, path, "--select") for n in expression_names(expr)}
     if not out:
-        raise SelectError(f"--select {expr!r}: names no column")
+        raise SelectError(f"--select {shown(expr)}: names no column")
     return out
 
 
@@ -272,10 +273,15 @@ def evaluate(expr: str, columns: dict, df: pd.DataFrame, label: str, start: int 
         env = {n: column_value(df[c].reset_index(drop=True), n) for n, c in columns.items()}
         return evaluate_tree(tree, env, len(df))
     except SelectTypeError as exc:
-        raise CatalogError(f"{label}: --select {expr!r} fails on {where} ({exc})") from None
-    except (ArithmeticError, ValueError, TypeError) as exc:  # e.g. an integer overflow: this expression's
+        raise CatalogError(f"{label}: --select {shown(expr)} fails on {where} ({exc})") from None
+    except (
+        ArithmeticError,
+        ValueError,
+        TypeError,
+        RecursionError,
+    ) as exc:  # e.g. an integer overflow: this expression's
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CatalogError(f"{label}: --select {expr!r} fails on {where} ({type(exc).__name__}: {msg})") from None
+        raise CatalogError(f"{label}: --select {shown(expr)} fails on {where} ({type(exc).__name__}: {msg})") from None
 
 
 def mark_selected(plan, df: pd.DataFrame, start: int) -> pd.DataFrame:

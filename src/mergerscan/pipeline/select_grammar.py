@@ -58,6 +58,7 @@ OPERATORS = {"(", ")", "[", "]", ",", "+", "-", "*", "/", "//", "%", "**", "<", 
 OPERATORS |= {"&", "|", "~"}
 MAX_CHARS = 10_000  # a selection longer than this is not typed by hand
 MAX_NODES = 2_000
+MAX_DEPTH = 200  # the evaluator recurses once per level
 # what a refused token is, for the message
 TOKEN_WHAT = {
     ".": "attribute access",
@@ -170,15 +171,34 @@ def parse(expr: str) -> Node:
         tree = ast.parse(rewritten, mode="eval")
     except SyntaxError as exc:
         at = where[min(max((exc.offset or 1) - 1, 0), len(where) - 1)] + 1
-        raise SelectError(f"--select {expr!r}: syntax error at character {at} ({exc.msg})") from None
+        raise SelectError(f"--select {shown(expr)}: syntax error at character {at} ({exc.msg})") from None
     except (RecursionError, MemoryError, ValueError):
-        raise SelectError(f"--select {expr!r}: expression too deeply nested") from None
+        raise SelectError(f"--select {shown(expr)}: expression nested more than {MAX_DEPTH} deep") from None
     if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
-        raise SelectError(f"--select {expr!r}: more than {MAX_NODES} terms")
+        raise SelectError(f"--select {shown(expr)}: more than {MAX_NODES} terms")
     try:
-        return _convert(tree.body, rewritten, expr)
+        out = _convert(tree.body, rewritten, expr)
     except RecursionError:
-        raise SelectError(f"--select {expr!r}: expression too deeply nested") from None
+        out = None
+    if out is None or depth(out) > MAX_DEPTH:  # the evaluator recurses as deep: bounded here
+        raise SelectError(f"--select {shown(expr)}: expression nested more than {MAX_DEPTH} deep")
+    return out
+
+
+def depth(node: Node) -> int:
+    """Levels of the tree (iterative: any depth is measured without recursion)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        n, d = stack.pop()
+        deepest = max(deepest, d)
+        stack += [(c, d + 1) for c in children(n)]
+    return deepest
+
+
+def shown(expr: str, limit: int = 160) -> str:
+    """The expression as quoted in a message: one line, cut to ``limit`` characters."""
+    text = repr(" ".join(str(expr).split()))
+    return text if len(text) <= limit else f"{text[: limit - 20]}...' ({len(expr):,} characters)"
 
 
 def names(node: Node) -> list[str]:
@@ -211,7 +231,7 @@ def children(n: Node) -> tuple[Node, ...]:
 
 def _refuse(expr: str, what: str) -> SelectError:
     return SelectError(
-        f"--select {expr!r}: {what} is not allowed (a selection uses column names, literals, "
+        f"--select {shown(expr)}: {what} is not allowed (a selection uses column names, literals, "
         f"arithmetic, comparisons, and/or/not, in [...] and the functions {', '.join(FUNCTIONS)})"
     )
 
@@ -221,9 +241,16 @@ def _rewrite(text: str, expr: str) -> tuple[str, list[int]]:
     position in ``text``); refuses tokens outside the grammar, naming them."""
     try:
         toks = [t for t in tokenize.generate_tokens(io.StringIO(text).readline)]
-    except (tokenize.TokenError, SyntaxError) as exc:  # an unclosed bracket or string
-        msg = exc.args[0] if exc.args else "incomplete"
-        raise SelectError(f"--select {expr!r}: syntax error ({msg})") from None
+    except (tokenize.TokenError, SyntaxError) as exc:  # an unclosed bracket or string: Python's message
+        try:
+            ast.parse(text, mode="eval")  # parsing only: nothing is run
+        except SyntaxError as err:
+            raise SelectError(
+                f"--select {shown(expr)}: syntax error at character {err.offset or 0} ({err.msg})"
+            ) from None
+        except (RecursionError, MemoryError, ValueError):
+            pass
+        raise SelectError(f"--select {shown(expr)}: syntax error ({exc.args[0] if exc.args else exc})") from None
     out: list[str] = []
     where: list[int] = []
     pos = 0
@@ -244,8 +271,8 @@ def _rewrite(text: str, expr: str) -> tuple[str, list[int]]:
 def _check_token(t: tokenize.TokenInfo, nxt: tokenize.TokenInfo | None, expr: str) -> None:
     s = t.string
     if t.type == tokenize.OP and s not in OPERATORS:
-        shown = s + (nxt.string if s == "." and nxt is not None and nxt.type == tokenize.NAME else "")
-        raise _refuse(expr, f"{shown!r} ({TOKEN_WHAT.get(s, 'this operator')})")
+        token = s + (nxt.string if s == "." and nxt is not None and nxt.type == tokenize.NAME else "")
+        raise _refuse(expr, f"{token!r} ({TOKEN_WHAT.get(s, 'this operator')})")
     if t.type == tokenize.NAME:
         if keyword.iskeyword(s) and s not in KEYWORDS:
             raise _refuse(expr, f"the keyword {s!r}")
@@ -257,6 +284,8 @@ def _check_token(t: tokenize.TokenInfo, nxt: tokenize.TokenInfo | None, expr: st
             raise _refuse(expr, f"the {prefix}-string {s[:20]!r}")
     elif t.type == tokenize.COMMENT:
         raise _refuse(expr, "'#' (comments)")
+    elif t.type == tokenize.ERRORTOKEN and s.strip() in ("'", '"'):
+        raise SelectError(f"--select {shown(expr)}: syntax error at character {t.start[1] + 1} (unterminated string)")
     elif t.type == tokenize.ERRORTOKEN and s.strip():
         raise _refuse(expr, f"the character {s!r}")
 
@@ -276,9 +305,7 @@ def _convert(node: ast.AST, text: str, expr: str) -> Node:
     if isinstance(node, ast.Name):
         if node.id in CONSTANTS:
             return Literal(CONSTANTS[node.id])
-        if node.id in FUNCTIONS:
-            raise _refuse(expr, f"the function name {node.id!r} without a call")
-        return Column(node.id)
+        return Column(node.id)  # also a bare function name: a column called 'exp' or 'log' is usable
     if isinstance(node, ast.Constant):
         v = node.value
         if v is None or isinstance(v, (bool, int, float, str)):
@@ -326,10 +353,10 @@ def _negated(v: Unary, expr: str) -> Literal:
 def _call(node: ast.Call, text: str, expr: str) -> Node:
     f = node.func
     if not isinstance(f, ast.Name) or f.id not in FUNCTIONS:
-        shown = ast.get_source_segment(text, f) or type(f).__name__
-        raise _refuse(expr, f"calling {shown!r}")
+        called = ast.get_source_segment(text, f) or type(f).__name__
+        raise _refuse(expr, f"calling {called!r}")
     if node.keywords:
         raise _refuse(expr, f"keyword arguments to {f.id}()")
     if len(node.args) != FUNCTIONS[f.id]:
-        raise SelectError(f"--select {expr!r}: {f.id}() takes {FUNCTIONS[f.id]} argument(s), got {len(node.args)}")
+        raise SelectError(f"--select {shown(expr)}: {f.id}() takes {FUNCTIONS[f.id]} argument(s), got {len(node.args)}")
     return Call(f.id, tuple(_convert(a, text, expr) for a in node.args))
