@@ -75,6 +75,12 @@ def test_ids_that_cannot_name_a_file_are_row_statuses(catalog, cheap_cli, capsys
     assert example["no_image"].isprintable()  # one line; an id with a NUL is shown escaped (below)
     assert "np.float64" not in example["bad_coords"] and "ra=400.0," in example["bad_coords"], example
     assert s["scored"] == want.count("ok") and s["rows"] == 12
+    # the re-run the summary advises (no_image is retried) ends the same way, not in a failure
+    rc, stdout, err = cheap_cli(
+        d / "cat.parquet", "--images", d / "stamps", "-o", out, "--path-column", "file", capsys=capsys
+    )
+    assert rc == 0 and "Traceback" not in stdout + err, err
+    assert assert_fits_equals_parquet(out)[0]["status"].tolist() == want
 
 
 def test_every_path_error_is_a_row_status_at_the_source(tmp_path):
