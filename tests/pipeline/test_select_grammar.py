@@ -38,6 +38,7 @@ FRAME = pd.DataFrame(
 )
 COLS = {c: c for c in FRAME}
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+VALID_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))  # evaluates each
 
 # ---------------------------------------------------------------- instrumentation
 WATCHED = ("exec", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen", "open", "os.remove")
@@ -189,7 +190,7 @@ def boolean():
     return st.recursive(comparison(), extend, max_leaves=4)
 
 
-@SETTINGS
+@VALID_SETTINGS
 @given(boolean())
 def test_valid_expressions_match_a_numpy_reference(case):
     text, want, _ = case
@@ -201,7 +202,7 @@ def test_valid_expressions_match_a_numpy_reference(case):
     assert set(w.dispatched) <= set(NODE_TYPES) and all(type(x) in NODE_TYPES for x in _nodes(tree))
 
 
-@SETTINGS
+@VALID_SETTINGS
 @given(boolean())
 def test_where_nothing_compared_is_missing_the_mask_is_what_pandas_eval_gave(case):
     """The old implementation, pandas eval (python engine) - here, in the test, on the test's own
@@ -376,3 +377,36 @@ def test_the_instruments_see_what_they_watch():
         sel.evaluate("a > 0", {"a": "a"}, FRAME, "cat.fits")
     assert "exec" in w.events and "open" in w.events
     assert set(w.dispatched) == {sel.Compare, sel.Column, sel.Literal}
+
+
+def test_columns_as_the_readers_give_them():
+    """A boolean column with nulls (object dtype from Arrow), bytes text, an integer column with
+    nulls (float64), a decimal column (Arrow decimal): each compares; missing never satisfies a
+    comparison, a missing boolean is false."""
+    from decimal import Decimal
+
+    import pyarrow as pa
+
+    from mergerscan.catalogs.read import arrow_to_pandas
+
+    t = pa.table(
+        {
+            "f": pa.array([True, None, False]),
+            "b": pa.array([b"x", b"y", None]),
+            "i": pa.array([1, None, 3]),
+            "d": pa.array([Decimal("1.50"), None, Decimal("-2.25")], pa.decimal128(5, 2)),
+        }
+    )
+    df = arrow_to_pandas(t)
+    cases = {
+        "f": [True, False, False],
+        "not f": [False, True, True],
+        "b == 'x'": [True, False, False],
+        "b != 'x'": [False, True, False],
+        "i != 1": [False, False, True],
+        "d > 1.4": [True, False, False],
+        "d != 1.5": [False, False, True],
+    }
+    for expr, want in cases.items():
+        cols = {n: n for n in sel.expression_names(expr)}
+        assert sel.evaluate(expr, cols, df, "cat.parquet").tolist() == want, expr

@@ -90,9 +90,12 @@ def column_value(s: pd.Series, name: str) -> Value:
         return Value(s.to_numpy(getattr(dt, "numpy_dtype", dt), na_value=np.nan), "float", missing)
     if pd.api.types.is_string_dtype(dt) or pd.api.types.is_object_dtype(dt):
         values = s.to_numpy(object)
+        values = np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values], object)
         present = values[~missing]
         if all(isinstance(v, str) for v in present):
             return Value(np.where(missing, "", values).astype(object), "str", missing)
+        if all(isinstance(v, (bool, np.bool_)) for v in present):  # a boolean column with nulls
+            return Value(np.where(missing, False, values).astype(bool), "bool", missing)
         if all(isinstance(v, (int, float, Decimal)) and not isinstance(v, bool) for v in present):
             return Value(np.array([np.nan if m else float(v) for v, m in zip(values, missing)]), "float", missing)
     raise SelectTypeError(f"column {name!r} ({dt}) is not a number, text or true/false column")
