@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from decimal import Decimal
 from pathlib import Path
 
 import fitsio
@@ -240,6 +241,14 @@ def assert_fits_equals_parquet(out: Path) -> tuple[pd.DataFrame, np.ndarray, dic
             np.testing.assert_array_equal(f.astype(np.float64), a.astype(f.dtype).astype(np.float64), err_msg=n)
         elif pa.types.is_boolean(typ):
             assert [bool(x) for x in f] == [bool(v) for v in vals], n
+        elif pa.types.is_decimal(typ) and typ.precision <= 15:
+            # FITS float64; printed at the column's scale every value reads back exactly; null: NaN
+            got = [None if np.isnan(x) else Decimal(f"{float(x):.{typ.scale}f}") for x in f]
+            assert got == vals, n
+        elif pa.types.is_decimal(typ):  # wider than a float64 holds: exact text
+            assert [x.decode() if isinstance(x, bytes) else str(x) for x in f] == [
+                "" if v is None else str(v) for v in vals
+            ], n
         else:
             # FITS text is ASCII: non-ASCII characters as backslash escapes (docs/output.md)
             want = [

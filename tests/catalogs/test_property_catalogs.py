@@ -221,7 +221,7 @@ def check(cat, out, rc, err):
             assert status[i] == "no_id"
         else:
             assert status[i] in ("ok", "duplicate_id", "no_image"), status[i]
-    names = output_names(list(cat["cols"]))
+    names = output_names(list(cat["cols"]), id_col)  # collisions with this run's output names only
     for m, values in cat["cols"].items():
         got = t.column(names[m]).to_pylist()
         if cat["fmt"] == "csv":  # kept CSV columns: whatever pandas reads (not the id)

@@ -8,7 +8,7 @@ Cases (one line each):
  2. kept integer ``STATUS`` is renamed ``in_STATUS``; the FITS write does not crash
  3. kept ``RA``/``DEC`` (text, coordinates come from ra_deg/dec_deg) become ``in_RA``/``in_DEC``
  4. kept ``IS_MERGER``, ``Input_Row``, ``_HEALPIX_29`` get the ``in_`` prefix
- 5. kept ``ID`` beside an integer id (output ``objid``) is renamed too (both id spellings reserved)
+ 5. kept ``ID`` beside an integer id (output ``objid``) keeps its name: only this run's output names collide
  6. kept ``status`` and ``in_status`` together: ``in_in_status`` and ``in_status``, no clash (the rule itself)
  7. the id/ra/dec columns themselves under ``--keep-columns '*'`` are not duplicated
  8. ``--overwrite`` on a directory of user files: refused in one line, nothing deleted
@@ -148,8 +148,9 @@ def test_kept_columns_colliding_with_output_columns_are_prefixed(field, cheap_cl
     assert rc == 0, err
     got, fits, hdr = assert_fits_equals_parquet(out)
     assert (got["status"] == "ok").all() and got["p_merger"].between(0, 1).all()
-    for name in ("P_MERGER", "STATUS", "RA", "DEC", "IS_MERGER", "Input_Row", "_HEALPIX_29", "ID"):
+    for name in ("P_MERGER", "STATUS", "RA", "DEC", "IS_MERGER", "Input_Row", "_HEALPIX_29"):
         assert got[f"in_{name}"].tolist() == df[name].tolist(), name
+    assert got["ID"].tolist() == df["ID"].tolist() and "in_ID" not in got  # this run's id column is objid
     assert got["Z"].tolist() == [0.1] * n and got["in_z"].tolist() == [0.2] * n  # case-only twins
     assert {"Z", "in_z"} <= set(fits.dtype.names)
     # the id/ra/dec columns are output columns of their own, never carried twice

@@ -111,3 +111,53 @@ def test_expression_names_and_case_insensitive_columns():
 
     df = pd.DataFrame({"type": [3, 6, 3], "petroMag_r": [17.0, 15.0, np.nan]})
     assert evaluate("TYPE == 3 and petromag_r < 17.77", cols, df, "cat.fits").tolist() == [True, False, False]
+
+
+ATTACKS = [
+    "ra.__class__",
+    "().__class__.__bases__[0].__subclasses__()",
+    "mag_r.to_csv('{tmp}/written')",
+    "__import__('os').system('touch {tmp}/touched')",
+    "@var",
+    "mag_r > 1 and open('{tmp}/opened', 'w')",
+    "(lambda: __import__('os').system('touch {tmp}/touched'))()",
+    "[x for x in mag_r]",
+    "mag_r.__class__.__init__.__globals__",
+    "mag_r[0] > 1",
+    "f'{{mag_r}}' == 'x'",
+    "(w := 1) > 0",
+]
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_code_in_select_is_refused_before_anything_runs(attack, field, cheap_cli, tmp_path, capsys, monkeypatch):
+    """An expression outside the grammar (attribute access, calls, dunders, '@', lambdas, ...):
+    exit 2 with one line naming the offending token, nothing created, OUT not made."""
+    d, _, _ = field
+    monkeypatch.chdir(tmp_path)  # a relative 'touch f' would land here
+    expr = attack.format(tmp=tmp_path)
+    rc, out, err = cheap_cli(
+        d / "cat.fits", "--images", d / "stamps", "-o", tmp_path / "out", "--select", expr, capsys=capsys
+    )
+    err = err.strip()
+    assert rc == 2 and err.startswith("process-catalog: error: --select") and "\n" not in err, err
+    assert "not allowed" in err and "Traceback" not in err + out
+    assert list(tmp_path.iterdir()) == []  # no OUT, nothing written, touched or opened for writing
+
+
+def test_missing_values_never_satisfy_a_comparison(field, cheap_cli, tmp_path, capsys):
+    """mag_r is NaN on row 7: neither `mag_r < 99` nor `mag_r != 1` nor `mag_r not in [1]` selects
+    it (as documented); `not (mag_r < 99)` does."""
+    d, df, _ = field
+    for expr, want in (
+        ("mag_r < 99", False),
+        ("mag_r != 1", False),
+        ("mag_r not in [1]", False),
+        ("not (mag_r < 99)", True),
+    ):
+        out = tmp_path / f"o{abs(hash(expr))}"
+        rc, _, err = cheap_cli(d / "cat.fits", "--images", d / "stamps", "-o", out, "--select", expr, capsys=capsys)
+        assert rc in (0, 3) and "Traceback" not in err, err
+        got = read_out(out)
+        assert (got.loc[7, "status"] != "not_selected") == want, expr
+        assert len(got) == len(df)

@@ -237,7 +237,9 @@ def arrow_to_pandas(table, nullable=()) -> pd.DataFrame:
     and 64-bit integers never pass through float64."""
     import pyarrow as pa
 
-    df = table.to_pandas()
+    # decimal columns stay Arrow decimals (exact; one type in every partition), never Python
+    # Decimal objects that pyarrow would re-infer per partition, nor float64
+    df = table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_decimal(t) else None)
     # straight from Arrow into pandas' masked arrays: an ArrowDtype -> Int64 astype goes via float64
     nullable_types = {
         pa.bool_(): pd.BooleanDtype(),

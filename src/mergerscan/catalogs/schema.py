@@ -17,8 +17,9 @@ STATUS = {
     "bad_coords": "ra/dec missing, NaN or out of range (ra not in [0, 360), dec not in [-90, 90])",
     "no_id": "the id is missing: null, NaN or blank text (the row is kept, its id as it was; not scored)",
     "duplicate_id": "the same id already appeared earlier in the same sky partition (the first occurrence is scored)",
-    "no_image": "no image file for this object (`--images`), including an id or `--path-column` value too long "
-    "to be a file name (> 255 bytes)",
+    "no_image": "no image file for this object (`--images`), including an id or `--path-column` value that no "
+    "file can have (over 255 bytes, a NUL byte, characters the filesystem cannot encode) and an id that is `.`, "
+    "`..` or holds a path separator (an id never names a file outside DIR)",
     "bad_image": "the image exists but cannot be decoded, is damaged (any libjpeg-turbo warning: corrupt data, a "
     "zeroed block, data cut short even with the end marker kept; or flat grey-128 fill), is not a "
     "square RGB image (an RGBA or palette PNG counts as RGB when every pixel is opaque), is not a "
@@ -116,9 +117,22 @@ OUTPUT_COLUMNS = {
     ),
 }
 ID_COLUMNS = ("objid", "id")
-# every name an output column may have (both id spellings): no carried column may take one, compared
-# case-insensitively (FITS column names are), whichever the run uses, so the rule never depends on the data
+# every name an output column may have (both id spellings); a run uses one id spelling (id_output_name)
 OUTPUT_NAMES = (*OUTPUT_COLUMNS, "id")
+
+
+def id_output_name(id_kind: str) -> str:
+    """The output id column of a run: ``objid`` for integer ids (int64, uint64), ``id`` for text."""
+    return "objid" if id_kind in ("int", "uint") else "id"
+
+
+def run_output_names(id_name: str | None) -> tuple[str, ...]:
+    """The output columns of a run whose id column is ``id_name`` (None: both spellings)."""
+    if id_name is None:
+        return OUTPUT_NAMES
+    return tuple(id_name if n == "objid" else n for n in OUTPUT_COLUMNS)
+
+
 CARRIED = Column(
     "as input",
     None,
@@ -128,9 +142,20 @@ CARRIED = Column(
 )
 
 
-def column(name: str) -> Column:
-    """The schema of an output column; any other name is a carried-through input column."""
-    return OUTPUT_COLUMNS["objid" if name in ID_COLUMNS else name] if name in OUTPUT_NAMES else CARRIED
+def carried_ids(names: list[str]) -> set[str]:
+    """Which of an output table's ``objid``/``id`` columns are kept input columns: the run's own id
+    column comes first (``output_table``), so any later one (a kept ``objid`` in a run whose id
+    column is ``id``, or the other way round) is carried."""
+    ids = [n for n in names if n in ID_COLUMNS]
+    return set(ids[1:])
+
+
+def column(name: str, carried: frozenset | set = frozenset()) -> Column:
+    """The schema of an output column; any other name, or one in ``carried`` (a kept ``objid`` in
+    a run whose id column is ``id``), is a carried-through input column."""
+    if name in carried or name not in OUTPUT_NAMES:
+        return CARRIED
+    return OUTPUT_COLUMNS["objid" if name in ID_COLUMNS else name]
 
 
 # ---------------------------------------------------------------- output column names
@@ -140,15 +165,16 @@ FITS_NAME_MAX = 68  # a TTYPEn value is at most 68 characters
 FITS_MAX_COLUMNS = 999  # TFIELDS <= 999
 
 
-def output_names(carried: list[str]) -> dict[str, str]:
+def output_names(carried: list[str], id_name: str | None = None) -> dict[str, str]:
     """{input name: output name} for the carried-through columns, the same in Parquet and FITS
     (FITS may further need :func:`fits_names`).  The one collision rule: a kept column whose name
-    equals, in any case, an output column's name (``P_MERGER``, ``Status``, ``RA``...) or an earlier
-    kept column's output name (``z`` after ``Z``) gets the prefix ``in_``, repeated until it collides
-    with nothing (``in_status`` kept too -> ``in_in_status``).  Output names are therefore unique
-    case-insensitively, as FITS needs.  Blanks around a name are padding (a CSV written with ", "):
-    `` mag`` is carried as ``mag``."""
-    taken = {r.lower() for r in OUTPUT_NAMES}
+    equals, in any case, one of this run's output columns (``P_MERGER``, ``Status``, ``RA``..., and
+    the run's id column ``id_name``: ``objid`` or ``id``; None, for plans written before the run's
+    id was passed here, reserves both) or an earlier kept column's output name (``z`` after ``Z``)
+    gets the prefix ``in_``, repeated until it collides with nothing (``in_status`` kept too ->
+    ``in_in_status``).  Output names are therefore unique case-insensitively, as FITS needs.  Blanks
+    around a name are padding (a CSV written with ", "): `` mag`` is carried as ``mag``."""
+    taken = {r.lower() for r in run_output_names(id_name)}
     plain = {(str(c).strip() or str(c)).lower() for c in carried}
     out = {}
     for c in carried:

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..atomic import atomic_write
-from .schema import STATUS_WIDTH, column
+from .schema import STATUS_WIDTH, carried_ids, column
 
 VOPARQUET_VERSION = "1.0"
 VOTABLE_NS = "http://www.ivoa.net/xml/VOTable/v1.3"
@@ -54,9 +54,10 @@ FITS_KEYWORDS = {
 
 
 # ---------------------------------------------------------------- column metadata
-def column_info(name: str) -> tuple[str | None, str | None, str]:
-    """(unit, ucd, description) of an output column; carried-through input columns get no unit/UCD."""
-    c = column(name)
+def column_info(name: str, carried: set | frozenset = frozenset()) -> tuple[str | None, str | None, str]:
+    """(unit, ucd, description) of an output column; carried-through input columns (and the names
+    in ``carried``: see :func:`~mergerscan.catalogs.schema.carried_ids`) get no unit/UCD."""
+    c = column(name, carried)
     return c.unit, c.ucd, c.description
 
 
@@ -75,8 +76,8 @@ def _votable_type(t: pa.DataType) -> tuple[str, str | None]:
             (False, 4): "long",
             (False, 8): "long",
         }[(pa.types.is_signed_integer(t), t.bit_width // 8)], None
-    if pa.types.is_floating(t):
-        return ("double" if t.bit_width == 64 else "float"), None
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):  # a decimal is a number (exact in the file)
+        return ("float" if pa.types.is_floating(t) and t.bit_width < 64 else "double"), None
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
         return "unsignedByte", "*"
     return "char", "*"
@@ -96,9 +97,10 @@ def votable_xml(schema: pa.Schema, metadata: dict | None = None) -> str:
             continue
         dt = 'datatype="double"' if isinstance(value, float) else 'datatype="char" arraysize="*"'
         out.append(f"<PARAM name={quoteattr(key)} {dt} value={quoteattr(str(value))}/>")
+    carried = carried_ids(schema.names)
     for f in schema:
         datatype, arraysize = _votable_type(f.type)
-        unit, ucd, desc = column_info(f.name)
+        unit, ucd, desc = column_info(f.name, carried)
         attrs = f'name={quoteattr(f.name)} datatype="{datatype}"'
         attrs += f' arraysize="{arraysize}"' if arraysize else ""
         attrs += f" unit={quoteattr(unit)}" if unit else ""
@@ -129,8 +131,8 @@ def _normalise(arr: pa.Array) -> pa.Array:
         return arr
     if pa.types.is_float16(t):
         return arr.cast(pa.float32())
-    if pa.types.is_decimal(t):
-        return arr.cast(pa.float64())
+    if pa.types.is_decimal(t):  # exact in Parquet; FITS has no decimal type (fits_column)
+        return arr
     if pa.types.is_large_binary(t) or pa.types.is_binary(t):
         return arr.cast(pa.binary())
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
@@ -225,6 +227,18 @@ _INT_FITS = {  # arrow int type -> numpy dtype written (no TZERO: only signed ty
 }  # uint64 (ids >= 2^63): K with TZERO = 2^63, cfitsio's exact unsigned-64 convention
 
 
+FITS_EXACT_DIGITS = 15  # a float64 holds any decimal of up to 15 significant digits (round-trips)
+
+
+def fits_column(arr: pa.Array) -> pa.Array:
+    """A normalised column as FITS can hold it: a decimal column of precision <= 15 as float64
+    (printed with its scale, each value reads back exactly), a wider one as exact text."""
+    arr = _normalise(arr)
+    if pa.types.is_decimal(arr.type):
+        return arr.cast(pa.float64() if arr.type.precision <= FITS_EXACT_DIGITS else pa.string())
+    return arr
+
+
 def fits_text(col) -> pa.Array:
     """A text/binary column as FITS character data: ASCII only (the FITS standard), so any
     non-ASCII character is written as a backslash escape (``naïve`` -> ``na\\xefve``, ``Δ`` ->
@@ -252,7 +266,7 @@ def fits_layout(files: list) -> list[tuple[str, pa.DataType, str, int | None]]:
         schema = pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise ValueError(f"partition schemas cannot be combined into one FITS table: {exc}") from None
-    schema = pa.schema([pa.field(f.name, _normalise(pa.array([], f.type)).type) for f in schema])
+    schema = pa.schema([pa.field(f.name, fits_column(pa.array([], f.type)).type) for f in schema])
     text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_binary(f.type)]
     ints = [f.name for f in schema if pa.types.is_integer(f.type)]
     width = {n: (STATUS_WIDTH if n == "status" else 1) for n in text}
@@ -273,7 +287,7 @@ def fits_layout(files: list) -> list[tuple[str, pa.DataType, str, int | None]]:
         if have:
             t = pf.read(columns=have)
             for n in have:
-                lengths = pc.binary_length(fits_text(t.column(n)))
+                lengths = pc.binary_length(fits_text(fits_column(t.column(n).combine_chunks())))
                 width[n] = max(width[n], int(pc.max(lengths).as_py() or 0))
     layout = []
     for f in schema:
@@ -301,7 +315,7 @@ def to_fits_records(table: pa.Table, layout: list) -> np.ndarray:
         if name not in table.column_names:
             col = pa.nulls(table.num_rows, t)
         else:
-            col = _normalise(table.column(name).combine_chunks())
+            col = fits_column(table.column(name).combine_chunks())
         kind = np.dtype(npdt).kind
         if kind == "S":
             rec[name] = pc.fill_null(fits_text(col), b"").to_numpy(zero_copy_only=False).astype(npdt)
@@ -344,7 +358,7 @@ def write_fits_table(
     layout = fits_layout(files)
     rename = fits_names([n for n, *_ in layout])
     dtype = np.dtype([(rename[n], d) for n, _, d, _ in layout])
-    info = [column_info(n) for n, *_ in layout]
+    info = [column_info(n, carried_ids([n for n, *_ in layout])) for n, *_ in layout]
     comments = []
     for (n, *_), (_, _, desc) in zip(layout, info):
         orig = (origins or {}).get(n)

@@ -24,7 +24,9 @@ A row's file is ``rows['path']`` when that column exists and the value is a non-
   source), assuming it covers the same field of view (``stamp_pixels * pixel_scale``): the source
   cannot check that.
 
-Status: ``no_image`` (no file), ``bad_image`` (unreadable, truncated, damaged, not RGB, not
+Status: ``no_image`` (no file; also an id or path that no file can have: too long for the
+filesystem, a NUL byte, characters it cannot encode; an id that is ``.``/``..`` or holds a path
+separator never leaves ``directory``), ``bad_image`` (unreadable, truncated, damaged, not RGB, not
 square, not a regular file), ``small_image``, ``image_too_large``, ``blank_image``; failed rows
 get a zero stamp, and ``examples`` keeps the first reason for each status.  Files are decoded by a pool of ``threads`` threads (PIL
 and zlib release the GIL).
@@ -141,30 +143,29 @@ class StampSource(SourceBase):
         n = len(rows)
         stamps = empty_stamps(n, self.spec)
         status = np.full(n, "no_image", dtype=object)
-        ids = rows["id"].astype(str).tolist()
+        ids = [str(v) for v in rows["id"].to_numpy(object)]  # str(), not astype: any text the id holds
         paths = rows["path"].tolist() if "path" in rows.columns else [None] * n
 
         def one(i: int) -> None:  # each call writes its own row
             try:
                 path = self.resolve(ids[i], paths[i])
-            except OSError as exc:  # a per-row filesystem error is a per-row status:
-                if exc.errno != errno.ENAMETOOLONG:  # a name too long for the filesystem names no file
-                    status[i] = "bad_image"
-                st = status[i]
-                self.examples.setdefault(st, f"id {ids[i]}: {type(exc).__name__}: {exc.strerror or exc}")
+            except Exception as exc:  # any failure to build or look up the path is this row's status
+                st = unusable_name_status(exc)
+                status[i] = st
+                self.examples.setdefault(st, f"id {shown(ids[i])}: {self._looked_for(ids[i], paths[i])}: {reason(exc)}")
                 return
             if path is None:
-                self.examples.setdefault("no_image", f"id {ids[i]}: {self._looked_for(ids[i], paths[i])}")
+                self.examples.setdefault("no_image", f"id {shown(ids[i])}: {self._looked_for(ids[i], paths[i])}")
                 return
             try:
                 stamps[i] = self.decode(path)
                 status[i] = "ok"
             except ImageRejected as e:
                 status[i] = e.status
-                self.examples.setdefault(e.status, f"id {ids[i]}: {path}: {e.reason}")
+                self.examples.setdefault(e.status, f"id {shown(ids[i])}: {shown(path)}: {e.reason}")
             except Exception as e:  # unreadable, corrupt: this row only
                 status[i] = "bad_image"
-                self.examples.setdefault("bad_image", f"id {ids[i]}: {path}: {type(e).__name__}: {e}"[:300])
+                self.examples.setdefault("bad_image", f"id {shown(ids[i])}: {shown(path)}: {reason(e)}"[:300])
 
         if self._pool is None:
             for i in range(n):
@@ -196,8 +197,10 @@ class StampSource(SourceBase):
 
     def _looked_for(self, oid: str, path=None) -> str:
         if isinstance(path, (str, os.PathLike)) and str(path).strip():
-            return f"no file {path} (path column) under {self.directory}"
-        return f"no file {oid}.{{{','.join(e[1:] for e in EXTENSIONS)}}} in {self.directory}"
+            return f"no file {shown(path)} (path column) under {self.directory}"
+        if not oid or oid in (".", "..") or any(s in oid for s in _SEPARATORS):
+            return f"the id names no file in {self.directory} (it is '.', '..' or holds a path separator)"
+        return f"no file {shown(oid)}.{{{','.join(e[1:] for e in EXTENSIONS)}}} in {self.directory}"
 
     def decode(self, path: Path) -> np.ndarray:
         """(S, S, 3) uint8 stamp from one file; raises ImageRejected (or anything) on what is unusable."""
@@ -213,6 +216,29 @@ class StampSource(SourceBase):
         if a.shape != (s, s, 3):
             raise _bad(f"decoded shape {a.shape}")
         return a
+
+
+def unusable_name_status(exc: BaseException) -> str:
+    """The status of a row whose id or path cannot be looked up: a name no file can have (too
+    long for the filesystem, a NUL byte, characters the filesystem cannot encode) is
+    ``no_image``; another filesystem error (permission denied, a symlink loop) ``bad_image``."""
+    if isinstance(exc, OSError) and exc.errno not in (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL):
+        return "bad_image"
+    return "no_image"
+
+
+def reason(exc: BaseException) -> str:
+    """One line for the summary: the exception's kind and message (a path in it shown escaped)."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return shown(f"{type(exc).__name__}: {text}")
+
+
+def shown(value, limit: int = 120) -> str:
+    """``value`` as printable one-line text: control characters, NUL and lone surrogates escaped
+    (``\\x00``, ``\\udc80``), cut to ``limit`` characters with the full length noted."""
+    text = str(value)
+    out = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[: limit + 1])
+    return out[:limit] + f"... ({len(text)} characters)" if len(out) > limit or len(text) > limit else out
 
 
 def _exists(p: Path) -> bool:

@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--select",
         metavar="EXPR",
-        help="score only rows where this pandas expression over catalog columns is true, e.g. "
-        '"type == 3 and petroMag_r < 17.77"; the others are kept with status not_selected',
+        help="score only rows where this expression over catalog columns is true, e.g. "
+        '"type == 3 and petroMag_r < 17.77" (comparisons, and/or/not, arithmetic, in [...], abs/sqrt/log10/...; '
+        "never run as Python: see docs/output.md); the others are kept with status not_selected",
     )
     p.add_argument(
         "--samp", action="store_true", help="at the end, send OUT/mergers.fits to TOPCAT (or any SAMP client) over SAMP"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 
 from ..catalogs.schema import SCORED, TRANSIENT
 
@@ -36,9 +37,26 @@ HINTS = {
 
 
 def note(examples: dict, status: str, text: str) -> None:
-    """Keep the first example of ``status`` (one line, bounded)."""
+    """Keep the first example of ``status`` (one line, bounded, printable: an id holding a NUL, a
+    control character or a lone surrogate is shown escaped, so printing the summary never fails)."""
     if status not in SCORED and status not in examples:
-        examples[status] = " ".join(str(text).split())[:300]
+        line = " ".join(str(text).split())[:300]
+        examples[status] = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in line)
+
+
+def plain(value) -> str:
+    """A catalog value as a user writes it: ``150.01`` (not ``np.float64(150.01)``), ``null``."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return "null"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return str(value)
 
 
 def coord_range(ra: np.ndarray, dec: np.ndarray) -> list | None:

@@ -8,7 +8,7 @@ import time
 from .. import __version__
 from ..atomic import atomic_write_text
 from ..catalogs.hats import join_pieces, write_hats_metadata
-from ..catalogs.schema import SCORED, output_names
+from ..catalogs.schema import SCORED, id_output_name
 from ..catalogs.write import write_fits_table
 from ..engines import operating
 from ..engines.operating import OperatingPoint, operating_line
@@ -78,7 +78,7 @@ def _write_catalog(
             args.partition_rows,
             name=layout.root.name,
         )
-    names = plan.names or output_names(plan.carried)
+    names = plan.output_names
     write_fits_table(files, layout.fits, run_meta(args, info, op), origins={v: k for k, v in names.items()})
 
 
@@ -123,9 +123,9 @@ def build_summary(
         command=args.command,
         engine_path=info.path,
         source=SourceSummary(kind=args.source.kind, location=args.source.shown, options=dict(args.source.options)),
-        id_column="objid" if plan.id_kind == "int" else "id",
+        id_column=id_output_name(plan.id_kind),
         keep=list(plan.keep),
-        path_column=(plan.names or output_names(plan.carried)).get(plan.path_column) if plan.path_column else None,
+        path_column=plan.output_names.get(plan.path_column) if plan.path_column else None,
         fits=str(layout.fits),
         parquet=str(layout.catalog_dir),
         failures=[Failure(**f) for f in why["failures"]],

@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..catalogs.hats import HatsInput, read_pixel, sub_rows
 from ..catalogs.read import CatalogError, arrow_to_pandas
+from ..catalogs.schema import id_output_name, output_names
 from ..catalogs.validate import check_numeric, coord_status, resolve_columns
 from .plan import Partition, Plan, healpix29
 from .select import mark_selected
@@ -60,6 +61,7 @@ def make_hats_plan(args, cat: dict) -> Plan:
         nsub = max(1, -(-n // args.partition_rows))
         pieces += [(o, p, s, nsub, len(sub_rows(n, s, nsub))) for s in range(nsub) if n]
     parts = [Partition(i, *t) for i, t in enumerate(pieces)]
+    core = (cat["columns"]["id"], cat["columns"]["ra"], cat["columns"]["dec"])
     return Plan(
         catalog=str(h.path),
         source_catalog=args.catalog,
@@ -72,6 +74,7 @@ def make_hats_plan(args, cat: dict) -> Plan:
         partitions=parts,
         select=args.select,
         select_columns=cat.get("select_columns") or {},
+        names=output_names([k for k in cat["keep"] if k not in core], id_output_name(cat["id_kind"])),
         hats={
             "root": str(h.path),
             "npix_suffix": h.npix_suffix,

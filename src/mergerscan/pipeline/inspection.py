@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..catalogs.columns import require_column
 from ..catalogs.read import CatalogError, CatalogReader, csv_id_kind
-from ..catalogs.schema import FITS_MAX_COLUMNS, INTERNAL_COLUMNS, OUTPUT_COLUMNS, output_names
+from ..catalogs.schema import FITS_MAX_COLUMNS, INTERNAL_COLUMNS, OUTPUT_COLUMNS, id_output_name, output_names
 from ..catalogs.validate import resolve_columns
 from .arguments import ArgumentError, ProcessArguments
 
@@ -114,7 +114,8 @@ def inspect_catalog(args: ProcessArguments) -> dict:
                 f"{args.catalog}: column {internal[0]!r} has the name of a column mergerscan uses "
                 "internally; rename it (or do not keep it)"
             )
-        names = output_names([k for k in keep if k not in core])
+        id_kind = _id_kind(reader, cols["id"])
+        names = output_names([k for k in keep if k not in core], id_output_name(id_kind))
         if len(OUTPUT_COLUMNS) + len(names) > FITS_MAX_COLUMNS:
             raise CatalogError(
                 f"{args.catalog}: {len(names)} kept columns + {len(OUTPUT_COLUMNS)} output columns "
@@ -126,7 +127,7 @@ def inspect_catalog(args: ProcessArguments) -> dict:
             "columns": cols,
             "keep": keep,
             "names": names,
-            "id_kind": _id_kind(reader, cols["id"]),
+            "id_kind": id_kind,
             "chunks": reader.chunk_ranges(),
             "select_columns": _select_columns(args, reader.columns),
         }

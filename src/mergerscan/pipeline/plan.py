@@ -24,6 +24,7 @@ import pandas as pd
 from ..atomic import atomic_path, atomic_write_text
 from ..catalogs.columns import find_column
 from ..catalogs.read import CatalogError, CatalogReader
+from ..catalogs.schema import output_names
 from ..catalogs.validate import check_numeric
 from ..run_layout import WorkLayout
 
@@ -70,6 +71,12 @@ class Plan:
         """Kept columns other than id/ra/dec (those have output columns of their own)."""
         core = (self.columns["id"], self.columns["ra"], self.columns["dec"])
         return [k for k in self.keep if k not in core]
+
+    @property
+    def output_names(self) -> dict:
+        """{carried input column: output name}: as decided at the start (``names``); a plan written
+        before the names were stored keeps the rule it was made with (both id spellings reserved)."""
+        return dict(self.names) if self.names else output_names(self.carried)
 
     @property
     def path_column(self) -> str | None:

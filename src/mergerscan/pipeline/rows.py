@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..catalogs.schema import output_names
+from ..catalogs.schema import id_output_name
 from ..catalogs.validate import flag_duplicates
-from .failures import note
+from .failures import note, plain
 from .plan import Plan
 
 
@@ -58,7 +58,7 @@ def triage(df: pd.DataFrame, plan: Plan, examples: dict) -> tuple[np.ndarray, np
         note(
             examples,
             "bad_coords",
-            f"row {inrow[i]} (id {ids[i]}): ra={df[c['ra']].iloc[i]!r}, dec={df[c['dec']].iloc[i]!r}",
+            f"row {inrow[i]} (id {ids[i]}): ra={plain(df[c['ra']].iloc[i])}, dec={plain(df[c['dec']].iloc[i])}",
         )
     for i in np.flatnonzero(dup)[:1]:
         note(
@@ -72,7 +72,7 @@ def triage(df: pd.DataFrame, plan: Plan, examples: dict) -> tuple[np.ndarray, np
 def output_table(df: pd.DataFrame, plan: Plan, p: np.ndarray, status: np.ndarray, threshold: float) -> pd.DataFrame:
     c = plan.columns
     out = {
-        ("objid" if plan.id_kind in ("int", "uint") else "id"): output_ids(df[c["id"]], plan.id_kind),
+        id_output_name(plan.id_kind): output_ids(df[c["id"]], plan.id_kind),
         "ra": df[c["ra"]].to_numpy(np.float64),
         "dec": df[c["dec"]].to_numpy(np.float64),
         "p_merger": p.astype(np.float32),
@@ -81,7 +81,7 @@ def output_table(df: pd.DataFrame, plan: Plan, p: np.ndarray, status: np.ndarray
         "input_row": df["_input_row"].to_numpy(np.int64),
         "_healpix_29": df["_healpix29"].to_numpy(np.int64),
     }
-    names = plan.names or output_names(plan.carried)  # plans written before the names were stored
+    names = plan.output_names
     for k in plan.carried:
         col = df[k]  # nullable (extension) dtypes stay as they are: one column type in every partition
         out[names[k]] = col.array if isinstance(col.dtype, pd.api.extensions.ExtensionDtype) else col.to_numpy()
