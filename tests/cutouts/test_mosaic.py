@@ -125,6 +125,12 @@ def test_split_frames_give_the_whole_frame_stamp(layouts, catalog):
         assert stats["fields_read"] == sub and stats["mosaicked"] >= n_near, (name, stats)
         # both sides of the cut: the best field differs among the objects near it
         assert len({keys[0] for keys in located[:n_near]}) >= 2, name
+        if name == "quarters":  # the corner: objects whose best field is each of the four quarters
+            assert len({keys[0] for keys in located[3:n_near]}) == 4, located
+    # deterministic: another order, other batches and a one-field cache give the same stamps
+    back, back_status, stats1, _ = _fetch(layouts["quarters"], df.iloc[::-1], max_fields=1)
+    assert np.array_equal(back[::-1], st) and back_status[::-1].tolist() == status.tolist()
+    assert stats1["fields_read"] >= 4
     # the corner objects' stamps draw on all four quarters; a single frame leaves them edge
     st1, status1, _, _ = _fetch(layouts["quarters"], df, mosaic=False)
     assert (status1[:n_near] == "edge").all() and status1[n_near] == "ok"

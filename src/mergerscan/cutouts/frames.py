@@ -202,7 +202,8 @@ class FrameSource(SourceBase):
             return
         self._mosaic(patches, out.ra, out.dec)
         sky = np.array([p.sky_fraction() for p in patches])
-        self.stats["mosaicked"] += sum(p.neighbours > 0 for p in patches)
+        self.stats["mosaicked"] += sum(p.neighbours > 0 for p in patches)  # stamps neighbours added to
+        self.stats["sky_pixels"] += float(sky.sum()) * self.spec.stamp_pixels**2  # left as sky, in total
         idx = np.array([p.row for p in patches])
         self._finish(np.stack([p.bands for p in patches], axis=1), idx, sky, [p.best for p in patches], out)
         for p, f in zip(patches, sky):
