@@ -104,10 +104,14 @@ def catalog(bands, tmp_path_factory):
     return path, df
 
 
-def _fetch(directory, df, **options):
-    rows = pd.DataFrame({"id": df["objid"].astype(str), "ra": df["ra"], "dec": df["dec"]})
+def _fetch(directory, df, batch=None, **options):
+    """Stamps, statuses, source stats and located fields of df's rows, fetched ``batch`` at a time
+    through one source (one partition)."""
+    rows = pd.DataFrame({"id": df["objid"].astype(str), "ra": df["ra"], "dec": df["dec"]}).reset_index(drop=True)
+    batch = batch or len(rows)
     with FrameSource(directory, PreprocessSpec(), index_cache=None, **options) as src:
-        stamps, status = src.fetch(rows)
+        parts = [src.fetch(rows.iloc[i : i + batch].reset_index(drop=True)) for i in range(0, len(rows), batch)]
+        stamps, status = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         return stamps, status, dict(src.stats), src.locate(df["ra"], df["dec"])
 
 
@@ -128,7 +132,7 @@ def test_split_frames_give_the_whole_frame_stamp(layouts, catalog):
         if name == "quarters":  # the corner: objects whose best field is each of the four quarters
             assert len({keys[0] for keys in located[3:n_near]}) == 4, located
     # deterministic: another order, other batches and a one-field cache give the same stamps
-    back, back_status, stats1, _ = _fetch(layouts["quarters"], df.iloc[::-1], max_fields=1)
+    back, back_status, stats1, _ = _fetch(layouts["quarters"], df.iloc[::-1], batch=3, max_fields=1)
     assert np.array_equal(back[::-1], st) and back_status[::-1].tolist() == status.tolist()
     assert stats1["fields_read"] >= 4
     # the corner objects' stamps draw on all four quarters; a single frame leaves them edge
