@@ -13,7 +13,9 @@ from pathlib import Path
 # status table is rendered from it (:func:`update_docs`)
 STATUS = {
     "ok": "scored",
-    "edge": "scored; the stamp ran off the frame edge and the missing pixels were filled with sky (0)",
+    "edge": "scored; part of the stamp lies on no readable frame (`--frames` fills each stamp from every frame that "
+    "covers it: these pixels are off the survey, in a gap, or on a missing or unreadable frame) and was filled with "
+    "sky (0): more than none and less than 75 % of the stamp (75 % or more is `blank_image`)",
     "bad_coords": "ra/dec missing, NaN or out of range (ra not in [0, 360), dec not in [-90, 90])",
     "no_id": "the id is missing: null, NaN or blank text (the row is kept, its id as it was; not scored)",
     "duplicate_id": "the same id already appeared earlier in the same sky partition (the first occurrence is scored)",

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..atomic import atomic_write_json
 from .frame_io import frame_shape, read_header
-from .geometry import make_wcs, unit
+from .geometry import make_wcs, quad_meets_rect, unit
 
 INDEX_VERSION = 1
 INDEX_NAME = ".mergerscan-frames-index.json"
@@ -166,3 +166,17 @@ class Field:
         h, w = self.ref_shape
         e = np.minimum(np.minimum(x + 0.5, w - 0.5 - x), np.minimum(y + 0.5, h - 0.5 - y))
         return np.where(np.isfinite(e), e, -np.inf)
+
+    def meets(self, ra, dec) -> np.ndarray:
+        """Whether each stamp, given by its 4 corner pixel centres in order around it ((k, 4) deg),
+        has a pixel that some band's frame covers (its 4 bilinear neighbours inside the frame)."""
+        out = np.zeros(len(ra), bool)
+        for w, shape in zip(self.wcs, self.shapes):
+            if w is None:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                x, y = w.all_world2pix(np.ravel(ra), np.ravel(dec), 0, quiet=True)
+            x, y = np.nan_to_num(x.reshape(-1, 4), nan=-1e9), np.nan_to_num(y.reshape(-1, 4), nan=-1e9)
+            out |= quad_meets_rect(x, y, shape[1] - 1, shape[0] - 1)
+        return out
