@@ -75,6 +75,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="score only rows where this pandas expression over catalog columns is true, e.g. "
         '"type == 3 and petroMag_r < 17.77"; the others are kept with status not_selected',
     )
+    dom = p.add_argument_group(
+        "training domain (the engine card's: e.g. SDSS main-sample galaxies, r_petro <= 17.77; README 'Domain')"
+    )
+    dom.add_argument(
+        "--domain",
+        default="on",
+        choices=("on", "off", "catalog", "image"),
+        help="on (default): rows whose catalog columns put them outside the engine's training selection get "
+        "status out_of_domain (not fetched, not scored) and scored rows beyond the engine's image check are "
+        "never is_merger; catalog / image: only that half; off: score and flag everything",
+    )
+    dom.add_argument(
+        "--domain-column",
+        action="append",
+        default=[],
+        metavar="KEY=COLUMN",
+        help="the column deciding KEY (class: SDSS type/class, psf: probPSF, mag, z, size: petroR90 arcsec); "
+        "COLUMN 'none' ignores a column found by name (repeatable)",
+    )
+    dom.add_argument(
+        "--domain-limit",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="replace one of the card's limits (mag_min, mag_max, redshift_min, redshift_max, size_arcsec_min, "
+        "size_arcsec_max, image_threshold), e.g. mag_max=18.0; 'none' lifts it (repeatable; recorded in the summary)",
+    )
     p.add_argument(
         "--samp", action="store_true", help="at the end, send OUT/mergers.fits to TOPCAT (or any SAMP client) over SAMP"
     )
@@ -211,6 +238,15 @@ def _source_options(items: list[str]) -> dict:
     return out
 
 
+def _domain_pairs(items: list[str], flag: str, number: bool) -> tuple:
+    from .domain import DomainError, parse_pairs
+
+    try:
+        return parse_pairs(items, flag, number)
+    except DomainError as exc:
+        raise ArgumentError(str(exc)) from None
+
+
 def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
     from pathlib import Path
 
@@ -274,6 +310,9 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
         source_location=ns.source[1] if ns.source else None,
         source_options=_source_options(ns.source_option),
         select=ns.select,
+        domain=ns.domain,
+        domain_columns=_domain_pairs(ns.domain_column, "--domain-column", number=False),
+        domain_limits=_domain_pairs(ns.domain_limit, "--domain-limit", number=True),
         samp=ns.samp,
         fault_hook=ns.fault_hook,
         command="process-catalog " + " ".join(argv),

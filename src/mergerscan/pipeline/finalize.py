@@ -13,6 +13,7 @@ from ..catalogs.write import write_fits_table
 from ..run_layout import RunLayout
 from ..run_summary import Failure, RunSummary, SourceSummary
 from .arguments import ProcessArguments
+from .domain import CatalogRules
 from .failures import format_failures, summarize
 from .plan import Plan
 from .resume import read_marker
@@ -21,6 +22,8 @@ from .resume import read_marker
 def run_meta(args: ProcessArguments, info) -> dict:
     """Provenance stored in every output file (no timestamps: partitions stay byte-identical)."""
     return {
+        "domain": args.domain,
+        "domain_threshold": args.domain_settings.image_threshold(info.domain),
         "engine_name": info.name,
         "engine_sha256": info.sha256,
         "threshold": info.threshold,
@@ -84,14 +87,19 @@ def build_summary(
     wall = seconds if seconds is not None else t1 - t0
     scored = sum(v for k, v in status.items() if k in SCORED)
     not_selected = status.get("not_selected", 0)
+    out_of_domain = status.get("out_of_domain", 0)
     fetch_failures = _add_counts(markers, "fetch_failures")
     why = summarize(markers, rows, scored, status, plan.columns.get("id"))
     return RunSummary(
         rows=rows,
         scored=scored,
-        flagged=rows - scored - not_selected,
+        flagged=rows - scored - not_selected - out_of_domain,
         select=args.select,
         not_selected=not_selected if args.select is not None else None,
+        domain=domain_applied(args, plan, info),
+        out_of_domain=out_of_domain,
+        beyond_image_threshold=sum(m.get("beyond_image_threshold", 0) for m in markers),
+        domain_rules=_by_count(_add_counts(markers, "domain_rules")),
         fetch_failures=_by_count(fetch_failures) if fetch_failures else None,
         status=_by_count(status),
         mergers=sum(m["mergers"] for m in markers),
@@ -112,7 +120,7 @@ def build_summary(
         fits=str(layout.fits),
         parquet=str(layout.catalog_dir),
         failures=[Failure(**f) for f in why["failures"]],
-        warnings=why["warnings"],
+        warnings=why["warnings"] + list((plan.domain or {}).get("notes", [])),
         retryable=why["retryable"],
         exit_status=why["exit_status"],
     )
@@ -139,9 +147,46 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
     return summary
 
 
+def domain_applied(args: ProcessArguments, plan: Plan, info) -> dict:
+    """The summary's ``domain``: the mode, the catalog rules and the image threshold applied."""
+    settings = args.domain_settings
+    return {
+        "mode": settings.mode,
+        "catalog_rules": [r.reason() for r in CatalogRules.from_dict(plan.domain).rules],
+        "image_threshold": settings.image_threshold(info.domain),
+        "limits": dict(settings.limits),
+    }
+
+
+def format_domain(s: RunSummary) -> list[str]:
+    """The printed summary's lines about --domain."""
+    d = s.domain
+    if d is None:
+        return []
+    if d["mode"] == "off":
+        return ["  domain            off: every row scored, is_merger not limited to the training domain"]
+    checks = [*d["catalog_rules"]] + (
+        [f"domain_score > {d['image_threshold']:.4g}"] if d.get("image_threshold") is not None else []
+    )
+    rules = ", ".join(f"{k} {v}" for k, v in (s.domain_rules or {}).items())
+    return [
+        f"  domain            {d['mode']}: "
+        + (
+            "; ".join(checks)
+            if checks
+            else "nothing to check (no catalog "
+            "column decides the engine card's selection, and the engine has no image check)"
+        ),
+        f"  out of domain     {s.out_of_domain} not scored"
+        + (f", {s.beyond_image_threshold} scored but never is_merger" if s.beyond_image_threshold else "")
+        + (f" ({rules})" if rules else ""),
+    ]
+
+
 def format_summary(s: RunSummary) -> str:
     """The lines process-catalog prints at the end."""
-    flagged = ", ".join(f"{k} {v}" for k, v in s.status.items() if k not in (*SCORED, "not_selected"))
+    unscored = (*SCORED, "not_selected", "out_of_domain")
+    flagged = ", ".join(f"{k} {v}" for k, v in s.status.items() if k not in unscored)
     lines = [
         f"process-catalog: {s.rows} rows in {s.seconds:.1f} s "
         f"({s.objects_per_s} objects/s), {s.partitions} sky partitions",
@@ -150,6 +195,7 @@ def format_summary(s: RunSummary) -> str:
     ]
     if s.select is not None:
         lines.append(f"  not selected      {s.not_selected} (--select {s.select}; kept, not scored)")
+    lines += format_domain(s)
     if s.fetch_failures:
         lines.append(
             "  fetch failures    "
@@ -159,7 +205,9 @@ def format_summary(s: RunSummary) -> str:
     if s.status.get("edge"):
         lines.append(f"  near frame edge   {s.status['edge']} (scored; stamp partly filled with sky)")
     lines += [
-        f"  mergers           {s.mergers} with p_merger >= {s.threshold:.3f} ({s.engine})",
+        f"  mergers           {s.mergers} with p_merger >= {s.threshold:.3f}"
+        + (" in the domain" if s.domain and s.domain["mode"] != "off" else "")
+        + f" ({s.engine})",
         f"  output            {s.fits}  and  {s.parquet}/",
     ]
     if s.report:

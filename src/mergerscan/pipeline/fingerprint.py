@@ -63,6 +63,7 @@ def fingerprint(
     extra = {"select": args.select} if args.select is not None else {}  # absent: older runs still resume
     return {
         **extra,
+        "domain": {**args.domain_settings.fingerprint(), "catalog_rules": (cat.get("domain") or {}).get("rules", [])},
         "catalog": identity,
         "columns": cat["columns"],
         "keep": cat["keep"],
