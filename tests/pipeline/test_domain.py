@@ -98,7 +98,7 @@ def test_sdss_columns_get_the_catalog_rules(field, dask_client, tmp_path, capsys
 
 
 def test_a_catalog_without_them_is_scored_whole(field, dask_client, tmp_path):
-    d, df, _ = field
+    d, _, _ = field
     rc, _, err = _run(dask_client, d, "plain.fits", tmp_path / "out", stamps="stamps_all")
     assert rc == 0, err
     got = read_out(tmp_path / "out")
@@ -138,7 +138,7 @@ def test_user_column_mapping(field, dask_client, tmp_path, capsys):
 
 
 def test_a_widened_limit_and_a_changed_domain_are_a_different_run(field, dask_client, tmp_path, capsys):
-    d, df, rule = field
+    d, df, _ = field
     out = tmp_path / "out"
     args = ["--domain-limit", "mag_max=18.5", "--domain-column", "z=none"]
     rc, _, err = _run(dask_client, d, "sdss.fits", out, *args, stamps="stamps_all", capsys=capsys)
