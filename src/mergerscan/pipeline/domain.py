@@ -29,7 +29,7 @@ from ..catalogs.read import CatalogError
 from ..engines.domain import DomainSelection, EngineDomain
 
 MODES = ("on", "off", "catalog", "image")
-COLUMN_KEYS = ("class", "psf", "mag", "z", "size")  # --domain-column KEY=COLUMN
+COLUMN_KEYS = ("class", "psf", "mag", "extinction", "z", "size")  # --domain-column KEY=COLUMN
 LIMIT_KEYS = (  # --domain-limit KEY=VALUE|none
     "mag_min",
     "mag_max",
@@ -62,6 +62,7 @@ def candidates(key: str, sel: DomainSelection) -> list[str]:
         "mag": list(
             dict.fromkeys([f"{kind}Mag_{band}", f"petroMag_{band}", f"modelMag_{band}", f"cModelMag_{band}", band])
         ),
+        "extinction": [f"extinction_{band}"],
         "z": ["z", "redshift"],
         "size": [f"petroR90_{band}"],
     }[key]
@@ -76,15 +77,24 @@ class DomainRule:
     column: str
     low: float | None = None
     high: float | None = None
+    minus: str | None = None  # mag: the extinction column subtracted first (a dereddened limit)
 
-    def fails(self, values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-        """(fails, decidable) per row."""
+    @property
+    def columns(self) -> list[str]:
+        return [self.column, *([self.minus] if self.minus else [])]
+
+    def fails(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(fails, decidable) per row of ``df``."""
+        values = df[self.column]
         if self.key == "class":
             text = values.astype(object).map(_class_name)
             return text.isin(set(NOT_GALAXY.values()) | {"QSO"}).to_numpy(bool), text.notna().to_numpy(bool)
-        v = pd.to_numeric(values, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+        v = _numbers(values)
         lo, hi = VALID[self.key]
         ok = np.isfinite(v) & (v >= lo) & (v <= hi)
+        if self.minus:  # a missing or nonsense extinction: the magnitude as given
+            a = _numbers(df[self.minus])
+            v = np.where(np.isfinite(a) & (a >= 0) & (a < 10), v - a, v)
         if self.key == "psf":
             return ok & (v >= 0.5), ok
         bad = np.zeros(len(v), bool)
@@ -100,13 +110,14 @@ class DomainRule:
             return f"{self.column}: not a galaxy"
         if self.key == "psf":
             return f"{self.column} >= 0.5: point source"
-        parts = [f"{self.column} < {self.low:g}"] if self.low is not None else []
-        parts += [f"{self.column} > {self.high:g}"] if self.high is not None else []
+        name = f"{self.column} - {self.minus}" if self.minus else self.column
+        parts = [f"{name} < {self.low:g}"] if self.low is not None else []
+        parts += [f"{name} > {self.high:g}"] if self.high is not None else []
         return " or ".join(parts)
 
-    def example(self, value) -> str:
-        shown = _class_name(value) if self.key == "class" else value
-        return f"{self.column} = {shown!r} ({self.reason()})"
+
+def _numbers(values: pd.Series) -> np.ndarray:
+    return pd.to_numeric(values, errors="coerce").to_numpy(np.float64, na_value=np.nan)
 
 
 def _class_name(v) -> str | None:
@@ -212,7 +223,7 @@ class CatalogRules:
 
     @property
     def columns(self) -> list[str]:
-        return list(dict.fromkeys(r.column for r in self.rules))
+        return list(dict.fromkeys(c for r in self.rules for c in r.columns))
 
     def to_dict(self) -> dict:
         return {"rules": [asdict(r) for r in self.rules], "notes": list(self.notes)}
@@ -226,7 +237,7 @@ class CatalogRules:
         """int8 per row: 0 in the domain (or undecidable), k = 1 + the index of the first rule it fails."""
         code = np.zeros(len(df), np.int8)
         for k, rule in enumerate(self.rules):
-            bad, _ = rule.fails(df[rule.column])
+            bad, _ = rule.fails(df)
             code[(code == 0) & bad] = k + 1
         return code
 
@@ -234,7 +245,7 @@ class CatalogRules:
         return self.rules[code - 1].reason()
 
 
-def _rule_for(key: str, column: str, sel: DomainSelection) -> DomainRule | None:
+def _rule_for(key: str, column: str, sel: DomainSelection, extinction: str | None) -> DomainRule | None:
     lo, hi = {
         "class": (None, None),
         "psf": (None, None),
@@ -244,7 +255,27 @@ def _rule_for(key: str, column: str, sel: DomainSelection) -> DomainRule | None:
     }[key]
     if key in ("class", "psf"):
         return DomainRule(key, column) if sel.object_class == "galaxy" else None
-    return DomainRule(key, column, lo, hi) if lo is not None or hi is not None else None
+    minus = extinction if key == "mag" and sel.mag_dereddened else None
+    return DomainRule(key, column, lo, hi, minus) if lo is not None or hi is not None else None
+
+
+def _find(key: str, mapped: dict, sel: DomainSelection, available: list[str], sample, path: str, notes: list):
+    """The column deciding ``key``: the user's mapping, else the first candidate name present."""
+    if key in mapped:
+        if mapped[key] is None:  # --domain-column KEY=none
+            return None
+        col = find_column(available, mapped[key])
+        if col is None:
+            raise CatalogError(f"{path}: --domain-column {key}={mapped[key]}: not a column")
+        return col
+    col = next((c for c in (find_column(available, n) for n in candidates(key, sel)) if c), None)
+    if col is not None and key == "class" and not looks_like_sdss_class(sample([col])[col]):
+        notes.append(
+            f"column {col!r} does not hold SDSS types (3 galaxy, 6 star): not used as the object class; "
+            f"map it with --domain-column class={col} if it does"
+        )
+        return None
+    return col
 
 
 def resolve_rules(
@@ -256,29 +287,15 @@ def resolve_rules(
     sel = settings.selection(domain)
     if not settings.catalog or sel is None:
         return CatalogRules()
-    mapped = dict(settings.columns)
-    rules, notes = [], []
-    for key in COLUMN_KEYS:
-        if key == "psf" and any(r.key == "class" for r in rules):
-            continue  # the class column decides; probPSF only where there is none
-        if key in mapped:
-            if mapped[key] is None:
-                continue
-            col = find_column(available, mapped[key])
-            if col is None:
-                raise CatalogError(f"{path}: --domain-column {key}={mapped[key]}: not a column")
-        else:
-            col = next((c for c in (find_column(available, n) for n in candidates(key, sel)) if c), None)
-            if col is None:
-                continue
-            if key == "class" and not looks_like_sdss_class(sample([col])[col]):
-                notes.append(
-                    f"column {col!r} does not hold SDSS types (3 galaxy, 6 star): not used; map it with --domain-column class={col} if it does"
-                )
-                continue
-        rule = _rule_for(key, col, sel)
-        if rule is not None:
-            rules.append(rule)
+    mapped, notes = dict(settings.columns), []
+    found = {k: _find(k, mapped, sel, available, sample, path, notes) for k in COLUMN_KEYS}
+    if found["class"]:
+        found["psf"] = None  # the class column decides; probPSF only where there is none
+    rules = [
+        r
+        for k in ("class", "psf", "mag", "z", "size")
+        if found[k] and (r := _rule_for(k, found[k], sel, found["extinction"])) is not None
+    ]
     return CatalogRules(tuple(rules), tuple(notes))
 
 
