@@ -147,7 +147,10 @@ def test_a_widened_limit_and_a_changed_domain_are_a_different_run(field, dask_cl
     star = (df["type"] == 6).to_numpy()
     assert (got.loc[star, "status"] == "out_of_domain").all() and (got.loc[~star, "status"] == "ok").all()
     s = json.loads((out / "summary.json").read_text())
-    assert s["domain"]["limits"] == {"mag_max": 18.5} and s["domain"]["catalog_rules"] == ["type: not a galaxy", "petroMag_r > 18.5"]
+    assert s["domain"]["limits"] == {"mag_max": 18.5} and s["domain"]["catalog_rules"] == [
+        "type: not a galaxy",
+        "petroMag_r > 18.5",
+    ]
     rc, _, err = _run(dask_client, d, "sdss.fits", out, stamps="stamps_all", capsys=capsys)
     assert rc == 2 and "different domain" in err and "--overwrite" in err  # OUT is not reused silently
 
@@ -178,6 +181,10 @@ def test_rules_on_values():
         }
     )
     assert rules.evaluate(df).tolist() == [0, 1, 1, 0, 0, 0, 2, 0, 0, 3]
+    dereddened = CatalogRules((DomainRule("mag", "petroMag_r", None, 17.77, minus="extinction_r"),))
+    mags = pd.DataFrame({"petroMag_r": [17.85, 17.85, 17.85], "extinction_r": [0.1, np.nan, -9999.0]})
+    assert dereddened.evaluate(mags).tolist() == [0, 1, 1]  # a missing extinction: the magnitude as given
+    assert dereddened.rules[0].reason() == "petroMag_r - extinction_r > 17.77"
     assert looks_like_sdss_class(pd.Series([3, 6, 3])) and not looks_like_sdss_class(pd.Series(["Sb", "E0"]))
     with pytest.raises(ValueError, match="--domain"):
         DomainSettings("sometimes")

@@ -116,3 +116,22 @@ def test_without_the_image_half_the_score_is_kept_but_not_applied(field, mode):
     assert got["domain_score"].notna().all() and got["in_domain"].all()
     assert (got["is_merger"] == (got["p_merger"] >= 0.5)).all()
     assert s["domain"]["image_threshold"] is None and not s.get("beyond_image_threshold")
+
+
+def test_the_report_shows_the_split_and_keeps_out_of_domain_rows_out_of_the_top_gallery(field):
+    from mergerscan.report import build_report
+
+    d, _ = field
+    out = d / "out-report"
+    got, s, _ = _run(d, out)
+    html = build_report(out, top_n=8, borderline_n=4).read_text()
+    doc = json.loads((out / "report" / "report.json").read_text())
+    inside = dict(zip(got["objid"].astype(str), got["in_domain"]))
+    assert doc["top"] and all(inside[str(r["id"])] for r in doc["top"])  # mergers drawn from in-domain rows only
+    outside = doc["outside_domain"]
+    assert len(outside) == 4 and not any(inside[str(r["id"])] for r in outside)
+    scores = [r["domain_score"] for r in outside]
+    assert scores == sorted(scores, reverse=True) and scores[0] == got["domain_score"].max()
+    assert doc["beyond_image_threshold"] == s["beyond_image_threshold"]
+    assert 'id="domain"' in html and "Training domain" in html and "farthest outside the domain" in html
+    assert "never is_merger" in html and "training domain" in html  # the split table and the provenance row

@@ -287,7 +287,8 @@ def resolve_rules(
     sel = settings.selection(domain)
     if not settings.catalog or sel is None:
         return CatalogRules()
-    mapped, notes = dict(settings.columns), []
+    mapped = dict(settings.columns)
+    notes: list[str] = []
     found = {k: _find(k, mapped, sel, available, sample, path, notes) for k in COLUMN_KEYS}
     if found["class"]:
         found["psf"] = None  # the class column decides; probPSF only where there is none
