@@ -198,3 +198,39 @@ def test_packaged_engine_card_records_its_training_selection():
         pytest.skip("the packaged engine's card has no domain selection yet")
     assert sel["object_class"] == "galaxy" and sel["mag_max"] == 17.77 and sel["mag_band"] == "r"
     assert sel["redshift_min"] <= 0.0052 and sel["redshift_max"] >= 0.0999
+
+
+def test_hats_input_gets_the_rules_per_pixel(field, dask_client, tmp_path):
+    pytest.importorskip("hats_import", reason="needs hats-import (pip install -e '.[dev]')")
+    from hats_import.catalog.arguments import ImportArguments
+    from hats_import.pipeline import pipeline_with_client
+
+    from mergerscan.pipeline.arguments import ProcessArguments
+    from mergerscan.pipeline.run import run
+
+    d, df, rule = field
+    df.to_csv(tmp_path / "in.csv", index=False)
+    imp = ImportArguments(
+        output_artifact_name="in",
+        input_file_list=[str(tmp_path / "in.csv")],
+        file_reader="csv",
+        ra_column="RAdeg",
+        dec_column="DEdeg",
+        output_path=str(tmp_path),
+        pixel_threshold=15,
+        highest_healpix_order=8,
+        progress_bar=False,
+        tmp_dir=str(tmp_path / "tmp"),
+        resume=False,
+    )
+    pipeline_with_client(imp, dask_client)
+    args = dict(output=str(tmp_path / "out"), images=str(d / "stamps"), partition_rows=20, progress=False)
+    s = run(
+        ProcessArguments(
+            catalog=str(tmp_path / "in"), **args, views=1, command="t", report=False, engine=str(d / "engine.onnx")
+        ),
+        client=dask_client,
+    )
+    got = read_out(tmp_path / "out").set_index("objid").loc[df["objID"]]
+    assert (got["status"].to_numpy() == np.where(rule == "", "ok", "out_of_domain")).all()
+    assert s["domain_rules"] == pd.Series(rule[rule != ""]).value_counts().to_dict()
