@@ -158,6 +158,9 @@ def domain_applied(args: ProcessArguments, plan: Plan, info) -> dict:
     }
 
 
+NO_COLUMN = "no catalog column decides the engine card's selection, or the card has none"
+
+
 def format_domain(s: RunSummary) -> list[str]:
     """The printed summary's lines about --domain."""
     d = s.domain
@@ -169,14 +172,9 @@ def format_domain(s: RunSummary) -> list[str]:
         [f"domain_score > {d['image_threshold']:.4g}"] if d.get("image_threshold") is not None else []
     )
     rules = ", ".join(f"{k} {v}" for k, v in (s.domain_rules or {}).items())
+    why = [w for m, w in (("image", "the engine has no image check"), ("catalog", NO_COLUMN)) if d["mode"] in ("on", m)]
     return [
-        f"  domain            {d['mode']}: "
-        + (
-            "; ".join(checks)
-            if checks
-            else "nothing to check (no catalog "
-            "column decides the engine card's selection, and the engine has no image check)"
-        ),
+        f"  domain            {d['mode']}: " + ("; ".join(checks) if checks else f"nothing checked ({'; '.join(why)})"),
         f"  out of domain     {s.out_of_domain} not scored"
         + (f", {s.beyond_image_threshold} scored but never is_merger" if s.beyond_image_threshold else "")
         + (f" ({rules})" if rules else ""),

@@ -53,8 +53,7 @@ def missing_ids(ids: pd.Series) -> np.ndarray:
 def triage(df: pd.DataFrame, plan: Plan, examples: dict) -> tuple[np.ndarray, np.ndarray]:
     """(status, ids as text) of a partition's rows before any fetch: bad_coords, no_id,
     duplicate_id, not_selected (--select), out_of_domain (--domain's catalog rules) - the rest ""
-    (to be fetched and scored).  Notes one
-    example of each in ``examples``."""
+    (to be fetched and scored).  Notes one example of each in ``examples``."""
     n, c = len(df), plan.columns
     status = np.full(n, "", dtype=object)
     if not n:
