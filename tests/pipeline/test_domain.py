@@ -234,3 +234,20 @@ def test_hats_input_gets_the_rules_per_pixel(field, dask_client, tmp_path):
     got = read_out(tmp_path / "out").set_index("objid").loc[df["objID"]]
     assert (got["status"].to_numpy() == np.where(rule == "", "ok", "out_of_domain")).all()
     assert s["domain_rules"] == pd.Series(rule[rule != ""]).value_counts().to_dict()
+
+
+def test_a_backend_without_domain_score_is_warned_about(field, dask_client, cheap_engine, tmp_path):
+    """The card has an image check but the engine gives no domain_score: the rows count as in the
+    domain and the summary says so (never a silent check that did not happen)."""
+    d, df, _ = field
+    engine = tmp_path / "e.onnx"
+    write_metadata(cheap_engine, engine, card_updates={"domain": {"image": {"score": "x", "threshold": 1.0}}})
+    rc, _, err = run_cli(
+        dask_client, d / "plain.fits", "--images", d / "stamps_all", "-o", tmp_path / "out", engine=engine
+    )
+    assert rc == 0, err
+    got = read_out(tmp_path / "out")
+    assert got["in_domain"].all() and got["domain_score"].isna().all()
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["domain"]["image_threshold"] == 1.0
+    assert any(f"{len(df)} scored row(s) got no domain_score" in w for w in s["warnings"])

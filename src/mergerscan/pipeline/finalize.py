@@ -120,7 +120,7 @@ def build_summary(
         fits=str(layout.fits),
         parquet=str(layout.catalog_dir),
         failures=[Failure(**f) for f in why["failures"]],
-        warnings=why["warnings"] + list((plan.domain or {}).get("notes", [])),
+        warnings=why["warnings"] + domain_warnings(plan, markers),
         retryable=why["retryable"],
         exit_status=why["exit_status"],
     )
@@ -145,6 +145,18 @@ def finalize(args: ProcessArguments, plan: Plan, info, seconds: float | None = N
         except Exception as exc:  # the catalog is done; a report failure must not hide it
             summary.report_error = f"{type(exc).__name__}: {exc}"
     return summary
+
+
+def domain_warnings(plan: Plan, markers: list[dict]) -> list[str]:
+    """Catalog columns not used by the rules, and scored rows the image check could not judge."""
+    out = list((plan.domain or {}).get("notes", []))
+    missing = sum(m.get("no_domain_score", 0) for m in markers)
+    if missing:
+        out.append(
+            f"{missing} scored row(s) got no domain_score from the engine's backend although its card has an "
+            "image check: those rows count as in the domain"
+        )
+    return out
 
 
 def domain_applied(args: ProcessArguments, plan: Plan, info) -> dict:

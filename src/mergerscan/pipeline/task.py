@@ -85,6 +85,7 @@ class BatchScorer:
         self.status, self.examples, self.input_rows = status, examples, input_rows
         self.p, self.d = scores
         self.fetch_seconds = self.infer_seconds = 0.0
+        self.no_domain_score = 0  # rows scored by an engine call that gave no domain_score
 
     def fetch(self, idx: np.ndarray) -> Fetched:
         t = time.time()
@@ -139,6 +140,8 @@ class BatchScorer:
             self.p[idx[ok]] = out.p_merger
             if out.domain_score is not None:  # None: the engine has no image-level check
                 self.d[idx[ok]] = out.domain_score
+            else:
+                self.no_domain_score += int(ok.sum())
         except MemoryError:
             raise
         except Exception as e:  # one bad batch must not lose the partition
@@ -299,6 +302,8 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
         info["fetch_failures"] = {str(k): int(v) for k, v in failures.items()}
     if table is not None:
         info.update(_domain_counts(plan, df, status, table, task.image_threshold))
+    if task.image_threshold is not None and scorer is not None and scorer.no_domain_score:
+        info["no_domain_score"] = scorer.no_domain_score  # the card has an image check, this backend gave none
     transient = {k: int(counts[k]) for k in TRANSIENT if counts.get(k)}
     if transient:
         info["retry"] = True
