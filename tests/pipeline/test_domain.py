@@ -186,6 +186,20 @@ def test_rules_on_values():
     assert dereddened.evaluate(mags).tolist() == [0, 1, 1]  # a missing extinction: the magnitude as given
     assert dereddened.rules[0].reason() == "petroMag_r - extinction_r > 17.77"
     assert looks_like_sdss_class(pd.Series([3, 6, 3])) and not looks_like_sdss_class(pd.Series(["Sb", "E0"]))
+    from mergerscan.engines.domain import DomainSelection, EngineDomain
+    from mergerscan.pipeline.domain import resolve_rules
+
+    both = resolve_rules(
+        DomainSettings(),
+        EngineDomain(DomainSelection(redshift_max=0.1)),
+        ["zz", "REDSHIFT", "Redshift"],
+        None,
+        "c",
+    )
+    assert both.rules == () and "--domain-column z=" in both.notes[0]  # two spellings: never a guess
+    assert CatalogRules((DomainRule("class", "type"),)).evaluate(
+        pd.DataFrame({"type": [3.0, 6.0, 3.5, np.nan]})
+    ).tolist() == [0, 1, 0, 0]
     with pytest.raises(ValueError, match="--domain"):
         DomainSettings("sometimes")
 

@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=COLUMN",
-        help="the column deciding KEY (class: SDSS type/class, psf: probPSF, mag, z, size: petroR90 arcsec); "
+        help="the column deciding KEY (class: SDSS type/class, psf: probPSF, mag, extinction: subtracted from mag, "
+        "z, size: petroR90 arcsec); "
         "COLUMN 'none' ignores a column found by name (repeatable)",
     )
     dom.add_argument(

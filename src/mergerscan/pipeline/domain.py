@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import pandas as pd
 
-from ..catalogs.columns import find_column
+from ..catalogs.columns import AmbiguousColumn, find_column
 from ..catalogs.read import CatalogError
 from ..engines.domain import DomainSelection, EngineDomain
 
@@ -86,6 +86,9 @@ class DomainRule:
     def fails(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(fails, decidable) per row of ``df``."""
         values = df[self.column]
+        if self.key == "class" and pd.api.types.is_numeric_dtype(values.dtype):  # SDSS codes, vectorised
+            v = _numbers(values)
+            return np.isin(v, list(NOT_GALAXY)), np.isin(v, [3, *NOT_GALAXY])
         if self.key == "class":
             text = values.astype(object).map(_class_name)
             return text.isin(set(NOT_GALAXY.values()) | {"QSO"}).to_numpy(bool), text.notna().to_numpy(bool)
@@ -268,7 +271,17 @@ def _find(key: str, mapped: dict, sel: DomainSelection, available: list[str], sa
         if col is None:
             raise CatalogError(f"{path}: --domain-column {key}={mapped[key]}: not a column")
         return col
-    col = next((c for c in (find_column(available, n) for n in candidates(key, sel)) if c), None)
+    col = None
+    for name in candidates(key, sel):
+        try:
+            col = find_column(available, name)
+        except AmbiguousColumn as exc:  # found by name only: never guess between two spellings
+            notes.append(
+                f"columns {', '.join(exc.matches)} all match {name!r}: none used; name one with --domain-column {key}=..."
+            )
+            return None
+        if col is not None:
+            break
     if col is not None and key == "class" and not looks_like_sdss_class(sample([col])[col]):
         notes.append(
             f"column {col!r} does not hold SDSS types (3 galaxy, 6 star): not used as the object class; "
