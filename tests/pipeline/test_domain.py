@@ -200,6 +200,10 @@ def test_rules_on_values():
     assert CatalogRules((DomainRule("class", "type"),)).evaluate(
         pd.DataFrame({"type": [3.0, 6.0, 3.5, np.nan]})
     ).tolist() == [0, 1, 0, 0]
+    unused = resolve_rules(
+        DomainSettings("image", (("mag", "rmag"),)), EngineDomain(DomainSelection(mag_max=17.77)), ["rmag"], None, "c"
+    )
+    assert unused.rules == () and unused.notes == ("--domain-column mag=rmag not used: --domain image",)
     with pytest.raises(ValueError, match="--domain"):
         DomainSettings("sometimes")
 

@@ -299,7 +299,9 @@ def resolve_rules(
     column of something else than SDSS classes is not used automatically: a note says so)."""
     sel = settings.selection(domain)
     if not settings.catalog or sel is None:
-        return CatalogRules()
+        why = "--domain " + settings.mode if not settings.catalog else "the engine card records no training selection"
+        given = [f"{k}={v}" for k, v in settings.columns if v is not None]
+        return CatalogRules(notes=(f"--domain-column {', '.join(given)} not used: {why}",) if given else ())
     mapped = dict(settings.columns)
     notes: list[str] = []
     found = {k: _find(k, mapped, sel, available, sample, path, notes) for k in COLUMN_KEYS}
