@@ -238,6 +238,59 @@ def _curve(ap, a):
     print(json.dumps(res))
 
 
+def _engine_info_parser(sub):
+    p = sub.add_parser("engine-info", help="what an engine file says about itself: card, threshold, training domain")
+    p.add_argument("engine", nargs="?", help="engine file (.onnx); default: the packaged engine")
+    p.add_argument("--json", action="store_true", help="the whole card as JSON")
+    return p
+
+
+def engine_info_lines(info) -> list[str]:
+    """``mergerscan engine-info``'s text: identity, operating point, training, domain, test metrics."""
+    card, dom = info.card, info.domain
+    m = card.get("metrics_test") or {}
+    sel = dom.selection
+    lines = [
+        f"engine        {info.name}",
+        f"file          {info.path}",
+        f"sha256        {info.sha256}",
+        f"model         {card.get('arch', '?')}, {info.spec.input_size} px input, "
+        f"{info.spec.stamp_pixels} px stamps at {info.spec.pixel_scale:g} arcsec/px",
+        f"operating     {info.views} view(s): threshold {info.threshold:.4f}, temperature {info.temperature:.4f}",
+        f"training      {card.get('labels', '?')}; catalog {card.get('catalog', '?')}, "
+        f"{card.get('n_train', '?')} train / {card.get('n_val', '?')} val / {card.get('n_test', '?')} test",
+        "domain        " + (sel.describe() if sel else "no training selection recorded"),
+    ]
+    if sel and sel.reference:
+        lines.append(f"              from: {sel.reference}")
+    lines.append(
+        "image check   "
+        + (
+            f"{dom.image.score} <= {dom.image.threshold:.4g}"
+            if dom.image
+            else "none (the engine gives no domain_score)"
+        )
+    )
+    if m:
+        lines.append("test metrics  " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.items()) if isinstance(v, float)))
+    return lines
+
+
+def _engine_info(ap, a):
+    import json
+
+    from .engines import read_engine_info, resolve_engine_path
+
+    try:
+        info = read_engine_info(resolve_engine_path(a.engine))
+    except (OSError, ValueError) as exc:
+        ap.exit(2, f"mergerscan engine-info: error: {a.engine}: {exc}\n")
+    if a.json:
+        print(json.dumps({"path": info.path, "sha256": info.sha256, "card": info.card}, indent=1, sort_keys=True))
+    else:
+        print("\n".join(engine_info_lines(info)))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="mergerscan")
     sub = ap.add_subparsers(dest="verb", required=True)
@@ -246,9 +299,12 @@ def main(argv=None):
     _samp_parser(sub)
     _calibrate_parser(sub)
     _curve_parser(sub)
+    _engine_info_parser(sub)
     a = ap.parse_args(argv)
     if a.verb == "operating-curve":
         _curve(ap, a)
+    if a.verb == "engine-info":
+        _engine_info(ap, a)
     if a.verb == "calibrate":
         _calibrate(ap, a)
     if a.verb == "samp":

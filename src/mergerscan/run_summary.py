@@ -63,13 +63,18 @@ class Failure:
 
 
 # summary.json's keys in the order process-catalog writes them; the optional ones appear only
-# when set: select + not_selected (--select), fetch_failures (a service failed rows)
+# when set: select + not_selected (--select), fetch_failures (a service failed rows), domain +
+# out_of_domain + beyond_image_threshold + domain_rules (--domain; absent in runs before it)
 KEY_ORDER = (
     "rows",
     "scored",
     "flagged",
     "select",
     "not_selected",
+    "domain",
+    "out_of_domain",
+    "beyond_image_threshold",
+    "domain_rules",
     "fetch_failures",
     "status",
     "mergers",
@@ -95,7 +100,16 @@ KEY_ORDER = (
     "retryable",
     "exit_status",
 )
-OPTIONAL = ("select", "not_selected", "fetch_failures", "operating_point")
+OPTIONAL = (
+    "select",
+    "not_selected",
+    "fetch_failures",
+    "domain",
+    "out_of_domain",
+    "beyond_image_threshold",
+    "domain_rules",
+    "operating_point",
+)
 # set after summary.json is written (the report is built from it); in the object, not in the file
 AFTER_WRITE = ("report", "report_error")
 
@@ -104,7 +118,7 @@ AFTER_WRITE = ("report", "report_error")
 class RunSummary(Mapping):
     rows: int = 0
     scored: int = 0  # ok + edge
-    flagged: int = 0  # rows - scored - not_selected
+    flagged: int = 0  # rows - scored - not_selected - out_of_domain
     status: dict[str, int] = field(default_factory=dict)  # rows per status, most frequent first
     mergers: int = 0
     threshold: float = 0.5
@@ -132,6 +146,11 @@ class RunSummary(Mapping):
     exit_status: int = 0
     select: str | None = None  # --select EXPR (then not_selected is set too)
     not_selected: int | None = None
+    # --domain: {"mode", "catalog_rules" (applied, in words), "image_threshold" (None: not applied), "limits"}
+    domain: dict[str, Any] | None = None
+    out_of_domain: int | None = None  # rows with status out_of_domain (catalog rules; not scored)
+    beyond_image_threshold: int | None = None  # scored rows the image check put outside (never is_merger)
+    domain_rules: dict[str, int] | None = None  # {rule in words: rows}, both halves, most frequent first
     fetch_failures: dict[str, int] | None = None  # why a service failed rows, most frequent first
     report: str | None = None  # OUT/report/index.html once built
     report_error: str | None = None  # why the report could not be built

@@ -347,10 +347,10 @@ def test_memoryerror_batch_retried_in_halves_then_flagged(field, reference, dask
     class Tight:  # runs out of memory on batches above 3 stamps, and always on one poisoned stamp
         spec, info, poison = real.spec, real.info, None
 
-        def predict(self, x):
+        def score(self, x, *, features=False):  # the pipeline's engine call (Engine.score)
             if len(x) > 3 or (self.poison is not None and (x == self.poison).all(axis=(1, 2, 3)).any()):
                 raise MemoryError("tight")
-            return real.predict(x)
+            return real.score(x)
 
     tight = Tight()
     monkeypatch.setattr(T, "worker_engine", lambda *a: tight)
@@ -412,11 +412,11 @@ def test_cuda_out_of_memory_batch_retried_in_halves(field, reference, dask_clien
     class TightGPU:  # a GPU engine with room for 3 stamps at a time
         spec, info, backend = real.spec, real.info, "torch-cuda"
 
-        def predict(self, x):
+        def score(self, x, *, features=False):  # the pipeline's engine call (Engine.score)
             sizes.append(len(x))
             if len(x) > 3:
                 raise error()
-            return real.predict(x)
+            return real.score(x)
 
     monkeypatch.setattr(T, "worker_engine", lambda *a: TightGPU())
     src = ProcessArguments(catalog=str(d / "cat.fits"), output=str(out), images=str(d / "stamps")).source

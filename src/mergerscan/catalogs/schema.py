@@ -38,6 +38,9 @@ STATUS = {
     "redirect); `summary.json` `fetch_failures` counts the reasons and the printed summary names "
     "the leading one and the service",
     "not_selected": "left out by `--select EXPR` (kept with its columns; not fetched, not scored)",
+    "out_of_domain": "outside the engine's training selection by the catalog's own columns (e.g. SDSS `type` not a "
+    "galaxy, `petroMag_r` fainter than the card's limit, `z` outside its range; `summary.json` `domain_rules` counts "
+    "which rule): not fetched, not scored. A missing value decides nothing. `--domain off` scores these rows",
     "inference_failed": "the engine raised on this row's batch",
     "out_of_memory": "ran out of memory: a MemoryError even for the row alone, or the worker scoring its partition "
     "was killed repeatedly (the Dask nanny's memory limit, the kernel's OOM killer) even when "
@@ -45,6 +48,15 @@ STATUS = {
     "scores these partitions again; nothing else is recomputed",
 }
 SCORED = ("ok", "edge")
+
+
+def is_merger(p_merger, threshold: float, in_domain):
+    """The ``is_merger`` column, computed here only: ``p_merger >= threshold`` (NaN: false) and in the domain."""
+    import numpy as np
+
+    return (np.nan_to_num(np.asarray(p_merger, np.float64), nan=-1.0) >= threshold) & np.asarray(in_domain, bool)
+
+
 # failures that a re-run of the same command retries (the rest are kept as they are)
 TRANSIENT = ("fetch_failed", "no_image", "out_of_memory")
 STATUS_WIDTH = max(len(s) for s in STATUS)
@@ -93,8 +105,28 @@ OUTPUT_COLUMNS = {
         "bool",
         None,
         "meta.code.class",
-        "p_merger >= the engine's threshold",
-        "`p_merger >= threshold` (the engine's threshold, chosen on validation; in the header as `THRESH`)",
+        "p_merger >= the engine's threshold and in_domain",
+        "`p_merger >= threshold` (the engine's threshold, chosen on validation; in the header as `THRESH`) "
+        "**and** `in_domain`: a row outside the training domain is never flagged a merger",
+    ),
+    "in_domain": Column(
+        "bool",
+        None,
+        "meta.code.qual",
+        "false: outside the engine's training domain by a check that was applied",
+        "false where a domain check that was applied puts the row outside what the engine was trained on: "
+        "status `out_of_domain` (catalog rules), or `domain_score` above the image check's threshold (header "
+        "`DOMTHR`; such rows keep their `p_merger`); true otherwise, also where nothing could decide. "
+        "All true with `--domain off` (header `DOMAIN`)",
+    ),
+    "domain_score": Column(
+        "float32",
+        None,
+        "stat.value",
+        "distance of the stamp from the training galaxies (larger = farther)",
+        "the engine's image-level distance of the stamp from its training galaxies (larger = farther; "
+        "dimensionless, the engine card's `domain.image.score` says which statistic); NaN where not scored or "
+        "where the engine has no image check. Computed even with `--domain off`, then not applied",
     ),
     "status": Column(
         "string",
@@ -162,7 +194,7 @@ def column(name: str, carried: frozenset | set = frozenset()) -> Column:
 
 # ---------------------------------------------------------------- output column names
 # Internal columns of the split shards (never written to the output).
-INTERNAL_COLUMNS = ("_input_row", "_healpix29", "_pid", "_selected")
+INTERNAL_COLUMNS = ("_input_row", "_healpix29", "_pid", "_selected", "_domain")
 FITS_NAME_MAX = 68  # a TTYPEn value is at most 68 characters
 FITS_MAX_COLUMNS = 999  # TFIELDS <= 999
 

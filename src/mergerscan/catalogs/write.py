@@ -50,6 +50,8 @@ FITS_KEYWORDS = {
     "views": "TTAVIEWS",
     "source": "IMGSRC",
     "command": "COMMAND",
+    "domain": "DOMAIN",  # --domain on|off|catalog|image
+    "domain_threshold": "DOMTHR",  # the image check's threshold on domain_score (absent: not applied)
 }
 
 

@@ -38,6 +38,31 @@ class DomainSelection:
     size_arcsec_min: float | None = None  # e.g. petroR90_r
     size_arcsec_max: float | None = None
     description: str = ""
+    # the magnitude limit is on magnitudes corrected for Galactic extinction (SDSS: petroMag_r -
+    # extinction_r); the pipeline subtracts an extinction column where the catalog has one
+    mag_dereddened: bool = False
+    reference: str = ""  # where the numbers come from (papers, the training catalog)
+
+    def describe(self) -> str:
+        """The selection in one line, e.g. ``galaxy; petro r <= 17.77 (extinction-corrected); 0.005 <= z <= 0.1``."""
+        band = " ".join(x for x in (self.mag_kind, self.mag_band) if x) or "mag"
+        mag = _range(band, self.mag_min, self.mag_max)
+        size = _range("size", self.size_arcsec_min, self.size_arcsec_max)
+        parts = [
+            self.object_class,
+            mag and mag + (" (extinction-corrected)" if self.mag_dereddened else ""),
+            _range("z", self.redshift_min, self.redshift_max),
+            size and size + " arcsec",
+        ]
+        return "; ".join(p for p in parts if p) or "not constrained"
+
+
+def _range(name: str, lo: float | None, hi: float | None) -> str | None:
+    if lo is not None and hi is not None:
+        return f"{lo:g} <= {name} <= {hi:g}"
+    if lo is not None:
+        return f"{name} >= {lo:g}"
+    return f"{name} <= {hi:g}" if hi is not None else None
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,9 @@ class ProcessArguments:
     source_location: str | None = None
     source_options: dict = field(default_factory=dict)  # --source-option KEY=VALUE
     select: str | None = None  # --select EXPR: score only rows where it is true (select.py)
+    domain: str = "on"  # --domain on|off|catalog|image: the training-domain checks applied (domain.py)
+    domain_columns: tuple = ()  # --domain-column KEY=COLUMN: ((key, column or None), ...)
+    domain_limits: tuple = ()  # --domain-limit KEY=VALUE: ((key, value or None), ...)
     samp: bool = False  # send OUT/mergers.fits to TOPCAT over SAMP at the end
     default_source: DefaultSource | None = None  # set when no source flag was given (cutouts/defaults.py)
     fault_hook: str | None = None  # tests only: faults.py (--fault-hook); not part of the run's identity
@@ -106,6 +109,10 @@ class ProcessArguments:
                 expression_names(self.select)
             except SelectError as exc:
                 raise ArgumentError(str(exc)) from None
+        try:
+            self.domain_settings  # noqa: B018 - validates --domain, --domain-column, --domain-limit
+        except ValueError as exc:
+            raise ArgumentError(str(exc)) from None
         if self.path_column and not self.source.source_class.reads_path_column:
             raise ArgumentError(
                 f"--path-column names stamp files: the {self.source.kind} source reads none (it goes with --images DIR)"
@@ -207,6 +214,13 @@ class ProcessArguments:
         if d.cutout_service:
             self.service_options = {**d.options, **self.service_options}
         self.default_source = d
+
+    @property
+    def domain_settings(self):
+        """The --domain options as a :class:`~mergerscan.pipeline.domain.DomainSettings`."""
+        from .domain import DomainSettings
+
+        return DomainSettings(self.domain, tuple(self.domain_columns), tuple(self.domain_limits))
 
     @property
     def shared_batch_rows(self) -> int:

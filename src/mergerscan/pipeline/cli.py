@@ -9,6 +9,7 @@ import sys
 from ..catalogs.read import CatalogError
 from ..engines.base import VIEWS
 from .arguments import ArgumentError, ProcessArguments
+from .domain import DomainError, parse_pairs
 from .resume import FingerprintMismatch, OutputError
 from .slurm import SlurmOptions
 
@@ -75,6 +76,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="score only rows where this expression over catalog columns is true, e.g. "
         '"type == 3 and petroMag_r < 17.77" (comparisons, and/or/not, arithmetic, in [...], abs/sqrt/log10/...; '
         "never run as Python: see docs/output.md); the others are kept with status not_selected",
+    )
+    dom = p.add_argument_group(
+        "training domain (the engine card's: e.g. SDSS main-sample galaxies, r_petro <= 17.77; README 'Domain')"
+    )
+    dom.add_argument(
+        "--domain",
+        default="on",
+        choices=("on", "off", "catalog", "image"),
+        help="on (default): rows whose catalog columns put them outside the engine's training selection get "
+        "status out_of_domain (not fetched, not scored) and scored rows beyond the engine's image check are "
+        "never is_merger; catalog / image: only that half; off: score and flag everything",
+    )
+    dom.add_argument(
+        "--domain-column",
+        action="append",
+        default=[],
+        metavar="KEY=COLUMN",
+        help="the column deciding KEY (class: SDSS type/class, psf: probPSF, mag, extinction: subtracted from mag, "
+        "z, size: petroR90 arcsec); "
+        "COLUMN 'none' ignores a column found by name (repeatable)",
+    )
+    dom.add_argument(
+        "--domain-limit",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="replace one of the card's limits (mag_min, mag_max, redshift_min, redshift_max, size_arcsec_min, "
+        "size_arcsec_max, image_threshold), e.g. mag_max=18.0; 'none' lifts it (repeatable; recorded in the summary)",
     )
     p.add_argument(
         "--samp", action="store_true", help="at the end, send OUT/mergers.fits to TOPCAT (or any SAMP client) over SAMP"
@@ -299,6 +328,9 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
         source_location=ns.source[1] if ns.source else None,
         source_options=_source_options(ns.source_option),
         select=ns.select,
+        domain=ns.domain,
+        domain_columns=parse_pairs(ns.domain_column, "--domain-column", number=False),
+        domain_limits=parse_pairs(ns.domain_limit, "--domain-limit", number=True),
         samp=ns.samp,
         fault_hook=ns.fault_hook,
         command="process-catalog " + " ".join(argv),
@@ -335,7 +367,7 @@ def main(argv=None) -> int:
         if not isinstance(summary, RunSummary):  # --plan / --shard
             print("process-catalog: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
             return 0
-    except (ArgumentError, CatalogError, FingerprintMismatch, OutputError, FileNotFoundError) as exc:
+    except (ArgumentError, DomainError, CatalogError, FingerprintMismatch, OutputError, FileNotFoundError) as exc:
         return _error(exc, 2)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second ^C while exiting: no traceback either

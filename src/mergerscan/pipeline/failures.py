@@ -32,6 +32,8 @@ HINTS = {
     "(a re-run of the same command retries these rows)",
     "bad_coords": "ra/dec are missing or out of range: check --ra-column/--dec-column (degrees, J2000)",
     "corrupt_frame": "the frames covering these positions are unreadable: check the files",
+    "out_of_domain": "most rows are outside the engine's training domain by their catalog columns (summary.json "
+    "domain_rules says which rule); --domain off scores them anyway, --domain-limit widens a limit",
     "out_of_memory": "give each worker more memory (--memory-limit) or a smaller --batch-size, then re-run",
 }
 

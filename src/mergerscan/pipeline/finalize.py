@@ -15,6 +15,7 @@ from ..engines.operating import OperatingPoint, operating_line
 from ..run_layout import RunLayout
 from ..run_summary import Failure, RunSummary, SourceSummary
 from .arguments import ProcessArguments
+from .domain import CatalogRules
 from .failures import format_failures, summarize
 from .plan import Plan
 from .resume import read_marker
@@ -27,6 +28,8 @@ def run_meta(args: ProcessArguments, info, op: OperatingPoint | None = None) -> 
     op = op or operating.for_engine(info, prevalence=args.prevalence)
     card = {k: v for k, v in info.card.items() if k != operating.CURVE_KEY}
     return {
+        "domain": args.domain,
+        "domain_threshold": args.domain_settings.image_threshold(info.domain),
         "engine_name": info.name,
         "engine_sha256": info.sha256,
         "threshold": op.threshold,
@@ -100,14 +103,19 @@ def build_summary(
     wall = seconds if seconds is not None else t1 - t0
     scored = sum(v for k, v in status.items() if k in SCORED)
     not_selected = status.get("not_selected", 0)
+    out_of_domain = status.get("out_of_domain", 0)
     fetch_failures = _add_counts(markers, "fetch_failures")
     why = summarize(markers, rows, scored, status, plan.columns.get("id"))
     return RunSummary(
         rows=rows,
         scored=scored,
-        flagged=rows - scored - not_selected,
+        flagged=rows - scored - not_selected - out_of_domain,
         select=args.select,
         not_selected=not_selected if args.select is not None else None,
+        domain=domain_applied(args, plan, info),
+        out_of_domain=out_of_domain,
+        beyond_image_threshold=sum(m.get("beyond_image_threshold", 0) for m in markers),
+        domain_rules=_by_count(_add_counts(markers, "domain_rules")),
         fetch_failures=_by_count(fetch_failures) if fetch_failures else None,
         status=_by_count(status),
         mergers=sum(m["mergers"] for m in markers),
@@ -129,7 +137,7 @@ def build_summary(
         fits=str(layout.fits),
         parquet=str(layout.catalog_dir),
         failures=[Failure(**f) for f in why["failures"]],
-        warnings=why["warnings"],
+        warnings=why["warnings"] + domain_warnings(plan, markers),
         retryable=why["retryable"],
         exit_status=why["exit_status"],
     )
@@ -159,9 +167,56 @@ def finalize(
     return summary
 
 
+def domain_warnings(plan: Plan, markers: list[dict]) -> list[str]:
+    """Catalog columns not used by the rules, and scored rows the image check could not judge."""
+    out = list((plan.domain or {}).get("notes", []))
+    missing = sum(m.get("no_domain_score", 0) for m in markers)
+    if missing:
+        out.append(
+            f"{missing} scored row(s) got no domain_score from the engine's backend although its card has an "
+            "image check: those rows count as in the domain"
+        )
+    return out
+
+
+def domain_applied(args: ProcessArguments, plan: Plan, info) -> dict:
+    """The summary's ``domain``: the mode, the catalog rules and the image threshold applied."""
+    settings = args.domain_settings
+    return {
+        "mode": settings.mode,
+        "catalog_rules": [r.reason() for r in CatalogRules.from_dict(plan.domain).rules],
+        "image_threshold": settings.image_threshold(info.domain),
+        "limits": dict(settings.limits),
+    }
+
+
+NO_COLUMN = "no catalog column decides the engine card's selection, or the card has none"
+
+
+def format_domain(s: RunSummary) -> list[str]:
+    """The printed summary's lines about --domain."""
+    d = s.domain
+    if d is None:
+        return []
+    if d["mode"] == "off":
+        return ["  domain            off: every row scored, is_merger not limited to the training domain"]
+    checks = [*d["catalog_rules"]] + (
+        [f"domain_score > {d['image_threshold']:.4g}"] if d.get("image_threshold") is not None else []
+    )
+    rules = ", ".join(f"{k} {v}" for k, v in (s.domain_rules or {}).items())
+    why = [w for m, w in (("image", "the engine has no image check"), ("catalog", NO_COLUMN)) if d["mode"] in ("on", m)]
+    return [
+        f"  domain            {d['mode']}: " + ("; ".join(checks) if checks else f"nothing checked ({'; '.join(why)})"),
+        f"  out of domain     {s.out_of_domain} not scored"
+        + (f", {s.beyond_image_threshold} scored but never is_merger" if s.beyond_image_threshold else "")
+        + (f" ({rules})" if rules else ""),
+    ]
+
+
 def format_summary(s: RunSummary) -> str:
     """The lines process-catalog prints at the end."""
-    flagged = ", ".join(f"{k} {v}" for k, v in s.status.items() if k not in (*SCORED, "not_selected"))
+    unscored = (*SCORED, "not_selected", "out_of_domain")
+    flagged = ", ".join(f"{k} {v}" for k, v in s.status.items() if k not in unscored)
     lines = [
         f"process-catalog: {s.rows} rows in {s.seconds:.1f} s "
         f"({s.objects_per_s} objects/s), {s.partitions} sky partitions",
@@ -170,6 +225,7 @@ def format_summary(s: RunSummary) -> str:
     ]
     if s.select is not None:
         lines.append(f"  not selected      {s.not_selected} (--select {s.select}; kept, not scored)")
+    lines += format_domain(s)
     if s.fetch_failures:
         lines.append(
             "  fetch failures    "
@@ -179,7 +235,9 @@ def format_summary(s: RunSummary) -> str:
     if s.status.get("edge"):
         lines.append(f"  near frame edge   {s.status['edge']} (scored; stamp partly filled with sky)")
     lines += [
-        f"  mergers           {s.mergers} with p_merger >= {s.threshold:.4g} ({s.engine})",
+        f"  mergers           {s.mergers} with p_merger >= {s.threshold:.4g}"
+        + (" in the domain" if s.domain and s.domain["mode"] != "off" else "")
+        + f" ({s.engine})",
         f"  output            {s.fits}  and  {s.parquet}/",
     ]
     if s.operating_point:

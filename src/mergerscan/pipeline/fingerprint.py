@@ -73,6 +73,7 @@ def fingerprint(
         extra["operating_point"] = {"rule": op.rule, "target": op.target, "prevalence": op.prevalence}
     return {
         **extra,
+        "domain": {**args.domain_settings.fingerprint(), "catalog_rules": (cat.get("domain") or {}).get("rules", [])},
         "catalog": identity,
         "columns": cat["columns"],
         "keep": cat["keep"],

@@ -15,12 +15,14 @@ from ..catalogs.hats import HatsInput, read_pixel, sub_rows
 from ..catalogs.read import CatalogError, arrow_to_pandas
 from ..catalogs.schema import id_output_name, output_names
 from ..catalogs.validate import check_numeric, coord_status, resolve_columns
+from .domain import CatalogRules
 from .plan import Partition, Plan, healpix29
 from .select import mark_selected
 
 
-def inspect_hats(args, named_columns, select_columns) -> dict:
-    """inspect_catalog for a HATS directory (reads the properties, metadata and <= 1000 ids)."""
+def inspect_hats(args, named_columns, select_columns, domain_rules) -> dict:
+    """inspect_catalog for a HATS directory (reads the properties, metadata and <= 1000 ids);
+    ``domain_rules(columns, sample)``: the catalog rules of --domain (inspection.py)."""
     h = HatsInput(args.catalog)
     if h.nrows == 0:
         raise CatalogError(f"{args.catalog}: catalog has no rows")
@@ -51,6 +53,9 @@ def inspect_hats(args, named_columns, select_columns) -> dict:
         "chunks": [],
         "hats": h,
         "select_columns": sel,
+        "domain": domain_rules(
+            h.columns, lambda cs: arrow_to_pandas(read_pixel(h.path, o, p, cs, h.npix_suffix).slice(0, 1000))
+        ),
     }
 
 
@@ -75,6 +80,7 @@ def make_hats_plan(args, cat: dict) -> Plan:
         select=args.select,
         select_columns=cat.get("select_columns") or {},
         names=output_names([k for k in cat["keep"] if k not in core], id_output_name(cat["id_kind"])),
+        domain=cat.get("domain") or {},
         hats={
             "root": str(h.path),
             "npix_suffix": h.npix_suffix,
@@ -91,7 +97,8 @@ def read_hats_partition(plan: Plan, part: Partition) -> pd.DataFrame:
         raise ValueError("read_hats_partition: the plan's input is not a HATS catalog")
     core = [c["id"], c["ra"], c["dec"]]
     hp = h["healpix"]
-    cols = list(dict.fromkeys([*core, *plan.keep, *plan.select_columns.values(), *([hp] if hp else [])]))
+    rule_cols = CatalogRules.from_dict(plan.domain).columns
+    cols = list(dict.fromkeys([*core, *plan.keep, *plan.select_columns.values(), *rule_cols, *([hp] if hp else [])]))
     table = read_pixel(h["root"], part.order, part.pixel, cols, h["npix_suffix"])
     offset = h["offsets"][f"{part.order}/{part.pixel}"]
     idx = sub_rows(table.num_rows, part.sub, part.nsub)

@@ -6,6 +6,7 @@ from ..catalogs.columns import require_column
 from ..catalogs.read import CatalogError, CatalogReader, csv_id_kind
 from ..catalogs.schema import FITS_MAX_COLUMNS, INTERNAL_COLUMNS, OUTPUT_COLUMNS, id_output_name, output_names
 from ..catalogs.validate import resolve_columns
+from ..engines.domain import EngineDomain
 from .arguments import ArgumentError, ProcessArguments
 
 
@@ -84,14 +85,29 @@ def _check_select_sample(args: ProcessArguments, cat: dict, reader: CatalogReade
     evaluate(args.select, cat["select_columns"], reader.read_rows(0, min(reader.nrows, 1000), cols), args.catalog)
 
 
-def inspect_catalog(args: ProcessArguments) -> dict:
-    """Columns, size and id type of the input catalog (reads a few rows only)."""
+def _domain_rules(args: ProcessArguments, domain: EngineDomain | None, available: list[str], sample) -> dict:
+    """The catalog rules of --domain for this catalog (domain.py), as the plan stores them."""
+    from .domain import resolve_rules
+
+    if domain is None:
+        return {}
+    return resolve_rules(args.domain_settings, domain, list(available), sample, args.catalog).to_dict()
+
+
+def inspect_catalog(args: ProcessArguments, domain: EngineDomain | None = None) -> dict:
+    """Columns, size and id type of the input catalog (reads a few rows only); ``domain``: the
+    engine's training domain, whose catalog rules are resolved against the columns here."""
     from ..catalogs.hats import is_hats
 
     if is_hats(args.catalog):  # partitions are the HATS pixels (hats_plan.py)
         from .hats_plan import inspect_hats
 
-        cat = inspect_hats(args, named_columns, lambda cols: _select_columns(args, cols))
+        cat = inspect_hats(
+            args,
+            named_columns,
+            lambda cols: _select_columns(args, cols),
+            lambda cols, sample: _domain_rules(args, domain, cols, sample),
+        )
         if args.path_column:
             (cat["columns"]["path"],) = named_columns(
                 [args.path_column], cat["hats"].columns, args.catalog, "--path-column"
@@ -130,6 +146,9 @@ def inspect_catalog(args: ProcessArguments) -> dict:
             "id_kind": id_kind,
             "chunks": reader.chunk_ranges(),
             "select_columns": _select_columns(args, reader.columns),
+            "domain": _domain_rules(
+                args, domain, reader.columns, lambda cs: reader.read_rows(0, min(reader.nrows, 1000), cs)
+            ),
         }
         _check_select_sample(args, cat, reader)
         return cat

@@ -63,6 +63,7 @@ class Plan:
     split: dict = field(default_factory=dict)  # buckets and run ranges (split.plan_split)
     select: str | None = None  # --select EXPR (see select.py)
     select_columns: dict = field(default_factory=dict)  # {name in EXPR: column in the file's spelling}
+    domain: dict = field(default_factory=dict)  # catalog rules of --domain (domain.CatalogRules.to_dict)
     hats: dict | None = None  # HATS input: partitions are its pixels, read directly (hats_plan.py)
     names: dict = field(default_factory=dict)  # carried input column -> output name (schema.output_names)
 

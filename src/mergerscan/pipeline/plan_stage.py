@@ -60,6 +60,7 @@ def make_plan(args: ProcessArguments, cat: dict, tasks: TaskRunner, layout: RunL
         "hist_order": args.hist_order,
         "select": args.select,
         "select_columns": select_columns,
+        "domain": cat.get("domain") or {},
         "fault_hook": args.fault_hook,
     }
     hist, ranges = split.Histogram(), [None] * len(chunks)
@@ -89,6 +90,7 @@ def make_plan(args: ProcessArguments, cat: dict, tasks: TaskRunner, layout: RunL
         partitions=parts,
         select=args.select,
         select_columns=select_columns,
+        domain=cat.get("domain") or {},
         names=cat["names"],
         split=split.plan_split(parts, ranges, max(args.chunk_rows, args.partition_rows)),
     )

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
-from ..catalogs.schema import id_output_name
+from ..catalogs.schema import SCORED, id_output_name, is_merger
 from ..catalogs.validate import flag_duplicates
+from .domain import rule_reason
 from .failures import note, plain
 from .plan import Plan
+
+
+class Scores(NamedTuple):
+    """What the engine gave a partition's rows (NaN where not scored)."""
+
+    p_merger: np.ndarray  # float32
+    domain_score: np.ndarray  # float32; NaN also where the engine has no image check
+
+    @classmethod
+    def empty(cls, n: int) -> Scores:
+        return cls(np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32))
 
 
 def _text_id(v):
@@ -38,8 +52,8 @@ def missing_ids(ids: pd.Series) -> np.ndarray:
 
 def triage(df: pd.DataFrame, plan: Plan, examples: dict) -> tuple[np.ndarray, np.ndarray]:
     """(status, ids as text) of a partition's rows before any fetch: bad_coords, no_id,
-    duplicate_id, not_selected (--select) - the rest "" (to be fetched and scored).  Notes one
-    example of each in ``examples``."""
+    duplicate_id, not_selected (--select), out_of_domain (--domain's catalog rules) - the rest ""
+    (to be fetched and scored).  Notes one example of each in ``examples``."""
     n, c = len(df), plan.columns
     status = np.full(n, "", dtype=object)
     if not n:
@@ -54,6 +68,12 @@ def triage(df: pd.DataFrame, plan: Plan, examples: dict) -> tuple[np.ndarray, np
     if "_selected" in df:  # --select: the rest is kept, not fetched or scored
         status[(status == "") & ~df["_selected"].to_numpy(bool)] = "not_selected"
     inrow = df["_input_row"].to_numpy()
+    if "_domain" in df:  # --domain's catalog rules (domain.py): kept, not fetched or scored
+        code = df["_domain"].to_numpy()
+        out = (status == "") & (code > 0)
+        status[out] = "out_of_domain"
+        for i in np.flatnonzero(out)[:1]:
+            note(examples, "out_of_domain", f"row {inrow[i]} (id {ids[i]}): {rule_reason(plan.domain, int(code[i]))}")
     for i in np.flatnonzero(~valid)[:1]:
         note(
             examples,
@@ -69,14 +89,31 @@ def triage(df: pd.DataFrame, plan: Plan, examples: dict) -> tuple[np.ndarray, np
     return status, ids
 
 
-def output_table(df: pd.DataFrame, plan: Plan, p: np.ndarray, status: np.ndarray, threshold: float) -> pd.DataFrame:
+def in_domain(status: np.ndarray, domain_score: np.ndarray, image_threshold: float | None) -> np.ndarray:
+    """False where a domain check that was applied puts the row outside the engine's training
+    domain: status out_of_domain (catalog rules), or scored with ``domain_score`` beyond the
+    image check's threshold (None: not applied); True otherwise, including rows no check could
+    decide (a NaN score)."""
+    inside = status != "out_of_domain"
+    if image_threshold is not None:
+        with np.errstate(invalid="ignore"):
+            inside &= ~(np.isin(status, SCORED) & (domain_score > image_threshold))
+    return inside
+
+
+def output_table(
+    df: pd.DataFrame, plan: Plan, scores: Scores, status: np.ndarray, threshold: float, image_threshold: float | None
+) -> pd.DataFrame:
     c = plan.columns
+    inside = in_domain(status, scores.domain_score, image_threshold)
     out = {
         id_output_name(plan.id_kind): output_ids(df[c["id"]], plan.id_kind),
         "ra": df[c["ra"]].to_numpy(np.float64),
         "dec": df[c["dec"]].to_numpy(np.float64),
-        "p_merger": p.astype(np.float32),
-        "is_merger": np.nan_to_num(p, nan=-1.0) >= threshold,
+        "p_merger": scores.p_merger.astype(np.float32),
+        "is_merger": is_merger(scores.p_merger, threshold, inside),
+        "in_domain": inside,
+        "domain_score": scores.domain_score.astype(np.float32),
         "status": status.astype(object),
         "input_row": df["_input_row"].to_numpy(np.int64),
         "_healpix_29": df["_healpix29"].to_numpy(np.int64),

@@ -76,6 +76,7 @@ def _score(args: ProcessArguments, client, engine_path, info, op, parts: list[Pa
         views=info.views,
         threshold=op.threshold,
         fault_hook=args.fault_hook,
+        image_threshold=args.domain_settings.image_threshold(info.domain),
     )
     # GPU backends: tasks need one unit of the GPU resource that GPU workers advertise (one per
     # thread): CPU-only workers of the same scheduler never get them (cluster.check_gpu_workers)
@@ -159,7 +160,7 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
         and args.mode in ("all", "shard")
     ):
         check_local_gpu(args.backend)  # local workers would fail (or wait) on every partition
-    cat = inspect_catalog(args)
+    cat = inspect_catalog(args, info.domain)
     _source_notices(args, cat["nrows"])
     layout = RunLayout(args.output)
     cache: dict = {}

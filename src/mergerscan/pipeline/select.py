@@ -7,7 +7,8 @@ per row on the first rows; then it is evaluated per input chunk (split stage) or
 (scoring task), reading only the columns it names, by :func:`evaluate`, which walks only the
 tree's node classes.  Unselected rows are **kept** in the output with status ``not_selected``
 (no image fetched, no score): every input row still appears once, and the summary counts them
-(``rows = scored + flagged + not_selected``).
+(``rows = scored + flagged + not_selected + out_of_domain``).  The catalog rules of ``--domain``
+(:mod:`.domain`) are evaluated at the same place, for the same reason: a row they reject costs no fetch.
 
 Missing values (null, NaN): a comparison or ``in`` with a missing operand is false (``!=`` and
 ``not in`` too), so a row whose compared value is missing is not selected by it; arithmetic on a
@@ -27,6 +28,7 @@ import pyarrow as pa
 
 from ..catalogs.columns import require_column
 from ..catalogs.read import CatalogError
+from .domain import CatalogRules, mark_domain
 from .select_grammar import (
     Arith,
     Call,
@@ -288,11 +290,15 @@ def evaluate(expr: str, columns: dict, df: pd.DataFrame, label: str, start: int 
 
 
 def mark_selected(plan, df: pd.DataFrame, start: int) -> pd.DataFrame:
-    """Add the ``_selected`` column to one chunk's rows (no-op without --select) and drop the
-    columns read only for the expression."""
-    if not plan.select:
+    """Add the ``_selected`` column (--select) and the ``_domain`` column (the catalog rules of
+    --domain, :mod:`.domain`) to one chunk's rows, and drop the columns read only for them.
+    A no-op without either."""
+    rules = getattr(plan, "domain", None) or {}
+    if not plan.select and not rules.get("rules"):
         return df
-    mask = evaluate(plan.select, plan.select_columns, df, plan.source_catalog, start)
+    if plan.select:
+        df = df.assign(_selected=evaluate(plan.select, plan.select_columns, df, plan.source_catalog, start))
+    df = mark_domain(rules, df)
     needed = {*plan.keep, *plan.columns.values()}
-    extra = [c for c in dict.fromkeys(plan.select_columns.values()) if c not in needed]
-    return df.drop(columns=extra).assign(_selected=mask)
+    read_for = [*plan.select_columns.values(), *CatalogRules.from_dict(rules).columns]
+    return df.drop(columns=[c for c in dict.fromkeys(read_for) if c not in needed])

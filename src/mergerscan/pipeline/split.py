@@ -38,6 +38,7 @@ from ..atomic import atomic_path
 from ..catalogs.read import arrow_to_pandas
 from ..catalogs.validate import coord_status
 from ..run_layout import WorkLayout
+from .domain import CatalogRules
 from .faults import fault_point
 from .plan import ORDER29, Partition, Plan, assign_partitions, healpix29, read_positions
 from .select import mark_selected
@@ -106,6 +107,7 @@ def scan_chunk(spec: dict, chunk_id: int, rows: tuple[int, int], work: str) -> d
 
     ``spec``: catalog, source_catalog (for error messages), columns, keep, hist_order, select,
     select_columns (--select is evaluated here, once per row: unselected rows get _selected=False),
+    domain (the catalog rules of --domain, evaluated here too: ``_domain``),
     fault_hook (faults.py; tests only)."""
     from types import SimpleNamespace
 
@@ -127,7 +129,7 @@ def scan_chunk(spec: dict, chunk_id: int, rows: tuple[int, int], work: str) -> d
         start,
         stop,
         c,
-        [*spec["keep"], *spec.get("select_columns", {}).values()],
+        [*spec["keep"], *spec.get("select_columns", {}).values(), *CatalogRules.from_dict(spec.get("domain")).columns],
         label=spec["source_catalog"],
     )
     df = mark_selected(

@@ -21,12 +21,13 @@ from ..catalogs.write import write_partition
 from ..cutouts.sources import SourceConfig, open_source
 from ..engines.errors import is_out_of_memory, is_sticky, release_device_memory
 from ..run_layout import RunLayout
+from .domain import rule_counts
 from .engine_cache import device_failure, worker_engine
 from .failures import coord_range, note
 from .faults import fault_point
 from .plan import Partition, Plan
 from .resume import done, mark_done, read_marker
-from .rows import output_table, triage
+from .rows import Scores, output_table, triage
 from .split import read_partition
 
 __all__ = ["BatchScorer", "PartitionTask", "device_failure", "score_partition", "worker_engine"]
@@ -52,6 +53,7 @@ class PartitionTask:
     views: int | None = None
     threshold: float | None = None  # of is_merger (the run's operating point); None: the engine's
     fault_hook: str | None = None  # faults.py: tests only
+    image_threshold: float | None = None  # --domain's image check: domain_score above it is not in_domain
 
     def retry_with(self, **changes: Any) -> PartitionTask:
         return replace(self, **changes)
@@ -64,18 +66,27 @@ class Fetched(NamedTuple):
 
 
 class BatchScorer:
-    """Fetch and score rows of one partition, writing into its ``status`` and ``p`` arrays.
+    """Fetch and score rows of one partition, writing into its ``status`` and ``scores`` arrays.
 
     Memory: a batch that raises MemoryError (or CUDA out of memory: engines/errors.py) is
     scored again in halves, down to single rows; a row that still fails is flagged
     ``out_of_memory``.  Any other inference error flags the batch ``inference_failed``."""
 
     def __init__(
-        self, src, engine, rows: pd.DataFrame, status: np.ndarray, p: np.ndarray, examples: dict, input_rows: np.ndarray
+        self,
+        src,
+        engine,
+        rows: pd.DataFrame,
+        status: np.ndarray,
+        scores: Scores,
+        examples: dict,
+        input_rows: np.ndarray,
     ):
         self.src, self.engine, self.rows, self.ids = src, engine, rows, rows["id"].to_numpy()
-        self.status, self.p, self.examples, self.input_rows = status, p, examples, input_rows
+        self.status, self.examples, self.input_rows = status, examples, input_rows
+        self.p, self.d = scores
         self.fetch_seconds = self.infer_seconds = 0.0
+        self.no_domain_score = 0  # rows scored by an engine call that gave no domain_score
 
     def fetch(self, idx: np.ndarray) -> Fetched:
         t = time.time()
@@ -110,7 +121,7 @@ class BatchScorer:
             self._infer(idx, got.stamps, np.isin(got.status, SCORED))
         except MemoryError:
             got = fetched = None  # drop the stamps before retrying
-            self.p[idx] = np.nan
+            self.p[idx] = self.d[idx] = np.nan
             if len(idx) == 1:
                 self.status[idx] = "out_of_memory"
                 note(
@@ -126,7 +137,12 @@ class BatchScorer:
     def _infer(self, idx: np.ndarray, stamps: np.ndarray, ok: np.ndarray) -> None:
         t = time.time()
         try:
-            self.p[idx[ok]] = self.engine.predict(stamps[ok])
+            out = self.engine.score(stamps[ok])
+            self.p[idx[ok]] = out.p_merger
+            if out.domain_score is not None:  # None: the engine has no image-level check
+                self.d[idx[ok]] = out.domain_score
+            else:
+                self.no_domain_score += int(ok.sum())
         except MemoryError:
             raise
         except Exception as e:  # one bad batch must not lose the partition
@@ -153,12 +169,12 @@ def _read_rows(plan: Plan, part: Partition, layout: RunLayout) -> pd.DataFrame:
 
 
 def _previous(layout: RunLayout, part: Partition, df: pd.DataFrame):
-    """(status, p_merger, examples) of the partition as written by an earlier run, aligned with
+    """(status, Scores, examples) of the partition as written by an earlier run, aligned with
     ``df``; None when there is nothing usable (then every row is done again)."""
     import pyarrow.parquet as pq
 
     try:
-        old = pq.read_table(layout.dataset_file(part), columns=["input_row", "status", "p_merger"])
+        old = pq.read_table(layout.dataset_file(part), columns=["input_row", "status", "p_merger", "domain_score"])
         examples = read_marker(layout.work.marker(part.pid)).get("examples") or {}
     except (OSError, ValueError, KeyError):
         return None
@@ -167,7 +183,9 @@ def _previous(layout: RunLayout, part: Partition, df: pd.DataFrame):
         return None
     return (
         old.column("status").to_numpy(zero_copy_only=False).astype(object),
-        old.column("p_merger").to_numpy(zero_copy_only=False).astype(np.float32),
+        Scores(
+            *(old.column(k).to_numpy(zero_copy_only=False).astype(np.float32) for k in ("p_merger", "domain_score"))
+        ),
         examples,
     )
 
@@ -190,6 +208,17 @@ def _fetch_rows(df: pd.DataFrame, plan: Plan, ids: np.ndarray, source: SourceCon
     return rows
 
 
+def _domain_counts(plan: Plan, df: pd.DataFrame, status: np.ndarray, table: pd.DataFrame, image_threshold) -> dict:
+    """The marker's domain counts: ``domain_rules`` {reason: rows} over both halves (catalog
+    rules: rows out_of_domain; image check: scored rows beyond its threshold) and
+    ``beyond_image_threshold``."""
+    rules = rule_counts(plan.domain, df["_domain"].to_numpy()[status == "out_of_domain"]) if "_domain" in df else {}
+    beyond = int((~table["in_domain"].to_numpy() & np.isin(status, SCORED)).sum())
+    if beyond:
+        rules[f"domain_score > {image_threshold:.4g} (image check; scored, never is_merger)"] = beyond
+    return {"domain_rules": rules, "beyond_image_threshold": beyond} if rules else {}
+
+
 def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
     """Task: score one sky partition.  Returns its summary (also stored in the done marker).
 
@@ -208,10 +237,12 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
     examples: dict = {}
     status, ids = triage(df, plan, examples)
     inrow = df["_input_row"].to_numpy() if n else np.zeros(0, np.int64)
-    p = np.full(n, np.nan, np.float32)
+    scores = Scores.empty(n)
     if rerun and n and (prev := _previous(layout, part, df)) is not None:
         keep = (status == "") & ~np.isin(prev[0], TRANSIENT)  # ok and lasting failures stay as they are
-        status[keep], p[keep] = prev[0][keep], prev[1][keep]
+        status[keep] = prev[0][keep]
+        for now, before in zip(scores, prev[1]):
+            now[keep] = before[keep]
         for k, v in prev[2].items():
             if k not in TRANSIENT:
                 note(examples, k, v)
@@ -236,7 +267,7 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
     failures: dict = {}
     if batches:
         src = open_source(task.source, engine.spec)
-        scorer = BatchScorer(src, engine, _fetch_rows(df, plan, ids, task.source), status, p, examples, inrow)
+        scorer = BatchScorer(src, engine, _fetch_rows(df, plan, ids, task.source), status, scores, examples, inrow)
         try:
             scorer.run(batches)
         finally:
@@ -249,15 +280,16 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
         raise RuntimeError(f"image source returned unknown status {sorted(unknown)}")
     counts = pd.Series(status).value_counts().to_dict() if n else {}
     threshold = engine.info.threshold if task.threshold is None else task.threshold
-    if n:
-        write_partition(output_table(df, plan, p, status, threshold), layout.dataset_file(part), task.run_meta)
+    table = output_table(df, plan, scores, status, threshold, task.image_threshold) if n else None
+    if table is not None:
+        write_partition(table, layout.dataset_file(part), task.run_meta)
     c = plan.columns
     info = {
         "pid": part.pid,
         "name": part.name,
         "rows": n,
         "status": {k: int(v) for k, v in counts.items()},
-        "mergers": int(np.sum(p >= threshold)),
+        "mergers": int(table["is_merger"].sum()) if table is not None else 0,
         "seconds": round(time.time() - t0, 3),
         "fetch_seconds": round(scorer.fetch_seconds if scorer else 0.0, 3),
         "infer_seconds": round(scorer.infer_seconds if scorer else 0.0, 3),
@@ -270,6 +302,10 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
     }
     if failures:  # why a service failed rows (the summary names the leading one)
         info["fetch_failures"] = {str(k): int(v) for k, v in failures.items()}
+    if table is not None:
+        info.update(_domain_counts(plan, df, status, table, task.image_threshold))
+    if task.image_threshold is not None and scorer is not None and scorer.no_domain_score:
+        info["no_domain_score"] = scorer.no_domain_score  # the card has an image check, this backend gave none
     transient = {k: int(counts[k]) for k in TRANSIENT if counts.get(k)}
     if transient:
         info["retry"] = True

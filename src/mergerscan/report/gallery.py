@@ -77,7 +77,9 @@ def fetch_cutouts(summary: dict, rows, spec, path_col: str | None = None) -> tup
     return [stamps[i] if status[i] in SCORED else None for i in range(len(rows))], ""
 
 
-def gallery(rows, stamps, spec, thr: float, show: list[str]) -> str:
+def gallery(rows, stamps, spec, thr: float, show: list[str], domain: bool = False) -> str:
+    """Cards of ``rows`` with their cutouts; ``domain``: rows outside the training domain (their
+    domain_score shown, never framed as mergers)."""
     if rows is None or not len(rows):
         return '<p class="note">no scored rows</p>'
     cards = []
@@ -89,11 +91,16 @@ def gallery(rows, stamps, spec, thr: float, show: list[str]) -> str:
             f"{esc(c)} {fmt(r[c].item() if hasattr(r[c], 'item') else r[c])}" for c in show if c in r and r[c] == r[c]
         )
         cards.append(
-            f'<div class="stamp{" merger" if r["p_merger"] >= thr else ""}">'
+            f'<div class="stamp{" merger" if r["p_merger"] >= thr and not domain else ""}">'
             f'<img src="{img}" alt="cutout of {esc(str(r["id"]))}" loading="eager">'
             f'<div class="p">p = {r["p_merger"]:.4f}</div><div class="id">{esc(str(r["id"]))}</div>'
             f"<div>{ra:.5f} {dec:+.5f}{'' if r['status'] == 'ok' else ' · ' + esc(str(r['status']))}</div>"
             + (f"<div>{vals}</div>" if vals else "")
+            + (
+                f"<div>domain_score {r['domain_score']:.4g}</div>"
+                if domain and r["domain_score"] == r["domain_score"]
+                else ""
+            )
             + f'<div><a href="{esc(link)}">Legacy Surveys viewer</a></div></div>'
         )
     return '<div class="gallery">' + "".join(cards) + "</div>"

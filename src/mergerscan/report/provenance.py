@@ -51,6 +51,20 @@ def engine_spec(summary: dict):
         return read_engine_info(default_engine_path()).spec
 
 
+def training_domain(card: dict, summary: dict) -> str:
+    """The card's training selection and image check, and what the run applied of them (--domain)."""
+    from ..engines.domain import EngineDomain
+
+    dom = EngineDomain.from_card(card)
+    parts = [dom.selection.describe() if dom.selection else "no training selection in the card"]
+    if dom.selection and dom.selection.reference:
+        parts.append(f"from {dom.selection.reference}")
+    parts.append(f"image check {dom.image.score} <= {dom.image.threshold:.4g}" if dom.image else "no image check")
+    mode = (summary.get("domain") or {}).get("mode")
+    parts.append(f"run: --domain {mode}" if mode else "run: before --domain")
+    return "; ".join(parts)
+
+
 def provenance_rows(summary: dict, card: dict, thr: float) -> list[list]:
     """The provenance table: engine, threshold, training, image source, catalog, command, run, versions."""
     source = summary.get("source", {})
@@ -64,6 +78,7 @@ def provenance_rows(summary: dict, card: dict, thr: float) -> list[list]:
             "training",
             ", ".join(f"{k} {card[k]}" for k in ("arch", "experiment", "input_size", "n_train", "labels") if k in card),
         ],
+        ["training domain", training_domain(card, summary)],
         ["image source", f"{source.get('kind')}: {source.get('location')}"],
         ["catalog", summary.get("catalog", "?")],
         ["command", Raw(f"<code>{esc(str(summary.get('command') or '?'))}</code>")],

@@ -92,6 +92,7 @@ def build_report(
     )
     top_st, top_err = fetch_cutouts(fetch_from, st.top, spec, paths)
     bor_st, bor_err = fetch_cutouts(fetch_from, st.border, spec, paths)
+    out_st, out_err = fetch_cutouts(fetch_from, st.outside, spec, paths)
 
     warn = []
     if st.rows != summary.get("rows"):
@@ -99,7 +100,7 @@ def build_report(
             f"the Parquet dataset holds {st.rows:,} rows but summary.json says {fmt(summary.get('rows'))} "
             "(an unfinished or edited run?)"
         )
-    warn += [redact_text(w) for w in (card_note, top_err or bor_err) if w]
+    warn += [redact_text(w) for w in (card_note, top_err or bor_err or out_err) if w]
 
     S = [
         sections.scores(figs["scores"], st, merg, gfrac, thr, summary.get("operating_point")),
@@ -108,6 +109,8 @@ def build_report(
     if "columns" in figs:
         S.append(sections.columns(figs["columns"], figs.get("sample"), st))
     S.append(sections.flags(st.status, st.rows, figs.get("status")))
+    n_out = len(st.outside) if st.outside is not None else 0
+    S.append(sections.domain(summary, st, n_out, gallery(st.outside, out_st, spec, thr, show, domain=True)))
     geom = f"{spec.stamp_pixels * spec.pixel_scale:.0f}″ × {spec.stamp_pixels * spec.pixel_scale:.0f}″"
     S.append(
         sections.top(
@@ -151,7 +154,7 @@ def build_report(
         thr,
         npre,
         sky_cap,
-        {"fetched": sum(x is not None for x in top_st + bor_st), "shown": len(top_st) + len(bor_st)},
+        {"fetched": sum(x is not None for x in top_st + bor_st + out_st), "shown": len(top_st + bor_st + out_st)},
     )
     return layout.report_index
 
@@ -183,6 +186,8 @@ def _write_json(path: Path, st: RunStats, merg: int, thr: float, npre: int, sky_
         "sample_rows": 0 if st.sample is None else len(st.sample),
         "top": rows(st.top),
         "borderline": rows(st.border),
+        "outside_domain": rows(st.outside),
+        "beyond_image_threshold": st.beyond,
         "cutouts": cutouts,
     }
     atomic_write_json(path, doc, fsync=False, indent=1, default=str)

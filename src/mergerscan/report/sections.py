@@ -21,6 +21,7 @@ NAV = [
     ("sky", "Sky"),
     ("columns", "Columns"),
     ("flags", "Flags"),
+    ("domain", "Domain"),
     ("top", "Top mergers"),
     ("borderline", "Borderline"),
     ("throughput", "Throughput"),
@@ -88,9 +89,51 @@ def flags(status: dict, rows: int, png: bytes | None) -> str:
 def top(n: int, source_kind: str, geom: str, cards: str) -> str:
     return (
         f'<section id="top"><h2>Top {n} mergers</h2>'
-        f'<p class="note">Highest p_merger over the whole run (exact). Cutouts re-fetched from the run\'s image '
+        f'<p class="note">Highest p_merger over the in-domain rows of the whole run (exact; rows outside the '
+        "engine's training domain are never mergers: see Domain). Cutouts re-fetched from the run's image "
         f"source ({esc(source_kind)}) exactly as the engine saw them: {geom}, "
         f"north up, east left, gri composite; bar 20″; orange frame: flagged merger.</p>" + cards + "</section>"
+    )
+
+
+def domain(summary: dict, st: RunStats, n_shown: int, cards: str) -> str:
+    """The in-domain / out-of-domain split (summary.json's counts, checked against the dataset's)
+    and the gallery of the scored rows farthest beyond the image check."""
+    d = summary.get("domain")
+    if d is None:  # a run from before --domain
+        return ""
+    ood = int(summary.get("out_of_domain") or 0)
+    inside = st.scored - st.beyond
+    rows = [
+        ["scored, in the domain (may be is_merger)", f"{inside:,}", f"{inside / max(st.rows, 1):.2%}"],
+        [
+            "scored, beyond the image check (p_merger kept, never is_merger)",
+            f"{st.beyond:,}",
+            f"{st.beyond / max(st.rows, 1):.2%}",
+        ],
+        ["out_of_domain by the catalog rules (not fetched, not scored)", f"{ood:,}", f"{ood / max(st.rows, 1):.2%}"],
+    ]
+    rules = [[k, f"{v:,}"] for k, v in (summary.get("domain_rules") or {}).items()]
+    checks = [*d.get("catalog_rules", [])] + (
+        [f"domain_score > {d['image_threshold']:.4g}"] if d.get("image_threshold") is not None else []
+    )
+    mode = (
+        "--domain off: nothing was checked; every row was scored and may be is_merger"
+        if d["mode"] == "off"
+        else f"--domain {d['mode']}; checks applied: {'; '.join(checks) if checks else 'none could be (no deciding column, no image check)'}"
+    )
+    limits = f" Limits changed with --domain-limit: {d['limits']}." if d.get("limits") else ""
+    return (
+        '<section id="domain"><h2>Training domain</h2>'
+        f'<p class="note">{esc(mode)}.{esc(limits)} The engine was trained on the selection its card records '
+        '(see Provenance); outside it, p_merger means little.</p><div class="two"><div>'
+        + table(["rows", "count", "share"], rows, num={1, 2})
+        + "</div><div>"
+        + (table(["rule", "rows"], rules, num={1}) if rules else '<p class="note">no row failed a check</p>')
+        + "</div></div>"
+        + f'<h3>{n_shown} scored rows farthest outside the domain</h3><p class="note">Highest domain_score '
+        "beyond the image check's threshold (the engine's distance from its training galaxies); their p_merger is "
+        "kept but they are never flagged.</p>" + cards + "</section>"
     )
 
 

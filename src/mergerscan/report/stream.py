@@ -153,6 +153,7 @@ class RunStats:
     sample_rows: int = 200_000
     extra: list[str] = field(default_factory=list)  # carried to galleries (e.g. path)
     seed: int = 0
+    domain: bool = True  # the dataset has in_domain / domain_score (runs before --domain have not)
 
     def __post_init__(self):
         self.rows = 0
@@ -167,14 +168,16 @@ class RunStats:
         self.col_m = {b.name: np.zeros(b.nbins, np.int64) for b in self.bins}
         self.col_p = {b.name: np.zeros(b.nbins, np.float64) for b in self.bins}
         self.col_out = {b.name: np.zeros(3, np.int64) for b in self.bins}  # missing, under, over
-        self.top = self.border = self.sample = None
+        self.top = self.border = self.sample = self.outside = None
         self.scored = 0
+        self.beyond = 0  # scored rows the image check put outside the domain (never is_merger)
         self._rng = np.random.default_rng(self.seed)
 
     def columns(self) -> list[str]:
         return list(
             dict.fromkeys(
                 [self.id_column, "ra", "dec", "p_merger", "is_merger", "status", "_healpix_29"]
+                + (["in_domain", "domain_score"] if self.domain else [])
                 + [b.name for b in self.bins]
                 + self.extra
             )
@@ -192,7 +195,12 @@ class RunStats:
         p = np.asarray(t.column("p_merger").to_numpy(zero_copy_only=False), np.float64)
         scored = np.isin(status, SCORED) & np.isfinite(p)
         merger = np.asarray(t.column("is_merger").to_numpy(zero_copy_only=False), bool) & scored
+        inside, dscore = np.ones(n, bool), np.full(n, np.nan)
+        if self.domain:
+            inside = np.asarray(t.column("in_domain").to_numpy(zero_copy_only=False), bool)
+            dscore = np.asarray(t.column("domain_score").to_numpy(zero_copy_only=False), np.float64)
         self.scored += int(scored.sum())
+        self.beyond += int((scored & ~inside).sum())
         self.score_hist += np.histogram(p[scored], SCORE_BINS)[0]
         self.score_hist_merger += np.histogram(p[merger], SCORE_BINS)[0]
         # sky: counts per pixel at SKY_ORDER (sparse)
@@ -230,13 +238,18 @@ class RunStats:
                 "dec": t.column("dec").to_numpy(zero_copy_only=False)[idx],
                 "p_merger": p[idx],
                 "status": status[idx],
+                "domain_score": dscore[idx],
+                "_inside": inside[idx],
             }
         )
         for c in [b.name for b in self.bins] + self.extra:
             df[c] = t.column(c).to_numpy(zero_copy_only=False)[idx]
         df["_neg_p"] = -df["p_merger"]
         df["_dist"] = (df["p_merger"] - self.threshold).abs()
-        self.top = _select(self.top, df.nsmallest(self.top_n, "_neg_p"), "_neg_p", self.top_n)
+        df["_neg_d"] = -df["domain_score"].fillna(np.inf)  # beyond the threshold, no score: not ranked last
+        ins, out = df[df["_inside"]], df[~df["_inside"]]  # top mergers: in the domain only
+        self.top = _select(self.top, ins.nsmallest(self.top_n, "_neg_p"), "_neg_p", self.top_n)
+        self.outside = _select(self.outside, out.nsmallest(self.borderline_n, "_neg_d"), "_neg_d", self.borderline_n)
         self.border = _select(self.border, df.nsmallest(self.borderline_n, "_dist"), "_dist", self.borderline_n)
         if self.sample_rows > 0:
             keep = ["p_merger"] + [b.name for b in self.bins if b.edges is not None]
@@ -262,11 +275,11 @@ class RunStats:
 
     def finish(self) -> RunStats:
         self._merge_sky()
+        helpers = ["_neg_p", "_dist", "_neg_d", "_inside"]
         if self.top is not None:
-            self.top = self.top.sort_values(["_neg_p", "id"]).drop(columns=["_neg_p", "_dist"])
-            self.border = self.border.sort_values(["p_merger", "id"], ascending=[False, True]).drop(
-                columns=["_neg_p", "_dist"]
-            )
+            self.top = self.top.sort_values(["_neg_p", "id"]).drop(columns=helpers)
+            self.border = self.border.sort_values(["p_merger", "id"], ascending=[False, True]).drop(columns=helpers)
+            self.outside = self.outside.sort_values(["_neg_d", "id"]).drop(columns=helpers)
         return self
 
 
@@ -286,7 +299,8 @@ def scan(
     dset = open_dataset(out_dir)
     bins, npre = choose_bins(partition_files(out_dir), dset.schema, presample_rows, path_column)
     extra = [path_column] if path_column in dset.schema.names else []
-    st = RunStats(threshold, bins, id_column, top_n, borderline_n, sample_rows, extra=extra)
+    has_domain = "in_domain" in dset.schema.names and "domain_score" in dset.schema.names
+    st = RunStats(threshold, bins, id_column, top_n, borderline_n, sample_rows, extra=extra, domain=has_domain)
     for batch in dset.to_batches(columns=st.columns(), batch_size=batch_rows, batch_readahead=1, fragment_readahead=1):
         st.add(batch)
     return st.finish(), npre

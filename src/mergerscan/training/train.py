@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import __version__
 from ..atomic import atomic_path, atomic_write_json, atomic_write_text
 from ..cutouts.preprocess import PreprocessSpec, prepare_batch
 from ..models import imagenet_weights_path
@@ -31,7 +32,9 @@ from . import evaluate as ev
 from . import survey
 from .arguments import TrainArguments
 from .data import build_labelled_set
+from .domain import training_selection
 from .ema import clone_state, kept_state, update_ema, val_logits
+from .export import export_onnx, parity, quantize_int8
 from .hardware import cpu_flags, cpu_model, use_bf16
 from .loader import BatchLoader, epoch_batches
 from .models import create_model, trainable_tail
@@ -320,8 +323,6 @@ def _finish(args, net, data, spec, splits, train_seconds, bf16, out: Path, disti
     cal = ev.calibrate_and_summarize(labels[va], zv, labels[te], zt)
     T, thr, pt, m_val, m_test = cal.temperature, cal.threshold, cal.p_test, cal.val, cal.test
     name = args.name or f"{args.arch}-{args.experiment}-{args.input_size}px"
-    from .. import __version__
-
     card = survey.val_curve(labels[va], cal.p_val, data.data_hash, args.split_seed) | {
         "name": name,
         "arch": args.arch,
@@ -350,14 +351,13 @@ def _finish(args, net, data, spec, splits, train_seconds, bf16, out: Path, disti
         "mergerscan_version": __version__,
         "command": args.command,
         "labels": "Darg+2010 mergers vs Galaxy Zoo 1 non-interacting (SDSS DR7)",
+        "domain": {"selection": asdict(training_selection(args.catalog))},  # what it was trained on
     }
     if distilled:
         card["distilled_from"] = distilled
     if args.ema:
         card["weights_kept"] = f"exponential moving average of the weights, decay {args.ema} per step"
     onnx_path = out / "model.onnx"
-    from .export import export_onnx, parity, quantize_int8
-
     if args.export:
         export_onnx(net, spec, card, onnx_path)
         probe = prepare_batch(np.asarray(data.stamps[te[:32]]), spec)
