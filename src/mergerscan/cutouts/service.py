@@ -66,10 +66,14 @@ from .service_http import (
     RETRY_AFTER_MAX,
     STALE,
     UNREACHABLE_ROWS,
+    Deadline,
     Fail,
+    check_url,
+    connect,
     host_port,
     io_fail,
     limit_for,
+    remaining,
     retry_after,
     valid_url,
 )
@@ -110,8 +114,7 @@ class ServiceSource(SourceBase):
                 raise ValueError("image source 'service': total_timeout must be positive")
 
     def __init__(self, url: str, spec: PreprocessSpec, **options):
-        if valid_url(str(url)) is None:
-            raise ValueError(f"cutout service {url!r}: only http(s) URLs with a host are allowed")
+        self.check_location(str(url))
         super().__init__(url, spec, **options)
         o = self.options
         self._limit = limit_for(urlsplit(str(url)).netloc, o.max_rate) if o.max_rate else None
@@ -135,6 +138,10 @@ class ServiceSource(SourceBase):
         self._conns: set = set()  # every open connection, for close()
         self._rng = random.Random()
         self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="cutout-service")
+
+    @classmethod
+    def check_location(cls, location: str) -> None:
+        check_url(location)  # http(s), a valid host, a port in range: else one line, redacted
 
     # -- protocol -------------------------------------------------------------------------
     def fetch(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -275,7 +282,7 @@ class ServiceSource(SourceBase):
                 self._conns.discard(conn)
 
     def _request(self, parts, row_deadline: float | None = None) -> tuple[int, str | None, bytes | None]:
-        key = (parts.scheme.lower(), parts.netloc)
+        key, where = (parts.scheme.lower(), parts.netloc), host_port(parts)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         for fresh in (False, True):
             if self._limit is not None:
@@ -284,31 +291,26 @@ class ServiceSource(SourceBase):
             deadline = time.monotonic() + self.timeout
             if row_deadline is not None:
                 deadline = min(deadline, row_deadline)
-            try:
-                if conn.sock is None:
-                    conn.timeout = self._remaining(deadline)
-                    conn.connect()
-                sock = conn.sock
-                self._count("requests")
-                conn.request("GET", target, headers=HEADERS)
-                sock.settimeout(self._remaining(deadline))
-                resp = conn.getresponse()
+            resp = None
+            try:  # the deadline holds over DNS, connect, TLS, status line, headers and body
+                with Deadline(deadline, where) as d:
+                    if conn.sock is None:
+                        connect(conn, parts, d)
+                    sock = conn.sock  # kept: a "Connection: close" answer clears conn.sock
+                    d.watch(sock)
+                    self._count("requests")
+                    conn.request("GET", target, headers=HEADERS)
+                    sock.settimeout(remaining(deadline))
+                    resp = conn.getresponse()
+                    return self._response(resp, sock, deadline, key, where)
             except Fail:
                 self._drop(key)
                 raise
             except (OSError, http.client.HTTPException) as e:
                 self._drop(key)
-                if reused and isinstance(e, STALE):
+                if reused and resp is None and isinstance(e, STALE):
                     continue  # server closed the idle connection: reconnect once
-                raise io_fail(e, host_port(parts)) from None
-            try:
-                return self._response(resp, sock, deadline, key, host_port(parts))
-            except Fail:
-                self._drop(key)
-                raise
-            except (OSError, http.client.HTTPException) as e:
-                self._drop(key)
-                raise io_fail(e, host_port(parts)) from None
+                raise io_fail(e, where) from None
         raise Fail("connection", retry=True)  # not reached
 
     def _response(self, resp, sock, deadline, key, where=""):
@@ -339,7 +341,7 @@ class ServiceSource(SourceBase):
             raise Fail("oversize", detail=f"body of {declared} bytes is over the limit {limit}")
         buf = bytearray()
         while declared is None or len(buf) < declared:
-            sock.settimeout(self._remaining(deadline))
+            sock.settimeout(remaining(deadline))
             chunk = resp.read1(CHUNK)  # at most one recv: the deadline stays exact
             if not chunk:
                 break
@@ -351,13 +353,6 @@ class ServiceSource(SourceBase):
         resp.close()  # marks the response done, keeps the connection
         self._count("bytes", len(buf))
         return bytes(buf)
-
-    @staticmethod
-    def _remaining(deadline: float) -> float:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Fail("timeout", retry=True, detail="timeout")
-        return left
 
     # -- body -> stamp --------------------------------------------------------------------
     def _decode(self, body: bytes, where: str = "") -> np.ndarray:

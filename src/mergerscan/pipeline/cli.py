@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 
@@ -276,7 +277,7 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
         select=ns.select,
         samp=ns.samp,
         fault_hook=ns.fault_hook,
-        command="process-catalog " + " ".join(argv),
+        command=shlex.join(["process-catalog", *argv]),  # redacted by ProcessArguments
     )
 
 

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from ..catalogs.schema import SCORED, TRANSIENT
+from ..cutouts.redact import redact_text
 
 EXIT_OK = 0  # finished; at least one row scored (warnings may have been printed)
 EXIT_BAD_INPUT = 2  # one-line error about the input or the arguments
@@ -36,9 +37,9 @@ HINTS = {
 
 
 def note(examples: dict, status: str, text: str) -> None:
-    """Keep the first example of ``status`` (one line, bounded)."""
+    """Keep the first example of ``status`` (one line, bounded, credentials redacted: it is stored)."""
     if status not in SCORED and status not in examples:
-        examples[status] = " ".join(str(text).split())[:300]
+        examples[status] = redact_text(" ".join(str(text).split()))[:300]
 
 
 def coord_range(ra: np.ndarray, dec: np.ndarray) -> list | None:

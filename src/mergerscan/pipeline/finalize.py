@@ -105,7 +105,7 @@ def build_summary(
         catalog=args.catalog,
         command=args.command,
         engine_path=info.path,
-        source=SourceSummary(kind=args.source.kind, location=args.source.shown, options=dict(args.source.options)),
+        source=SourceSummary(kind=args.source.kind, location=args.source.shown, options=args.source.shown_options),
         id_column="objid" if plan.id_kind == "int" else "id",
         keep=list(plan.keep),
         path_column=(plan.names or output_names(plan.carried)).get(plan.path_column) if plan.path_column else None,

@@ -32,7 +32,7 @@ def warnings(texts: list[str]) -> str:
     return "".join(f'<div class="warn">{esc(w)}</div>' for w in texts)
 
 
-def scores(png: bytes, st: RunStats, merg: int, gfrac: float, thr: float) -> str:
+def scores(png: bytes | None, st: RunStats, merg: int, gfrac: float, thr: float) -> str:
     return (
         f'<section id="scores"><h2>Score distribution</h2>{figure(png, "histogram of p_merger")}'
         f'<p class="note">{st.scored:,} scored objects; {merg:,} ({gfrac:.2%}) at or above the engine threshold '
