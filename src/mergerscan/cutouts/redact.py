@@ -66,6 +66,7 @@ SECRET_PARTS = (
     "apikey",
     "accesskey",
     "privatekey",
+    "sessionid",
 )
 SECRET_PARAMS = tuple(sorted(SECRET_WORDS))  # kept for older imports
 MIN_KNOWN = 5  # shorter secrets are not searched for in free text (they would match ordinary words)

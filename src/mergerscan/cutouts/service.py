@@ -187,8 +187,9 @@ class ServiceSource(SourceBase):
                 "height": s,
             }
         )
-        sep = "" if self.url.endswith(("?", "&")) else ("&" if "?" in self.url else "?")
-        return f"{self.url}{sep}{q}"
+        base = self.url.partition("#")[0]  # a fragment is never sent: the query goes before it
+        sep = "" if base.endswith(("?", "&")) else ("&" if "?" in base else "?")
+        return f"{base}{sep}{q}"
 
     def _fetch_one(self, ra: float, dec: float) -> np.ndarray | str:
         """The stamp, or why not (one line); ImageRejected for an image that fails the quality check."""
