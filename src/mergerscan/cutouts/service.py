@@ -10,8 +10,8 @@ Safety and robustness:
 
 * only http(s) URLs, also for redirects (a redirect to ``file://`` or any other scheme fails
   the row; nothing local is ever opened); at most ``MAX_REDIRECTS`` hops;
-* each HTTP request has a deadline of ``timeout`` s covering connect, headers and body (a
-  server that trickles bytes cannot hold a thread longer), and each row a total deadline of
+* each HTTP request has a deadline of ``timeout`` s over DNS, connect, TLS, headers and body (a
+  watchdog shuts the socket: trickled bytes cannot hold a thread longer), and each row a total deadline of
   ``total_timeout`` s (default ``2 * (retries + 1) * timeout``) over all its attempts, redirects
   and backoff sleeps;
 * connection errors, timeouts, 5xx and 429 are retried ``retries`` times with exponential
@@ -75,7 +75,6 @@ from .service_http import (
     limit_for,
     remaining,
     retry_after,
-    valid_url,
 )
 
 __all__ = ["UNREACHABLE_ROWS", "ServiceSource"]
@@ -242,11 +241,10 @@ class ServiceSource(SourceBase):
     def _get(self, url: str, row_deadline: float | None = None) -> np.ndarray:
         """GET following http(s) redirects; the decoded stamp or Fail."""
         for _ in range(MAX_REDIRECTS + 1):
-            parts = valid_url(url)
-            if parts is None:  # file://, ftp://, data:, ... : never followed
-                raise Fail(
-                    "bad_redirect", detail=f"redirect to a {urlsplit(url).scheme or 'hostless'}: URL, not http(s)"
-                )
+            try:  # file://, ftp://, data:, a bad host or port ... : never followed
+                parts = check_url(url)
+            except ValueError as exc:
+                raise Fail("bad_redirect", detail=f"redirect refused: {exc}") from None
             code, location, body = self._request(parts, row_deadline)
             if code in REDIRECTS:
                 if not location:

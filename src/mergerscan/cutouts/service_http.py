@@ -147,14 +147,6 @@ def check_url(url: str) -> SplitResult:
     return parts
 
 
-def valid_url(url: str) -> SplitResult | None:
-    """The parts of an http(s) URL that :func:`check_url` accepts, else None (e.g. a redirect)."""
-    try:
-        return check_url(url)
-    except ValueError:
-        return None
-
-
 def remaining(deadline: float) -> float:
     """Seconds left before ``deadline`` (time.monotonic()); Fail("timeout") when none."""
     left = deadline - time.monotonic()

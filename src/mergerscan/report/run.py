@@ -76,7 +76,7 @@ def build_report(
     gfrac = merg / st.scored if st.scored else 0.0
     markers = _read_markers(out)
     notes: list[str] = []  # figures that could not be drawn (drawn() guards every one)
-    sky_png, sky_cap = drawn(notes, "sky", fig_sky, st, default=(None, ""))
+    sky_png, sky_cap = drawn(notes, "sky", fig_sky, st, default=(None, None))
     thr_png, thr_cap = drawn(notes, "throughput", fig_throughput, markers, default=(None, ""))
     keep("scores", drawn(notes, "score histogram", fig_scores, st, thr))
     keep("sky", sky_png)
@@ -154,7 +154,7 @@ def build_report(
     return layout.report_index
 
 
-def _write_json(path: Path, st: RunStats, merg: int, thr: float, npre: int, sky_cap: str, cutouts: dict):
+def _write_json(path: Path, st: RunStats, merg: int, thr: float, npre: int, sky_cap: str | None, cutouts: dict):
     def rows(df):
         return [] if df is None else json.loads(df.to_json(orient="records"))
 

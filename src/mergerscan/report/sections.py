@@ -41,10 +41,13 @@ def scores(png: bytes | None, st: RunStats, merg: int, gfrac: float, thr: float)
     )
 
 
-def sky(png: bytes | None, caption: str) -> str:
+def sky(png: bytes | None, caption: str | None) -> str:
+    """The sky maps; none where no row has valid coordinates, a note where they could not be drawn
+    (``caption`` None)."""
+    no_coords = '<p class="note">no valid coordinates</p>'
     return (
         '<section id="sky"><h2>On the sky</h2>'
-        + (figure(png, "sky maps", esc(caption)) if png else '<p class="note">no valid coordinates</p>')
+        + (figure(png, "sky maps", esc(caption)) if png or caption is None else no_coords)
         + "</section>"
     )
 
