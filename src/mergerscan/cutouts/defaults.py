@@ -108,7 +108,7 @@ def startup_line(src: DefaultSource) -> str:
     if src.origin == "built-in":
         o = src.options
         return (
-            f"process-catalog: no image source given: using SDSS SkyServer ImgCutout {redact_url(src.cutout_service)} "
+            f"process-catalog: no image source given: using SDSS SkyServer ImgCutout {redact_url(str(src.cutout_service))} "
             f"({o['max_concurrency']} requests at a time, <= {o['max_rate']:g}/s per worker); set a site "
             f"default in ${ENV} or {config_file()}"
         )

@@ -47,7 +47,7 @@ def sky(png: bytes | None, caption: str | None) -> str:
     no_coords = '<p class="note">no valid coordinates</p>'
     return (
         '<section id="sky"><h2>On the sky</h2>'
-        + (figure(png, "sky maps", esc(caption)) if png or caption is None else no_coords)
+        + (figure(png, "sky maps", esc(caption or "")) if png or caption is None else no_coords)
         + "</section>"
     )
 
