@@ -230,6 +230,7 @@ IMPOSSIBLE = {
     "http://[::zz]/x": "not a valid URL",
     "http://exa mple.org/x": "not a valid host name",
     "http://example..org/x": "not a valid host name",
+    "http://256.1.1.1/x": "not an IPv4 address",
     "http://127.0.0.1:8/a b": "space",
     "https://": "no host",
     "gopher://example.org/x": "only http:// and https://",

@@ -68,6 +68,7 @@ from .service_http import (
     UNREACHABLE_ROWS,
     Deadline,
     Fail,
+    ascii_host,
     check_url,
     connect,
     host_port,
@@ -267,7 +268,7 @@ class ServiceSource(SourceBase):
             return conn, conn.sock is not None  # reused only if still connected
         self._drop(key)
         cls = http.client.HTTPSConnection if key[0] == "https" else http.client.HTTPConnection
-        conn = cls(parts.hostname, parts.port, timeout=self.timeout)
+        conn = cls(ascii_host(parts.hostname), parts.port, timeout=self.timeout)
         conns[key] = conn
         with self._lock:
             self._conns.add(conn)

@@ -107,6 +107,14 @@ _HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
 _UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")  # http.client refuses these in a request target
 
 
+def ascii_host(host: str) -> str:
+    """A host name as sent (IDNA for a non-ASCII one); '' if it has no such form."""
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return ""
+
+
 def check_url(url: str) -> SplitResult:
     """The parts of a cutout-service URL: http or https, a valid host name or IP address (IPv6 in
     brackets), a port in 1..65535, no space or control character in its path and query; else
@@ -134,12 +142,14 @@ def check_url(url: str) -> SplitResult:
         except ValueError:
             raise bad(f"[{host}] is not an IPv6 address") from None
     else:
-        try:
-            ascii_host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            ascii_host = ""
-        if not _HOST.fullmatch(ascii_host) or ".." in ascii_host:
+        name = ascii_host(host)
+        if not _HOST.fullmatch(name) or ".." in name:
             raise bad(f"{host!r} is not a valid host name")
+        if all(label.isdigit() for label in name.rstrip(".").split(".")):  # a number, not a name
+            try:
+                ipaddress.IPv4Address(name.rstrip("."))
+            except ValueError:
+                raise bad(f"{host!r} is not an IPv4 address") from None
     if port is not None and not 1 <= port <= 65535:
         raise bad(f"port {port} is not in 1..65535")
     if _UNSENDABLE.search(parts.path + parts.query):
