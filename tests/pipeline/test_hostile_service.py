@@ -345,3 +345,16 @@ def test_redact_command_keeps_arguments_whole():
     assert redact_command(line) == line  # the stored line parses back to the same arguments
     # free text cut at the space: the password is still caught, as a secret redacted before
     assert "pa ss" not in redact_text("failed: cutout service 'http://u:pa ss'@h/x'")
+
+
+def test_secret_named_options_and_flags_are_redacted():
+    from mergerscan.cutouts.redact import redact_options
+    from mergerscan.cutouts.sources import SourceConfig
+
+    argv = ["--source-option", "api_key=s3cr3t-opt", "--password", "s3cr3t-flag", "--source-option", "order=11"]
+    line = redact_command(argv)
+    assert "s3cr3t" not in line and "order=11" in line
+    opts = redact_options({"api_key": "s3cr3t", "order": 11, "mirror": "https://u:s3cr3t@h/x"})
+    assert opts == {"api_key": "REDACTED", "order": 11, "mirror": "https://REDACTED@h/x"}
+    cfg = SourceConfig("service", "https://u:s3cr3t@h/x?token=s3cr3t", (("timeout", 2.0),))
+    assert "s3cr3t" not in repr(cfg) + cfg.fingerprint()  # Dask logs a failed task's arguments
