@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -175,11 +177,58 @@ def read_out(out: Path) -> pd.DataFrame:
     return pq.read_table(files).to_pandas().sort_values("input_row").reset_index(drop=True)
 
 
+# ---------------------------------------------------------------- no traceback reaches a user
+TRACEBACK = "Traceback (most recent call last)"
+
+
+def assert_no_traceback(*texts, traceback_ok: str | None = None) -> None:
+    """What a command printed holds no Python traceback: a user meets one-line errors.  A test that
+    means to see one passes ``traceback_ok="why"`` (the reason is the documentation)."""
+    if traceback_ok:
+        return
+    for text in texts:
+        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text or "")
+        assert TRACEBACK not in text, f"a traceback was printed to the user:\n{text[-3000:]}"
+
+
+def cli_process(*argv, timeout=300, env=None, cwd=None, traceback_ok: str | None = None, program="process-catalog"):
+    """``process-catalog ARGV`` (or ``mergerscan ARGV`` with ``program="mergerscan"``) as a user runs
+    it, in a fresh Python process: the CompletedProcess (text).  Fails the test if it printed a
+    traceback (:func:`assert_no_traceback`)."""
+    module = {"process-catalog": "mergerscan.pipeline.cli", "mergerscan": "mergerscan.cli"}[program]
+    r = subprocess.run(
+        [sys.executable, "-m", module, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+    )
+    assert_no_traceback(r.stdout, r.stderr, traceback_ok=traceback_ok)
+    return r
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Every test fails if output that pytest captured for it (prints of an in-process CLI run,
+    worker processes writing to the terminal, log records) holds a traceback, unless it is marked
+    ``@pytest.mark.traceback_ok("why")``."""
+    outcome = yield
+    rep = outcome.get_result()
+    if not rep.passed or item.get_closest_marker("traceback_ok") is not None:
+        return
+    for name, text in rep.sections:
+        if name.endswith(f" {rep.when}") and TRACEBACK in text:
+            rep.outcome = "failed"
+            rep.longrepr = f"a traceback reached the user ({name}):\n{text[-3000:]}"
+            return
+
+
 # ---------------------------------------------------------------- process-catalog in this process
-def run_cli(client, *argv, capsys=None, engine=None):
+def run_cli(client, *argv, capsys=None, engine=None, traceback_ok: str | None = None):
     """process-catalog in this process, on the test session's Dask scheduler, 1 view (``engine``:
     an engine file, else the packaged one): (exit status, stdout, stderr).  Anything but a return
-    (an exception = a traceback for the user) fails the test."""
+    (an exception = a traceback for the user), or a traceback printed, fails the test."""
     from mergerscan.pipeline.cli import main as cli_main
 
     if capsys is not None:
@@ -197,6 +246,7 @@ def run_cli(client, *argv, capsys=None, engine=None):
         ]
     )
     out, err = capsys.readouterr() if capsys is not None else ("", "")
+    assert_no_traceback(out, err, traceback_ok=traceback_ok)
     return rc, out, err
 
 

@@ -89,7 +89,10 @@ def _train_parser(sub):
 
 def _report_parser(sub):
     p = sub.add_parser(
-        "report", help="HTML report of a process-catalog run (summary.json) or a training run (metrics.json)"
+        "report",
+        help="HTML report of a process-catalog run (summary.json) or a training run (metrics.json)",
+        epilog=REPORT_EXIT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run directory: process-catalog OUT or a training --out")
     p.add_argument("--top-n", type=int, default=24, help="mergers in the top gallery")
@@ -97,26 +100,41 @@ def _report_parser(sub):
     return p
 
 
+REPORT_EXIT = """\
+Exit status: 0 the report was written (a figure that could not be drawn is left out with a note on
+the page), 1 it could not be written (one line saying why), 2 RUN is not a run directory or its
+summary.json / metrics.json is unreadable (one line), 130 interrupted."""
+
+
 def _report(ap, a):
+    import json
     from pathlib import Path
 
+    from .cutouts.redact import redact_text
     from .run_layout import RunLayout
 
+    def fail(status: int, why) -> None:
+        ap.exit(status, "mergerscan report: error: " + redact_text(" ".join(str(why).split())) + "\n")
+
     d = Path(a.run)
-    if RunLayout(d).summary.is_file():
-        from .report import build_report
+    doc = RunLayout(d).summary if RunLayout(d).summary.is_file() else d / "metrics.json"
+    if not doc.is_file():
+        fail(2, f"{d} has neither summary.json (process-catalog run) nor metrics.json (training run)")
+    try:
+        json.loads(doc.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        fail(2, f"{doc}: not readable as JSON ({exc})")
+    try:
+        from .report import build_report, build_training_report
 
-        path = build_report(d, top_n=a.top_n, borderline_n=a.borderline_n)
-    elif (d / "metrics.json").is_file():
-        from .report import build_training_report
-
-        path = build_training_report(d)
-    else:
-        ap.exit(
-            2,
-            f"mergerscan report: error: {d} has neither summary.json (process-catalog run) "
-            "nor metrics.json (training run)\n",
-        )
+        if doc.name == "summary.json":
+            path = build_report(d, top_n=a.top_n, borderline_n=a.borderline_n)
+        else:
+            path = build_training_report(d)
+    except KeyboardInterrupt:
+        fail(130, "interrupted")
+    except Exception as exc:  # never a traceback: one line, the report's own failure
+        fail(1, f"the report of {d} could not be written: {type(exc).__name__}: {exc}")
     print(path)
 
 

@@ -70,7 +70,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import assert_fits_equals_parquet, make_stamps, parquet_table, write_fits_catalog
+from conftest import assert_fits_equals_parquet, cli_process, make_stamps, parquet_table, write_fits_catalog
 from mergerscan.catalogs.schema import output_names
 from mergerscan.cutouts.sources import redact_url
 
@@ -546,13 +546,7 @@ def test_internal_column_name_and_too_many_columns_are_refused_at_start(field, c
 
 # ---------------------------------------------------------------- 9: -o, ^C, credentials
 def _cli(*argv, timeout=180, **kw):
-    return subprocess.run(
-        [sys.executable, "-m", "mergerscan.pipeline.cli", *map(str, argv)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **kw,
-    )
+    return cli_process(*argv, timeout=timeout, **kw)  # fails on a printed traceback
 
 
 def test_output_is_a_file_or_below_a_file(field, cheap_cli, tmp_path, capsys):

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import SCIENCE, make_stamps, read_out, two_patch_catalog, write_fits_catalog
+from conftest import SCIENCE, cli_process, make_stamps, read_out, two_patch_catalog, write_fits_catalog
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
 from mergerscan.pipeline.plan import ORDER29, assign_partitions, healpix29, make_partitions
 from mergerscan.pipeline.resume import FingerprintMismatch
@@ -293,12 +293,7 @@ def test_error_path_column(small_field, tmp_path):
 
 # ---------------------------------------------------------------- bad input: one-line errors
 def _cli(*argv, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "mergerscan.pipeline.cli", *map(str, argv)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return cli_process(*argv, timeout=timeout)  # fails on a printed traceback
 
 
 def _assert_one_line_error(r, *needles):

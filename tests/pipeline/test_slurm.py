@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import SCIENCE, make_stamps, read_out, two_patch_catalog, write_fits_catalog
+from conftest import SCIENCE, assert_no_traceback, make_stamps, read_out, two_patch_catalog, write_fits_catalog
 from mergerscan.pipeline import slurm as S
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
 from mergerscan.run_layout import RunLayout
@@ -78,9 +78,11 @@ def cli_args(d: Path, out: Path, *extra) -> list[str]:
 
 
 def run_cli(*argv, env=None, timeout=600):
-    return subprocess.run(
+    r = subprocess.run(
         [PY, "-m", "mergerscan.pipeline.cli", *map(str, argv)], capture_output=True, text=True, timeout=timeout, env=env
     )
+    assert_no_traceback(r.stdout, r.stderr)
+    return r
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,14 +76,9 @@ class ToyEngine(Engine):
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run(
-        [sys.executable, "-m", "mergerscan.pipeline.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    from conftest import cli_process  # here: workers import this module without tests/ on their path
+
+    return cli_process(*args, cwd=cwd, env=env, timeout=600)  # fails on a printed traceback
 
 
 def test_process_catalog_with_a_toy_source_and_a_toy_backend(tmp_path):

@@ -386,6 +386,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import mergerscan  # noqa: E402
+from conftest import assert_no_traceback  # noqa: E402
 
 
 def _tiny_catalog(root: Path, n_per_class: int = 24, px: int = 32) -> Path:
@@ -450,6 +451,7 @@ def _cli(*argv, wait=True):
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert_no_traceback(r.stdout, r.stderr)
     return r.stdout
 
 

@@ -9,6 +9,7 @@ An image source class declares, as class attributes:
   misspelled one with one line naming it, the source and the valid ones;
 * ``statuses``: every status besides ``"ok"`` that its ``fetch`` can return (keys of
   :data:`mergerscan.catalogs.schema.STATUS`);
+* :meth:`SourceBase.check_location`: a location it can never use is refused before a run starts;
 * capabilities the pipeline asks instead of comparing kind strings: ``reads_path_column`` (rows
   may carry a ``path`` column naming each row's file), ``needs_network``, and
   :meth:`SourceBase.low_memory_options` (its options for a partition retried after the worker ran
@@ -98,6 +99,11 @@ class SourceBase:
     @property
     def name(self) -> str:
         return self.kind
+
+    @classmethod
+    def check_location(cls, location: str) -> None:
+        """ValueError (one line, credentials redacted) for a location this source can never use,
+        checked before a run starts (e.g. an impossible URL); default: any."""
 
     @classmethod
     def low_memory_options(cls, options: Mapping[str, Any]) -> dict:

@@ -19,6 +19,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .redact import redact_command, redact_url
+
 SKYSERVER = "https://skyserver.sdss.org/dr17/SkyServerWS/ImgCutout/getjpeg"
 SKYSERVER_OPTIONS = {"max_concurrency": 4, "max_rate": 8.0}
 ENV = "MERGERSCAN_DEFAULT_SOURCE"
@@ -72,7 +74,7 @@ def parse_flags(text: str, origin: str) -> DefaultSource:
         near = difflib.get_close_matches(rest[0].split("=")[0], flags, n=1)
         hint = f"; did you mean {near[0]}?" if near else ""
         raise ValueError(
-            f"default image source in {origin}: unknown {' '.join(rest)!r}{hint} "
+            f"default image source in {origin}: unknown {redact_command(rest)!r}{hint} "
             "(expected --images DIR, --frames DIR or --cutout-service URL [--service-...])"
         )
     given = [v for v in (ns.images, ns.frames, ns.cutout_service) if v]
@@ -97,7 +99,7 @@ def default_source() -> DefaultSource:
 
 def startup_line(src: DefaultSource) -> str:
     what = (
-        f"cutout service {src.cutout_service}"
+        f"cutout service {redact_url(src.cutout_service)}"
         if src.cutout_service
         else f"frames {src.frames}"
         if src.frames
@@ -106,7 +108,7 @@ def startup_line(src: DefaultSource) -> str:
     if src.origin == "built-in":
         o = src.options
         return (
-            f"process-catalog: no image source given: using SDSS SkyServer ImgCutout {src.cutout_service} "
+            f"process-catalog: no image source given: using SDSS SkyServer ImgCutout {redact_url(str(src.cutout_service))} "
             f"({o['max_concurrency']} requests at a time, <= {o['max_rate']:g}/s per worker); set a site "
             f"default in ${ENV} or {config_file()}"
         )

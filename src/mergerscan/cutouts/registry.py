@@ -41,7 +41,7 @@ from typing import Any
 from ..catalogs.schema import STATUS
 from .base import SourceBase, SourceOptions
 from .preprocess import PreprocessSpec
-from .redact import redact_url
+from .redact import redact_options, redact_url
 
 BUILTIN = {
     "stamps": "mergerscan.cutouts.stamps:StampSource",  # a directory of pre-cut stamp files
@@ -163,7 +163,8 @@ class SourceConfig:
     options: tuple = ()  # (key, value) pairs of the source's Options, e.g. (("timeout", 10.0),)
 
     def fingerprint(self) -> str:
-        return f"{self.kind}:{redact_url(self.location)}:{sorted(self.options)}"
+        """The source's part of the run's identity: credentials are not part of it."""
+        return f"{self.kind}:{self.shown}:{sorted(self.shown_options.items())}"
 
     @property
     def shown(self) -> str:
@@ -171,13 +172,24 @@ class SourceConfig:
         return redact_url(self.location)
 
     @property
+    def shown_options(self) -> dict:
+        """The options as stored or printed: secret-named ones redacted (:func:`redact_options`)."""
+        return redact_options(self.options)
+
+    def __repr__(self) -> str:  # Dask logs a failed task's arguments: never the credentials
+        return f"SourceConfig(kind={self.kind!r}, location={self.shown!r}, options={self.shown_options!r})"
+
+    @property
     def source_class(self) -> type[SourceBase]:
         """The class, for its capabilities: ``config.source_class.reads_path_column``."""
         return source_class(self.kind)
 
     def check(self) -> SourceOptions:
-        """The validated options; ValueError (one line) for an unknown kind or option."""
-        return self.source_class.Options.from_mapping(dict(self.options), source=self.kind)
+        """The validated options; ValueError (one line) for an unknown kind or option, or a
+        location the source can never use (:meth:`SourceBase.check_location`)."""
+        cls = self.source_class
+        cls.check_location(self.location)
+        return cls.Options.from_mapping(dict(self.options), source=self.kind)
 
     def low_memory(self) -> SourceConfig:
         """This source with the options for a partition retried after running out of memory."""

@@ -10,8 +10,8 @@ Safety and robustness:
 
 * only http(s) URLs, also for redirects (a redirect to ``file://`` or any other scheme fails
   the row; nothing local is ever opened); at most ``MAX_REDIRECTS`` hops;
-* each HTTP request has a deadline of ``timeout`` s covering connect, headers and body (a
-  server that trickles bytes cannot hold a thread longer), and each row a total deadline of
+* each HTTP request has a deadline of ``timeout`` s over DNS, connect, TLS, headers and body (a
+  watchdog shuts the socket: trickled bytes cannot hold a thread longer), and each row a total deadline of
   ``total_timeout`` s (default ``2 * (retries + 1) * timeout``) over all its attempts, redirects
   and backoff sleeps;
 * connection errors, timeouts, 5xx and 429 are retried ``retries`` times with exponential
@@ -66,12 +66,16 @@ from .service_http import (
     RETRY_AFTER_MAX,
     STALE,
     UNREACHABLE_ROWS,
+    Deadline,
     Fail,
+    ascii_host,
+    check_url,
+    connect,
     host_port,
     io_fail,
     limit_for,
+    remaining,
     retry_after,
-    valid_url,
 )
 
 __all__ = ["UNREACHABLE_ROWS", "ServiceSource"]
@@ -110,8 +114,7 @@ class ServiceSource(SourceBase):
                 raise ValueError("image source 'service': total_timeout must be positive")
 
     def __init__(self, url: str, spec: PreprocessSpec, **options):
-        if valid_url(str(url)) is None:
-            raise ValueError(f"cutout service {url!r}: only http(s) URLs with a host are allowed")
+        self.check_location(str(url))
         super().__init__(url, spec, **options)
         o = self.options
         self._limit = limit_for(urlsplit(str(url)).netloc, o.max_rate) if o.max_rate else None
@@ -135,6 +138,10 @@ class ServiceSource(SourceBase):
         self._conns: set = set()  # every open connection, for close()
         self._rng = random.Random()
         self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="cutout-service")
+
+    @classmethod
+    def check_location(cls, location: str) -> None:
+        check_url(location)  # http(s), a valid host, a port in range: else one line, redacted
 
     # -- protocol -------------------------------------------------------------------------
     def fetch(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -180,8 +187,9 @@ class ServiceSource(SourceBase):
                 "height": s,
             }
         )
-        sep = "" if self.url.endswith(("?", "&")) else ("&" if "?" in self.url else "?")
-        return f"{self.url}{sep}{q}"
+        base = self.url.partition("#")[0]  # a fragment is never sent: the query goes before it
+        sep = "" if base.endswith(("?", "&")) else ("&" if "?" in base else "?")
+        return f"{base}{sep}{q}"
 
     def _fetch_one(self, ra: float, dec: float) -> np.ndarray | str:
         """The stamp, or why not (one line); ImageRejected for an image that fails the quality check."""
@@ -234,11 +242,10 @@ class ServiceSource(SourceBase):
     def _get(self, url: str, row_deadline: float | None = None) -> np.ndarray:
         """GET following http(s) redirects; the decoded stamp or Fail."""
         for _ in range(MAX_REDIRECTS + 1):
-            parts = valid_url(url)
-            if parts is None:  # file://, ftp://, data:, ... : never followed
-                raise Fail(
-                    "bad_redirect", detail=f"redirect to a {urlsplit(url).scheme or 'hostless'}: URL, not http(s)"
-                )
+            try:  # file://, ftp://, data:, a bad host or port ... : never followed
+                parts = check_url(url)
+            except ValueError as exc:
+                raise Fail("bad_redirect", detail=f"redirect refused: {exc}") from None
             code, location, body = self._request(parts, row_deadline)
             if code in REDIRECTS:
                 if not location:
@@ -261,7 +268,7 @@ class ServiceSource(SourceBase):
             return conn, conn.sock is not None  # reused only if still connected
         self._drop(key)
         cls = http.client.HTTPSConnection if key[0] == "https" else http.client.HTTPConnection
-        conn = cls(parts.hostname, parts.port, timeout=self.timeout)
+        conn = cls(ascii_host(parts.hostname), parts.port, timeout=self.timeout)
         conns[key] = conn
         with self._lock:
             self._conns.add(conn)
@@ -275,7 +282,7 @@ class ServiceSource(SourceBase):
                 self._conns.discard(conn)
 
     def _request(self, parts, row_deadline: float | None = None) -> tuple[int, str | None, bytes | None]:
-        key = (parts.scheme.lower(), parts.netloc)
+        key, where = (parts.scheme.lower(), parts.netloc), host_port(parts)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         for fresh in (False, True):
             if self._limit is not None:
@@ -284,31 +291,26 @@ class ServiceSource(SourceBase):
             deadline = time.monotonic() + self.timeout
             if row_deadline is not None:
                 deadline = min(deadline, row_deadline)
-            try:
-                if conn.sock is None:
-                    conn.timeout = self._remaining(deadline)
-                    conn.connect()
-                sock = conn.sock
-                self._count("requests")
-                conn.request("GET", target, headers=HEADERS)
-                sock.settimeout(self._remaining(deadline))
-                resp = conn.getresponse()
+            resp = None
+            try:  # the deadline holds over DNS, connect, TLS, status line, headers and body
+                with Deadline(deadline, where) as d:
+                    if conn.sock is None:
+                        connect(conn, parts, d)
+                    sock = conn.sock  # kept: a "Connection: close" answer clears conn.sock
+                    d.watch(sock)
+                    self._count("requests")
+                    conn.request("GET", target, headers=HEADERS)
+                    sock.settimeout(remaining(deadline))
+                    resp = conn.getresponse()
+                    return self._response(resp, sock, deadline, key, where)
             except Fail:
                 self._drop(key)
                 raise
             except (OSError, http.client.HTTPException) as e:
                 self._drop(key)
-                if reused and isinstance(e, STALE):
+                if reused and resp is None and isinstance(e, STALE):
                     continue  # server closed the idle connection: reconnect once
-                raise io_fail(e, host_port(parts)) from None
-            try:
-                return self._response(resp, sock, deadline, key, host_port(parts))
-            except Fail:
-                self._drop(key)
-                raise
-            except (OSError, http.client.HTTPException) as e:
-                self._drop(key)
-                raise io_fail(e, host_port(parts)) from None
+                raise io_fail(e, where) from None
         raise Fail("connection", retry=True)  # not reached
 
     def _response(self, resp, sock, deadline, key, where=""):
@@ -339,7 +341,7 @@ class ServiceSource(SourceBase):
             raise Fail("oversize", detail=f"body of {declared} bytes is over the limit {limit}")
         buf = bytearray()
         while declared is None or len(buf) < declared:
-            sock.settimeout(self._remaining(deadline))
+            sock.settimeout(remaining(deadline))
             chunk = resp.read1(CHUNK)  # at most one recv: the deadline stays exact
             if not chunk:
                 break
@@ -351,13 +353,6 @@ class ServiceSource(SourceBase):
         resp.close()  # marks the response done, keeps the connection
         self._count("bytes", len(buf))
         return bytes(buf)
-
-    @staticmethod
-    def _remaining(deadline: float) -> float:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Fail("timeout", retry=True, detail="timeout")
-        return left
 
     # -- body -> stamp --------------------------------------------------------------------
     def _decode(self, body: bytes, where: str = "") -> np.ndarray:

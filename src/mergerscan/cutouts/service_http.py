@@ -1,15 +1,27 @@
 """HTTP plumbing of the cutout-service source (:mod:`mergerscan.cutouts.service`): limits, the
-per-process request-rate limiter, one failed attempt (:class:`Fail`) and URL checks."""
+per-process request-rate limiter, one failed attempt (:class:`Fail`), the URL check
+(:func:`check_url`) and the deadline of one exchange (:class:`Deadline`, :func:`connect`).
+
+A socket timeout bounds one read, and restarts with every byte: a server trickling its status
+line a byte at a time would hold a request for ever.  So each exchange has a watchdog that shuts
+the socket down at its deadline (the blocked read returns at once), the host name is resolved on
+a helper thread waited for no longer than the deadline, and connect and the TLS handshake run on
+a socket the watchdog already holds."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import ipaddress
+import re
 import socket
 import ssl
 import threading
 import time
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
+
+from .redact import redact_url
 
 SCHEMES = ("http", "https")
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -91,10 +103,172 @@ def host_port(parts) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def valid_url(url: str):
-    parts = urlsplit(url)
+_HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
+_UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")  # http.client refuses these in a request target
+
+
+def ascii_host(host: str) -> str:
+    """A host name as sent (IDNA for a non-ASCII one); '' if it has no such form."""
     try:
-        ok = parts.scheme.lower() in SCHEMES and bool(parts.hostname) and (parts.port or 1) > 0
-    except ValueError:  # bad port
-        ok = False
-    return parts if ok else None
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return ""
+
+
+def check_url(url: str) -> SplitResult:
+    """The parts of a cutout-service URL: http or https, a valid host name or IP address (IPv6 in
+    brackets), a port in 1..65535, no space or control character in its path and query; else
+    ValueError, one line, the URL redacted."""
+    shown = redact_url(str(url))
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{shown}: {why}")
+
+    try:
+        parts = urlsplit(str(url))
+        port = parts.port
+    except ValueError as exc:  # an unclosed '[', a port that is not a number or out of range
+        raise bad(f"not a valid URL ({exc})") from None
+    if parts.scheme.lower() not in SCHEMES:
+        raise bad(
+            f"only http:// and https:// URLs are supported, not {parts.scheme + ':' if parts.scheme else 'a path'}"
+        )
+    host = parts.hostname or ""
+    if not host:
+        raise bad("no host name")
+    if parts.netloc.rsplit("@", 1)[-1].startswith("["):
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise bad(f"[{host}] is not an IPv6 address") from None
+    else:
+        name = ascii_host(host)
+        if not _HOST.fullmatch(name) or ".." in name:
+            raise bad(f"{host!r} is not a valid host name")
+        if all(label.isdigit() for label in name.rstrip(".").split(".")):  # a number, not a name
+            try:
+                ipaddress.IPv4Address(name.rstrip("."))
+            except ValueError:
+                raise bad(f"{host!r} is not an IPv4 address") from None
+    if port is not None and not 1 <= port <= 65535:
+        raise bad(f"port {port} is not in 1..65535")
+    if _UNSENDABLE.search(parts.path + parts.query):
+        raise bad("a space or control character in its path or query (write a space as %20)")
+    return parts
+
+
+def remaining(deadline: float) -> float:
+    """Seconds left before ``deadline`` (time.monotonic()); Fail("timeout") when none."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise Fail("timeout", retry=True, detail="timeout")
+    return left
+
+
+class Deadline:
+    """``with Deadline(deadline, where) as d:`` one exchange; ``d.watch(sock)`` hands the socket to a
+    watchdog that shuts it down at the deadline, however slowly the peer trickles bytes.  Leaving
+    the block after the watchdog fired raises Fail("timeout") (a read it cut short may look like a
+    complete answer)."""
+
+    def __init__(self, deadline: float, where: str):
+        self.deadline, self.where, self.started = deadline, where, time.monotonic()
+        self.fired, self._done, self._sock = False, False, None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, deadline - self.started), self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def watch(self, sock) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.fired:
+                self._shutdown()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if not self._done:
+                self.fired = True
+                self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):  # the TCP socket under a TLS one too: a blocked read returns
+                socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        with self._lock:
+            self._done = True
+            fired = self.fired
+        self._timer.cancel()
+        if fired and (exc is None or isinstance(exc, (OSError, http.client.HTTPException, Fail))):
+            took = self.deadline - self.started
+            raise Fail("timeout", retry=True, detail=f"timeout: no complete answer from {self.where} in {took:.3g} s")
+
+
+def resolve(host: str, port: int, deadline: float) -> list:
+    """getaddrinfo for a TCP connection, waited for until ``deadline`` (a resolver can take its
+    own time, with no timeout of ours); an IP address is used as it is."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        pass
+    box: dict = {}
+
+    def look() -> None:
+        try:
+            box["ok"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=look, name="cutout-service-dns", daemon=True)
+    t.start()
+    t.join(remaining(deadline))
+    if t.is_alive():
+        raise Fail("timeout", retry=True, detail=f"timeout: no DNS answer for {host} in time")
+    if "error" in box:
+        raise box["error"]
+    return box["ok"]
+
+
+_TLS: list = []
+
+
+def _tls_context() -> ssl.SSLContext:
+    if not _TLS:  # as http.client's default (certificates and host names verified)
+        ctx = ssl.create_default_context()
+        ctx.set_alpn_protocols(["http/1.1"])
+        _TLS.append(ctx)
+    return _TLS[0]
+
+
+def connect(conn: http.client.HTTPConnection, parts: SplitResult, d: Deadline) -> None:
+    """Open ``conn``'s socket (and TLS) within the deadline of ``d``, watched by it."""
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    err: OSError | None = None
+    for family, kind, proto, _, addr in resolve(conn.host, port, d.deadline):
+        sock = socket.socket(family, kind, proto)
+        d.watch(sock)
+        try:
+            sock.settimeout(remaining(d.deadline))
+            sock.connect(addr)
+            break
+        except OSError as exc:
+            sock.close()
+            err = exc
+    else:
+        raise err or OSError(f"no address for {conn.host}")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if parts.scheme.lower() == "https":
+        try:
+            sock = _tls_context().wrap_socket(sock, server_hostname=conn.host, do_handshake_on_connect=False)
+            d.watch(sock)
+            sock.settimeout(remaining(d.deadline))
+            sock.do_handshake()
+        except BaseException:
+            sock.close()
+            raise
+    conn.sock = sock

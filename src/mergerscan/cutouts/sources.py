@@ -7,7 +7,16 @@ What a source is: :mod:`mergerscan.cutouts.base`; how one is added, found by kin
 from __future__ import annotations
 
 from .base import ImageSource, SourceBase, SourceOptions, empty_stamps
-from .redact import REDACTED, SECRET_PARAMS, redact_text, redact_url
+from .redact import (
+    REDACTED,
+    SECRET_PARAMS,
+    redact_argv,
+    redact_command,
+    redact_options,
+    redact_text,
+    redact_url,
+    secret_name,
+)
 from .registry import SourceConfig, open_source, register_source, registered_sources, source_class
 
 __all__ = [
@@ -19,9 +28,13 @@ __all__ = [
     "SourceOptions",
     "empty_stamps",
     "open_source",
+    "redact_argv",
+    "redact_command",
+    "redact_options",
     "redact_text",
     "redact_url",
     "register_source",
     "registered_sources",
+    "secret_name",
     "source_class",
 ]

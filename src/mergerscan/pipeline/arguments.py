@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..cutouts.sources import SourceConfig, redact_text
+from ..cutouts.sources import SourceConfig, redact_command
 from .slurm import SlurmOptions, is_slurm_task, slurm_cpus
 
 if TYPE_CHECKING:
@@ -68,9 +68,10 @@ class ProcessArguments:
     samp: bool = False  # send OUT/mergers.fits to TOPCAT over SAMP at the end
     default_source: DefaultSource | None = None  # set when no source flag was given (cutouts/defaults.py)
     fault_hook: str | None = None  # tests only: faults.py (--fault-hook); not part of the run's identity
-    command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
+    command: str = field(default_factory=lambda: shlex.join(sys.argv))  # redacted in __post_init__
 
     def __post_init__(self):
+        self.command = redact_command(self.command)  # stored in summary.json and the report
         if not Path(self.catalog).exists():
             raise ArgumentError(f"catalog {self.catalog}: no such file")
         sources = [s for s in (self.images, self.frames, self.cutout_service, self.source_kind) if s]
@@ -90,11 +91,18 @@ class ProcessArguments:
             )
         if self.source_options and not self.source_kind:
             raise ArgumentError("--source-option goes with --source KIND LOCATION")
-        if self.source_kind:
-            try:  # an unknown kind or a misspelled option: one line, now
-                self.source.check()
-            except ValueError as exc:
-                raise ArgumentError(f"--source {self.source_kind}: {exc}") from None
+        so = self.service_options
+        if (
+            so.get("timeout", 1) <= 0
+            or so.get("retries", 0) < 0
+            or so.get("max_concurrency", 1) < 1
+            or (so.get("total_timeout") is not None and so["total_timeout"] <= 0)
+        ):
+            raise ArgumentError(
+                "--service-timeout and --service-total-timeout must be positive, --service-retries "
+                ">= 0 and --service-concurrency >= 1"
+            )
+        self._check_source()
         if self.fault_hook is not None:
             from .faults import FaultHookError, resolve
 
@@ -120,20 +128,6 @@ class ProcessArguments:
         for flag, d in (("--images", self.images), ("--frames", self.frames)):
             if d and not Path(d).is_dir():
                 raise ArgumentError(f"{flag} {d}: not a directory")
-        self.command = redact_text(self.command)  # stored in summary.json and the report
-        if self.cutout_service and not self.cutout_service.lower().startswith(("http://", "https://")):
-            raise ArgumentError(f"--cutout-service {redact_text(self.cutout_service)}: only http(s) URLs are allowed")
-        so = self.service_options
-        if (
-            so.get("timeout", 1) <= 0
-            or so.get("retries", 0) < 0
-            or so.get("max_concurrency", 1) < 1
-            or (so.get("total_timeout") is not None and so["total_timeout"] <= 0)
-        ):
-            raise ArgumentError(
-                "--service-timeout and --service-total-timeout must be positive, --service-retries "
-                ">= 0 and --service-concurrency >= 1"
-            )
         if self.engine and not Path(self.engine).is_file():
             raise ArgumentError(f"--engine {self.engine}: no such file")
         if self.workers < 1 or self.threads_per_worker < 0:
@@ -197,6 +191,20 @@ class ProcessArguments:
             self.threads_per_worker = max(1, cores // self.workers)
         self.catalog = str(Path(self.catalog).resolve())
         self.output = str(Path(self.output).resolve())
+
+    def _check_source(self) -> None:
+        """An unknown kind, a misspelled option or a location the source can never use (an
+        impossible URL): one line now, before anything is written."""
+        if self.source_kind:
+            flag = f"--source {self.source_kind}"
+        elif self.default_source is not None:
+            flag = f"default image source in {self.default_source.origin}"
+        else:
+            flag = "--cutout-service" if self.cutout_service else "--images" if self.images else "--frames"
+        try:
+            self.source.check()
+        except ValueError as exc:
+            raise ArgumentError(f"{flag}: {exc}") from None
 
     def _use_default_source(self):
         """No source flag: the site's default, else SDSS SkyServer (cutouts/defaults.py); options

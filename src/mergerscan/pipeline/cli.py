@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 
@@ -333,7 +334,7 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
         domain_limits=parse_pairs(ns.domain_limit, "--domain-limit", number=True),
         samp=ns.samp,
         fault_hook=ns.fault_hook,
-        command="process-catalog " + " ".join(argv),
+        command=shlex.join(["process-catalog", *argv]),  # redacted by ProcessArguments
     )
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..catalogs.schema import SCORED, TRANSIENT
+from ..cutouts.redact import redact_text
 
 EXIT_OK = 0  # finished; at least one row scored (warnings may have been printed)
 EXIT_BAD_INPUT = 2  # one-line error about the input or the arguments
@@ -39,10 +40,11 @@ HINTS = {
 
 
 def note(examples: dict, status: str, text: str) -> None:
-    """Keep the first example of ``status`` (one line, bounded, printable: an id holding a NUL, a
-    control character or a lone surrogate is shown escaped, so printing the summary never fails)."""
+    """Keep the first example of ``status`` (one line, bounded, credentials redacted: it is stored;
+    printable: an id holding a NUL, a control character or a lone surrogate is shown escaped, so
+    printing the summary never fails)."""
     if status not in SCORED and status not in examples:
-        line = " ".join(str(text).split())[:300]
+        line = redact_text(" ".join(str(text).split()))[:300]
         examples[status] = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in line)
 
 

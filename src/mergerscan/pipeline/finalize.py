@@ -130,7 +130,7 @@ def build_summary(
         catalog=args.catalog,
         command=args.command,
         engine_path=info.path,
-        source=SourceSummary(kind=args.source.kind, location=args.source.shown, options=dict(args.source.options)),
+        source=SourceSummary(kind=args.source.kind, location=args.source.shown, options=args.source.shown_options),
         id_column=id_output_name(plan.id_kind),
         keep=list(plan.keep),
         path_column=plan.output_names.get(plan.path_column) if plan.path_column else None,

@@ -73,9 +73,28 @@ def fig_png(fig, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 
-def figure(png: bytes, alt: str, caption: str = "") -> str:
+def figure(png: bytes | None, alt: str, caption: str = "") -> str:
+    """An embedded PNG; a note where the figure could not be drawn (:func:`drawn`)."""
+    if png is None:
+        return f'<p class="note">The {esc(alt)} figure could not be drawn (see the note at the top).</p>'
     cap = f"<figcaption>{caption}</figcaption>" if caption else ""
     return f'<figure><img src="{data_uri(png)}" alt="{esc(alt)}">{cap}</figure>'
+
+
+def drawn(notes: list[str], name: str, draw, *args, default=None):
+    """``draw(*args)``, the one guard of every figure of a report: a figure that cannot be drawn
+    (odd data, a plotting library's refusal) is skipped with a note in ``notes`` for the page,
+    never the end of the report; ``default`` stands in for its result."""
+    try:
+        return draw(*args)
+    except Exception as exc:
+        import sys
+
+        if "matplotlib.pyplot" in sys.modules:  # the half-drawn figure
+            sys.modules["matplotlib.pyplot"].close("all")
+        msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        notes.append(f"the {name} figure could not be drawn and is left out ({msg})")
+        return default
 
 
 def table(header: list[str] | None, rows: list[list], num: set[int] = frozenset()) -> str:

@@ -22,13 +22,22 @@ def _plt():
 
 
 def wilson(k: np.ndarray, n: np.ndarray, z: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Binomial fraction and its Wilson-score interval (z=1: 68 %); NaN where n == 0."""
+    """Binomial fraction and its Wilson-score interval (z=1: 68 %); NaN where n == 0.  The
+    interval holds the estimate and lies in [0, 1] exactly: at k = 0 (or k = n) rounding put its
+    end a hair past the estimate, a negative error bar that matplotlib refuses."""
     k, n = np.asarray(k, float), np.asarray(n, float)
     with np.errstate(invalid="ignore", divide="ignore"):
         f = k / n
         c = (f + z * z / (2 * n)) / (1 + z * z / n)
-        h = z * np.sqrt(f * (1 - f) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return f, c - h, c + h
+        h = z * np.sqrt(np.clip(f * (1 - f), 0, None) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        lo = np.clip(np.fmin(c - h, f), 0.0, 1.0)
+        hi = np.clip(np.fmax(c + h, f), 0.0, 1.0)
+    return f, lo, hi
+
+
+def error_bars(f: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(2, N) non-negative distances from the estimate to the interval's ends (matplotlib's yerr)."""
+    return np.clip(np.stack([f - lo, hi - f]), 0.0, None)
 
 
 def fig_scores(st: RunStats, thr: float) -> bytes:
@@ -103,7 +112,7 @@ def fig_columns(st: RunStats, global_frac: float) -> bytes | None:
         ax.errorbar(
             xc[ok],
             f[ok],
-            yerr=np.stack([f - lo, hi - f])[:, ok],
+            yerr=error_bars(f, lo, hi)[:, ok],
             xerr=xerr,
             fmt="o",
             ms=4,

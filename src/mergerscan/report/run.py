@@ -18,7 +18,7 @@ import numpy as np
 from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..run_layout import RunLayout
 from . import sections
-from ._page import esc, fmt, page
+from ._page import drawn, esc, fmt, page
 from .figures import fig_columns, fig_sample, fig_scores, fig_status, fig_throughput
 from .gallery import fetch_cutouts, gallery, path_column
 from .provenance import card_from_parquet, engine_card, engine_spec, provenance_rows
@@ -75,13 +75,14 @@ def build_report(
     merg = int(st.score_hist_merger.sum())
     gfrac = merg / st.scored if st.scored else 0.0
     markers = _read_markers(out)
-    sky_png, sky_cap = fig_sky(st)
-    thr_png, thr_cap = fig_throughput(markers)
-    keep("scores", fig_scores(st, thr))
+    notes: list[str] = []  # figures that could not be drawn (drawn() guards every one)
+    sky_png, sky_cap = drawn(notes, "sky", fig_sky, st, default=(None, None))
+    thr_png, thr_cap = drawn(notes, "throughput", fig_throughput, markers, default=(None, ""))
+    keep("scores", drawn(notes, "score histogram", fig_scores, st, thr))
     keep("sky", sky_png)
-    keep("columns", fig_columns(st, gfrac))
-    keep("sample", fig_sample(st, thr))
-    keep("status", fig_status(st.status) if st.status else None)
+    keep("columns", drawn(notes, "per-column merger fraction", fig_columns, st, gfrac))
+    keep("sample", drawn(notes, "p_merger against columns", fig_sample, st, thr))
+    keep("status", drawn(notes, "flags", fig_status, st.status) if st.status else None)
     keep("throughput", thr_png)
     show = [b.name for b in st.bins][:4]
     # the run passes its real location (summary.json holds it with credentials redacted)
@@ -100,10 +101,10 @@ def build_report(
             f"the Parquet dataset holds {st.rows:,} rows but summary.json says {fmt(summary.get('rows'))} "
             "(an unfinished or edited run?)"
         )
-    warn += [redact_text(w) for w in (card_note, top_err or bor_err or out_err) if w]
+    warn += [redact_text(w) for w in (card_note, top_err or bor_err or out_err, *notes) if w]
 
     S = [
-        sections.scores(figs["scores"], st, merg, gfrac, thr, summary.get("operating_point")),
+        sections.scores(figs.get("scores"), st, merg, gfrac, thr, summary.get("operating_point")),
         sections.sky(sky_png, sky_cap),
     ]
     if "columns" in figs:
@@ -159,7 +160,7 @@ def build_report(
     return layout.report_index
 
 
-def _write_json(path: Path, st: RunStats, merg: int, thr: float, npre: int, sky_cap: str, cutouts: dict):
+def _write_json(path: Path, st: RunStats, merg: int, thr: float, npre: int, sky_cap: str | None, cutouts: dict):
     def rows(df):
         return [] if df is None else json.loads(df.to_json(orient="records"))
 

@@ -34,7 +34,7 @@ def warnings(texts: list[str]) -> str:
     return "".join(f'<div class="warn">{esc(w)}</div>' for w in texts)
 
 
-def scores(png: bytes, st: RunStats, merg: int, gfrac: float, thr: float, operating: dict | None = None) -> str:
+def scores(png: bytes | None, st: RunStats, merg: int, gfrac: float, thr: float, operating: dict | None = None) -> str:
     op = f" Operating point: {esc(operating_line(operating))}." if operating else ""
     return (
         f'<section id="scores"><h2>Score distribution</h2>{figure(png, "histogram of p_merger")}'
@@ -44,10 +44,13 @@ def scores(png: bytes, st: RunStats, merg: int, gfrac: float, thr: float, operat
     )
 
 
-def sky(png: bytes | None, caption: str) -> str:
+def sky(png: bytes | None, caption: str | None) -> str:
+    """The sky maps; none where no row has valid coordinates, a note where they could not be drawn
+    (``caption`` None)."""
+    no_coords = '<p class="note">no valid coordinates</p>'
     return (
         '<section id="sky"><h2>On the sky</h2>'
-        + (figure(png, "sky maps", esc(caption)) if png else '<p class="note">no valid coordinates</p>')
+        + (figure(png, "sky maps", esc(caption or "")) if png or caption is None else no_coords)
         + "</section>"
     )
 

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from ._page import Raw, esc, fig_png, figure, fmt, page, table
+from ._page import Raw, drawn, esc, fig_png, figure, fmt, page, table
 from .training_sections import failures_section, survey_section
 
 PLOTS = [
@@ -97,10 +97,16 @@ def build_training_report(run_dir) -> Path:
             figs.append(f"<div>{figure((run / name).read_bytes(), name, esc(cap))}</div>")
     if figs:
         S.append('<section id="plots"><h2>Plots</h2><div class="two">' + "".join(figs) + "</div></section>")
+    notes: list[str] = []
     if (run / "history.json").is_file():
-        png = fig_history(json.loads((run / "history.json").read_text()))
-        if png:
-            S.append(f'<section id="history"><h2>Training history</h2>{figure(png, "learning curves")}</section>')
+        history = json.loads((run / "history.json").read_text())
+        png = drawn(notes, "learning curves", fig_history, history, default=False)
+        if png is not None:
+            S.append(
+                '<section id="history"><h2>Training history</h2>'
+                + (figure(png, "learning curves") if png else "".join(f'<p class="note">{esc(n)}</p>' for n in notes))
+                + "</section>"
+            )
     if m.get("survey"):
         S.append(survey_section(m["survey"]))
     if m.get("failures"):
