@@ -96,6 +96,7 @@ KEY_ORDER = (
     "fits",
     "parquet",
     "failures",
+    "scored_notes",
     "warnings",
     "retryable",
     "exit_status",
@@ -109,6 +110,7 @@ OPTIONAL = (
     "beyond_image_threshold",
     "domain_rules",
     "operating_point",
+    "scored_notes",
 )
 # set after summary.json is written (the report is built from it); in the object, not in the file
 AFTER_WRITE = ("report", "report_error")
@@ -141,6 +143,7 @@ class RunSummary(Mapping):
     fits: str = ""
     parquet: str = ""
     failures: list[Failure] = field(default_factory=list)  # leading reasons first
+    scored_notes: dict[str, str] | None = None  # an example of a scored status that has one (edge: sky fraction)
     warnings: list[str] = field(default_factory=list)
     retryable: int = 0  # rows a re-run retries (TRANSIENT statuses)
     exit_status: int = 0

@@ -10,6 +10,8 @@ step at the seam), and a corrupt neighbouring frame (the best frame alone + ``ed
 
 from __future__ import annotations
 
+import json
+import re
 import warnings
 
 import numpy as np
@@ -22,6 +24,8 @@ from conftest import assert_fits_equals_parquet, read_out, run_cli, write_fits_c
 from mergerscan.cutouts.frame_io import read_frame, read_header
 from mergerscan.cutouts.frames import FrameSource
 from mergerscan.cutouts.preprocess import PreprocessSpec
+from mergerscan.pipeline.finalize import format_summary
+from mergerscan.run_summary import RunSummary
 
 pytestmark = pytest.mark.shared
 
@@ -206,3 +210,8 @@ def test_corrupt_neighbour_falls_back_to_the_best_frame(bands, catalog, tmp_path
     assert rc == 0 and len(got) == len(df) and got["objid"].tolist() == df["objid"].tolist()
     assert got["status"].tolist() == status.tolist()
     assert got.loc[got["status"] == "edge", "p_merger"].notna().all()
+    # the summary says how much of an edge stamp is sky, in summary.json and in the printed summary
+    summary = RunSummary.from_dict(json.loads((tmp_path / "out" / "summary.json").read_text()))
+    assert re.search(r"\d+(\.\d)?% of the stamp is covered by no readable frame", summary.scored_notes["edge"])
+    line = next(x for x in format_summary(summary).splitlines() if "near frame edge" in x)
+    assert summary.scored_notes["edge"] in line

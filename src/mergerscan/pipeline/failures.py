@@ -43,7 +43,7 @@ def note(examples: dict, status: str, text: str) -> None:
     """Keep the first example of ``status`` (one line, bounded, credentials redacted: it is stored;
     printable: an id holding a NUL, a control character or a lone surrogate is shown escaped, so
     printing the summary never fails)."""
-    if status not in SCORED and status not in examples:
+    if status not in examples:  # scored statuses too: an `edge` example says how much is sky
         line = redact_text(" ".join(str(text).split()))[:300]
         examples[status] = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in line)
 
@@ -122,6 +122,7 @@ def summarize(markers: list[dict], rows: int, scored: int, status: dict, id_colu
     retry = sum(f["count"] for f in failures if f["status"] in TRANSIENT)
     return {
         "failures": failures,
+        "scored_notes": {k: examples[k] for k in SCORED if status.get(k) and examples.get(k)} or None,
         "warnings": warnings,
         "retryable": retry,
         "exit_status": EXIT_NOTHING_SCORED if rows and scored == 0 else EXIT_OK,

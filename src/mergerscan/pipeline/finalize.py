@@ -137,6 +137,7 @@ def build_summary(
         fits=str(layout.fits),
         parquet=str(layout.catalog_dir),
         failures=[Failure(**f) for f in why["failures"]],
+        scored_notes=why["scored_notes"],
         warnings=why["warnings"] + domain_warnings(plan, markers),
         retryable=why["retryable"],
         exit_status=why["exit_status"],
@@ -233,7 +234,11 @@ def format_summary(s: RunSummary) -> str:
             + f" (leading reason: {next(iter(s.fetch_failures))}; service {s.source.location})"
         )
     if s.status.get("edge"):
-        lines.append(f"  near frame edge   {s.status['edge']} (scored; stamp partly filled with sky)")
+        example = (s.scored_notes or {}).get("edge")
+        lines.append(
+            f"  near frame edge   {s.status['edge']} (scored; stamp partly filled with sky)"
+            + (f", e.g. {example}" if example else "")
+        )
     lines += [
         f"  mergers           {s.mergers} with p_merger >= {s.threshold:.4g}"
         + (" in the domain" if s.domain and s.domain["mode"] != "off" else "")
