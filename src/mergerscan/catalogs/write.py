@@ -7,10 +7,12 @@
   pairs ``IVOA.VOTable-Parquet.version = "1.0"`` and ``IVOA.VOTable-Parquet.content`` = a VOTable
   document whose TABLE has one FIELD per column (datatype, unit, UCD, description) and no DATA;
   plus ``mergerscan.*`` provenance keys.
-* The FITS table is streamed partition by partition (bounded memory); int64 columns are plain
-  ``K`` (no TZERO/TSCAL, so 64-bit ids stay exact); integers with nulls get a ``TNULLn``;
-  float nulls are NaN; boolean nulls become False; strings are fixed width (the widest value
-  over all partitions), ASCII (non-ASCII characters as backslash escapes) and string nulls become "".
+* The FITS table is streamed partition by partition (bounded memory) into a Python file object
+  (:mod:`.fits_file`: no character of the output path has a meaning); int64 columns are plain
+  ``K`` (no TZERO/TSCAL, so 64-bit ids stay exact); integers with nulls get a ``TNULLn`` that no
+  value of the column uses (:mod:`.fits_nulls`); float nulls are NaN; boolean nulls become False;
+  strings are fixed width (the widest value over all partitions), ASCII (non-ASCII characters
+  as backslash escapes) and string nulls become "".
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..atomic import atomic_write
+from .fits_file import TableWriter
+from .fits_nulls import U8_ZERO, choose_tnull
 from .schema import STATUS_WIDTH, column
 
 VOPARQUET_VERSION = "1.0"
@@ -272,10 +276,8 @@ def fits_layout(files: list) -> list[tuple[str, pa.DataType, str, int | None]]:
             npdt = "?"
         elif pa.types.is_integer(t):
             npdt = _INT_FITS[t]
-            if nulls[f.name]:
-                npdt = "i2" if npdt == "u1" else npdt
-                # uint64: TNULL applies to the stored (value - 2^63) integer; 2^64-1 is the usual sentinel
-                tnull = int(np.iinfo(np.int64).max) if npdt == "u8" else int(np.iinfo(npdt).min)
+            if nulls[f.name]:  # uint64: TNULL applies to the stored (value - 2^63) integer
+                npdt, tnull = choose_tnull(files, f.name, "i2" if npdt == "u1" else npdt)
         elif pa.types.is_floating(t):
             npdt = "f8" if t.bit_width == 64 else "f4"
         else:
@@ -300,7 +302,7 @@ def to_fits_records(table: pa.Table, layout: list) -> np.ndarray:
         elif kind in "iu":
             target = pa.from_numpy_dtype(np.dtype(npdt))
             col = col.cast(target)  # safe cast: overflow raises
-            fill = (tnull + 2**63) if npdt == "u8" and tnull is not None else tnull
+            fill = (tnull + U8_ZERO) if npdt == "u8" and tnull is not None else tnull
             rec[name] = (pc.fill_null(col, fill) if tnull is not None else col).to_numpy(zero_copy_only=False)
         else:
             rec[name] = col.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(npdt)
@@ -308,8 +310,23 @@ def to_fits_records(table: pa.Table, layout: list) -> np.ndarray:
 
 
 def _ascii(text: str) -> str:
-    """FITS header values are ASCII: non-ASCII characters as \\uXXXX escapes."""
-    return text.encode("ascii", "backslashreplace").decode("ascii")
+    """FITS header values are printable ASCII: other characters as \\xXX / \\uXXXX escapes."""
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _column_cards(layout: list, info: list, comments: list) -> list:
+    """TUNITn, TNULLn, TUCDn and TCOMMn of every column."""
+    cards: list = []
+    for i, ((*_, tnull), (unit, ucd, _)) in enumerate(zip(layout, info), start=1):
+        if unit:
+            cards.append((f"TUNIT{i}", unit))
+        if tnull is not None:
+            cards.append((f"TNULL{i}", tnull))
+        if ucd:
+            cards.append((f"TUCD{i}", ucd))
+        cards.append((f"TCOMM{i}", comments[i - 1]))
+    return cards
 
 
 def write_fits_table(
@@ -324,8 +341,6 @@ def write_fits_table(
     Column names follow :func:`~mergerscan.catalogs.schema.fits_names` (the Parquet name where it is
     a legal FITS name); ``origins`` ({Parquet name: input column}) puts each carried column's input
     name in its TCOMMn, with the Parquet name where FITS had to change it."""
-    import fitsio
-
     from .schema import fits_names
 
     files = [str(f) for f in partition_files]
@@ -344,29 +359,22 @@ def write_fits_table(
             desc += f" (Parquet column {n!r})"
         comments.append(_ascii(desc))
     fits_path = Path(fits_path)
+    nrows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    cards = _column_cards(layout, info, comments) + [("EXTNAME", FITS_EXTNAME, "name of this binary table extension")]
+    for key, value in (header_meta or {}).items():
+        if key in FITS_KEYWORDS and value is not None:
+            cards.append((FITS_KEYWORDS[key], value if isinstance(value, (int, float)) else _ascii(str(value))))
+    cards.append(("NROWS", nrows, "rows (= rows of the input catalog)"))
 
     def write(tmp: Path):
-        nrows = 0
-        with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
-            fits.create_table_hdu(dtype=dtype, units=[u or "" for u, _, _ in info], extname=FITS_EXTNAME)
-            hdu = fits[-1]
-            for i, ((_, _, _, tnull), (_, ucd, _)) in enumerate(zip(layout, info), start=1):
-                if tnull is not None:
-                    hdu.write_key(f"TNULL{i}", tnull)
-                if ucd:
-                    hdu.write_key(f"TUCD{i}", ucd)
-                hdu.write_key(f"TCOMM{i}", comments[i - 1])
-            for key, value in (header_meta or {}).items():
-                if key in FITS_KEYWORDS and value is not None:
-                    hdu.write_key(FITS_KEYWORDS[key], value if isinstance(value, (int, float)) else str(value))
-            for f in files:
-                for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+        with open(tmp, "wb") as f:
+            out = TableWriter(f, dtype, nrows, cards)
+            for part in files:
+                for batch in pq.ParquetFile(part).iter_batches(batch_size=batch_rows):
                     rec = to_fits_records(pa.Table.from_batches([batch]), layout)
                     rec.dtype.names = tuple(rename[n] for n in rec.dtype.names or ())
-                    if len(rec):
-                        hdu.append(rec)
-                        nrows += len(rec)
-            hdu.write_key("NROWS", nrows, comment="rows in this table (= rows of the input catalog)")
+                    out.append(rec)
+            out.close()
 
     atomic_write(fits_path, write)
     return fits_path

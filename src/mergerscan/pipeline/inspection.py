@@ -130,6 +130,7 @@ def inspect_catalog(args: ProcessArguments) -> dict:
             "chunks": reader.chunk_ranges(),
             "select_columns": _select_columns(args, reader.columns),
         }
+        reader.check_columns([*core, *keep, *cat["select_columns"].values()])
         _check_select_sample(args, cat, reader)
         return cat
     finally:
