@@ -23,8 +23,8 @@ Cases (one line each):
 from __future__ import annotations
 
 import gzip
-import os
 import json
+import os
 import shutil
 
 import numpy as np
@@ -305,7 +305,11 @@ def scaled_column(draw):
     return code, cards, values
 
 
-@settings(max_examples=int(os.environ.get("MERGERSCAN_PROPERTY_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=int(os.environ.get("MERGERSCAN_PROPERTY_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(col=scaled_column(), data=st.data())
 def test_property_scaled_columns_equal_astropy(tmp_path, col, data):
     code, cards, values = col
