@@ -13,15 +13,17 @@ header applies, per value:
 * ``L``: 'T' true, 'F' false, 0 null.  ``A``: text up to the first NUL, trailing blanks dropped.
 * ``TDIMn`` / a repeat count: one list per row (nested per TDIM), scaled element by element.
 
-What cannot be carried exactly is refused by column name (:func:`refusal`): complex (C, M),
-bit arrays (X), variable-length arrays (P, Q), empty (repeat 0) fields.  ASCII tables
+* ``P``/``Q`` (variable-length, from the heap): text one string per row, numbers one list per row.
+
+What cannot be carried exactly is refused by column name (``FitsTable.refusal``): complex (C, M),
+bit arrays (X), variable-length arrays of those, empty (repeat 0) fields.  ASCII tables
 (``XTENSION='TABLE'``) are read by their TBCOLn/TFORMn (Aw, Iw, Fw.d, Ew.d, Dw.d).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -31,13 +33,7 @@ _BIN_TFORM = re.compile(r"^\s*(\d*)([LXBIJKAEDCMPQ])(.*)$")
 _ASCII_TFORM = re.compile(r"^\s*([AIFED])(\d+)(?:\.(\d+))?\s*$")
 _WIDTH = {"L": 1, "B": 1, "I": 2, "J": 4, "K": 8, "A": 1, "E": 4, "D": 8, "C": 8, "M": 16, "P": 8, "Q": 16}
 _RAW = {"L": "u1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "A": "S", "E": ">f4", "D": ">f8"}
-_REFUSED = {
-    "C": "complex (TFORM C)",
-    "M": "complex (TFORM M)",
-    "X": "a bit array (TFORM X)",
-    "P": "a variable-length array (TFORM P)",
-    "Q": "a variable-length array (TFORM Q)",
-}
+_REFUSED = {"C": "complex (TFORM C)", "M": "complex (TFORM M)", "X": "a bit array (TFORM X)"}
 _EXACT = [np.dtype(t) for t in ("i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8")]
 
 
@@ -56,13 +52,19 @@ class FitsColumn:
     tzero: float | int = 0
     tnull: int | str | None = None
     refused: str | None = None  # why the column cannot be carried, or None
+    element: str = ""  # a variable-length (P, Q) column's element type
+
+    @property
+    def value_code(self) -> str:
+        """The type letter of the values: the column's, or a variable-length column's element."""
+        return self.element or self.code
 
     @property
     def exact_dtype(self) -> np.dtype | None:
         """The exact integer type of an integer column's physical values, None for floats."""
-        if self.code not in "BIJK" or not _is_one(self.tscal) or not _integral(self.tzero):
+        if self.value_code not in "BIJK" or not _is_one(self.tscal) or not _integral(self.tzero):
             return None
-        info = np.iinfo(_RAW[self.code])
+        info = np.iinfo(_RAW[self.value_code])
         lo, hi = info.min + int(self.tzero), info.max + int(self.tzero)
         return next((t for t in _EXACT if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max), None)
 
@@ -115,9 +117,10 @@ def table_columns(header: fits.Header) -> tuple[str, list[FitsColumn]]:
         if not m:
             raise ValueError(f"column {name!r}: TFORM{n} = {tform!r} is not a binary-table format")
         repeat, code = int(m.group(1) or 1), m.group(2)
-        width = (repeat + 7) // 8 if code == "X" else repeat * _WIDTH[code]
-        refused = _REFUSED.get(code) or ("an empty field (repeat count 0)" if repeat == 0 else None)
-        tnull = header.get(f"TNULL{n}") if code in "BIJK" else None
+        width = (repeat + 7) // 8 if code == "X" else repeat * _WIDTH[code]  # P, Q: the descriptor
+        element = m.group(3).strip()[:1] if code in "PQ" else ""
+        refused = _refusal(code, element, repeat, tform)
+        tnull = header.get(f"TNULL{n}") if (element or code) in "BIJK" else None
         if tnull is not None and not _integral(_number(header, f"TNULL{n}", 0, name)):
             raise ValueError(f"column {name!r}: TNULL{n} = {tnull!r} is not an integer")
         cols.append(
@@ -131,6 +134,7 @@ def table_columns(header: fits.Header) -> tuple[str, list[FitsColumn]]:
                 _shape(header, n, code, repeat, name),
                 tnull=None if tnull is None else int(tnull),
                 refused=refused,
+                element=element,
                 **scale,
             )
         )
@@ -140,10 +144,20 @@ def table_columns(header: fits.Header) -> tuple[str, list[FitsColumn]]:
     return kind, cols
 
 
+def _refusal(code: str, element: str, repeat: int, tform: str) -> str | None:
+    if code in _REFUSED:
+        return _REFUSED[code]
+    if code in "PQ" and element not in "LBIJKAED":
+        return f"a variable-length array of {_REFUSED.get(element, repr(element))} (TFORM {tform})"
+    return "an empty field (repeat count 0)" if repeat == 0 else None
+
+
 def _shape(header: fits.Header, n: int, code: str, repeat: int, name: str) -> tuple:
     """Per-row value shape: () scalar, else TDIMn reversed (C order), else (repeat,).  A text
     column's first TDIM axis is the string width."""
     tdim = header.get(f"TDIM{n}")
+    if code in "PQ":
+        return ()
     dims = [repeat]
     if tdim is not None:
         try:
@@ -170,6 +184,8 @@ def decode_rows(raw: bytes, nrows: int, row_bytes: int, kind: str, col: FitsColu
         width = col.repeat // max(1, int(np.prod(col.shape or (1,))))
         text = _text(np.ascontiguousarray(cell).view(f"S{width}").reshape(nrows, -1) if width else cell[:, :0])
         return _listed(text.reshape((nrows, *col.shape)), col) if col.shape else text.ravel()
+    if col.code in "PQ":
+        raise ValueError("variable-length columns are read by FitsTable")
     stored = np.ascontiguousarray(cell).view(_RAW[col.code]).reshape((nrows, *col.shape))
     if col.code == "L":
         values = _logical(stored)
@@ -199,8 +215,15 @@ def _integers(stored: np.ndarray, col: FitsColumn):
     if null is None:
         return values
     if values.ndim > 1:
-        return np.where(null, None, values.astype(object))
+        return _with_nones(values, null)
     return pd.arrays.IntegerArray(values, null)  # Int8 ... UInt64: exact, with a mask
+
+
+def _with_nones(values: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """A vector column's values as Python objects, None where null (lists carried as JSON)."""
+    out = values.astype(object)
+    out[null] = None
+    return out
 
 
 def _logical(stored: np.ndarray):
@@ -209,7 +232,7 @@ def _logical(stored: np.ndarray):
     if not null.any():
         return true
     if stored.ndim > 1:
-        return np.where(null, None, true.astype(object))
+        return _with_nones(true, null)
     return pd.arrays.BooleanArray(true, null)
 
 
@@ -273,6 +296,8 @@ class FitsTable:
             self.names = [c.name for c in cols]
             self.nrows, self.row_bytes = int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"])
             self._offset = hdu.data_offset
+            self._heap = hdu.data_offset + int(hdu.header.get("THEAP", self.nrows * self.row_bytes))
+            self._end = hdu.data_offset + hdu.data_bytes
             self._check_length(hdu.data_bytes)
         except BaseException:
             self.close()
@@ -302,7 +327,34 @@ class FitsTable:
         raw = self._stream.read(n * self.row_bytes)
         if len(raw) < n * self.row_bytes:
             raise ValueError(f"file ends inside row {start + len(raw) // self.row_bytes + 1}")
-        return {c: decode_rows(raw, n, self.row_bytes, self.kind, self.columns[c]) for c in names}
+        return {
+            c: self._heap_values(raw, n, col)
+            if col.code in "PQ"
+            else decode_rows(raw, n, self.row_bytes, self.kind, col)
+            for c, col in ((c, self.columns[c]) for c in names)
+        }
+
+    def _heap_values(self, raw: bytes, n: int, col: FitsColumn):
+        """A variable-length column: its descriptors (count, heap offset) in the rows, its
+        elements from the heap (one read spanning the rows'), decoded like a fixed column's.
+        Text (PA) is one string per row, numbers one list per row."""
+        cell = np.frombuffer(raw, np.uint8).reshape(n, self.row_bytes)[:, col.offset : col.offset + col.width]
+        desc = np.ascontiguousarray(cell).view(">i4" if col.code == "P" else ">i8").reshape(n, 2).astype(np.int64)
+        counts, offsets, w = desc[:, 0], desc[:, 1], _WIDTH[col.element]
+        used = counts > 0
+        lo = int(offsets[used].min()) if used.any() else 0
+        hi = int((offsets + counts * w)[used].max()) if used.any() else 0
+        if (desc < 0).any() or self._heap + hi > self._end:
+            raise ValueError(f"column {col.name!r}: a heap descriptor points outside the heap")
+        self._stream.seek(self._heap + lo)
+        heap = self._stream.read(hi - lo)
+        parts = [heap[o - lo : o - lo + c * w] if c else b"" for c, o in zip(counts.tolist(), offsets.tolist())]
+        if col.element == "A":
+            return _text(np.array(parts, dtype=object))
+        elem = replace(col, code=col.element, element="", offset=0, width=w, repeat=1, shape=())
+        values = decode_rows(b"".join(parts), int(counts.sum()), w, "binary", elem)
+        flat = values.astype(object) if isinstance(values, np.ndarray) else values.to_numpy(object, na_value=None)
+        return pd.Series([a.tolist() for a in np.split(flat, np.cumsum(counts)[:-1])], dtype=object)
 
     def close(self) -> None:
         if self._stream is not None:
