@@ -360,3 +360,34 @@ def test_variable_length_columns_through_process_catalog(stamps, cheap_cli, tmp_
     fits_out = _astropy_fits(out)
     assert [(v or b"").decode().rstrip() for v in fits_out["note"]] == texts  # astropy masks an empty string
     assert [json.loads(v) for v in fits_out["vj"]] == [a.tolist() for a in ints]
+
+
+def test_ascii_table_with_scaling_and_tnull(tmp_path):
+    """An ASCII table (XTENSION = 'TABLE'): I/E/D/A fields, TSCAL/TZERO on numbers, TNULL as text."""
+    cols = [
+        fits.Column(name="objid", format="I12", array=np.array([1, 2, 3, 4]), null="-99"),
+        fits.Column(name="ra", format="I12", array=np.array([0, 100, 2000, 30000])),
+        fits.Column(name="mag", format="E14.6", array=np.array([15.5, -1.25e3, 3.0, 1e-5])),
+        fits.Column(name="z", format="D22.14", array=np.array([0.1, 0.2, 0.3, 0.4])),
+        fits.Column(name="name", format="A6", array=np.array(["a", "bb c", "", "dddddd"])),
+    ]
+    hdu = fits.TableHDU.from_columns(cols)
+    hdu.data["objid"][1] = -99  # the null
+    hdu.header["TSCAL2"], hdu.header["TZERO2"] = 1e-3, 150.0  # ra = 150 + stored / 1000
+    path = tmp_path / "ascii.fits"
+    with open(path, "wb") as f:
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(f)
+    with fits.open(path) as hl:
+        raw = hl[1].data
+        assert hl[1].header["XTENSION"].strip() == "TABLE"
+        want_ra = np.asarray(raw["ra"]).tolist()  # astropy applies TSCAL/TZERO
+        want_mag, want_z = np.asarray(raw["mag"]).tolist(), np.asarray(raw["z"]).tolist()
+    r = CatalogReader(path)
+    try:
+        df = r.read_rows(1, 4)
+    finally:
+        r.close()
+    assert [None if v is pd.NA else v for v in df["objid"]] == [None, 3, 4]
+    assert df["ra"].tolist() == want_ra[1:] and abs(want_ra[3] - 180.0) < 1e-9
+    assert df["mag"].tolist() == want_mag[1:] and df["z"].tolist() == want_z[1:]
+    assert df["name"].tolist() == ["bb c", "", "dddddd"]
