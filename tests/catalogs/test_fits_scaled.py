@@ -391,3 +391,22 @@ def test_ascii_table_with_scaling_and_tnull(tmp_path):
     assert df["ra"].tolist() == want_ra[1:] and abs(want_ra[3] - 180.0) < 1e-9
     assert df["mag"].tolist() == want_mag[1:] and df["z"].tolist() == want_z[1:]
     assert df["name"].tolist() == ["bb c", "", "dddddd"]
+
+
+def test_integer_id_with_tnull_is_a_no_id_row(stamps, cheap_cli, tmp_path, capsys):
+    """A FITS id column with TNULL: that row is ``no_id`` (null id), the other ids exact, in
+    Parquet and in FITS (where the output TNULL is a value no id uses)."""
+    cols = scaled_catalog()[:3]
+    ids = np.arange(1, N + 1, dtype=np.int64)
+    ids[4] = -(2**63)  # TNULL: the row's id is null
+    cols[0] = ("objid", "K", ids, {"TNULL": -(2**63)})
+    cat = write_raw_fits(tmp_path / "idnull.fits", cols)
+    out = tmp_path / "out"
+    rc, _, err = cheap_cli(cat, "--images", stamps, "-o", out, capsys=capsys)
+    assert rc == 0, err
+    got = parquet_table(out).sort_by("input_row")
+    want = [None if i == 4 else i + 1 for i in range(N)]
+    assert got.column("objid").to_pylist() == want
+    assert got.column("status").to_pylist()[4] == "no_id"
+    assert _astropy_fits(out)["objid"] == want
+    assert_fits_equals_parquet(out)
