@@ -17,9 +17,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from mergerscan.catalogs.fits_write import write_fits_table
 from mergerscan.catalogs.read import CatalogError, CatalogReader
 from mergerscan.catalogs.validate import check_numeric, coord_status, flag_duplicates, require_rows, resolve_columns
-from mergerscan.catalogs.write import to_arrow, write_fits_table, write_metadata, write_partition
+from mergerscan.catalogs.write import to_arrow, write_metadata, write_partition
 
 BIG = 588018055654998067  # a real SDSS objid
 NEAR62 = 2**62 + 12345  # not representable in float64

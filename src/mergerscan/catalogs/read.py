@@ -1,4 +1,4 @@
-"""Catalog readers: FITS binary tables (fitsio, row ranges), Parquet (row groups), CSV (chunks).
+"""Catalog readers: FITS tables (:mod:`.fits_read`, row ranges), Parquet (row groups), CSV (chunks).
 
 Every reader streams: ``CatalogReader.iter_chunks(columns)`` yields (start_row, DataFrame)
 pieces of bounded size, and ``read_rows(start, stop, columns)`` reads one row range.  No
@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 
@@ -57,17 +56,6 @@ def catalog_format(path: str | Path) -> str:
     raise CatalogError(f"{path}: unknown catalog format (expected .fits, .parquet or .csv)")
 
 
-def _native(arr: np.ndarray):
-    """FITS data are big-endian; pandas/pyarrow want native byte order.  A vector (array-valued)
-    column becomes one list per row (carried through as JSON text, see docs/output.md)."""
-    if arr.ndim > 1:
-        flat = np.char.strip(arr.astype(str)) if arr.dtype.kind == "S" else arr
-        return pd.Series(list(flat.tolist()), dtype=object)
-    if arr.dtype.kind in "SU":  # fitsio may hand back either; blanks around FITS text are padding
-        return np.char.strip(arr.astype(str))
-    return arr.astype(arr.dtype.newbyteorder("="), copy=False) if arr.dtype.byteorder not in ("=", "|") else arr
-
-
 class CatalogReader:
     """Streaming access to a catalog file.  ``columns`` lists the names in the file's spelling."""
 
@@ -91,20 +79,12 @@ class CatalogReader:
     # ---- opening
     def _open(self):
         if self.format == "fits":
-            import fitsio
+            from .fits_read import FitsTable
 
-            self._fits = fitsio.FITS(str(self.path))
-            ext = next((i for i, h in enumerate(self._fits) if h.get_exttype() in ("BINARY_TBL", "ASCII_TBL")), None)
-            if ext is None:
-                raise CatalogError(f"{self.path}: no table HDU in FITS file")
-            self._ext = ext
-            hdu = self._fits[ext]
-            self.columns = list(hdu.get_colnames())
+            self._fits = FitsTable(self.path)  # opened by Python: no character of the path has a meaning
+            self.columns = list(self._fits.names)
             refuse_duplicate_names(self.path, self.columns)
-            self.nrows = int(hdu.get_nrows())
-            # touch the last row so a truncated file fails here, not deep inside a worker
-            if self.nrows:
-                hdu.read(rows=[self.nrows - 1], columns=self.columns[:1])
+            self.nrows = self._fits.nrows
         elif self.format == "parquet":
             import pyarrow.parquet as pq
 
@@ -157,8 +137,11 @@ class CatalogReader:
         if start >= stop:
             return pd.DataFrame({c: [] for c in columns})
         if self.format == "fits":
-            data = self._fits[self._ext].read(rows=np.arange(start, stop), columns=columns)
-            return pd.DataFrame({c: _native(data[c]) for c in columns}, index=pd.RangeIndex(stop - start))
+            try:
+                data = self._fits.read_rows(start, stop, columns)
+            except ValueError as exc:
+                raise CatalogError(f"{self.path}: {exc}") from None
+            return pd.DataFrame(data, index=pd.RangeIndex(stop - start))
         if self.format == "parquet":
             return self._parquet_rows(start, stop, columns, nullable)
         parts, pos = [], 0
@@ -215,6 +198,13 @@ class CatalogReader:
                 out.append((start, pos))
             return out
         return [(s, min(s + self.chunk_rows, self.nrows)) for s in range(0, self.nrows, self.chunk_rows)]
+
+    def check_columns(self, columns: list[str]) -> None:
+        """Refuse, naming it, a column that cannot be carried exactly (FITS: complex, bit and
+        variable-length columns), before any task reads it."""
+        why = self._fits.refusal(columns) if self.format == "fits" else None
+        if why:
+            raise CatalogError(f"{self.path}: {why}; leave it out of --keep-columns")
 
     def close(self):
         if getattr(self, "_fits", None) is not None:

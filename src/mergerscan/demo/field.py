@@ -42,7 +42,6 @@ def make_demo_field(
 
     Returns ``{"frames": [paths], "catalog": path}``.
     """
-    import fitsio
     from astropy.io import fits
     from astropy.wcs import WCS
 
@@ -125,5 +124,7 @@ def make_demo_field(
         ra, dec, truth, mag, z = rows[i]
         cat[j] = (OBJID0 + j, ra, dec, truth, mag, z)
     cpath = out / "demo-catalog.fits"
-    fitsio.write(str(cpath), cat, extname="CATALOG", clobber=True)
+    buf = io.BytesIO()  # astropy gets a file object, never a path (no character has a meaning)
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU(cat, name="CATALOG")]).writeto(buf)
+    cpath.write_bytes(buf.getvalue())
     return {"frames": frames, "catalog": str(cpath)}

@@ -7,9 +7,9 @@ import time
 
 from .. import __version__
 from ..atomic import atomic_write_text
+from ..catalogs.fits_write import write_fits_table
 from ..catalogs.hats import join_pieces, write_hats_metadata
 from ..catalogs.schema import SCORED, id_output_name
-from ..catalogs.write import write_fits_table
 from ..engines import operating
 from ..engines.operating import OperatingPoint, operating_line
 from ..run_layout import RunLayout

@@ -150,6 +150,7 @@ def inspect_catalog(args: ProcessArguments, domain: EngineDomain | None = None) 
                 args, domain, reader.columns, lambda cs: reader.read_rows(0, min(reader.nrows, 1000), cs)
             ),
         }
+        reader.check_columns([*core, *keep, *cat["select_columns"].values()])
         _check_select_sample(args, cat, reader)
         return cat
     finally:
