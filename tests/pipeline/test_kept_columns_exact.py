@@ -57,7 +57,10 @@ def test_kept_names_rename_only_on_a_real_collision_and_decimals_stay_exact(id_t
     assert "Traceback" not in stdout + err
     got, fits, hdr = assert_fits_equals_parquet(out)  # decimals included (conftest)
     run_id, kept = ("id", "objid") if id_text else ("objid", "ID")
-    assert not any(c.startswith("in_") for c in got.columns)  # nothing collided with this run's names
+    # nothing collided with this run's names: every kept column keeps its name (in_domain is an output column)
+    assert {kept, "d12", "d30"} <= set(got.columns) and not any(
+        c.startswith("in_") for c in set(got.columns) - {"in_domain"}
+    )
     assert got[kept].tolist() == t.column(kept).to_pylist()
     assert got[run_id].tolist() == t.column("id").to_pylist()
     assert json.loads((out / "summary.json").read_text())["id_column"] == run_id
