@@ -53,7 +53,7 @@ class SharedBatchEngine(Engine):
         return self.inner.logits(x)  # prepared batches (parity checks) are not merged
 
     @property
-    def has_representation(self):  # type: ignore[override]
+    def has_representation(self):
         return self.inner.has_representation
 
     def stamp_logits(self, stamps: np.ndarray) -> np.ndarray:

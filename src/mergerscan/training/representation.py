@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -198,8 +199,14 @@ def fit_representation(
         "val_pass": {str(c): round(float(np.mean(s_val[y_val == c] <= threshold)), 4) for c in (0, 1)},
     }
     domain = dict(card.get("domain") or {}) | {"image": image}
-    embed(engine, rep, tensors[features], {"representation": representation, "domain": domain}, out)
-    check_logits_unchanged(engine, out, ls.stamps[va[:64]])
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.fit-representation.onnx")  # OUT may be ENGINE: compare, then replace
+    try:
+        embed(engine, rep, tensors[features], {"representation": representation, "domain": domain}, tmp)
+        check_logits_unchanged(engine, tmp, ls.stamps[va[:64]])
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return {"representation": representation, "image": image}
 
 
