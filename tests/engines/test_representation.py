@@ -179,3 +179,19 @@ def test_shared_batch_engine_merges_score_calls(block_engine, real_stamps):
         assert shared.score(real_stamps[:0]).domain_score.shape == (0,)
     finally:
         shared.close()
+
+
+def test_packaged_default_engine_has_the_block_on_every_cpu_backend(real_stamps):
+    """The default engine file carries the block and its calibrated image-domain threshold; ONNX
+    Runtime and torch give the same p_merger, domain_score and embedding on real stamps."""
+    from mergerscan.engines import default_engine_path
+
+    ort = load_engine(default_engine_path(), threads=2)
+    assert ort.has_representation and ort.info.domain.image.threshold > 0
+    assert ort.info.card["representation"]["k"] == 64 and ort.info.card["representation"]["features"] == "backbone_pool"
+    ref = ort.score(real_stamps[:12], features=True)
+    got = load_engine(default_engine_path(), backend="torch", threads=2).score(real_stamps[:12], features=True)
+    assert np.abs(got.p_merger - ref.p_merger).max() <= 1e-5
+    _close(got.domain_score, ref.domain_score)
+    _close(got.features, ref.features)
+    assert np.array_equal(ort.predict(real_stamps[:12]), ref.p_merger)
