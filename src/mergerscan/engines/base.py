@@ -152,6 +152,9 @@ class Engine:
     # one call at a time: backends whose calls share one execution context, stream or captured
     # input buffer (TensorRT, torch CUDA graphs); ONNX Runtime sessions are safe to share
     serial = False
+    # the engine file has a representation block and this backend computes it (score() then
+    # fills domain_score; see .representation)
+    has_representation = False
 
     def __init__(self, info: EngineInfo):
         self.info = info
@@ -195,9 +198,12 @@ class Engine:
             z += self.logits(v)
         return z / self.info.views
 
-    def stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
-        """uint8 stamps (N, H, W, 3) -> mean logit over the engine's views (N,), in chunks of
-        ``stamp_batch`` stamps."""
+    def _stamp_outputs(self, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(mean logit, embedding (N, k), domain score (N,)) over the views, the last two None for an
+        engine without a representation block; backends whose graph has one override this."""
+        return self._stamp_logits(stamps), None, None
+
+    def _checked(self, stamps) -> np.ndarray:
         stamps = np.asarray(stamps)
         if stamps.ndim == 3:
             stamps = stamps[None]
@@ -206,11 +212,16 @@ class Engine:
             raise ValueError(f"stamps must be (N, {h}, {h}, 3) for this engine, got {stamps.shape}")
         if stamps.dtype != np.uint8:  # sources deliver uint8; floats in 0..255 are rounded once
             stamps = np.clip(np.rint(stamps), 0, 255).astype(np.uint8)
+        return stamps
+
+    def _chunks(self, fn, stamps: np.ndarray):
         b = max(1, int(self.stamp_batch))
-        out = [
-            np.asarray(self._call(self._stamp_logits, stamps[i : i + b]), np.float64).reshape(-1)
-            for i in range(0, len(stamps), b)
-        ]
+        return [self._call(fn, stamps[i : i + b]) for i in range(0, len(stamps), b)]
+
+    def stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
+        """uint8 stamps (N, H, W, 3) -> mean logit over the engine's views (N,), in chunks of
+        ``stamp_batch`` stamps."""
+        out = [np.asarray(z, np.float64).reshape(-1) for z in self._chunks(self._stamp_logits, self._checked(stamps))]
         return np.concatenate(out) if out else np.zeros(0, np.float64)
 
     def calibrate(self, z: np.ndarray) -> np.ndarray:
@@ -223,10 +234,30 @@ class Engine:
             return np.zeros(0, np.float32)
         return self.calibrate(self.stamp_logits(stamps))
 
+    def stamp_outputs(self, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """uint8 stamps -> (mean logit (N,) float64, embedding (N, k) float32, domain score (N,)
+        float32), each averaged over the views in one call per chunk; the last two are None when
+        the engine has no representation block (then this is :meth:`stamp_logits`)."""
+        stamps = self._checked(stamps)
+        if not self.has_representation:
+            return self.stamp_logits(stamps), None, None
+        parts = self._chunks(self._stamp_outputs, stamps)
+        if not parts:
+            k = int((self.info.card.get("representation") or {}).get("k", 0))
+            return np.zeros(0, np.float64), np.zeros((0, k), np.float32), np.zeros(0, np.float32)
+        return (
+            np.concatenate([np.asarray(p[0], np.float64).reshape(-1) for p in parts]),
+            np.concatenate([np.asarray(p[1], np.float32) for p in parts]),
+            np.concatenate([np.asarray(p[2], np.float32).reshape(-1) for p in parts]),
+        )
+
     def score(self, stamps: np.ndarray, *, features: bool = False) -> EngineOutput:
-        """uint8 stamps -> :class:`EngineOutput`.  This base version gives p_merger only; backends
-        whose engine file carries penultimate features fill ``domain_score`` / ``features``."""
-        return EngineOutput(self.predict(stamps))
+        """uint8 stamps -> :class:`EngineOutput`: p_merger (as :meth:`predict`) and, when the engine
+        file has a representation block (:mod:`.representation`), the image-domain score and, with
+        ``features=True``, the embedding (the PCA coordinates of the pooled penultimate features,
+        (N, k); not the raw features), all averaged over the views, from the same net call."""
+        z, emb, d = self.stamp_outputs(stamps)
+        return EngineOutput(self.calibrate(z), d, emb if features else None)
 
     def close(self):
         pass

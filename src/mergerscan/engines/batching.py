@@ -52,9 +52,17 @@ class SharedBatchEngine(Engine):
     def logits(self, x: np.ndarray) -> np.ndarray:
         return self.inner.logits(x)  # prepared batches (parity checks) are not merged
 
+    @property
+    def has_representation(self):
+        return self.inner.has_representation
+
     def stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
+        return self.stamp_outputs(stamps)[0]
+
+    def stamp_outputs(self, stamps: np.ndarray):
+        """The inner engine's (logit, embedding, domain score), merged with other threads' batches."""
         if len(stamps) == 0:
-            return np.zeros(0, np.float64)
+            return self.inner.stamp_outputs(stamps)
         if self._closed:
             raise RuntimeError("engine closed")
         fut: Future = Future()
@@ -86,17 +94,17 @@ class SharedBatchEngine(Engine):
             self.calls += 1
             self.requests += len(items)
         try:
-            z = self.inner.stamp_logits(np.concatenate([x for x, _ in items]) if len(items) > 1 else items[0][0])
+            outs = self.inner.stamp_outputs(np.concatenate([x for x, _ in items]) if len(items) > 1 else items[0][0])
         except BaseException as exc:
             if len(items) == 1:
                 items[0][1].set_exception(exc)
                 return
             for x, fut in items:
-                self._settle(fut, lambda x=x: self.inner.stamp_logits(x))
+                self._settle(fut, lambda x=x: self.inner.stamp_outputs(x))
             return
         at = 0
         for x, fut in items:
-            fut.set_result(z[at : at + len(x)])
+            fut.set_result(tuple(None if o is None else o[at : at + len(x)] for o in outs))
             at += len(x)
 
     @staticmethod

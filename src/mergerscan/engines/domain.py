@@ -73,6 +73,7 @@ class ImageDomain:
     score: str
     threshold: float
     description: str = ""
+    pass_fraction: float | None = None  # the share of each class's validation galaxies that pass
 
 
 @dataclass(frozen=True)

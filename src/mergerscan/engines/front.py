@@ -170,28 +170,21 @@ def with_front(model, spec: PreprocessSpec, views: int):
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    net_in, net_out = g.input[0].name, g.output[0].name
+    net_in = g.input[0].name
     prepared = FRONT_PREFIX + "prepared"
     for n in g.node:  # the net now reads the front's output
         for i, name in enumerate(n.input):
             if name == net_in:
                 n.input[i] = prepared
     nodes, inits = front_nodes(spec, views, STAMPS, prepared)
-    tail = []
-    if views > 1:
-        shape = FRONT_PREFIX + "view_shape"
-        inits.append(numpy_helper.from_array(np.array([views, -1], np.int64), shape))
-        tail = [
-            helper.make_node("Reshape", [net_out, shape], [FRONT_PREFIX + "by_view"], name=FRONT_PREFIX + "by_view"),
-            helper.make_node(
-                "ReduceMean",
-                [FRONT_PREFIX + "by_view", FRONT_PREFIX + "axis0"],
-                [FRONT_PREFIX + "logit"],
-                name=FRONT_PREFIX + "view_mean",
-                keepdims=0,
-            ),
-        ]
+    tail, outputs = [], []
+    if views > 1:  # every output (the logit; the representation block's, when the file has one)
         inits.append(numpy_helper.from_array(np.array([0], np.int64), FRONT_PREFIX + "axis0"))
+        for i, o in enumerate(g.output):  # the first output is the logit (its name kept as before)
+            t, o_tail, o_init = _view_mean(o, FRONT_PREFIX + ("logit" if i == 0 else o.name), views)
+            tail += o_tail
+            inits += o_init
+            outputs.append(t)
     body = list(g.node)
     del g.node[:]
     g.node.extend(
@@ -203,10 +196,27 @@ def with_front(model, spec: PreprocessSpec, views: int):
     g.input.append(helper.make_tensor_value_info(STAMPS, TensorProto.UINT8, ["batch", h, h, 3]))
     if views > 1:
         del g.output[:]
-        g.output.append(helper.make_tensor_value_info(FRONT_PREFIX + "logit", TensorProto.FLOAT, ["batch"]))
+        g.output.extend(outputs)
     del g.value_info[:]  # shapes inside the net changed batch meaning; re-inferred
     onnx.checker.check_model(m)
     return m
+
+
+def _view_mean(out, tag: str, views: int):
+    """(value info, nodes, initializers): the mean over the views of a view-major graph output
+    ``out`` (V*N, ...) -> ``tag`` (N, ...)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    dims = [d.dim_value for d in out.type.tensor_type.shape.dim[1:]]
+    shape = numpy_helper.from_array(np.array([views, -1, *dims], np.int64), tag + "_view_shape")
+    nodes = [
+        helper.make_node("Reshape", [out.name, shape.name], [tag + "_by_view"], name=tag + "_by_view"),
+        helper.make_node(
+            "ReduceMean", [tag + "_by_view", FRONT_PREFIX + "axis0"], [tag], name=tag + "_view_mean", keepdims=0
+        ),
+    ]
+    info = helper.make_tensor_value_info(tag, TensorProto.FLOAT, ["batch", *dims])
+    return info, nodes, [shape]
 
 
 def _topological(nodes, available: set):

@@ -18,6 +18,7 @@ import numpy as np
 from .base import BackendUnavailable, Engine, EngineInfo
 from .engine_file import copy_metadata, metadata
 from .registry import get_backend, register_backend
+from .representation import has_block
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_PRECISIONS = ("fp32", "fp16", "int8")
@@ -69,8 +70,10 @@ def fp16_model(model):
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     from .front import FRONT_PREFIX
+    from .representation import PREFIX
 
-    block = [n.name for n in model.graph.node if n.name.startswith(FRONT_PREFIX)]
+    # the front and the representation block (a residual of two close vectors) stay fp32
+    block = [n.name for n in model.graph.node if n.name.startswith((FRONT_PREFIX, PREFIX))]
     m16 = convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
     return copy_metadata(model, m16, card_updates={"precision": "fp16"})
 
@@ -96,6 +99,7 @@ class OnnxRuntimeEngine(Engine):
             raise BackendUnavailable(f"onnxruntime-cuda: {why}")
         self.model = onnx.load(str(path))
         super().__init__(EngineInfo.from_metadata(path, metadata(self.model)))
+        self.has_representation = has_block(self.model)
         self.precision = check_precision(name, precision, self.info.card, path)
         if want_cuda:
             providers = [(CUDA_EP, cuda_provider_options(self.precision))] + [
@@ -148,7 +152,17 @@ class OnnxRuntimeEngine(Engine):
     def _stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
         from .front import STAMPS
 
-        return self._session(self.info.views).run(None, {STAMPS: np.ascontiguousarray(stamps, np.uint8)})[0]
+        s = self._session(self.info.views)
+        return s.run([s.get_outputs()[0].name], {STAMPS: np.ascontiguousarray(stamps, np.uint8)})[0]
+
+    def _stamp_outputs(self, stamps: np.ndarray):
+        """(logit, embedding, domain score) in one session call (outputs in that order)."""
+        from .front import STAMPS
+
+        if not self.has_representation:
+            return self._stamp_logits(stamps), None, None
+        z, emb, d = self._session(self.info.views).run(None, {STAMPS: np.ascontiguousarray(stamps, np.uint8)})
+        return z, emb, d
 
 
 @dataclass(frozen=True)

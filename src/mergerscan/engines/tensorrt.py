@@ -37,6 +37,7 @@ from ..atomic import atomic_write_bytes
 from .base import BackendUnavailable, Engine, read_engine_info
 from .engine_file import copy_metadata, save_model
 from .registry import register_backend
+from .representation import DOMAIN_SCORE, EMBEDDING
 
 PRECISIONS = ("fp32", "tf32", "fp16", "int8")
 PLAN_FORMAT = "front-1"  # bump when the composed graph (front, view mean) changes
@@ -256,6 +257,7 @@ class TensorRTEngine(Engine):
         self._plans: dict = {}
         self.stream = torch.cuda.Stream()
         self._load(self.info.views)  # build or read the plan now, not mid-run
+        self.has_representation = len(self._plans[self.info.views][3]) == 3
 
     def _load(self, views: int):
         """(context, input name, output name) of the plan for ``views`` views (built once per node)."""
@@ -283,11 +285,17 @@ class TensorRTEngine(Engine):
             raise RuntimeError(f"could not deserialise {self.plan_path} (delete it to rebuild)")
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inp = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        out = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-        dtypes = (engine.get_tensor_dtype(inp), engine.get_tensor_dtype(out))
-        if dtypes != (trt.DataType.UINT8, trt.DataType.FLOAT):
-            raise RuntimeError(f"{self.plan_path}: I/O dtypes {dtypes}, expected (UINT8, FLOAT); delete it to rebuild")
-        self._plans[views] = (engine, engine.create_execution_context(), inp, out)
+        # the logit, then (engine files with a representation block) embedding and domain_score
+        outs = sorted(
+            (n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT),
+            key=lambda n: 2 if n.endswith(DOMAIN_SCORE) else 1 if n.endswith(EMBEDDING) else 0,
+        )
+        dtypes = (engine.get_tensor_dtype(inp), *(engine.get_tensor_dtype(o) for o in outs))
+        if dtypes != (trt.DataType.UINT8, *(trt.DataType.FLOAT for _ in outs)):
+            raise RuntimeError(
+                f"{self.plan_path}: I/O dtypes {dtypes}, expected UINT8 in, FLOAT out; delete it to rebuild"
+            )
+        self._plans[views] = (engine, engine.create_execution_context(), inp, outs)
         return self._plans[views]
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
@@ -297,20 +305,31 @@ class TensorRTEngine(Engine):
         )
 
     def _stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
+        return self._run_stamps(stamps)[0]
+
+    def _stamp_outputs(self, stamps: np.ndarray):
+        outs = self._run_stamps(stamps)
+        return (outs[0], outs[1], outs[2]) if len(outs) == 3 else (outs[0], None, None)
+
+    def _run_stamps(self, stamps: np.ndarray) -> list[np.ndarray]:
+        """Every output of the plan (each bound: TensorRT needs an address for all of them)."""
         import torch
 
-        _, context, inp_name, out_name = self._load(self.info.views)
+        _, context, inp_name, out_names = self._load(self.info.views)
         with torch.cuda.stream(self.stream):
             inp = torch.from_numpy(np.ascontiguousarray(stamps, np.uint8)).pin_memory().to("cuda", non_blocking=True)
             if not context.set_input_shape(inp_name, tuple(inp.shape)):
                 raise RuntimeError(f"TensorRT rejected input shape {tuple(inp.shape)} (profile 1..{self.max_batch})")
-            out = torch.empty(tuple(context.get_tensor_shape(out_name)), dtype=torch.float32, device="cuda")
+            outs = [
+                torch.empty(tuple(context.get_tensor_shape(o)), dtype=torch.float32, device="cuda") for o in out_names
+            ]
             context.set_tensor_address(inp_name, inp.data_ptr())
-            context.set_tensor_address(out_name, out.data_ptr())
+            for o, t in zip(out_names, outs):
+                context.set_tensor_address(o, t.data_ptr())
             if not context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
-            res = out.cpu()  # synchronises self.stream
-        return res.numpy()
+            res = [t.cpu() for t in outs]  # synchronises self.stream
+        return [r.numpy() for r in res]
 
 
 @dataclass(frozen=True)

@@ -113,8 +113,9 @@ class TorchEngine(Engine):
             raise BackendUnavailable(f"torch-cuda: {why}")
         if not cuda:
             torch.set_num_threads(max(1, int(threads)))
-        net, info = rebuild_model(path)
+        net, info = rebuild_model(path, with_representation=True)
         super().__init__(info)
+        self.has_representation = hasattr(net, "score_weights")  # rows [logit, domain_score, embedding...]
         self.backend = "torch-cuda" if cuda else "torch"
         # images per net call: a GPU wants big batches, a CPU 8-64
         self.max_batch, self.precision = int(max_batch or (1024 if cuda else 256)), precision
@@ -167,7 +168,8 @@ class TorchEngine(Engine):
 
         with torch.no_grad():
             x = self._front(views)(stamps_dev).contiguous(memory_format=torch.channels_last)
-            return self._forward(x).reshape(views, -1).mean(0)
+            y = self._forward(x)
+            return y.reshape(views, -1, *y.shape[1:]).mean(0)
 
     def _bucket(self, n: int) -> int:
         return next(
@@ -228,9 +230,20 @@ class TorchEngine(Engine):
         if self.device.type == "cuda":
             set_tf32(self._tf32)
             t = t.to(self.device)
-        return self._forward(t.contiguous(memory_format=torch.channels_last)).cpu().numpy()
+        y = self._forward(t.contiguous(memory_format=torch.channels_last)).cpu().numpy()
+        return y[:, 0] if y.ndim == 2 else y
 
     def _stamp_logits(self, stamps: np.ndarray) -> np.ndarray:
+        y = self._run_stamps(stamps)
+        return y[:, 0] if y.ndim == 2 else y
+
+    def _stamp_outputs(self, stamps: np.ndarray):
+        y = self._run_stamps(stamps)
+        return (y[:, 0], y[:, 2:], y[:, 1]) if y.ndim == 2 else (y, None, None)
+
+    def _run_stamps(self, stamps: np.ndarray) -> np.ndarray:
+        """uint8 stamps -> the net's output averaged over the views: (N,) logits, or (N, 2 + k)
+        rows [logit, domain_score, embedding...] with a representation block."""
         import torch
 
         views = self.info.views

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 
 from .base import EngineInfo
 from .engine_file import metadata
+from .representation import CARD_KEY, read_block
 
 
 def _conv_bn_pairs(net, size: int) -> dict[str, str]:
@@ -39,8 +41,10 @@ def _conv_bn_pairs(net, size: int) -> dict[str, str]:
     return pairs
 
 
-def rebuild_model(path: str | Path):
-    """(MergerNet in eval mode with the engine's weights, EngineInfo) from an ONNX engine file."""
+def rebuild_model(path: str | Path, with_representation: bool = False):
+    """(MergerNet in eval mode with the engine's weights, EngineInfo) from an ONNX engine file;
+    with ``with_representation`` and a file that has a representation block, the net wrapped in
+    :class:`WithRepresentation` (rows ``[logit, domain_score, embedding...]``)."""
     import onnx
     import torch
     from onnx import numpy_helper
@@ -104,4 +108,47 @@ def rebuild_model(path: str | Path):
             f"{path}: {len(missing)} model tensors have no ONNX initializer "
             f"(e.g. {missing[:3]}); the exporter changed how it names or folds weights"
         )
+    rep = read_block(W) if with_representation else None
+    if rep is not None:
+        features = (info.card.get(CARD_KEY) or {}).get("features", "backbone_pool")
+        return _representation_module()(net.eval(), rep, features).eval(), info
     return net.eval(), info
+
+
+@functools.cache
+def _representation_module():
+    import torch
+    from torch import nn
+
+    class WithRepresentation(nn.Module):
+        """The net and its representation block as torch ops (:mod:`.representation`, the same
+        initializers): (B, 3, S, S) -> (B, 2 + k) rows ``[logit, domain_score, embedding...]``, one
+        tensor so the view mean and CUDA graphs treat it as they treat the logit."""
+
+        def __init__(self, net, rep, features: str):
+            super().__init__()
+            if features not in ("backbone_pool", "hidden"):
+                raise ValueError(
+                    f"representation block reads {features!r}; the torch backend knows backbone_pool, hidden"
+                )
+            self.net, self.hidden = net, features == "hidden"
+            for name in ("mean", "components", "inv_std", "score_weights"):
+                self.register_buffer(name, torch.from_numpy(np.array(getattr(rep, name), np.float32)))
+
+        def forward(self, x):
+            f = self.net.pool(self.net.base(x)).flatten(1)
+            h = self.net.top[1:3](f)  # dense + ReLU (the ReLU is in place: on the dense output only)
+            z = self.net.top[3:](h)[:, 0]
+            c = (h if self.hidden else f).float() - self.mean
+            e = c @ self.components.T
+            r = c - e @ self.components
+            d2 = self.score_weights[0] * ((e * self.inv_std) ** 2).sum(1) + self.score_weights[1] * (r**2).sum(1)
+            return torch.cat([z[:, None].float(), torch.sqrt(d2)[:, None], e], 1)
+
+    return WithRepresentation
+
+
+def __getattr__(name):  # WithRepresentation is built on first use: importing this module needs no torch
+    if name == "WithRepresentation":
+        return _representation_module()
+    raise AttributeError(name)
