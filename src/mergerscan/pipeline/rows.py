@@ -19,10 +19,11 @@ class Scores(NamedTuple):
 
     p_merger: np.ndarray  # float32
     domain_score: np.ndarray  # float32; NaN also where the engine has no image check
+    saturated_core: np.ndarray  # float32 pixel counts (engines.domain.saturated_core); NaN where not scored
 
     @classmethod
     def empty(cls, n: int) -> Scores:
-        return cls(np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32))
+        return cls(*(np.full(n, np.nan, np.float32) for _ in range(3)))
 
 
 def _text_id(v):
@@ -89,23 +90,35 @@ def triage(df: pd.DataFrame, plan: Plan, examples: dict) -> tuple[np.ndarray, np
     return status, ids
 
 
-def in_domain(status: np.ndarray, domain_score: np.ndarray, image_threshold: float | None) -> np.ndarray:
+def in_domain(
+    status: np.ndarray, scores: Scores, image_threshold: float | None, max_saturated: int | None
+) -> np.ndarray:
     """False where a domain check that was applied puts the row outside the engine's training
     domain: status out_of_domain (catalog rules), or scored with ``domain_score`` beyond the
-    image check's threshold (None: not applied); True otherwise, including rows no check could
-    decide (a NaN score)."""
+    image check's threshold or ``saturated_core`` beyond its limit (None: not applied); True
+    otherwise, including rows no check could decide (a NaN score)."""
     inside = status != "out_of_domain"
-    if image_threshold is not None:
-        with np.errstate(invalid="ignore"):
-            inside &= ~(np.isin(status, SCORED) & (domain_score > image_threshold))
+    scored = np.isin(status, SCORED)
+    with np.errstate(invalid="ignore"):
+        if image_threshold is not None:
+            inside &= ~(scored & (scores.domain_score > image_threshold))
+        if max_saturated is not None:
+            inside &= ~(scored & (scores.saturated_core > max_saturated))
     return inside
 
 
 def output_table(
-    df: pd.DataFrame, plan: Plan, scores: Scores, status: np.ndarray, threshold: float, image_threshold: float | None
+    df: pd.DataFrame,
+    plan: Plan,
+    scores: Scores,
+    status: np.ndarray,
+    threshold: float,
+    image_threshold: float | None,
+    max_saturated: int | None = None,
 ) -> pd.DataFrame:
     c = plan.columns
-    inside = in_domain(status, scores.domain_score, image_threshold)
+    inside = in_domain(status, scores, image_threshold, max_saturated)
+    sat = scores.saturated_core
     out = {
         id_output_name(plan.id_kind): output_ids(df[c["id"]], plan.id_kind),
         "ra": df[c["ra"]].to_numpy(np.float64),
@@ -114,6 +127,7 @@ def output_table(
         "is_merger": is_merger(scores.p_merger, threshold, inside),
         "in_domain": inside,
         "domain_score": scores.domain_score.astype(np.float32),
+        "saturated_core": pd.arrays.IntegerArray(np.nan_to_num(sat).astype(np.int16), np.isnan(sat)),
         "status": status.astype(object),
         "input_row": df["_input_row"].to_numpy(np.int64),
         "_healpix_29": df["_healpix29"].to_numpy(np.int64),

@@ -54,6 +54,7 @@ class PartitionTask:
     threshold: float | None = None  # of is_merger (the run's operating point); None: the engine's
     fault_hook: str | None = None  # faults.py: tests only
     image_threshold: float | None = None  # --domain's image check: domain_score above it is not in_domain
+    max_saturated_core: int | None = None  # ... and saturated_core above it (engines.domain.saturated_core)
 
     def retry_with(self, **changes: Any) -> PartitionTask:
         return replace(self, **changes)
@@ -84,7 +85,7 @@ class BatchScorer:
     ):
         self.src, self.engine, self.rows, self.ids = src, engine, rows, rows["id"].to_numpy()
         self.status, self.examples, self.input_rows = status, examples, input_rows
-        self.p, self.d = scores
+        self.p, self.d, self.sat = scores
         self.fetch_seconds = self.infer_seconds = 0.0
         self.no_domain_score = 0  # rows scored by an engine call that gave no domain_score
 
@@ -121,7 +122,7 @@ class BatchScorer:
             self._infer(idx, got.stamps, np.isin(got.status, SCORED))
         except MemoryError:
             got = fetched = None  # drop the stamps before retrying
-            self.p[idx] = self.d[idx] = np.nan
+            self.p[idx] = self.d[idx] = self.sat[idx] = np.nan
             if len(idx) == 1:
                 self.status[idx] = "out_of_memory"
                 note(
@@ -139,6 +140,8 @@ class BatchScorer:
         try:
             out = self.engine.score(stamps[ok])
             self.p[idx[ok]] = out.p_merger
+            if out.saturated_core is not None:
+                self.sat[idx[ok]] = out.saturated_core
             if out.domain_score is not None:  # None: the engine has no image-level check
                 self.d[idx[ok]] = out.domain_score
             else:
@@ -174,7 +177,9 @@ def _previous(layout: RunLayout, part: Partition, df: pd.DataFrame):
     import pyarrow.parquet as pq
 
     try:
-        old = pq.read_table(layout.dataset_file(part), columns=["input_row", "status", "p_merger", "domain_score"])
+        old = pq.read_table(
+            layout.dataset_file(part), columns=["input_row", "status", "p_merger", "domain_score", "saturated_core"]
+        )
         examples = read_marker(layout.work.marker(part.pid)).get("examples") or {}
     except (OSError, ValueError, KeyError):
         return None
@@ -184,7 +189,10 @@ def _previous(layout: RunLayout, part: Partition, df: pd.DataFrame):
     return (
         old.column("status").to_numpy(zero_copy_only=False).astype(object),
         Scores(
-            *(old.column(k).to_numpy(zero_copy_only=False).astype(np.float32) for k in ("p_merger", "domain_score"))
+            *(
+                old.column(k).to_numpy(zero_copy_only=False).astype(np.float32)
+                for k in ("p_merger", "domain_score", "saturated_core")
+            )
         ),
         examples,
     )
@@ -208,14 +216,26 @@ def _fetch_rows(df: pd.DataFrame, plan: Plan, ids: np.ndarray, source: SourceCon
     return rows
 
 
-def _domain_counts(plan: Plan, df: pd.DataFrame, status: np.ndarray, table: pd.DataFrame, image_threshold) -> dict:
+def _domain_counts(plan: Plan, df: pd.DataFrame, status: np.ndarray, table: pd.DataFrame, task: PartitionTask) -> dict:
     """The marker's domain counts: ``domain_rules`` {reason: rows} over both halves (catalog
-    rules: rows out_of_domain; image check: scored rows beyond its threshold) and
-    ``beyond_image_threshold``."""
+    rules: rows out_of_domain; image check: scored rows beyond its threshold or its saturated-core
+    limit, counted under the first that applies) and ``beyond_image_threshold`` (both)."""
     rules = rule_counts(plan.domain, df["_domain"].to_numpy()[status == "out_of_domain"]) if "_domain" in df else {}
-    beyond = int((~table["in_domain"].to_numpy() & np.isin(status, SCORED)).sum())
-    if beyond:
-        rules[f"domain_score > {image_threshold:.4g} (image check; scored, never is_merger)"] = beyond
+    beyond_rows = ~table["in_domain"].to_numpy() & np.isin(status, SCORED)
+    sat = table["saturated_core"].to_numpy(np.float32, na_value=np.nan)
+    by_sat = (
+        beyond_rows & (sat > task.max_saturated_core) if task.max_saturated_core is not None else beyond_rows & False
+    )
+    for why, k in (
+        (f"saturated_core > {task.max_saturated_core} px (image check; scored, never is_merger)", int(by_sat.sum())),
+        (
+            f"domain_score > {task.image_threshold or 0:.4g} (image check; scored, never is_merger)",
+            int((beyond_rows & ~by_sat).sum()),
+        ),
+    ):
+        if k:
+            rules[why] = k
+    beyond = int(beyond_rows.sum())
     return {"domain_rules": rules, "beyond_image_threshold": beyond} if rules else {}
 
 
@@ -280,7 +300,9 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
         raise RuntimeError(f"image source returned unknown status {sorted(unknown)}")
     counts = pd.Series(status).value_counts().to_dict() if n else {}
     threshold = engine.info.threshold if task.threshold is None else task.threshold
-    table = output_table(df, plan, scores, status, threshold, task.image_threshold) if n else None
+    table = (
+        output_table(df, plan, scores, status, threshold, task.image_threshold, task.max_saturated_core) if n else None
+    )
     if table is not None:
         write_partition(table, layout.dataset_file(part), task.run_meta)
     c = plan.columns
@@ -303,7 +325,7 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
     if failures:  # why a service failed rows (the summary names the leading one)
         info["fetch_failures"] = {str(k): int(v) for k, v in failures.items()}
     if table is not None:
-        info.update(_domain_counts(plan, df, status, table, task.image_threshold))
+        info.update(_domain_counts(plan, df, status, table, task))
     if task.image_threshold is not None and scorer is not None and scorer.no_domain_score:
         info["no_domain_score"] = scorer.no_domain_score  # the card has an image check, this backend gave none
     transient = {k: int(counts[k]) for k in TRANSIENT if counts.get(k)}
