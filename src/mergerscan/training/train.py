@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_path, atomic_write_json, atomic_write_text
-from ..cutouts.preprocess import PreprocessSpec, prepare_batch
+from ..cutouts.preprocess import prepare_batch
 from ..models import imagenet_weights_path
 from . import checkpoint as ckpt
 from . import evaluate as ev
@@ -34,7 +34,8 @@ from .data import build_labelled_set
 from .ema import clone_state, kept_state, update_ema, val_logits
 from .hardware import cpu_flags, cpu_model, use_bf16
 from .loader import BatchLoader, epoch_batches
-from .models import create_model, trainable_tail
+from .models import trainable_tail
+from .source import card_entries, data_options, initial_network, training_spec
 from .steps import _predict_logits, _set_bn_eval_where_frozen, train_step
 
 
@@ -188,15 +189,13 @@ def run(args: TrainArguments, resume: bool = False) -> dict:
 
     if args.init == "imagenet":  # a missing weights file fails before minutes of image decoding
         imagenet_weights_path(args.arch, args.weights)
-    data = build_labelled_set(
-        args.catalog, seed=args.split_seed, cache=args.cache, limit_per_class=args.limit_per_class
-    )
+    data = build_labelled_set(args.catalog, **data_options(args))
     if ck and ck["data_hash"] != data.data_hash:
         raise ckpt.ResumeError(
             f"--resume {out}: the labelled set of {args.catalog} changed since the run began "
             f"(data hash {data.data_hash}, the run's {ck['data_hash']})"
         )
-    spec = PreprocessSpec(stamp_pixels=data.stamps.shape[1], pixel_scale=args.pixel_scale, input_size=args.input_size)
+    spec = training_spec(args, data.stamps.shape[1])
     tr, va, te = (data.indices(s) for s in ("train", "val", "test"))
     labels = data.table["label"].to_numpy()
     run_args = asdict(args) | {"catalog": str(Path(args.catalog).resolve())}  # resumable from any cwd
@@ -231,7 +230,7 @@ def run(args: TrainArguments, resume: bool = False) -> dict:
         if not ck:
             log({"distill": distilled})
 
-    net = create_model(args.arch, init=args.init, weights=args.weights)
+    net = initial_network(args)
     if bf16:
         net = net.to(memory_format=torch.channels_last)
     phases = _phases(args)
@@ -349,8 +348,7 @@ def _finish(args, net, data, spec, splits, train_seconds, bf16, out: Path, disti
         "augmentation": args.augment,
         "mergerscan_version": __version__,
         "command": args.command,
-        "labels": "Darg+2010 mergers vs Galaxy Zoo 1 non-interacting (SDSS DR7)",
-    }
+    } | card_entries(args, data)
     if distilled:
         card["distilled_from"] = distilled
     if args.ema:

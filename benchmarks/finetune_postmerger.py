@@ -1,0 +1,148 @@
+"""Issue 38's worked example: post-mergers (Darg stage 3) against interacting pairs (stages 1-2)
+among the shared mergers, learning curves at 50 / 100 / all training labels, fine-tuned from the
+shipped engine (``mergerscan finetune --from default``) against E2 from ImageNet (``mergerscan
+train``, EfficientNet-Lite0 at the default engine's 224 px), same schedule, same split.
+
+The split is the shipped engine's own (the study's seed-0 object-disjoint split of the whole shared
+catalog, restricted to the 2,420 staged mergers): the test objects were in the engine's test split,
+so neither start has seen them.  The 50 / 100 subsets are drawn from the training part, stratified
+(``--train-labels``).  Runs go one at a time, each resumable (a killed run continues from its last
+epoch when the script is run again); ROC-AUC and PR-AUC on the test part with stratified-bootstrap
+95 % intervals go to ``benchmarks/results/finetune-postmerger.json``.
+
+    nohup nice -n 15 python benchmarks/finetune_postmerger.py --work runs/postmerger > runs/postmerger.log 2>&1 &
+    python benchmarks/finetune_postmerger.py --work runs/postmerger --summarize   # the table, from what finished
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from _common import REPO, RESULTS, need, shared_data
+from mergerscan.atomic import atomic_write_json, atomic_write_text
+from mergerscan.training import evaluate as ev
+from mergerscan.training.data import read_labelled_catalog, with_splits
+
+SIZES = (50, 100, None)  # training labels (None: all)
+STARTS = ("engine", "imagenet")
+SCHEDULE = ["--epochs-top", "1", "--epochs", "2", "--batch-size", "32", "--threads", "2"]
+
+
+def write_labels(shared: Path, path: Path) -> Path:
+    """The staged mergers with post_merger (stage 3) and the shipped engine's own split."""
+    cat = shared / "catalog.csv"
+    full = pd.read_csv(cat)
+    full["split"] = with_splits(read_labelled_catalog(cat), seed=0)["split"].to_numpy()
+    m = full[full["darg_stage"].isin([1, 2, 3])].copy()
+    m["post_merger"] = (m["darg_stage"] == 3).astype(int)
+    m["image"] = [str((shared / p).resolve()) for p in m["image"]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, m.to_csv(index=False))
+    return path
+
+
+def command(start: str, labels: Path, out: Path, n: int | None, cache: Path) -> list[str]:
+    common = ["--catalog", str(labels), "--label-column", "post_merger", "--split-column", "split"]
+    common += SCHEDULE + ["--cache", str(cache), "--out", str(out)] + (["--train-labels", str(n)] if n else [])
+    if start == "engine":
+        return ["finetune", "--from", "default", *common]
+    return ["train", "--arch", "efficientnet_lite0", "--experiment", "e2", "--size", "224", *common]
+
+
+def run_one(argv: list[str], out: Path) -> float | None:
+    """Run (or resume) one training; its wall seconds this invocation, None if already finished."""
+    if (out / "metrics.json").is_file():
+        return None
+    if (out / "checkpoint.pt").is_file():
+        argv = [argv[0], "--resume", str(out), "--threads", "2", "--cache", argv[argv.index("--cache") + 1]]
+    t0 = time.time()
+    print(f"[{time.strftime('%H:%M:%S')}] mergerscan {' '.join(argv)}", flush=True)
+    subprocess.run([sys.executable, "-m", "mergerscan.cli", *argv], check=True)
+    return time.time() - t0
+
+
+def bootstrap(y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    """ROC-AUC and PR-AUC with stratified-bootstrap 95 % intervals (classes resampled apart)."""
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    out = {"roc_auc": [ev.roc_auc(y, p)], "pr_auc": [ev.average_precision(y, p)]}
+    boots: dict[str, list[float]] = {"roc_auc": [], "pr_auc": []}
+    for _ in range(n_boot):
+        i = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        boots["roc_auc"].append(ev.roc_auc(y[i], p[i]))
+        boots["pr_auc"].append(ev.average_precision(y[i], p[i]))
+    return {k: [round(out[k][0], 4), *np.round(np.percentile(boots[k], [2.5, 97.5]), 4).tolist()] for k in boots}
+
+
+def summarize(work: Path) -> dict:
+    rows = []
+    for start in STARTS:
+        for n in SIZES:
+            out = work / f"{start}-{n or 'all'}"
+            if not (out / "metrics.json").is_file():
+                continue
+            m = json.loads((out / "metrics.json").read_text())
+            s = np.load(out / "test_scores.npz", allow_pickle=False)
+            wall = json.loads((out / "wall.json").read_text()) if (out / "wall.json").is_file() else {}
+            rows.append(
+                {
+                    "start": start,
+                    "train_labels": m["card"]["n_train"],
+                    "train_post_mergers": next(
+                        h["train_mergers"]
+                        for h in json.loads((out / "history.json").read_text())
+                        if "train_mergers" in h
+                    ),
+                    "n_test": len(s["y"]),
+                    "test_post_mergers": int(s["y"].sum()),
+                    **bootstrap(s["y"], s["p"]),
+                    "train_seconds": m["card"]["train_seconds"],
+                    "wall_seconds": wall.get("seconds"),
+                    "command": "mergerscan " + " ".join(wall.get("argv", [])),
+                }
+            )
+    res = {
+        "question": "post-merger (Darg stage 3) vs interacting pair (stages 1-2), shared SDSS mergers",
+        "split": "the shipped engine's seed-0 object-disjoint split of the whole catalog, restricted to stages 1-3",
+        "intervals": "stratified bootstrap, 2000 resamples of the test part, 95 % percentile interval",
+        "cpu": "2-core AMD EPYC (AVX-512, avx512_bf16), shared with about 7 other jobs: wall times are upper bounds",
+        "runs": rows,
+    }
+    atomic_write_json(RESULTS / "finetune-postmerger.json", res, indent=1)
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", default=str(REPO / "runs" / "postmerger"))
+    ap.add_argument("--summarize", action="store_true", help="only write the results from the finished runs")
+    a = ap.parse_args(argv)
+    work = Path(a.work).resolve()
+    labels = work / "labels.csv"
+    if not a.summarize:
+        if not labels.is_file():
+            write_labels(need(shared_data("sdss-gz-mergers")), labels)
+        for n in SIZES:
+            for start in STARTS:
+                out = work / f"{start}-{n or 'all'}"
+                argv_ = command(start, labels, out, n, work / "cache")
+                seconds = run_one(argv_, out)
+                if seconds is not None:
+                    prev = json.loads((out / "wall.json").read_text()) if (out / "wall.json").is_file() else {}
+                    total = prev.get("seconds", 0) + seconds
+                    atomic_write_json(out / "wall.json", {"seconds": round(total, 1), "argv": argv_}, indent=1)
+    for r in summarize(work)["runs"]:
+        print(json.dumps({k: r[k] for k in ("start", "train_labels", "roc_auc", "pr_auc", "wall_seconds")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
