@@ -33,7 +33,7 @@ from mergerscan.training.data import read_labelled_catalog, with_splits
 
 SIZES = (50, 100, None)  # training labels (None: all)
 STARTS = ("engine", "imagenet")
-SCHEDULE = ["--epochs-top", "1", "--epochs", "2", "--batch-size", "32", "--threads", "2"]
+SCHEDULE = ["--epochs-top", "1", "--epochs", "2", "--unfreeze-blocks", "2", "--batch-size", "32", "--threads", "2"]
 
 
 def write_labels(shared: Path, path: Path) -> Path:
