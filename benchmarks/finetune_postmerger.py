@@ -139,9 +139,20 @@ def main(argv=None) -> int:
                     prev = json.loads((out / "wall.json").read_text()) if (out / "wall.json").is_file() else {}
                     total = prev.get("seconds", 0) + seconds
                     atomic_write_json(out / "wall.json", {"seconds": round(total, 1), "argv": argv_}, indent=1)
-    for r in summarize(work)["runs"]:
-        print(json.dumps({k: r[k] for k in ("start", "train_labels", "roc_auc", "pr_auc", "wall_seconds")}))
+    print(markdown(summarize(work)["runs"]))
     return 0
+
+
+def markdown(runs: list[dict]) -> str:
+    """The docs/results.md table: one row a run, value [95 % interval]."""
+    head = "| start | training labels (post-mergers) | test ROC-AUC [95 %] | test PR-AUC [95 %] | train s | wall s |\n"
+    head += "|---|---|---|---|---|---|\n"
+    fmt = lambda v: f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+    return head + "\n".join(
+        f"| {'shipped engine' if r['start'] == 'engine' else 'ImageNet'} | {r['train_labels']} ({r['train_post_mergers']}) "
+        f"| {fmt(r['roc_auc'])} | {fmt(r['pr_auc'])} | {r['train_seconds']:.0f} | {r['wall_seconds'] or 0:.0f} |"
+        for r in runs
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from conftest import read_out, run_cli
 from mergerscan.cutouts.preprocess import PreprocessSpec
 from mergerscan.engines import load_engine, read_engine_info
 from mergerscan.engines.base import file_sha256
+from mergerscan.engines.engine_file import write_metadata
 from mergerscan.engines.torch_model import rebuild_model
 from mergerscan.training.data import build_labelled_set, subsample_train, with_splits
 
@@ -134,6 +135,7 @@ def test_finetune_from_the_packaged_engine_on_real_stamps(gz_dir, dask_client, t
     "extra, message",
     [
         (["--from", "nowhere.onnx"], "engine file nowhere.onnx not found"),
+        (["--from", "CATALOG"], "catalog.csv: not a readable engine file"),
         (["--label-column", "nope"], "has no column 'nope'"),
         (["--label-column", "ra"], "column 'ra' must hold 0/1 labels"),
         (["--label-column", "twoblob", "--split-column", "image"], "holds 'images/b000.jpg'; use train, val, test"),
@@ -145,7 +147,7 @@ def test_finetune_bad_input_is_one_line(source, capsys, extra, message):
     root, engine, catalog = source
     argv = ["finetune", "--from", str(engine), "--catalog", str(catalog), "--out", str(root / "bad"), "--threads", "1"]
     with pytest.raises(SystemExit) as e:
-        main([*argv, *extra])
+        main([*argv, *(str(catalog) if x == "CATALOG" else x for x in extra)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
@@ -156,7 +158,7 @@ def test_a_resume_refuses_a_changed_source_engine(source, tmp_path):
     copy.write_bytes(engine.read_bytes())
     run = tmp_path / "run"
     _cli("finetune", "--from", copy, "--catalog", catalog, *FAST, "--out", run, "--stop-after-epochs", 1)
-    copy.write_bytes(copy.read_bytes() + b"\0")  # a different file under the same name
+    write_metadata(copy, copy, card_updates={"name": "another"})  # a different engine under the same name
     r = _cli("finetune", "--resume", run, ok=False)
     assert r.returncode == 2 and "changed since the run began" in r.stderr
 

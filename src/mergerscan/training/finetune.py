@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..engines import resolve_engine_path
-from ..engines.base import file_sha256, read_engine_info
+from ..engines.base import file_sha256
 from .arguments import TrainArguments
+from .source import read_source
 
 
 def source_engine(source: str | Path | None) -> Path:
@@ -29,7 +30,7 @@ def finetune_arguments(source: str | Path | None, catalog: str | Path, out: str 
     """The :class:`TrainArguments` of a fine-tune of ``source`` on ``catalog``: architecture, input
     size, stamp size and pixel scale come from the engine file (options may not change them)."""
     path = source_engine(source)
-    info = read_engine_info(path)
+    info = read_source(path)
     arch = (info.card.get("model") or {}).get("arch") or info.card.get("arch")
     fixed = {"arch", "input_size", "experiment", "stamp_pixels", "pixel_scale", "weights", "distill"}
     if clash := sorted(k for k, v in options.items() if k in fixed and v is not None):

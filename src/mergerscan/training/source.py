@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..cutouts.preprocess import PreprocessSpec
-from ..engines.base import file_sha256, read_engine_info
+from ..engines.base import EngineInfo, file_sha256, read_engine_info
 from .models import MergerNet, create_model
 
 # what the study's catalog (mergerscan train's default label) holds
@@ -22,6 +22,20 @@ class SourceEngineError(ValueError):
     """The engine a fine-tune starts from cannot be used; the message says why in one line."""
 
 
+def read_source(path: str | Path, sha256: str | None = None) -> EngineInfo:
+    """The source engine's spec and card; one-line :class:`SourceEngineError` when the file is
+    missing, is no engine file, or (``sha256`` given: a resume) is not the file the run began from."""
+    path = Path(path)
+    if not path.is_file():
+        raise SourceEngineError(f"--from {path}: no such engine file")
+    if sha256 and file_sha256(path) != sha256:
+        raise SourceEngineError(f"--from {path}: the engine file changed since the run began (sha256 {sha256[:12]}...)")
+    try:
+        return read_engine_info(path)
+    except Exception as exc:  # protobuf/ONNX errors of a file that is no engine: one line, no traceback
+        raise SourceEngineError(f"--from {path}: not a readable engine file ({type(exc).__name__})") from None
+
+
 def initial_network(args) -> MergerNet:
     """The network before training: ImageNet/random (``create_model``), or the engine ``args.init_from``
     with a new, randomly initialised head (seeded by the run's ``torch.manual_seed``)."""
@@ -29,14 +43,8 @@ def initial_network(args) -> MergerNet:
         return create_model(args.arch, init=args.init, weights=args.weights)
     from ..engines.torch_model import rebuild_model
 
-    path = Path(args.init_from)
-    if not path.is_file():
-        raise SourceEngineError(f"--from {path}: no such engine file")
-    if args.init_from_sha256 and file_sha256(path) != args.init_from_sha256:
-        raise SourceEngineError(
-            f"--from {path}: the engine file changed since the run began (sha256 {args.init_from_sha256[:12]}...)"
-        )
-    net, _ = rebuild_model(path)  # batch norms folded into the convolutions, as in the file
+    read_source(args.init_from, args.init_from_sha256)
+    net, _ = rebuild_model(args.init_from)  # batch norms folded into the convolutions, as in the file
     fresh = create_model(**net.config)  # the new head: the same shape, fresh weights
     net.top = fresh.top
     return net.train()
@@ -47,7 +55,7 @@ def training_spec(args, stamp_pixels: int) -> PreprocessSpec:
     stamps must be the size it asks for), else the run's options."""
     if not args.init_from:
         return PreprocessSpec(stamp_pixels=stamp_pixels, pixel_scale=args.pixel_scale, input_size=args.input_size)
-    spec = read_engine_info(args.init_from).spec
+    spec = read_source(args.init_from, args.init_from_sha256).spec
     if spec.stamp_pixels != stamp_pixels:
         raise SourceEngineError(
             f"{args.catalog}: stamps are {stamp_pixels} px; the engine {Path(args.init_from).name} "
@@ -83,7 +91,7 @@ def card_entries(args, data) -> dict:
     if args.train_labels:
         out["train_labels"] = f"{args.train_labels} training rows, stratified, drawn with seed {args.split_seed}"
     if args.init_from:
-        info = read_engine_info(args.init_from)
+        info = read_source(args.init_from, args.init_from_sha256)
         out["finetuned_from"] = {
             "name": info.name,
             "sha256": args.init_from_sha256 or info.sha256,
