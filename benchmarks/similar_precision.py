@@ -51,14 +51,28 @@ def attach(out: Path, npz: Path, dim: int = 32) -> None:
         pq.write_table(tab, f)
 
 
+def write_test_split(path: Path) -> None:
+    """The study's seed-0 test split (id, ra, dec, truth) as a catalog for process-catalog."""
+    from mergerscan.training.data import read_labelled_catalog, with_splits
+
+    t = with_splits(read_labelled_catalog(shared_data("sdss-gz-mergers") / "catalog.csv"), seed=0)
+    t = t[t["split"] == "test"][["id", "ra", "dec", "label"]].rename(columns={"label": "truth"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t.to_csv(path, index=False)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="process-catalog OUT with an embedding column and the truth column")
+    ap.add_argument("--write-test-split", metavar="CSV", help="only write the test-split catalog to CSV and stop")
     ap.add_argument("--truth-column", default="truth")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--attach", help="FEATURES.npz from bench_neighbours.py: write the stand-in embedding column")
     ap.add_argument("--name", default="similar-precision")
     a = ap.parse_args(argv)
+    if a.write_test_split:
+        write_test_split(Path(a.write_test_split))
+        return 0
     out = Path(a.out)
     if a.attach:
         attach(out, Path(a.attach))
