@@ -117,7 +117,49 @@ def summarize(work: Path) -> dict:
         "runs": rows,
     }
     atomic_write_json(RESULTS / "finetune-postmerger.json", res, indent=1)
+    if rows:
+        plot(rows, RESULTS / "finetune-postmerger.png")
     return res
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Learning curves: test ROC-AUC and PR-AUC against training labels, one line a start."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mergerscan.atomic import atomic_path
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key in zip(axes, ("roc_auc", "pr_auc")):
+        for start, colour in zip(STARTS, ("C0", "C1")):
+            rs = sorted((r for r in rows if r["start"] == start), key=lambda r: r["train_labels"])
+            if not rs:
+                continue
+            x = [r["train_labels"] for r in rs]
+            v = np.array([r[key] for r in rs])
+            ax.errorbar(
+                x,
+                v[:, 0],
+                yerr=[v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]],
+                marker="o",
+                capsize=3,
+                color=colour,
+                label="from the shipped engine" if start == "engine" else "from ImageNet",
+            )
+        ax.set(xscale="log", xlabel="training labels", ylabel=f"test {key.replace('_', '-').upper()}")
+        ticks = sorted({r["train_labels"] for r in rows})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+    axes[1].axhline(rows[0]["test_post_mergers"] / rows[0]["n_test"], color="grey", ls="--", lw=1, label="chance")
+    axes[0].axhline(0.5, color="grey", ls="--", lw=1)
+    axes[1].legend(fontsize=8)
+    fig.suptitle("Post-mergers (Darg stage 3) against pairs (stages 1-2), test split, 95 % bootstrap", fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
