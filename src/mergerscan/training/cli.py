@@ -148,8 +148,8 @@ def calibrate(ap, a):
     import json
     from pathlib import Path
 
-    from .atomic import atomic_write_json
-    from .training.calibrate import calibrate_engine
+    from ..atomic import atomic_write_json
+    from .calibrate import calibrate_engine
 
     data = Path(a.data) / "catalog.csv" if Path(a.data).is_dir() else Path(a.data)
     for what, path in (("ENGINE", Path(a.engine)), ("--data", data)):
@@ -201,7 +201,7 @@ def curve(ap, a):
     import json
     from pathlib import Path
 
-    from .training.operating_curve import write_operating_curve
+    from .operating_curve import write_operating_curve
 
     data = Path(a.data) / "catalog.csv" if Path(a.data).is_dir() else Path(a.data)
     for what, path in (("ENGINE", Path(a.engine)), ("--data", data)):
@@ -216,12 +216,12 @@ def curve(ap, a):
 
 def train(ap, a, parser):
     """train and finetune (a fine-tune is an E2 run from the engine's network: training.finetune)."""
-    from .models import MissingWeightsError
-    from .training.checkpoint import ResumeError, resume_arguments
-    from .training.distill import DistillError
-    from .training.finetune import finetune_arguments
-    from .training.loader import LoaderError
-    from .training.train import TrainArguments, run
+    from ..models import MissingWeightsError
+    from .checkpoint import ResumeError, resume_arguments
+    from .distill import DistillError
+    from .finetune import finetune_arguments
+    from .loader import LoaderError
+    from .train import TrainArguments, run
 
     kw = {k: v for k, v in vars(a).items() if k not in ("verb", "resume", "source")}
     fail = lambda exc: ap.exit(2, f"mergerscan {a.verb}: error: {exc}\n")
