@@ -187,3 +187,16 @@ def test_refused_dimensions_and_engines(dask_client, catalog, gz_dir, repr_engin
 def test_resume_with_another_dimension_is_refused(runs, dask_client, catalog, gz_dir, repr_engine, capsys):
     rc, _, err = _run(dask_client, catalog, gz_dir, runs["ort"], "--embeddings", "4", engine=repr_engine, capsys=capsys)
     assert rc == 2 and "different embeddings" in err, err
+
+
+def test_report_has_the_embedding_map_only_with_embeddings(runs):
+    from mergerscan.report import build_report
+
+    with_map = build_report(runs["ort"]).read_text()
+    assert 'id="embeddings"' in with_map and 'href="#embeddings"' in with_map
+    assert 'alt="embedding map"' in with_map  # the figure was drawn, not replaced by a note
+    section = with_map.split('id="embeddings"')[1].split("</section>")[0]
+    assert section.count('class="stamp') == 12  # the numbered cutouts spread over the map
+    assert (runs["ort"] / "report" / "embedding_map.png").stat().st_size > 0
+    without = build_report(runs["plain"]).read_text()
+    assert 'id="embeddings"' not in without and not (runs["plain"] / "report" / "embedding_map.png").exists()
