@@ -200,3 +200,13 @@ def test_report_has_the_embedding_map_only_with_embeddings(runs):
     assert (runs["ort"] / "report" / "embedding_map.png").stat().st_size > 0
     without = build_report(runs["plain"]).read_text()
     assert 'id="embeddings"' not in without and not (runs["plain"] / "report" / "embedding_map.png").exists()
+
+
+def test_engine_info_shows_the_representation(repr_engine, cheap_engine, capsys):
+    from mergerscan.cli import main as mergerscan
+
+    assert mergerscan(["engine-info", str(repr_engine)]) == 0
+    line = next(t for t in capsys.readouterr().out.splitlines() if t.startswith("representation"))
+    assert f"{K} PCA components of backbone_pool" in line and f"the first {K}:" in line and "the 24 conftest" in line
+    assert mergerscan(["engine-info", str(cheap_engine)]) == 0
+    assert "representation none" in capsys.readouterr().out
