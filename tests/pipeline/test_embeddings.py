@@ -210,3 +210,15 @@ def test_engine_info_shows_the_representation(repr_engine, cheap_engine, capsys)
     assert f"{K} PCA components of backbone_pool" in line and f"the first {K}:" in line and "the 24 conftest" in line
     assert mergerscan(["engine-info", str(cheap_engine)]) == 0
     assert "representation none" in capsys.readouterr().out
+
+
+def test_rerun_retries_transient_rows_and_keeps_the_vectors(runs, dask_client, catalog, gz_dir, repr_engine, capsys):
+    """The no_image row is retried on a re-run; the partition's other rows keep their vectors as written."""
+    before = parquet_table(runs["ort"])
+    rc, _, err = _run(
+        dask_client, catalog, gz_dir, runs["ort"], "--embeddings", str(N), engine=repr_engine, capsys=capsys
+    )
+    assert rc == 0, err
+    after = parquet_table(runs["ort"])
+    key = ["id", "status", "embedding"]
+    assert sorted(after.select(key).to_pylist(), key=str) == sorted(before.select(key).to_pylist(), key=str)
