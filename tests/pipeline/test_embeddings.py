@@ -222,3 +222,15 @@ def test_rerun_retries_transient_rows_and_keeps_the_vectors(runs, dask_client, c
     after = parquet_table(runs["ort"])
     key = ["id", "status", "embedding"]
     assert sorted(after.select(key).to_pylist(), key=str) == sorted(before.select(key).to_pylist(), key=str)
+
+
+def test_a_kept_embedding_column_is_renamed_only_in_runs_that_write_one():
+    from mergerscan.catalogs.schema import output_names
+    from mergerscan.catalogs.write import carried_names, column_info
+
+    assert output_names(["embedding", "z"], "id") == {"embedding": "embedding", "z": "z"}
+    assert output_names(["Embedding"], "objid", ("embedding",)) == {"Embedding": "in_Embedding"}
+    kept = pa.schema([("id", pa.string()), ("embedding", pa.float64())])  # an input column, not the vector
+    assert carried_names(kept) == {"embedding"} and column_info("embedding", carried_names(kept))[1] is None
+    ours = pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32(), N))])
+    assert carried_names(ours) == set() and column_info("embedding")[1] == "src.morph;stat.fit"
