@@ -234,3 +234,37 @@ def test_a_kept_embedding_column_is_renamed_only_in_runs_that_write_one():
     assert carried_names(kept) == {"embedding"} and column_info("embedding", carried_names(kept))[1] is None
     ours = pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32(), N))])
     assert carried_names(ours) == set() and column_info("embedding")[1] == "src.morph;stat.fit"
+
+
+class _Recording:
+    """The real engine, noting whether each call asked for the features."""
+
+    def __init__(self, inner):
+        self.inner, self.asked = inner, []
+
+    def score(self, stamps, *, features=False):
+        self.asked.append(features)
+        return self.inner.score(stamps, features=features)
+
+
+@pytest.mark.parametrize("dim", [0, N])
+def test_features_are_asked_for_only_with_the_flag(dim, repr_engine, gz_dir):
+    """BatchScorer on the real stamp source: without --embeddings (0) no call asks for the
+    features and the scores hold no vectors; with N every call does and the rows get them."""
+    from mergerscan.cutouts.sources import SourceConfig, open_source
+    from mergerscan.pipeline.rows import Scores
+    from mergerscan.pipeline.task import BatchScorer
+
+    engine = _Recording(load_engine(repr_engine, views=1))
+    ids = [f.stem for f in sorted(gz_dir.glob("images/*.jpg"))[:6]] + ["NO_SUCH_STAMP"]
+    rows = pd.DataFrame({"id": ids, "ra": np.full(7, 150.0), "dec": np.full(7, 2.0)})
+    status, scores = np.full(7, "", object), Scores.empty(7, dim)
+    src = open_source(SourceConfig("stamps", str(gz_dir / "images")), engine.inner.spec)
+    try:
+        BatchScorer(src, engine, rows, status, scores, {}, np.arange(7)).run([np.arange(4), np.arange(4, 7)])
+    finally:
+        src.close()
+    assert engine.asked == [dim > 0] * 2 and scores.embedding.shape == (7, dim)
+    assert list(status[:6]) == ["ok"] * 6 and status[6] == "no_image"
+    if dim:
+        assert np.isfinite(scores.embedding[:6]).all() and np.isnan(scores.embedding[6]).all()
