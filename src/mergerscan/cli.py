@@ -6,87 +6,6 @@ import argparse
 import sys
 
 
-def _train_parser(sub):
-    p = sub.add_parser("train", help="train a model (E1 scratch / E2 transfer) and export an engine")
-    p.add_argument("--catalog", help="labelled catalog (CSV/FITS/Parquet) with is_merger and image (required)")
-    p.add_argument("--out", help="run directory (model.onnx, metrics.json, plots, checkpoint.pt) (required)")
-    p.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue the stopped run in RUN_DIR from its last "
-        "checkpoint, with RUN_DIR's configuration (options given with it must match)",
-    )
-    p.add_argument("--arch", default="efficientnet_lite0")
-    p.add_argument("--experiment", default="e2", choices=["e1", "e2"])
-    p.add_argument("--size", dest="input_size", type=int, default=128, help="model input size (px)")
-    p.add_argument("--epochs", type=int, default=8, help="E1 epochs, or E2 fine-tune epochs")
-    p.add_argument("--epochs-top", type=int, default=2, help="E2 phase-1 epochs (frozen base, Adam)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.02, help="E1 SGD learning rate")
-    p.add_argument("--lr-top", type=float, default=1e-3)
-    p.add_argument("--lr-finetune", type=float, default=5e-3)
-    p.add_argument("--unfreeze-blocks", type=int, default=4)
-    p.add_argument("--weights", help="ImageNet weights file for --experiment e2")
-    p.add_argument("--seed", type=int, default=0, help="weight init, batch order and augmentation")
-    p.add_argument("--split-seed", type=int, default=0, help="train/val/test split (keep it fixed to compare seeds)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--limit-per-class", type=int, help="use a small subset (smoke tests)")
-    p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image cache directory")
-    p.add_argument("--int8", action="store_true", help="also export a static INT8 model and measure it")
-    p.add_argument("--name")
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=0,
-        help="end a phase when validation loss has not improved for N epochs (0: run every epoch)",
-    )
-    p.add_argument(
-        "--bf16",
-        default="auto",
-        choices=["auto", "on", "off"],
-        help="bf16 autocast + channels_last: auto = where the CPU has AVX512-BF16 or AMX",
-    )
-    p.add_argument("--prefetch", type=int, default=2, help="batches prepared ahead in the loader thread (0: none)")
-    p.add_argument(
-        "--stop-after-epochs",
-        type=int,
-        metavar="N",
-        help="stop this invocation after N epochs, leaving a checkpoint for --resume",
-    )
-    p.add_argument(
-        "--no-export",
-        dest="export",
-        action="store_false",
-        help="evaluate but write no ONNX engine file (quicker study runs)",
-    )
-    p.add_argument(
-        "--distill",
-        metavar="ENGINE",
-        help="teacher engine file (or 'default'): train on its calibrated probabilities mixed with the labels",
-    )
-    p.add_argument(
-        "--distill-weight",
-        type=float,
-        default=0.5,
-        help="share of the teacher in the training target (with --distill; default 0.5)",
-    )
-    p.add_argument(
-        "--ema",
-        type=float,
-        default=0.0,
-        metavar="DECAY",
-        help="validate, keep and export an exponential moving average of the weights "
-        "(decay per step, e.g. 0.998; default 0: off)",
-    )
-    p.add_argument(
-        "--augment",
-        default="standard",
-        help="training augmentation: standard (rotation, flip, shift, scale 0.9-1.1, brightness) or survey "
-        "(wider shift and scale, plus seeing blur, per-band gain and sky noise)",
-    )
-    return p
-
-
 def _report_parser(sub):
     p = sub.add_parser(
         "report",
@@ -155,105 +74,47 @@ def _samp(ap, a):
     print(f"mergerscan samp: sent to {', '.join(names)}")
 
 
-def _calibrate_parser(sub):
+def _similar_parser(sub):
     p = sub.add_parser(
-        "calibrate",
-        help="fit an engine's temperature and threshold per test-time view count on "
-        "a labelled catalog's validation split; write a calibrated copy",
+        "similar",
+        help="the k rows of a run nearest to one object by embedding (faiss index cached under OUT/similar), "
+        "with an HTML gallery of their cutouts",
     )
-    p.add_argument("engine", help="engine file (.onnx)")
-    p.add_argument(
-        "--data", required=True, help="labelled catalog (is_merger, ra, dec, image) or a directory holding catalog.csv"
-    )
-    p.add_argument("-o", "--out", required=True, help="the calibrated engine file to write")
-    p.add_argument("--views", type=int, nargs="+", default=[1, 2, 4, 8], help="view counts to calibrate")
-    p.add_argument(
-        "--default-views",
-        type=int,
-        help="the card's default view count (one of --views), e.g. 1 for a CPU-cost budget; "
-        "default: the count with the best validation macro F1",
-    )
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=0, help="split seed (as training's)")
-    p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image cache directory")
-    p.add_argument("--limit-per-class", type=int, help="use a small subset (smoke tests)")
-    p.add_argument("--results", help="also write the per-view summary (JSON) here")
-    p.add_argument(
-        "--eval-dir",
-        help="also write an evaluation directory for the default view count (metrics.json with the survey "
-        "prevalence table and the worst failures, plots, test scores): `mergerscan report DIR` shows it",
-    )
+    p.add_argument("out", help="process-catalog OUT directory whose output has an embedding column")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--like", metavar="ID", help="the id (the run's id column) of a row of the run")
+    q.add_argument("--like-file", metavar="STAMP", help="a stamp image (the engine's size) not in the catalog")
+    p.add_argument("--k", type=int, default=20, help="neighbours to return (default 20)")
+    p.add_argument("--column", default="embedding", help="the vector column (default embedding)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the cached index")
+    p.add_argument("--html", help="write the gallery here (default OUT/similar/like-<ID>.html)")
+    p.add_argument("--no-html", action="store_true", help="print the neighbours only")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
 
-def _calibrate(ap, a):
+def _similar(ap, a):
     import json
-    from pathlib import Path
 
-    from .atomic import atomic_write_json
-    from .training.calibrate import calibrate_engine
+    from .similar import SimilarError, similar, write_page
 
-    data = Path(a.data) / "catalog.csv" if Path(a.data).is_dir() else Path(a.data)
-    for what, path in (("ENGINE", Path(a.engine)), ("--data", data)):
-        if not path.is_file():
-            ap.exit(2, f"mergerscan calibrate: error: {what} {path}: no such file\n")
     try:
-        res = calibrate_engine(
-            a.engine,
-            data,
-            a.out,
-            views=a.views,
-            threads=a.threads,
-            cache=a.cache,
-            split_seed=a.split_seed,
-            limit_per_class=a.limit_per_class,
-            eval_dir=a.eval_dir,
-            default_views=a.default_views,
-        )
-    except ValueError as exc:
-        ap.exit(2, f"mergerscan calibrate: error: {exc}\n")
-    if a.results:
-        atomic_write_json(a.results, res, indent=1, default=float)
-    for n in a.views:
-        r = res[f"views_{n}"]
-        print(
-            f"{n} view(s): T {r['temperature']:.3f} threshold {r['threshold']:.4f} | val macro F1 "
-            f"{r['val_macro_f1']:.4f} | test macro F1 {r['test']['macro']['f1']:.4f}"
-        )
-    print(json.dumps({"out": res["out"], "default_views": res["default_views"]}))
-
-
-def _curve_parser(sub):
-    p = sub.add_parser(
-        "operating-curve",
-        help="score a labelled catalog's validation split with an engine at each calibrated view count and "
-        "write the validation operating curve into its card (metadata only; process-catalog --purity reads it)",
+        res = similar(a.out, a.like, like_file=a.like_file, k=a.k, column=a.column, rebuild=a.rebuild)
+    except (SimilarError, FileNotFoundError) as exc:
+        ap.exit(2, f"mergerscan similar: error: {exc}\n")
+    page = None if a.no_html else write_page(res, a.html)
+    if a.json:
+        print(json.dumps(res.to_dict() | {"html": str(page) if page else None}, default=str))
+        return
+    ix = res.index
+    print(
+        f"# index: {ix['kind']} {ix['factory']}, {ix['rows']:,} rows of {ix['dim']}-d {ix['column']!r}"
+        f"{' (built now)' if res.built_now else ' (cached)'}"
     )
-    p.add_argument("engine", help="engine file (.onnx)")
-    p.add_argument(
-        "--data", required=True, help="labelled catalog (is_merger, ra, dec, image) or a directory holding catalog.csv"
-    )
-    p.add_argument("-o", "--out", help="the engine file to write (default: ENGINE, in place)")
-    p.add_argument("--split-seed", type=int, default=0, help="split seed (as training's; the card's split)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image and validation-logit cache directory")
-
-
-def _curve(ap, a):
-    import json
-    from pathlib import Path
-
-    from .training.operating_curve import write_operating_curve
-
-    data = Path(a.data) / "catalog.csv" if Path(a.data).is_dir() else Path(a.data)
-    for what, path in (("ENGINE", Path(a.engine)), ("--data", data)):
-        if not path.is_file():
-            ap.exit(2, f"mergerscan operating-curve: error: {what} {path}: no such file\n")
-    try:
-        res = write_operating_curve(a.engine, data, a.out, a.split_seed, a.cache, a.threads)
-    except ValueError as exc:
-        ap.exit(2, f"mergerscan operating-curve: error: {exc}\n")
-    print(json.dumps(res))
+    cols = [c for c in ("rank", "distance", "id", "ra", "dec", "p_merger", "status") if c in res.neighbours]
+    print(res.neighbours[cols].to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    if page:
+        print(page)
 
 
 def _engine_info_parser(sub):
@@ -314,52 +175,36 @@ def _engine_info(ap, a):
 
 
 def main(argv=None):
+    from .training import cli as tcli
+
     ap = argparse.ArgumentParser(prog="mergerscan")
     sub = ap.add_subparsers(dest="verb", required=True)
-    train_parser = _train_parser(sub)
+    train_parser = tcli.train_parser(sub)
+    finetune_parser = tcli.finetune_parser(sub)
     _report_parser(sub)
     _samp_parser(sub)
-    _calibrate_parser(sub)
-    _curve_parser(sub)
+    tcli.calibrate_parser(sub)
+    tcli.curve_parser(sub)
     _engine_info_parser(sub)
+    _similar_parser(sub)
     a = ap.parse_args(argv)
     if a.verb == "operating-curve":
-        _curve(ap, a)
+        tcli.curve(ap, a)
     if a.verb == "engine-info":
         _engine_info(ap, a)
+    if a.verb == "similar":
+        _similar(ap, a)
     if a.verb == "calibrate":
-        _calibrate(ap, a)
+        tcli.calibrate(ap, a)
     if a.verb == "samp":
         _samp(ap, a)
     if a.verb == "report":
         _report(ap, a)
     if a.verb == "train":
-        _train(ap, a, train_parser)
+        tcli.train(ap, a, train_parser)
+    if a.verb == "finetune":
+        tcli.train(ap, a, finetune_parser)
     return 0
-
-
-def _train(ap, a, train_parser):
-    from .models import MissingWeightsError
-    from .training.checkpoint import ResumeError, resume_arguments
-    from .training.distill import DistillError
-    from .training.loader import LoaderError
-    from .training.train import TrainArguments, run
-
-    kw = {k: v for k, v in vars(a).items() if k not in ("verb", "resume")}
-    fail = lambda exc: ap.exit(2, f"mergerscan train: error: {exc}\n")
-    try:
-        if a.resume:  # the run's own configuration; options typed here must agree with it
-            given = {k: v for k, v in kw.items() if v != train_parser.get_default(k)}
-            kw = resume_arguments(a.resume, given)
-        elif not (a.catalog and a.out):
-            fail("--catalog and --out are required (or --resume RUN_DIR)")
-        args = TrainArguments(**kw)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(exc)
-    try:
-        run(args, resume=bool(a.resume))
-    except (MissingWeightsError, ResumeError, LoaderError, DistillError) as exc:
-        fail(exc)
 
 
 def process_catalog_main(argv=None):

@@ -6,6 +6,8 @@
     OUT/parquet/                    the HATS catalog (catalogs/hats.py: dataset/, bad_coords/, metadata)
     OUT/summary.json                the run summary (run_summary.RunSummary)
     OUT/report/index.html           the HTML report
+    OUT/similar/                    the vector index of the embedding column and its provenance,
+                                    neighbour pages (``mergerscan similar``)
     OUT/_work/                      bookkeeping, see :class:`WorkLayout`
 
 The pipeline writes these paths and the report and the command line read them; nobody else
@@ -26,8 +28,9 @@ CATALOG = "parquet"
 FITS = "mergers.fits"
 SUMMARY = "summary.json"
 REPORT = "report"
+SIMILAR = "similar"
 # everything a run writes under OUT (the only entries --overwrite removes)
-OUTPUTS = (WORK, CATALOG, FITS, SUMMARY, REPORT)
+OUTPUTS = (WORK, CATALOG, FITS, SUMMARY, REPORT, SIMILAR)
 
 
 class PartitionLike(Protocol):
@@ -151,6 +154,25 @@ class RunLayout:
     @property
     def report_index(self) -> Path:
         return self.report_dir / "index.html"
+
+    @property
+    def similar_dir(self) -> Path:
+        """``mergerscan similar``'s files: the index (built once, rebuilt when the dataset changes)."""
+        return self.root / SIMILAR
+
+    @property
+    def similar_index(self) -> Path:
+        return self.similar_dir / "index.faiss"
+
+    @property
+    def similar_provenance(self) -> Path:
+        """What the index was built from (column, rows, dataset fingerprint, index kind, versions)."""
+        return self.similar_dir / "index.json"
+
+    def similar_page(self, name: str) -> Path:
+        """A neighbour gallery; ``name`` is made file-safe here."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")[:80] or "query"
+        return self.similar_dir / f"like-{safe}.html"
 
     @property
     def catalog_dir(self) -> Path:

@@ -382,7 +382,9 @@ def test_run_layout_is_the_on_disk_format():
     assert str(o.dataset_file(Partition(6, 5, 1234, sub=1, nsub=3))) == "/o/_work/pieces/part-000006.parquet"
     assert str(o.dataset_file(Partition(2, 5, 21234))) == "/o/parquet/dataset/Norder=5/Dir=20000/Npix=21234.parquet"
     assert str(o.dataset_file(Partition(9, -1, 0, sub=2, nsub=3))) == "/o/parquet/bad_coords/part-0002.parquet"
-    assert [p.name for p in o.outputs()] == ["_work", "parquet", "mergers.fits", "summary.json", "report"]
+    assert [p.name for p in o.outputs()] == ["_work", "parquet", "mergers.fits", "summary.json", "report", "similar"]
+    assert (str(o.similar_index), str(o.similar_provenance)) == ("/o/similar/index.faiss", "/o/similar/index.json")
+    assert str(o.similar_page("../x y/588018055654998067")) == "/o/similar/like-x_y_588018055654998067.html"
 
 
 def test_run_summary_reading_rules():

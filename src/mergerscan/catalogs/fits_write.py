@@ -45,6 +45,7 @@ FITS_KEYWORDS = {
     "command": "COMMAND",
     "domain": "DOMAIN",  # --domain on|off|catalog|image
     "domain_threshold": "DOMTHR",  # the image check's threshold on domain_score (absent: not applied)
+    "domain_saturated": "DOMSAT",  # ... and its limit on saturated_core (absent: not applied)
     "embeddings": "EMBDIM",  # --embeddings N: the embedding column's dimension (absent: no column)
 }
 

@@ -116,7 +116,7 @@ OUTPUT_COLUMNS = {
         "false: outside the engine's training domain by a check that was applied",
         "false where a domain check that was applied puts the row outside what the engine was trained on: "
         "status `out_of_domain` (catalog rules), or `domain_score` above the image check's threshold (header "
-        "`DOMTHR`; such rows keep their `p_merger`); true otherwise, also where nothing could decide. "
+        "`DOMTHR`) or `saturated_core` above its limit (header `DOMSAT`; such rows keep their `p_merger`); true otherwise, also where nothing could decide. "
         "All true with `--domain off` (header `DOMAIN`)",
     ),
     "domain_score": Column(
@@ -127,6 +127,15 @@ OUTPUT_COLUMNS = {
         "the engine's image-level distance of the stamp from its training galaxies (larger = farther; "
         "dimensionless, the engine card's `domain.image.score` says which statistic); NaN where not scored or "
         "where the engine has no image check. Computed even with `--domain off`, then not applied",
+    ),
+    "saturated_core": Column(
+        "int16",
+        "pix",
+        "instr.saturation",
+        "saturated pixels in the stamp's central 13 x 13 px",
+        "pixels of the stamp's central 13 x 13 px box whose brightest channel is >= 250: a bright star's core "
+        "saturates the survey stretch, a training galaxy's almost never does. Above the engine card's "
+        "`domain.image.max_saturated_core` (header `DOMSAT`) the row is not `in_domain`; null where not scored",
     ),
     "embedding": Column(
         "float32[N]",

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cutouts.preprocess import PreprocessSpec, prepare_batch
-from .domain import EngineDomain
+from .domain import EngineDomain, saturated_core
 from .engine_file import CARD_KEY, SPEC_KEY, card_of, load_metadata, require_spec
 
 __all__ = [
@@ -138,6 +138,7 @@ class EngineOutput:
     p_merger: np.ndarray  # (N,) float32, calibrated
     domain_score: np.ndarray | None = None  # (N,) float32; None: the engine has no image-domain check
     features: np.ndarray | None = None  # (N, D) float32 penultimate features; only when asked
+    saturated_core: np.ndarray | None = None  # (N,) int16 saturated pixels in the stamp's centre (domain.py)
 
 
 class Engine:
@@ -257,7 +258,7 @@ class Engine:
         ``features=True``, the embedding (the PCA coordinates of the pooled penultimate features,
         (N, k); not the raw features), all averaged over the views, from the same net call."""
         z, emb, d = self.stamp_outputs(stamps)
-        return EngineOutput(self.calibrate(z), d, emb if features else None)
+        return EngineOutput(self.calibrate(z), d, emb if features else None, saturated_core(self._checked(stamps)))
 
     def close(self):
         pass

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
+
 
 def _from_dict(cls, data: dict | None):
     if not data:
@@ -65,15 +67,33 @@ def _range(name: str, lo: float | None, hi: float | None) -> str | None:
     return f"{name} <= {hi:g}" if hi is not None else None
 
 
+# A bright star's core saturates the survey stretch (255 in the stamp's centre) and its diffraction
+# spikes look like tidal features to the network; the training galaxies' cores almost never
+# saturate.  Counted on the uint8 stamp itself, so every backend gets the same integer.
+CORE_BOX = 13  # px: the central box (about 5" at the stamps' 0.396"/px)
+SATURATED = 250  # a pixel whose brightest channel reaches this is saturated (JPEG-safe margin below 255)
+
+
+def saturated_core(stamps: np.ndarray) -> np.ndarray:
+    """Pixels of each uint8 stamp (N, H, W, 3) in the central CORE_BOX x CORE_BOX box whose
+    brightest channel is >= SATURATED, as int16 (N,)."""
+    h = stamps.shape[1] // 2 - CORE_BOX // 2
+    w = stamps.shape[2] // 2 - CORE_BOX // 2
+    core = stamps[:, h : h + CORE_BOX, w : w + CORE_BOX, :].max(axis=3)
+    return (core >= SATURATED).sum(axis=(1, 2)).astype(np.int16)
+
+
 @dataclass(frozen=True)
 class ImageDomain:
     """The image-level check: ``score`` names the per-row statistic, ``threshold`` its cut
-    (rows with a score above it are outside the domain)."""
+    (rows with a score above it are outside the domain); ``max_saturated_core``: rows whose
+    :func:`saturated_core` exceeds it are outside too (None: not applied)."""
 
     score: str
     threshold: float
     description: str = ""
     pass_fraction: float | None = None  # the share of each class's validation galaxies that pass
+    max_saturated_core: int | None = None
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,12 @@ class DomainSettings:
             return lim["image_threshold"]
         return domain.image.threshold if domain.image is not None else None
 
+    def max_saturated_core(self, domain: EngineDomain) -> int | None:
+        """The image check's limit on saturated core pixels (None: not applied)."""
+        if not self.image or domain.image is None:
+            return None
+        return domain.image.max_saturated_core
+
     def fingerprint(self) -> dict:
         return {"mode": self.mode, "columns": dict(self.columns), "limits": dict(self.limits)}
 

@@ -33,6 +33,7 @@ def run_meta(args: ProcessArguments, info, op: OperatingPoint | None = None) -> 
     return {
         "domain": args.domain,
         "domain_threshold": args.domain_settings.image_threshold(info.domain),
+        "domain_saturated": args.domain_settings.max_saturated_core(info.domain),
         "engine_name": info.name,
         "engine_sha256": info.sha256,
         "threshold": op.threshold,
@@ -192,6 +193,7 @@ def domain_applied(args: ProcessArguments, plan: Plan, info) -> dict:
         "mode": settings.mode,
         "catalog_rules": [r.reason() for r in CatalogRules.from_dict(plan.domain).rules],
         "image_threshold": settings.image_threshold(info.domain),
+        "max_saturated_core": settings.max_saturated_core(info.domain),
         "limits": dict(settings.limits),
     }
 
@@ -206,8 +208,10 @@ def format_domain(s: RunSummary) -> list[str]:
         return []
     if d["mode"] == "off":
         return ["  domain            off: every row scored, is_merger not limited to the training domain"]
-    checks = [*d["catalog_rules"]] + (
-        [f"domain_score > {d['image_threshold']:.4g}"] if d.get("image_threshold") is not None else []
+    checks = (
+        [*d["catalog_rules"]]
+        + ([f"domain_score > {d['image_threshold']:.4g}"] if d.get("image_threshold") is not None else [])
+        + ([f"saturated_core > {d['max_saturated_core']} px"] if d.get("max_saturated_core") is not None else [])
     )
     rules = ", ".join(f"{k} {v}" for k, v in (s.domain_rules or {}).items())
     why = [w for m, w in (("image", "the engine has no image check"), ("catalog", NO_COLUMN)) if d["mode"] in ("on", m)]

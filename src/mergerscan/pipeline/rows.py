@@ -20,13 +20,15 @@ class Scores(NamedTuple):
 
     p_merger: np.ndarray  # float32
     domain_score: np.ndarray  # float32; NaN also where the engine has no image check
+    saturated_core: np.ndarray  # float32 pixel counts (engines.domain.saturated_core); NaN where not scored
     embedding: np.ndarray  # (n, N) float32, --embeddings N; (n, 0) without
 
     @classmethod
     def empty(cls, n: int, embeddings: int = 0) -> Scores:
-        return cls(
-            np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32), np.full((n, embeddings), np.nan, np.float32)
-        )
+        def nan() -> np.ndarray:
+            return np.full(n, np.nan, np.float32)
+
+        return cls(nan(), nan(), nan(), np.full((n, embeddings), np.nan, np.float32))
 
 
 def embedding_column(e: np.ndarray, scored: np.ndarray) -> pd.arrays.ArrowExtensionArray:
@@ -101,15 +103,20 @@ def triage(df: pd.DataFrame, plan: Plan, examples: dict) -> tuple[np.ndarray, np
     return status, ids
 
 
-def in_domain(status: np.ndarray, domain_score: np.ndarray, image_threshold: float | None) -> np.ndarray:
+def in_domain(
+    status: np.ndarray, scores: Scores, image_threshold: float | None, max_saturated: int | None
+) -> np.ndarray:
     """False where a domain check that was applied puts the row outside the engine's training
     domain: status out_of_domain (catalog rules), or scored with ``domain_score`` beyond the
-    image check's threshold (None: not applied); True otherwise, including rows no check could
-    decide (a NaN score)."""
+    image check's threshold or ``saturated_core`` beyond its limit (None: not applied); True
+    otherwise, including rows no check could decide (a NaN score)."""
     inside = status != "out_of_domain"
-    if image_threshold is not None:
-        with np.errstate(invalid="ignore"):
-            inside &= ~(np.isin(status, SCORED) & (domain_score > image_threshold))
+    scored = np.isin(status, SCORED)
+    with np.errstate(invalid="ignore"):
+        if image_threshold is not None:
+            inside &= ~(scored & (scores.domain_score > image_threshold))
+        if max_saturated is not None:
+            inside &= ~(scored & (scores.saturated_core > max_saturated))
     return inside
 
 
@@ -119,10 +126,17 @@ def _scored(status: np.ndarray, scores: Scores) -> np.ndarray:
 
 
 def output_table(
-    df: pd.DataFrame, plan: Plan, scores: Scores, status: np.ndarray, threshold: float, image_threshold: float | None
+    df: pd.DataFrame,
+    plan: Plan,
+    scores: Scores,
+    status: np.ndarray,
+    threshold: float,
+    image_threshold: float | None,
+    max_saturated: int | None = None,
 ) -> pd.DataFrame:
     c = plan.columns
-    inside = in_domain(status, scores.domain_score, image_threshold)
+    inside = in_domain(status, scores, image_threshold, max_saturated)
+    sat = scores.saturated_core
     out = {
         id_output_name(plan.id_kind): output_ids(df[c["id"]], plan.id_kind),
         "ra": df[c["ra"]].to_numpy(np.float64),
@@ -131,6 +145,7 @@ def output_table(
         "is_merger": is_merger(scores.p_merger, threshold, inside),
         "in_domain": inside,
         "domain_score": scores.domain_score.astype(np.float32),
+        "saturated_core": pd.arrays.IntegerArray(np.nan_to_num(sat).astype(np.int16), np.isnan(sat)),
         **(
             {"embedding": embedding_column(scores.embedding, _scored(status, scores))}
             if scores.embedding.shape[1]

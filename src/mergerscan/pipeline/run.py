@@ -78,6 +78,7 @@ def _score(args: ProcessArguments, client, engine_path, info, op, parts: list[Pa
         threshold=op.threshold,
         fault_hook=args.fault_hook,
         image_threshold=args.domain_settings.image_threshold(info.domain),
+        max_saturated_core=args.domain_settings.max_saturated_core(info.domain),
         embeddings=args.embeddings,
     )
     # GPU backends: tasks need one unit of the GPU resource that GPU workers advertise (one per

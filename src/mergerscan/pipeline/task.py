@@ -54,6 +54,7 @@ class PartitionTask:
     threshold: float | None = None  # of is_merger (the run's operating point); None: the engine's
     fault_hook: str | None = None  # faults.py: tests only
     image_threshold: float | None = None  # --domain's image check: domain_score above it is not in_domain
+    max_saturated_core: int | None = None  # ... and saturated_core above it (engines.domain.saturated_core)
     embeddings: int = 0  # --embeddings N: keep the first N embedding components (0: features not asked for)
 
     def retry_with(self, **changes: Any) -> PartitionTask:
@@ -85,7 +86,7 @@ class BatchScorer:
     ):
         self.src, self.engine, self.rows, self.ids = src, engine, rows, rows["id"].to_numpy()
         self.status, self.examples, self.input_rows = status, examples, input_rows
-        self.p, self.d, self.e = scores
+        self.p, self.d, self.sat, self.e = scores
         self.fetch_seconds = self.infer_seconds = 0.0
         self.no_domain_score = 0  # rows scored by an engine call that gave no domain_score
 
@@ -122,7 +123,7 @@ class BatchScorer:
             self._infer(idx, got.stamps, np.isin(got.status, SCORED))
         except MemoryError:
             got = fetched = None  # drop the stamps before retrying
-            self.p[idx] = self.d[idx] = self.e[idx] = np.nan
+            self.p[idx] = self.d[idx] = self.sat[idx] = self.e[idx] = np.nan
             if len(idx) == 1:
                 self.status[idx] = "out_of_memory"
                 note(
@@ -141,6 +142,8 @@ class BatchScorer:
             n_emb = self.e.shape[1]  # 0: the run writes no embeddings, features not asked for
             out = self.engine.score(stamps[ok], features=n_emb > 0)
             self.p[idx[ok]] = out.p_merger
+            if out.saturated_core is not None:
+                self.sat[idx[ok]] = out.saturated_core
             if n_emb and out.features is not None:
                 self.e[idx[ok]] = out.features[:, :n_emb]
             if out.domain_score is not None:  # None: the engine has no image-level check
@@ -178,7 +181,7 @@ def _previous(layout: RunLayout, part: Partition, df: pd.DataFrame, embeddings: 
     import pyarrow.parquet as pq
 
     try:
-        scored = ["p_merger", "domain_score", *(["embedding"] if embeddings else [])]
+        scored = ["p_merger", "domain_score", "saturated_core", *(["embedding"] if embeddings else [])]
         old = pq.read_table(layout.dataset_file(part), columns=["input_row", "status", *scored])
         examples = read_marker(layout.work.marker(part.pid)).get("examples") or {}
     except (OSError, ValueError, KeyError):
@@ -186,9 +189,12 @@ def _previous(layout: RunLayout, part: Partition, df: pd.DataFrame, embeddings: 
     rows = old.column("input_row").to_numpy()
     if len(rows) != len(df) or not np.array_equal(rows, df["_input_row"].to_numpy()):
         return None
-    p, d = (old.column(k).to_numpy(zero_copy_only=False).astype(np.float32) for k in ("p_merger", "domain_score"))
+    p, d, sat = (
+        old.column(k).to_numpy(zero_copy_only=False).astype(np.float32)
+        for k in ("p_merger", "domain_score", "saturated_core")
+    )
     e = embedding_matrix(old.column("embedding"), embeddings) if embeddings else np.zeros((len(p), 0), np.float32)
-    return old.column("status").to_numpy(zero_copy_only=False).astype(object), Scores(p, d, e), examples
+    return old.column("status").to_numpy(zero_copy_only=False).astype(object), Scores(p, d, sat, e), examples
 
 
 def _fetch_rows(df: pd.DataFrame, plan: Plan, ids: np.ndarray, source: SourceConfig) -> pd.DataFrame:
@@ -209,14 +215,26 @@ def _fetch_rows(df: pd.DataFrame, plan: Plan, ids: np.ndarray, source: SourceCon
     return rows
 
 
-def _domain_counts(plan: Plan, df: pd.DataFrame, status: np.ndarray, table: pd.DataFrame, image_threshold) -> dict:
+def _domain_counts(plan: Plan, df: pd.DataFrame, status: np.ndarray, table: pd.DataFrame, task: PartitionTask) -> dict:
     """The marker's domain counts: ``domain_rules`` {reason: rows} over both halves (catalog
-    rules: rows out_of_domain; image check: scored rows beyond its threshold) and
-    ``beyond_image_threshold``."""
+    rules: rows out_of_domain; image check: scored rows beyond its threshold or its saturated-core
+    limit, counted under the first that applies) and ``beyond_image_threshold`` (both)."""
     rules = rule_counts(plan.domain, df["_domain"].to_numpy()[status == "out_of_domain"]) if "_domain" in df else {}
-    beyond = int((~table["in_domain"].to_numpy() & np.isin(status, SCORED)).sum())
-    if beyond:
-        rules[f"domain_score > {image_threshold:.4g} (image check; scored, never is_merger)"] = beyond
+    beyond_rows = ~table["in_domain"].to_numpy() & np.isin(status, SCORED)
+    sat = table["saturated_core"].to_numpy(np.float32, na_value=np.nan)
+    by_sat = (
+        beyond_rows & (sat > task.max_saturated_core) if task.max_saturated_core is not None else beyond_rows & False
+    )
+    for why, k in (
+        (f"saturated_core > {task.max_saturated_core} px (image check; scored, never is_merger)", int(by_sat.sum())),
+        (
+            f"domain_score > {task.image_threshold or 0:.4g} (image check; scored, never is_merger)",
+            int((beyond_rows & ~by_sat).sum()),
+        ),
+    ):
+        if k:
+            rules[why] = k
+    beyond = int(beyond_rows.sum())
     return {"domain_rules": rules, "beyond_image_threshold": beyond} if rules else {}
 
 
@@ -281,7 +299,9 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
         raise RuntimeError(f"image source returned unknown status {sorted(unknown)}")
     counts = pd.Series(status).value_counts().to_dict() if n else {}
     threshold = engine.info.threshold if task.threshold is None else task.threshold
-    table = output_table(df, plan, scores, status, threshold, task.image_threshold) if n else None
+    table = (
+        output_table(df, plan, scores, status, threshold, task.image_threshold, task.max_saturated_core) if n else None
+    )
     if table is not None:
         write_partition(table, layout.dataset_file(part), task.run_meta)
     c = plan.columns
@@ -304,7 +324,7 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
     if failures:  # why a service failed rows (the summary names the leading one)
         info["fetch_failures"] = {str(k): int(v) for k, v in failures.items()}
     if table is not None:
-        info.update(_domain_counts(plan, df, status, table, task.image_threshold))
+        info.update(_domain_counts(plan, df, status, table, task))
     if task.image_threshold is not None and scorer is not None and scorer.no_domain_score:
         info["no_domain_score"] = scorer.no_domain_score  # the card has an image check, this backend gave none
     transient = {k: int(counts[k]) for k in TRANSIENT if counts.get(k)}

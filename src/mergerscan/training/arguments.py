@@ -47,6 +47,11 @@ class TrainArguments:
     distill_weight: float = 0.5  # share of the teacher in the training target
     ema: float = 0.0  # decay of an exponential moving average of the weights per step (0: off)
     augment: str = "standard"  # training augmentation preset (data.AUGMENTATIONS)
+    label_column: str = "is_merger"  # the 0/1 label in --catalog
+    split_column: str | None = None  # the catalog's own train/val/test column (else the seeded split)
+    train_labels: int | None = None  # keep this many training rows, stratified (learning curves)
+    init_from: str | None = None  # E2 from an engine file's network instead of ImageNet (finetune.py)
+    init_from_sha256: str | None = None  # that file's sha256 when the run began (a resume checks it)
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
 
     def __post_init__(self):
@@ -72,7 +77,13 @@ class TrainArguments:
             raise ValueError(f"--augment must be one of {', '.join(AUGMENTATIONS)}")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError("--distill-weight must be in [0, 1]")
+        if self.train_labels is not None and self.train_labels < 4:
+            raise ValueError("--train-labels must be >= 4 (at least 2 of each class)")
+        if self.init_from is not None and self.experiment != "e2":
+            raise ValueError("fine-tuning an engine is an E2 run (--experiment e2)")
 
     @property
     def init(self) -> str:
+        if self.init_from:
+            return "engine"
         return "imagenet" if self.experiment == "e2" else "random"

@@ -38,8 +38,10 @@ def read_labelled_catalog(
     id_column: str = "id",
     image_column: str = "image",
     images_dir: str | Path | None = None,
+    split_column: str | None = None,
 ) -> pd.DataFrame:
-    """A CSV/FITS/Parquet catalog with a 0/1 label column and an image path (or images_dir/<id>.jpg)."""
+    """A CSV/FITS/Parquet catalog with a 0/1 label column and an image path (or images_dir/<id>.jpg);
+    ``split_column``: the user's own train/val/test assignment (checked object-disjoint later)."""
     from ..catalogs.columns import find_column
     from ..catalogs.read import read_table
 
@@ -47,9 +49,10 @@ def read_labelled_catalog(
     df = read_table(path)
     cols = {
         name: find_column(df.columns, name)
-        for name in (label_column, id_column, "ra", "dec", image_column, "objid", "companion_objid")
+        for name in (label_column, id_column, "ra", "dec", image_column, "objid", "companion_objid", split_column)
+        if name is not None
     }
-    for need in (label_column, id_column, "ra", "dec"):
+    for need in (label_column, id_column, "ra", "dec", *([split_column] if split_column else [])):
         if cols[need] is None:
             raise ValueError(f"{path}: labelled catalog has no column {need!r}")
     out = pd.DataFrame(
@@ -62,6 +65,10 @@ def read_labelled_catalog(
     )
     if not set(out["label"].unique()) <= {0, 1}:
         raise ValueError(f"{path}: column {label_column!r} must hold 0/1 labels")
+    if split_column:
+        out["split"] = df[cols[split_column]].astype(str).str.strip().str.lower().to_numpy()
+        if bad := sorted(set(out["split"]) - set(SPLITS)):
+            raise ValueError(f"{path}: column {split_column!r} holds {bad[0]!r}; use {', '.join(SPLITS)}")
     if images_dir is not None:
         out["image"] = [str(Path(images_dir) / f"{i}.jpg") for i in out["id"]]
     elif cols[image_column] is not None:
@@ -145,8 +152,35 @@ def with_splits(
         idx = {o: i for i, o in enumerate(t["objid"]) if o > 0}
         links = [(i, idx[c]) for i, c in enumerate(t["companion_objid"]) if c > 0 and c in idx]
     t["group"] = object_groups(t["ra"].to_numpy(), t["dec"].to_numpy(), group_radius_arcsec, links)
+    if "split" in t:  # the user's own split: it must keep every group in one part
+        parts = t.groupby("group")["split"].nunique()
+        if (parts > 1).any():
+            rows = t.index[t["group"] == parts.index[parts.to_numpy() > 1][0]]
+            raise ValueError(
+                f"the split column puts objects {t['id'][rows[0]]} and {t['id'][rows[1]]} (within "
+                f'{group_radius_arcsec:g}" or linked companions) in different parts; a split must be object-disjoint'
+            )
+        return t
     t["split"] = assign_splits(t["group"].to_numpy(), t["label"].to_numpy(), fractions, seed)
     return t
+
+
+def subsample_train(t: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """Keep ``n`` training rows, stratified by label (each class at least 2), drawn with ``seed``;
+    the other training rows become split ``unused`` (rows stay, so the decoded-stamp cache is shared
+    by every subset of one catalog; validation and test are untouched: learning curves)."""
+    rng = np.random.default_rng(seed)
+    train = np.flatnonzero(t["split"].to_numpy() == "train")
+    if n >= len(train):
+        return t
+    y = t["label"].to_numpy()[train]
+    n_pos = min(int((y == 1).sum()), max(2, round(n * y.mean())))
+    keep = np.concatenate(
+        [rng.choice(train[y == 1], n_pos, replace=False), rng.choice(train[y == 0], n - n_pos, replace=False)]
+    )
+    split = t["split"].to_numpy().copy()
+    split[np.setdiff1d(train, keep)] = "unused"
+    return t.assign(split=split)
 
 
 def build_labelled_set(
@@ -157,8 +191,11 @@ def build_labelled_set(
     cache: str | Path | None = None,
     limit_per_class: int | None = None,
     group_radius_arcsec: float = 100.0,
+    train_labels: int | None = None,
     **read_kw,
 ) -> LabelledSet:
+    """The labelled catalog with its object-disjoint split and decoded stamps; ``train_labels``: keep
+    that many training rows (:func:`subsample_train`, drawn with ``seed``)."""
     t = with_splits(read_labelled_catalog(catalog, **read_kw), seed, fractions, group_radius_arcsec)
     if limit_per_class:  # small, still group-disjoint subsets for smoke tests
         rng = np.random.default_rng(seed)
@@ -172,6 +209,8 @@ def build_labelled_set(
             ]
         )
         t = t.iloc[np.sort(keep)].reset_index(drop=True)
+    if train_labels:
+        t = subsample_train(t, train_labels, seed)
     h = hashlib.sha256()
     for row in t[["id", "label", "split"]].itertuples(index=False):
         h.update(f"{row.id},{row.label},{row.split}\n".encode())

@@ -11,6 +11,8 @@ that every training galaxy is inside.
 ``python -m mergerscan.training.domain ENGINE --catalog CATALOG`` writes it into an engine's
 card (metadata only, through :func:`engine_file.write_metadata`: the weights, and so the scores,
 do not change; an image-level ``domain.image`` already there is kept).  Training records it too.
+With ``--saturation`` it also sets the image check's ``max_saturated_core``
+(:func:`saturation_limit`: from the VALIDATION split's stamps).
 """
 
 from __future__ import annotations
@@ -85,6 +87,29 @@ def record_selection(engine: str | Path, catalog: str | Path, out: str | Path | 
     return selection
 
 
+def saturation_limit(catalog: str | Path, split_seed: int = 0, quantile: float = 0.999, cache=None) -> int:
+    """The saturated-core limit (:func:`mergerscan.engines.domain.saturated_core`): the largest of
+    the classes' ``quantile`` on the validation split (training.data's split), rounded up, so that
+    at least that share of each class's validation galaxies pass."""
+    from ..engines.domain import saturated_core
+    from .data import build_labelled_set
+
+    ls = build_labelled_set(catalog, seed=split_seed, cache=cache)
+    val = (ls.table["split"] == "val").to_numpy()
+    sat, labels = saturated_core(ls.stamps[val]), ls.table["label"].to_numpy()[val]
+    return math.ceil(max(np.quantile(sat[labels == c], quantile) for c in np.unique(labels)))
+
+
+def record_saturation_limit(engine: str | Path, limit: int, out: str | Path | None = None) -> dict:
+    """Set ``card["domain"]["image"]["max_saturated_core"]`` (the image check must exist)."""
+    domain = dict(read_card(engine).get("domain") or {})
+    if not domain.get("image"):
+        raise ValueError(f"{engine}: the card has no image check (domain.image) to add a saturation limit to")
+    domain["image"] = dict(domain["image"]) | {"max_saturated_core": int(limit)}
+    write_metadata(engine, out, card_updates={"domain": domain})
+    return domain["image"]
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
@@ -93,11 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("engine", help="engine file (.onnx) whose card gets domain.selection")
     p.add_argument("--catalog", required=True, help="the labelled catalog it was trained on (e.g. catalog.csv)")
     p.add_argument("-o", "--out", help="write a copy here instead of changing ENGINE in place")
+    p.add_argument("--saturation", action="store_true", help="also fit the image check's saturated-core limit")
+    p.add_argument("--cache", help="decoded-image cache directory (with --saturation)")
     a = p.parse_args(argv)
     for what, path in (("ENGINE", a.engine), ("--catalog", a.catalog)):
         if not Path(path).is_file():
             p.error(f"{what} {path}: no such file")
     print(json.dumps(record_selection(a.engine, a.catalog, a.out), indent=1))
+    if a.saturation:
+        limit = saturation_limit(a.catalog, cache=a.cache)
+        print(json.dumps(record_saturation_limit(a.out or a.engine, limit), indent=1))
     return 0
 
 

@@ -25,19 +25,19 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..atomic import atomic_path, atomic_write_json, atomic_write_text
-from ..cutouts.preprocess import PreprocessSpec, prepare_batch
+from ..cutouts.preprocess import prepare_batch
 from ..models import imagenet_weights_path
 from . import checkpoint as ckpt
 from . import evaluate as ev
 from . import survey
 from .arguments import TrainArguments
 from .data import build_labelled_set
-from .domain import training_selection
 from .ema import clone_state, kept_state, update_ema, val_logits
 from .export import export_onnx, parity, quantize_int8
 from .hardware import cpu_flags, cpu_model, use_bf16
 from .loader import BatchLoader, epoch_batches
-from .models import create_model, trainable_tail
+from .models import trainable_tail
+from .source import card_entries, data_options, initial_network, training_spec
 from .steps import _predict_logits, _set_bn_eval_where_frozen, train_step
 
 
@@ -191,15 +191,13 @@ def run(args: TrainArguments, resume: bool = False) -> dict:
 
     if args.init == "imagenet":  # a missing weights file fails before minutes of image decoding
         imagenet_weights_path(args.arch, args.weights)
-    data = build_labelled_set(
-        args.catalog, seed=args.split_seed, cache=args.cache, limit_per_class=args.limit_per_class
-    )
+    data = build_labelled_set(args.catalog, **data_options(args))
     if ck and ck["data_hash"] != data.data_hash:
         raise ckpt.ResumeError(
             f"--resume {out}: the labelled set of {args.catalog} changed since the run began "
             f"(data hash {data.data_hash}, the run's {ck['data_hash']})"
         )
-    spec = PreprocessSpec(stamp_pixels=data.stamps.shape[1], pixel_scale=args.pixel_scale, input_size=args.input_size)
+    spec = training_spec(args, data.stamps.shape[1])
     tr, va, te = (data.indices(s) for s in ("train", "val", "test"))
     labels = data.table["label"].to_numpy()
     run_args = asdict(args) | {"catalog": str(Path(args.catalog).resolve())}  # resumable from any cwd
@@ -234,7 +232,7 @@ def run(args: TrainArguments, resume: bool = False) -> dict:
         if not ck:
             log({"distill": distilled})
 
-    net = create_model(args.arch, init=args.init, weights=args.weights)
+    net = initial_network(args)
     if bf16:
         net = net.to(memory_format=torch.channels_last)
     phases = _phases(args)
@@ -323,36 +321,38 @@ def _finish(args, net, data, spec, splits, train_seconds, bf16, out: Path, disti
     cal = ev.calibrate_and_summarize(labels[va], zv, labels[te], zt)
     T, thr, pt, m_val, m_test = cal.temperature, cal.threshold, cal.p_test, cal.val, cal.test
     name = args.name or f"{args.arch}-{args.experiment}-{args.input_size}px"
-    card = survey.val_curve(labels[va], cal.p_val, data.data_hash, args.split_seed) | {
-        "name": name,
-        "arch": args.arch,
-        "experiment": args.experiment,
-        "init": args.init,
-        "input_size": args.input_size,
-        "threshold": thr,
-        "temperature": T,
-        "data_hash": data.data_hash,
-        "catalog": Path(args.catalog).name,
-        "split": f'object-disjoint groups (stamps within 100"), split seed {args.split_seed}, 70/15/15',
-        "n_train": len(tr),
-        "n_val": len(va),
-        "n_test": len(te),
-        "metrics_test": {k: m_test[k] for k in ("roc_auc", "pr_auc", "precision_at_2pct", "ece", "threshold")}
+    card = (
+        survey.val_curve(labels[va], cal.p_val, data.data_hash, args.split_seed)
         | {
-            "macro_f1": m_test["macro"]["f1"],
-            "merger_f1": m_test["merger"]["f1"],
-            "merger_precision": m_test["merger"]["precision"],
-            "merger_recall": m_test["merger"]["recall"],
-        },
-        "train_seconds": round(train_seconds, 1),
-        "hardware": f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "training_precision": _precision_name(bf16),
-        "augmentation": args.augment,
-        "mergerscan_version": __version__,
-        "command": args.command,
-        "labels": "Darg+2010 mergers vs Galaxy Zoo 1 non-interacting (SDSS DR7)",
-        "domain": {"selection": asdict(training_selection(args.catalog))},  # what it was trained on
-    }
+            "name": name,
+            "arch": args.arch,
+            "experiment": args.experiment,
+            "init": args.init,
+            "input_size": args.input_size,
+            "threshold": thr,
+            "temperature": T,
+            "data_hash": data.data_hash,
+            "catalog": Path(args.catalog).name,
+            "split": f'object-disjoint groups (stamps within 100"), split seed {args.split_seed}, 70/15/15',
+            "n_train": len(tr),
+            "n_val": len(va),
+            "n_test": len(te),
+            "metrics_test": {k: m_test[k] for k in ("roc_auc", "pr_auc", "precision_at_2pct", "ece", "threshold")}
+            | {
+                "macro_f1": m_test["macro"]["f1"],
+                "merger_f1": m_test["merger"]["f1"],
+                "merger_precision": m_test["merger"]["precision"],
+                "merger_recall": m_test["merger"]["recall"],
+            },
+            "train_seconds": round(train_seconds, 1),
+            "hardware": f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "training_precision": _precision_name(bf16),
+            "augmentation": args.augment,
+            "mergerscan_version": __version__,
+            "command": args.command,
+        }
+        | card_entries(args, data)
+    )
     if distilled:
         card["distilled_from"] = distilled
     if args.ema:

@@ -1,0 +1,245 @@
+"""The training room's command lines: ``mergerscan train | finetune | calibrate | operating-curve``
+(the verbs are registered by :mod:`mergerscan.cli`)."""
+
+from __future__ import annotations
+
+
+def train_parser(sub):
+    p = sub.add_parser("train", help="train a model (E1 scratch / E2 transfer) and export an engine")
+    p.add_argument("--arch", default="efficientnet_lite0")
+    p.add_argument("--experiment", default="e2", choices=["e1", "e2"])
+    p.add_argument("--size", dest="input_size", type=int, default=128, help="model input size (px)")
+    p.add_argument("--lr", type=float, default=0.02, help="E1 SGD learning rate")
+    p.add_argument("--weights", help="ImageNet weights file for --experiment e2")
+    p.add_argument("--int8", action="store_true", help="also export a static INT8 model and measure it")
+    p.add_argument(
+        "--distill",
+        metavar="ENGINE",
+        help="teacher engine file (or 'default'): train on its calibrated probabilities mixed with the labels",
+    )
+    p.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.5,
+        help="share of the teacher in the training target (with --distill; default 0.5)",
+    )
+    return _training_options(p, "E1 epochs, or E2 fine-tune epochs")
+
+
+def finetune_parser(sub):
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune an engine (default: the packaged one) on your own 0/1 labels: a new head, "
+        "the last blocks unfrozen, the engine's preprocessing; exports OUT/model.onnx",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        default="default",
+        metavar="ENGINE",
+        help="engine file to start from (default: default)",
+    )
+    return _training_options(p, "phase-2 epochs (last blocks unfrozen, SGD)")
+
+
+def _training_options(p, epochs_help: str):
+    """The options train and finetune share (resume, data, schedule, runtime)."""
+    p.add_argument(
+        "--catalog", help="labelled catalog (CSV/FITS/Parquet) with id, ra, dec, image and the label (required)"
+    )
+    p.add_argument("--out", help="run directory (model.onnx, metrics.json, plots, checkpoint.pt) (required)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the stopped run in RUN_DIR from its last "
+        "checkpoint, with RUN_DIR's configuration (options given with it must match)",
+    )
+    p.add_argument("--label-column", default="is_merger", help="the catalog's 0/1 label column (default is_merger)")
+    p.add_argument("--split-column", help="the catalog's own train/val/test column (checked object-disjoint)")
+    p.add_argument(
+        "--train-labels", type=int, metavar="N", help="train on N training rows, stratified (learning curves)"
+    )
+    p.add_argument("--epochs", type=int, default=8, help=epochs_help)
+    p.add_argument("--epochs-top", type=int, default=2, help="E2 phase-1 epochs (frozen base, Adam)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr-top", type=float, default=1e-3)
+    p.add_argument("--lr-finetune", type=float, default=5e-3)
+    p.add_argument("--unfreeze-blocks", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="weight init, batch order and augmentation")
+    p.add_argument("--split-seed", type=int, default=0, help="train/val/test split (keep it fixed to compare seeds)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--limit-per-class", type=int, help="use a small subset (smoke tests)")
+    p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image cache directory")
+    p.add_argument("--name")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=0,
+        help="end a phase when validation loss has not improved for N epochs (0: run every epoch)",
+    )
+    p.add_argument(
+        "--bf16",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="bf16 autocast + channels_last: auto = where the CPU has AVX512-BF16 or AMX",
+    )
+    p.add_argument("--prefetch", type=int, default=2, help="batches prepared ahead in the loader thread (0: none)")
+    p.add_argument(
+        "--stop-after-epochs",
+        type=int,
+        metavar="N",
+        help="stop this invocation after N epochs, leaving a checkpoint for --resume",
+    )
+    p.add_argument(
+        "--no-export",
+        dest="export",
+        action="store_false",
+        help="evaluate but write no ONNX engine file (quicker study runs)",
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="validate, keep and export an exponential moving average of the weights "
+        "(decay per step, e.g. 0.998; default 0: off)",
+    )
+    p.add_argument(
+        "--augment",
+        default="standard",
+        help="training augmentation: standard (rotation, flip, shift, scale 0.9-1.1, brightness) or survey "
+        "(wider shift and scale, plus seeing blur, per-band gain and sky noise)",
+    )
+    return p
+
+
+def calibrate_parser(sub):
+    p = sub.add_parser(
+        "calibrate",
+        help="fit an engine's temperature and threshold per test-time view count on "
+        "a labelled catalog's validation split; write a calibrated copy",
+    )
+    p.add_argument("engine", help="engine file (.onnx)")
+    p.add_argument(
+        "--data", required=True, help="labelled catalog (is_merger, ra, dec, image) or a directory holding catalog.csv"
+    )
+    p.add_argument("-o", "--out", required=True, help="the calibrated engine file to write")
+    p.add_argument("--views", type=int, nargs="+", default=[1, 2, 4, 8], help="view counts to calibrate")
+    p.add_argument(
+        "--default-views",
+        type=int,
+        help="the card's default view count (one of --views), e.g. 1 for a CPU-cost budget; "
+        "default: the count with the best validation macro F1",
+    )
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=0, help="split seed (as training's)")
+    p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image cache directory")
+    p.add_argument("--limit-per-class", type=int, help="use a small subset (smoke tests)")
+    p.add_argument("--results", help="also write the per-view summary (JSON) here")
+    p.add_argument(
+        "--eval-dir",
+        help="also write an evaluation directory for the default view count (metrics.json with the survey "
+        "prevalence table and the worst failures, plots, test scores): `mergerscan report DIR` shows it",
+    )
+    return p
+
+
+def calibrate(ap, a):
+    import json
+    from pathlib import Path
+
+    from .atomic import atomic_write_json
+    from .training.calibrate import calibrate_engine
+
+    data = Path(a.data) / "catalog.csv" if Path(a.data).is_dir() else Path(a.data)
+    for what, path in (("ENGINE", Path(a.engine)), ("--data", data)):
+        if not path.is_file():
+            ap.exit(2, f"mergerscan calibrate: error: {what} {path}: no such file\n")
+    try:
+        res = calibrate_engine(
+            a.engine,
+            data,
+            a.out,
+            views=a.views,
+            threads=a.threads,
+            cache=a.cache,
+            split_seed=a.split_seed,
+            limit_per_class=a.limit_per_class,
+            eval_dir=a.eval_dir,
+            default_views=a.default_views,
+        )
+    except ValueError as exc:
+        ap.exit(2, f"mergerscan calibrate: error: {exc}\n")
+    if a.results:
+        atomic_write_json(a.results, res, indent=1, default=float)
+    for n in a.views:
+        r = res[f"views_{n}"]
+        print(
+            f"{n} view(s): T {r['temperature']:.3f} threshold {r['threshold']:.4f} | val macro F1 "
+            f"{r['val_macro_f1']:.4f} | test macro F1 {r['test']['macro']['f1']:.4f}"
+        )
+    print(json.dumps({"out": res["out"], "default_views": res["default_views"]}))
+
+
+def curve_parser(sub):
+    p = sub.add_parser(
+        "operating-curve",
+        help="score a labelled catalog's validation split with an engine at each calibrated view count and "
+        "write the validation operating curve into its card (metadata only; process-catalog --purity reads it)",
+    )
+    p.add_argument("engine", help="engine file (.onnx)")
+    p.add_argument(
+        "--data", required=True, help="labelled catalog (is_merger, ra, dec, image) or a directory holding catalog.csv"
+    )
+    p.add_argument("-o", "--out", help="the engine file to write (default: ENGINE, in place)")
+    p.add_argument("--split-seed", type=int, default=0, help="split seed (as training's; the card's split)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image and validation-logit cache directory")
+
+
+def curve(ap, a):
+    import json
+    from pathlib import Path
+
+    from .training.operating_curve import write_operating_curve
+
+    data = Path(a.data) / "catalog.csv" if Path(a.data).is_dir() else Path(a.data)
+    for what, path in (("ENGINE", Path(a.engine)), ("--data", data)):
+        if not path.is_file():
+            ap.exit(2, f"mergerscan operating-curve: error: {what} {path}: no such file\n")
+    try:
+        res = write_operating_curve(a.engine, data, a.out, a.split_seed, a.cache, a.threads)
+    except ValueError as exc:
+        ap.exit(2, f"mergerscan operating-curve: error: {exc}\n")
+    print(json.dumps(res))
+
+
+def train(ap, a, parser):
+    """train and finetune (a fine-tune is an E2 run from the engine's network: training.finetune)."""
+    from .models import MissingWeightsError
+    from .training.checkpoint import ResumeError, resume_arguments
+    from .training.distill import DistillError
+    from .training.finetune import finetune_arguments
+    from .training.loader import LoaderError
+    from .training.train import TrainArguments, run
+
+    kw = {k: v for k, v in vars(a).items() if k not in ("verb", "resume", "source")}
+    fail = lambda exc: ap.exit(2, f"mergerscan {a.verb}: error: {exc}\n")
+    try:
+        if a.resume:  # the run's own configuration; options typed here must agree with it
+            given = {k: v for k, v in kw.items() if v != parser.get_default(k)}
+            args = TrainArguments(**resume_arguments(a.resume, given))
+        elif not (a.catalog and a.out):
+            fail("--catalog and --out are required (or --resume RUN_DIR)")
+        elif a.verb == "finetune":
+            args = finetune_arguments(a.source, **kw)
+        else:
+            args = TrainArguments(**kw)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(exc)
+    try:
+        run(args, resume=bool(a.resume))
+    except (MissingWeightsError, ResumeError, LoaderError, DistillError) as exc:
+        fail(exc)
+    except ValueError as exc:  # a bad label/split column or a source engine that cannot be rebuilt
+        fail(exc)
