@@ -265,7 +265,8 @@ def parquet_table(out: Path) -> pa.Table:
 
 def assert_fits_equals_parquet(out: Path) -> tuple[pd.DataFrame, np.ndarray, dict]:
     """Every Parquet column has a FITS column (named by schema.fits_names) holding the same values,
-    row for row; nulls as documented (int: TNULL, float: NaN, bool: False, text: '')."""
+    row for row; nulls as documented (int: TNULL, float: NaN, bool: False, text: '', a vector
+    column such as ``embedding``: a vector of NaN)."""
     from mergerscan.catalogs.schema import fits_names
 
     t = parquet_table(out)
@@ -295,6 +296,13 @@ def assert_fits_equals_parquet(out: Path) -> tuple[pd.DataFrame, np.ndarray, dic
             np.testing.assert_array_equal(f.astype(np.float64), a.astype(f.dtype).astype(np.float64), err_msg=n)
         elif pa.types.is_boolean(typ):
             assert [bool(x) for x in f] == [bool(v) for v in vals], n
+        elif pa.types.is_fixed_size_list(typ):  # a vector column (embedding): FITS 'NE', null rows NaN
+            a = np.array([[np.nan] * typ.list_size if v is None else v for v in vals], np.float64).reshape(
+                -1, typ.list_size
+            )
+            got = np.asarray(f, np.float64).reshape(len(f), -1)
+            assert hdr.get(f"TFORM{k}") == f"{typ.list_size}E", n
+            np.testing.assert_array_equal(got, a.astype(np.float32).astype(np.float64), err_msg=n)
         elif pa.types.is_decimal(typ) and typ.precision <= 15:
             # FITS float64; printed at the column's scale every value reads back exactly; null: NaN
             got = [None if np.isnan(x) else Decimal(f"{float(x):.{typ.scale}f}") for x in f]

@@ -150,6 +150,10 @@ def engine_info_lines(info) -> list[str]:
             else "none (the engine gives no domain_score)"
         )
     )
+    from .engines.representation import describe
+    from .pipeline.arguments import EMBEDDINGS_DEFAULT
+
+    lines.append("representation " + describe(card, EMBEDDINGS_DEFAULT))
     if m:
         lines.append("test metrics  " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.items()) if isinstance(v, float)))
     return lines

@@ -64,7 +64,8 @@ class Failure:
 
 # summary.json's keys in the order process-catalog writes them; the optional ones appear only
 # when set: select + not_selected (--select), fetch_failures (a service failed rows), domain +
-# out_of_domain + beyond_image_threshold + domain_rules (--domain; absent in runs before it)
+# out_of_domain + beyond_image_threshold + domain_rules (--domain; absent in runs before it),
+# embeddings (--embeddings)
 KEY_ORDER = (
     "rows",
     "scored",
@@ -75,6 +76,7 @@ KEY_ORDER = (
     "out_of_domain",
     "beyond_image_threshold",
     "domain_rules",
+    "embeddings",
     "fetch_failures",
     "status",
     "mergers",
@@ -109,6 +111,7 @@ OPTIONAL = (
     "out_of_domain",
     "beyond_image_threshold",
     "domain_rules",
+    "embeddings",
     "operating_point",
     "scored_notes",
 )
@@ -155,6 +158,8 @@ class RunSummary(Mapping):
     beyond_image_threshold: int | None = None  # scored rows the image check put outside (never is_merger)
     domain_rules: dict[str, int] | None = None  # {rule in words: rows}, both halves, most frequent first
     fetch_failures: dict[str, int] | None = None  # why a service failed rows, most frequent first
+    # --embeddings N: the column's provenance (dimension, k, explained_variance, engine, fitted_on)
+    embeddings: dict[str, Any] | None = None
     report: str | None = None  # OUT/report/index.html once built
     report_error: str | None = None  # why the report could not be built
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer mergerscan, kept as read

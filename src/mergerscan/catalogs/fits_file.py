@@ -91,6 +91,9 @@ U8_ZERO = 2**63  # TZERO of uint64 (TFORM K): stored = value - 2^63
 def tform(dtype: np.dtype) -> str:
     """The binary-table TFORM of a numpy field type (uint64: K, with TZERO = 2^63)."""
     d = np.dtype(dtype)
+    if d.subdtype is not None:  # a vector column (e.g. float32 x N: 'NE')
+        base, shape = d.subdtype
+        return f"{int(np.prod(shape))}{tform(base)}"
     if d.kind == "S":
         return f"{d.itemsize}A"
     if d.kind == "b":
@@ -123,6 +126,8 @@ class TableWriter:
         for i, (name, field) in enumerate(zip(dtype.names or (), _fields(dtype)), start=1):
             table.append((f"TTYPE{i}", name))
             table.append((f"TFORM{i}", tform(field)))
+            if np.dtype(field).subdtype is not None:
+                table.append((f"TDIM{i}", f"({int(np.prod(np.dtype(field).shape))})", "vector column"))
             if np.dtype(field) == np.uint64:
                 table.append((f"TZERO{i}", U8_ZERO, "offset for unsigned integers"))
         for card in cards:

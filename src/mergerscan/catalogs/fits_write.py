@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 from ..atomic import atomic_write
 from .fits_file import TableWriter
 from .fits_nulls import U8_ZERO, choose_tnull
-from .schema import STATUS_WIDTH, carried_ids
-from .write import column_info, normalise
+from .schema import STATUS_WIDTH
+from .write import carried_names, column_info, embedding_matrix, is_vector, normalise
 
 FITS_EXTNAME = "MERGERS"
 # run metadata key -> FITS keyword (other keys, e.g. the model card, stay in the Parquet files only)
@@ -46,6 +46,7 @@ FITS_KEYWORDS = {
     "domain": "DOMAIN",  # --domain on|off|catalog|image
     "domain_threshold": "DOMTHR",  # the image check's threshold on domain_score (absent: not applied)
     "domain_saturated": "DOMSAT",  # ... and its limit on saturated_core (absent: not applied)
+    "embeddings": "EMBDIM",  # --embeddings N: the embedding column's dimension (absent: no column)
 }
 
 
@@ -135,6 +136,8 @@ def fits_layout(files: list) -> list[tuple[str, pa.DataType, str, int | None]]:
                 npdt, tnull = choose_tnull(files, f.name, "i2" if npdt == "u1" else npdt)
         elif pa.types.is_floating(t):
             npdt = "f8" if t.bit_width == 64 else "f4"
+        elif is_vector(t):  # the embedding: a float32 vector column, TFORM 'NE'
+            npdt = f"({t.list_size},)f4"
         else:
             npdt = f"S{width[f.name]}"
         layout.append((f.name, t, npdt, tnull))
@@ -150,7 +153,9 @@ def to_fits_records(table: pa.Table, layout: list) -> np.ndarray:
         else:
             col = fits_column(table.column(name).combine_chunks())
         kind = np.dtype(npdt).kind
-        if kind == "S":
+        if is_vector(t):
+            rec[name] = embedding_matrix(col, t.list_size)
+        elif kind == "S":
             rec[name] = pc.fill_null(fits_text(col), b"").to_numpy(zero_copy_only=False).astype(npdt)
         elif kind == "b":
             rec[name] = pc.fill_null(col.cast(pa.bool_()), False).to_numpy(zero_copy_only=False)
@@ -204,7 +209,8 @@ def write_fits_table(
     layout = fits_layout(files)
     rename = fits_names([n for n, *_ in layout])
     dtype = np.dtype([(rename[n], d) for n, _, d, _ in layout])
-    info = [column_info(n, carried_ids([n for n, *_ in layout])) for n, *_ in layout]
+    carried = carried_names(pa.schema([(n, t) for n, t, *_ in layout]))
+    info = [column_info(n, carried) for n, *_ in layout]
     comments = []
     for (n, *_), (_, _, desc) in zip(layout, info):
         orig = (origins or {}).get(n)

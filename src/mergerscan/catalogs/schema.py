@@ -137,6 +137,17 @@ OUTPUT_COLUMNS = {
         "saturates the survey stretch, a training galaxy's almost never does. Above the engine card's "
         "`domain.image.max_saturated_core` (header `DOMSAT`) the row is not `in_domain`; null where not scored",
     ),
+    "embedding": Column(
+        "float32[N]",
+        None,
+        "src.morph;stat.fit",
+        "engine representation: first N PCA components of the pooled penultimate features",
+        "only with `--embeddings [N]`: the engine's representation of the stamp, the first N (default 32) "
+        "coordinates on the principal components of its pooled penultimate features (the PCA fitted on the "
+        "training galaxies and stored in the engine file, computed in the same engine call as `p_merger`, "
+        "averaged over the views); a fixed-size list in Parquet (field metadata: dimension, engine, k, "
+        "explained variance, fitted_on), a vector column `NE` in FITS; null (FITS: NaN) where not scored",
+    ),
     "status": Column(
         "string",
         None,
@@ -162,6 +173,8 @@ OUTPUT_COLUMNS = {
 ID_COLUMNS = ("objid", "id")
 # every name an output column may have (both id spellings); a run uses one id spelling (id_output_name)
 OUTPUT_NAMES = (*OUTPUT_COLUMNS, "id")
+# output columns a run has only when asked (``embedding``: --embeddings); the rest are always there
+OPTIONAL_COLUMNS = ("embedding",)
 
 
 def id_output_name(id_kind: str) -> str:
@@ -169,11 +182,13 @@ def id_output_name(id_kind: str) -> str:
     return "objid" if id_kind in ("int", "uint") else "id"
 
 
-def run_output_names(id_name: str | None) -> tuple[str, ...]:
-    """The output columns of a run whose id column is ``id_name`` (None: both spellings)."""
+def run_output_names(id_name: str | None, optional: tuple | list = ()) -> tuple[str, ...]:
+    """The output columns of a run whose id column is ``id_name`` (None: both spellings), with
+    the optional columns it writes (``optional``, e.g. ``("embedding",)`` with --embeddings)."""
+    names = tuple(n for n in OUTPUT_NAMES if n not in OPTIONAL_COLUMNS or n in optional)
     if id_name is None:
-        return OUTPUT_NAMES
-    return tuple(id_name if n == "objid" else n for n in OUTPUT_COLUMNS)
+        return names
+    return tuple(id_name if n == "objid" else n for n in names if n != "id")
 
 
 CARRIED = Column(
@@ -208,7 +223,7 @@ FITS_NAME_MAX = 68  # a TTYPEn value is at most 68 characters
 FITS_MAX_COLUMNS = 999  # TFIELDS <= 999
 
 
-def output_names(carried: list[str], id_name: str | None = None) -> dict[str, str]:
+def output_names(carried: list[str], id_name: str | None = None, optional: tuple | list = ()) -> dict[str, str]:
     """{input name: output name} for the carried-through columns, the same in Parquet and FITS
     (FITS may further need :func:`fits_names`).  The one collision rule: a kept column whose name
     equals, in any case, one of this run's output columns (``P_MERGER``, ``Status``, ``RA``..., and
@@ -216,8 +231,9 @@ def output_names(carried: list[str], id_name: str | None = None) -> dict[str, st
     id was passed here, reserves both) or an earlier kept column's output name (``z`` after ``Z``)
     gets the prefix ``in_``, repeated until it collides with nothing (``in_status`` kept too ->
     ``in_in_status``).  Output names are therefore unique case-insensitively, as FITS needs.  Blanks
-    around a name are padding (a CSV written with ", "): `` mag`` is carried as ``mag``."""
-    taken = {r.lower() for r in run_output_names(id_name)}
+    around a name are padding (a CSV written with ", "): `` mag`` is carried as ``mag``.  An optional
+    column (``optional``) is reserved only in runs that write it."""
+    taken = {r.lower() for r in run_output_names(id_name, optional)}
     plain = {(str(c).strip() or str(c)).lower() for c in carried}
     out = {}
     for c in carried:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..atomic import atomic_write
-from .schema import carried_ids, column
+from .schema import OPTIONAL_COLUMNS, carried_ids, column
 
 VOPARQUET_VERSION = "1.0"
 VOTABLE_NS = "http://www.ivoa.net/xml/VOTable/v1.3"
@@ -35,6 +35,29 @@ def column_info(name: str, carried: set | frozenset = frozenset()) -> tuple[str 
     in ``carried``: see :func:`~mergerscan.catalogs.schema.carried_ids`) get no unit/UCD."""
     c = column(name, carried)
     return c.unit, c.ucd, c.description
+
+
+def is_vector(t: pa.DataType) -> bool:
+    """A fixed-size list of float32 (the ``embedding`` column): a vector column in FITS."""
+    return pa.types.is_fixed_size_list(t) and t.value_type == pa.float32()
+
+
+def embedding_matrix(col: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
+    """A vector column (fixed-size list of float32) as (n, dim) float32, NaN for null rows."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    out = np.full((len(col), dim), np.nan, np.float32)
+    valid = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)
+    if valid.any():
+        out[valid] = col.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return out
+
+
+def carried_names(schema: pa.Schema) -> set[str]:
+    """The columns of an output table that are kept input columns although they bear an output
+    column's name: a later id spelling (:func:`~mergerscan.catalogs.schema.carried_ids`), and an
+    optional column's name on a column that is not that column (a kept ``embedding`` of a run
+    without --embeddings, which is not a vector)."""
+    return carried_ids(schema.names) | {f.name for f in schema if f.name in OPTIONAL_COLUMNS and not is_vector(f.type)}
 
 
 def _votable_type(t: pa.DataType) -> tuple[str, str | None]:
@@ -56,6 +79,8 @@ def _votable_type(t: pa.DataType) -> tuple[str, str | None]:
         return ("float" if pa.types.is_floating(t) and t.bit_width < 64 else "double"), None
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
         return "unsignedByte", "*"
+    if is_vector(t):
+        return "float", str(t.list_size)
     return "char", "*"
 
 
@@ -69,11 +94,11 @@ def votable_xml(schema: pa.Schema, metadata: dict | None = None) -> str:
         "<DESCRIPTION>Galaxy-merger probabilities from mergerscan process-catalog</DESCRIPTION>",
     ]
     for key, value in sorted((metadata or {}).items()):
-        if key == "model_card" or value is None:
+        if key == "model_card" or value is None or isinstance(value, dict):
             continue
         dt = 'datatype="double"' if isinstance(value, float) else 'datatype="char" arraysize="*"'
         out.append(f"<PARAM name={quoteattr(key)} {dt} value={quoteattr(str(value))}/>")
-    carried = carried_ids(schema.names)
+    carried = carried_names(schema)
     for f in schema:
         datatype, arraysize = _votable_type(f.type)
         unit, ucd, desc = column_info(f.name, carried)
@@ -103,7 +128,7 @@ def normalise(arr: pa.Array) -> pa.Array:
     t = arr.type
     if pa.types.is_dictionary(t):
         return normalise(arr.dictionary_decode())
-    if pa.types.is_boolean(t) or pa.types.is_integer(t) or t in (pa.float32(), pa.float64()):
+    if pa.types.is_boolean(t) or pa.types.is_integer(t) or t in (pa.float32(), pa.float64()) or is_vector(t):
         return arr
     if pa.types.is_float16(t):
         return arr.cast(pa.float32())
@@ -159,6 +184,10 @@ def write_partition(
 ) -> Path:
     """Write one partition atomically and deterministically, with VOParquet metadata."""
     table = to_arrow(df, schema)
+    emb = (metadata or {}).get("embedding")
+    if emb and "embedding" in table.column_names and is_vector(table.schema.field("embedding").type):
+        i = table.schema.get_field_index("embedding")  # its provenance, as the field's own metadata
+        table = table.set_column(i, table.schema.field(i).with_metadata(emb), table.column(i))
     table = table.replace_schema_metadata(parquet_metadata(table.schema, metadata))
     atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp, compression="zstd", write_statistics=True))
     return Path(path)

@@ -55,6 +55,21 @@ class Representation:
         return e.astype(np.float32), np.sqrt(d2).astype(np.float32)
 
 
+def describe(card: dict, first: int) -> str:
+    """One line on a card's representation block: k components of which features, the variance
+    they explain, that of the ``first`` (``--embeddings``' default), what the PCA was fitted on."""
+    rep = card.get(CARD_KEY) or {}
+    k = int(rep.get("k") or 0)
+    if not k:
+        return "none (no embedding, no domain_score)"
+    ratio = [float(r) for r in rep.get("explained_variance_ratio") or []]
+    dim = f" ({rep['dim']}-d)" if rep.get("dim") else ""
+    text = f"{k} PCA components of {rep.get('features', '?')}{dim}"
+    if ratio:
+        text += f", {sum(ratio[:k]):.1%} of the variance; the first {min(first, k)}: {sum(ratio[:first]):.1%}"
+    return text + (f"; fitted on {rep['fitted_on']}" if rep.get("fitted_on") else "")
+
+
 def read_block(initializers: dict[str, np.ndarray]) -> Representation | None:
     """The block from ``{initializer name: array}`` of an engine graph (None: the file has none)."""
     if PREFIX + "mean" not in initializers:

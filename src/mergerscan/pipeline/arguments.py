@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import sys
@@ -18,6 +19,33 @@ if TYPE_CHECKING:
 
 class ArgumentError(ValueError):
     """Bad command-line arguments; the message is one line."""
+
+
+EMBEDDINGS_DEFAULT = 32  # --embeddings without N
+
+
+def _embedding_dimension(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of components, e.g. 32") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: give at least 1 component")
+    return n
+
+
+def add_embeddings_option(parser: argparse.ArgumentParser) -> None:
+    """``--embeddings [N]`` (ProcessArguments.embeddings; the column: pipeline/embeddings.py)."""
+    parser.add_argument(
+        "--embeddings",
+        nargs="?",
+        type=_embedding_dimension,
+        const=EMBEDDINGS_DEFAULT,
+        default=0,
+        metavar="N",
+        help=f"also write column 'embedding' for every scored row: the first N (default {EMBEDDINGS_DEFAULT}) "
+        "PCA components of the engine's penultimate features (the engine needs a representation block)",
+    )
 
 
 @dataclass
@@ -65,6 +93,7 @@ class ProcessArguments:
     domain: str = "on"  # --domain on|off|catalog|image: the training-domain checks applied (domain.py)
     domain_columns: tuple = ()  # --domain-column KEY=COLUMN: ((key, column or None), ...)
     domain_limits: tuple = ()  # --domain-limit KEY=VALUE: ((key, value or None), ...)
+    embeddings: int = 0  # --embeddings N: write the first N PCA components (column embedding); 0: none
     samp: bool = False  # send OUT/mergers.fits to TOPCAT over SAMP at the end
     default_source: DefaultSource | None = None  # set when no source flag was given (cutouts/defaults.py)
     fault_hook: str | None = None  # tests only: faults.py (--fault-hook); not part of the run's identity
@@ -132,6 +161,8 @@ class ProcessArguments:
             raise ArgumentError(f"--engine {self.engine}: no such file")
         if self.workers < 1 or self.threads_per_worker < 0:
             raise ArgumentError("--workers must be >= 1 and --threads-per-worker >= 0")
+        if self.embeddings < 0:
+            raise ArgumentError(f"--embeddings {self.embeddings}: give at least 1 component")
         if self.partition_rows < 1 or self.chunk_rows < 1 or self.batch_size < 1:
             raise ArgumentError("--partition-rows, --chunk-rows and --batch-size must be positive")
         if not 0 <= self.hist_order <= 12:
@@ -229,6 +260,11 @@ class ProcessArguments:
         from .domain import DomainSettings
 
         return DomainSettings(self.domain, tuple(self.domain_columns), tuple(self.domain_limits))
+
+    @property
+    def optional_columns(self) -> tuple[str, ...]:
+        """The optional output columns this run writes (catalogs/schema.py OPTIONAL_COLUMNS)."""
+        return ("embedding",) if self.embeddings else ()
 
     @property
     def shared_batch_rows(self) -> int:

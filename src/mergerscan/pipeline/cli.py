@@ -9,7 +9,7 @@ import sys
 
 from ..catalogs.read import CatalogError
 from ..engines.base import VIEWS
-from .arguments import ArgumentError, ProcessArguments
+from .arguments import ArgumentError, ProcessArguments, add_embeddings_option
 from .domain import DomainError, parse_pairs
 from .resume import FingerprintMismatch, OutputError
 from .slurm import SlurmOptions
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds per row over all its attempts (default: 2 x (retries + 1) x timeout)",
     )
     p.add_argument("--engine", help="engine file (.onnx); default: the packaged model")
+    add_embeddings_option(p)
     p.add_argument(
         "--backend",
         help="onnxruntime (CPU, the default), onnxruntime-cuda (the default with --gpus 1), "
@@ -333,6 +334,7 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
         domain_columns=parse_pairs(ns.domain_column, "--domain-column", number=False),
         domain_limits=parse_pairs(ns.domain_limit, "--domain-limit", number=True),
         samp=ns.samp,
+        embeddings=ns.embeddings,
         fault_hook=ns.fault_hook,
         command=shlex.join(["process-catalog", *argv]),  # redacted by ProcessArguments
     )

@@ -16,6 +16,7 @@ from ..run_layout import RunLayout
 from ..run_summary import Failure, RunSummary, SourceSummary
 from .arguments import ProcessArguments
 from .domain import CatalogRules
+from .embeddings import provenance, summary_entry, summary_line
 from .failures import format_failures, summarize
 from .plan import Plan
 from .resume import read_marker
@@ -27,6 +28,8 @@ def run_meta(args: ProcessArguments, info, op: OperatingPoint | None = None) -> 
     the card's validation curve it was read from stays in the engine file (it is long)."""
     op = op or operating.for_engine(info, prevalence=args.prevalence)
     card = {k: v for k, v in info.card.items() if k != operating.CURVE_KEY}
+    # --embeddings: the column's provenance (Parquet field metadata) and EMBDIM in FITS; absent without
+    emb = {"embeddings": args.embeddings, "embedding": provenance(args.embeddings, info)} if args.embeddings else {}
     return {
         "domain": args.domain,
         "domain_threshold": args.domain_settings.image_threshold(info.domain),
@@ -39,6 +42,7 @@ def run_meta(args: ProcessArguments, info, op: OperatingPoint | None = None) -> 
         "mergerscan_version": __version__,
         "source": args.source.kind,
         "model_card": json.dumps(card, sort_keys=True),
+        **emb,
     }
 
 
@@ -117,6 +121,7 @@ def build_summary(
         out_of_domain=out_of_domain,
         beyond_image_threshold=sum(m.get("beyond_image_threshold", 0) for m in markers),
         domain_rules=_by_count(_add_counts(markers, "domain_rules")),
+        embeddings=summary_entry(args.embeddings, info),
         fetch_failures=_by_count(fetch_failures) if fetch_failures else None,
         status=_by_count(status),
         mergers=sum(m["mergers"] for m in markers),
@@ -251,6 +256,8 @@ def format_summary(s: RunSummary) -> str:
     ]
     if s.operating_point:
         lines.append(f"  operating point   {operating_line(s.operating_point)}")
+    if s.embeddings:
+        lines.append(f"  embeddings        {summary_line(s.embeddings)}")
     if s.report:
         lines.append(f"  report            {s.report}")
     if s.report_error:

@@ -69,6 +69,8 @@ def fingerprint(
     if cache is not None:
         cache.update(new)
     extra: dict[str, Any] = {"select": args.select} if args.select is not None else {}  # absent: older runs resume
+    if args.embeddings:  # the output's columns: a run resumed with another N (or none) is refused
+        extra["embeddings"] = args.embeddings
     if op is not None and (op.rule != "default" or op.prevalence != DEFAULT_PREVALENCE):
         extra["operating_point"] = {"rule": op.rule, "target": op.target, "prevalence": op.prevalence}
     return {

@@ -79,7 +79,9 @@ def make_hats_plan(args, cat: dict) -> Plan:
         partitions=parts,
         select=args.select,
         select_columns=cat.get("select_columns") or {},
-        names=output_names([k for k in cat["keep"] if k not in core], id_output_name(cat["id_kind"])),
+        names=output_names(
+            [k for k in cat["keep"] if k not in core], id_output_name(cat["id_kind"]), args.optional_columns
+        ),
         domain=cat.get("domain") or {},
         hats={
             "root": str(h.path),

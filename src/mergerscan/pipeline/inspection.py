@@ -131,7 +131,7 @@ def inspect_catalog(args: ProcessArguments, domain: EngineDomain | None = None) 
                 "internally; rename it (or do not keep it)"
             )
         id_kind = _id_kind(reader, cols["id"])
-        names = output_names([k for k in keep if k not in core], id_output_name(id_kind))
+        names = output_names([k for k in keep if k not in core], id_output_name(id_kind), args.optional_columns)
         if len(OUTPUT_COLUMNS) + len(names) > FITS_MAX_COLUMNS:
             raise CatalogError(
                 f"{args.catalog}: {len(names)} kept columns + {len(OUTPUT_COLUMNS)} output columns "

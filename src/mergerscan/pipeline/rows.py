@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ..catalogs.schema import SCORED, id_output_name, is_merger
 from ..catalogs.validate import flag_duplicates
@@ -20,10 +21,22 @@ class Scores(NamedTuple):
     p_merger: np.ndarray  # float32
     domain_score: np.ndarray  # float32; NaN also where the engine has no image check
     saturated_core: np.ndarray  # float32 pixel counts (engines.domain.saturated_core); NaN where not scored
+    embedding: np.ndarray  # (n, N) float32, --embeddings N; (n, 0) without
 
     @classmethod
-    def empty(cls, n: int) -> Scores:
-        return cls(*(np.full(n, np.nan, np.float32) for _ in range(3)))
+    def empty(cls, n: int, embeddings: int = 0) -> Scores:
+        def nan() -> np.ndarray:
+            return np.full(n, np.nan, np.float32)
+
+        return cls(nan(), nan(), nan(), np.full((n, embeddings), np.nan, np.float32))
+
+
+def embedding_column(e: np.ndarray, scored: np.ndarray) -> pd.arrays.ArrowExtensionArray:
+    """The ``embedding`` column: a fixed-size list of float32 per row, null where not ``scored``."""
+    n, dim = e.shape
+    values = pa.array(np.ascontiguousarray(e, np.float32).reshape(-1), pa.float32())
+    mask = pa.array(~scored) if n else None
+    return pd.arrays.ArrowExtensionArray(pa.FixedSizeListArray.from_arrays(values, dim, mask=mask))
 
 
 def _text_id(v):
@@ -107,6 +120,11 @@ def in_domain(
     return inside
 
 
+def _scored(status: np.ndarray, scores: Scores) -> np.ndarray:
+    """Rows whose embedding is written: scored (SCORED status) with a finite vector."""
+    return np.isin(status, SCORED) & np.isfinite(scores.embedding).all(axis=1)
+
+
 def output_table(
     df: pd.DataFrame,
     plan: Plan,
@@ -128,6 +146,11 @@ def output_table(
         "in_domain": inside,
         "domain_score": scores.domain_score.astype(np.float32),
         "saturated_core": pd.arrays.IntegerArray(np.nan_to_num(sat).astype(np.int16), np.isnan(sat)),
+        **(
+            {"embedding": embedding_column(scores.embedding, _scored(status, scores))}
+            if scores.embedding.shape[1]
+            else {}
+        ),
         "status": status.astype(object),
         "input_row": df["_input_row"].to_numpy(np.int64),
         "_healpix_29": df["_healpix29"].to_numpy(np.int64),

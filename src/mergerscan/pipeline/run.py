@@ -20,6 +20,7 @@ from ..run_layout import RunLayout
 from ..run_summary import RunSummary
 from .arguments import ArgumentError, ProcessArguments
 from .cluster import check_gpu_workers, check_local_gpu, client_for
+from .embeddings import provenance as embedding_provenance
 from .executor import Progress, TaskRunner
 from .finalize import finalize, format_summary, run_meta
 from .fingerprint import fingerprint
@@ -78,6 +79,7 @@ def _score(args: ProcessArguments, client, engine_path, info, op, parts: list[Pa
         fault_hook=args.fault_hook,
         image_threshold=args.domain_settings.image_threshold(info.domain),
         max_saturated_core=args.domain_settings.max_saturated_core(info.domain),
+        embeddings=args.embeddings,
     )
     # GPU backends: tasks need one unit of the GPU resource that GPU workers advertise (one per
     # thread): CPU-only workers of the same scheduler never get them (cluster.check_gpu_workers)
@@ -153,6 +155,8 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
         op = operating.for_engine(info, args.purity, args.completeness, args.prevalence)
     except operating.OperatingPointError as exc:
         raise ArgumentError(str(exc)) from None
+    if args.embeddings:  # an engine without a representation block, or N > k: refused here
+        embedding_provenance(args.embeddings, info)
     if (
         args.gpus
         and client is None

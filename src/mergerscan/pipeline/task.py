@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..catalogs.schema import SCORED, STATUS, TRANSIENT
-from ..catalogs.write import write_partition
+from ..catalogs.write import embedding_matrix, write_partition
 from ..cutouts.sources import SourceConfig, open_source
 from ..engines.errors import is_out_of_memory, is_sticky, release_device_memory
 from ..run_layout import RunLayout
@@ -55,6 +55,7 @@ class PartitionTask:
     fault_hook: str | None = None  # faults.py: tests only
     image_threshold: float | None = None  # --domain's image check: domain_score above it is not in_domain
     max_saturated_core: int | None = None  # ... and saturated_core above it (engines.domain.saturated_core)
+    embeddings: int = 0  # --embeddings N: keep the first N embedding components (0: features not asked for)
 
     def retry_with(self, **changes: Any) -> PartitionTask:
         return replace(self, **changes)
@@ -85,7 +86,7 @@ class BatchScorer:
     ):
         self.src, self.engine, self.rows, self.ids = src, engine, rows, rows["id"].to_numpy()
         self.status, self.examples, self.input_rows = status, examples, input_rows
-        self.p, self.d, self.sat = scores
+        self.p, self.d, self.sat, self.e = scores
         self.fetch_seconds = self.infer_seconds = 0.0
         self.no_domain_score = 0  # rows scored by an engine call that gave no domain_score
 
@@ -122,7 +123,7 @@ class BatchScorer:
             self._infer(idx, got.stamps, np.isin(got.status, SCORED))
         except MemoryError:
             got = fetched = None  # drop the stamps before retrying
-            self.p[idx] = self.d[idx] = self.sat[idx] = np.nan
+            self.p[idx] = self.d[idx] = self.sat[idx] = self.e[idx] = np.nan
             if len(idx) == 1:
                 self.status[idx] = "out_of_memory"
                 note(
@@ -138,10 +139,13 @@ class BatchScorer:
     def _infer(self, idx: np.ndarray, stamps: np.ndarray, ok: np.ndarray) -> None:
         t = time.time()
         try:
-            out = self.engine.score(stamps[ok])
+            n_emb = self.e.shape[1]  # 0: the run writes no embeddings, features not asked for
+            out = self.engine.score(stamps[ok], features=n_emb > 0)
             self.p[idx[ok]] = out.p_merger
             if out.saturated_core is not None:
                 self.sat[idx[ok]] = out.saturated_core
+            if n_emb and out.features is not None:
+                self.e[idx[ok]] = out.features[:, :n_emb]
             if out.domain_score is not None:  # None: the engine has no image-level check
                 self.d[idx[ok]] = out.domain_score
             else:
@@ -171,31 +175,26 @@ def _read_rows(plan: Plan, part: Partition, layout: RunLayout) -> pd.DataFrame:
     return read_partition(layout.work.dir, plan, part, [plan.columns["id"], *plan.carried])  # ints never via float64
 
 
-def _previous(layout: RunLayout, part: Partition, df: pd.DataFrame):
+def _previous(layout: RunLayout, part: Partition, df: pd.DataFrame, embeddings: int = 0):
     """(status, Scores, examples) of the partition as written by an earlier run, aligned with
     ``df``; None when there is nothing usable (then every row is done again)."""
     import pyarrow.parquet as pq
 
     try:
-        old = pq.read_table(
-            layout.dataset_file(part), columns=["input_row", "status", "p_merger", "domain_score", "saturated_core"]
-        )
+        scored = ["p_merger", "domain_score", "saturated_core", *(["embedding"] if embeddings else [])]
+        old = pq.read_table(layout.dataset_file(part), columns=["input_row", "status", *scored])
         examples = read_marker(layout.work.marker(part.pid)).get("examples") or {}
     except (OSError, ValueError, KeyError):
         return None
     rows = old.column("input_row").to_numpy()
     if len(rows) != len(df) or not np.array_equal(rows, df["_input_row"].to_numpy()):
         return None
-    return (
-        old.column("status").to_numpy(zero_copy_only=False).astype(object),
-        Scores(
-            *(
-                old.column(k).to_numpy(zero_copy_only=False).astype(np.float32)
-                for k in ("p_merger", "domain_score", "saturated_core")
-            )
-        ),
-        examples,
+    p, d, sat = (
+        old.column(k).to_numpy(zero_copy_only=False).astype(np.float32)
+        for k in ("p_merger", "domain_score", "saturated_core")
     )
+    e = embedding_matrix(old.column("embedding"), embeddings) if embeddings else np.zeros((len(p), 0), np.float32)
+    return old.column("status").to_numpy(zero_copy_only=False).astype(object), Scores(p, d, sat, e), examples
 
 
 def _fetch_rows(df: pd.DataFrame, plan: Plan, ids: np.ndarray, source: SourceConfig) -> pd.DataFrame:
@@ -257,8 +256,8 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
     examples: dict = {}
     status, ids = triage(df, plan, examples)
     inrow = df["_input_row"].to_numpy() if n else np.zeros(0, np.int64)
-    scores = Scores.empty(n)
-    if rerun and n and (prev := _previous(layout, part, df)) is not None:
+    scores = Scores.empty(n, task.embeddings)
+    if rerun and n and (prev := _previous(layout, part, df, task.embeddings)) is not None:
         keep = (status == "") & ~np.isin(prev[0], TRANSIENT)  # ok and lasting failures stay as they are
         status[keep] = prev[0][keep]
         for now, before in zip(scores, prev[1]):

@@ -19,6 +19,8 @@ from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..run_layout import RunLayout
 from . import sections
 from ._page import drawn, esc, fmt, page
+from .embedding_map import fig_embedding_map, project
+from .embedding_map import section as embedding_section
 from .figures import fig_columns, fig_sample, fig_scores, fig_status, fig_throughput
 from .gallery import fetch_cutouts, gallery, path_column
 from .provenance import card_from_parquet, engine_card, engine_spec, provenance_rows
@@ -94,6 +96,8 @@ def build_report(
     top_st, top_err = fetch_cutouts(fetch_from, st.top, spec, paths)
     bor_st, bor_err = fetch_cutouts(fetch_from, st.border, spec, paths)
     out_st, out_err = fetch_cutouts(fetch_from, st.outside, spec, paths)
+    emb_html, emb_png = _embedding_section(st, notes, fetch_from, spec, paths, thr, summary, show)
+    keep("embedding_map", emb_png)
 
     warn = []
     if st.rows != summary.get("rows"):
@@ -126,6 +130,8 @@ def build_report(
             len(st.border) if st.border is not None else 0, thr, gallery(st.border, bor_st, spec, thr, show)
         )
     )
+    if emb_html:
+        S.append(emb_html)
     if thr_png:
         S.append(sections.throughput(thr_png, thr_cap))
     S.append(sections.provenance(provenance_rows(summary, card, thr), card.get("metrics_test") or {}))
@@ -158,6 +164,24 @@ def build_report(
         {"fetched": sum(x is not None for x in top_st + bor_st + out_st), "shown": len(top_st + bor_st + out_st)},
     )
     return layout.report_index
+
+
+def _embedding_section(st: RunStats, notes: list, fetch_from: dict, spec, paths, thr, summary, show):
+    """(section, PNG) of the embedding map (runs with --embeddings; ("", None) without): the
+    projected sample and a few rows' cutouts."""
+    sample = st.embedded
+    if sample is None:
+        return "", None
+    proj = drawn(notes, "embedding map projection", project, sample)
+    if proj is None or sample.table is None:
+        return embedding_section(None, sample, None, summary, ""), None
+    rows = sample.table.iloc[proj.thumbs].reset_index(drop=True)
+    stamps, err = fetch_cutouts(fetch_from, rows, spec, paths)
+    if err:
+        notes.append(err)
+    p = sample.table["p_merger"].to_numpy(np.float64)
+    png = drawn(notes, "embedding map", fig_embedding_map, proj, p, stamps, thr)
+    return embedding_section(png, sample, proj, summary, gallery(rows, stamps, spec, thr, show)), png
 
 
 def _write_json(path: Path, st: RunStats, merg: int, thr: float, npre: int, sky_cap: str | None, cutouts: dict):

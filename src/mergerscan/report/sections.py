@@ -24,6 +24,7 @@ NAV = [
     ("domain", "Domain"),
     ("top", "Top mergers"),
     ("borderline", "Borderline"),
+    ("embeddings", "Embeddings"),
     ("throughput", "Throughput"),
     ("provenance", "Provenance"),
     ("method", "Method"),

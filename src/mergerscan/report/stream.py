@@ -20,6 +20,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ..catalogs.schema import OUTPUT_NAMES, SCORED
+from ..catalogs.write import embedding_matrix, is_vector
+from .embedding_map import EmbeddingSample
 
 SKY_ORDER = 10  # accumulation order of the sky counts (3.4' pixels) ...
 SKY_MAX_PIXELS = 1_000_000  # ... lowered while more pixels than this are occupied (wide surveys)
@@ -154,6 +156,7 @@ class RunStats:
     extra: list[str] = field(default_factory=list)  # carried to galleries (e.g. path)
     seed: int = 0
     domain: bool = True  # the dataset has in_domain / domain_score (runs before --domain have not)
+    embedding: int = 0  # the dimension of the dataset's embedding column (--embeddings); 0: none
 
     def __post_init__(self):
         self.rows = 0
@@ -171,6 +174,7 @@ class RunStats:
         self.top = self.border = self.sample = self.outside = None
         self.scored = 0
         self.beyond = 0  # scored rows the image check put outside the domain (never is_merger)
+        self.embedded = EmbeddingSample() if self.embedding else None  # the embedding map's sample
         self._rng = np.random.default_rng(self.seed)
 
     def columns(self) -> list[str]:
@@ -178,6 +182,7 @@ class RunStats:
             dict.fromkeys(
                 [self.id_column, "ra", "dec", "p_merger", "is_merger", "status", "_healpix_29"]
                 + (["in_domain", "domain_score"] if self.domain else [])
+                + (["embedding"] if self.embedding else [])
                 + [b.name for b in self.bins]
                 + self.extra
             )
@@ -244,6 +249,9 @@ class RunStats:
         )
         for c in [b.name for b in self.bins] + self.extra:
             df[c] = t.column(c).to_numpy(zero_copy_only=False)[idx]
+        if self.embedded is not None:
+            vectors = embedding_matrix(t.column("embedding").take(pa.array(idx)), self.embedding)
+            self.embedded.add(df[["id", "ra", "dec", "p_merger", "status", "domain_score", *self.extra]], vectors)
         df["_neg_p"] = -df["p_merger"]
         df["_dist"] = (df["p_merger"] - self.threshold).abs()
         df["_neg_d"] = -df["domain_score"].fillna(np.inf)  # beyond the threshold, no score: not ranked last
@@ -300,7 +308,9 @@ def scan(
     bins, npre = choose_bins(partition_files(out_dir), dset.schema, presample_rows, path_column)
     extra = [path_column] if path_column in dset.schema.names else []
     has_domain = "in_domain" in dset.schema.names and "domain_score" in dset.schema.names
-    st = RunStats(threshold, bins, id_column, top_n, borderline_n, sample_rows, extra=extra, domain=has_domain)
+    emb = dset.schema.field("embedding").type if "embedding" in dset.schema.names else None
+    dim = emb.list_size if emb is not None and is_vector(emb) else 0
+    st = RunStats(threshold, bins, id_column, top_n, borderline_n, sample_rows, extra, domain=has_domain, embedding=dim)
     for batch in dset.to_batches(columns=st.columns(), batch_size=batch_rows, batch_readahead=1, fragment_readahead=1):
         st.add(batch)
     return st.finish(), npre
