@@ -59,7 +59,8 @@ def test_purity_target_holds_on_the_test_split(gz_dir, dask_client, tmp_path):
     assert op["rule"] == "purity" and op["expected_purity"] >= 0.9 and s["threshold"] == thr
     y, p = got["label"].to_numpy(), got["p_merger"].to_numpy()
     flagged = p >= np.float32(thr)
-    assert (got["is_merger"].to_numpy() == flagged).all()
+    inside = got["in_domain"].to_numpy()  # the image check rejects a few test galaxies (docs/results.md)
+    assert (got["is_merger"].to_numpy() == (flagged & inside)).all() and inside.mean() > 0.99
     measured = ev.precision_at_prevalence(y, p, np.float32(thr), 0.02)
     lo, hi = op["expected_purity_ci95"]
     assert lo <= measured <= hi, (measured, op)
