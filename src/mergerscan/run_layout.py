@@ -104,7 +104,8 @@ class WorkLayout:
         return self.dir / "scored"
 
     def marker(self, pid: int) -> Path:
-        """A partition's done marker (its summary as JSON): present = the partition is written."""
+        """A partition's done marker (its pipeline.result.PartitionResult as JSON): present = the
+        partition is written (pipeline.resume.ResumePlan reads and writes it)."""
         return self.scored_dir / f"{_part(pid)}.json"
 
     @property

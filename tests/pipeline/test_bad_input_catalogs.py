@@ -73,6 +73,7 @@ import pytest
 from conftest import assert_fits_equals_parquet, cli_process, make_stamps, parquet_table, write_fits_catalog
 from mergerscan.catalogs.schema import output_names
 from mergerscan.cutouts.sources import redact_url
+from mergerscan.pipeline.faults import environment
 
 BIG = 588018055654998067
 U63 = 2**63 + 12345
@@ -608,11 +609,12 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(field, tmp_path):
         str(field / "engine.onnx"),
     ]
     # one partition at a time, each >= 2 s: after the first is done, the others are still to come
-    slow = ["--fault-hook", "mergerscan.pipeline.faults:sleep=score:-1:2"]
+    slow = dict(os.environ, **environment("sleep", "score:-1:2"))
     # SIGINT at its default in the child: a suite launched in the background (`make test &`, nohup)
     # hands SIGINT down ignored, and Python then never raises KeyboardInterrupt (the run completes)
     p = subprocess.Popen(
-        argv + slow,
+        argv,
+        env=slow,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

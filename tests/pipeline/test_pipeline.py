@@ -19,6 +19,7 @@ import pytest
 
 from conftest import SCIENCE, cli_process, make_stamps, read_out, two_patch_catalog, write_fits_catalog
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
+from mergerscan.pipeline.faults import environment
 from mergerscan.pipeline.plan import ORDER29, assign_partitions, healpix29, make_partitions
 from mergerscan.pipeline.resume import FingerprintMismatch
 from mergerscan.pipeline.run import run
@@ -136,6 +137,43 @@ def test_rerun_resumes_and_is_identical(small_field, reference_run, dask_client,
         m.unlink()
     run(args_for(d, out), client=dask_client)
     assert {f: f.read_bytes() for f in files} == before
+
+
+def test_resume_plan_says_what_is_left_and_why(small_field, reference_run, tmp_path):
+    """ResumePlan over a finished run: every done marker is a PartitionResult, byte for byte; the
+    partitions holding no_image rows (transient) remain as retries naming them, a partition whose
+    marker is gone remains as never scored; only transient rows are scored again; the OOM ladder."""
+    from mergerscan.pipeline.resume import NEVER_SCORED, RETRY, ResumePlan, after_out_of_memory
+    from mergerscan.pipeline.result import PartitionResult
+    from mergerscan.pipeline.task import PartitionTask
+
+    d, _ = small_field
+    out = copy_run(reference_run[0], tmp_path / "out")
+    resume = ResumePlan(out)
+    plan = resume.existing_plan()
+    for f in sorted(RunLayout(out).work.scored_dir.glob("*.json")):
+        text = f.read_text()
+        assert json.dumps(PartitionResult.from_dict(json.loads(text)).to_dict(), sort_keys=True) == text, f.name
+    results = resume.results(plan.partitions)
+    assert sum(r.rows for r in results) == 300 and resume.unscored(plan.partitions) == []
+    todo = resume.remaining(plan.partitions)
+    assert todo and {t.why for t in todo} == {RETRY} and [t.part.pid for t in todo] == [
+        r.pid for r in results if r.retry
+    ]
+    assert sum(t.statuses.get("no_image", 0) for t in todo) == 2 and all(set(t.statuses) == {"no_image"} for t in todo)
+    done = next(p for p in plan.partitions if p.pid not in {t.part.pid for t in todo})
+    RunLayout(out).work.marker(done.pid).unlink()
+    assert resume.scored(done.pid) is None and resume.unscored(plan.partitions) == [done]
+    assert [(t.part.pid, t.why) for t in resume.remaining([done, todo[0].part])] == [
+        (done.pid, NEVER_SCORED),
+        (todo[0].part.pid, RETRY),
+    ]
+    before = np.array(["ok", "edge", "no_image", "bad_image", "fetch_failed", "out_of_memory", "bad_coords"], object)
+    assert resume.keep_rows(before).tolist() == [True, True, False, True, False, False, True]
+    assert resume.kept_examples({"no_image": "a", "bad_image": "b"}) == {"bad_image": "b"}
+    task = PartitionTask(output=str(out), source=args_for(d, out).source, engine_path=None, batch_size=128)
+    ladder = [after_out_of_memory(task, level)[0] for level in range(3)]
+    assert [(t.batch_size, t.flag_status) for t in ladder] == [(16, None), (1, None), (1, "out_of_memory")]
 
 
 def test_shared_batches_give_the_same_catalog(small_field, reference_run, dask_client, tmp_path):
@@ -407,15 +445,23 @@ def test_run_summary_reading_rules():
         RunSummary.from_json("{")
 
 
-def test_error_bad_fault_hook(small_field, tmp_path):
-    d, _ = small_field
+def test_error_bad_fault_hook(monkeypatch):
+    """A fault hook (tests only: named in the environment, faults.py) that cannot be used is refused
+    in one line naming it; no hook in the environment calls nothing."""
+    from mergerscan.pipeline.faults import ENV, FaultHookError, fault_point, resolve
+
+    monkeypatch.delenv(ENV, raising=False)
+    fault_point("score", 0, 8)  # production: no hook, nothing happens
     for spec, why in (
         ("nomodule", "module:function"),
         ("mergerscan.pipeline.faults:nothing", "AttributeError"),
         ("mergerscan.nowhere:f", "ModuleNotFoundError"),
     ):
-        with pytest.raises(ArgumentError, match=why):
-            args_for(d, tmp_path / "o", fault_hook=spec)
+        with pytest.raises(FaultHookError, match=why):
+            resolve(spec)
+        monkeypatch.setenv(ENV, spec)
+        with pytest.raises(FaultHookError, match=f"{ENV}=.*{why}"):
+            fault_point("score", 0, 8)
 
 
 def test_error_unknown_keep_column_and_two_sources(small_field, tmp_path):
@@ -455,7 +501,7 @@ def test_killed_run_resumes_without_duplicates(small_field, dask_client, tmp_pat
         d / "engine.onnx",
     ]
     # every partition takes >= 0.4 s, so that the kill lands mid-run however fast the engine is
-    slow = ["--fault-hook", "mergerscan.pipeline.faults:sleep=score:-1:0.4"]
+    slow = dict(os.environ, **environment("sleep", "score:-1:0.4"))
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -465,8 +511,8 @@ def test_killed_run_resumes_without_duplicates(small_field, dask_client, tmp_pat
             "-o",
             str(out),
             *map(str, common),
-            *slow,
         ],
+        env=slow,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -558,7 +604,7 @@ def test_killed_plan_rerun_finishes_with_the_same_plan(small_field, plan_referen
     split_ref = ref / "_work" / "split"
     buckets = sorted(f.name for f in split_ref.iterdir())
     assert len(buckets) > 3 and all(b.startswith("bucket-") for b in buckets)
-    slow = ["--fault-hook", f"mergerscan.pipeline.faults:sleep={stage}:-1:0.5"]  # every {stage} task >= 0.5 s
+    slow = dict(os.environ, **environment("sleep", f"{stage}:-1:0.5"))  # every {stage} task >= 0.5 s
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -568,8 +614,8 @@ def test_killed_plan_rerun_finishes_with_the_same_plan(small_field, plan_referen
             "-o",
             str(out),
             *map(str, common),
-            *slow,
         ],
+        env=slow,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

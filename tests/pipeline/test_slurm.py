@@ -31,6 +31,7 @@ import pytest
 from conftest import SCIENCE, assert_no_traceback, make_stamps, read_out, two_patch_catalog, write_fits_catalog
 from mergerscan.pipeline import slurm as S
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
+from mergerscan.pipeline.faults import environment
 from mergerscan.run_layout import RunLayout
 
 REPO = Path(__file__).resolve().parents[2]
@@ -338,7 +339,7 @@ def test_memoryerror_batch_retried_in_halves_then_flagged(field, reference, dask
     from mergerscan.catalogs.schema import STATUS
     from mergerscan.engines import read_engine_info
     from mergerscan.pipeline import task as T
-    from mergerscan.pipeline.resume import read_marker
+    from mergerscan.pipeline.resume import ResumePlan
 
     d, _ = field
     out = tmp_path / "out"
@@ -363,7 +364,7 @@ def test_memoryerror_batch_retried_in_halves_then_flagged(field, reference, dask
     r = T.score_partition(plan, part, task)
     got = pq.read_table(layout.dataset_file(part)).to_pandas().set_index("input_row")
     ref = reference.set_index("input_row").loc[got.index]
-    assert (got["status"] == ref["status"]).all() and "out_of_memory" not in r["status"]
+    assert (got["status"] == ref["status"]).all() and "out_of_memory" not in r.status
     assert np.allclose(got["p_merger"], ref["p_merger"], equal_nan=True, atol=1e-6)
     # one stamp that never fits: only its row is flagged, the rest still scored
     ok_row = got.index[got["status"] == "ok"][0]
@@ -376,15 +377,16 @@ def test_memoryerror_batch_retried_in_halves_then_flagged(field, reference, dask
     got = pq.read_table(layout.dataset_file(part)).to_pandas().set_index("input_row")
     assert got.loc[ok_row, "status"] == "out_of_memory" and np.isnan(got.loc[ok_row, "p_merger"])
     assert (got.drop(ok_row)["status"] == ref.drop(ok_row)["status"]).all()
-    assert "out_of_memory" in STATUS and r["retry"] and layout.work.retry_marker(part.pid).is_file()
-    assert read_marker(layout.work.marker(part.pid))["status"]["out_of_memory"] == 1
+    assert "out_of_memory" in STATUS and r.retry and layout.work.retry_marker(part.pid).is_file()
+    assert ResumePlan(layout).scored(part.pid).status["out_of_memory"] == 1
+    assert ResumePlan(layout).needs_retry(part.pid)
     tight.poison = None  # "more memory": the re-run scores it and clears the retry marker
     r = T.score_partition(plan, part, task)
-    assert "out_of_memory" not in r["status"]
+    assert "out_of_memory" not in r.status
     got = pq.read_table(layout.dataset_file(part)).to_pandas().set_index("input_row")
     assert got.loc[ok_row, "status"] == "ok"
     # a retry marker stays only for rows whose failure may still be transient (no_image here)
-    assert layout.work.retry_marker(part.pid).exists() == bool(r["status"].get("no_image"))
+    assert layout.work.retry_marker(part.pid).exists() == bool(r.status.get("no_image"))
 
 
 @pytest.mark.parametrize("kind", ["torch", "cuda-message", "onnxruntime"])
@@ -430,7 +432,7 @@ def test_cuda_out_of_memory_batch_retried_in_halves(field, reference, dask_clien
     )
     got = pq.read_table(RunLayout(out).dataset_file(part)).to_pandas().set_index("input_row")
     ref = reference.set_index("input_row").loc[got.index]
-    assert (got["status"] == ref["status"]).all() and "retry" not in r
+    assert (got["status"] == ref["status"]).all() and not r.retry
     assert "inference_failed" not in set(got["status"])
     assert np.allclose(got["p_merger"], ref["p_merger"], equal_nan=True, atol=1e-6)
     assert max(sizes) > 3 and min(sizes) <= 3  # it failed big, then fitted in halves
@@ -440,9 +442,9 @@ def test_cuda_out_of_memory_batch_retried_in_halves(field, reference, dask_clien
 ONE_DEATH = dict(os.environ, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
 
 
-def fault(name: str, argument: str) -> list[str]:
-    """The test-only option that injects one of pipeline/faults.py's faults into the run's tasks."""
-    return ["--fault-hook", f"mergerscan.pipeline.faults:{name}={argument}"]
+def fault(name: str, argument: str) -> dict[str, str]:
+    """The environment that injects one of pipeline/faults.py's faults into the run's tasks."""
+    return environment(name, argument)
 
 
 def test_worker_killed_for_memory_is_retried_smaller(field, reference, tmp_path):
@@ -451,7 +453,8 @@ def test_worker_killed_for_memory_is_retried_smaller(field, reference, tmp_path)
     d, _ = field
     out = tmp_path / "out"
     r = run_cli(
-        *cli_args(d, out, "--workers", "1", "--memory-limit", "1.5GiB", *fault("exhaust_memory", "2:8")), env=ONE_DEATH
+        *cli_args(d, out, "--workers", "1", "--memory-limit", "1.5GiB"),
+        env={**ONE_DEATH, **fault("exhaust_memory", "2:8")},
     )
     assert r.returncode == 0, r.stderr
     assert "partition" in r.stderr and "retrying with batch size 1" in r.stderr
@@ -462,7 +465,8 @@ def test_partition_that_always_runs_out_of_memory_is_flagged_then_rescored(field
     d, df = field
     out = tmp_path / "out"
     r = run_cli(
-        *cli_args(d, out, "--workers", "1", "--memory-limit", "1.5GiB", *fault("memory_error", "1:1")), env=ONE_DEATH
+        *cli_args(d, out, "--workers", "1", "--memory-limit", "1.5GiB"),
+        env={**ONE_DEATH, **fault("memory_error", "1:1")},
     )
     assert r.returncode == 0, r.stderr
     got = read_out(out)
@@ -696,7 +700,7 @@ def test_slurm_scancel_mid_run_then_resubmit(slurm, field, reference, tmp_path):
     d, _ = field
     jobs, out = _jobs(tmp_path), tmp_path / "out"
     argv = cli_args(d, out)
-    jid = slurm.sbatch(jobs["process-catalog.sbatch"], *argv, *SLOW, cwd=tmp_path)
+    jid = slurm.sbatch(jobs["process-catalog.sbatch"], *argv, cwd=tmp_path, env=SLOW)
     _wait_for_markers(out, 2, jid, slurm)
     subprocess.run(["scancel", jid], env=slurm.env, check=True)
     assert slurm.wait(jid) == ["CANCELLED"], _job_log(tmp_path)
@@ -727,7 +731,7 @@ def _worker_process(jid: str):
 def test_slurm_worker_killed_mid_run_is_survived(slurm, field, reference, tmp_path):
     d, _ = field
     jobs, out = _jobs(tmp_path), tmp_path / "out"
-    jid = slurm.sbatch(jobs["process-catalog.sbatch"], *cli_args(d, out, *SLOW), cwd=tmp_path)
+    jid = slurm.sbatch(jobs["process-catalog.sbatch"], *cli_args(d, out), cwd=tmp_path, env=SLOW)
     _wait_for_markers(out, 2, jid, slurm)
     w = _worker_process(jid)
     assert w is not None, "no worker process found"

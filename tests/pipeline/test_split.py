@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 from mergerscan.catalogs.read import CatalogReader
 from mergerscan.pipeline import split
 from mergerscan.pipeline.plan import ORDER29, Plan, assign_partitions, healpix29, make_partitions
-from mergerscan.run_layout import WorkLayout
+from mergerscan.pipeline.resume import ResumePlan
+from mergerscan.run_layout import RunLayout, WorkLayout
 
 HIST_ORDER = 5
 
@@ -52,7 +53,7 @@ def _split(tmp_path, df, chunk_rows=700, partition_rows=300, bucket_rows=1000):
         "keep": ["nchild", "name"],
         "hist_order": HIST_ORDER,
     }
-    work = tmp_path / "work"
+    work = RunLayout(tmp_path).work.dir
     hist, ranges = split.Histogram(), []
     for i, c in enumerate(chunks):
         s = split.scan_chunk(spec, i, c, str(work))
@@ -79,9 +80,11 @@ def test_split_gives_each_partition_exactly_its_rows_in_input_order(tmp_path):
     plan, work = _split(tmp_path, df)
     assert len(plan.chunks) == 9 and len(os.listdir(WorkLayout(work).runs_dir)) == 9  # one run per chunk
     assert any(p.nsub > 1 for p in plan.partitions) and any(p.order < 0 for p in plan.partitions)
+    resume = ResumePlan(tmp_path)
+    assert resume.missing_buckets(plan) == list(range(len(plan.split["buckets"])))
     for b in range(len(plan.split["buckets"])):
         split.gather_bucket(plan, b, str(work))
-    assert split.missing_buckets(work, plan) == []
+    assert resume.missing_buckets(plan) == []
     split.remove_runs(work)
     assert sorted(os.listdir(work / "split")) == [f"bucket-{b:06d}.arrow" for b in range(len(plan.split["buckets"]))]
     # the reference: every row assigned on its own, over the whole catalog

@@ -7,47 +7,76 @@ why a row has no score.  Nothing is dropped: every input row appears once, with 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+
+
+class Status(str, Enum):
+    """A row's status: why it has a score or why not.  Members are ``str`` (``Status.OK == "ok"``),
+    so arrays, JSON and the Parquet/FITS columns hold the plain strings; code compares against the
+    members.  (``enum.StrEnum`` needs Python 3.11: this is the same for 3.10.)"""
+
+    OK = "ok"
+    EDGE = "edge"
+    BAD_COORDS = "bad_coords"
+    NO_ID = "no_id"
+    DUPLICATE_ID = "duplicate_id"
+    NO_IMAGE = "no_image"
+    BAD_IMAGE = "bad_image"
+    SMALL_IMAGE = "small_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    BLANK_IMAGE = "blank_image"
+    OUTSIDE_FOOTPRINT = "outside_footprint"
+    CORRUPT_FRAME = "corrupt_frame"
+    FETCH_FAILED = "fetch_failed"
+    NOT_SELECTED = "not_selected"
+    OUT_OF_DOMAIN = "out_of_domain"
+    INFERENCE_FAILED = "inference_failed"
+    OUT_OF_MEMORY = "out_of_memory"
+
+    __str__ = str.__str__  # "ok", not "Status.OK", in messages and f-strings
+    __format__ = str.__format__
+
 
 # status -> meaning, in markdown (the run report shows it without the backticks); docs/output.md's
 # status table is rendered from it (:func:`update_docs`)
 STATUS = {
-    "ok": "scored",
-    "edge": "scored; part of the stamp lies on no readable frame (`--frames` fills each stamp from every frame that "
+    Status.OK: "scored",
+    Status.EDGE: "scored; part of the stamp lies on no readable frame (`--frames` fills each stamp from every frame that "
     "covers it: these pixels are off the survey, in a gap, or on a missing or unreadable frame) and was filled with "
     "sky (0): more than none and less than 75 % of the stamp (75 % or more is `blank_image`)",
-    "bad_coords": "ra/dec missing, NaN or out of range (ra not in [0, 360), dec not in [-90, 90])",
-    "no_id": "the id is missing: null, NaN or blank text (the row is kept, its id as it was; not scored)",
-    "duplicate_id": "the same id already appeared earlier in the same sky partition (the first occurrence is scored)",
-    "no_image": "no image file for this object (`--images`), including an id or `--path-column` value that no "
+    Status.BAD_COORDS: "ra/dec missing, NaN or out of range (ra not in [0, 360), dec not in [-90, 90])",
+    Status.NO_ID: "the id is missing: null, NaN or blank text (the row is kept, its id as it was; not scored)",
+    Status.DUPLICATE_ID: "the same id already appeared earlier in the same sky partition (the first occurrence is scored)",
+    Status.NO_IMAGE: "no image file for this object (`--images`), including an id or `--path-column` value that no "
     "file can have (over 255 bytes, a NUL byte, characters the filesystem cannot encode) and an id that is `.`, "
     "`..` or holds a path separator (an id never names a file outside DIR)",
-    "bad_image": "the image exists but cannot be decoded, is damaged (any libjpeg-turbo warning: corrupt data, a "
+    Status.BAD_IMAGE: "the image exists but cannot be decoded, is damaged (any libjpeg-turbo warning: corrupt data, a "
     "zeroed block, data cut short even with the end marker kept; or flat grey-128 fill), is not a "
     "square RGB image (an RGBA or palette PNG counts as RGB when every pixel is opaque), is not a "
     "regular file (FIFO, device, directory), or holds no display values (FITS outside 0..255)",
-    "small_image": "the image is smaller than a quarter of the stamp a side (64 px for 256 px stamps): upsampling "
+    Status.SMALL_IMAGE: "the image is smaller than a quarter of the stamp a side (64 px for 256 px stamps): upsampling "
     "would invent the galaxy",
-    "image_too_large": "the image header declares more than 4x the stamp a side (1024 px), or the file is over "
+    Status.IMAGE_TOO_LARGE: "the image header declares more than 4x the stamp a side (1024 px), or the file is over "
     "32 MiB: never decoded",
-    "blank_image": "the stamp is blank: over 10 % NaN/inf pixels, at least 75 % flat (one colour per 8x8 tile; "
+    Status.BLANK_IMAGE: "the stamp is blank: over 10 % NaN/inf pixels, at least 75 % flat (one colour per 8x8 tile; "
     "frames: 75 % without data), or constant",
-    "outside_footprint": "no survey frame covers this position (`--frames`)",
-    "corrupt_frame": "every frame covering this position is unreadable (e.g. corrupt bz2)",
-    "fetch_failed": "the cutout service failed after retries (HTTP error, timeout, oversize or bad body, bad "
+    Status.OUTSIDE_FOOTPRINT: "no survey frame covers this position (`--frames`)",
+    Status.CORRUPT_FRAME: "every frame covering this position is unreadable (e.g. corrupt bz2)",
+    Status.FETCH_FAILED: "the cutout service failed after retries (HTTP error, timeout, oversize or bad body, bad "
     "redirect); `summary.json` `fetch_failures` counts the reasons and the printed summary names "
     "the leading one and the service",
-    "not_selected": "left out by `--select EXPR` (kept with its columns; not fetched, not scored)",
-    "out_of_domain": "outside the engine's training selection by the catalog's own columns (e.g. SDSS `type` not a "
+    Status.NOT_SELECTED: "left out by `--select EXPR` (kept with its columns; not fetched, not scored)",
+    Status.OUT_OF_DOMAIN: "outside the engine's training selection by the catalog's own columns (e.g. SDSS `type` not a "
     "galaxy, `petroMag_r` fainter than the card's limit, `z` outside its range; `summary.json` `domain_rules` counts "
     "which rule): not fetched, not scored. A missing value decides nothing. `--domain off` scores these rows",
-    "inference_failed": "the engine raised on this row's batch",
-    "out_of_memory": "ran out of memory: a MemoryError even for the row alone, or the worker scoring its partition "
+    Status.INFERENCE_FAILED: "the engine raised on this row's batch",
+    Status.OUT_OF_MEMORY: "ran out of memory: a MemoryError even for the row alone, or the worker scoring its partition "
     "was killed repeatedly (the Dask nanny's memory limit, the kernel's OOM killer) even when "
     "retried with smaller batches. Re-running the same command (with more memory per worker) "
     "scores these partitions again; nothing else is recomputed",
 }
-SCORED = ("ok", "edge")
+SCORED = (Status.OK, Status.EDGE)
 
 
 def is_merger(p_merger, threshold: float, in_domain):
@@ -57,8 +86,9 @@ def is_merger(p_merger, threshold: float, in_domain):
     return (np.nan_to_num(np.asarray(p_merger, np.float64), nan=-1.0) >= threshold) & np.asarray(in_domain, bool)
 
 
-# failures that a re-run of the same command retries (the rest are kept as they are)
-TRANSIENT = ("fetch_failed", "no_image", "out_of_memory")
+# failures that a re-run of the same command retries (the rest are kept as they are): the policy
+# itself is pipeline.resume.ResumePlan's (which partitions a re-run opens again, which rows it re-scores)
+TRANSIENT = (Status.FETCH_FAILED, Status.NO_IMAGE, Status.OUT_OF_MEMORY)
 STATUS_WIDTH = max(len(s) for s in STATUS)
 
 

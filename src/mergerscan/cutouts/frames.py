@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..catalogs.schema import Status
 from .base import SourceBase, SourceOptions, empty_stamps
 from .colour import composite, composite_reference
 from .footprint import INDEX_NAME, Field, build_frame_index
@@ -91,7 +92,7 @@ class _Rows:
 
 class FrameSource(SourceBase):
     kind = "frames"
-    statuses = frozenset({"edge", "outside_footprint", "corrupt_frame", "blank_image"})
+    statuses = frozenset({Status.EDGE, Status.OUTSIDE_FOOTPRINT, Status.CORRUPT_FRAME, Status.BLANK_IMAGE})
 
     @dataclass(frozen=True)
     class Options(SourceOptions):
@@ -144,7 +145,7 @@ class FrameSource(SourceBase):
         n = len(rows)
         ids = rows["id"].astype(str).tolist() if "id" in rows.columns else [str(i) for i in range(n)]
         ra, dec = rows["ra"].to_numpy(np.float64), rows["dec"].to_numpy(np.float64)
-        out = _Rows(empty_stamps(n, self.spec), np.full(n, "outside_footprint", dtype=object), ra, dec, ids)
+        out = _Rows(empty_stamps(n, self.spec), np.full(n, Status.OUTSIDE_FOOTPRINT, dtype=object), ra, dec, ids)
         status = out.status
         cand, start, ncand = self._candidates(ra, dec)
         rank = np.zeros(n, int)
@@ -164,18 +165,18 @@ class FrameSource(SourceBase):
                         self._complete(patches, out)
                         patches = []
             exhausted = rank[pending] >= ncand[pending]
-            status[pending[exhausted]] = "corrupt_frame"
+            status[pending[exhausted]] = Status.CORRUPT_FRAME
             for i in pending[exhausted][:1]:
                 keys = [self.field_keys[f] for f in cand[start[i] : start[i] + ncand[i]]]
                 self.examples.setdefault(
-                    "corrupt_frame",
+                    Status.CORRUPT_FRAME,
                     f"id {ids[i]}: field(s) {', '.join(keys)} unreadable: {self._bad.get(cand[start[i]], '?')}"[:300],
                 )
-            pending = pending[(status[pending] == "outside_footprint") & ~exhausted]
+            pending = pending[(status[pending] == Status.OUTSIDE_FOOTPRINT) & ~exhausted]
         self._complete(patches, out)
-        for i in np.flatnonzero(status == "outside_footprint")[:1]:
+        for i in np.flatnonzero(status == Status.OUTSIDE_FOOTPRINT)[:1]:
             self.examples.setdefault(
-                "outside_footprint",
+                Status.OUTSIDE_FOOTPRINT,
                 f"id {ids[i]} at ra={ra[i]:.6f}, dec={dec[i]:.6f}: none of "
                 f"the {len(self.field_keys)} fields in {self.directory} "
                 "covers it",
@@ -191,7 +192,7 @@ class FrameSource(SourceBase):
         """Cut objects ``part`` from their best field: stamps it covers wholly are finished, the
         others are returned as patches to complete from the neighbouring frames."""
         bands, covered = self.grid.resample(self.field(fi).wcs, images, out.ra[part], out.dec[part])
-        out.status[part] = "ok"  # provisional: no longer looking for a field
+        out.status[part] = Status.OK  # provisional: no longer looking for a field
         full = covered.all(axis=(0, 2, 3))
         self._finish(bands[:, full], part[full], np.zeros(int(full.sum())), [fi] * int(full.sum()), out)
         return [Patch.from_best(int(part[m]), fi, bands[:, m].copy(), covered[:, m]) for m in np.flatnonzero(~full)]
@@ -207,9 +208,9 @@ class FrameSource(SourceBase):
         idx = np.array([p.row for p in patches])
         self._finish(np.stack([p.bands for p in patches], axis=1), idx, sky, [p.best for p in patches], out)
         for p, f in zip(patches, sky):
-            if f > 0 and out.status[p.row] == "edge":
+            if f > 0 and out.status[p.row] == Status.EDGE:
                 self.examples.setdefault(
-                    "edge",
+                    Status.EDGE,
                     f"id {out.ids[p.row]} (field {self.field_keys[p.best]}, {p.neighbours} neighbouring field(s) "
                     f"added pixels): {f:.1%} of the stamp is covered by no readable frame, filled with sky (0)",
                 )
@@ -227,7 +228,7 @@ class FrameSource(SourceBase):
         for j in range(0, k, COMPOSITE_STAMPS):
             sl = slice(j, j + COMPOSITE_STAMPS)
             out.stamps[idx[sl]] = composite([b[sl] for b in bands], self.spec.stretch)
-        out.status[idx] = np.where(sky > 0, "edge", "ok")
+        out.status[idx] = np.where(sky > 0, Status.EDGE, Status.OK)
         for j, i in enumerate(idx):
             if j not in rejected:
                 try:

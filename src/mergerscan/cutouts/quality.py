@@ -37,6 +37,8 @@ import stat
 
 import numpy as np
 
+from ..catalogs.schema import Status
+
 MAX_FILE_BYTES = 32 * 2**20  # a stamp file: 1024^2 x 3 float64 FITS is 25 MB
 MIN_SIDE_DIVISOR = 4  # side >= stamp_pixels / 4
 MAX_SIDE_FACTOR = 4  # side <= 4 * stamp_pixels
@@ -50,7 +52,7 @@ TILE = 8
 class ImageRejected(Exception):
     """An image that must not be scored: ``status`` (a schema status) and a one-line ``reason``."""
 
-    def __init__(self, status: str, reason: str):
+    def __init__(self, status: Status, reason: str):
         super().__init__(reason)
         self.status, self.reason = status, reason
 
@@ -68,7 +70,7 @@ def open_regular(path, max_bytes: int | None = None):
         if not stat.S_ISREG(st.st_mode):
             raise NotRegularFile(f"{path}: not a regular file")
         if max_bytes is not None and st.st_size > max_bytes:
-            raise ImageRejected("image_too_large", f"file is {st.st_size} bytes (limit {max_bytes})")
+            raise ImageRejected(Status.IMAGE_TOO_LARGE, f"file is {st.st_size} bytes (limit {max_bytes})")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
@@ -80,7 +82,7 @@ def read_regular(path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     with open_regular(path, max_bytes) as f:
         body = f.read(max_bytes + 1)
     if len(body) > max_bytes:  # grew after the fstat
-        raise ImageRejected("image_too_large", f"file is over {max_bytes} bytes")
+        raise ImageRejected(Status.IMAGE_TOO_LARGE, f"file is over {max_bytes} bytes")
     return body
 
 
@@ -92,11 +94,11 @@ def check_size(width: int, height: int, stamp_pixels: int) -> None:
     """Header-level check (before decoding): square, and not too small or too large."""
     lo, hi = side_limits(stamp_pixels)
     if max(width, height) > hi:
-        raise ImageRejected("image_too_large", f"{width}x{height} px (limit {hi} a side); not decoded")
+        raise ImageRejected(Status.IMAGE_TOO_LARGE, f"{width}x{height} px (limit {hi} a side); not decoded")
     if width != height:
-        raise ImageRejected("bad_image", f"not square: {width}x{height} px")
+        raise ImageRejected(Status.BAD_IMAGE, f"not square: {width}x{height} px")
     if width < lo:
-        raise ImageRejected("small_image", f"{width}x{height} px (at least {lo} a side)")
+        raise ImageRejected(Status.SMALL_IMAGE, f"{width}x{height} px (at least {lo} a side)")
 
 
 OPAQUE_MODES = ("RGBA", "P")  # PIL modes used as RGB when every pixel is opaque (exported PNGs)
@@ -107,7 +109,7 @@ def opaque_rgb(im) -> np.ndarray:
     transparent pixel hides the colour the stamp needs there: ``bad_image``."""
     rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
     if (rgba[..., 3] < 255).any():
-        raise ImageRejected("bad_image", f"mode {im.mode} with transparent pixels")
+        raise ImageRejected(Status.BAD_IMAGE, f"mode {im.mode} with transparent pixels")
     return np.ascontiguousarray(rgba[..., :3])
 
 
@@ -119,11 +121,13 @@ def display_values(a: np.ndarray) -> np.ndarray:
     finite = np.isfinite(x)
     bad = 1.0 - finite.mean() if x.size else 1.0
     if bad > MAX_NONFINITE:
-        raise ImageRejected("blank_image", f"{bad:.0%} of the pixels are NaN/inf")
+        raise ImageRejected(Status.BLANK_IMAGE, f"{bad:.0%} of the pixels are NaN/inf")
     v = x[finite]
     lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
     if lo < -0.5 or hi > 255.5:
-        raise ImageRejected("bad_image", f"pixel values {lo:.3g}..{hi:.3g} are not display values (0..1 or 0..255)")
+        raise ImageRejected(
+            Status.BAD_IMAGE, f"pixel values {lo:.3g}..{hi:.3g} are not display values (0..1 or 0..255)"
+        )
     if a.dtype.kind == "f" and hi <= 1.0:
         x = x * 255.0  # display values in 0..1 (matplotlib, skimage)
     x[~finite] = 0.0
@@ -144,7 +148,7 @@ def check_jpeg(body: bytes) -> np.ndarray | None:
     try:
         return simplejpeg.decode_jpeg(body, colorspace="RGB", strict=True)
     except ValueError as e:
-        raise ImageRejected("bad_image", f"corrupt JPEG: {e}") from None
+        raise ImageRejected(Status.BAD_IMAGE, f"corrupt JPEG: {e}") from None
 
 
 def check_bands(bands: np.ndarray) -> list:
@@ -158,13 +162,13 @@ def check_bands(bands: np.ndarray) -> list:
         bad = 1.0 - finite.mean(axis=(0, 2, 3))
         bands[~finite] = 0
         out += [
-            (j, ImageRejected("blank_image", f"{bad[j]:.0%} of the frame pixels are NaN/inf"))
+            (j, ImageRejected(Status.BLANK_IMAGE, f"{bad[j]:.0%} of the frame pixels are NaN/inf"))
             for j in np.flatnonzero(bad > MAX_NONFINITE)
         ]
     empty = (bands == 0).all(axis=0).mean(axis=(1, 2))
     seen = {j for j, _ in out}
     out += [
-        (j, ImageRejected("blank_image", f"{empty[j]:.0%} of the stamp has no data (off the frame or 0)"))
+        (j, ImageRejected(Status.BLANK_IMAGE, f"{empty[j]:.0%} of the stamp has no data (off the frame or 0)"))
         for j in np.flatnonzero(empty >= MAX_FLAT)
         if j not in seen
     ]
@@ -177,7 +181,7 @@ def check_pixels(a: np.ndarray, flat: bool = True) -> None:
     simulated sky is flat) checks only that the image is not constant."""
     h, w = a.shape[:2]
     if int(a.max()) - int(a.min()) <= MIN_RANGE:
-        raise ImageRejected("blank_image", f"the image is constant (values {a.min()}..{a.max()})")
+        raise ImageRejected(Status.BLANK_IMAGE, f"the image is constant (values {a.min()}..{a.max()})")
     th, tw = h // TILE, w // TILE
     if not flat or not th or not tw:
         return
@@ -188,9 +192,9 @@ def check_pixels(a: np.ndarray, flat: bool = True) -> None:
     flat = hi == t.min(-1)
     f = flat.mean()
     if f >= MAX_FLAT:
-        raise ImageRejected("blank_image", f"{f:.0%} of the image is flat (one colour per 8x8 tile)")
+        raise ImageRejected(Status.BLANK_IMAGE, f"{f:.0%} of the image is flat (one colour per 8x8 tile)")
     fill = (flat & (hi == 0x808080)).mean()
     if fill >= MAX_FILL and fill * th * tw >= 2:
         raise ImageRejected(
-            "bad_image", f"{fill:.0%} of the image is flat grey 128: compressed data cut short or damaged"
+            Status.BAD_IMAGE, f"{fill:.0%} of the image is flat grey 128: compressed data cut short or damaged"
         )

@@ -15,7 +15,7 @@ declares) plus one registry entry:
           @dataclass(frozen=True)
           class Options(SourceOptions):
               level: int = 7
-          statuses = frozenset({"no_image"})
+          statuses = frozenset({Status.NO_IMAGE})
           def fetch(self, rows): ...
 
   and is then opened by kind: ``open_source(SourceConfig("toy", location, (("level", 3),)), spec)``.

@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..catalogs.schema import Status
 from .base import SourceBase, SourceOptions, empty_stamps
 from .preprocess import PreprocessSpec
 from .quality import OPAQUE_MODES, ImageRejected, check_jpeg, check_pixels, check_size, opaque_rgb
@@ -83,7 +84,9 @@ __all__ = ["UNREACHABLE_ROWS", "ServiceSource"]
 
 class ServiceSource(SourceBase):
     kind = "service"
-    statuses = frozenset({"fetch_failed", "bad_image", "small_image", "image_too_large", "blank_image"})
+    statuses = frozenset(
+        {Status.FETCH_FAILED, Status.BAD_IMAGE, Status.SMALL_IMAGE, Status.IMAGE_TOO_LARGE, Status.BLANK_IMAGE}
+    )
     needs_network = True
 
     @dataclass(frozen=True)
@@ -147,7 +150,7 @@ class ServiceSource(SourceBase):
     def fetch(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         n = len(rows)
         stamps = empty_stamps(n, self.spec)
-        status = np.full(n, "fetch_failed", dtype=object)
+        status = np.full(n, Status.FETCH_FAILED, dtype=object)
         ra = rows["ra"].to_numpy(np.float64)
         dec = rows["dec"].to_numpy(np.float64)
 
@@ -159,10 +162,10 @@ class ServiceSource(SourceBase):
                 self.examples.setdefault(e.status, f"ra={ra[i]:.6f}, dec={dec[i]:.6f}: {e.reason}")
                 return
             if isinstance(img, str):
-                self.examples.setdefault("fetch_failed", f"ra={ra[i]:.6f}, dec={dec[i]:.6f}: {img}")
+                self.examples.setdefault(Status.FETCH_FAILED, f"ra={ra[i]:.6f}, dec={dec[i]:.6f}: {img}")
                 return
             stamps[i] = img
-            status[i] = "ok"
+            status[i] = Status.OK
 
         list(self._pool.map(one, range(n)))
         self._count("rows", n)
@@ -361,7 +364,7 @@ class ServiceSource(SourceBase):
             with Image.open(io.BytesIO(body)) as im:
                 w, h = im.size  # header only: checked before decoding pixels
                 if im.mode not in ("RGB", *OPAQUE_MODES) or w != h:
-                    raise Fail("bad_image", detail=f"{where} sent a {w}x{h} {im.mode} image, not a square RGB one")
+                    raise Fail(Status.BAD_IMAGE, detail=f"{where} sent a {w}x{h} {im.mode} image, not a square RGB one")
                 check_size(w, h, s)  # small_image / image_too_large: ImageRejected
                 if im.format == "JPEG" and not body.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
                     raise Fail("bad_body", detail=f"{where} sent a truncated JPEG")  # also if LOAD_TRUNCATED_IMAGES
@@ -380,11 +383,11 @@ class ServiceSource(SourceBase):
         except (Fail, ImageRejected):
             raise
         except Image.DecompressionBombError:  # PIL's own pixel limit, from the header
-            raise ImageRejected("image_too_large", f"{where} sent an image of too many pixels") from None
+            raise ImageRejected(Status.IMAGE_TOO_LARGE, f"{where} sent an image of too many pixels") from None
         except Exception:  # not an image, truncated, corrupt
             raise Fail("bad_body", detail=f"{where} sent a body that is not an image") from None
         if arr.shape != (s, s, 3):
-            raise Fail("bad_image", detail=f"{where} sent an image of shape {arr.shape}")
+            raise Fail(Status.BAD_IMAGE, detail=f"{where} sent an image of shape {arr.shape}")
         return arr
 
     def _count(self, key: str, n: int = 1) -> None:

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..catalogs.schema import Status
 from .base import SourceBase, SourceOptions, empty_stamps
 from .preprocess import PreprocessSpec
 from .quality import (
@@ -68,7 +69,7 @@ _SEPARATORS = tuple({os.sep, "/", "\\"} | ({os.altsep} if os.altsep else set()))
 
 
 def _bad(reason: str) -> ImageRejected:
-    return ImageRejected("bad_image", reason)
+    return ImageRejected(Status.BAD_IMAGE, reason)
 
 
 def _read_fits(path: Path, stamp_pixels: int) -> np.ndarray:
@@ -108,7 +109,7 @@ def _read_raster(path: Path, stamp_pixels: int) -> np.ndarray:
     try:
         im = Image.open(io.BytesIO(body))
     except Image.DecompressionBombError as e:  # PIL's own limit, from the header
-        raise ImageRejected("image_too_large", str(e).split(",")[0] + "; not decoded") from None
+        raise ImageRejected(Status.IMAGE_TOO_LARGE, str(e).split(",")[0] + "; not decoded") from None
     except Exception as e:  # not an image PIL knows
         raise _bad(f"not a readable image ({type(e).__name__})") from None
     check_size(*im.size, stamp_pixels)  # header only: checked before decoding
@@ -124,7 +125,9 @@ def _read_raster(path: Path, stamp_pixels: int) -> np.ndarray:
 
 class StampSource(SourceBase):
     kind = "stamps"
-    statuses = frozenset({"no_image", "bad_image", "small_image", "image_too_large", "blank_image"})
+    statuses = frozenset(
+        {Status.NO_IMAGE, Status.BAD_IMAGE, Status.SMALL_IMAGE, Status.IMAGE_TOO_LARGE, Status.BLANK_IMAGE}
+    )
     reads_path_column = True
 
     @dataclass(frozen=True)
@@ -142,7 +145,7 @@ class StampSource(SourceBase):
     def fetch(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         n = len(rows)
         stamps = empty_stamps(n, self.spec)
-        status = np.full(n, "no_image", dtype=object)
+        status = np.full(n, Status.NO_IMAGE, dtype=object)
         ids = [str(v) for v in rows["id"].to_numpy(object)]  # str(), not astype: any text the id holds
         paths = rows["path"].tolist() if "path" in rows.columns else [None] * n
 
@@ -155,17 +158,17 @@ class StampSource(SourceBase):
                 self.examples.setdefault(st, f"id {shown(ids[i])}: {self._looked_for(ids[i], paths[i])}: {reason(exc)}")
                 return
             if path is None:
-                self.examples.setdefault("no_image", f"id {shown(ids[i])}: {self._looked_for(ids[i], paths[i])}")
+                self.examples.setdefault(Status.NO_IMAGE, f"id {shown(ids[i])}: {self._looked_for(ids[i], paths[i])}")
                 return
             try:
                 stamps[i] = self.decode(path)
-                status[i] = "ok"
+                status[i] = Status.OK
             except ImageRejected as e:
                 status[i] = e.status
                 self.examples.setdefault(e.status, f"id {shown(ids[i])}: {shown(path)}: {e.reason}")
             except Exception as e:  # unreadable, corrupt: this row only
-                status[i] = "bad_image"
-                self.examples.setdefault("bad_image", f"id {shown(ids[i])}: {shown(path)}: {reason(e)}"[:300])
+                status[i] = Status.BAD_IMAGE
+                self.examples.setdefault(Status.BAD_IMAGE, f"id {shown(ids[i])}: {shown(path)}: {reason(e)}"[:300])
 
         if self._pool is None:
             for i in range(n):
@@ -223,8 +226,8 @@ def unusable_name_status(exc: BaseException) -> str:
     long for the filesystem, a NUL byte, characters the filesystem cannot encode) is
     ``no_image``; another filesystem error (permission denied, a symlink loop) ``bad_image``."""
     if isinstance(exc, OSError) and exc.errno not in (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL):
-        return "bad_image"
-    return "no_image"
+        return Status.BAD_IMAGE
+    return Status.NO_IMAGE
 
 
 def reason(exc: BaseException) -> str:

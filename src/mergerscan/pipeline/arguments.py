@@ -96,7 +96,6 @@ class ProcessArguments:
     embeddings: int = 0  # --embeddings N: write the first N PCA components (column embedding); 0: none
     samp: bool = False  # send OUT/mergers.fits to TOPCAT over SAMP at the end
     default_source: DefaultSource | None = None  # set when no source flag was given (cutouts/defaults.py)
-    fault_hook: str | None = None  # tests only: faults.py (--fault-hook); not part of the run's identity
     command: str = field(default_factory=lambda: shlex.join(sys.argv))  # redacted in __post_init__
 
     def __post_init__(self):
@@ -132,13 +131,6 @@ class ProcessArguments:
                 ">= 0 and --service-concurrency >= 1"
             )
         self._check_source()
-        if self.fault_hook is not None:
-            from .faults import FaultHookError, resolve
-
-            try:
-                resolve(self.fault_hook)
-            except FaultHookError as exc:
-                raise ArgumentError(str(exc)) from None
         if self.select is not None:
             from .select import SelectError, expression_names
 

@@ -234,8 +234,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing, different run in OUT")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="skip the HTML run report (OUT/report/)")
-    # TESTS ONLY, hidden from --help: a fault to inject, package.module:function[=ARGUMENT] (faults.py)
-    p.add_argument("--fault-hook", metavar="SPEC", help=argparse.SUPPRESS)
     return p
 
 
@@ -335,7 +333,6 @@ def arguments_from(ns: argparse.Namespace, argv) -> ProcessArguments:
         domain_limits=parse_pairs(ns.domain_limit, "--domain-limit", number=True),
         samp=ns.samp,
         embeddings=ns.embeddings,
-        fault_hook=ns.fault_hook,
         command=shlex.join(["process-catalog", *argv]),  # redacted by ProcessArguments
     )
 

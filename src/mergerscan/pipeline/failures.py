@@ -15,8 +15,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..catalogs.schema import SCORED, TRANSIENT
+from ..catalogs.schema import SCORED, TRANSIENT, Status
 from ..cutouts.redact import redact_text
+from .result import PartitionResult
 
 EXIT_OK = 0  # finished; at least one row scored (warnings may have been printed)
 EXIT_BAD_INPUT = 2  # one-line error about the input or the arguments
@@ -25,17 +26,17 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 
 # what to check when this reason leads
 HINTS = {
-    "no_image": "stamp files are looked up as DIR/<id>.jpg|png|fits by the id column{id}: check --id-column, "
+    Status.NO_IMAGE: "stamp files are looked up as DIR/<id>.jpg|png|fits by the id column{id}: check --id-column, "
     "or name the files with --path-column",
-    "outside_footprint": "no frame covers these positions: check that ra/dec are degrees (J2000) and that "
+    Status.OUTSIDE_FOOTPRINT: "no frame covers these positions: check that ra/dec are degrees (J2000) and that "
     "--frames points at the frames of this part of the sky",
-    "fetch_failed": "the cutout service could not be reached or answered errors: check the URL and the network "
+    Status.FETCH_FAILED: "the cutout service could not be reached or answered errors: check the URL and the network "
     "(a re-run of the same command retries these rows)",
-    "bad_coords": "ra/dec are missing or out of range: check --ra-column/--dec-column (degrees, J2000)",
-    "corrupt_frame": "the frames covering these positions are unreadable: check the files",
-    "out_of_domain": "most rows are outside the engine's training domain by their catalog columns (summary.json "
+    Status.BAD_COORDS: "ra/dec are missing or out of range: check --ra-column/--dec-column (degrees, J2000)",
+    Status.CORRUPT_FRAME: "the frames covering these positions are unreadable: check the files",
+    Status.OUT_OF_DOMAIN: "most rows are outside the engine's training domain by their catalog columns (summary.json "
     "domain_rules says which rule); --domain off scores them anyway, --domain-limit widens a limit",
-    "out_of_memory": "give each worker more memory (--memory-limit) or a smaller --batch-size, then re-run",
+    Status.OUT_OF_MEMORY: "give each worker more memory (--memory-limit) or a smaller --batch-size, then re-run",
 }
 
 
@@ -96,11 +97,13 @@ def coordinate_warning(r: list | None) -> str | None:
     return None
 
 
-def summarize(markers: list[dict], rows: int, scored: int, status: dict, id_column: str | None = None) -> dict:
-    """``failures``, ``warnings`` and ``exit_status`` of the run summary from the done markers."""
+def summarize(
+    markers: list[PartitionResult], rows: int, scored: int, status: dict, id_column: str | None = None
+) -> dict:
+    """``failures``, ``warnings`` and ``exit_status`` of the run summary from the partitions' results."""
     examples: dict = {}
     for m in markers:
-        for k, v in (m.get("examples") or {}).items():
+        for k, v in m.examples.items():
             examples.setdefault(k, v)
     failures = [
         {"status": k, "count": int(v), "example": examples.get(k, "")}
@@ -112,7 +115,7 @@ def summarize(markers: list[dict], rows: int, scored: int, status: dict, id_colu
         warnings.append(f"no row could be scored (all {rows} flagged)")
     elif rows and rows - scored > rows / 2:
         warnings.append(f"most rows were not scored ({rows - scored} of {rows})")
-    cw = coordinate_warning(merge_ranges(m.get("coords") for m in markers))
+    cw = coordinate_warning(merge_ranges(m.coords for m in markers))
     if cw:
         warnings.append(cw)
     if failures and rows - scored > rows / 2:

@@ -1,11 +1,14 @@
 """Fault injection for the fault tests: a hook the pipeline calls at its fault points.
 
-A run with no hook (every production run) calls nothing.  A test names a hook with the hidden
-option ``--fault-hook SPEC`` (ProcessArguments.fault_hook).  ``SPEC`` is ``package.module:function``
-or ``package.module:function=ARGUMENT``: a string, so it travels inside the tasks' arguments to
-whatever process runs them (Dask worker processes, SLURM job steps) and is imported there.  The
-function is called as ``function(point)`` or ``function(point, ARGUMENT)`` with a
-:class:`FaultPoint` before the stage does its work:
+Not part of any argument object, flag or task: a test names a hook in the environment variable
+:data:`ENV` (``MERGERSCAN_FAULT_HOOK``) of the process it starts (:func:`environment`).  The
+environment is the one thing that reaches every process of a run unchanged: the Dask worker
+processes a local cluster spawns, SLURM job steps (sbatch exports it).  A process without it (every
+production run) calls nothing: :func:`fault_point` is one dictionary look-up.
+
+The value is ``package.module:function`` or ``package.module:function=ARGUMENT``, imported in the
+process that reaches the point; the function is called as ``function(point)`` or
+``function(point, ARGUMENT)`` with a :class:`FaultPoint` before the stage does its work:
 
 * ``scan``   - a split task is about to read input chunk ``index``;
 * ``gather`` - a split task is about to write bucket ``index``;
@@ -19,6 +22,7 @@ fingerprint or the plan: a run with a hook is the same run (its re-run without o
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ from functools import lru_cache
 import numpy as np
 
 STAGES = ("scan", "gather", "score")
+ENV = "MERGERSCAN_FAULT_HOOK"
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ class FaultPoint:
 
 
 class FaultHookError(ValueError):
-    """A --fault-hook that cannot be used; one line."""
+    """A fault hook that cannot be used; one line."""
 
 
 @lru_cache(maxsize=8)
@@ -46,18 +51,25 @@ def resolve(spec: str) -> tuple[Callable, tuple[str, ...]]:
     target, eq, argument = spec.partition("=")
     module, colon, name = target.partition(":")
     if not colon or not module or not name:
-        raise FaultHookError(f"--fault-hook {spec!r}: expected package.module:function[=ARGUMENT]")
+        raise FaultHookError(f"{ENV}={spec!r}: expected package.module:function[=ARGUMENT]")
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
-        raise FaultHookError(f"--fault-hook {spec!r}: {type(exc).__name__}: {exc}") from None
+        raise FaultHookError(f"{ENV}={spec!r}: {type(exc).__name__}: {exc}") from None
     if not callable(fn):
-        raise FaultHookError(f"--fault-hook {spec!r}: {target} is not a function")
+        raise FaultHookError(f"{ENV}={spec!r}: {target} is not a function")
     return fn, ((argument,) if eq else ())
 
 
-def fault_point(spec: str | None, stage: str, index: int, batch_size: int = 0) -> None:
-    """Call the hook ``spec`` (None: nothing) at ``stage``'s fault point."""
+def environment(name: str, argument: str | None = None, module: str = __name__) -> dict[str, str]:
+    """The environment entry that injects ``module``'s fault ``name`` (with ``argument``) into the
+    processes of a run started with it (tests: ``env=dict(os.environ, **environment(...))``)."""
+    return {ENV: f"{module}:{name}" + (f"={argument}" if argument is not None else "")}
+
+
+def fault_point(stage: str, index: int, batch_size: int = 0) -> None:
+    """Call the hook named in the environment (none: nothing) at ``stage``'s fault point."""
+    spec = os.environ.get(ENV)
     if spec:
         fn, extra = resolve(spec)
         fn(FaultPoint(stage, int(index), int(batch_size)), *extra)

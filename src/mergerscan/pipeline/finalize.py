@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 
 from .. import __version__
 from ..atomic import atomic_write_text
 from ..catalogs.fits_write import write_fits_table
 from ..catalogs.hats import join_pieces, write_hats_metadata
-from ..catalogs.schema import SCORED, id_output_name
+from ..catalogs.schema import SCORED, Status, id_output_name
 from ..engines import operating
 from ..engines.operating import OperatingPoint, operating_line
 from ..run_layout import RunLayout
@@ -19,7 +20,8 @@ from .domain import CatalogRules
 from .embeddings import provenance, summary_entry, summary_line
 from .failures import format_failures, summarize
 from .plan import Plan
-from .resume import read_marker
+from .result import PartitionResult
+from .resume import ResumePlan
 
 
 def run_meta(args: ProcessArguments, info, op: OperatingPoint | None = None) -> dict:
@@ -50,16 +52,16 @@ def _by_count(counts: dict) -> dict:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def _add_counts(markers: list[dict], key: str) -> dict:
+def _add_counts(counts: Iterable[dict[str, int]]) -> dict:
     total: dict = {}
-    for m in markers:
-        for k, v in (m.get(key) or {}).items():
+    for c in counts:
+        for k, v in c.items():
             total[k] = total.get(k, 0) + v
     return total
 
 
 def _write_catalog(
-    args: ProcessArguments, plan: Plan, markers: list[dict], info, layout: RunLayout, op: OperatingPoint
+    args: ProcessArguments, plan: Plan, markers: list[PartitionResult], info, layout: RunLayout, op: OperatingPoint
 ) -> None:
     """The HATS catalog's metadata and the FITS table over every partition's file."""
     for tmp in layout.catalog_dir.rglob(".*.tmp"):  # left by tasks killed mid-write; never part of the dataset
@@ -67,7 +69,7 @@ def _write_catalog(
     files: list = []
     pieces: dict[tuple[int, int], list] = {}
     for p, m in zip(plan.partitions, markers):  # plan order: spatial, bad coordinates last
-        if not m["rows"]:
+        if not m.rows:
             continue
         if p.order >= 0 and p.nsub > 1:  # a dense pixel's pieces -> its one HATS file
             pieces.setdefault((p.order, p.pixel), []).append(layout.dataset_file(p))
@@ -77,12 +79,12 @@ def _write_catalog(
             files.append(layout.dataset_file(p))
     for (o, px), group in pieces.items():
         join_pieces(group, layout.partition_file(o, px))
-    on_sky = {(p.order, p.pixel) for p, m in zip(plan.partitions, markers) if m["rows"] and p.order >= 0}
+    on_sky = {(p.order, p.pixel) for p, m in zip(plan.partitions, markers) if m.rows and p.order >= 0}
     if on_sky:  # OUT/parquet is a HATS catalog (catalogs/hats.py)
         write_hats_metadata(
             layout.catalog_dir,
             sorted(on_sky),
-            sum(m["rows"] for p, m in zip(plan.partitions, markers) if p.order >= 0),
+            sum(m.rows for p, m in zip(plan.partitions, markers) if p.order >= 0),
             args.partition_rows,
             name=layout.root.name,
         )
@@ -93,7 +95,7 @@ def _write_catalog(
 def build_summary(
     args: ProcessArguments,
     plan: Plan,
-    markers: list[dict],
+    markers: list[PartitionResult],
     info,
     layout: RunLayout,
     seconds: float | None = None,
@@ -101,15 +103,15 @@ def build_summary(
 ) -> RunSummary:
     """The run summary from the partitions' done markers."""
     op = op or operating.for_engine(info, prevalence=args.prevalence)
-    rows = sum(m["rows"] for m in markers)
-    status = _add_counts(markers, "status")
-    t0 = min((m["started"] for m in markers), default=time.time())
-    t1 = max((m["finished"] for m in markers), default=t0)
+    rows = sum(m.rows for m in markers)
+    status = _add_counts(m.status for m in markers)
+    t0 = min((m.started for m in markers), default=time.time())
+    t1 = max((m.finished for m in markers), default=t0)
     wall = seconds if seconds is not None else t1 - t0
     scored = sum(v for k, v in status.items() if k in SCORED)
-    not_selected = status.get("not_selected", 0)
-    out_of_domain = status.get("out_of_domain", 0)
-    fetch_failures = _add_counts(markers, "fetch_failures")
+    not_selected = status.get(Status.NOT_SELECTED, 0)
+    out_of_domain = status.get(Status.OUT_OF_DOMAIN, 0)
+    fetch_failures = _add_counts(m.fetch_failures for m in markers)
     why = summarize(markers, rows, scored, status, plan.columns.get("id"))
     return RunSummary(
         rows=rows,
@@ -119,12 +121,12 @@ def build_summary(
         not_selected=not_selected if args.select is not None else None,
         domain=domain_applied(args, plan, info),
         out_of_domain=out_of_domain,
-        beyond_image_threshold=sum(m.get("beyond_image_threshold", 0) for m in markers),
-        domain_rules=_by_count(_add_counts(markers, "domain_rules")),
+        beyond_image_threshold=sum(m.beyond_image_threshold for m in markers),
+        domain_rules=_by_count(_add_counts(m.domain_rules for m in markers)),
         embeddings=summary_entry(args.embeddings, info),
         fetch_failures=_by_count(fetch_failures) if fetch_failures else None,
         status=_by_count(status),
-        mergers=sum(m["mergers"] for m in markers),
+        mergers=sum(m.mergers for m in markers),
         threshold=op.threshold,
         operating_point=op.to_dict(),
         partitions=len(plan.partitions),
@@ -156,8 +158,8 @@ def finalize(
     """Every partition scored -> the output catalog's metadata, OUT/mergers.fits, OUT/summary.json
     and (unless --no-report) OUT/report/."""
     layout = RunLayout(args.output)
-    markers = [read_marker(layout.work.marker(p.pid)) for p in plan.partitions]
-    rows = sum(m["rows"] for m in markers)
+    markers = ResumePlan(layout).results(plan.partitions)
+    rows = sum(m.rows for m in markers)
     if rows != plan.nrows:
         raise RuntimeError(f"row count mismatch: input has {plan.nrows} rows, partitions hold {rows}")
     op = op or operating.for_engine(info, args.purity, args.completeness, args.prevalence)
@@ -174,10 +176,10 @@ def finalize(
     return summary
 
 
-def domain_warnings(plan: Plan, markers: list[dict]) -> list[str]:
+def domain_warnings(plan: Plan, markers: list[PartitionResult]) -> list[str]:
     """Catalog columns not used by the rules, and scored rows the image check could not judge."""
     out = list((plan.domain or {}).get("notes", []))
-    missing = sum(m.get("no_domain_score", 0) for m in markers)
+    missing = sum(m.no_domain_score for m in markers)
     if missing:
         out.append(
             f"{missing} scored row(s) got no domain_score from the engine's backend although its card has an "
@@ -225,7 +227,7 @@ def format_domain(s: RunSummary) -> list[str]:
 
 def format_summary(s: RunSummary) -> str:
     """The lines process-catalog prints at the end."""
-    unscored = (*SCORED, "not_selected", "out_of_domain")
+    unscored = (*SCORED, Status.NOT_SELECTED, Status.OUT_OF_DOMAIN)
     flagged = ", ".join(f"{k} {v}" for k, v in s.status.items() if k not in unscored)
     lines = [
         f"process-catalog: {s.rows} rows in {s.seconds:.1f} s "
@@ -242,10 +244,10 @@ def format_summary(s: RunSummary) -> str:
             + ", ".join(f"{k} {v}" for k, v in s.fetch_failures.items())
             + f" (leading reason: {next(iter(s.fetch_failures))}; service {s.source.location})"
         )
-    if s.status.get("edge"):
-        example = (s.scored_notes or {}).get("edge")
+    if s.status.get(Status.EDGE):
+        example = (s.scored_notes or {}).get(Status.EDGE)
         lines.append(
-            f"  near frame edge   {s.status['edge']} (scored; stamp partly filled with sky)"
+            f"  near frame edge   {s.status[Status.EDGE]} (scored; stamp partly filled with sky)"
             + (f", e.g. {example}" if example else "")
         )
     lines += [

@@ -1,7 +1,7 @@
 """The run's identity: what a resumed run must share with the run it continues.
 
 The fingerprint (input content hash, columns, engine hash and precision, image source,
-partitioning) is stored in ``OUT/_work/fingerprint.json`` by :func:`resume.check_or_claim`;
+partitioning) is stored in ``OUT/_work/fingerprint.json`` by :meth:`resume.ResumePlan.claim`;
 resuming with a different one is refused unless ``--overwrite``.
 """
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from ..catalogs.read import CatalogReader
 from ..run_layout import RunLayout
 from . import split
-from .arguments import ArgumentError, ProcessArguments
+from .arguments import ProcessArguments
 from .executor import Progress, TaskRunner
 from .plan import Plan, make_partitions, stage_csv
+from .resume import ResumePlan
 
 
 def plan_future(client, layout: RunLayout):
@@ -21,24 +22,13 @@ def _plan_argument(tasks: TaskRunner, layout: RunLayout):
     return plan_future(tasks.client, layout) if tasks.client is not None else Plan.load(layout.work.plan)
 
 
-def existing_plan(layout: RunLayout) -> Plan:
-    if not layout.work.plan.is_file():
-        raise ArgumentError(f"{layout.root}: no plan yet; run process-catalog --plan with the same arguments first")
-    return Plan.load(layout.work.plan)
-
-
 def make_plan(args: ProcessArguments, cat: dict, tasks: TaskRunner, layout: RunLayout) -> Plan:
     """Scan every input chunk once (runs + histogram, :func:`split.scan_chunk`), then partitions
     and buckets.  A plan.json from an earlier (killed) run is kept as it is."""
     plan_file = layout.work.plan
-    if plan_file.is_file():
-        plan = Plan.load(plan_file)
-        if not plan.hats and plan.split.get("format") != split.SPLIT_FORMAT:
-            raise ArgumentError(
-                f"{args.output}: planned by an older mergerscan (another split layout); "
-                "use --overwrite to plan it again"
-            )
-        return plan
+    saved = ResumePlan(layout).saved_plan()
+    if saved is not None:
+        return saved
     if cat["format"] == "hats":  # no histogram pass: the pixels are the plan
         from .hats_plan import make_hats_plan
 
@@ -61,7 +51,6 @@ def make_plan(args: ProcessArguments, cat: dict, tasks: TaskRunner, layout: RunL
         "select": args.select,
         "select_columns": select_columns,
         "domain": cat.get("domain") or {},
-        "fault_hook": args.fault_hook,
     }
     hist, ranges = split.Histogram(), [None] * len(chunks)
     bar = Progress(cat["nrows"], "plan: scan", args.progress, unit="rows", lazy=True)
@@ -109,7 +98,7 @@ def plan_and_split(args: ProcessArguments, cat: dict, tasks: TaskRunner, layout:
     if plan.hats:  # HATS input: tasks read its pixels, nothing to split
         return plan
     work = layout.work.dir
-    todo = split.missing_buckets(work, plan)
+    todo = ResumePlan(layout).missing_buckets(plan)
     if todo:
         bar = Progress(plan.nrows, "plan: split", args.progress, unit="rows", lazy=True)
         bar.update(plan.nrows - sum(_bucket_rows(plan, b) for b in todo))
@@ -119,7 +108,6 @@ def plan_and_split(args: ProcessArguments, cat: dict, tasks: TaskRunner, layout:
             [pplan] * len(todo),
             todo,
             [str(work)] * len(todo),
-            [args.fault_hook] * len(todo),
             progress=bar,
             weight=lambda r: r,
         ):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..catalogs.schema import SCORED, id_output_name, is_merger
+from ..catalogs.schema import SCORED, Status, id_output_name, is_merger
 from ..catalogs.validate import flag_duplicates
 from .domain import rule_reason
 from .failures import note, plain
@@ -73,31 +73,35 @@ def triage(df: pd.DataFrame, plan: Plan, examples: dict) -> tuple[np.ndarray, np
     if not n:
         return status, np.zeros(0, object)
     valid = df["_healpix29"].to_numpy() >= 0
-    status[~valid] = "bad_coords"
+    status[~valid] = Status.BAD_COORDS
     no_id = missing_ids(df[c["id"]])
-    status[no_id & valid] = "no_id"
+    status[no_id & valid] = Status.NO_ID
     ids = df[c["id"]].astype(str).to_numpy()
     dup = flag_duplicates(df[c["id"]]) & valid & ~no_id  # missing ids are never duplicates
-    status[dup] = "duplicate_id"
+    status[dup] = Status.DUPLICATE_ID
     if "_selected" in df:  # --select: the rest is kept, not fetched or scored
-        status[(status == "") & ~df["_selected"].to_numpy(bool)] = "not_selected"
+        status[(status == "") & ~df["_selected"].to_numpy(bool)] = Status.NOT_SELECTED
     inrow = df["_input_row"].to_numpy()
     if "_domain" in df:  # --domain's catalog rules (domain.py): kept, not fetched or scored
         code = df["_domain"].to_numpy()
         out = (status == "") & (code > 0)
-        status[out] = "out_of_domain"
+        status[out] = Status.OUT_OF_DOMAIN
         for i in np.flatnonzero(out)[:1]:
-            note(examples, "out_of_domain", f"row {inrow[i]} (id {ids[i]}): {rule_reason(plan.domain, int(code[i]))}")
+            note(
+                examples,
+                Status.OUT_OF_DOMAIN,
+                f"row {inrow[i]} (id {ids[i]}): {rule_reason(plan.domain, int(code[i]))}",
+            )
     for i in np.flatnonzero(~valid)[:1]:
         note(
             examples,
-            "bad_coords",
+            Status.BAD_COORDS,
             f"row {inrow[i]} (id {ids[i]}): ra={plain(df[c['ra']].iloc[i])}, dec={plain(df[c['dec']].iloc[i])}",
         )
     for i in np.flatnonzero(dup)[:1]:
         note(
             examples,
-            "duplicate_id",
+            Status.DUPLICATE_ID,
             f"row {inrow[i]} (id {ids[i]}): the same id appeared earlier in this sky partition",
         )
     return status, ids
@@ -110,7 +114,7 @@ def in_domain(
     domain: status out_of_domain (catalog rules), or scored with ``domain_score`` beyond the
     image check's threshold or ``saturated_core`` beyond its limit (None: not applied); True
     otherwise, including rows no check could decide (a NaN score)."""
-    inside = status != "out_of_domain"
+    inside = status != Status.OUT_OF_DOMAIN
     scored = np.isin(status, SCORED)
     with np.errstate(invalid="ignore"):
         if image_threshold is not None:

@@ -1,20 +1,20 @@
 """Orchestration of a process-catalog run: claim -> plan -> split -> score -> finalize.
 
 The stages live in modules of their own: inspection (the input catalog), fingerprint (the run's
-identity), plan_stage (scan, plan, split), task (one partition), oom (retrying a partition out
-of memory), finalize (catalog metadata, FITS table, summary, report).
+identity), plan_stage (scan, plan, split), task (one partition), finalize (catalog metadata, FITS
+table, summary, report).  What is left to do and why (the claim of OUT, plan reuse, the partitions
+still to score, the transient-status re-runs, the out-of-memory ladder) is resume.ResumePlan's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import time
-from pathlib import Path
 
 from ..catalogs.read import CatalogError
+from ..catalogs.schema import Status
 from ..engines import operating, read_engine_info, resolve_engine_path
 from ..run_layout import RunLayout
 from ..run_summary import RunSummary
@@ -25,10 +25,9 @@ from .executor import Progress, TaskRunner
 from .finalize import finalize, format_summary, run_meta
 from .fingerprint import fingerprint
 from .inspection import inspect_catalog
-from .oom import retry_after_oom
 from .plan import Partition, Plan
-from .plan_stage import existing_plan, plan_and_split, plan_future
-from .resume import check_or_claim
+from .plan_stage import plan_and_split, plan_future
+from .resume import RETRY, ResumePlan, Todo, after_out_of_memory
 from .slurm import GPU_TASK_RESOURCES
 from .task import PartitionTask, score_partition
 
@@ -45,27 +44,9 @@ def shard_partitions(plan: Plan, shard: tuple[int, int] | None) -> list[Partitio
     return [p for p in plan.partitions if p.pid % n == i]
 
 
-def _listing(directory: Path) -> set:
-    """File names in a directory (one listdir instead of a stat per partition: ~10^5 at survey scale)."""
-    try:
-        return set(os.listdir(directory))
-    except FileNotFoundError:
-        return set()
-
-
-def _score(args: ProcessArguments, client, engine_path, info, op, parts: list[Partition]) -> None:
-    from distributed import KilledWorker, as_completed
-
-    layout = RunLayout(args.output)
-    pplan = plan_future(client, layout)
-    scored, retry = _listing(layout.work.scored_dir), _listing(layout.work.retry_dir)
-    todo = [
-        p
-        for p in parts
-        if layout.work.marker(p.pid).name not in scored or layout.work.retry_marker(p.pid).name in retry
-    ]
-    skipped = sum(p.rows for p in parts) - sum(p.rows for p in todo)
-    first = PartitionTask(
+def _first_task(args: ProcessArguments, layout: RunLayout, engine_path, info, op) -> PartitionTask:
+    """A partition's first attempt: the run's settings (the OOM ladder varies them, resume.py)."""
+    return PartitionTask(
         output=str(layout.root),
         source=args.source,
         engine_path=str(engine_path),
@@ -76,11 +57,31 @@ def _score(args: ProcessArguments, client, engine_path, info, op, parts: list[Pa
         shared_batch=args.shared_batch_rows,
         views=info.views,
         threshold=op.threshold,
-        fault_hook=args.fault_hook,
         image_threshold=args.domain_settings.image_threshold(info.domain),
         max_saturated_core=args.domain_settings.max_saturated_core(info.domain),
         embeddings=args.embeddings,
     )
+
+
+def _log_todo(todo: list[Todo], parts: list[Partition]) -> None:
+    """What a resumed run still does, and why (at INFO: the progress bar counts the rest as done)."""
+    if len(todo) < len(parts):
+        log.info("%d of %d partition(s) already scored", len(parts) - len(todo), len(parts))
+    for t in [t for t in todo if t.why == RETRY][:3]:
+        log.info("partition %s: %s (%s)", t.part.name, t.why, ", ".join(f"{k} {v}" for k, v in t.statuses.items()))
+
+
+def _score(args: ProcessArguments, client, engine_path, info, op, parts: list[Partition]) -> None:
+    """Score the partitions of ``parts`` that the resume plan says remain; a partition out of
+    memory climbs the OOM ladder (resume.after_out_of_memory).  Other task errors are reported
+    after the rest finished; a CatalogError stops the run at once."""
+    from distributed import KilledWorker, as_completed
+
+    layout = RunLayout(args.output)
+    pplan = plan_future(client, layout)
+    todo = ResumePlan(layout).remaining(parts)
+    _log_todo(todo, parts)
+    first = _first_task(args, layout, engine_path, info, op)
     # GPU backends: tasks need one unit of the GPU resource that GPU workers advertise (one per
     # thread): CPU-only workers of the same scheduler never get them (cluster.check_gpu_workers)
     resources = dict(GPU_TASK_RESOURCES) if args.gpus else None
@@ -90,24 +91,24 @@ def _score(args: ProcessArguments, client, engine_path, info, op, parts: list[Pa
     def submit(part: Partition, task: PartitionTask, retries: int = 2):
         return client.submit(score_partition, pplan, part, task, pure=False, retries=retries, resources=resources)
 
-    futs = {submit(p, first): (p, 0) for p in todo}
+    futs = {submit(t.part, first): (t.part, 0) for t in todo}
     bar = Progress(sum(p.rows for p in parts), "scoring", args.progress)
-    bar.update(skipped)
+    bar.update(sum(p.rows for p in parts) - sum(t.part.rows for t in todo))
     errors = []
     pending = as_completed(list(futs))
     for fut in pending:
         part, level = futs.pop(fut)
         try:
             r = fut.result()
-            bar.update(r["rows"])
-            if r.get("status", {}).get("out_of_memory"):
-                log.warning("partition %s: %d row(s) flagged out_of_memory", part.name, r["status"]["out_of_memory"])
+            bar.update(r.rows)
+            if r.status.get(Status.OUT_OF_MEMORY):
+                log.warning("partition %s: %d row(s) flagged out_of_memory", part.name, r.status[Status.OUT_OF_MEMORY])
         except CatalogError:
             bar.close()
             client.cancel(list(futs))
             raise
         except (KilledWorker, MemoryError) as exc:
-            task, what = retry_after_oom(first, level)
+            task, what = after_out_of_memory(first, level)
             log.warning("partition %s: %s%s", part.name, type(exc).__name__, what)
             new = submit(part, task, retries=0)
             futs[new] = (part, level + 1)
@@ -136,6 +137,45 @@ def _planned(layout: RunLayout, plan: Plan) -> dict:
     return {"plan": str(layout.work.plan), "partitions": len(plan.partitions), "rows": plan.nrows}
 
 
+def _engine(args: ProcessArguments):
+    """The engine file, its card (with --views) and the operating point: every refusal before
+    anything is written."""
+    engine_path = resolve_engine_path(args.engine)
+    try:
+        info = read_engine_info(engine_path).with_views(args.views)
+    except ValueError as exc:
+        raise ArgumentError(f"--views {args.views}: {exc}") from None
+    try:  # a target the card's curve cannot give is refused here
+        op = operating.for_engine(info, args.purity, args.completeness, args.prevalence)
+    except operating.OperatingPointError as exc:
+        raise ArgumentError(str(exc)) from None
+    if args.embeddings:  # an engine without a representation block, or N > k: refused here
+        embedding_provenance(args.embeddings, info)
+    return engine_path, info, op
+
+
+def _claim(args: ProcessArguments, cat: dict, info, op) -> ResumePlan:
+    """The run directory claimed for this run's fingerprint (resume.py): what is left to do there."""
+    resume = ResumePlan(RunLayout(args.output))
+    cache: dict = {}
+    fp = fingerprint(args, cat, info.sha256, info.views, cache, op)
+    protect = [p for p in (args.catalog, args.images, args.frames, args.engine) if p]
+    resume.claim(fp, args.overwrite, protect=protect, cache=cache)
+    return resume
+
+
+def _finalize_only(args: ProcessArguments, resume: ResumePlan, info, op) -> RunSummary:
+    """--finalize: every partition of the plan must be scored already (by the shards)."""
+    plan = resume.existing_plan()
+    missing = resume.unscored(plan.partitions)
+    if missing:
+        raise ArgumentError(
+            f"{resume.layout.root}: {len(missing)} partition(s) not scored yet (e.g. {missing[0].name}); "
+            "run the missing shards first"
+        )
+    return finalize(args, plan, info, op=op)
+
+
 def run(args: ProcessArguments, client=None) -> RunSummary | dict:
     """Run (or resume) a process-catalog job.  ``client``: an existing Dask client (tests).
 
@@ -146,44 +186,19 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
     t_start = time.time()
     if args.mode == "all":
         _import_in_background("hats")  # finalize's HATS writers: ~3 s of imports, overlapped with scoring
-    engine_path = resolve_engine_path(args.engine)
-    try:
-        info = read_engine_info(engine_path).with_views(args.views)
-    except ValueError as exc:
-        raise ArgumentError(f"--views {args.views}: {exc}") from None
-    try:  # before anything is written: a target the card's curve cannot give is refused here
-        op = operating.for_engine(info, args.purity, args.completeness, args.prevalence)
-    except operating.OperatingPointError as exc:
-        raise ArgumentError(str(exc)) from None
-    if args.embeddings:  # an engine without a representation block, or N > k: refused here
-        embedding_provenance(args.embeddings, info)
-    if (
-        args.gpus
-        and client is None
-        and args.cluster == "local"
-        and not args.scheduler
-        and args.mode in ("all", "shard")
-    ):
+    engine_path, info, op = _engine(args)
+    local = client is None and args.cluster == "local" and not args.scheduler
+    if args.gpus and local and args.mode in ("all", "shard"):
         check_local_gpu(args.backend)  # local workers would fail (or wait) on every partition
     cat = inspect_catalog(args, info.domain)
     _source_notices(args, cat["nrows"])
-    layout = RunLayout(args.output)
-    cache: dict = {}
-    fp = fingerprint(args, cat, info.sha256, info.views, cache, op)
-    protect = [p for p in (args.catalog, args.images, args.frames, args.engine) if p]
-    check_or_claim(layout.root, fp, args.overwrite, protect=protect, cache=cache)
+    resume = _claim(args, cat, info, op)
+    layout = resume.layout
     if args.mode == "finalize":
-        plan = existing_plan(layout)
-        missing = [p.name for p in plan.partitions if not layout.work.marker(p.pid).is_file()]
-        if missing:
-            raise ArgumentError(
-                f"{layout.root}: {len(missing)} partition(s) not scored yet (e.g. {missing[0]}); "
-                "run the missing shards first"
-            )
-        return finalize(args, plan, info, op=op)
+        return _finalize_only(args, resume, info, op)
     if args.mode == "shard":
-        existing_plan(layout)
-    if args.mode == "plan" and client is None and args.cluster == "local" and not args.scheduler:
+        resume.existing_plan()
+    if args.mode == "plan" and local:
         plan = plan_and_split(args, cat, TaskRunner(threads=args.workers * args.threads_per_worker), layout)
         return _planned(layout, plan)
     ctx = contextlib.nullcontext(client) if client is not None else client_for(args)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -107,8 +106,7 @@ def scan_chunk(spec: dict, chunk_id: int, rows: tuple[int, int], work: str) -> d
 
     ``spec``: catalog, source_catalog (for error messages), columns, keep, hist_order, select,
     select_columns (--select is evaluated here, once per row: unselected rows get _selected=False),
-    domain (the catalog rules of --domain, evaluated here too: ``_domain``),
-    fault_hook (faults.py; tests only)."""
+    domain (the catalog rules of --domain, evaluated here too: ``_domain``)."""
     from types import SimpleNamespace
 
     import pyarrow as pa
@@ -121,7 +119,7 @@ def scan_chunk(spec: dict, chunk_id: int, rows: tuple[int, int], work: str) -> d
                 return _summary(hpx, spec["hist_order"], chunk_id)
         except (OSError, ValueError):  # torn by a crash (runs are not fsync'ed)
             pass
-    fault_point(spec.get("fault_hook"), "scan", chunk_id)
+    fault_point("scan", chunk_id)
     start, stop = rows
     c = spec["columns"]
     df = read_positions(
@@ -245,7 +243,7 @@ def _unit_bounds(partitions: list[Partition], pid0: int, pid1: int) -> tuple[int
     return pid0, pid1
 
 
-def gather_bucket(plan: Plan, bucket_id: int, work: str, fault_hook: str | None = None) -> int:
+def gather_bucket(plan: Plan, bucket_id: int, work: str) -> int:
     """Task: bucket ``bucket_id``'s rows from every run -> one IPC file, one record batch per
     partition (rows in input order), atomically.  Returns the bucket's row count."""
     import pyarrow as pa
@@ -254,7 +252,7 @@ def gather_bucket(plan: Plan, bucket_id: int, work: str, fault_hook: str | None 
     out = layout.bucket_file(bucket_id)
     if out.is_file():
         return sum(n for _, n in json.loads(_read_ipc(out).schema.metadata[INDEX_KEY]))
-    fault_point(fault_hook, "gather", bucket_id)
+    fault_point("gather", bucket_id)
     lo, hi, pid0, pid1 = plan.split["buckets"][bucket_id]
     pieces = []
     for chunk_id, (rlo, rhi, n_invalid) in enumerate(plan.split["runs"]):
@@ -283,15 +281,6 @@ def gather_bucket(plan: Plan, bucket_id: int, work: str, fault_hook: str | None 
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), INDEX_KEY: json.dumps(index).encode()})
     _write_ipc(out, table, [(int(s), n) for s, (_, n) in zip(starts, index)])
     return len(table)
-
-
-def missing_buckets(work: str | Path, plan: Plan) -> list[int]:
-    layout = WorkLayout(work)
-    try:
-        have = set(os.listdir(layout.split_dir))
-    except FileNotFoundError:
-        have = set()
-    return [b for b in range(len(plan.split["buckets"])) if layout.bucket_file(b).name not in have]
 
 
 def remove_runs(work: str | Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from ..catalogs.schema import SCORED, STATUS, TRANSIENT
+from ..catalogs.schema import SCORED, STATUS, Status
 from ..catalogs.write import embedding_matrix, write_partition
 from ..cutouts.sources import SourceConfig, open_source
 from ..engines.errors import is_out_of_memory, is_sticky, release_device_memory
@@ -26,7 +26,8 @@ from .engine_cache import device_failure, worker_engine
 from .failures import coord_range, note
 from .faults import fault_point
 from .plan import Partition, Plan
-from .resume import done, mark_done, read_marker
+from .result import PartitionResult
+from .resume import ResumePlan
 from .rows import Scores, output_table, triage
 from .split import read_partition
 
@@ -37,7 +38,7 @@ __all__ = ["BatchScorer", "PartitionTask", "device_failure", "score_partition", 
 class PartitionTask:
     """Everything a partition task needs besides the plan and the partition; picklable (it is
     sent to the worker with every task).  The run varies ``batch_size``, ``source`` and
-    ``flag_status`` when it retries a partition that ran out of memory (oom.py)."""
+    ``flag_status`` when it retries a partition that ran out of memory (resume.after_out_of_memory)."""
 
     output: str  # the run directory (RunLayout)
     source: SourceConfig
@@ -48,11 +49,10 @@ class PartitionTask:
     run_meta: dict[str, Any] = field(default_factory=dict)  # provenance stored in every output file
     # set by the run after the worker scoring this partition was killed repeatedly (memory): write
     # the partition without fetching or scoring, every row not otherwise flagged gets this status
-    flag_status: str | None = None
+    flag_status: Status | None = None
     shared_batch: int = 0  # rows per merged engine call (0: batches not shared)
     views: int | None = None
     threshold: float | None = None  # of is_merger (the run's operating point); None: the engine's
-    fault_hook: str | None = None  # faults.py: tests only
     image_threshold: float | None = None  # --domain's image check: domain_score above it is not in_domain
     max_saturated_core: int | None = None  # ... and saturated_core above it (engines.domain.saturated_core)
     embeddings: int = 0  # --embeddings N: keep the first N embedding components (0: features not asked for)
@@ -125,10 +125,10 @@ class BatchScorer:
             got = fetched = None  # drop the stamps before retrying
             self.p[idx] = self.d[idx] = self.sat[idx] = self.e[idx] = np.nan
             if len(idx) == 1:
-                self.status[idx] = "out_of_memory"
+                self.status[idx] = Status.OUT_OF_MEMORY
                 note(
                     self.examples,
-                    "out_of_memory",
+                    Status.OUT_OF_MEMORY,
                     f"row {self.input_rows[idx[0]]} (id {self.ids[idx[0]]}): MemoryError even for this row alone",
                 )
                 return
@@ -158,10 +158,10 @@ class BatchScorer:
                 raise MemoryError(f"{type(e).__name__}: {str(e)[:200]}") from e
             if is_sticky(e):
                 device_failure(self.engine, e)
-            self.status[idx[ok]] = "inference_failed"
+            self.status[idx[ok]] = Status.INFERENCE_FAILED
             note(
                 self.examples,
-                "inference_failed",
+                Status.INFERENCE_FAILED,
                 f"{int(ok.sum())} row(s) from id {self.ids[idx[ok][0]]}: {type(e).__name__}: {e}",
             )
         self.infer_seconds += time.time() - t
@@ -175,16 +175,18 @@ def _read_rows(plan: Plan, part: Partition, layout: RunLayout) -> pd.DataFrame:
     return read_partition(layout.work.dir, plan, part, [plan.columns["id"], *plan.carried])  # ints never via float64
 
 
-def _previous(layout: RunLayout, part: Partition, df: pd.DataFrame, embeddings: int = 0):
+def _previous(resume: ResumePlan, part: Partition, df: pd.DataFrame, embeddings: int = 0):
     """(status, Scores, examples) of the partition as written by an earlier run, aligned with
     ``df``; None when there is nothing usable (then every row is done again)."""
     import pyarrow.parquet as pq
 
     try:
         scored = ["p_merger", "domain_score", "saturated_core", *(["embedding"] if embeddings else [])]
-        old = pq.read_table(layout.dataset_file(part), columns=["input_row", "status", *scored])
-        examples = read_marker(layout.work.marker(part.pid)).get("examples") or {}
+        old = pq.read_table(resume.layout.dataset_file(part), columns=["input_row", "status", *scored])
+        done = resume.scored(part.pid)
     except (OSError, ValueError, KeyError):
+        return None
+    if done is None:
         return None
     rows = old.column("input_row").to_numpy()
     if len(rows) != len(df) or not np.array_equal(rows, df["_input_row"].to_numpy()):
@@ -194,7 +196,7 @@ def _previous(layout: RunLayout, part: Partition, df: pd.DataFrame, embeddings: 
         for k in ("p_merger", "domain_score", "saturated_core")
     )
     e = embedding_matrix(old.column("embedding"), embeddings) if embeddings else np.zeros((len(p), 0), np.float32)
-    return old.column("status").to_numpy(zero_copy_only=False).astype(object), Scores(p, d, sat, e), examples
+    return old.column("status").to_numpy(zero_copy_only=False).astype(object), Scores(p, d, sat, e), done.examples
 
 
 def _fetch_rows(df: pd.DataFrame, plan: Plan, ids: np.ndarray, source: SourceConfig) -> pd.DataFrame:
@@ -216,10 +218,12 @@ def _fetch_rows(df: pd.DataFrame, plan: Plan, ids: np.ndarray, source: SourceCon
 
 
 def _domain_counts(plan: Plan, df: pd.DataFrame, status: np.ndarray, table: pd.DataFrame, task: PartitionTask) -> dict:
-    """The marker's domain counts: ``domain_rules`` {reason: rows} over both halves (catalog
-    rules: rows out_of_domain; image check: scored rows beyond its threshold or its saturated-core
+    """The result's domain counts (``PartitionResult`` fields): ``domain_rules`` {reason: rows} over
+    both halves (catalog rules: rows out_of_domain; image check: scored rows beyond its threshold or its saturated-core
     limit, counted under the first that applies) and ``beyond_image_threshold`` (both)."""
-    rules = rule_counts(plan.domain, df["_domain"].to_numpy()[status == "out_of_domain"]) if "_domain" in df else {}
+    rules = (
+        rule_counts(plan.domain, df["_domain"].to_numpy()[status == Status.OUT_OF_DOMAIN]) if "_domain" in df else {}
+    )
     beyond_rows = ~table["in_domain"].to_numpy() & np.isin(status, SCORED)
     sat = table["saturated_core"].to_numpy(np.float32, na_value=np.nan)
     by_sat = (
@@ -234,21 +238,21 @@ def _domain_counts(plan: Plan, df: pd.DataFrame, status: np.ndarray, table: pd.D
     ):
         if k:
             rules[why] = k
-    beyond = int(beyond_rows.sum())
-    return {"domain_rules": rules, "beyond_image_threshold": beyond} if rules else {}
+    return {"domain_rules": rules, "beyond_image_threshold": int(beyond_rows.sum())} if rules else {}
 
 
-def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
-    """Task: score one sky partition.  Returns its summary (also stored in the done marker).
+def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> PartitionResult:
+    """Task: score one sky partition.  Returns its result (also stored as its done marker).
 
     A partition with a done marker is not scored again, unless its retry marker says that some
     rows failed in a way that may be transient: then only those rows are fetched and scored
     again and every other row is kept as it was."""
     layout = RunLayout(task.output)
-    marker, retry = layout.work.marker(part.pid), layout.work.retry_marker(part.pid)
-    if done(marker) and not retry.exists():
-        return read_marker(marker)
-    rerun = done(marker)  # a retry: only the rows whose failure may be transient
+    resume = ResumePlan(layout)
+    earlier = resume.scored(part.pid)
+    if earlier is not None and not resume.needs_retry(part.pid):
+        return earlier
+    rerun = earlier is not None  # a retry: only the rows whose failure may be transient
     t0 = time.time()
     engine = worker_engine(task.engine_path, task.backend, task.threads, task.shared_batch, task.views)
     df = _read_rows(plan, part, layout)
@@ -257,14 +261,13 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
     status, ids = triage(df, plan, examples)
     inrow = df["_input_row"].to_numpy() if n else np.zeros(0, np.int64)
     scores = Scores.empty(n, task.embeddings)
-    if rerun and n and (prev := _previous(layout, part, df, task.embeddings)) is not None:
-        keep = (status == "") & ~np.isin(prev[0], TRANSIENT)  # ok and lasting failures stay as they are
+    if rerun and n and (prev := _previous(resume, part, df, task.embeddings)) is not None:
+        keep = (status == "") & resume.keep_rows(prev[0])  # ok and lasting failures stay as they are
         status[keep] = prev[0][keep]
         for now, before in zip(scores, prev[1]):
             now[keep] = before[keep]
-        for k, v in prev[2].items():
-            if k not in TRANSIENT:
-                note(examples, k, v)
+        for k, v in resume.kept_examples(prev[2]).items():
+            note(examples, k, v)
     todo = np.flatnonzero(status == "")
     if task.flag_status is not None:
         status[todo] = task.flag_status
@@ -277,7 +280,7 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
             )
         todo = todo[:0]
     elif n:
-        fault_point(task.fault_hook, "score", part.pid, task.batch_size)
+        fault_point("score", part.pid, task.batch_size)
         # spatial order (nested HEALPix): consecutive batches share survey frames, so a frame source's
         # small per-partition frame cache is reused instead of re-reading frames for every batch
         todo = todo[np.argsort(df["_healpix29"].to_numpy()[todo], kind="stable")]
@@ -304,34 +307,30 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
     )
     if table is not None:
         write_partition(table, layout.dataset_file(part), task.run_meta)
+    result = PartitionResult(
+        pid=part.pid,
+        name=part.name,
+        rows=n,
+        status={k: int(v) for k, v in counts.items()},
+        mergers=int(table["is_merger"].sum()) if table is not None else 0,
+        seconds=round(time.time() - t0, 3),
+        fetch_seconds=round(scorer.fetch_seconds if scorer else 0.0, 3),
+        infer_seconds=round(scorer.infer_seconds if scorer else 0.0, 3),
+        batch_size=task.batch_size,
+        finished=time.time(),
+        started=t0,
+        file=str(layout.dataset_file(part).relative_to(layout.root)) if n else None,
+        examples={k: v for k, v in sorted(examples.items()) if counts.get(k)},
+        coords=_coords(df, plan) if n else None,
+        # why a service failed rows (the summary names the leading one)
+        fetch_failures={str(k): int(v) for k, v in failures.items()},
+        # the card has an image check, this backend gave none
+        no_domain_score=scorer.no_domain_score if task.image_threshold is not None and scorer is not None else 0,
+        **(_domain_counts(plan, df, status, table, task) if table is not None else {}),
+    )
+    return resume.record(result)
+
+
+def _coords(df: pd.DataFrame, plan: Plan) -> list | None:
     c = plan.columns
-    info = {
-        "pid": part.pid,
-        "name": part.name,
-        "rows": n,
-        "status": {k: int(v) for k, v in counts.items()},
-        "mergers": int(table["is_merger"].sum()) if table is not None else 0,
-        "seconds": round(time.time() - t0, 3),
-        "fetch_seconds": round(scorer.fetch_seconds if scorer else 0.0, 3),
-        "infer_seconds": round(scorer.infer_seconds if scorer else 0.0, 3),
-        "batch_size": task.batch_size,
-        "finished": time.time(),
-        "started": t0,
-        "file": str(layout.dataset_file(part).relative_to(layout.root)) if n else None,
-        "examples": {k: v for k, v in sorted(examples.items()) if counts.get(k)},
-        "coords": coord_range(df[c["ra"]].to_numpy(np.float64), df[c["dec"]].to_numpy(np.float64)) if n else None,
-    }
-    if failures:  # why a service failed rows (the summary names the leading one)
-        info["fetch_failures"] = {str(k): int(v) for k, v in failures.items()}
-    if table is not None:
-        info.update(_domain_counts(plan, df, status, table, task))
-    if task.image_threshold is not None and scorer is not None and scorer.no_domain_score:
-        info["no_domain_score"] = scorer.no_domain_score  # the card has an image check, this backend gave none
-    transient = {k: int(counts[k]) for k in TRANSIENT if counts.get(k)}
-    if transient:
-        info["retry"] = True
-        mark_done(retry, {"status": transient, "rows": sum(transient.values())})
-    mark_done(marker, info)
-    if not info.get("retry"):
-        retry.unlink(missing_ok=True)
-    return info
+    return coord_range(df[c["ra"]].to_numpy(np.float64), df[c["dec"]].to_numpy(np.float64))
