@@ -261,13 +261,8 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> Partiti
     status, ids = triage(df, plan, examples)
     inrow = df["_input_row"].to_numpy() if n else np.zeros(0, np.int64)
     scores = Scores.empty(n, task.embeddings)
-    if rerun and n and (prev := _previous(resume, part, df, task.embeddings)) is not None:
-        keep = (status == "") & resume.keep_rows(prev[0])  # ok and lasting failures stay as they are
-        status[keep] = prev[0][keep]
-        for now, before in zip(scores, prev[1]):
-            now[keep] = before[keep]
-        for k, v in resume.kept_examples(prev[2]).items():
-            note(examples, k, v)
+    if rerun and n:
+        _keep_previous(resume, part, df, status, scores, examples, task.embeddings)
     todo = np.flatnonzero(status == "")
     if task.flag_status is not None:
         status[todo] = task.flag_status
@@ -307,7 +302,43 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> Partiti
     )
     if table is not None:
         write_partition(table, layout.dataset_file(part), task.run_meta)
-    result = PartitionResult(
+    result = _result(part, task, layout, df, plan, status, table, counts, examples, scorer, failures, t0)
+    return resume.record(result)
+
+
+def _keep_previous(
+    resume: ResumePlan, part: Partition, df: pd.DataFrame, status: np.ndarray, scores: Scores, examples: dict, emb: int
+) -> None:
+    """A retried partition: the rows whose earlier outcome stands (resume.ResumePlan.keep_rows) take
+    it back, status, scores and examples; the rest stay to do (status "")."""
+    prev = _previous(resume, part, df, emb)
+    if prev is None:  # nothing usable: every row is done again
+        return
+    keep = (status == "") & resume.keep_rows(prev[0])  # ok and lasting failures stay as they are
+    status[keep] = prev[0][keep]
+    for now, before in zip(scores, prev[1]):
+        now[keep] = before[keep]
+    for k, v in resume.kept_examples(prev[2]).items():
+        note(examples, k, v)
+
+
+def _result(
+    part: Partition,
+    task: PartitionTask,
+    layout: RunLayout,
+    df: pd.DataFrame,
+    plan: Plan,
+    status: np.ndarray,
+    table: pd.DataFrame | None,
+    counts: dict,
+    examples: dict,
+    scorer: BatchScorer | None,
+    failures: dict,
+    t0: float,
+) -> PartitionResult:
+    """What the partition task did (its done marker)."""
+    n = len(df)
+    return PartitionResult(
         pid=part.pid,
         name=part.name,
         rows=n,
@@ -328,7 +359,6 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> Partiti
         no_domain_score=scorer.no_domain_score if task.image_threshold is not None and scorer is not None else 0,
         **(_domain_counts(plan, df, status, table, task) if table is not None else {}),
     )
-    return resume.record(result)
 
 
 def _coords(df: pd.DataFrame, plan: Plan) -> list | None:
