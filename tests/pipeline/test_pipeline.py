@@ -143,8 +143,8 @@ def test_resume_plan_says_what_is_left_and_why(small_field, reference_run, tmp_p
     """ResumePlan over a finished run: every done marker is a PartitionResult, byte for byte; the
     partitions holding no_image rows (transient) remain as retries naming them, a partition whose
     marker is gone remains as never scored; only transient rows are scored again; the OOM ladder."""
-    from mergerscan.pipeline.resume import NEVER_SCORED, RETRY, ResumePlan, after_out_of_memory
     from mergerscan.pipeline.result import PartitionResult
+    from mergerscan.pipeline.resume import NEVER_SCORED, RETRY, ResumePlan, after_out_of_memory
     from mergerscan.pipeline.task import PartitionTask
 
     d, _ = small_field
@@ -157,9 +157,9 @@ def test_resume_plan_says_what_is_left_and_why(small_field, reference_run, tmp_p
     results = resume.results(plan.partitions)
     assert sum(r.rows for r in results) == 300 and resume.unscored(plan.partitions) == []
     todo = resume.remaining(plan.partitions)
-    assert todo and {t.why for t in todo} == {RETRY} and [t.part.pid for t in todo] == [
-        r.pid for r in results if r.retry
-    ]
+    assert (
+        todo and {t.why for t in todo} == {RETRY} and [t.part.pid for t in todo] == [r.pid for r in results if r.retry]
+    )
     assert sum(t.statuses.get("no_image", 0) for t in todo) == 2 and all(set(t.statuses) == {"no_image"} for t in todo)
     done = next(p for p in plan.partitions if p.pid not in {t.part.pid for t in todo})
     RunLayout(out).work.marker(done.pid).unlink()
