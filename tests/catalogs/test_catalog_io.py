@@ -307,6 +307,26 @@ def test_find_column_exact_first_then_the_one_case_insensitive_match():
         resolve_columns(["objid", "Ra", "rA", "dec"])
 
 
+def test_status_type_is_the_status_table():
+    """catalogs.schema.Status: one member per documented status, each the plain string written to
+    Parquet/FITS (a member compares, hashes, formats and serialises as that string)."""
+    import json
+
+    from mergerscan.catalogs.schema import SCORED, STATUS, TRANSIENT, Status
+
+    assert list(STATUS) == list(Status) and all(type(k) is Status for k in STATUS)
+    assert [s.value for s in Status] == [str(s) for s in Status] == [f"{s}" for s in Status]
+    assert Status.NO_IMAGE == "no_image" and hash(Status.NO_IMAGE) == hash("no_image") and "ok" in SCORED
+    assert json.dumps({Status.OK: Status.FETCH_FAILED}) == '{"ok": "fetch_failed"}'
+    assert set(TRANSIENT) <= set(Status) and not set(TRANSIENT) & set(SCORED)
+    table = pa.table({"status": np.array([Status.OK, "edge", Status.OUT_OF_MEMORY], dtype=object)})
+    assert table.column("status").type == pa.string() and table.column("status").to_pylist() == [
+        "ok",
+        "edge",
+        "out_of_memory",
+    ]
+
+
 def test_docs_output_tables_are_rendered_from_the_schema(tmp_path, capsys):
     """docs/output.md's columns and status tables are exactly what the schema renders
     (regenerate with ``python -m mergerscan.catalogs.schema docs/output.md``)."""
