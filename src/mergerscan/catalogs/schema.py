@@ -34,8 +34,11 @@ class Status(str, Enum):
     INFERENCE_FAILED = "inference_failed"
     OUT_OF_MEMORY = "out_of_memory"
 
-    __str__ = str.__str__  # "ok", not "Status.OK", in messages and f-strings
-    __format__ = str.__format__
+    def __str__(self) -> str:  # "ok", not "Status.OK", in messages and f-strings
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
 
 
 # status -> meaning, in markdown (the run report shows it without the backticks); docs/output.md's
