@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import cpu_model, need, result_path, shared_data, write_result
-from bench_engine import onnx_flops
+from mergerscan.bench.engine import onnx_flops
 
 VIEW_COUNTS = (1, 2, 4, 8)
 
@@ -84,7 +84,7 @@ def main() -> None:
     for p in paths:
         info = read_engine_info(p)
         names.append(info.card.get("name", p.stem))
-        flops.append(onnx_flops(str(p), info.spec.input_size))
+        flops.append(onnx_flops(p))
         z = view_logits(p, data, Path(a.cache) if a.cache else None, a.threads)
         logits.append(np.concatenate([z["val"], z["test"]], axis=1))  # val first, then test
         print(f"{names[-1]}: {flops[-1] / 1e9:.3f} GFLOP per view", flush=True)
