@@ -23,7 +23,7 @@ def test_bench_engine_writes_a_point_per_views_threads_and_batch(tmp_path, cheap
     out = tmp_path / "r" / "engine.json"
     r = mergerscan(
         "bench", "engine", "--engine", cheap_engine, "--images", tmp_path / "stamps",
-        "--n", 8, "--views", "1,2", "--threads", 1, "--batch-size", "4,8", "-o", out,
+        "--n", 8, "--views", 1, "--threads", "1,2", "--batch-size", "4,8", "-o", out,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(out)
@@ -32,9 +32,21 @@ def test_bench_engine_writes_a_point_per_views_threads_and_batch(tmp_path, cheap
     assert doc["bench"] == "engine" and doc["engine"] == str(cheap_engine) and doc["flops_per_image"] > 0
     assert "8 stamps from 6 files" in doc["data"]
     points = {(p["backend"], p["views"], p["threads"], p["batch"]) for p in doc["runs"]}
-    assert points == {("onnxruntime", v, 1, b) for v in (1, 2) for b in (4, 8)}
+    assert points == {("onnxruntime", 1, t, b) for t in (1, 2) for b in (4, 8)}
     assert all(p["objects"] == 8 and p["objects_per_s"] > 0 for p in doc["runs"])
     assert {"cpu", "cores", "loadavg", "packages"} <= set(doc["machine"])
+
+
+def test_bench_engine_refuses_what_it_cannot_time_in_one_line(tmp_path, cheap_engine):
+    out = tmp_path / "e.json"
+    for argv, names in (
+        (("--views", "1,2"), "--views 2"),  # the tiny engine's card has a threshold for 1 view only
+        (("--backend", "no-such-backend"), "no-such-backend"),
+        (("--threads", "0"), "--threads"),
+    ):
+        r = mergerscan("bench", "engine", "--engine", cheap_engine, "--n", 2, *argv, "-o", out)
+        assert r.returncode == EXIT_BAD_INPUT and names in r.stderr and r.stderr.count("\n") == 1, (argv, r.stderr)
+        assert not out.exists()
 
 
 def test_bench_engine_records_a_backend_that_cannot_run_here(tmp_path, cheap_engine):

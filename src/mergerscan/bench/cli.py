@@ -5,9 +5,7 @@ from the project's exit codes."""
 
 from __future__ import annotations
 
-import json
 import shlex
-import sys
 from dataclasses import replace
 
 from ..pipeline.failures import EXIT_BAD_INPUT, EXIT_INTERRUPTED
@@ -138,7 +136,6 @@ def run(ap, a) -> None:
         from .common import write_json
 
         doc = _bench_doc(a)
-        print(json.dumps({k: v for k, v in doc.items() if k != "machine"}, default=float)[:2000], file=sys.stderr)
         print(write_json(a.output, doc))
     except KeyboardInterrupt:
         ap.exit(EXIT_INTERRUPTED, f"{what}: interrupted\n")

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-PACKAGES = ("mergerscan", "numpy", "pandas", "pyarrow", "astropy", "onnxruntime", "torch", "dask", "distributed")
+PACKAGES = (
+    *("mergerscan", "numpy", "pandas", "pyarrow", "astropy", "fitsio", "indexed_bzip2", "pillow"),
+    *("onnxruntime", "torch", "dask", "distributed"),
+)
 
 
 def cpu_model() -> str:
@@ -39,7 +42,7 @@ def versions(packages=PACKAGES) -> dict[str, str | None]:
     return found
 
 
-def machine() -> dict:
+def machine(packages=PACKAGES) -> dict:
     """Where a figure was measured: CPU, cores usable, load, Python and the package versions.
     The load average is part of the figure: on a shared machine the wall time includes waiting."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -49,7 +52,7 @@ def machine() -> dict:
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "packages": versions(),
+        "packages": versions(packages),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

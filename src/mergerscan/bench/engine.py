@@ -8,6 +8,7 @@ FLOPs per image are counted from the ONNX graph (conv and matmul nodes, 2 x MACs
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,21 +68,29 @@ def time_predict(eng, stamps: np.ndarray, batch: int) -> dict:
     }
 
 
+def unavailable(backend: str) -> str | None:
+    """Why ``backend`` cannot run here (None: it can); an unknown name is a ValueError."""
+    from ..engines.registry import get_backend, parse_backend
+
+    return get_backend(parse_backend(backend)[0]).unavailable_reason()
+
+
 def one_backend(cfg: EngineBench, path: Path, backend: str, stamps: np.ndarray, views: list[int]) -> list[dict]:
     from ..engines import load_engine
     from ..engines.base import BackendUnavailable
 
+    if why := unavailable(backend):
+        return [{"backend": backend, "skipped": why}]
     runs = []
     for v in views:
         for t in cfg.threads:
             try:
                 eng = load_engine(path, backend=backend, threads=t, views=v)
-            except (BackendUnavailable, ValueError) as exc:
+            except (BackendUnavailable, ImportError) as exc:
                 return runs + [{"backend": backend, "skipped": " ".join(str(exc).split())}]
             for b in cfg.batches:
-                res = {"backend": backend, "views": v, "threads": t, "batch": b}
-                runs.append(res | time_predict(eng, stamps, b))
-                print(f"bench engine: {runs[-1]}", flush=True)
+                runs.append({"backend": backend, "views": v, "threads": t, "batch": b} | time_predict(eng, stamps, b))
+                print(f"bench engine: {runs[-1]}", file=sys.stderr, flush=True)
     return runs
 
 
@@ -95,6 +104,11 @@ def run_engine_bench(cfg: EngineBench) -> dict:
     ref = load_engine(path, threads=1)
     stamps, what = load_stamps(cfg.images, cfg.n, ref.spec.stamp_pixels)
     views = list(cfg.views) or sorted({1, ref.info.views})
+    for v in views:  # a count the card has no calibration for is refused before any timing
+        try:
+            ref.info.with_views(v)
+        except ValueError as exc:
+            raise ValueError(f"--views {v}: {exc}") from None
     doc = {
         "bench": "engine",
         "engine": str(path),
@@ -106,6 +120,8 @@ def run_engine_bench(cfg: EngineBench) -> dict:
         "machine": machine(),
         "runs": [],
     }
+    for backend in cfg.backends:
+        unavailable(backend)  # an unknown name is refused before any timing
     for backend in cfg.backends:
         doc["runs"] += one_backend(cfg, path, backend, stamps, views)
     return doc

@@ -174,7 +174,7 @@ def run_plan_bench(cfg: PlanBench) -> dict:
         (tmp / "empty").mkdir()
         for fmt in cfg.formats:
             doc["formats"][fmt] = one_format(tmp, fmt, cfg)
-            print(f"bench plan: {fmt} {json.dumps(doc['formats'][fmt])}", flush=True)
+            print(f"bench plan: {fmt} {json.dumps(doc['formats'][fmt])}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return doc

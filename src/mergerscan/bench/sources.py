@@ -11,6 +11,7 @@ Each fetch is timed on the wall clock and the process CPU clock, and its status 
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import Counter
 from contextlib import contextmanager
@@ -169,4 +170,6 @@ def run_sources_bench(cfg: SourcesBench) -> dict:
         doc["sources"] |= bench_stamps(cfg, spec)
     if cfg.frames:
         doc["sources"] |= bench_frames(cfg, spec)
+    for name, r in doc["sources"].items():
+        print(f"bench sources: {name}: {r['objects_per_s']} objects/s ({r['status_counts']})", file=sys.stderr)
     return doc
