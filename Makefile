@@ -33,7 +33,7 @@ demo: setup
 	$(BIN)/process-catalog demo-out/field/demo-catalog.fits --frames demo-out/field -o demo-out/run \
 	    --keep-columns truth,mag_r,redshift --overwrite
 
-# ruff (lint + format) over the tree, mypy over catalogs, pipeline, engines and bench (pyproject.toml)
+# ruff (lint + format) over the tree, mypy over catalogs, pipeline and engines (pyproject.toml)
 lint: setup
 	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/ruff format --check src tests benchmarks tools

@@ -50,7 +50,7 @@ def run_doctor(engine: str | None = None, backend: str = "onnxruntime") -> tuple
     from ..engines.registry import available_backends
 
     chk = check_engine(engine, backend)
-    doc = {
+    doc: dict = {
         "doctor": "environment",
         "machine": machine(),
         "backends": available_backends(),

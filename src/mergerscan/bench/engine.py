@@ -81,7 +81,7 @@ def one_backend(cfg: EngineBench, path: Path, backend: str, stamps: np.ndarray, 
 
     if why := unavailable(backend):
         return [{"backend": backend, "skipped": why}]
-    runs = []
+    runs: list[dict] = []
     for v in views:
         for t in cfg.threads:
             try:
@@ -109,7 +109,7 @@ def run_engine_bench(cfg: EngineBench) -> dict:
             ref.info.with_views(v)
         except ValueError as exc:
             raise ValueError(f"--views {v}: {exc}") from None
-    doc = {
+    doc: dict = {
         "bench": "engine",
         "engine": str(path),
         "engine_name": ref.info.name,

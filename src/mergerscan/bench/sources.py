@@ -73,7 +73,7 @@ class _Stamps(BaseHTTPRequestHandler):
     def do_GET(self):
         q = parse_qs(urlsplit(self.path).query)
         key = (round(float(q["ra"][0]), 6), round(float(q["dec"][0]), 6))
-        body = self.server.files.get(key)  # type: ignore[attr-defined]
+        body = self.server.files.get(key)
         if body is None:
             self.send_response(404)
             self.end_headers()
