@@ -44,6 +44,14 @@ def need(path: Path, what: str = "shared data") -> Path:
     return path
 
 
+def labelled_set(cache: str | os.PathLike | None):
+    """The shared labelled stamps with training's seed-0 split (``build_labelled_set``), decoded
+    stamps cached under ``cache``: the start of every scoring loop over val/test."""
+    from mergerscan.training.data import build_labelled_set
+
+    return build_labelled_set(str(need(shared_data("sdss-gz-mergers", "catalog.csv"))), cache=cache)
+
+
 def sync() -> None:
     import torch
 

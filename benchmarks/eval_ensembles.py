@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import cpu_model, need, result_path, shared_data, write_result
+from _common import cpu_model, labelled_set, result_path, write_result
 from mergerscan.bench.engine import onnx_flops
 
 VIEW_COUNTS = (1, 2, 4, 8)
@@ -71,11 +71,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(result_path("ensembles.json")))
     a = ap.parse_args()
     from mergerscan.engines import default_engine_path, read_engine_info
-    from mergerscan.training.data import build_labelled_set
     from mergerscan.training.evaluate import calibrate_and_summarize, log_loss
 
-    catalog = need(shared_data("sdss-gz-mergers", "catalog.csv"))
-    data = build_labelled_set(str(catalog), cache=a.cache)
+    data = labelled_set(a.cache)
     y = data.table["label"].to_numpy()
     y_val, y_test = y[data.indices("val")], y[data.indices("test")]
     n_val = len(y_val)

@@ -8,11 +8,15 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 PACKAGES = (
     *("mergerscan", "numpy", "pandas", "pyarrow", "astropy", "fitsio", "indexed_bzip2", "pillow"),
@@ -73,6 +77,15 @@ class Stopwatch:
 
 def rate(objects: int, seconds: float) -> float | None:
     return round(objects / seconds, 2) if seconds > 0 else None
+
+
+def timed_objects(fn: Callable[[], T], objects: int) -> tuple[dict, T]:
+    """Run ``fn()`` once: its wall and CPU seconds and objects/s as a result row, and what it returned."""
+    sw = Stopwatch()
+    out = fn()
+    wall, cpu = sw.read()
+    row = {"objects": objects, "wall_s": round(wall, 4), "cpu_s": round(cpu, 4), "objects_per_s": rate(objects, wall)}
+    return row, out
 
 
 def load_stamps(folder: str | os.PathLike | None, n: int, size: int = 256) -> tuple[np.ndarray, str]:

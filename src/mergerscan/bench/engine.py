@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import Stopwatch, load_stamps, machine, rate
+from .common import load_stamps, machine, timed_objects
 
 
 @dataclass(frozen=True)
@@ -56,16 +56,10 @@ def onnx_flops(path: str | Path) -> float:
 def time_predict(eng, stamps: np.ndarray, batch: int) -> dict:
     """One warm-up call, then every stamp once in calls of ``batch``."""
     eng.predict(stamps[: min(batch, len(stamps))])
-    sw = Stopwatch()
-    for i in range(0, len(stamps), batch):
-        eng.predict(stamps[i : i + batch])
-    wall, cpu = sw.read()
-    return {
-        "objects": len(stamps),
-        "wall_s": round(wall, 4),
-        "cpu_s": round(cpu, 4),
-        "objects_per_s": rate(len(stamps), wall),
-    }
+    row, _ = timed_objects(
+        lambda: [eng.predict(stamps[i : i + batch]) for i in range(0, len(stamps), batch)], len(stamps)
+    )
+    return row
 
 
 def unavailable(backend: str) -> str | None:

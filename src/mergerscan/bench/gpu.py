@@ -68,14 +68,11 @@ class GpuCheck:
 
 
 def no_gpu_reason() -> str | None:
-    """Why the GPU check cannot run here (None: a CUDA device is visible)."""
-    try:
-        import torch
-    except ImportError:
-        return "torch is not installed (pip install 'mergerscan[train]' with a CUDA build of torch)"
-    if not torch.cuda.is_available():
-        return f"torch {torch.__version__} sees no CUDA device"
-    return None
+    """Why the GPU check cannot run here (None: a CUDA device is visible): the torch-cuda
+    backend's own reason."""
+    from ..engines.torch import cuda_unavailable_reason
+
+    return cuda_unavailable_reason()
 
 
 class Report:

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pandas as pd
 
-from .common import Stopwatch, machine, rate
+from .common import machine, rate, timed_objects
 
 STAMP_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -38,17 +38,9 @@ class SourcesBench:
 
 
 def timed_fetch(src, rows: pd.DataFrame) -> dict:
-    sw = Stopwatch()
-    _, status = src.fetch(rows)
-    wall, cpu = sw.read()
-    return {
-        "objects": len(rows),
-        "wall_s": round(wall, 4),
-        "cpu_s": round(cpu, 4),
-        "objects_per_s": rate(len(rows), wall),
-        "objects_per_cpu_s": rate(len(rows), cpu),
-        "status_counts": dict(Counter(str(s) for s in status)),
-    }
+    row, (_, status) = timed_objects(lambda: src.fetch(rows), len(rows))
+    row["objects_per_cpu_s"] = rate(len(rows), row["cpu_s"])
+    return row | {"status_counts": dict(Counter(str(s) for s in status))}
 
 
 def stamp_rows(folder: Path, n: int) -> pd.DataFrame:
