@@ -175,6 +175,7 @@ def _engine_info(ap, a):
 
 
 def main(argv=None):
+    from .bench import cli as bench_cli
     from .training import cli as tcli
 
     ap = argparse.ArgumentParser(prog="mergerscan")
@@ -187,7 +188,10 @@ def main(argv=None):
     tcli.curve_parser(sub)
     _engine_info_parser(sub)
     _similar_parser(sub)
+    bench_cli.add_parsers(sub)  # bench engine|sources|plan, doctor [--gpu]
     a = ap.parse_args(argv)
+    if a.verb in bench_cli.VERBS:
+        bench_cli.run(ap, a)
     if a.verb == "operating-curve":
         tcli.curve(ap, a)
     if a.verb == "engine-info":
