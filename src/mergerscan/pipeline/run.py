@@ -143,6 +143,7 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
     "shard" (score partitions ``pid % n == i`` of an existing plan), "finalize" (needs every
     partition done).  Returns the run summary ("all", "finalize"), else a small dict of what
     was done ("plan": plan, partitions, rows; "shard": shard, partitions, seconds)."""
+    args = args.resolved()  # absolute paths, the default source, threads: the caller's object is left as given
     t_start = time.time()
     if args.mode == "all":
         _import_in_background("hats")  # finalize's HATS writers: ~3 s of imports, overlapped with scoring

@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mergerscan.training.domain", description=record_selection.__doc__)
     p.add_argument("engine", help="engine file (.onnx) whose card gets domain.selection")
     p.add_argument("--catalog", required=True, help="the labelled catalog it was trained on (e.g. catalog.csv)")
-    p.add_argument("-o", "--out", help="write a copy here instead of changing ENGINE in place")
+    p.add_argument("-o", "--output", dest="out", help="write a copy here instead of changing ENGINE in place")
+    p.add_argument("--out", dest="out", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # earlier spelling
     p.add_argument("--saturation", action="store_true", help="also fit the image check's saturated-core limit")
     p.add_argument("--cache", help="decoded-image cache directory (with --saturation)")
     a = p.parse_args(argv)
