@@ -11,7 +11,7 @@ from .exit_codes import EXIT_BAD_INPUT
 def add_output_option(p, help: str, dest: str = "out") -> None:
     """``-o/--output``; ``--out`` (earlier versions) still accepted, hidden.  A verb that needs it
     says so itself (:func:`required_output`): argparse's required= would refuse the old spelling."""
-    p.add_argument("-o", "--output", dest=dest, help=help)
+    p.add_argument("-o", "--output", dest=dest, metavar="PATH", help=help)
     p.add_argument("--out", dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 

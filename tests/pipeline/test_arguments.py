@@ -100,7 +100,9 @@ def test_argument_error_names_the_argument_and_the_cli_the_flag(site, cat, tmp_p
 
 def test_mergerscan_process_is_process_catalog(dask_client, cheap_engine, tmp_path):
     """On the demo field (its frames and catalog): the same rows, values and FITS table."""
-    field = make_demo_field(tmp_path / "field", n_fields=1, galaxies_per_field=4, mergers_per_field=2, stars_per_field=4)
+    field = make_demo_field(
+        tmp_path / "field", n_fields=1, galaxies_per_field=4, mergers_per_field=2, stars_per_field=4
+    )
     catalog = field["catalog"]
     common = ["--frames", str(tmp_path / "field"), "--engine", str(cheap_engine), "--views", "1"]
     common += ["--scheduler", dask_client.scheduler.address, "--no-progress", "--no-report"]

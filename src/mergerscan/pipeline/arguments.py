@@ -20,7 +20,7 @@ from typing import Any
 from ..cutouts.defaults import DefaultSource, builtin_default
 from ..cutouts.source_choice import CutoutService, FramesDir, ImageSource, ServiceOptions, SourcePlugin, StampsDir
 from ..cutouts.sources import SourceConfig, redact_command
-from .run_options import ArgumentError, RunArguments, default_of
+from .run_options import ArgumentError, RunArguments, default_of, literal
 
 __all__ = ["EMBEDDINGS_DEFAULT", "ArgumentError", "EngineConfig", "ProcessArguments", "RunArguments", "default_of"]
 
@@ -112,7 +112,7 @@ class ProcessArguments(RunArguments):
 
     def __post_init__(self):
         if not Path(self.catalog).exists():
-            raise ArgumentError(f"catalog {self.catalog}: no such file", "catalog")
+            raise ArgumentError(f"catalog {literal(self.catalog)}: no such file", "catalog")
         self._check_source_choice()
         self._check_source()
         self._check_fault_hook()
@@ -152,7 +152,7 @@ class ProcessArguments(RunArguments):
         try:
             return ServiceOptions.from_mapping(self.service_options)
         except (TypeError, ValueError) as exc:
-            raise ArgumentError(f"{{service_options}}: {exc}", "service_options") from None
+            raise ArgumentError(f"{{service_options}}: {literal(exc)}", "service_options") from None
 
     def _default_in_use(self) -> DefaultSource | None:
         """The default source when none was named: the site's if given, else SkyServer."""
@@ -186,7 +186,8 @@ class ProcessArguments(RunArguments):
             path, flag = default.source.directory, "images" if isinstance(default.source, StampsDir) else "frames"
             if not Path(path).is_dir():
                 raise ArgumentError(
-                    f"default image source in {default.origin}: {{{flag}}} {path}: not a directory", "default_source"
+                    f"default image source in {literal(default.origin)}: {{{flag}}} {literal(path)}: not a directory",
+                    "default_source",
                 )
         options = self._service_options()
         if options.given() and not isinstance(named, CutoutService) and default is None:
@@ -215,19 +216,19 @@ class ProcessArguments(RunArguments):
         impossible URL): one line now, before anything is written."""
         default, chosen = self._default_in_use(), self.chosen_source
         if self.source_kind or isinstance(chosen, SourcePlugin):
-            where, argument = f"{{source}} {chosen.kind}", "source_kind"
+            where, argument = f"{{source}} {literal(chosen.kind)}", "source_kind"
         elif default is not None:
-            where, argument = f"default image source in {default.origin}", "default_source"
+            where, argument = f"default image source in {literal(default.origin)}", "default_source"
         else:
             argument = {"service": "cutout_service", "stamps": "images", "frames": "frames"}[chosen.kind]
             where = f"{{{argument}}}"
         try:
             self.source.check()
         except ValueError as exc:
-            raise ArgumentError(f"{where}: {exc}", argument) from None
+            raise ArgumentError(f"{where}: {literal(exc)}", argument) from None
         if self.path_column and not self.source.source_class.reads_path_column:
             raise ArgumentError(
-                f"{{path_column}} names stamp files: the {self.source.kind} source reads none (it goes with {{images}} DIR)",
+                f"{{path_column}} names stamp files: the {literal(self.source.kind)} source reads none (it goes with {{images}} DIR)",
                 "path_column",
             )
 
@@ -238,7 +239,7 @@ class ProcessArguments(RunArguments):
             try:
                 resolve(self.fault_hook)
             except FaultHookError as exc:
-                raise ArgumentError(str(exc), "fault_hook") from None
+                raise ArgumentError(literal(exc), "fault_hook") from None
 
     # ---------------------------------------------------------------- rows, paths, engine
     def _check_rows(self) -> None:
@@ -248,20 +249,20 @@ class ProcessArguments(RunArguments):
             try:
                 expression_names(self.select)
             except SelectError as exc:
-                raise ArgumentError(str(exc)) from None
+                raise ArgumentError(literal(exc), "select") from None
         try:
             self.domain_settings  # noqa: B018 - validates domain, domain_columns, domain_limits
         except ValueError as exc:
-            raise ArgumentError(str(exc)) from None
+            raise ArgumentError(literal(exc), "domain") from None
         if self.embeddings < 0:
-            raise ArgumentError(f"{{embeddings}} {self.embeddings}: give at least 1 component", "embeddings")
+            raise ArgumentError(f"{{embeddings}} {literal(self.embeddings)}: give at least 1 component", "embeddings")
 
     def _check_paths(self) -> None:
         for name, d in (("images", self.images), ("frames", self.frames)):
             if d and not Path(d).is_dir():
-                raise ArgumentError(f"{{{name}}} {d}: not a directory", name)
+                raise ArgumentError(f"{{{name}}} {literal(d)}: not a directory", name)
         if self.engine and not Path(self.engine).is_file():
-            raise ArgumentError(f"{{engine}} {self.engine}: no such file", "engine")
+            raise ArgumentError(f"{{engine}} {literal(self.engine)}: no such file", "engine")
 
     def _check_engine(self) -> None:
         from ..engines import get_backend, gpu_backends, parse_backend
@@ -271,16 +272,18 @@ class ProcessArguments(RunArguments):
         try:
             backend_name, _ = parse_backend(self.backend)
         except ValueError as exc:
-            raise ArgumentError(f"{{backend}}: {exc}", "backend") from None
+            raise ArgumentError(f"{{backend}}: {literal(exc)}", "backend") from None
         try:  # the curve itself is read with the engine (run.py)
             check_target(self.purity, self.completeness, self.prevalence)
         except OperatingPointError as exc:
-            raise ArgumentError(str(exc)) from None
+            target = "purity" if self.purity is not None else "completeness" if self.completeness else "prevalence"
+            raise ArgumentError(literal(exc), target) from None
         if self.views is not None and self.views not in VIEWS:
-            raise ArgumentError(f"{{views}} {self.views}: choose {', '.join(map(str, VIEWS))}", "views")
+            raise ArgumentError(f"{{views}} {literal(self.views)}: choose {', '.join(map(str, VIEWS))}", "views")
         if self.gpus and not get_backend(backend_name).needs_gpu:
             raise ArgumentError(
-                f"{{gpus}} 1 needs a GPU backend ({', '.join(gpu_backends())}), not {{backend}} {self.backend}", "gpus"
+                f"{{gpus}} 1 needs a GPU backend ({', '.join(gpu_backends())}), not {{backend}} {literal(self.backend)}",
+                "gpus",
             )
 
     # ---------------------------------------------------------------- derived

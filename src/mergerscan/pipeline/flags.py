@@ -136,7 +136,7 @@ def _rows_group(p) -> None:
 
 
 def _engine_group(p) -> None:
-    p.add_argument("--engine", help="engine file (.onnx); default: the packaged model")
+    p.add_argument("--engine", metavar="FILE", help="engine file (.onnx); default: the packaged model")
     add_embeddings_option(p)
     p.add_argument(
         "--backend",

@@ -5,7 +5,6 @@ argument in Python terms; where a dataclass field's default is read (:func:`defa
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import sys
 from dataclasses import MISSING, dataclass, field, fields
@@ -13,7 +12,6 @@ from typing import Any
 
 from .slurm import SlurmOptions, is_slurm_task, slurm_cpus
 
-_NAME = re.compile(r"\{([a-z_]+)\}")
 # placeholders that are not field names, in Python terms (the command line has a flag for each)
 PYTHON_NAMES = {
     "source": "source_kind/source_location",
@@ -25,9 +23,20 @@ PYTHON_NAMES = {
 }
 
 
+def literal(value: Any) -> str:
+    """``value`` as text inside an :class:`ArgumentError` template (its braces are not names)."""
+    return str(value).replace("{", "{{").replace("}", "}}")
+
+
+class _Names(dict):
+    def __missing__(self, name: str) -> str:
+        return PYTHON_NAMES.get(name, name)
+
+
 class ArgumentError(ValueError):
     """Bad arguments, in one line.  ``argument`` names the field at fault (None where the message
-    comes from elsewhere); ``{name}`` in the message is an argument, worded by :meth:`render`."""
+    comes from elsewhere and is shown as it is).  With an argument, the message is a template:
+    ``{name}`` is an argument, worded by :meth:`render`; values in it pass through :func:`literal`."""
 
     def __init__(self, message: str, argument: str | None = None):
         self.argument = argument
@@ -36,11 +45,10 @@ class ArgumentError(ValueError):
 
     def render(self, names: dict[str, str] | None = None) -> str:
         """The message with each ``{name}`` as ``names[name]`` (the command line's flags), else in
-        Python terms."""
+        Python terms (the field's name)."""
         if self.template is None:
             return str(self)
-        names = names or {}
-        return _NAME.sub(lambda m: names.get(m[1]) or PYTHON_NAMES.get(m[1], m[1]), self.template)
+        return self.template.format_map(_Names(names or {}))
 
 
 def default_of(cls: Any, name: str) -> Any:
@@ -81,15 +89,15 @@ class RunArguments:
         if self.workers < 1 or self.threads_per_worker < 0:
             raise ArgumentError("{workers} must be >= 1 and {threads_per_worker} >= 0", "workers")
         if self.mode not in ("all", "plan", "shard", "finalize"):
-            raise ArgumentError(f"unknown mode {self.mode!r}", "mode")
+            raise ArgumentError(f"unknown mode {literal(repr(self.mode))}", "mode")
         if (self.mode == "shard") != (self.shard is not None):
             raise ArgumentError("{shard} i/N goes with shard mode only", "shard")
         if self.shard is not None and not (len(self.shard) == 2 and 0 <= self.shard[0] < self.shard[1]):
-            raise ArgumentError(f"{{shard}} {self.shard}: need i/N with 0 <= i < N", "shard")
+            raise ArgumentError(f"{{shard}} {literal(self.shard)}: need i/N with 0 <= i < N", "shard")
 
     def _check_cluster(self) -> None:
         if self.cluster not in ("local", "slurm", "slurm-runner"):
-            raise ArgumentError(f"{{cluster}} {self.cluster}: choose local, slurm or slurm-runner", "cluster")
+            raise ArgumentError(f"{{cluster}} {literal(self.cluster)}: choose local, slurm or slurm-runner", "cluster")
         if self.cluster != "local" and self.scheduler:
             raise ArgumentError(
                 "{scheduler} joins a running scheduler: it does not go with {cluster} slurm/slurm-runner", "scheduler"
@@ -105,7 +113,7 @@ class RunArguments:
             try:
                 self.slurm.validate()
             except ValueError as exc:
-                raise ArgumentError(str(exc)) from None
+                raise ArgumentError(literal(exc), "slurm") from None
 
     @property
     def threads(self) -> int:
