@@ -176,7 +176,7 @@ def test_start_lines_name_the_source_and_hint_for_large_catalogs(site, catalog, 
     from mergerscan.pipeline.run import _source_notices
 
     cat, _ = catalog
-    a = ProcessArguments(catalog=str(cat), output=str(tmp_path / "out"))  # built-in SkyServer default
+    a = ProcessArguments(catalog=str(cat), output=str(tmp_path / "out")).resolved()  # as run() sees them
     _source_notices(a, 150_000)
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and defaults.SKYSERVER in err[0]
