@@ -26,7 +26,7 @@ from .redact import redact_command, redact_url
 from .source_choice import CutoutService, FramesDir, ImageSource, ServiceOptions, StampsDir
 
 SKYSERVER = "https://skyserver.sdss.org/dr17/SkyServerWS/ImgCutout/getjpeg"
-SKYSERVER_OPTIONS = {"max_concurrency": 4, "max_rate": 8.0}
+SKYSERVER_OPTIONS: dict = {"max_concurrency": 4, "max_rate": 8.0}
 ENV = "MERGERSCAN_DEFAULT_SOURCE"
 LARGE_FOR_SERVICE = 100_000  # rows; above this a web service is the slow way: hint towards --frames
 

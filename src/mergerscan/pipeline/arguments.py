@@ -173,6 +173,12 @@ class ProcessArguments(RunArguments):
         return default.source
 
     @property
+    def service(self) -> ServiceOptions:
+        """The cutout service's options, typed (all None when the source is no service)."""
+        chosen = self.chosen_source
+        return chosen.options if isinstance(chosen, CutoutService) else ServiceOptions()
+
+    @property
     def source(self) -> SourceConfig:
         """The chosen source as the picklable config the workers open."""
         return self.chosen_source.config()

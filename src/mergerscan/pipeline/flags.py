@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cutouts.service import ServiceSource
+from ..cutouts.registry import source_class
 from ..engines.base import VIEWS
 from ..exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOTHING_SCORED, EXIT_OK
 from .arguments import ProcessArguments, add_embeddings_option, default_of
@@ -77,13 +77,14 @@ def _source_group(p) -> None:
         metavar="KEY=VALUE",
         help="an option of --source's class (repeatable; VALUE as JSON if it parses, else text)",
     )
-    svc = default_of(ServiceSource.Options, "timeout"), default_of(ServiceSource.Options, "retries")
+    service = source_class("service").Options  # the service source's own defaults, for the help text
+    svc = default_of(service, "timeout"), default_of(service, "retries")
     src.add_argument("--service-timeout", type=float, help=f"seconds per request (default {svc[0]:g})")
     src.add_argument("--service-retries", type=int, help=f"default {svc[1]}")
     src.add_argument(
         "--service-concurrency",
         type=int,
-        help=f"requests at a time per partition task (default {default_of(ServiceSource.Options, 'max_concurrency')}; "
+        help=f"requests at a time per partition task (default {default_of(service, 'max_concurrency')}; "
         "4 for the built-in SkyServer default)",
     )
     src.add_argument(

@@ -210,6 +210,6 @@ def _source_notices(args: ProcessArguments, nrows: int) -> None:
     if args.default_source is not None:
         print(startup_line(args.default_source), file=sys.stderr)
     if args.cutout_service and args.mode in ("all", "plan"):
-        hint = large_catalog_hint(nrows, args.service_options.get("max_rate"), args.workers)
+        hint = large_catalog_hint(nrows, args.service.max_rate, args.workers)
         if hint:
             print(hint, file=sys.stderr)
