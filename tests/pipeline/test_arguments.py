@@ -142,3 +142,10 @@ def test_verbs_share_output_and_engine_spellings(verb):
 
         for argv in (["--engine", "e.onnx"], ["e.onnx"]):
             assert engine_file(ap, ap.parse_args([verb, *data, *argv])) == "e.onnx"
+
+
+def test_engine_info_takes_engine_like_every_verb(cheap_engine, capsys):
+    assert mergerscan(["engine-info", "--engine", str(cheap_engine)]) == EXIT_OK
+    by_flag = capsys.readouterr().out
+    assert mergerscan(["engine-info", str(cheap_engine)]) == EXIT_OK  # the earlier spelling
+    assert capsys.readouterr().out == by_flag and str(cheap_engine) in by_flag

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..exit_codes import EXIT_BAD_INPUT
+from ..exit_codes import EXIT_BAD_INPUT, EXIT_OK
 
 POOLS = ("ReduceMean", "GlobalAveragePool")
 SHAPERS = ("Reshape", "Flatten", "Squeeze")
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         ap.exit(EXIT_BAD_INPUT, f"{ap.prog}: error: {exc}\n")
     print(json.dumps(res["image"]))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
