@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from conftest import cli_process, make_stamps
-from mergerscan.pipeline.failures import EXIT_BAD_INPUT
+from mergerscan.exit_codes import EXIT_BAD_INPUT
 
 
 def mergerscan(*argv, timeout=300):

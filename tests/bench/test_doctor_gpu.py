@@ -42,7 +42,7 @@ def test_gpu_check_dry_run_on_cpu(gz_dir, tmp_path):
 def test_gpu_check_refuses_without_cuda_unless_dry_run(tmp_path):
     import torch
 
-    from mergerscan.pipeline.failures import EXIT_BAD_INPUT
+    from mergerscan.exit_codes import EXIT_BAD_INPUT
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")

@@ -8,11 +8,10 @@ from __future__ import annotations
 import shlex
 from dataclasses import replace
 
-from ..pipeline.failures import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from ..exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
 
 VERBS = ("bench", "doctor")
 # not yet among the project's exit codes (pipeline.failures): the lead moves it there at merge
-EXIT_FAILED = 1  # the measurement could not be made; doctor: the engine does not load or score here
 
 
 def _output(p, default: str | None) -> None:
