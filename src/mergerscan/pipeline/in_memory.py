@@ -187,4 +187,5 @@ def score_lsdb_partition(
     the result is a catalog LSDB can crossmatch.  ``input_row`` counts rows within the partition."""
     table = score_table(pd.DataFrame(part), plan, engine.load() if len(part) else None, source, settings)
     table.index = part.index
-    return table.drop(columns=["_healpix_29"])
+    text = ["status", *(["id"] if plan.id_kind == "str" else [])]  # Arrow-backed text, in data and meta alike
+    return table.drop(columns=["_healpix_29"]).astype(dict.fromkeys(text, "str"))
