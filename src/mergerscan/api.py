@@ -13,24 +13,29 @@ Heavy imports (onnxruntime, dask, lsdb) happen inside the calls, so ``import mer
 from __future__ import annotations
 
 import os
-import re
 import shlex
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .pipeline.in_memory import EngineRef, InvalidArgument, TableColumns
+from .pipeline.in_memory import (
+    EngineRef,
+    InvalidArgument,
+    TableColumns,
+    argument_of,
+    domain_rules,
+    python_terms,
+    score_settings,
+    source_config,
+)
 
 if TYPE_CHECKING:
     from .cutouts.sources import SourceConfig
     from .engines.base import Engine
     from .pipeline.arguments import ProcessArguments
-    from .pipeline.score_rows import ScoreSettings
     from .run_summary import RunSummary
 
 __all__ = ["InvalidArgument", "load_engine", "process_catalog", "score", "score_catalog", "source_config"]
-
-SOURCE_ARGUMENTS = ("images", "frames", "service", "source")
 
 
 def _cores() -> int:
@@ -79,46 +84,6 @@ def _check_backend_views(backend: str, views: int | None) -> None:
         raise InvalidArgument("views", f"{views}: choose {', '.join(map(str, VIEWS))}")
 
 
-def source_config(
-    images: str | Path | None = None,
-    frames: str | Path | None = None,
-    service: str | None = None,
-    source: SourceConfig | tuple[str, str] | None = None,
-    source_options: dict | None = None,
-) -> SourceConfig:
-    """The image source of exactly one of: ``images`` (a directory of stamps named by id),
-    ``frames`` (survey frames with WCS), ``service`` (a cutout service URL) or ``source`` (a
-    ``SourceConfig``, or ``(kind, location)`` of any registered kind or ``module:Class``);
-    ``source_options``: the source's options (e.g. ``{"timeout": 10}`` for a service)."""
-    from .cutouts.sources import SourceConfig
-
-    given = {k: v for k, v in zip(SOURCE_ARGUMENTS, (images, frames, service, source)) if v is not None}
-    if len(given) != 1:
-        raise InvalidArgument(
-            "images",
-            f"give exactly one image source of images=, frames=, service=, source= (got {sorted(given) or 'none'})",
-        )
-    ((name, value),) = given.items()
-    opts = tuple(sorted((source_options or {}).items()))
-    if name in ("images", "frames"):
-        if not Path(value).is_dir():
-            raise InvalidArgument(name, f"{value}: not a directory")
-        config = SourceConfig("stamps" if name == "images" else "frames", str(Path(value).resolve()), opts)
-    elif name == "service":
-        config = SourceConfig("service", str(value), opts)
-    elif isinstance(value, SourceConfig):
-        config = SourceConfig(value.kind, value.location, opts or value.options)
-    elif isinstance(value, tuple) and len(value) == 2:
-        config = SourceConfig(str(value[0]), str(value[1]), opts)
-    else:
-        raise InvalidArgument("source", "give a SourceConfig or (kind, location)")
-    try:
-        config.check()
-    except (ValueError, ImportError) as exc:
-        raise InvalidArgument("source_options" if "option" in str(exc) else name, str(exc)) from None
-    return config
-
-
 def _engine(engine: Engine | str | Path | None, backend: str, views: int | None, threads: int | None) -> Engine:
     from .engines.base import Engine
 
@@ -133,52 +98,6 @@ def _engine(engine: Engine | str | Path | None, backend: str, views: int | None,
     if engine is not None and not Path(engine).is_file():
         raise InvalidArgument("engine", f"{engine}: no such engine file")
     return load_engine(engine, backend=backend, views=views, threads=threads)
-
-
-def _settings(info, domain: str, batch_size: int, embeddings: int, target: dict) -> tuple[ScoreSettings, Any]:
-    """(ScoreSettings, DomainSettings) for an engine, as a run computes them (run.py)."""
-    from .engines import operating
-    from .pipeline.domain import DomainSettings
-    from .pipeline.embeddings import provenance
-    from .pipeline.score_rows import ScoreSettings
-
-    if batch_size < 1:
-        raise InvalidArgument("batch_size", f"{batch_size}: give at least 1")
-    try:
-        ds = DomainSettings(domain)
-    except ValueError as exc:
-        raise InvalidArgument("domain", str(exc).replace("--domain ", "")) from None
-    try:
-        operating.check_target(target["purity"], target["completeness"], target["prevalence"])
-        op = operating.for_engine(info, target["purity"], target["completeness"], target["prevalence"])
-    except operating.OperatingPointError as exc:
-        raise InvalidArgument(
-            "purity" if target["purity"] is not None else "completeness", _python_terms(str(exc))
-        ) from None
-    if embeddings:
-        try:
-            provenance(embeddings, info)
-        except ValueError as exc:
-            raise InvalidArgument("embeddings", _python_terms(str(exc))) from None
-    settings = ScoreSettings(
-        batch_size, op.threshold, ds.image_threshold(info.domain), ds.max_saturated_core(info.domain), embeddings
-    )
-    return settings, ds
-
-
-def _rules(ds, info, sample, label: str):
-    """``domain_rules(columns)`` for table_plan: the catalog rules of ``domain`` (pipeline.domain)."""
-    from .pipeline.domain import resolve_rules
-
-    def rules(columns: list[str]) -> dict:
-        if info.domain is None:
-            return {}
-        try:
-            return resolve_rules(ds, info.domain, columns, sample, label).to_dict()
-        except ValueError as exc:
-            raise InvalidArgument("domain", _python_terms(str(exc))) from None
-
-    return rules
 
 
 def _as_frame(table) -> tuple[Any, bool]:
@@ -231,10 +150,10 @@ def score(
     src = source_config(images, frames, service, source, source_options)
     eng = _engine(engine, backend, views, threads)
     target = {"purity": purity, "completeness": completeness, "prevalence": prevalence}
-    settings, ds = _settings(eng.info, domain, batch_size, embeddings, target)
+    settings, ds = score_settings(eng.info, domain, batch_size, embeddings, target)
     columns = TableColumns(id_column, ra_column, dec_column, tuple(keep_columns), path_column)
     out = _score_frame(
-        frame, src, eng, settings, _rules(ds, eng.info, lambda cs: frame[cs].head(1000), "table"), columns
+        frame, src, eng, settings, domain_rules(ds, eng.info, lambda cs: frame[cs].head(1000), "table"), columns
     )
     if not astropy_in:
         return out
@@ -257,28 +176,6 @@ def _optional(settings) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------- process_catalog
-_FLAG = re.compile(r"--([a-z][a-z0-9-]*)")
-_FLAG_NAMES = {
-    "cutout-service": "service",
-    "source-option": "source_options",
-    "threads-per-worker": "threads",
-    "service-timeout": "source_options['timeout']",
-    "service-total-timeout": "source_options['total_timeout']",
-    "service-retries": "source_options['retries']",
-    "service-concurrency": "source_options['max_concurrency']",
-}
-
-
-def _python_terms(message: str) -> str:
-    """A message worded for the command line (``--keep-columns``) in Python terms (``keep_columns``)."""
-    return _FLAG.sub(lambda m: _FLAG_NAMES.get(m[1], m[1].replace("-", "_")), message)
-
-
-def _argument_of(message: str) -> str:
-    m = _FLAG.search(message)
-    return _FLAG_NAMES.get(m[1], m[1].replace("-", "_")).split("[")[0] if m else "catalog"
-
-
 _MANAGED = {"catalog", "output", "images", "frames", "cutout_service", "source_kind", "source_location"}
 _MANAGED |= {"source_options", "service_options", "engine", "progress", "overwrite", "threads_per_worker"}
 _NOT_OPTIONS = {"mode", "shard", "default_source", "fault_hook", "command", "scheduler", "cluster", "slurm"}
@@ -297,8 +194,8 @@ def process_arguments(
     if not Path(catalog).exists():
         raise InvalidArgument("catalog", f"{catalog}: no such file")
     kind = {"stamps": "images", "frames": "frames", "service": "cutout_service"}.get(src.kind)
-    where = {kind: src.location} if kind else {"source_kind": src.kind, "source_location": src.location}
-    opts = (
+    where: dict[str, Any] = {kind: src.location} if kind else {"source_kind": src.kind, "source_location": src.location}
+    opts: dict[str, Any] = (
         {("service_options" if kind == "cutout_service" else "source_options"): dict(src.options)}
         if src.options
         else {}
@@ -317,7 +214,7 @@ def process_arguments(
             **options,
         )
     except ValueError as exc:
-        raise InvalidArgument(_argument_of(str(exc)), _python_terms(str(exc))) from None
+        raise InvalidArgument(argument_of(str(exc)), python_terms(str(exc))) from None
 
 
 def process_catalog(
@@ -345,6 +242,7 @@ def process_catalog(
     :class:`~mergerscan.run_summary.RunSummary` (also in OUT/summary.json)."""
     from .engines.base import Engine
     from .pipeline.run import run
+    from .run_summary import RunSummary
 
     src = source_config(images, frames, service, source, source_options)
     if isinstance(engine, Engine):
@@ -355,11 +253,13 @@ def process_catalog(
         raise InvalidArgument("engine", f"{engine}: no such engine file")
     args = process_arguments(catalog, output, src, engine, progress, overwrite, threads, options)
     try:
-        return run(args, client=client)  # mode "all": always a RunSummary
+        summary = run(args, client=client)
     except ValueError as exc:
         if isinstance(exc, InvalidArgument) or "--" not in str(exc):
             raise
-        raise InvalidArgument(_argument_of(str(exc)), _python_terms(str(exc))) from None
+        raise InvalidArgument(argument_of(str(exc)), python_terms(str(exc))) from None
+    assert isinstance(summary, RunSummary)  # mode "all" always gives one
+    return summary
 
 
 # ---------------------------------------------------------------- score_catalog
@@ -403,11 +303,11 @@ def score_catalog(
     except ValueError as exc:  # not an engine file, or views its card has no calibration for
         raise InvalidArgument("views" if views is not None else "engine", str(exc)) from None
     target = {"purity": purity, "completeness": completeness, "prevalence": prevalence}
-    settings, ds = _settings(info, domain, batch_size, 0, target)
+    settings, ds = score_settings(info, domain, batch_size, 0, target)
     catalog = _ra_dec_named_ra_dec(catalog)
     columns = TableColumns(id_column, "ra", "dec", tuple(keep_columns))
     empty = pd.DataFrame(catalog.meta)
-    rules = _rules(ds, info, lambda cs: empty[cs], "catalog")
+    rules = domain_rules(ds, info, lambda cs: empty[cs], "catalog")
     plan = table_plan(list(catalog.columns), lambda k: empty[k], columns, rules, "catalog")
     meta = score_lsdb_partition(empty, plan, ref, src, settings)  # no rows: no engine is loaded
     return catalog.map_partitions(score_lsdb_partition, plan, ref, src, settings, meta=meta)

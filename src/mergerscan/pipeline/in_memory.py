@@ -7,8 +7,11 @@ ValueError) naming the argument in Python terms.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,13 +21,27 @@ from ..catalogs.read import CatalogError
 from ..catalogs.schema import INTERNAL_COLUMNS, id_output_name, output_names
 from ..catalogs.validate import DEC_ALIASES, ID_ALIASES, RA_ALIASES, check_numeric, coord_status
 from ..cutouts.sources import SourceConfig
-from .domain import CatalogRules, mark_domain
+from .domain import CatalogRules, DomainSettings, mark_domain, resolve_rules
 from .engine_cache import worker_engine
 from .plan import Plan, healpix29
 from .rows import Scores, output_table
 from .score_rows import ScoreSettings, score_rows
 
-__all__ = ["EngineRef", "InvalidArgument", "TableColumns", "score_lsdb_partition", "score_table", "table_plan"]
+__all__ = [
+    "EngineRef",
+    "InvalidArgument",
+    "TableColumns",
+    "argument_of",
+    "domain_rules",
+    "python_terms",
+    "score_lsdb_partition",
+    "score_settings",
+    "score_table",
+    "source_config",
+    "table_plan",
+]
+
+SOURCE_ARGUMENTS = ("images", "frames", "service", "source")
 
 
 class InvalidArgument(ValueError):
@@ -189,3 +206,107 @@ def score_lsdb_partition(
     table.index = part.index
     text = ["status", *(["id"] if plan.id_kind == "str" else [])]  # Arrow-backed text, in data and meta alike
     return table.drop(columns=["_healpix_29"]).astype(dict.fromkeys(text, "str"))
+
+
+# ---------------------------------------------------------------- arguments in Python terms
+def source_config(
+    images: str | Path | None = None,
+    frames: str | Path | None = None,
+    service: str | None = None,
+    source: SourceConfig | tuple[str, str] | None = None,
+    source_options: dict | None = None,
+) -> SourceConfig:
+    """The image source of exactly one of: ``images`` (a directory of stamps named by id),
+    ``frames`` (survey frames with WCS), ``service`` (a cutout service URL) or ``source`` (a
+    ``SourceConfig``, or ``(kind, location)`` of any registered kind or ``module:Class``);
+    ``source_options``: the source's options (e.g. ``{"timeout": 10}`` for a service)."""
+    given = {k: v for k, v in zip(SOURCE_ARGUMENTS, (images, frames, service, source)) if v is not None}
+    if len(given) != 1:
+        raise InvalidArgument(
+            "images",
+            f"give exactly one image source of images=, frames=, service=, source= (got {sorted(given) or 'none'})",
+        )
+    ((name, value),) = given.items()
+    opts = tuple(sorted((source_options or {}).items()))
+    if name in ("images", "frames"):
+        if not Path(str(value)).is_dir():
+            raise InvalidArgument(name, f"{value}: not a directory")
+        config = SourceConfig("stamps" if name == "images" else "frames", str(Path(str(value)).resolve()), opts)
+    elif name == "service":
+        config = SourceConfig("service", str(value), opts)
+    elif isinstance(value, SourceConfig):
+        config = SourceConfig(value.kind, value.location, opts or value.options)
+    elif isinstance(value, tuple) and len(value) == 2:
+        config = SourceConfig(str(value[0]), str(value[1]), opts)
+    else:
+        raise InvalidArgument("source", "give a SourceConfig or (kind, location)")
+    try:
+        config.check()
+    except (ValueError, ImportError) as exc:
+        raise InvalidArgument("source_options" if "option" in str(exc) else name, str(exc)) from None
+    return config
+
+
+def score_settings(info, domain: str, batch_size: int, embeddings: int, target: dict) -> tuple[ScoreSettings, Any]:
+    """(ScoreSettings, DomainSettings) for an engine, as a run computes them (run.py)."""
+    from ..engines import operating
+    from .embeddings import provenance
+
+    if batch_size < 1:
+        raise InvalidArgument("batch_size", f"{batch_size}: give at least 1")
+    try:
+        ds = DomainSettings(domain)
+    except ValueError as exc:
+        raise InvalidArgument("domain", str(exc).replace("--domain ", "")) from None
+    try:
+        operating.check_target(target["purity"], target["completeness"], target["prevalence"])
+        op = operating.for_engine(info, target["purity"], target["completeness"], target["prevalence"])
+    except operating.OperatingPointError as exc:
+        raise InvalidArgument(
+            "purity" if target["purity"] is not None else "completeness", python_terms(str(exc))
+        ) from None
+    if embeddings:
+        try:
+            provenance(embeddings, info)
+        except ValueError as exc:
+            raise InvalidArgument("embeddings", python_terms(str(exc))) from None
+    settings = ScoreSettings(
+        batch_size, op.threshold, ds.image_threshold(info.domain), ds.max_saturated_core(info.domain), embeddings
+    )
+    return settings, ds
+
+
+def domain_rules(ds, info, sample, label: str):
+    """``domain_rules(columns)`` for table_plan: the catalog rules of ``domain`` (pipeline.domain)."""
+
+    def rules(columns: list[str]) -> dict:
+        if info.domain is None:
+            return {}
+        try:
+            return resolve_rules(ds, info.domain, columns, sample, label).to_dict()
+        except ValueError as exc:
+            raise InvalidArgument("domain", python_terms(str(exc))) from None
+
+    return rules
+
+
+_FLAG = re.compile(r"--([a-z][a-z0-9-]*)")
+_FLAG_NAMES = {
+    "cutout-service": "service",
+    "source-option": "source_options",
+    "threads-per-worker": "threads",
+    "service-timeout": "source_options['timeout']",
+    "service-total-timeout": "source_options['total_timeout']",
+    "service-retries": "source_options['retries']",
+    "service-concurrency": "source_options['max_concurrency']",
+}
+
+
+def python_terms(message: str) -> str:
+    """A message worded for the command line (``--keep-columns``) in Python terms (``keep_columns``)."""
+    return _FLAG.sub(lambda m: _FLAG_NAMES.get(m[1], m[1].replace("-", "_")), message)
+
+
+def argument_of(message: str) -> str:
+    m = _FLAG.search(message)
+    return _FLAG_NAMES.get(m[1], m[1].replace("-", "_")).split("[")[0] if m else "catalog"
