@@ -35,13 +35,13 @@ demo: setup
 
 # ruff (lint + format) over the tree, mypy over catalogs, pipeline and engines (pyproject.toml)
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/mypy
 
 format: setup
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks tools
+	$(BIN)/ruff format src tests benchmarks tools
 
 test: setup system-deps lint
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)

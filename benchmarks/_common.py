@@ -1,5 +1,6 @@
 """What every benchmark shares: where the shared data are, the machine, the matmul peak, and
-writing a result file.
+writing a result file (the CPU's name and the writing are the ``mergerscan bench`` verbs' own,
+:mod:`mergerscan.bench.common`).
 
 Shared data: ``$MERGERSCAN_SHARED/data`` (default ``<repo>/../shared/data``), the rule of
 ``tests/conftest.py``.  Benchmarks import this module as ``_common`` (they run as scripts from
@@ -9,12 +10,14 @@ Shared data: ``$MERGERSCAN_SHARED/data`` (default ``<repo>/../shared/data``), th
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from mergerscan.bench.common import cpu_model as cpu_model  # re-exported: one machine line for all
+from mergerscan.bench.common import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -41,15 +44,12 @@ def need(path: Path, what: str = "shared data") -> Path:
     return path
 
 
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def labelled_set(cache: str | os.PathLike | None):
+    """The shared labelled stamps with training's seed-0 split (``build_labelled_set``), decoded
+    stamps cached under ``cache``: the start of every scoring loop over val/test."""
+    from mergerscan.training.data import build_labelled_set
+
+    return build_labelled_set(str(need(shared_data("sdss-gz-mergers", "catalog.csv"))), cache=cache)
 
 
 def sync() -> None:
@@ -100,10 +100,5 @@ def result_path(name: str) -> Path:
 
 
 def write_result(path: str | os.PathLike, res: dict) -> Path:
-    """A result JSON (indent 1, trailing newline), written atomically."""
-    import json
-
-    from mergerscan.atomic import atomic_write_text
-
-    atomic_write_text(path, json.dumps(res, indent=1, default=float) + "\n")
-    return Path(path)
+    """A result JSON (indent 1, trailing newline), written atomically: the package's writer."""
+    return write_json(path, res)

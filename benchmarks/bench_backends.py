@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import cpu_model, matmul_peak, result_path, timed, write_result
-from bench_engine import SHARED, onnx_flops
+from _common import cpu_model, matmul_peak, result_path, shared_data, timed, write_result
+from mergerscan.bench.engine import onnx_flops
+
+SHARED = shared_data("sdss-gz-mergers")
 
 ARCH_SIZES = {"vgg16": 224, "inception_v3": 299, "densenet121": 224, "efficientnet_lite0": 224}
 
@@ -110,7 +112,7 @@ def bench_engines(a, res, peaks, cuda):
         "sha256": info.sha256,
         "int8": str(int8) if int8 else None,
         "flops_per_image_torch": flops,
-        "flops_per_image_onnx": onnx_flops(str(engine), size),
+        "flops_per_image_onnx": onnx_flops(engine),
     }
     x, kind = prepared(max(a.batches), info.spec)
     res["data"] = kind

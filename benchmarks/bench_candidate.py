@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from _common import cpu_model, result_path, shared_data, write_result
-from bench_engine import onnx_flops
+from mergerscan.bench.engine import onnx_flops
 
 SHARED = shared_data("sdss-gz-mergers")
 
@@ -85,7 +85,7 @@ def main() -> None:
     for (path, views), text in zip(specs, a.engines):
         p = str(resolve_engine_path(path))
         eng = load_engine(p, threads=1, views=views)
-        per_image = onnx_flops(p, eng.spec.input_size)
+        per_image = onnx_flops(p)
         front = front_flops(eng.spec)
         res["engines"].append(
             {

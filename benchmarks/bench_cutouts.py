@@ -19,17 +19,15 @@ import argparse
 import io
 import json
 import os
-import platform
-import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from _common import cpu_model, resolve_shared, result_path, write_result
+from _common import resolve_shared, result_path, write_result
+from mergerscan.bench.common import machine
 from mergerscan.cutouts import frame_io
 from mergerscan.cutouts import frames as F
 from mergerscan.cutouts.preprocess import PreprocessSpec
@@ -42,24 +40,6 @@ def clock():
 def since(t):
     w, c = clock()
     return w - t[0], c - t[1]
-
-
-def machine() -> dict:
-    cpu = cpu_model()
-    vers = {}
-    for p in ("numpy", "scipy", "astropy", "indexed_bzip2", "pillow", "fitsio", "pandas"):
-        try:
-            vers[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            vers[p] = None
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": cpu,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "niceness": os.nice(0),
-        "packages": vers,
-    }
 
 
 def floor(files: list[Path]) -> dict:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import cpu_model, need, result_path, shared_data, write_result
-from bench_engine import onnx_flops
+from _common import cpu_model, labelled_set, result_path, write_result
+from mergerscan.bench.engine import onnx_flops
 
 VIEW_COUNTS = (1, 2, 4, 8)
 
@@ -71,11 +71,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(result_path("ensembles.json")))
     a = ap.parse_args()
     from mergerscan.engines import default_engine_path, read_engine_info
-    from mergerscan.training.data import build_labelled_set
     from mergerscan.training.evaluate import calibrate_and_summarize, log_loss
 
-    catalog = need(shared_data("sdss-gz-mergers", "catalog.csv"))
-    data = build_labelled_set(str(catalog), cache=a.cache)
+    data = labelled_set(a.cache)
     y = data.table["label"].to_numpy()
     y_val, y_test = y[data.indices("val")], y[data.indices("test")]
     n_val = len(y_val)
@@ -84,7 +82,7 @@ def main() -> None:
     for p in paths:
         info = read_engine_info(p)
         names.append(info.card.get("name", p.stem))
-        flops.append(onnx_flops(str(p), info.spec.input_size))
+        flops.append(onnx_flops(p))
         z = view_logits(p, data, Path(a.cache) if a.cache else None, a.threads)
         logits.append(np.concatenate([z["val"], z["test"]], axis=1))  # val first, then test
         print(f"{names[-1]}: {flops[-1] / 1e9:.3f} GFLOP per view", flush=True)

@@ -5,10 +5,9 @@ bootstrap 95 % interval over the queries.  Issue 38's bar: mean >= 0.85 at k = 1
     process-catalog test.csv --images DIR --keep-columns truth --embeddings -o OUT
     python benchmarks/similar_precision.py OUT --truth-column truth
 
-Until process-catalog writes ``--embeddings``, ``--attach FEATURES.npz`` puts the vectors that
-``bench_neighbours.py`` computed (the default engine's pooled features, PCA fitted on training
-galaxies) into the run's partition files as the ``embedding`` column, by id: a stand-in, to be
-dropped once the column comes from the pipeline.
+The vectors are the engine's own ``embedding`` column (``--embeddings``).  The stand-in that put
+``bench_neighbours.py``'s features into a run (``--attach``) was dropped with that script once
+the column came from the pipeline (docs/results.md, "Where the scripts went").
 """
 
 from __future__ import annotations
@@ -25,30 +24,7 @@ import pyarrow.parquet as pq
 
 from _common import RESULTS, shared_data
 from mergerscan.atomic import atomic_write_json
-from mergerscan.catalogs.hats import output_files
 from mergerscan.similar import open_run, similar
-
-
-def attach(out: Path, npz: Path, dim: int = 32) -> None:
-    """The stand-in embedding column: PCA-``dim`` of the pooled features, fitted on the training rows."""
-    from bench_neighbours import pca
-    from mergerscan.training.data import read_labelled_catalog, with_splits
-
-    F = np.load(npz)
-    t = with_splits(read_labelled_catalog(shared_data("sdss-gz-mergers") / "catalog.csv"), seed=0)
-    ids = t["id"].to_numpy()[F["index"]]
-    test = t["split"].to_numpy()[F["index"]] == "test"
-    mu, comp, _ = pca(F["pooled"][~test], dim)
-    Z = dict(zip(ids, ((F["pooled"] - mu) @ comp.T).astype(np.float32)))
-    for f in output_files(out / "parquet"):
-        tab = pq.read_table(f)
-        if "embedding" in tab.column_names:
-            tab = tab.drop_columns(["embedding"])
-        vals = [Z.get(str(i)) for i in tab.column("id").to_pylist()]
-        col = pa.array([None if v is None else v.tolist() for v in vals], type=pa.list_(pa.float32(), dim))
-        meta = {"dimension": str(dim), "provenance": f"bench stand-in: PCA-{dim} of pooled features ({npz.name})"}
-        tab = tab.append_column(pa.field("embedding", col.type, metadata=meta), col)
-        pq.write_table(tab, f)
 
 
 def write_test_split(path: Path) -> None:
@@ -67,15 +43,12 @@ def main(argv=None) -> int:
     ap.add_argument("--write-test-split", metavar="CSV", help="only write the test-split catalog to CSV and stop")
     ap.add_argument("--truth-column", default="truth")
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--attach", help="FEATURES.npz from bench_neighbours.py: write the stand-in embedding column")
     ap.add_argument("--name", default="similar-precision")
     a = ap.parse_args(argv)
     if a.write_test_split:
         write_test_split(Path(a.write_test_split))
         return 0
     out = Path(a.out)
-    if a.attach:
-        attach(out, Path(a.attach))
     run = open_run(out)
     rows = pa.concat_tables(
         [pq.read_table(f, columns=["id", a.truth_column, "embedding"]) for f in run.files]

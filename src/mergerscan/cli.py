@@ -1,9 +1,15 @@
-"""Command lines: ``process-catalog`` and ``mergerscan <verb>``."""
+"""Command lines: ``process-catalog`` (= ``mergerscan process``) and ``mergerscan <verb>``.
+
+Across verbs: ``-o/--output`` names what a verb writes, ``--engine`` an engine file, ``--threads``
+the threads; exit statuses come from :mod:`mergerscan.exit_codes`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from .exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from .verb_flags import add_engine_option, engine_file
 
 
 def _report_parser(sub):
@@ -19,10 +25,10 @@ def _report_parser(sub):
     return p
 
 
-REPORT_EXIT = """\
-Exit status: 0 the report was written (a figure that could not be drawn is left out with a note on
-the page), 1 it could not be written (one line saying why), 2 RUN is not a run directory or its
-summary.json / metrics.json is unreadable (one line), 130 interrupted."""
+REPORT_EXIT = f"""\
+Exit status: {EXIT_OK} the report was written (a figure that could not be drawn is left out with a note on
+the page), {EXIT_FAILED} it could not be written (one line saying why), {EXIT_BAD_INPUT} RUN is not a run directory or its
+summary.json / metrics.json is unreadable (one line), {EXIT_INTERRUPTED} interrupted."""
 
 
 def _report(ap, a):
@@ -38,11 +44,11 @@ def _report(ap, a):
     d = Path(a.run)
     doc = RunLayout(d).summary if RunLayout(d).summary.is_file() else d / "metrics.json"
     if not doc.is_file():
-        fail(2, f"{d} has neither summary.json (process-catalog run) nor metrics.json (training run)")
+        fail(EXIT_BAD_INPUT, f"{d} has neither summary.json (process-catalog run) nor metrics.json (training run)")
     try:
         json.loads(doc.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        fail(2, f"{doc}: not readable as JSON ({exc})")
+        fail(EXIT_BAD_INPUT, f"{doc}: not readable as JSON ({exc})")
     try:
         from .report import build_report, build_training_report
 
@@ -51,9 +57,9 @@ def _report(ap, a):
         else:
             path = build_training_report(d)
     except KeyboardInterrupt:
-        fail(130, "interrupted")
+        fail(EXIT_INTERRUPTED, "interrupted")
     except Exception as exc:  # never a traceback: one line, the report's own failure
-        fail(1, f"the report of {d} could not be written: {type(exc).__name__}: {exc}")
+        fail(EXIT_FAILED, f"the report of {d} could not be written: {type(exc).__name__}: {exc}")
     print(path)
 
 
@@ -70,7 +76,7 @@ def _samp(ap, a):
     try:
         names = send_table(a.run, name=a.name)
     except SampError as exc:
-        ap.exit(1, f"mergerscan samp: {exc}\n")
+        ap.exit(EXIT_FAILED, f"mergerscan samp: {exc}\n")
     print(f"mergerscan samp: sent to {', '.join(names)}")
 
 
@@ -101,7 +107,7 @@ def _similar(ap, a):
     try:
         res = similar(a.out, a.like, like_file=a.like_file, k=a.k, column=a.column, rebuild=a.rebuild)
     except (SimilarError, FileNotFoundError) as exc:
-        ap.exit(2, f"mergerscan similar: error: {exc}\n")
+        ap.exit(EXIT_BAD_INPUT, f"mergerscan similar: error: {exc}\n")
     page = None if a.no_html else write_page(res, a.html)
     if a.json:
         print(json.dumps(res.to_dict() | {"html": str(page) if page else None}, default=str))
@@ -119,7 +125,7 @@ def _similar(ap, a):
 
 def _engine_info_parser(sub):
     p = sub.add_parser("engine-info", help="what an engine file says about itself: card, threshold, training domain")
-    p.add_argument("engine", nargs="?", help="engine file (.onnx); default: the packaged engine")
+    add_engine_option(p, "engine file (.onnx); default: the packaged engine", required=False)
     p.add_argument("--json", action="store_true", help="the whole card as JSON")
     return p
 
@@ -165,49 +171,62 @@ def _engine_info(ap, a):
     from .engines import read_engine_info, resolve_engine_path
 
     try:
-        info = read_engine_info(resolve_engine_path(a.engine))
+        info = read_engine_info(resolve_engine_path(engine_file(ap, a)))
     except (OSError, ValueError) as exc:
-        ap.exit(2, f"mergerscan engine-info: error: {a.engine}: {exc}\n")
+        ap.exit(EXIT_BAD_INPUT, f"mergerscan engine-info: error: {engine_file(ap, a)}: {exc}\n")
     if a.json:
         print(json.dumps({"path": info.path, "sha256": info.sha256, "card": info.card}, indent=1, sort_keys=True))
     else:
         print("\n".join(engine_info_lines(info)))
 
 
-def main(argv=None):
+def _process_parser(sub) -> None:
+    """Listed in ``mergerscan --help``; ``mergerscan process ...`` is parsed by process-catalog's
+    own parser (:func:`mergerscan.pipeline.cli.build_parser`)."""
+    sub.add_parser("process", help="score every galaxy in a catalog (= process-catalog; see mergerscan process -h)")
+
+
+VERBS = {
+    "operating-curve": lambda ap, a, parsers: parsers["tcli"].curve(ap, a),
+    "engine-info": lambda ap, a, parsers: _engine_info(ap, a),
+    "similar": lambda ap, a, parsers: _similar(ap, a),
+    "calibrate": lambda ap, a, parsers: parsers["tcli"].calibrate(ap, a),
+    "samp": lambda ap, a, parsers: _samp(ap, a),
+    "report": lambda ap, a, parsers: _report(ap, a),
+    "train": lambda ap, a, parsers: parsers["tcli"].train(ap, a, parsers["train"]),
+    "finetune": lambda ap, a, parsers: parsers["tcli"].train(ap, a, parsers["finetune"]),
+}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["process"]:
+        from .pipeline.cli import main as process_main
+
+        return process_main(argv[1:], prog="mergerscan process")
+    from .bench import cli as bench_cli
     from .training import cli as tcli
 
     ap = argparse.ArgumentParser(prog="mergerscan")
     sub = ap.add_subparsers(dest="verb", required=True)
-    train_parser = tcli.train_parser(sub)
-    finetune_parser = tcli.finetune_parser(sub)
+    _process_parser(sub)
+    parsers = {"tcli": tcli, "train": tcli.train_parser(sub), "finetune": tcli.finetune_parser(sub)}
     _report_parser(sub)
     _samp_parser(sub)
     tcli.calibrate_parser(sub)
     tcli.curve_parser(sub)
     _engine_info_parser(sub)
     _similar_parser(sub)
+    bench_cli.add_parsers(sub)  # bench engine|sources|plan, doctor [--gpu]
     a = ap.parse_args(argv)
-    if a.verb == "operating-curve":
-        tcli.curve(ap, a)
-    if a.verb == "engine-info":
-        _engine_info(ap, a)
-    if a.verb == "similar":
-        _similar(ap, a)
-    if a.verb == "calibrate":
-        tcli.calibrate(ap, a)
-    if a.verb == "samp":
-        _samp(ap, a)
-    if a.verb == "report":
-        _report(ap, a)
-    if a.verb == "train":
-        tcli.train(ap, a, train_parser)
-    if a.verb == "finetune":
-        tcli.train(ap, a, finetune_parser)
-    return 0
+    if a.verb in bench_cli.VERBS:
+        bench_cli.run(ap, a)
+        return EXIT_OK
+    VERBS[a.verb](ap, a, parsers)
+    return EXIT_OK
 
 
-def process_catalog_main(argv=None):
+def process_catalog_main(argv=None) -> int:
     from .pipeline.cli import main as pc_main
 
     return pc_main(argv)

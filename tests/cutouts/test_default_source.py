@@ -16,6 +16,7 @@ from mergerscan.cutouts import defaults
 from mergerscan.cutouts.preprocess import PreprocessSpec
 from mergerscan.cutouts.service import UNREACHABLE_ROWS, ServiceSource
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
+from mergerscan.pipeline.cli import arguments_from, build_parser
 from mergerscan.pipeline.cli import main as process_catalog
 
 
@@ -89,15 +90,25 @@ def test_without_network_prints_the_url_and_the_leading_reason(
 
 
 def test_built_in_default_is_skyserver(site, catalog, tmp_path, capsys):
+    """No source and no site default: SkyServer, filled in when the arguments are resolved (the
+    caller's object keeps what it was given)."""
     cat, _ = catalog
-    a = ProcessArguments(catalog=str(cat), output=str(tmp_path / "out"))
+    a = ProcessArguments(catalog=str(cat), output=str(tmp_path / "out")).resolved()
     assert a.cutout_service == defaults.SKYSERVER and a.source.kind == "service"
     assert a.service_options == defaults.SKYSERVER_OPTIONS
     line = defaults.startup_line(a.default_source)
     assert defaults.SKYSERVER in line and "4 requests at a time" in line and str(site) in line
     # command-line service options win over the default's
-    b = ProcessArguments(catalog=str(cat), output=str(tmp_path / "o2"), service_options={"max_concurrency": 2})
+    b = ProcessArguments(
+        catalog=str(cat), output=str(tmp_path / "o2"), service_options={"max_concurrency": 2}
+    ).resolved()
     assert b.service_options == {**defaults.SKYSERVER_OPTIONS, "max_concurrency": 2}
+
+
+def _from_command_line(cat, out) -> ProcessArguments:
+    """ProcessArguments as process-catalog builds them: the site default is read there."""
+    argv = [str(cat), "-o", str(out)]
+    return arguments_from(build_parser().parse_args(argv), argv)
 
 
 def test_site_default_frames_env_beats_file_and_bad_config_is_one_line(site, catalog, tmp_path, monkeypatch):
@@ -106,17 +117,17 @@ def test_site_default_frames_env_beats_file_and_bad_config_is_one_line(site, cat
     frames.mkdir()
     site.parent.mkdir(parents=True)
     site.write_text(f"--images {tmp_path}")
-    assert ProcessArguments(catalog=str(cat), output=str(tmp_path / "o1")).source.kind == "stamps"
+    assert _from_command_line(cat, tmp_path / "o1").source.kind == "stamps"
     monkeypatch.setenv(defaults.ENV, f"--frames {frames}")
-    a = ProcessArguments(catalog=str(cat), output=str(tmp_path / "o2"))
+    a = _from_command_line(cat, tmp_path / "o2")
     assert a.source.kind == "frames" and a.source.location == str(frames.resolve())
     monkeypatch.delenv(defaults.ENV)
     site.write_text("--frames /a --images /b")
     with pytest.raises(ArgumentError, match=f"default image source in {site}: give exactly one"):
-        ProcessArguments(catalog=str(cat), output=str(tmp_path / "o3"))
+        _from_command_line(cat, tmp_path / "o3")
     site.write_text("--frame /a")
     with pytest.raises(ArgumentError) as e:
-        ProcessArguments(catalog=str(cat), output=str(tmp_path / "o4"))
+        _from_command_line(cat, tmp_path / "o4")
     assert str(site) in str(e.value) and "\n" not in str(e.value)
 
 
@@ -165,7 +176,7 @@ def test_start_lines_name_the_source_and_hint_for_large_catalogs(site, catalog, 
     from mergerscan.pipeline.run import _source_notices
 
     cat, _ = catalog
-    a = ProcessArguments(catalog=str(cat), output=str(tmp_path / "out"))  # built-in SkyServer default
+    a = ProcessArguments(catalog=str(cat), output=str(tmp_path / "out")).resolved()  # as run() sees them
     _source_notices(a, 150_000)
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and defaults.SKYSERVER in err[0]

@@ -339,10 +339,17 @@ def test_faults_nothing_lost(server, jpegs, tmp_path, monkeypatch):
         }
     )
     assert src.stats["rows"] == len(rows) and src.stats["ok"] == len(expected)
-    # *_once, 500, short_cl, slow, drip (drop_once on a reused keep-alive connection reconnects at once)
-    # one more seen once in a fresh-clone run (12): a timing-dependent extra attempt of one of the
-    # timed-out rows under the whole-exchange deadline; every status and pixel above was still right
-    assert src.stats["retries"] in (3 + 2 + 2 + 2 + 2, 2 + 2 + 2 + 2 + 2, 3 + 2 + 2 + 2 + 2 + 1)
+    # every retry is one more request the server saw for that row (redirect hops aside: their
+    # counts are exact above), so the count holds on a busy machine too, where a 0.3 s timeout may
+    # also retry an "ok" row once; drop_once on a reused keep-alive connection reconnects at once,
+    # without counting a retry
+    direct = {f: n for f, n in hits.items() if not f.startswith("redirect_to:")}
+    extra = sum(n - 1 for n in direct.values())
+    assert extra >= 3 + 2 + 2 + 2 + 2  # *_once, 500, short_cl, slow, drip at least
+    assert src.stats["retries"] in (extra, extra - 1), (
+        src.stats["retries"],
+        str({k: v for k, v in direct.items() if v > 1}),
+    )
     assert elapsed < 10
 
 

@@ -304,9 +304,9 @@ def test_arguments_for_slurm(field, tmp_path, monkeypatch):
     with pytest.raises(ArgumentError, match="too short"):
         ProcessArguments(**base, cluster="slurm", slurm=S.SlurmOptions(walltime="00:02:00"))
     a = ProcessArguments(**base, cluster="slurm", gpus=1, backend="onnxruntime-cuda", slurm=S.SlurmOptions(cores=12))
-    assert a.threads_per_worker == 12
+    assert a.resolved().threads_per_worker == 12 and a.threads_per_worker == 0  # derived in the resolved copy
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
-    assert ProcessArguments(**base).threads_per_worker == 3  # not the node's cores
+    assert ProcessArguments(**base).resolved().threads_per_worker == 3  # not the node's cores
 
 
 # ---------------------------------------------------------------- faults without a scheduler

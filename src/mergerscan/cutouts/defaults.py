@@ -4,6 +4,9 @@ Built in: SDSS SkyServer's ImgCutout JPEG service (the training stamps came from
 the engine's stamp size and pixel scale (256 px at 0.396"/px for the packaged engine), politely:
 ``SKYSERVER_OPTIONS`` (4 requests at a time, at most 8 requests/s per worker process).
 
+Read by the command line only (``process-catalog``: :func:`default_source`); the arguments
+dataclass never reads the environment, and with no source means :func:`builtin_default`.
+
 A site sets its own default once, as source flags in the same spelling as on the command line,
 in ``$MERGERSCAN_DEFAULT_SOURCE`` (wins) or in ``~/.config/mergerscan/default-source``
 (``$XDG_CONFIG_HOME`` is honoured), e.g. ``--frames /data/sdss/frames`` on a cluster with an
@@ -16,13 +19,14 @@ import argparse
 import difflib
 import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .redact import redact_command, redact_url
+from .source_choice import CutoutService, FramesDir, ImageSource, ServiceOptions, StampsDir
 
 SKYSERVER = "https://skyserver.sdss.org/dr17/SkyServerWS/ImgCutout/getjpeg"
-SKYSERVER_OPTIONS = {"max_concurrency": 4, "max_rate": 8.0}
+SKYSERVER_OPTIONS: dict = {"max_concurrency": 4, "max_rate": 8.0}
 ENV = "MERGERSCAN_DEFAULT_SOURCE"
 LARGE_FOR_SERVICE = 100_000  # rows; above this a web service is the slow way: hint towards --frames
 
@@ -32,13 +36,17 @@ def config_file() -> Path:
     return Path(base) / "mergerscan" / "default-source"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DefaultSource:
-    images: str | None = None
-    frames: str | None = None
-    cutout_service: str | None = None
-    options: dict = field(default_factory=dict)  # ServiceSource keyword arguments
-    origin: str = "built-in"  # where it came from, for the start-up line
+    """The image source of a run that names none, and where that choice came from."""
+
+    source: ImageSource
+    origin: str = "built-in"  # "built-in", "$MERGERSCAN_DEFAULT_SOURCE" or the config file's path
+
+
+def builtin_default() -> DefaultSource:
+    """SDSS SkyServer's ImgCutout, politely (what a run with no source and no site default reads)."""
+    return DefaultSource(CutoutService(SKYSERVER, ServiceOptions(**SKYSERVER_OPTIONS)))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,12 +88,14 @@ def parse_flags(text: str, origin: str) -> DefaultSource:
     given = [v for v in (ns.images, ns.frames, ns.cutout_service) if v]
     if len(given) != 1:
         raise ValueError(f"default image source in {origin}: give exactly one of --images, --frames, --cutout-service")
-    opts = {SERVICE_FLAGS[k]: v for k, v in vars(ns).items() if k in SERVICE_FLAGS and v is not None}
-    return DefaultSource(ns.images, ns.frames, ns.cutout_service, opts, origin)
+    opts = ServiceOptions(**{SERVICE_FLAGS[k]: v for k, v in vars(ns).items() if k in SERVICE_FLAGS})
+    if ns.cutout_service:
+        return DefaultSource(CutoutService(ns.cutout_service, opts), origin)
+    return DefaultSource(StampsDir(ns.images) if ns.images else FramesDir(ns.frames), origin)
 
 
 def default_source() -> DefaultSource:
-    """``$MERGERSCAN_DEFAULT_SOURCE``, else the config file, else SDSS SkyServer."""
+    """``$MERGERSCAN_DEFAULT_SOURCE``, else the config file, else SDSS SkyServer (the command line's)."""
     text = os.environ.get(ENV, "").strip()
     if text:
         return parse_flags(text, f"${ENV}")
@@ -94,25 +104,23 @@ def default_source() -> DefaultSource:
         text = cfg.read_text().strip()
         if text:
             return parse_flags(text, str(cfg))
-    return DefaultSource(cutout_service=SKYSERVER, options=dict(SKYSERVER_OPTIONS))
+    return builtin_default()
 
 
-def startup_line(src: DefaultSource) -> str:
-    what = (
-        f"cutout service {redact_url(src.cutout_service)}"
-        if src.cutout_service
-        else f"frames {src.frames}"
-        if src.frames
-        else f"stamps {src.images}"
-    )
-    if src.origin == "built-in":
+def startup_line(default: DefaultSource) -> str:
+    src = default.source
+    if isinstance(src, CutoutService):
+        what = f"cutout service {redact_url(src.url)}"
+    else:
+        what = f"{'frames' if isinstance(src, FramesDir) else 'stamps'} {getattr(src, 'directory', '')}"
+    if default.origin == "built-in" and isinstance(src, CutoutService):
         o = src.options
         return (
-            f"process-catalog: no image source given: using SDSS SkyServer ImgCutout {redact_url(str(src.cutout_service))} "
-            f"({o['max_concurrency']} requests at a time, <= {o['max_rate']:g}/s per worker); set a site "
+            f"process-catalog: no image source given: using SDSS SkyServer ImgCutout {redact_url(src.url)} "
+            f"({o.max_concurrency} requests at a time, <= {o.max_rate:g}/s per worker); set a site "
             f"default in ${ENV} or {config_file()}"
         )
-    return f"process-catalog: no image source given: using {what} (default from {src.origin})"
+    return f"process-catalog: no image source given: using {what} (default from {default.origin})"
 
 
 def large_catalog_hint(nrows: int, rate: float | None, workers: int) -> str | None:

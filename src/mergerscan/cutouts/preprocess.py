@@ -55,8 +55,8 @@ class PreprocessSpec:
 
 # Parameters of the SDSS-style Lupton et al. (2004) asinh composite made from
 # calibrated frames (nanomaggies).  Chosen once by matching frame cutouts to
-# SkyServer JPEGs of the same objects (benchmarks/calibrate_stretch.py); stored in
-# the engine spec so a frame source renders what the model was trained on.
+# SkyServer JPEGs of the same objects (the retired benchmarks/calibrate_stretch.py,
+# docs/results.md); stored in the engine spec so a frame source renders what the model was trained on.
 STRETCH_DEFAULT = {"scales": [0.8159, 1.0, 1.376], "Q": 8.413, "stretch": 0.4217, "minimum": 0.00192}
 
 

@@ -166,6 +166,11 @@ class Engine:
         return self.info.spec
 
     @property
+    def card(self):
+        """The engine file's model card (the one accessor: it becomes typed with the card object)."""
+        return self.info.card
+
+    @property
     def stamp_batch(self) -> int:
         """Stamps per ``_stamp_logits`` call (the views can change after loading: computed)."""
         return self._stamp_batch or max(1, self.images_per_call // self.info.views)

@@ -12,8 +12,8 @@ Both use prepare_batch's own resampling weights and constants, so they equal
 stamps); training keeps calling prepare_batch itself.  The ONNX front applies the resample as two
 strided convolutions where the sizes share a period (every even size from 256 px): 6.5 MFLOP per
 object at 224 px instead of the dense matrices' 165, and 0.35-0.45 of their time in ONNX Runtime
-on one core (benchmarks/bench_front.py).  A host then moves 196 KB of uint8 per
-object (instead of 8 x 307 KB of float32 views) and sends the views once.
+on one core (docs/performance.md; the retired benchmarks/bench_front.py).  A host then moves
+196 KB of uint8 per object (instead of 8 x 307 KB of float32 views) and sends the views once.
 """
 
 from __future__ import annotations

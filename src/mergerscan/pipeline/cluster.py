@@ -35,6 +35,25 @@ def _no_memory_pause() -> None:
 
 
 @contextlib.contextmanager
+def _scoped_settings():
+    """:func:`_no_memory_pause` and quiet distributed logs for one cluster's life only: the caller
+    (a notebook: mergerscan.process_catalog) gets its Dask config, environment and log level back."""
+    import dask
+
+    env, level = os.environ.get(NO_PAUSE_ENV), logging.getLogger("distributed").level
+    try:
+        with dask.config.set({"distributed.worker.memory.pause": False}):  # the old value back at the end
+            os.environ[NO_PAUSE_ENV] = "False"
+            yield
+    finally:
+        if env is None:
+            os.environ.pop(NO_PAUSE_ENV, None)
+        else:
+            os.environ[NO_PAUSE_ENV] = env
+        logging.getLogger("distributed").setLevel(level)
+
+
+@contextlib.contextmanager
 def dask_client(
     workers: int = 1,
     threads_per_worker: int = 1,
@@ -45,9 +64,13 @@ def dask_client(
 ):
     """``gpus``: local workers advertise the GPU resource the scoring tasks then ask for (all
     local workers share this machine's GPU(s): more than one process per GPU gets past the GIL)."""
+    with _scoped_settings():
+        yield from _dask_client(workers, threads_per_worker, scheduler, memory_limit, wait_for_workers, gpus)
+
+
+def _dask_client(workers, threads_per_worker, scheduler, memory_limit, wait_for_workers, gpus):
     from distributed import Client, LocalCluster
 
-    _no_memory_pause()
     if scheduler:
         client = Client(scheduler)
         try:

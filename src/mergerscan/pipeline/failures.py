@@ -17,12 +17,8 @@ import pandas as pd
 
 from ..catalogs.schema import SCORED, TRANSIENT, Status
 from ..cutouts.redact import redact_text
+from ..exit_codes import EXIT_NOTHING_SCORED, EXIT_OK
 from .result import PartitionResult
-
-EXIT_OK = 0  # finished; at least one row scored (warnings may have been printed)
-EXIT_BAD_INPUT = 2  # one-line error about the input or the arguments
-EXIT_NOTHING_SCORED = 3  # finished and wrote every row, but none could be scored
-EXIT_INTERRUPTED = 130  # Ctrl-C
 
 # what to check when this reason leads
 HINTS = {

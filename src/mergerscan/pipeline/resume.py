@@ -147,7 +147,7 @@ def check_or_claim(
 # retried with these batch sizes (fraction of --batch-size; frames: one field cached at a time),
 # then written with its rows flagged out_of_memory: never lost, and scored again by a later re-run
 # (out_of_memory is TRANSIENT).  Inside a task, a batch out of memory is first scored again in
-# halves (task.BatchScorer).
+# halves (score_rows.BatchScorer).
 OOM_BATCH_DIVISORS = (8, 10**9)
 
 

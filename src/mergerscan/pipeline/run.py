@@ -183,6 +183,7 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
     "shard" (score partitions ``pid % n == i`` of an existing plan), "finalize" (needs every
     partition done).  Returns the run summary ("all", "finalize"), else a small dict of what
     was done ("plan": plan, partitions, rows; "shard": shard, partitions, seconds)."""
+    args = args.resolved()  # absolute paths, the default source, threads: the caller's object is left as given
     t_start = time.time()
     if args.mode == "all":
         _import_in_background("hats")  # finalize's HATS writers: ~3 s of imports, overlapped with scoring
@@ -224,6 +225,6 @@ def _source_notices(args: ProcessArguments, nrows: int) -> None:
     if args.default_source is not None:
         print(startup_line(args.default_source), file=sys.stderr)
     if args.cutout_service and args.mode in ("all", "plan"):
-        hint = large_catalog_hint(nrows, args.service_options.get("max_rate"), args.workers)
+        hint = large_catalog_hint(nrows, args.service.max_rate, args.workers)
         if hint:
             print(hint, file=sys.stderr)

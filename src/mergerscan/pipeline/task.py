@@ -1,34 +1,33 @@
 """The per-partition task: rows -> stamps -> p_merger -> one Parquet file + done marker.
 
 A pure function of (the partition's rows in the split, the image source, the engine): writing it twice
-gives the same bytes.  Three steps: read the rows and decide what needs no image (rows.triage),
-fetch and score the rest in batches (:class:`BatchScorer`: fetching batch k+1 overlaps inference
-on batch k; a batch out of memory is scored again in halves), write the table and the marker.
+gives the same bytes.  Three steps: read the rows, score them in memory (score_rows.score_rows:
+triage, fetch and score in batches, the output table; the library's ``mergerscan.score`` runs the
+same step), write the table and the marker.
 """
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..catalogs.schema import SCORED, STATUS, Status
+from ..catalogs.schema import SCORED, Status
 from ..catalogs.write import embedding_matrix, write_partition
-from ..cutouts.sources import SourceConfig, open_source
-from ..engines.errors import is_out_of_memory, is_sticky, release_device_memory
+from ..cutouts.sources import SourceConfig
 from ..run_layout import RunLayout
 from .domain import rule_counts
 from .engine_cache import device_failure, worker_engine
-from .failures import coord_range, note
+from .failures import coord_range
 from .faults import fault_point
 from .plan import Partition, Plan
 from .result import PartitionResult
 from .resume import ResumePlan
-from .rows import Scores, output_table, triage
+from .rows import Scores
+from .score_rows import BatchScorer, Previous, RowsScored, ScoreSettings, score_rows
 from .split import read_partition
 
 __all__ = ["BatchScorer", "PartitionTask", "device_failure", "score_partition", "worker_engine"]
@@ -60,111 +59,11 @@ class PartitionTask:
     def retry_with(self, **changes: Any) -> PartitionTask:
         return replace(self, **changes)
 
-
-class Fetched(NamedTuple):
-    stamps: np.ndarray
-    status: np.ndarray
-    seconds: float
-
-
-class BatchScorer:
-    """Fetch and score rows of one partition, writing into its ``status`` and ``scores`` arrays.
-
-    Memory: a batch that raises MemoryError (or CUDA out of memory: engines/errors.py) is
-    scored again in halves, down to single rows; a row that still fails is flagged
-    ``out_of_memory``.  Any other inference error flags the batch ``inference_failed``."""
-
-    def __init__(
-        self,
-        src,
-        engine,
-        rows: pd.DataFrame,
-        status: np.ndarray,
-        scores: Scores,
-        examples: dict,
-        input_rows: np.ndarray,
-    ):
-        self.src, self.engine, self.rows, self.ids = src, engine, rows, rows["id"].to_numpy()
-        self.status, self.examples, self.input_rows = status, examples, input_rows
-        self.p, self.d, self.sat, self.e = scores
-        self.fetch_seconds = self.infer_seconds = 0.0
-        self.no_domain_score = 0  # rows scored by an engine call that gave no domain_score
-
-    def fetch(self, idx: np.ndarray) -> Fetched:
-        t = time.time()
-        stamps, st = self.src.fetch(self.rows.iloc[idx].reset_index(drop=True))
-        return Fetched(stamps, st, time.time() - t)
-
-    def run(self, batches: list[np.ndarray]) -> None:
-        """Score every batch, prefetching the next one while the engine runs."""
-        if not batches:
-            return
-        with ThreadPoolExecutor(1) as pool:
-            fut = pool.submit(self.fetch, batches[0])
-            for k, idx in enumerate(batches):
-                fetched: Fetched | None
-                try:
-                    fetched = fut.result()
-                except MemoryError:
-                    fetched = None  # fetched again (in halves) by score()
-                if k + 1 < len(batches):
-                    fut = pool.submit(self.fetch, batches[k + 1])
-                self.score(idx, fetched)
-                fetched = None  # the stamps are not held while the next batch is fetched
-
-    def score(self, idx: np.ndarray, fetched: Fetched | None = None) -> None:
-        """Fetch (unless prefetched) and score rows ``idx``; on MemoryError, in halves."""
-        got: Fetched | None = None
-        try:
-            got = fetched if fetched is not None else self.fetch(idx)
-            fetched = None
-            self.fetch_seconds += got.seconds
-            self.status[idx] = got.status
-            self._infer(idx, got.stamps, np.isin(got.status, SCORED))
-        except MemoryError:
-            got = fetched = None  # drop the stamps before retrying
-            self.p[idx] = self.d[idx] = self.sat[idx] = self.e[idx] = np.nan
-            if len(idx) == 1:
-                self.status[idx] = Status.OUT_OF_MEMORY
-                note(
-                    self.examples,
-                    Status.OUT_OF_MEMORY,
-                    f"row {self.input_rows[idx[0]]} (id {self.ids[idx[0]]}): MemoryError even for this row alone",
-                )
-                return
-            h = len(idx) // 2
-            self.score(idx[:h])
-            self.score(idx[h:])
-
-    def _infer(self, idx: np.ndarray, stamps: np.ndarray, ok: np.ndarray) -> None:
-        t = time.time()
-        try:
-            n_emb = self.e.shape[1]  # 0: the run writes no embeddings, features not asked for
-            out = self.engine.score(stamps[ok], features=n_emb > 0)
-            self.p[idx[ok]] = out.p_merger
-            if out.saturated_core is not None:
-                self.sat[idx[ok]] = out.saturated_core
-            if n_emb and out.features is not None:
-                self.e[idx[ok]] = out.features[:, :n_emb]
-            if out.domain_score is not None:  # None: the engine has no image-level check
-                self.d[idx[ok]] = out.domain_score
-            else:
-                self.no_domain_score += int(ok.sum())
-        except MemoryError:
-            raise
-        except Exception as e:  # one bad batch must not lose the partition
-            if is_out_of_memory(e):  # CUDA OOM is a RuntimeError: retry in halves too
-                release_device_memory()
-                raise MemoryError(f"{type(e).__name__}: {str(e)[:200]}") from e
-            if is_sticky(e):
-                device_failure(self.engine, e)
-            self.status[idx[ok]] = Status.INFERENCE_FAILED
-            note(
-                self.examples,
-                Status.INFERENCE_FAILED,
-                f"{int(ok.sum())} row(s) from id {self.ids[idx[ok][0]]}: {type(e).__name__}: {e}",
-            )
-        self.infer_seconds += time.time() - t
+    @property
+    def settings(self) -> ScoreSettings:
+        return ScoreSettings(
+            self.batch_size, self.threshold, self.image_threshold, self.max_saturated_core, self.embeddings
+        )
 
 
 def _read_rows(plan: Plan, part: Partition, layout: RunLayout) -> pd.DataFrame:
@@ -175,7 +74,7 @@ def _read_rows(plan: Plan, part: Partition, layout: RunLayout) -> pd.DataFrame:
     return read_partition(layout.work.dir, plan, part, [plan.columns["id"], *plan.carried])  # ints never via float64
 
 
-def _previous(resume: ResumePlan, part: Partition, df: pd.DataFrame, embeddings: int = 0):
+def _previous(resume: ResumePlan, part: Partition, df: pd.DataFrame, embeddings: int = 0) -> Previous | None:
     """(status, Scores, examples) of the partition as written by an earlier run, aligned with
     ``df``; None when there is nothing usable (then every row is done again)."""
     import pyarrow.parquet as pq
@@ -196,30 +95,13 @@ def _previous(resume: ResumePlan, part: Partition, df: pd.DataFrame, embeddings:
         for k in ("p_merger", "domain_score", "saturated_core")
     )
     e = embedding_matrix(old.column("embedding"), embeddings) if embeddings else np.zeros((len(p), 0), np.float32)
-    return old.column("status").to_numpy(zero_copy_only=False).astype(object), Scores(p, d, sat, e), done.examples
-
-
-def _fetch_rows(df: pd.DataFrame, plan: Plan, ids: np.ndarray, source: SourceConfig) -> pd.DataFrame:
-    """What the image source is asked for: id, ra, dec (and the stamp file, with a path column)."""
-    c, n = plan.columns, len(df)
-    rows = pd.DataFrame(
-        {
-            "id": ids,
-            "ra": df[c["ra"]].to_numpy(np.float64) if n else [],
-            "dec": df[c["dec"]].to_numpy(np.float64) if n else [],
-        }
-    )
-    path_col = plan.path_column
-    if path_col and source.source_class.reads_path_column:  # else files are named by the id
-        rows["path"] = (
-            df[path_col].astype(object).where(df[path_col].notna(), "").astype(str).to_numpy() if n else []
-        )  # empty: DIR/<id>.* instead
-    return rows
+    status = old.column("status").to_numpy(zero_copy_only=False).astype(object)
+    return Previous(status, Scores(p, d, sat, e), done.examples)
 
 
 def _domain_counts(plan: Plan, df: pd.DataFrame, status: np.ndarray, table: pd.DataFrame, task: PartitionTask) -> dict:
-    """The result's domain counts (``PartitionResult`` fields): ``domain_rules`` {reason: rows} over
-    both halves (catalog rules: rows out_of_domain; image check: scored rows beyond its threshold or its saturated-core
+    """The result's domain counts (``PartitionResult`` fields): ``domain_rules`` {reason: rows} over both halves (catalog
+    rules: rows out_of_domain; image check: scored rows beyond its threshold or its saturated-core
     limit, counted under the first that applies) and ``beyond_image_threshold`` (both)."""
     rules = (
         rule_counts(plan.domain, df["_domain"].to_numpy()[status == Status.OUT_OF_DOMAIN]) if "_domain" in df else {}
@@ -257,87 +139,20 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> Partiti
     engine = worker_engine(task.engine_path, task.backend, task.threads, task.shared_batch, task.views)
     df = _read_rows(plan, part, layout)
     n = len(df)
-    examples: dict = {}
-    status, ids = triage(df, plan, examples)
-    inrow = df["_input_row"].to_numpy() if n else np.zeros(0, np.int64)
-    scores = Scores.empty(n, task.embeddings)
-    if rerun and n:
-        _keep_previous(resume, part, df, status, scores, examples, task.embeddings)
-    todo = np.flatnonzero(status == "")
-    if task.flag_status is not None:
-        status[todo] = task.flag_status
-        for i in todo[:1]:
-            note(
-                examples,
-                task.flag_status,
-                f"row {inrow[i]} (id {ids[i]}): the worker scoring this partition was "
-                "killed repeatedly (memory), even with the smallest batches",
-            )
-        todo = todo[:0]
-    elif n:
+    prev = _previous(resume, part, df, task.embeddings) if rerun and n else None
+    if n and task.flag_status is None:
         fault_point("score", part.pid, task.batch_size)
-        # spatial order (nested HEALPix): consecutive batches share survey frames, so a frame source's
-        # small per-partition frame cache is reused instead of re-reading frames for every batch
-        todo = todo[np.argsort(df["_healpix29"].to_numpy()[todo], kind="stable")]
-    batches = [todo[i : i + task.batch_size] for i in range(0, len(todo), task.batch_size)]
-    scorer = None
-    failures: dict = {}
-    if batches:
-        src = open_source(task.source, engine.spec)
-        scorer = BatchScorer(src, engine, _fetch_rows(df, plan, ids, task.source), status, scores, examples, inrow)
-        try:
-            scorer.run(batches)
-        finally:
-            for k, v in (getattr(src, "examples", None) or {}).items():
-                note(examples, k, v)
-            src.close()
-        failures = dict(getattr(src, "stats", {}).get("failures", {}))
-    unknown = set(status) - set(STATUS)
-    if unknown:
-        raise RuntimeError(f"image source returned unknown status {sorted(unknown)}")
-    counts = pd.Series(status).value_counts().to_dict() if n else {}
-    threshold = engine.info.threshold if task.threshold is None else task.threshold
-    table = (
-        output_table(df, plan, scores, status, threshold, task.image_threshold, task.max_saturated_core) if n else None
-    )
-    if table is not None:
-        write_partition(table, layout.dataset_file(part), task.run_meta)
-    result = _result(part, task, layout, df, plan, status, table, counts, examples, scorer, failures, t0)
-    return resume.record(result)
-
-
-def _keep_previous(
-    resume: ResumePlan, part: Partition, df: pd.DataFrame, status: np.ndarray, scores: Scores, examples: dict, emb: int
-) -> None:
-    """A retried partition: the rows whose earlier outcome stands (resume.ResumePlan.keep_rows) take
-    it back, status, scores and examples; the rest stay to do (status "")."""
-    prev = _previous(resume, part, df, emb)
-    if prev is None:  # nothing usable: every row is done again
-        return
-    keep = (status == "") & resume.keep_rows(prev[0])  # ok and lasting failures stay as they are
-    status[keep] = prev[0][keep]
-    for now, before in zip(scores, prev[1]):
-        now[keep] = before[keep]
-    for k, v in resume.kept_examples(prev[2]).items():
-        note(examples, k, v)
+    res = score_rows(df, plan, engine, task.source, task.settings, previous=prev, flag_status=task.flag_status)
+    if res.table is not None:
+        write_partition(res.table, layout.dataset_file(part), task.run_meta)
+    return resume.record(_result(plan, part, task, layout, df, res, t0))
 
 
 def _result(
-    part: Partition,
-    task: PartitionTask,
-    layout: RunLayout,
-    df: pd.DataFrame,
-    plan: Plan,
-    status: np.ndarray,
-    table: pd.DataFrame | None,
-    counts: dict,
-    examples: dict,
-    scorer: BatchScorer | None,
-    failures: dict,
-    t0: float,
+    plan: Plan, part: Partition, task: PartitionTask, layout: RunLayout, df, res: RowsScored, t0: float
 ) -> PartitionResult:
-    """What the partition task did (its done marker)."""
-    n = len(df)
+    """What the partition task did (its done marker; the retry flag is ResumePlan.record's)."""
+    n, c, counts, table = len(df), plan.columns, res.counts, res.table
     return PartitionResult(
         pid=part.pid,
         name=part.name,
@@ -345,22 +160,17 @@ def _result(
         status={k: int(v) for k, v in counts.items()},
         mergers=int(table["is_merger"].sum()) if table is not None else 0,
         seconds=round(time.time() - t0, 3),
-        fetch_seconds=round(scorer.fetch_seconds if scorer else 0.0, 3),
-        infer_seconds=round(scorer.infer_seconds if scorer else 0.0, 3),
+        fetch_seconds=round(res.fetch_seconds, 3),
+        infer_seconds=round(res.infer_seconds, 3),
         batch_size=task.batch_size,
         finished=time.time(),
         started=t0,
         file=str(layout.dataset_file(part).relative_to(layout.root)) if n else None,
-        examples={k: v for k, v in sorted(examples.items()) if counts.get(k)},
-        coords=_coords(df, plan) if n else None,
+        examples={k: v for k, v in sorted(res.examples.items()) if counts.get(k)},
+        coords=coord_range(df[c["ra"]].to_numpy(np.float64), df[c["dec"]].to_numpy(np.float64)) if n else None,
         # why a service failed rows (the summary names the leading one)
-        fetch_failures={str(k): int(v) for k, v in failures.items()},
+        fetch_failures={str(k): int(v) for k, v in res.failures.items()},
         # the card has an image check, this backend gave none
-        no_domain_score=scorer.no_domain_score if task.image_threshold is not None and scorer is not None else 0,
-        **(_domain_counts(plan, df, status, table, task) if table is not None else {}),
+        no_domain_score=res.no_domain_score if task.image_threshold is not None and res.fetched else 0,
+        **(_domain_counts(plan, df, res.status, table, task) if table is not None else {}),
     )
-
-
-def _coords(df: pd.DataFrame, plan: Plan) -> list | None:
-    c = plan.columns
-    return coord_range(df[c["ra"]].to_numpy(np.float64), df[c["dec"]].to_numpy(np.float64))

@@ -1,7 +1,12 @@
 """The training room's command lines: ``mergerscan train | finetune | calibrate | operating-curve``
-(the verbs are registered by :mod:`mergerscan.cli`)."""
+(the verbs are registered by :mod:`mergerscan.cli`; shared flag spellings: :mod:`mergerscan.verb_flags`)."""
 
 from __future__ import annotations
+
+import argparse
+
+from ..exit_codes import EXIT_BAD_INPUT
+from ..verb_flags import add_engine_option, add_output_option, engine_file, required_output
 
 
 def train_parser(sub):
@@ -33,12 +38,13 @@ def finetune_parser(sub):
         "the last blocks unfrozen, the engine's preprocessing; exports OUT/model.onnx",
     )
     p.add_argument(
-        "--from",
+        "--engine",
         dest="source",
         default="default",
-        metavar="ENGINE",
-        help="engine file to start from (default: default)",
+        metavar="FILE",
+        help="engine file to start from (default: default, the packaged engine)",
     )
+    p.add_argument("--from", dest="source", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # earlier spelling
     return _training_options(p, "phase-2 epochs (last blocks unfrozen, SGD)")
 
 
@@ -47,7 +53,7 @@ def _training_options(p, epochs_help: str):
     p.add_argument(
         "--catalog", help="labelled catalog (CSV/FITS/Parquet) with id, ra, dec, image and the label (required)"
     )
-    p.add_argument("--out", help="run directory (model.onnx, metrics.json, plots, checkpoint.pt) (required)")
+    add_output_option(p, "run directory (model.onnx, metrics.json, plots, checkpoint.pt) (required)")
     p.add_argument(
         "--resume",
         metavar="RUN_DIR",
@@ -119,11 +125,11 @@ def calibrate_parser(sub):
         help="fit an engine's temperature and threshold per test-time view count on "
         "a labelled catalog's validation split; write a calibrated copy",
     )
-    p.add_argument("engine", help="engine file (.onnx)")
+    add_engine_option(p, "engine file (.onnx)")
     p.add_argument(
         "--data", required=True, help="labelled catalog (is_merger, ra, dec, image) or a directory holding catalog.csv"
     )
-    p.add_argument("-o", "--out", required=True, help="the calibrated engine file to write")
+    add_output_option(p, "the calibrated engine file to write (required)")
     p.add_argument("--views", type=int, nargs="+", default=[1, 2, 4, 8], help="view counts to calibrate")
     p.add_argument(
         "--default-views",
@@ -151,15 +157,16 @@ def calibrate(ap, a):
     from ..atomic import atomic_write_json
     from .calibrate import calibrate_engine
 
+    engine, out = engine_file(ap, a), required_output(ap, a)
     data = Path(a.data) / "catalog.csv" if Path(a.data).is_dir() else Path(a.data)
-    for what, path in (("ENGINE", Path(a.engine)), ("--data", data)):
+    for what, path in (("ENGINE", Path(engine)), ("--data", data)):
         if not path.is_file():
-            ap.exit(2, f"mergerscan calibrate: error: {what} {path}: no such file\n")
+            ap.exit(EXIT_BAD_INPUT, f"mergerscan calibrate: error: {what} {path}: no such file\n")
     try:
         res = calibrate_engine(
-            a.engine,
+            engine,
             data,
-            a.out,
+            out,
             views=a.views,
             threads=a.threads,
             cache=a.cache,
@@ -169,7 +176,7 @@ def calibrate(ap, a):
             default_views=a.default_views,
         )
     except ValueError as exc:
-        ap.exit(2, f"mergerscan calibrate: error: {exc}\n")
+        ap.exit(EXIT_BAD_INPUT, f"mergerscan calibrate: error: {exc}\n")
     if a.results:
         atomic_write_json(a.results, res, indent=1, default=float)
     for n in a.views:
@@ -187,11 +194,11 @@ def curve_parser(sub):
         help="score a labelled catalog's validation split with an engine at each calibrated view count and "
         "write the validation operating curve into its card (metadata only; process-catalog --purity reads it)",
     )
-    p.add_argument("engine", help="engine file (.onnx)")
+    add_engine_option(p, "engine file (.onnx)")
     p.add_argument(
         "--data", required=True, help="labelled catalog (is_merger, ra, dec, image) or a directory holding catalog.csv"
     )
-    p.add_argument("-o", "--out", help="the engine file to write (default: ENGINE, in place)")
+    add_output_option(p, "the engine file to write (default: the --engine file, in place)")
     p.add_argument("--split-seed", type=int, default=0, help="split seed (as training's; the card's split)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image and validation-logit cache directory")
@@ -203,14 +210,15 @@ def curve(ap, a):
 
     from .operating_curve import write_operating_curve
 
+    engine = engine_file(ap, a)
     data = Path(a.data) / "catalog.csv" if Path(a.data).is_dir() else Path(a.data)
-    for what, path in (("ENGINE", Path(a.engine)), ("--data", data)):
+    for what, path in (("ENGINE", Path(engine)), ("--data", data)):
         if not path.is_file():
-            ap.exit(2, f"mergerscan operating-curve: error: {what} {path}: no such file\n")
+            ap.exit(EXIT_BAD_INPUT, f"mergerscan operating-curve: error: {what} {path}: no such file\n")
     try:
-        res = write_operating_curve(a.engine, data, a.out, a.split_seed, a.cache, a.threads)
+        res = write_operating_curve(engine, data, a.out, a.split_seed, a.cache, a.threads)
     except ValueError as exc:
-        ap.exit(2, f"mergerscan operating-curve: error: {exc}\n")
+        ap.exit(EXIT_BAD_INPUT, f"mergerscan operating-curve: error: {exc}\n")
     print(json.dumps(res))
 
 
@@ -224,7 +232,7 @@ def train(ap, a, parser):
     from .train import TrainArguments, run
 
     kw = {k: v for k, v in vars(a).items() if k not in ("verb", "resume", "source")}
-    fail = lambda exc: ap.exit(2, f"mergerscan {a.verb}: error: {exc}\n")
+    fail = lambda exc: ap.exit(EXIT_BAD_INPUT, f"mergerscan {a.verb}: error: {exc}\n")
     try:
         if a.resume:  # the run's own configuration; options typed here must agree with it
             given = {k: v for k, v in kw.items() if v != parser.get_default(k)}

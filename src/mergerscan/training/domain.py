@@ -114,10 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
+    from ..exit_codes import EXIT_OK
+
     p = argparse.ArgumentParser(prog="python -m mergerscan.training.domain", description=record_selection.__doc__)
     p.add_argument("engine", help="engine file (.onnx) whose card gets domain.selection")
     p.add_argument("--catalog", required=True, help="the labelled catalog it was trained on (e.g. catalog.csv)")
-    p.add_argument("-o", "--out", help="write a copy here instead of changing ENGINE in place")
+    p.add_argument("-o", "--output", dest="out", help="write a copy here instead of changing ENGINE in place")
+    p.add_argument("--out", dest="out", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # earlier spelling
     p.add_argument("--saturation", action="store_true", help="also fit the image check's saturated-core limit")
     p.add_argument("--cache", help="decoded-image cache directory (with --saturation)")
     a = p.parse_args(argv)
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.saturation:
         limit = saturation_limit(a.catalog, cache=a.cache)
         print(json.dumps(record_saturation_limit(a.out or a.engine, limit), indent=1))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

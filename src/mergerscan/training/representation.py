@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..exit_codes import EXIT_BAD_INPUT, EXIT_OK
+
 POOLS = ("ReduceMean", "GlobalAveragePool")
 SHAPERS = ("Reshape", "Flatten", "Squeeze")
 
@@ -228,7 +230,8 @@ def main(argv=None) -> int:
     )
     ap.add_argument("engine", help="engine file (.onnx)")
     ap.add_argument("--catalog", required=True, help="the labelled catalog the engine was trained on")
-    ap.add_argument("--out", required=True, help="engine file to write (may be ENGINE itself)")
+    ap.add_argument("-o", "--output", dest="out", help="engine file to write (may be ENGINE itself) (required)")
+    ap.add_argument("--out", dest="out", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # earlier spelling
     ap.add_argument("--k", type=int, default=64, help="principal components kept (embedding size)")
     ap.add_argument("--features", default="backbone_pool", choices=("backbone_pool", "hidden"))
     ap.add_argument("--pass-fraction", type=float, default=0.995, help="validation galaxies of each class that pass")
@@ -236,6 +239,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", help="decoded-stamp cache folder (as mergerscan train --cache)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
+    if not a.out:
+        ap.error("-o/--output is required")
     try:
         res = fit_representation(
             a.engine,
@@ -249,9 +254,9 @@ def main(argv=None) -> int:
             threads=a.threads,
         )
     except (ValueError, FileNotFoundError) as exc:
-        ap.exit(2, f"{ap.prog}: error: {exc}\n")
+        ap.exit(EXIT_BAD_INPUT, f"{ap.prog}: error: {exc}\n")
     print(json.dumps(res["image"]))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

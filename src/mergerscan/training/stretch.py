@@ -7,7 +7,8 @@ the i, r, g bands with per-band ``scales`` (r fixed at 1: an overall scale is de
 ``stretch``), ``Q``, ``stretch`` and ``minimum``.  The objective: pixel residuals after a 1-px
 Gaussian smoothing (the JPEG's noise is smoothed by its compression) plus 10 x the per-channel
 mean residuals (the model sees means), minimised by scipy's least_squares from several starts.
-``benchmarks/calibrate_stretch.py`` runs it on the shared SDSS field and object.
+``benchmarks/calibrate_stretch.py`` ran it on the shared SDSS field and object (retired in
+f30bf87: ``git show f30bf87^:benchmarks/calibrate_stretch.py``; docs/results.md).
 """
 
 from __future__ import annotations

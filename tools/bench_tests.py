@@ -1,6 +1,6 @@
 """Wall time of the test suite as `make test` runs it, with the slowest tests and the time per file.
 
-    nice .venv/bin/python benchmarks/bench_tests.py --label before
+    nice .venv/bin/python tools/bench_tests.py --label before
 Writes benchmarks/results/test-time-<label>.json.  Run it on an idle machine (the load average
 before and after is recorded beside the CPU): the figure is the whole `pytest -q -ra` wall time,
 collection and the session fixtures included.  Extra arguments after `--` go to pytest.

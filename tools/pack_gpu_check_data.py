@@ -1,22 +1,23 @@
 """Copy 64 real SDSS stamps (JPEGs, ~0.5 MB in all) into a git-ignored folder that travels with the
-source tree to a GPU machine for benchmarks/gpu_check.py (the device tool carries ignored paths
-named in its ``carry`` list, 64 MiB at most).
+source tree to a GPU machine for ``mergerscan doctor --gpu`` (the device tool carries ignored
+paths named in its ``carry`` list, 64 MiB at most).  A development tool: the stamps come from the
+shared data (``$MERGERSCAN_SHARED/data``, default ``<repo>/../shared/data``).
 
-    .venv/bin/python benchmarks/pack_gpu_check_data.py              # -> .gpu-check-data/
-    .venv/bin/python benchmarks/pack_gpu_check_data.py --out DIR --n 64
+    .venv/bin/python tools/pack_gpu_check_data.py              # -> .gpu-check-data/
+    .venv/bin/python tools/pack_gpu_check_data.py --out DIR --n 64
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
-from _common import REPO, shared_data
-
-SHARED = shared_data("sdss-gz-mergers")
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MERGERSCAN_SHARED", REPO.parent / "shared")) / "data" / "sdss-gz-mergers"
 
 
 def pack(out: Path, n: int = 64, source: Path = SHARED) -> list[str]:

@@ -1,7 +1,7 @@
 """Print docs/results.md table rows from training run directories (runs/*/metrics.json), then each
 run's exact command and hardware (from its card).
 
-.venv/bin/python benchmarks/collect_results.py runs/effl0-e2-128 runs/densenet121-e1-64 ...
+.venv/bin/python tools/collect_results.py runs/effl0-e2-128 runs/densenet121-e1-64 ...
 Epochs: those run in the last phase / its cap (early stopping: validation loss not improved for
 ``--patience`` epochs), and the epoch whose weights were kept (best validation ROC-AUC).
 """
