@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ._page import esc, figure
+from .page import esc, figure
 
 MAP_ROWS = 20_000  # scored rows behind the map (a uniform sample; memory ~ MAP_ROWS x N floats)
 THUMBS = 12  # rows whose cutouts are shown on the map and below it
@@ -93,7 +93,7 @@ def fig_embedding_map(proj: Projection, p_merger: np.ndarray, stamps: list, thr:
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
     from PIL import Image
 
-    from ._page import fig_png
+    from .page import fig_png
 
     fig, ax = plt.subplots(figsize=(9.5, 7.2))
     sc = ax.scatter(*proj.xy.T, c=p_merger, cmap="viridis", vmin=0, vmax=1, s=9, alpha=0.8, linewidths=0)

@@ -8,10 +8,10 @@ import numpy as np
 
 from ..catalogs.columns import AmbiguousColumn, find_column
 from ..catalogs.schema import SCORED
-from ._page import data_uri, esc, fmt
+from .page import data_uri, esc, fmt
 
 
-def _thumb(stamp: np.ndarray | None, spec, size: int = 192, text: str = "") -> bytes:
+def thumbnail(stamp: np.ndarray | None, spec, size: int = 192, text: str = "") -> bytes:
     from PIL import Image, ImageDraw
 
     if stamp is None:
@@ -84,7 +84,7 @@ def gallery(rows, stamps, spec, thr: float, show: list[str], domain: bool = Fals
         return '<p class="note">no scored rows</p>'
     cards = []
     for (_, r), st in zip(rows.iterrows(), stamps):
-        img = data_uri(_thumb(st, spec, text=r["status"] if st is None else ""), "image/jpeg")
+        img = data_uri(thumbnail(st, spec, text=r["status"] if st is None else ""), "image/jpeg")
         ra, dec = float(r["ra"]), float(r["dec"])
         link = f"https://www.legacysurvey.org/viewer?ra={ra:.6f}&dec={dec:.6f}&layer=ls-dr10&zoom=15"
         vals = " · ".join(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..engines.operating import operating_line
-from ._page import Raw, esc
+from .page import Raw, esc
 
 
 def engine_card(summary: dict) -> tuple[dict, str]:

@@ -18,11 +18,11 @@ import numpy as np
 from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..run_layout import RunLayout
 from . import sections
-from ._page import drawn, esc, fmt, page
 from .embedding_map import fig_embedding_map, project
 from .embedding_map import section as embedding_section
 from .figures import fig_columns, fig_sample, fig_scores, fig_status, fig_throughput
 from .gallery import fetch_cutouts, gallery, path_column
+from .page import drawn, esc, fmt, page
 from .provenance import card_from_parquet, engine_card, engine_spec, provenance_rows
 from .sky import fig_sky
 from .stream import RunStats, open_dataset, scan

@@ -1,14 +1,14 @@
 """The run report's page text: one function per section, each returning its HTML.
 
-Values are escaped here (``esc``) or are figures/tables made by :mod:`._page`; the page shell
-(style, navigation, the check script) is :func:`._page.page`.
+Values are escaped here (``esc``) or are figures/tables made by :mod:`.page`; the page shell
+(style, navigation, the check script) is :func:`.page.page`.
 """
 
 from __future__ import annotations
 
 from ..catalogs.schema import STATUS
 from ..engines.operating import operating_line
-from ._page import esc, figure, fmt, table
+from .page import esc, figure, fmt, table
 from .stream import RunStats
 
 COLUMNS_CAPTION = (

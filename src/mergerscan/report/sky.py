@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._page import fig_png
-from .figures import _plt
+from .page import fig_png, pyplot
 from .stream import RunStats
 
 MIN_PIXEL_COUNT = 5  # sky pixels with fewer scored objects are drawn grey in fraction maps
@@ -48,7 +47,7 @@ def fig_sky(st: RunStats) -> tuple[bytes | None, str]:
     from matplotlib.collections import PolyCollection
     from matplotlib.colors import LogNorm, Normalize
 
-    plt = _plt()
+    plt = pyplot()
 
     pix, cnt, order, min_n = _coarsen(st.sky_pix, st.sky_counts, st.sky_order)
     hp = HEALPix(nside=2**order, order="nested")

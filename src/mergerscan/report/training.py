@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from ._page import Raw, drawn, esc, fig_png, figure, fmt, page, table
+from .page import Raw, drawn, esc, fig_png, figure, fmt, page, table
 from .training_sections import failures_section, survey_section
 
 PLOTS = [

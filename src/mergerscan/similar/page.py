@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 from ..atomic import atomic_write_text
-from ..report._page import data_uri, esc, page, table  # the run report's page shell and style
 from ..report.gallery import fetch_cutouts, gallery, path_column
+from ..report.page import data_uri, esc, page, table  # the run report's page shell and style
 from ..report.provenance import engine_spec
 from ..run_layout import RunLayout
 from .search import SimilarResult

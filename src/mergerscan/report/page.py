@@ -64,6 +64,17 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
+def pyplot():
+    """matplotlib.pyplot, off-screen (Agg), in the reports' style."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.spines.top": False, "axes.spines.right": False})
+    return plt
+
+
 def fig_png(fig, dpi: int = 110) -> bytes:
     import matplotlib.pyplot as plt
 
