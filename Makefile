@@ -34,8 +34,8 @@ demo: setup
 	    --keep-columns truth,mag_r,redshift --overwrite
 
 # ruff (lint + format; in src/ also the function-size rules C901, PLR0912, PLR0915) over the tree,
-# mypy over catalogs, pipeline and engines (pyproject.toml); tests/test_architecture.py caps
-# functions at 80 lines
+# mypy over catalogs, pipeline and engines (pyproject.toml); tests/test_architecture.py (run by
+# `make test`) caps functions at 80 lines
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks

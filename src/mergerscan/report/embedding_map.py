@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..run_summary import RunSummary
 from .page import esc, figure
 
 MAP_ROWS = 20_000  # scored rows behind the map (a uniform sample; memory ~ MAP_ROWS x N floats)
@@ -113,9 +114,11 @@ def fig_embedding_map(proj: Projection, p_merger: np.ndarray, stamps: list, thr:
     return fig_png(fig)
 
 
-def section(png: bytes | None, sample: EmbeddingSample, proj: Projection | None, summary: dict, cards: str) -> str:
+def section(
+    png: bytes | None, sample: EmbeddingSample, proj: Projection | None, summary: RunSummary, cards: str
+) -> str:
     """The report section of a run with an ``embedding`` column."""
-    emb = summary.get("embeddings") or {}
+    emb = summary.embeddings or {}
     what = (
         f"the first {emb['dimension']} of the engine's {emb['k']} PCA components of its pooled penultimate features"
         if emb.get("dimension") and emb.get("k")

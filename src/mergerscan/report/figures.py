@@ -68,7 +68,7 @@ def fig_scores(st: RunStats, thr: float) -> bytes:
 
 def _col_x(b: ColumnBins, n: int):
     if b.edges is None:
-        return np.arange(n), b.categories + ["other"]
+        return np.arange(n), (b.categories or []) + ["other"]
     return 0.5 * (b.edges[1:] + b.edges[:-1]), None
 
 
@@ -147,6 +147,7 @@ def fig_sample(st: RunStats, thr: float) -> bytes | None:
     s = st.sample
     m = s["p_merger"].to_numpy() >= thr
     for ax, b in zip(axs.flat, cols):
+        assert b.edges is not None  # cols are the numeric ones
         v = s[b.name].to_numpy(np.float64)
         ax.scatter(v[~m], s["p_merger"].to_numpy()[~m], s=3, alpha=0.35, lw=0, color="#4a78a8", rasterized=True)
         ax.scatter(v[m], s["p_merger"].to_numpy()[m], s=5, alpha=0.7, lw=0, color="#e8a33d", rasterized=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Set as AbstractSet
 
 CSS = """
 :root { --ink:#1d232a; --mute:#5b6670; --line:#d9dee3; --accent:#1f5fa8; --bg:#f6f7f9; }
@@ -108,7 +109,7 @@ def drawn(notes: list[str], name: str, draw, *args, default=None):
         return default
 
 
-def table(header: list[str] | None, rows: list[list], num: set[int] = frozenset()) -> str:
+def table(header: list[str] | None, rows: list[list], num: AbstractSet[int] = frozenset()) -> str:
     """Simple table; cells are escaped unless wrapped in ``Raw``; columns in ``num`` right-aligned."""
 
     def cell(i, v):
