@@ -163,6 +163,9 @@ class RunSummary(Mapping):
     report: str | None = None  # OUT/report/index.html once built
     report_error: str | None = None  # why the report could not be built
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer mergerscan, kept as read
+    # keys of KEY_ORDER the file lacked (an older run, a hand-written summary): their values above
+    # are defaults, which a reader may not want to trust (the report refuses a missing threshold)
+    missing: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     # ---------------------------------------------------------------- dict / JSON
     def to_dict(self, with_report: bool = True) -> dict:
@@ -191,7 +194,7 @@ class RunSummary(Mapping):
 
     @classmethod
     def from_dict(cls, d: Mapping) -> RunSummary:
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = {f.name for f in fields(cls)} - {"extra", "missing"}
         kw: dict[str, Any] = {}
         try:
             for k, v in d.items():
@@ -202,7 +205,8 @@ class RunSummary(Mapping):
                 elif k == "failures":
                     v = [Failure.from_dict(f) for f in v or []]
                 kw[k] = v
-            s = cls(**kw, extra={k: v for k, v in d.items() if k not in known})
+            extra = {k: v for k, v in d.items() if k not in known}
+            s = cls(**kw, extra=extra, missing=frozenset(KEY_ORDER) - d.keys())
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SummaryError(f"not a run summary: {type(exc).__name__}: {exc}") from None
         s._check_types()

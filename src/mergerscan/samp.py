@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .run_layout import RunLayout
+
 MTYPE = "table.load.fits"
 NO_HUB = "no SAMP hub is running: start TOPCAT (it starts a hub) or another SAMP hub, then run `mergerscan samp {out}`"
 
@@ -20,7 +22,7 @@ class SampError(RuntimeError):
 def fits_of(path: str | Path) -> Path:
     """``OUT`` (a process-catalog output directory) or a FITS file -> the FITS file."""
     p = Path(path)
-    f = p / "mergers.fits" if p.is_dir() else p
+    f = RunLayout(p).fits if p.is_dir() else p
     if not f.is_file():
         raise SampError(f"{f}: no such file (is {path} a finished process-catalog output directory?)")
     return f.resolve()
@@ -32,7 +34,7 @@ def send_table(path: str | Path, name: str | None = None, timeout: float = 30.0)
     from astropy.samp import SAMPIntegratedClient
 
     fits = fits_of(path)
-    out = fits.parent if fits.name == "mergers.fits" else fits
+    out = fits.parent if fits == RunLayout(fits.parent).fits else fits
     client = SAMPIntegratedClient(
         name="mergerscan", description="galaxy-merger scores (process-catalog)", callable=False
     )

@@ -38,8 +38,8 @@ def _stamp(rng, size=256):
 
 
 def write_summary(out: Path, **fields) -> None:
-    """OUT/summary.json as process-catalog writes it: the one place these tests build a run summary
-    (to become the pipeline's typed RunSummary, written by its own writer, once that exists)."""
+    """OUT/summary.json with the keys given, the one place these tests build a run summary (the
+    report reads it as a RunSummary: a key left out is its default, as in a run of an older version)."""
     (out / "summary.json").write_text(json.dumps(fields, indent=1))
 
 

@@ -156,3 +156,24 @@ def test_report_of_every_source_detected_in_the_shared_fields(frames_dir, dask_c
     assert (out / "report" / "columns.png").is_file() and "could not be drawn" not in html
     assert main(["report", str(out)]) == 0  # and again, as `mergerscan report OUT`
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_report_reads_the_stamp_path_column_the_summary_records():
+    """summary.json's path_column, when recorded (null: the run had none); a run of 0.1.0, whose
+    summary has no such key, falls back to a column named 'path' in any case, if one only."""
+    from mergerscan.catalogs.columns import find_column
+    from mergerscan.report.gallery import path_column
+    from mergerscan.run_summary import OPTIONAL, RunSummary
+
+    cols = ["objid", "ra", "Path", "in_file"]
+    assert path_column(RunSummary.from_dict({"path_column": "in_file"}), cols) == "in_file"
+    assert path_column(RunSummary.from_dict({"path_column": "gone"}), cols) is None
+    assert path_column(RunSummary.from_dict({"path_column": None}), cols) is None  # recorded: none
+    assert path_column(RunSummary.from_dict({}), cols) == "Path"
+    assert path_column(RunSummary.from_dict({}), ["PATH", "path"]) == find_column(["PATH", "path"], "path") == "path"
+    assert path_column(RunSummary.from_dict({}), ["PATH", "Path"]) is None  # two case-only matches
+    # what a summary lacked is known after reading it, and never written back
+    s = RunSummary.from_json('{"rows": 3, "threshold": 0.4}')
+    assert {"threshold", "rows"}.isdisjoint(s.missing) and {"path_column", "engine"} <= s.missing
+    assert RunSummary().missing == frozenset() and "missing" not in RunSummary().to_json()
+    assert RunSummary.from_json(RunSummary(rows=3).to_json()).missing == frozenset(OPTIONAL)

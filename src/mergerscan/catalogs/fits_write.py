@@ -110,38 +110,44 @@ def fits_layout(files: list) -> list[tuple[str, pa.DataType, str, int | None]]:
     for f, s in zip(files, schemas):
         pf = pq.ParquetFile(f)
         for n in ints:
-            if n not in s.names:
-                nulls[n] += pf.metadata.num_rows
-                continue
-            i = s.get_field_index(n)
-            stats = [pf.metadata.row_group(r).column(i).statistics for r in range(pf.metadata.num_row_groups)]
-            if all(st is not None and st.has_null_count for st in stats):
-                nulls[n] += sum(st.null_count for st in stats)
-            else:
-                nulls[n] += pf.read(columns=[n]).column(0).null_count
+            nulls[n] += _null_count(pf, s, n)
         have = [n for n in text if n in s.names]
         if have:
             t = pf.read(columns=have)
             for n in have:
                 lengths = pc.binary_length(fits_text(fits_column(t.column(n).combine_chunks())))
                 width[n] = max(width[n], int(pc.max(lengths).as_py() or 0))
-    layout = []
-    for f in schema:
-        t, tnull = f.type, None
-        if pa.types.is_boolean(t):
-            npdt = "?"
-        elif pa.types.is_integer(t):
-            npdt = _INT_FITS[t]
-            if nulls[f.name]:  # uint64: TNULL applies to the stored (value - 2^63) integer
-                npdt, tnull = choose_tnull(files, f.name, "i2" if npdt == "u1" else npdt)
-        elif pa.types.is_floating(t):
-            npdt = "f8" if t.bit_width == 64 else "f4"
-        elif is_vector(t):  # the embedding: a float32 vector column, TFORM 'NE'
-            npdt = f"({t.list_size},)f4"
-        else:
-            npdt = f"S{width[f.name]}"
-        layout.append((f.name, t, npdt, tnull))
-    return layout
+    return [(f.name, f.type, *_fits_dtype(files, f, nulls, width)) for f in schema]
+
+
+def _null_count(pf: pq.ParquetFile, schema: pa.Schema, name: str) -> int:
+    """Nulls of column ``name`` in one partition file: from the footer's statistics where every
+    row group has them, else by reading the column (all rows where the file lacks it)."""
+    if name not in schema.names:
+        return pf.metadata.num_rows
+    i = schema.get_field_index(name)
+    stats = [pf.metadata.row_group(r).column(i).statistics for r in range(pf.metadata.num_row_groups)]
+    if all(st is not None and st.has_null_count for st in stats):
+        return sum(st.null_count for st in stats)
+    return pf.read(columns=[name]).column(0).null_count
+
+
+def _fits_dtype(files: list, f: pa.Field, nulls: dict[str, int], width: dict[str, int]) -> tuple[str, int | None]:
+    """(numpy dtype, TNULL or None) of one output column (``nulls`` per integer column,
+    ``width`` per text column)."""
+    t = f.type
+    if pa.types.is_boolean(t):
+        return "?", None
+    if pa.types.is_integer(t):
+        npdt = _INT_FITS[t]
+        if nulls[f.name]:  # uint64: TNULL applies to the stored (value - 2^63) integer
+            return choose_tnull(files, f.name, "i2" if npdt == "u1" else npdt)
+        return npdt, None
+    if pa.types.is_floating(t):
+        return ("f8" if t.bit_width == 64 else "f4"), None
+    if is_vector(t):  # the embedding: a float32 vector column, TFORM 'NE'
+        return f"({t.list_size},)f4", None
+    return f"S{width[f.name]}", None
 
 
 def to_fits_records(table: pa.Table, layout: list) -> np.ndarray:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes
 from .render import (
     BANDS,
     CAMCOL,
@@ -42,26 +43,33 @@ def make_demo_field(
 
     Returns ``{"frames": [paths], "catalog": path}``.
     """
-    from astropy.io import fits
-    from astropy.wcs import WCS
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ss = np.random.SeedSequence(seed)
     r_geo, r_obj, r_bg, r_noise = (np.random.default_rng(s) for s in ss.spawn(4))
     run, geo = field_wcs(r_geo, n_fields)
-    step = SHAPE[0] - OVERLAP
-    ymax = SHAPE[0] + (n_fields - 1) * step
+    ymax = SHAPE[0] + (n_fields - 1) * (SHAPE[0] - OVERLAP)
     to_sky = lambda x, y: tuple(float(v) for v in run.wcs_pix2world([[x, y]], 0)[0])
+    counts = (mergers_per_field, galaxies_per_field, stars_per_field)
+    rows, objs = _catalogued(r_obj, to_sky, n_fields, ymax, counts)
+    objs += _background(r_bg, to_sky, ymax)
+    seeing = r_geo.uniform(1.05, 1.4, n_fields)  # r-band FWHM of the PSF core, arcsec
+    frames = _write_frames(out, objs, geo, seeing, r_noise)
+    return {"frames": frames, "catalog": _write_catalog(out, rows, r_obj.permutation(len(rows)))}
 
+
+def _catalogued(r_obj, to_sky, n_fields: int, ymax: float, counts: tuple[int, int, int]) -> tuple[list, list]:
+    """The catalog's objects, placed apart: (rows (ra, dec, truth, mag_r, z), sky-model objects).
+    ``counts``: mergers, galaxies and stars per field; five more galaxies lie outside every frame."""
+    mergers_per_field, galaxies_per_field, stars_per_field = counts
+    step = SHAPE[0] - OVERLAP
     rows, objs, taken = [], [], []
     for _ in range(n_fields * mergers_per_field):
         ra, dec = to_sky(*_place(r_obj, taken, 70, (90, SHAPE[1] - 90), (90, ymax - 90)))
         mag = r_obj.uniform(14.8, 16.8)
         objs += merger(r_obj, ra, dec, mag)
         rows.append((ra, dec, "merger", mag, r_obj.uniform(0.03, 0.09)))
-    n_gal = n_fields * galaxies_per_field
-    for i in range(n_gal):
+    for i in range(n_fields * galaxies_per_field):
         ylim = (40, ymax - 40)
         if i < n_fields - 1:  # one galaxy in each overlap strip
             ylim = ((i + 1) * step + 25, SHAPE[0] + i * step - 25)
@@ -79,8 +87,12 @@ def make_demo_field(
     for _ in range(5):  # far outside every frame
         ra, dec = to_sky(r_obj.uniform(-3000, -2000), r_obj.uniform(-500, ymax + 500))
         rows.append((ra, dec, "galaxy", r_obj.uniform(15, 17.7), r_obj.uniform(0.02, 0.1)))
+    return rows, objs
 
-    # uncatalogued faint background galaxies and stars (SDSS frames are full of them)
+
+def _background(r_bg, to_sky, ymax: float) -> list:
+    """Uncatalogued faint background galaxies and stars (SDSS frames are full of them)."""
+    objs = []
     area = ymax / SHAPE[0]  # in frames
     for _ in range(int(160 * area)):
         ra, dec = to_sky(r_bg.uniform(-20, SHAPE[1] + 20), r_bg.uniform(-20, ymax + 20))
@@ -101,21 +113,31 @@ def make_demo_field(
     for _ in range(int(50 * area)):
         ra, dec = to_sky(r_bg.uniform(-20, SHAPE[1] + 20), r_bg.uniform(-20, ymax + 20))
         objs.append(star(r_bg, ra, dec, r_bg.uniform(19.5, 22.5)))
+    return objs
 
-    seeing = r_geo.uniform(1.05, 1.4, n_fields)  # r-band FWHM of the PSF core, arcsec
+
+def _write_frames(out: Path, objs: list, geo, seeing: np.ndarray, r_noise) -> list[str]:
+    """One bzip2-compressed FITS frame per field and band, as SDSS names them; their paths."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
     frames = []
     for k, bands in enumerate(geo):
         for b, (band, (crval, cd, crpix)) in enumerate(zip(BANDS, bands)):
             hdr = frame_header(band, FIELD0 + k, crval, cd, crpix)
-            wcs = WCS(hdr)
-            img = render(objs, wcs, SHAPE, b, seeing[k] * PSF_BAND[b] / PIXSCALE, r_noise)
+            img = render(objs, WCS(hdr), SHAPE, b, seeing[k] * PSF_BAND[b] / PIXSCALE, r_noise)
             buf = io.BytesIO()
             fits.PrimaryHDU(img, hdr).writeto(buf)
             path = out / f"frame-{band}-{RUN:06d}-{CAMCOL}-{FIELD0 + k:04d}.fits.bz2"
-            path.write_bytes(bz2.compress(buf.getvalue(), 9))
+            atomic_write_bytes(path, bz2.compress(buf.getvalue(), 9), fsync=False)
             frames.append(str(path))
+    return frames
 
-    order = r_obj.permutation(len(rows))  # mix types along the catalog
+
+def _write_catalog(out: Path, rows: list, order: np.ndarray) -> str:
+    """``demo-catalog.fits``: the rows in ``order`` (types mixed along the catalog), objid from OBJID0."""
+    from astropy.io import fits
+
     cat = np.zeros(
         len(rows),
         dtype=[("objid", "i8"), ("ra", "f8"), ("dec", "f8"), ("truth", "S6"), ("mag_r", "f4"), ("redshift", "f4")],
@@ -126,5 +148,5 @@ def make_demo_field(
     cpath = out / "demo-catalog.fits"
     buf = io.BytesIO()  # astropy gets a file object, never a path (no character has a meaning)
     fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU(cat, name="CATALOG")]).writeto(buf)
-    cpath.write_bytes(buf.getvalue())
-    return {"frames": frames, "catalog": str(cpath)}
+    atomic_write_bytes(cpath, buf.getvalue(), fsync=False)
+    return str(cpath)

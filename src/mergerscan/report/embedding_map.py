@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ._page import esc, figure
+from ..run_summary import RunSummary
+from .page import esc, figure
 
 MAP_ROWS = 20_000  # scored rows behind the map (a uniform sample; memory ~ MAP_ROWS x N floats)
 THUMBS = 12  # rows whose cutouts are shown on the map and below it
@@ -93,7 +94,7 @@ def fig_embedding_map(proj: Projection, p_merger: np.ndarray, stamps: list, thr:
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
     from PIL import Image
 
-    from ._page import fig_png
+    from .page import fig_png
 
     fig, ax = plt.subplots(figsize=(9.5, 7.2))
     sc = ax.scatter(*proj.xy.T, c=p_merger, cmap="viridis", vmin=0, vmax=1, s=9, alpha=0.8, linewidths=0)
@@ -113,9 +114,11 @@ def fig_embedding_map(proj: Projection, p_merger: np.ndarray, stamps: list, thr:
     return fig_png(fig)
 
 
-def section(png: bytes | None, sample: EmbeddingSample, proj: Projection | None, summary: dict, cards: str) -> str:
+def section(
+    png: bytes | None, sample: EmbeddingSample, proj: Projection | None, summary: RunSummary, cards: str
+) -> str:
     """The report section of a run with an ``embedding`` column."""
-    emb = summary.get("embeddings") or {}
+    emb = summary.embeddings or {}
     what = (
         f"the first {emb['dimension']} of the engine's {emb['k']} PCA components of its pooled penultimate features"
         if emb.get("dimension") and emb.get("k")

@@ -7,18 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._page import fig_png
+from .page import fig_png, pyplot
 from .stream import ColumnBins, RunStats
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.spines.top": False, "axes.spines.right": False})
-    return plt
 
 
 def wilson(k: np.ndarray, n: np.ndarray, z: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -41,7 +31,7 @@ def error_bars(f: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def fig_scores(st: RunStats, thr: float) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     from .stream import SCORE_BINS
 
     fig, ax = plt.subplots(figsize=(10.5, 3.4))
@@ -78,7 +68,7 @@ def fig_scores(st: RunStats, thr: float) -> bytes:
 
 def _col_x(b: ColumnBins, n: int):
     if b.edges is None:
-        return np.arange(n), b.categories + ["other"]
+        return np.arange(n), (b.categories or []) + ["other"]
     return 0.5 * (b.edges[1:] + b.edges[:-1]), None
 
 
@@ -86,7 +76,7 @@ def fig_columns(st: RunStats, global_frac: float) -> bytes | None:
     """Merger fraction (exact, Wilson 68 % bars) and mean p_merger per bin of each carried column."""
     if not st.bins or not st.scored:
         return None
-    plt = _plt()
+    plt = pyplot()
     nc = min(3, len(st.bins))
     nr = -(-len(st.bins) // nc)
     fig, axs = plt.subplots(nr, nc, figsize=(3.65 * nc, 3.1 * nr), squeeze=False, constrained_layout=True)
@@ -150,13 +140,14 @@ def fig_sample(st: RunStats, thr: float) -> bytes | None:
     cols = [b for b in st.bins if b.edges is not None]
     if st.sample is None or not cols:
         return None
-    plt = _plt()
+    plt = pyplot()
     nc = min(3, len(cols))
     nr = -(-len(cols) // nc)
     fig, axs = plt.subplots(nr, nc, figsize=(3.65 * nc, 2.7 * nr), squeeze=False, constrained_layout=True)
     s = st.sample
     m = s["p_merger"].to_numpy() >= thr
     for ax, b in zip(axs.flat, cols):
+        assert b.edges is not None  # cols are the numeric ones
         v = s[b.name].to_numpy(np.float64)
         ax.scatter(v[~m], s["p_merger"].to_numpy()[~m], s=3, alpha=0.35, lw=0, color="#4a78a8", rasterized=True)
         ax.scatter(v[m], s["p_merger"].to_numpy()[m], s=5, alpha=0.7, lw=0, color="#e8a33d", rasterized=True)
@@ -176,7 +167,7 @@ def _status_colour(s: str) -> str:
 
 
 def fig_status(status: dict) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     items = sorted(status.items(), key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(6.2, 0.45 * len(items) + 1.0))
     ax.barh([k for k, _ in items], [v for _, v in items], color=[_status_colour(k) for k, _ in items])
@@ -192,7 +183,7 @@ def fig_throughput(markers: list[dict]) -> tuple[bytes | None, str]:
     ms = sorted((m for m in markers if m.get("finished") and m.get("started")), key=lambda m: m["finished"])
     if not ms:
         return None, ""
-    plt = _plt()
+    plt = pyplot()
     t0 = min(m["started"] for m in ms)
     wall = max(m["finished"] for m in ms) - t0
     unit, div = ("s", 1) if wall < 180 else ("min", 60) if wall < 3 * 3600 else ("h", 3600)

@@ -8,10 +8,11 @@ import numpy as np
 
 from ..catalogs.columns import AmbiguousColumn, find_column
 from ..catalogs.schema import SCORED
-from ._page import data_uri, esc, fmt
+from ..run_summary import RunSummary, SourceSummary
+from .page import data_uri, esc, fmt
 
 
-def _thumb(stamp: np.ndarray | None, spec, size: int = 192, text: str = "") -> bytes:
+def thumbnail(stamp: np.ndarray | None, spec, size: int = 192, text: str = "") -> bytes:
     from PIL import Image, ImageDraw
 
     if stamp is None:
@@ -31,11 +32,12 @@ def _thumb(stamp: np.ndarray | None, spec, size: int = 192, text: str = "") -> b
     return buf.getvalue()
 
 
-def path_column(summary: dict, columns: list[str]) -> str | None:
+def path_column(summary: RunSummary, columns: list[str]) -> str | None:
     """The output column naming each row's stamp file: the one summary.json records (its output
-    name, ``in_`` prefix included); for a run from before it was recorded, a column 'path' (any case)."""
-    if "path_column" in summary:
-        name = summary["path_column"]
+    name, ``in_`` prefix included); for a run from before it was recorded (0.1.0), a column
+    'path' (any case)."""
+    if "path_column" not in summary.missing:
+        name = summary.path_column
         return name if name in columns else None
     try:
         return find_column(columns, "path")
@@ -43,20 +45,17 @@ def path_column(summary: dict, columns: list[str]) -> str | None:
         return None
 
 
-def fetch_cutouts(summary: dict, rows, spec, path_col: str | None = None) -> tuple[list, str]:
-    """Stamps (or None) for a few rows through the run's own image source; (stamps, error note).
-    ``path_col``: the column of the rows naming each stamp file (:func:`path_column`)."""
+def fetch_cutouts(source: SourceSummary, rows, spec, path_col: str | None = None) -> tuple[list, str]:
+    """Stamps (or None) for a few rows through the run's own image ``source``; (stamps, error
+    note).  ``path_col``: the column of the rows naming each stamp file (:func:`path_column`)."""
     import pandas as pd
 
     from ..cutouts.sources import SourceConfig, open_source
 
     if rows is None or not len(rows):
         return [], ""
-    src_info = summary.get("source") or {}
     try:
-        cfg = SourceConfig(
-            src_info["kind"], src_info["location"], tuple(sorted((src_info.get("options") or {}).items()))
-        )
+        cfg = SourceConfig(source.kind, source.location, tuple(sorted(source.options.items())))
         q = pd.DataFrame(
             {
                 "id": rows["id"].astype(str).to_numpy(),
@@ -84,7 +83,7 @@ def gallery(rows, stamps, spec, thr: float, show: list[str], domain: bool = Fals
         return '<p class="note">no scored rows</p>'
     cards = []
     for (_, r), st in zip(rows.iterrows(), stamps):
-        img = data_uri(_thumb(st, spec, text=r["status"] if st is None else ""), "image/jpeg")
+        img = data_uri(thumbnail(st, spec, text=r["status"] if st is None else ""), "image/jpeg")
         ra, dec = float(r["ra"]), float(r["dec"])
         link = f"https://www.legacysurvey.org/viewer?ra={ra:.6f}&dec={dec:.6f}&layer=ls-dr10&zoom=15"
         vals = " · ".join(

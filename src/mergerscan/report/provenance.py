@@ -7,18 +7,19 @@ from pathlib import Path
 
 from .. import __version__
 from ..engines.operating import operating_line
-from ._page import Raw, esc
+from ..run_summary import RunSummary
+from .page import Raw, esc
 
 
-def engine_card(summary: dict) -> tuple[dict, str]:
+def engine_card(summary: RunSummary) -> tuple[dict, str]:
     """The model card from the engine file (or, if it moved, from a partition's metadata)."""
     from ..engines import read_engine_info
 
     note = ""
-    path = summary.get("engine_path")
+    path = summary.engine_path
     try:
-        info = read_engine_info(path)
-        if summary.get("engine_sha256") and info.sha256 != summary["engine_sha256"]:
+        info = read_engine_info(path)  # type: ignore[arg-type]  # None fails like a missing file
+        if summary.engine_sha256 and info.sha256 != summary.engine_sha256:
             note = f"the engine file at {path} has changed since the run (sha256 differs); its card is shown"
         return info.card, note
     except Exception as exc:
@@ -41,17 +42,17 @@ def card_from_parquet(out: Path) -> dict:
         return {}
 
 
-def engine_spec(summary: dict):
+def engine_spec(summary: RunSummary):
     """The stamp geometry the run's engine saw (the default engine's when its file is gone)."""
     from ..engines import default_engine_path, read_engine_info
 
     try:
-        return read_engine_info(summary.get("engine_path") or default_engine_path()).spec
+        return read_engine_info(summary.engine_path or default_engine_path()).spec
     except Exception:  # the gallery then uses the default engine's stamp geometry
         return read_engine_info(default_engine_path()).spec
 
 
-def training_domain(card: dict, summary: dict) -> str:
+def training_domain(card: dict, summary: RunSummary) -> str:
     """The card's training selection and image check, and what the run applied of them (--domain)."""
     from ..engines.domain import EngineDomain
 
@@ -60,32 +61,31 @@ def training_domain(card: dict, summary: dict) -> str:
     if dom.selection and dom.selection.reference:
         parts.append(f"from {dom.selection.reference}")
     parts.append(f"image check {dom.image.score} <= {dom.image.threshold:.4g}" if dom.image else "no image check")
-    mode = (summary.get("domain") or {}).get("mode")
+    mode = (summary.domain or {}).get("mode")
     parts.append(f"run: --domain {mode}" if mode else "run: before --domain")
     return "; ".join(parts)
 
 
-def provenance_rows(summary: dict, card: dict, thr: float) -> list[list]:
+def provenance_rows(summary: RunSummary, card: dict, thr: float) -> list[list]:
     """The provenance table: engine, threshold, training, image source, catalog, command, run, versions."""
-    source = summary.get("source", {})
     return [
-        ["engine", summary.get("engine", card.get("name", "?"))],
-        ["engine sha256", Raw(f'<span class="mono">{esc(str(summary.get("engine_sha256")))}</span>')],
-        ["engine file", Raw(f'<span class="mono">{esc(str(summary.get("engine_path")))}</span>')],
+        ["engine", summary.engine or card.get("name", "?")],
+        ["engine sha256", Raw(f'<span class="mono">{esc(summary.engine_sha256 or "?")}</span>')],
+        ["engine file", Raw(f'<span class="mono">{esc(str(summary.engine_path))}</span>')],
         ["threshold", f"{thr:.6g}"],
-        ["operating point", operating_line(summary["operating_point"]) if summary.get("operating_point") else "?"],
+        ["operating point", operating_line(summary.operating_point) if summary.operating_point else "?"],
         [
             "training",
             ", ".join(f"{k} {card[k]}" for k in ("arch", "experiment", "input_size", "n_train", "labels") if k in card),
         ],
         ["training domain", training_domain(card, summary)],
-        ["image source", f"{source.get('kind')}: {source.get('location')}"],
-        ["catalog", summary.get("catalog", "?")],
-        ["command", Raw(f"<code>{esc(str(summary.get('command') or '?'))}</code>")],
+        ["image source", f"{summary.source.kind}: {summary.source.location}"],
+        ["catalog", summary.catalog or "?"],
+        ["command", Raw(f"<code>{esc(summary.command or '?')}</code>")],
         [
             "run",
-            f"{summary.get('rows', 0):,} rows, {summary.get('partitions')} partitions, "
-            f"{summary.get('seconds')} s, {summary.get('objects_per_s')} objects/s",
+            f"{summary.rows:,} rows, {summary.partitions} partitions, "
+            f"{summary.seconds} s, {summary.objects_per_s} objects/s",
         ],
-        ["mergerscan", f"{summary.get('mergerscan_version')} (run), {__version__} (report)"],
+        ["mergerscan", f"{summary.mergerscan_version} (run), {__version__} (report)"],
     ]

@@ -1,14 +1,15 @@
 """The run report's page text: one function per section, each returning its HTML.
 
-Values are escaped here (``esc``) or are figures/tables made by :mod:`._page`; the page shell
-(style, navigation, the check script) is :func:`._page.page`.
+Values are escaped here (``esc``) or are figures/tables made by :mod:`.page`; the page shell
+(style, navigation, the check script) is :func:`.page.page`.
 """
 
 from __future__ import annotations
 
 from ..catalogs.schema import STATUS
 from ..engines.operating import operating_line
-from ._page import esc, figure, fmt, table
+from ..run_summary import RunSummary
+from .page import esc, figure, fmt, table
 from .stream import RunStats
 
 COLUMNS_CAPTION = (
@@ -100,13 +101,13 @@ def top(n: int, source_kind: str, geom: str, cards: str) -> str:
     )
 
 
-def domain(summary: dict, st: RunStats, n_shown: int, cards: str) -> str:
+def domain(summary: RunSummary, st: RunStats, n_shown: int, cards: str) -> str:
     """The in-domain / out-of-domain split (summary.json's counts, checked against the dataset's)
     and the gallery of the scored rows farthest beyond the image check."""
-    d = summary.get("domain")
+    d = summary.domain
     if d is None:  # a run from before --domain
         return ""
-    ood = int(summary.get("out_of_domain") or 0)
+    ood = int(summary.out_of_domain or 0)
     inside = st.scored - st.beyond
     rows = [
         ["scored, in the domain (may be is_merger)", f"{inside:,}", f"{inside / max(st.rows, 1):.2%}"],
@@ -117,7 +118,7 @@ def domain(summary: dict, st: RunStats, n_shown: int, cards: str) -> str:
         ],
         ["out_of_domain by the catalog rules (not fetched, not scored)", f"{ood:,}", f"{ood / max(st.rows, 1):.2%}"],
     ]
-    rules = [[k, f"{v:,}"] for k, v in (summary.get("domain_rules") or {}).items()]
+    rules = [[k, f"{v:,}"] for k, v in (summary.domain_rules or {}).items()]
     checks = [*d.get("catalog_rules", [])] + (
         [f"domain_score > {d['image_threshold']:.4g}"] if d.get("image_threshold") is not None else []
     )
@@ -178,15 +179,15 @@ def method(n_files: int, max_memory_rows: int, st: RunStats, npre: int, seconds:
     )
 
 
-def header_cards(st: RunStats, merg: int, gfrac: float, thr: float, summary: dict) -> list[tuple[str, str]]:
+def header_cards(st: RunStats, merg: int, gfrac: float, thr: float, summary: RunSummary) -> list[tuple[str, str]]:
     return [
         ("rows", f"{st.rows:,}"),
         ("scored", f"{st.scored:,} ({st.scored / max(st.rows, 1):.1%})"),
         ("flagged mergers", f"{merg:,} ({gfrac:.2%})"),
         ("threshold", f"{thr:.4g}"),
-        *expected_purity_card(summary.get("operating_point")),
-        ("objects / s", f"{summary.get('objects_per_s') or 0:,.0f}"),
-        ("engine", str(summary.get("engine", "?"))),
+        *expected_purity_card(summary.operating_point),
+        ("objects / s", f"{summary.objects_per_s or 0:,.0f}"),
+        ("engine", summary.engine or "?"),
     ]
 
 

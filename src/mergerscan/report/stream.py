@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from ..catalogs.schema import OUTPUT_NAMES, SCORED
 from ..catalogs.write import embedding_matrix, is_vector
+from ..run_layout import RunLayout
 from .embedding_map import EmbeddingSample
 
 SKY_ORDER = 10  # accumulation order of the sky counts (3.4' pixels) ...
@@ -34,13 +35,14 @@ NUM_BINS = 15
 
 
 def partition_files(out_dir: Path) -> list[Path]:
-    return sorted(p for p in (Path(out_dir) / "parquet").rglob("*.parquet") if not p.name.startswith("."))
+    """The run's Parquet files (hidden ones, e.g. being written, left out)."""
+    return sorted(p for p in RunLayout(out_dir).catalog_dir.rglob("*.parquet") if not p.name.startswith("."))
 
 
 def open_dataset(out_dir: Path) -> ds.Dataset:
     files = partition_files(out_dir)
     if not files:
-        raise FileNotFoundError(f"{out_dir}/parquet: no partition files")
+        raise FileNotFoundError(f"{RunLayout(out_dir).catalog_dir}: no partition files")
     return ds.dataset([str(f) for f in files], format="parquet", partitioning=None)
 
 
@@ -55,7 +57,7 @@ class ColumnBins:
 
     @property
     def nbins(self) -> int:
-        return len(self.edges) - 1 if self.edges is not None else len(self.categories) + 1
+        return len(self.edges) - 1 if self.edges is not None else len(self.categories or []) + 1
 
     def index(self, col: pa.Array) -> np.ndarray:
         """Bin index per value; -1 missing, -2 underflow, -3 overflow."""
@@ -69,7 +71,7 @@ class ColumnBins:
             return i
         s = pd.Series(col.to_numpy(zero_copy_only=False), dtype=object)
         codes = pd.Categorical(s.astype(str).str.strip(), categories=self.categories).codes.astype(np.int64)
-        codes[codes < 0] = len(self.categories)
+        codes[codes < 0] = len(self.categories or [])
         codes[s.isna().to_numpy()] = -1
         return codes
 
@@ -208,7 +210,13 @@ class RunStats:
         self.beyond += int((scored & ~inside).sum())
         self.score_hist += np.histogram(p[scored], SCORE_BINS)[0]
         self.score_hist_merger += np.histogram(p[merger], SCORE_BINS)[0]
-        # sky: counts per pixel at SKY_ORDER (sparse)
+        self._add_sky(t, scored, merger)
+        self._add_columns(t, scored, merger, p)
+        if scored.any():
+            self._add_selections(t, np.flatnonzero(scored), status, p, dscore, inside)
+
+    def _add_sky(self, t: pa.Table | pa.RecordBatch, scored: np.ndarray, merger: np.ndarray) -> None:
+        """Counts per pixel at SKY_ORDER (sparse): rows, scored, flagged mergers."""
         hp = t.column("_healpix_29").to_numpy(zero_copy_only=False).astype(np.int64)
         good = hp >= 0
         pix, inv = np.unique(hp[good] >> (2 * (29 - self.sky_order)), return_inverse=True)
@@ -223,7 +231,9 @@ class RunStats:
         self._sky.append((pix, cnt))
         if sum(len(x[0]) for x in self._sky) > SKY_MAX_PIXELS // 2:
             self._merge_sky()
-        # per-column merger fraction (scored rows only)
+
+    def _add_columns(self, t: pa.Table | pa.RecordBatch, scored: np.ndarray, merger: np.ndarray, p: np.ndarray) -> None:
+        """Per-column merger fraction (scored rows only)."""
         for b in self.bins:
             i = b.index(t.column(b.name))[scored]
             ok = i >= 0
@@ -231,10 +241,10 @@ class RunStats:
             self.col_m[b.name] += np.bincount(i[ok], merger[scored][ok], minlength=b.nbins).astype(np.int64)
             self.col_p[b.name] += np.bincount(i[ok], p[scored][ok], minlength=b.nbins)
             self.col_out[b.name] += [np.sum(i == -1), np.sum(i == -2), np.sum(i == -3)]
-        if not scored.any():
-            return
-        # running selections + reservoir, on scored rows only
-        idx = np.flatnonzero(scored)
+
+    def _add_selections(self, t, idx: np.ndarray, status, p, dscore, inside) -> None:
+        """The running selections (top, borderline, outside the domain), the embedding map's
+        sample and the reservoir, over the scored rows ``idx``."""
         ids = t.column(self.id_column).to_numpy(zero_copy_only=False)[idx]
         df = pd.DataFrame(
             {
@@ -306,7 +316,7 @@ def scan(
     ``path_column``: the column of stamp paths, kept with the top/borderline rows, not binned."""
     dset = open_dataset(out_dir)
     bins, npre = choose_bins(partition_files(out_dir), dset.schema, presample_rows, path_column)
-    extra = [path_column] if path_column in dset.schema.names else []
+    extra = [path_column] if path_column is not None and path_column in dset.schema.names else []
     has_domain = "in_domain" in dset.schema.names and "domain_score" in dset.schema.names
     emb = dset.schema.field("embedding").type if "embedding" in dset.schema.names else None
     dim = emb.list_size if emb is not None and is_vector(emb) else 0

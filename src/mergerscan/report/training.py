@@ -6,7 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from ._page import Raw, drawn, esc, fig_png, figure, fmt, page, table
+from ..atomic import atomic_write_text
+from .page import Raw, drawn, esc, fig_png, figure, fmt, page, table
 from .training_sections import failures_section, survey_section
 
 PLOTS = [
@@ -20,7 +21,8 @@ HEADLINE = ("roc_auc", "pr_auc", "precision_at_2pct", "ece", "threshold", "n")
 
 def markdown_tables(md: str) -> str:
     """The small Markdown subset table1.md uses: '## heading', pipe tables, paragraphs."""
-    out, rows = [], []
+    out: list[str] = []
+    rows: list[list[str]] = []
 
     def flush():
         if rows:
@@ -69,12 +71,42 @@ def fig_history(history: list[dict]) -> bytes | None:
     return fig_png(fig)
 
 
+TRAINING_NAV = (
+    ("metrics", "Metrics"),
+    ("survey", "Survey prevalence"),
+    ("failures", "Failures"),
+    ("plots", "Plots"),
+    ("history", "History"),
+    ("card", "Model card"),
+)
+
+
 def build_training_report(run_dir) -> Path:
     """Gather a training run's plots and metrics into ``RUN/report.html`` (images embedded)."""
     run = Path(run_dir)
     m = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
     card = m.get("card") or (json.loads((run / "card.json").read_text()) if (run / "card.json").is_file() else {})
-    S = []
+    S = [_metrics_section(run, m)] + [s for s in (_plots_section(run), _history_section(run)) if s]
+    if m.get("survey"):
+        S.append(survey_section(m["survey"]))
+    if m.get("failures"):
+        S.append(failures_section(m["failures"]))
+    if card_html := _card_section(card):
+        S.append(card_html)
+    cards = [
+        (k, fmt(m.get("test", {}).get(k), 3))
+        for k in ("roc_auc", "pr_auc", "precision_at_2pct")
+        if m.get("test", {}).get(k) is not None
+    ]
+    nav = [(a, t) for a, t in TRAINING_NAV if f'id="{a}"' in "".join(S)]
+    html_text = page(
+        f"mergerscan training report — {card.get('name', run.name)}", esc(str(run.resolve())), cards, nav, "\n".join(S)
+    )
+    atomic_write_text(run / "report.html", html_text, fsync=False)
+    return run / "report.html"
+
+
+def _metrics_section(run: Path, m: dict) -> str:
     rows = []
     for k in HEADLINE:
         vals = [m.get(split, {}).get(k) for split in ("val", "test", "int8_test")]
@@ -85,57 +117,44 @@ def build_training_report(run_dir) -> Path:
         if any(v is not None for v in vals):
             rows.append([f"merger {k}"] + ["" if v is None else fmt(v, 4) for v in vals])
     hdr = ["metric", "validation", "test"] + (["test (INT8 engine)"] if "int8_test" in m else [])
-    S.append(
+    return (
         '<section id="metrics"><h2>Metrics</h2>'
         + (table(hdr, [r[: len(hdr)] for r in rows], num=set(range(1, len(hdr)))) if rows else "")
         + (markdown_tables((run / "table1.md").read_text()) if (run / "table1.md").is_file() else "")
         + "</section>"
     )
+
+
+def _plots_section(run: Path) -> str:
+    """The run's PNG plots, the known ones first with their captions ("" without any)."""
     figs = []
     for name, cap in PLOTS + [(p.name, p.stem) for p in sorted(run.glob("*.png")) if p.name not in dict(PLOTS)]:
         if (run / name).is_file():
             figs.append(f"<div>{figure((run / name).read_bytes(), name, esc(cap))}</div>")
-    if figs:
-        S.append('<section id="plots"><h2>Plots</h2><div class="two">' + "".join(figs) + "</div></section>")
+    if not figs:
+        return ""
+    return '<section id="plots"><h2>Plots</h2><div class="two">' + "".join(figs) + "</div></section>"
+
+
+def _history_section(run: Path) -> str:
+    """The learning curves from history.json; the note where they could not be drawn."""
+    if not (run / "history.json").is_file():
+        return ""
     notes: list[str] = []
-    if (run / "history.json").is_file():
-        history = json.loads((run / "history.json").read_text())
-        png = drawn(notes, "learning curves", fig_history, history, default=False)
-        if png is not None:
-            S.append(
-                '<section id="history"><h2>Training history</h2>'
-                + (figure(png, "learning curves") if png else "".join(f'<p class="note">{esc(n)}</p>' for n in notes))
-                + "</section>"
-            )
-    if m.get("survey"):
-        S.append(survey_section(m["survey"]))
-    if m.get("failures"):
-        S.append(failures_section(m["failures"]))
+    history = json.loads((run / "history.json").read_text())
+    png = drawn(notes, "learning curves", fig_history, history, default=False)
+    if png is None:
+        return ""
+    return (
+        '<section id="history"><h2>Training history</h2>'
+        + (figure(png, "learning curves") if png else "".join(f'<p class="note">{esc(n)}</p>' for n in notes))
+        + "</section>"
+    )
+
+
+def _card_section(card: dict) -> str:
     skip = {"metrics_test", "command"}
     crow = [[k, fmt(v, 4) if isinstance(v, float) else str(v)] for k, v in card.items() if k not in skip]
     if card.get("command"):
         crow.append(["command", Raw(f"<code>{esc(card['command'])}</code>")])
-    if crow:
-        S.append('<section id="card"><h2>Model card</h2>' + table(None, crow) + "</section>")
-    cards = [
-        (k, fmt(m.get("test", {}).get(k), 3))
-        for k in ("roc_auc", "pr_auc", "precision_at_2pct")
-        if m.get("test", {}).get(k) is not None
-    ]
-    nav = [
-        (a, t)
-        for a, t in (
-            ("metrics", "Metrics"),
-            ("survey", "Survey prevalence"),
-            ("failures", "Failures"),
-            ("plots", "Plots"),
-            ("history", "History"),
-            ("card", "Model card"),
-        )
-        if f'id="{a}"' in "".join(S)
-    ]
-    html_text = page(
-        f"mergerscan training report — {card.get('name', run.name)}", esc(str(run.resolve())), cards, nav, "\n".join(S)
-    )
-    (run / "report.html").write_text(html_text, encoding="utf-8")
-    return run / "report.html"
+    return '<section id="card"><h2>Model card</h2>' + table(None, crow) + "</section>" if crow else ""

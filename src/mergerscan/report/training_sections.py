@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ._page import data_uri, esc, fmt, table
-from .gallery import _thumb
+from .gallery import thumbnail
+from .page import data_uri, esc, fmt, table
 
 PIXEL_SCALE = 0.396  # arcsec/px of the labelled SDSS stamps (the scale bar of the thumbnails)
 
@@ -68,7 +68,7 @@ def failures_section(failures: dict, size: int = 160) -> str:
         for r in rows:
             st = _stamp(r["image"]) if Path(r["image"]).is_file() else None
             spec = SimpleNamespace(pixel_scale=PIXEL_SCALE, stamp_pixels=st.shape[0] if st is not None else size)
-            jpg = _thumb(st, spec, size=size, text="image not found")
+            jpg = thumbnail(st, spec, size=size, text="image not found")
             parts.append(
                 f'<div class="stamp{" merger" if r["is_merger"] else ""}">'
                 f'<img src="{data_uri(jpg, "image/jpeg")}" alt="cutout of {esc(r["id"])}" loading="eager">'

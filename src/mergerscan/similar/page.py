@@ -5,18 +5,18 @@ cutouts of the query and its neighbours fetched through the run's own image sour
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 from ..atomic import atomic_write_text
-from ..report._page import data_uri, esc, page, table  # the run report's page shell and style
 from ..report.gallery import fetch_cutouts, gallery, path_column
+from ..report.page import data_uri, esc, page, table  # the run report's page shell and style
 from ..report.provenance import engine_spec
 from ..run_layout import RunLayout
-from .search import SimilarResult
+from ..run_summary import RunSummary
+from .search import SimilarResult, read_summary
 
 
-def _query_card(result: SimilarResult, summary: dict, spec) -> str:
+def _query_card(result: SimilarResult, summary: RunSummary, spec) -> str:
     """The query: its row's cutout (--like ID) or the file itself (--like-file)."""
     q = result.query
     if "file" in q:
@@ -33,19 +33,19 @@ def _query_card(result: SimilarResult, summary: dict, spec) -> str:
     import pandas as pd
 
     row = pd.DataFrame([{"id": q["id"], **{k: v for k, v in q.items() if k != "id"}}])
-    stamps, _ = fetch_cutouts(summary, row, spec, path_column(summary, list(row.columns)))
-    return gallery(row, stamps, spec, float(summary.get("threshold", 0.5)), [])
+    stamps, _ = fetch_cutouts(summary.source, row, spec, path_column(summary, list(row.columns)))
+    return gallery(row, stamps, spec, float(summary.threshold), [])
 
 
 def write_page(result: SimilarResult, path: str | Path | None = None) -> Path:
     """Write the gallery of ``result`` (default ``OUT/similar/like-<query>.html``); returns its path."""
     layout = RunLayout(result.out)
-    summary = json.loads(layout.summary.read_text()) if layout.summary.is_file() else {}
+    summary = read_summary(result.out)
     spec = engine_spec(summary)
-    thr = float(summary.get("threshold", 0.5))
+    thr = float(summary.threshold)
     nb = result.neighbours.drop(columns=["embedding", result.index["column"]], errors="ignore")
     paths = path_column(summary, list(nb.columns))
-    stamps, err = fetch_cutouts(summary, nb, spec, paths)
+    stamps, err = fetch_cutouts(summary.source, nb, spec, paths)
     name = result.query.get("id") or Path(str(result.query.get("file"))).stem
     target = Path(path) if path else layout.similar_page(str(name))
     ix = result.index
@@ -55,7 +55,7 @@ def write_page(result: SimilarResult, path: str | Path | None = None) -> Path:
             ["index", f"{ix['kind']} ({ix['factory']}), {ix['rows']:,} rows, {ix['dim']}-d {ix['column']!r}"],
             ["built", f"{ix['built']} in {ix['build_seconds']} s, faiss {ix['faiss']}, mergerscan {ix['mergerscan']}"],
             ["distance", "Euclidean between embeddings, re-ranked exactly"],
-            ["engine", f"{summary.get('engine', '?')} (sha256 {str(summary.get('engine_sha256', '?'))[:16]}...)"],
+            ["engine", f"{summary.engine or '?'} (sha256 {(summary.engine_sha256 or '?')[:16]}...)"],
         ],
     )
     body = (

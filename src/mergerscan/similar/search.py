@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..run_layout import RunLayout
+from ..run_summary import RunSummary
 from .index import VectorIndex, load_index
 from .vectors import EMBEDDING_COLUMN, RunVectors, SimilarError, find_id, open_run, read_rows
 
@@ -37,15 +38,16 @@ class SimilarResult:
         return {"out": str(self.out), "query": self.query, "neighbours": rows, "index": self.index}
 
 
-def _summary(out: Path) -> dict:
+def read_summary(out: Path) -> RunSummary:
+    """The run's summary (every key at its default where the run has none)."""
     layout = RunLayout(out)
-    return json.loads(layout.summary.read_text()) if layout.summary.is_file() else {}
+    return RunSummary.from_json(layout.summary.read_text()) if layout.summary.is_file() else RunSummary.from_dict({})
 
 
-def _row_columns(summary: dict, run: RunVectors) -> list[str]:
-    cols = [summary.get("id_column", "objid"), "ra", "dec", "p_merger", "status"]
-    if summary.get("path_column"):
-        cols.append(summary["path_column"])
+def _row_columns(summary: RunSummary, run: RunVectors) -> list[str]:
+    cols = [summary.id_column, "ra", "dec", "p_merger", "status"]
+    if summary.path_column:
+        cols.append(summary.path_column)
     return [*cols, run.column]
 
 
@@ -55,12 +57,12 @@ def embed_file(out: Path, image: str | Path, run: RunVectors, backend: str = "on
 
     from ..engines import load_engine
 
-    summary = _summary(out)
-    path = summary.get("engine_path")
+    summary = read_summary(out)
+    path = summary.engine_path
     if not path or not Path(path).is_file():
         raise SimilarError(f"{out}: the run's engine file {path} is not there to embed {image}")
     engine = load_engine(path, backend=backend, threads=threads)
-    if summary.get("engine_sha256") and engine.info.sha256 != summary["engine_sha256"]:
+    if summary.engine_sha256 and engine.info.sha256 != summary.engine_sha256:
         raise SimilarError(
             f"{path}: the engine file changed since the run (sha256 differs); its embedding would not match"
         )
@@ -121,8 +123,8 @@ def similar(
     if k < 1:
         raise SimilarError("--k must be >= 1")
     run = open_run(out, column)
-    summary = _summary(out)
-    id_col = summary.get("id_column", "objid")
+    summary = read_summary(out)
+    id_col = summary.id_column
     cols = _row_columns(summary, run)
     vi, built = load_index(run, rebuild=rebuild)
     if like_file is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Set as AbstractSet
 
 CSS = """
 :root { --ink:#1d232a; --mute:#5b6670; --line:#d9dee3; --accent:#1f5fa8; --bg:#f6f7f9; }
@@ -64,6 +65,17 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
+def pyplot():
+    """matplotlib.pyplot, off-screen (Agg), in the reports' style."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.spines.top": False, "axes.spines.right": False})
+    return plt
+
+
 def fig_png(fig, dpi: int = 110) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -97,7 +109,7 @@ def drawn(notes: list[str], name: str, draw, *args, default=None):
         return default
 
 
-def table(header: list[str] | None, rows: list[list], num: set[int] = frozenset()) -> str:
+def table(header: list[str] | None, rows: list[list], num: AbstractSet[int] = frozenset()) -> str:
     """Simple table; cells are escaped unless wrapped in ``Raw``; columns in ``num`` right-aligned."""
 
     def cell(i, v):
