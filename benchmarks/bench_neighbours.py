@@ -3,7 +3,7 @@ of each merger mergers?  Target: mean precision >= 0.85.
 
 Embeddings here are computed without the pipeline (the engine's own ``embedding`` output is for the
 lead to re-run this on): the default engine's network rebuilt from its file
-(:func:`mergerscan.engines.torch_model.rebuild_model`), its pooled penultimate features (the global
+(:func:`mergerscan.engines.torch.rebuild_model`), its pooled penultimate features (the global
 average pool before the head, 1280-d for EfficientNet-Lite0), raw and reduced by a PCA fitted on a
 sample of the training split; also the head's hidden layer (256-d, after ReLU).  Neighbours are
 searched among the test split only (exact Euclidean kNN with faiss ``IndexFlatL2``, the index
@@ -33,7 +33,7 @@ def features(stamps, threads: int = 2, batch: int = 32) -> dict[str, np.ndarray]
     """{"pooled": (N, 1280), "hidden": (N, 256), "logit": (N,)} from the default engine's network."""
     import torch
 
-    from mergerscan.engines.torch_model import rebuild_model
+    from mergerscan.engines.torch import rebuild_model
 
     torch.set_num_threads(threads)
     net, info = rebuild_model(default_engine_path())

@@ -67,10 +67,10 @@ def main(argv=None) -> dict:
 
     from mergerscan.atomic import atomic_write_json
     from mergerscan.cutouts.preprocess import PreprocessSpec, prepare_batch
+    from mergerscan.models import create_model
     from mergerscan.training.data import augment
     from mergerscan.training.hardware import cpu_flags, cpu_has_bf16, cpu_model, use_bf16
     from mergerscan.training.loader import BatchLoader, epoch_batches
-    from mergerscan.training.models import create_model
     from mergerscan.training.train import train_step
 
     t_start = time.perf_counter()

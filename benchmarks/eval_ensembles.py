@@ -83,7 +83,7 @@ def main() -> None:
     names, flops, logits = [], [], []
     for p in paths:
         info = read_engine_info(p)
-        names.append(info.card.get("name", p.stem))
+        names.append(info.card.name or p.stem)
         flops.append(onnx_flops(str(p), info.spec.input_size))
         z = view_logits(p, data, Path(a.cache) if a.cache else None, a.threads)
         logits.append(np.concatenate([z["val"], z["test"]], axis=1))  # val first, then test

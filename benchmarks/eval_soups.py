@@ -41,10 +41,10 @@ def main() -> None:
     import torch
 
     from mergerscan.cutouts.preprocess import PreprocessSpec
+    from mergerscan.models import create_model
     from mergerscan.training import evaluate as ev
     from mergerscan.training.data import build_labelled_set
-    from mergerscan.training.models import create_model
-    from mergerscan.training.steps import _predict_logits
+    from mergerscan.training.train import predict_logits
 
     torch.set_num_threads(a.threads)
     shape_keys = ("arch", "input_size", "pixel_scale")
@@ -61,7 +61,7 @@ def main() -> None:
 
     def score(state: dict) -> dict:
         net.load_state_dict(state)
-        z = _predict_logits(net, data.stamps[va], spec)
+        z = predict_logits(net, data.stamps[va], spec)
         p = ev.sigmoid(z / ev.fit_temperature(y, z))
         m = ev.summarize(y, p, ev.choose_threshold(y, p))
         return {

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from ..cutouts.preprocess import PreprocessSpec, _resample_matrix, _triangle
+from ..cutouts.preprocess import PreprocessSpec, resample_matrix, triangle
 from .base import VIEWS
 
 FRONT_PREFIX = "mergerscan_front/"  # node/initializer names of the front (kept fp32 in fp16 graphs)
@@ -36,7 +36,7 @@ def _constants(spec: PreprocessSpec):
     std = np.asarray(spec.std, np.float32) * 255.0
     if h % s == 0:
         return None, h // s, mean, std
-    return _resample_matrix(h, s), None, mean, std
+    return resample_matrix(h, s), None, mean, std
 
 
 def _periodic_resample(n_in: int, n_out: int):
@@ -54,10 +54,10 @@ def _periodic_resample(n_in: int, n_out: int):
     scale = n_in / n_out
     support = max(scale, 1.0)
     taps = []
-    for p in range(p_out):  # the triangle of _resample_matrix for phase p of group 0, before clipping
+    for p in range(p_out):  # the triangle of resample_matrix for phase p of group 0, before clipping
         center = scale * (p + 0.5)
         j = np.arange(math.floor(center - support - 1), math.ceil(center + support + 1) + 1)
-        w = _triangle(j, center, support)
+        w = triangle(j, center, support)
         taps.append((j[w > 0], w[w > 0] / w[w > 0].sum()))
     first, end = min(int(j[0]) for j, _ in taps), max(int(j[-1]) for j, _ in taps) + 1
     ker = np.zeros((p_out, end - first))
@@ -70,7 +70,7 @@ def _periodic_resample(n_in: int, n_out: int):
         ok = (j >= 0) & (j < n_in)
         m[i, j[ok]] = ker[p, ok]
     edge = 1.0 / m.sum(axis=1)
-    if np.abs(m * edge[:, None] - _resample_matrix(n_in, n_out)).max() > 1e-6:
+    if np.abs(m * edge[:, None] - resample_matrix(n_in, n_out)).max() > 1e-6:
         return None
     pad_lo = max(0, -first)
     pad_hi = (d - 1) * p_in + ker.shape[1] - n_in - pad_lo

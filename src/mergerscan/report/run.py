@@ -70,7 +70,7 @@ def build_report(
         return png
 
     card, card_note = engine_card(summary)
-    if not card:
+    if card is None:
         card = card_from_parquet(out)
     spec = engine_spec(summary)
 
@@ -134,7 +134,11 @@ def build_report(
         S.append(emb_html)
     if thr_png:
         S.append(sections.throughput(thr_png, thr_cap))
-    S.append(sections.provenance(provenance_rows(summary, card, thr), card.get("metrics_test") or {}))
+    S.append(
+        sections.provenance(
+            provenance_rows(summary, card, thr), card.metrics_test.to_dict() if card.metrics_test else {}
+        )
+    )
     S.append(
         sections.method(
             len(list(layout.catalog_dir.rglob("*.parquet"))),

@@ -7,9 +7,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..models import ARCHS, model_info
 from .data import AUGMENTATIONS
 from .hardware import BF16_CHOICES
-from .models import ARCH_INFO, ARCHS
 
 
 @dataclass
@@ -59,8 +59,8 @@ class TrainArguments:
             raise ValueError(f"--arch must be one of {', '.join(ARCHS)}")
         if self.experiment not in ("e1", "e2"):
             raise ValueError("--experiment must be e1 or e2")
-        if self.input_size < ARCH_INFO[self.arch].min_size:
-            raise ValueError(f"{self.arch} needs --size >= {ARCH_INFO[self.arch].min_size}")
+        if self.input_size < model_info(self.arch).min_size:
+            raise ValueError(f"{self.arch} needs --size >= {model_info(self.arch).min_size}")
         if not Path(self.catalog).is_file():
             raise FileNotFoundError(f"--catalog {self.catalog}: no such file")
         if self.epochs < 0 or self.epochs_top < 0 or self.batch_size < 2:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +159,8 @@ def fit_representation(
     """Fit, calibrate and embed (see the module docstring); returns what went into the card."""
     import onnx
 
-    from ..engines.engine_file import read_card
+    from ..engines.domain import ImageDomain
+    from ..engines.engine_file import read_engine_card
     from .data import build_labelled_set
 
     tensors = feature_tensors(onnx.load(str(engine), load_external_data=False))
@@ -174,7 +176,6 @@ def fit_representation(
     _, s_val = rep.apply(x["val"][features])
     y_val = ls.table["label"].to_numpy()[va]
     threshold = pass_threshold(s_val, y_val, pass_fraction)
-    card = read_card(engine)
     representation = {
         "features": features,
         "tensor": tensors[features],
@@ -198,7 +199,7 @@ def fit_representation(
         ),
         "val_pass": {str(c): round(float(np.mean(s_val[y_val == c] <= threshold)), 4) for c in (0, 1)},
     }
-    domain = dict(card.get("domain") or {}) | {"image": image}
+    domain = replace(read_engine_card(engine).engine_domain, image=ImageDomain.from_dict(image)).to_dict()
     out = Path(out)
     tmp = out.with_name(f".{out.name}.fit-representation.onnx")  # OUT may be ENGINE: compare, then replace
     try:
