@@ -114,3 +114,14 @@ def test_absent_entries_stay_absent_and_defaults_apply():
     assert card.engine_domain.selection is None and card.engine_domain.image is None
     assert EngineCard.from_dict({}).to_dict() == {}
     assert EngineCard.from_dict({"precision": "int8"}).file_precision == "int8"
+
+
+def test_a_partial_block_round_trips_and_a_block_made_in_code_is_written_whole():
+    partial = {"domain": {"selection": {"object_class": "galaxy", "mag_band": "r", "mag_max": 17.77}}}
+    card = EngineCard.from_dict(partial)
+    assert card.to_dict() == partial
+    narrowed = replace(card.domain.selection, mag_max=17.0, redshift_max=0.1)
+    assert narrowed.to_dict() == {"object_class": "galaxy", "mag_band": "r", "mag_max": 17.0, "redshift_max": 0.1}
+    made = DomainSelection(mag_max=17.77)  # as training writes it: every limit, None ones as null
+    assert made.to_dict()["mag_min"] is None and set(made.to_dict()) == DomainSelection.keys()
+    assert ImageDomain(score="s", threshold=1.0).to_dict() == {"score": "s", "threshold": 1.0, "description": ""}

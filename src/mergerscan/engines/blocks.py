@@ -10,7 +10,7 @@ one, and the bytes of an engine file do not change when its card is read and wri
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 B = TypeVar("B", bound="Block")
@@ -27,6 +27,12 @@ def to_json(value: Any) -> Any:
     return value
 
 
+def _default(f: Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else MISSING
+
+
 def by_count(parse: Callable[[Any], Any]) -> Callable[[Mapping], dict[int, Any]]:
     """A parser for a ``{"<view count>": ...}`` mapping: integer keys, values parsed by ``parse``."""
     return lambda d: {int(k): parse(v) for k, v in d.items()}
@@ -38,10 +44,11 @@ class Block:
     and may name a parser per key in ``PARSERS``; JSON lists become tuples."""
 
     extra: Mapping[str, Any] = field(default_factory=dict, kw_only=True, repr=False, compare=False)
-    present: frozenset[str] = field(default=frozenset(), kw_only=True, repr=False, compare=False)
+    # the known keys the JSON it was read from had (None: made in code, not read)
+    present: frozenset[str] | None = field(default=None, kw_only=True, repr=False, compare=False)
 
     PARSERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {}
-    KEEP_NONE: ClassVar[bool] = False  # write every field, None included (blocks written with asdict)
+    KEEP_NONE: ClassVar[bool] = False  # made in code: write every field, None included (as asdict did)
 
     @classmethod
     def keys(cls) -> frozenset[str]:
@@ -62,6 +69,13 @@ class Block:
             return cls.PARSERS[key](value)
         return tuple(value) if isinstance(value, list) else value
 
+    def _written(self, f: Field, value: Any) -> bool:
+        """Made in code: every value that is not None (all, with KEEP_NONE).  Read from JSON: the
+        keys it had, and any value set since (by ``dataclasses.replace``) to other than the default."""
+        if self.present is None:
+            return value is not None or self.KEEP_NONE
+        return f.name in self.present or (value is not None and value != _default(f))
+
     def to_dict(self) -> dict[str, Any]:
         out = {}
         keys = self.keys()
@@ -69,6 +83,6 @@ class Block:
             if f.name not in keys:
                 continue
             value = getattr(self, f.name)
-            if value is not None or self.KEEP_NONE or f.name in self.present:
+            if self._written(f, value):
                 out[f.name] = to_json(value)
         return out | dict(self.extra)

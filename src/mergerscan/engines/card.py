@@ -201,7 +201,7 @@ class EngineCard(Block):
     def calibration(self, views: int) -> ViewCalibration:
         """The temperature and threshold for ``views`` views (the card's own, without ``by_views``)."""
         own = (self.by_views or {}).get(views)
-        if own is not None and (own.present or own.extra):  # an empty entry falls back to the card's own
+        if own is not None and own.to_dict():  # an empty entry falls back to the card's own
             return own
         return ViewCalibration(temperature=self.temperature, threshold=self.threshold)
 
@@ -221,4 +221,4 @@ class EngineCard(Block):
 
     def without_val_curve(self) -> EngineCard:
         """The card less its validation curve (long: the output files state the operating point instead)."""
-        return replace(self, val_curve=None, present=self.present - {"val_curve"})
+        return replace(self, val_curve=None, present=(self.present or frozenset()) - {"val_curve"})
