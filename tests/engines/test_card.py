@@ -129,7 +129,7 @@ def test_a_partial_block_round_trips_and_a_block_made_in_code_is_written_whole()
 
 def test_the_card_the_output_files_state_is_the_stored_one_less_its_curve(packaged):
     """pipeline.finalize.run_meta's ``model_card``: the Parquet/FITS metadata of a run stays as it was."""
-    text, raw = packaged
+    _, raw = packaged
     card = EngineCard.from_dict(raw)
     less = {k: v for k, v in raw.items() if k != "val_curve"}
     assert json.dumps(card.without_val_curve().to_dict(), sort_keys=True) == json.dumps(less, sort_keys=True)
