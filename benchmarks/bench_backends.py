@@ -107,7 +107,7 @@ def bench_engines(a, res, peaks, cuda):
     res["engine"] = {
         "path": str(engine),
         "name": info.name,
-        "arch": info.card.get("arch"),
+        "arch": info.card.arch,
         "input_size": size,
         "sha256": info.sha256,
         "int8": str(int8) if int8 else None,

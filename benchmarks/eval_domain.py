@@ -88,7 +88,7 @@ def test_split(gz, G, eng, rep, th_d) -> dict:
     te = gz["split"].to_numpy() == "test"
     y = gz["label"].to_numpy()[te]
     p = eng.calibrate(G["logit"][te, 0])
-    _, d = rep.apply(G[eng.info.card["representation"]["features"]][te])
+    _, d = rep.apply(G[eng.info.card.representation.features][te])
     keep = d <= th_d
     t = eng.info.threshold
     before, after = ev.per_class(y, p, t), ev.per_class(y, np.where(keep, p, 0.0), t)
@@ -109,7 +109,7 @@ def test_split(gz, G, eng, rep, th_d) -> dict:
 def frames(ft, F, stamps, eng, rep, th_d) -> dict:
     """Flagged before / after on the frames' sources, by eye; galleries of rejected / kept."""
     p = eng.calibrate(F["logit"][:, 0])
-    _, d = rep.apply(F[eng.info.card["representation"]["features"]])
+    _, d = rep.apply(F[eng.info.card.representation.features])
     t = eng.info.threshold
     before, after = p >= t, (p >= t) & (d <= th_d)
     rows = []
@@ -183,7 +183,7 @@ def frames(ft, F, stamps, eng, rep, th_d) -> dict:
 def spot_check(eng, stamps, rows, rep, F) -> float:
     """Max |domain_score(graph) - block applied to the cached features| on ``rows``."""
     got = eng.score(np.ascontiguousarray(stamps[rows])).domain_score
-    _, ref = rep.apply(F[eng.info.card["representation"]["features"]][rows])
+    _, ref = rep.apply(F[eng.info.card.representation.features][rows])
     err = float(np.max(np.abs(got - ref)))
     if err > 1e-4 * max(1.0, float(np.abs(ref).max())):
         raise SystemExit(f"the engine's domain_score differs from the cached features' by {err:.2e}")
@@ -209,7 +209,7 @@ def main():
         "engine": eng.info.name,
         "engine_sha256": eng.info.sha256,
         "p_threshold": eng.info.threshold,
-        "domain": eng.info.card["domain"]["image"],
+        "domain": eng.info.card.domain.image.to_dict(),
         "test_split": test_split(gz, G, eng, rep, th_d),
         "frames": fr,
         "graph_vs_cached_max_abs": spot_check(eng, stamps, check, rep, F),

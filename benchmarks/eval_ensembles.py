@@ -81,8 +81,8 @@ def main() -> None:
     names, flops, logits = [], [], []
     for p in paths:
         info = read_engine_info(p)
-        names.append(info.card.get("name", p.stem))
-        flops.append(onnx_flops(p))
+        names.append(info.card.name or p.stem)
+        flops.append(onnx_flops(str(p), info.spec.input_size))
         z = view_logits(p, data, Path(a.cache) if a.cache else None, a.threads)
         logits.append(np.concatenate([z["val"], z["test"]], axis=1))  # val first, then test
         print(f"{names[-1]}: {flops[-1] / 1e9:.3f} GFLOP per view", flush=True)

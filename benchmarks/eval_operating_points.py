@@ -76,7 +76,7 @@ def main() -> None:
             "engine": info.name,
             "views": info.views,
             "n_test": len(y),
-            "curve_source": (info.card.get(operating.CURVE_KEY) or {}).get("source"),
+            "curve_source": info.card.val_curve.source if info.card.val_curve else None,
             "rows": rows,
         },
     )

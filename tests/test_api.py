@@ -95,7 +95,7 @@ def test_plain_python_session(field, cheap_engine):
         table = pd.read_csv({str(d / "cat.csv")!r})
         out = mergerscan.score(table, images={str(d / "stamps")!r}, engine=engine)
         print(json.dumps({{
-            "card": engine.card["name"], "size": engine.spec.input_size, "p": [float(v) for v in p],
+            "card": engine.card.name, "size": engine.spec.input_size, "p": [float(v) for v in p],
             "rows": len(out), "columns": list(out.columns), "status": out["status"].value_counts().to_dict(),
             "input_row": out["input_row"].tolist(), "distributed": "distributed" in sys.modules,
         }}))

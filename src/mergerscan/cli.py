@@ -132,18 +132,21 @@ def _engine_info_parser(sub):
 
 def engine_info_lines(info) -> list[str]:
     """``mergerscan engine-info``'s text: identity, operating point, training, domain, test metrics."""
-    card, dom = info.card, info.domain
-    m = card.get("metrics_test") or {}
+    card, dom, t = info.card, info.domain, info.card.training
     sel = dom.selection
+
+    def known(v) -> str:
+        return "?" if v is None else str(v)
+
     lines = [
         f"engine        {info.name}",
         f"file          {info.path}",
         f"sha256        {info.sha256}",
-        f"model         {card.get('arch', '?')}, {info.spec.input_size} px input, "
+        f"model         {known(card.arch)}, {info.spec.input_size} px input, "
         f"{info.spec.stamp_pixels} px stamps at {info.spec.pixel_scale:g} arcsec/px",
         f"operating     {info.views} view(s): threshold {info.threshold:.4f}, temperature {info.temperature:.4f}",
-        f"training      {card.get('labels', '?')}; catalog {card.get('catalog', '?')}, "
-        f"{card.get('n_train', '?')} train / {card.get('n_val', '?')} val / {card.get('n_test', '?')} test",
+        f"training      {known(t.labels)}; catalog {known(t.catalog)}, "
+        f"{known(t.n_train)} train / {known(t.n_val)} val / {known(t.n_test)} test",
         "domain        " + (sel.describe() if sel else "no training selection recorded"),
     ]
     if sel and sel.reference:
@@ -160,8 +163,9 @@ def engine_info_lines(info) -> list[str]:
     from .pipeline.arguments import EMBEDDINGS_DEFAULT
 
     lines.append("representation " + describe(card, EMBEDDINGS_DEFAULT))
+    m = card.metrics_test.floats() if card.metrics_test else {}
     if m:
-        lines.append("test metrics  " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.items()) if isinstance(v, float)))
+        lines.append("test metrics  " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
     return lines
 
 
@@ -175,7 +179,8 @@ def _engine_info(ap, a):
     except (OSError, ValueError) as exc:
         ap.exit(EXIT_BAD_INPUT, f"mergerscan engine-info: error: {engine_file(ap, a)}: {exc}\n")
     if a.json:
-        print(json.dumps({"path": info.path, "sha256": info.sha256, "card": info.card}, indent=1, sort_keys=True))
+        card = info.card.to_dict()
+        print(json.dumps({"path": info.path, "sha256": info.sha256, "card": card}, indent=1, sort_keys=True))
     else:
         print("\n".join(engine_info_lines(info)))
 

@@ -15,6 +15,8 @@ Tolerances on probabilities over 16 real SDSS stamps, (max |dp|, mean |dp|):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -115,7 +117,7 @@ def test_predict_shape_range_and_empty(reference, stamps):
 def test_temperature_applied(engine_path, stamps, reference):
     eng = load_engine(engine_path, threads=2)
     z = eng.logits(prepare_batch(stamps, eng.spec))
-    eng.info.card["temperature"] = 2.0
+    eng.info = replace(eng.info, card=replace(eng.info.card, temperature=2.0))
     np.testing.assert_allclose(eng.predict(stamps), _sigmoid(z / 2.0), atol=1e-6)
 
 
@@ -273,7 +275,7 @@ def test_torch_rebuild_folds_batchnorm_like_the_exporter(engine_path):
     from mergerscan.engines.torch import rebuild_model
 
     net, info = rebuild_model(engine_path)
-    assert info.card["arch"] == "efficientnet_lite0"
+    assert info.card.arch == "efficientnet_lite0"
     assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())  # all conv->BN folded
 
 
@@ -339,7 +341,7 @@ def test_trt_fp16_graph_parity_in_onnxruntime(engine_path, stamps, reference, tm
     assert m.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert any(i.data_type == TensorProto.FLOAT16 for i in m.graph.initializer)
     eng = load_engine(f16, threads=2)
-    assert eng.info.card["precision"] == "fp16" and eng.spec == reference[0].spec
+    assert eng.info.card.precision == "fp16" and eng.spec == reference[0].spec
     _close(eng.predict(stamps), reference[1], "fp16")
 
 

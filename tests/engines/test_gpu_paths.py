@@ -74,7 +74,7 @@ def test_front_equals_prepare_batch_on_real_stamps(real_stamps, size, views):
 def test_resample_as_convolution_is_the_matrix():
     """Every input size the convolution form takes reproduces prepare_batch's matrix; sizes without
     a period fall back to the matrix product (None)."""
-    from mergerscan.cutouts.preprocess import _resample_matrix
+    from mergerscan.cutouts.preprocess import resample_matrix
     from mergerscan.engines.front import _periodic_resample
 
     taken = 0
@@ -88,7 +88,7 @@ def test_resample_as_convolution_is_the_matrix():
         n_groups = (padded.shape[1] - ker.shape[1]) // stride + 1
         out = np.stack([padded[:, g * stride : g * stride + ker.shape[1]] @ ker.T for g in range(n_groups)], axis=1)
         m = out.reshape(256, size).T * edge[:, None]
-        assert np.abs(m - _resample_matrix(256, size)).max() < 1e-6, size
+        assert np.abs(m - resample_matrix(256, size)).max() < 1e-6, size
     assert taken == len(range(64, 256, 2))  # every even size; an odd one shares no period with 256
     assert _periodic_resample(256, 161) is None
 
@@ -178,7 +178,7 @@ def test_int8_export_is_symmetric(small_engine, real_stamps, tmp_path):
         k: (z.dtype, z.ravel()[:3]) for k, z in zps.items() if not np.all(z == 0) or z.dtype != np.int8
     }
     eng = load_engine(q, threads=2)
-    assert eng.precision == "int8" and eng.info.card["quantization"] == "symmetric-s8s8-qdq"
+    assert eng.precision == "int8" and eng.info.card.quantization == "symmetric-s8s8-qdq"
     ref = load_engine(small_engine, threads=2).predict(real_stamps)
     assert np.abs(eng.predict(real_stamps) - ref).mean() < 0.05
     with pytest.raises(ValueError, match="int8"):
@@ -228,7 +228,7 @@ def test_trt_fp16_temporaries_are_unique(small_engine, tmp_path):
     [t.start() for t in ts]
     [t.join() for t in ts]
     assert out.is_file() and [f.name for f in tmp_path.iterdir()] == [out.name]
-    assert load_engine(out).info.card["precision"] == "fp16"
+    assert load_engine(out).info.card.precision == "fp16"
 
 
 # ---------------------------------------------------------------- shared execution state

@@ -188,7 +188,7 @@ def test_packaged_default_engine_has_the_block_on_every_cpu_backend(real_stamps)
 
     ort = load_engine(default_engine_path(), threads=2)
     assert ort.has_representation and ort.info.domain.image.threshold > 0
-    assert ort.info.card["representation"]["k"] == 64 and ort.info.card["representation"]["features"] == "backbone_pool"
+    assert ort.info.card.representation.k == 64 and ort.info.card.representation.features == "backbone_pool"
     ref = ort.score(real_stamps[:12], features=True)
     got = load_engine(default_engine_path(), backend="torch", threads=2).score(real_stamps[:12], features=True)
     assert np.abs(got.p_merger - ref.p_merger).max() <= 1e-5

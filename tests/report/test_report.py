@@ -60,7 +60,7 @@ def run_dir(tmp_path_factory):
         "threshold": thr,
         "mergerscan_version": __version__,
         "source": "stamps",
-        "model_card": json.dumps(info.card),
+        "model_card": json.dumps(info.card.to_dict()),
     }
     for k in range(6):
         ra0, dec0 = patches[k % 3]
@@ -184,7 +184,7 @@ def test_page_content(run_dir, report):
     for text in (
         info.sha256,
         info.name,
-        f"{info.card['metrics_test']['roc_auc']:.4f}",
+        f"{info.card.metrics_test.roc_auc:.4f}",
         "--keep-columns",
         "reservoir",
         "300 scored rows",

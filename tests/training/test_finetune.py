@@ -23,7 +23,7 @@ from mergerscan.cutouts.preprocess import PreprocessSpec
 from mergerscan.engines import load_engine, read_engine_info
 from mergerscan.engines.base import file_sha256
 from mergerscan.engines.engine_file import write_metadata
-from mergerscan.engines.torch_model import rebuild_model
+from mergerscan.engines.torch import rebuild_model
 from mergerscan.training.data import build_labelled_set, subsample_train, with_splits
 
 
@@ -119,7 +119,7 @@ def test_finetune_from_the_packaged_engine_on_real_stamps(gz_dir, dask_client, t
     )  # fmt: skip
     card = read_engine_info(run / "model.onnx").card
     default = read_engine_info(mergerscan.engines.default_engine_path())
-    assert card["finetuned_from"]["sha256"] == default.sha256 and card["input_size"] == 224
+    assert card.training.finetuned_from["sha256"] == default.sha256 and card.training.input_size == 224
     assert read_engine_info(run / "model.onnx").spec == default.spec
     ids = pd.read_csv(gz_dir / "catalog.csv").head(5)[["id", "ra", "dec"]]
     ids.to_csv(tmp_path / "few.csv", index=False)

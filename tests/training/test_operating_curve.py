@@ -12,6 +12,7 @@ import onnx
 
 from mergerscan.cli import main
 from mergerscan.engines import load_engine
+from mergerscan.engines.card import EngineCard
 from mergerscan.engines.engine_file import read_card, write_metadata
 from mergerscan.engines.operating import CURVE_KEY, card_curve, for_engine
 from mergerscan.training.data import build_labelled_set
@@ -37,7 +38,7 @@ def test_calibrate_and_operating_curve_write_the_engines_validation_counts(tmp_p
     for n in (1, 2):
         e = load_engine(tmp_path / "cal.onnx", views=n)
         p = e.predict(np.asarray(ds.stamps[va]))
-        curve = card_curve(card, n)
+        curve = card_curve(EngineCard.from_dict(card), n)
         assert (curve.n_pos, curve.n_neg) == (y.sum(), (~y).sum())
         # between two validation scores (the engine's own preprocessing path may differ by ~1e-7)
         th = curve.thresholds.astype(np.float64)

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from mergerscan.cutouts.preprocess import PreprocessSpec, prepare_batch
-from mergerscan.models import MissingWeightsError, create_model
+from mergerscan.models import MissingWeightsError, create_model, trainable_tail
 from mergerscan.training import evaluate as ev
 from mergerscan.training.data import assign_splits, build_labelled_set, object_groups
-from mergerscan.training.models import trainable_tail
 
 
 def test_object_groups_link_close_pairs_and_companions():
@@ -207,7 +206,7 @@ def test_model_registry_config_travels_with_the_weights(tmp_path):
         net, PreprocessSpec(input_size=32), {"name": "cfg", "arch": "efficientnet_lite0"}, tmp_path / "cfg.onnx"
     )
     back, info = rebuild_model(path)
-    assert info.card["model"] == {"arch": "efficientnet_lite0", "hidden": 32, "dropout": 0.1}
+    assert info.card.model.to_dict() == {"arch": "efficientnet_lite0", "hidden": 32, "dropout": 0.1}
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(back(x), net(x), atol=1e-4)
@@ -341,7 +340,7 @@ def test_smoke_train_loss_falls_and_export_roundtrips(tmp_path, gz_dir):
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert res["card"]["onnx_parity_max_abs"] < 1e-4
     eng = load_engine(tmp_path / "run" / "model.onnx")
-    assert eng.spec.input_size == 64 and eng.info.card["arch"] == "efficientnet_lite0"
+    assert eng.spec.input_size == 64 and eng.info.card.arch == "efficientnet_lite0"
     scores = np.load(tmp_path / "run" / "test_scores.npz", allow_pickle=False)
     data = build_labelled_set(gz_dir / "catalog.csv", limit_per_class=40, cache=str(tmp_path / "cache"))
     idx = [int(np.flatnonzero(data.table["id"].to_numpy() == i)[0]) for i in scores["id"][:8]]
@@ -351,7 +350,7 @@ def test_smoke_train_loss_falls_and_export_roundtrips(tmp_path, gz_dir):
     from mergerscan.engines.operating import card_curve
 
     curve = card_curve(eng.info.card, 1)
-    assert curve is not None and curve.n_pos + curve.n_neg == eng.info.card["n_val"]
+    assert curve is not None and curve.n_pos + curve.n_neg == eng.info.card.training.n_val
     va = data.indices("val")
     pv = eng.predict(np.asarray(data.stamps[va]))
     y = data.table["label"].to_numpy()[va].astype(bool)

@@ -97,7 +97,7 @@ def prepare_batch(stamps: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         scale = (1.0 / (f * f * std)).astype(np.float32)  # block mean and normalisation in one pass
         y = x.astype(np.float32) * scale - (mean / std).astype(np.float32)
         return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
-    a = _resample_matrix(h, s)  # (s, h): rows sum to 1
+    a = resample_matrix(h, s)  # (s, h): rows sum to 1
     # separable: out[c] = A @ img[c] @ A.T, as two large 2-D GEMMs over the whole batch
     t = x.astype(np.float32).transpose(0, 3, 1, 2).reshape(-1, h)  # (n*3*h, h): rows of each band
     y = (t @ a.T).reshape(n, 3, h, s).transpose(0, 1, 3, 2).reshape(-1, h)  # (n*3*s, h)
@@ -109,7 +109,7 @@ def prepare_batch(stamps: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _resample_matrix(n_in: int, n_out: int) -> np.ndarray:
+def resample_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) weights of antialiased bilinear downsampling - the triangle kernel widened by
     the scale factor, normalised per output pixel - exactly as torch's
     ``F.interpolate(mode="bilinear", antialias=True, align_corners=False)`` (and PIL) compute them
@@ -121,12 +121,12 @@ def _resample_matrix(n_in: int, n_out: int) -> np.ndarray:
         center = scale * (i + 0.5)
         lo = max(int(center - support + 0.5), 0)
         hi = min(int(center + support + 0.5), n_in)
-        w = _triangle(np.arange(lo, hi), center, support)
+        w = triangle(np.arange(lo, hi), center, support)
         m[i, lo:hi] = w / w.sum()
     return m.astype(np.float32)
 
 
-def _triangle(j: np.ndarray, center: float, support: float) -> np.ndarray:
+def triangle(j: np.ndarray, center: float, support: float) -> np.ndarray:
     """Unnormalised weights of input pixels ``j`` for an output pixel centred at ``center`` (in
     input pixels): the bilinear triangle widened to ``support``."""
     return np.clip(1.0 - np.abs((j - center + 0.5) * (1.0 / support)), 0.0, None)

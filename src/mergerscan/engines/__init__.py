@@ -7,6 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 from .base import BackendUnavailable, Engine, EngineInfo, EngineOutput, read_engine_info
+from .card import EngineCard
 from .domain import DomainSelection, EngineDomain, ImageDomain
 from .registry import (
     BackendSpec,
@@ -75,6 +76,7 @@ __all__ = [
     "BackendUnavailable",
     "DomainSelection",
     "Engine",
+    "EngineCard",
     "EngineDomain",
     "EngineInfo",
     "EngineOutput",

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cutouts.preprocess import PreprocessSpec, prepare_batch
+from .card import EngineCard
 from .domain import EngineDomain, saturated_core
 from .engine_file import CARD_KEY, SPEC_KEY, card_of, load_metadata, require_spec
 
@@ -28,6 +29,7 @@ __all__ = [
     "VIEWS",
     "BackendUnavailable",
     "Engine",
+    "EngineCard",
     "EngineInfo",
     "EngineOutput",
     "dihedral_views",
@@ -80,18 +82,18 @@ def file_sha256(path: str | Path) -> str:
 
 @dataclass
 class EngineInfo:
-    """What a model file says about itself."""
+    """What a model file says about itself: its preprocessing spec and its card."""
 
     path: str
     sha256: str
     spec: PreprocessSpec
-    card: dict = field(default_factory=dict)
+    card: EngineCard = field(default_factory=EngineCard)
     views: int = 0  # 0 (or None): the card's default ("views", else 1)
 
     def __post_init__(self):
         if not self.views:
-            self.views = int(self.card.get("views", 1))
-        allowed = {int(k) for k in self.card.get("by_views", {})} | {int(self.card.get("views", 1))}
+            self.views = self.card.default_views
+        allowed = self.card.calibrated_views()
         if self.views not in allowed:
             raise ValueError(
                 f"{self.path}: engine {self.name} has a threshold and temperature for "
@@ -103,27 +105,26 @@ class EngineInfo:
 
     @property
     def name(self) -> str:
-        return self.card.get("name") or Path(self.path).stem
-
-    def _calibration(self) -> dict:
-        return self.card.get("by_views", {}).get(str(self.views)) or self.card
+        return self.card.name or Path(self.path).stem
 
     @property
     def domain(self) -> EngineDomain:
         """The training domain the card records (both halves None for engines without one)."""
-        return EngineDomain.from_card(self.card)
+        return self.card.engine_domain
 
     @property
     def threshold(self) -> float:
-        return float(self._calibration().get("threshold", 0.5))
+        t = self.card.calibration(self.views).threshold
+        return 0.5 if t is None else float(t)
 
     @property
     def temperature(self) -> float:
-        return float(self._calibration().get("temperature", 1.0))
+        t = self.card.calibration(self.views).temperature
+        return 1.0 if t is None else float(t)
 
     @classmethod
     def from_metadata(cls, path, meta: dict) -> EngineInfo:
-        return cls(str(path), file_sha256(path), require_spec(meta, path), card_of(meta))
+        return cls(str(path), file_sha256(path), require_spec(meta, path), EngineCard.from_dict(card_of(meta)))
 
 
 def read_engine_info(path: str | Path) -> EngineInfo:
@@ -166,8 +167,7 @@ class Engine:
         return self.info.spec
 
     @property
-    def card(self):
-        """The engine file's model card (the one accessor: it becomes typed with the card object)."""
+    def card(self) -> EngineCard:
         return self.info.card
 
     @property
@@ -249,7 +249,7 @@ class Engine:
             return self.stamp_logits(stamps), None, None
         parts = self._chunks(self._stamp_outputs, stamps)
         if not parts:
-            k = int((self.info.card.get("representation") or {}).get("k", 0))
+            k = self.info.card.n_components
             return np.zeros(0, np.float64), np.zeros((0, k), np.float32), np.zeros(0, np.float32)
         return (
             np.concatenate([np.asarray(p[0], np.float64).reshape(-1) for p in parts]),

@@ -9,26 +9,24 @@ Two halves, each optional:
   the engine from the network's penultimate features (larger = farther from the training
   galaxies) and the threshold calibrated on validation.
 
-The card stays JSON; these typed views are what the rest of the package reads.
+These are blocks of the typed card (:class:`mergerscan.engines.card.EngineCard`, ``.domain``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-
-def _from_dict(cls, data: dict | None):
-    if not data:
-        return None
-    known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in known})
+from .blocks import Block
 
 
 @dataclass(frozen=True)
-class DomainSelection:
+class DomainSelection(Block):
     """The training set's selection (None: not constrained / not known)."""
+
+    KEEP_NONE: ClassVar[bool] = True  # every limit is written, None ones as null
 
     object_class: str | None = "galaxy"
     mag_band: str | None = None  # e.g. "r"
@@ -84,7 +82,7 @@ def saturated_core(stamps: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ImageDomain:
+class ImageDomain(Block):
     """The image-level check: ``score`` names the per-row statistic, ``threshold`` its cut
     (rows with a score above it are outside the domain); ``max_saturated_core``: rows whose
     :func:`saturated_core` exceeds it are outside too (None: not applied)."""
@@ -94,23 +92,14 @@ class ImageDomain:
     description: str = ""
     pass_fraction: float | None = None  # the share of each class's validation galaxies that pass
     max_saturated_core: int | None = None
+    val_pass: dict[str, float] | None = None  # {"0": share, "1": share} of each class that pass
 
 
 @dataclass(frozen=True)
-class EngineDomain:
+class EngineDomain(Block):
+    """The card's ``domain`` block: both halves None for an engine without one."""
+
     selection: DomainSelection | None = None
     image: ImageDomain | None = None
 
-    @classmethod
-    def from_card(cls, card: dict) -> EngineDomain:
-        d = card.get("domain") or {}
-        return cls(_from_dict(DomainSelection, d.get("selection")), _from_dict(ImageDomain, d.get("image")))
-
-    def to_card(self) -> dict:
-        """The ``card["domain"]`` JSON (halves that are None are left out)."""
-        out = {}
-        if self.selection is not None:
-            out["selection"] = asdict(self.selection)
-        if self.image is not None:
-            out["image"] = asdict(self.image)
-        return out
+    PARSERS: ClassVar = {"selection": DomainSelection.from_dict, "image": ImageDomain.from_dict}

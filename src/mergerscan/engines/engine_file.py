@@ -2,7 +2,9 @@
 model card, stored in the ONNX ``metadata_props`` under ``mergerscan.spec`` / ``mergerscan.card``.
 
 Everything else (the backends, export, quantisation, calibration, the fp16 converters) goes through
-these functions, so the keys, the JSON form of the card and the atomic write exist once.
+these functions, so the keys, the JSON form of the card and the atomic write exist once.  The card's
+JSON (``card_of``, ``read_card``) is what writers update; readers take the typed
+:class:`~mergerscan.engines.card.EngineCard` (``read_engine_card``, ``EngineInfo.card``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from ..atomic import atomic_path
 from ..cutouts.preprocess import PreprocessSpec
+from .card import EngineCard
 
 SPEC_KEY, CARD_KEY = "mergerscan.spec", "mergerscan.card"
 
@@ -36,6 +39,7 @@ def require_spec(meta: dict[str, str], path: str | Path) -> PreprocessSpec:
 
 
 def card_of(meta: dict[str, str]) -> dict:
+    """The card's JSON (a dict; ``{}`` for a file without one)."""
     return json.loads(meta.get(CARD_KEY, "{}"))
 
 
@@ -44,21 +48,30 @@ def read_spec(path: str | Path) -> PreprocessSpec:
 
 
 def read_card(path: str | Path) -> dict:
+    """The card's JSON, as stored (for writers that update it)."""
     return card_of(load_metadata(path))
 
 
+def read_engine_card(path: str | Path) -> EngineCard:
+    """The card as the typed object the package reads."""
+    return EngineCard.from_dict(read_card(path))
+
+
 def set_metadata(
-    model: Any, spec: PreprocessSpec | str | None = None, card: dict | None = None, card_updates: dict | None = None
+    model: Any,
+    spec: PreprocessSpec | str | None = None,
+    card: EngineCard | dict | None = None,
+    card_updates: dict | None = None,
 ) -> Any:
-    """Put ``spec`` and the card (``card``, or the model's own card updated with ``card_updates``)
-    into ``model``'s metadata, in place; other keys are kept.  Returns the model."""
+    """Put ``spec`` and the card (``card``, or the model's own card updated with ``card_updates``,
+    the JSON of the card's top-level entries) into ``model``'s metadata, in place; other keys are
+    kept.  Returns the model."""
     meta = metadata(model)
     if spec is not None:
         meta[SPEC_KEY] = spec if isinstance(spec, str) else spec.to_json()
     if card is not None or card_updates:
-        meta[CARD_KEY] = json.dumps(
-            (card_of(meta) if card is None else dict(card)) | (card_updates or {}), sort_keys=True
-        )
+        base = card_of(meta) if card is None else card.to_dict() if isinstance(card, EngineCard) else dict(card)
+        meta[CARD_KEY] = json.dumps(base | (card_updates or {}), sort_keys=True)
     del model.metadata_props[:]
     for k, v in sorted(meta.items()):
         entry = model.metadata_props.add()
@@ -87,7 +100,7 @@ def write_metadata(
     path: str | Path,
     out_path: str | Path | None = None,
     spec: PreprocessSpec | None = None,
-    card: dict | None = None,
+    card: EngineCard | dict | None = None,
     card_updates: dict | None = None,
 ) -> Path:
     """Rewrite an engine file's spec and/or card into ``out_path`` (default: in place), atomically.

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from ..cutouts.preprocess import PreprocessSpec, _resample_matrix, _triangle
+from ..cutouts.preprocess import PreprocessSpec, resample_matrix, triangle
 from .base import VIEWS
 
 FRONT_PREFIX = "mergerscan_front/"  # node/initializer names of the front (kept fp32 in fp16 graphs)
@@ -36,7 +36,7 @@ def _constants(spec: PreprocessSpec):
     std = np.asarray(spec.std, np.float32) * 255.0
     if h % s == 0:
         return None, h // s, mean, std
-    return _resample_matrix(h, s), None, mean, std
+    return resample_matrix(h, s), None, mean, std
 
 
 def _periodic_resample(n_in: int, n_out: int):
@@ -54,10 +54,10 @@ def _periodic_resample(n_in: int, n_out: int):
     scale = n_in / n_out
     support = max(scale, 1.0)
     taps = []
-    for p in range(p_out):  # the triangle of _resample_matrix for phase p of group 0, before clipping
+    for p in range(p_out):  # the triangle of resample_matrix for phase p of group 0, before clipping
         center = scale * (p + 0.5)
         j = np.arange(math.floor(center - support - 1), math.ceil(center + support + 1) + 1)
-        w = _triangle(j, center, support)
+        w = triangle(j, center, support)
         taps.append((j[w > 0], w[w > 0] / w[w > 0].sum()))
     first, end = min(int(j[0]) for j, _ in taps), max(int(j[-1]) for j, _ in taps) + 1
     ker = np.zeros((p_out, end - first))
@@ -70,7 +70,7 @@ def _periodic_resample(n_in: int, n_out: int):
         ok = (j >= 0) & (j < n_in)
         m[i, j[ok]] = ker[p, ok]
     edge = 1.0 / m.sum(axis=1)
-    if np.abs(m * edge[:, None] - _resample_matrix(n_in, n_out)).max() > 1e-6:
+    if np.abs(m * edge[:, None] - resample_matrix(n_in, n_out)).max() > 1e-6:
         return None
     pad_lo = max(0, -first)
     pad_hi = (d - 1) * p_in + ker.shape[1] - n_in - pad_lo
@@ -79,86 +79,102 @@ def _periodic_resample(n_in: int, n_out: int):
     return ker.astype(np.float32), pad_lo, pad_hi, p_in, edge.astype(np.float32)
 
 
-def front_nodes(spec: PreprocessSpec, views: int, src: str, dst: str):
-    """ONNX (nodes, initializers): uint8 NHWC ``src`` -> float32 (V*N,3,S,S) ``dst``."""
-    from onnx import TensorProto, helper, numpy_helper
+class _Graph:
+    """The front's nodes and initializers as they are added (every name under FRONT_PREFIX)."""
 
+    def __init__(self):
+        self.nodes: list = []
+        self.inits: list = []
+
+    def const(self, name, arr):
+        from onnx import numpy_helper
+
+        if not any(i.name == FRONT_PREFIX + name for i in self.inits):
+            self.inits.append(numpy_helper.from_array(np.asarray(arr), FRONT_PREFIX + name))
+        return FRONT_PREFIX + name
+
+    def node(self, op, inputs, out, **attrs):
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, [FRONT_PREFIX + out], name=FRONT_PREFIX + out, **attrs))
+        return FRONT_PREFIX + out
+
+
+def _banded(g: _Graph, x, spec: PreprocessSpec, band, mean, std):
+    """The resample as strided convolutions (~1/20 of the dense FLOPs), then the normalisation."""
+    ker, pad_lo, pad_hi, stride, edge = band
+    h, s = spec.stamp_pixels, spec.input_size
+    x = g.node("Reshape", [x, g.const("planes_shape", np.array([-1, 1, h, h], np.int64))], "planes")
+    x = g.node(
+        "Conv", [x, g.const("ker_w", ker[:, None, None, :])], "conv_w", strides=[1, stride], pads=[0, pad_lo, 0, pad_hi]
+    )  # (B, phase, h, group)
+    x = g.node("Transpose", [x], "phase_w", perm=[0, 2, 3, 1])
+    x = g.node("Reshape", [x, g.const("rows_shape", np.array([-1, 1, h, s], np.int64))], "resample_w")
+    x = g.node(
+        "Conv", [x, g.const("ker_h", ker[:, None, :, None])], "conv_h", strides=[stride, 1], pads=[pad_lo, 0, pad_hi, 0]
+    )  # (B, phase, group, s)
+    x = g.node("Transpose", [x], "phase_h", perm=[0, 2, 1, 3])
+    x = g.node("Reshape", [x, g.const("bands_shape", np.array([-1, 3, s, s], np.int64))], "resample_h")
+    # edge renormalisation and 1/std in one product, then the mean
+    x = g.node("Mul", [x, g.const("edge_scale", np.outer(edge, edge)[None, None] / std.reshape(3, 1, 1))], "scaled")
+    return g.node("Sub", [x, g.const("offset", (mean / std).astype(np.float32).reshape(1, 3, 1, 1))], "normalised")
+
+
+def _resampled(g: _Graph, x, spec: PreprocessSpec):
+    """Resize and normalisation of the float NCHW stamps, as prepare_batch does them."""
     a, f, mean, std = _constants(spec)
-    P = FRONT_PREFIX
-    nodes: list = []
-    inits: list = []
-
-    def const(name, arr):
-        if not any(i.name == P + name for i in inits):
-            inits.append(numpy_helper.from_array(np.asarray(arr), P + name))
-        return P + name
-
-    def node(op, inputs, out, **attrs):
-        nodes.append(helper.make_node(op, inputs, [P + out], name=P + out, **attrs))
-        return P + out
-
-    x = node("Cast", [src], "float", to=TensorProto.FLOAT)
-    x = node("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
     band = _periodic_resample(spec.stamp_pixels, spec.input_size) if a is not None else None
-    if band is not None:  # the same resample as strided convolutions: ~1/20 of the dense FLOPs
-        ker, pad_lo, pad_hi, stride, edge = band
-        h, s = spec.stamp_pixels, spec.input_size
-        x = node("Reshape", [x, const("planes_shape", np.array([-1, 1, h, h], np.int64))], "planes")
-        x = node(
-            "Conv",
-            [x, const("ker_w", ker[:, None, None, :])],
-            "conv_w",
-            strides=[1, stride],
-            pads=[0, pad_lo, 0, pad_hi],
-        )  # (B, phase, h, group)
-        x = node("Transpose", [x], "phase_w", perm=[0, 2, 3, 1])
-        x = node("Reshape", [x, const("rows_shape", np.array([-1, 1, h, s], np.int64))], "resample_w")
-        x = node(
-            "Conv",
-            [x, const("ker_h", ker[:, None, :, None])],
-            "conv_h",
-            strides=[stride, 1],
-            pads=[pad_lo, 0, pad_hi, 0],
-        )  # (B, phase, group, s)
-        x = node("Transpose", [x], "phase_h", perm=[0, 2, 1, 3])
-        x = node("Reshape", [x, const("bands_shape", np.array([-1, 3, s, s], np.int64))], "resample_h")
-        # edge renormalisation and 1/std in one product, then the mean
-        x = node("Mul", [x, const("edge_scale", np.outer(edge, edge)[None, None] / std.reshape(3, 1, 1))], "scaled")
-        x = node("Sub", [x, const("offset", (mean / std).astype(np.float32).reshape(1, 3, 1, 1))], "normalised")
-    elif a is not None:  # separable antialiased bilinear: A @ img @ A.T per band
-        x = node("MatMul", [x, const("resample_t", np.ascontiguousarray(a.T))], "resample_w")
-        x = node("MatMul", [const("resample", a), x], "resample_h")
-        x = node("Sub", [x, const("mean", mean.reshape(1, 3, 1, 1))], "centred")
-        x = node("Div", [x, const("std", std.reshape(1, 3, 1, 1))], "normalised")
-    else:  # integer ratio: block mean, then one multiply-add (as prepare_batch)
-        if f > 1:
-            x = node("AveragePool", [x], "block_mean", kernel_shape=[f, f], strides=[f, f])
-        x = node("Mul", [x, const("scale", (1.0 / std).astype(np.float32).reshape(1, 3, 1, 1))], "scaled")
-        x = node("Sub", [x, const("offset", (mean / std).astype(np.float32).reshape(1, 3, 1, 1))], "normalised")
-    if views == 1:
-        nodes.append(helper.make_node("Identity", [x], [dst], name=P + "views"))
-        return nodes, inits
-    big = const("big", np.array([-(2**62)], np.int64))
-    neg = const("minus_one", np.array([-1], np.int64))
-    step = const("step", np.array([-1], np.int64))
+    if band is not None:
+        return _banded(g, x, spec, band, mean, std)
+    if a is not None:  # separable antialiased bilinear: A @ img @ A.T per band
+        x = g.node("MatMul", [x, g.const("resample_t", np.ascontiguousarray(a.T))], "resample_w")
+        x = g.node("MatMul", [g.const("resample", a), x], "resample_h")
+        x = g.node("Sub", [x, g.const("mean", mean.reshape(1, 3, 1, 1))], "centred")
+        return g.node("Div", [x, g.const("std", std.reshape(1, 3, 1, 1))], "normalised")
+    if f > 1:  # integer ratio: block mean, then one multiply-add (as prepare_batch)
+        x = g.node("AveragePool", [x], "block_mean", kernel_shape=[f, f], strides=[f, f])
+    x = g.node("Mul", [x, g.const("scale", (1.0 / std).astype(np.float32).reshape(1, 3, 1, 1))], "scaled")
+    return g.node("Sub", [x, g.const("offset", (mean / std).astype(np.float32).reshape(1, 3, 1, 1))], "normalised")
+
+
+def _view_outputs(g: _Graph, x, views: int) -> list:
+    """The batch under each dihedral view (np.rot90 over axes (2, 3), then a flip of axis 3)."""
+    big = g.const("big", np.array([-(2**62)], np.int64))
+    neg = g.const("minus_one", np.array([-1], np.int64))
+    step = g.const("step", np.array([-1], np.int64))
 
     def flip(t, axis, tag):
-        return node("Slice", [t, neg, big, const(f"axis{axis}", np.array([axis], np.int64)), step], tag)
+        return g.node("Slice", [t, neg, big, g.const(f"axis{axis}", np.array([axis], np.int64)), step], tag)
 
     outs = []
     for i, (k, fl) in enumerate(VIEWS[views]):
-        t = x  # np.rot90(t, k, axes=(2, 3)), then a flip of axis 3
+        t = x
         if k == 1:
-            t = node("Transpose", [flip(t, 3, f"v{i}_f")], f"v{i}_r", perm=[0, 1, 3, 2])
+            t = g.node("Transpose", [flip(t, 3, f"v{i}_f")], f"v{i}_r", perm=[0, 1, 3, 2])
         elif k == 2:
             t = flip(flip(t, 2, f"v{i}_f2"), 3, f"v{i}_r")
         elif k == 3:
-            t = flip(node("Transpose", [t], f"v{i}_t", perm=[0, 1, 3, 2]), 3, f"v{i}_r")
+            t = flip(g.node("Transpose", [t], f"v{i}_t", perm=[0, 1, 3, 2]), 3, f"v{i}_r")
         if fl:
             t = flip(t, 3, f"v{i}_flip")
         outs.append(t)
-    nodes.append(helper.make_node("Concat", outs, [dst], name=P + "views", axis=0))
-    return nodes, inits
+    return outs
+
+
+def front_nodes(spec: PreprocessSpec, views: int, src: str, dst: str):
+    """ONNX (nodes, initializers): uint8 NHWC ``src`` -> float32 (V*N,3,S,S) ``dst``."""
+    from onnx import TensorProto, helper
+
+    g = _Graph()
+    x = g.node("Cast", [src], "float", to=TensorProto.FLOAT)
+    x = _resampled(g, g.node("Transpose", [x], "nchw", perm=[0, 3, 1, 2]), spec)
+    if views == 1:
+        g.nodes.append(helper.make_node("Identity", [x], [dst], name=FRONT_PREFIX + "views"))
+    else:
+        g.nodes.append(
+            helper.make_node("Concat", _view_outputs(g, x, views), [dst], name=FRONT_PREFIX + "views", axis=0)
+        )
+    return g.nodes, g.inits
 
 
 def with_front(model, spec: PreprocessSpec, views: int):

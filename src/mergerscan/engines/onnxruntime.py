@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import BackendUnavailable, Engine, EngineInfo
+from .card import EngineCard
 from .engine_file import copy_metadata, metadata
 from .registry import get_backend, register_backend
 from .representation import has_block
@@ -41,13 +42,9 @@ def cuda_provider_options(precision: str) -> dict:
     return {"use_tf32": "1" if precision == "tf32" else "0"}
 
 
-def file_precision(card: dict) -> str:
-    return "int8" if card.get("precision") == "int8" else "fp16" if card.get("precision") == "fp16" else "fp32"
-
-
-def check_precision(backend: str, precision: str | None, card: dict, path) -> str:
+def check_precision(backend: str, precision: str | None, card: EngineCard, path) -> str:
     """The precision an ORT session will really run at, or a one-line ValueError."""
-    have = file_precision(card)
+    have = card.file_precision
     precision = precision or have
     runs = get_backend(backend).precisions
     if precision not in runs:
@@ -125,7 +122,7 @@ class OnnxRuntimeEngine(Engine):
         from .front import with_front
 
         m = self.model if views is None else with_front(self.model, self.spec, views)
-        if self.precision == "fp16" and file_precision(self.info.card) != "fp16":
+        if self.precision == "fp16" and self.info.card.file_precision != "fp16":
             m = fp16_model(m)
         return m
 

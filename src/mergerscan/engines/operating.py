@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .card import EngineCard
+
 CURVE_KEY = "val_curve"
 DEFAULT_PREVALENCE = 0.02  # mergers are ~1-3 % of a survey's galaxies
 LEVEL = 0.95
@@ -127,10 +129,10 @@ def curve_card_updates(curves: dict[int, Curve], source: str) -> dict:
     return {CURVE_KEY: {"source": source, "by_views": {str(n): c.to_card() for n, c in sorted(curves.items())}}}
 
 
-def card_curve(card: dict, views: int) -> Curve | None:
+def card_curve(card: EngineCard, views: int) -> Curve | None:
     """The card's validation curve for ``views`` views (None: the card has none)."""
-    d = (card.get(CURVE_KEY) or {}).get("by_views", {}).get(str(views))
-    return Curve.from_card(d) if d else None
+    counts = card.val_curve.by_views.get(views) if card.val_curve else None
+    return Curve.from_card(counts.to_dict()) if counts is not None else None
 
 
 @dataclass(frozen=True)

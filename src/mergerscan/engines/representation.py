@@ -15,7 +15,7 @@ inside the graph, per image:
 The logit stays the graph's first output, computed exactly as before.  Every backend reads the
 block from the same initializers: ONNX Runtime and TensorRT run these nodes (the front averages
 each output over the views, like the logit), the torch backend rebuilds them as tensor ops
-(:mod:`.torch_model`).  Engines without a block have neither output (``domain_score`` None).
+(:mod:`.torch`).  Engines without a block have neither output (``domain_score`` None).
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .card import EngineCard
+
 PREFIX = "mergerscan_repr/"
 EMBEDDING, DOMAIN_SCORE = "embedding", "domain_score"
 OUTPUTS = (EMBEDDING, DOMAIN_SCORE)
-CARD_KEY = "representation"  # card["representation"]: what the block reads and how it was fitted
 NAMES = ("mean", "components", "inv_std", "score_weights")
 
 
@@ -55,19 +56,18 @@ class Representation:
         return e.astype(np.float32), np.sqrt(d2).astype(np.float32)
 
 
-def describe(card: dict, first: int) -> str:
+def describe(card: EngineCard, first: int) -> str:
     """One line on a card's representation block: k components of which features, the variance
     they explain, that of the ``first`` (``--embeddings``' default), what the PCA was fitted on."""
-    rep = card.get(CARD_KEY) or {}
-    k = int(rep.get("k") or 0)
-    if not k:
+    rep, k = card.representation, card.n_components
+    if rep is None or not k:
         return "none (no embedding, no domain_score)"
-    ratio = [float(r) for r in rep.get("explained_variance_ratio") or []]
-    dim = f" ({rep['dim']}-d)" if rep.get("dim") else ""
-    text = f"{k} PCA components of {rep.get('features', '?')}{dim}"
+    ratio = [float(r) for r in rep.explained_variance_ratio or ()]
+    dim = f" ({rep.dim}-d)" if rep.dim else ""
+    text = f"{k} PCA components of {rep.features or '?'}{dim}"
     if ratio:
         text += f", {sum(ratio[:k]):.1%} of the variance; the first {min(first, k)}: {sum(ratio[:first]):.1%}"
-    return text + (f"; fitted on {rep['fitted_on']}" if rep.get("fitted_on") else "")
+    return text + (f"; fitted on {rep.fitted_on}" if rep.fitted_on else "")
 
 
 def read_block(initializers: dict[str, np.ndarray]) -> Representation | None:

@@ -241,10 +241,11 @@ class TensorRTEngine(Engine):
 
         info = read_engine_info(path)
         super().__init__(info.with_views(views) if views else info)
-        precision = precision or ("int8" if info.card.get("precision") == "int8" else "fp16")
+        quantised = info.card.file_precision == "int8"
+        precision = precision or ("int8" if quantised else "fp16")
         if precision not in PRECISIONS:
             raise ValueError(f"tensorrt: precision must be one of {', '.join(PRECISIONS)}")
-        if (precision == "int8") != (info.card.get("precision") == "int8"):
+        if (precision == "int8") != quantised:
             raise ValueError("tensorrt:int8 needs a quantised (Q/DQ) engine file, e.g. model-int8.onnx, and only that")
         self.precision, self.max_batch = precision, int(max_batch)  # stamps per call
         self.images_per_call = self.max_batch * self.info.views

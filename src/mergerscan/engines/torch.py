@@ -1,7 +1,7 @@
 """PyTorch backend: the model rebuilt from the engine file itself (no sidecar, no pickle).
 
-``card["model"]`` (written by the export: ``{"arch", "hidden", "dropout"}``; older files have only
-``card["arch"]``) is the configuration for :func:`mergerscan.models.create_model`; the weights are
+The card's ``model`` block (written by the export: ``{"arch", "hidden", "dropout"}``) is the
+configuration for :func:`mergerscan.models.create_model`; the weights are
 the ONNX initializers.  The dynamo exporter keeps parameter names (``base.x.weight``)
 but folds each BatchNorm that directly follows a Conv into that Conv (weight rescaled in place,
 bias added as ``<conv>.weight_bias``, or dropped when zero); a BatchNorm it cannot fold (DenseNet's
@@ -23,15 +23,18 @@ overlaps the compute of another; only the compute (one graph's static buffers) i
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .base import BackendUnavailable, Engine
+from .base import BackendUnavailable, Engine, EngineInfo
+from .card import EngineCard
+from .engine_file import metadata
 from .registry import register_backend
-from .torch_model import rebuild_model
+from .representation import read_block
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 CUDA_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -80,6 +83,176 @@ def stamp_buckets(max_images: int, views: int) -> tuple[int, ...]:
     and capturing stays a few graphs, not one per power of two."""
     top = max(1, max_images // views)
     return tuple(sorted({max(1, top // 8), max(1, top // 2), top}))
+
+
+# ----------------------------------------------------------------- the model rebuilt from the file
+def _conv_bn_pairs(net, size: int) -> dict[str, str]:
+    """{conv module name: BN module name} for every BatchNorm2d whose input is a Conv2d's output,
+    found by running one small batch with hooks (works for any architecture, no tracing)."""
+    import torch
+    from torch import nn
+
+    outs: dict[int, tuple] = {}
+    pairs: dict[str, str] = {}
+    hooks: list = []
+    for name, mod in net.named_modules():
+        if isinstance(mod, nn.Conv2d):
+            hooks.append(mod.register_forward_hook(lambda m, i, o, name=name: outs.__setitem__(id(o), (name, o))))
+        elif isinstance(mod, nn.BatchNorm2d):
+
+            def pre(m, i, name=name):
+                src = outs.get(id(i[0]))
+                if src is not None and src[1] is i[0]:
+                    pairs[src[0]] = name
+
+            hooks.append(mod.register_forward_pre_hook(pre))
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return pairs
+
+
+def model_config(path: str | Path, card: EngineCard) -> dict:
+    """The card's ``model`` block as :func:`mergerscan.models.create_model`'s keywords, or a
+    one-line ValueError for a file the torch backend cannot rebuild."""
+    from ..models import ARCHS
+
+    config = card.model.kwargs() if card.model else {}
+    arch = config.get("arch")
+    if arch not in ARCHS:
+        raise ValueError(f"{path}: card arch {arch!r} is not one of {ARCHS}; the torch backend cannot rebuild it")
+    if card.file_precision == "int8":
+        raise ValueError(f"{path}: a quantised (int8) engine; the torch backend needs the float engine")
+    return config
+
+
+class _Weights:
+    """The ONNX initializers copied into a torch model, each shape checked."""
+
+    def __init__(self, path, graph):
+        from onnx import numpy_helper
+
+        self.path, self.W = path, {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+
+    def tensor(self, name, like):
+        import torch
+
+        t = torch.from_numpy(np.array(self.W[name]))
+        if tuple(t.shape) != tuple(like.shape):
+            raise ValueError(
+                f"{self.path}: initializer {name} has shape {tuple(t.shape)}, model wants {tuple(like.shape)}"
+            )
+        return t.to(like.dtype)
+
+
+def _load_convs(net, graph, weights: _Weights, arch: str, size: int) -> set[str]:
+    """Copy every Conv's weight and bias; a BN the exporter folded into its conv is folded here too
+    (the conv gets the bias, the BN becomes Identity).  Returns the state-dict names done."""
+    import torch
+    from torch import nn
+
+    pairs, modules, path, done = _conv_bn_pairs(net, size), dict(net.named_modules()), weights.path, set()
+    for node in graph.node:
+        if node.op_type != "Conv" or not node.input[1].endswith(".weight"):
+            continue
+        cname = node.input[1][: -len(".weight")]
+        conv = modules.get(cname)
+        if not isinstance(conv, nn.Conv2d):
+            raise ValueError(f"{path}: Conv weight {node.input[1]} maps to no Conv2d of {arch}")
+        bn = pairs.get(cname)
+        conv.weight.data.copy_(weights.tensor(node.input[1], conv.weight))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if bn is not None and f"{bn}.running_mean" not in weights.W:  # the exporter folded `bn` into this conv
+            b = weights.tensor(bias, torch.empty(conv.out_channels)) if bias else torch.zeros(conv.out_channels)
+            conv.bias = nn.Parameter(b)
+            parent, _, child = bn.rpartition(".")
+            setattr(modules[parent] if parent else net, child, nn.Identity())
+        elif bias:
+            if conv.bias is None:
+                raise ValueError(f"{path}: Conv {cname} has a bias in the graph but none in {arch}")
+            conv.bias.data.copy_(weights.tensor(bias, conv.bias))
+        done.update({f"{cname}.weight", f"{cname}.bias"})
+    return done
+
+
+def _load_rest(net, weights: _Weights, done: set[str]) -> None:
+    """Copy every remaining tensor by name; one without an initializer is an error."""
+    missing = []
+    for name, t in net.state_dict().items():
+        if name in done or name.endswith("num_batches_tracked"):
+            continue
+        if name in weights.W:
+            t.copy_(weights.tensor(name, t))
+        else:
+            missing.append(name)
+    if missing:
+        raise ValueError(
+            f"{weights.path}: {len(missing)} model tensors have no ONNX initializer "
+            f"(e.g. {missing[:3]}); the exporter changed how it names or folds weights"
+        )
+
+
+def rebuild_model(path: str | Path, with_representation: bool = False):
+    """(MergerNet in eval mode with the engine's weights, EngineInfo) from an ONNX engine file;
+    with ``with_representation`` and a file that has a representation block, the net wrapped in
+    :class:`WithRepresentation` (rows ``[logit, domain_score, embedding...]``)."""
+    import onnx
+
+    from ..models import create_model
+
+    m = onnx.load(str(path))
+    info = EngineInfo.from_metadata(path, metadata(m))
+    config = model_config(path, info.card)
+    net = create_model(**config).eval()
+    weights = _Weights(path, m.graph)
+    _load_rest(net, weights, _load_convs(net, m.graph, weights, config["arch"], info.spec.input_size))
+    rep = read_block(weights.W) if with_representation else None
+    if rep is not None:
+        features = info.card.representation.features if info.card.representation else None
+        return _representation_module()(net.eval(), rep, features or "backbone_pool").eval(), info
+    return net.eval(), info
+
+
+@functools.cache
+def _representation_module():
+    import torch
+    from torch import nn
+
+    class WithRepresentation(nn.Module):
+        """The net and its representation block as torch ops (:mod:`.representation`, the same
+        initializers): (B, 3, S, S) -> (B, 2 + k) rows ``[logit, domain_score, embedding...]``, one
+        tensor so the view mean and CUDA graphs treat it as they treat the logit."""
+
+        def __init__(self, net, rep, features: str):
+            super().__init__()
+            if features not in ("backbone_pool", "hidden"):
+                raise ValueError(
+                    f"representation block reads {features!r}; the torch backend knows backbone_pool, hidden"
+                )
+            self.net, self.hidden = net, features == "hidden"
+            for name in ("mean", "components", "inv_std", "score_weights"):
+                self.register_buffer(name, torch.from_numpy(np.array(getattr(rep, name), np.float32)))
+
+        def forward(self, x):
+            f = self.net.pool(self.net.base(x)).flatten(1)
+            h = self.net.top[1:3](f)  # dense + ReLU (the ReLU is in place: on the dense output only)
+            z = self.net.top[3:](h)[:, 0]
+            c = (h if self.hidden else f).float() - self.mean
+            e = c @ self.components.T
+            r = c - e @ self.components
+            d2 = self.score_weights[0] * ((e * self.inv_std) ** 2).sum(1) + self.score_weights[1] * (r**2).sum(1)
+            return torch.cat([z[:, None].float(), torch.sqrt(d2)[:, None], e], 1)
+
+    return WithRepresentation
+
+
+def __getattr__(name: str):  # WithRepresentation is built on first use: importing this module needs no torch
+    if name == "WithRepresentation":
+        return _representation_module()
+    raise AttributeError(name)
 
 
 class TorchEngine(Engine):

@@ -14,6 +14,7 @@ from .registry import (
     load_state_dict_file,
     model_info,
     register_model,
+    trainable_tail,
 )
 
 ARCHS = list_models()
@@ -29,4 +30,5 @@ __all__ = [
     "load_state_dict_file",
     "model_info",
     "register_model",
+    "trainable_tail",
 ]

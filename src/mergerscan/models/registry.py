@@ -5,7 +5,9 @@ what training and export need to know about it (smallest input, the study's inpu
 blocks for fine-tuning, where its ImageNet weights are).  :func:`create_model` puts the study's top
 on it: global average pooling -> dense -> ReLU -> dropout -> one logit (merger).  The model's
 ``config`` (``{"arch", "hidden", "dropout"}``) is written into the engine card by the export, so
-the torch backend rebuilds exactly that model from an engine file: ``create_model(**card["model"])``.
+the torch backend rebuilds exactly that model from an engine file:
+``create_model(**card.model.kwargs())`` (:class:`mergerscan.engines.card.ModelConfig`).
+:func:`trainable_tail` freezes all but the last conv blocks for fine-tuning.
 
 Both :mod:`mergerscan.training` and :mod:`mergerscan.engines.torch` use this package; it imports
 neither.
@@ -96,6 +98,23 @@ class MergerNet(nn.Module):
 
     def forward(self, x):
         return self.top(self.pool(self.base(x)))[:, 0]
+
+
+def trainable_tail(net: MergerNet, n_blocks: int) -> list[str]:
+    """Freeze the base except its last ``n_blocks`` conv blocks; the top stays trainable.
+    Returns the names of the unfrozen block prefixes."""
+    starts = model_info(net.arch).blocks
+    n_blocks = max(0, min(n_blocks, len(starts)))
+    first = starts[len(starts) - n_blocks] if n_blocks else None
+    names = [n for n, _ in net.named_parameters()]
+    unfreeze_from = (
+        len(names)
+        if first is None
+        else next(i for i, n in enumerate(names) if n.startswith(first + ".") or n.startswith(first))
+    )
+    for i, (n, p) in enumerate(net.named_parameters()):
+        p.requires_grad = n.startswith("top.") or i >= unfreeze_from
+    return list(starts[len(starts) - n_blocks :]) if n_blocks else []
 
 
 def imagenet_weights_path(arch: str, weights: str | os.PathLike | None = None) -> Path:

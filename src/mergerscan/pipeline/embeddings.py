@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-from ..engines.representation import CARD_KEY
 from .arguments import ArgumentError
 
 COLUMN = "embedding"
@@ -19,25 +18,24 @@ def provenance(n: int, info) -> dict[str, str]:
     """The ``embedding`` column's Parquet field metadata ({str: str}): dimension and the PCA's
     provenance from the engine card.  ArgumentError (one line, before anything is written) where the
     engine has no representation block or fewer than ``n`` components."""
-    rep = info.card.get(CARD_KEY) or {}
-    k = int(rep.get("k") or 0)
-    if not k:
+    rep, k = info.card.representation, info.card.n_components
+    if rep is None or not k:
         raise ArgumentError(
             f"--embeddings: engine {info.name} ({info.path}) has no representation block (card "
-            f"'{CARD_KEY}'); refit one with mergerscan.training.representation or use an engine that has it"
+            "'representation'); refit one with mergerscan.training.representation or use an engine that has it"
         )
     if n > k:
         raise ArgumentError(f"--embeddings {n}: engine {info.name} has {k} components; choose 1..{k}")
-    ratio = [float(r) for r in rep.get("explained_variance_ratio") or []][:n]
+    ratio = [float(r) for r in rep.explained_variance_ratio or ()][:n]
     return {
         "dimension": str(n),
         "engine_name": str(info.name),
         "engine_sha256": str(info.sha256),
         "k": str(k),
-        "features": str(rep.get("features", "")),
+        "features": str(rep.features or ""),
         "explained_variance": f"{sum(ratio):.6g}" if ratio else "",
         "explained_variance_ratio": json.dumps(ratio),
-        "fitted_on": str(rep.get("fitted_on", "")),
+        "fitted_on": str(rep.fitted_on or ""),
         "description": f"first {n} of the engine's {k} PCA components of its pooled penultimate features "
         "(PCA fitted on the training galaxies, stored in the engine file; averaged over the views)",
     }

@@ -29,7 +29,7 @@ def run_meta(args: ProcessArguments, info, op: OperatingPoint | None = None) -> 
     The operating point (threshold, target, expected purity and completeness) is stated in full;
     the card's validation curve it was read from stays in the engine file (it is long)."""
     op = op or operating.for_engine(info, prevalence=args.prevalence)
-    card = {k: v for k, v in info.card.items() if k != operating.CURVE_KEY}
+    card = info.card.without_val_curve().to_dict()
     # --embeddings: the column's provenance (Parquet field metadata) and EMBDIM in FITS; absent without
     emb = {"embeddings": args.embeddings, "embedding": provenance(args.embeddings, info)} if args.embeddings else {}
     return {

@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 
 from .. import __version__
+from ..engines.card import EngineCard
 from ..engines.operating import operating_line
 from ..run_summary import RunSummary
 from .page import Raw, esc
 
 
-def engine_card(summary: RunSummary) -> tuple[dict, str]:
-    """The model card from the engine file (or, if it moved, from a partition's metadata)."""
+def engine_card(summary: RunSummary) -> tuple[EngineCard | None, str]:
+    """The model card from the engine file (None where the file is unreadable or has no card: the
+    caller then reads :func:`card_from_parquet`) and a note on it."""
     from ..engines import read_engine_info
 
     note = ""
@@ -21,25 +23,26 @@ def engine_card(summary: RunSummary) -> tuple[dict, str]:
         info = read_engine_info(path)  # type: ignore[arg-type]  # None fails like a missing file
         if summary.engine_sha256 and info.sha256 != summary.engine_sha256:
             note = f"the engine file at {path} has changed since the run (sha256 differs); its card is shown"
-        return info.card, note
+        return (info.card if info.card.to_dict() else None), note
     except Exception as exc:
-        return {}, f"engine file {path} unreadable ({type(exc).__name__}); model card from the Parquet metadata"
+        return None, f"engine file {path} unreadable ({type(exc).__name__}); model card from the Parquet metadata"
 
 
-def card_from_parquet(out: Path) -> dict:
+def card_from_parquet(out: Path) -> EngineCard:
+    """The card a partition's metadata states (less its validation curve; empty if none)."""
     import pyarrow.parquet as pq
 
     from .stream import partition_files
 
     files = partition_files(out)
     if not files:
-        return {}
+        return EngineCard()
     md = pq.read_schema(files[0]).metadata or {}
     try:
         card = json.loads(md.get(b"mergerscan.model_card", b"{}"))
-        return json.loads(card) if isinstance(card, str) else card
-    except (ValueError, TypeError):
-        return {}
+        return EngineCard.from_dict(json.loads(card) if isinstance(card, str) else card)
+    except (ValueError, TypeError, AttributeError):
+        return EngineCard()
 
 
 def engine_spec(summary: RunSummary):
@@ -52,11 +55,9 @@ def engine_spec(summary: RunSummary):
         return read_engine_info(default_engine_path()).spec
 
 
-def training_domain(card: dict, summary: RunSummary) -> str:
+def training_domain(card: EngineCard, summary: RunSummary) -> str:
     """The card's training selection and image check, and what the run applied of them (--domain)."""
-    from ..engines.domain import EngineDomain
-
-    dom = EngineDomain.from_card(card)
+    dom = card.engine_domain
     parts = [dom.selection.describe() if dom.selection else "no training selection in the card"]
     if dom.selection and dom.selection.reference:
         parts.append(f"from {dom.selection.reference}")
@@ -66,18 +67,23 @@ def training_domain(card: dict, summary: RunSummary) -> str:
     return "; ".join(parts)
 
 
-def provenance_rows(summary: RunSummary, card: dict, thr: float) -> list[list]:
+def training_line(card: EngineCard) -> str:
+    """The card's architecture, experiment, input size, training rows and labels, those it has."""
+    t = card.training
+    entries: list[tuple[str, object]] = [("arch", card.arch), ("experiment", t.experiment)]
+    entries += [("input_size", t.input_size), ("n_train", t.n_train), ("labels", t.labels)]
+    return ", ".join(f"{k} {v}" for k, v in entries if v is not None)
+
+
+def provenance_rows(summary: RunSummary, card: EngineCard, thr: float) -> list[list]:
     """The provenance table: engine, threshold, training, image source, catalog, command, run, versions."""
     return [
-        ["engine", summary.engine or card.get("name", "?")],
+        ["engine", summary.engine or card.name or "?"],
         ["engine sha256", Raw(f'<span class="mono">{esc(summary.engine_sha256 or "?")}</span>')],
         ["engine file", Raw(f'<span class="mono">{esc(str(summary.engine_path))}</span>')],
         ["threshold", f"{thr:.6g}"],
         ["operating point", operating_line(summary.operating_point) if summary.operating_point else "?"],
-        [
-            "training",
-            ", ".join(f"{k} {card[k]}" for k in ("arch", "experiment", "input_size", "n_train", "labels") if k in card),
-        ],
+        ["training", training_line(card)],
         ["training domain", training_domain(card, summary)],
         ["image source", f"{summary.source.kind}: {summary.source.location}"],
         ["catalog", summary.catalog or "?"],

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..engines.card import EngineCard
 from ..run_layout import RunLayout
 from ..run_summary import RunSummary, SourceSummary
 from . import sections
@@ -208,7 +209,7 @@ def _warnings(rep: _Report, card_note: str, cutouts_error: str) -> list[str]:
     return warn + [redact_text(w) for w in (card_note, cutouts_error, *rep.notes) if w]
 
 
-def _sections(rep: _Report, card: dict, cutouts: _Galleries, emb_html: str) -> list[str]:
+def _sections(rep: _Report, card: EngineCard, cutouts: _Galleries, emb_html: str) -> list[str]:
     """The page's sections in their order (the method section, written last, not included)."""
     st, thr, spec, show, figs = rep.st, rep.thr, rep.spec, rep.show, rep.figs
     S = [
@@ -235,7 +236,11 @@ def _sections(rep: _Report, card: dict, cutouts: _Galleries, emb_html: str) -> l
         S.append(emb_html)
     if "throughput" in figs:
         S.append(sections.throughput(figs["throughput"], rep.captions["throughput"] or ""))
-    S.append(sections.provenance(provenance_rows(rep.summary, card, thr), card.get("metrics_test") or {}))
+    S.append(
+        sections.provenance(
+            provenance_rows(rep.summary, card, thr), card.metrics_test.to_dict() if card.metrics_test else {}
+        )
+    )
     return S
 
 

@@ -7,9 +7,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..models import ARCHS, model_info
 from .data import AUGMENTATIONS
 from .hardware import BF16_CHOICES
-from .models import ARCH_INFO, ARCHS
 
 
 @dataclass
@@ -55,14 +55,24 @@ class TrainArguments:
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
 
     def __post_init__(self):
+        self._check_model()
+        self._check_schedule()
+
+    def _check_model(self) -> None:
+        """The network and what it starts from."""
         if self.arch not in ARCHS:
             raise ValueError(f"--arch must be one of {', '.join(ARCHS)}")
         if self.experiment not in ("e1", "e2"):
             raise ValueError("--experiment must be e1 or e2")
-        if self.input_size < ARCH_INFO[self.arch].min_size:
-            raise ValueError(f"{self.arch} needs --size >= {ARCH_INFO[self.arch].min_size}")
+        if self.input_size < model_info(self.arch).min_size:
+            raise ValueError(f"{self.arch} needs --size >= {model_info(self.arch).min_size}")
         if not Path(self.catalog).is_file():
             raise FileNotFoundError(f"--catalog {self.catalog}: no such file")
+        if self.init_from is not None and self.experiment != "e2":
+            raise ValueError("fine-tuning an engine is an E2 run (--experiment e2)")
+
+    def _check_schedule(self) -> None:
+        """Epochs, batches, regularisation and the training rows."""
         if self.epochs < 0 or self.epochs_top < 0 or self.batch_size < 2:
             raise ValueError("epochs must be >= 0 and batch size >= 2")
         if self.bf16 not in BF16_CHOICES:
@@ -79,8 +89,6 @@ class TrainArguments:
             raise ValueError("--distill-weight must be in [0, 1]")
         if self.train_labels is not None and self.train_labels < 4:
             raise ValueError("--train-labels must be >= 4 (at least 2 of each class)")
-        if self.init_from is not None and self.experiment != "e2":
-            raise ValueError("fine-tuning an engine is an E2 run (--experiment e2)")
 
     @property
     def init(self) -> str:

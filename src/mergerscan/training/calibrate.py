@@ -20,7 +20,8 @@ import numpy as np
 from ..cutouts.preprocess import prepare_batch
 from ..engines import load_engine
 from ..engines.base import VIEWS, dihedral_views
-from ..engines.engine_file import write_metadata
+from ..engines.card import EngineCard
+from ..engines.engine_file import read_card, write_metadata
 from ..engines.operating import Curve, curve_card_updates
 from . import evaluate as ev
 from . import survey
@@ -136,9 +137,10 @@ def calibrate_engine(
     y_val = t["label"].to_numpy()[data.indices("val")]
     curves = {n: Curve.from_scores(y_val, c.p_val) for n, c in cals.items()}
     updates |= curve_card_updates(curves, survey.curve_source(data.data_hash, split_seed))
+    card = read_card(engine_path) | updates  # the JSON of the card written (read before: out may be the input)
     write_metadata(engine_path, out_path, card_updates=updates)
     if eval_dir is not None:
-        write_evaluation(eval_dir, engine.info.card | updates, data, cals[updates["views"]], updates["threshold"])
+        write_evaluation(eval_dir, card, data, cals[updates["views"]], updates["threshold"])
     return {
         "engine": engine.info.name,
         "data_hash": data.data_hash,
@@ -156,6 +158,10 @@ def calibrate_engine(
     }
 
 
+def _title(card: EngineCard) -> str:
+    return f"{card.name or ''} ({card.default_views} views)"
+
+
 def write_evaluation(eval_dir: str | Path, card: dict, data, cal, threshold: float) -> Path:
     """An evaluation directory of one calibrated view count, laid out as a training run's
     (metrics.json last, plots, test_scores.npz), so ``mergerscan report DIR`` renders it."""
@@ -167,7 +173,7 @@ def write_evaluation(eval_dir: str | Path, card: dict, data, cal, threshold: flo
     te, va = data.indices("test"), data.indices("val")
     labels = t["label"].to_numpy()
     test = ev.summarize(labels[te], cal.p_test, threshold)  # at the threshold the engine ships with
-    ev.plot_all(labels[te], cal.p_test, test, out, title=f"{card.get('name', '')} ({card.get('views', 1)} views)")
+    ev.plot_all(labels[te], cal.p_test, test, out, title=_title(EngineCard.from_dict(card)))
     with atomic_path(out / "test_scores.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, id=t["id"].to_numpy()[te].astype(str), y=labels[te], p=cal.p_test)
     result = {"card": card, "test": test, "val": ev.summarize(labels[va], cal.p_val, threshold)}

@@ -50,7 +50,7 @@ def soft_targets(
     if not path.is_file():
         raise DistillError(f"--distill {teacher}: no such engine file")
     info = read_engine_info(path)
-    teacher_hash = info.card.get("data_hash")
+    teacher_hash = info.card.training.data_hash
     if teacher_hash != data.data_hash:
         raise DistillError(
             f"--distill {teacher}: the teacher was trained on data hash {teacher_hash!r}, this run's split is "
@@ -77,7 +77,7 @@ def soft_targets(
     from .evaluate import roc_auc
 
     record = {
-        "teacher": info.card.get("name", path.name),
+        "teacher": info.card.name or path.name,
         "teacher_sha256": sha,
         "teacher_views": info.views,
         "weight": weight,

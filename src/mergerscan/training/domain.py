@@ -18,14 +18,14 @@ With ``--saturation`` it also sets the image check's ``max_saturated_core``
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from ..catalogs.columns import find_column
 from ..engines.domain import DomainSelection
-from ..engines.engine_file import read_card, write_metadata
+from ..engines.engine_file import read_engine_card, write_metadata
 
 GZ1_MAIN_SAMPLE = DomainSelection(
     object_class="galaxy",
@@ -81,10 +81,10 @@ def training_selection(catalog: str | Path, base: DomainSelection = GZ1_MAIN_SAM
 def record_selection(engine: str | Path, catalog: str | Path, out: str | Path | None = None) -> dict:
     """Write the training selection into ``engine``'s card (``out``: a copy; default in place).
     Idempotent; only ``card["domain"]["selection"]`` changes.  Returns the selection written."""
-    selection = asdict(training_selection(catalog))
-    domain = dict(read_card(engine).get("domain") or {}) | {"selection": selection}
-    write_metadata(engine, out, card_updates={"domain": domain})
-    return selection
+    selection = training_selection(catalog)
+    domain = replace(read_engine_card(engine).engine_domain, selection=selection)
+    write_metadata(engine, out, card_updates={"domain": domain.to_dict()})
+    return selection.to_dict()
 
 
 def saturation_limit(catalog: str | Path, split_seed: int = 0, quantile: float = 0.999, cache=None) -> int:
@@ -102,12 +102,12 @@ def saturation_limit(catalog: str | Path, split_seed: int = 0, quantile: float =
 
 def record_saturation_limit(engine: str | Path, limit: int, out: str | Path | None = None) -> dict:
     """Set ``card["domain"]["image"]["max_saturated_core"]`` (the image check must exist)."""
-    domain = dict(read_card(engine).get("domain") or {})
-    if not domain.get("image"):
+    domain = read_engine_card(engine).engine_domain
+    if domain.image is None:
         raise ValueError(f"{engine}: the card has no image check (domain.image) to add a saturation limit to")
-    domain["image"] = dict(domain["image"]) | {"max_saturated_core": int(limit)}
-    write_metadata(engine, out, card_updates={"domain": domain})
-    return domain["image"]
+    image = replace(domain.image, max_saturated_core=int(limit))
+    write_metadata(engine, out, card_updates={"domain": replace(domain, image=image).to_dict()})
+    return image.to_dict()
 
 
 def main(argv: list[str] | None = None) -> int:

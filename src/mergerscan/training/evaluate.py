@@ -11,7 +11,6 @@ import numpy as np
 from ..engines.base import sigmoid
 
 SURVEY_PREVALENCE = 0.02  # mergers are ~1-3 % of galaxies in a survey
-_sigmoid = sigmoid  # the engines' one sigmoid, under the name train.py used
 
 
 def confusion(y, p, threshold):

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..cutouts.preprocess import PreprocessSpec
-from ..engines.engine_file import card_of, copy_metadata, metadata, save_model, set_metadata, write_metadata
+from ..engines.card import EngineCard
+from ..engines.engine_file import card_of, copy_metadata, metadata, save_model, set_metadata
 
 
 def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, card: dict, path: str | Path, opset: int = 18) -> Path:
@@ -90,7 +91,7 @@ def quantize_int8(onnx_path: str | Path, calib: np.ndarray, out_path: str | Path
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
         )
         m = onnx.load(str(q))
-    card = card_of(metadata(src))
+    name = EngineCard.from_dict(card_of(metadata(src))).name or "model"
     return save_model(
         copy_metadata(
             src,
@@ -98,7 +99,7 @@ def quantize_int8(onnx_path: str | Path, calib: np.ndarray, out_path: str | Path
             card_updates={
                 "precision": "int8",
                 "quantization": "symmetric-s8s8-qdq",
-                "name": card.get("name", "model") + "-int8",
+                "name": name + "-int8",
             },
         ),
         out_path,
@@ -117,11 +118,3 @@ def zero_points(path: str | Path) -> dict[str, np.ndarray]:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits:
             out[n.input[2]] = numpy_helper.to_array(inits[n.input[2]])
     return out
-
-
-def update_metadata(
-    path: str | Path, out_path: str | Path, spec: PreprocessSpec | None = None, card_updates: dict | None = None
-) -> Path:
-    """Rewrite an engine's spec and/or card into ``out_path`` (e.g. after calibrating the frame
-    colour stretch, which describes how the training stamps were rendered, not the weights)."""
-    return write_metadata(path, out_path, spec=spec, card_updates=card_updates or {})

@@ -31,7 +31,7 @@ def finetune_arguments(source: str | Path | None, catalog: str | Path, out: str 
     size, stamp size and pixel scale come from the engine file (options may not change them)."""
     path = source_engine(source)
     info = read_source(path)
-    arch = (info.card.get("model") or {}).get("arch") or info.card.get("arch")
+    arch = (info.card.model.arch if info.card.model else None) or ""  # refused by TrainArguments if absent
     fixed = {"arch", "input_size", "experiment", "stamp_pixels", "pixel_scale", "weights", "distill"}
     if clash := sorted(k for k, v in options.items() if k in fixed and v is not None):
         raise ValueError(f"--{clash[0].replace('_', '-')} is the source engine's own when fine-tuning")

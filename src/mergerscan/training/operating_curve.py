@@ -70,13 +70,13 @@ def write_operating_curve(
     engine_path = Path(engine_path)
     engine = load_engine(engine_path, threads=threads, views=1)
     card = engine.info.card
-    counts = sorted({int(k) for k in card.get("by_views", {})} | {int(card.get("views", 1))})
+    counts = sorted(card.calibrated_views())
     temps = {n: engine.info.with_views(n).temperature for n in counts}
     data = build_labelled_set(catalog, seed=split_seed, cache=cache)
     va = data.indices("val")
-    if card.get("n_val") not in (None, len(va)):
+    if card.training.n_val not in (None, len(va)):
         raise ValueError(
-            f"the engine's card says n_val {card['n_val']}, split seed {split_seed} of {catalog} gives "
+            f"the engine's card says n_val {card.training.n_val}, split seed {split_seed} of {catalog} gives "
             f"{len(va)}: not the split it was calibrated on"
         )
     y = data.table["label"].to_numpy()[va]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,51 @@ def embed(engine_path, rep, tensor: str, card_updates: dict, out_path) -> Path:
     return save_model(set_metadata(m, card_updates=card_updates), out_path)
 
 
+def _representation_entry(rep, ratio, features: str, tensor: str, fitted_on: str, data_hash: str) -> dict:
+    """The card's ``representation`` block (its JSON)."""
+    return {
+        "features": features,
+        "tensor": tensor,
+        "dim": int(rep.mean.shape[0]),
+        "k": rep.k,
+        "explained_variance_ratio": [round(float(r), 6) for r in ratio],
+        "explained_variance": round(float(ratio.sum()), 4),
+        "score": SCORE_NAME,
+        "score_weights": [float(w) for w in rep.score_weights],
+        "fitted_on": fitted_on,
+        "data_hash": data_hash,
+    }
+
+
+def _image_entry(k: int, s_val: np.ndarray, y_val: np.ndarray, pass_fraction: float) -> dict:
+    """The card's ``domain.image`` block (its JSON): the threshold that ``pass_fraction`` of each
+    class's validation galaxies pass."""
+    threshold = pass_threshold(s_val, y_val, pass_fraction)
+    return {
+        "score": SCORE_NAME,
+        "threshold": round(threshold, 4),
+        "pass_fraction": pass_fraction,
+        "description": (
+            "sqrt(Mahalanobis^2/k + residual^2/mean training residual^2) of the pooled penultimate features "
+            f"(PCA k={k} of the training galaxies); threshold: at least {pass_fraction:.1%} of each class's "
+            f"validation galaxies ({len(y_val)}) pass"
+        ),
+        "val_pass": {str(c): round(float(np.mean(s_val[y_val == c] <= threshold)), 4) for c in (0, 1)},
+    }
+
+
+def _write_checked(engine, out, rep, tensor: str, card_updates: dict, probe: np.ndarray) -> None:
+    """Embed the block into ``out`` (which may be ``engine``): written beside, p_merger compared, then moved."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.fit-representation.onnx")
+    try:
+        embed(engine, rep, tensor, card_updates, tmp)
+        check_logits_unchanged(engine, tmp, probe)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def fit_representation(
     engine,
     catalog,
@@ -160,7 +206,8 @@ def fit_representation(
     """Fit, calibrate and embed (see the module docstring); returns what went into the card."""
     import onnx
 
-    from ..engines.engine_file import read_card
+    from ..engines.domain import ImageDomain
+    from ..engines.engine_file import read_engine_card
     from .data import build_labelled_set
 
     tensors = feature_tensors(onnx.load(str(engine), load_external_data=False))
@@ -175,40 +222,12 @@ def fit_representation(
     rep, ratio = fit_block(x["train"][features], k)
     _, s_val = rep.apply(x["val"][features])
     y_val = ls.table["label"].to_numpy()[va]
-    threshold = pass_threshold(s_val, y_val, pass_fraction)
-    card = read_card(engine)
-    representation = {
-        "features": features,
-        "tensor": tensors[features],
-        "dim": int(rep.mean.shape[0]),
-        "k": rep.k,
-        "explained_variance_ratio": [round(float(r), 6) for r in ratio],
-        "explained_variance": round(float(ratio.sum()), 4),
-        "score": SCORE_NAME,
-        "score_weights": [float(w) for w in rep.score_weights],
-        "fitted_on": f"{len(tr)} training-split galaxies of {Path(catalog).name} (split seed {seed}), 1 view",
-        "data_hash": ls.data_hash,
-    }
-    image = {
-        "score": SCORE_NAME,
-        "threshold": round(threshold, 4),
-        "pass_fraction": pass_fraction,
-        "description": (
-            "sqrt(Mahalanobis^2/k + residual^2/mean training residual^2) of the pooled penultimate features "
-            f"(PCA k={rep.k} of the training galaxies); threshold: at least {pass_fraction:.1%} of each class's "
-            f"validation galaxies ({len(va)}) pass"
-        ),
-        "val_pass": {str(c): round(float(np.mean(s_val[y_val == c] <= threshold)), 4) for c in (0, 1)},
-    }
-    domain = dict(card.get("domain") or {}) | {"image": image}
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.fit-representation.onnx")  # OUT may be ENGINE: compare, then replace
-    try:
-        embed(engine, rep, tensors[features], {"representation": representation, "domain": domain}, tmp)
-        check_logits_unchanged(engine, tmp, ls.stamps[va[:64]])
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    fitted_on = f"{len(tr)} training-split galaxies of {Path(catalog).name} (split seed {seed}), 1 view"
+    representation = _representation_entry(rep, ratio, features, tensors[features], fitted_on, ls.data_hash)
+    image = _image_entry(rep.k, s_val, y_val, pass_fraction)
+    domain = replace(read_engine_card(engine).engine_domain, image=ImageDomain.from_dict(image)).to_dict()
+    updates = {"representation": representation, "domain": domain}
+    _write_checked(engine, out, rep, tensors[features], updates, ls.stamps[va[:64]])
     return {"representation": representation, "image": image}
 
 

@@ -1,19 +1,18 @@
 """Where a training run starts: the network, the preprocessing spec, the labelled set's options and
 the card entries that say so.  A run starts from ImageNet or random weights (``mergerscan train``)
 or from an engine file's own network (``mergerscan finetune``, :mod:`.finetune`): its weights are
-rebuilt from the ONNX initializers (:func:`mergerscan.engines.torch_model.rebuild_model`, no
+rebuilt from the ONNX initializers (:func:`mergerscan.engines.torch.rebuild_model`, no
 pickle), its head is replaced by a fresh one, and its preprocessing spec is kept as it is, so the
 fine-tuned engine sees exactly the inputs its backbone learnt on.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from ..cutouts.preprocess import PreprocessSpec
 from ..engines.base import EngineInfo, file_sha256, read_engine_info
-from .models import MergerNet, create_model
+from ..models import MergerNet, create_model
 
 # what the study's catalog (mergerscan train's default label) holds
 STUDY_LABELS = "Darg+2010 mergers vs Galaxy Zoo 1 non-interacting (SDSS DR7)"
@@ -42,7 +41,7 @@ def initial_network(args) -> MergerNet:
     with a new, randomly initialised head (seeded by the run's ``torch.manual_seed``)."""
     if not args.init_from:
         return create_model(args.arch, init=args.init, weights=args.weights)
-    from ..engines.torch_model import rebuild_model
+    from ..engines.torch import rebuild_model
 
     read_source(args.init_from, args.init_from_sha256)
     net, _ = rebuild_model(args.init_from)  # batch norms folded into the convolutions, as in the file
@@ -84,7 +83,7 @@ def card_entries(args, data) -> dict:
 
     labels = data.table["label"].to_numpy()
     out = {
-        "domain": {"selection": asdict(training_selection(args.catalog))},
+        "domain": {"selection": training_selection(args.catalog).to_dict()},
         "labels": STUDY_LABELS
         if args.label_column == "is_merger" and not args.init_from
         else f"column {args.label_column} of {Path(args.catalog).name}: 1 ({int(labels.sum())} rows) "
@@ -101,7 +100,7 @@ def card_entries(args, data) -> dict:
             "name": info.name,
             "sha256": args.init_from_sha256 or info.sha256,
             "file": Path(args.init_from).name,
-            "labels": info.card.get("labels"),
+            "labels": info.card.training.labels,
             "new_head": "yes: the source's head replaced by a fresh one",
             "unfrozen_blocks": args.unfreeze_blocks,
         }
