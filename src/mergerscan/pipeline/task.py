@@ -20,6 +20,7 @@ from ..catalogs.schema import SCORED, STATUS, TRANSIENT
 from ..catalogs.write import embedding_matrix, write_partition
 from ..cutouts.sources import SourceConfig, open_source
 from ..engines.errors import is_out_of_memory, is_sticky, release_device_memory
+from ..engines.uncertainty import interval_for_engine
 from ..run_layout import RunLayout
 from .domain import rule_counts
 from .engine_cache import device_failure, worker_engine
@@ -299,8 +300,11 @@ def score_partition(plan: Plan, part: Partition, task: PartitionTask) -> dict:
         raise RuntimeError(f"image source returned unknown status {sorted(unknown)}")
     counts = pd.Series(status).value_counts().to_dict() if n else {}
     threshold = engine.info.threshold if task.threshold is None else task.threshold
+    interval = interval_for_engine(scores.p_merger, engine.info.card, engine.info.views)
     table = (
-        output_table(df, plan, scores, status, threshold, task.image_threshold, task.max_saturated_core) if n else None
+        output_table(df, plan, scores, status, threshold, task.image_threshold, task.max_saturated_core, interval)
+        if n
+        else None
     )
     if table is not None:
         write_partition(table, layout.dataset_file(part), task.run_meta)

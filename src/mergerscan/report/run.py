@@ -21,7 +21,7 @@ from . import sections
 from ._page import drawn, esc, fmt, page
 from .embedding_map import fig_embedding_map, project
 from .embedding_map import section as embedding_section
-from .figures import fig_columns, fig_sample, fig_scores, fig_status, fig_throughput
+from .figures import fig_columns, fig_sample, fig_scores, fig_status, fig_throughput, fig_uncertainty
 from .gallery import fetch_cutouts, gallery, path_column
 from .provenance import card_from_parquet, engine_card, engine_spec, provenance_rows
 from .sky import fig_sky
@@ -81,6 +81,8 @@ def build_report(
     sky_png, sky_cap = drawn(notes, "sky", fig_sky, st, default=(None, None))
     thr_png, thr_cap = drawn(notes, "throughput", fig_throughput, markers, default=(None, ""))
     keep("scores", drawn(notes, "score histogram", fig_scores, st, thr))
+    op_views = (summary.get("operating_point") or {}).get("views", 1)
+    keep("uncertainty", drawn(notes, "uncertainty", fig_uncertainty, out, thr, card, op_views))
     keep("sky", sky_png)
     keep("columns", drawn(notes, "per-column merger fraction", fig_columns, st, gfrac))
     keep("sample", drawn(notes, "p_merger against columns", fig_sample, st, thr))
@@ -109,6 +111,7 @@ def build_report(
 
     S = [
         sections.scores(figs.get("scores"), st, merg, gfrac, thr, summary.get("operating_point")),
+        sections.uncertainty(figs.get("uncertainty")),
         sections.sky(sky_png, sky_cap),
     ]
     if "columns" in figs:
