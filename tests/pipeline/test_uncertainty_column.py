@@ -94,7 +94,7 @@ def test_stilts_reads_the_interval_columns(field, dask_client, tmp_path, capsys)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[-1] == str(N - MISSING), r.stdout  # 'columns: C   rows: R'
     meta = subprocess.run(
-        [stilts, "tpipe", f"in={out / 'mergers.fits'}", "cmd=keepcols 'p_merger_lo p_merger_hi'", "omode=meta"],
+        [stilts, "tpipe", f"in={out / 'mergers.fits'}", "cmd=keepcols 'p_merger_lo p_merger_hi'", "cmd=meta"],
         capture_output=True,
         text=True,
         timeout=120,
