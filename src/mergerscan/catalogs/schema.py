@@ -107,7 +107,7 @@ OUTPUT_COLUMNS = {
         "stat.probability;stat.min",
         "lower end of the 95 % interval on p_merger (validation evidence)",
         "lower end of a 95 % interval on the merger fraction of the validation galaxies the engine scored like "
-        "this row (engine card's validation curve at the run's view count: those within 0.5 in logit, at least "
+        "this row (engine card's validation curve at the run's view count: those within 1 in logit, at least "
         "50; Wilson interval, widened to contain `p_merger`), at the engine's calibration prevalence like "
         "`p_merger`: narrow where many validation galaxies scored alike and agree, wide where few did or their "
         "labels are mixed. NaN where `p_merger` is NaN (the status says why) or the card has no validation "

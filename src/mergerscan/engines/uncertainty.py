@@ -26,7 +26,7 @@ import numpy as np
 from .operating import Curve, card_curve
 
 Z95 = 1.959963984540054
-HALF_WIDTH = 0.5  # logit units either side of the row's score
+HALF_WIDTH = 1.0  # logit units either side of the row's score (chosen on validation)
 MIN_ROWS = 50  # validation rows a window holds at least
 
 
