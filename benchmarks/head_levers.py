@@ -125,6 +125,13 @@ def head_logits(x, y, pmg, split, lever: str, l2: float):
     return fit_logistic(x[tr], t[tr], w[tr], l2)(x)
 
 
+def fp_at_recall(y, p, recalls=(0.90, 0.93, 0.95)) -> dict:
+    """Validation false positives at the highest threshold reaching each recall: the heads'
+    ranking compared free of where the macro-F1 rule happens to put the threshold."""
+    pos = np.sort(p[y == 1])[::-1]
+    return {f"{r:g}": int((p[y == 0] >= pos[int(np.ceil(r * len(pos))) - 1]).sum()) for r in recalls}
+
+
 def judge(y, z, split, with_test: bool) -> dict:
     """Temperature and macro-F1 threshold on validation; validation (and test) figures."""
     from mergerscan.training.evaluate import calibrate_and_summarize
@@ -144,6 +151,7 @@ def judge(y, z, split, with_test: bool) -> dict:
         }
 
     out = {"temperature": round(c.temperature, 4), "threshold": c.threshold, "val": pick(c.val, y[v], c.p_val)}
+    out["val"]["fp_at_recall"] = fp_at_recall(y[v], c.p_val)
     if with_test:
         out["test"] = pick(c.test, y[te], c.p_test)
     return out
@@ -179,11 +187,46 @@ def oof_negatives(y, z_pkg, x, split, l2: float) -> dict:
     return out
 
 
+def pooled_curve(y, p, split, info) -> dict:
+    """Lever (iii) as it would ship: the card's curve with TPR from the validation mergers (unseen
+    by the backbone) and FPR from every train + validation non-merger (6,036 instead of 1,066;
+    their false-positive rate is not lower than validation's, see ``oof_negatives``).  Each
+    target is chosen on it and on the validation-only curve, then measured once on test."""
+    from mergerscan.engines import operating
+    from mergerscan.training import survey
+
+    rows = ((split == "val") & (y == 1)) | (((split == "train") | (split == "val")) & (y == 0))
+    curves = {"val_only": operating.Curve.from_scores(y[split == "val"], p[split == "val"])}
+    curves["val_mergers_train_val_negatives"] = operating.Curve.from_scores(y[rows], p[rows])
+    te = split == "test"
+    out: dict = {}
+    for name, c in curves.items():
+        for target in ({}, {"purity": 0.9}, {"purity": 0.8}, {"completeness": 0.9}):
+            key = f"{name}/{target or 'default'}"
+            try:
+                op = operating.choose(c, info.threshold, 1, **target)
+            except operating.OperatingPointError as exc:
+                out[key] = {"refused": str(exc)}
+                continue
+            m = survey.at_threshold(y[te], p[te], np.float32(op.threshold), prevalences=(0.02,))
+            out[key] = {"stated": op.to_dict(), "test": m}
+            d = op.to_dict()
+            print(
+                f"{key}: thr {op.threshold:.4f} fp {op.fp}/{op.n_neg} purity {d['expected_purity']} "
+                f"{d['expected_purity_ci95']}; test P@2% {m['precision_at_2pct']} {m['precision_at_2pct_ci95']} "
+                f"recall {m['recall']}",
+                flush=True,
+            )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default=".cache/mergerscan")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--features-only", action="store_true")
+    ap.add_argument("--heads-on", nargs="+", default=["hidden", "backbone_pool"], help="feature tensors to refit on")
+    ap.add_argument("--pooled-only", action="store_true", help="only lever (iii)'s pooled curve")
     ap.add_argument("--out", default=str(result_path("head-levers.json")))
     a = ap.parse_args()
     ls, f = cached_features(Path(a.cache), a.threads)
@@ -192,11 +235,18 @@ def main() -> None:
     y = ls.table["label"].to_numpy().astype(int)
     split = ls.table["split"].to_numpy()
     pmg = vote_fractions(ls)
+    if a.pooled_only:
+        from mergerscan.engines import default_engine_path, read_engine_info
+
+        info = read_engine_info(default_engine_path())
+        p = (1 / (1 + np.exp(-f["logit"][:, 0].astype(np.float64) / info.temperature))).astype(np.float32)
+        write_result(a.out, {"machine": {"cpu": cpu_model()}, "pooled_curve": pooled_curve(y, p, split, info)})
+        return
     res = {"machine": {"cpu": cpu_model()}, "n": {s: int((split == s).sum()) for s in ("train", "val", "test")}}
     res["packaged"] = judge(y, f["logit"][:, 0], split, with_test=True)
     print("packaged", res["packaged"], flush=True)
     rows = {}
-    for feat in ("hidden", "backbone_pool"):
+    for feat in a.heads_on:
         x = standardise(f[feat], split == "train")
         for l2 in (1e-3, 1e-2):
             for lever in ("hard", "soft", "hardneg"):

@@ -67,6 +67,10 @@ def test_interval_columns_in_parquet_and_fits(field, dask_client, tmp_path, caps
     assert h[f"TUCD{k}"] == "stat.probability;stat.min" and "Wilson" in h["PINTVL"]
     meta = pq.read_schema(next((out / "parquet").rglob("Npix=*.parquet"))).metadata
     assert b"Wilson" in meta[b"mergerscan.p_merger_interval"]
+    from mergerscan.report import build_report
+
+    html = build_report(out).read_text()  # the report's figure of the interval
+    assert 'id="uncertainty"' in html and (out / "report" / "uncertainty.png").stat().st_size > 1000
 
 
 def test_no_curve_in_the_card_gives_nan_and_says_so(field, dask_client, tmp_path, capsys):
@@ -76,6 +80,10 @@ def test_no_curve_in_the_card_gives_nan_and_says_so(field, dask_client, tmp_path
     assert np.isfinite(got["p_merger"]).sum() == N - MISSING
     assert got["p_merger_lo"].isna().all() and got["p_merger_hi"].isna().all()
     assert "no validation curve" in fitsio.read_header(str(out / "mergers.fits"), ext="MERGERS")["PINTVL"]
+    from mergerscan.report import build_report
+
+    html = build_report(out).read_text()  # nothing to draw: no section, no warning
+    assert 'id="uncertainty"' not in html and "uncertainty figure" not in html
 
 
 def test_stilts_reads_the_interval_columns(field, dask_client, tmp_path, capsys):
