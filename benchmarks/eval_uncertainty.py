@@ -175,6 +175,53 @@ def plot(res: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def trust_score_validation(ls, f, p_all, thr: float, k: int = 20) -> dict:
+    """A genuinely new signal, measured on validation only: the share of a row's k nearest
+    training galaxies (the engine's own 64-d embedding, engines.representation) whose label
+    disagrees with the row's flag.  Is it informative beyond the margin?  (2-fold logistic on
+    validation of margin + disagreement against margin alone.)"""
+    import onnx
+    from onnx import numpy_helper
+    from scipy.optimize import minimize
+    from scipy.spatial import cKDTree
+
+    from mergerscan.engines import default_engine_path
+    from mergerscan.engines.representation import read_block
+
+    m = onnx.load(str(default_engine_path()))
+    rep = read_block({i.name: numpy_helper.to_array(i) for i in m.graph.initializer})
+    assert rep is not None
+    e, _ = rep.apply(f["backbone_pool"])
+    y, split = ls.table["label"].to_numpy().astype(int), ls.table["split"].to_numpy()
+    tr, va = split == "train", split == "val"
+    _, idx = cKDTree(e[tr]).query(e[va], k=k)
+    frac = y[tr][idx].mean(1)
+    p = p_all[va].astype(np.float64)
+    flag = p >= thr
+    err = flag != (y[va] == 1)
+    disagree = np.where(flag, 1 - frac, frac)
+    margin = np.abs(np.log(p / (1 - p)) - np.log(thr / (1 - thr)))
+    x = np.c_[margin, disagree, np.ones(len(p))]
+    fold, both = np.arange(len(p)) % 2, np.zeros(len(p))
+    for j in (0, 1):
+        a = fold != j
+        w = minimize(lambda w, a=a: np.mean(np.logaddexp(0, x[a] @ w) - err[a] * (x[a] @ w)), np.zeros(3)).x
+        both[~a] = x[~a] @ w
+    low = margin < np.quantile(margin, 0.2)
+    return {
+        "k": k,
+        "auroc_error_vs_disagreement": round(auroc(disagree, err), 4),
+        "auroc_error_vs_small_margin": round(auroc(-margin, err), 4),
+        "auroc_error_vs_margin_plus_disagreement_2fold": round(auroc(both, err), 4),
+        "lowest_fifth_of_margin": {
+            "n": int(low.sum()),
+            "errors": int(err[low].sum()),
+            "auroc_disagreement": round(auroc(disagree[low], err[low]), 4),
+            "auroc_small_margin": round(auroc(-margin[low], err[low]), 4),
+        },
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default=".cache/mergerscan")
@@ -225,6 +272,8 @@ def main() -> None:
         r_lo, r_hi = wilson(*window_counts(curve, p[s].astype(np.float64), window))
         res[s]["raw_interval_excludes_p"] = round(float(np.mean((p[s] < r_lo) | (p[s] > r_hi))), 4)
         print(s, {k: v for k, v in res[s].items() if not isinstance(v, list)}, flush=True)
+    res["trust_score_validation"] = trust_score_validation(ls, f, p_all, thr)
+    print("trust score (validation):", res["trust_score_validation"], flush=True)
     write_result(a.out, res)
     plot(res, Path(a.out).with_suffix(".png"))
 
