@@ -4,8 +4,9 @@ on its frozen penultimate features.
 The packaged engine's backbone is frozen; its features (``backbone_pool``, the global average
 pool, and ``hidden``, the head's ReLU layer) and its own logit are extracted once, one view, for
 all labelled stamps (:func:`mergerscan.training.representation.extract`) and cached under
-``--cache``.  Heads, all logistic on ``hidden`` or a small MLP on ``backbone_pool`` (see
-``HEADS``), are fitted on the training split with:
+``--cache``.  Logistic heads on ``hidden`` (the engine's own last layer: a winner ships as a head
+swap) or on ``backbone_pool`` (``--heads-on``), L2 1e-3 and 1e-2, are fitted on the training
+split with:
 
 * ``hard``: the labels as they are (the control: does a refit alone change anything?);
 * ``soft``: soft targets for the non-interacting class from the GZ1 merger vote fraction
@@ -19,11 +20,15 @@ Each head's logit goes through the project's one calibrate -> threshold -> summa
 (:func:`mergerscan.training.evaluate.calibrate_and_summarize`: temperature and macro-F1 threshold
 on validation) and is judged on **validation** (macro F1, precision at 2 %); test figures are
 written for the packaged head and for the validation winner only (one test look per reported
-candidate).  Lever (iii), out-of-fold scores over train + validation so the operating point rests
-on more negatives, is measured as what it is: the number of negatives under the curve and the
-width of the stated purity interval, with the head refitted k-fold on train + val.
+candidate).  Lever (iii), out-of-fold scores over train + validation so the operating point rests on more
+negatives: ``oof_negatives`` compares the false-positive rate of training and validation
+non-mergers (packaged head, and a head refitted 5-fold over train + val); ``--pooled-only``
+builds the curve from the validation mergers and all train + val non-mergers and measures its
+operating points once on test (``head-levers-pooled-curve.json``).
 
-    nice -n 10 .venv/bin/python benchmarks/head_levers.py --cache .cache/mergerscan
+    nice -n 10 .venv/bin/python benchmarks/head_levers.py --cache .cache/mergerscan --heads-on hidden
+    nice -n 10 .venv/bin/python benchmarks/head_levers.py --cache .cache/mergerscan --pooled-only \
+        --out benchmarks/results/head-levers-pooled-curve.json
 Writes benchmarks/results/head-levers.json.
 """
 
