@@ -18,9 +18,9 @@ split with:
 
 Each head's logit goes through the project's one calibrate -> threshold -> summarise sequence
 (:func:`mergerscan.training.evaluate.calibrate_and_summarize`: temperature and macro-F1 threshold
-on validation) and is judged on **validation** (macro F1, precision at 2 %); test figures are
-written for the packaged head and for the validation winner only (one test look per reported
-candidate).  Lever (iii), out-of-fold scores over train + validation so the operating point rests on more
+on validation) and is judged on **validation** (macro F1, precision at 2 %, false positives at
+matched recall); test figures are written for the packaged head only (a refit that won on
+validation would get its one test look).  Lever (iii), out-of-fold scores over train + validation so the operating point rests on more
 negatives: ``oof_negatives`` compares the false-positive rate of training and validation
 non-mergers (packaged head, and a head refitted 5-fold over train + val); ``--pooled-only``
 builds the curve from the validation mergers and all train + val non-mergers and measures its
