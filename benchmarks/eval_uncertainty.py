@@ -155,11 +155,12 @@ def plot(res: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
     for s, c in (("val", "#4a78a8"), ("test", "#d1495b")):
-        rows = [r for r in res[s]["error_rate_by_width"] if r["n"]]
-        x = [np.mean(r["range"]) for r in rows]
+        rows = res[s]["error_rate_by_width"]  # one point per validation-fixed bin, evenly spaced
+        x = list(range(len(rows)))
         ax[0].plot(x, [r["error_rate"] for r in rows], "o-", color=c, label=f"{s} ({res[s]['errors']} errors)")
         for xi, r in zip(x, rows):
             ax[0].annotate(str(r["n"]), (xi, r["error_rate"]), fontsize=7, xytext=(2, 4), textcoords="offset points")
+    ax[0].set_xticks(x, [f"{r['range'][0]:.3g}-{r['range'][1]:.3g}" for r in rows], fontsize=7)
     ax[0].set(xlabel="interval width p_merger_hi - p_merger_lo (bins fixed on validation)", ylabel="error rate")
     ax[0].legend(frameon=False)
     rel = res["test"]["reliability"]
