@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mergerscan.engines.card import EngineCard
 from mergerscan.engines.operating import Curve, curve_card_updates
 from mergerscan.engines.uncertainty import (
     Window,
@@ -40,7 +41,7 @@ def test_interval_holds_the_score_lies_in_0_1_and_is_nan_where_unscored():
 
 def test_the_card_is_read_at_the_runs_view_count():
     y, p = calibrated(600, 1)
-    card = curve_card_updates({1: Curve.from_scores(y, p)}, "test")
+    card = EngineCard.from_dict(curve_card_updates({1: Curve.from_scores(y, p)}, "test"))
     q = np.float32([0.1, 0.5, 0.9])
     lo, hi = interval_for_engine(q, card, 1)
     np.testing.assert_array_equal(np.c_[lo, hi], np.c_[score_interval(q, Curve.from_scores(y, p))])

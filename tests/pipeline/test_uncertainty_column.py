@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import assert_fits_equals_parquet, make_stamps, read_out, run_cli, two_patch_catalog, write_fits_catalog
-from mergerscan.engines.engine_file import read_card, write_metadata
+from mergerscan.engines import read_engine_info
+from mergerscan.engines.engine_file import write_metadata
 from mergerscan.engines.operating import Curve, curve_card_updates
 from mergerscan.engines.uncertainty import interval_for_engine
 
@@ -57,7 +58,7 @@ def test_interval_columns_in_parquet_and_fits(field, dask_client, tmp_path, caps
     assert ((lo[scored] >= 0) & (lo[scored] <= p[scored]) & (p[scored] <= hi[scored]) & (hi[scored] <= 1)).all()
     assert (hi[scored] - lo[scored] > 0).all()
     # the one place these numbers come from, on the engine's own card
-    want_lo, want_hi = interval_for_engine(got["p_merger"].to_numpy(), read_card(field / "engine.onnx"), 1)
+    want_lo, want_hi = interval_for_engine(got["p_merger"].to_numpy(), read_engine_info(field / "engine.onnx").card, 1)
     np.testing.assert_array_equal(got["p_merger_lo"].to_numpy(), want_lo)
     np.testing.assert_array_equal(got["p_merger_hi"].to_numpy(), want_hi)
     assert_fits_equals_parquet(out)  # FITS carries the same values (NaN where null)
