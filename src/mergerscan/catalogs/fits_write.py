@@ -41,6 +41,7 @@ FITS_KEYWORDS = {
     "expected_completeness_lo": "EXPCOMLO",
     "expected_completeness_hi": "EXPCOMHI",
     "views": "TTAVIEWS",
+    "p_merger_interval": "PINTVL",  # where p_merger_lo/hi come from (engines.uncertainty), or why they are NaN
     "source": "IMGSRC",
     "command": "COMMAND",
     "domain": "DOMAIN",  # --domain on|off|catalog|image

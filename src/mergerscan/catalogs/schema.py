@@ -134,6 +134,27 @@ OUTPUT_COLUMNS = {
         "calibrated probability of being a merger",
         "calibrated probability of being a merger (temperature fitted on validation); NaN when not scored",
     ),
+    "p_merger_lo": Column(
+        "float32",
+        None,
+        "stat.probability;stat.min",
+        "lower end of the 95 % interval on p_merger (validation evidence)",
+        "lower end of a 95 % interval on the merger fraction of the validation galaxies the engine scored like "
+        "this row (engine card's validation curve at the run's view count: those within 1 in logit, at least "
+        "50; Wilson interval, widened to contain `p_merger`), at the engine's calibration prevalence like "
+        "`p_merger`: narrow where many validation galaxies scored alike and agree, wide where few did or their "
+        "labels are mixed. NaN where `p_merger` is NaN (the status says why) or the card has no validation "
+        "curve (header `PINTVL` says which)",
+    ),
+    "p_merger_hi": Column(
+        "float32",
+        None,
+        "stat.probability;stat.max",
+        "upper end of the 95 % interval on p_merger (validation evidence)",
+        "upper end of the interval of `p_merger_lo`; `p_merger_lo <= p_merger <= p_merger_hi` where all three "
+        "exist. A row whose interval lies wholly above the threshold (`p_merger_lo >= THRESH`) is a confident "
+        "merger, wholly below a confident non-merger; one that straddles it is where the errors are",
+    ),
     "is_merger": Column(
         "bool",
         None,

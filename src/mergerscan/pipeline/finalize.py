@@ -11,7 +11,7 @@ from ..atomic import atomic_write_text
 from ..catalogs.fits_write import write_fits_table
 from ..catalogs.hats import join_pieces, write_hats_metadata
 from ..catalogs.schema import SCORED, Status, id_output_name
-from ..engines import operating
+from ..engines import operating, uncertainty
 from ..engines.operating import OperatingPoint, operating_line
 from ..run_layout import RunLayout
 from ..run_summary import Failure, RunSummary, SourceSummary
@@ -41,6 +41,7 @@ def run_meta(args: ProcessArguments, info, op: OperatingPoint | None = None) -> 
         "threshold": op.threshold,
         **op.header_meta(),
         "views": info.views,
+        "p_merger_interval": uncertainty.describe(info.card, info.views),
         "mergerscan_version": __version__,
         "source": args.source.kind,
         "model_card": json.dumps(card, sort_keys=True),

@@ -137,8 +137,11 @@ def output_table(
     threshold: float,
     image_threshold: float | None,
     max_saturated: int | None = None,
+    interval: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
+    """``interval``: (p_merger_lo, p_merger_hi) of engines.uncertainty (None: all NaN)."""
     c = plan.columns
+    lo, hi = interval if interval is not None else (np.full(len(df), np.nan, np.float32),) * 2
     inside = in_domain(status, scores, image_threshold, max_saturated)
     sat = scores.saturated_core
     out = {
@@ -146,6 +149,8 @@ def output_table(
         "ra": df[c["ra"]].to_numpy(np.float64),
         "dec": df[c["dec"]].to_numpy(np.float64),
         "p_merger": scores.p_merger.astype(np.float32),
+        "p_merger_lo": np.asarray(lo, np.float32),
+        "p_merger_hi": np.asarray(hi, np.float32),
         "is_merger": is_merger(scores.p_merger, threshold, inside),
         "in_domain": inside,
         "domain_score": scores.domain_score.astype(np.float32),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..engines.card import EngineCard
 from .page import fig_png, pyplot
 from .stream import ColumnBins, RunStats
 
@@ -221,3 +222,50 @@ def fig_throughput(markers: list[dict]) -> tuple[bytes | None, str]:
         "Image fetching runs in a prefetch thread and overlaps inference, so the two can add up "
         "to more than the task total."
     )
+
+
+UNCERTAINTY_COLUMNS = ("p_merger", "p_merger_lo", "p_merger_hi")
+
+
+def fig_uncertainty(out_dir, thr: float, card: EngineCard, views: int) -> bytes | None:
+    """The per-row interval (p_merger_lo/hi): the run's scored rows by interval width against
+    p_merger, and by class (interval below / across / above the threshold) with each class's
+    error rate on the engine's validation split (the card's curve).  None: no such columns."""
+    from ..engines.operating import card_curve
+    from ..engines.uncertainty import CLASSES, interval_class, validation_errors_by_class
+    from .stream import open_dataset
+
+    data = open_dataset(out_dir)
+    if not set(UNCERTAINTY_COLUMNS) <= set(data.schema.names):
+        return None
+    edges = np.linspace(0, 1, 51)
+    hist, counts = np.zeros((50, 50), np.int64), np.zeros(len(CLASSES), np.int64)
+    for batch in data.to_batches(columns=list(UNCERTAINTY_COLUMNS)):
+        p, lo, hi = (
+            np.asarray(batch.column(c).to_numpy(zero_copy_only=False), np.float64) for c in UNCERTAINTY_COLUMNS
+        )
+        ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(p)
+        hist += np.histogram2d(p[ok], (hi - lo)[ok], [edges, edges])[0].astype(np.int64)
+        c = interval_class(lo[ok], hi[ok], thr)
+        counts += np.bincount(c, minlength=len(CLASSES))
+    if not counts.sum():
+        return None
+    curve = card_curve(card, views) if card else None
+    val = validation_errors_by_class(curve, thr) if curve is not None else None
+    plt = pyplot()
+    fig, ax = plt.subplots(1, 2, figsize=(10.5, 3.4), gridspec_kw={"width_ratios": [1.4, 1]})
+    im = ax[0].pcolormesh(edges, edges, np.ma.masked_equal(hist.T, 0), cmap="viridis", norm="log")
+    fig.colorbar(im, ax=ax[0], label="objects", fraction=0.04, pad=0.02)
+    ax[0].axvline(thr, color="#e8a33d", lw=1.5)
+    ax[0].set(xlabel="p_merger", ylabel="p_merger_hi - p_merger_lo", xlim=(0, 1), ylim=(0, 1))
+    labels = ["interval below\nthreshold", "interval across\nthreshold", "interval above\nthreshold"]
+    ax[1].bar(labels, counts, color=["#4a78a8", "#b0b0b0", "#e8a33d"])
+    for i, n in enumerate(counts):
+        e = (
+            f"\nvalidation error rate {val[CLASSES[i]][0] / val[CLASSES[i]][1]:.3f}"
+            if val and val[CLASSES[i]][1]
+            else ""
+        )
+        ax[1].annotate(f"{n:,}{e}", (i, n), ha="center", va="bottom", fontsize=8)
+    ax[1].set(ylabel="scored objects", ylim=(0, counts.max() * 1.35))
+    return fig_png(fig)

@@ -27,7 +27,7 @@ from ..run_summary import RunSummary, SourceSummary
 from . import sections
 from .embedding_map import fig_embedding_map, project
 from .embedding_map import section as embedding_section
-from .figures import fig_columns, fig_sample, fig_scores, fig_status, fig_throughput
+from .figures import fig_columns, fig_sample, fig_scores, fig_status, fig_throughput, fig_uncertainty
 from .gallery import fetch_cutouts, gallery, path_column
 from .page import drawn, esc, fmt, page
 from .provenance import card_from_parquet, engine_card, engine_spec, provenance_rows
@@ -138,7 +138,7 @@ def build_report(
     card, card_note = engine_card(summary)
     card = card or card_from_parquet(layout.root)
     rep.spec = engine_spec(summary)
-    _draw_figures(rep)
+    _draw_figures(rep, card)
     cutouts = _fetch_galleries(rep)
     emb_html = _embedding_section(rep)
     body = _sections(rep, card, cutouts, emb_html) + [_method(rep, max_memory_rows, t_start)]
@@ -156,7 +156,7 @@ def build_report(
     return layout.report_index
 
 
-def _draw_figures(rep: _Report) -> None:
+def _draw_figures(rep: _Report, card: EngineCard) -> None:
     """Every figure of the page but the embedding map, in the order their notes appear."""
     st, thr = rep.st, rep.thr
     sky_png, sky_cap = drawn(rep.notes, "sky", fig_sky, st, default=(None, None))
@@ -164,6 +164,8 @@ def _draw_figures(rep: _Report) -> None:
         rep.notes, "throughput", fig_throughput, _read_markers(rep.layout.root), default=(None, "")
     )
     rep.keep("scores", drawn(rep.notes, "score histogram", fig_scores, st, thr))
+    views = (rep.summary.operating_point or {}).get("views", 1)
+    rep.keep("uncertainty", drawn(rep.notes, "uncertainty", fig_uncertainty, rep.layout.root, thr, card, views))
     rep.keep("sky", sky_png, sky_cap)
     rep.keep("columns", drawn(rep.notes, "per-column merger fraction", fig_columns, st, rep.merger_fraction))
     rep.keep("sample", drawn(rep.notes, "p_merger against columns", fig_sample, st, thr))
@@ -214,6 +216,7 @@ def _sections(rep: _Report, card: EngineCard, cutouts: _Galleries, emb_html: str
     st, thr, spec, show, figs = rep.st, rep.thr, rep.spec, rep.show, rep.figs
     S = [
         sections.scores(figs.get("scores"), st, rep.mergers, rep.merger_fraction, thr, rep.summary.operating_point),
+        sections.uncertainty(figs.get("uncertainty")),
         sections.sky(figs.get("sky"), rep.captions["sky"]),
     ]
     if "columns" in figs:

@@ -19,6 +19,7 @@ COLUMNS_CAPTION = (
 )
 NAV = [
     ("scores", "Scores"),
+    ("uncertainty", "Uncertainty"),
     ("sky", "Sky"),
     ("columns", "Columns"),
     ("flags", "Flags"),
@@ -43,6 +44,21 @@ def scores(png: bytes | None, st: RunStats, merg: int, gfrac: float, thr: float,
         f'<p class="note">{st.scored:,} scored objects; {merg:,} ({gfrac:.2%}) at or above the threshold '
         f"{thr:.4g}.{op} p_merger is temperature-calibrated on the engine's validation split, so the mean "
         f"p_merger of a population estimates its merger fraction (given the training labels' definition).</p></section>"
+    )
+
+
+def uncertainty(png: bytes | None) -> str:
+    """The per-row interval's figure (report.figures.fig_uncertainty); nothing for runs without it."""
+    if png is None:
+        return ""
+    caption = (
+        "Left: scored objects by the width of their 95 % interval (p_merger_lo to p_merger_hi, from the validation "
+        "galaxies the engine scored alike) against p_merger; orange line: the threshold. Right: objects whose interval "
+        "lies wholly below, across or wholly above the threshold, with that class's error rate on the engine's "
+        "validation split: the errors are where the interval straddles the threshold."
+    )
+    return (
+        f'<section id="uncertainty"><h2>Per-object uncertainty</h2>{figure(png, "interval widths", caption)}</section>'
     )
 
 
