@@ -33,7 +33,7 @@ demo: setup
 	$(BIN)/process-catalog demo-out/field/demo-catalog.fits --frames demo-out/field -o demo-out/run \
 	    --keep-columns truth,mag_r,redshift --overwrite
 
-# ruff (lint + format; in src/ also the function-size rules C901, PLR0912, PLR0915) over the tree,
+# ruff (lint + format; in src/ and tools/ also the function-size rules C901, PLR0912, PLR0915) over the tree,
 # mypy over catalogs, pipeline and engines (pyproject.toml); tests/test_architecture.py (run by
 # `make test`) caps functions at 80 lines
 lint: setup

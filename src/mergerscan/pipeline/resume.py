@@ -13,8 +13,8 @@ reads and writes these and answers the questions a run asks:
 * which partitions remain, and why (:meth:`ResumePlan.remaining`: never scored, or a retry marker
   naming the transient statuses to score again); which rows of a retried partition are kept
   (:meth:`ResumePlan.keep_rows`: every row whose status is not in ``catalogs.schema.TRANSIENT``);
-* what to do when a partition runs out of memory (:meth:`ResumePlan.after_out_of_memory`, the
-  ladder of :data:`OOM_BATCH_DIVISORS`).
+* what to do when a partition runs out of memory (:func:`after_out_of_memory`, a module function:
+  the ladder of :data:`OOM_BATCH_DIVISORS`).
 
 Dask re-running a task (after a lost worker) rewrites identical bytes, so writes are idempotent.
 The on-disk layout (names, JSON content) is run_layout.py's and does not change here.
