@@ -3,6 +3,9 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 PYTEST_ARGS ?=
+# two test processes: the suite waits on Dask, SLURM, servers and subprocesses about half the time
+# (one process kept 1.14 of 2 cores busy); SLURM tests stay in one process (conftest.py)
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup system-deps demo lint format test test-fast bench clean
 
@@ -46,10 +49,10 @@ format: setup
 	$(BIN)/ruff format src tests benchmarks tools
 
 test: setup system-deps lint
-	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra -m "not slow" -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 clean:
 	rm -rf demo-out .pytest_cache

@@ -209,6 +209,14 @@ def cli_process(*argv, timeout=300, env=None, cwd=None, traceback_ok: str | None
     return r
 
 
+def pytest_collection_modifyitems(config, items):
+    """With ``pytest -n`` (make test): the tests of the one local SLURM cluster run in one test
+    process, one after another, as they were written to (they share its nodes and its queue)."""
+    for item in items:
+        if item.get_closest_marker("slurm") or item.path.name == "test_slurm.py":
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Every test fails if output that pytest captured for it (prints of an in-process CLI run,
