@@ -152,7 +152,7 @@ def test_score_equals_process_catalog_on_1000_shared_stamps(gz_dir, dask_client,
     ran = run_rows(tmp_path / "run")
     before = _clusters_and_clients()
     scored = mergerscan.score(pd.read_csv(tmp_path / "gz1000.csv"), images=images, id_column="id", views=1)
-    assert _clusters_and_clients() == before
+    assert _clusters_and_clients() <= before  # none made (earlier tests' may be collected meanwhile)
     assert len(scored) == 1000 and (scored["status"] == "ok").sum() > 990
     assert_same_rows(scored, ran)
 
@@ -175,7 +175,7 @@ def test_process_catalog_uses_the_given_client_and_leaves_it_open(field, cheap_e
         progress=False,
         report=False,
     )
-    assert _clusters_and_clients() == before  # no cluster or client of its own: the one given
+    assert _clusters_and_clients() <= before  # no cluster or client of its own: the one given
     assert isinstance(s, RunSummary) and s.rows == N and s.status["ok"] == N - 4
     assert dask_client.status == "running" and dask_client.submit(sum, [1, 2]).result() == 3
     assert dask.config.get("distributed.worker.memory.pause", None) == pause and dict(os.environ) == env

@@ -46,13 +46,9 @@ def _split(tmp_path, df, chunk_rows=700, partition_rows=300, bucket_rows=1000):
     r = CatalogReader(path, chunk_rows=chunk_rows)
     chunks = r.chunk_ranges()
     cols = {"id": "objid", "ra": "ra", "dec": "dec"}
-    spec = {
-        "catalog": str(path),
-        "source_catalog": str(path),
-        "columns": cols,
-        "keep": ["nchild", "name"],
-        "hist_order": HIST_ORDER,
-    }
+    spec = split.ScanSpec(
+        catalog=str(path), source_catalog=str(path), columns=cols, keep=["nchild", "name"], hist_order=HIST_ORDER
+    )
     work = RunLayout(tmp_path).work.dir
     hist, ranges = split.Histogram(), []
     for i, c in enumerate(chunks):
@@ -148,13 +144,9 @@ def test_torn_run_is_made_again(tmp_path):
     run = WorkLayout(work).run_file(1)
     good = run.read_bytes()
     run.write_bytes(good[: len(good) // 2])
-    spec = {
-        "catalog": plan.catalog,
-        "source_catalog": plan.catalog,
-        "columns": plan.columns,
-        "keep": plan.keep,
-        "hist_order": HIST_ORDER,
-    }
+    spec = split.ScanSpec(
+        catalog=plan.catalog, source_catalog=plan.catalog, columns=plan.columns, keep=plan.keep, hist_order=HIST_ORDER
+    )
     s = split.scan_chunk(spec, 1, plan.chunks[1], str(work))
     assert run.read_bytes() == good and s["rows"] == plan.chunks[1][1] - plan.chunks[1][0]
 

@@ -42,16 +42,16 @@ def make_plan(args: ProcessArguments, cat: dict, tasks: TaskRunner, layout: RunL
         path = stage_csv(args.catalog, work, args.chunk_rows, cat["columns"]["id"], cat["id_kind"])
         chunks = CatalogReader(path, chunk_rows=args.chunk_rows).chunk_ranges()
     select_columns = cat.get("select_columns") or {}
-    spec = {
-        "catalog": path,
-        "source_catalog": args.catalog,
-        "columns": cat["columns"],
-        "keep": cat["keep"],
-        "hist_order": args.hist_order,
-        "select": args.select,
-        "select_columns": select_columns,
-        "domain": cat.get("domain") or {},
-    }
+    spec = split.ScanSpec(
+        catalog=path,
+        source_catalog=args.catalog,
+        columns=cat["columns"],
+        keep=cat["keep"],
+        hist_order=args.hist_order,
+        select=args.select,
+        select_columns=select_columns,
+        domain=cat.get("domain") or {},
+    )
     hist, ranges = split.Histogram(), [None] * len(chunks)
     bar = Progress(cat["nrows"], "plan: scan", args.progress, unit="rows", lazy=True)
     for r in tasks.map(

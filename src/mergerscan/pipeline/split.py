@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -101,14 +102,24 @@ def _write_ipc(path: Path, table, batches=None, sync: bool = True):
             writer.write_table(table.slice(off, n), max_chunksize=max(1, n))
 
 
-def scan_chunk(spec: dict, chunk_id: int, rows: tuple[int, int], work: str) -> dict:
-    """Task: input rows [start, stop) = ``rows`` -> sorted run file; returns its histogram.
+@dataclass(frozen=True)
+class ScanSpec:
+    """What every scan task reads: the catalog to read (the input, or its staged CSV) and the plan
+    fields evaluated once per row while scanning: ``--select`` (unselected rows get
+    ``_selected=False``) and the catalog rules of ``--domain`` (``_domain``)."""
 
-    ``spec``: catalog, source_catalog (for error messages), columns, keep, hist_order, select,
-    select_columns (--select is evaluated here, once per row: unselected rows get _selected=False),
-    domain (the catalog rules of --domain, evaluated here too: ``_domain``)."""
-    from types import SimpleNamespace
+    catalog: str
+    source_catalog: str  # the user's file, named in error messages
+    columns: dict[str, str]
+    keep: list[str]
+    hist_order: int
+    select: str | None = None
+    select_columns: dict[str, str] = field(default_factory=dict)
+    domain: dict = field(default_factory=dict)  # CatalogRules.to_dict()
 
+
+def scan_chunk(spec: ScanSpec, chunk_id: int, rows: tuple[int, int], work: str) -> dict:
+    """Task: input rows [start, stop) = ``rows`` -> sorted run file; returns its histogram."""
     import pyarrow as pa
 
     path = WorkLayout(work).run_file(chunk_id)
@@ -116,33 +127,31 @@ def scan_chunk(spec: dict, chunk_id: int, rows: tuple[int, int], work: str) -> d
         try:
             hpx = _read_ipc(path).column("_healpix29").to_numpy()
             if len(hpx) == rows[1] - rows[0]:
-                return _summary(hpx, spec["hist_order"], chunk_id)
+                return _summary(hpx, spec.hist_order, chunk_id)
         except (OSError, ValueError):  # torn by a crash (runs are not fsync'ed)
             pass
     fault_point("scan", chunk_id)
     start, stop = rows
-    c = spec["columns"]
+    c = spec.columns
     df = read_positions(
-        spec["catalog"],
+        spec.catalog,
         start,
         stop,
         c,
-        [*spec["keep"], *spec.get("select_columns", {}).values(), *CatalogRules.from_dict(spec.get("domain")).columns],
-        label=spec["source_catalog"],
+        [*spec.keep, *spec.select_columns.values(), *CatalogRules.from_dict(spec.domain).columns],
+        label=spec.source_catalog,
     )
-    df = mark_selected(
-        SimpleNamespace(**{"select": None, "select_columns": {}, **spec}), df, start
-    )  # spec carries the plan fields it reads
+    df = mark_selected(spec, df, start)  # the spec carries the plan fields it reads
     ra = df[c["ra"]].to_numpy(np.float64)
     dec = df[c["dec"]].to_numpy(np.float64)
     hpx = healpix29(ra, dec, coord_status(ra, dec))
-    order = _sky_order(hpx, spec["hist_order"])
+    order = _sky_order(hpx, spec.hist_order)
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.append_column("_input_row", pa.array(np.arange(start, start + len(df), dtype=np.int64)))
     table = table.append_column("_healpix29", pa.array(hpx)).take(order)
     # not fsync'ed: a run is temporary, and one torn by a crash is re-made above
     _write_ipc(path, table, sync=False)
-    return _summary(hpx[order], spec["hist_order"], chunk_id)
+    return _summary(hpx[order], spec.hist_order, chunk_id)
 
 
 class Histogram:
