@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -66,6 +67,12 @@ def dask_client():
     )
     client = Client(cluster)
     yield client
+    # Workers leave first: closing the scheduler under live workers lets a worker's heartbeat meet a
+    # closed socket, which distributed logs as a traceback on a busy machine (seen once in CI).
+    cluster.scale(0)
+    deadline = time.monotonic() + 60
+    while client.scheduler_info(n_workers=-1)["workers"] and time.monotonic() < deadline:
+        time.sleep(0.1)
     client.close()
     cluster.close()
 
