@@ -1,7 +1,8 @@
 """Command lines: ``process-catalog`` (= ``mergerscan process``) and ``mergerscan <verb>``.
 
 Across verbs: ``-o/--output`` names what a verb writes, ``--engine`` an engine file, ``--threads``
-the threads; exit statuses come from :mod:`mergerscan.exit_codes`."""
+the threads, the positional ``CATALOG`` the catalog read (:mod:`mergerscan.verb_flags`; earlier
+spellings still accepted, hidden); exit statuses come from :mod:`mergerscan.exit_codes`."""
 
 from __future__ import annotations
 
@@ -203,12 +204,9 @@ VERBS = {
 }
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["process"]:
-        from .pipeline.cli import main as process_main
-
-        return process_main(argv[1:], prog="mergerscan process")
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    """``mergerscan``'s parser (``process`` is parsed by process-catalog's own) and, for :data:`VERBS`,
+    the training room's module and the train / finetune sub-parsers."""
     from .bench import cli as bench_cli
     from .training import cli as tcli
 
@@ -223,6 +221,18 @@ def main(argv=None) -> int:
     _engine_info_parser(sub)
     _similar_parser(sub)
     bench_cli.add_parsers(sub)  # bench engine|sources|plan, doctor [--gpu]
+    return ap, parsers
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["process"]:
+        from .pipeline.cli import main as process_main
+
+        return process_main(argv[1:], prog="mergerscan process")
+    from .bench import cli as bench_cli
+
+    ap, parsers = build_parser()
     a = ap.parse_args(argv)
     if a.verb in bench_cli.VERBS:
         bench_cli.run(ap, a)

@@ -1,11 +1,55 @@
-"""Flag spellings every ``mergerscan`` verb shares: ``--engine FILE`` for an engine file,
-``-o/--output`` for what a verb writes (the spellings of earlier versions still accepted, hidden)."""
+"""What every ``mergerscan`` verb's command line shares.
+
+Spellings: ``--engine FILE`` for an engine file, ``-o/--output`` for what a verb writes, the
+catalog as the positional ``CATALOG`` (the spellings of earlier versions still accepted, hidden).
+Fields: a flag's default is its dataclass field's (:func:`default_of`), and the parsed flags
+become the typed object by its fields (:func:`from_namespace`), never copied by hand."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, fields
+from typing import Any, TypeVar
 
 from .exit_codes import EXIT_BAD_INPUT
+
+T = TypeVar("T")
+_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def default_of(cls: Any, name: str) -> Any:
+    """The default of dataclass ``cls``'s field ``name`` (the one place defaults are written)."""
+    f = next(f for f in fields(cls) if f.name == name)
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None if f.default is MISSING else f.default
+
+
+def field_values(
+    build: Callable[..., Any], ns: argparse.Namespace, prefix: str = "", rename: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The keyword parameters of ``build`` (a dataclass's fields, or a function's) that the parsed
+    flags hold: each from the flag whose dest is its name, ``prefix`` + its name, or ``rename[name]``
+    where the dest differs.  A parameter no flag fills is left out: it keeps its own default."""
+    params = {n: p for n, p in inspect.signature(build).parameters.items() if p.kind in _KEYWORD}
+    rename = dict(rename or {})
+    if stray := sorted(set(rename) - set(params)):  # a rename of no field: a typo, not a choice
+        raise TypeError(f"{getattr(build, '__name__', build)} has no parameter {stray[0]!r}")
+    dests = {name: rename.get(name, prefix + name) for name in params}
+    return {name: getattr(ns, dest) for name, dest in dests.items() if hasattr(ns, dest)}
+
+
+def from_namespace(
+    build: Callable[..., T],
+    ns: argparse.Namespace,
+    prefix: str = "",
+    rename: Mapping[str, str] | None = None,
+    **given: Any,
+) -> T:
+    """``build(...)`` from the parsed flags (:func:`field_values`); ``given`` wins over a flag."""
+    return build(**(field_values(build, ns, prefix, rename) | given))
 
 
 def add_output_option(p, help: str, dest: str = "out") -> None:
@@ -39,3 +83,25 @@ def engine_file(ap, a) -> str | None:
     if engine is None and a.engine_required:
         ap.exit(EXIT_BAD_INPUT, f"mergerscan {a.verb}: error: --engine FILE is required\n")
     return engine
+
+
+def add_catalog_argument(p, help: str, old: str = "--catalog") -> None:
+    """The positional ``CATALOG``; ``old`` (the flag of earlier versions) still accepted, hidden.
+    Optional to argparse (a --resume needs none): :func:`catalog_file` says when it is missing.
+    Added before :func:`add_engine_option`, whose hidden ENGINE positional comes second."""
+    p.add_argument("catalog", nargs="?", metavar="CATALOG", help=help)
+    p.add_argument(old, dest="catalog_flag", metavar="CATALOG", help=argparse.SUPPRESS)
+
+
+def catalog_file(ap, a, required: bool = True) -> str | None:
+    """The catalog given as CATALOG (or its earlier flag), also left in ``a.catalog``.  In the earlier
+    ``VERB ENGINE --data CATALOG`` the engine stands in CATALOG's place: it moves to the hidden ENGINE."""
+    if a.catalog_flag is not None and a.catalog is not None:
+        if getattr(a, "engine", False) is None:  # a verb with a hidden ENGINE positional, still empty
+            a.engine, a.catalog = a.catalog, a.catalog_flag
+        elif a.catalog != a.catalog_flag:
+            ap.exit(EXIT_BAD_INPUT, f"mergerscan {a.verb}: error: give the catalog once: CATALOG\n")
+    a.catalog = a.catalog if a.catalog is not None else a.catalog_flag
+    if a.catalog is None and required:
+        ap.exit(EXIT_BAD_INPUT, f"mergerscan {a.verb}: error: CATALOG is required\n")
+    return a.catalog

@@ -20,7 +20,8 @@ from typing import Any
 from ..cutouts.defaults import DefaultSource, builtin_default
 from ..cutouts.source_choice import CutoutService, FramesDir, ImageSource, ServiceOptions, SourcePlugin, StampsDir
 from ..cutouts.sources import SourceConfig, redact_command
-from .run_options import ArgumentError, RunArguments, default_of, literal
+from ..verb_flags import default_of
+from .run_options import ArgumentError, RunArguments, literal
 
 __all__ = ["EMBEDDINGS_DEFAULT", "ArgumentError", "EngineConfig", "ProcessArguments", "RunArguments", "default_of"]
 

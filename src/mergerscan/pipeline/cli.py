@@ -12,15 +12,15 @@ import json
 import shlex
 import signal
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from ..catalogs.read import CatalogError
 from ..cutouts.source_choice import ServiceOptions
 from ..exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from ..verb_flags import from_namespace
 from .arguments import ArgumentError, ProcessArguments, default_of
 from .domain import DomainError, parse_pairs
-from .flags import build_parser, flag_names
+from .flags import SERVICE_RENAME, SLURM_RENAME, build_parser, flag_names
 from .resume import FingerprintMismatch, OutputError
 from .slurm import SlurmOptions
 
@@ -62,41 +62,16 @@ def _site_default(ns: argparse.Namespace):
     return None if site.origin == "built-in" else site
 
 
-def _slurm_options(ns: argparse.Namespace) -> SlurmOptions:
-    return SlurmOptions(
-        cores=ns.slurm_cores,
-        memory=ns.slurm_memory,
-        processes=ns.slurm_processes,
-        walltime=ns.slurm_walltime,
-        lifetime=ns.slurm_lifetime,
-        account=ns.slurm_account,
-        partition=ns.slurm_partition,
-        prologue=list(ns.slurm_prologue),
-        directives=list(ns.slurm_directive),
-        interface=ns.slurm_interface,
-    )
-
-
-def _service_options(ns: argparse.Namespace) -> ServiceOptions:
-    return ServiceOptions(
-        timeout=ns.service_timeout,
-        retries=ns.service_retries,
-        max_concurrency=ns.service_concurrency,
-        max_rate=ns.service_rate,
-        total_timeout=ns.service_total_timeout,
-    )
-
-
 def arguments_from(ns: argparse.Namespace, argv, prog: str = "process-catalog") -> ProcessArguments:
     """The parsed command line as ProcessArguments (the site default source read here)."""
     given = {
         "catalog": ns.catalog,
         "output": ns.output or str(Path(ns.catalog).name.split(".")[0] + "-mergers"),
         "backend": ns.backend or ("onnxruntime-cuda" if ns.gpus else default_of(ProcessArguments, "backend")),
-        "slurm": _slurm_options(ns),
+        "slurm": from_namespace(SlurmOptions, ns, prefix="slurm_", rename=SLURM_RENAME),
         "mode": "plan" if ns.plan else "shard" if ns.shard else "finalize" if ns.finalize else "all",
         "shard": _parse_shard(ns.shard),
-        "service_options": _service_options(ns),
+        "service_options": from_namespace(ServiceOptions, ns, prefix="service_", rename=SERVICE_RENAME),
         "source_kind": ns.source[0] if ns.source else None,
         "source_location": ns.source[1] if ns.source else None,
         "source_options": _source_options(ns.source_option),
@@ -105,11 +80,7 @@ def arguments_from(ns: argparse.Namespace, argv, prog: str = "process-catalog") 
         "domain_limits": parse_pairs(ns.domain_limit, "--domain-limit", number=True),
         "command": shlex.join([prog, *argv]),  # redacted when the arguments are resolved
     }
-    # every other flag fills the field of its own name, unchanged
-    same = {
-        f.name: getattr(ns, f.name) for f in fields(ProcessArguments) if f.name not in given and hasattr(ns, f.name)
-    }
-    return ProcessArguments(**same, **given)
+    return from_namespace(ProcessArguments, ns, **given)  # every other flag fills its own field, unchanged
 
 
 def _error(message, status: int = EXIT_BAD_INPUT) -> int:

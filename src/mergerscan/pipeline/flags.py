@@ -1,7 +1,8 @@
 """The flags of ``process-catalog`` / ``mergerscan process``, in argument groups.
 
 Each flag takes its default from the dataclass field it fills (:class:`ProcessArguments`,
-``SlurmOptions``, the service source's ``Options``): defaults are written once, there.
+``SlurmOptions``, the service source's ``Options``): defaults are written once, there.  The parsed
+flags become those dataclasses by their fields (:func:`mergerscan.verb_flags.from_namespace`, in ``cli``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ FIELD_FLAGS = {
     "threads_per_worker": "--threads",
     "default_source": "--source",
 }
+
+# SlurmOptions / ServiceOptions fields whose flag's dest is not --slurm-<field> / --service-<field>
+SLURM_RENAME = {"directives": "slurm_directive"}
+SERVICE_RENAME = {"max_concurrency": "service_concurrency", "max_rate": "service_rate"}
 
 
 def _field(name: str, cls=ProcessArguments):

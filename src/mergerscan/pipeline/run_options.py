@@ -1,13 +1,13 @@
 """What every run has, whatever it processes (as hats-import's RuntimeArguments): where the
 output goes and how the run is executed; the one error type of bad arguments, which names the
-argument in Python terms; where a dataclass field's default is read (:func:`default_of`)."""
+argument in Python terms (a field's default is read by :func:`mergerscan.verb_flags.default_of`)."""
 
 from __future__ import annotations
 
 import os
 import shlex
 import sys
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from .slurm import SlurmOptions, is_slurm_task, slurm_cpus
@@ -49,14 +49,6 @@ class ArgumentError(ValueError):
         if self.template is None:
             return str(self)
         return self.template.format_map(_Names(names or {}))
-
-
-def default_of(cls: Any, name: str) -> Any:
-    """The default of dataclass ``cls``'s field ``name`` (the one place defaults are written)."""
-    f = next(f for f in fields(cls) if f.name == name)
-    if f.default_factory is not MISSING:
-        return f.default_factory()
-    return None if f.default is MISSING else f.default
 
 
 def _available_cores() -> int:

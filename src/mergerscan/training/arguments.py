@@ -1,4 +1,7 @@
-"""Arguments of ``mergerscan train``: a self-validating dataclass (errors are one line)."""
+"""Arguments of ``mergerscan train``: a self-validating dataclass (errors are one line).
+
+Its defaults are the command line's (``training.cli`` reads them), so importing it stays light:
+the models (torch) and the augmentations (pandas) are imported where a run is checked."""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..models import ARCHS, model_info
-from .data import AUGMENTATIONS
 from .hardware import BF16_CHOICES
 
 
@@ -60,6 +61,8 @@ class TrainArguments:
 
     def _check_model(self) -> None:
         """The network and what it starts from."""
+        from ..models import ARCHS, model_info
+
         if self.arch not in ARCHS:
             raise ValueError(f"--arch must be one of {', '.join(ARCHS)}")
         if self.experiment not in ("e1", "e2"):
@@ -73,6 +76,8 @@ class TrainArguments:
 
     def _check_schedule(self) -> None:
         """Epochs, batches, regularisation and the training rows."""
+        from .data import AUGMENTATIONS
+
         if self.epochs < 0 or self.epochs_top < 0 or self.batch_size < 2:
             raise ValueError("epochs must be >= 0 and batch size >= 2")
         if self.bf16 not in BF16_CHOICES:

@@ -6,15 +6,31 @@ from __future__ import annotations
 import argparse
 
 from ..exit_codes import EXIT_BAD_INPUT
-from ..verb_flags import add_engine_option, add_output_option, engine_file, required_output
+from ..verb_flags import (
+    add_catalog_argument,
+    add_engine_option,
+    add_output_option,
+    catalog_file,
+    default_of,
+    engine_file,
+    field_values,
+    from_namespace,
+    required_output,
+)
+from .arguments import TrainArguments
+
+
+def _field(name: str) -> dict:
+    """``default=`` TrainArguments' own default (the one place it is written)."""
+    return {"default": default_of(TrainArguments, name)}
 
 
 def train_parser(sub):
     p = sub.add_parser("train", help="train a model (E1 scratch / E2 transfer) and export an engine")
-    p.add_argument("--arch", default="efficientnet_lite0")
-    p.add_argument("--experiment", default="e2", choices=["e1", "e2"])
-    p.add_argument("--size", dest="input_size", type=int, default=128, help="model input size (px)")
-    p.add_argument("--lr", type=float, default=0.02, help="E1 SGD learning rate")
+    p.add_argument("--arch", **_field("arch"))
+    p.add_argument("--experiment", choices=["e1", "e2"], **_field("experiment"))
+    p.add_argument("--size", dest="input_size", type=int, help="model input size (px)", **_field("input_size"))
+    p.add_argument("--lr", type=float, help="E1 SGD learning rate", **_field("lr"))
     p.add_argument("--weights", help="ImageNet weights file for --experiment e2")
     p.add_argument("--int8", action="store_true", help="also export a static INT8 model and measure it")
     p.add_argument(
@@ -25,8 +41,8 @@ def train_parser(sub):
     p.add_argument(
         "--distill-weight",
         type=float,
-        default=0.5,
-        help="share of the teacher in the training target (with --distill; default 0.5)",
+        help="share of the teacher in the training target (with --distill; default %(default)s)",
+        **_field("distill_weight"),
     )
     return _training_options(p, "E1 epochs, or E2 fine-tune epochs")
 
@@ -49,10 +65,9 @@ def finetune_parser(sub):
 
 
 def _training_options(p, epochs_help: str):
-    """The options train and finetune share (resume, data, schedule, runtime)."""
-    p.add_argument(
-        "--catalog", help="labelled catalog (CSV/FITS/Parquet) with id, ra, dec, image and the label (required)"
-    )
+    """The options train and finetune share (the run, the data, the schedule, the runtime); each
+    default is TrainArguments' own, and :func:`train` builds TrainArguments from them by field."""
+    add_catalog_argument(p, "labelled catalog (CSV/FITS/Parquet) with id, ra, dec, image and the label (required)")
     add_output_option(p, "run directory (model.onnx, metrics.json, plots, checkpoint.pt) (required)")
     p.add_argument(
         "--resume",
@@ -60,36 +75,67 @@ def _training_options(p, epochs_help: str):
         help="continue the stopped run in RUN_DIR from its last "
         "checkpoint, with RUN_DIR's configuration (options given with it must match)",
     )
-    p.add_argument("--label-column", default="is_merger", help="the catalog's 0/1 label column (default is_merger)")
+    _data_options(p)
+    _schedule_options(p, epochs_help)
+    _runtime_options(p)
+    return p
+
+
+def _data_options(p) -> None:
+    p.add_argument("--label-column", help="the catalog's 0/1 label column (default is_merger)", **_field("label_column"))
     p.add_argument("--split-column", help="the catalog's own train/val/test column (checked object-disjoint)")
     p.add_argument(
         "--train-labels", type=int, metavar="N", help="train on N training rows, stratified (learning curves)"
     )
-    p.add_argument("--epochs", type=int, default=8, help=epochs_help)
-    p.add_argument("--epochs-top", type=int, default=2, help="E2 phase-1 epochs (frozen base, Adam)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr-top", type=float, default=1e-3)
-    p.add_argument("--lr-finetune", type=float, default=5e-3)
-    p.add_argument("--unfreeze-blocks", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0, help="weight init, batch order and augmentation")
-    p.add_argument("--split-seed", type=int, default=0, help="train/val/test split (keep it fixed to compare seeds)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, help="weight init, batch order and augmentation", **_field("seed"))
+    p.add_argument(
+        "--split-seed", type=int, help="train/val/test split (keep it fixed to compare seeds)", **_field("split_seed")
+    )
     p.add_argument("--limit-per-class", type=int, help="use a small subset (smoke tests)")
-    p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image cache directory")
-    p.add_argument("--name")
+    p.add_argument("--cache", help="decoded-image cache directory", **_field("cache"))
+    p.add_argument(
+        "--augment",
+        help="training augmentation: standard (rotation, flip, shift, scale 0.9-1.1, brightness) or survey "
+        "(wider shift and scale, plus seeing blur, per-band gain and sky noise)",
+        **_field("augment"),
+    )
+
+
+def _schedule_options(p, epochs_help: str) -> None:
+    p.add_argument("--epochs", type=int, help=epochs_help, **_field("epochs"))
+    p.add_argument("--epochs-top", type=int, help="E2 phase-1 epochs (frozen base, Adam)", **_field("epochs_top"))
+    p.add_argument("--batch-size", type=int, **_field("batch_size"))
+    p.add_argument("--lr-top", type=float, **_field("lr_top"))
+    p.add_argument("--lr-finetune", type=float, **_field("lr_finetune"))
+    p.add_argument("--unfreeze-blocks", type=int, **_field("unfreeze_blocks"))
     p.add_argument(
         "--patience",
         type=int,
-        default=0,
         help="end a phase when validation loss has not improved for N epochs (0: run every epoch)",
+        **_field("patience"),
     )
     p.add_argument(
+        "--ema",
+        type=float,
+        metavar="DECAY",
+        help="validate, keep and export an exponential moving average of the weights "
+        "(decay per step, e.g. 0.998; default 0: off)",
+        **_field("ema"),
+    )
+
+
+def _runtime_options(p) -> None:
+    p.add_argument("--threads", type=int, **_field("threads"))
+    p.add_argument("--name")
+    p.add_argument(
         "--bf16",
-        default="auto",
         choices=["auto", "on", "off"],
         help="bf16 autocast + channels_last: auto = where the CPU has AVX512-BF16 or AMX",
+        **_field("bf16"),
     )
-    p.add_argument("--prefetch", type=int, default=2, help="batches prepared ahead in the loader thread (0: none)")
+    p.add_argument(
+        "--prefetch", type=int, help="batches prepared ahead in the loader thread (0: none)", **_field("prefetch")
+    )
     p.add_argument(
         "--stop-after-epochs",
         type=int,
@@ -101,22 +147,18 @@ def _training_options(p, epochs_help: str):
         dest="export",
         action="store_false",
         help="evaluate but write no ONNX engine file (quicker study runs)",
+        **_field("export"),
     )
-    p.add_argument(
-        "--ema",
-        type=float,
-        default=0.0,
-        metavar="DECAY",
-        help="validate, keep and export an exponential moving average of the weights "
-        "(decay per step, e.g. 0.998; default 0: off)",
+
+
+def _engine_catalog_output(p, output_help: str) -> None:
+    """CATALOG (``--data``: earlier versions), ``--engine FILE``, ``-o/--output``: calibrate and
+    operating-curve."""
+    add_catalog_argument(
+        p, "labelled catalog (is_merger, ra, dec, image) or a directory holding catalog.csv (required)", old="--data"
     )
-    p.add_argument(
-        "--augment",
-        default="standard",
-        help="training augmentation: standard (rotation, flip, shift, scale 0.9-1.1, brightness) or survey "
-        "(wider shift and scale, plus seeing blur, per-band gain and sky noise)",
-    )
-    return p
+    add_engine_option(p, "engine file (.onnx)")
+    add_output_option(p, output_help)
 
 
 def calibrate_parser(sub):
@@ -125,11 +167,7 @@ def calibrate_parser(sub):
         help="fit an engine's temperature and threshold per test-time view count on "
         "a labelled catalog's validation split; write a calibrated copy",
     )
-    add_engine_option(p, "engine file (.onnx)")
-    p.add_argument(
-        "--data", required=True, help="labelled catalog (is_merger, ra, dec, image) or a directory holding catalog.csv"
-    )
-    add_output_option(p, "the calibrated engine file to write (required)")
+    _engine_catalog_output(p, "the calibrated engine file to write (required)")
     p.add_argument("--views", type=int, nargs="+", default=[1, 2, 4, 8], help="view counts to calibrate")
     p.add_argument(
         "--default-views",
@@ -150,31 +188,29 @@ def calibrate_parser(sub):
     return p
 
 
+def _inputs(ap, a) -> tuple[str, str]:
+    """The engine file and the catalog (a directory: its catalog.csv), each checked to exist."""
+    from pathlib import Path
+
+    data = Path(catalog_file(ap, a) or "")
+    data = data / "catalog.csv" if data.is_dir() else data
+    engine = engine_file(ap, a) or ""
+    for what, path in (("ENGINE", Path(engine)), ("CATALOG", data)):
+        if not path.is_file():
+            ap.exit(EXIT_BAD_INPUT, f"mergerscan {a.verb}: error: {what} {path}: no such file\n")
+    return engine, str(data)
+
+
 def calibrate(ap, a):
     import json
-    from pathlib import Path
 
     from ..atomic import atomic_write_json
     from .calibrate import calibrate_engine
 
-    engine, out = engine_file(ap, a), required_output(ap, a)
-    data = Path(a.data) / "catalog.csv" if Path(a.data).is_dir() else Path(a.data)
-    for what, path in (("ENGINE", Path(engine)), ("--data", data)):
-        if not path.is_file():
-            ap.exit(EXIT_BAD_INPUT, f"mergerscan calibrate: error: {what} {path}: no such file\n")
-    try:
-        res = calibrate_engine(
-            engine,
-            data,
-            out,
-            views=a.views,
-            threads=a.threads,
-            cache=a.cache,
-            split_seed=a.split_seed,
-            limit_per_class=a.limit_per_class,
-            eval_dir=a.eval_dir,
-            default_views=a.default_views,
-        )
+    engine, data = _inputs(ap, a)
+    out = required_output(ap, a)
+    try:  # every other flag is the keyword of its own name
+        res = from_namespace(calibrate_engine, a, engine_path=engine, catalog=data, out_path=out)
     except ValueError as exc:
         ap.exit(EXIT_BAD_INPUT, f"mergerscan calibrate: error: {exc}\n")
     if a.results:
@@ -194,11 +230,7 @@ def curve_parser(sub):
         help="score a labelled catalog's validation split with an engine at each calibrated view count and "
         "write the validation operating curve into its card (metadata only; process-catalog --purity reads it)",
     )
-    add_engine_option(p, "engine file (.onnx)")
-    p.add_argument(
-        "--data", required=True, help="labelled catalog (is_merger, ra, dec, image) or a directory holding catalog.csv"
-    )
-    add_output_option(p, "the engine file to write (default: the --engine file, in place)")
+    _engine_catalog_output(p, "the engine file to write (default: the --engine file, in place)")
     p.add_argument("--split-seed", type=int, default=0, help="split seed (as training's; the card's split)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image and validation-logit cache directory")
@@ -206,17 +238,12 @@ def curve_parser(sub):
 
 def curve(ap, a):
     import json
-    from pathlib import Path
 
     from .operating_curve import write_operating_curve
 
-    engine = engine_file(ap, a)
-    data = Path(a.data) / "catalog.csv" if Path(a.data).is_dir() else Path(a.data)
-    for what, path in (("ENGINE", Path(engine)), ("--data", data)):
-        if not path.is_file():
-            ap.exit(EXIT_BAD_INPUT, f"mergerscan operating-curve: error: {what} {path}: no such file\n")
+    engine, data = _inputs(ap, a)
     try:
-        res = write_operating_curve(engine, data, a.out, a.split_seed, a.cache, a.threads)
+        res = from_namespace(write_operating_curve, a, engine_path=engine, catalog=data, out_path=a.out)
     except ValueError as exc:
         ap.exit(EXIT_BAD_INPUT, f"mergerscan operating-curve: error: {exc}\n")
     print(json.dumps(res))
@@ -229,16 +256,16 @@ def train(ap, a, parser):
     from .distill import DistillError
     from .finetune import finetune_arguments
     from .loader import LoaderError
-    from .train import TrainArguments, run
+    from .train import run
 
-    kw = {k: v for k, v in vars(a).items() if k not in ("verb", "resume", "source")}
+    kw = field_values(TrainArguments, a) | {"catalog": catalog_file(ap, a, required=False)}
     fail = lambda exc: ap.exit(EXIT_BAD_INPUT, f"mergerscan {a.verb}: error: {exc}\n")
     try:
         if a.resume:  # the run's own configuration; options typed here must agree with it
             given = {k: v for k, v in kw.items() if v != parser.get_default(k)}
             args = TrainArguments(**resume_arguments(a.resume, given))
         elif not (a.catalog and a.out):
-            fail("--catalog and --out are required (or --resume RUN_DIR)")
+            fail("CATALOG and -o/--output are required (or --resume RUN_DIR)")
         elif a.verb == "finetune":
             args = finetune_arguments(a.source, **kw)
         else:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..exit_codes import EXIT_BAD_INPUT, EXIT_OK
+from ..verb_flags import add_output_option, from_namespace
 
 POOLS = ("ReduceMean", "GlobalAveragePool")
 SHAPERS = ("Reshape", "Flatten", "Squeeze")
@@ -249,8 +250,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("engine", help="engine file (.onnx)")
     ap.add_argument("--catalog", required=True, help="the labelled catalog the engine was trained on")
-    ap.add_argument("-o", "--output", dest="out", help="engine file to write (may be ENGINE itself) (required)")
-    ap.add_argument("--out", dest="out", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # earlier spelling
+    add_output_option(ap, "engine file to write (may be ENGINE itself) (required)")
     ap.add_argument("--k", type=int, default=64, help="principal components kept (embedding size)")
     ap.add_argument("--features", default="backbone_pool", choices=("backbone_pool", "hidden"))
     ap.add_argument("--pass-fraction", type=float, default=0.995, help="validation galaxies of each class that pass")
@@ -261,17 +261,7 @@ def main(argv=None) -> int:
     if not a.out:
         ap.error("-o/--output is required")
     try:
-        res = fit_representation(
-            a.engine,
-            a.catalog,
-            a.out,
-            k=a.k,
-            features=a.features,
-            pass_fraction=a.pass_fraction,
-            seed=a.seed,
-            cache=a.cache,
-            threads=a.threads,
-        )
+        res = from_namespace(fit_representation, a)  # each flag is the keyword of its own name
     except (ValueError, FileNotFoundError) as exc:
         ap.exit(EXIT_BAD_INPUT, f"{ap.prog}: error: {exc}\n")
     print(json.dumps(res["image"]))
