@@ -77,6 +77,7 @@ def add_engine_option(p, help: str, required: bool = True) -> None:
 
 def engine_file(ap, a) -> str | None:
     """The engine file given as --engine (or positionally); a one-line error when a verb needs one."""
+    _engine_in_catalog_place(a)
     if a.engine_flag and a.engine and a.engine_flag != a.engine:
         ap.exit(EXIT_BAD_INPUT, f"mergerscan {a.verb}: error: give the engine once: --engine FILE\n")
     engine = a.engine_flag or a.engine
@@ -88,20 +89,24 @@ def engine_file(ap, a) -> str | None:
 def add_catalog_argument(p, help: str, old: str = "--catalog") -> None:
     """The positional ``CATALOG``; ``old`` (the flag of earlier versions) still accepted, hidden.
     Optional to argparse (a --resume needs none): :func:`catalog_file` says when it is missing.
-    Added before :func:`add_engine_option`, whose hidden ENGINE positional comes second."""
+    Added before :func:`add_engine_option`, whose hidden ENGINE positional comes second (an ENGINE
+    alone in the first place, with the catalog given by flag, moves there)."""
     p.add_argument("catalog", nargs="?", metavar="CATALOG", help=help)
     p.add_argument(old, dest="catalog_flag", metavar="CATALOG", help=argparse.SUPPRESS)
 
 
 def catalog_file(ap, a, required: bool = True) -> str | None:
-    """The catalog given as CATALOG (or its earlier flag), also left in ``a.catalog``.  In the earlier
-    ``VERB ENGINE --data CATALOG`` the engine stands in CATALOG's place: it moves to the hidden ENGINE."""
-    if a.catalog_flag is not None and a.catalog is not None:
-        if getattr(a, "engine", False) is None:  # a verb with a hidden ENGINE positional, still empty
-            a.engine, a.catalog = a.catalog, a.catalog_flag
-        elif a.catalog != a.catalog_flag:
-            ap.exit(EXIT_BAD_INPUT, f"mergerscan {a.verb}: error: give the catalog once: CATALOG\n")
+    """The catalog given as CATALOG (or its earlier flag), also left in ``a.catalog``."""
+    _engine_in_catalog_place(a)
+    if a.catalog_flag is not None and a.catalog is not None and a.catalog != a.catalog_flag:
+        ap.exit(EXIT_BAD_INPUT, f"mergerscan {a.verb}: error: give the catalog once: CATALOG\n")
     a.catalog = a.catalog if a.catalog is not None else a.catalog_flag
     if a.catalog is None and required:
         ap.exit(EXIT_BAD_INPUT, f"mergerscan {a.verb}: error: CATALOG is required\n")
     return a.catalog
+
+
+def _engine_in_catalog_place(a) -> None:
+    """``VERB ENGINE --data CATALOG`` (earlier versions): the one positional is the engine."""
+    if getattr(a, "catalog_flag", None) is not None and a.catalog is not None and getattr(a, "engine", False) is None:
+        a.engine, a.catalog = a.catalog, a.catalog_flag

@@ -1,7 +1,7 @@
 """ProcessArguments and the command line that builds it: the defaults are the dataclass's (one
 place), the dataclass reads no environment (the CLI reads the site default), errors name the
 argument in Python and the flag on the command line, ``mergerscan process`` is process-catalog,
-and the verbs share their flag spellings."""
+and the verbs share their flag spellings (every verb's parser walked; hidden aliases read)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments, defau
 from mergerscan.pipeline.cli import arguments_from, build_parser
 from mergerscan.pipeline.cli import main as process_catalog
 from mergerscan.pipeline.slurm import SlurmOptions
+from mergerscan.verb_flags import catalog_file, engine_file
 
 
 @pytest.fixture
@@ -138,10 +139,95 @@ def test_verbs_share_output_and_engine_spellings(verb):
         assert ap.parse_args([verb, "--engine", "e.onnx"]).source == "e.onnx"
         assert ap.parse_args([verb, "--from", "e.onnx"]).source == "e.onnx"
     elif verb != "train":
-        from mergerscan.verb_flags import engine_file
-
         for argv in (["--engine", "e.onnx"], ["e.onnx"]):
             assert engine_file(ap, ap.parse_args([verb, *data, *argv])) == "e.onnx"
+    # the catalog: the positional CATALOG, or the flag of earlier versions (--catalog / --data)
+    old = "--data" if data else "--catalog"
+    for argv in (["x.csv"], [old, "x.csv"], ["x.csv", old, "x.csv"]):
+        assert catalog_file(ap, ap.parse_args([verb, *argv, "-o", "run"])) == "x.csv"
+    with pytest.raises(SystemExit) as e:  # two catalogs (or, where ENGINE was positional, two engines): exit 2
+        a = ap.parse_args([verb, "x.csv", old, "y.csv", "--engine", "e.onnx"])
+        catalog_file(ap, a)
+        engine_file(ap, a) if hasattr(a, "engine_flag") else None
+    assert e.value.code == EXIT_BAD_INPUT
+
+
+def _leaf_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every verb's parser: ``mergerscan VERB`` (``bench X`` included) and process-catalog's."""
+    from mergerscan.cli import build_parser as mergerscan_parser
+
+    found = {"process": build_parser("mergerscan process")}
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> None:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            found[name] = parser
+        for action in subs:
+            for verb, sub in action.choices.items():
+                if verb != "process":  # a placeholder: `mergerscan process` is process-catalog's parser
+                    walk(sub, f"{name} {verb}".strip())
+
+    walk(mergerscan_parser()[0], "")
+    return found
+
+
+# the verbs that read a catalog, write something with -o/--output, or take an engine file
+CATALOG_VERBS = {"process", "train", "finetune", "calibrate", "operating-curve"}
+ENGINE_VERBS = {"process", "finetune", "calibrate", "operating-curve", "engine-info", "bench engine", "doctor"}
+
+
+def test_every_verb_spells_its_shared_options_alike():
+    """Walks every verb's parser: an output is -o/--output, threads --threads, an engine file
+    --engine, the catalog the positional CATALOG; other spellings only as hidden aliases."""
+    parsers = _leaf_parsers()
+    assert {"train", "calibrate", "report", "similar", "bench plan", "doctor"} <= set(parsers)
+    for verb, parser in parsers.items():
+        shown = [a for a in parser._actions if a.help != argparse.SUPPRESS]
+        flags = [s for a in shown for s in a.option_strings if s.startswith("--")]
+        for a in shown:
+            if a.option_strings and a.dest in ("out", "output"):
+                assert a.option_strings == ["-o", "--output"], (verb, a.option_strings)
+        assert [f for f in flags if "thread" in f] in ([], ["--threads"]), verb
+        assert [f for f in flags if "engine" in f] == (["--engine"] if verb in ENGINE_VERBS else []), verb
+        assert not [f for f in flags if "catalog" in f or f == "--data"], verb
+        assert not [a for a in shown if not a.option_strings and a.dest == "engine"], verb
+        takes_catalog = [a for a in shown if not a.option_strings and a.dest == "catalog"]
+        assert len(takes_catalog) == (verb in CATALOG_VERBS), verb
+
+
+@pytest.mark.parametrize(
+    "verb,old,new",
+    [
+        ("train", ["--catalog", "c.csv", "--out", "o"], ["c.csv", "-o", "o"]),
+        (
+            "finetune",
+            ["--from", "e.onnx", "--catalog", "c.csv", "--out", "o"],
+            ["c.csv", "--engine", "e.onnx", "-o", "o"],
+        ),
+        ("calibrate", ["e.onnx", "--data", "c.csv", "--out", "o"], ["c.csv", "--engine", "e.onnx", "-o", "o"]),
+        ("operating-curve", ["e.onnx", "--data", "c.csv", "--out", "o"], ["c.csv", "--engine", "e.onnx", "-o", "o"]),
+        ("engine-info", ["e.onnx"], ["--engine", "e.onnx"]),
+    ],
+)
+def test_hidden_aliases_read_as_the_shown_spelling(verb, old, new):
+    """The spellings of earlier versions (hidden from --help) give the same catalog, engine and output."""
+    from mergerscan.cli import build_parser as mergerscan_parser
+
+    ap = mergerscan_parser()[0]
+
+    def read(argv):
+        a = ap.parse_args([verb, *argv])
+        catalog = catalog_file(ap, a) if hasattr(a, "catalog_flag") else None  # before the engine: see catalog_file
+        engine = engine_file(ap, a) if hasattr(a, "engine_flag") else getattr(a, "source", None)
+        return catalog, engine, getattr(a, "out", None)
+
+    assert read(old) == read(new) != (None, None, None)
+
+
+def test_process_catalog_hidden_alias(cat):
+    parser = build_parser()
+    assert parser.parse_args([str(cat), "--threads-per-worker", "3"]).threads_per_worker == 3
+    assert parser.parse_args([str(cat), "--threads", "3"]).threads_per_worker == 3
 
 
 def test_engine_info_takes_engine_like_every_verb(cheap_engine, capsys):
@@ -149,3 +235,19 @@ def test_engine_info_takes_engine_like_every_verb(cheap_engine, capsys):
     by_flag = capsys.readouterr().out
     assert mergerscan(["engine-info", str(cheap_engine)]) == EXIT_OK  # the earlier spelling
     assert capsys.readouterr().out == by_flag and str(cheap_engine) in by_flag
+
+
+def test_every_training_flag_default_is_the_dataclass_default():
+    """train / finetune: each flag fills the TrainArguments field of its dest, with that field's default."""
+    from mergerscan.cli import build_parser as mergerscan_parser
+    from mergerscan.training.arguments import TrainArguments
+
+    names = {f.name for f in fields(TrainArguments)}
+    parsers = mergerscan_parser()[1]
+    for verb in ("train", "finetune"):
+        p = parsers[verb]
+        dests = {a.dest for a in p._actions if a.dest != "help"}
+        assert dests - names == {"resume", "catalog_flag"} | ({"source"} if verb == "finetune" else set()), verb
+        for dest in dests & names - {"catalog", "out"}:  # the two fields without a default
+            assert p.get_default(dest) == default_of(TrainArguments, dest), (verb, dest)
+        assert {"epochs", "batch_size", "cache", "export", "threads"} <= dests

@@ -80,7 +80,7 @@ def test_finetune_stops_resumes_and_keeps_the_frozen_backbone(source, dask_clien
     root, engine, catalog = source
     run = root / "run"
     cache = ["--cache", root / "cache"]
-    r = _cli("finetune", "--from", engine, "--catalog", catalog, *FAST, *cache, "--out", run, "--stop-after-epochs", 1)
+    r = _cli("finetune", catalog, "--engine", engine, *FAST, *cache, "-o", run, "--stop-after-epochs", 1)
     assert "--resume" in r.stdout and not (run / "model.onnx").exists()
     _cli("finetune", "--resume", run, *cache)
     card = json.loads((run / "metrics.json").read_text())["card"]
@@ -114,8 +114,8 @@ def test_finetune_from_the_packaged_engine_on_real_stamps(gz_dir, dask_client, t
     """The real case: --from default on a few real stamps at the engine's 224 px, then process-catalog."""
     run = tmp_path / "run"
     _cli(
-        "finetune", "--catalog", gz_dir / "catalog.csv", "--limit-per-class", 6, "--epochs-top", 1, "--epochs", 1,
-        "--batch-size", 8, "--unfreeze-blocks", 1, "--threads", 2, "--cache", tmp_path / "cache", "--out", run,
+        "finetune", gz_dir / "catalog.csv", "--limit-per-class", 6, "--epochs-top", 1, "--epochs", 1,
+        "--batch-size", 8, "--unfreeze-blocks", 1, "--threads", 2, "--cache", tmp_path / "cache", "-o", run,
     )  # fmt: skip
     card = read_engine_info(run / "model.onnx").card
     default = read_engine_info(mergerscan.engines.default_engine_path())
@@ -145,7 +145,7 @@ def test_finetune_bad_input_is_one_line(source, capsys, extra, message):
     from mergerscan.cli import main
 
     root, engine, catalog = source
-    argv = ["finetune", "--from", str(engine), "--catalog", str(catalog), "--out", str(root / "bad"), "--threads", "1"]
+    argv = ["finetune", str(catalog), "--engine", str(engine), "-o", str(root / "bad"), "--threads", "1"]
     with pytest.raises(SystemExit) as e:
         main([*argv, *(str(catalog) if x == "CATALOG" else x for x in extra)])
     err = capsys.readouterr().err
@@ -157,7 +157,7 @@ def test_a_resume_refuses_a_changed_source_engine(source, tmp_path):
     copy = tmp_path / "source.onnx"
     copy.write_bytes(engine.read_bytes())
     run = tmp_path / "run"
-    _cli("finetune", "--from", copy, "--catalog", catalog, *FAST, "--out", run, "--stop-after-epochs", 1)
+    _cli("finetune", catalog, "--engine", copy, *FAST, "-o", run, "--stop-after-epochs", 1)
     write_metadata(copy, copy, card_updates={"name": "another"})  # a different engine under the same name
     r = _cli("finetune", "--resume", run, ok=False)
     assert r.returncode == 2 and "changed since the run began" in r.stderr

@@ -28,6 +28,7 @@ def test_calibrate_and_operating_curve_write_the_engines_validation_counts(tmp_p
     eng = _tiny_engine(tmp_path / "tiny.onnx")
     data = _labelled_dir(tmp_path / "data", n=60)
     cache = str(tmp_path / "c")
+    # ENGINE --data CATALOG: the spellings of earlier versions, still read
     base = ["--data", str(data), "--cache", cache, "--threads", "1"]
     main(["calibrate", str(eng), *base, "-o", str(tmp_path / "cal.onnx"), "--views", "1", "2"])
     card = read_card(tmp_path / "cal.onnx")

@@ -81,7 +81,7 @@ def test_calibrate_eval_dir_renders_survey_and_failure_gallery(tmp_path, capsys)
     eng = _tiny_engine(tmp_path / "tiny.onnx")
     data = _labelled_dir(tmp_path / "data", n=120)
     ev_dir = tmp_path / "eval"
-    argv = ["calibrate", str(eng), "--data", str(data), "-o", str(tmp_path / "cal.onnx")]
+    argv = ["calibrate", str(data), "--engine", str(eng), "-o", str(tmp_path / "cal.onnx")]
     main([*argv, "--cache", str(tmp_path / "cache"), "--threads", "1", "--eval-dir", str(ev_dir)])
     m = json.loads((ev_dir / "metrics.json").read_text())
     card = read_card(tmp_path / "cal.onnx")
@@ -134,7 +134,7 @@ def test_calibrate_default_views_fixes_the_cost_and_keeps_other_counts(tmp_path,
 
     eng = _tiny_engine(tmp_path / "tiny.onnx")
     data = _labelled_dir(tmp_path / "data", n=60)
-    base = ["calibrate", str(eng), "--data", str(data), "--cache", str(tmp_path / "c"), "--threads", "1"]
+    base = ["calibrate", str(data), "--engine", str(eng), "--cache", str(tmp_path / "c"), "--threads", "1"]
     main([*base, "-o", str(tmp_path / "cal.onnx"), "--views", "1", "2", "--default-views", "1"])
     card = read_card(tmp_path / "cal.onnx")
     assert card["views"] == 1 and set(card["by_views"]) == {"1", "2"}

@@ -113,9 +113,9 @@ def test_calibrate_verb_writes_per_view_calibration_into_a_copy(tmp_path, capsys
     main(
         [
             "calibrate",
-            str(eng_path),
-            "--data",
             str(data),
+            "--engine",
+            str(eng_path),
             "-o",
             str(out),
             "--cache",
@@ -156,7 +156,7 @@ def test_calibrate_verb_bad_input_is_one_line(tmp_path, capsys):
 
     eng_path = _tiny_engine(tmp_path / "tiny.onnx")
     with pytest.raises(SystemExit) as e:
-        main(["calibrate", str(eng_path), "--data", str(tmp_path / "absent"), "-o", str(tmp_path / "o.onnx")])
+        main(["calibrate", str(tmp_path / "absent"), "--engine", str(eng_path), "-o", str(tmp_path / "o.onnx")])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "\n" not in err and "absent" in err and "no such file" in err
     assert not (tmp_path / "o.onnx").exists()
@@ -265,9 +265,8 @@ def test_cli_reports_missing_weights(tmp_path, gz_dir, capsys):
         main(
             [
                 "train",
-                "--catalog",
                 str(gz_dir / "catalog.csv"),
-                "--out",
+                "-o",
                 str(tmp_path),
                 "--arch",
                 "vgg16",
@@ -412,7 +411,6 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     cat = _tiny_catalog(root)
     opts = [
-        "--catalog",
         str(cat),
         "--arch",
         "efficientnet_lite0",
@@ -737,7 +735,7 @@ def test_unknown_augmentation_is_a_one_line_error(tmp_path, capsys):
 
     (tmp_path / "catalog.csv").write_text("id,ra,dec,label,image\n")
     with pytest.raises(SystemExit) as e:
-        main(["train", "--catalog", str(tmp_path / "catalog.csv"), "--out", str(tmp_path / "r"), "--augment", "heavy"])
+        main(["train", str(tmp_path / "catalog.csv"), "-o", str(tmp_path / "r"), "--augment", "heavy"])
     err = capsys.readouterr().err
     assert (
         e.value.code == 2 and "--augment must be one of standard, survey" in err and len(err.strip().splitlines()) == 1
