@@ -48,7 +48,7 @@ class TrainArguments:
     distill_weight: float = 0.5  # share of the teacher in the training target
     ema: float = 0.0  # decay of an exponential moving average of the weights per step (0: off)
     augment: str = "standard"  # training augmentation preset (data.AUGMENTATIONS)
-    label_column: str = "is_merger"  # the 0/1 label in --catalog
+    label_column: str = "is_merger"  # the 0/1 label in the catalog
     split_column: str | None = None  # the catalog's own train/val/test column (else the seeded split)
     train_labels: int | None = None  # keep this many training rows, stratified (learning curves)
     init_from: str | None = None  # E2 from an engine file's network instead of ImageNet (finetune.py)
@@ -70,7 +70,7 @@ class TrainArguments:
         if self.input_size < model_info(self.arch).min_size:
             raise ValueError(f"{self.arch} needs --size >= {model_info(self.arch).min_size}")
         if not Path(self.catalog).is_file():
-            raise FileNotFoundError(f"--catalog {self.catalog}: no such file")
+            raise FileNotFoundError(f"CATALOG {self.catalog}: no such file")
         if self.init_from is not None and self.experiment != "e2":
             raise ValueError("fine-tuning an engine is an E2 run (--experiment e2)")
 

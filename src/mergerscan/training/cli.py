@@ -153,23 +153,27 @@ def _runtime_options(p) -> None:
     )
 
 
-def _engine_catalog_output(p, output_help: str) -> None:
-    """CATALOG (``--data``: earlier versions), ``--engine FILE``, ``-o/--output``: calibrate and
-    operating-curve."""
+def _engine_verb(sub, name: str, help: str, output_help: str):
+    """calibrate and operating-curve: CATALOG (``--data``: earlier versions), ``--engine FILE``,
+    ``-o/--output``, ``--threads``."""
+    p = sub.add_parser(name, help=help)
     add_catalog_argument(
         p, "labelled catalog (is_merger, ra, dec, image) or a directory holding catalog.csv (required)", old="--data"
     )
     add_engine_option(p, "engine file (.onnx)")
     add_output_option(p, output_help)
+    p.add_argument("--threads", type=int, default=2)
+    return p
 
 
 def calibrate_parser(sub):
-    p = sub.add_parser(
+    p = _engine_verb(
+        sub,
         "calibrate",
-        help="fit an engine's temperature and threshold per test-time view count on "
+        "fit an engine's temperature and threshold per test-time view count on "
         "a labelled catalog's validation split; write a calibrated copy",
+        "the calibrated engine file to write (required)",
     )
-    _engine_catalog_output(p, "the calibrated engine file to write (required)")
     p.add_argument("--views", type=int, nargs="+", default=[1, 2, 4, 8], help="view counts to calibrate")
     p.add_argument(
         "--default-views",
@@ -177,7 +181,6 @@ def calibrate_parser(sub):
         help="the card's default view count (one of --views), e.g. 1 for a CPU-cost budget; "
         "default: the count with the best validation macro F1",
     )
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=0, help="split seed (as training's)")
     p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image cache directory")
     p.add_argument("--limit-per-class", type=int, help="use a small subset (smoke tests)")
@@ -227,14 +230,14 @@ def calibrate(ap, a):
 
 
 def curve_parser(sub):
-    p = sub.add_parser(
+    p = _engine_verb(
+        sub,
         "operating-curve",
-        help="score a labelled catalog's validation split with an engine at each calibrated view count and "
-        "write the validation operating curve into its card (metadata only; process-catalog --purity reads it)",
+        "score a labelled catalog's validation split with an engine at each calibrated view count and write "
+        "the validation operating curve into its card (metadata only; process-catalog --purity reads it)",
+        "the engine file to write (default: the --engine file, in place)",
     )
-    _engine_catalog_output(p, "the engine file to write (default: the --engine file, in place)")
     p.add_argument("--split-seed", type=int, default=0, help="split seed (as training's; the card's split)")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image and validation-logit cache directory")
 
 
