@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, is_dataclass
 from typing import Any, TypeVar
 
 from .exit_codes import EXIT_BAD_INPUT
@@ -20,7 +20,11 @@ _KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_O
 
 
 def default_of(cls: Any, name: str) -> Any:
-    """The default of dataclass ``cls``'s field ``name`` (the one place defaults are written)."""
+    """The default of dataclass ``cls``'s field ``name``, or of a function's keyword ``name`` (the one
+    place defaults are written); None where it has none."""
+    if not is_dataclass(cls):
+        default = inspect.signature(cls).parameters[name].default
+        return None if default is inspect.Parameter.empty else default
     f = next(f for f in fields(cls) if f.name == name)
     if f.default_factory is not MISSING:
         return f.default_factory()

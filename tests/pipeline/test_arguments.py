@@ -251,3 +251,23 @@ def test_every_training_flag_default_is_the_dataclass_default():
         for dest in dests & names - {"catalog", "out"}:  # the two fields without a default
             assert p.get_default(dest) == default_of(TrainArguments, dest), (verb, dest)
         assert {"epochs", "batch_size", "cache", "export", "threads"} <= dests
+
+
+def test_from_namespace_fills_fields_by_name_and_keeps_the_rest():
+    """The one bridge from parsed flags to a typed object: by field (prefix, renames), a field no flag
+    fills keeps its default, given values win, a rename of no field is refused."""
+    from mergerscan.verb_flags import field_values, from_namespace
+
+    ns = argparse.Namespace(service_timeout=3.0, service_concurrency=2, service_rate=None, verb="x")
+    rename = {"max_concurrency": "service_concurrency", "max_rate": "service_rate"}
+    got = from_namespace(ServiceOptions, ns, prefix="service_", rename=rename, retries=5)
+    assert got == ServiceOptions(timeout=3.0, retries=5, max_concurrency=2)
+    assert field_values(ServiceOptions, ns, prefix="service_") == {"timeout": 3.0}
+    with pytest.raises(TypeError, match="no parameter 'concurrency'"):
+        field_values(ServiceOptions, ns, rename={"concurrency": "service_concurrency"})
+
+    def fit(engine, *, k: int = 64, cache=None):
+        return engine, k, cache
+
+    assert from_namespace(fit, argparse.Namespace(k=8, other=1), engine="e") == ("e", 8, None)
+    assert default_of(fit, "k") == 64 and default_of(fit, "cache") is None

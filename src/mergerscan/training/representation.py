@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..exit_codes import EXIT_BAD_INPUT, EXIT_OK
-from ..verb_flags import add_output_option, from_namespace
+from ..verb_flags import add_output_option, default_of, from_namespace
 
 POOLS = ("ReduceMean", "GlobalAveragePool")
 SHAPERS = ("Reshape", "Flatten", "Squeeze")
@@ -251,12 +251,15 @@ def main(argv=None) -> int:
     ap.add_argument("engine", help="engine file (.onnx)")
     ap.add_argument("--catalog", required=True, help="the labelled catalog the engine was trained on")
     add_output_option(ap, "engine file to write (may be ENGINE itself) (required)")
-    ap.add_argument("--k", type=int, default=64, help="principal components kept (embedding size)")
-    ap.add_argument("--features", default="backbone_pool", choices=("backbone_pool", "hidden"))
-    ap.add_argument("--pass-fraction", type=float, default=0.995, help="validation galaxies of each class that pass")
-    ap.add_argument("--seed", type=int, default=0, help="split seed (the training run's)")
-    ap.add_argument("--cache", help="decoded-stamp cache folder (as mergerscan train --cache)")
-    ap.add_argument("--threads", type=int, default=2)
+    field = lambda name: {"default": default_of(fit_representation, name)}  # the function's own default
+    ap.add_argument("--k", type=int, help="principal components kept (embedding size)", **field("k"))
+    ap.add_argument("--features", choices=("backbone_pool", "hidden"), **field("features"))
+    ap.add_argument(
+        "--pass-fraction", type=float, help="validation galaxies of each class that pass", **field("pass_fraction")
+    )
+    ap.add_argument("--seed", type=int, help="split seed (the training run's)", **field("seed"))
+    ap.add_argument("--cache", help="decoded-stamp cache folder (as mergerscan train --cache)", **field("cache"))
+    ap.add_argument("--threads", type=int, **field("threads"))
     a = ap.parse_args(argv)
     if not a.out:
         ap.error("-o/--output is required")
