@@ -83,7 +83,7 @@ def _training_options(p, epochs_help: str):
 
 def _data_options(p) -> None:
     p.add_argument(
-        "--label-column", help="the catalog's 0/1 label column (default is_merger)", **_field("label_column")
+        "--label-column", help="the catalog's 0/1 label column (default %(default)s)", **_field("label_column")
     )
     p.add_argument("--split-column", help="the catalog's own train/val/test column (checked object-disjoint)")
     p.add_argument(
