@@ -259,7 +259,7 @@ def choose(
     if curve is None:
         raise OperatingPointError(
             f"--{'purity' if purity is not None else 'completeness'}: the engine card has no validation curve "
-            f"for {views} view(s) (write one with `mergerscan operating-curve ENGINE --data CATALOG`)"
+            f"for {views} view(s) (write one with `mergerscan operating-curve CATALOG --engine ENGINE`)"
         )
     tpr, fpr = curve.tp / curve.n_pos, curve.fp / curve.n_neg
     if completeness is not None:

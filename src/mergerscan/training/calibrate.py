@@ -1,4 +1,4 @@
-"""Per-view calibration of an engine file (``mergerscan calibrate ENGINE --data CATALOG``).
+"""Per-view calibration of an engine file (``mergerscan calibrate CATALOG --engine ENGINE``).
 
 For each test-time view count (1, 2, 4, 8 dihedral views: the mean logit the engines compute),
 the temperature and threshold are fitted on the validation split and the test split is evaluated

@@ -1,4 +1,4 @@
-"""Fine-tune an engine on a user's own labels: ``mergerscan finetune --from default|ENGINE``.
+"""Fine-tune an engine on a user's own labels: ``mergerscan finetune CATALOG --engine default|ENGINE``.
 
 The run is an E2 training run (:mod:`.train`: phase 1 trains a new head on the frozen backbone with
 Adam, phase 2 unfreezes the last conv blocks and fine-tunes with SGD; checkpoints every epoch,

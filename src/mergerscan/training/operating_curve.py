@@ -1,5 +1,5 @@
 """Write an engine's validation operating curve into its card, metadata only
-(``mergerscan operating-curve ENGINE --data CATALOG``).
+(``mergerscan operating-curve CATALOG --engine ENGINE``).
 
 For every view count the card calibrates (``by_views``, else its ``views``), the validation stamps
 are scored with the card's own temperature (the p_merger the engine gives, unchanged) and
