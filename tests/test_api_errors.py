@@ -197,14 +197,22 @@ def test_an_output_that_is_not_a_run_names_output(field, cheap_engine, dask_clie
     assert (out / "notes.txt").read_text() == "mine"
 
 
-def test_service_options_name_service_options(field, dask_client, capsys, tmp_path):
+def test_service_options_name_source_options(field, dask_client, capsys, tmp_path):
+    """The library's keyword is source_options (checked by the source itself), ProcessArguments'
+    field service_options, the CLI's flags the --service-* ones."""
+    from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
+
     d, _ = field
     url = "http://127.0.0.1:9/cutout"
     e = python_error(
         lambda: mergerscan.process_catalog(d / "cat.csv", tmp_path / "o", service=url, source_options={"timeout": 0}),
-        "service_options",
+        "source_options",
     )
-    assert "service_options.timeout and service_options.total_timeout must be positive" in str(e)
+    assert "timeout, max_concurrency and max_bytes must be positive" in str(e)
+    with pytest.raises(ArgumentError) as a:
+        ProcessArguments(catalog=str(d / "cat.csv"), output="o", cutout_service=url, service_options={"timeout": 0})
+    assert a.value.argument == "service_options" and "--" not in str(a.value)
+    assert "service_options.timeout and service_options.total_timeout must be positive" in str(a.value)
     err = cli_error(
         dask_client, capsys, d / "cat.csv", "-o", tmp_path / "o", "--cutout-service", url, "--service-timeout", "0"
     )
