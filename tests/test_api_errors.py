@@ -11,12 +11,10 @@ import ast
 import re
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 import mergerscan
-from conftest import BIG, cli_words, make_stamps, run_cli
+from conftest import cli_words, make_stamps, run_cli, two_patch_catalog
 from mergerscan.api import InvalidArgument
 from mergerscan.engines import available_backends
 
@@ -27,15 +25,7 @@ N = 12
 @pytest.fixture(scope="module")
 def field(tmp_path_factory):
     d = tmp_path_factory.mktemp("api-errors")
-    rng = np.random.default_rng(11)
-    df = pd.DataFrame(
-        {
-            "objID": BIG + np.arange(N, dtype=np.int64),
-            "RAdeg": rng.uniform(150, 150.1, N),
-            "DEdeg": rng.uniform(2, 2.1, N),
-            "mag_r": rng.uniform(14, 17.7, N),
-        }
-    )
+    df = two_patch_catalog(N, seed=11, width=0.1, id_step=1)
     make_stamps(d / "stamps", df["objID"], seed=5)
     df.to_csv(d / "cat.csv", index=False)
     return d, df

@@ -30,7 +30,7 @@ class _Names(dict):
         return PYTHON_NAMES.get(name, name)
 
 
-def _rebuilt(cls: type, message: str, template: str | None, argument: str | None) -> ArgumentError:
+def _rebuilt(cls: type[ArgumentError], message: str, template: str | None, argument: str | None) -> ArgumentError:
     exc = cls.__new__(cls)
     Exception.__init__(exc, message)
     exc.template, exc.argument = template, argument
