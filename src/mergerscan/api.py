@@ -255,10 +255,10 @@ def process_catalog(
     from .run_summary import RunSummary
 
     src = source_config(images, frames, service, source, source_options)
-    default_backend = default_of(ProcessArguments, "backend")
-    chosen, backend, views = _chosen_engine(engine, options.get("backend", default_backend), options.get("views"))
-    if isinstance(chosen, Engine):  # the run loads its file, with the engine's backend and views
-        options |= {"backend": backend, "views": views}
+    chosen, backend, views = _chosen_engine(engine, default_of(ProcessArguments, "backend"), None)
+    if isinstance(chosen, Engine):  # the run loads its file, with the engine's backend and views unless named
+        options.setdefault("backend", backend)
+        options.setdefault("views", views)
         chosen = chosen.info.path
     args = process_arguments(catalog, output, src, chosen, progress, overwrite, threads, options)
     try:
