@@ -200,6 +200,14 @@ def assert_no_traceback(*texts, traceback_ok: str | None = None) -> None:
         assert TRACEBACK not in text, f"a traceback was printed to the user:\n{text[-3000:]}"
 
 
+def cli_words(exc) -> str:
+    """An ArgumentError (CatalogError, SelectError, ...) as process-catalog prints it: each
+    argument as its flag (the message itself words it in Python terms)."""
+    from mergerscan.pipeline.flags import build_parser, flag_names
+
+    return exc.render(flag_names(build_parser()))
+
+
 def cli_process(*argv, timeout=300, env=None, cwd=None, traceback_ok: str | None = None, program="process-catalog"):
     """``process-catalog ARGV`` (or ``mergerscan ARGV`` with ``program="mergerscan"``) as a user runs
     it, in a fresh Python process: the CompletedProcess (text).  Fails the test if it printed a

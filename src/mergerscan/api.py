@@ -18,13 +18,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .argument_error import ArgumentError
 from .pipeline.in_memory import (
     EngineRef,
     InvalidArgument,
     TableColumns,
-    argument_of,
     domain_rules,
-    python_terms,
+    in_python_terms,
     score_settings,
     source_config,
 )
@@ -84,20 +84,29 @@ def _check_backend_views(backend: str, views: int | None) -> None:
         raise InvalidArgument("views", f"{views}: choose {', '.join(map(str, VIEWS))}")
 
 
-def _engine(engine: Engine | str | Path | None, backend: str, views: int | None, threads: int | None) -> Engine:
+def _chosen_engine(engine: Engine | str | Path | None, backend: str, views: int | None) -> tuple[Any, str, int | None]:
+    """(the loaded engine given, else its file - None: the packaged one -, backend, views), checked
+    the same way for every call: a loaded engine brings its own backend and views."""
     from .engines.base import Engine
 
     if isinstance(engine, Engine):
         if views is not None and views != engine.info.views:
             raise InvalidArgument("views", f"{views}: the engine given was loaded with {engine.info.views}")
-        return engine
+        return engine, engine.backend, engine.info.views
     if engine is not None and not isinstance(engine, (str, Path)):
         raise InvalidArgument(
             "engine", f"give an engine file or mergerscan.load_engine(...), not {type(engine).__name__}"
         )
     if engine is not None and not Path(engine).is_file():
         raise InvalidArgument("engine", f"{engine}: no such engine file")
-    return load_engine(engine, backend=backend, views=views, threads=threads)
+    return engine, backend, views
+
+
+def _engine(engine: Engine | str | Path | None, backend: str, views: int | None, threads: int | None) -> Engine:
+    from .engines.base import Engine
+
+    chosen, backend, views = _chosen_engine(engine, backend, views)
+    return chosen if isinstance(chosen, Engine) else load_engine(chosen, backend=backend, views=views, threads=threads)
 
 
 def _as_frame(table) -> tuple[Any, bool]:
@@ -200,7 +209,7 @@ def process_arguments(
         if src.options
         else {}
     )
-    try:
+    try:  # an ArgumentError names its field
         return ProcessArguments(
             catalog=str(catalog),
             output=str(output),
@@ -213,18 +222,8 @@ def process_arguments(
             **opts,
             **options,
         )
-    except ValueError as exc:
+    except ArgumentError as exc:
         raise in_python_terms(exc) from None
-
-
-def in_python_terms(exc: ValueError) -> InvalidArgument:
-    """An argument error in Python terms: the field an ArgumentError names, else the flag a
-    message from deeper down words (translated by ``python_terms``)."""
-    from .pipeline.run_options import ArgumentError
-
-    if isinstance(exc, ArgumentError) and exc.argument is not None:
-        return InvalidArgument(exc.argument, str(exc))
-    return InvalidArgument(argument_of(str(exc)), python_terms(str(exc)))
 
 
 def process_catalog(
@@ -251,22 +250,20 @@ def process_catalog(
     ``partition_rows``, ``domain``, ``select``, ``purity``, ``report``...).  Returns the
     :class:`~mergerscan.run_summary.RunSummary` (also in OUT/summary.json)."""
     from .engines.base import Engine
+    from .pipeline.arguments import ProcessArguments, default_of
     from .pipeline.run import run
     from .run_summary import RunSummary
 
     src = source_config(images, frames, service, source, source_options)
-    if isinstance(engine, Engine):
-        options.setdefault("backend", engine.backend)
-        options.setdefault("views", engine.info.views)
-        engine = engine.info.path
-    elif engine is not None and not Path(engine).is_file():
-        raise InvalidArgument("engine", f"{engine}: no such engine file")
-    args = process_arguments(catalog, output, src, engine, progress, overwrite, threads, options)
+    chosen, backend, views = _chosen_engine(engine, default_of(ProcessArguments, "backend"), None)
+    if isinstance(chosen, Engine):  # the run loads its file, with the engine's backend and views unless named
+        options.setdefault("backend", backend)
+        options.setdefault("views", views)
+        chosen = chosen.info.path
+    args = process_arguments(catalog, output, src, chosen, progress, overwrite, threads, options)
     try:
         summary = run(args, client=client)
-    except ValueError as exc:
-        if isinstance(exc, InvalidArgument) or ("--" not in str(exc) and getattr(exc, "argument", None) is None):
-            raise
+    except ArgumentError as exc:  # each names its argument (a CatalogError without one: the catalog)
         raise in_python_terms(exc) from None
     assert isinstance(summary, RunSummary)  # mode "all" always gives one
     return summary
@@ -330,14 +327,11 @@ def _engine_ref(engine: Engine | str | Path | None, backend: str, views: int | N
 
     if threads < 1:
         raise InvalidArgument("threads", f"{threads}: give at least 1")
-    if isinstance(engine, Engine):
-        if views is not None and views != engine.info.views:
-            raise InvalidArgument("views", f"{views}: the engine given was loaded with {engine.info.views}")
-        return EngineRef(str(engine.info.path), engine.backend, engine.info.views, threads)
-    if engine is not None and not (isinstance(engine, (str, Path)) and Path(engine).is_file()):
-        raise InvalidArgument("engine", f"{engine}: no such engine file")
+    chosen, backend, views = _chosen_engine(engine, backend, views)
+    if isinstance(chosen, Engine):
+        return EngineRef(str(chosen.info.path), backend, views, threads)
     _check_backend_views(backend, views)
-    return EngineRef(str(resolve_engine_path(engine)), backend, views, threads)
+    return EngineRef(str(resolve_engine_path(chosen)), backend, views, threads)
 
 
 def _ra_dec_named_ra_dec(catalog):

@@ -294,15 +294,16 @@ def test_find_column_exact_first_then_the_one_case_insensitive_match():
     with pytest.raises(AmbiguousColumn) as e:  # never silently one of them
         find_column(cols, "mag_r")
     assert e.value.matches == ["MAG_R", "mag_R"]
-    assert require_column(cols, "MAG", "cat.fits", "--keep-columns") == "Mag"
+    assert require_column(cols, "MAG", "cat.fits", "keep_columns") == "Mag"
     for name, needle in (
         ("nosuch", "which is not a column (columns: objID, RA"),
         ("mag_r", "ambiguous (MAG_R, mag_R)"),
     ):
         with pytest.raises(CatalogError) as e:
-            require_column(cols, name, "cat.fits", "--keep-columns")
-        msg = str(e.value)
+            require_column(cols, name, "cat.fits", "keep_columns")
+        msg = e.value.render({"keep_columns": "--keep-columns"})  # as process-catalog words it
         assert msg.startswith(f"cat.fits: --keep-columns names {name!r}") and needle in msg and "\n" not in msg
+        assert e.value.argument == "keep_columns" and str(e.value).startswith(f"cat.fits: keep_columns names {name!r}")
     with pytest.raises(CatalogError, match="ra column is ambiguous"):
         resolve_columns(["objid", "Ra", "rA", "dec"])
 

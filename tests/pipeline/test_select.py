@@ -3,12 +3,13 @@ adds up), an unknown column and a syntax error stop the run at the start with on
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
 import pytest
 
-from conftest import make_stamps, read_out, two_patch_catalog, write_fits_catalog
+from conftest import cli_words, make_stamps, read_out, two_patch_catalog, write_fits_catalog
 from mergerscan.catalogs.read import CatalogError
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
 from mergerscan.pipeline.cli import main as process_catalog
@@ -93,8 +94,10 @@ def test_syntax_error_is_one_line(field, tmp_path, capsys):
 
 def test_type_error_found_on_the_first_rows(field, tmp_path):
     d, _, _ = field
-    with pytest.raises(CatalogError, match=r"--select .* fails on rows 0\.\."):
+    with pytest.raises(CatalogError) as e:
         run(_args(d, tmp_path / "out", "mag_r < 'bright'"))
+    assert re.search(r"--select .* fails on rows 0\.\.", cli_words(e.value)), cli_words(e.value)
+    assert e.value.argument == "select" and "--" not in str(e.value)
     with pytest.raises(CatalogError, match="one true/false per row"):
         run(_args(d, tmp_path / "out2", "mag_r + 1"))
 

@@ -327,8 +327,9 @@ def hostile_expression(draw):
 def test_hostile_expressions_are_refused_before_anything_evaluates(text):
     with watch() as w, pytest.raises(SelectError) as e:
         parse(text)
-    msg = str(e.value)
+    msg = e.value.render({"select": "--select"})  # as process-catalog words it
     assert msg.startswith("--select") and "\n" not in msg and "Traceback" not in msg
+    assert str(e.value).startswith("select") and e.value.argument == "select"
     assert not w.events and not w.dispatched, (text, w.events, w.dispatched)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..argument_error import literal
 from .read import CatalogError
 
 
@@ -44,16 +45,18 @@ def brief(columns: list[str], n: int = 12) -> str:
     )
 
 
-def require_column(columns: Iterable[str], name: str, path: str | Path, flag: str) -> str:
-    """:func:`find_column`, or a one-line :class:`CatalogError` naming the file, the option
-    (``flag``) and the name: missing (with the columns there are) or ambiguous (with its matches)."""
+def require_column(columns: Iterable[str], name: str, path: str | Path, argument: str) -> str:
+    """:func:`find_column`, or a one-line :class:`CatalogError` naming the file, the argument
+    (``argument``, e.g. ``keep_columns``) and the name: missing (with the columns there are) or
+    ambiguous (with its matches)."""
     available = [str(c) for c in columns]
+    where = f"{literal(path)}: {{{argument}}} names {literal(repr(name))}"
     try:
         found = find_column(available, name)
     except AmbiguousColumn as exc:
         raise CatalogError(
-            f"{path}: {flag} names {name!r}, which is ambiguous ({', '.join(exc.matches)}); name one exactly"
+            f"{where}, which is ambiguous ({literal(', '.join(exc.matches))}); name one exactly", argument
         ) from None
     if found is None:
-        raise CatalogError(f"{path}: {flag} names {name!r}, which is not a column (columns: {brief(available)})")
+        raise CatalogError(f"{where}, which is not a column (columns: {literal(brief(available))})", argument)
     return found

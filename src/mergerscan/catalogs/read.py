@@ -12,9 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..argument_error import ArgumentError, literal
 
-class CatalogError(ValueError):
-    """A problem with an input catalog; the message is one line naming the file (and column/row)."""
+
+class CatalogError(ArgumentError):
+    """A problem with an input catalog; the message is one line naming the file (and column/row).
+    ``argument``: the argument that names the column at fault (a template then, as for any
+    ArgumentError); None: the catalog's content itself."""
 
 
 def refuse_duplicate_names(path: str | Path, names: list[str]) -> None:
@@ -204,7 +208,9 @@ class CatalogReader:
         variable-length columns), before any task reads it."""
         why = self._fits.refusal(columns) if self.format == "fits" else None
         if why:
-            raise CatalogError(f"{self.path}: {why}; leave it out of --keep-columns")
+            raise CatalogError(
+                f"{literal(self.path)}: {literal(why)}; leave it out of {{keep_columns}}", "keep_columns"
+            )
 
     def close(self):
         if getattr(self, "_fits", None) is not None:

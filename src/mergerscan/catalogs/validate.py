@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..argument_error import literal
 from .columns import AmbiguousColumn, brief, find_column
 from .read import CatalogError
 
@@ -43,24 +44,29 @@ def resolve_columns(
     """``{"id": name, "ra": name, "dec": name}`` in the file's spelling (explicit names win)."""
     available = [str(c) for c in available]
     out = {}
+    where = literal(path)
     for role, explicit in (("id", id_column), ("ra", ra_column), ("dec", dec_column)):
+        argument, columns = f"{role}_column", literal(brief(available))
         try:
             if explicit:
                 found = find_column(available, explicit)
                 if found is None:
                     raise CatalogError(
-                        f"{path}: {role} column {explicit!r} (--{role}-column) not found (columns: {brief(available)})"
+                        f"{where}: {role} column {literal(repr(explicit))} ({{{argument}}}) not found (columns: {columns})",
+                        argument,
                     )
             else:
                 found = next((f for a in _ALIASES[role] if (f := find_column(available, a))), None)
                 if found is None:
                     raise CatalogError(
-                        f"{path}: no {role} column (looked for {', '.join(_ALIASES[role])}, any "
-                        f"case; name it with --{role}-column; columns: {brief(available)})"
+                        f"{where}: no {role} column (looked for {', '.join(_ALIASES[role])}, any "
+                        f"case; name it with {{{argument}}}; columns: {columns})",
+                        argument,
                     )
         except AmbiguousColumn as exc:
             raise CatalogError(
-                f"{path}: {role} column is ambiguous ({', '.join(exc.matches)}); name one exactly with --{role}-column"
+                f"{where}: {role} column is ambiguous ({literal(', '.join(exc.matches))}); name one exactly with {{{argument}}}",
+                argument,
             ) from None
         out[role] = found
     if len(set(out.values())) < 3:

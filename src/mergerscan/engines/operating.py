@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..argument_error import ArgumentError, literal
 from .card import EngineCard
 
 CURVE_KEY = "val_curve"
@@ -32,8 +33,8 @@ LEVEL = 0.95
 _EACH = math.sqrt(LEVEL)  # per-rate level: TPR and FPR intervals jointly cover with >= LEVEL
 
 
-class OperatingPointError(ValueError):
-    """A target the validation curve cannot give (the message is one line)."""
+class OperatingPointError(ArgumentError):
+    """A target the validation curve cannot give (one line, a template naming the target)."""
 
 
 def purity_at(tpr, fpr, prevalence: float):
@@ -257,9 +258,11 @@ def choose(
             return OperatingPoint(float(default_threshold), "default", None, prevalence, views)
         return _point(curve, float(default_threshold), "default", None, prevalence, views)
     if curve is None:
+        target = "purity" if purity is not None else "completeness"
         raise OperatingPointError(
-            f"--{'purity' if purity is not None else 'completeness'}: the engine card has no validation curve "
-            f"for {views} view(s) (write one with `mergerscan operating-curve CATALOG --engine ENGINE`)"
+            f"{{{target}}}: the engine card has no validation curve "
+            f"for {views} view(s) (write one with `mergerscan operating-curve CATALOG --engine ENGINE`)",
+            target,
         )
     tpr, fpr = curve.tp / curve.n_pos, curve.fp / curve.n_neg
     if completeness is not None:
@@ -274,9 +277,10 @@ def choose(
         measured = pur[curve.fp > 0]
         best = float(measured.max()) if len(measured) else 0.0
         raise OperatingPointError(
-            f"--purity {purity:g} at prevalence {prevalence:g}: the validation curve ({views} view(s), "
+            f"{{purity}} {purity:g} at prevalence {prevalence:g}: the validation curve ({views} view(s), "
             f"{curve.n_neg} non-mergers) does not reach it with at least one false positive measured; "
-            f"the highest it measures is {best:.3f}"
+            f"the highest it measures is {best:.3f}",
+            "purity",
         )
     return _point(curve, float(curve.thresholds[ok[-1]]), "purity", purity, prevalence, views)
 
@@ -289,13 +293,15 @@ def _point(curve: Curve, threshold: float, rule: str, target, prevalence: float,
 def check_target(purity: float | None, completeness: float | None, prevalence: float) -> None:
     """One-line refusals of targets no curve can give (before any engine is read)."""
     if purity is not None and completeness is not None:
-        raise OperatingPointError("give --purity or --completeness, not both")
+        raise OperatingPointError("give {purity} or {completeness}, not both", "purity")
     if purity is not None and not 0 < purity < 1:
-        raise OperatingPointError(f"--purity {purity:g}: a fraction between 0 and 1 (exclusive)")
+        raise OperatingPointError(f"{{purity}} {purity:g}: a fraction between 0 and 1 (exclusive)", "purity")
     if completeness is not None and not 0 < completeness <= 1:
-        raise OperatingPointError(f"--completeness {completeness:g}: a fraction in (0, 1]")
+        raise OperatingPointError(f"{{completeness}} {completeness:g}: a fraction in (0, 1]", "completeness")
     if not 0 < prevalence < 1:
-        raise OperatingPointError(f"--prevalence {prevalence:g}: a fraction between 0 and 1 (exclusive)")
+        raise OperatingPointError(
+            f"{{prevalence}} {prevalence:g}: a fraction between 0 and 1 (exclusive)", "prevalence"
+        )
 
 
 def for_engine(
@@ -305,5 +311,7 @@ def for_engine(
     try:
         curve = card_curve(info.card, info.views)
     except (KeyError, TypeError, ValueError) as exc:
-        raise OperatingPointError(f"engine {info.name}: its card's validation curve is unreadable ({exc})") from None
+        raise OperatingPointError(
+            f"engine {literal(info.name)}: its card's validation curve is unreadable ({literal(exc)})", "engine"
+        ) from None
     return choose(curve, info.threshold, info.views, purity, completeness, prevalence)

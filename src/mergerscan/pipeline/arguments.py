@@ -239,17 +239,11 @@ class ProcessArguments(RunArguments):
 
     # ---------------------------------------------------------------- rows, paths, engine
     def _check_rows(self) -> None:
-        if self.select is not None:
-            from .select import SelectError, expression_names
+        if self.select is not None:  # a SelectError names select
+            from .select import expression_names
 
-            try:
-                expression_names(self.select)
-            except SelectError as exc:
-                raise ArgumentError(literal(exc), "select") from None
-        try:
-            self.domain_settings  # noqa: B018 - validates domain, domain_columns, domain_limits
-        except ValueError as exc:
-            raise ArgumentError(literal(exc), "domain") from None
+            expression_names(self.select)
+        self.domain_settings  # noqa: B018 - validates domain, domain_columns, domain_limits (a DomainError)
         if self.embeddings < 0:
             raise ArgumentError(f"{{embeddings}} {literal(self.embeddings)}: give at least 1 component", "embeddings")
 
@@ -263,17 +257,14 @@ class ProcessArguments(RunArguments):
     def _check_engine(self) -> None:
         from ..engines import get_backend, gpu_backends, parse_backend
         from ..engines.base import VIEWS
-        from ..engines.operating import OperatingPointError, check_target
+        from ..engines.operating import check_target
 
         try:
             backend_name, _ = parse_backend(self.backend)
         except ValueError as exc:
             raise ArgumentError(f"{{backend}}: {literal(exc)}", "backend") from None
-        try:  # the curve itself is read with the engine (run.py)
-            check_target(self.purity, self.completeness, self.prevalence)
-        except OperatingPointError as exc:
-            target = "purity" if self.purity is not None else "completeness" if self.completeness else "prevalence"
-            raise ArgumentError(literal(exc), target) from None
+        # an OperatingPointError names the target; the curve itself is read with the engine (run.py)
+        check_target(self.purity, self.completeness, self.prevalence)
         if self.views is not None and self.views not in VIEWS:
             raise ArgumentError(f"{{views}} {literal(self.views)}: choose {', '.join(map(str, VIEWS))}", "views")
         if self.gpus and not get_backend(backend_name).needs_gpu:

@@ -14,14 +14,12 @@ import signal
 import sys
 from pathlib import Path
 
-from ..catalogs.read import CatalogError
 from ..cutouts.source_choice import ServiceOptions
 from ..exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from ..verb_flags import from_namespace
 from .arguments import ArgumentError, ProcessArguments, default_of
-from .domain import DomainError, parse_pairs
+from .domain import parse_pairs
 from .flags import SERVICE_RENAME, SLURM_RENAME, build_parser, flag_names
-from .resume import FingerprintMismatch, OutputError
 from .slurm import SlurmOptions
 
 
@@ -134,9 +132,9 @@ def main(argv=None, prog: str = "process-catalog") -> int:
         if not isinstance(summary, RunSummary):  # --plan / --shard
             print("process-catalog: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
             return EXIT_OK
-    except ArgumentError as exc:
+    except ArgumentError as exc:  # also CatalogError, DomainError, SelectError, the run directory's refusals
         return _error(exc.render(flag_names(parser)))
-    except (DomainError, CatalogError, FingerprintMismatch, OutputError, FileNotFoundError) as exc:
+    except FileNotFoundError as exc:
         return _error(exc)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second ^C while exiting: no traceback either

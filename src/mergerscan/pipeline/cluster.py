@@ -121,11 +121,14 @@ def check_local_gpu(backend: str) -> None:
     """Local workers run on this machine: refuse at once (one line) when the GPU backend cannot run
     here, instead of starting workers that fail every partition."""
     from ..engines import available_backends, parse_backend
-    from .arguments import ArgumentError
+    from .run_options import ArgumentError, literal
 
     why = available_backends()[parse_backend(backend)[0]]
     if why:
-        raise ArgumentError(f"--gpus 1 with local workers: --backend {backend} cannot run on this machine: {why}")
+        raise ArgumentError(
+            f"{{gpus}} 1 with local workers: {{backend}} {literal(backend)} cannot run on this machine: {literal(why)}",
+            "gpus",
+        )
 
 
 def check_gpu_workers(client, args) -> None:
@@ -135,12 +138,13 @@ def check_gpu_workers(client, args) -> None:
         return  # worker jobs are still queued; they are started with the resource
     workers = client.scheduler_info().get("workers", {})
     if workers and not any(w.get("resources", {}).get("GPU") for w in workers.values()):
-        from .arguments import ArgumentError
+        from .run_options import ArgumentError
 
         raise ArgumentError(
-            f"--gpus 1: none of the {len(workers)} worker(s) of the scheduler advertises the Dask "
+            f"{{gpus}} 1: none of the {len(workers)} worker(s) of the scheduler advertises the Dask "
             "resource GPU (start them with: dask worker --resources GPU=<threads>), so no "
-            "partition could ever run"
+            "partition could ever run",
+            "gpus",
         )
 
 

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import pandas as pd
 
+from ..argument_error import ArgumentError, literal
 from ..catalogs.columns import AmbiguousColumn, find_column
 from ..catalogs.read import CatalogError
 from ..engines.domain import DomainSelection, EngineDomain
@@ -48,8 +49,8 @@ CLASS_NAMES = {"GALAXY", "QSO", *NOT_GALAXY.values(), *UNDECIDED.values()}
 VALID = {"mag": (0.0, 40.0), "z": (-1.0, 20.0), "size": (0.0, 3600.0), "psf": (0.0, 1.0)}
 
 
-class DomainError(ValueError):
-    """A --domain option that cannot be used; one line."""
+class DomainError(ArgumentError):
+    """A --domain option that cannot be used; one line (a template naming its argument)."""
 
 
 def candidates(key: str, sel: DomainSelection) -> list[str]:
@@ -162,13 +163,17 @@ class DomainSettings:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise DomainError(f"--domain {self.mode}: choose {', '.join(MODES)}")
+            raise DomainError(f"{{domain}} {literal(self.mode)}: choose {', '.join(MODES)}", "domain")
         for k, _ in self.columns:
             if k not in COLUMN_KEYS:
-                raise DomainError(f"--domain-column {k}=...: KEY is one of {', '.join(COLUMN_KEYS)}")
+                raise DomainError(
+                    f"{{domain_columns}} {literal(k)}=...: KEY is one of {', '.join(COLUMN_KEYS)}", "domain_columns"
+                )
         for k, _ in self.limits:
             if k not in LIMIT_KEYS:
-                raise DomainError(f"--domain-limit {k}=...: KEY is one of {', '.join(LIMIT_KEYS)}")
+                raise DomainError(
+                    f"{{domain_limits}} {literal(k)}=...: KEY is one of {', '.join(LIMIT_KEYS)}", "domain_limits"
+                )
 
     @property
     def catalog(self) -> bool:
@@ -275,7 +280,10 @@ def _find(key: str, mapped: dict, sel: DomainSelection, available: list[str], sa
             return None
         col = find_column(available, mapped[key])
         if col is None:
-            raise CatalogError(f"{path}: --domain-column {key}={mapped[key]}: not a column")
+            raise CatalogError(
+                f"{literal(path)}: {{domain_columns}} {literal(key)}={literal(mapped[key])}: not a column",
+                "domain_columns",
+            )
         return col
     col = None
     for name in candidates(key, sel):

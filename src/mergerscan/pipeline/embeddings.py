@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from .arguments import ArgumentError
+from .run_options import ArgumentError, literal
 
 COLUMN = "embedding"
 
@@ -21,11 +21,14 @@ def provenance(n: int, info) -> dict[str, str]:
     rep, k = info.card.representation, info.card.n_components
     if rep is None or not k:
         raise ArgumentError(
-            f"--embeddings: engine {info.name} ({info.path}) has no representation block (card "
-            "'representation'); refit one with mergerscan.training.representation or use an engine that has it"
+            f"{{embeddings}}: engine {literal(info.name)} ({literal(info.path)}) has no representation block (card "
+            "'representation'); refit one with mergerscan.training.representation or use an engine that has it",
+            "embeddings",
         )
     if n > k:
-        raise ArgumentError(f"--embeddings {n}: engine {info.name} has {k} components; choose 1..{k}")
+        raise ArgumentError(
+            f"{{embeddings}} {n}: engine {literal(info.name)} has {k} components; choose 1..{k}", "embeddings"
+        )
     ratio = [float(r) for r in rep.explained_variance_ratio or ()][:n]
     return {
         "dimension": str(n),

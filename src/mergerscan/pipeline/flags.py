@@ -35,6 +35,7 @@ FIELD_FLAGS = {
     "domain_limits": "--domain-limit",
     "threads_per_worker": "--threads",
     "default_source": "--source",
+    "output": "-o",  # as the messages about the run directory word it
 }
 
 # SlurmOptions / ServiceOptions fields whose flag's dest is not --slurm-<field> / --service-<field>

@@ -33,7 +33,7 @@ def inspect_hats(args, named_columns, select_columns, domain_rules) -> dict:
     keep = (
         list(carry)
         if args.keep_columns == ["*"]
-        else named_columns(args.keep_columns, h.columns, args.catalog, "--keep-columns")
+        else named_columns(args.keep_columns, h.columns, args.catalog, "keep_columns")
     )
     o, p = next(op for op in h.pixels if h.rows[op])
     ids = read_pixel(h.path, o, p, [cols["id"]], h.npix_suffix).column(0).slice(0, 1000).to_pandas()

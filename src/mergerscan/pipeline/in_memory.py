@@ -7,7 +7,6 @@ ValueError) naming the argument in Python terms.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..argument_error import ArgumentError
 from ..catalogs.columns import AmbiguousColumn, brief, find_column
 from ..catalogs.read import CatalogError
 from ..catalogs.schema import INTERNAL_COLUMNS, id_output_name, output_names
@@ -31,9 +31,8 @@ __all__ = [
     "EngineRef",
     "InvalidArgument",
     "TableColumns",
-    "argument_of",
     "domain_rules",
-    "python_terms",
+    "in_python_terms",
     "score_lsdb_partition",
     "score_settings",
     "score_table",
@@ -50,6 +49,15 @@ class InvalidArgument(ValueError):
     def __init__(self, argument: str, message: str):
         super().__init__(f"{argument}: {message}")
         self.argument = argument
+
+
+def in_python_terms(exc: ArgumentError) -> ValueError:
+    """The error a library call raises for ``exc``: an :class:`InvalidArgument` naming the
+    argument (its template worded in Python terms), ``catalog`` for a problem with the catalog's
+    content; any other error is a bug and is returned as it is."""
+    if exc.argument is not None:
+        return InvalidArgument(exc.argument, exc.render())
+    return InvalidArgument("catalog", str(exc)) if isinstance(exc, CatalogError) else exc
 
 
 @dataclass(frozen=True)
@@ -243,8 +251,17 @@ def source_config(
     try:
         config.check()
     except (ValueError, ImportError) as exc:
-        raise InvalidArgument("source_options" if "option" in str(exc) else name, str(exc)) from None
+        raise InvalidArgument("source_options" if opts and _usable(config) else name, str(exc)) from None
     return config
+
+
+def _usable(config: SourceConfig) -> bool:
+    """Whether the source is usable without its options (then they are what is wrong)."""
+    try:
+        SourceConfig(config.kind, config.location).check()
+    except (ValueError, ImportError):
+        return False
+    return True
 
 
 def score_settings(info, domain: str, batch_size: int, embeddings: int, target: dict) -> tuple[ScoreSettings, Any]:
@@ -254,22 +271,14 @@ def score_settings(info, domain: str, batch_size: int, embeddings: int, target: 
 
     if batch_size < 1:
         raise InvalidArgument("batch_size", f"{batch_size}: give at least 1")
-    try:
+    try:  # DomainError, OperatingPointError, the embeddings' ArgumentError: each names its argument
         ds = DomainSettings(domain)
-    except ValueError as exc:
-        raise InvalidArgument("domain", str(exc).replace("--domain ", "")) from None
-    try:
         operating.check_target(target["purity"], target["completeness"], target["prevalence"])
         op = operating.for_engine(info, target["purity"], target["completeness"], target["prevalence"])
-    except operating.OperatingPointError as exc:
-        raise InvalidArgument(
-            "purity" if target["purity"] is not None else "completeness", python_terms(str(exc))
-        ) from None
-    if embeddings:
-        try:
+        if embeddings:
             provenance(embeddings, info)
-        except ValueError as exc:
-            raise InvalidArgument("embeddings", python_terms(str(exc))) from None
+    except ArgumentError as exc:
+        raise in_python_terms(exc) from None
     settings = ScoreSettings(
         batch_size, op.threshold, ds.image_threshold(info.domain), ds.max_saturated_core(info.domain), embeddings
     )
@@ -284,29 +293,7 @@ def domain_rules(ds, info, sample, label: str):
             return {}
         try:
             return resolve_rules(ds, info.domain, columns, sample, label).to_dict()
-        except ValueError as exc:
-            raise InvalidArgument("domain", python_terms(str(exc))) from None
+        except ArgumentError as exc:  # a --domain-column mapping to no column
+            raise in_python_terms(exc) from None
 
     return rules
-
-
-_FLAG = re.compile(r"--([a-z][a-z0-9-]*)")
-_FLAG_NAMES = {
-    "cutout-service": "service",
-    "source-option": "source_options",
-    "threads-per-worker": "threads",
-    "service-timeout": "source_options['timeout']",
-    "service-total-timeout": "source_options['total_timeout']",
-    "service-retries": "source_options['retries']",
-    "service-concurrency": "source_options['max_concurrency']",
-}
-
-
-def python_terms(message: str) -> str:
-    """A message worded for the command line (``--keep-columns``) in Python terms (``keep_columns``)."""
-    return _FLAG.sub(lambda m: _FLAG_NAMES.get(m[1], m[1].replace("-", "_")), message)
-
-
-def argument_of(message: str) -> str:
-    m = _FLAG.search(message)
-    return _FLAG_NAMES.get(m[1], m[1].replace("-", "_")).split("[")[0] if m else "catalog"

@@ -7,16 +7,17 @@ from ..catalogs.read import CatalogError, CatalogReader, csv_id_kind
 from ..catalogs.schema import FITS_MAX_COLUMNS, INTERNAL_COLUMNS, OUTPUT_COLUMNS, id_output_name, output_names
 from ..catalogs.validate import resolve_columns
 from ..engines.domain import EngineDomain
-from .arguments import ArgumentError, ProcessArguments
+from .arguments import ProcessArguments
+from .run_options import literal
 
 
-def named_columns(names: list[str], available: list[str], path: str, flag: str) -> list[str]:
-    """Input columns named by ``flag`` (exact spelling first, else the one case-insensitive match)."""
-    return list(dict.fromkeys(require_column(available, k, path, flag) for k in names))
+def named_columns(names: list[str], available: list[str], path: str, argument: str) -> list[str]:
+    """Input columns named by ``argument`` (exact spelling first, else the one case-insensitive match)."""
+    return list(dict.fromkeys(require_column(available, k, path, argument) for k in names))
 
 
 def _resolve_keep(keep: list[str], available: list[str], path: str) -> list[str]:
-    return list(available) if keep == ["*"] else named_columns(keep, available, path, "--keep-columns")
+    return list(available) if keep == ["*"] else named_columns(keep, available, path, "keep_columns")
 
 
 def _id_kind(reader: CatalogReader, id_col: str) -> str:
@@ -57,8 +58,9 @@ def _id_kind(reader: CatalogReader, id_col: str) -> str:
         )
     if kind not in ("int", "uint", "str"):
         raise CatalogError(
-            f"{reader.path}: id column {id_col!r} is {kind}, not integer or text (a float id "
-            "loses digits); name the real id column with --id-column"
+            f"{literal(reader.path)}: id column {literal(repr(id_col))} is {literal(kind)}, not integer or text "
+            "(a float id loses digits); name the real id column with {id_column}",
+            "id_column",
         )
     return kind
 
@@ -67,12 +69,9 @@ def _select_columns(args: ProcessArguments, available: list[str]) -> dict:
     """--select's columns, validated against the catalog at the start (one-line errors)."""
     if args.select is None:
         return {}
-    from .select import SelectError, resolve
+    from .select import resolve
 
-    try:
-        return resolve(args.select, list(available), args.catalog)
-    except SelectError as exc:
-        raise ArgumentError(str(exc)) from None
+    return resolve(args.select, list(available), args.catalog)
 
 
 def _check_select_sample(args: ProcessArguments, cat: dict, reader: CatalogReader) -> None:
@@ -110,7 +109,7 @@ def inspect_catalog(args: ProcessArguments, domain: EngineDomain | None = None) 
         )
         if args.path_column:
             (cat["columns"]["path"],) = named_columns(
-                [args.path_column], cat["hats"].columns, args.catalog, "--path-column"
+                [args.path_column], cat["hats"].columns, args.catalog, "path_column"
             )
             cat["keep"] = list(dict.fromkeys([*cat["keep"], cat["columns"]["path"]]))
         return cat
@@ -121,7 +120,7 @@ def inspect_catalog(args: ProcessArguments, domain: EngineDomain | None = None) 
         cols = resolve_columns(reader.columns, args.id_column, args.ra_column, args.dec_column, path=args.catalog)
         keep = _resolve_keep(args.keep_columns, reader.columns, args.catalog)
         if args.path_column:  # read into the partitions and carried through
-            (cols["path"],) = named_columns([args.path_column], reader.columns, args.catalog, "--path-column")
+            (cols["path"],) = named_columns([args.path_column], reader.columns, args.catalog, "path_column")
             keep = list(dict.fromkeys([*keep, cols["path"]]))
         core = (cols["id"], cols["ra"], cols["dec"])
         internal = [c for c in (*core, *keep) if c in INTERNAL_COLUMNS]
@@ -134,8 +133,9 @@ def inspect_catalog(args: ProcessArguments, domain: EngineDomain | None = None) 
         names = output_names([k for k in keep if k not in core], id_output_name(id_kind), args.optional_columns)
         if len(OUTPUT_COLUMNS) + len(names) > FITS_MAX_COLUMNS:
             raise CatalogError(
-                f"{args.catalog}: {len(names)} kept columns + {len(OUTPUT_COLUMNS)} output columns "
-                f"exceed the {FITS_MAX_COLUMNS} columns of a FITS table; keep fewer (--keep-columns)"
+                f"{literal(args.catalog)}: {len(names)} kept columns + {len(OUTPUT_COLUMNS)} output columns "
+                f"exceed the {FITS_MAX_COLUMNS} columns of a FITS table; keep fewer ({{keep_columns}})",
+                "keep_columns",
             )
         cat = {
             "format": reader.format,

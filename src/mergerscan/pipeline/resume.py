@@ -36,16 +36,16 @@ import numpy as np
 from ..atomic import atomic_write_json
 from ..catalogs.schema import TRANSIENT, Status
 from ..run_layout import RunLayout
-from .arguments import ArgumentError
 from .plan import Partition, Plan
 from .result import PartitionResult
+from .run_options import ArgumentError, literal
 
 
-class FingerprintMismatch(RuntimeError):
-    pass
+class FingerprintMismatch(ArgumentError):
+    """The output directory holds a different run (resume only resumes the same one); one line."""
 
 
-class OutputError(RuntimeError):
+class OutputError(ArgumentError):
     """-o cannot be used (a file, not writable, not a mergerscan run); one line."""
 
 
@@ -62,16 +62,19 @@ def check_output(output: Path) -> None:
     """-o must be a directory we can create and write: else one line, before anything is written."""
     output = Path(output)
     if output.exists() and not output.is_dir():
-        raise OutputError(f"-o {output}: exists and is not a directory")
+        raise OutputError(f"{{output}} {literal(output)}: exists and is not a directory", "output")
     probe_dir = output if output.is_dir() else next((p for p in output.parents if p.exists()), None)
     if probe_dir is None or not probe_dir.is_dir():
-        raise OutputError(f"-o {output}: a parent is not a directory")
+        raise OutputError(f"{{output}} {literal(output)}: a parent is not a directory", "output")
     try:
         fd, tmp = tempfile.mkstemp(prefix=".mergerscan-probe-", dir=probe_dir)
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise OutputError(f"-o {output}: cannot write in {probe_dir} ({exc.strerror or exc})") from None
+        raise OutputError(
+            f"{{output}} {literal(output)}: cannot write in {literal(probe_dir)} ({literal(exc.strerror or exc)})",
+            "output",
+        ) from None
 
 
 def _inside(path: str | Path, container: Path) -> bool:
@@ -87,7 +90,9 @@ def _remove_outputs(layout: RunLayout, protect: Iterable) -> None:
         hit = next((d for d in doomed if not d.is_symlink() and _inside(p, d)), None)
         if p and hit is not None:
             raise OutputError(
-                f"--overwrite would delete {p} (inside {hit}); move it out of {layout.root} or choose another -o"
+                f"{{overwrite}} would delete {literal(p)} (inside {literal(hit)}); move it out of "
+                f"{literal(layout.root)} or choose another {{output}}",
+                "overwrite",
             )
     for p in doomed:
         if p.is_symlink() or not p.is_dir():
@@ -107,8 +112,9 @@ def _same_run(layout: RunLayout, fingerprint: dict) -> bool:
     if old != fingerprint:
         diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
         raise FingerprintMismatch(
-            f"{layout.root} holds a run with a different {', '.join(diff)}; use --overwrite to replace it "
-            "or choose another -o"
+            f"{literal(layout.root)} holds a run with a different {literal(', '.join(diff))}; use {{overwrite}} "
+            "to replace it or choose another {output}",
+            "output",
         )
     return True
 
@@ -129,9 +135,10 @@ def check_or_claim(
     if output.is_dir() and not ours and any(output.iterdir()):
         names = sorted(p.name for p in output.iterdir())
         raise OutputError(
-            f"{output} exists and is not a mergerscan run (it holds {', '.join(names[:3])}"
-            f"{', ...' if len(names) > 3 else ''}); choose an empty or new -o "
-            "(--overwrite only ever removes what mergerscan wrote)"
+            f"{literal(output)} exists and is not a mergerscan run (it holds {literal(', '.join(names[:3]))}"
+            f"{', ...' if len(names) > 3 else ''}); choose an empty or new {{output}} "
+            "({overwrite} only ever removes what mergerscan wrote)",
+            "output",
         )
     if overwrite and ours:
         _remove_outputs(layout, protect)
@@ -228,8 +235,9 @@ class ResumePlan:
         plan = Plan.load(self.work.plan)
         if not plan.hats and plan.split.get("format") != SPLIT_FORMAT:
             raise ArgumentError(
-                f"{self.layout.root}: planned by an older mergerscan (another split layout); "
-                "use --overwrite to plan it again"
+                f"{literal(self.layout.root)}: planned by an older mergerscan (another split layout); "
+                "use {overwrite} to plan it again",
+                "overwrite",
             )
         return plan
 
@@ -238,7 +246,8 @@ class ResumePlan:
         plan = self.saved_plan()
         if plan is None:
             raise ArgumentError(
-                f"{self.layout.root}: no plan yet; run process-catalog --plan with the same arguments first"
+                f"{literal(self.layout.root)}: no plan yet; run process-catalog {{plan}} with the same arguments first",
+                "mode",
             )
         return plan
 

@@ -28,6 +28,7 @@ from .inspection import inspect_catalog
 from .plan import Partition, Plan
 from .plan_stage import plan_and_split, plan_future
 from .resume import RETRY, ResumePlan, Todo, after_out_of_memory
+from .run_options import literal
 from .slurm import GPU_TASK_RESOURCES
 from .task import PartitionTask, score_partition
 
@@ -143,12 +144,11 @@ def _engine(args: ProcessArguments):
     engine_path = resolve_engine_path(args.engine)
     try:
         info = read_engine_info(engine_path).with_views(args.views)
-    except ValueError as exc:
-        raise ArgumentError(f"--views {args.views}: {exc}") from None
-    try:  # a target the card's curve cannot give is refused here
-        op = operating.for_engine(info, args.purity, args.completeness, args.prevalence)
-    except operating.OperatingPointError as exc:
-        raise ArgumentError(str(exc)) from None
+    except ValueError as exc:  # not an engine file (its views are checked against VIEWS already)
+        at_fault = "views" if args.views is not None else "engine"
+        raise ArgumentError(f"{{views}} {literal(args.views)}: {literal(exc)}", at_fault) from None
+    # a target the card's curve cannot give: an OperatingPointError naming it
+    op = operating.for_engine(info, args.purity, args.completeness, args.prevalence)
     if args.embeddings:  # an engine without a representation block, or N > k: refused here
         embedding_provenance(args.embeddings, info)
     return engine_path, info, op
@@ -170,8 +170,9 @@ def _finalize_only(args: ProcessArguments, resume: ResumePlan, info, op) -> RunS
     missing = resume.unscored(plan.partitions)
     if missing:
         raise ArgumentError(
-            f"{resume.layout.root}: {len(missing)} partition(s) not scored yet (e.g. {missing[0].name}); "
-            "run the missing shards first"
+            f"{literal(resume.layout.root)}: {len(missing)} partition(s) not scored yet (e.g. {literal(missing[0].name)}); "
+            "run the missing shards first",
+            "mode",
         )
     return finalize(args, plan, info, op=op)
 

@@ -1,6 +1,7 @@
 """What every run has, whatever it processes (as hats-import's RuntimeArguments): where the
-output goes and how the run is executed; the one error type of bad arguments, which names the
-argument in Python terms (a field's default is read by :func:`mergerscan.verb_flags.default_of`)."""
+output goes and how the run is executed; its errors are :class:`ArgumentError` (from
+mergerscan.argument_error), naming the argument in Python terms (a field's default is read by
+:func:`mergerscan.verb_flags.default_of`)."""
 
 from __future__ import annotations
 
@@ -8,47 +9,11 @@ import os
 import shlex
 import sys
 from dataclasses import dataclass, field
-from typing import Any
 
+from ..argument_error import ArgumentError, literal
 from .slurm import SlurmOptions, is_slurm_task, slurm_cpus
 
-# placeholders that are not field names, in Python terms (the command line has a flag for each)
-PYTHON_NAMES = {
-    "source": "source_kind/source_location",
-    "service_options": "service_options",
-    **{k: f"service_options.{k.removeprefix('service_')}" for k in ("service_timeout", "service_retries")},
-    "service_concurrency": "service_options.max_concurrency",
-    "service_rate": "service_options.max_rate",
-    "service_total_timeout": "service_options.total_timeout",
-}
-
-
-def literal(value: Any) -> str:
-    """``value`` as text inside an :class:`ArgumentError` template (its braces are not names)."""
-    return str(value).replace("{", "{{").replace("}", "}}")
-
-
-class _Names(dict):
-    def __missing__(self, name: str) -> str:
-        return PYTHON_NAMES.get(name, name)
-
-
-class ArgumentError(ValueError):
-    """Bad arguments, in one line.  ``argument`` names the field at fault (None where the message
-    comes from elsewhere and is shown as it is).  With an argument, the message is a template:
-    ``{name}`` is an argument, worded by :meth:`render`; values in it pass through :func:`literal`."""
-
-    def __init__(self, message: str, argument: str | None = None):
-        self.argument = argument
-        self.template = message if argument is not None else None
-        super().__init__(self.render() if argument is not None else message)
-
-    def render(self, names: dict[str, str] | None = None) -> str:
-        """The message with each ``{name}`` as ``names[name]`` (the command line's flags), else in
-        Python terms (the field's name)."""
-        if self.template is None:
-            return str(self)
-        return self.template.format_map(_Names(names or {}))
+__all__ = ["ArgumentError", "RunArguments", "literal"]
 
 
 def _available_cores() -> int:
@@ -104,7 +69,9 @@ class RunArguments:
         if self.cluster == "slurm":
             try:
                 self.slurm.validate()
-            except ValueError as exc:
+            except ArgumentError:
+                raise
+            except ValueError as exc:  # a walltime's text
                 raise ArgumentError(literal(exc), "slurm") from None
 
     @property

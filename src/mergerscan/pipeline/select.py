@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ..argument_error import literal
 from ..catalogs.columns import require_column
 from ..catalogs.read import CatalogError
 from .domain import CatalogRules, mark_domain
@@ -56,9 +57,9 @@ def expression_names(expr: str) -> list[str]:
 
 def resolve(expr: str, available: list[str], path: str) -> dict:
     """``{name as written: column in the file's spelling}``; CatalogError naming an unknown column."""
-    out = {n: require_column(available, n, path, "--select") for n in expression_names(expr)}
+    out = {n: require_column(available, n, path, "select") for n in expression_names(expr)}
     if not out:
-        raise SelectError(f"--select {shown(expr)}: names no column")
+        raise SelectError(f" {shown(expr)}: names no column")
     return out
 
 
@@ -278,7 +279,9 @@ def evaluate(expr: str, columns: dict, df: pd.DataFrame, label: str, start: int 
         env = {n: column_value(df[c].reset_index(drop=True), n) for n, c in columns.items()}
         return evaluate_tree(tree, env, len(df))
     except SelectTypeError as exc:
-        raise CatalogError(f"{label}: --select {shown(expr)} fails on {where} ({exc})") from None
+        raise CatalogError(
+            f"{literal(label)}: {{select}} {literal(shown(expr))} fails on {where} ({literal(exc)})", "select"
+        ) from None
     except (
         ArithmeticError,
         ValueError,
@@ -286,7 +289,10 @@ def evaluate(expr: str, columns: dict, df: pd.DataFrame, label: str, start: int 
         RecursionError,
     ) as exc:  # e.g. an integer overflow: this expression's
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CatalogError(f"{label}: --select {shown(expr)} fails on {where} ({type(exc).__name__}: {msg})") from None
+        raise CatalogError(
+            f"{literal(label)}: {{select}} {literal(shown(expr))} fails on {where} ({type(exc).__name__}: {literal(msg)})",
+            "select",
+        ) from None
 
 
 def mark_selected(plan, df: pd.DataFrame, start: int) -> pd.DataFrame:

@@ -24,6 +24,8 @@ import tokenize
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ..argument_error import ArgumentError, literal
+
 # name -> number of arguments (numpy's functions of the same name; pandas.eval's list)
 FUNCTIONS = {
     **dict.fromkeys(
@@ -95,8 +97,12 @@ NODE_WHAT = {
 }
 
 
-class SelectError(ValueError):
-    """A --select expression that cannot be used; one line."""
+class SelectError(ArgumentError):
+    """A --select expression that cannot be used; one line: the argument, then ``detail`` (what
+    follows it, e.g. ``" a >: syntax error ..."``)."""
+
+    def __init__(self, detail: str):
+        super().__init__("{select}" + literal(detail), "select")
 
 
 # ---------------------------------------------------------------- the tree (all that is evaluated)
@@ -163,25 +169,25 @@ def parse(expr: str) -> Node:
     token) for anything outside the grammar.  Cached: a worker parses each expression once."""
     text = " ".join(str(expr).split())  # one line, as before
     if not text:
-        raise SelectError("--select: empty expression")
+        raise SelectError(": empty expression")
     if len(text) > MAX_CHARS:
-        raise SelectError(f"--select: expression longer than {MAX_CHARS:,} characters")
+        raise SelectError(f": expression longer than {MAX_CHARS:,} characters")
     rewritten, where = _rewrite(text, expr)
     try:
         tree = ast.parse(rewritten, mode="eval")
     except SyntaxError as exc:
         at = where[min(max((exc.offset or 1) - 1, 0), len(where) - 1)] + 1
-        raise SelectError(f"--select {shown(expr)}: syntax error at character {at} ({exc.msg})") from None
+        raise SelectError(f" {shown(expr)}: syntax error at character {at} ({exc.msg})") from None
     except (RecursionError, MemoryError, ValueError):
-        raise SelectError(f"--select {shown(expr)}: expression nested more than {MAX_DEPTH} deep") from None
+        raise SelectError(f" {shown(expr)}: expression nested more than {MAX_DEPTH} deep") from None
     if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
-        raise SelectError(f"--select {shown(expr)}: more than {MAX_NODES} terms")
+        raise SelectError(f" {shown(expr)}: more than {MAX_NODES} terms")
     try:
         out = _convert(tree.body, rewritten, expr)
     except RecursionError:
         out = None
     if out is None or depth(out) > MAX_DEPTH:  # the evaluator recurses as deep: bounded here
-        raise SelectError(f"--select {shown(expr)}: expression nested more than {MAX_DEPTH} deep")
+        raise SelectError(f" {shown(expr)}: expression nested more than {MAX_DEPTH} deep")
     return out
 
 
@@ -231,7 +237,7 @@ def children(n: Node) -> tuple[Node, ...]:
 
 def _refuse(expr: str, what: str) -> SelectError:
     return SelectError(
-        f"--select {shown(expr)}: {what} is not allowed (a selection uses column names, literals, "
+        f" {shown(expr)}: {what} is not allowed (a selection uses column names, literals, "
         f"arithmetic, comparisons, and/or/not, in [...] and the functions {', '.join(FUNCTIONS)})"
     )
 
@@ -245,12 +251,10 @@ def _rewrite(text: str, expr: str) -> tuple[str, list[int]]:
         try:
             ast.parse(text, mode="eval")  # parsing only: nothing is run
         except SyntaxError as err:
-            raise SelectError(
-                f"--select {shown(expr)}: syntax error at character {err.offset or 0} ({err.msg})"
-            ) from None
+            raise SelectError(f" {shown(expr)}: syntax error at character {err.offset or 0} ({err.msg})") from None
         except (RecursionError, MemoryError, ValueError):
             pass
-        raise SelectError(f"--select {shown(expr)}: syntax error ({exc.args[0] if exc.args else exc})") from None
+        raise SelectError(f" {shown(expr)}: syntax error ({exc.args[0] if exc.args else exc})") from None
     out: list[str] = []
     where: list[int] = []
     pos = 0
@@ -285,7 +289,7 @@ def _check_token(t: tokenize.TokenInfo, nxt: tokenize.TokenInfo | None, expr: st
     elif t.type == tokenize.COMMENT:
         raise _refuse(expr, "'#' (comments)")
     elif t.type == tokenize.ERRORTOKEN and s.strip() in ("'", '"'):
-        raise SelectError(f"--select {shown(expr)}: syntax error at character {t.start[1] + 1} (unterminated string)")
+        raise SelectError(f" {shown(expr)}: syntax error at character {t.start[1] + 1} (unterminated string)")
     elif t.type == tokenize.ERRORTOKEN and s.strip():
         raise _refuse(expr, f"the character {s!r}")
 
@@ -358,5 +362,5 @@ def _call(node: ast.Call, text: str, expr: str) -> Node:
     if node.keywords:
         raise _refuse(expr, f"keyword arguments to {f.id}()")
     if len(node.args) != FUNCTIONS[f.id]:
-        raise SelectError(f"--select {shown(expr)}: {f.id}() takes {FUNCTIONS[f.id]} argument(s), got {len(node.args)}")
+        raise SelectError(f" {shown(expr)}: {f.id}() takes {FUNCTIONS[f.id]} argument(s), got {len(node.args)}")
     return Call(f.id, tuple(_convert(a, text, expr) for a in node.args))

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...argument_error import ArgumentError, literal
+
 NO_PAUSE_ENV = "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE"  # =False: see pipeline/cluster.py
 # A scoring task with --gpus 1 asks for one unit of the Dask resource GPU; a GPU worker advertises one
 # unit per thread (partition slot), so exactly `threads` partitions share its GPU.  Integer units:
@@ -37,13 +39,18 @@ class SlurmOptions:
     interface: str | None = None  # network interface for scheduler and workers, e.g. ib0
 
     def validate(self):
+        """ArgumentError (``slurm``; ``{slurm_cores}`` is ``--slurm-cores`` or ``slurm.cores``), or a
+        ValueError about a walltime's text."""
         if self.cores < 1 or self.processes < 1:
-            raise ValueError("--slurm-cores and --slurm-processes must be >= 1")
+            raise ArgumentError("{slurm_cores} and {slurm_processes} must be >= 1", "slurm")
         if self.cores % self.processes:
-            raise ValueError("--slurm-cores must be a multiple of --slurm-processes")
+            raise ArgumentError("{slurm_cores} must be a multiple of {slurm_processes}", "slurm")
         wall = parse_walltime(self.walltime)
         if self.lifetime and parse_walltime(self.lifetime) >= wall:
-            raise ValueError(f"--slurm-lifetime {self.lifetime} must be below --slurm-walltime {self.walltime}")
+            raise ArgumentError(
+                f"{{slurm_lifetime}} {literal(self.lifetime)} must be below {{slurm_walltime}} {literal(self.walltime)}",
+                "slurm",
+            )
         worker_lifetime(wall)  # raises when the walltime is too short
 
 
