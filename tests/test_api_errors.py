@@ -288,7 +288,8 @@ def process_catalog_flags() -> set[str]:
 def flags_in_error_text(path: Path, flags: set[str]) -> list[str]:
     """``file:line: --flag`` for each process-catalog flag written into the text of an
     argument error (a string or f-string part of its call); a foreign command quoted in a
-    message (``dask worker --resources``) is not one of ours."""
+    message (``dask worker --resources``, or another verb's command line in backticks,
+    ```mergerscan operating-curve CATALOG --engine ENGINE```) is not one of ours."""
     found, where = [], path.relative_to(SRC) if path.is_relative_to(SRC) else path
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if not isinstance(node, ast.Call):
@@ -300,6 +301,7 @@ def flags_in_error_text(path: Path, flags: set[str]) -> list[str]:
             c.value for a in node.args for c in ast.walk(a) if isinstance(c, ast.Constant) and isinstance(c.value, str)
         ]
         for text in texts:
+            text = re.sub(r"`mergerscan [^`]*`", "", text)
             hits = [f for f in re.findall(r"--[a-z][a-z0-9-]*", text) if f in flags]
             found += [f"{where}:{node.lineno}: {f}" for f in hits]
     return found
