@@ -139,6 +139,38 @@ def test_rerun_resumes_and_is_identical(small_field, reference_run, dask_client,
     assert {f: f.read_bytes() for f in files} == before
 
 
+def test_a_retry_marker_written_by_main_resumes(small_field, reference_run, dask_client, tmp_path):
+    """A retry marker is the JSON mergerscan has always written (the literal text below, as main
+    wrote it): this run's markers are that text, byte for byte; one written so is read back as a
+    RetryMarker, and a re-run resumes from it (the partition retried, the output and the marker
+    rewritten with the same bytes)."""
+    from mergerscan.pipeline.result import RetryMarker
+    from mergerscan.pipeline.resume import RETRY, ResumePlan
+
+    d, _ = small_field
+    out = copy_run(reference_run[0], tmp_path / "out")
+    work, resume = RunLayout(out).work, ResumePlan(out)
+    retried = [r for r in resume.results(resume.existing_plan().partitions) if r.retry]
+    assert retried and all(
+        set(r.status) & {"no_image", "fetch_failed", "out_of_memory"} == {"no_image"} for r in retried
+    )
+    counts = {r.pid: r.status["no_image"] for r in retried}
+    main = {pid: '{"rows": N, "status": {"no_image": N}}'.replace("N", str(n)) for pid, n in counts.items()}
+    assert {pid: work.retry_marker(pid).read_text() for pid in main} == main
+    for pid, text in main.items():  # as the old code left them
+        work.retry_marker(pid).write_text(text)
+        n = counts[pid]
+        assert resume.retry_of(pid) == RetryMarker({"no_image": n}, n) == RetryMarker.of({"no_image": n})
+        assert json.dumps(RetryMarker.from_dict(json.loads(text)).to_dict(), sort_keys=True) == text
+    todo = resume.remaining(resume.existing_plan().partitions)
+    assert [(t.part.pid, t.why) for t in todo] == [(pid, RETRY) for pid in main]
+    files = sorted((out / "parquet").rglob("*.parquet"))
+    before = {f: f.read_bytes() for f in files}
+    run(args_for(d, out), client=dask_client)
+    assert {f: f.read_bytes() for f in files} == before
+    assert {pid: work.retry_marker(pid).read_text() for pid in main} == main
+
+
 def test_resume_plan_says_what_is_left_and_why(small_field, reference_run, tmp_path):
     """ResumePlan over a finished run: every done marker is a PartitionResult, byte for byte; the
     partitions holding no_image rows (transient) remain as retries naming them, a partition whose

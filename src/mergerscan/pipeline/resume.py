@@ -38,7 +38,7 @@ from ..catalogs.schema import TRANSIENT, Status
 from ..run_layout import RunLayout
 from .arguments import ArgumentError
 from .plan import Partition, Plan
-from .result import PartitionResult
+from .result import PartitionResult, RetryMarker
 
 
 class FingerprintMismatch(RuntimeError):
@@ -269,10 +269,15 @@ class ResumePlan:
         return [PartitionResult.from_dict(json.loads(self.work.marker(p.pid).read_text())) for p in parts]
 
     def _retry_statuses(self, pid: int) -> dict[str, int]:
+        marker = self.retry_of(pid)
+        return dict(marker.status) if marker is not None else {}
+
+    def retry_of(self, pid: int) -> RetryMarker | None:
+        """The partition's retry marker (None: none, or unreadable: it names the statuses only for the log)."""
         try:
-            return dict(json.loads(self.work.retry_marker(pid).read_text()).get("status") or {})
-        except (OSError, ValueError, AttributeError):
-            return {}
+            return RetryMarker.from_dict(json.loads(self.work.retry_marker(pid).read_text()))
+        except (OSError, ValueError, AttributeError, TypeError):
+            return None
 
     # -- one partition (task side)
     def scored(self, pid: int) -> PartitionResult | None:
@@ -289,11 +294,11 @@ class ResumePlan:
     def record(self, result: PartitionResult) -> PartitionResult:
         """Mark the partition done with ``result``: the retry marker first (rows whose status is
         transient; removed when none is), then the done marker.  Returns the result as written."""
-        transient = {str(k): int(result.status[k]) for k in TRANSIENT if result.status.get(k)}
+        transient = {k: result.status[k] for k in TRANSIENT if result.status.get(k)}
         retry = self.work.retry_marker(result.pid)
         if transient:
             result = replace(result, retry=True)
-            atomic_write_json(retry, {"status": transient, "rows": sum(transient.values())}, sort_keys=True)
+            atomic_write_json(retry, RetryMarker.of(transient).to_dict(), sort_keys=True)
         atomic_write_json(self.work.marker(result.pid), result.to_dict(), sort_keys=True)
         if not transient:
             retry.unlink(missing_ok=True)
