@@ -294,7 +294,7 @@ class ResumePlan:
     def record(self, result: PartitionResult) -> PartitionResult:
         """Mark the partition done with ``result``: the retry marker first (rows whose status is
         transient; removed when none is), then the done marker.  Returns the result as written."""
-        transient = {k: result.status[k] for k in TRANSIENT if result.status.get(k)}
+        transient = {str(k): int(result.status[k]) for k in TRANSIENT if result.status.get(k)}
         retry = self.work.retry_marker(result.pid)
         if transient:
             result = replace(result, retry=True)

@@ -25,7 +25,7 @@ from .executor import Progress, TaskRunner
 from .finalize import finalize, format_summary, run_meta
 from .fingerprint import fingerprint
 from .inspection import inspect_catalog
-from .plan import Partition, Plan
+from .plan import CatalogInspection, Partition, Plan
 from .plan_stage import plan_and_split, plan_future
 from .resume import RETRY, ResumePlan, Todo, after_out_of_memory
 from .slurm import GPU_TASK_RESOURCES
@@ -154,7 +154,7 @@ def _engine(args: ProcessArguments):
     return engine_path, info, op
 
 
-def _claim(args: ProcessArguments, cat: dict, info, op) -> ResumePlan:
+def _claim(args: ProcessArguments, cat: CatalogInspection, info, op) -> ResumePlan:
     """The run directory claimed for this run's fingerprint (resume.py): what is left to do there."""
     resume = ResumePlan(RunLayout(args.output))
     cache: dict = {}
@@ -192,7 +192,7 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
     if args.gpus and local and args.mode in ("all", "shard"):
         check_local_gpu(args.backend)  # local workers would fail (or wait) on every partition
     cat = inspect_catalog(args, info.domain)
-    _source_notices(args, cat["nrows"])
+    _source_notices(args, cat.nrows)
     resume = _claim(args, cat, info, op)
     layout = resume.layout
     if args.mode == "finalize":
