@@ -188,6 +188,8 @@ def test_resume_plan_says_what_is_left_and_why(small_field, reference_run, tmp_p
         assert json.dumps(PartitionResult.from_dict(json.loads(text)).to_dict(), sort_keys=True) == text, f.name
     results = resume.results(plan.partitions)
     assert sum(r.rows for r in results) == 300 and resume.unscored(plan.partitions) == []
+    (RunLayout(out).work.scored_dir / "notes.txt").write_text("not a marker")  # what the report lists: markers only
+    assert RunLayout(out).work.done_markers() == [RunLayout(out).work.marker(p.pid) for p in plan.partitions]
     todo = resume.remaining(plan.partitions)
     assert (
         todo and {t.why for t in todo} == {RETRY} and [t.part.pid for t in todo] == [r.pid for r in results if r.retry]
