@@ -570,6 +570,25 @@ def test_killed_run_resumes_without_duplicates(small_field, dask_client, tmp_pat
     assert np.array_equal(fa["objid"], fb["objid"]) and np.allclose(fa["p_merger"], fb["p_merger"], equal_nan=True)
 
 
+def test_a_network_source_on_slurm_compute_nodes_is_said(small_field, dask_client, tmp_path, capsys):
+    """A source that needs the network (a cutout service) read on SLURM compute nodes (--plan and
+    --shard of the array jobs, --cluster slurm) gets one line saying so, with the URL redacted; a
+    local run, or a source on disk, none."""
+    from mergerscan.pipeline.run import compute_node_network_note
+
+    d, _ = small_field
+    url = "http://user:secret@127.0.0.1:9/ImgCutout"
+    service = dict(images=None, cutout_service=url)
+    args = args_for(d, tmp_path / "o", mode="plan", **service)
+    note = compute_node_network_note(args.resolved())
+    assert note and "over the network" in note and "compute nodes" in note and "secret" not in note
+    assert compute_node_network_note(args_for(d, tmp_path / "o", **service).resolved()) is None  # local
+    assert compute_node_network_note(args_for(d, tmp_path / "o", mode="plan").resolved()) is None  # stamps
+    capsys.readouterr()
+    run(args, client=dask_client)  # --plan fetches nothing: the line comes before it plans
+    assert note in capsys.readouterr().err.splitlines()
+
+
 def test_array_mode_plan_shards_finalize_matches_single_run(small_field, reference_run, dask_client, tmp_path):
     d, df = small_field
     ref, out = reference_run[0], tmp_path / "out"

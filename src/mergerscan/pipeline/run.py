@@ -217,13 +217,33 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
     return finalize(args, plan, info, seconds=time.time() - t_start, op=op)
 
 
+def compute_node_network_note(args: ProcessArguments) -> str | None:
+    """The line for a source that ``needs_network`` when its rows are fetched on SLURM compute
+    nodes (``--cluster slurm``/``slurm-runner``, or the array jobs' ``--plan``/``--shard``), which
+    on many clusters have no outbound network: every row would end fetch_failed, hours later."""
+    src = args.source
+    if not src.source_class.needs_network:
+        return None
+    if args.cluster == "local" and args.mode not in ("plan", "shard"):
+        return None
+    return (
+        f"process-catalog: note: the image source ({src.kind} {src.shown}) is read over the network from "
+        "the SLURM compute nodes; where they have no outbound network every row ends fetch_failed (a re-run "
+        "retries those rows): check that a compute node reaches it (srun curl -sI URL), or use --images/"
+        "--frames on a shared filesystem"
+    )
+
+
 def _source_notices(args: ProcessArguments, nrows: int) -> None:
-    """One line naming the default image source when none was given; a hint towards --frames when
-    a web service would take long (cutouts/defaults.py)."""
+    """One line naming the default image source when none was given; one when its rows are fetched
+    over the network on SLURM compute nodes (:func:`compute_node_network_note`); a hint towards
+    --frames when a web service would take long (cutouts/defaults.py)."""
     from ..cutouts.defaults import large_catalog_hint, startup_line
 
     if args.default_source is not None:
         print(startup_line(args.default_source), file=sys.stderr)
+    if note := compute_node_network_note(args):
+        print(note, file=sys.stderr)
     if args.cutout_service and args.mode in ("all", "plan"):
         hint = large_catalog_hint(nrows, args.service.max_rate, args.workers)
         if hint:
