@@ -108,6 +108,11 @@ class WorkLayout:
         partition is written (pipeline.resume.ResumePlan reads and writes it)."""
         return self.scored_dir / f"{_part(pid)}.json"
 
+    def done_markers(self) -> list[Path]:
+        """The done markers present, in partition order (the report reads them for its throughput
+        figure; the run itself asks pipeline.resume.ResumePlan what is done)."""
+        return sorted(self.scored_dir.glob("part-*.json"))
+
     @property
     def retry_dir(self) -> Path:
         return self.dir / "retry"

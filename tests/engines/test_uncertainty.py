@@ -49,6 +49,22 @@ def test_the_card_is_read_at_the_runs_view_count():
     assert "no validation curve for 4 view(s)" in describe(card, 4) and "Wilson" in describe(card, 1)
 
 
+def test_a_loaded_engine_builds_its_curve_once():
+    """The partition task reads the interval off ``EngineInfo.curve``: the card's curve at the
+    engine's views, built on first use and the same object on every partition after."""
+    from mergerscan.engines import default_engine_path
+    from mergerscan.engines.base import read_engine_info
+    from mergerscan.engines.operating import card_curve
+
+    info = read_engine_info(default_engine_path())  # the packaged engine: its card has a curve
+    curve = info.curve
+    assert curve is not None and info.curve is curve
+    want = card_curve(info.card, info.views)
+    assert [getattr(curve, f) for f in ("n_pos", "n_neg")] == [want.n_pos, want.n_neg]
+    q = np.float32([0.05, 0.3, 0.5, 0.95, np.nan])
+    np.testing.assert_array_equal(score_interval(q, curve), interval_for_engine(q, info.card, info.views))
+
+
 def test_window_counts_match_brute_force():
     """Where the window does not cut a group of tied scores, its counts are those of the rows in it."""
     y, p = calibrated(900, 2)

@@ -217,6 +217,51 @@ def test_rules_on_values():
     assert "--domain" in cli_words(e.value) and e.value.argument == "domain" and "--" not in str(e.value)
 
 
+# a plan.json as mergerscan 1.x (main, before the plan held its rules typed) wrote it: Plan.to_json,
+# json.dumps(asdict(plan), indent=1), with the rules as CatalogRules.to_dict()
+MAIN_PLAN = {
+    "catalog": "/d/cat.fits",
+    "source_catalog": "/d/cat.fits",
+    "nrows": 5,
+    "columns": {"id": "objid", "ra": "ra", "dec": "dec"},
+    "keep": ["petroMag_r"],
+    "id_kind": "int",
+    "chunks": [[0, 5]],
+    "hist_order": 7,
+    "partitions": [{"pid": 0, "order": 3, "pixel": 17, "sub": 0, "nsub": 1, "rows": 5}],
+    "split": {"format": "x", "buckets": [[0, 5, 0, 1]]},
+    "select": None,
+    "select_columns": {},
+    "domain": {
+        "rules": [
+            {"key": "mag", "column": "petroMag_r", "low": None, "high": 17.77, "minus": "extinction_r"},
+            {"key": "class", "column": "type", "low": None, "high": None, "minus": None},
+        ],
+        "notes": ["columns a, b all match 'z': none used"],
+    },
+    "hats": None,
+    "names": {"petroMag_r": "petroMag_r"},
+}
+
+
+def test_the_plan_holds_its_catalog_rules_typed_and_plan_json_is_unchanged():
+    """The plan keeps the typed CatalogRules; plan.json holds them as before, byte for byte: a
+    plan.json written by main loads and is written back with the same text; one without rules
+    (``"domain": {}``) loads with none."""
+    from mergerscan.pipeline.plan import Plan
+
+    text = json.dumps(MAIN_PLAN, indent=1)
+    plan = Plan.from_json(text)
+    assert isinstance(plan.domain, CatalogRules) and plan.domain == CatalogRules(
+        (DomainRule("mag", "petroMag_r", None, 17.77, "extinction_r"), DomainRule("class", "type")),
+        ("columns a, b all match 'z': none used",),
+    )
+    assert plan.domain.columns == ["petroMag_r", "extinction_r", "type"]
+    assert plan.to_json() == text
+    bare = Plan.from_json(json.dumps({**MAIN_PLAN, "domain": {}}, indent=1))
+    assert bare.domain == CatalogRules() and bare.domain.columns == []
+
+
 def test_packaged_engine_card_records_its_training_selection():
     from mergerscan.engines import default_engine_path
 

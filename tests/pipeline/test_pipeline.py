@@ -139,6 +139,38 @@ def test_rerun_resumes_and_is_identical(small_field, reference_run, dask_client,
     assert {f: f.read_bytes() for f in files} == before
 
 
+def test_a_retry_marker_written_by_main_resumes(small_field, reference_run, dask_client, tmp_path):
+    """A retry marker is the JSON mergerscan has always written (the literal text below, as main
+    wrote it): this run's markers are that text, byte for byte; one written so is read back as a
+    RetryMarker, and a re-run resumes from it (the partition retried, the output and the marker
+    rewritten with the same bytes)."""
+    from mergerscan.pipeline.result import RetryMarker
+    from mergerscan.pipeline.resume import RETRY, ResumePlan
+
+    d, _ = small_field
+    out = copy_run(reference_run[0], tmp_path / "out")
+    work, resume = RunLayout(out).work, ResumePlan(out)
+    retried = [r for r in resume.results(resume.existing_plan().partitions) if r.retry]
+    assert retried and all(
+        set(r.status) & {"no_image", "fetch_failed", "out_of_memory"} == {"no_image"} for r in retried
+    )
+    counts = {r.pid: r.status["no_image"] for r in retried}
+    main = {pid: '{"rows": N, "status": {"no_image": N}}'.replace("N", str(n)) for pid, n in counts.items()}
+    assert {pid: work.retry_marker(pid).read_text() for pid in main} == main
+    for pid, text in main.items():  # as the old code left them
+        work.retry_marker(pid).write_text(text)
+        n = counts[pid]
+        assert resume.retry_of(pid) == RetryMarker({"no_image": n}, n) == RetryMarker.of({"no_image": n})
+        assert json.dumps(RetryMarker.from_dict(json.loads(text)).to_dict(), sort_keys=True) == text
+    todo = resume.remaining(resume.existing_plan().partitions)
+    assert [(t.part.pid, t.why) for t in todo] == [(pid, RETRY) for pid in main]
+    files = sorted((out / "parquet").rglob("*.parquet"))
+    before = {f: f.read_bytes() for f in files}
+    run(args_for(d, out), client=dask_client)
+    assert {f: f.read_bytes() for f in files} == before
+    assert {pid: work.retry_marker(pid).read_text() for pid in main} == main
+
+
 def test_resume_plan_says_what_is_left_and_why(small_field, reference_run, tmp_path):
     """ResumePlan over a finished run: every done marker is a PartitionResult, byte for byte; the
     partitions holding no_image rows (transient) remain as retries naming them, a partition whose
@@ -156,6 +188,8 @@ def test_resume_plan_says_what_is_left_and_why(small_field, reference_run, tmp_p
         assert json.dumps(PartitionResult.from_dict(json.loads(text)).to_dict(), sort_keys=True) == text, f.name
     results = resume.results(plan.partitions)
     assert sum(r.rows for r in results) == 300 and resume.unscored(plan.partitions) == []
+    (RunLayout(out).work.scored_dir / "notes.txt").write_text("not a marker")  # what the report lists: markers only
+    assert RunLayout(out).work.done_markers() == [RunLayout(out).work.marker(p.pid) for p in plan.partitions]
     todo = resume.remaining(plan.partitions)
     assert (
         todo and {t.why for t in todo} == {RETRY} and [t.part.pid for t in todo] == [r.pid for r in results if r.retry]
@@ -534,6 +568,25 @@ def test_killed_run_resumes_without_duplicates(small_field, dask_client, tmp_pat
     pd.testing.assert_frame_equal(a[SCIENCE + ["mag_r"]], b[SCIENCE + ["mag_r"]])
     fa, fb = fitsio.read(str(ref / "mergers.fits")), fitsio.read(str(out / "mergers.fits"))
     assert np.array_equal(fa["objid"], fb["objid"]) and np.allclose(fa["p_merger"], fb["p_merger"], equal_nan=True)
+
+
+def test_a_network_source_on_slurm_compute_nodes_is_said(small_field, dask_client, tmp_path, capsys):
+    """A source that needs the network (a cutout service) read on SLURM compute nodes (--plan and
+    --shard of the array jobs, --cluster slurm) gets one line saying so, with the URL redacted; a
+    local run, or a source on disk, none."""
+    from mergerscan.pipeline.run import compute_node_network_note
+
+    d, _ = small_field
+    url = "http://user:secret@127.0.0.1:9/ImgCutout"
+    service = dict(images=None, cutout_service=url)
+    args = args_for(d, tmp_path / "o", mode="plan", **service)
+    note = compute_node_network_note(args.resolved())
+    assert note and "over the network" in note and "compute nodes" in note and "secret" not in note
+    assert compute_node_network_note(args_for(d, tmp_path / "o", **service).resolved()) is None  # local
+    assert compute_node_network_note(args_for(d, tmp_path / "o", mode="plan").resolved()) is None  # stamps
+    capsys.readouterr()
+    run(args, client=dask_client)  # --plan fetches nothing: the line comes before it plans
+    assert note in capsys.readouterr().err.splitlines()
 
 
 def test_array_mode_plan_shards_finalize_matches_single_run(small_field, reference_run, dask_client, tmp_path):

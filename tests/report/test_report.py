@@ -288,6 +288,13 @@ def test_training_report(training_dir, tmp_path):
     html = path.read_text()
     assert path == training_dir / "report.html"
     assert html.count("<img") == 5 and "effl0-test" in html and '<td class="num">0.750</td>' in html
+    # the card, read as an EngineCard: its keys as rows, the command as code, the name in the title
+    assert "<code>mergerscan train --catalog c.csv</code>" in html and "efficientnet_lite0" in html
+    assert "mergerscan training report — effl0-test" in html
+    m = json.loads((training_dir / "metrics.json").read_text())
+    (training_dir / "card.json").write_text(json.dumps({**m.pop("card"), "name": "from-card-json"}))
+    (training_dir / "metrics.json").write_text(json.dumps(m))  # a run whose metrics.json has no card
+    assert "mergerscan training report — from-card-json" in build_training_report(training_dir).read_text()
     if CHROMIUM:
         dom, _ = _chromium(path, tmp_path)
         assert 'data-images-ok="yes"' in dom and 'data-errors=""' in dom

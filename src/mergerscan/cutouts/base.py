@@ -11,10 +11,10 @@ An image source class declares, as class attributes:
   :data:`mergerscan.catalogs.schema.STATUS`);
 * :meth:`SourceBase.check_location`: a location it can never use is refused before a run starts;
 * capabilities the pipeline asks instead of comparing kind strings: ``reads_path_column`` (rows
-  may carry a ``path`` column naming each row's file) and
+  may carry a ``path`` column naming each row's file),
   :meth:`SourceBase.low_memory_options` (its options for a partition retried after the worker ran
-  out of memory); ``needs_network`` is declared too (the registry checks it is a bool), though
-  nothing asks it yet.
+  out of memory) and ``needs_network`` (its rows are fetched over the network: a run on SLURM
+  compute nodes says so, as many clusters give those no outbound network).
 
 An instance is made as ``cls(location, spec, **options)``; ``fetch(rows)`` receives a DataFrame
 with columns ``id`` (str), ``ra``, ``dec`` (float64, deg, already validated) and, where

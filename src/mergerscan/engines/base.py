@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from ..cutouts.preprocess import PreprocessSpec, prepare_batch
 from .card import EngineCard
 from .domain import EngineDomain, saturated_core
 from .engine_file import CARD_KEY, SPEC_KEY, card_of, load_metadata, require_spec
+from .operating import Curve, card_curve
 
 __all__ = [
     "CARD_KEY",
@@ -102,6 +104,12 @@ class EngineInfo:
 
     def with_views(self, views: int | None) -> EngineInfo:
         return EngineInfo(self.path, self.sha256, self.spec, self.card, views or 0)
+
+    @cached_property
+    def curve(self) -> Curve | None:
+        """The card's validation curve for these views (:func:`operating.card_curve`; None: none),
+        built once per engine, not per partition (the row intervals, :mod:`.uncertainty`, read it)."""
+        return card_curve(self.card, self.views)
 
     @property
     def name(self) -> str:

@@ -14,7 +14,8 @@ middle).  It is at the engine's calibration prevalence (validation's, ~25 % merg
 validation split halved).
 
 The one place these numbers are computed: ``process-catalog``'s output table and the library's
-scoring both call :func:`interval_for_engine` (or :func:`score_interval`).
+scoring both call :func:`score_interval` on the engine's curve (``EngineInfo.curve``, built once
+per loaded engine); :func:`interval_for_engine` does the same from a card.
 """
 
 from __future__ import annotations

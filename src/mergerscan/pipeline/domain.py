@@ -329,20 +329,13 @@ def resolve_rules(
     return CatalogRules(tuple(rules), tuple(notes))
 
 
-def mark_domain(rules: dict | None, df: pd.DataFrame) -> pd.DataFrame:
+def mark_domain(rules: CatalogRules, df: pd.DataFrame) -> pd.DataFrame:
     """Add the ``_domain`` column (:meth:`CatalogRules.evaluate`) to one chunk's rows (no-op
     without rules)."""
-    r = CatalogRules.from_dict(rules)
-    return df.assign(_domain=r.evaluate(df)) if r.rules else df
+    return df.assign(_domain=rules.evaluate(df)) if rules.rules else df
 
 
-def rule_counts(rules: dict | None, codes: np.ndarray) -> dict[str, int]:
+def rule_counts(rules: CatalogRules, codes: np.ndarray) -> dict[str, int]:
     """{reason: rows} for the rule codes of out_of_domain rows."""
-    r = CatalogRules.from_dict(rules)
     ks, ns = np.unique(codes[codes > 0], return_counts=True)
-    return {r.reason(int(k)): int(n) for k, n in zip(ks, ns)}
-
-
-def rule_reason(rules: dict | None, code: int) -> str:
-    """The rule a row with ``_domain`` = ``code`` failed, in words."""
-    return CatalogRules.from_dict(rules).reason(code)
+    return {rules.reason(int(k)): int(n) for k, n in zip(ks, ns)}

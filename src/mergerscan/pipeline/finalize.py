@@ -16,7 +16,6 @@ from ..engines.operating import OperatingPoint, operating_line
 from ..run_layout import RunLayout
 from ..run_summary import Failure, RunSummary, SourceSummary
 from .arguments import ProcessArguments
-from .domain import CatalogRules
 from .embeddings import provenance, summary_entry, summary_line
 from .failures import format_failures, summarize
 from .plan import Plan
@@ -179,7 +178,7 @@ def finalize(
 
 def domain_warnings(plan: Plan, markers: list[PartitionResult]) -> list[str]:
     """Catalog columns not used by the rules, and scored rows the image check could not judge."""
-    out = list((plan.domain or {}).get("notes", []))
+    out = list(plan.domain.notes)
     missing = sum(m.no_domain_score for m in markers)
     if missing:
         out.append(
@@ -194,7 +193,7 @@ def domain_applied(args: ProcessArguments, plan: Plan, info) -> dict:
     settings = args.domain_settings
     return {
         "mode": settings.mode,
-        "catalog_rules": [r.reason() for r in CatalogRules.from_dict(plan.domain).rules],
+        "catalog_rules": [r.reason() for r in plan.domain.rules],
         "image_threshold": settings.image_threshold(info.domain),
         "max_saturated_core": settings.max_saturated_core(info.domain),
         "limits": dict(settings.limits),

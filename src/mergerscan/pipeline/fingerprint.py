@@ -17,6 +17,7 @@ from ..engines import backend_precision
 from ..engines.operating import DEFAULT_PREVALENCE, OperatingPoint
 from ..run_layout import RunLayout
 from .arguments import ProcessArguments
+from .plan import CatalogInspection
 
 
 def _sha256(path: Path) -> str:
@@ -56,7 +57,7 @@ def read_cache(layout: RunLayout) -> dict:
 
 def fingerprint(
     args: ProcessArguments,
-    cat: dict,
+    cat: CatalogInspection,
     engine_sha: str,
     views: int | None = 1,
     cache: dict | None = None,
@@ -75,10 +76,10 @@ def fingerprint(
         extra["operating_point"] = {"rule": op.rule, "target": op.target, "prevalence": op.prevalence}
     return {
         **extra,
-        "domain": {**args.domain_settings.fingerprint(), "catalog_rules": (cat.get("domain") or {}).get("rules", [])},
+        "domain": {**args.domain_settings.fingerprint(), "catalog_rules": cat.domain.to_dict()["rules"]},
         "catalog": identity,
-        "columns": cat["columns"],
-        "keep": cat["keep"],
+        "columns": cat.columns,
+        "keep": cat.keep,
         "engine_sha256": engine_sha,
         "precision": backend_precision(args.backend),
         "views": views,

@@ -15,12 +15,11 @@ from ..catalogs.hats import HatsInput, read_pixel, sub_rows
 from ..catalogs.read import CatalogError, arrow_to_pandas
 from ..catalogs.schema import id_output_name, output_names
 from ..catalogs.validate import check_numeric, coord_status, resolve_columns
-from .domain import CatalogRules
-from .plan import Partition, Plan, healpix29
+from .plan import CatalogInspection, Partition, Plan, healpix29
 from .select import mark_selected
 
 
-def inspect_hats(args, named_columns, select_columns, domain_rules) -> dict:
+def inspect_hats(args, named_columns, select_columns, domain_rules) -> CatalogInspection:
     """inspect_catalog for a HATS directory (reads the properties, metadata and <= 1000 ids);
     ``domain_rules(columns, sample)``: the catalog rules of --domain (inspection.py)."""
     h = HatsInput(args.catalog)
@@ -44,45 +43,43 @@ def inspect_hats(args, named_columns, select_columns, domain_rules) -> dict:
 
         t = read_pixel(h.path, o, p, list(dict.fromkeys(sel.values())), h.npix_suffix).slice(0, 1000)
         evaluate(args.select, sel, arrow_to_pandas(t), args.catalog)
-    return {
-        "format": "hats",
-        "nrows": h.nrows,
-        "columns": cols,
-        "keep": keep,
-        "id_kind": kind,
-        "chunks": [],
-        "hats": h,
-        "select_columns": sel,
-        "domain": domain_rules(
+    return CatalogInspection(
+        format="hats",
+        nrows=h.nrows,
+        columns=cols,
+        keep=keep,
+        id_kind=kind,
+        chunks=[],
+        hats=h,
+        select_columns=sel,
+        domain=domain_rules(
             h.columns, lambda cs: arrow_to_pandas(read_pixel(h.path, o, p, cs, h.npix_suffix).slice(0, 1000))
         ),
-    }
+    )
 
 
-def make_hats_plan(args, cat: dict) -> Plan:
-    h: HatsInput = cat["hats"]
+def make_hats_plan(args, cat: CatalogInspection) -> Plan:
+    h: HatsInput = cat.hats
     pieces = []  # (order, pixel, sub, nsub, rows), pixels in nested order
     for (o, p), n in ((op, h.rows[op]) for op in h.pixels):
         nsub = max(1, -(-n // args.partition_rows))
         pieces += [(o, p, s, nsub, len(sub_rows(n, s, nsub))) for s in range(nsub) if n]
     parts = [Partition(i, *t) for i, t in enumerate(pieces)]
-    core = (cat["columns"]["id"], cat["columns"]["ra"], cat["columns"]["dec"])
+    core = (cat.columns["id"], cat.columns["ra"], cat.columns["dec"])
     return Plan(
         catalog=str(h.path),
         source_catalog=args.catalog,
         nrows=h.nrows,
-        columns=cat["columns"],
-        keep=cat["keep"],
-        id_kind=cat["id_kind"],
+        columns=cat.columns,
+        keep=cat.keep,
+        id_kind=cat.id_kind,
         chunks=[],
         hist_order=args.hist_order,
         partitions=parts,
         select=args.select,
-        select_columns=cat.get("select_columns") or {},
-        names=output_names(
-            [k for k in cat["keep"] if k not in core], id_output_name(cat["id_kind"]), args.optional_columns
-        ),
-        domain=cat.get("domain") or {},
+        select_columns=cat.select_columns,
+        names=output_names([k for k in cat.keep if k not in core], id_output_name(cat.id_kind), args.optional_columns),
+        domain=cat.domain,
         hats={
             "root": str(h.path),
             "npix_suffix": h.npix_suffix,
@@ -99,7 +96,7 @@ def read_hats_partition(plan: Plan, part: Partition) -> pd.DataFrame:
         raise ValueError("read_hats_partition: the plan's input is not a HATS catalog")
     core = [c["id"], c["ra"], c["dec"]]
     hp = h["healpix"]
-    rule_cols = CatalogRules.from_dict(plan.domain).columns
+    rule_cols = plan.domain.columns
     cols = list(dict.fromkeys([*core, *plan.keep, *plan.select_columns.values(), *rule_cols, *([hp] if hp else [])]))
     table = read_pixel(h["root"], part.order, part.pixel, cols, h["npix_suffix"])
     offset = h["offsets"][f"{part.order}/{part.pixel}"]

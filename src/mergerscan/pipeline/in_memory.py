@@ -130,7 +130,7 @@ def table_plan(
     available: list[str],
     ids: Callable[[str], pd.Series],
     columns: TableColumns,
-    domain_rules: Callable[[list[str]], dict],
+    domain_rules: Callable[[list[str]], CatalogRules],
     label: str = "table",
     optional: tuple[str, ...] = (),
 ) -> Plan:
@@ -185,7 +185,7 @@ def table_rows(df: pd.DataFrame, plan: Plan, label: str = "table") -> pd.DataFra
 
 
 def _rule_columns(plan: Plan) -> list[str]:
-    return CatalogRules.from_dict(plan.domain).columns
+    return plan.domain.columns
 
 
 def score_table(df: pd.DataFrame, plan: Plan, engine, source: SourceConfig, settings: ScoreSettings) -> pd.DataFrame:
@@ -288,11 +288,11 @@ def score_settings(info, domain: str, batch_size: int, embeddings: int, target: 
 def domain_rules(ds, info, sample, label: str):
     """``domain_rules(columns)`` for table_plan: the catalog rules of ``domain`` (pipeline.domain)."""
 
-    def rules(columns: list[str]) -> dict:
+    def rules(columns: list[str]) -> CatalogRules:
         if info.domain is None:
-            return {}
+            return CatalogRules()
         try:
-            return resolve_rules(ds, info.domain, columns, sample, label).to_dict()
+            return resolve_rules(ds, info.domain, columns, sample, label)
         except ArgumentError as exc:  # a --domain-column mapping to no column
             raise in_python_terms(exc) from None
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..catalogs.columns import require_column
 from ..catalogs.read import CatalogError, CatalogReader, csv_id_kind
 from ..catalogs.schema import FITS_MAX_COLUMNS, INTERNAL_COLUMNS, OUTPUT_COLUMNS, id_output_name, output_names
 from ..catalogs.validate import resolve_columns
 from ..engines.domain import EngineDomain
 from .arguments import ProcessArguments
+from .domain import CatalogRules
+from .plan import CatalogInspection
 from .run_options import literal
 
 
@@ -74,26 +78,26 @@ def _select_columns(args: ProcessArguments, available: list[str]) -> dict:
     return resolve(args.select, list(available), args.catalog)
 
 
-def _check_select_sample(args: ProcessArguments, cat: dict, reader: CatalogReader) -> None:
+def _check_select_sample(args: ProcessArguments, cat: CatalogInspection, reader: CatalogReader) -> None:
     """Evaluate --select on the first rows, so a type error stops the run before any task."""
     if args.select is None:
         return
     from .select import evaluate
 
-    cols = list(dict.fromkeys(cat["select_columns"].values()))
-    evaluate(args.select, cat["select_columns"], reader.read_rows(0, min(reader.nrows, 1000), cols), args.catalog)
+    cols = list(dict.fromkeys(cat.select_columns.values()))
+    evaluate(args.select, cat.select_columns, reader.read_rows(0, min(reader.nrows, 1000), cols), args.catalog)
 
 
-def _domain_rules(args: ProcessArguments, domain: EngineDomain | None, available: list[str], sample) -> dict:
-    """The catalog rules of --domain for this catalog (domain.py), as the plan stores them."""
+def _domain_rules(args: ProcessArguments, domain: EngineDomain | None, available: list[str], sample) -> CatalogRules:
+    """The catalog rules of --domain for this catalog (domain.py)."""
     from .domain import resolve_rules
 
     if domain is None:
-        return {}
-    return resolve_rules(args.domain_settings, domain, list(available), sample, args.catalog).to_dict()
+        return CatalogRules()
+    return resolve_rules(args.domain_settings, domain, list(available), sample, args.catalog)
 
 
-def inspect_catalog(args: ProcessArguments, domain: EngineDomain | None = None) -> dict:
+def inspect_catalog(args: ProcessArguments, domain: EngineDomain | None = None) -> CatalogInspection:
     """Columns, size and id type of the input catalog (reads a few rows only); ``domain``: the
     engine's training domain, whose catalog rules are resolved against the columns here."""
     from ..catalogs.hats import is_hats
@@ -108,10 +112,8 @@ def inspect_catalog(args: ProcessArguments, domain: EngineDomain | None = None) 
             lambda cols, sample: _domain_rules(args, domain, cols, sample),
         )
         if args.path_column:
-            (cat["columns"]["path"],) = named_columns(
-                [args.path_column], cat["hats"].columns, args.catalog, "path_column"
-            )
-            cat["keep"] = list(dict.fromkeys([*cat["keep"], cat["columns"]["path"]]))
+            (path,) = named_columns([args.path_column], cat.hats.columns, args.catalog, "path_column")
+            cat = replace(cat, columns={**cat.columns, "path": path}, keep=list(dict.fromkeys([*cat.keep, path])))
         return cat
     reader = CatalogReader(args.catalog, chunk_rows=args.chunk_rows)
     try:
@@ -137,20 +139,20 @@ def inspect_catalog(args: ProcessArguments, domain: EngineDomain | None = None) 
                 f"exceed the {FITS_MAX_COLUMNS} columns of a FITS table; keep fewer ({{keep_columns}})",
                 "keep_columns",
             )
-        cat = {
-            "format": reader.format,
-            "nrows": reader.nrows,
-            "columns": cols,
-            "keep": keep,
-            "names": names,
-            "id_kind": id_kind,
-            "chunks": reader.chunk_ranges(),
-            "select_columns": _select_columns(args, reader.columns),
-            "domain": _domain_rules(
+        cat = CatalogInspection(
+            format=reader.format,
+            nrows=reader.nrows,
+            columns=cols,
+            keep=keep,
+            names=names,
+            id_kind=id_kind,
+            chunks=reader.chunk_ranges(),
+            select_columns=_select_columns(args, reader.columns),
+            domain=_domain_rules(
                 args, domain, reader.columns, lambda cs: reader.read_rows(0, min(reader.nrows, 1000), cs)
             ),
-        }
-        reader.check_columns([*core, *keep, *cat["select_columns"].values()])
+        )
+        reader.check_columns([*core, *keep, *cat.select_columns.values()])
         _check_select_sample(args, cat, reader)
         return cat
     finally:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ from ..catalogs.read import CatalogError, CatalogReader
 from ..catalogs.schema import output_names
 from ..catalogs.validate import check_numeric
 from ..run_layout import WorkLayout
+from .domain import CatalogRules
 
 ORDER29 = 29
 
@@ -49,6 +51,23 @@ class Partition:
         return base if self.nsub == 1 else f"{base}-{self.sub}"
 
 
+@dataclass(frozen=True)
+class CatalogInspection:
+    """What the input catalog holds, read from a few rows before any task
+    (:func:`inspection.inspect_catalog`): what the plan and the run's fingerprint are made from."""
+
+    format: str  # the reader's format: "fits", "parquet", "csv"; or "hats"
+    nrows: int
+    columns: dict[str, str]  # {"id", "ra", "dec"[, "path"]} -> the column in the file's spelling
+    keep: list[str]  # input columns carried through
+    id_kind: str  # "int", "uint" (uint64) or "str"
+    chunks: list = field(default_factory=list)  # [(start, stop)] of the reader (none for HATS)
+    names: dict[str, str] = field(default_factory=dict)  # carried column -> output name (HATS: the plan's)
+    select_columns: dict[str, str] = field(default_factory=dict)  # {name in --select: column}
+    domain: CatalogRules = field(default_factory=CatalogRules)  # the catalog rules of --domain
+    hats: Any = None  # catalogs.hats.HatsInput of a HATS input (hats_plan.py)
+
+
 @dataclass
 class Plan:
     catalog: str  # file the tasks read (a Parquet staging copy for CSV input)
@@ -63,7 +82,7 @@ class Plan:
     split: dict = field(default_factory=dict)  # buckets and run ranges (split.plan_split)
     select: str | None = None  # --select EXPR (see select.py)
     select_columns: dict = field(default_factory=dict)  # {name in EXPR: column in the file's spelling}
-    domain: dict = field(default_factory=dict)  # catalog rules of --domain (domain.CatalogRules.to_dict)
+    domain: CatalogRules = field(default_factory=CatalogRules)  # catalog rules of --domain (plan.json: to_dict)
     hats: dict | None = None  # HATS input: partitions are its pixels, read directly (hats_plan.py)
     names: dict = field(default_factory=dict)  # carried input column -> output name (schema.output_names)
 
@@ -86,6 +105,7 @@ class Plan:
 
     def to_json(self) -> str:
         d = asdict(self)
+        d["domain"] = self.domain.to_dict()
         return json.dumps(d, indent=1)
 
     @classmethod
@@ -93,6 +113,7 @@ class Plan:
         d = json.loads(text)
         d["partitions"] = [Partition(**p) for p in d["partitions"]]
         d["chunks"] = [tuple(c) for c in d["chunks"]]
+        d["domain"] = CatalogRules.from_dict(d.get("domain"))
         return cls(**d)
 
     def save(self, path: Path) -> None:

@@ -7,7 +7,7 @@ from ..run_layout import RunLayout
 from . import split
 from .arguments import ProcessArguments
 from .executor import Progress, TaskRunner
-from .plan import Plan, make_partitions, stage_csv
+from .plan import CatalogInspection, Plan, make_partitions, stage_csv
 from .resume import ResumePlan
 
 
@@ -22,14 +22,14 @@ def _plan_argument(tasks: TaskRunner, layout: RunLayout):
     return plan_future(tasks.client, layout) if tasks.client is not None else Plan.load(layout.work.plan)
 
 
-def make_plan(args: ProcessArguments, cat: dict, tasks: TaskRunner, layout: RunLayout) -> Plan:
+def make_plan(args: ProcessArguments, cat: CatalogInspection, tasks: TaskRunner, layout: RunLayout) -> Plan:
     """Scan every input chunk once (runs + histogram, :func:`split.scan_chunk`), then partitions
     and buckets.  A plan.json from an earlier (killed) run is kept as it is."""
     plan_file = layout.work.plan
     saved = ResumePlan(layout).saved_plan()
     if saved is not None:
         return saved
-    if cat["format"] == "hats":  # no histogram pass: the pixels are the plan
+    if cat.format == "hats":  # no histogram pass: the pixels are the plan
         from .hats_plan import make_hats_plan
 
         plan = make_hats_plan(args, cat)
@@ -37,23 +37,23 @@ def make_plan(args: ProcessArguments, cat: dict, tasks: TaskRunner, layout: RunL
         return plan
     work = layout.work.dir
     path = args.catalog
-    chunks = cat["chunks"]
-    if cat["format"] == "csv":
-        path = stage_csv(args.catalog, work, args.chunk_rows, cat["columns"]["id"], cat["id_kind"])
+    chunks = cat.chunks
+    if cat.format == "csv":
+        path = stage_csv(args.catalog, work, args.chunk_rows, cat.columns["id"], cat.id_kind)
         chunks = CatalogReader(path, chunk_rows=args.chunk_rows).chunk_ranges()
-    select_columns = cat.get("select_columns") or {}
+    select_columns = cat.select_columns
     spec = split.ScanSpec(
         catalog=path,
         source_catalog=args.catalog,
-        columns=cat["columns"],
-        keep=cat["keep"],
+        columns=cat.columns,
+        keep=cat.keep,
         hist_order=args.hist_order,
         select=args.select,
         select_columns=select_columns,
-        domain=cat.get("domain") or {},
+        domain=cat.domain,
     )
     hist, ranges = split.Histogram(), [None] * len(chunks)
-    bar = Progress(cat["nrows"], "plan: scan", args.progress, unit="rows", lazy=True)
+    bar = Progress(cat.nrows, "plan: scan", args.progress, unit="rows", lazy=True)
     for r in tasks.map(
         split.scan_chunk,
         [spec] * len(chunks),
@@ -70,17 +70,17 @@ def make_plan(args: ProcessArguments, cat: dict, tasks: TaskRunner, layout: RunL
     plan = Plan(
         catalog=path,
         source_catalog=args.catalog,
-        nrows=cat["nrows"],
-        columns=cat["columns"],
-        keep=cat["keep"],
-        id_kind=cat["id_kind"],
+        nrows=cat.nrows,
+        columns=cat.columns,
+        keep=cat.keep,
+        id_kind=cat.id_kind,
         chunks=[tuple(c) for c in chunks],
         hist_order=args.hist_order,
         partitions=parts,
         select=args.select,
         select_columns=select_columns,
-        domain=cat.get("domain") or {},
-        names=cat["names"],
+        domain=cat.domain,
+        names=cat.names,
         split=split.plan_split(parts, ranges, max(args.chunk_rows, args.partition_rows)),
     )
     plan.save(plan_file)
@@ -92,7 +92,7 @@ def _bucket_rows(plan: Plan, b: int) -> int:
     return sum(p.rows for p in plan.partitions[pid0:pid1])
 
 
-def plan_and_split(args: ProcessArguments, cat: dict, tasks: TaskRunner, layout: RunLayout) -> Plan:
+def plan_and_split(args: ProcessArguments, cat: CatalogInspection, tasks: TaskRunner, layout: RunLayout) -> Plan:
     """The plan, and every bucket of the split written (a killed split resumes where it stopped)."""
     plan = make_plan(args, cat, tasks, layout)
     if plan.hats:  # HATS input: tasks read its pixels, nothing to split

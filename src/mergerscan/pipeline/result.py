@@ -1,4 +1,5 @@
-"""What one partition task did: :class:`PartitionResult`, stored as the partition's done marker.
+"""What one partition task did: :class:`PartitionResult`, stored as the partition's done marker,
+and :class:`RetryMarker`, what its retry marker says a re-run scores again.
 
 The marker (``OUT/_work/scored/part-NNNNNN.json``, written by :class:`resume.ResumePlan`) is this
 object's :meth:`PartitionResult.to_dict`, key for key as the pipeline has always written it (so a
@@ -92,3 +93,28 @@ class PartitionResult:
             no_domain_score=int(d.get("no_domain_score", 0)),
             retry=bool(d.get("retry", False)),
         )
+
+
+@dataclass(frozen=True)
+class RetryMarker:
+    """A retry marker's content (``OUT/_work/retry/part-NNNNNN``, written by :class:`resume.ResumePlan`
+    beside the done marker while the partition holds rows whose status is transient): those
+    statuses and their rows.  :meth:`to_dict` is the JSON the pipeline has always written."""
+
+    status: dict[str, int]  # transient status -> rows (catalogs.schema.TRANSIENT)
+    rows: int
+
+    @classmethod
+    def of(cls, status: Mapping[str, int]) -> RetryMarker:
+        """The marker for these transient status counts (``rows``: their sum)."""
+        counts = {str(k): int(v) for k, v in status.items()}
+        return cls(counts, sum(counts.values()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": dict(self.status), "rows": self.rows}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RetryMarker:
+        """A marker read back; ``rows`` defaults to the statuses' sum."""
+        status = {str(k): int(v) for k, v in (d.get("status") or {}).items()}
+        return cls(status, int(d.get("rows", sum(status.values()))))

@@ -37,7 +37,7 @@ from ..atomic import atomic_write_json
 from ..catalogs.schema import TRANSIENT, Status
 from ..run_layout import RunLayout
 from .plan import Partition, Plan
-from .result import PartitionResult
+from .result import PartitionResult, RetryMarker
 from .run_options import ArgumentError, literal
 
 
@@ -278,10 +278,15 @@ class ResumePlan:
         return [PartitionResult.from_dict(json.loads(self.work.marker(p.pid).read_text())) for p in parts]
 
     def _retry_statuses(self, pid: int) -> dict[str, int]:
+        marker = self.retry_of(pid)
+        return dict(marker.status) if marker is not None else {}
+
+    def retry_of(self, pid: int) -> RetryMarker | None:
+        """The partition's retry marker (None: none, or unreadable: it names the statuses only for the log)."""
         try:
-            return dict(json.loads(self.work.retry_marker(pid).read_text()).get("status") or {})
-        except (OSError, ValueError, AttributeError):
-            return {}
+            return RetryMarker.from_dict(json.loads(self.work.retry_marker(pid).read_text()))
+        except (OSError, ValueError, AttributeError, TypeError):
+            return None
 
     # -- one partition (task side)
     def scored(self, pid: int) -> PartitionResult | None:
@@ -302,7 +307,7 @@ class ResumePlan:
         retry = self.work.retry_marker(result.pid)
         if transient:
             result = replace(result, retry=True)
-            atomic_write_json(retry, {"status": transient, "rows": sum(transient.values())}, sort_keys=True)
+            atomic_write_json(retry, RetryMarker.of(transient).to_dict(), sort_keys=True)
         atomic_write_json(self.work.marker(result.pid), result.to_dict(), sort_keys=True)
         if not transient:
             retry.unlink(missing_ok=True)

@@ -10,7 +10,6 @@ import pyarrow as pa
 
 from ..catalogs.schema import SCORED, Status, id_output_name, is_merger
 from ..catalogs.validate import flag_duplicates
-from .domain import rule_reason
 from .failures import note, plain
 from .plan import Plan
 
@@ -90,7 +89,7 @@ def triage(df: pd.DataFrame, plan: Plan, examples: dict) -> tuple[np.ndarray, np
             note(
                 examples,
                 Status.OUT_OF_DOMAIN,
-                f"row {inrow[i]} (id {ids[i]}): {rule_reason(plan.domain, int(code[i]))}",
+                f"row {inrow[i]} (id {ids[i]}): {plan.domain.reason(int(code[i]))}",
             )
     for i in np.flatnonzero(~valid)[:1]:
         note(

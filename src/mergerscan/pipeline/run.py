@@ -25,7 +25,7 @@ from .executor import Progress, TaskRunner
 from .finalize import finalize, format_summary, run_meta
 from .fingerprint import fingerprint
 from .inspection import inspect_catalog
-from .plan import Partition, Plan
+from .plan import CatalogInspection, Partition, Plan
 from .plan_stage import plan_and_split, plan_future
 from .resume import RETRY, ResumePlan, Todo, after_out_of_memory
 from .run_options import literal
@@ -154,7 +154,7 @@ def _engine(args: ProcessArguments):
     return engine_path, info, op
 
 
-def _claim(args: ProcessArguments, cat: dict, info, op) -> ResumePlan:
+def _claim(args: ProcessArguments, cat: CatalogInspection, info, op) -> ResumePlan:
     """The run directory claimed for this run's fingerprint (resume.py): what is left to do there."""
     resume = ResumePlan(RunLayout(args.output))
     cache: dict = {}
@@ -193,7 +193,7 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
     if args.gpus and local and args.mode in ("all", "shard"):
         check_local_gpu(args.backend)  # local workers would fail (or wait) on every partition
     cat = inspect_catalog(args, info.domain)
-    _source_notices(args, cat["nrows"])
+    _source_notices(args, cat.nrows)
     resume = _claim(args, cat, info, op)
     layout = resume.layout
     if args.mode == "finalize":
@@ -218,13 +218,33 @@ def run(args: ProcessArguments, client=None) -> RunSummary | dict:
     return finalize(args, plan, info, seconds=time.time() - t_start, op=op)
 
 
+def compute_node_network_note(args: ProcessArguments) -> str | None:
+    """The line for a source that ``needs_network`` when its rows are fetched on SLURM compute
+    nodes (``--cluster slurm``/``slurm-runner``, or the array jobs' ``--plan``/``--shard``), which
+    on many clusters have no outbound network: every row would end fetch_failed, hours later."""
+    src = args.source
+    if not src.source_class.needs_network:
+        return None
+    if args.cluster == "local" and args.mode not in ("plan", "shard"):
+        return None
+    return (
+        f"process-catalog: note: the image source ({src.kind} {src.shown}) is read over the network from "
+        "the SLURM compute nodes; where they have no outbound network every row ends fetch_failed (a re-run "
+        "retries those rows): check that a compute node reaches it (srun curl -sI URL), or use --images/"
+        "--frames on a shared filesystem"
+    )
+
+
 def _source_notices(args: ProcessArguments, nrows: int) -> None:
-    """One line naming the default image source when none was given; a hint towards --frames when
-    a web service would take long (cutouts/defaults.py)."""
+    """One line naming the default image source when none was given; one when its rows are fetched
+    over the network on SLURM compute nodes (:func:`compute_node_network_note`); a hint towards
+    --frames when a web service would take long (cutouts/defaults.py)."""
     from ..cutouts.defaults import large_catalog_hint, startup_line
 
     if args.default_source is not None:
         print(startup_line(args.default_source), file=sys.stderr)
+    if note := compute_node_network_note(args):
+        print(note, file=sys.stderr)
     if args.cutout_service and args.mode in ("all", "plan"):
         hint = large_catalog_hint(nrows, args.service.max_rate, args.workers)
         if hint:

@@ -22,7 +22,7 @@ import pandas as pd
 from ..catalogs.schema import SCORED, STATUS, Status
 from ..cutouts.sources import SourceConfig, open_source
 from ..engines.errors import is_out_of_memory, is_sticky, release_device_memory
-from ..engines.uncertainty import interval_for_engine
+from ..engines.uncertainty import score_interval
 from .engine_cache import device_failure
 from .failures import note
 from .plan import Plan
@@ -269,7 +269,7 @@ def score_rows(
     out.counts = {k: int(v) for k, v in pd.Series(status).value_counts().items()} if n else {}
     threshold = engine.info.threshold if settings.threshold is None else settings.threshold
     if n:
-        interval = interval_for_engine(scores.p_merger, engine.info.card, engine.info.views)
+        interval = score_interval(scores.p_merger, engine.info.curve)  # the curve: once per engine
         out.table = output_table(
             df, plan, scores, status, threshold, settings.image_threshold, settings.max_saturated_core, interval
         )

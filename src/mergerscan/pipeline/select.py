@@ -299,12 +299,12 @@ def mark_selected(plan, df: pd.DataFrame, start: int) -> pd.DataFrame:
     """Add the ``_selected`` column (--select) and the ``_domain`` column (the catalog rules of
     --domain, :mod:`.domain`) to one chunk's rows, and drop the columns read only for them.
     A no-op without either."""
-    rules = getattr(plan, "domain", None) or {}
-    if not plan.select and not rules.get("rules"):
+    rules: CatalogRules = plan.domain
+    if not plan.select and not rules.rules:
         return df
     if plan.select:
         df = df.assign(_selected=evaluate(plan.select, plan.select_columns, df, plan.source_catalog, start))
     df = mark_domain(rules, df)
     needed = {*plan.keep, *plan.columns.values()}
-    read_for = [*plan.select_columns.values(), *CatalogRules.from_dict(rules).columns]
+    read_for = [*plan.select_columns.values(), *rules.columns]
     return df.drop(columns=[c for c in dict.fromkeys(read_for) if c not in needed])

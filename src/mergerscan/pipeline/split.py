@@ -115,7 +115,7 @@ class ScanSpec:
     hist_order: int
     select: str | None = None
     select_columns: dict[str, str] = field(default_factory=dict)
-    domain: dict = field(default_factory=dict)  # CatalogRules.to_dict()
+    domain: CatalogRules = field(default_factory=CatalogRules)
 
 
 def scan_chunk(spec: ScanSpec, chunk_id: int, rows: tuple[int, int], work: str) -> dict:
@@ -138,7 +138,7 @@ def scan_chunk(spec: ScanSpec, chunk_id: int, rows: tuple[int, int], work: str) 
         start,
         stop,
         c,
-        [*spec.keep, *spec.select_columns.values(), *CatalogRules.from_dict(spec.domain).columns],
+        [*spec.keep, *spec.select_columns.values(), *spec.domain.columns],
         label=spec.source_catalog,
     )
     df = mark_selected(spec, df, start)  # the spec carries the plan fields it reads

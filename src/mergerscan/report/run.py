@@ -46,7 +46,7 @@ def read_summary(layout: RunLayout) -> RunSummary:
 
 def _read_markers(out: Path) -> list[dict]:
     ms = []
-    for f in sorted(RunLayout(out).work.scored_dir.glob("part-*.json")):
+    for f in RunLayout(out).work.done_markers():
         with contextlib.suppress(ValueError):  # a marker being written: not finished yet
             ms.append(json.loads(f.read_text()))
     return ms

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from ..atomic import atomic_write_text
+from ..engines.card import EngineCard
 from .page import Raw, drawn, esc, fig_png, figure, fmt, page, table
 from .training_sections import failures_section, survey_section
 
@@ -85,7 +86,7 @@ def build_training_report(run_dir) -> Path:
     """Gather a training run's plots and metrics into ``RUN/report.html`` (images embedded)."""
     run = Path(run_dir)
     m = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
-    card = m.get("card") or (json.loads((run / "card.json").read_text()) if (run / "card.json").is_file() else {})
+    card = _engine_card(run, m)
     S = [_metrics_section(run, m)] + [s for s in (_plots_section(run), _history_section(run)) if s]
     if m.get("survey"):
         S.append(survey_section(m["survey"]))
@@ -100,7 +101,7 @@ def build_training_report(run_dir) -> Path:
     ]
     nav = [(a, t) for a, t in TRAINING_NAV if f'id="{a}"' in "".join(S)]
     html_text = page(
-        f"mergerscan training report — {card.get('name', run.name)}", esc(str(run.resolve())), cards, nav, "\n".join(S)
+        f"mergerscan training report — {card.name or run.name}", esc(str(run.resolve())), cards, nav, "\n".join(S)
     )
     atomic_write_text(run / "report.html", html_text, fsync=False)
     return run / "report.html"
@@ -152,9 +153,16 @@ def _history_section(run: Path) -> str:
     )
 
 
-def _card_section(card: dict) -> str:
+def _engine_card(run: Path, m: dict) -> EngineCard:
+    """The run's card (metrics.json's, else card.json), read as every reader of a card reads it."""
+    card_file = run / "card.json"
+    return EngineCard.from_dict(m.get("card") or (json.loads(card_file.read_text()) if card_file.is_file() else {}))
+
+
+def _card_section(card: EngineCard) -> str:
     skip = {"metrics_test", "command"}
-    crow = [[k, fmt(v, 4) if isinstance(v, float) else str(v)] for k, v in card.items() if k not in skip]
-    if card.get("command"):
-        crow.append(["command", Raw(f"<code>{esc(card['command'])}</code>")])
+    stored = card.to_dict()  # the card's JSON, key for key (a table row per key)
+    crow = [[k, fmt(v, 4) if isinstance(v, float) else str(v)] for k, v in stored.items() if k not in skip]
+    if card.training.command:
+        crow.append(["command", Raw(f"<code>{esc(card.training.command)}</code>")])
     return '<section id="card"><h2>Model card</h2>' + table(None, crow) + "</section>" if crow else ""
