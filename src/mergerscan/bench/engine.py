@@ -30,10 +30,11 @@ class EngineBench:
 
 def onnx_flops(path: str | Path) -> float:
     """FLOPs per image from the graph's Conv and Gemm/MatMul nodes (2 x MACs), batch of one."""
-    import onnx
     from onnx import shape_inference
 
-    m = onnx.load(str(path))
+    from ..engines.engine_file import load_model
+
+    m = load_model(path)
     m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
     m = shape_inference.infer_shapes(m)
     g = m.graph

@@ -27,9 +27,20 @@ def metadata(model: Any) -> dict[str, str]:
 
 def load_metadata(path: str | Path) -> dict[str, str]:
     """The metadata of an engine file, without loading its weights."""
+    return metadata(load_model(path, load_external_data=False))
+
+
+def load_model(path: str | Path, load_external_data: bool = True) -> Any:
+    """The ``onnx.ModelProto`` of an engine file; every reader of one comes here, so a file that
+    is not one is a one-line ValueError naming it (never protobuf's traceback)."""
     import onnx
 
-    return metadata(onnx.load(str(path), load_external_data=False))
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except OSError as exc:  # a directory, unreadable: the reader's words, one line
+        raise ValueError(f"{path}: cannot read the engine file ({exc.strerror or exc})") from None
+    except Exception as exc:  # protobuf's DecodeError (not a ValueError) and kin: not an ONNX file
+        raise ValueError(f"{path}: not an ONNX engine file ({type(exc).__name__})") from None
 
 
 def require_spec(meta: dict[str, str], path: str | Path) -> PreprocessSpec:
@@ -105,8 +116,7 @@ def write_metadata(
 ) -> Path:
     """Rewrite an engine file's spec and/or card into ``out_path`` (default: in place), atomically.
     The weights and graph are unchanged; the file's sha256 changes with its metadata."""
-    import onnx
 
-    m = onnx.load(str(path))
+    m = load_model(path)
     set_metadata(m, spec, card, card_updates)
     return save_model(m, out_path or path)

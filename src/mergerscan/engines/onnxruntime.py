@@ -17,7 +17,7 @@ import numpy as np
 
 from .base import BackendUnavailable, Engine, EngineInfo
 from .card import EngineCard
-from .engine_file import copy_metadata, metadata
+from .engine_file import copy_metadata, load_model, metadata
 from .registry import get_backend, register_backend
 from .representation import has_block
 
@@ -86,7 +86,6 @@ class OnnxRuntimeEngine(Engine):
         precision: str | None = None,
         stamp_batch: int | None = None,
     ):
-        import onnx
         import onnxruntime as ort
 
         providers = providers or ["CPUExecutionProvider"]
@@ -94,7 +93,7 @@ class OnnxRuntimeEngine(Engine):
         name = "onnxruntime-cuda" if want_cuda else "onnxruntime"
         if want_cuda and (why := cuda_unavailable_reason()):
             raise BackendUnavailable(f"onnxruntime-cuda: {why}")
-        self.model = onnx.load(str(path))
+        self.model = load_model(path)
         super().__init__(EngineInfo.from_metadata(path, metadata(self.model)))
         self.has_representation = has_block(self.model)
         self.precision = check_precision(name, precision, self.info.card, path)

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes
 from .base import BackendUnavailable, Engine, read_engine_info
-from .engine_file import copy_metadata, save_model
+from .engine_file import copy_metadata, load_model, save_model
 from .registry import register_backend
 from .representation import DOMAIN_SCORE, EMBEDDING
 
@@ -122,10 +122,9 @@ def timing_cache_path(cache_dir: str | Path, gpu_name: str, compute_capability: 
 def fp16_onnx(src: str | Path, dst: str | Path) -> Path:
     """fp32 engine file -> fp16 graph with fp32 input/output (keep_io_types), metadata carried
     over with ``precision: fp16`` in the card.  Uses onnxruntime's own converter."""
-    import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    m = onnx.load(str(src))
+    m = load_model(src)
     m16 = convert_float_to_float16(m, keep_io_types=True)
     return save_model(copy_metadata(m, m16, card_updates={"precision": "fp16"}), dst)  # atomic: unique temporary
 
@@ -180,12 +179,10 @@ def _import_trt():
 def composed_onnx(path: str | Path, precision: str, views: int) -> bytes:
     """The serialised graph TensorRT builds: the engine with its front and view mean; the net in
     fp16 for ``fp16`` (the front stays fp32)."""
-    import onnx
-
     from .front import with_front
     from .onnxruntime import fp16_model
 
-    m = onnx.load(str(path))
+    m = load_model(path)
     info = read_engine_info(path)
     m = with_front(m, info.spec, views)
     if precision == "fp16":

@@ -32,7 +32,7 @@ import numpy as np
 
 from .base import BackendUnavailable, Engine, EngineInfo
 from .card import EngineCard
-from .engine_file import metadata
+from .engine_file import load_model, metadata
 from .registry import register_backend
 from .representation import read_block
 
@@ -199,11 +199,9 @@ def rebuild_model(path: str | Path, with_representation: bool = False):
     """(MergerNet in eval mode with the engine's weights, EngineInfo) from an ONNX engine file;
     with ``with_representation`` and a file that has a representation block, the net wrapped in
     :class:`WithRepresentation` (rows ``[logit, domain_score, embedding...]``)."""
-    import onnx
-
     from ..models import create_model
 
-    m = onnx.load(str(path))
+    m = load_model(path)
     info = EngineInfo.from_metadata(path, metadata(m))
     config = model_config(path, info.card)
     net = create_model(**config).eval()

@@ -144,9 +144,10 @@ def _engine(args: ProcessArguments):
     engine_path = resolve_engine_path(args.engine)
     try:
         info = read_engine_info(engine_path).with_views(args.views)
-    except ValueError as exc:  # not an engine file (its views are checked against VIEWS already)
-        at_fault = "views" if args.views is not None else "engine"
-        raise ArgumentError(f"{{views}} {literal(args.views)}: {literal(exc)}", at_fault) from None
+    except ValueError as exc:  # not an engine file, or views its card cannot give
+        if args.views is None:
+            raise ArgumentError(f"{{engine}}: {literal(exc)}", "engine") from None
+        raise ArgumentError(f"{{views}} {literal(args.views)}: {literal(exc)}", "views") from None
     # a target the card's curve cannot give: an OperatingPointError naming it
     op = operating.for_engine(info, args.purity, args.completeness, args.prevalence)
     if args.embeddings:  # an engine without a representation block, or N > k: refused here

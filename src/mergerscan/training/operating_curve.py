@@ -20,7 +20,7 @@ import numpy as np
 
 from ..engines import load_engine
 from ..engines.base import sigmoid
-from ..engines.engine_file import write_metadata
+from ..engines.engine_file import load_model, write_metadata
 from ..engines.operating import Curve, curve_card_updates
 from .calibrate import all_view_logits, mean_of_views
 from .survey import curve_source
@@ -36,9 +36,8 @@ def curves_from_logits(y_val: np.ndarray, z_val: np.ndarray, temperatures: dict[
 
 def _graph_key(path: Path) -> str:
     """The weights' identity (not the file's: writing the curve changes the file's bytes)."""
-    import onnx
 
-    return hashlib.sha256(onnx.load(str(path)).graph.SerializeToString()).hexdigest()[:16]
+    return hashlib.sha256(load_model(path).graph.SerializeToString()).hexdigest()[:16]
 
 
 def _val_logits(engine, path: Path, stamps: np.ndarray, views: int, key: str, cache: str | Path | None) -> np.ndarray:

@@ -69,13 +69,12 @@ def extract(
     """{output name: (N, ...) float32} of the engine graph with the front at one view, on uint8
     stamps (``stamps[index]``, read a batch at a time: a memory-mapped cache stays on disk): the
     logit and the penultimate tensors (``names``; default all of :func:`feature_tensors`)."""
-    import onnx
     import onnxruntime as ort
 
-    from ..engines.engine_file import metadata, require_spec
+    from ..engines.engine_file import load_model, metadata, require_spec
     from ..engines.front import STAMPS, with_front
 
-    model = onnx.load(str(engine_path))
+    model = load_model(engine_path)
     spec = require_spec(metadata(model), engine_path)
     tensors = feature_tensors(model) if names is None else dict(names)
     m = with_front(with_outputs(model, tensors.values()), spec, 1)
@@ -138,10 +137,10 @@ def embed(engine_path, rep, tensor: str, card_updates: dict, out_path) -> Path:
     """Write ``engine_path`` with the block (replacing any) and the card updates to ``out_path``."""
     import onnx
 
-    from ..engines.engine_file import save_model, set_metadata
+    from ..engines.engine_file import load_model, save_model, set_metadata
     from ..engines.representation import add_block
 
-    m = onnx.load(str(engine_path))
+    m = load_model(engine_path)
     add_block(m, rep, tensor)
     onnx.checker.check_model(m)
     return save_model(set_metadata(m, card_updates=card_updates), out_path)
@@ -205,13 +204,11 @@ def fit_representation(
     threads: int = 2,
 ) -> dict:
     """Fit, calibrate and embed (see the module docstring); returns what went into the card."""
-    import onnx
-
     from ..engines.domain import ImageDomain
-    from ..engines.engine_file import read_engine_card
+    from ..engines.engine_file import load_model, read_engine_card
     from .data import build_labelled_set
 
-    tensors = feature_tensors(onnx.load(str(engine), load_external_data=False))
+    tensors = feature_tensors(load_model(engine, load_external_data=False))
     if features not in tensors:
         raise ValueError(f"{engine}: features {features!r} not found; this graph has {', '.join(tensors)}")
     ls = build_labelled_set(catalog, seed=seed, cache=cache)
