@@ -56,7 +56,7 @@ def small_field(tmp_path_factory, cheap_engine):
 
 def args_for(d, out, **kw):
     base = dict(images=d / "stamps", partition_rows=40, keep_columns=["mag_r"], engine=d / "engine.onnx")
-    return run_arguments(d / "cat.fits", out, **{**base, **kw})
+    return run_arguments(kw.pop("catalog", d / "cat.fits"), out, **{**base, **kw})
 
 
 @pytest.fixture(scope="module")
