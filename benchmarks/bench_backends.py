@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,36 @@ def device_name() -> str:
 
 def fraction(gflops: float, peak: float | None) -> float | None:
     return round(gflops / peak, 4) if peak else None
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One timed point: ``batch`` images in ``seconds`` a batch (over ``reps`` repeats)."""
+
+    batch: int
+    seconds: float
+    reps: int
+    flops: float  # per image
+    peak_dtype: str
+
+    def row(self, head: dict, peaks: dict, gflops_digits: int) -> dict:
+        """The result row: ``head`` (what was timed), then the rates and the fraction of the peak."""
+        ips = self.batch / self.seconds
+        return {
+            **head,
+            "batch": self.batch,
+            "ms_per_batch": round(self.seconds * 1e3, 3),
+            "images_per_s": round(ips, 1),
+            "gflops_per_s": round(ips * self.flops / 1e9, gflops_digits),
+            "peak_dtype": self.peak_dtype,
+            "fraction_of_peak": fraction(ips * self.flops / 1e9, peaks[self.peak_dtype]),
+            "reps": self.reps,
+        }
+
+
+def record(res: dict, row: dict) -> None:
+    res["runs"].append(row)
+    print(json.dumps(row), flush=True)
 
 
 def torch_flops(net, size: int) -> float:
@@ -131,23 +162,9 @@ def bench_engines(a, res, peaks, cuda):
             if backend == "tensorrt" and b > 256:
                 continue  # outside the engine's optimisation profile
             s, reps = timed(lambda: eng.logits(x[:b]), a.budget)  # noqa: B023 - called within this iteration
-            ips = b / s
-            row = {
-                "model": info.name,
-                "input_size": size,
-                "config": label,
-                "backend": backend,
-                "precision": label.split()[-1],
-                "batch": b,
-                "ms_per_batch": round(s * 1e3, 3),
-                "images_per_s": round(ips, 1),
-                "gflops_per_s": round(ips * flops / 1e9, 2),
-                "peak_dtype": peak_dtype,
-                "fraction_of_peak": fraction(ips * flops / 1e9, peaks[peak_dtype]),
-                "reps": reps,
-            }
-            res["runs"].append(row)
-            print(json.dumps(row), flush=True)
+            head = {"model": info.name, "input_size": size, "config": label, "backend": backend}
+            timing = Timing(b, s, reps, flops, peak_dtype)
+            record(res, timing.row({**head, "precision": label.split()[-1]}, peaks, gflops_digits=2))
             if s * 3 > a.budget * 4 and b != a.batches[-1]:  # time-bounded: larger ones take longer
                 res["skipped"][f"{label} batch>{b}"] = f"one batch took {s:.1f} s, over the budget"
                 break
@@ -183,22 +200,8 @@ def bench_archs_cuda(a, res, peaks):
                     res["skipped"][f"{arch} {label} batch {b}"] = "CUDA out of memory"
                     break
                 peak_dtype = label.split()[-1]
-                ips = b / s
-                row = {
-                    "model": arch,
-                    "input_size": size,
-                    "config": f"torch-cuda {label}",
-                    "precision": peak_dtype,
-                    "batch": b,
-                    "ms_per_batch": round(s * 1e3, 3),
-                    "images_per_s": round(ips, 1),
-                    "gflops_per_s": round(ips * flops / 1e9, 1),
-                    "peak_dtype": peak_dtype,
-                    "fraction_of_peak": fraction(ips * flops / 1e9, peaks[peak_dtype]),
-                    "reps": reps,
-                }
-                res["runs"].append(row)
-                print(json.dumps(row), flush=True)
+                head = {"model": arch, "input_size": size, "config": f"torch-cuda {label}", "precision": peak_dtype}
+                record(res, Timing(b, s, reps, flops, peak_dtype).row(head, peaks, gflops_digits=1))
         del net
         torch.cuda.empty_cache()
 

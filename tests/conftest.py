@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -359,3 +360,98 @@ def assert_fits_equals_parquet(out: Path) -> tuple[pd.DataFrame, np.ndarray, dic
             got = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in f]
             assert [g.rstrip() for g in got] == [w.rstrip() for w in want], n
     return t.to_pandas(), fits, hdr
+
+
+# ---------------------------------------------------------------- helpers several test files share
+def run_arguments(catalog, output, **fields):
+    """The ProcessArguments of an in-process test run: no progress bar, no report, command "test"
+    (any field given overrides these); paths may be Path objects."""
+    from mergerscan.pipeline.arguments import ProcessArguments
+
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in fields.items()}
+    return ProcessArguments(
+        **{
+            "progress": False,
+            "report": False,
+            "command": "test",
+            **given,
+            "catalog": str(catalog),
+            "output": str(output),
+        }
+    )
+
+
+def engine_with_validation_curve(cheap_engine: Path, d: Path, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """d / "plain.onnx" (the cheap engine) and d / "engine.onnx" (the same with a validation curve in
+    its card, from 1,300 made-up labelled scores: mergers ~Beta(5, 2), non-mergers ~Beta(2, 5));
+    returns those labels and scores."""
+    from mergerscan.engines.engine_file import write_metadata
+    from mergerscan.engines.operating import Curve, curve_card_updates
+
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(300, bool), np.zeros(1000, bool)]
+    p = np.r_[rng.beta(5, 2, 300), rng.beta(2, 5, 1000)].astype(np.float32)
+    shutil.copy(cheap_engine, d / "plain.onnx")
+    write_metadata(
+        d / "plain.onnx", d / "engine.onnx", card_updates=curve_card_updates({1: Curve.from_scores(y, p)}, "test")
+    )
+    return y, p
+
+
+def lite0_engine(path: Path, name: str, seed: int, by_views: dict | None = None, imagenet: bool = True) -> Path:
+    """A small real engine file: EfficientNet-Lite0 at 64 px (ImageNet weights where present and
+    asked for, else random), its head scaled to logits of ~1 instead of ~0.1; its card names it and
+    carries ``by_views`` (the operating points per number of views; 1 view by default) if given."""
+    import torch
+
+    from mergerscan.cutouts.preprocess import PreprocessSpec
+    from mergerscan.models import MissingWeightsError, create_model
+    from mergerscan.training.export import export_onnx
+
+    torch.manual_seed(seed)
+    try:
+        net = create_model("efficientnet_lite0", init="imagenet") if imagenet else create_model("efficientnet_lite0")
+    except MissingWeightsError:
+        net = create_model("efficientnet_lite0")
+    with torch.no_grad():
+        net.top[4].weight.mul_(10.0)
+    card = {"arch": "efficientnet_lite0", "name": name, "temperature": 1.0}
+    card.update({"views": 1, "by_views": by_views} if by_views else {})
+    return export_onnx(net.eval(), PreprocessSpec(input_size=64), card, path)
+
+
+def blob_catalog(root: Path, *, n_per_class: int, seed: int, prefix: str, label: str, ext: str, sideways: bool) -> Path:
+    """Tiny labelled 32 px images: one blob (label 0) or two (1) on a noisy sky, the second below the
+    first (and shifted sideways too with ``sideways``); root / "catalog.csv" with columns id, ``label``,
+    ra, dec, image; objects 1 degree apart (each its own group)."""
+    px = 32
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:px, :px]
+    rows = []
+    for i in range(2 * n_per_class):
+        merger = i % 2
+        img = rng.normal(20, 4, (px, px, 3))
+        second = [(px / 2 + rng.uniform(6, 10), px / 2 + (rng.uniform(-6, 6) if sideways else 0))] if merger else []
+        for cy, cx in [(px / 2, px / 2), *second]:
+            img += 200 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 2.5**2))[..., None]
+        file = f"images/{prefix}{i:03d}.{ext}"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / file, quality=95)  # PNG: lossless
+        rows.append(f"{prefix}{i:03d},{merger},{10 + i},{0.5 * (i % 7)},{file}")
+    (root / "catalog.csv").write_text(f"id,{label},ra,dec,image\n" + "\n".join(rows) + "\n")
+    return root / "catalog.csv"
+
+
+def need_stilts(why: str) -> str:
+    """The stilts command, or skip the test (``why``: what the test checks without it)."""
+    if shutil.which("stilts") is None:
+        pytest.skip(f"STILTS is not installed ({why})")
+    return "stilts"
+
+
+def stilts_tpipe(fits: Path, *args: str) -> str:
+    """``stilts tpipe in=FITS ARGS...`` (TOPCAT's reader on a file we wrote): its stdout; fails the test
+    if STILTS refused it."""
+    r = subprocess.run(["stilts", "tpipe", f"in={fits}", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout

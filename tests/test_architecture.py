@@ -26,26 +26,37 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imports_of(path: Path) -> set[str]:
-    """Every mergerscan module ``path`` imports, at module level or inside functions (a lazy
-    import is still a dependency)."""
+def import_targets(path: Path, text: str | None = None) -> list[tuple[str, str | None]]:
+    """(module, name) for each mergerscan import in ``path`` (or ``text``, as if it were that file),
+    at module level or inside functions, relative imports resolved: ``import m`` gives (m, None),
+    ``from m import x`` gives (m, x)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    targets: list[tuple[str, str | None]] = []
+    for node in ast.walk(ast.parse(path.read_text() if text is None else text, str(path))):
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("mergerscan")}
+            targets += [(a.name, None) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
                 base = base[: len(base) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
+                module = ".".join(base + ([node.module] if node.module else []))
             else:
-                target = node.module or ""
-            if not target.startswith("mergerscan"):
-                continue
-            for a in node.names:  # `from . import x` may name a module
-                found.add(f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target)
+                module = node.module or ""
+            targets += [(module, a.name) for a in node.names]
+    return [(m, x) for m, x in targets if m.startswith("mergerscan")]
+
+
+def imported_module(module: str, imported: str | None) -> str:
+    """What an import depends on: ``from m import x`` may name the module m.x."""
+    return f"{module}.{imported}" if imported and f"{module}.{imported}" in MODULES else module
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every mergerscan module ``path`` imports, at module level or inside functions (a lazy
+    import is still a dependency)."""
+    name = module_name(path)
+    found = {imported_module(m, x) for m, x in import_targets(path)}
     return {m for m in found if m in MODULES and m != name}
 
 
@@ -157,29 +168,13 @@ def private_imports(path: Path, text: str | None = None) -> set[str]:
     were that file) imports from another mergerscan module, and for each private module it
     imports from another subpackage (within a subpackage, ``_module`` is its own business)."""
     name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text() if text is None else text, str(path))):
-        if isinstance(node, ast.Import):
-            targets = [(a.name, None) for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
-            targets = [(module, a.name) for a in node.names]
-        else:
-            continue
-        for module, imported in targets:
-            if not module.startswith("mergerscan"):
-                continue
-            full = f"{module}.{imported}" if imported and f"{module}.{imported}" in MODULES else module
-            if imported and full == module and is_private(imported) and module != name:
-                found.add(f"{name} imports {module}.{imported}")
-            if any(is_private(p) for p in full.split(".")) and room(full) != room(name):
-                found.add(f"{name} imports {full}")
+    for module, imported in import_targets(path, text):
+        full = imported_module(module, imported)
+        if imported and full == module and is_private(imported) and module != name:
+            found.add(f"{name} imports {module}.{imported}")
+        if any(is_private(p) for p in full.split(".")) and room(full) != room(name):
+            found.add(f"{name} imports {full}")
     return found
 
 

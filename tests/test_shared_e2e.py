@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 
 import fitsio
 import numpy as np
@@ -14,9 +12,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import need_stilts, run_arguments, stilts_tpipe
 from mergerscan.catalogs.hats import output_files
 from mergerscan.catalogs.read import read_table
-from mergerscan.pipeline.arguments import ProcessArguments
 from mergerscan.pipeline.run import run
 from mergerscan.training import evaluate as ev
 
@@ -50,21 +48,11 @@ def gz_fits(gz_dir, tmp_path_factory):
 def test_images_all_shared_objects(gz_fits, gz_dir, dask_client, tmp_path):
     path, df = gz_fits
     out = tmp_path / "out"
+    # one view, the card's calibrated 1-view operating point (the default's own): this test is about
+    # every shared object scored at survey scale; 4 views cost 4x
+    kept = ["is_merger", "path", "redshift"]
     s = run(
-        ProcessArguments(
-            catalog=str(path),
-            output=str(out),
-            images=str(gz_dir),
-            progress=False,
-            keep_columns=["is_merger", "path", "redshift"],
-            partition_rows=2000,
-            # one view, the card's calibrated 1-view operating point (the default's own): this test is
-            # about every shared object scored at survey scale; 4 views cost 4x
-            views=1,
-            command="test",
-            report=False,
-        ),
-        client=dask_client,
+        run_arguments(path, out, images=gz_dir, keep_columns=kept, partition_rows=2000, views=1), client=dask_client
     )
     from mergerscan.engines import default_engine_path, read_engine_info
 
@@ -106,18 +94,8 @@ def frames_catalog(frames_dir, tmp_path_factory):
 def test_frames_end_to_end_m2843_is_a_merger(frames_catalog, frames_dir, dask_client, tmp_path):
     path, n = frames_catalog
     out = tmp_path / "out"
-    s = run(
-        ProcessArguments(
-            catalog=str(path),
-            output=str(out),
-            frames=str(frames_dir),
-            progress=False,
-            partition_rows=60,
-            views=1,  # the card's 1-view operating point: frames -> score -> report is what is tested
-            command="test",
-        ),
-        client=dask_client,
-    )
+    # the card's 1-view operating point: frames -> score -> report is what is tested
+    s = run(run_arguments(path, out, frames=frames_dir, partition_rows=60, views=1, report=True), client=dask_client)
     got = pq.read_table([str(f) for f in output_files(out / "parquet")]).to_pandas().set_index("objid")
     assert len(got) == n == s["rows"]
     m = got.loc[M2843["objid"]]
@@ -132,40 +110,18 @@ def test_frames_end_to_end_m2843_is_a_merger(frames_catalog, frames_dir, dask_cl
 @pytest.mark.shared
 def test_stilts_reads_pipeline_fits(frames_catalog, frames_dir, dask_client, tmp_path):
     """TOPCAT's twin on the real output: row count, exact int64 objids (via CSV), units."""
-    if shutil.which("stilts") is None:
-        pytest.skip("Debian 'stilts' not installed (make test installs it when run as root)")
+    need_stilts("Debian 'stilts'; make test installs it when run as root")
     path, n = frames_catalog
     out = tmp_path / "out"
-    run(
-        ProcessArguments(
-            catalog=str(path),
-            output=str(out),
-            frames=str(frames_dir),
-            progress=False,
-            views=1,  # the FITS table is under test, not the model: the cheap operating point
-            command="test",
-            report=False,
-        ),
-        client=dask_client,
-    )
+    # the FITS table is under test, not the model: the cheap operating point
+    run(run_arguments(path, out, frames=frames_dir, views=1), client=dask_client)
     fits = out / "mergers.fits"
-    csv = (
-        subprocess.run(
-            ["stilts", "tpipe", f"in={fits}", "ofmt=csv", "cmd=keepcols 'objid p_merger status'"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()
-    )
+    csv = stilts_tpipe(fits, "ofmt=csv", "cmd=keepcols 'objid p_merger status'").strip().splitlines()
     assert csv[0].split(",") == ["objid", "p_merger", "status"] and len(csv) - 1 == n
     ids = sorted(int(line.split(",")[0]) for line in csv[1:])
     want = sorted(fitsio.read(str(path))["objid"].tolist())
     assert ids == want and M2843["objid"] in ids
-    meta = subprocess.run(
-        ["stilts", "tpipe", f"in={fits}", "omode=meta"], capture_output=True, text=True, check=True
-    ).stdout
+    meta = stilts_tpipe(fits, "omode=meta")
     cols = {
         m.group(1): (m.group(2), m.group(4)) for m in re.finditer(r"^\s*\d+: (\w+)\((\w+)\)(/(\S+))?", meta, re.M)
     }  # "2: ra(Double)/deg - ..."

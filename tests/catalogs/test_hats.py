@@ -15,9 +15,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_stamps, two_patch_catalog, write_fits_catalog
+from conftest import make_stamps, run_arguments, two_patch_catalog, write_fits_catalog
 from mergerscan.catalogs.hats import output_files
-from mergerscan.pipeline.arguments import ProcessArguments
 from mergerscan.pipeline.run import run
 
 hats = pytest.importorskip("hats", reason="needs the hats package (pip install -e '.[dev]')")
@@ -62,25 +61,18 @@ def field(tmp_path_factory):
     return d, df
 
 
+def _arguments(catalog, out, d, engine, **more):
+    """A run of the field's stamps: 15-row partitions, mag_r kept, one view."""
+    return run_arguments(
+        catalog, out, images=d / "stamps", partition_rows=15, keep_columns=["mag_r"], views=1, engine=engine, **more
+    )
+
+
 @pytest.fixture(scope="module")
 def scored(field, dask_client, cheap_engine):
     d, _df = field
     out = d / "out"
-    summary = run(
-        ProcessArguments(
-            catalog=str(d / "cat.fits"),
-            output=str(out),
-            images=str(d / "stamps"),
-            partition_rows=15,
-            keep_columns=["mag_r"],
-            progress=False,
-            views=1,
-            command="test",
-            report=False,
-            engine=str(cheap_engine),
-        ),
-        client=dask_client,
-    )
+    summary = run(_arguments(d / "cat.fits", out, d, cheap_engine), client=dask_client)
     return out, summary
 
 
@@ -165,22 +157,7 @@ def test_hats_catalog_as_input_rows_in_equal_rows_out(field, dask_client, cheap_
     pixels = hats.read_hats(src).get_healpix_pixels()
     assert len(pixels) > 1
     out = tmp_path / "out"
-    s = run(
-        ProcessArguments(
-            catalog=str(src),
-            output=str(out),
-            images=str(d / "stamps"),
-            partition_rows=15,
-            keep_columns=["mag_r"],
-            progress=False,
-            views=1,
-            command="test",
-            report=False,
-            select="MAG_R < 16.5",
-            engine=str(cheap_engine),
-        ),
-        client=dask_client,
-    )
+    s = run(_arguments(src, out, d, cheap_engine, select="MAG_R < 16.5"), client=dask_client)
     plan = json.loads((out / "_work" / "plan.json").read_text())
     assert plan["chunks"] == [] and not (out / "_work" / "split").exists()  # no histogram, no split
     assert {(p["order"], p["pixel"]) for p in plan["partitions"]} == {(p.order, p.pixel) for p in pixels}

@@ -20,7 +20,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mergerscan.cutouts.preprocess import PreprocessSpec, prepare_batch
+from conftest import lite0_engine
+from mergerscan.cutouts.preprocess import prepare_batch
 from mergerscan.engines import BackendUnavailable, available_backends, load_engine, parse_backend
 from mergerscan.engines import tensorrt as trtb
 
@@ -49,22 +50,7 @@ def _with_card(src, dst, **changes):
 
 @pytest.fixture(scope="session")
 def engine_path(tmp_path_factory):
-    import torch
-
-    from mergerscan.models import MissingWeightsError, create_model
-    from mergerscan.training.export import export_onnx
-
-    torch.manual_seed(0)
-    try:
-        net = create_model("efficientnet_lite0", init="imagenet")
-    except MissingWeightsError:
-        net = create_model("efficientnet_lite0")
-    with torch.no_grad():
-        net.top[4].weight.mul_(10.0)  # logits of ~1 instead of ~0.1
-    card = {"arch": "efficientnet_lite0", "name": "test-lite0-64", "temperature": 1.0}
-    return export_onnx(
-        net.eval(), PreprocessSpec(input_size=64), card, tmp_path_factory.mktemp("engine") / "lite0.onnx"
-    )
+    return lite0_engine(tmp_path_factory.mktemp("engine") / "lite0.onnx", "test-lite0-64", seed=0)
 
 
 @pytest.fixture(scope="session")

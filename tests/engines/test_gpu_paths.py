@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import lite0_engine
 from mergerscan.cutouts.preprocess import PreprocessSpec, prepare_batch
 from mergerscan.engines import available_backends, load_engine, parse_backend
 from mergerscan.engines.base import Engine, dihedral_views
@@ -32,23 +33,10 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def small_engine(tmp_path_factory):
     """EfficientNet-Lite0 at 64 px (integer ratio 256/64: the block-mean branch of the front)."""
-    import torch
-
-    from mergerscan.models import create_model
-    from mergerscan.training.export import export_onnx
-
-    torch.manual_seed(0)
-    net = create_model("efficientnet_lite0")
-    with torch.no_grad():
-        net.top[4].weight.mul_(10.0)
-    card = {
-        "arch": "efficientnet_lite0",
-        "name": "gpu-paths-64",
-        "temperature": 1.0,
-        "views": 1,
-        "by_views": {"8": {"temperature": 1.0, "threshold": 0.5}},
-    }
-    return export_onnx(net.eval(), PreprocessSpec(input_size=64), card, tmp_path_factory.mktemp("e") / "e.onnx")
+    by_views = {"8": {"temperature": 1.0, "threshold": 0.5}}
+    return lite0_engine(
+        tmp_path_factory.mktemp("e") / "e.onnx", "gpu-paths-64", seed=0, by_views=by_views, imagenet=False
+    )
 
 
 # ---------------------------------------------------------------- the front = prepare_batch

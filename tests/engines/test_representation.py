@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mergerscan.cutouts.preprocess import PreprocessSpec
+from conftest import lite0_engine
 from mergerscan.engines import load_engine
 from mergerscan.engines.representation import DOMAIN_SCORE, EMBEDDING, has_block, read_block
 
@@ -28,26 +28,8 @@ def _close(a, b, tol=1e-4):
 
 @pytest.fixture(scope="module")
 def plain_engine(tmp_path_factory):
-    import torch
-
-    from mergerscan.models import MissingWeightsError, create_model
-    from mergerscan.training.export import export_onnx
-
-    torch.manual_seed(1)
-    try:
-        net = create_model("efficientnet_lite0", init="imagenet")
-    except MissingWeightsError:
-        net = create_model("efficientnet_lite0")
-    with torch.no_grad():
-        net.top[4].weight.mul_(10.0)
-    card = {
-        "arch": "efficientnet_lite0",
-        "name": "test-lite0-64-repr",
-        "temperature": 1.0,
-        "views": 1,
-        "by_views": {"1": {"temperature": 1.0, "threshold": 0.5}, "4": {"temperature": 1.2, "threshold": 0.5}},
-    }
-    return export_onnx(net.eval(), PreprocessSpec(input_size=64), card, tmp_path_factory.mktemp("repr") / "plain.onnx")
+    by_views = {"1": {"temperature": 1.0, "threshold": 0.5}, "4": {"temperature": 1.2, "threshold": 0.5}}
+    return lite0_engine(tmp_path_factory.mktemp("repr") / "plain.onnx", "test-lite0-64-repr", seed=1, by_views=by_views)
 
 
 @pytest.fixture(scope="module")

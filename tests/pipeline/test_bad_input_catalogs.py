@@ -104,6 +104,11 @@ def one_line(err: str, *needles):
     return lines[0]
 
 
+def _keep_all(cheap_cli, catalog: Path, field: Path, out: Path, capsys, *options):
+    """process-catalog CATALOG on the field's stamps into OUT with ``options``, every input column kept."""
+    return cheap_cli(catalog, "--images", field / "stamps", "-o", out, *options, "--keep-columns", "*", capsys=capsys)
+
+
 def read_parquet(out: Path) -> pd.DataFrame:
     return parquet_table(out).to_pandas().sort_values("input_row").reset_index(drop=True)
 
@@ -132,20 +137,7 @@ def test_kept_columns_colliding_with_output_columns_are_prefixed(field, cheap_cl
     path = tmp_path / "cat.parquet"
     df.to_parquet(path)
     out = tmp_path / "out"
-    rc, _, err = cheap_cli(
-        path,
-        "--images",
-        field / "stamps",
-        "-o",
-        out,
-        "--ra-column",
-        "ra_deg",
-        "--dec-column",
-        "dec_deg",
-        "--keep-columns",
-        "*",
-        capsys=capsys,
-    )
+    rc, _, err = _keep_all(cheap_cli, path, field, out, capsys, "--ra-column", "ra_deg", "--dec-column", "dec_deg")
     assert rc == 0, err
     got, fits, hdr = assert_fits_equals_parquet(out)
     assert (got["status"] == "ok").all() and got["p_merger"].between(0, 1).all()
@@ -466,9 +458,7 @@ def test_kept_column_names_fits_cannot_hold(field, cheap_cli, tmp_path, capsys):
     )
     pq.write_table(t, tmp_path / "c.parquet")
     out = tmp_path / "out"
-    rc, _, err = cheap_cli(
-        tmp_path / "c.parquet", "--images", field / "stamps", "-o", out, "--keep-columns", "*", capsys=capsys
-    )
+    rc, _, err = _keep_all(cheap_cli, tmp_path / "c.parquet", field, out, capsys)
     assert rc == 0, err
     got, fits, hdr = assert_fits_equals_parquet(out)
     names = fits.dtype.names
@@ -502,9 +492,7 @@ def test_fits_vector_columns_with_keep_all(field, cheap_cli, tmp_path, capsys):
     rec["tag"] = b"ab"
     fitsio.write(str(tmp_path / "v.fits"), rec, clobber=True)
     out = tmp_path / "out"
-    rc, _, err = cheap_cli(
-        tmp_path / "v.fits", "--images", field / "stamps", "-o", out, "--keep-columns", "*", capsys=capsys
-    )
+    rc, _, err = _keep_all(cheap_cli, tmp_path / "v.fits", field, out, capsys)
     assert rc == 0, err
     got, _, _ = assert_fits_equals_parquet(out)
     assert [json.loads(v) for v in got["flux"]] == rec["flux"].tolist()
@@ -514,32 +502,14 @@ def test_fits_vector_columns_with_keep_all(field, cheap_cli, tmp_path, capsys):
 def test_internal_column_name_and_too_many_columns_are_refused_at_start(field, cheap_cli, tmp_path, capsys):
     ra, dec = positions()
     pd.DataFrame({"objid": np.arange(1, 13), "ra": ra, "dec": dec, "_input_row": 0}).to_parquet(tmp_path / "i.parquet")
-    rc, _, err = cheap_cli(
-        tmp_path / "i.parquet",
-        "--images",
-        field / "stamps",
-        "-o",
-        tmp_path / "o1",
-        "--keep-columns",
-        "*",
-        capsys=capsys,
-    )
+    rc, _, err = _keep_all(cheap_cli, tmp_path / "i.parquet", field, tmp_path / "o1", capsys)
     assert rc == 2
     one_line(err, "i.parquet", "'_input_row'")
     wide = pd.DataFrame({f"c{i}": np.zeros(12, np.float32) for i in range(1000)})
     pd.concat([pd.DataFrame({"objid": np.arange(1, 13), "ra": ra, "dec": dec}), wide], axis=1).to_parquet(
         tmp_path / "w.parquet"
     )
-    rc, _, err = cheap_cli(
-        tmp_path / "w.parquet",
-        "--images",
-        field / "stamps",
-        "-o",
-        tmp_path / "o2",
-        "--keep-columns",
-        "*",
-        capsys=capsys,
-    )
+    rc, _, err = _keep_all(cheap_cli, tmp_path / "w.parquet", field, tmp_path / "o2", capsys)
     assert rc == 2
     one_line(err, "w.parquet", "999")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

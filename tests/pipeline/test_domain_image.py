@@ -7,38 +7,25 @@ Parquet; --domain catalog (or off) leaves them flagged as mergers."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from test_toy_plugins import run_cli
+from test_toy_plugins import ToyEngine, ToyOptions, run_cli
 
-from mergerscan.engines.base import Engine, EngineInfo, EngineOutput
-from mergerscan.engines.engine_file import load_metadata, write_metadata
+from mergerscan.engines.base import EngineOutput
+from mergerscan.engines.engine_file import write_metadata
 from mergerscan.engines.registry import register_backend
 
 IMAGE_THRESHOLD = 0.0  # domain_score = mean red minus mean blue / 255: reddish stamps are outside
 
 
-@dataclass(frozen=True)
-class ToyDomainOptions:
-    precision: str | None = None
+@register_backend("toy-domain", options=ToyOptions, help="p_merger: mean green level; domain_score: red minus blue")
+class ToyDomainEngine(ToyEngine):
+    """test_toy_plugins' engine (its loading and options), scoring what this test needs."""
 
-
-@register_backend(
-    "toy-domain",
-    options=ToyDomainOptions,
-    precisions=("fp32",),
-    default_precision="fp32",
-    help="p_merger: mean green level; domain_score: red minus blue",
-)
-class ToyDomainEngine(Engine):
     backend = "toy-domain"
-
-    def __init__(self, path, options: ToyDomainOptions, threads: int = 1, views: int | None = None):
-        super().__init__(EngineInfo.from_metadata(path, load_metadata(path)))
 
     def score(self, stamps: np.ndarray, *, features: bool = False) -> EngineOutput:
         x = np.asarray(stamps, np.float64) / 255.0

@@ -11,15 +11,13 @@ backend's column the ONNX Runtime one to 1e-4 relative to the vectors' scale.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 
-from conftest import assert_fits_equals_parquet, parquet_table, run_cli
+from conftest import assert_fits_equals_parquet, need_stilts, parquet_table, run_cli, stilts_tpipe
 from mergerscan.engines import load_engine
 
 K, N = 8, 6
@@ -129,27 +127,14 @@ def test_fits_vector_column_equals_parquet(runs):
 
 
 def test_stilts_reads_the_vector_column(runs):
-    stilts = shutil.which("stilts")
-    if stilts is None:
-        pytest.skip("STILTS is not installed (the FITS vector column is checked with fitsio above)")
+    need_stilts("the FITS vector column is checked with fitsio above")
     fits = runs["ort"] / "mergers.fits"
-    meta = subprocess.run(
-        [stilts, "tpipe", f"in={fits}", "cmd=keepcols embedding", "omode=meta"],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    meta = stilts_tpipe(fits, "cmd=keepcols embedding", "omode=meta")
+    assert f"embedding(float[{N}])" in meta
+    rows = stilts_tpipe(
+        fits, 'cmd=select "equals(status, \\"no_image\\")"', "cmd=keepcols embedding", "omode=out", "ofmt=csv"
     )
-    assert meta.returncode == 0, meta.stderr
-    assert f"embedding(float[{N}])" in meta.stdout
-    rows = subprocess.run(
-        [stilts, "tpipe", f"in={fits}", 'cmd=select "equals(status, \\"no_image\\")"', "cmd=keepcols embedding"]
-        + ["omode=out", "ofmt=csv"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert rows.returncode == 0, rows.stderr
-    assert rows.stdout.splitlines()[1].count("NaN") == N
+    assert rows.splitlines()[1].count("NaN") == N
 
 
 def test_torch_backend_gives_the_same_vectors(runs, catalog):

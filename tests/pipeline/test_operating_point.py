@@ -5,16 +5,14 @@ and the Parquet metadata; targets the curve cannot give are refused in one line 
 from __future__ import annotations
 
 import json
-import shutil
 
 import fitsio
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_stamps, read_out, run_cli, two_patch_catalog, write_fits_catalog
-from mergerscan.engines.engine_file import read_card, write_metadata
-from mergerscan.engines.operating import Curve, curve_card_updates
+from conftest import engine_with_validation_curve, make_stamps, read_out, run_cli, two_patch_catalog, write_fits_catalog
+from mergerscan.engines.engine_file import read_card
 
 N = 80
 
@@ -24,13 +22,7 @@ def field(tmp_path_factory, cheap_engine):
     """The cheap engine with a validation curve in its card (a labelled set of 1,300 made-up
     scores: mergers ~Beta(5, 2), non-mergers ~Beta(2, 5)), and N stamps to score."""
     d = tmp_path_factory.mktemp("operating")
-    rng = np.random.default_rng(3)
-    y = np.r_[np.ones(300, bool), np.zeros(1000, bool)]
-    p = np.r_[rng.beta(5, 2, 300), rng.beta(2, 5, 1000)].astype(np.float32)
-    shutil.copy(cheap_engine, d / "plain.onnx")
-    write_metadata(
-        d / "plain.onnx", d / "engine.onnx", card_updates=curve_card_updates({1: Curve.from_scores(y, p)}, "test")
-    )
+    y, p = engine_with_validation_curve(cheap_engine, d, seed=3)
     df = two_patch_catalog(N, seed=5, width=0.3, id_step=1)
     make_stamps(d / "stamps", df["objID"].tolist(), seed=4)
     write_fits_catalog(d / "cat.fits", df)

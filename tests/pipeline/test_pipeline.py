@@ -17,7 +17,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import SCIENCE, cli_process, make_stamps, read_out, two_patch_catalog, write_fits_catalog
+from conftest import (
+    SCIENCE,
+    cli_process,
+    make_stamps,
+    read_out,
+    run_arguments,
+    two_patch_catalog,
+    write_fits_catalog,
+)
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
 from mergerscan.pipeline.faults import environment
 from mergerscan.pipeline.plan import ORDER29, assign_partitions, healpix29, make_partitions
@@ -47,19 +55,8 @@ def small_field(tmp_path_factory, cheap_engine):
 
 
 def args_for(d, out, **kw):
-    base = dict(
-        catalog=str(d / "cat.fits"),
-        output=str(out),
-        images=str(d / "stamps"),
-        partition_rows=40,
-        keep_columns=["mag_r"],
-        progress=False,
-        command="test",
-        report=False,
-        engine=str(d / "engine.onnx"),
-    )
-    base.update(kw)
-    return ProcessArguments(**base)
+    base = dict(images=d / "stamps", partition_rows=40, keep_columns=["mag_r"], engine=d / "engine.onnx")
+    return run_arguments(kw.pop("catalog", d / "cat.fits"), out, **{**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -353,11 +350,7 @@ def test_path_column_names_the_stamp_files(small_field, reference_run, dask_clie
 
 def test_error_path_column(small_field, tmp_path):
     d, _ = small_field
-    _assert_one_line_error(
-        _cli(d / "cat.fits", "--images", d / "stamps", "--path-column", "nosuch", "-o", tmp_path / "o"),
-        "cat.fits",
-        "nosuch",
-    )
+    _assert_one_line_error(_images_cli(d, d / "cat.fits", tmp_path, "--path-column", "nosuch"), "cat.fits", "nosuch")
     _assert_one_line_error(
         _cli(d / "cat.fits", "--frames", d / "stamps", "--path-column", "mag_r", "-o", tmp_path / "o"), "--path-column"
     )
@@ -366,6 +359,11 @@ def test_error_path_column(small_field, tmp_path):
 # ---------------------------------------------------------------- bad input: one-line errors
 def _cli(*argv, timeout=120):
     return cli_process(*argv, timeout=timeout)  # fails on a printed traceback
+
+
+def _images_cli(d: Path, catalog: Path, tmp_path: Path, *options):
+    """process-catalog CATALOG on the small field's stamps, into tmp_path / "o"."""
+    return _cli(catalog, "--images", d / "stamps", *options, "-o", tmp_path / "o")
 
 
 def _assert_one_line_error(r, *needles):
@@ -380,37 +378,33 @@ def test_error_truncated_fits(small_field, tmp_path):
     d, _ = small_field
     bad = tmp_path / "trunc.fits"
     bad.write_bytes((d / "cat.fits").read_bytes()[:4000])
-    _assert_one_line_error(_cli(bad, "--images", d / "stamps", "-o", tmp_path / "o"), "trunc.fits")
+    _assert_one_line_error(_images_cli(d, bad, tmp_path), "trunc.fits")
 
 
 def test_error_missing_ra_column(small_field, tmp_path):
     d, df = small_field
     p = tmp_path / "nora.fits"
     write_fits_catalog(p, df.drop(columns="RAdeg"))
-    _assert_one_line_error(_cli(p, "--images", d / "stamps", "-o", tmp_path / "o"), "nora.fits", "ra")
+    _assert_one_line_error(_images_cli(d, p, tmp_path), "nora.fits", "ra")
 
 
 def test_error_non_numeric_dec(small_field, tmp_path):
     d, df = small_field
     p = tmp_path / "strdec.csv"
     df.assign(DEdeg=["x"] + [str(v) for v in df["DEdeg"][1:]]).to_csv(p, index=False)
-    _assert_one_line_error(_cli(p, "--images", d / "stamps", "-o", tmp_path / "o"), "strdec.csv", "DEdeg")
+    _assert_one_line_error(_images_cli(d, p, tmp_path), "strdec.csv", "DEdeg")
 
 
 def test_error_empty_catalog(small_field, tmp_path):
     d, df = small_field
     p = tmp_path / "empty.fits"
     write_fits_catalog(p, df.iloc[:0])
-    _assert_one_line_error(_cli(p, "--images", d / "stamps", "-o", tmp_path / "o"), "empty.fits", "no rows")
+    _assert_one_line_error(_images_cli(d, p, tmp_path), "empty.fits", "no rows")
 
 
 def test_error_explicit_column_absent(small_field, tmp_path):
     d, _ = small_field
-    _assert_one_line_error(
-        _cli(d / "cat.fits", "--images", d / "stamps", "--ra-column", "alpha", "-o", tmp_path / "o"),
-        "cat.fits",
-        "alpha",
-    )
+    _assert_one_line_error(_images_cli(d, d / "cat.fits", tmp_path, "--ra-column", "alpha"), "cat.fits", "alpha")
 
 
 def test_run_layout_is_the_on_disk_format():
@@ -516,47 +510,12 @@ def test_killed_run_resumes_without_duplicates(small_field, dask_client, tmp_pat
     ref, out = tmp_path / "ref", tmp_path / "out"
     # the undisturbed run, partitioned alike: duplicate_id is decided within a partition
     run(args_for(d, ref, partition_rows=20, batch_size=8), client=dask_client)
-    common = [
-        "--images",
-        d / "stamps",
-        "--partition-rows",
-        "20",
-        "--workers",
-        "1",
-        "--threads-per-worker",
-        "1",
-        "--keep-columns",
-        "mag_r",
-        "--no-progress",
-        "--no-report",
-        "--batch-size",
-        "8",
-        "--engine",
-        d / "engine.onnx",
-    ]
-    # every partition takes >= 0.4 s, so that the kill lands mid-run however fast the engine is
-    slow = dict(os.environ, **environment("sleep", "score:-1:0.4"))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mergerscan.pipeline.cli",
-            str(d / "cat.fits"),
-            "-o",
-            str(out),
-            *map(str, common),
-        ],
-        env=slow,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 300
+    common = _small_run_options(d, "--no-report", "--batch-size", "8", "--engine", d / "engine.onnx")
     scored = out / "_work" / "scored"
-    while time.time() < deadline and len(list(scored.glob("*.json"))) < 3:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: client, scheduler, workers
-    proc.wait()
+    # every partition takes >= 0.4 s, so that the kill lands mid-run however fast the engine is
+    _kill_cli_when(
+        d / "cat.fits", out, common, environment("sleep", "score:-1:0.4"), lambda: len(list(scored.glob("*.json"))) >= 3
+    )
     n_done = len(list(scored.glob("*.json")))
     total = len(list((ref / "_work" / "scored").glob("*.json")))
     assert 0 < n_done < total, "the kill must land mid-run"
@@ -618,14 +577,14 @@ def test_error_csv_column_changes_type_late(small_field, tmp_path):
     )
 
 
-def _plan_options(d: Path) -> list:
+def _small_run_options(d: Path, *more) -> list:
+    """process-catalog options of the killed-run tests: the small field, 20-row partitions, one
+    worker of one thread, ``more`` after them."""
     return [
         "--images",
         d / "stamps",
         "--partition-rows",
         "20",
-        "--chunk-rows",
-        "40",
         "--workers",
         "1",
         "--threads-per-worker",
@@ -633,8 +592,30 @@ def _plan_options(d: Path) -> list:
         "--keep-columns",
         "mag_r",
         "--no-progress",
-        "--plan",
+        *more,
     ]
+
+
+def _kill_cli_when(catalog: Path, out: Path, options: list, env: dict, done) -> None:
+    """process-catalog CATALOG -o OUT OPTIONS in a fresh process group with ``env`` added to the
+    environment, killed (SIGKILL to the whole group: client, scheduler, workers) once ``done()``
+    holds, it has exited, or 300 s have passed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mergerscan.pipeline.cli", str(catalog), "-o", str(out), *map(str, options)],
+        env=dict(os.environ, **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not done() and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _plan_options(d: Path) -> list:
+    return _small_run_options(d, "--chunk-rows", "40", "--plan")
 
 
 @pytest.fixture(scope="module")
@@ -657,33 +638,14 @@ def test_killed_plan_rerun_finishes_with_the_same_plan(small_field, plan_referen
     split_ref = ref / "_work" / "split"
     buckets = sorted(f.name for f in split_ref.iterdir())
     assert len(buckets) > 3 and all(b.startswith("bucket-") for b in buckets)
-    slow = dict(os.environ, **environment("sleep", f"{stage}:-1:0.5"))  # every {stage} task >= 0.5 s
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mergerscan.pipeline.cli",
-            str(d / "cat.fits"),
-            "-o",
-            str(out),
-            *map(str, common),
-        ],
-        env=slow,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     runs, split_out, plan_file = out / "_work" / "split" / "runs", out / "_work" / "split", out / "_work" / "plan.json"
     written = (
         (lambda: len(list(runs.glob("chunk-*.arrow"))))
         if stage == "scan"
         else (lambda: len(list(split_out.glob("bucket-*.arrow"))))
     )
-    deadline = time.time() + 300
-    while time.time() < deadline and written() < 2 and proc.poll() is None:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # every {stage} task >= 0.5 s
+    _kill_cli_when(d / "cat.fits", out, common, environment("sleep", f"{stage}:-1:0.5"), lambda: written() >= 2)
     if stage == "scan":
         assert not plan_file.exists() and 2 <= written() < 300 // 40 + 1, "the kill must land mid-scan"
     else:

@@ -28,7 +28,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import SCIENCE, assert_no_traceback, make_stamps, read_out, two_patch_catalog, write_fits_catalog
+from conftest import (
+    SCIENCE,
+    assert_no_traceback,
+    make_stamps,
+    read_out,
+    run_arguments,
+    two_patch_catalog,
+    write_fits_catalog,
+)
 from mergerscan.pipeline import slurm as S
 from mergerscan.pipeline.arguments import ArgumentError, ProcessArguments
 from mergerscan.pipeline.faults import environment
@@ -315,21 +323,8 @@ def _plan_only(d, out, client):
     from mergerscan.pipeline.plan import Plan
     from mergerscan.pipeline.run import run
 
-    run(
-        ProcessArguments(
-            catalog=str(d / "cat.fits"),
-            output=str(out),
-            images=str(d / "stamps"),
-            partition_rows=20,
-            keep_columns=["mag_r"],
-            progress=False,
-            report=False,
-            command="test",
-            engine=str(d / "engine.onnx"),
-            mode="plan",
-        ),
-        client=client,
-    )
+    options = dict(images=d / "stamps", partition_rows=20, keep_columns=["mag_r"], engine=d / "engine.onnx")
+    run(run_arguments(d / "cat.fits", out, **options, mode="plan"), client=client)
     return Plan.load(out / "_work" / "plan.json")
 
 

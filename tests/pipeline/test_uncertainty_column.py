@@ -4,18 +4,23 @@ NaN (the status says why) or where the card has no curve (the header says so); S
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import fitsio
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import assert_fits_equals_parquet, make_stamps, read_out, run_cli, two_patch_catalog, write_fits_catalog
+from conftest import (
+    assert_fits_equals_parquet,
+    engine_with_validation_curve,
+    make_stamps,
+    need_stilts,
+    read_out,
+    run_cli,
+    stilts_tpipe,
+    two_patch_catalog,
+    write_fits_catalog,
+)
 from mergerscan.engines import read_engine_info
-from mergerscan.engines.engine_file import write_metadata
-from mergerscan.engines.operating import Curve, curve_card_updates
 from mergerscan.engines.uncertainty import interval_for_engine
 
 N = 60
@@ -26,13 +31,7 @@ MISSING = 4  # stamps removed: status no_image, p_merger NaN
 def field(tmp_path_factory, cheap_engine):
     """The cheap engine with and without a validation curve in its card, and N stamps (a few missing)."""
     d = tmp_path_factory.mktemp("uncertainty")
-    rng = np.random.default_rng(7)
-    y = np.r_[np.ones(300, bool), np.zeros(1000, bool)]
-    p = np.r_[rng.beta(5, 2, 300), rng.beta(2, 5, 1000)].astype(np.float32)
-    shutil.copy(cheap_engine, d / "plain.onnx")
-    write_metadata(
-        d / "plain.onnx", d / "engine.onnx", card_updates=curve_card_updates({1: Curve.from_scores(y, p)}, "test")
-    )
+    engine_with_validation_curve(cheap_engine, d, seed=7)
     df = two_patch_catalog(N, seed=8, width=0.3, id_step=1)
     make_stamps(d / "stamps", df["objID"].tolist(), seed=9)
     for i in df["objID"].tolist()[:MISSING]:
@@ -88,25 +87,11 @@ def test_no_curve_in_the_card_gives_nan_and_says_so(field, dask_client, tmp_path
 
 
 def test_stilts_reads_the_interval_columns(field, dask_client, tmp_path, capsys):
-    stilts = shutil.which("stilts")
-    if stilts is None:
-        pytest.skip("STILTS is not installed (the FITS columns are checked with fitsio above)")
+    need_stilts("the FITS columns are checked with fitsio above")
     out = tmp_path / "out"
     _run(dask_client, field, out, "engine.onnx", capsys)
     expr = 'cmd=select "!NULL_p_merger && p_merger_lo <= p_merger && p_merger <= p_merger_hi"'
-    r = subprocess.run(
-        [stilts, "tpipe", f"in={out / 'mergers.fits'}", expr, "omode=count"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split()[-1] == str(N - MISSING), r.stdout  # 'columns: C   rows: R'
-    meta = subprocess.run(
-        [stilts, "tpipe", f"in={out / 'mergers.fits'}", "cmd=keepcols 'p_merger_lo p_merger_hi'", "cmd=meta"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert meta.returncode == 0, meta.stderr
-    assert "stat.probability;stat.min" in meta.stdout and "stat.probability;stat.max" in meta.stdout
+    count = stilts_tpipe(out / "mergers.fits", expr, "omode=count")
+    assert count.split()[-1] == str(N - MISSING), count  # 'columns: C   rows: R'
+    meta = stilts_tpipe(out / "mergers.fits", "cmd=keepcols 'p_merger_lo p_merger_hi'", "cmd=meta")
+    assert "stat.probability;stat.min" in meta and "stat.probability;stat.max" in meta

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import mergerscan
-from conftest import read_out, run_cli
+from conftest import blob_catalog, read_out, run_cli
 from mergerscan.cutouts.preprocess import PreprocessSpec
 from mergerscan.engines import load_engine, read_engine_info
 from mergerscan.engines.base import file_sha256
@@ -41,23 +41,6 @@ def _cli(*argv, ok=True):
     return r
 
 
-def _blobs(root: Path, n_per_class: int = 16, px: int = 32) -> Path:
-    """One blob (0) or two (1), column ``twoblob``; objects 1 degree apart (each its own group)."""
-    rng = np.random.default_rng(2)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[:px, :px]
-    rows = []
-    for i in range(2 * n_per_class):
-        label = i % 2
-        img = rng.normal(20, 4, (px, px, 3))
-        for cy, cx in [(px / 2, px / 2)] + ([(px / 2 + rng.uniform(6, 10), px / 2)] if label else []):
-            img += 200 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 2.5**2))[..., None]
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"B{i:03d}.jpg", quality=95)
-        rows.append(f"B{i:03d},{label},{10 + i},{0.5 * (i % 7)},images/B{i:03d}.jpg")
-    (root / "catalog.csv").write_text("id,twoblob,ra,dec,image\n" + "\n".join(rows) + "\n")
-    return root / "catalog.csv"
-
-
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A small real engine file (EfficientNet-Lite0, random weights, 32 px stamps and input)."""
@@ -69,7 +52,11 @@ def source(tmp_path_factory):
     net = create_model("efficientnet_lite0", hidden=16).eval()
     spec = PreprocessSpec(stamp_pixels=32, pixel_scale=0.8, input_size=32)
     card = {"name": "tiny-source", "arch": "efficientnet_lite0", "labels": "source labels", "temperature": 1.0}
-    return root, export_onnx(net, spec, card, root / "source.onnx"), _blobs(root / "data")
+    return (
+        root,
+        export_onnx(net, spec, card, root / "source.onnx"),
+        blob_catalog(root / "data", n_per_class=16, seed=2, prefix="B", label="twoblob", ext="jpg", sideways=False),
+    )
 
 
 FAST = ["--label-column", "twoblob", "--epochs-top", "1", "--epochs", "1", "--batch-size", "8"]

@@ -384,32 +384,13 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import mergerscan  # noqa: E402
-from conftest import assert_no_traceback  # noqa: E402
-
-
-def _tiny_catalog(root: Path, n_per_class: int = 24, px: int = 32) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(5)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[:px, :px]
-    rows = []
-    for i in range(2 * n_per_class):
-        label = i % 2
-        img = rng.normal(20, 4, (px, px, 3))
-        centres = [(px / 2, px / 2)] + ([(px / 2 + rng.uniform(6, 10), px / 2 + rng.uniform(-6, 6))] if label else [])
-        for cy, cx in centres:
-            img += 200 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 2.5**2))[..., None]
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"T{i:03d}.png")
-        rows.append(f"T{i:03d},{label},{10 + i},{0.5 * (i % 7)},images/T{i:03d}.png")  # 1 deg apart: own groups
-    (root / "catalog.csv").write_text("id,is_merger,ra,dec,image\n" + "\n".join(rows) + "\n")
-    return root / "catalog.csv"
+from conftest import assert_no_traceback, blob_catalog  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    cat = _tiny_catalog(root)
+    cat = blob_catalog(root, n_per_class=24, seed=5, prefix="T", label="is_merger", ext="png", sideways=True)
     opts = [
         str(cat),
         "--arch",

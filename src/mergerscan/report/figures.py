@@ -36,27 +36,13 @@ def fig_scores(st: RunStats, thr: float) -> bytes:
     from .stream import SCORE_BINS
 
     fig, ax = plt.subplots(figsize=(10.5, 3.4))
-    w = np.diff(SCORE_BINS)
-    ax.bar(
-        SCORE_BINS[:-1],
-        st.score_hist,
-        w,
-        align="edge",
-        color="#8fb3d9",
-        edgecolor="#4a78a8",
-        lw=0.3,
-        label=f"all scored ({st.scored:,})",
-    )
-    ax.bar(
-        SCORE_BINS[:-1],
-        st.score_hist_merger,
-        w,
-        align="edge",
-        color="#e8a33d",
-        edgecolor="#a8661a",
-        lw=0.3,
-        label=f"flagged mergers ({int(st.score_hist_merger.sum()):,})",
-    )
+    for hist, color, edge, label in (
+        (st.score_hist, "#8fb3d9", "#4a78a8", f"all scored ({st.scored:,})"),
+        (st.score_hist_merger, "#e8a33d", "#a8661a", f"flagged mergers ({int(st.score_hist_merger.sum()):,})"),
+    ):
+        ax.bar(
+            SCORE_BINS[:-1], hist, np.diff(SCORE_BINS), align="edge", color=color, edgecolor=edge, lw=0.3, label=label
+        )
     ax.axvline(thr, color="k", ls="--", lw=1)
     ax.text(thr, 1.0, f" threshold {thr:.3f}", transform=ax.get_xaxis_transform(), va="top", fontsize=9)
     if st.score_hist.any():

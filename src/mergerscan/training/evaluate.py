@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -182,13 +183,19 @@ def table1(m: dict) -> str:
     return "\n".join(rows)
 
 
+def _save(plt, fig, path: Path) -> str:
+    """Write a figure as a PNG and close it: its file name."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 def plot_all(y, p, metrics: dict, out_dir, title: str = "") -> list[str]:
     """ROC, PR, reliability and confusion-matrix PNGs; returns their file names."""
     import matplotlib
 
     matplotlib.use("Agg")
-    from pathlib import Path
-
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
@@ -200,30 +207,21 @@ def plot_all(y, p, metrics: dict, out_dir, title: str = "") -> list[str]:
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title=f"ROC {title}")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out_dir / "roc.png", dpi=110)
-    plt.close(fig)
-    files.append("roc.png")
+    files.append(_save(plt, fig, out_dir / "roc.png"))
     fig, ax = plt.subplots(figsize=(4.2, 4))
     rec, prec, _ = pr_curve(y, p)
     ax.plot(rec, prec, lw=1.5, label=f"AP = {metrics['pr_auc']:.3f}")
     ax.axhline(np.mean(y), color="k", ls=":", lw=0.8, label="test prevalence")
     ax.set(xlabel="recall (mergers)", ylabel="precision (mergers)", ylim=(0, 1.02), title=f"PR {title}")
     ax.legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(out_dir / "pr.png", dpi=110)
-    plt.close(fig)
-    files.append("pr.png")
+    files.append(_save(plt, fig, out_dir / "pr.png"))
     fig, ax = plt.subplots(figsize=(4.2, 4))
     rel = metrics["reliability"]
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.plot(rel["confidence"], rel["accuracy"], "o-", label=f"ECE = {rel['ece']:.3f}")
     ax.set(xlabel="predicted p_merger", ylabel="observed merger fraction", title=f"Reliability {title}")
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(out_dir / "reliability.png", dpi=110)
-    plt.close(fig)
-    files.append("reliability.png")
+    files.append(_save(plt, fig, out_dir / "reliability.png"))
     c = metrics["confusion"]
     mat = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
     fig, ax = plt.subplots(figsize=(3.6, 3.3))
@@ -233,8 +231,5 @@ def plot_all(y, p, metrics: dict, out_dir, title: str = "") -> list[str]:
     ax.set_xticks([0, 1], ["non-int.", "merger"])
     ax.set_yticks([0, 1], ["non-int.", "merger"])
     ax.set(xlabel="predicted", ylabel="true", title=f"threshold {metrics['threshold']:.3f}")
-    fig.tight_layout()
-    fig.savefig(out_dir / "confusion.png", dpi=110)
-    plt.close(fig)
-    files.append("confusion.png")
+    files.append(_save(plt, fig, out_dir / "confusion.png"))
     return files
