@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from .exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from .verb_flags import add_engine_option, engine_file
+from .verb_flags import add_engine_option, check_output, count, engine_file, os_error_text, positive_int
 
 
 def _report_parser(sub):
@@ -21,8 +21,10 @@ def _report_parser(sub):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run directory: process-catalog OUT or a training --out")
-    p.add_argument("--top-n", type=int, default=24, help="mergers in the top gallery")
-    p.add_argument("--borderline-n", type=int, default=12, help="objects near the threshold in the borderline gallery")
+    p.add_argument("--top-n", type=count, default=24, help="mergers in the top gallery")
+    p.add_argument(
+        "--borderline-n", type=count, default=12, help="objects near the threshold in the borderline gallery"
+    )
     return p
 
 
@@ -38,6 +40,7 @@ def _report(ap, a):
 
     from .cutouts.redact import redact_text
     from .run_layout import RunLayout
+    from .run_summary import RunSummary, SummaryError
 
     def fail(status: int, why) -> None:
         ap.exit(status, "mergerscan report: error: " + redact_text(" ".join(str(why).split())) + "\n")
@@ -47,9 +50,17 @@ def _report(ap, a):
     if not doc.is_file():
         fail(EXIT_BAD_INPUT, f"{d} has neither summary.json (process-catalog run) nor metrics.json (training run)")
     try:
-        json.loads(doc.read_text(encoding="utf-8"))
+        text = doc.read_text(encoding="utf-8")
+        loaded = json.loads(text)
     except (OSError, ValueError) as exc:
         fail(EXIT_BAD_INPUT, f"{doc}: not readable as JSON ({exc})")
+    try:  # JSON, but a list, a number, or keys of the wrong type: not what a run writes
+        if doc.name == "summary.json":
+            RunSummary.from_json(text)
+        elif not isinstance(loaded, dict):
+            raise SummaryError(f"a JSON {type(loaded).__name__}, not an object")
+    except SummaryError as exc:
+        fail(EXIT_BAD_INPUT, f"{doc}: not the {doc.name} of a run ({exc})")
     try:
         from .report import build_report, build_training_report
 
@@ -91,7 +102,7 @@ def _similar_parser(sub):
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--like", metavar="ID", help="the id (the run's id column) of a row of the run")
     q.add_argument("--like-file", metavar="STAMP", help="a stamp image (the engine's size) not in the catalog")
-    p.add_argument("--k", type=int, default=20, help="neighbours to return (default 20)")
+    p.add_argument("--k", type=positive_int, default=20, help="neighbours to return (default 20)")
     p.add_argument("--column", default="embedding", help="the vector column (default embedding)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached index")
     p.add_argument("--html", help="write the gallery here (default OUT/similar/like-<ID>.html)")
@@ -103,13 +114,17 @@ def _similar_parser(sub):
 def _similar(ap, a):
     import json
 
+    from .run_summary import SummaryError
     from .similar import SimilarError, similar, write_page
 
+    check_output(ap, a, None if a.no_html else a.html, {"--like-file stamp": a.like_file})
     try:
         res = similar(a.out, a.like, like_file=a.like_file, k=a.k, column=a.column, rebuild=a.rebuild)
-    except (SimilarError, FileNotFoundError) as exc:
+        page = None if a.no_html else write_page(res, a.html)
+    except (SimilarError, FileNotFoundError, SummaryError) as exc:
         ap.exit(EXIT_BAD_INPUT, f"mergerscan similar: error: {exc}\n")
-    page = None if a.no_html else write_page(res, a.html)
+    except OSError as exc:  # a write that failed after the checks (the index cache, the page)
+        ap.exit(EXIT_FAILED, f"mergerscan similar: error: {os_error_text(exc)}\n")
     if a.json:
         print(json.dumps(res.to_dict() | {"html": str(page) if page else None}, default=str))
         return

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, fields, is_dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .exit_codes import EXIT_BAD_INPUT
@@ -114,3 +117,56 @@ def _engine_in_catalog_place(a) -> None:
     """``VERB ENGINE --data CATALOG`` (earlier versions): the one positional is the engine."""
     if getattr(a, "catalog_flag", None) is not None and a.catalog is not None and getattr(a, "engine", False) is None:
         a.engine, a.catalog = a.catalog, a.catalog_flag
+
+
+def output_problem(out: str | os.PathLike, inputs: Mapping[str, Any] = {}, directory: bool = False) -> str | None:
+    """Why ``-o/--output OUT`` cannot be written, checked before any work (None: it can): it is one
+    of the verb's ``inputs`` (a name -> path; writing would destroy it), a directory where a file
+    goes (or a file where a run directory goes), or its folder is missing or not writable."""
+    p = Path(out)
+    for what, path in inputs.items():
+        if path and p.exists() and Path(path).exists() and os.path.samefile(p, path):
+            return f"-o/--output {out} is the {what}; choose another path (it would be overwritten)"
+    if directory and p.exists() and not p.is_dir():
+        return f"-o/--output {out}: exists and is not a directory"
+    if not directory and p.is_dir():
+        return f"-o/--output {out}: is a directory; give a file name"
+    parent = p if directory else p.parent
+    while not parent.exists() and parent != parent.parent:  # the folders a verb makes: the first that exists
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return f"-o/--output {out}: cannot write in {parent}"
+    return None
+
+
+def check_output(ap, a, out: str | os.PathLike | None, inputs: Mapping[str, Any] = {}, directory: bool = False):
+    """:func:`output_problem` as the verb's one-line error (exit 2); ``out`` None: nothing to check."""
+    if out is not None and (why := output_problem(out, inputs, directory)):
+        who = " ".join([ap.prog, *(w for w in (getattr(a, "verb", None), getattr(a, "bench", None)) if w)])
+        ap.exit(EXIT_BAD_INPUT, f"{who}: error: {why}\n")
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError as one line naming its file: ``PATH: No such file or directory``."""
+    where = exc.filename if exc.filename is not None else ""
+    return f"{where}: {exc.strerror}" if where and exc.strerror else str(exc)
+
+
+def _number(kind: Callable[[str], Any], least: float, what: str) -> Callable[[str], Any]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value) or value < least:  # nan, inf: never a count, a rate or a size
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its errors
+    return parse
+
+
+# argparse types of the numeric flags: a one-line "argument --k: '0' is not a positive integer" (exit 2)
+positive_int = _number(int, 1, "a positive integer")
+count = _number(int, 0, "an integer >= 0")
+positive_float = _number(float, 0, "a finite number >= 0")

@@ -9,6 +9,7 @@ import shlex
 from dataclasses import replace
 
 from ..exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
+from ..verb_flags import check_output, os_error_text, positive_int
 
 VERBS = ("bench", "doctor")
 # not yet among the project's exit codes (pipeline.failures): the lead moves it there at merge
@@ -27,7 +28,7 @@ def _engine_parser(sub) -> None:
     p.add_argument("--views", default="", help="comma-separated view counts (default: 1 and the card's)")
     p.add_argument("--threads", default="1", help="comma-separated engine threads (default 1)")
     p.add_argument("--batch-size", default="128", help="comma-separated stamps per call (default 128)")
-    p.add_argument("--n", type=int, default=256, help="stamps timed per point (default 256)")
+    p.add_argument("--n", type=positive_int, default=256, help="stamps timed per point (default 256)")
     p.add_argument("--images", metavar="DIR", help="real stamps (.jpg/.png) to time on (default: noise stamps)")
     _output(p, "bench-engine.json")
 
@@ -36,17 +37,17 @@ def _sources_parser(sub) -> None:
     p = sub.add_parser("sources", help="image-source speed: stamps, a local cutout service, frames")
     p.add_argument("--images", metavar="DIR", help="stamp folder: times the stamps source and a local service")
     p.add_argument("--frames", metavar="DIR", help="frame folder: times the frames source")
-    p.add_argument("--n", type=int, default=256, help="rows per source (default 256)")
-    p.add_argument("--threads", type=int, default=2, help="decoding threads / requests in flight (default 2)")
+    p.add_argument("--n", type=positive_int, default=256, help="rows per source (default 256)")
+    p.add_argument("--threads", type=positive_int, default=2, help="decoding threads / requests in flight (default 2)")
     p.add_argument("--no-service", action="store_true", help="leave out the local cutout service")
     _output(p, "bench-sources.json")
 
 
 def _plan_parser(sub) -> None:
     p = sub.add_parser("plan", help="planning at survey scale: process-catalog --plan against its floor")
-    p.add_argument("--rows", type=int, default=1_000_000, help="rows of the generated catalog (default 1e6)")
+    p.add_argument("--rows", type=positive_int, default=1_000_000, help="rows of the generated catalog (default 1e6)")
     p.add_argument("--formats", default="parquet,fits", help="catalog formats (default parquet,fits)")
-    p.add_argument("--threads", type=int, default=1, help="threads of the planning worker (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="threads of the planning worker (default 1)")
     p.add_argument("--tmp", metavar="DIR", help="where the generated catalogs go (default: a temporary folder)")
     p.add_argument("--process-args", default="", help="more process-catalog options, quoted as one string")
     _output(p, "bench-plan.json")
@@ -58,7 +59,9 @@ def _doctor_parser(sub) -> None:
     p.add_argument("--gpu", action="store_true", help="measure the GPU path (CUDA/TensorRT): ceiling, copies, parity")
     p.add_argument("--cpu", action="store_true", help="with --gpu: dry-run every section on the CPU (tiny sizes)")
     p.add_argument("--images", metavar="DIR", default=".gpu-check-data", help="with --gpu: real JPEG stamps")
-    p.add_argument("--threads", type=int, default=None, help="with --gpu: host threads (default min(8, cores))")
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="with --gpu: host threads (default min(8, cores))"
+    )
     _output(p, None)
 
 
@@ -99,7 +102,11 @@ def _bench_doc(a) -> dict:
     from .plan import PlanBench, run_plan_bench
 
     formats = tuple(f for f in a.formats.split(",") if f)
-    return run_plan_bench(PlanBench(a.rows, formats, a.threads, a.tmp, tuple(shlex.split(a.process_args))))
+    try:
+        more = tuple(shlex.split(a.process_args))
+    except ValueError as exc:  # an unclosed quote
+        raise ValueError(f"--process-args {a.process_args!r}: {exc}") from None
+    return run_plan_bench(PlanBench(a.rows, formats, a.threads, a.tmp, more))
 
 
 def _doctor(ap, a) -> None:
@@ -126,9 +133,21 @@ def _doctor_gpu(ap, a) -> None:
     print(run_gpu_check(replace(cfg, threads=a.threads) if a.threads else cfg))
 
 
+def _inputs(a) -> dict:
+    """What a verb reads, which its -o must not overwrite: the engine (by default the packaged one),
+    the stamp and frame folders."""
+    from ..engines import default_engine_path
+
+    inputs = {f"{flag} input": getattr(a, flag.strip("-"), None) for flag in ("--images", "--frames")}
+    if hasattr(a, "engine"):
+        inputs["engine"] = a.engine or default_engine_path()
+    return inputs
+
+
 def run(ap, a) -> None:
     """Run a parsed ``bench`` or ``doctor`` command; errors are one line (never a traceback)."""
     what = f"mergerscan {a.verb}" + (f" {a.bench}" if a.verb == "bench" else "")
+    check_output(ap, a, a.output, _inputs(a))
     try:
         if a.verb == "doctor":
             return _doctor(ap, a)
@@ -142,3 +161,5 @@ def run(ap, a) -> None:
         ap.exit(EXIT_BAD_INPUT, f"{what}: error: {' '.join(str(exc).split())}\n")
     except RuntimeError as exc:
         ap.exit(EXIT_FAILED, f"{what}: error: {' '.join(str(exc).split())}\n")
+    except OSError as exc:  # a write that failed after the checks (a full disk, a vanished folder)
+        ap.exit(EXIT_FAILED, f"{what}: error: {os_error_text(exc)}\n")

@@ -64,8 +64,11 @@ def read_card(path: str | Path) -> dict:
 
 
 def read_engine_card(path: str | Path) -> EngineCard:
-    """The card as the typed object the package reads."""
-    return EngineCard.from_dict(read_card(path))
+    """The card as the typed object the package reads; an ONNX file that is no mergerscan engine (no
+    spec: an empty file parses as an empty model) is a one-line ValueError, never an empty card."""
+    meta = load_metadata(path)
+    require_spec(meta, path)
+    return EngineCard.from_dict(card_of(meta))
 
 
 def set_metadata(

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..run_layout import RunLayout
-from ..run_summary import RunSummary
+from ..run_summary import RunSummary, SummaryError
 from .index import VectorIndex, load_index
 from .vectors import EMBEDDING_COLUMN, RunVectors, SimilarError, find_id, open_run, read_rows
 
@@ -41,7 +41,12 @@ class SimilarResult:
 def read_summary(out: Path) -> RunSummary:
     """The run's summary (every key at its default where the run has none)."""
     layout = RunLayout(out)
-    return RunSummary.from_json(layout.summary.read_text()) if layout.summary.is_file() else RunSummary.from_dict({})
+    if not layout.summary.is_file():
+        return RunSummary.from_dict({})
+    try:
+        return RunSummary.from_json(layout.summary.read_text())
+    except SummaryError as exc:  # junk or a truncated write: say which file
+        raise SummaryError(f"{layout.summary}: {exc}") from None
 
 
 def _row_columns(summary: RunSummary, run: RunVectors) -> list[str]:

@@ -58,7 +58,10 @@ def open_run(out: str | Path, column: str = EMBEDDING_COLUMN) -> RunVectors:
     files = tuple(output_files(layout.catalog_dir)) if layout.catalog_dir.is_dir() else ()
     if not files:
         raise SimilarError(f"{out}: no process-catalog output (no Parquet files under {layout.catalog_dir})")
-    schema = pq.read_schema(files[0])
+    try:
+        schema = pq.read_schema(files[0])
+    except (pa.ArrowException, OSError) as exc:  # random bytes, a truncated write
+        raise SimilarError(f"{files[0]}: not a readable Parquet file ({exc})") from None
     if column not in schema.names:
         raise SimilarError(
             f"{out}: the output has no column {column!r} (run process-catalog with --embeddings to write it)"
@@ -131,6 +134,8 @@ def read_rows(run: RunVectors, locations: np.ndarray, columns: list[str]) -> pd.
 def find_id(run: RunVectors, id_column: str, value: str) -> int:
     """The location of the row whose ``id_column`` equals ``value`` (compared as text, so an
     integer objid typed on the command line matches exactly)."""
+    if id_column not in pq.read_schema(run.files[0]).names:  # e.g. a run without its summary.json
+        raise SimilarError(f"{run.out}: the output has no id column {id_column!r} (the run's summary.json names it)")
     for fi, f in enumerate(run.files):
         col = pq.read_table(f, columns=[id_column]).column(id_column)
         eq = pc.fill_null(pc.equal(pc.cast(col, pa.string()), value), False)

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import argparse
 
-from ..exit_codes import EXIT_BAD_INPUT
+from ..exit_codes import EXIT_BAD_INPUT, EXIT_FAILED
 from ..verb_flags import (
     add_catalog_argument,
     add_engine_option,
     add_output_option,
     catalog_file,
+    check_output,
+    count,
     default_of,
     engine_file,
     field_values,
     from_namespace,
+    os_error_text,
+    positive_float,
+    positive_int,
     required_output,
 )
 from .arguments import TrainArguments
@@ -29,8 +34,8 @@ def train_parser(sub):
     p = sub.add_parser("train", help="train a model (E1 scratch / E2 transfer) and export an engine")
     p.add_argument("--arch", **_field("arch"))
     p.add_argument("--experiment", choices=["e1", "e2"], **_field("experiment"))
-    p.add_argument("--size", dest="input_size", type=int, help="model input size (px)", **_field("input_size"))
-    p.add_argument("--lr", type=float, help="E1 SGD learning rate", **_field("lr"))
+    p.add_argument("--size", dest="input_size", type=positive_int, help="model input size (px)", **_field("input_size"))
+    p.add_argument("--lr", type=positive_float, help="E1 SGD learning rate", **_field("lr"))
     p.add_argument("--weights", help="ImageNet weights file for --experiment e2")
     p.add_argument("--int8", action="store_true", help="also export a static INT8 model and measure it")
     p.add_argument(
@@ -40,7 +45,7 @@ def train_parser(sub):
     )
     p.add_argument(
         "--distill-weight",
-        type=float,
+        type=positive_float,
         help="share of the teacher in the training target (with --distill; default %(default)s)",
         **_field("distill_weight"),
     )
@@ -87,13 +92,13 @@ def _data_options(p) -> None:
     )
     p.add_argument("--split-column", help="the catalog's own train/val/test column (checked object-disjoint)")
     p.add_argument(
-        "--train-labels", type=int, metavar="N", help="train on N training rows, stratified (learning curves)"
+        "--train-labels", type=positive_int, metavar="N", help="train on N training rows, stratified (learning curves)"
     )
-    p.add_argument("--seed", type=int, help="weight init, batch order and augmentation", **_field("seed"))
+    p.add_argument("--seed", type=count, help="weight init, batch order and augmentation", **_field("seed"))
     p.add_argument(
-        "--split-seed", type=int, help="train/val/test split (keep it fixed to compare seeds)", **_field("split_seed")
+        "--split-seed", type=count, help="train/val/test split (keep it fixed to compare seeds)", **_field("split_seed")
     )
-    p.add_argument("--limit-per-class", type=int, help="use a small subset (smoke tests)")
+    p.add_argument("--limit-per-class", type=count, help="use a small subset (smoke tests)")
     p.add_argument("--cache", help="decoded-image cache directory", **_field("cache"))
     p.add_argument(
         "--augment",
@@ -104,21 +109,21 @@ def _data_options(p) -> None:
 
 
 def _schedule_options(p, epochs_help: str) -> None:
-    p.add_argument("--epochs", type=int, help=epochs_help, **_field("epochs"))
-    p.add_argument("--epochs-top", type=int, help="E2 phase-1 epochs (frozen base, Adam)", **_field("epochs_top"))
-    p.add_argument("--batch-size", type=int, **_field("batch_size"))
-    p.add_argument("--lr-top", type=float, **_field("lr_top"))
-    p.add_argument("--lr-finetune", type=float, **_field("lr_finetune"))
-    p.add_argument("--unfreeze-blocks", type=int, **_field("unfreeze_blocks"))
+    p.add_argument("--epochs", type=count, help=epochs_help, **_field("epochs"))
+    p.add_argument("--epochs-top", type=count, help="E2 phase-1 epochs (frozen base, Adam)", **_field("epochs_top"))
+    p.add_argument("--batch-size", type=positive_int, **_field("batch_size"))
+    p.add_argument("--lr-top", type=positive_float, **_field("lr_top"))
+    p.add_argument("--lr-finetune", type=positive_float, **_field("lr_finetune"))
+    p.add_argument("--unfreeze-blocks", type=count, **_field("unfreeze_blocks"))
     p.add_argument(
         "--patience",
-        type=int,
+        type=count,
         help="end a phase when validation loss has not improved for N epochs (0: run every epoch)",
         **_field("patience"),
     )
     p.add_argument(
         "--ema",
-        type=float,
+        type=positive_float,
         metavar="DECAY",
         help="validate, keep and export an exponential moving average of the weights "
         "(decay per step, e.g. 0.998; default 0: off)",
@@ -127,7 +132,7 @@ def _schedule_options(p, epochs_help: str) -> None:
 
 
 def _runtime_options(p) -> None:
-    p.add_argument("--threads", type=int, **_field("threads"))
+    p.add_argument("--threads", type=positive_int, **_field("threads"))
     p.add_argument("--name")
     p.add_argument(
         "--bf16",
@@ -136,11 +141,11 @@ def _runtime_options(p) -> None:
         **_field("bf16"),
     )
     p.add_argument(
-        "--prefetch", type=int, help="batches prepared ahead in the loader thread (0: none)", **_field("prefetch")
+        "--prefetch", type=count, help="batches prepared ahead in the loader thread (0: none)", **_field("prefetch")
     )
     p.add_argument(
         "--stop-after-epochs",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="stop this invocation after N epochs, leaving a checkpoint for --resume",
     )
@@ -162,7 +167,7 @@ def _engine_verb(sub, name: str, help: str, output_help: str):
     )
     add_engine_option(p, "engine file (.onnx)")
     add_output_option(p, output_help)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     return p
 
 
@@ -174,16 +179,18 @@ def calibrate_parser(sub):
         "a labelled catalog's validation split; write a calibrated copy",
         "the calibrated engine file to write (required)",
     )
-    p.add_argument("--views", type=int, nargs="+", default=[1, 2, 4, 8], help="view counts to calibrate")
+    p.add_argument("--views", type=positive_int, nargs="+", default=[1, 2, 4, 8], help="view counts to calibrate")
     p.add_argument(
         "--default-views",
-        type=int,
+        type=positive_int,
         help="the card's default view count (one of --views), e.g. 1 for a CPU-cost budget; "
         "default: the count with the best validation macro F1",
     )
-    p.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=0, help="split seed (as training's)")
+    p.add_argument(
+        "--split-seed", "--seed", dest="split_seed", type=count, default=0, help="split seed (as training's)"
+    )
     p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image cache directory")
-    p.add_argument("--limit-per-class", type=int, help="use a small subset (smoke tests)")
+    p.add_argument("--limit-per-class", type=count, help="use a small subset (smoke tests)")
     p.add_argument("--results", help="also write the per-view summary (JSON) here")
     p.add_argument(
         "--eval-dir",
@@ -214,10 +221,15 @@ def calibrate(ap, a):
 
     engine, data = _inputs(ap, a)
     out = required_output(ap, a)
+    for path in (out, a.results):  # the engine may be calibrated in place, never over the catalog
+        check_output(ap, a, path, {"CATALOG": data})
+    check_output(ap, a, a.eval_dir, {"CATALOG": data, "ENGINE": engine}, directory=True)
     try:  # every other flag is the keyword of its own name
         res = from_namespace(calibrate_engine, a, engine_path=engine, catalog=data, out_path=out)
     except ValueError as exc:
         ap.exit(EXIT_BAD_INPUT, f"mergerscan calibrate: error: {exc}\n")
+    except OSError as exc:  # a write that failed after the checks (a full disk, a vanished folder)
+        ap.exit(EXIT_FAILED, f"mergerscan calibrate: error: {os_error_text(exc)}\n")
     if a.results:
         atomic_write_json(a.results, res, indent=1, default=float)
     for n in a.views:
@@ -237,7 +249,7 @@ def curve_parser(sub):
         "the validation operating curve into its card (metadata only; process-catalog --purity reads it)",
         "the engine file to write (default: the --engine file, in place)",
     )
-    p.add_argument("--split-seed", type=int, default=0, help="split seed (as training's; the card's split)")
+    p.add_argument("--split-seed", type=count, default=0, help="split seed (as training's; the card's split)")
     p.add_argument("--cache", default=".cache/mergerscan", help="decoded-image and validation-logit cache directory")
 
 
@@ -247,10 +259,13 @@ def curve(ap, a):
     from .operating_curve import write_operating_curve
 
     engine, data = _inputs(ap, a)
+    check_output(ap, a, a.out, {"CATALOG": data})
     try:
         res = from_namespace(write_operating_curve, a, engine_path=engine, catalog=data, out_path=a.out)
     except ValueError as exc:
         ap.exit(EXIT_BAD_INPUT, f"mergerscan operating-curve: error: {exc}\n")
+    except OSError as exc:
+        ap.exit(EXIT_FAILED, f"mergerscan operating-curve: error: {os_error_text(exc)}\n")
     print(json.dumps(res))
 
 
@@ -265,6 +280,8 @@ def train(ap, a, parser):
 
     kw = field_values(TrainArguments, a) | {"catalog": catalog_file(ap, a, required=False)}
     fail = lambda exc: ap.exit(EXIT_BAD_INPUT, f"mergerscan {a.verb}: error: {exc}\n")
+    if a.out and not a.resume:
+        _check_train_output(ap, a)
     try:
         if a.resume:  # the run's own configuration; options typed here must agree with it
             given = {k: v for k, v in kw.items() if v != parser.get_default(k)}
@@ -283,3 +300,15 @@ def train(ap, a, parser):
         fail(exc)
     except ValueError as exc:  # a bad label/split column or a source engine that cannot be rebuilt
         fail(exc)
+    except OSError as exc:  # a write that failed after the checks (a full disk, a vanished folder)
+        ap.exit(EXIT_FAILED, f"mergerscan {a.verb}: error: {os_error_text(exc)}\n")
+
+
+def _check_train_output(ap, a) -> None:
+    """-o is a run directory, never one of the run's input files."""
+    from ..engines import default_engine_path
+
+    engines = {"--engine file": getattr(a, "source", None), "--distill engine": getattr(a, "distill", None)}
+    inputs = {"CATALOG": a.catalog, "--weights file": getattr(a, "weights", None)}
+    inputs |= {k: default_engine_path() if v == "default" else v for k, v in engines.items()}
+    check_output(ap, a, a.out, inputs, directory=True)

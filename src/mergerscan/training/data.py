@@ -47,6 +47,8 @@ def read_labelled_catalog(
 
     path = Path(path)
     df = read_table(path)
+    if not len(df):
+        raise ValueError(f"{path}: the labelled catalog has no rows")
     cols = {
         name: find_column(df.columns, name)
         for name in (label_column, id_column, "ra", "dec", image_column, "objid", "companion_objid", split_column)
@@ -58,13 +60,11 @@ def read_labelled_catalog(
     out = pd.DataFrame(
         {
             "id": df[cols[id_column]].astype(str),
-            "label": df[cols[label_column]].astype(int),
+            "label": _labels(df[cols[label_column]], path, label_column),
             "ra": df[cols["ra"]].astype(float),
             "dec": df[cols["dec"]].astype(float),
         }
     )
-    if not set(out["label"].unique()) <= {0, 1}:
-        raise ValueError(f"{path}: column {label_column!r} must hold 0/1 labels")
     if split_column:
         out["split"] = df[cols[split_column]].astype(str).str.strip().str.lower().to_numpy()
         if bad := sorted(set(out["split"]) - set(SPLITS)):
@@ -79,6 +79,17 @@ def read_labelled_catalog(
         if cols[c] is not None:
             out[c] = df[cols[c]].fillna(-1).astype(np.int64)
     return out.reset_index(drop=True)
+
+
+def _labels(values: pd.Series, path: Path, column: str) -> pd.Series:
+    """The 0/1 label column as int; anything else (text, blanks, 2, 0.5) is a one-line error naming
+    the file, the column and the first bad row."""
+    num = pd.to_numeric(values, errors="coerce")
+    bad = ~num.isin((0, 1))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(f"{path}: column {column!r} must hold 0/1 labels (row {row + 1}: {values.iloc[row]!r})")
+    return num.astype(int)
 
 
 def object_groups(
@@ -118,8 +129,11 @@ def assign_splits(groups: np.ndarray, labels: np.ndarray, fractions=(0.7, 0.15, 
 
 
 def _decode(path: str) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as exc:  # missing, a directory, unreadable, not an image (PIL's UnidentifiedImageError)
+        raise ValueError(f"{path}: cannot read the stamp image ({exc.strerror or exc})") from None
 
 
 def decode_stamps(paths: list[str], cache: str | Path | None = None, threads: int = 2) -> np.ndarray:

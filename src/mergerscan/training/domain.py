@@ -59,6 +59,8 @@ def training_selection(catalog: str | Path, base: DomainSelection = GZ1_MAIN_SAM
     from ..catalogs.read import read_table
 
     df = read_table(catalog)
+    if not len(df):  # a header alone: no training selection to record
+        raise ValueError(f"{catalog}: the catalog has no rows")
     changes: dict = {}
     used = []
     for field, names, decimals, (lo, hi) in RANGES:
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from ..exit_codes import EXIT_OK
+    from ..exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+    from ..verb_flags import check_output, os_error_text
 
     p = argparse.ArgumentParser(prog="python -m mergerscan.training.domain", description=record_selection.__doc__)
     p.add_argument("engine", help="engine file (.onnx) whose card gets domain.selection")
@@ -127,10 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     for what, path in (("ENGINE", a.engine), ("--catalog", a.catalog)):
         if not Path(path).is_file():
             p.error(f"{what} {path}: no such file")
-    print(json.dumps(record_selection(a.engine, a.catalog, a.out), indent=1))
-    if a.saturation:
-        limit = saturation_limit(a.catalog, cache=a.cache)
-        print(json.dumps(record_saturation_limit(a.out or a.engine, limit), indent=1))
+    check_output(p, a, a.out, {"--catalog file": a.catalog})
+    try:
+        print(json.dumps(record_selection(a.engine, a.catalog, a.out), indent=1))
+        if a.saturation:
+            limit = saturation_limit(a.catalog, cache=a.cache)
+            print(json.dumps(record_saturation_limit(a.out or a.engine, limit), indent=1))
+    except ValueError as exc:  # not a labelled catalog, not an engine, an unreadable stamp
+        p.exit(EXIT_BAD_INPUT, f"{p.prog}: error: {exc}\n")
+    except OSError as exc:  # a write that failed after the checks
+        p.exit(EXIT_FAILED, f"{p.prog}: error: {os_error_text(exc)}\n")
     return EXIT_OK
 
 

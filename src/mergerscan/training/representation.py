@@ -20,8 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..exit_codes import EXIT_BAD_INPUT, EXIT_OK
-from ..verb_flags import add_output_option, default_of, from_namespace
+from ..exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from ..verb_flags import (
+    add_output_option,
+    check_output,
+    count,
+    default_of,
+    from_namespace,
+    os_error_text,
+    positive_float,
+    positive_int,
+)
 
 POOLS = ("ReduceMean", "GlobalAveragePool")
 SHAPERS = ("Reshape", "Flatten", "Squeeze")
@@ -249,21 +258,30 @@ def main(argv=None) -> int:
     ap.add_argument("--catalog", required=True, help="the labelled catalog the engine was trained on")
     add_output_option(ap, "engine file to write (may be ENGINE itself) (required)")
     field = lambda name: {"default": default_of(fit_representation, name)}  # the function's own default
-    ap.add_argument("--k", type=int, help="principal components kept (embedding size)", **field("k"))
+    ap.add_argument("--k", type=positive_int, help="principal components kept (embedding size)", **field("k"))
     ap.add_argument("--features", choices=("backbone_pool", "hidden"), **field("features"))
     ap.add_argument(
-        "--pass-fraction", type=float, help="validation galaxies of each class that pass", **field("pass_fraction")
+        "--pass-fraction",
+        type=positive_float,
+        help="validation galaxies of each class that pass",
+        **field("pass_fraction"),
     )
-    ap.add_argument("--seed", type=int, help="split seed (the training run's)", **field("seed"))
+    ap.add_argument("--seed", type=count, help="split seed (the training run's)", **field("seed"))
     ap.add_argument("--cache", help="decoded-stamp cache folder (as mergerscan train --cache)", **field("cache"))
-    ap.add_argument("--threads", type=int, **field("threads"))
+    ap.add_argument("--threads", type=positive_int, **field("threads"))
     a = ap.parse_args(argv)
     if not a.out:
         ap.error("-o/--output is required")
+    for what, path in (("ENGINE", a.engine), ("--catalog", a.catalog)):
+        if not Path(path).is_file():
+            ap.exit(EXIT_BAD_INPUT, f"{ap.prog}: error: {what} {path}: no such file\n")
+    check_output(ap, a, a.out, {"--catalog file": a.catalog})  # the engine itself may be rewritten
     try:
         res = from_namespace(fit_representation, a)  # each flag is the keyword of its own name
     except (ValueError, FileNotFoundError) as exc:
         ap.exit(EXIT_BAD_INPUT, f"{ap.prog}: error: {exc}\n")
+    except OSError as exc:  # a write that failed after the checks
+        ap.exit(EXIT_FAILED, f"{ap.prog}: error: {os_error_text(exc)}\n")
     print(json.dumps(res["image"]))
     return EXIT_OK
 
