@@ -353,7 +353,6 @@ def run(args: TrainArguments, resume: bool = False) -> dict:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     torch.set_num_threads(args.threads)
-    out.mkdir(parents=True, exist_ok=True)
     ctx = _context(args, out, ck, t_start)
     _set_targets(ctx, ck)
     _set_network(ctx, ck)
@@ -391,6 +390,7 @@ def _context(args: TrainArguments, out: Path, ck: dict | None, t_start: float) -
             f"--resume {out}: the labelled set of {args.catalog} changed since the run began "
             f"(data hash {data.data_hash}, the run's {ck['data_hash']})"
         )
+    out.mkdir(parents=True, exist_ok=True)  # once the labelled set is read: a bad catalog leaves no folder
     ctx = TrainContext(
         args=args,
         out=out,
