@@ -108,14 +108,16 @@ CATALOGS = [
     ("repr", "{engine} --catalog {header} -o {tmp}/r.onnx", "the labelled catalog has no rows"),
     ("domain", "{engine} --catalog {header} -o {tmp}/d.onnx", "header.csv: the catalog has no rows"),
     ("domain", "{empty} --catalog {good} -o {tmp}/e.onnx", "empty.onnx: not a mergerscan engine"),
+    ("mergerscan", "doctor --engine {tmp}/gone.onnx -o {tmp}/d.json", "--engine {tmp}/gone.onnx: no such file"),
 ]
 
 
 @pytest.mark.parametrize("program, template, words", CATALOGS)
 def test_a_broken_labelled_catalog_or_engine_is_one_line(files, program, template, words):
     r = _run(program, _argv(template, files), files["tmp"])
-    _expect(r, words)
-    assert not any((files["tmp"] / n).exists() for n in ("t1", "c.onnx", "c2.onnx", "r.onnx", "d.onnx", "e.onnx"))
+    _expect(r, " ".join(_argv(words, files)))
+    written = ("t1", "c.onnx", "c2.onnx", "r.onnx", "d.onnx", "e.onnx", "d.json")
+    assert not any((files["tmp"] / n).exists() for n in written)
 
 
 # -o that names an input (calibrate once wrote its engine over the catalog; doctor and bench theirs
@@ -124,7 +126,7 @@ OUTPUTS = [
     ("mergerscan", "train {good} -o {good} --epochs 1", "-o/--output {good} is the CATALOG"),
     ("mergerscan", "finetune {good} --engine {engine} -o {engine}", "is the --engine file"),
     ("mergerscan", "calibrate {good} --engine {engine} -o {good}", "is the CATALOG"),
-    ("mergerscan", "calibrate {good} --engine {engine} -o {tmp}/c.onnx --results {good}", "is the CATALOG"),
+    ("mergerscan", "calibrate {good} --engine {engine} -o {tmp}/c.onnx --results {engine}", "is the ENGINE"),
     ("mergerscan", "operating-curve {good} --engine {engine} -o {good}", "is the CATALOG"),
     ("mergerscan", "doctor -o {default_engine}", "is the engine"),
     ("mergerscan", "bench engine --engine {engine} --n 1 -o {engine}", "is the engine"),

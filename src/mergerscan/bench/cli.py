@@ -112,8 +112,13 @@ def _bench_doc(a) -> dict:
 def _doctor(ap, a) -> None:
     if a.gpu:
         return _doctor_gpu(ap, a)
+    from pathlib import Path
+
     from .common import write_json
     from .doctor import doctor_lines, run_doctor
+
+    if a.engine and not Path(a.engine).is_file():  # a typo, not the environment (which exits 1)
+        ap.exit(EXIT_BAD_INPUT, f"mergerscan doctor: error: --engine {a.engine}: no such file\n")
 
     doc, chk = run_doctor(a.engine)
     print("\n".join(doctor_lines(doc)))

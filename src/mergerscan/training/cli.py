@@ -221,8 +221,8 @@ def calibrate(ap, a):
 
     engine, data = _inputs(ap, a)
     out = required_output(ap, a)
-    for path in (out, a.results):  # the engine may be calibrated in place, never over the catalog
-        check_output(ap, a, path, {"CATALOG": data})
+    check_output(ap, a, out, {"CATALOG": data})  # the engine may be calibrated in place, never the catalog
+    check_output(ap, a, a.results, {"CATALOG": data, "ENGINE": engine})
     check_output(ap, a, a.eval_dir, {"CATALOG": data, "ENGINE": engine}, directory=True)
     try:  # every other flag is the keyword of its own name
         res = from_namespace(calibrate_engine, a, engine_path=engine, catalog=data, out_path=out)
