@@ -167,7 +167,7 @@ def _engine_verb(sub, name: str, help: str, output_help: str):
     )
     add_engine_option(p, "engine file (.onnx)")
     add_output_option(p, output_help)
-    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--threads", type=count, default=2)  # 0: as before, one thread
     return p
 
 

@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--seed", type=count, help="split seed (the training run's)", **field("seed"))
     ap.add_argument("--cache", help="decoded-stamp cache folder (as mergerscan train --cache)", **field("cache"))
-    ap.add_argument("--threads", type=positive_int, **field("threads"))
+    ap.add_argument("--threads", type=count, **field("threads"))
     a = ap.parse_args(argv)
     if not a.out:
         ap.error("-o/--output is required")
