@@ -179,10 +179,12 @@ RUNS = [
     ("similar {run_rand_parquet} --like a", "Npix=1.parquet: not a readable Parquet file"),
     ("similar {run_junk_summary} --like a --no-html", "run_junk_summary/summary.json: summary is not JSON"),
     ("similar {run_no_summary} --like a --no-html", "the output has no id column 'objid'"),
+    ("samp {adir}", "adir/mergers.fits: no such file (is {adir} a finished process-catalog output directory?)"),
+    ("samp {good}", "good.csv: not a FITS file"),
     ("bench plan --rows 10 --process-args 'x", '--process-args "\'x": No closing quotation'),
 ]
 
 
 @pytest.mark.parametrize("template, words", RUNS)
 def test_a_damaged_run_is_one_line(files, template, words):
-    _expect(_run("mergerscan", _argv(template, files), files["tmp"]), words)
+    _expect(_run("mergerscan", _argv(template, files), files["tmp"]), " ".join(_argv(words, files)))

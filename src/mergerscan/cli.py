@@ -83,8 +83,12 @@ def _samp_parser(sub):
 
 
 def _samp(ap, a):
-    from .samp import SampError, send_table
+    from .samp import SampError, fits_of, send_table
 
+    try:  # what to send: a wrong path is the input's fault (2), a missing hub or client the session's (1)
+        fits_of(a.run)
+    except SampError as exc:
+        ap.exit(EXIT_BAD_INPUT, f"mergerscan samp: error: {exc}\n")
     try:
         names = send_table(a.run, name=a.name)
     except SampError as exc:

@@ -25,6 +25,13 @@ def fits_of(path: str | Path) -> Path:
     f = RunLayout(p).fits if p.is_dir() else p
     if not f.is_file():
         raise SampError(f"{f}: no such file (is {path} a finished process-catalog output directory?)")
+    try:
+        with open(f, "rb") as fh:
+            head = fh.read(6)
+    except OSError as exc:
+        raise SampError(f"{f}: cannot read it ({exc.strerror or exc})") from None
+    if head != b"SIMPLE":  # every FITS file begins so; TOPCAT would fail on anything else, later and less clearly
+        raise SampError(f"{f}: not a FITS file")
     return f.resolve()
 
 
