@@ -50,9 +50,8 @@ def files(tmp_path_factory, cheap_engine) -> dict[str, Path]:
     good.assign(image=[f"gone/{i}.jpg" for i in ids]).to_csv(d / "nostamps.csv", index=False)
     (d / "empty.onnx").write_bytes(b"")  # parses as an empty ONNX model: no mergerscan engine
     (d / "adir").mkdir()
-    for name, text in (("run_list", "[1, 2]"), ("run_number", "42")):
-        (d / name).mkdir()
-        (d / name / "summary.json").write_text(text)
+    (d / "run_list").mkdir()
+    (d / "run_list" / "summary.json").write_text("[1, 2]")
     (d / "train_list").mkdir()
     (d / "train_list" / "metrics.json").write_text('["not", "metrics"]')
     _fake_runs(d)
@@ -174,11 +173,12 @@ def test_a_number_out_of_range_is_refused_by_its_flag(files, program, template, 
 # a truncated summary, a run without its summary (the id column it names)
 RUNS = [
     ("report {run_list}", "run_list/summary.json: not the summary.json of a run (summary is a JSON list"),
-    ("report {run_number}", "not the summary.json of a run (summary is a JSON int"),
     ("report {train_list}", "metrics.json: not the metrics.json of a run (a JSON list, not an object)"),
     ("similar {run_rand_parquet} --like a", "Npix=1.parquet: not a readable Parquet file"),
     ("similar {run_junk_summary} --like a --no-html", "run_junk_summary/summary.json: summary is not JSON"),
     ("similar {run_no_summary} --like a --no-html", "the output has no id column 'objid'"),
+    ("similar {run_no_summary} --like-file {stamps}/G0.jpg --no-html", "summary.json names no engine file"),
+    ("engine-info --engine {empty}", "engine-info: error: {empty}: not a mergerscan engine"),
     ("samp {adir}", "adir/mergers.fits: no such file (is {adir} a finished process-catalog output directory?)"),
     ("samp {good}", "good.csv: not a FITS file"),
     ("bench plan --rows 10 --process-args 'x", '--process-args "\'x": No closing quotation'),

@@ -196,8 +196,10 @@ def _engine_info(ap, a):
 
     try:
         info = read_engine_info(resolve_engine_path(engine_file(ap, a)))
-    except (OSError, ValueError) as exc:
-        ap.exit(EXIT_BAD_INPUT, f"mergerscan engine-info: error: {engine_file(ap, a)}: {exc}\n")
+    except (OSError, ValueError) as exc:  # the engine readers' errors name the file already
+        path = engine_file(ap, a)
+        where = "" if path and path in str(exc) else f"{path}: "
+        ap.exit(EXIT_BAD_INPUT, f"mergerscan engine-info: error: {where}{exc}\n")
     if a.json:
         card = info.card.to_dict()
         print(json.dumps({"path": info.path, "sha256": info.sha256, "card": card}, indent=1, sort_keys=True))

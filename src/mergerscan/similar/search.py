@@ -64,7 +64,9 @@ def embed_file(out: Path, image: str | Path, run: RunVectors, backend: str = "on
 
     summary = read_summary(out)
     path = summary.engine_path
-    if not path or not Path(path).is_file():
+    if not path:  # no summary.json, or one without the engine: a run that did not finish
+        raise SimilarError(f"{out}: the run's summary.json names no engine file to embed {image} with")
+    if not Path(path).is_file():
         raise SimilarError(f"{out}: the run's engine file {path} is not there to embed {image}")
     engine = load_engine(path, backend=backend, threads=threads)
     if summary.engine_sha256 and engine.info.sha256 != summary.engine_sha256:
