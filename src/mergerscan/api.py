@@ -12,19 +12,23 @@ Heavy imports (onnxruntime, dask, lsdb) happen inside the calls, so ``import mer
 
 from __future__ import annotations
 
+import difflib
 import os
 import shlex
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from .argument_error import ArgumentError
 from .pipeline.in_memory import (
     EngineRef,
     InvalidArgument,
     TableColumns,
+    count,
     domain_rules,
     in_python_terms,
+    of_type,
+    plain_columns,
     score_settings,
     source_config,
 )
@@ -57,11 +61,13 @@ def load_engine(
     ``options``: the backend's options (e.g. ``stamp_batch``)."""
     from .engines import load_engine as load
 
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgument("path", f"give an engine file's path, not {type(path).__name__}")
     if path is not None and not Path(path).is_file():
         raise InvalidArgument("path", f"{path}: no such engine file")
     _check_backend_views(backend, views)
-    if threads is not None and threads < 1:
-        raise InvalidArgument("threads", f"{threads}: give at least 1")
+    if threads is not None:
+        count("threads", threads)
     try:
         return load(path, backend=backend, threads=threads or _cores(), views=views, **options)
     except ValueError as exc:  # not an engine file, views the card has no calibration for, an unknown option
@@ -76,6 +82,10 @@ def _check_backend_views(backend: str, views: int | None) -> None:
     from .engines import get_backend, parse_backend
     from .engines.base import VIEWS
 
+    if not isinstance(backend, str):
+        raise InvalidArgument("backend", f"give a backend's name (e.g. 'onnxruntime'), not {type(backend).__name__}")
+    if views is not None:
+        count("views", views)
     try:
         get_backend(parse_backend(backend)[0])
     except ValueError as exc:
@@ -105,21 +115,32 @@ def _chosen_engine(engine: Engine | str | Path | None, backend: str, views: int 
 def _engine(engine: Engine | str | Path | None, backend: str, views: int | None, threads: int | None) -> Engine:
     from .engines.base import Engine
 
+    if threads is not None:
+        count("threads", threads)
     chosen, backend, views = _chosen_engine(engine, backend, views)
-    return chosen if isinstance(chosen, Engine) else load_engine(chosen, backend=backend, views=views, threads=threads)
+    if isinstance(chosen, Engine):
+        return chosen
+    try:
+        return load_engine(chosen, backend=backend, views=views, threads=threads)
+    except InvalidArgument as exc:  # load_engine's "path" is this call's "engine"
+        if exc.argument != "path":
+            raise
+        raise InvalidArgument("engine", str(exc).removeprefix("path: ")) from None
 
 
-def _as_frame(table) -> tuple[Any, bool]:
-    """(pandas DataFrame, whether the caller gave an astropy Table)."""
+def _as_frame(table) -> tuple[Any, bool, dict[str, Any]]:
+    """(pandas DataFrame, whether the caller gave an astropy Table, its columns' units)."""
     import pandas as pd
 
     if isinstance(table, pd.DataFrame):
-        return table, False
+        return plain_columns(table), False, {}
     from astropy.table import Table
 
     if isinstance(table, Table):
-        return table.to_pandas(index=False), True
-    raise InvalidArgument("table", f"give a pandas DataFrame or an astropy Table, not {type(table).__name__}")
+        units = {str(n): c.unit for n, c in table.columns.items() if getattr(c, "unit", None) is not None}
+        return plain_columns(table.to_pandas(index=False)), True, units
+    hint = " (a catalog file: mergerscan.process_catalog)" if isinstance(table, (str, os.PathLike)) else ""
+    raise InvalidArgument("table", f"give a pandas DataFrame or an astropy Table, not {type(table).__name__}{hint}")
 
 
 def score(
@@ -155,14 +176,14 @@ def score(
     ``duplicate_id`` wherever it repeats.  Keywords as process-catalog's flags: the image source
     (:func:`source_config`), the engine (a file, a loaded engine, None: the packaged one),
     ``domain`` (on, off, catalog, image), the operating point (``purity`` or ``completeness``)."""
-    frame, astropy_in = _as_frame(table)
+    frame, astropy_in, units = _as_frame(table)
     src = source_config(images, frames, service, source, source_options)
     eng = _engine(engine, backend, views, threads)
     target = {"purity": purity, "completeness": completeness, "prevalence": prevalence}
     settings, ds = score_settings(eng.info, domain, batch_size, embeddings, target)
-    columns = TableColumns(id_column, ra_column, dec_column, tuple(keep_columns), path_column)
+    columns = TableColumns.given(id_column, ra_column, dec_column, keep_columns, path_column)
     out = _score_frame(
-        frame, src, eng, settings, domain_rules(ds, eng.info, lambda cs: frame[cs].head(1000), "table"), columns
+        frame, src, eng, settings, domain_rules(ds, eng.info, lambda cs: frame[cs].head(1000), "table"), columns, units
     )
     if not astropy_in:
         return out
@@ -171,13 +192,25 @@ def score(
     return Table.from_pandas(out)
 
 
-def _score_frame(frame, src, eng, settings, rules, columns: TableColumns):
+def _score_frame(frame, src, eng, settings, rules, columns: TableColumns, units: dict[str, Any]):
     from .pipeline.in_memory import score_table, table_plan
 
     if columns.path and not src.source_class.reads_path_column:
         raise InvalidArgument("path_column", f"names stamp files: the {src.kind} source reads none (use images=)")
     plan = table_plan(list(frame.columns), lambda k: frame[k], columns, rules, "table", _optional(settings))
+    for role in ("ra", "dec"):
+        _check_degrees(f"{role}_column", plan.columns[role], units.get(plan.columns[role]))
     return score_table(frame, plan, eng, src, settings)
+
+
+def _check_degrees(argument: str, name: str, unit) -> None:
+    """An astropy column in another angle unit (rad, arcsec...) would be read as degrees: refused."""
+    from astropy import units as u
+
+    if unit is None or not isinstance(unit, u.UnitBase) or isinstance(unit, u.UnrecognizedUnit):
+        return
+    if unit.physical_type == "angle" and unit != u.deg:
+        raise InvalidArgument(argument, f"{name!r} is in {unit}; give degrees (e.g. table[{name!r}].to(u.deg))")
 
 
 def _optional(settings) -> tuple[str, ...]:
@@ -197,11 +230,18 @@ def process_arguments(
     from .pipeline.arguments import ProcessArguments
 
     allowed = {f.name for f in fields(ProcessArguments)} - _MANAGED - _NOT_OPTIONS
-    for name in options:
+    hints = get_type_hints(ProcessArguments)
+    for name, value in options.items():
         if name not in allowed:
-            raise InvalidArgument(name, f"not an option of process_catalog (options: {', '.join(sorted(allowed))})")
-    if not Path(catalog).exists():
-        raise InvalidArgument("catalog", f"{catalog}: no such file")
+            close = difflib.get_close_matches(name, sorted(allowed), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise InvalidArgument(
+                name, f"not an option of process_catalog ({hint}options: {', '.join(sorted(allowed))})"
+            )
+        options[name] = of_type(name, value, hints[name])
+    _check_paths(catalog, output)
+    if threads is not None:
+        count("threads", threads)
     kind = {"stamps": "images", "frames": "frames", "service": "cutout_service"}.get(src.kind)
     where: dict[str, Any] = {kind: src.location} if kind else {"source_kind": src.kind, "source_location": src.location}
     opts: dict[str, Any] = (
@@ -224,6 +264,27 @@ def process_arguments(
         )
     except ArgumentError as exc:
         raise in_python_terms(exc) from None
+
+
+def _check_paths(catalog, output) -> None:
+    import pandas as pd
+
+    if isinstance(catalog, pd.DataFrame) or type(catalog).__name__ == "Table":
+        raise InvalidArgument("catalog", "give a catalog file's path (an in-memory table: mergerscan.score)")
+    for name, value in (("catalog", catalog), ("output", output)):
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            raise InvalidArgument(name, f"give a path, not {type(value).__name__}")
+    if not Path(catalog).exists():
+        raise InvalidArgument("catalog", f"{catalog}: no such file")
+
+
+def _check_client(client) -> None:
+    from distributed import Client
+
+    if client is not None and not isinstance(client, Client):
+        raise InvalidArgument(
+            "client", f"give a distributed.Client (or None: a local cluster), not {type(client).__name__}"
+        )
 
 
 def process_catalog(
@@ -254,6 +315,7 @@ def process_catalog(
     from .pipeline.run import run
     from .run_summary import RunSummary
 
+    _check_client(client)
     src = source_config(images, frames, service, source, source_options)
     chosen, backend, views = _chosen_engine(engine, default_of(ProcessArguments, "backend"), None)
     if isinstance(chosen, Engine):  # the run loads its file, with the engine's backend and views unless named
@@ -312,7 +374,7 @@ def score_catalog(
     target = {"purity": purity, "completeness": completeness, "prevalence": prevalence}
     settings, ds = score_settings(info, domain, batch_size, 0, target)
     catalog = _ra_dec_named_ra_dec(catalog)
-    columns = TableColumns(id_column, "ra", "dec", tuple(keep_columns))
+    columns = TableColumns.given(id_column, "ra", "dec", keep_columns)
     empty = pd.DataFrame(catalog.meta)
     rules = domain_rules(ds, info, lambda cs: empty[cs], "catalog")
     plan = table_plan(list(catalog.columns), lambda k: empty[k], columns, rules, "catalog")
@@ -325,8 +387,7 @@ def _engine_ref(engine: Engine | str | Path | None, backend: str, views: int | N
     from .engines import resolve_engine_path
     from .engines.base import Engine
 
-    if threads < 1:
-        raise InvalidArgument("threads", f"{threads}: give at least 1")
+    count("threads", threads)
     chosen, backend, views = _chosen_engine(engine, backend, views)
     if isinstance(chosen, Engine):
         return EngineRef(str(chosen.info.path), backend, views, threads)
@@ -338,6 +399,10 @@ def _ra_dec_named_ra_dec(catalog):
     """The catalog with its coordinate columns named ``ra`` and ``dec``, as the output names them
     (LSDB follows the catalog's own names through map_partitions and crossmatch)."""
     info = catalog.hc_structure.catalog_info
+    missing = [c for c in (info.ra_column, info.dec_column) if c not in catalog.columns]
+    if missing:
+        role = "ra" if missing[0] == info.ra_column else "dec"
+        raise InvalidArgument("catalog", f"its {role} column {missing[0]!r} (catalog_info) is not among its columns")
     rename = {k: v for k, v in ((info.ra_column, "ra"), (info.dec_column, "dec")) if k != v}
     clash = [v for v in rename.values() if v in catalog.columns]
     if clash:

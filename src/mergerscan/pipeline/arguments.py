@@ -118,8 +118,9 @@ class ProcessArguments(RunArguments):
         self._check_rows()
         self._check_paths()
         self._check_run()
-        if self.partition_rows < 1 or self.chunk_rows < 1 or self.batch_size < 1:
-            raise ArgumentError("{partition_rows}, {chunk_rows} and {batch_size} must be positive", "partition_rows")
+        bad = [n for n in ("partition_rows", "chunk_rows", "batch_size") if getattr(self, n) < 1]
+        if bad:  # the argument is the one at fault (the library's .argument); one wording for all three
+            raise ArgumentError("{partition_rows}, {chunk_rows} and {batch_size} must be positive", bad[0])
         if not 0 <= self.hist_order <= 12:
             raise ArgumentError("{hist_order} must be in 0..12", "hist_order")
         self._check_cluster()
