@@ -372,6 +372,12 @@ PROCESS = {
     "threads text": ({"threads": "x"}, "threads", ["not str"]),
     "report text": ({"report": "no"}, "report", ["True or False"]),
     "keep_columns a number": ({"keep_columns": 1.5}, "keep_columns", ["not float"]),
+    "domain_limits not pairs": ({"domain_limits": 5}, "domain_limits", ["(key, value) pairs, not int"]),
+    "select a number": ({"select": 5}, "select", ["give text, not int"]),
+    "gpus text": ({"gpus": "1"}, "gpus", ["not str"]),
+    "progress text": ({"progress": "no"}, "progress", ["True or False"]),
+    "overwrite text": ({"overwrite": "yes"}, "overwrite", ["True or False"]),
+    "source nonsense": ({"source": ("nonsense", "x"), "images": None}, "source", ["'nonsense'"]),
 }
 
 
@@ -379,14 +385,10 @@ PROCESS = {
 def test_process_catalog_refusals(catalog, stamps, cheap_engine, dask_client, tmp_path, case):
     keywords, argument, words = PROCESS[case]
     where = {k: catalog / v for k, v in keywords.items() if k in ("catalog", "output") and isinstance(v, str)}
-    keywords = {"catalog": catalog / "cat.csv", "output": tmp_path / "out", "client": dask_client, **keywords, **where}
-    refused(
-        lambda: mergerscan.process_catalog(
-            images=stamps, engine=cheap_engine, progress=False, report=keywords.pop("report", False), **keywords
-        ),
-        argument,
-        *words,
-    )
+    defaults = {"catalog": catalog / "cat.csv", "output": tmp_path / "out", "client": dask_client, "images": stamps}
+    defaults |= {"engine": cheap_engine, "progress": False, "report": False}
+    keywords = {**defaults, **keywords, **where}
+    refused(lambda: mergerscan.process_catalog(**keywords), argument, *words)
     assert not (tmp_path / "out").exists() and (catalog / "file.txt").read_text() == "mine"
 
 

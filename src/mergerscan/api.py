@@ -220,6 +220,7 @@ def _optional(settings) -> tuple[str, ...]:
 # ---------------------------------------------------------------- process_catalog
 _MANAGED = {"catalog", "output", "images", "frames", "cutout_service", "source_kind", "source_location"}
 _MANAGED |= {"source_options", "service_options", "engine", "progress", "overwrite", "threads_per_worker"}
+_ANY_FORM = {"memory_limit"}  # Dask's own: "4GiB", 4e9 bytes, "auto"
 _NOT_OPTIONS = {"mode", "shard", "default_source", "command", "scheduler", "cluster", "slurm"}
 
 
@@ -238,8 +239,10 @@ def process_arguments(
             raise InvalidArgument(
                 name, f"not an option of process_catalog ({hint}options: {', '.join(sorted(allowed))})"
             )
-        options[name] = of_type(name, value, hints[name])
+        if name not in _ANY_FORM:
+            options[name] = of_type(name, value, hints[name])
     _check_paths(catalog, output)
+    progress, overwrite = of_type("progress", progress, bool), of_type("overwrite", overwrite, bool)
     if threads is not None:
         count("threads", threads)
     kind = {"stamps": "images", "frames": "frames", "service": "cutout_service"}.get(src.kind)

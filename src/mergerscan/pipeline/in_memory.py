@@ -41,6 +41,7 @@ __all__ = [
     "fraction",
     "in_python_terms",
     "of_type",
+    "pairs",
     "plain_columns",
     "score_lsdb_partition",
     "score_settings",
@@ -140,6 +141,8 @@ def of_type(argument: str, value: Any, hint: Any) -> Any:
         return [] if kinds == [list[str]] else None
     if kinds == [list[str]]:
         return list(column_names(argument, value))
+    if kinds == [tuple]:
+        return pairs(argument, value)
     if len(kinds) != 1 or kinds[0] not in (int, float, str, bool):
         return value  # a structured field (a source, a mapping, pairs): its own check
     kind = kinds[0]
@@ -150,6 +153,14 @@ def of_type(argument: str, value: Any, hint: Any) -> Any:
         return value
     words = {int: "a whole number (an int)", float: "a number", str: "text", bool: "True or False"}[kind]
     raise InvalidArgument(argument, f"{value!r}: give {words}, not {type(value).__name__}")
+
+
+def pairs(argument: str, value: Any) -> tuple:
+    """``{key: value}`` or ``[(key, value), ...]`` as ((key, value), ...)."""
+    items = list(value.items()) if isinstance(value, dict) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in items):
+        raise InvalidArgument(argument, f"give {{key: value}} or (key, value) pairs, not {type(value).__name__}")
+    return tuple(tuple(p) for p in items)
 
 
 def plain_columns(frame: pd.DataFrame, argument: str = "table") -> pd.DataFrame:
