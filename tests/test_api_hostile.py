@@ -418,3 +418,14 @@ def test_score_catalog_refusals(stamps, cheap_engine):
     )
     out = mergerscan.score_catalog(sky, images=stamps, engine=cheap_engine, keep_columns=None).compute()
     assert sorted(out["objid"]) == IDS and set(out["status"]) == {"ok"}
+
+
+@pytest.mark.parametrize(
+    "backend,words",
+    [("torch", ["torch: the engine given was loaded with onnxruntime"]), ("nope", ["unknown backend 'nope'"])],
+)
+def test_a_loaded_engine_and_another_backend(stamps, engine, backend, words):
+    """A loaded engine brings its backend: another one named beside it is refused, not ignored."""
+    refused(lambda: mergerscan.score(base(), images=stamps, engine=engine, backend=backend), "backend", *words)
+    out = mergerscan.score(base(), images=stamps, engine=engine, backend="onnxruntime")
+    accounted(out, IDS, ["ok"] * 6)

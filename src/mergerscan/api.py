@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 __all__ = ["InvalidArgument", "load_engine", "process_catalog", "score", "score_catalog", "source_config"]
 
 
+DEFAULT_BACKEND = "onnxruntime"
+
+
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -94,15 +97,24 @@ def _check_backend_views(backend: str, views: int | None) -> None:
         raise InvalidArgument("views", f"{views}: choose {', '.join(map(str, VIEWS))}")
 
 
-def _chosen_engine(engine: Engine | str | Path | None, backend: str, views: int | None) -> tuple[Any, str, int | None]:
+def _chosen_engine(
+    engine: Engine | str | Path | None, backend: str | None, views: int | None
+) -> tuple[Any, str, int | None]:
     """(the loaded engine given, else its file - None: the packaged one -, backend, views), checked
-    the same way for every call: a loaded engine brings its own backend and views."""
+    the same way for every call: a loaded engine brings its own backend and views (one named
+    otherwise is refused, not ignored); backend None: the engine's, else onnxruntime."""
+    from .engines import parse_backend
     from .engines.base import Engine
 
     if isinstance(engine, Engine):
         if views is not None and views != engine.info.views:
             raise InvalidArgument("views", f"{views}: the engine given was loaded with {engine.info.views}")
+        if backend is not None:
+            _check_backend_views(backend, None)
+            if parse_backend(backend)[0] != engine.backend:
+                raise InvalidArgument("backend", f"{backend}: the engine given was loaded with {engine.backend}")
         return engine, engine.backend, engine.info.views
+    backend = DEFAULT_BACKEND if backend is None else backend
     if engine is not None and not isinstance(engine, (str, Path)):
         raise InvalidArgument(
             "engine", f"give an engine file or mergerscan.load_engine(...), not {type(engine).__name__}"
@@ -112,7 +124,7 @@ def _chosen_engine(engine: Engine | str | Path | None, backend: str, views: int 
     return engine, backend, views
 
 
-def _engine(engine: Engine | str | Path | None, backend: str, views: int | None, threads: int | None) -> Engine:
+def _engine(engine: Engine | str | Path | None, backend: str | None, views: int | None, threads: int | None) -> Engine:
     from .engines.base import Engine
 
     if threads is not None:
@@ -152,7 +164,7 @@ def score(
     source: SourceConfig | tuple[str, str] | None = None,
     source_options: dict | None = None,
     engine: Engine | str | Path | None = None,
-    backend: str = "onnxruntime",
+    backend: str | None = None,
     views: int | None = None,
     id_column: str | None = None,
     ra_column: str | None = None,
@@ -314,13 +326,12 @@ def process_catalog(
     ``partition_rows``, ``domain``, ``select``, ``purity``, ``report``...).  Returns the
     :class:`~mergerscan.run_summary.RunSummary` (also in OUT/summary.json)."""
     from .engines.base import Engine
-    from .pipeline.arguments import ProcessArguments, default_of
     from .pipeline.run import run
     from .run_summary import RunSummary
 
     _check_client(client)
     src = source_config(images, frames, service, source, source_options)
-    chosen, backend, views = _chosen_engine(engine, default_of(ProcessArguments, "backend"), None)
+    chosen, backend, views = _chosen_engine(engine, None, None)
     if isinstance(chosen, Engine):  # the run loads its file, with the engine's backend and views unless named
         options.setdefault("backend", backend)
         options.setdefault("views", views)
@@ -344,7 +355,7 @@ def score_catalog(
     source: SourceConfig | tuple[str, str] | None = None,
     source_options: dict | None = None,
     engine: Engine | str | Path | None = None,
-    backend: str = "onnxruntime",
+    backend: str | None = None,
     views: int | None = None,
     id_column: str | None = None,
     keep_columns: list[str] | tuple[str, ...] = (),
@@ -385,7 +396,7 @@ def score_catalog(
     return catalog.map_partitions(score_lsdb_partition, plan, ref, src, settings, meta=meta)
 
 
-def _engine_ref(engine: Engine | str | Path | None, backend: str, views: int | None, threads: int) -> EngineRef:
+def _engine_ref(engine: Engine | str | Path | None, backend: str | None, views: int | None, threads: int) -> EngineRef:
     """The engine as each worker loads it (an engine object is not sent to workers: its file is)."""
     from .engines import resolve_engine_path
     from .engines.base import Engine
