@@ -277,12 +277,17 @@ def test_image_sources_with_nothing_usable_give_row_statuses(stamps, engine, tmp
         ({"source": ["stamps", "x"]}, "source", ["(kind, location)"]),
         ({"images": "STAMPS", "source_options": {"bogus": 1}}, "source_options", ["unknown option 'bogus'"]),
         ({"images": "STAMPS", "source_options": [1]}, "source_options", ["not list"]),
+        ({"images": "STAMPS", "source_options": {"threads": "x"}}, "source_options", ["option threads 'x': give int"]),
+        ({"source": ("stamps", "/no/such/dir")}, "source", ["/no/such/dir: not a directory"]),
+        ({"source": ("frames", "ENGINE")}, "source", ["not a directory"]),
         ({"images": "STAMPS", "frames": "STAMPS"}, "images", ["exactly one"]),
     ],
 )
 def test_a_bad_image_source_names_its_keyword(stamps, engine, cheap_engine, keywords, argument, words):
     where = {"ENGINE": str(cheap_engine), "STAMPS": str(stamps)}
     keywords = {k: where.get(v, v) if isinstance(v, str) else v for k, v in keywords.items()}
+    if isinstance(keywords.get("source"), tuple):
+        keywords["source"] = tuple(where.get(v, v) for v in keywords["source"])
     refused(lambda: mergerscan.score(base(), engine=engine, **keywords), argument, *words)
 
 
