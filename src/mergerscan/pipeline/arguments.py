@@ -114,6 +114,7 @@ class ProcessArguments(RunArguments):
         if not Path(self.catalog).exists():
             raise ArgumentError(f"catalog {literal(self.catalog)}: no such file", "catalog")
         self._check_source_choice()
+        self._check_directories()
         self._check_source()
         self._check_rows()
         self._check_paths()
@@ -248,10 +249,13 @@ class ProcessArguments(RunArguments):
         if self.embeddings < 0:
             raise ArgumentError(f"{{embeddings}} {literal(self.embeddings)}: give at least 1 component", "embeddings")
 
-    def _check_paths(self) -> None:
+    def _check_directories(self) -> None:
+        # before the source's own check (check_location), which words it less precisely
         for name, d in (("images", self.images), ("frames", self.frames)):
             if d and not Path(d).is_dir():
                 raise ArgumentError(f"{{{name}}} {literal(d)}: not a directory", name)
+
+    def _check_paths(self) -> None:
         if self.engine and not Path(self.engine).is_file():
             raise ArgumentError(f"{{engine}} {literal(self.engine)}: no such file", "engine")
 
