@@ -12,19 +12,23 @@ Heavy imports (onnxruntime, dask, lsdb) happen inside the calls, so ``import mer
 
 from __future__ import annotations
 
+import difflib
 import os
 import shlex
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from .argument_error import ArgumentError
 from .pipeline.in_memory import (
     EngineRef,
     InvalidArgument,
     TableColumns,
+    count,
     domain_rules,
     in_python_terms,
+    of_type,
+    plain_columns,
     score_settings,
     source_config,
 )
@@ -36,6 +40,9 @@ if TYPE_CHECKING:
     from .run_summary import RunSummary
 
 __all__ = ["InvalidArgument", "load_engine", "process_catalog", "score", "score_catalog", "source_config"]
+
+
+DEFAULT_BACKEND = "onnxruntime"
 
 
 def _cores() -> int:
@@ -57,11 +64,13 @@ def load_engine(
     ``options``: the backend's options (e.g. ``stamp_batch``)."""
     from .engines import load_engine as load
 
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgument("path", f"give an engine file's path, not {type(path).__name__}")
     if path is not None and not Path(path).is_file():
         raise InvalidArgument("path", f"{path}: no such engine file")
     _check_backend_views(backend, views)
-    if threads is not None and threads < 1:
-        raise InvalidArgument("threads", f"{threads}: give at least 1")
+    if threads is not None:
+        count("threads", threads)
     try:
         return load(path, backend=backend, threads=threads or _cores(), views=views, **options)
     except ValueError as exc:  # not an engine file, views the card has no calibration for, an unknown option
@@ -76,6 +85,10 @@ def _check_backend_views(backend: str, views: int | None) -> None:
     from .engines import get_backend, parse_backend
     from .engines.base import VIEWS
 
+    if not isinstance(backend, str):
+        raise InvalidArgument("backend", f"give a backend's name (e.g. 'onnxruntime'), not {type(backend).__name__}")
+    if views is not None:
+        count("views", views)
     try:
         get_backend(parse_backend(backend)[0])
     except ValueError as exc:
@@ -84,15 +97,24 @@ def _check_backend_views(backend: str, views: int | None) -> None:
         raise InvalidArgument("views", f"{views}: choose {', '.join(map(str, VIEWS))}")
 
 
-def _chosen_engine(engine: Engine | str | Path | None, backend: str, views: int | None) -> tuple[Any, str, int | None]:
+def _chosen_engine(
+    engine: Engine | str | Path | None, backend: str | None, views: int | None
+) -> tuple[Any, str, int | None]:
     """(the loaded engine given, else its file - None: the packaged one -, backend, views), checked
-    the same way for every call: a loaded engine brings its own backend and views."""
+    the same way for every call: a loaded engine brings its own backend and views (one named
+    otherwise is refused, not ignored); backend None: the engine's, else onnxruntime."""
+    from .engines import parse_backend
     from .engines.base import Engine
 
     if isinstance(engine, Engine):
         if views is not None and views != engine.info.views:
             raise InvalidArgument("views", f"{views}: the engine given was loaded with {engine.info.views}")
+        if backend is not None:
+            _check_backend_views(backend, None)
+            if parse_backend(backend)[0] != engine.backend:
+                raise InvalidArgument("backend", f"{backend}: the engine given was loaded with {engine.backend}")
         return engine, engine.backend, engine.info.views
+    backend = DEFAULT_BACKEND if backend is None else backend
     if engine is not None and not isinstance(engine, (str, Path)):
         raise InvalidArgument(
             "engine", f"give an engine file or mergerscan.load_engine(...), not {type(engine).__name__}"
@@ -102,24 +124,35 @@ def _chosen_engine(engine: Engine | str | Path | None, backend: str, views: int 
     return engine, backend, views
 
 
-def _engine(engine: Engine | str | Path | None, backend: str, views: int | None, threads: int | None) -> Engine:
+def _engine(engine: Engine | str | Path | None, backend: str | None, views: int | None, threads: int | None) -> Engine:
     from .engines.base import Engine
 
+    if threads is not None:
+        count("threads", threads)
     chosen, backend, views = _chosen_engine(engine, backend, views)
-    return chosen if isinstance(chosen, Engine) else load_engine(chosen, backend=backend, views=views, threads=threads)
+    if isinstance(chosen, Engine):
+        return chosen
+    try:
+        return load_engine(chosen, backend=backend, views=views, threads=threads)
+    except InvalidArgument as exc:  # load_engine's "path" is this call's "engine"
+        if exc.argument != "path":
+            raise
+        raise InvalidArgument("engine", str(exc).removeprefix("path: ")) from None
 
 
-def _as_frame(table) -> tuple[Any, bool]:
-    """(pandas DataFrame, whether the caller gave an astropy Table)."""
+def _as_frame(table) -> tuple[Any, bool, dict[str, Any]]:
+    """(pandas DataFrame, whether the caller gave an astropy Table, its columns' units)."""
     import pandas as pd
 
     if isinstance(table, pd.DataFrame):
-        return table, False
+        return plain_columns(table), False, {}
     from astropy.table import Table
 
     if isinstance(table, Table):
-        return table.to_pandas(index=False), True
-    raise InvalidArgument("table", f"give a pandas DataFrame or an astropy Table, not {type(table).__name__}")
+        units = {str(n): c.unit for n, c in table.columns.items() if getattr(c, "unit", None) is not None}
+        return plain_columns(table.to_pandas(index=False)), True, units
+    hint = " (a catalog file: mergerscan.process_catalog)" if isinstance(table, (str, os.PathLike)) else ""
+    raise InvalidArgument("table", f"give a pandas DataFrame or an astropy Table, not {type(table).__name__}{hint}")
 
 
 def score(
@@ -131,7 +164,7 @@ def score(
     source: SourceConfig | tuple[str, str] | None = None,
     source_options: dict | None = None,
     engine: Engine | str | Path | None = None,
-    backend: str = "onnxruntime",
+    backend: str | None = None,
     views: int | None = None,
     id_column: str | None = None,
     ra_column: str | None = None,
@@ -155,14 +188,14 @@ def score(
     ``duplicate_id`` wherever it repeats.  Keywords as process-catalog's flags: the image source
     (:func:`source_config`), the engine (a file, a loaded engine, None: the packaged one),
     ``domain`` (on, off, catalog, image), the operating point (``purity`` or ``completeness``)."""
-    frame, astropy_in = _as_frame(table)
+    frame, astropy_in, units = _as_frame(table)
     src = source_config(images, frames, service, source, source_options)
     eng = _engine(engine, backend, views, threads)
     target = {"purity": purity, "completeness": completeness, "prevalence": prevalence}
     settings, ds = score_settings(eng.info, domain, batch_size, embeddings, target)
-    columns = TableColumns(id_column, ra_column, dec_column, tuple(keep_columns), path_column)
+    columns = TableColumns.given(id_column, ra_column, dec_column, keep_columns, path_column)
     out = _score_frame(
-        frame, src, eng, settings, domain_rules(ds, eng.info, lambda cs: frame[cs].head(1000), "table"), columns
+        frame, src, eng, settings, domain_rules(ds, eng.info, lambda cs: frame[cs].head(1000), "table"), columns, units
     )
     if not astropy_in:
         return out
@@ -171,13 +204,25 @@ def score(
     return Table.from_pandas(out)
 
 
-def _score_frame(frame, src, eng, settings, rules, columns: TableColumns):
+def _score_frame(frame, src, eng, settings, rules, columns: TableColumns, units: dict[str, Any]):
     from .pipeline.in_memory import score_table, table_plan
 
     if columns.path and not src.source_class.reads_path_column:
         raise InvalidArgument("path_column", f"names stamp files: the {src.kind} source reads none (use images=)")
     plan = table_plan(list(frame.columns), lambda k: frame[k], columns, rules, "table", _optional(settings))
+    for role in ("ra", "dec"):
+        _check_degrees(f"{role}_column", plan.columns[role], units.get(plan.columns[role]))
     return score_table(frame, plan, eng, src, settings)
+
+
+def _check_degrees(argument: str, name: str, unit) -> None:
+    """An astropy column in another angle unit (rad, arcsec...) would be read as degrees: refused."""
+    from astropy import units as u
+
+    if unit is None or not isinstance(unit, u.UnitBase) or isinstance(unit, u.UnrecognizedUnit):
+        return
+    if unit.physical_type == "angle" and unit != u.deg:
+        raise InvalidArgument(argument, f"{name!r} is in {unit}; give degrees (e.g. table[{name!r}].to(u.deg))")
 
 
 def _optional(settings) -> tuple[str, ...]:
@@ -187,6 +232,7 @@ def _optional(settings) -> tuple[str, ...]:
 # ---------------------------------------------------------------- process_catalog
 _MANAGED = {"catalog", "output", "images", "frames", "cutout_service", "source_kind", "source_location"}
 _MANAGED |= {"source_options", "service_options", "engine", "progress", "overwrite", "threads_per_worker"}
+_ANY_FORM = {"memory_limit"}  # Dask's own: "4GiB", 4e9 bytes, "auto"
 _NOT_OPTIONS = {"mode", "shard", "default_source", "command", "scheduler", "cluster", "slurm"}
 
 
@@ -197,11 +243,20 @@ def process_arguments(
     from .pipeline.arguments import ProcessArguments
 
     allowed = {f.name for f in fields(ProcessArguments)} - _MANAGED - _NOT_OPTIONS
-    for name in options:
+    hints = get_type_hints(ProcessArguments)
+    for name, value in options.items():
         if name not in allowed:
-            raise InvalidArgument(name, f"not an option of process_catalog (options: {', '.join(sorted(allowed))})")
-    if not Path(catalog).exists():
-        raise InvalidArgument("catalog", f"{catalog}: no such file")
+            close = difflib.get_close_matches(name, sorted(allowed), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise InvalidArgument(
+                name, f"not an option of process_catalog ({hint}options: {', '.join(sorted(allowed))})"
+            )
+        if name not in _ANY_FORM:
+            options[name] = of_type(name, value, hints[name])
+    _check_paths(catalog, output)
+    progress, overwrite = of_type("progress", progress, bool), of_type("overwrite", overwrite, bool)
+    if threads is not None:
+        count("threads", threads)
     kind = {"stamps": "images", "frames": "frames", "service": "cutout_service"}.get(src.kind)
     where: dict[str, Any] = {kind: src.location} if kind else {"source_kind": src.kind, "source_location": src.location}
     opts: dict[str, Any] = (
@@ -224,6 +279,27 @@ def process_arguments(
         )
     except ArgumentError as exc:
         raise in_python_terms(exc) from None
+
+
+def _check_paths(catalog, output) -> None:
+    import pandas as pd
+
+    if isinstance(catalog, pd.DataFrame) or type(catalog).__name__ == "Table":
+        raise InvalidArgument("catalog", "give a catalog file's path (an in-memory table: mergerscan.score)")
+    for name, value in (("catalog", catalog), ("output", output)):
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            raise InvalidArgument(name, f"give a path, not {type(value).__name__}")
+    if not Path(catalog).exists():
+        raise InvalidArgument("catalog", f"{catalog}: no such file")
+
+
+def _check_client(client) -> None:
+    from distributed import Client
+
+    if client is not None and not isinstance(client, Client):
+        raise InvalidArgument(
+            "client", f"give a distributed.Client (or None: a local cluster), not {type(client).__name__}"
+        )
 
 
 def process_catalog(
@@ -250,12 +326,12 @@ def process_catalog(
     ``partition_rows``, ``domain``, ``select``, ``purity``, ``report``...).  Returns the
     :class:`~mergerscan.run_summary.RunSummary` (also in OUT/summary.json)."""
     from .engines.base import Engine
-    from .pipeline.arguments import ProcessArguments, default_of
     from .pipeline.run import run
     from .run_summary import RunSummary
 
+    _check_client(client)
     src = source_config(images, frames, service, source, source_options)
-    chosen, backend, views = _chosen_engine(engine, default_of(ProcessArguments, "backend"), None)
+    chosen, backend, views = _chosen_engine(engine, None, None)
     if isinstance(chosen, Engine):  # the run loads its file, with the engine's backend and views unless named
         options.setdefault("backend", backend)
         options.setdefault("views", views)
@@ -279,7 +355,7 @@ def score_catalog(
     source: SourceConfig | tuple[str, str] | None = None,
     source_options: dict | None = None,
     engine: Engine | str | Path | None = None,
-    backend: str = "onnxruntime",
+    backend: str | None = None,
     views: int | None = None,
     id_column: str | None = None,
     keep_columns: list[str] | tuple[str, ...] = (),
@@ -312,7 +388,7 @@ def score_catalog(
     target = {"purity": purity, "completeness": completeness, "prevalence": prevalence}
     settings, ds = score_settings(info, domain, batch_size, 0, target)
     catalog = _ra_dec_named_ra_dec(catalog)
-    columns = TableColumns(id_column, "ra", "dec", tuple(keep_columns))
+    columns = TableColumns.given(id_column, "ra", "dec", keep_columns)
     empty = pd.DataFrame(catalog.meta)
     rules = domain_rules(ds, info, lambda cs: empty[cs], "catalog")
     plan = table_plan(list(catalog.columns), lambda k: empty[k], columns, rules, "catalog")
@@ -320,13 +396,12 @@ def score_catalog(
     return catalog.map_partitions(score_lsdb_partition, plan, ref, src, settings, meta=meta)
 
 
-def _engine_ref(engine: Engine | str | Path | None, backend: str, views: int | None, threads: int) -> EngineRef:
+def _engine_ref(engine: Engine | str | Path | None, backend: str | None, views: int | None, threads: int) -> EngineRef:
     """The engine as each worker loads it (an engine object is not sent to workers: its file is)."""
     from .engines import resolve_engine_path
     from .engines.base import Engine
 
-    if threads < 1:
-        raise InvalidArgument("threads", f"{threads}: give at least 1")
+    count("threads", threads)
     chosen, backend, views = _chosen_engine(engine, backend, views)
     if isinstance(chosen, Engine):
         return EngineRef(str(chosen.info.path), backend, views, threads)
@@ -338,6 +413,10 @@ def _ra_dec_named_ra_dec(catalog):
     """The catalog with its coordinate columns named ``ra`` and ``dec``, as the output names them
     (LSDB follows the catalog's own names through map_partitions and crossmatch)."""
     info = catalog.hc_structure.catalog_info
+    missing = [c for c in (info.ra_column, info.dec_column) if c not in catalog.columns]
+    if missing:
+        role = "ra" if missing[0] == info.ra_column else "dec"
+        raise InvalidArgument("catalog", f"its {role} column {missing[0]!r} (catalog_info) is not among its columns")
     rename = {k: v for k, v in ((info.ra_column, "ra"), (info.dec_column, "dec")) if k != v}
     clash = [v for v in rename.values() if v in catalog.columns]
     if clash:

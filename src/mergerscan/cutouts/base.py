@@ -30,6 +30,9 @@ per partition task (so its caches are bounded by the partition) and closed after
 from __future__ import annotations
 
 import difflib
+import numbers
+import os
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Protocol
@@ -67,7 +70,40 @@ class SourceOptions:
         for key in given:
             if key not in valid:
                 raise ValueError(unknown_option(str(key), source or cls.source_kind, valid))
+        kinds = _plain_kinds(cls)
+        for key, value in given.items():  # "x" for an int option would fail in a worker, later
+            kind = kinds.get(key)
+            if kind is not None and value is not None and not _is_kind(value, kind):
+                raise ValueError(f"{source or cls.source_kind}: option {key} {value!r}: give {kind.__name__}")
         return cls(**dict(given))
+
+
+def check_directory(location: str) -> None:
+    """ValueError (one line) unless ``location`` is a directory (a stamps or frames source)."""
+    if not os.path.isdir(location):
+        raise ValueError(f"{location}: not a directory")
+
+
+def _plain_kinds(cls: type) -> dict[str, type]:
+    """The options annotated int, float, bool or str (maybe ``| None``); others are not checked."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # a plugin's annotation this module cannot resolve: its own checks apply
+        return {}
+    out = {}
+    for f in fields(cls):
+        args = [a for a in typing.get_args(hints.get(f.name)) if a is not type(None)] or [hints.get(f.name)]
+        if len(args) == 1 and args[0] in (int, float, bool, str):
+            out[f.name] = args[0]
+    return out
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, (bool, np.bool_))
+    if kind in (int, float):
+        return isinstance(value, numbers.Integral if kind is int else numbers.Real)
+    return isinstance(value, (str, os.PathLike))  # a path option given as a Path
 
 
 def unknown_option(key: str, kind: str, valid: list[str]) -> str:

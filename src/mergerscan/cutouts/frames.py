@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from ..catalogs.schema import Status
-from .base import SourceBase, SourceOptions, empty_stamps
+from .base import SourceBase, SourceOptions, check_directory, empty_stamps
 from .colour import composite, composite_reference
 from .footprint import INDEX_NAME, Field, build_frame_index
 from .frame_io import read_frame
@@ -107,6 +107,10 @@ class FrameSource(SourceBase):
     def low_memory_options(cls, options):
         """One field in memory at a time (3 bands of a 2048 x 1489 SDSS field: 36 MB each)."""
         return {**options, "max_fields": 1}
+
+    @classmethod
+    def check_location(cls, location: str) -> None:
+        check_directory(location)
 
     def __init__(self, directory, spec: PreprocessSpec, **options):
         from scipy.spatial import cKDTree

@@ -47,7 +47,7 @@ import pandas as pd
 from PIL import Image
 
 from ..catalogs.schema import Status
-from .base import SourceBase, SourceOptions, empty_stamps
+from .base import SourceBase, SourceOptions, check_directory, empty_stamps
 from .preprocess import PreprocessSpec
 from .quality import (
     MAX_FILE_BYTES,
@@ -133,6 +133,10 @@ class StampSource(SourceBase):
     @dataclass(frozen=True)
     class Options(SourceOptions):
         threads: int = 2  # decoding threads
+
+    @classmethod
+    def check_location(cls, location: str) -> None:
+        check_directory(location)
 
     def __init__(self, directory, spec: PreprocessSpec, **options):
         super().__init__(directory, spec, **options)

@@ -114,12 +114,14 @@ class ProcessArguments(RunArguments):
         if not Path(self.catalog).exists():
             raise ArgumentError(f"catalog {literal(self.catalog)}: no such file", "catalog")
         self._check_source_choice()
+        self._check_directories()
         self._check_source()
         self._check_rows()
         self._check_paths()
         self._check_run()
-        if self.partition_rows < 1 or self.chunk_rows < 1 or self.batch_size < 1:
-            raise ArgumentError("{partition_rows}, {chunk_rows} and {batch_size} must be positive", "partition_rows")
+        bad = [n for n in ("partition_rows", "chunk_rows", "batch_size") if getattr(self, n) < 1]
+        if bad:  # the argument is the one at fault (the library's .argument); one wording for all three
+            raise ArgumentError("{partition_rows}, {chunk_rows} and {batch_size} must be positive", bad[0])
         if not 0 <= self.hist_order <= 12:
             raise ArgumentError("{hist_order} must be in 0..12", "hist_order")
         self._check_cluster()
@@ -247,10 +249,13 @@ class ProcessArguments(RunArguments):
         if self.embeddings < 0:
             raise ArgumentError(f"{{embeddings}} {literal(self.embeddings)}: give at least 1 component", "embeddings")
 
-    def _check_paths(self) -> None:
+    def _check_directories(self) -> None:
+        # before the source's own check (check_location), which words it less precisely
         for name, d in (("images", self.images), ("frames", self.frames)):
             if d and not Path(d).is_dir():
                 raise ArgumentError(f"{{{name}}} {literal(d)}: not a directory", name)
+
+    def _check_paths(self) -> None:
         if self.engine and not Path(self.engine).is_file():
             raise ArgumentError(f"{{engine}} {literal(self.engine)}: no such file", "engine")
 

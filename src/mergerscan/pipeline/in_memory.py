@@ -7,6 +7,9 @@ ValueError) naming the argument in Python terms.
 
 from __future__ import annotations
 
+import numbers
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +34,15 @@ __all__ = [
     "EngineRef",
     "InvalidArgument",
     "TableColumns",
+    "column_name",
+    "column_names",
+    "count",
     "domain_rules",
+    "fraction",
     "in_python_terms",
+    "of_type",
+    "pairs",
+    "plain_columns",
     "score_lsdb_partition",
     "score_settings",
     "score_table",
@@ -70,6 +80,102 @@ class TableColumns:
     keep: tuple[str, ...] = ()  # ("*",) keeps every column
     path: str | None = None  # stamp file names, for an images directory
 
+    @classmethod
+    def given(cls, id_column, ra_column, dec_column, keep_columns, path_column=None) -> TableColumns:
+        """The caller's keywords, checked: a name is text (an int, a frame's int column label, as
+        text); ``keep_columns`` a list of names, one name, or None (none)."""
+        return cls(
+            column_name("id_column", id_column),
+            column_name("ra_column", ra_column),
+            column_name("dec_column", dec_column),
+            column_names("keep_columns", keep_columns),
+            column_name("path_column", path_column),
+        )
+
+
+# ---------------------------------------------------------------- typed checks of keywords
+def count(argument: str, value: Any, minimum: int = 1) -> int:
+    """A whole number >= ``minimum`` (a bool or a float is refused, not rounded)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidArgument(argument, f"{value!r}: give a whole number (an int), not {type(value).__name__}")
+    if value < minimum:
+        raise InvalidArgument(argument, f"{value}: give at least {minimum}")
+    return int(value)
+
+
+def fraction(argument: str, value: Any) -> float | None:
+    """A number or None; its range is the operating point's check (engines/operating.py)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgument(argument, f"{value!r}: give a number, not {type(value).__name__}")
+    return float(value)
+
+
+def column_name(argument: str, value: Any) -> str | None:
+    """A column's name as text (None: not given)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, numbers.Integral)):
+        raise InvalidArgument(argument, f"give a column name, not {type(value).__name__}")
+    return str(value)
+
+
+def column_names(argument: str, value: Any) -> tuple[str, ...]:
+    """Column names: a list/tuple of names, one name, or None (none)."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, numbers.Integral)):
+        value = [value]
+    if not isinstance(value, (list, tuple, pd.Index, np.ndarray)):
+        raise InvalidArgument(argument, f"give a list of column names, not {type(value).__name__}")
+    return tuple(column_name(argument, v) or "" for v in value)
+
+
+def of_type(argument: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against a ProcessArguments field's annotation where it is a plain type
+    (int, float, str, bool, a list of names, each maybe None); its range is the field's check."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kinds = [k for k in (typing.get_args(hint) if union else (hint,)) if k is not type(None)]
+    if value is None and (kinds == [list[str]] or len(kinds) < len(typing.get_args(hint) if union else (hint,))):
+        return [] if kinds == [list[str]] else None
+    if kinds == [list[str]]:
+        return list(column_names(argument, value))
+    if kinds == [tuple]:
+        return pairs(argument, value)
+    if len(kinds) != 1 or kinds[0] not in (int, float, str, bool):
+        return value  # a structured field (a source, a mapping, pairs): its own check
+    kind = kinds[0]
+    numeric = isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
+    if kind in (int, float) and numeric:
+        return kind(value) if type(value).__module__ == "numpy" else value
+    if kind in (str, bool) and isinstance(value, kind):
+        return value
+    words = {int: "a whole number (an int)", float: "a number", str: "text", bool: "True or False"}[kind]
+    raise InvalidArgument(argument, f"{value!r}: give {words}, not {type(value).__name__}")
+
+
+def pairs(argument: str, value: Any) -> tuple:
+    """``{key: value}`` or ``[(key, value), ...]`` as ((key, value), ...)."""
+    items = list(value.items()) if isinstance(value, dict) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in items):
+        raise InvalidArgument(argument, f"give {{key: value}} or (key, value) pairs, not {type(value).__name__}")
+    return tuple(tuple(p) for p in items)
+
+
+def plain_columns(frame: pd.DataFrame, argument: str = "table") -> pd.DataFrame:
+    """``frame`` with its column labels as text (a frame's int labels become "0", "1"...); columns
+    that are a MultiIndex, or two columns of one name, are refused (a name must find one column)."""
+    if isinstance(frame.columns, pd.MultiIndex):
+        raise InvalidArgument(argument, "its columns are a MultiIndex; flatten them to one name each first")
+    names = [str(c) for c in frame.columns]
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise InvalidArgument(argument, f"two columns are named {twice!r}; rename one first")
+    if all(isinstance(c, str) for c in frame.columns):
+        return frame
+    return frame.set_axis(names, axis=1)
+
 
 @dataclass(frozen=True)
 class EngineRef:
@@ -102,7 +208,7 @@ def _find(available: list[str], role: str, given: str | None, aliases: tuple[str
         raise InvalidArgument(argument, f"{', '.join(exc.matches)} all match; name one exactly") from None
     if found is None:
         looked = f"{given!r} is not a column" if given else f"no column named {', '.join(aliases)} (any case)"
-        raise InvalidArgument(argument, f"{looked}; the table has {brief(available)}")
+        raise InvalidArgument(argument, f"{looked}; the table has {brief(available) or 'no columns'}")
     return found
 
 
@@ -111,7 +217,9 @@ def _named(available: list[str], names, argument: str) -> list[str]:
     for name in names:
         found = find_column(available, str(name))
         if found is None:
-            raise InvalidArgument(argument, f"{name!r} is not a column; the table has {brief(available)}")
+            raise InvalidArgument(
+                argument, f"{name!r} is not a column; the table has {brief(available) or 'no columns'}"
+            )
         out.append(found)
     return list(dict.fromkeys(out))
 
@@ -123,7 +231,8 @@ def id_kind(values: pd.Series) -> str:
         return "uint" if pd.api.types.is_unsigned_integer_dtype(dt) and dt.itemsize == 8 else "int"
     if pd.api.types.is_object_dtype(dt) or pd.api.types.is_string_dtype(dt):
         return "str"
-    raise InvalidArgument("id_column", f"{values.name!r} is {dt}, not integer or text (a float id loses digits)")
+    why = " (a float id loses digits)" if pd.api.types.is_float_dtype(dt) else ""
+    raise InvalidArgument("id_column", f"{values.name!r} is {dt}, not integer or text{why}")
 
 
 def table_plan(
@@ -235,6 +344,8 @@ def source_config(
             f"give exactly one image source of images=, frames=, service=, source= (got {sorted(given) or 'none'})",
         )
     ((name, value),) = given.items()
+    if source_options is not None and not isinstance(source_options, dict):
+        raise InvalidArgument("source_options", f"give a dict of options, not {type(source_options).__name__}")
     opts = tuple(sorted((source_options or {}).items()))
     if name in ("images", "frames"):
         if not Path(str(value)).is_dir():
@@ -269,8 +380,11 @@ def score_settings(info, domain: str, batch_size: int, embeddings: int, target: 
     from ..engines import operating
     from .embeddings import provenance
 
-    if batch_size < 1:
-        raise InvalidArgument("batch_size", f"{batch_size}: give at least 1")
+    count("batch_size", batch_size)
+    count("embeddings", embeddings, minimum=0)
+    target = {k: fraction(k, v) for k, v in target.items()}
+    if target["prevalence"] is None:
+        raise InvalidArgument("prevalence", "give a fraction, e.g. 0.02")
     try:  # DomainError, OperatingPointError, the embeddings' ArgumentError: each names its argument
         ds = DomainSettings(domain)
         operating.check_target(target["purity"], target["completeness"], target["prevalence"])
