@@ -59,15 +59,18 @@ def files(tmp_path_factory, cheap_engine) -> dict[str, Path]:
 
 
 def _fake_runs(d: Path) -> None:
-    """process-catalog output folders with a vector column, damaged three ways."""
-    for name in ("run_rand_parquet", "run_junk_summary", "run_no_summary"):
+    """process-catalog output folders with a vector column, damaged four ways."""
+    for name in ("run_rand_parquet", "run_junk_summary", "run_no_summary", "run_second_parquet"):
         part = d / name / "parquet" / "dataset" / "Norder=0" / "Dir=0"
         part.mkdir(parents=True)
         if name == "run_rand_parquet":
             (part / "Npix=1.parquet").write_bytes(os.urandom(2000))
             continue
-        cols = {"id": ["a", "b"], "ra": [1.0, 2.0], "dec": [0.0, 0.0], "embedding": [[0.0, 1.0], [1.0, 0.0]]}
+        ident = "objid" if name == "run_second_parquet" else "id"  # objid: what a run without summary.json names
+        cols = {ident: ["a", "b"], "ra": [1.0, 2.0], "dec": [0.0, 0.0], "embedding": [[0.0, 1.0], [1.0, 0.0]]}
         pq.write_table(pa.table(cols), part / "Npix=1.parquet")
+        if name == "run_second_parquet":  # the first file reads, a later one is damaged
+            (part / "Npix=2.parquet").write_bytes(os.urandom(2000))
         if name == "run_junk_summary":
             (d / name / "summary.json").write_text('{"rows": ')  # a truncated write
 
@@ -175,6 +178,7 @@ RUNS = [
     ("report {run_list}", "run_list/summary.json: not the summary.json of a run (summary is a JSON list"),
     ("report {train_list}", "metrics.json: not the metrics.json of a run (a JSON list, not an object)"),
     ("similar {run_rand_parquet} --like a", "Npix=1.parquet: not a readable Parquet file"),
+    ("similar {run_second_parquet} --like a --no-html", "Npix=2.parquet: not a readable Parquet file"),
     ("similar {run_junk_summary} --like a --no-html", "run_junk_summary/summary.json: summary is not JSON"),
     ("similar {run_no_summary} --like a --no-html", "the output has no id column 'objid'"),
     ("similar {run_no_summary} --like-file {stamps}/G0.jpg --no-html", "summary.json names no engine file"),

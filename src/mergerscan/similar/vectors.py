@@ -9,6 +9,7 @@ whose embedding is null (not scored: no stamp, failed fetch...) are not indexed.
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,11 @@ class RunVectors:
 
     def rows(self) -> int:
         """Rows in the dataset (null embeddings included: an upper bound of the indexed rows)."""
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+        n = 0
+        for f in self.files:
+            with parquet_of(f):
+                n += pq.ParquetFile(f).metadata.num_rows
+        return n
 
 
 def open_run(out: str | Path, column: str = EMBEDDING_COLUMN) -> RunVectors:
@@ -58,10 +63,8 @@ def open_run(out: str | Path, column: str = EMBEDDING_COLUMN) -> RunVectors:
     files = tuple(output_files(layout.catalog_dir)) if layout.catalog_dir.is_dir() else ()
     if not files:
         raise SimilarError(f"{out}: no process-catalog output (no Parquet files under {layout.catalog_dir})")
-    try:
+    with parquet_of(files[0]):
         schema = pq.read_schema(files[0])
-    except (pa.ArrowException, OSError) as exc:  # random bytes, a truncated write
-        raise SimilarError(f"{files[0]}: not a readable Parquet file ({exc})") from None
     if column not in schema.names:
         raise SimilarError(
             f"{out}: the output has no column {column!r} (run process-catalog with --embeddings to write it)"
@@ -75,9 +78,20 @@ def open_run(out: str | Path, column: str = EMBEDDING_COLUMN) -> RunVectors:
     return RunVectors(Path(out), files, column, int(dim), meta)
 
 
+@contextmanager
+def parquet_of(path):
+    """Arrow's error on a damaged Parquet file of the run (random bytes, a truncated write), as
+    one line naming the file; every read of the run's files is inside one."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as exc:
+        raise SimilarError(f"{path}: not a readable Parquet file ({exc})") from None
+
+
 def _first_length(files, column) -> int:
     for f in files:
-        arr = pq.read_table(f, columns=[column]).column(column)
+        with parquet_of(f):
+            arr = pq.read_table(f, columns=[column]).column(column)
         lengths = pc.drop_null(pc.list_value_length(arr))
         if len(lengths):
             return int(lengths[0].as_py())
@@ -105,7 +119,7 @@ def iter_vectors(run: RunVectors, batch_rows: int = 262_144, keep=None):
     ``keep(n) -> bool mask`` (optional) thins each batch (a training sample for the index)."""
     for fi, f in enumerate(run.files):
         start = 0
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=[run.column]):
+        for batch in _batches(f, batch_rows, run.column):
             rows, vec = _vectors(batch.column(0), run.dim, str(f))
             loc = (np.int64(fi) << ROW_BITS) | (rows + start).astype(np.int64)
             start += batch.num_rows
@@ -116,14 +130,21 @@ def iter_vectors(run: RunVectors, batch_rows: int = 262_144, keep=None):
                 yield loc, vec
 
 
+def _batches(path, batch_rows: int, column: str):
+    """The column's record batches of one file (read errors as :func:`parquet_of` words them)."""
+    with parquet_of(path):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=[column])
+
+
 def read_rows(run: RunVectors, locations: np.ndarray, columns: list[str]) -> pd.DataFrame:
     """The rows at ``locations`` (in that order), with ``columns`` (those the files have)."""
     locations = np.asarray(locations, np.int64)
     fi, ri = locations >> ROW_BITS, locations & ((1 << ROW_BITS) - 1)
     parts = []
     for f in np.unique(fi):
-        have = pq.read_schema(run.files[f]).names
-        t = pq.read_table(run.files[f], columns=[c for c in dict.fromkeys(columns) if c in have])
+        with parquet_of(run.files[f]):
+            have = pq.read_schema(run.files[f]).names
+            t = pq.read_table(run.files[f], columns=[c for c in dict.fromkeys(columns) if c in have])
         sel = np.flatnonzero(fi == f)
         df = t.take(pa.array(ri[sel])).to_pandas()
         df.index = sel
@@ -137,7 +158,8 @@ def find_id(run: RunVectors, id_column: str, value: str) -> int:
     if id_column not in pq.read_schema(run.files[0]).names:  # e.g. a run without its summary.json
         raise SimilarError(f"{run.out}: the output has no id column {id_column!r} (the run's summary.json names it)")
     for fi, f in enumerate(run.files):
-        col = pq.read_table(f, columns=[id_column]).column(id_column)
+        with parquet_of(f):
+            col = pq.read_table(f, columns=[id_column]).column(id_column)
         eq = pc.fill_null(pc.equal(pc.cast(col, pa.string()), value), False)
         hits = np.flatnonzero(np.asarray(eq.to_numpy(zero_copy_only=False), bool))
         if len(hits):
