@@ -339,7 +339,10 @@ def test_engine_and_operating_point_keywords_of_score(stamps, cheap_engine, tmp_
         ({"threads": 0}, "threads", ["give at least 1"]),
         ({"views": 2.0}, "views", ["not float"]),
         ({"backend": None}, "backend", ["not NoneType"]),
-        ({"bogus": 1}, "options", ["unknown option 'bogus'"]),
+        ({"bogus": 1}, "bogus", ["unknown option 'bogus'"]),
+        ({"stamp_batch": 0}, "stamp_batch", ["whole number >= 1"]),  # was silently the default
+        ({"stamp_batch": "x"}, "stamp_batch", ["whole number >= 1"]),  # was accepted, failed at predict
+        ({"stamp_batch": True}, "stamp_batch", ["whole number >= 1"]),
     ],
 )
 def test_load_engine_keywords(cheap_engine, keywords, argument, words):

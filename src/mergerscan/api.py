@@ -73,6 +73,8 @@ def load_engine(
         count("threads", threads)
     try:
         return load(path, backend=backend, threads=threads or _cores(), views=views, **options)
+    except ArgumentError as exc:  # a backend option (its name) or its value
+        raise InvalidArgument(exc.argument or "options", exc.render()) from None
     except ValueError as exc:  # not an engine file, views the card has no calibration for, an unknown option
         msg = str(exc)
         argument = (

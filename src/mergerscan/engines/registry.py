@@ -50,9 +50,12 @@ import difflib
 import importlib
 import os
 import threading
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..argument_error import ArgumentError, literal
 
 PLUGIN_ENV = "MERGERSCAN_BACKENDS"
 ENTRY_POINT_GROUP = "mergerscan.backends"
@@ -99,8 +102,11 @@ class BackendSpec:
             if key not in valid:
                 close = difflib.get_close_matches(key, valid, n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
-                raise ValueError(
-                    f"backend {self.name}: unknown option {key!r}; {hint}valid options: {', '.join(valid) or '(none)'}"
+                raise ArgumentError(
+                    literal(
+                        f"backend {self.name}: unknown option {key!r}; {hint}valid options: {', '.join(valid) or '(none)'}"
+                    ),
+                    key,
                 )
         precision = given.get("precision")
         if precision is not None and precision not in self.precisions:
@@ -109,10 +115,28 @@ class BackendSpec:
                 f"backend {self.name}: precision {precision!r} is not one it runs "
                 f"({', '.join(self.precisions)})" + (f"; {precision} runs on {', '.join(others)}" if others else "")
             )
+        for key, value in given.items():
+            check_option_value(self.name, key, value, self.options)
         return self.options(**given)
 
     def _origin(self) -> str:
         return f"{getattr(self.factory, '__module__', '?')}.{getattr(self.factory, '__qualname__', '?')}"
+
+
+def check_option_value(backend: str, key: str, value: Any, options: type) -> None:
+    """A backend option's value against its field's type (a one-line ArgumentError naming it): every int option
+    counts something (stamps, buffers), so it is a whole number >= 1; a flag is True or False.
+    Types a third-party options class declares otherwise are left to it."""
+    if value is None:
+        return
+    hint = typing.get_type_hints(options).get(key)
+    kinds = set(typing.get_args(hint)) - {type(None)} if typing.get_args(hint) else {hint}
+    if kinds == {int} and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ArgumentError(literal(f"backend {backend}: option {key} {value!r}: give a whole number >= 1"), key)
+    if kinds == {bool} and not isinstance(value, bool):
+        raise ArgumentError(literal(f"backend {backend}: option {key} {value!r}: give True or False"), key)
+    if kinds == {str} and not isinstance(value, (str, os.PathLike)):
+        raise ArgumentError(literal(f"backend {backend}: option {key} {value!r}: give text"), key)
 
 
 def register_backend(name_or_spec: str | BackendSpec, **spec_fields: Any):
