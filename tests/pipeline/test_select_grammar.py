@@ -8,6 +8,7 @@ evaluator's dispatch table records every node class it is asked to evaluate."""
 
 from __future__ import annotations
 
+import gc
 import re
 import string
 import sys
@@ -58,6 +59,11 @@ class watch:
     """Records the watched audit events and the node classes the evaluator dispatches on."""
 
     def __enter__(self):
+        # no garbage collection inside the block: a finalizer of some unrelated object (a closed
+        # cluster's, a subprocess's) may run in this thread and open a file; seen once in CI as
+        # ['open', 'open'] that did not reproduce
+        self._gc = gc.isenabled()
+        gc.disable()
         _events.log = self.events = []
         self.dispatched: list[type] = []
         self._saved = dict(sel.DISPATCH)
@@ -67,6 +73,8 @@ class watch:
 
     def __exit__(self, *exc):
         _events.log = None
+        if self._gc:
+            gc.enable()
         sel.DISPATCH.clear()
         sel.DISPATCH.update(self._saved)
 
